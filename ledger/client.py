@@ -1,0 +1,157 @@
+"""Client side of the shard protocol: one connection, many requests in flight.
+
+Requests issued in the same event-loop tick leave in one frame; answers come
+back as the shard commits, matched by request id. Every call has a deadline and
+the number in flight is bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+from .protocol import FrameDecoder, encode_frame, parse_address
+
+__all__ = ["ShardClient", "ShardUnavailable", "ShardOverloaded", "ShardError"]
+
+
+class ShardUnavailable(ConnectionError):
+    """The shard could not be reached, or the connection dropped with the call's outcome unknown."""
+
+
+class ShardOverloaded(Exception):
+    """Too many calls in flight to one shard."""
+
+
+class ShardError(Exception):
+    """The shard answered with an error."""
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: "ShardClient") -> None:
+        self.client = client
+        self.decoder = FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.decoder.feed(data):
+            self.client._on_response(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._on_lost(exc)
+
+
+class ShardClient:
+    def __init__(self, address: str, *, call_timeout_s: float = 10.0,
+                 in_flight_max: int = 20_000, connect_timeout_s: float = 2.0) -> None:
+        self.address = address
+        self.call_timeout_s = call_timeout_s
+        self.in_flight_max = in_flight_max
+        self.connect_timeout_s = connect_timeout_s
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self._outgoing: list[Any] = []
+        self._flush_scheduled = False
+        self._ids = itertools.count(1)
+        self._connecting: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def connect(self) -> None:
+        if self.connected:
+            return
+        if self._connecting is not None:
+            await asyncio.shield(self._connecting)
+            return
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_future()
+        try:
+            kind, where = parse_address(self.address)
+            if kind == "unix":
+                coro = loop.create_unix_connection(lambda: _Protocol(self), str(where))
+            else:
+                coro = loop.create_connection(lambda: _Protocol(self), kind, int(where))
+            try:
+                transport, _ = await asyncio.wait_for(coro, self.connect_timeout_s)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise ShardUnavailable(f"shard at {self.address} unreachable: {exc}") from exc
+            self._transport = transport  # type: ignore[assignment]
+            if self._sweeper is None or self._sweeper.done():
+                self._sweeper = loop.create_task(self._sweep())
+            self._connecting.set_result(None)
+        except BaseException as exc:
+            self._connecting.set_exception(exc)
+            self._connecting.exception()  # mark retrieved
+            raise
+        finally:
+            self._connecting = None
+
+    async def call(self, op: str, args: Any = None) -> Any:
+        if not self.connected:
+            await self.connect()
+        if len(self._pending) >= self.in_flight_max:
+            raise ShardOverloaded(f"{len(self._pending)} calls in flight to {self.address}")
+        loop = asyncio.get_running_loop()
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[request_id] = (future, time.monotonic() + self.call_timeout_s)
+        self._outgoing.append((request_id, op, args))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, []
+        if not outgoing:
+            return
+        if self._transport is None or self._transport.is_closing():
+            self._fail_all(ShardUnavailable(f"connection to {self.address} lost"))
+            return
+        self._transport.write(encode_frame(outgoing))
+
+    def _on_response(self, message: Any) -> None:
+        request_id, ok, result = message
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return  # timed out earlier
+        future = entry[0]
+        if future.done():
+            return
+        if ok:
+            future.set_result(result)
+        else:
+            future.set_exception(ShardError(result))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._fail_all(ShardUnavailable(f"connection to {self.address} lost: {exc}"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _sweep(self) -> None:
+        # One timer for all calls: cheaper than a wait_for per payment.
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            expired = [rid for rid, (_, deadline) in self._pending.items() if deadline < now]
+            for rid in expired:
+                future, _ = self._pending.pop(rid)
+                if not future.done():
+                    future.set_exception(ShardUnavailable(
+                        f"no answer from {self.address} within {self.call_timeout_s}s"))
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_all(ShardUnavailable("client closed"))

@@ -1,0 +1,200 @@
+"""PostgreSQL adapter for one shard: schema, start-up load, prefetch, batch write, reads.
+
+Only this module and the audit speak SQL. The batch write is one transaction:
+COPY of new rows, then one set-based UPDATE of aggregated balance deltas.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, Iterable
+
+import asyncpg
+
+from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+from quickpay.money import CURRENCY_EXPONENTS
+
+from .model import Account, Agreement, CreditLeg, Transfer, invariant
+from .state import ShardState, WriteSet
+
+__all__ = [
+    "ADVISORY_LOCK_BASE", "SCHEMA_SQL", "ensure_schema", "load_state", "write_batch",
+    "prefetch_transfers", "fetch_transfer", "list_account_transfers", "load_outbox",
+    "row_to_transfer", "TRANSFER_COLUMNS", "SYSTEM_CURRENCY",
+]
+
+ADVISORY_LOCK_BASE = 0x5150_0000
+SCHEMA_SQL = resources.files("ledger").joinpath("schema.sql").read_text()
+SYSTEM_CURRENCY = "CNY"
+
+TRANSFER_COLUMNS = (
+    "id", "seq", "kind", "debit_account", "credit_account", "amount_minor", "currency", "status",
+    "created_at_ms", "partner_id", "agreement_id", "reference", "creditor_account", "reasons",
+    "fraud", "body_hash", "device_id", "ip",
+)
+_SELECT_TRANSFER = "SELECT " + ", ".join(TRANSFER_COLUMNS) + " FROM transfers"
+
+
+async def ensure_schema(conn: asyncpg.Connection, shard: int, shard_count: int) -> None:
+    """Create tables and system stripes; refuse a database made for another topology."""
+    await conn.execute(SCHEMA_SQL)
+    await conn.executemany(
+        "INSERT INTO currencies (code, exponent) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        list(CURRENCY_EXPONENTS.items()),
+    )
+    rows = {r["key"]: r["value"] for r in await conn.fetch("SELECT key, value FROM meta")}
+    if not rows:
+        await conn.executemany(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)",
+            [("shard", str(shard)), ("shard_count", str(shard_count))],
+        )
+    elif rows.get("shard") != str(shard) or rows.get("shard_count") != str(shard_count):
+        raise SystemExit(
+            f"database holds shard {rows.get('shard')} of {rows.get('shard_count')}, "
+            f"but this worker was started as shard {shard} of {shard_count}; "
+            "use the same --shards as when the state was created"
+        )
+    for account_id, kind in ((FUNDING_ACCOUNT, "funding"), (CLEARING_ACCOUNT, "clearing")):
+        await conn.execute(
+            "INSERT INTO accounts (id, kind, currency, balance_minor, allow_negative, created_at_ms)"
+            " VALUES ($1, $2, $3, 0, true, 0) ON CONFLICT DO NOTHING",
+            account_id, kind, SYSTEM_CURRENCY,
+        )
+
+
+def row_to_transfer(row: Any) -> Transfer:
+    fraud = row["fraud"]
+    return Transfer(
+        id=row["id"], seq=row["seq"], kind=row["kind"], debit_account=row["debit_account"],
+        credit_account=row["credit_account"], amount_minor=row["amount_minor"],
+        currency=row["currency"], status=row["status"], created_at_ms=row["created_at_ms"],
+        partner_id=row["partner_id"], agreement_id=row["agreement_id"],
+        reference=row["reference"], creditor_account=row["creditor_account"],
+        reasons=tuple(row["reasons"]), fraud=json.loads(fraud) if fraud else None,
+        body_hash=row["body_hash"], device_id=row["device_id"], ip=row["ip"], committed=True,
+    )
+
+
+async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -> None:
+    """Load balances, agreements and today's agreement spend into memory."""
+    for r in await conn.fetch(
+        "SELECT id, kind, currency, balance_minor, allow_negative, partner_id, created_at_ms FROM accounts"
+    ):
+        state.load_account(Account(r["id"], r["kind"], r["currency"], r["balance_minor"],
+                                   r["allow_negative"], r["partner_id"], r["created_at_ms"],
+                                   r["balance_minor"]))
+    for r in await conn.fetch("SELECT * FROM agreements"):
+        state.load_agreement(Agreement(
+            r["id"], r["partner_id"], r["debtor_account"], r["currency"],
+            r["per_payment_limit_minor"], r["daily_limit_minor"], r["status"], r["created_at_ms"]))
+    day = now_ms // 86_400_000
+    for r in await conn.fetch(
+        "SELECT agreement_id, sum(amount_minor)::bigint AS spent FROM transfers"
+        " WHERE kind = 'payment' AND status <> 'Rejected' AND created_at_ms >= $1"
+        " GROUP BY agreement_id", day * 86_400_000,
+    ):
+        agreement = state.agreements.get(r["agreement_id"])
+        if agreement is not None:
+            agreement.spent_day, agreement.spent_minor = day, r["spent"]
+    state.next_seq = (await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers")) + 1
+    invariant(state.total_balance_minor() == 0, "shard balances do not sum to zero at load")
+
+
+async def load_outbox(conn: asyncpg.Connection) -> list[tuple[CreditLeg, int]]:
+    rows = await conn.fetch(
+        "SELECT o.transfer_id, o.target_shard, o.creditor_account, o.amount_minor, o.currency,"
+        " o.created_at_ms FROM outbox o ORDER BY o.created_at_ms")
+    return [(CreditLeg(r["transfer_id"], -1, r["creditor_account"], r["amount_minor"],
+                       r["currency"], r["created_at_ms"]), r["target_shard"]) for r in rows]
+
+
+async def prefetch_transfers(conn: asyncpg.Connection, ids: list[str]) -> list[Transfer]:
+    rows = await conn.fetch(_SELECT_TRANSFER + " WHERE id = ANY($1::text[])", ids)
+    return [row_to_transfer(r) for r in rows]
+
+
+async def fetch_transfer(conn: asyncpg.Connection, transfer_id: str) -> Transfer | None:
+    row = await conn.fetchrow(_SELECT_TRANSFER + " WHERE id = $1", transfer_id)
+    return row_to_transfer(row) if row else None
+
+
+async def list_account_transfers(conn: asyncpg.Connection, account_id: str, before_seq: int,
+                                 limit: int) -> list[Transfer]:
+    """Money-moving rows touching the account, newest first, with seq < before_seq."""
+    rows = await conn.fetch(
+        "(" + _SELECT_TRANSFER + " WHERE debit_account = $1 AND seq < $2 AND status <> 'Rejected'"
+        " ORDER BY seq DESC LIMIT $3) UNION ALL (" + _SELECT_TRANSFER +
+        " WHERE credit_account = $1 AND seq < $2 AND status <> 'Rejected' ORDER BY seq DESC LIMIT $3)"
+        " ORDER BY seq DESC LIMIT $3", account_id, before_seq, limit)
+    return [row_to_transfer(r) for r in rows]
+
+
+def _transfer_record(t: Transfer) -> tuple[Any, ...]:
+    return (t.id, t.seq, t.kind, t.debit_account, t.credit_account, t.amount_minor, t.currency,
+            t.status, t.created_at_ms, t.partner_id, t.agreement_id, t.reference,
+            t.creditor_account, list(t.reasons), json.dumps(t.fraud) if t.fraud else None,
+            t.body_hash, t.device_id, t.ip)
+
+
+async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
+    """Write one decided batch in one transaction (the group commit)."""
+    ws.check_balanced()
+    async with conn.transaction():
+        if ws.accounts:
+            await conn.copy_records_to_table(
+                "accounts", columns=("id", "kind", "currency", "balance_minor", "allow_negative",
+                                     "partner_id", "created_at_ms"),
+                records=[(a.id, a.kind, a.currency, 0, a.allow_negative, a.partner_id,
+                          a.created_at_ms) for a in ws.accounts])
+        if ws.partners:
+            await conn.executemany(
+                "INSERT INTO partners (id, name, secret_sha256, settlement_account, created_at_ms)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [(p["id"], p["name"], p["secret_sha256"], p["settlement_account"], p["created_at_ms"])
+                 for p in ws.partners])
+        if ws.agreements:
+            await conn.copy_records_to_table(
+                "agreements", columns=("id", "partner_id", "debtor_account", "currency",
+                                       "per_payment_limit_minor", "daily_limit_minor", "status",
+                                       "created_at_ms"),
+                records=[(g.id, g.partner_id, g.debtor_account, g.currency,
+                          g.per_payment_limit_minor, g.daily_limit_minor, g.status,
+                          g.created_at_ms) for g in ws.agreements])
+        if ws.transfers:
+            await conn.copy_records_to_table(
+                "transfers", columns=TRANSFER_COLUMNS,
+                records=[_transfer_record(t) for t in ws.transfers])
+        if ws.deltas:
+            ids = list(ws.deltas)
+            updated = await conn.fetchval(
+                "WITH d AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS d(id, delta)),"
+                " u AS (UPDATE accounts a SET balance_minor = a.balance_minor + d.delta"
+                " FROM d WHERE a.id = d.id RETURNING 1) SELECT count(*) FROM u",
+                ids, [ws.deltas[i] for i in ids])
+            invariant(updated == len(ids), f"balance update touched {updated} of {len(ids)} accounts")
+        if ws.outbox:
+            await conn.copy_records_to_table(
+                "outbox", columns=("transfer_id", "target_shard", "creditor_account",
+                                   "amount_minor", "currency", "created_at_ms"),
+                records=[(leg.transfer_id, ws.targets[leg.transfer_id], leg.creditor_account,
+                          leg.amount_minor, leg.currency, leg.at_ms) for leg in ws.outbox])
+        if ws.delivered:
+            await conn.execute("DELETE FROM outbox WHERE transfer_id = ANY($1::text[])", ws.delivered)
+            await conn.execute(
+                "UPDATE transfers SET status = 'AcceptedSettlementCompleted'"
+                " WHERE id = ANY($1::text[]) AND status = 'AcceptedSettlementInProcess'",
+                ws.delivered)
+        for key, value in ws.settings.items():
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+
+
+async def read_setting(conn: asyncpg.Connection, key: str) -> str | None:
+    value: str | None = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
+    return value
+
+
+def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

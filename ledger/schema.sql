@@ -1,0 +1,82 @@
+-- One database per shard. Written only by that shard's worker (advisory-lock fenced).
+CREATE TABLE IF NOT EXISTS meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS currencies (
+    code     text PRIMARY KEY,
+    exponent smallint NOT NULL CHECK (exponent BETWEEN 0 AND 4)
+);
+CREATE TABLE IF NOT EXISTS partners (
+    id                 text PRIMARY KEY,
+    name               text NOT NULL,
+    secret_sha256      text NOT NULL,
+    settlement_account text NOT NULL,
+    created_at_ms      bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    id             text PRIMARY KEY,
+    kind           text NOT NULL CHECK (kind IN ('customer', 'settlement', 'funding', 'clearing')),
+    currency       text NOT NULL REFERENCES currencies (code),
+    balance_minor  bigint NOT NULL,
+    allow_negative boolean NOT NULL,
+    partner_id     text,
+    created_at_ms  bigint NOT NULL,
+    CHECK (allow_negative OR balance_minor >= 0)
+);
+CREATE TABLE IF NOT EXISTS agreements (
+    id                      text PRIMARY KEY,
+    partner_id              text NOT NULL,
+    debtor_account          text NOT NULL REFERENCES accounts (id),
+    currency                text NOT NULL,
+    per_payment_limit_minor bigint NOT NULL CHECK (per_payment_limit_minor > 0),
+    daily_limit_minor       bigint NOT NULL CHECK (daily_limit_minor > 0),
+    status                  text NOT NULL,
+    created_at_ms           bigint NOT NULL
+);
+-- The journal. Every row debits one account and credits another by one positive
+-- amount; Rejected rows are recorded answers that moved no money.
+CREATE TABLE IF NOT EXISTS transfers (
+    id               text PRIMARY KEY,
+    seq              bigint NOT NULL UNIQUE,
+    kind             text NOT NULL,
+    debit_account    text NOT NULL,
+    credit_account   text NOT NULL,
+    amount_minor     bigint NOT NULL CHECK (amount_minor > 0),
+    currency         text NOT NULL,
+    status           text NOT NULL,
+    created_at_ms    bigint NOT NULL,
+    partner_id       text,
+    agreement_id     text,
+    reference        text,
+    creditor_account text,
+    reasons          text[] NOT NULL,
+    fraud            jsonb,
+    body_hash        text,
+    device_id        text,
+    ip               text,
+    CHECK (debit_account <> credit_account)
+);
+CREATE INDEX IF NOT EXISTS transfers_debit_seq ON transfers (debit_account, seq);
+CREATE INDEX IF NOT EXISTS transfers_credit_seq ON transfers (credit_account, seq);
+-- Credit legs still to deliver to other shards, written with their debit leg.
+CREATE TABLE IF NOT EXISTS outbox (
+    transfer_id      text PRIMARY KEY REFERENCES transfers (id),
+    target_shard     int NOT NULL,
+    creditor_account text NOT NULL,
+    amount_minor     bigint NOT NULL CHECK (amount_minor > 0),
+    currency         text NOT NULL,
+    created_at_ms    bigint NOT NULL
+);
+-- Post-event monitor: its position per source shard, and its alerts.
+CREATE TABLE IF NOT EXISTS monitor_positions (
+    source_shard int PRIMARY KEY,
+    seq          bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id         text PRIMARY KEY,
+    rule       text NOT NULL,
+    account    text NOT NULL,
+    at_ms      bigint NOT NULL,
+    details    jsonb NOT NULL
+);

@@ -1,0 +1,483 @@
+"""The shard worker: the single writer of one shard.
+
+Pipeline: requests arrive over the socket protocol into a bounded queue; the
+batcher takes up to `batch_size_max`, prefetches transfer ids it does not hold,
+decides every command synchronously in ShardState, and hands the WriteSet to
+the writer; the writer commits it in one transaction (fsync on) and only then
+answers. While one batch commits, the next is decided, so CPU and fsync overlap.
+A failed write stops the process: memory may be ahead of the database, and the
+restart reloads the truth from PostgreSQL (fail-stop, like TigerBeetle).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import asyncpg
+
+from quickpay.ids import settlement_account_for
+
+from . import pg
+from .client import ShardClient
+from .model import (
+    Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer, invariant,
+)
+from .protocol import FrameDecoder, FrameError, encode_frame, parse_address
+from .relay import Relay
+from .state import ShardState, WriteSet
+
+__all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
+
+log = logging.getLogger("quickpay.shard")
+
+TRANSACTIONS_PAGE_MAX = 200
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    shard: int
+    shard_count: int
+    dsn: str
+    listen: str
+    peers: dict[int, str]
+    batch_size_max: int = 4_000
+    batch_wait_ms: float = 0.0
+    queue_max: int = 100_000
+    transfer_cache_max: int = 1_000_000
+    rules_path: str | None = None
+    no_rules: bool = False
+
+    def validate(self) -> None:
+        problems = []
+        if not 1 <= self.batch_size_max <= 50_000:
+            problems.append("--batch-size-max must be between 1 and 50000")
+        if not 0 <= self.batch_wait_ms <= 100:
+            problems.append("--batch-wait-ms must be between 0 and 100")
+        if not 100 <= self.queue_max <= 10_000_000:
+            problems.append("--queue-max must be between 100 and 10000000")
+        if not 0 <= self.shard < self.shard_count:
+            problems.append("--shard must be in [0, --shards)")
+        if problems:
+            raise SystemExit("bad shard worker configuration: " + "; ".join(problems))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _ServerProtocol(asyncio.Protocol):
+    def __init__(self, worker: "ShardWorker") -> None:
+        self.worker = worker
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.outgoing: list[Any] = []
+        self.flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except FrameError as exc:
+            log.warning("closing connection: %s", exc)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for request_id, op, args in messages:
+            self.worker.dispatch(op, args, self._replier(request_id))
+
+    def _replier(self, request_id: int) -> Callable[[bool, Any], None]:
+        def reply(ok: bool, result: Any) -> None:
+            self.outgoing.append((request_id, ok, result))
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        return reply
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        outgoing, self.outgoing = self.outgoing, []
+        if outgoing and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(outgoing))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+Reply = Callable[[bool, Any], None]
+
+
+class ShardWorker:
+    def __init__(self, config: WorkerConfig, *, clock_ms: Callable[[], int] = _now_ms) -> None:
+        config.validate()
+        self.config = config
+        self.clock_ms = clock_ms
+        self.state = ShardState(config.shard, config.shard_count,
+                                transfer_cache_max=config.transfer_cache_max)
+        self.queue: deque[tuple[str, Any, Reply]] = deque()
+        self.work_ready = asyncio.Event()
+        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]]]] = asyncio.Queue(maxsize=2)
+        self.write_conn: asyncpg.Connection | None = None
+        self.read_pool: asyncpg.Pool | None = None
+        self.relay: Relay | None = None
+        self.peers: dict[int, ShardClient] = {}
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.fraud: Any = None
+        self.fraud_admin: Any = None
+        self.committed_batches = 0
+        self.committed_transfers = 0
+
+    # ---- start-up ------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.write_conn = await asyncpg.connect(cfg.dsn)
+        got_lock = await self.write_conn.fetchval(
+            "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
+        if not got_lock:
+            await self.write_conn.close()
+            raise SystemExit(f"shard {cfg.shard} already has a writer (advisory lock held); refusing to start")
+        await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
+        self.read_pool = await asyncpg.create_pool(cfg.dsn, min_size=1, max_size=4)
+        await pg.load_state(self.write_conn, self.state, self.clock_ms())
+        await self._start_fraud()
+        for shard, address in cfg.peers.items():
+            if shard != cfg.shard:
+                self.peers[shard] = ShardClient(address, call_timeout_s=10.0)
+        self.relay = Relay(cfg.shard, self.peers, self._on_delivered, self._reload_outbox)
+        self.relay.start()
+        self.relay.enqueue(await pg.load_outbox(self.write_conn))
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._batcher()))
+        self.tasks.append(loop.create_task(self._writer()))
+        kind, where = parse_address(cfg.listen)
+        if kind == "unix":
+            path = str(where)
+            if os.path.exists(path):
+                os.unlink(path)  # we hold the advisory lock, so no live worker owns it
+            self.server = await loop.create_unix_server(lambda: _ServerProtocol(self), path)
+        else:
+            self.server = await loop.create_server(lambda: _ServerProtocol(self), kind, int(where))
+        log.info("shard %s ready on %s: %d accounts, %d agreements, next seq %d",
+                 cfg.shard, cfg.listen, len(self.state.accounts), len(self.state.agreements),
+                 self.state.next_seq)
+
+    async def _start_fraud(self) -> None:
+        from .fraud_port import FraudAdapter
+        self.fraud_admin = FraudAdapter(self)
+        await self.fraud_admin.start()
+
+    async def _reload_outbox(self) -> list[tuple[CreditLeg, int]]:
+        assert self.read_pool is not None
+        async with self.read_pool.acquire() as conn:
+            return await pg.load_outbox(conn)
+
+    async def _on_delivered(self, ids: list[str]) -> None:
+        self.enqueue("delivered", ids, lambda ok, result: None, internal=True)
+
+    # ---- intake --------------------------------------------------------------
+    def enqueue(self, op: str, args: Any, reply: Reply, *, internal: bool = False) -> None:
+        if not internal and len(self.queue) >= self.config.queue_max:
+            reply(False, {"code": "OVERLOADED", "message": f"shard {self.config.shard} queue is full"})
+            return
+        self.queue.append((op, args, reply))
+        self.work_ready.set()
+
+    def dispatch(self, op: str, args: Any, reply: Reply) -> None:
+        if op in _WRITE_OPS:
+            self.enqueue(op, args, reply)
+            return
+        handler = _READ_OPS.get(op)
+        if handler is None:
+            reply(False, {"code": "UNKNOWN_OP", "message": f"unknown op {op!r}"})
+            return
+        try:
+            result = handler(self, args)
+        except Exception as exc:  # a bad read request must not kill the worker
+            log.exception("read op %s failed", op)
+            reply(False, {"code": "INTERNAL", "message": str(exc)})
+            return
+        if asyncio.iscoroutine(result):
+            asyncio.get_running_loop().create_task(self._finish(result, reply))
+        else:
+            reply(True, result)
+
+    async def _finish(self, coro: Any, reply: Reply) -> None:
+        try:
+            reply(True, await coro)
+        except Exception as exc:
+            log.exception("async read failed")
+            reply(False, {"code": "INTERNAL", "message": str(exc)})
+
+    # ---- batcher: prefetch, then decide without I/O ---------------------------
+    async def _batcher(self) -> None:
+        cfg = self.config
+        while True:
+            if not self.queue:
+                self.work_ready.clear()
+                await self.work_ready.wait()
+                if cfg.batch_wait_ms:
+                    await asyncio.sleep(cfg.batch_wait_ms / 1000)
+            count = min(len(self.queue), cfg.batch_size_max)
+            items = [self.queue.popleft() for _ in range(count)]
+            await self._prefetch(items)
+            ws = WriteSet()
+            replies: list[tuple[Reply, Any]] = []
+            now_ms = self.clock_ms()
+            for op, args, reply in items:
+                try:
+                    result = _DECIDERS[op](self, args, ws, now_ms)
+                except Exception as exc:
+                    if isinstance(exc, (KeyError, TypeError, ValueError)):
+                        replies.append((reply, (False, {"code": "BAD_REQUEST", "message": repr(exc)})))
+                        continue
+                    raise
+                replies.append((reply, result))
+            await self.write_queue.put((ws, replies))
+
+    async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
+        ids: list[str] = []
+        transfers = self.state.transfers
+        for op, args, _ in items:
+            if op == "pay" or op == "fund":
+                transfer_id = args.get("payment_id") or args.get("transfer_id")
+                if transfer_id not in transfers:
+                    ids.append(transfer_id)
+            elif op == "credit":
+                ids.extend(leg[0] for leg in args if leg[0] not in transfers)
+        if ids:
+            assert self.read_pool is not None
+            async with self.read_pool.acquire() as conn:
+                for transfer in await pg.prefetch_transfers(conn, ids):
+                    if transfer.id not in transfers:
+                        self.state.remember(transfer)
+
+    # ---- writer: one transaction per batch -----------------------------------
+    async def _writer(self) -> None:
+        assert self.write_conn is not None
+        while True:
+            ws, replies = await self.write_queue.get()
+            if not ws.is_empty():
+                try:
+                    await pg.write_batch(self.write_conn, ws)
+                except BaseException:
+                    log.exception("batch write failed; stopping so that the restart reloads the truth")
+                    logging.shutdown()
+                    os._exit(70)
+                for transfer in ws.transfers:
+                    transfer.committed = True
+                accounts = self.state.accounts
+                for account_id, delta_minor in ws.deltas.items():
+                    accounts[account_id].committed_balance_minor += delta_minor
+                self.committed_batches += 1
+                self.committed_transfers += len(ws.transfers)
+            for reply, (ok, result) in replies:
+                reply(ok, result)
+            if ws.outbox and self.relay is not None:
+                self.relay.enqueue([(leg, ws.targets[leg.transfer_id]) for leg in ws.outbox])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        if self.relay is not None:
+            await self.relay.close()
+        for client in self.peers.values():
+            await client.close()
+        if self.read_pool is not None:
+            await self.read_pool.close()
+        if self.write_conn is not None:
+            await self.write_conn.close()
+
+
+# ---- deciders (synchronous; called only by the batcher) ------------------------
+def _payment_result(code: str, transfer: Transfer | None) -> tuple[bool, Any]:
+    return True, {"code": code, "transfer": transfer.to_wire() if transfer is not None else None}
+
+
+def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    cmd = PaymentCommand(
+        payment_id=args["payment_id"], partner_id=args["partner_id"],
+        agreement_id=args["agreement_id"], amount_minor=args["amount_minor"],
+        currency=args["currency"], creditor_account=args["creditor_account"],
+        creditor_shard=args["creditor_shard"], reference=args["reference"],
+        body_hash=args["body_hash"], at_ms=now_ms, device_id=args.get("device_id"),
+        ip=args.get("ip"))
+    return _payment_result(*worker.state.execute_payment(cmd, ws))
+
+
+def _decide_fund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    cmd = FundingCommand(args["transfer_id"], args["account_id"], args["amount_minor"],
+                         args["currency"], args["reference"], args["body_hash"], now_ms)
+    return _payment_result(*worker.state.execute_funding(cmd, ws))
+
+
+def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    codes = []
+    for transfer_id, source, creditor, amount_minor, currency, at_ms in args:
+        codes.append(worker.state.execute_credit(
+            CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws))
+    # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
+    return True, {"applied": codes.count(Code.OK), "replayed": len(codes) - codes.count(Code.OK)}
+
+
+def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    for transfer_id in args:
+        worker.state.mark_delivered(transfer_id, ws)
+    return True, None
+
+
+def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
+                          now_ms: int) -> tuple[bool, Any]:
+    created = 0
+    for a in args:
+        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0,
+                          a.get("kind") in ("funding", "clearing"), a.get("partner_id"), now_ms)
+        invariant(account.kind in ("customer", "settlement"), "only customer and settlement accounts can be opened")
+        created += worker.state.open_account(account, ws)
+    return True, {"created": created}
+
+
+def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
+                           now_ms: int) -> tuple[bool, Any]:
+    ws.partners.append({**args, "created_at_ms": now_ms})
+    worker.state.partners_cache[args["id"]] = {**args, "created_at_ms": now_ms}
+    return True, {"id": args["id"]}
+
+
+def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
+                             now_ms: int) -> tuple[bool, Any]:
+    agreement = Agreement(args["id"], args["partner_id"], args["debtor_account"], args["currency"],
+                          args["per_payment_limit_minor"], args["daily_limit_minor"], "active", now_ms)
+    if agreement.id in worker.state.agreements:
+        return True, {"code": "EXISTS", "agreement": worker.state.agreements[agreement.id].to_wire()}
+    code = worker.state.create_agreement(agreement, ws)
+    return True, {"code": code, "agreement": agreement.to_wire() if code == Code.OK else None}
+
+
+def _decide_settings(worker: ShardWorker, args: dict[str, str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    ws.settings.update(args)
+    return True, None
+
+
+def _decide_fraud(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    # Rule-set changes go through the batcher so that a switch happens between two
+    # payments, never inside a batch's decision of one payment.
+    return worker.fraud_admin.decide(args, ws, now_ms)
+
+
+_DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any]]] = {
+    "pay": _decide_pay, "fund": _decide_fund, "credit": _decide_credit,
+    "delivered": _decide_delivered, "open_accounts": _decide_open_accounts,
+    "create_partner": _decide_create_partner, "create_agreement": _decide_create_agreement,
+    "settings": _decide_settings, "fraud": _decide_fraud,
+}
+_WRITE_OPS = frozenset(_DECIDERS)
+
+
+# ---- reads (answered from memory, or from PostgreSQL's committed rows) ----------
+def _read_ping(worker: ShardWorker, args: Any) -> Any:
+    return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
+            "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
+            "committed_batches": worker.committed_batches,
+            "committed_transfers": worker.committed_transfers}
+
+
+def _read_lookup_account(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    account = worker.state.accounts.get(args["id"])
+    if account is None:
+        return None
+    return {"id": account.id, "kind": account.kind, "currency": account.currency}
+
+
+def _read_balance(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    account = worker.state.accounts.get(args["id"])
+    partner = args.get("partner_id")
+    if account is None or (partner is not None and not worker.state.can_see(partner, account.id)):
+        return None
+    return {"id": account.id, "kind": account.kind, "currency": account.currency,
+            "balance_minor": account.committed_balance_minor}
+
+
+def _read_agreement(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    agreement = worker.state.agreements.get(args["id"])
+    if agreement is None or agreement.partner_id != args.get("partner_id", agreement.partner_id):
+        return None
+    return agreement.to_wire()
+
+
+async def _read_payment_async(worker: ShardWorker, transfer_id: str) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        transfer = await pg.fetch_transfer(conn, transfer_id)
+    return transfer.to_wire() if transfer is not None else None
+
+
+def _read_payment(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    transfer = worker.state.transfers.get(args["id"])
+    if transfer is not None:
+        return transfer.to_wire() if transfer.committed else None
+    return _read_payment_async(worker, args["id"])
+
+
+async def _read_transactions_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    assert worker.read_pool is not None
+    limit = max(1, min(int(args.get("limit", 50)), TRANSACTIONS_PAGE_MAX))
+    before_seq = int(args.get("before_seq") or 2**62)
+    async with worker.read_pool.acquire() as conn:
+        rows = await pg.list_account_transfers(conn, args["id"], before_seq, limit)
+    return [t.to_wire() for t in rows]
+
+
+def _read_transactions(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    account = worker.state.accounts.get(args["id"])
+    partner = args.get("partner_id")
+    if account is None or (partner is not None and not worker.state.can_see(partner, account.id)):
+        return None
+    return _read_transactions_async(worker, args)
+
+
+async def _read_partner_async(worker: ShardWorker, partner_id: str) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM partners WHERE id = $1", partner_id)
+    return dict(row) if row else None
+
+
+def _read_partner(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    cached = worker.state.partners_cache.get(args["id"])
+    if cached is not None:
+        return cached
+    return _read_partner_async(worker, args["id"])
+
+
+def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    return worker.fraud_admin.read(args)
+
+
+_READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
+    "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
+    "agreement": _read_agreement, "payment": _read_payment, "transactions": _read_transactions,
+    "partner": _read_partner, "fraud_read": _read_fraud,
+}
+
+
+async def run_worker(config: WorkerConfig) -> None:
+    worker = ShardWorker(config)
+    await worker.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await worker.close()
+
+
+def settlement_stripe(partner_id: str, currency: str) -> dict[str, Any]:
+    return {"id": settlement_account_for(partner_id), "kind": "settlement", "currency": currency,
+            "partner_id": partner_id}
