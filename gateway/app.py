@@ -1,0 +1,563 @@
+"""HTTP entrypoint: aiohttp handlers for partners and the admin API.
+
+Handlers validate, route to the shard that owns the entity, and translate the
+shard's result codes into HTTP. They hold no state of their own beyond caches
+of immutable facts (verified tokens, account currencies).
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
+from quickpay.ids import (
+    is_striped, new_account_id, new_agreement_id, new_partner_id, payment_id_for,
+    settlement_account_for, shard_of_payment,
+)
+from quickpay.money import CURRENCY_EXPONENTS, AmountError, format_amount, parse_amount
+
+from .auth import TokenService, hash_secret, new_secret, secret_matches
+from .errors import ApiError, error_response, field_error
+from .openapi import openapi_document
+from .schemas import (
+    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest,
+    QuickPaymentRequest, RulesRequest, decode_body,
+)
+from .shards import ShardRouter
+
+__all__ = ["GatewayConfig", "create_app", "BODY_MAX_BYTES"]
+
+BODY_MAX_BYTES = 64 * 1024
+IDEMPOTENCY_KEY_MAX = 64
+INTERACTION_ID_MAX = 128
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class GatewayConfig(msgspec.Struct):
+    shard_addresses: list[str]
+    token_key: bytes
+    admin_token: str
+    call_timeout_s: float = 10.0
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(body),
+                        content_type="application/json", headers=headers)
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now_s() -> int:
+    return int(time.time())
+
+
+# ---- middleware -----------------------------------------------------------------
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    interaction_id = request.headers.get("x-fapi-interaction-id")
+    if not interaction_id or len(interaction_id) > INTERACTION_ID_MAX:
+        interaction_id = str(uuid.uuid4())
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = error_response(error)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(ApiError(
+            413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes"))
+    except web.HTTPException as exc:
+        code = {404: "QP.Resource.NotFound", 405: "QP.Method.NotAllowed"}.get(exc.status, "QP.Http")
+        response = error_response(ApiError(exc.status, code, exc.reason))
+    except (ShardUnavailable, ShardOverloaded) as exc:
+        # The outcome is unknown to us; the partner retries with the same key and
+        # gets exactly one payment either way.
+        response = error_response(ApiError(
+            503, "QP.Service.Unavailable",
+            f"the ledger did not answer ({exc}); retry with the same x-idempotency-key",
+            headers={"Retry-After": "1"}))
+    response.headers["x-fapi-interaction-id"] = interaction_id
+    return response
+
+
+# ---- helpers ----------------------------------------------------------------------
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.router = ShardRouter(config.shard_addresses, call_timeout_s=config.call_timeout_s)
+        self.tokens = TokenService(config.token_key)
+
+    def partner_of(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "QP.Auth.Missing", "a bearer access token is required",
+                           headers={"WWW-Authenticate": 'Bearer realm="quickpay"'})
+        partner_id = self.tokens.verify(token.strip(), _now_s())
+        if partner_id is None:
+            raise ApiError(401, "QP.Auth.InvalidToken", "the access token is invalid or expired",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return partner_id
+
+    def require_admin(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.config.admin_token.encode()):
+            raise ApiError(401, "QP.Auth.Admin", "an admin bearer token is required",
+                           headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'})
+
+    @staticmethod
+    def idempotency_key(request: web.Request) -> str:
+        key = request.headers.get("x-idempotency-key")
+        if key is None:
+            raise field_error(400, "QP.Header.Missing", "the x-idempotency-key header is required",
+                              "header.x-idempotency-key")
+        if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
+            raise field_error(400, "QP.Header.Invalid",
+                              f"x-idempotency-key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+                              "header.x-idempotency-key")
+        return key
+
+    @staticmethod
+    def amount(text: str, currency: str, path: str) -> int:
+        try:
+            return parse_amount(text, currency)
+        except AmountError as error:
+            raise field_error(400, error.code, error.message, path) from None
+
+    @staticmethod
+    def currency(code: str, path: str = "$.currency") -> str:
+        if code not in CURRENCY_EXPONENTS:
+            raise field_error(400, "QP.Currency.Unsupported", f"currency {code} is not supported", path)
+        return code
+
+
+def payment_resource(t: dict[str, Any]) -> dict[str, Any]:
+    fraud = t.get("fraud")
+    return {
+        "payment_id": t["id"], "status": t["status"],
+        "amount": format_amount(t["amount_minor"], t["currency"]), "currency": t["currency"],
+        "agreement_id": t["agreement_id"], "debtor_account": t["debit_account"],
+        "creditor_account": t["creditor_account"], "reference": t["reference"],
+        "created_at": _iso(t["created_at_ms"]), "reasons": t["reasons"],
+        "fraud": fraud if fraud is not None else {"decision": "allow", "score": 0, "reasons": []},
+        "risk": {"device_id": t.get("device_id"), "ip": t.get("ip")},
+    }
+
+
+def transfer_resource(t: dict[str, Any]) -> dict[str, Any]:
+    return {"transfer_id": t["id"], "kind": t["kind"], "status": t["status"],
+            "amount": format_amount(t["amount_minor"], t["currency"]), "currency": t["currency"],
+            "debit_account": t["debit_account"], "credit_account": t["creditor_account"] or t["credit_account"],
+            "reference": t["reference"], "created_at": _iso(t["created_at_ms"]), "reasons": t["reasons"]}
+
+
+def agreement_resource(a: dict[str, Any]) -> dict[str, Any]:
+    return {"agreement_id": a["id"], "partner_id": a["partner_id"], "debtor_account": a["debtor_account"],
+            "currency": a["currency"], "status": a["status"],
+            "per_payment_limit": format_amount(a["per_payment_limit_minor"], a["currency"]),
+            "daily_limit": format_amount(a["daily_limit_minor"], a["currency"]),
+            "created_at": _iso(a["created_at_ms"])}
+
+
+def body_hash(*parts: object) -> str:
+    return hashlib.blake2b(msgspec.msgpack.encode(parts), digest_size=16).hexdigest()
+
+
+_PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
+    "AGREEMENT_NOT_FOUND": (404, "QP.Agreement.NotFound", "no such agreement", "$.agreement_id"),
+    "AGREEMENT_INACTIVE": (422, "QP.Agreement.Inactive", "the agreement is not active", "$.agreement_id"),
+    "CURRENCY_MISMATCH": (422, "QP.Currency.Mismatch",
+                          "the currency differs from the agreement's or the creditor's", "$.currency"),
+    "CREDITOR_NOT_FOUND": (422, "QP.Creditor.NotFound", "no such creditor account", "$.creditor_account"),
+    "SAME_ACCOUNT": (422, "QP.Creditor.SameAsDebtor", "the creditor is the debtor's own account",
+                     "$.creditor_account"),
+    "EXISTS_WITH_DIFFERENT_BODY": (422, "QP.Idempotency.Mismatch",
+                                   "this x-idempotency-key was used with a different request body",
+                                   "header.x-idempotency-key"),
+    "IN_FLIGHT": (409, "QP.Idempotency.InFlight",
+                  "a request with this x-idempotency-key is still in progress; retry shortly",
+                  "header.x-idempotency-key"),
+    "ACCOUNT_NOT_FOUND": (404, "QP.Account.NotFound", "no such account", "$.account_id"),
+}
+
+
+def _raise_for(code: str) -> None:
+    status, api_code, message, path = _PAYMENT_ERRORS[code]
+    raise field_error(status, api_code, message, path)
+
+
+def _decode_cursor(text: str | None, shards: list[int]) -> dict[int, int]:
+    if not text:
+        return {}
+    try:
+        raw = msgspec.json.decode(base64.urlsafe_b64decode(text.encode() + b"=="))
+        cursor = {int(k): int(v) for k, v in raw.items()}
+    except Exception:
+        raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor") from None
+    if any(s not in shards for s in cursor):
+        raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor")
+    return cursor
+
+
+def _encode_cursor(cursor: dict[int, int]) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode({str(k): v for k, v in cursor.items()})).decode().rstrip("=")
+
+
+# ---- routes ---------------------------------------------------------------------------
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[api_middleware], client_max_size=BODY_MAX_BYTES)
+    gw = Gateway(config)
+    app["gateway"] = gw
+    router = gw.router
+    routes = web.RouteTableDef()
+
+    async def read_body(request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > BODY_MAX_BYTES:
+            raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
+        return await request.read()
+
+    # -- health and docs --
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    @routes.get("/readyz")
+    async def readyz(request: web.Request) -> web.Response:
+        shards = []
+        for index, client in enumerate(router.clients):
+            try:
+                await client.call("ping")
+                shards.append({"shard": index, "ready": True})
+            except Exception as exc:
+                shards.append({"shard": index, "ready": False, "error": str(exc)})
+        ready = all(s["ready"] for s in shards)
+        return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "shards": shards})
+
+    @routes.get("/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return _json(200, openapi_document())
+
+    # -- OAuth2 client credentials --
+    @routes.post("/oauth2/token")
+    async def token(request: web.Request) -> web.Response:
+        client_id = client_secret = None
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+                client_id, _, client_secret = decoded.partition(":")
+            except Exception:
+                raise ApiError(401, "invalid_client", "malformed basic credentials") from None
+        form: Any = {}
+        if request.content_type == "application/x-www-form-urlencoded":
+            if request.content_length is not None and request.content_length > BODY_MAX_BYTES:
+                raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
+            form = await request.post()
+        elif request.can_read_body:
+            body = await read_body(request)
+            try:
+                form = msgspec.json.decode(body) if body else {}
+            except msgspec.DecodeError:
+                raise ApiError(400, "invalid_request", "body must be form-encoded or JSON") from None
+            if not isinstance(form, dict):
+                raise ApiError(400, "invalid_request", "body must be an object")
+        if form.get("grant_type") != "client_credentials":
+            raise field_error(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
+        client_id = client_id or form.get("client_id")
+        client_secret = client_secret or form.get("client_secret")
+        if not isinstance(client_id, str) or not isinstance(client_secret, str) or not client_id \
+                or len(client_id) > 64 or len(client_secret) > 256:
+            raise ApiError(401, "invalid_client", "client authentication failed")
+        partner = await router.client_for(client_id).call("partner", {"id": client_id})
+        if partner is None or not secret_matches(client_secret, partner["secret_sha256"]):
+            raise ApiError(401, "invalid_client", "client authentication failed")
+        now_s = _now_s()
+        return _json(200, {"access_token": gw.tokens.issue(client_id, now_s), "token_type": "Bearer",
+                           "expires_in": gw.tokens.ttl_s, "scope": "payments"},
+                     headers={"Cache-Control": "no-store"})
+
+    # -- agreements --
+    @routes.post("/v1/agreements")
+    async def create_agreement(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        body: AgreementRequest = decode_body(await read_body(request), AgreementRequest)  # type: ignore[assignment]
+        currency = gw.currency(body.currency)
+        per_payment = gw.amount(body.per_payment_limit, currency, "$.per_payment_limit")
+        daily = gw.amount(body.daily_limit, currency, "$.daily_limit")
+        if is_striped(body.debtor_account):
+            raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
+        agreement_id = new_agreement_id(body.debtor_account, router.count)
+        result = await router.client_for(body.debtor_account).call("create_agreement", {
+            "id": agreement_id, "partner_id": partner_id, "debtor_account": body.debtor_account,
+            "currency": currency, "per_payment_limit_minor": per_payment, "daily_limit_minor": daily})
+        if result["code"] == "ACCOUNT_NOT_FOUND":
+            raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
+        if result["code"] == "CURRENCY_MISMATCH":
+            raise field_error(422, "QP.Currency.Mismatch", "the account holds another currency", "$.currency")
+        return _json(201, agreement_resource(result["agreement"]))
+
+    @routes.get("/v1/agreements/{agreement_id}")
+    async def get_agreement(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        agreement_id = request.match_info["agreement_id"]
+        found = await router.client_for(agreement_id).call(
+            "agreement", {"id": agreement_id, "partner_id": partner_id})
+        if found is None:
+            raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
+        return _json(200, agreement_resource(found))
+
+    # -- quick-payments --
+    @routes.post("/v1/quick-payments")
+    async def create_payment(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        key = gw.idempotency_key(request)
+        body: QuickPaymentRequest = decode_body(await read_body(request), QuickPaymentRequest)  # type: ignore[assignment]
+        currency = gw.currency(body.currency)
+        amount_minor = gw.amount(body.amount, currency, "$.amount")
+        shard = router.shard_of(body.agreement_id)
+        creditor = body.creditor_account
+        if is_striped(creditor):
+            creditor_shard = shard  # the local stripe takes the credit
+            if not creditor.startswith("set_"):
+                _raise_for("CREDITOR_NOT_FOUND")
+        else:
+            creditor_shard = router.shard_of(creditor)
+            if creditor_shard != shard:
+                found = await router.lookup_account(creditor)
+                if found is None or found["kind"] != "customer":
+                    _raise_for("CREDITOR_NOT_FOUND")
+                elif found["currency"] != currency:
+                    _raise_for("CURRENCY_MISMATCH")
+        risk = body.risk or None
+        device_id = risk.device_id if risk else None
+        ip = risk.ip if risk else None
+        result = await router.call(shard, "pay", {
+            "payment_id": payment_id_for(partner_id, key, shard), "partner_id": partner_id,
+            "agreement_id": body.agreement_id, "amount_minor": amount_minor, "currency": currency,
+            "creditor_account": creditor, "creditor_shard": creditor_shard,
+            "reference": body.reference, "device_id": device_id, "ip": ip,
+            "body_hash": body_hash(body.agreement_id, amount_minor, currency, creditor,
+                                   body.reference, device_id, ip)})
+        code = result["code"]
+        if code == "OK":
+            return _json(201, payment_resource(result["transfer"]))
+        if code == "REPLAY":
+            return _json(201, payment_resource(result["transfer"]), {"x-idempotent-replayed": "true"})
+        _raise_for(code)
+        raise AssertionError("unreachable")
+
+    @routes.get("/v1/quick-payments/{payment_id}")
+    async def get_payment(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        payment_id = request.match_info["payment_id"]
+        shard = shard_of_payment(payment_id, router.count)
+        found = None if shard is None else await router.call(shard, "payment", {"id": payment_id})
+        if found is None or found["kind"] != "payment" or found["partner_id"] != partner_id:
+            raise ApiError(404, "QP.Payment.NotFound", "no such payment")
+        return _json(200, payment_resource(found))
+
+    # -- accounts --
+    async def account_shards(account_id: str, partner_id: str | None) -> tuple[list[int], str | None]:
+        """Shards to ask about an account, and the partner filter the shard applies."""
+        if is_striped(account_id):
+            if partner_id is not None and account_id != settlement_account_for(partner_id):
+                raise ApiError(404, "QP.Account.NotFound", "no such account")
+            return list(range(router.count)), None
+        return [router.shard_of(account_id)], partner_id
+
+    async def balance_of(account_id: str, partner_id: str | None) -> web.Response:
+        shards, filter_partner = await account_shards(account_id, partner_id)
+        answers = [await router.call(s, "balance", {"id": account_id, "partner_id": filter_partner})
+                   for s in shards]
+        if any(a is None for a in answers):
+            raise ApiError(404, "QP.Account.NotFound", "no such account")
+        currency = answers[0]["currency"]
+        total = sum(a["balance_minor"] for a in answers)
+        return _json(200, {"account_id": account_id, "kind": answers[0]["kind"], "currency": currency,
+                           "balance": format_amount(total, currency),
+                           "stripes": len(answers)})
+
+    @routes.get("/v1/accounts/{account_id}/balance")
+    async def get_balance(request: web.Request) -> web.Response:
+        return await balance_of(request.match_info["account_id"], gw.partner_of(request))
+
+    @routes.get("/v1/accounts/{account_id}/transactions")
+    async def list_transactions(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        account_id = request.match_info["account_id"]
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit") from None
+        if not 1 <= limit <= 200:
+            raise field_error(400, "QP.Query.Invalid", "limit must be between 1 and 200", "query.limit")
+        shards, filter_partner = await account_shards(account_id, partner_id)
+        cursor = _decode_cursor(request.query.get("cursor"), shards)
+        rows: list[tuple[int, dict[str, Any]]] = []
+        for s in shards:
+            answer = await router.call(s, "transactions", {
+                "id": account_id, "partner_id": filter_partner, "limit": limit + 1,
+                "before_seq": cursor.get(s)})
+            if answer is None:
+                raise ApiError(404, "QP.Account.NotFound", "no such account")
+            rows.extend((s, t) for t in answer)
+        # Newest first across stripes; the cursor keeps each stripe's position.
+        rows.sort(key=lambda st: (st[1]["created_at_ms"], st[1]["seq"]), reverse=True)
+        page = rows[:limit]
+        next_cursor = dict(cursor)
+        for s, t in page:
+            next_cursor[s] = min(next_cursor.get(s, 2**62), t["seq"])
+        items = []
+        for _, t in page:
+            item = transfer_resource(t)
+            item["direction"] = "debit" if t["debit_account"] == account_id else "credit"
+            items.append(item)
+        return _json(200, {"account_id": account_id, "transactions": items,
+                           "next_cursor": _encode_cursor(next_cursor) if len(rows) > limit else None})
+
+    # -- admin --
+    @routes.post("/admin/v1/partners")
+    async def create_partner(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        body: PartnerRequest = decode_body(await read_body(request), PartnerRequest)  # type: ignore[assignment]
+        currency = gw.currency(body.currency)
+        partner_id = new_partner_id()
+        secret = new_secret()
+        settlement = settlement_account_for(partner_id)
+        await router.broadcast("open_accounts", [{"id": settlement, "kind": "settlement",
+                                                  "currency": currency, "partner_id": partner_id}])
+        await router.client_for(partner_id).call("create_partner", {
+            "id": partner_id, "name": body.name, "secret_sha256": hash_secret(secret),
+            "settlement_account": settlement})
+        return _json(201, {"partner_id": partner_id, "client_id": partner_id, "client_secret": secret,
+                           "settlement_account": settlement, "currency": currency})
+
+    @routes.post("/admin/v1/accounts")
+    async def open_account(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        raw = await read_body(request)
+        body: AccountRequest = decode_body(raw or b"{}", AccountRequest)  # type: ignore[assignment]
+        currency = gw.currency(body.currency)
+        account_id = new_account_id()
+        await router.client_for(account_id).call("open_accounts", [{"id": account_id, "currency": currency}])
+        return _json(201, {"account_id": account_id, "currency": currency, "balance": format_amount(0, currency)})
+
+    @routes.post("/admin/v1/accounts/{account_id}/fundings")
+    async def fund(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        key = gw.idempotency_key(request)
+        account_id = request.match_info["account_id"]
+        body: FundingRequest = decode_body(await read_body(request), FundingRequest)  # type: ignore[assignment]
+        currency = gw.currency(body.currency)
+        amount_minor = gw.amount(body.amount, currency, "$.amount")
+        if is_striped(account_id):
+            raise ApiError(404, "QP.Account.NotFound", "no such customer account")
+        shard = router.shard_of(account_id)
+        result = await router.call(shard, "fund", {
+            "transfer_id": payment_id_for("admin-funding", key, shard), "account_id": account_id,
+            "amount_minor": amount_minor, "currency": currency, "reference": body.reference,
+            "body_hash": body_hash(account_id, amount_minor, currency, body.reference)})
+        code = result["code"]
+        if code in ("OK", "REPLAY"):
+            return _json(201, transfer_resource(result["transfer"]))
+        if code == "ACCOUNT_NOT_FOUND":
+            raise ApiError(404, "QP.Account.NotFound", "no such customer account")
+        _raise_for(code)
+        raise AssertionError("unreachable")
+
+    @routes.get("/admin/v1/accounts/{account_id}/balance")
+    async def admin_balance(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        return await balance_of(request.match_info["account_id"], None)
+
+    # -- admin: fraud rules and lists --
+    async def fraud_change(args: dict[str, Any]) -> list[Any]:
+        results = []
+        for client in router.clients:
+            try:
+                results.append(await client.call("fraud", args))
+            except ShardError as exc:
+                detail = exc.args[0] if exc.args else {}
+                if isinstance(detail, dict) and detail.get("code") in ("RULE_ERROR", "BAD_REQUEST"):
+                    raise ApiError(422, "QP.Rules.Invalid", str(detail.get("message")),
+                                   [{"code": "QP.Rules.Invalid", "message": str(detail.get("message")),
+                                     "path": "$.text"}]) from None
+                raise
+        return results
+
+    @routes.get("/admin/v1/fraud/rules")
+    async def get_rules(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        answers = await router.broadcast("fraud_read", {"what": "rules"})
+        return _json(200, {"shards": answers})
+
+    @routes.post("/admin/v1/fraud/rules")
+    async def propose_rules(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        body: RulesRequest = decode_body(await read_body(request), RulesRequest)  # type: ignore[assignment]
+        results = await fraud_change({"action": "propose", "text": body.text, "author": body.author,
+                                      "activate": body.activate})
+        return _json(201, {"active_version": results[0]["active_version"], "shards": results})
+
+    @routes.post("/admin/v1/fraud/rules/rollback")
+    async def rollback_rules(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        results = await fraud_change({"action": "rollback", "author": request.query.get("author", "admin")})
+        return _json(200, {"active_version": results[0]["active_version"], "shards": results})
+
+    @routes.post("/admin/v1/fraud/rules/{version}/activate")
+    async def activate_rules(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        version = request.match_info["version"]
+        if not version.isdigit():
+            raise ApiError(404, "QP.Rules.NotFound", "no such rule set version")
+        results = await fraud_change({"action": "activate", "version": int(version),
+                                      "author": request.query.get("author", "admin")})
+        return _json(200, {"active_version": results[0]["active_version"], "shards": results})
+
+    @routes.get("/admin/v1/fraud/lists")
+    async def get_lists(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        answers = await router.broadcast("fraud_read", {"what": "lists"})
+        return _json(200, answers[0])
+
+    @routes.post("/admin/v1/fraud/lists/{name}")
+    async def change_list(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        name = request.match_info["name"]
+        body: ListChangeRequest = decode_body(await read_body(request), ListChangeRequest)  # type: ignore[assignment]
+        result: Any = None
+        if body.add:
+            result = (await fraud_change({"action": "list_add", "list": name, "values": body.add}))[0]
+        if body.remove:
+            result = (await fraud_change({"action": "list_remove", "list": name, "values": body.remove}))[0]
+        if result is None:
+            result = (await router.broadcast("fraud_read", {"what": "lists"}))[0]
+        return _json(200, result)
+
+    @routes.get("/admin/v1/fraud/alerts")
+    async def list_alerts(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        answers = await router.broadcast("alerts", {"limit": 100})
+        alerts = sorted((a for answer in answers for a in answer), key=lambda a: a["at_ms"], reverse=True)
+        return _json(200, {"alerts": [{**a, "at": _iso(a["at_ms"])} for a in alerts[:100]]})
+
+    app.add_routes(routes)
+
+    async def close_router(app: web.Application) -> None:
+        await router.close()
+
+    app.on_cleanup.append(close_router)
+    return app

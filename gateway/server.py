@@ -1,0 +1,36 @@
+"""Runs one gateway worker process; several share the port with SO_REUSEPORT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+from aiohttp import web
+
+from .app import GatewayConfig, create_app
+
+__all__ = ["serve"]
+
+log = logging.getLogger("quickpay.gateway")
+
+
+async def _serve(config: GatewayConfig, host: str, port: int) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)
+    await site.start()
+    log.info("gateway worker listening on http://%s:%s", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Graceful drain: stop accepting, let in-flight requests finish (bounded).
+    await runner.shutdown()
+    await runner.cleanup()
+
+
+def serve(config: GatewayConfig, host: str, port: int) -> None:
+    uvloop.run(_serve(config, host, port))

@@ -1,0 +1,135 @@
+"""The conservation audit behind `quickpay check`.
+
+Per shard, in one REPEATABLE READ snapshot:
+  * every account's stored balance equals its journal replay (credits - debits of
+    money-moving rows), and no row is unbalanced (positive amount, two accounts);
+  * the shard's balances sum to zero (each shard balances through its clearing stripe).
+Across shards:
+  * clearing stripes sum to the credits in flight: cross-shard debit legs whose
+    credit leg the creditor shard has not committed yet;
+  * every credit leg has its debit leg, and no transfer id is applied twice;
+  * so the sum of all customer, settlement and funding balances plus the credits in
+    flight is zero — money is neither created nor lost.
+On a live stack the shards are read one after another, so a payment can be seen
+on its creditor shard but not yet on its debtor's; such a pair is re-read, and
+only a mismatch that persists is reported.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from quickpay.ids import CLEARING_ACCOUNT
+
+__all__ = ["AuditReport", "audit", "audit_once"]
+
+
+@dataclass
+class AuditReport:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    in_flight_minor: int = 0
+    in_flight_count: int = 0
+    total_minor: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": self.problems, "shards": self.shards,
+                "in_flight_minor": self.in_flight_minor, "in_flight_count": self.in_flight_count,
+                "total_minor": self.total_minor}
+
+
+async def _read_shard(dsn: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            mismatched = await conn.fetch(
+                "WITH moves AS ("
+                "  SELECT credit_account AS id, amount_minor AS delta FROM transfers WHERE status <> 'Rejected'"
+                "  UNION ALL"
+                "  SELECT debit_account, -amount_minor FROM transfers WHERE status <> 'Rejected'),"
+                " replay AS (SELECT id, sum(delta)::bigint AS replayed FROM moves GROUP BY id)"
+                " SELECT a.id, a.balance_minor, coalesce(r.replayed, 0) AS replayed"
+                " FROM accounts a LEFT JOIN replay r ON r.id = a.id"
+                " WHERE a.balance_minor <> coalesce(r.replayed, 0) LIMIT 20")
+            orphans = await conn.fetchval(
+                "SELECT count(*) FROM transfers t WHERE status <> 'Rejected' AND NOT EXISTS"
+                " (SELECT 1 FROM accounts a WHERE a.id = t.credit_account)")
+            unbalanced = await conn.fetchval(
+                "SELECT count(*) FROM transfers WHERE amount_minor <= 0 OR debit_account = credit_account")
+            total = await conn.fetchval("SELECT coalesce(sum(balance_minor), 0)::bigint FROM accounts")
+            clearing = await conn.fetchval("SELECT balance_minor FROM accounts WHERE id = $1", CLEARING_ACCOUNT)
+            debit_legs = await conn.fetch(
+                "SELECT id, amount_minor FROM transfers WHERE kind = 'payment' AND credit_account = $1"
+                " AND status <> 'Rejected'", CLEARING_ACCOUNT)
+            credit_legs = await conn.fetch(
+                "SELECT id, amount_minor FROM transfers WHERE kind = 'credit_leg'")
+            meta = {r["key"]: r["value"] for r in await conn.fetch("SELECT key, value FROM meta")}
+            counts = await conn.fetchrow(
+                "SELECT count(*) AS transfers, count(*) FILTER (WHERE status = 'Rejected') AS rejected,"
+                " count(*) FILTER (WHERE status = 'AcceptedSettlementInProcess') AS in_process FROM transfers")
+    finally:
+        await conn.close()
+    return {"mismatched": [dict(r) for r in mismatched], "orphans": orphans, "unbalanced": unbalanced,
+            "total": total, "clearing": clearing or 0, "meta": meta, "counts": dict(counts),
+            "debit_legs": {r["id"]: r["amount_minor"] for r in debit_legs},
+            "credit_legs": {r["id"]: r["amount_minor"] for r in credit_legs}}
+
+
+async def audit_once(dsns: list[str]) -> AuditReport:
+    shards = [await _read_shard(dsn) for dsn in dsns]
+    report = AuditReport(ok=True)
+    debit_legs: dict[str, int] = {}
+    credit_legs: dict[str, int] = {}
+    for index, shard in enumerate(shards):
+        if shard["meta"].get("shard") not in (None, str(index)):
+            report.problems.append(f"DSN #{index} holds shard {shard['meta'].get('shard')}")
+        for row in shard["mismatched"]:
+            report.problems.append(
+                f"shard {index}: account {row['id']} balance {row['balance_minor']} != journal {row['replayed']}")
+        if shard["orphans"]:
+            report.problems.append(f"shard {index}: {shard['orphans']} transfers credit unknown accounts")
+        if shard["unbalanced"]:
+            report.problems.append(f"shard {index}: {shard['unbalanced']} unbalanced journal rows")
+        if shard["total"] != 0:
+            report.problems.append(f"shard {index}: balances sum to {shard['total']}, not 0")
+        for transfer_id, amount in shard["debit_legs"].items():
+            if transfer_id in debit_legs:
+                report.problems.append(f"transfer {transfer_id} debited on two shards")
+            debit_legs[transfer_id] = amount
+        for transfer_id, amount in shard["credit_legs"].items():
+            if transfer_id in credit_legs:
+                report.problems.append(f"transfer {transfer_id} credited on two shards")
+            credit_legs[transfer_id] = amount
+        report.shards.append({"shard": index, **shard["counts"], "clearing_minor": shard["clearing"],
+                              "balance_sum_minor": shard["total"]})
+    for transfer_id, amount in credit_legs.items():
+        if transfer_id not in debit_legs:
+            report.problems.append(f"credit leg {transfer_id} has no debit leg")
+        elif debit_legs[transfer_id] != amount:
+            report.problems.append(f"credit leg {transfer_id} amount {amount} != debit {debit_legs[transfer_id]}")
+    in_flight = {t: a for t, a in debit_legs.items() if t not in credit_legs}
+    report.in_flight_minor = sum(in_flight.values())
+    report.in_flight_count = len(in_flight)
+    clearing_total = sum(s["clearing"] for s in shards)
+    if clearing_total != report.in_flight_minor:
+        report.problems.append(
+            f"clearing stripes hold {clearing_total} but credits in flight are {report.in_flight_minor}")
+    report.total_minor = sum(s["total"] for s in shards) - clearing_total + report.in_flight_minor
+    if report.total_minor != 0:
+        report.problems.append(f"balances plus credits in flight sum to {report.total_minor}, not 0")
+    report.ok = not report.problems
+    return report
+
+
+async def audit(dsns: list[str], *, attempts: int = 5, pause_s: float = 0.5) -> AuditReport:
+    report = await audit_once(dsns)
+    for _ in range(attempts - 1):
+        if report.ok:
+            break
+        await asyncio.sleep(pause_s)
+        report = await audit_once(dsns)
+    return report

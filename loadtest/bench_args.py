@@ -1,0 +1,29 @@
+"""Arguments of `quickpay bench` (kept apart so the CLI parser imports nothing heavy)."""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_bench_arguments"]
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="bench-out", help="report directory (default bench-out)")
+    p.add_argument("--quick", action="store_true", help="a first look in under 2 minutes")
+    p.add_argument("--state-dir", help="stack state (default: a fresh directory under --out)")
+    p.add_argument("--dsn", action="append", help="use these PostgreSQL servers, one per shard")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    p.add_argument("--customers", type=int, default=1_000_000)
+    p.add_argument("--partners", type=int, default=10)
+    p.add_argument("--step-s", type=float, default=10.0, help="seconds per offered-rate step")
+    p.add_argument("--start-rate", type=float, default=1000.0)
+    p.add_argument("--max-rate", type=float, default=20000.0)
+    p.add_argument("--generator-processes", type=int, default=1)
+    p.add_argument("--connections", type=int, default=256, help="generator connection bound")
+    p.add_argument("--p99-ms", type=float, default=25.0)
+    p.add_argument("--error-rate-max", type=float, default=0.001)
+    p.add_argument("--no-baselines", action="store_true", help="skip the naive ledger and pgbench phases")
+    p.add_argument("--no-rules", action="store_true", help="run the stack without the fraud filter")
+    p.add_argument("--sweep", action="store_true", help="also run the shards x workers scaling sweep")
+    p.add_argument("--profile", action="store_true", help="py-spy the shard and gateway workers")
+    p.add_argument("--port", type=int, default=18080)

