@@ -62,7 +62,8 @@ class FraudAdapter:
             path = cfg.rules_path or str(fraud.default_rules_path())
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
-            version = self.registry.propose(text, author="startup", at_ms=now_ms, filename=path)
+            fraud.parse_rules(text, filename=path)  # a bad file fails here, naming file:line:col
+            version = self.registry.propose(text, author="startup", at_ms=now_ms)
             self.registry.activate(version, author="startup", at_ms=now_ms)
             await worker.write_conn.execute(
                 "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -106,8 +107,8 @@ class FraudAdapter:
         author = args.get("author", "admin")
         try:
             if action == "propose":
-                version = self.registry.propose(args["text"], author=author, at_ms=now_ms,
-                                                filename=args.get("filename", "<api>"))
+                fraud.parse_rules(args["text"], filename=args.get("filename", "<api>"))
+                version = self.registry.propose(args["text"], author=author, at_ms=now_ms)
                 if args.get("activate", True):
                     self.registry.activate(version, author=author, at_ms=now_ms)
                     self.filter.activate(self.registry.active_ruleset)

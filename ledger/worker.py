@@ -11,6 +11,7 @@ restart reloads the truth from PostgreSQL (fail-stop, like TigerBeetle).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -458,6 +459,19 @@ def _read_partner(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return _read_partner_async(worker, args["id"])
 
 
+async def _read_alerts_async(worker: ShardWorker, limit: int) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, rule, account, at_ms, details FROM alerts ORDER BY at_ms DESC LIMIT $1", limit)
+    return [{"alert_id": r["id"], "rule": r["rule"], "account": r["account"], "at_ms": r["at_ms"],
+             "details": json.loads(r["details"])} for r in rows]
+
+
+def _read_alerts(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    return _read_alerts_async(worker, max(1, min(int(args.get("limit", 100)), 1000)))
+
+
 def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return worker.fraud_admin.read(args)
 
@@ -465,7 +479,7 @@ def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
 _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
     "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
     "agreement": _read_agreement, "payment": _read_payment, "transactions": _read_transactions,
-    "partner": _read_partner, "fraud_read": _read_fraud,
+    "partner": _read_partner, "fraud_read": _read_fraud, "alerts": _read_alerts,
 }
 
 

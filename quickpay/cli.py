@@ -157,7 +157,7 @@ def cmd_gateway_worker(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     import uvloop
-    from fraud_monitor_runner import run_monitor  # type: ignore[import-not-found]
+    from quickpay.monitor import run_monitor
     dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
     _setup_logging(verbose=True)
     uvloop.run(run_monitor(dsns))

@@ -1,0 +1,152 @@
+"""`quickpay fraud ...`: backtest a candidate rule set; show, propose, activate and roll back rules.
+
+Backtest reads recorded payments straight from the shard databases (it never
+writes); the others go through the admin API so every shard worker switches
+between two payments.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_fraud_arguments", "run_fraud_command", "load_recorded_payments"]
+
+
+def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="fraud_command", required=True)
+    bt = sub.add_parser("backtest", help="replay recorded payments through a candidate rule set")
+    bt.add_argument("--rules", required=True, help="candidate rule file")
+    bt.add_argument("--state-dir", default="./.quickpay")
+    bt.add_argument("--dsn", action="append", help="shard DSNs in order (default: the state dir's)")
+    bt.add_argument("--limit", type=int, default=1_000_000, help="most recent payments to replay")
+    bt.add_argument("--json", action="store_true")
+    for name, help_text in (("show", "print rule versions and the audit trail"),
+                            ("propose", "validate a rule file and activate it on every shard"),
+                            ("activate", "activate a stored version"),
+                            ("rollback", "return to the previously active version"),
+                            ("alerts", "list monitor alerts")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--url", default="http://127.0.0.1:8080")
+        cmd.add_argument("--state-dir", default="./.quickpay")
+        cmd.add_argument("--author", default="cli")
+        if name == "propose":
+            cmd.add_argument("file")
+            cmd.add_argument("--no-activate", action="store_true")
+        if name == "activate":
+            cmd.add_argument("version", type=int)
+
+
+async def load_recorded_payments(dsns: list[str], limit: int) -> tuple[list[Any], Any]:
+    """Recorded payments in time order, and the active rule set of shard 0."""
+    import asyncpg
+    import fraud
+    payments: list[Any] = []
+    active = None
+    for index, dsn in enumerate(dsns):
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT id, partner_id, agreement_id, debit_account, creditor_account, amount_minor,"
+                " currency, device_id, ip, created_at_ms FROM transfers WHERE kind = 'payment'"
+                " ORDER BY seq DESC LIMIT $1", limit)
+            if index == 0:
+                stored = await conn.fetchval("SELECT value FROM meta WHERE key = 'fraud_registry'")
+                if stored:
+                    active = fraud.RuleRegistry.from_dict(json.loads(stored)).active_ruleset
+        finally:
+            await conn.close()
+        payments.extend(fraud.PaymentFacts(
+            transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],
+            debtor_account=r["debit_account"], creditor_account=r["creditor_account"],
+            amount_minor=r["amount_minor"], currency=r["currency"], device_id=r["device_id"],
+            ip=r["ip"], at_ms=r["created_at_ms"]) for r in rows)
+    payments.sort(key=lambda f: f.at_ms)
+    if active is None:
+        active = fraud.load_rules_file(fraud.default_rules_path())
+    return payments[-limit:], active
+
+
+def _state_dsns(args: argparse.Namespace) -> tuple[Any, list[str], bool]:
+    if args.dsn:
+        return None, list(args.dsn), False
+    from quickpay.config import StateDir
+    from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+    state = StateDir(args.state_dir)
+    topology = state.path / "topology.json"
+    if not topology.exists():
+        raise SystemExit(f"{state.path} holds no quickpay state; give --state-dir or --dsn")
+    shards = json.loads(topology.read_text())["shards"]
+    pg = EmbeddedPostgres(state.path)
+    started_here = not pg.is_running()
+    pg.start()
+    return pg, [pg.dsn(shard_database(i)) for i in range(shards)], started_here
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    import fraud
+    try:
+        candidate = fraud.load_rules_file(args.rules)
+    except fraud.RuleError as exc:
+        print(f"quickpay fraud backtest: {exc}", file=sys.stderr)
+        return 2
+    pg, dsns, started_here = _state_dsns(args)
+    try:
+        payments, active = asyncio.run(load_recorded_payments(dsns, args.limit))
+    finally:
+        if pg is not None and started_here:
+            pg.stop()
+    report = fraud.backtest(payments, candidate, active)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(_format_backtest(report, len(payments)))
+    return 0
+
+
+def _format_backtest(report: dict[str, Any], count: int) -> str:
+    lines = [f"replayed {count} recorded payments"]
+    for side in ("active", "candidate"):
+        data = report.get(side, {})
+        lines.append(f"{side}: block rate {data.get('block_rate', 0):.4f}, review rate {data.get('review_rate', 0):.4f}")
+        for rule_id, hits in sorted(data.get("rule_hits", {}).items()):
+            lines.append(f"  {rule_id}: {hits} hits")
+    diff = report.get("differing", {})
+    first = ", ".join(diff.get("transfer_ids", [])[:5])
+    lines.append(f"decisions that differ: {diff.get('count', 0)} (first: {first})")
+    return "\n".join(lines)
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from quickpay.config import StateDir
+    from quickpay.httpclient import Api, ApiCallError
+    api = Api(args.url)
+    token = StateDir(args.state_dir).admin_token
+    try:
+        if args.fraud_command == "show":
+            result = api.request("GET", "/admin/v1/fraud/rules", token=token)
+        elif args.fraud_command == "propose":
+            text = Path(args.file).read_text()
+            result = api.request("POST", "/admin/v1/fraud/rules", {
+                "text": text, "author": args.author, "activate": not args.no_activate}, token=token)
+        elif args.fraud_command == "activate":
+            result = api.request("POST", f"/admin/v1/fraud/rules/{args.version}/activate?author={args.author}",
+                                 token=token)
+        elif args.fraud_command == "rollback":
+            result = api.request("POST", f"/admin/v1/fraud/rules/rollback?author={args.author}", token=token)
+        else:
+            result = api.request("GET", "/admin/v1/fraud/alerts", token=token)
+    except ApiCallError as exc:
+        print(json.dumps(exc.body, indent=2), file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_fraud_command(args: argparse.Namespace) -> int:
+    if args.fraud_command == "backtest":
+        return _backtest(args)
+    return _admin(args)
