@@ -52,6 +52,7 @@ class WorkerConfig:
     transfer_cache_max: int = 1_000_000
     rules_path: str | None = None
     no_rules: bool = False
+    ledger_mode: str = "batched"   # "naive": one transaction per payment (benchmark baseline)
 
     def validate(self) -> None:
         problems = []
@@ -61,6 +62,8 @@ class WorkerConfig:
             problems.append("--batch-wait-ms must be between 0 and 100")
         if not 100 <= self.queue_max <= 10_000_000:
             problems.append("--queue-max must be between 100 and 10000000")
+        if self.ledger_mode not in ("batched", "naive"):
+            problems.append("--ledger-mode must be batched or naive")
         if not 0 <= self.shard < self.shard_count:
             problems.append("--shard must be in [0, --shards)")
         if problems:
@@ -133,6 +136,7 @@ class ShardWorker:
         self.fraud: Any = None
         self.fraud_admin: Any = None
         self.committed_batches = 0
+        self.naive_pool: asyncpg.Pool | None = None
         self.committed_transfers = 0
 
     # ---- start-up ------------------------------------------------------------
@@ -147,7 +151,16 @@ class ShardWorker:
         await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
         self.read_pool = await asyncpg.create_pool(cfg.dsn, min_size=1, max_size=4)
         await pg.load_state(self.write_conn, self.state, self.clock_ms())
-        await self._start_fraud()
+        if cfg.ledger_mode == "naive":
+            from .naive import NAIVE_POOL_SIZE
+            # The journal's seq is otherwise assigned by the single writer; naive
+            # transactions run concurrently and take it from a sequence instead.
+            await self.write_conn.execute(
+                f"CREATE SEQUENCE IF NOT EXISTS naive_seq START {self.state.next_seq + 1_000_000_000}")
+            self.naive_pool = await asyncpg.create_pool(cfg.dsn, min_size=NAIVE_POOL_SIZE,
+                                                        max_size=NAIVE_POOL_SIZE)
+        else:
+            await self._start_fraud()
         for shard, address in cfg.peers.items():
             if shard != cfg.shard:
                 self.peers[shard] = ShardClient(address, call_timeout_s=10.0)
@@ -191,6 +204,11 @@ class ShardWorker:
         self.work_ready.set()
 
     def dispatch(self, op: str, args: Any, reply: Reply) -> None:
+        if op == "pay" and self.naive_pool is not None:
+            from .naive import naive_pay
+            asyncio.get_running_loop().create_task(
+                self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
+            return
         if op in _WRITE_OPS:
             self.enqueue(op, args, reply)
             return
@@ -294,6 +312,8 @@ class ShardWorker:
             await client.close()
         if self.read_pool is not None:
             await self.read_pool.close()
+        if self.naive_pool is not None:
+            await self.naive_pool.close()
         if self.write_conn is not None:
             await self.write_conn.close()
 

@@ -74,6 +74,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv += ["--rules", str(Path(args.rules).resolve())]
         if args.no_rules:
             argv.append("--no-rules")
+        if args.ledger_mode != "batched":
+            argv += ["--ledger-mode", args.ledger_mode]
         children.append(Child(f"shard-{shard}", argv))
     for worker in range(args.workers):
         children.append(Child(f"gateway-{worker}", [
@@ -129,7 +131,8 @@ def cmd_shard_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(
         shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
         peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
-        batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules)
+        batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules,
+        ledger_mode=args.ledger_mode)
     _setup_logging(verbose=True)
     uvloop.run(run_worker(config))
     return 0
@@ -234,6 +237,8 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rules", action="store_true", help="run without the fraud filter")
     p.add_argument("--batch-size-max", type=int, default=4000, help="transfers per group commit")
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="extra wait to fill a batch")
+    p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched",
+                   help="naive: one transaction per payment with row locks (a benchmark baseline)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--no-rules", action="store_true")
     shard.add_argument("--batch-size-max", type=int, default=4000)
     shard.add_argument("--batch-wait-ms", type=float, default=0.0)
+    shard.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
     shard.set_defaults(func=cmd_shard_worker)
 
     gw = sub.add_parser("gateway-worker", help="run one gateway worker process (used by up and compose)")
