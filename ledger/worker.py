@@ -37,6 +37,9 @@ __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 log = logging.getLogger("quickpay.shard")
 
 TRANSACTIONS_PAGE_MAX = 200
+# asyncpg prepares every statement; a generic plan made while a table was empty
+# (a seq scan) would otherwise be reused after the table holds millions of rows.
+_SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
 @dataclass(slots=True)
@@ -137,19 +140,24 @@ class ShardWorker:
         self.fraud_admin: Any = None
         self.committed_batches = 0
         self.naive_pool: asyncpg.Pool | None = None
+        self.prefetch_conn: asyncpg.Connection | None = None
         self.committed_transfers = 0
 
     # ---- start-up ------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.write_conn = await asyncpg.connect(cfg.dsn)
+        self.write_conn = await asyncpg.connect(cfg.dsn, server_settings=_SERVER_SETTINGS)
         got_lock = await self.write_conn.fetchval(
             "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
         if not got_lock:
             await self.write_conn.close()
             raise SystemExit(f"shard {cfg.shard} already has a writer (advisory lock held); refusing to start")
         await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
-        self.read_pool = await asyncpg.create_pool(cfg.dsn, min_size=1, max_size=4)
+        self.read_pool = await asyncpg.create_pool(cfg.dsn, min_size=1, max_size=4,
+                                                   server_settings=_SERVER_SETTINGS)
+        # The batcher's own connection: a pool's acquire/reset would cost two more
+        # round trips on every batch.
+        self.prefetch_conn = await asyncpg.connect(cfg.dsn, server_settings=_SERVER_SETTINGS)
         await pg.load_state(self.write_conn, self.state, self.clock_ms())
         if cfg.ledger_mode == "naive":
             from .naive import NAIVE_POOL_SIZE
@@ -158,7 +166,8 @@ class ShardWorker:
             await self.write_conn.execute(
                 f"CREATE SEQUENCE IF NOT EXISTS naive_seq START {self.state.next_seq + 1_000_000_000}")
             self.naive_pool = await asyncpg.create_pool(cfg.dsn, min_size=NAIVE_POOL_SIZE,
-                                                        max_size=NAIVE_POOL_SIZE)
+                                                        max_size=NAIVE_POOL_SIZE,
+                                                        server_settings=_SERVER_SETTINGS)
         else:
             await self._start_fraud()
         for shard, address in cfg.peers.items():
@@ -271,11 +280,10 @@ class ShardWorker:
             elif op == "credit":
                 ids.extend(leg[0] for leg in args if leg[0] not in transfers)
         if ids:
-            assert self.read_pool is not None
-            async with self.read_pool.acquire() as conn:
-                for transfer in await pg.prefetch_transfers(conn, ids):
-                    if transfer.id not in transfers:
-                        self.state.remember(transfer)
+            assert self.prefetch_conn is not None
+            for transfer in await pg.prefetch_transfers(self.prefetch_conn, ids):
+                if transfer.id not in transfers:
+                    self.state.remember(transfer)
 
     # ---- writer: one transaction per batch -----------------------------------
     async def _writer(self) -> None:
@@ -314,6 +322,8 @@ class ShardWorker:
             await self.read_pool.close()
         if self.naive_pool is not None:
             await self.naive_pool.close()
+        if self.prefetch_conn is not None:
+            await self.prefetch_conn.close()
         if self.write_conn is not None:
             await self.write_conn.close()
 

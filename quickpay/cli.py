@@ -92,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"admin token: {state.path / 'admin.token'}", flush=True)
         if args.demo:
             from quickpay.demo import curl_example, seed_demo
-            demo = seed_demo(Api(base_url), state.admin_token, args.shards, state.path)
+            demo = seed_demo(Api(base_url, unavailable_retries=5), state.admin_token, args.shards, state.path)
             print(f"demo partner and accounts written to {state.path / 'demo.json'}", flush=True)
             print("make a quick-payment:\n" + curl_example(demo), flush=True)
         print("quickpay ready", flush=True)

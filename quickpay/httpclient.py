@@ -20,12 +20,26 @@ class ApiCallError(RuntimeError):
 
 
 class Api:
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, unavailable_retries: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        # 503 means "outcome unknown, retry"; callers that send idempotent requests
+        # (every write here carries a key or is a create whose repeat is harmless) may retry.
+        self.unavailable_retries = unavailable_retries
 
     def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
                 headers: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Any:
+        for attempt in range(self.unavailable_retries + 1):
+            try:
+                return self._request(method, path, body, token=token, headers=headers, form=form)
+            except ApiCallError as exc:
+                if exc.status != 503 or attempt == self.unavailable_retries:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+                 headers: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Any:
         all_headers = dict(headers or {})
         data = None
         if form is not None:
