@@ -132,7 +132,7 @@ def cmd_shard_worker(args: argparse.Namespace) -> int:
         shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
         peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
         batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules,
-        ledger_mode=args.ledger_mode)
+        ledger_mode=args.ledger_mode, queue_max=args.queue_max)
     _setup_logging(verbose=True)
     uvloop.run(run_worker(config))
     return 0
@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--batch-size-max", type=int, default=4000)
     shard.add_argument("--batch-wait-ms", type=float, default=0.0)
     shard.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
+    shard.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
     shard.set_defaults(func=cmd_shard_worker)
 
     gw = sub.add_parser("gateway-worker", help="run one gateway worker process (used by up and compose)")
