@@ -508,7 +508,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         gw.require_admin(request)
         body: RulesRequest = decode_body(await read_body(request), RulesRequest)  # type: ignore[assignment]
         results = await fraud_change({"action": "propose", "text": body.text, "author": body.author,
-                                      "activate": body.activate})
+                                      "activate": body.activate, "filename": body.filename})
         return _json(201, {"active_version": results[0]["active_version"], "shards": results})
 
     @routes.post("/admin/v1/fraud/rules/rollback")

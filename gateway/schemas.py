@@ -56,6 +56,7 @@ class RulesRequest(msgspec.Struct, forbid_unknown_fields=True):
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000)]
     author: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "admin"
     activate: bool = True
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "<api>"
 
 
 class ListChangeRequest(msgspec.Struct, forbid_unknown_fields=True):

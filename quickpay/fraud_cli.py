@@ -131,7 +131,8 @@ def _admin(args: argparse.Namespace) -> int:
         elif args.fraud_command == "propose":
             text = Path(args.file).read_text()
             result = api.request("POST", "/admin/v1/fraud/rules", {
-                "text": text, "author": args.author, "activate": not args.no_activate}, token=token)
+                "text": text, "author": args.author, "activate": not args.no_activate,
+                "filename": Path(args.file).name}, token=token)
         elif args.fraud_command == "activate":
             result = api.request("POST", f"/admin/v1/fraud/rules/{args.version}/activate?author={args.author}",
                                  token=token)
