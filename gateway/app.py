@@ -547,6 +547,23 @@ def create_app(config: GatewayConfig) -> web.Application:
             result = (await router.broadcast("fraud_read", {"what": "lists"}))[0]
         return _json(200, result)
 
+    @routes.get("/admin/v1/fraud/decisions")
+    async def list_decisions(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        decision = request.query.get("decision")
+        if decision is not None and decision not in ("allow", "review", "block"):
+            raise field_error(400, "QP.Query.Invalid", "decision must be allow, review or block", "query.decision")
+        rule_id = request.query.get("rule_id")
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit") from None
+        if not 1 <= limit <= 200:
+            raise field_error(400, "QP.Query.Invalid", "limit must be between 1 and 200", "query.limit")
+        answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})
+        rows = sorted((t for answer in answers for t in answer), key=lambda t: t["created_at_ms"], reverse=True)
+        return _json(200, {"payments": [payment_resource(t) for t in rows[:limit]]})
+
     @routes.get("/admin/v1/fraud/alerts")
     async def list_alerts(request: web.Request) -> web.Response:
         gw.require_admin(request)

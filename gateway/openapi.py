@@ -155,6 +155,11 @@ def openapi_document() -> dict[str, Any]:
                                                      body="ListChangeRequest",
                                                      params=[_path_param("name")])},
         "/admin/v1/fraud/alerts": {"get": _op("Alerts raised by the post-event monitor", security="admin")},
+        "/admin/v1/fraud/decisions": {"get": _op(
+            "Recorded payments by fraud decision and/or rule id, newest first", security="admin",
+            params=[{"name": "decision", "in": "query", "schema": {"enum": ["allow", "review", "block"]}},
+                    {"name": "rule_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}])},
     }
     return {
         "openapi": "3.1.0",

@@ -20,7 +20,7 @@ from .state import ShardState, WriteSet
 __all__ = [
     "ADVISORY_LOCK_BASE", "SCHEMA_SQL", "ensure_schema", "load_state", "write_batch",
     "prefetch_transfers", "fetch_transfer", "list_account_transfers", "load_outbox",
-    "row_to_transfer", "TRANSFER_COLUMNS", "SYSTEM_CURRENCY",
+    "row_to_transfer", "TRANSFER_COLUMNS", "SYSTEM_CURRENCY", "SELECT_TRANSFER",
 ]
 
 ADVISORY_LOCK_BASE = 0x5150_0000
@@ -32,7 +32,7 @@ TRANSFER_COLUMNS = (
     "created_at_ms", "partner_id", "agreement_id", "reference", "creditor_account", "reasons",
     "fraud", "body_hash", "device_id", "ip",
 )
-_SELECT_TRANSFER = "SELECT " + ", ".join(TRANSFER_COLUMNS) + " FROM transfers"
+SELECT_TRANSFER = _SELECT_TRANSFER = "SELECT " + ", ".join(TRANSFER_COLUMNS) + " FROM transfers"
 
 
 async def ensure_schema(conn: asyncpg.Connection, shard: int, shard_count: int) -> None:

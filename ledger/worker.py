@@ -502,6 +502,23 @@ def _read_alerts(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return _read_alerts_async(worker, max(1, min(int(args.get("limit", 100)), 1000)))
 
 
+async def _read_decisions_async(worker: ShardWorker, decision: str | None, rule_id: str | None,
+                                limit: int) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        rows = await conn.fetch(
+            pg.SELECT_TRANSFER + " WHERE kind = 'payment' AND fraud IS NOT NULL"
+            " AND ($1::text IS NULL OR fraud->>'decision' = $1)"
+            " AND ($2::text IS NULL OR fraud->'reasons' @> jsonb_build_array(jsonb_build_object('rule_id', $2::text)))"
+            " ORDER BY seq DESC LIMIT $3", decision, rule_id, limit)
+    return [pg.row_to_transfer(r).to_wire() for r in rows]
+
+
+def _read_decisions(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    limit = max(1, min(int(args.get("limit", 50)), TRANSACTIONS_PAGE_MAX))
+    return _read_decisions_async(worker, args.get("decision"), args.get("rule_id"), limit)
+
+
 def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return worker.fraud_admin.read(args)
 
@@ -510,6 +527,7 @@ _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
     "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
     "agreement": _read_agreement, "payment": _read_payment, "transactions": _read_transactions,
     "partner": _read_partner, "fraud_read": _read_fraud, "alerts": _read_alerts,
+    "decisions": _read_decisions,
 }
 
 

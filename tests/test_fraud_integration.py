@@ -85,6 +85,11 @@ def test_block_names_rule_and_values(fraud_stack: Stack) -> None:
     again = fraud_stack.call("GET", f"/v1/quick-payments/{reply.body['payment_id']}", token=partner["token"])
     assert again.body["fraud"]["reasons"] == reply.body["fraud"]["reasons"]
     assert fraud_stack.balance(customer["account"]) == "5000.00"
+    # ...and can be queried by rule.
+    found = fraud_stack.admin("GET", "/admin/v1/fraud/decisions?decision=block&rule_id=big_payment")
+    assert found.status == 200
+    assert reply.body["payment_id"] in {p["payment_id"] for p in found.body["payments"]}
+    assert all(p["fraud"]["decision"] == "block" for p in found.body["payments"])
 
 
 def test_hot_reload_is_atomic_per_payment(fraud_stack: Stack) -> None:
