@@ -216,10 +216,13 @@ def _encode_cursor(cursor: dict[int, int]) -> str:
 
 
 # ---- routes ---------------------------------------------------------------------------
+GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("gateway", Gateway)
+
+
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=BODY_MAX_BYTES)
     gw = Gateway(config)
-    app["gateway"] = gw
+    app[GATEWAY_KEY] = gw
     router = gw.router
     routes = web.RouteTableDef()
 

@@ -36,7 +36,7 @@ def parse_amount(text: object, currency: str) -> int:
     exponent = CURRENCY_EXPONENTS.get(currency)
     if exponent is None:
         raise AmountError("QP.Currency.Unsupported", f"currency {currency!r} is not supported")
-    match = _AMOUNT_RE.match(text)
+    match = _AMOUNT_RE.fullmatch(text)  # not .match: "$" also matches before a trailing "\n"
     if match is None:
         raise AmountError("QP.Amount.Invalid", "amount must be a decimal string such as \"12.34\"")
     whole, fraction = match.group(1), match.group(2) or ""
