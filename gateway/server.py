@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -21,6 +22,7 @@ async def _serve(config: GatewayConfig, host: str, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)
     await site.start()
+    gc.freeze()  # start-up objects (routes, schemas, OpenAPI) need no collector visits
     log.info("gateway worker listening on http://%s:%s", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

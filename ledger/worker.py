@@ -11,6 +11,7 @@ restart reloads the truth from PostgreSQL (fail-stop, like TigerBeetle).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -37,9 +38,17 @@ __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 log = logging.getLogger("quickpay.shard")
 
 TRANSACTIONS_PAGE_MAX = 200
-# asyncpg prepares every statement; a generic plan made while a table was empty
-# (a seq scan) would otherwise be reused after the table holds millions of rows.
+# One batch committing while the next is prefetched and decided.
+PIPELINE_DEPTH = 2
+# How often long-lived objects are moved out of the garbage collector's sight.
+GC_FREEZE_INTERVAL_S = 5.0
+# asyncpg prepares every statement, and PostgreSQL may cache a generic plan made
+# while a table was empty (a seq scan, a hash join over accounts) and keep using it
+# once the table holds millions of rows. Reads replan every time; the two hot
+# connections (prefetch, batch write) keep cached plans but may only use index paths,
+# which is right for every statement they run after start-up.
 _SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+_HOT_PATH_SETTINGS = ("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off")
 
 
 @dataclass(slots=True)
@@ -129,7 +138,11 @@ class ShardWorker:
                                 transfer_cache_max=config.transfer_cache_max)
         self.queue: deque[tuple[str, Any, Reply]] = deque()
         self.work_ready = asyncio.Event()
-        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]]]] = asyncio.Queue(maxsize=2)
+        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]]]] = asyncio.Queue()
+        # Batches decided but not yet committed. The batcher takes a slot BEFORE it
+        # drains the intake queue, so while the pipeline is full requests pile up
+        # and the next batch is bigger: that is what makes the commit a group commit.
+        self.pipeline_slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self.write_conn: asyncpg.Connection | None = None
         self.read_pool: asyncpg.Pool | None = None
         self.relay: Relay | None = None
@@ -146,7 +159,7 @@ class ShardWorker:
     # ---- start-up ------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.write_conn = await asyncpg.connect(cfg.dsn, server_settings=_SERVER_SETTINGS)
+        self.write_conn = await asyncpg.connect(cfg.dsn)
         got_lock = await self.write_conn.fetchval(
             "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
         if not got_lock:
@@ -157,7 +170,8 @@ class ShardWorker:
                                                    server_settings=_SERVER_SETTINGS)
         # The batcher's own connection: a pool's acquire/reset would cost two more
         # round trips on every batch.
-        self.prefetch_conn = await asyncpg.connect(cfg.dsn, server_settings=_SERVER_SETTINGS)
+        self.prefetch_conn = await asyncpg.connect(cfg.dsn)
+        await self.prefetch_conn.execute(_HOT_PATH_SETTINGS)
         await pg.load_state(self.write_conn, self.state, self.clock_ms())
         if cfg.ledger_mode == "naive":
             from .naive import NAIVE_POOL_SIZE
@@ -176,7 +190,10 @@ class ShardWorker:
         self.relay = Relay(cfg.shard, self.peers, self._on_delivered, self._reload_outbox)
         self.relay.start()
         self.relay.enqueue(await pg.load_outbox(self.write_conn))
+        await self.write_conn.execute(_HOT_PATH_SETTINGS)  # after the full-table loads above
         loop = asyncio.get_running_loop()
+        gc.freeze()
+        self.tasks.append(loop.create_task(self._freeze_gc()))
         self.tasks.append(loop.create_task(self._batcher()))
         self.tasks.append(loop.create_task(self._writer()))
         kind, where = parse_address(cfg.listen)
@@ -195,6 +212,15 @@ class ShardWorker:
         from .fraud_port import FraudAdapter
         self.fraud_admin = FraudAdapter(self)
         await self.fraud_admin.start()
+
+    async def _freeze_gc(self) -> None:
+        # The worker holds millions of long-lived objects (accounts, the transfer
+        # cache); a full collection walking them all stalls every payment for tens
+        # of milliseconds. Frozen objects are still freed by reference counting when
+        # dropped, and ledger objects form no cycles.
+        while True:
+            await asyncio.sleep(GC_FREEZE_INTERVAL_S)
+            gc.freeze()
 
     async def _reload_outbox(self) -> list[tuple[CreditLeg, int]]:
         assert self.read_pool is not None
@@ -252,6 +278,7 @@ class ShardWorker:
                 await self.work_ready.wait()
                 if cfg.batch_wait_ms:
                     await asyncio.sleep(cfg.batch_wait_ms / 1000)
+            await self.pipeline_slots.acquire()
             count = min(len(self.queue), cfg.batch_size_max)
             items = [self.queue.popleft() for _ in range(count)]
             await self._prefetch(items)
@@ -304,6 +331,7 @@ class ShardWorker:
                     accounts[account_id].committed_balance_minor += delta_minor
                 self.committed_batches += 1
                 self.committed_transfers += len(ws.transfers)
+            self.pipeline_slots.release()
             for reply, (ok, result) in replies:
                 reply(ok, result)
             if ws.outbox and self.relay is not None:

@@ -59,6 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from quickpay.supervisor import Child, Supervisor
 
     _validate_common(args)
+    _refuse_busy_port(args.host, args.port)
     state = StateDir(args.state_dir).ensure()
     state.check_topology(args.shards)
     pg, dsns = _resolve_dsns(args, state)
@@ -102,6 +103,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         if pg is not None and not args.keep_db:
             pg.stop()
     return 0
+
+
+def _refuse_busy_port(host: str, port: int) -> None:
+    """Gateway workers bind with SO_REUSEPORT, which would silently share a port with
+    another running stack; check first with a plain bind."""
+    import socket
+    with socket.socket() as probe:
+        # SO_REUSEADDR: connections of a previous run in TIME_WAIT don't count; a live
+        # listener still makes the bind fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"quickpay up: {host}:{port} is in use ({exc.strerror}); "
+                             "stop the other server or pick --port") from None
 
 
 def _validate_common(args: argparse.Namespace) -> None:

@@ -24,6 +24,15 @@ HEALTHY_AFTER_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM us when the supervisor dies, even by SIGKILL,
+    so no orphaned worker keeps the port or the shard's advisory lock."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class Child:
     name: str
@@ -37,7 +46,8 @@ class Child:
 
     def start(self) -> None:
         env = {**os.environ, **self.env}
-        self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
         self.restart_at = None
         log.info("started %s (pid %s)", self.name, self.process.pid)
