@@ -22,9 +22,10 @@ __all__ = ["FraudAdapter", "REBUILD_WINDOW_MS"]
 
 log = logging.getLogger("quickpay.fraud")
 
-# How much journal history rebuilds window state after a restart; the longest
-# window a rule may use (fraud.WINDOW_MAX_S) bounds what is needed.
-REBUILD_WINDOW_MS = 24 * 3_600_000
+# Window state is rebuilt after a restart by replaying the journal over the active
+# rule set's longest window, capped here to bound start-up time (a rule with a
+# longer window starts from a partial window after a restart; say so in the rules).
+REBUILD_WINDOW_MS = 7 * 24 * 3_600_000
 _REGISTRY_KEY = "fraud_registry"
 _LISTS_KEY = "fraud_lists"
 
@@ -62,19 +63,19 @@ class FraudAdapter:
             path = cfg.rules_path or str(fraud.default_rules_path())
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
-            fraud.parse_rules(text, filename=path)  # a bad file fails here, naming file:line:col
-            version = self.registry.propose(text, author="startup", at_ms=now_ms)
-            self.registry.activate(version, author="startup", at_ms=now_ms)
-            await worker.write_conn.execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                _REGISTRY_KEY, json.dumps(self.registry.to_dict()))
-        lists = fraud.NamedLists()
-        self.filter = fraud.FraudFilter(self.registry.active_ruleset, lists=lists)
+            candidate = fraud.parse_rules(text, filename=path)  # a bad file fails here, naming file:line:col
+            active = self.registry.active_ruleset
+            # A restarted worker gets the same --rules again: that is not a new version.
+            if active is None or active.digest != candidate.digest:
+                version = self.registry.propose(text, author="startup", at_ms=now_ms)
+                self.registry.activate(version, author="startup", at_ms=now_ms)
+                await worker.write_conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    _REGISTRY_KEY, json.dumps(self.registry.to_dict()))
+        # Lists as operators left them; the rule file only seeds lists that don't exist yet.
         stored_lists = await pg.read_setting(worker.write_conn, _LISTS_KEY)
-        if stored_lists is not None:
-            for name, values in json.loads(stored_lists).items():
-                for value in values:
-                    self.filter.lists.add(name, value)
+        lists = fraud.NamedLists(json.loads(stored_lists) if stored_lists is not None else None)
+        self.filter = fraud.FraudFilter(self.registry.active_ruleset, lists=lists)
         await self._rebuild_windows(now_ms)
         worker.state.fraud = self.filter
         worker.state.make_facts = make_facts
@@ -86,7 +87,7 @@ class FraudAdapter:
             "SELECT id, partner_id, agreement_id, debit_account, creditor_account, amount_minor,"
             " currency, device_id, ip, created_at_ms FROM transfers"
             " WHERE kind = 'payment' AND status <> 'Rejected' AND created_at_ms > $1 ORDER BY seq",
-            now_ms - REBUILD_WINDOW_MS)
+            now_ms - min(REBUILD_WINDOW_MS, self.filter.ruleset.max_window_s * 1000))
         for r in rows:
             self.filter.record(fraud.PaymentFacts(
                 transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],

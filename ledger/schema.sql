@@ -68,10 +68,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     currency         text NOT NULL,
     created_at_ms    bigint NOT NULL
 );
--- Post-event monitor: its position per source shard, and its alerts.
-CREATE TABLE IF NOT EXISTS monitor_positions (
-    source_shard int PRIMARY KEY,
-    seq          bigint NOT NULL
+-- Post-event monitor (in shard 0's database): a snapshot of its engine state with the
+-- journal position per source shard it reflects, and the alerts it raised.
+CREATE TABLE IF NOT EXISTS monitor_snapshot (
+    id        int PRIMARY KEY CHECK (id = 1),
+    positions jsonb NOT NULL,
+    state     jsonb NOT NULL,
+    at_ms     bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS alerts (
     id         text PRIMARY KEY,
@@ -80,3 +83,4 @@ CREATE TABLE IF NOT EXISTS alerts (
     at_ms      bigint NOT NULL,
     details    jsonb NOT NULL
 );
+CREATE INDEX IF NOT EXISTS alerts_account_rule_at ON alerts (account, rule, at_ms);

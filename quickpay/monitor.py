@@ -1,18 +1,22 @@
 """The post-event monitor's loop: committed transfers from every shard into fraud.MonitorEngine.
 
-At-least-once with a stored position: per source shard the monitor keeps the
-last journal seq it has processed (table monitor_positions in shard 0's
-database) and stores alerts there too, in the same transaction as the new
-positions. Alert ids are deterministic, so re-reading events after a crash
-re-raises the same ids and ON CONFLICT DO NOTHING drops the duplicates. On
-start it re-reads a look-back window before its position to rebuild the
-engine's window state without raising anything twice.
+At-least-once with a stored position, resumed exactly: every SNAPSHOT_INTERVAL_S
+the monitor stores its engine's whole state together with the journal position
+per source shard that state reflects (table monitor_snapshot, shard 0's
+database, one transaction). After a restart it loads the snapshot and re-reads
+the journal from those positions, so nothing is missed. Events after the snapshot
+are processed a second time, but the shards' events may interleave differently on
+the second reading, so an episode can cross its threshold at another transfer and
+get another alert id. Alerts are therefore stored one per episode in the database
+too: an alert is not inserted when the same rule already alerted on the same
+account within the rule's window. Nothing is raised twice.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -26,49 +30,46 @@ log = logging.getLogger("quickpay.monitor")
 
 READ_BATCH_MAX = 5_000
 POLL_INTERVAL_S = 0.5
+SNAPSHOT_INTERVAL_S = 5.0
 MONITOR_DEFAULTS: dict[str, int] = {
     "fan_in_distinct_debtors": 3, "fan_in_window_s": 600,
     "pass_through_window_s": 600, "pass_through_ratio_pct": 80,
 }
-LOOKBACK_MS = 600_000
 
 
 class Monitor:
-    def __init__(self, dsns: list[str], *, settings: dict[str, int] | None = None) -> None:
+    def __init__(self, dsns: list[str], *, settings: dict[str, int] | None = None,
+                 clock_s: Any = time.monotonic) -> None:
         self.dsns = dsns
-        self.engine = fraud.MonitorEngine(**{**MONITOR_DEFAULTS, **(settings or {})})
+        self.config = {**MONITOR_DEFAULTS, **(settings or {})}
+        self.engine = fraud.MonitorEngine(**self.config)
         self.conns: list[asyncpg.Connection] = []
         self.positions: dict[int, int] = {}
-        self.read_from: dict[int, int] = {}
         self.alerts_raised = 0
+        self.clock_s = clock_s
+        self.last_snapshot_s = clock_s()
 
     async def start(self) -> None:
         self.conns = [await asyncpg.connect(dsn) for dsn in self.dsns]
-        home = self.conns[0]
-        rows = await home.fetch("SELECT source_shard, seq FROM monitor_positions")
-        self.positions = {r["source_shard"]: r["seq"] for r in rows}
-        for shard, conn in enumerate(self.conns):
-            position = self.positions.get(shard, 0)
-            self.positions[shard] = position
-            # Warm the windows with the events just before the stored position.
-            first = await conn.fetchval(
-                "SELECT coalesce(min(seq), $1 + 1) FROM transfers WHERE seq <= $1 AND created_at_ms >"
-                " (SELECT coalesce(max(created_at_ms), 0) FROM transfers WHERE seq <= $1) - $2",
-                position, LOOKBACK_MS)
-            self.read_from[shard] = first - 1
+        row = await self.conns[0].fetchrow("SELECT positions, state FROM monitor_snapshot WHERE id = 1")
+        if row is not None:
+            self.engine = fraud.MonitorEngine.from_state(json.loads(row["state"]), **self.config)
+            self.positions = {int(k): v for k, v in json.loads(row["positions"]).items()}
+        for shard in range(len(self.conns)):
+            self.positions.setdefault(shard, 0)
 
     async def close(self) -> None:
         for conn in self.conns:
             await conn.close()
 
     async def poll(self) -> int:
-        """One pass over every shard; returns how many events were processed."""
+        """One pass over every shard; returns how many journal rows were read."""
         processed = 0
         for shard, conn in enumerate(self.conns):
             rows = await conn.fetch(
                 "SELECT seq, id, kind, debit_account, credit_account, creditor_account, amount_minor,"
                 " created_at_ms FROM transfers WHERE seq > $1 AND status <> 'Rejected'"
-                " ORDER BY seq LIMIT $2", self.read_from[shard], READ_BATCH_MAX)
+                " ORDER BY seq LIMIT $2", self.positions[shard], READ_BATCH_MAX)
             if not rows:
                 continue
             alerts: list[Any] = []
@@ -80,40 +81,52 @@ class Monitor:
                     # Settlement accounts are paid by many customers by design: the mule
                     # patterns are about money moving between customer accounts.
                     continue
-                event = fraud.TransferEvent(
+                alerts.extend(self.engine.process(fraud.TransferEvent(
                     shard=shard, seq=r["seq"], transfer_id=r["id"], debit_account=r["debit_account"],
-                    credit_account=r["creditor_account"] or r["credit_account"],
-                    amount_minor=r["amount_minor"], at_ms=r["created_at_ms"])
-                alerts.extend(self.engine.process(event))
-            last_seq = rows[-1]["seq"]
-            self.read_from[shard] = last_seq
-            await self._commit(shard, max(last_seq, self.positions[shard]), alerts)
+                    credit_account=creditor, amount_minor=r["amount_minor"], at_ms=r["created_at_ms"])))
+            if alerts:
+                await self._store_alerts(alerts)
+            self.positions[shard] = rows[-1]["seq"]
             processed += len(rows)
+        if self.clock_s() - self.last_snapshot_s >= SNAPSHOT_INTERVAL_S:
+            await self.snapshot()
         return processed
 
-    async def _commit(self, shard: int, position: int, alerts: list[Any]) -> None:
-        home = self.conns[0]
-        async with home.transaction():
-            if alerts:
-                result = await home.executemany(
-                    "INSERT INTO alerts (id, rule, account, at_ms, details) VALUES ($1, $2, $3, $4, $5)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    [(a.alert_id, a.rule, a.account, a.at_ms, json.dumps(a.details)) for a in alerts])
-                del result
-                self.alerts_raised += len(alerts)
-            await home.execute(
-                "INSERT INTO monitor_positions (source_shard, seq) VALUES ($1, $2)"
-                " ON CONFLICT (source_shard) DO UPDATE SET seq = excluded.seq", shard, position)
-        self.positions[shard] = position
+    def _window_ms(self, rule: str) -> int:
+        key = "fan_in_window_s" if rule == "fan_in" else "pass_through_window_s"
+        return self.config[key] * 1000
+
+    async def _store_alerts(self, alerts: list[Any]) -> None:
+        await self.conns[0].executemany(
+            "INSERT INTO alerts (id, rule, account, at_ms, details)"
+            " SELECT $1::text, $2::text, $3::text, $4::bigint, $5::jsonb WHERE NOT EXISTS"
+            " (SELECT 1 FROM alerts WHERE rule = $2 AND account = $3"
+            " AND at_ms > $4::bigint - $6::bigint AND at_ms < $4::bigint + $6::bigint)"
+            " ON CONFLICT (id) DO NOTHING",
+            [(a.alert_id, a.rule, a.account, a.at_ms, json.dumps(a.details), self._window_ms(a.rule))
+             for a in alerts])
+        self.alerts_raised += len(alerts)
+
+    async def snapshot(self) -> None:
+        """Store the engine state and the positions it reflects, together."""
+        await self.conns[0].execute(
+            "INSERT INTO monitor_snapshot (id, positions, state, at_ms) VALUES (1, $1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET positions = excluded.positions, state = excluded.state,"
+            " at_ms = excluded.at_ms",
+            json.dumps({str(k): v for k, v in self.positions.items()}),
+            json.dumps(self.engine.state_dict()), int(time.time() * 1000))
+        self.last_snapshot_s = self.clock_s()
 
 
-async def monitor_pass(dsns: list[str]) -> Monitor:
-    """Catch up once and stop (used by tests and by the CLI's --once)."""
+async def monitor_pass(dsns: list[str], *, snapshot: bool = True) -> Monitor:
+    """Catch up once and stop; with snapshot=False it stops as a crash would, unsaved."""
     monitor = Monitor(dsns)
     await monitor.start()
     try:
         while await monitor.poll():
             pass
+        if snapshot:
+            await monitor.snapshot()
     finally:
         await monitor.close()
     return monitor
@@ -126,7 +139,7 @@ async def _wait_for_schema(dsns: list[str]) -> None:
             for dsn in dsns:
                 conn = await asyncpg.connect(dsn)
                 try:
-                    await conn.fetchval("SELECT 1 FROM monitor_positions LIMIT 1")
+                    await conn.fetchval("SELECT 1 FROM monitor_snapshot LIMIT 1")
                 finally:
                     await conn.close()
             return
@@ -147,4 +160,7 @@ async def run_monitor(dsns: list[str]) -> None:
             if not await monitor.poll():
                 await asyncio.sleep(POLL_INTERVAL_S)
     finally:
-        await monitor.close()
+        try:
+            await monitor.snapshot()
+        finally:
+            await monitor.close()

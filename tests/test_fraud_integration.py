@@ -143,21 +143,39 @@ def test_bad_rule_set_is_refused_with_position(fraud_stack: Stack) -> None:
     assert reply.body["message"].startswith("x.rules:3:")
 
 
+def _kill_shard_worker(stack: Stack, shard: int) -> None:
+    pids = stack.shard_worker_pids(shard)
+    assert pids, f"shard {shard} worker not found"
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = stack.shard_worker_pids(shard)
+        if current and current != pids:
+            break
+        time.sleep(0.1)
+    stack.wait_ready()
+
+
+def test_lists_and_rule_versions_survive_restart(fraud_stack: Stack) -> None:
+    before = fraud_stack.admin("GET", "/admin/v1/fraud/rules").body["shards"][0]
+    added = fraud_stack.admin("POST", "/admin/v1/fraud/lists/blocked_accounts", {"add": ["acc_x", "acc_y"]})
+    assert added.status == 200
+    fraud_stack.admin("POST", "/admin/v1/fraud/lists/blocked_accounts", {"remove": ["acc_y"]})
+    _kill_shard_worker(fraud_stack, 0)
+    lists = fraud_stack.admin("GET", "/admin/v1/fraud/lists").body["lists"]
+    assert "acc_x" in lists["blocked_accounts"] and "acc_y" not in lists["blocked_accounts"]
+    after = fraud_stack.admin("GET", "/admin/v1/fraud/rules").body["shards"][0]
+    # The restarted worker was given the same --rules file: not a new version.
+    assert len(after["versions"]) == len(before["versions"])
+    assert after["active_version"] == before["active_version"]
+
+
 def test_velocity_window_survives_worker_kill(fraud_stack: Stack) -> None:
     partner, customer = _partner_customer(fraud_stack, shard=0)
     for _ in range(3):
         ok = fraud_stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "1.00")
         assert ok.body["status"] == "AcceptedSettlementCompleted", ok.body
-    pids = fraud_stack.shard_worker_pids(0)
-    assert pids, "shard 0 worker not found"
-    os.kill(pids[0], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        current = fraud_stack.shard_worker_pids(0)
-        if current and current != pids:
-            break
-        time.sleep(0.1)
-    fraud_stack.wait_ready()
+    _kill_shard_worker(fraud_stack, 0)
     fourth = fraud_stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "1.00")
     assert fourth.status == 201
     assert fourth.body["status"] == "Rejected", "the restarted worker forgot the debtor's window"
@@ -189,14 +207,14 @@ def test_monitor_alerts_once_and_resumes(fraud_stack: Stack) -> None:
     async def alerts_for(account: str) -> list[Any]:
         conn = await asyncpg.connect(dsns[0])
         try:
-            return list(await conn.fetch("SELECT id FROM alerts WHERE account = $1", account))
+            return list(await conn.fetch("SELECT id, rule, details FROM alerts WHERE account = $1 ORDER BY at_ms", account))
         finally:
             await conn.close()
 
-    async def reset_positions() -> None:
+    async def forget_snapshot() -> None:
         conn = await asyncpg.connect(dsns[0])
         try:
-            await conn.execute("UPDATE monitor_positions SET seq = 0")
+            await conn.execute("DELETE FROM monitor_snapshot")
         finally:
             await conn.close()
 
@@ -212,16 +230,23 @@ def test_monitor_alerts_once_and_resumes(fraud_stack: Stack) -> None:
     # A restarted monitor resumes from its position: nothing new, nothing doubled.
     asyncio.run(monitor_pass(dsns))
     assert asyncio.run(alerts_for(mule)) == first
-    # Even re-reading everything (as after a crash before the position was stored)
-    # raises no duplicate, because alert ids are deterministic.
-    asyncio.run(reset_positions())
+    # Even re-reading everything (as if no snapshot had ever been stored) raises no
+    # duplicate, because alert ids are deterministic.
+    asyncio.run(forget_snapshot())
     asyncio.run(monitor_pass(dsns))
     assert asyncio.run(alerts_for(mule)) == first
-    # A new episode on another account after the restart is not missed.
+    # A monitor that crashes after raising an alert but before its snapshot re-reads
+    # those events on restart: same alert, once; and a further payment to the same
+    # account in the same episode raises nothing new.
     mule2 = fraud_stack.new_account()
     for payer in payers:
         fraud_stack.pay(partner, payer["agreement_id"], mule2, "10.00")
+    asyncio.run(monitor_pass(dsns, snapshot=False))
+    raised = asyncio.run(alerts_for(mule2))
+    assert len(raised) == 1
+    extra = fraud_stack.new_customer(partner, funding="100.00")
+    fraud_stack.pay(partner, extra["agreement_id"], mule2, "10.00")
     asyncio.run(monitor_pass(dsns))
-    assert len(asyncio.run(alerts_for(mule2))) == 1
+    assert asyncio.run(alerts_for(mule2)) == raised
     listed = fraud_stack.admin("GET", "/admin/v1/fraud/alerts").body["alerts"]
     assert {a["account"] for a in listed} >= {mule, mule2}
