@@ -167,6 +167,10 @@ class Gateway:
         return code
 
 
+# What a payment that no rule fired on was decided (stored as NULL in the journal).
+_PLAIN_ALLOW: dict[str, Any] = {"decision": "allow", "score": 0, "reasons": [], "reason_codes": []}
+
+
 def payment_resource(t: dict[str, Any]) -> dict[str, Any]:
     fraud = t.get("fraud")
     return {
@@ -175,7 +179,7 @@ def payment_resource(t: dict[str, Any]) -> dict[str, Any]:
         "agreement_id": t["agreement_id"], "debtor_account": t["debit_account"],
         "creditor_account": t["creditor_account"], "reference": t["reference"],
         "created_at": _iso(t["created_at_ms"]), "reasons": t["reasons"],
-        "fraud": fraud if fraud is not None else {"decision": "allow", "score": 0, "reasons": []},
+        "fraud": fraud if fraud is not None else _PLAIN_ALLOW,
         "risk": {"device_id": t.get("device_id"), "ip": t.get("ip")},
     }
 

@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any, Iterable
 
 import asyncpg
+import msgspec
 
 from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 from quickpay.money import CURRENCY_EXPONENTS
@@ -137,27 +138,23 @@ def _transfer_record(t: Transfer) -> tuple[Any, ...]:
 
 
 _FAST_INSERT = (
+    # The batch's transfers travel as ONE JSON array (msgspec encodes the Transfer
+    # dataclasses in C) and PostgreSQL expands it; binding eighteen parameter arrays
+    # cost the shard worker more CPU than deciding the payments.
     "WITH t AS (INSERT INTO transfers (" + ", ".join(TRANSFER_COLUMNS) + ")"
-    " SELECT u.id, u.seq, u.kind, u.debit_account, u.credit_account, u.amount_minor, u.currency,"
-    " u.status, u.created_at_ms, u.partner_id, u.agreement_id, u.reference, u.creditor_account,"
-    " r.reasons, u.fraud::jsonb, u.body_hash, u.device_id, u.ip FROM unnest("
-    "$1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[],"
-    " $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],"
-    " $16::text[], $17::text[], $18::text[]) AS u(id, seq, kind, debit_account, credit_account,"
-    " amount_minor, currency, status, created_at_ms, partner_id, agreement_id, reference,"
-    " creditor_account, reasons_text, fraud, body_hash, device_id, ip)"
-    " CROSS JOIN LATERAL (SELECT string_to_array(u.reasons_text, ',') AS reasons) r"
+    " SELECT " + ", ".join(TRANSFER_COLUMNS) + " FROM json_populate_recordset(NULL::transfers, $1::json)"
     " RETURNING 1),"
     " d AS (UPDATE accounts a SET balance_minor = a.balance_minor + v.delta"
-    " FROM unnest($19::text[], $20::bigint[]) AS v(id, delta) WHERE a.id = v.id RETURNING 1)"
+    " FROM unnest($2::text[], $3::bigint[]) AS v(id, delta) WHERE a.id = v.id RETURNING 1)"
 )
 _FAST_OUTBOX = (
     ", o AS (INSERT INTO outbox (transfer_id, target_shard, creditor_account, amount_minor, currency,"
-    " created_at_ms) SELECT * FROM unnest($21::text[], $22::int[], $23::text[], $24::bigint[],"
-    " $25::text[], $26::bigint[]) RETURNING 1)"
+    " created_at_ms) SELECT * FROM unnest($4::text[], $5::int[], $6::text[], $7::bigint[],"
+    " $8::text[], $9::bigint[]) RETURNING 1)"
 )
 _FAST_SQL = _FAST_INSERT + " SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM d)"
 _FAST_SQL_OUTBOX = _FAST_INSERT + _FAST_OUTBOX + " SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM d)"
+_json_encode = msgspec.json.Encoder().encode
 
 
 async def _write_fast(conn: asyncpg.Connection, ws: WriteSet) -> None:
@@ -167,23 +164,15 @@ async def _write_fast(conn: asyncpg.Connection, ws: WriteSet) -> None:
     batch, with three fewer round trips than BEGIN / COPY / UPDATE / COMMIT.
     """
     ts = ws.transfers
-    columns: list[list[Any]] = [
-        [t.id for t in ts], [t.seq for t in ts], [t.kind for t in ts], [t.debit_account for t in ts],
-        [t.credit_account for t in ts], [t.amount_minor for t in ts], [t.currency for t in ts],
-        [t.status for t in ts], [t.created_at_ms for t in ts], [t.partner_id for t in ts],
-        [t.agreement_id for t in ts], [t.reference for t in ts], [t.creditor_account for t in ts],
-        [",".join(t.reasons) for t in ts], [json.dumps(t.fraud) if t.fraud else None for t in ts],
-        [t.body_hash for t in ts], [t.device_id for t in ts], [t.ip for t in ts],
-        list(ws.deltas), list(ws.deltas.values()),
-    ]
+    params: list[Any] = [_json_encode(ts).decode(), list(ws.deltas), list(ws.deltas.values())]
     sql = _FAST_SQL
     if ws.outbox:
         legs = ws.outbox
-        columns += [[leg.transfer_id for leg in legs], [ws.targets[leg.transfer_id] for leg in legs],
-                    [leg.creditor_account for leg in legs], [leg.amount_minor for leg in legs],
-                    [leg.currency for leg in legs], [leg.at_ms for leg in legs]]
+        params += [[leg.transfer_id for leg in legs], [ws.targets[leg.transfer_id] for leg in legs],
+                   [leg.creditor_account for leg in legs], [leg.amount_minor for leg in legs],
+                   [leg.currency for leg in legs], [leg.at_ms for leg in legs]]
         sql = _FAST_SQL_OUTBOX
-    inserted, updated = await conn.fetchrow(sql, *columns)
+    inserted, updated = await conn.fetchrow(sql, *params)
     invariant(inserted == len(ts), f"batch inserted {inserted} of {len(ts)} transfers")
     invariant(updated == len(ws.deltas), f"balance update touched {updated} of {len(ws.deltas)} accounts")
 

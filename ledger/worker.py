@@ -535,8 +535,8 @@ async def _read_decisions_async(worker: ShardWorker, decision: str | None, rule_
     assert worker.read_pool is not None
     async with worker.read_pool.acquire() as conn:
         rows = await conn.fetch(
-            pg.SELECT_TRANSFER + " WHERE kind = 'payment' AND fraud IS NOT NULL"
-            " AND ($1::text IS NULL OR fraud->>'decision' = $1)"
+            pg.SELECT_TRANSFER + " WHERE kind = 'payment'"
+            " AND ($1::text IS NULL OR coalesce(fraud->>'decision', 'allow') = $1)"
             " AND ($2::text IS NULL OR fraud->'reasons' @> jsonb_build_array(jsonb_build_object('rule_id', $2::text)))"
             " ORDER BY seq DESC LIMIT $3", decision, rule_id, limit)
     return [pg.row_to_transfer(r).to_wire() for r in rows]
