@@ -76,7 +76,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
             setattr(resolved, name, value)
     for name, value in {"max_rate": 20000.0, "generator_processes": 1, "connections": 256, "p99_ms": 25.0,
                         "error_rate_max": 0.001, "no_baselines": False, "no_rules": False, "sweep": False,
-                        "profile": False, "port": 18080, "shards": 2, "workers": 1, "dsn": None,
+                        "profile": False, "port": 18080, "shards": 2, "workers": 2, "dsn": None,
+                        "generator_poll_ms": 1.0,
                         "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10}.items():
         if not hasattr(resolved, name):
             setattr(resolved, name, value)
@@ -687,7 +688,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=rate, duration_s=cfg.step_s,
                             requests=templates, processes=args.generator_processes,
                             connections_max=args.connections, timeout_s=2.0, warmup_s=_warmup(cfg.step_s),
-                            run_id=run_id)
+                            run_id=run_id, poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000)
             before = cpu.sample()
             load = run_load(spec)
             sut_cpu_s = SutCpu.delta(before, cpu.sample())

@@ -16,7 +16,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="stack state (default: a fresh directory under --out)")
     p.add_argument("--dsn", action="append", help="use these PostgreSQL servers, one per shard")
     p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     p.add_argument("--customers", type=int, default=None, help="default 1,000,000 (quick: 20,000)")
     p.add_argument("--partners", type=int, default=None, help="default 10 (quick: 2)")
     p.add_argument("--step-s", type=float, default=None, help="seconds per offered-rate step (default 10, quick 5)")
@@ -25,6 +25,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-factor", type=float, default=None, help="rate multiplier per step (default 1.5, quick 2)")
     p.add_argument("--steps-max", type=int, default=None, help="steps per search, before refinement (default 14, quick 5)")
     p.add_argument("--generator-processes", type=int, default=1)
+    p.add_argument("--generator-poll-ms", type=float, default=1.0,
+                   help="generator polls every N ms (0: wake per response); latency is still "
+                        "measured from each request's intended send time")
     p.add_argument("--connections", type=int, default=256, help="generator connection bound")
     p.add_argument("--p99-ms", type=float, default=25.0)
     p.add_argument("--error-rate-max", type=float, default=0.001)
