@@ -256,18 +256,39 @@ class SutCpu:
     def sample(self) -> dict[int, float]:
         import psutil
         times: dict[int, float] = {}
+        self.groups: dict[int, str] = getattr(self, "groups", {})
         for pid, proc in self.processes().items():
             try:
                 t = proc.cpu_times()
                 times[pid] = t.user + t.system
+                if pid not in self.groups:
+                    self.groups[pid] = _process_group(proc.cmdline())
             except psutil.Error:
                 continue
         return times
+
+    def delta_by_group(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+        """CPU seconds per process group: gateway, shard, postgres, other."""
+        groups: dict[str, float] = {}
+        for pid, value in after.items():
+            group = getattr(self, "groups", {}).get(pid, "other")
+            groups[group] = groups.get(group, 0.0) + max(0.0, value - before.get(pid, 0.0))
+        return groups
 
     @staticmethod
     def delta(before: dict[int, float], after: dict[int, float]) -> float:
         """CPU used between two samples; a process started in between counts from zero."""
         return sum(max(0.0, value - before.get(pid, 0.0)) for pid, value in after.items())
+
+
+def _process_group(cmdline: list[str]) -> str:
+    if "gateway-worker" in cmdline:
+        return "gateway"
+    if "shard-worker" in cmdline:
+        return "shard"
+    if cmdline and cmdline[0].startswith("postgres"):
+        return "postgres"
+    return "other"
 
 
 # ---- population and request templates --------------------------------------------------
@@ -691,7 +712,9 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                             run_id=run_id, poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000)
             before = cpu.sample()
             load = run_load(spec)
-            sut_cpu_s = SutCpu.delta(before, cpu.sample())
+            after = cpu.sample()
+            sut_cpu_s = SutCpu.delta(before, after)
+            by_group = cpu.delta_by_group(before, after)
             total = max(1, int(spec.rate_per_s * spec.duration_s))
             sent_ids.extend(expected_payment_ids(run_id, total, spec.processes, routes, cfg.shards))
             acknowledged += load.ok
@@ -700,6 +723,9 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             measured_fraction = load.sent / total if total else 1.0
             ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
             extras.append({"sut_cpu_s": sut_cpu_s, "run_id": run_id, "requests_total": total,
+                           "sut_cpu_us_per_payment_by_process": {
+                               group: seconds / ok_all * 1e6 if ok_all else None
+                               for group, seconds in sorted(by_group.items())},
                            "sut_cpu_us_per_payment": sut_cpu_s / ok_all * 1e6 if ok_all else None,
                            "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
                            "generator_cpu_share": load.generator_cpu_s / (load.generator_cpu_s + sut_cpu_s)
@@ -860,6 +886,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "",
         f"Projection (assumes linear scaling): {_fmt(r['projection'].get('cores_for_14000_tps'), '.1f')} cores for"
         f" 14,000 TPS, {_fmt(r['projection'].get('cores_for_50000_tps'), '.1f')} cores for 50,000 TPS.", "",
+        "Where the SUT CPU goes at the max sustained step (us per payment): " + ", ".join(
+            f"{group} {_fmt(us, '.0f')}" for group, us in (r.get("sut_cpu_us_per_payment_by_process") or {}).items()),
+        "",
         "## Steps (main phase)", "",
         "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | SUT us/payment | gen CPU share | gates |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -940,6 +969,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "p50_ms": best.get("p50_ms"), "p99_ms": best.get("p99_ms"), "p999_ms": best.get("p999_ms"),
             "error_rate": best.get("error_ratio"),
             "sut_cpu_us_per_payment": best.get("sut_cpu_us_per_payment"),
+            "sut_cpu_us_per_payment_by_process": best.get("sut_cpu_us_per_payment_by_process"),
             "sut_cpu_cores_at_max": best.get("sut_cores"),
             "generator_cpu_share": best.get("generator_cpu_share"),
             "generator_cpu_us_per_request": best.get("cpu_us_per_request"),
