@@ -76,7 +76,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
             setattr(resolved, name, value)
     for name, value in {"max_rate": 20000.0, "generator_processes": 1, "connections": 256, "p99_ms": 25.0,
                         "error_rate_max": 0.001, "no_baselines": False, "no_rules": False, "sweep": False,
-                        "profile": False, "port": 18080, "shards": 2, "workers": 2, "dsn": None,
+                        "profile": False, "port": 18080, "shards": 1, "workers": 1, "dsn": None,
                         "generator_poll_ms": 1.0,
                         "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10}.items():
         if not hasattr(resolved, name):

@@ -15,8 +15,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a first look in under 2 minutes")
     p.add_argument("--state-dir", help="stack state (default: a fresh directory under --out)")
     p.add_argument("--dsn", action="append", help="use these PostgreSQL servers, one per shard")
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    p.add_argument("--shards", type=int, default=1,
+                   help="ledger shards (default 1: the cheapest per payment on 2 cores, see --sweep)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway worker processes (default 1: the cheapest per payment on 2 cores)")
     p.add_argument("--customers", type=int, default=None, help="default 1,000,000 (quick: 20,000)")
     p.add_argument("--partners", type=int, default=None, help="default 10 (quick: 2)")
     p.add_argument("--step-s", type=float, default=None, help="seconds per offered-rate step (default 10, quick 5)")

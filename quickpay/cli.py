@@ -252,7 +252,9 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", help="fraud rule file (default: the shipped default rules)")
     p.add_argument("--no-rules", action="store_true", help="run without the fraud filter")
     p.add_argument("--batch-size-max", type=int, default=4000, help="transfers per group commit")
-    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="extra wait to fill a batch")
+    p.add_argument("--batch-wait-ms", type=float, default=1.0,
+                   help="wait this long after the first request of an idle batch, to fill it (default 1; "
+                        "measured: -10..15%% CPU per payment, p99 unchanged)")
     p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched",
                    help="naive: one transaction per payment with row locks (a benchmark baseline)")
 
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--rules")
     shard.add_argument("--no-rules", action="store_true")
     shard.add_argument("--batch-size-max", type=int, default=4000)
-    shard.add_argument("--batch-wait-ms", type=float, default=0.0)
+    shard.add_argument("--batch-wait-ms", type=float, default=1.0)
     shard.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
     shard.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
     shard.set_defaults(func=cmd_shard_worker)
