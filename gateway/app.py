@@ -521,6 +521,8 @@ def create_app(config: GatewayConfig) -> web.Application:
                 results.append(await client.call("fraud", args))
             except ShardError as exc:
                 detail = exc.args[0] if exc.args else {}
+                if isinstance(detail, dict) and detail.get("code") == "FRAUD_DISABLED":
+                    raise ApiError(409, "QP.Fraud.Disabled", str(detail.get("message"))) from None
                 if isinstance(detail, dict) and detail.get("code") in ("RULE_ERROR", "BAD_REQUEST"):
                     raise ApiError(422, "QP.Rules.Invalid", str(detail.get("message")),
                                    [{"code": "QP.Rules.Invalid", "message": str(detail.get("message")),
@@ -528,11 +530,16 @@ def create_app(config: GatewayConfig) -> web.Application:
                 raise
         return results
 
+    async def fraud_read(what: str) -> list[Any]:
+        answers = await router.broadcast("fraud_read", {"what": what})
+        if any(a.get("disabled") for a in answers):
+            raise ApiError(409, "QP.Fraud.Disabled", answers[0]["message"])
+        return answers
+
     @routes.get("/admin/v1/fraud/rules")
     async def get_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        answers = await router.broadcast("fraud_read", {"what": "rules"})
-        return _json(200, {"shards": answers})
+        return _json(200, {"shards": await fraud_read("rules")})
 
     @routes.post("/admin/v1/fraud/rules")
     async def propose_rules(request: web.Request) -> web.Response:
@@ -561,8 +568,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     @routes.get("/admin/v1/fraud/lists")
     async def get_lists(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        answers = await router.broadcast("fraud_read", {"what": "lists"})
-        return _json(200, answers[0])
+        return _json(200, (await fraud_read("lists"))[0])
 
     @routes.post("/admin/v1/fraud/lists/{name}")
     async def change_list(request: web.Request) -> web.Response:
@@ -575,7 +581,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         if body.remove:
             result = (await fraud_change({"action": "list_remove", "list": name, "values": body.remove}))[0]
         if result is None:
-            result = (await router.broadcast("fraud_read", {"what": "lists"}))[0]
+            result = (await fraud_read("lists"))[0]
         return _json(200, result)
 
     @routes.get("/admin/v1/fraud/decisions")

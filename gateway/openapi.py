@@ -142,10 +142,10 @@ def openapi_document() -> dict[str, Any]:
                                                                ok=(200, "OK", "Balance"),
                                                                params=[_path_param("account_id")])},
         "/admin/v1/fraud/rules": {
-            "get": _op("Rule set versions and audit trail per shard", security="admin"),
+            "get": _op("Rule set versions and audit trail per shard", security="admin", errors=(401, 409)),
             "post": _op("Validate a new rule set version and (by default) activate it everywhere",
                         security="admin", body="RulesRequest", ok=(201, "Created", "Object"),
-                        errors=(400, 401, 413, 422))},
+                        errors=(400, 401, 409, 413, 422))},
         "/admin/v1/fraud/rules/{version}/activate": {"post": _op(
             "Activate a stored version", security="admin", params=[_path_param("version")])},
         "/admin/v1/fraud/rules/rollback": {"post": _op("Return to the previously active version",

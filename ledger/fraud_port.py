@@ -26,6 +26,7 @@ log = logging.getLogger("quickpay.fraud")
 # rule set's longest window, capped here to bound start-up time (a rule with a
 # longer window starts from a partial window after a restart; say so in the rules).
 REBUILD_WINDOW_MS = 7 * 24 * 3_600_000
+_DISABLED = {"code": "FRAUD_DISABLED", "message": "this stack runs without the fraud filter (--no-rules)"}
 _REGISTRY_KEY = "fraud_registry"
 _LISTS_KEY = "fraud_lists"
 
@@ -97,13 +98,10 @@ class FraudAdapter:
         if rows:
             log.info("shard %s rebuilt fraud windows from %d payments", self.worker.config.shard, len(rows))
 
-    def _require(self) -> None:
-        if self.filter is None:
-            raise ValueError("this shard runs without a rule set (--no-rules)")
-
     def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
         """Apply one rule or list change; called by the batcher between payments."""
-        self._require()
+        if self.filter is None:
+            return False, _DISABLED
         action = args["action"]
         author = args.get("author", "admin")
         try:
@@ -135,7 +133,8 @@ class FraudAdapter:
         return True, self.read({"what": "rules"})
 
     def read(self, args: dict[str, Any]) -> Any:
-        self._require()
+        if self.filter is None:
+            return {"disabled": True, **_DISABLED}
         what = args.get("what", "rules")
         if what == "lists":
             return {"lists": self.filter.lists.snapshot()}
