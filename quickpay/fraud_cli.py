@@ -73,17 +73,8 @@ async def load_recorded_payments(dsns: list[str], limit: int) -> tuple[list[Any]
 def _state_dsns(args: argparse.Namespace) -> tuple[Any, list[str], bool]:
     if args.dsn:
         return None, list(args.dsn), False
-    from quickpay.config import StateDir
-    from quickpay.embedded_pg import EmbeddedPostgres, shard_database
-    state = StateDir(args.state_dir)
-    topology = state.path / "topology.json"
-    if not topology.exists():
-        raise SystemExit(f"{state.path} holds no quickpay state; give --state-dir or --dsn")
-    shards = json.loads(topology.read_text())["shards"]
-    pg = EmbeddedPostgres(state.path)
-    started_here = not pg.is_running()
-    pg.start()
-    return pg, [pg.dsn(shard_database(i)) for i in range(shards)], started_here
+    from quickpay.embedded_pg import attach_state
+    return attach_state(args.state_dir)
 
 
 def _backtest(args: argparse.Namespace) -> int:

@@ -196,14 +196,15 @@ class Stack:
 
 
 def start_stack(base: Path, *, shards: int = 2, workers: int = 2, demo: bool = True,
-                extra: tuple[str, ...] = ()) -> Stack:
+                extra: tuple[str, ...] = (), flags: tuple[str, ...] | None = None) -> Stack:
+    """Start `quickpay up`; `flags` replaces STACK_FLAGS (e.g. to run with fraud rules)."""
     base.mkdir(parents=True, exist_ok=True)
     state_dir = base / "state"
     log_path = base / "quickpay-up.log"
     port = free_port()
     argv = [sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(state_dir),
             "--port", str(port), "--shards", str(shards), "--workers", str(workers),
-            *STACK_FLAGS, *extra]
+            *(STACK_FLAGS if flags is None else flags), *extra]
     if demo:
         argv.append("--demo")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

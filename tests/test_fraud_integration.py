@@ -23,7 +23,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-import conftest
 from conftest import ROOT, Stack, start_stack, stop_stack
 
 RULES_V1 = """
@@ -56,12 +55,7 @@ def fraud_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("fraud")
     rules = base / "v1.rules"
     rules.write_text(RULES_V1)
-    saved = conftest.STACK_FLAGS
-    conftest.STACK_FLAGS = ("--no-monitor",)
-    try:
-        s = start_stack(base, extra=("--rules", str(rules)))
-    finally:
-        conftest.STACK_FLAGS = saved
+    s = start_stack(base, flags=("--no-monitor",), extra=("--rules", str(rules)))
     try:
         yield s
     finally:

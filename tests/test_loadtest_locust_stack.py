@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import conftest
 from conftest import ROOT, Stack, start_stack, stop_stack
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -25,12 +24,7 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 @pytest.fixture(scope="module")
 def rules_stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     """A private stack with the shipped fraud rules (the blocked debtors need them)."""
-    saved = conftest.STACK_FLAGS
-    conftest.STACK_FLAGS = ("--no-monitor",)
-    try:
-        s = start_stack(tmp_path_factory.mktemp("locust-stack"), demo=False)
-    finally:
-        conftest.STACK_FLAGS = saved
+    s = start_stack(tmp_path_factory.mktemp("locust-stack"), demo=False, flags=("--no-monitor",))
     try:
         yield s
     finally:
