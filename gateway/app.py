@@ -226,6 +226,19 @@ def _raise_for(code: str) -> None:
     raise field_error(status, api_code, message, path)
 
 
+PAGE_LIMIT_MAX = 200
+
+
+def _page_limit(request: web.Request) -> int:
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit") from None
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise field_error(400, "QP.Query.Invalid", f"limit must be between 1 and {PAGE_LIMIT_MAX}", "query.limit")
+    return limit
+
+
 def _decode_cursor(text: str | None, shards: list[int]) -> dict[int, int]:
     if not text:
         return {}
@@ -428,12 +441,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def list_transactions(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         account_id = request.match_info["account_id"]
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit") from None
-        if not 1 <= limit <= 200:
-            raise field_error(400, "QP.Query.Invalid", "limit must be between 1 and 200", "query.limit")
+        limit = _page_limit(request)
         shards, filter_partner = await account_shards(account_id, partner_id)
         cursor = _decode_cursor(request.query.get("cursor"), shards)
         rows: list[tuple[int, dict[str, Any]]] = []
@@ -591,12 +599,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         if decision is not None and decision not in ("allow", "review", "block"):
             raise field_error(400, "QP.Query.Invalid", "decision must be allow, review or block", "query.decision")
         rule_id = request.query.get("rule_id")
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit") from None
-        if not 1 <= limit <= 200:
-            raise field_error(400, "QP.Query.Invalid", "limit must be between 1 and 200", "query.limit")
+        limit = _page_limit(request)
         answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})
         rows = sorted((t for answer in answers for t in answer), key=lambda t: t["created_at_ms"], reverse=True)
         return _json(200, {"payments": [payment_resource(t) for t in rows[:limit]]})
