@@ -27,7 +27,7 @@ from quickpay.ids import settlement_account_for
 from . import pg
 from .client import ShardClient
 from .model import (
-    Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer, invariant,
+    Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
 )
 from .protocol import FrameDecoder, FrameError, encode_frame, parse_address
 from .relay import Relay
@@ -197,8 +197,10 @@ class ShardWorker:
         # objects per batch (what fraud.microbench calls "tuned" GC).
         gc.set_threshold(50_000, 50, 100)
         self.tasks.append(loop.create_task(self._freeze_gc()))
-        self.tasks.append(loop.create_task(self._batcher()))
-        self.tasks.append(loop.create_task(self._writer()))
+        for coroutine in (self._batcher(), self._writer()):
+            task = loop.create_task(coroutine)
+            task.add_done_callback(self._on_pipeline_task_done)
+            self.tasks.append(task)
         kind, where = parse_address(cfg.listen)
         if kind == "unix":
             path = str(where)
@@ -215,6 +217,16 @@ class ShardWorker:
         from .fraud_port import FraudAdapter
         self.fraud_admin = FraudAdapter(self)
         await self.fraud_admin.start()
+
+    def _on_pipeline_task_done(self, task: "asyncio.Task[None]") -> None:
+        # The batcher and the writer never return. If one dies (a broken invariant in a
+        # decision, say), memory may hold half-applied work: stop, and let the restart
+        # reload the truth from PostgreSQL, instead of lingering without serving.
+        if task.cancelled():
+            return
+        log.error("shard %s pipeline task ended: %r; stopping", self.config.shard, task.exception())
+        logging.shutdown()
+        os._exit(70)
 
     async def _freeze_gc(self) -> None:
         # The worker holds millions of long-lived objects (accounts, the transfer
@@ -399,10 +411,11 @@ def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms
 def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
                           now_ms: int) -> tuple[bool, Any]:
     created = 0
+    if any(a.get("kind", "customer") not in ("customer", "settlement") for a in args):
+        return False, {"code": "BAD_REQUEST", "message": "only customer and settlement accounts can be opened"}
     for a in args:
-        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0,
-                          a.get("kind") in ("funding", "clearing"), a.get("partner_id"), now_ms)
-        invariant(account.kind in ("customer", "settlement"), "only customer and settlement accounts can be opened")
+        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False,
+                          a.get("partner_id"), now_ms)
         created += worker.state.open_account(account, ws)
     return True, {"created": created}
 
