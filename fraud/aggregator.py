@@ -101,4 +101,4 @@ def generate_aggregator(
     exec(compile(source, "<fraud aggregator>", "exec"), namespace)  # noqa: S102 - built from fixed templates
     aggregate = namespace["aggregate"]
     aggregate.source = source
-    return aggregate  # type: ignore[no-any-return]
+    return aggregate

@@ -77,7 +77,7 @@ def _as_getter(kind: str, payload: Any) -> ValueGetter:
         return lambda facts, aggregates, lists: payload(facts)
     if kind == "slot":
         return lambda facts, aggregates, lists: aggregates[payload]
-    return payload  # type: ignore[no-any-return]
+    return payload
 
 
 def _compile_compare(node: Compare, slots: dict[tuple[Any, ...], int]) -> Condition:
@@ -290,4 +290,4 @@ def generate_matcher(
     exec(compile(source, f"<fraud rules {filename}>", "exec"), namespace)  # noqa: S102 - source built from validated AST only
     matcher = namespace["match_all"]
     matcher.source = source  # kept for debugging and for the tests
-    return matcher  # type: ignore[no-any-return]
+    return matcher

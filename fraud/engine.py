@@ -220,8 +220,8 @@ class FraudFilter:
         enforced = [rule for rule in fired if not rule.shadow]
         if allowed:
             # An enforced allow rule wins outright (e.g. a trusted-partner allow list).
-            reasons = tuple(rule.rule_id for rule in enforced if rule.action == "allow")
-            return Decision("allow", score, tuple(hits), reasons)
+            allowed_by = tuple(rule.rule_id for rule in enforced if rule.action == "allow")
+            return Decision("allow", score, tuple(hits), allowed_by)
         score_severity = 0
         if ruleset.block_threshold_score is not None and score >= ruleset.block_threshold_score:
             score_severity = 2

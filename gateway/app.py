@@ -279,7 +279,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
-        shards = []
+        shards: list[dict[str, Any]] = []
         for index, client in enumerate(router.clients):
             try:
                 await client.call("ping")

@@ -65,7 +65,7 @@ class ListChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
     author: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "admin"
 
 
-_decoders: dict[type, msgspec.json.Decoder] = {}  # type: ignore[type-arg]
+_decoders: dict[type, msgspec.json.Decoder] = {}
 
 
 def decode_body(body: bytes, schema: type) -> object:

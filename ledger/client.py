@@ -78,7 +78,7 @@ class ShardClient:
                 transport, _ = await asyncio.wait_for(coro, self.connect_timeout_s)
             except (OSError, asyncio.TimeoutError) as exc:
                 raise ShardUnavailable(f"shard at {self.address} unreachable: {exc}") from exc
-            self._transport = transport  # type: ignore[assignment]
+            self._transport = transport
             if self._sweeper is None or self._sweeper.done():
                 self._sweeper = loop.create_task(self._sweep())
             self._connecting.set_result(None)

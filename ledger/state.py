@@ -211,6 +211,7 @@ class ShardState:
         if account.currency != cmd.currency:
             return Code.CURRENCY_MISMATCH, None
         funding = self.accounts[FUNDING_ACCOUNT]
+        reasons: tuple[str, ...]
         if account.balance_minor + cmd.amount_minor > INT64_MAX or \
                 funding.balance_minor - cmd.amount_minor < -INT64_MAX:
             status, reasons = Status.REJECTED, (Code.BALANCE_OVERFLOW,)

@@ -60,7 +60,7 @@ def log(message: str) -> None:
 def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the flags left at None with the full or the --quick default."""
     quick = bool(getattr(args, "quick", False))
-    defaults = {
+    defaults: dict[str, Any] = {
         "customers": 20_000 if quick else 1_000_000,
         "partners": 2 if quick else 10,
         "step_s": 5.0 if quick else 10.0,
@@ -74,11 +74,12 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(resolved, name, None) is None:
             setattr(resolved, name, value)
-    for name, value in {"max_rate": 20000.0, "generator_processes": 1, "connections": 256, "p99_ms": 25.0,
+    fallbacks: dict[str, Any] = {"max_rate": 20000.0, "generator_processes": 1, "connections": 256, "p99_ms": 25.0,
                         "error_rate_max": 0.001, "no_baselines": False, "no_rules": False, "sweep": False,
                         "profile": False, "port": 18080, "shards": 1, "workers": 1, "dsn": None,
                         "generator_poll_ms": 1.0,
-                        "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10}.items():
+                        "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10}
+    for name, value in fallbacks.items():
         if not hasattr(resolved, name):
             setattr(resolved, name, value)
     return resolved

@@ -520,7 +520,7 @@ class _Driver:
             sequence += 1
         self.sequence = sequence
         if sequence >= count:
-            if not self.scheduled.done():
+            if self.scheduled is not None and not self.scheduled.done():
                 self.scheduled.set_result(None)
             return
         next_time = start + sequence / rate

@@ -39,7 +39,7 @@ class StepResult:
         """A flat dict (plots and JSON reports read it); the histogram is left out."""
         if hasattr(self.result, "to_dict"):
             data = dict(self.result.to_dict(include_histogram=False))
-        elif dataclasses.is_dataclass(self.result):
+        elif dataclasses.is_dataclass(self.result) and not isinstance(self.result, type):
             data = dataclasses.asdict(self.result)
         else:
             data = dict(vars(self.result))

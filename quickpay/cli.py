@@ -141,7 +141,8 @@ def cmd_shard_worker(args: argparse.Namespace) -> int:
     addresses = _split(args.shard_addrs) or _split(os.environ.get(ENV_SHARD_ADDRS))
     if len(addresses) != args.shards:
         raise SystemExit(f"--shard-addrs must list {args.shards} addresses")
-    dsn = args.dsn or (_split(os.environ.get(ENV_DSNS)) or [None] * args.shards)[args.shard]
+    env_dsns = _split(os.environ.get(ENV_DSNS))
+    dsn = args.dsn or (env_dsns[args.shard] if len(env_dsns) > args.shard else None)
     if not dsn:
         raise SystemExit("shard-worker needs --dsn or QUICKPAY_DSNS")
     config = WorkerConfig(

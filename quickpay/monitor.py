@@ -41,7 +41,7 @@ class Monitor:
     def __init__(self, dsns: list[str], *, settings: dict[str, int] | None = None,
                  clock_s: Any = time.monotonic) -> None:
         self.dsns = dsns
-        self.config = {**MONITOR_DEFAULTS, **(settings or {})}
+        self.config: dict[str, Any] = {**MONITOR_DEFAULTS, **(settings or {})}
         self.engine = fraud.MonitorEngine(**self.config)
         self.conns: list[asyncpg.Connection] = []
         self.positions: dict[int, int] = {}
