@@ -929,8 +929,32 @@ def summary_markdown(report: dict[str, Any]) -> str:
 
 
 # ---- entry point ---------------------------------------------------------------------------
+def validate_settings(args: argparse.Namespace) -> None:
+    """Refuse a configuration that cannot run, before anything starts."""
+    problems = []
+    if not 1 <= args.shards <= 64:
+        problems.append("--shards must be between 1 and 64")
+    if not 1 <= args.workers <= 64:
+        problems.append("--workers must be between 1 and 64")
+    if not 1 <= args.partners <= 1_000:
+        problems.append("--partners must be between 1 and 1000")
+    if not args.partners <= args.customers <= 50_000_000:
+        problems.append("--customers must be at least --partners and at most 50,000,000")
+    if not 1.0 <= args.step_s <= 600:
+        problems.append("--step-s must be between 1 and 600 seconds")
+    if not 0 < args.start_rate <= args.max_rate <= 1_000_000:
+        problems.append("need 0 < --start-rate <= --max-rate <= 1,000,000")
+    if not 1 <= args.generator_processes <= 16:
+        problems.append("--generator-processes must be between 1 and 16")
+    if not 0 <= args.generator_poll_ms <= 5:
+        problems.append("--generator-poll-ms must be between 0 and 5")
+    if problems:
+        raise SystemExit("quickpay bench: " + "; ".join(problems))
+
+
 def run_bench(args: argparse.Namespace) -> int:
     args = resolve_settings(args)
+    validate_settings(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,16 @@ def _format_backtest(report: dict[str, Any], count: int) -> str:
 
 
 def _admin(args: argparse.Namespace) -> int:
+    import urllib.error
+
     from quickpay.config import StateDir
     from quickpay.httpclient import Api, ApiCallError
     api = Api(args.url)
-    token = StateDir(args.state_dir).admin_token
+    token_file = StateDir(args.state_dir).path / "admin.token"
+    token = os.environ.get("QUICKPAY_ADMIN_TOKEN") or (token_file.read_text().strip() if token_file.exists() else None)
+    if not token:
+        raise SystemExit(f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
+                         "give the stack's --state-dir")
     try:
         if args.fraud_command == "show":
             result = api.request("GET", "/admin/v1/fraud/rules", token=token)
@@ -134,6 +141,9 @@ def _admin(args: argparse.Namespace) -> int:
     except ApiCallError as exc:
         print(json.dumps(exc.body, indent=2), file=sys.stderr)
         return 1
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up`"
+                         " or give --url") from None
     print(json.dumps(result, indent=2))
     return 0
 

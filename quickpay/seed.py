@@ -80,6 +80,11 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
     addresses = [state.shard_socket(i) for i in range(shard_count)]
     api = Api(args.url)
     admin = state.admin_token
+    try:
+        api.request("GET", "/readyz")
+    except Exception as exc:  # refused connection, or a 503 while a shard is down
+        raise SystemExit(f"no ready quickpay stack at {args.url} ({exc}); start it with "
+                         f"`quickpay up --state-dir {state.path}` or give --url") from None
     currency = "CNY"
     funding_minor = parse_amount(args.funding, currency)
     started = time.monotonic()

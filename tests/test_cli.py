@@ -119,3 +119,18 @@ def test_check_passes_then_detects_corruption(stopped_stack: Stack) -> None:
         asyncio.run(_update_balance(stopped_stack, account, 0, -1))
     again = cli("check", "--state-dir", str(stopped_stack.state_dir))
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_commands_without_a_stack_say_what_to_do(tmp_path: Path) -> None:
+    """No traceback for a new user who runs a command before `quickpay up`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
+    for argv, expected in (
+        (["fraud", "show", "--state-dir", str(tmp_path)], "no admin token"),
+        (["seed", "--state-dir", str(tmp_path)], "no stack state"),
+        (["bench", "--quick", "--shards", "0", "--out", str(tmp_path / "b")], "--shards must be between"),
+    ):
+        result = subprocess.run([sys.executable, "-m", "quickpay.cli", *argv], capture_output=True, text=True,
+                                timeout=60, env=env)
+        assert result.returncode != 0, argv
+        assert expected in result.stderr, (argv, result.stderr)
+        assert "Traceback" not in result.stderr, (argv, result.stderr)
