@@ -144,7 +144,10 @@ class ShardState:
             creditor = self.accounts[CLEARING_ACCOUNT]
         else:
             found_creditor = self.accounts.get(cmd.creditor_account)
-            if found_creditor is None or found_creditor.kind in ("funding", "clearing"):
+            if found_creditor is None or found_creditor.kind in ("funding", "clearing") or (
+                    found_creditor.kind == "settlement" and found_creditor.partner_id != cmd.partner_id):
+                # Another partner's settlement account is not a valid creditor, and saying
+                # "not found" does not tell the caller that it exists.
                 return Code.CREDITOR_NOT_FOUND, None
             creditor = found_creditor
             if creditor.currency != cmd.currency:

@@ -477,7 +477,8 @@ def victim(stack: Stack, partner: dict[str, Any], other: dict[str, Any]) -> dict
     return {**customer, "foreign_agreement": foreign["agreement_id"],
             "creditor_same": stack.new_account(shard=0), "creditor_cross": stack.new_account(shard=1),
             "usd_cross": stack.new_account(shard=1, currency="USD"),
-            "usd_same": stack.new_account(shard=0, currency="USD")}
+            "usd_same": stack.new_account(shard=0, currency="USD"),
+            "other_settlement": other["settlement_account"]}
 
 
 def _token(stack: Stack, partner: dict[str, Any], kind: str) -> str | None:
@@ -528,6 +529,7 @@ BAD_PAYMENTS: list[tuple[str, int, str, str | None]] = [
     ("creditor_clearing", 422, "QP.Creditor.NotFound", "$.creditor_account"),
     ("creditor_funding", 422, "QP.Creditor.NotFound", "$.creditor_account"),
     ("creditor_unknown_settlement", 422, "QP.Creditor.NotFound", "$.creditor_account"),
+    ("creditor_other_partners_settlement", 422, "QP.Creditor.NotFound", "$.creditor_account"),
     ("creditor_is_debtor", 422, "QP.Creditor.SameAsDebtor", "$.creditor_account"),
     ("currency_mismatch_agreement", 422, "QP.Currency.Mismatch", "$.currency"),
     ("currency_mismatch_creditor_same", 422, "QP.Currency.Mismatch", "$.currency"),
@@ -608,6 +610,8 @@ def test_bad_payment_input(stack: Stack, partner: dict[str, Any], victim: dict[s
         body["creditor_account"] = "sys_funding"
     elif case == "creditor_unknown_settlement":
         body["creditor_account"] = "set_ptn_doesnotexist"
+    elif case == "creditor_other_partners_settlement":
+        body["creditor_account"] = victim["other_settlement"]
     elif case == "creditor_is_debtor":
         body["creditor_account"] = victim["account"]
     elif case == "currency_mismatch_agreement":

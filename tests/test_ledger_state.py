@@ -167,10 +167,12 @@ def test_replay_of_rejected_payment_stays_rejected() -> None:
     (dict(creditor="acc_unknown"), Code.CREDITOR_NOT_FOUND),
     (dict(creditor=CLEARING_ACCOUNT), Code.CREDITOR_NOT_FOUND),
     (dict(creditor=FUNDING_ACCOUNT), Code.CREDITOR_NOT_FOUND),
+    (dict(creditor="set_ptn_other"), Code.CREDITOR_NOT_FOUND),       # another partner's settlement
     (dict(creditor="acc_0"), Code.SAME_ACCOUNT),
 ])
 def test_refusals_write_nothing(change: dict, expected: str) -> None:
     state = make_state()
+    state.load_account(Account("set_ptn_other", "settlement", "CNY", 0, False, "ptn_other"))
     before = balances(state)
     ws = WriteSet()
     code, transfer = state.execute_payment(pay("p1", 100, **change), ws)
