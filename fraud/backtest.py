@@ -19,6 +19,12 @@ def _rates(counts: dict[str, int], total: int) -> dict[str, float]:
     return {action: (counts[action] / total if total else 0.0) for action in ("allow", "review", "block")}
 
 
+def _side(rule_hits: dict[str, int], decisions: dict[str, int], total: int) -> dict[str, Any]:
+    rates = _rates(decisions, total)
+    return {"rule_hits": rule_hits, "decisions": decisions, "rates": rates,
+            "block_rate": rates["block"], "review_rate": rates["review"]}
+
+
 def backtest(
     payments: Iterable[PaymentFacts],
     candidate: RuleSet,
@@ -66,19 +72,7 @@ def backtest(
                 differing_ids.append(facts.transfer_id)
     return {
         "payments": total,
-        "candidate": {
-            "rule_hits": rule_hits["candidate"],
-            "decisions": actions["candidate"],
-            "rates": _rates(actions["candidate"], total),
-            "block_rate": _rates(actions["candidate"], total)["block"],
-            "review_rate": _rates(actions["candidate"], total)["review"],
-        },
-        "active": {
-            "rule_hits": rule_hits["active"],
-            "decisions": actions["active"],
-            "rates": _rates(actions["active"], total),
-            "block_rate": _rates(actions["active"], total)["block"],
-            "review_rate": _rates(actions["active"], total)["review"],
-        },
+        "candidate": _side(rule_hits["candidate"], actions["candidate"], total),
+        "active": _side(rule_hits["active"], actions["active"], total),
         "differing": {"count": differing_count, "transfer_ids": differing_ids, "transitions": transitions},
     }
