@@ -309,21 +309,30 @@ class ShardWorker:
                         continue
                     raise
                 replies.append((reply, result))
+            # Only now, with every command of the batch decided: evicting while deciding
+            # could drop an id the prefetch vouched for and decide its retry as new.
+            self.state.evict()
             await self.write_queue.put((ws, replies))
 
     async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
         ids: list[str] = []
-        transfers = self.state.transfers
         for op, args, _ in items:
-            if op == "pay" or op == "fund":
-                transfer_id = args.get("payment_id") or args.get("transfer_id")
-                if transfer_id not in transfers:
-                    ids.append(transfer_id)
-            elif op == "credit":
-                ids.extend(leg[0] for leg in args if leg[0] not in transfers)
-        if ids:
+            try:
+                if op == "pay" or op == "fund":
+                    transfer_id = args.get("payment_id") or args.get("transfer_id")
+                    if isinstance(transfer_id, str):
+                        ids.append(transfer_id)
+                elif op == "credit":
+                    ids.extend(leg[0] for leg in args if isinstance(leg[0], str))
+            except (AttributeError, IndexError, KeyError, TypeError):
+                continue  # malformed: its decider answers BAD_REQUEST
+        # Cached ids become most recently used, so they are the last to go when the
+        # cache is trimmed after this batch (state.evict); nothing is evicted before.
+        missing = self.state.touch(ids)
+        if missing:
             assert self.prefetch_conn is not None
-            for transfer in await pg.prefetch_transfers(self.prefetch_conn, ids):
+            transfers = self.state.transfers
+            for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing):
                 if transfer.id not in transfers:
                     self.state.remember(transfer)
 
