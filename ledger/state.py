@@ -260,14 +260,24 @@ class ShardState:
         invariant(creditor is not None, f"credit leg {leg.transfer_id} for unknown account {leg.creditor_account}")
         assert creditor is not None
         clearing = self.accounts[CLEARING_ACCOUNT]
-        self._move(ws, clearing, creditor, leg.amount_minor)
+        # The debit already happened on the source shard, so the leg cannot be refused;
+        # but a balance beyond int64 would make the batch's write fail, stop the worker,
+        # and the relay would resend the same leg after every restart (a crash loop).
+        # Such a leg is recorded, moving nothing here: the money stays in the source
+        # shard's clearing stripe (held in flight), visible to operators and the audit.
+        if creditor.balance_minor + leg.amount_minor > INT64_MAX or \
+                clearing.balance_minor - leg.amount_minor < -INT64_MAX:
+            status, reasons, code = Status.REJECTED, (Code.BALANCE_OVERFLOW,), Code.HELD
+        else:
+            status, reasons, code = Status.COMPLETED, (), Code.OK
+            self._move(ws, clearing, creditor, leg.amount_minor)
         self._new_transfer(ws, Transfer(
             id=leg.transfer_id, seq=0, kind=Kind.CREDIT_LEG, debit_account=clearing.id,
             credit_account=creditor.id, amount_minor=leg.amount_minor, currency=leg.currency,
-            status=Status.COMPLETED, created_at_ms=leg.at_ms, creditor_account=creditor.id,
-            reference=f"from shard {leg.source_shard}",
+            status=status, created_at_ms=leg.at_ms, creditor_account=creditor.id,
+            reference=f"from shard {leg.source_shard}", reasons=reasons,
         ))
-        return Code.OK
+        return code
 
     def mark_delivered(self, transfer_id: str, ws: WriteSet) -> None:
         ws.delivered.append(transfer_id)

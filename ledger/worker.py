@@ -408,7 +408,9 @@ def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: i
         codes.append(worker.state.execute_credit(
             CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws))
     # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
-    return True, {"applied": codes.count(Code.OK), "replayed": len(codes) - codes.count(Code.OK)}
+    # HELD legs are recorded (acknowledged) but moved nothing: see Code.HELD.
+    applied, held = codes.count(Code.OK), codes.count(Code.HELD)
+    return True, {"applied": applied, "held": held, "replayed": len(codes) - applied - held}
 
 
 def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:

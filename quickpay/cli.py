@@ -208,6 +208,11 @@ def _format_report(report: Any) -> str:
              f"{s['in_process']} in process), clearing {s['clearing_minor']}, sum {s['balance_sum_minor']}"
              for s in report.shards]
     lines.append(f"credits in flight: {report.in_flight_count} ({report.in_flight_minor} minor units)")
+    if report.held_count:
+        lines.append(f"HELD credit legs (in flight until an operator resolves them): {report.held_count} "
+                     f"({report.held_minor} minor units)")
+        lines.extend(f"  {h['transfer_id']} on shard {h['shard']} for {h['creditor_account']}: "
+                     f"{h['amount_minor']} ({', '.join(h['reasons'])})" for h in report.held)
     if report.ok:
         lines.append("OK: every shard balances, the journal replays to every balance, "
                      "and money is conserved across shards")

@@ -261,6 +261,57 @@ def test_funding_refusals_and_overflow() -> None:
     assert t.status == Status.REJECTED and t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
 
 
+def test_credit_leg_that_would_overflow_the_creditor_is_held_not_applied() -> None:
+    # Review finding: an incoming credit leg had no int64 check; the batch write failed
+    # (bigint out of range), the worker stopped, and the relay resent the same leg after
+    # every restart. Now the leg is recorded (Rejected, BALANCE_OVERFLOW), moving nothing.
+    big = 2**63 - 1
+    state = make_state(shard=1, balance=0)
+    commit(state, lambda ws: state.execute_funding(
+        FundingCommand("f_big", "acc_0", big - 10, "CNY", "r", "h", DAY0), ws))
+    before = balances(state)
+    code, ws = commit(state, lambda ws: state.execute_credit(CreditLeg("x_over", 0, "acc_0", 11, "CNY", DAY0), ws))
+    assert state.accounts["acc_0"].balance_minor <= big and balances(state) == before
+    assert ws.deltas == {} and ws.outbox == [] and code == Code.HELD
+    (leg,) = ws.transfers
+    assert (leg.id, leg.kind, leg.status, leg.reasons, leg.amount_minor) == \
+        ("x_over", "credit_leg", Status.REJECTED, (Code.BALANCE_OVERFLOW,), 11)
+    # The relay resends it (after a restart, say): recognised, still nothing moves.
+    again, ws2 = commit(state, lambda ws: state.execute_credit(CreditLeg("x_over", 0, "acc_0", 11, "CNY", DAY0), ws))
+    assert again == Code.REPLAY and ws2.is_empty() and balances(state) == before
+    # Up to exactly INT64_MAX still applies.
+    ok, _ = commit(state, lambda ws: state.execute_credit(CreditLeg("x_fits", 0, "acc_0", 10, "CNY", DAY0), ws))
+    assert ok == Code.OK and state.accounts["acc_0"].balance_minor == big
+    assert state.total_balance_minor() == 0
+
+
+def test_credit_leg_that_would_underflow_the_clearing_stripe_is_held() -> None:
+    big = 2**63 - 1
+    state = make_state(shard=1, balance=0)
+    state.accounts[CLEARING_ACCOUNT].balance_minor = -(big - 5)     # after a lot of inbound flow
+    state.accounts["acc_1"].balance_minor = big - 5
+    code, ws = commit(state, lambda ws: state.execute_credit(CreditLeg("x_under", 0, "acc_0", 6, "CNY", DAY0), ws))
+    assert state.accounts[CLEARING_ACCOUNT].balance_minor == -(big - 5)
+    assert ws.deltas == {} and code == Code.HELD
+
+
+def test_int64_edges_of_funding_and_payments() -> None:
+    big = 2**63 - 1
+    state = make_state(balance=0)
+    (_, t), _ = commit(state, lambda ws: state.execute_funding(
+        FundingCommand("f_all", "acc_0", big, "CNY", "r", "h", DAY0), ws))
+    assert t.status == Status.COMPLETED and state.accounts[FUNDING_ACCOUNT].balance_minor == -big
+    # The funding stripe cannot go below -INT64_MAX, whoever is funded.
+    (_, t), ws = commit(state, lambda ws: state.execute_funding(
+        FundingCommand("f_one", "acc_1", 1, "CNY", "r", "h", DAY0), ws))
+    assert t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
+    # A same-shard creditor at the top refuses a payment with BALANCE_OVERFLOW.
+    state.accounts[SETTLEMENT].balance_minor = big           # only the creditor's edge matters here
+    state.load_agreement(Agreement("agr_big", PARTNER, "acc_0", "CNY", big, big, "active", 0))
+    (code, t), ws = commit(state, lambda ws: state.execute_payment(pay("p_top", 1, agreement="agr_big"), ws))
+    assert t.status == Status.REJECTED and t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
+
+
 def test_writeset_check_balanced_catches_unbalanced_deltas() -> None:
     ws = WriteSet()
     ws.add_delta("a", 5)
