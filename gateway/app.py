@@ -28,6 +28,7 @@ from quickpay.money import CURRENCY_EXPONENTS, AmountError, format_amount, parse
 from .auth import TokenService, hash_secret, new_secret, secret_matches
 from .errors import ApiError, error_response, field_error
 from .openapi import openapi_document
+from .paging import merge_page
 from .schemas import (
     AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest,
     QuickPaymentRequest, RulesRequest, decode_body,
@@ -444,27 +445,25 @@ def create_app(config: GatewayConfig) -> web.Application:
         limit = _page_limit(request)
         shards, filter_partner = await account_shards(account_id, partner_id)
         cursor = _decode_cursor(request.query.get("cursor"), shards)
-        rows: list[tuple[int, dict[str, Any]]] = []
+        answers: dict[int, list[dict[str, Any]]] = {}
         for s in shards:
             answer = await router.call(s, "transactions", {
                 "id": account_id, "partner_id": filter_partner, "limit": limit + 1,
                 "before_seq": cursor.get(s)})
             if answer is None:
                 raise ApiError(404, "QP.Account.NotFound", "no such account")
-            rows.extend((s, t) for t in answer)
-        # Newest first across stripes; the cursor keeps each stripe's position.
-        rows.sort(key=lambda st: (st[1]["created_at_ms"], st[1]["seq"]), reverse=True)
-        page = rows[:limit]
-        next_cursor = dict(cursor)
-        for s, t in page:
-            next_cursor[s] = min(next_cursor.get(s, 2**62), t["seq"])
+            answers[s] = answer
+        # Each shard's rows come in journal order (seq descending), merged across stripes
+        # by time; the cursor keeps the seq of the last row emitted from each shard
+        # (gateway/paging.py says why sorting by time and paging by seq skipped rows).
+        page, next_cursor = merge_page(answers, cursor, limit)
         items = []
         for _, t in page:
             item = transfer_resource(t)
             item["direction"] = "debit" if t["debit_account"] == account_id else "credit"
             items.append(item)
         return _json(200, {"account_id": account_id, "transactions": items,
-                           "next_cursor": _encode_cursor(next_cursor) if len(rows) > limit else None})
+                           "next_cursor": _encode_cursor(next_cursor) if next_cursor is not None else None})
 
     # -- admin --
     @routes.post("/admin/v1/partners")

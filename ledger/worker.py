@@ -516,7 +516,10 @@ def _read_payment(worker: ShardWorker, args: dict[str, Any]) -> Any:
 async def _read_transactions_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
     assert worker.read_pool is not None
     limit = max(1, min(int(args.get("limit", 50)), TRANSACTIONS_PAGE_MAX))
-    before_seq = int(args.get("before_seq") or 2**62)
+    # No cursor for this shard: from the newest row. 0 is a position (nothing below it),
+    # not "no cursor", and the bound keeps any value inside bigint.
+    before = args.get("before_seq")
+    before_seq = 2**62 if before is None else max(0, min(int(before), 2**62))
     async with worker.read_pool.acquire() as conn:
         rows = await pg.list_account_transfers(conn, args["id"], before_seq, limit)
     return [t.to_wire() for t in rows]
