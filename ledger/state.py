@@ -265,6 +265,7 @@ class ShardState:
         # and the relay would resend the same leg after every restart (a crash loop).
         # Such a leg is recorded, moving nothing here: the money stays in the source
         # shard's clearing stripe (held in flight), visible to operators and the audit.
+        reasons: tuple[str, ...]
         if creditor.balance_minor + leg.amount_minor > INT64_MAX or \
                 clearing.balance_minor - leg.amount_minor < -INT64_MAX:
             status, reasons, code = Status.REJECTED, (Code.BALANCE_OVERFLOW,), Code.HELD
