@@ -60,7 +60,7 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 "  SELECT credit_account AS id, amount_minor AS delta FROM transfers WHERE status <> 'Rejected'"
                 "  UNION ALL"
                 "  SELECT debit_account, -amount_minor FROM transfers WHERE status <> 'Rejected'),"
-                " replay AS (SELECT id, sum(delta)::bigint AS replayed FROM moves GROUP BY id)"
+                " replay AS (SELECT id, sum(delta) AS replayed FROM moves GROUP BY id)"
                 " SELECT a.id, a.balance_minor, coalesce(r.replayed, 0) AS replayed"
                 " FROM accounts a LEFT JOIN replay r ON r.id = a.id"
                 " WHERE a.balance_minor <> coalesce(r.replayed, 0) LIMIT 20")
@@ -69,7 +69,9 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 " (SELECT 1 FROM accounts a WHERE a.id = t.credit_account)")
             unbalanced = await conn.fetchval(
                 "SELECT count(*) FROM transfers WHERE amount_minor <= 0 OR debit_account = credit_account")
-            total = await conn.fetchval("SELECT coalesce(sum(balance_minor), 0)::bigint FROM accounts")
+            # numeric sums, read as ints: a broken shard's totals may lie outside bigint,
+            # and the audit must report that, not fail on the cast.
+            total = int(await conn.fetchval("SELECT coalesce(sum(balance_minor), 0) FROM accounts"))
             clearing = await conn.fetchval("SELECT balance_minor FROM accounts WHERE id = $1", CLEARING_ACCOUNT)
             debit_legs = await conn.fetch(
                 "SELECT id, amount_minor FROM transfers WHERE kind = 'payment' AND credit_account = $1"
@@ -83,7 +85,8 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 " count(*) FILTER (WHERE status = 'AcceptedSettlementInProcess') AS in_process FROM transfers")
     finally:
         await conn.close()
-    return {"mismatched": [dict(r) for r in mismatched], "orphans": orphans, "unbalanced": unbalanced,
+    return {"mismatched": [{**dict(r), "replayed": int(r["replayed"])} for r in mismatched],
+            "orphans": orphans, "unbalanced": unbalanced,
             "total": total, "clearing": clearing or 0, "meta": meta, "counts": dict(counts),
             "debit_legs": {r["id"]: r["amount_minor"] for r in debit_legs},
             "credit_legs": {r["id"]: r["amount_minor"] for r in credit_legs},

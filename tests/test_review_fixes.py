@@ -287,6 +287,64 @@ def test_cross_shard_credit_beyond_int64_is_held_and_the_creditor_shard_survives
     assert own.shard_worker_pids(1) == pids_before
 
 
+def test_audit_counts_a_held_leg_as_in_flight_and_stays_exact(own: Stack) -> None:
+    """The decision and the batch write of a held leg, on two real shard databases: the
+    audit passes, lists the held leg, counts it in flight; tampering is still caught."""
+    dsns = [extra_database(own, f"qp_review_held_{s}") for s in (0, 1)]
+    asyncio.run(_held_audit(dsns))
+
+
+async def _held_audit(dsns: list[str]) -> None:
+    from ledger.audit import audit
+    from ledger.model import Account, Agreement, Code, FundingCommand, PaymentCommand
+    from ledger.state import WriteSet
+    now_ms = int(time.time() * 1000)
+    states = [ShardState(s, 2) for s in (0, 1)]
+    conns = [await asyncpg.connect(dsn) for dsn in dsns]
+    try:
+        for s, conn in enumerate(conns):
+            await pg.ensure_schema(conn, s, 2)
+            await pg.load_state(conn, states[s], now_ms)
+
+        async def write(s: int, ws: WriteSet) -> None:
+            await pg.write_batch(conns[s], ws)
+            for transfer in ws.transfers:
+                transfer.committed = True
+
+        ws = WriteSet()
+        states[0].open_account(Account("acc_debtor", "customer", "CNY", 0, False), ws)
+        states[0].create_agreement(Agreement("agr_held", "ptn_held", "acc_debtor", "CNY", 1_000, 1_000,
+                                             "active", now_ms), ws)
+        states[0].execute_funding(FundingCommand("fund_debtor", "acc_debtor", 1_000, "CNY", "r", "h", now_ms), ws)
+        await write(0, ws)
+        ws = WriteSet()
+        states[1].open_account(Account("acc_top", "customer", "CNY", 0, False), ws)
+        states[1].execute_funding(FundingCommand("fund_top", "acc_top", INT64_MAX - 10, "CNY", "r", "h", now_ms), ws)
+        await write(1, ws)
+        ws = WriteSet()
+        code, _ = states[0].execute_payment(PaymentCommand(
+            "pay_held_0", "ptn_held", "agr_held", 100, "CNY", "acc_top", 1, "r", "h", now_ms), ws)
+        assert code == Code.OK
+        await write(0, ws)
+        (leg,) = ws.outbox
+        ws = WriteSet()
+        assert states[1].execute_credit(leg, ws) == Code.HELD
+        await write(1, ws)        # the batch write accepts it (it used to fail: bigint out of range)
+
+        report = await audit(dsns, attempts=1)
+        assert report.ok, report.problems
+        assert (report.held_count, report.held_minor, report.in_flight_minor) == (1, 100, 100)
+        assert report.held[0]["transfer_id"] == "pay_held_0" and report.held[0]["reasons"] == ["BALANCE_OVERFLOW"]
+        # Pretending the held leg was applied, without moving its money, breaks conservation.
+        await conns[1].execute("UPDATE transfers SET status = 'AcceptedSettlementCompleted', reasons = '{}'"
+                               " WHERE id = 'pay_held_0'")
+        report = await audit(dsns, attempts=1)
+        assert not report.ok and report.held_count == 0
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 # ---- 3. pages are consistent with their cursor ---------------------------------------------
 def test_pages_include_a_late_arriving_credit_leg_exactly_once(own: Stack) -> None:
     partner = own.new_partner("Paging Partner")
