@@ -147,6 +147,28 @@ async def _cache_scenario(address: str) -> None:
         await client.close()
 
 
+def test_prefetch_skips_malformed_commands_and_touches_cached_ids() -> None:
+    """The prefetch runs before any decider can answer BAD_REQUEST: a malformed command
+    must not raise there (that would end the batcher, and the worker with it)."""
+    from ledger.model import Transfer
+    from ledger.worker import ShardWorker, WorkerConfig
+
+    async def scenario() -> None:
+        worker = ShardWorker(WorkerConfig(shard=0, shard_count=1, dsn="unused", listen="unix:/nonexistent",
+                                          peers={}, transfer_cache_max=2))
+        for transfer_id in ("t_a", "t_b"):
+            worker.state.remember(Transfer(transfer_id, 1, "payment", "a", "b", 1, "CNY", "s", 0,
+                                           committed=True))
+        reply = lambda ok, result: None  # noqa: E731
+        await worker._prefetch([
+            ("pay", "not a dict", reply), ("pay", {"payment_id": ["unhashable"]}, reply),
+            ("credit", [7, None, []], reply), ("credit", 5, reply), ("fund", {}, reply),
+            ("pay", {"payment_id": "t_a"}, reply)])
+        assert list(worker.state.transfers) == ["t_b", "t_a"]     # t_a touched; no DB needed
+
+    asyncio.run(scenario())
+
+
 # ---- 4. restart scans are bounded by an index ---------------------------------------------
 class _ExplainingConnection:
     """Runs EXPLAIN (FORMAT JSON) of every statement on `transfers` before running it."""
