@@ -189,25 +189,18 @@ class FraudAdapter:
         registry = self.registry
         before_active = registry.active_version
         created = False
+        extra: dict[str, Any] = {}
         try:
             if action == "stage":
                 version, created = registry.stage(args["text"], author=author, at_ms=now_ms,
                                                   filename=args.get("filename", "<api>"))
-                result: dict[str, Any] = {"version": version, "staged": created, **self._state()}
-            elif action == "propose":  # one-shot stage + activate (no coordinator)
-                version, created = registry.stage(args["text"], author=author, at_ms=now_ms,
-                                                  filename=args.get("filename", "<api>"))
-                if args.get("activate", True):
-                    registry.activate(version, author=author, at_ms=now_ms)
-                result = {"version": version, "staged": created, **self._state()}
+                extra = {"version": version, "staged": created}
             elif action == "activate":
                 registry.activate(str(args["version"]), author=author, at_ms=now_ms,
                                   expect_active=args.get("expect_active"))
-                result = self._state()
             elif action == "rollback":
                 registry.rollback(author=author, at_ms=now_ms, expect_from=args.get("expect_from"),
                                   expect_to=args.get("expect_to"), undo=bool(args.get("undo", False)))
-                result = self._state()
             elif action in ("list_add", "list_remove"):
                 method = self.filter.lists.add if action == "list_add" else self.filter.lists.remove
                 for value in args["values"]:
@@ -228,9 +221,9 @@ class FraudAdapter:
         enforced = self._enforced_ruleset()
         if enforced is not self.filter.ruleset:
             self.filter.activate(enforced)
-            if registry.active_ruleset is not None:
-                self.fallback = None
-        return True, {**self.read({"what": "rules"}), **result}
+        if registry.active_ruleset is not None:
+            self.fallback = None
+        return True, {**self.read({"what": "rules"}), **extra}
 
     def _state(self) -> dict[str, Any]:
         status = self.status() or {}

@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -24,7 +26,7 @@ import asyncpg
 import pytest
 
 import fraud
-from conftest import Stack, start_stack, stop_stack
+from conftest import ROOT, Stack, free_port, start_stack, stop_stack
 from fraud.registry import version_of
 from gateway.errors import ApiError
 from gateway.fraud_rollout import FraudRollout
@@ -226,6 +228,53 @@ def test_a_half_done_rollback_is_finished_by_the_next_rollback() -> None:
     assert all(s.active == s.enforcing == H1 for s in shards)
 
 
+def _loaded(registry: Any, rules_path: str | None) -> FraudAdapter:
+    adapter = FraudAdapter(None)
+    adapter.load(registry, rules_path, 5_000)
+    adapter.filter = fraud.FraudFilter(adapter._enforced_ruleset())
+    return adapter
+
+
+def test_start_up_with_a_rules_file_that_does_not_build_keeps_the_stored_rules(tmp_path: Any) -> None:
+    bad = tmp_path / "bad.rules"
+    bad.write_text("rule x { action block when amount >> 3 }\n")
+    registry = fraud.RuleRegistry()
+    registry.activate(registry.propose(V1, "alice", 1), "alice", 2)
+    adapter = _loaded(registry, str(bad))
+    status = adapter.status()
+    assert status is not None and status["enforced_version"] == status["active_version"] == H1
+    assert status["degraded"] is True and str(bad) in status["problems"][0]["source"]
+    assert adapter.filter.ruleset.rule_ids == ("marker_v1",)
+    # Nothing stored at all: the shipped default rules, in memory only, reported.
+    fresh = _loaded(fraud.RuleRegistry(), str(bad))
+    assert fresh.registry.active_version is None
+    status = fresh.status()
+    assert status is not None and status["fallback"]["source"].endswith("default.rules")
+    assert status["enforced_version"] == version_of(fraud.default_rules_path().read_text())
+    assert fresh.filter.ruleset.rule_ids == fraud.load_rules_file(fraud.default_rules_path()).rule_ids
+    # An operator's activation ends the fallback.
+    ok, result = fresh.decide({"action": "stage", "text": V2, "author": "bob"}, WriteSet(), 6_000)
+    assert ok
+    ok, result = fresh.decide({"action": "activate", "version": H2, "author": "bob"}, WriteSet(), 6_001)
+    assert ok and result["enforced_version"] == H2 and result["fallback"] is None
+    assert fresh.filter.ruleset.rule_ids == ("marker_v2",)
+
+
+def test_start_up_activates_a_new_rules_file_but_not_a_known_one(tmp_path: Any) -> None:
+    v1 = tmp_path / "v1.rules"
+    v1.write_text(V1)
+    registry = fraud.RuleRegistry()
+    adapter = _loaded(registry, str(v1))
+    assert registry.active_version == H1
+    registry.activate(registry.propose(V2, "operator", 6_000), "operator", 6_001)
+    # The same file again (a restarted worker): the operator's version stays.
+    assert _loaded(registry, str(v1)).registry.active_version == H2
+    v3 = tmp_path / "v3.rules"
+    v3.write_text(V3)
+    assert _loaded(registry, str(v3)).registry.active_version == H3
+    assert adapter.status() is not None
+
+
 # ---- a live stack ------------------------------------------------------------------------
 LIVE_V1 = """
 rule marker_v1 {
@@ -352,6 +401,75 @@ def test_live_restarted_worker_keeps_the_operators_version(rules_stack: Stack) -
     _restart_worker(rules_stack, 0)
     assert _markers(rules_stack, partner, customers) == ["marker_v2", "marker_v2"]
     assert _rules(rules_stack)["consistent"] is True
+
+
+def _cli(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "quickpay.cli", "fraud", *argv, "--url", stack.base_url,
+                           "--state-dir", str(stack.state_dir)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_live_cli_propose_activate_rollback_with_hash_versions(rules_stack: Stack, tmp_path: Any) -> None:
+    rules = tmp_path / "v2.rules"
+    rules.write_text(LIVE_V2)
+    proposed = _cli(rules_stack, "propose", str(rules), "--author", "alice")
+    assert proposed.returncode == 0, proposed.stderr
+    body = json.loads(proposed.stdout)
+    assert body["version"] == body["active_version"] == version_of(LIVE_V2) and body["consistent"] is True
+    assert "active version: " + version_of(LIVE_V2) in proposed.stderr
+    again = _cli(rules_stack, "propose", str(rules), "--author", "alice")
+    assert again.returncode == 0 and json.loads(again.stdout)["version"] == body["version"]
+    previous = body["shards"][0]["previous_version"]
+    rolled = _cli(rules_stack, "rollback", "--author", "alice")
+    assert rolled.returncode == 0, rolled.stderr
+    assert json.loads(rolled.stdout)["active_version"] == previous
+    activated = _cli(rules_stack, "activate", version_of(LIVE_V2)[:10].upper(), "--author", "alice")
+    assert activated.returncode == 0, activated.stderr
+    assert json.loads(activated.stdout)["active_version"] == version_of(LIVE_V2)
+    shown = _cli(rules_stack, "show")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["active_version"] == version_of(LIVE_V2)
+    wrong = _cli(rules_stack, "activate", "1")
+    assert wrong.returncode != 0 and "not a rule-set version" in wrong.stderr and "Traceback" not in wrong.stderr
+    unknown = _cli(rules_stack, "activate", "ffffffffff")
+    assert unknown.returncode == 1 and json.loads(unknown.stderr)["code"] == "QP.Rules.NotFound"
+
+
+@pytest.mark.parametrize("path", [
+    "/admin/v1/fraud/rules/1/activate",
+    "/admin/v1/fraud/rules/%00/activate",
+    "/admin/v1/fraud/rules/%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2/activate",
+    "/admin/v1/fraud/rules/" + "a" * 65 + "/activate",
+    "/admin/v1/fraud/rules/ffffffffffffffff/activate",
+    "/admin/v1/fraud/rules/rollback?author=",
+    "/admin/v1/fraud/rules/rollback?author=%00",
+    "/admin/v1/fraud/rules/rollback?author=" + "a" * 101,
+])
+def test_live_bad_rule_admin_requests_fail_alone_with_the_error_shape(rules_stack: Stack, path: str) -> None:
+    before = _rules(rules_stack)["active_version"]
+    reply = rules_stack.admin("POST", path)
+    assert reply.status in (400, 404), reply.body
+    assert set(reply.body) == {"code", "message", "errors"} and "x-fapi-interaction-id" in reply.headers
+    assert _rules(rules_stack)["active_version"] == before
+
+
+def test_up_refuses_a_rules_file_that_does_not_build(tmp_path: Any) -> None:
+    """Regression: the workers were started with it and failed at every start."""
+    bad = tmp_path / "bad.rules"
+    bad.write_text("rule x {\n  action block\n  when amount >> 3\n}\n")
+    try:
+        result = subprocess.run([sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(tmp_path / "s"),
+                                 "--port", str(free_port()), "--rules", str(bad)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("quickpay up started with a rule file that does not build") from exc
+    finally:
+        from quickpay.embedded_pg import EmbeddedPostgres
+        try:
+            EmbeddedPostgres(tmp_path / "s").stop()
+        except Exception:
+            pass
+    assert result.returncode != 0
+    assert f"--rules: {bad}:3:" in result.stderr and "Traceback" not in result.stderr
 
 
 def _inject_broken_active(dsn: str) -> str:
