@@ -228,6 +228,17 @@ def test_a_half_done_rollback_is_finished_by_the_next_rollback() -> None:
     assert all(s.active == s.enforcing == H1 for s in shards)
 
 
+def test_a_stack_without_rules_answers_409_disabled() -> None:
+    shards, rollout = cluster(2)
+    for shard in shards:
+        shard.adapter.filter = None  # as with --no-rules
+    for call in (rollout.propose(V1, "a", "v1.rules", True), rollout.activate(H1[:8], "a"),
+                 rollout.rollback("a"), rollout.read_rules(), rollout.read_lists(),
+                 rollout.change_list("list_add", "blocked_accounts", ["acc_x"])):
+        error = api_error(call)
+        assert (error.status, error.code) == (409, "QP.Fraud.Disabled")
+
+
 def _loaded(registry: Any, rules_path: str | None) -> FraudAdapter:
     adapter = FraudAdapter(None)
     adapter.load(registry, rules_path, 5_000)
