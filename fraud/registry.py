@@ -29,7 +29,9 @@ __all__ = ["RuleRegistry", "RegistryError", "RegistryConflict", "canonical_text"
            "VERSION_PREFIX_MIN"]
 
 REGISTRY_FORMAT = 2
-VERSIONS_MAX = 10_000
+VERSIONS_MAX = 1_000
+# The registry is stored as one JSON value and rewritten on every change: bound it.
+TEXT_BYTES_MAX = 32 * 1024 * 1024
 AUDIT_ENTRIES_MAX = 100_000
 AUTHOR_LENGTH_MAX = 128
 VERSION_PREFIX_MIN = 8
@@ -98,9 +100,8 @@ class RuleRegistry:
                 existing.ruleset = _build(version, existing.text, filename)
                 existing.error = None
             return version, False
-        if len(self._versions) >= VERSIONS_MAX:
-            raise RegistryError(f"registry holds {VERSIONS_MAX} versions already")
         ruleset = _build(version, canonical, filename)
+        self._make_room(len(canonical.encode("utf-8")))
         self._versions[version] = _Version(version, canonical, author, at_ms, ruleset)
         self._log("stage", version, author, at_ms)
         return version, True
@@ -299,6 +300,22 @@ class RuleRegistry:
         if item is None:
             raise RegistryError(f"unknown rule-set version {_short(version)}")
         return item
+
+    def _make_room(self, new_bytes: int) -> None:
+        """Drop the oldest versions outside the activation history (staged and never
+        activated, or rolled back past) until one more fits; refuse if none can go.
+        A dropped version can be staged again: its id is its content."""
+        in_history = set(self._activation_stack)
+        used = sum(len(v.text.encode("utf-8")) for v in self._versions.values())
+        candidates = [v for v in sorted(self._versions.values(), key=lambda v: v.created_at_ms)
+                      if v.version not in in_history]
+        while len(self._versions) >= VERSIONS_MAX or used + new_bytes > TEXT_BYTES_MAX:
+            if not candidates:
+                raise RegistryError(f"registry is full ({len(self._versions)} versions, {used} bytes) and every"
+                                    " stored version is in the activation history")
+            dropped = candidates.pop(0)
+            del self._versions[dropped.version]
+            used -= len(dropped.text.encode("utf-8"))
 
     def _enforceable(self, version: str) -> RuleSet:
         item = self._get(version)

@@ -192,3 +192,19 @@ def test_format_1_is_migrated_and_drifted_duplicates_collapse() -> None:
 def test_from_dict_rejects_unknown_format() -> None:
     with pytest.raises(RegistryError, match="unsupported registry format"):
         RuleRegistry.from_dict({"format": 99, "versions": [], "activation_stack": [], "audit": []})
+
+
+def test_registry_is_bounded_by_dropping_versions_outside_the_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fraud.registry as registry_module
+    monkeypatch.setattr(registry_module, "VERSIONS_MAX", 3)
+    registry = make_registry()
+    registry.activate(H2, "alice", 4_000)
+    v4 = 'rule d { action block description "v4" when amount > 400 }'
+    registry.stage(v4, "dave", 5_000)
+    # H1 (oldest, never activated) made room; the active H2 stays.
+    assert [v["version"] for v in registry.versions()] == [H2, H3, version_of(v4)]
+    registry.activate(H3, "alice", 6_000)
+    registry.activate(version_of(v4), "alice", 7_000)
+    with pytest.raises(RegistryError, match="registry is full"):
+        registry.stage(V1, "alice", 8_000)
+    assert [v["version"] for v in registry.versions()] == [H2, H3, version_of(v4)]
