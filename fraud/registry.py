@@ -71,7 +71,13 @@ class _Version:
 
 
 def _build(version: str, text: str, filename: str | None = None) -> RuleSet:
-    return parse_rules(text, filename or f"rules-{version[:12]}")
+    """Compile under the version's own name; errors name `filename` (the caller's file)."""
+    try:
+        return parse_rules(text, f"rules-{version[:12]}")
+    except RuleError as exc:
+        if filename is None:
+            raise
+        raise RuleError(filename, exc.line, exc.column, exc.message) from None
 
 
 class RuleRegistry:
