@@ -27,6 +27,7 @@ from quickpay.money import CURRENCY_EXPONENTS, AmountError, format_amount, parse
 
 from .auth import TokenService, hash_secret, new_secret, secret_matches
 from .errors import ApiError, error_response, field_error
+from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
 from .schemas import (
@@ -283,8 +284,12 @@ def create_app(config: GatewayConfig) -> web.Application:
         shards: list[dict[str, Any]] = []
         for index, client in enumerate(router.clients):
             try:
-                await client.call("ping")
+                answer = await client.call("ping")
                 shards.append({"shard": index, "ready": True})
+                if isinstance(answer, dict) and answer.get("fraud"):
+                    # Degraded fraud rules (a stored version that does not build) are
+                    # reported, not fatal: the shard enforces the last version that builds.
+                    shards[-1]["fraud"] = answer["fraud"]
             except Exception as exc:
                 shards.append({"shard": index, "ready": False, "error": str(exc)})
         ready = all(s["ready"] for s in shards)
@@ -521,61 +526,46 @@ def create_app(config: GatewayConfig) -> web.Application:
         return await balance_of(request.match_info["account_id"], None)
 
     # -- admin: fraud rules and lists --
-    async def fraud_change(args: dict[str, Any]) -> list[Any]:
-        results = []
-        for client in router.clients:
-            try:
-                results.append(await client.call("fraud", args))
-            except ShardError as exc:
-                detail = exc.args[0] if exc.args else {}
-                if isinstance(detail, dict) and detail.get("code") == "FRAUD_DISABLED":
-                    raise ApiError(409, "QP.Fraud.Disabled", str(detail.get("message"))) from None
-                if isinstance(detail, dict) and detail.get("code") in ("RULE_ERROR", "BAD_REQUEST"):
-                    raise ApiError(422, "QP.Rules.Invalid", str(detail.get("message")),
-                                   [{"code": "QP.Rules.Invalid", "message": str(detail.get("message")),
-                                     "path": "$.text"}]) from None
-                raise
-        return results
+    # Rule changes are all-or-nothing across shards (stage everywhere, then activate,
+    # undo on failure) and idempotent by content hash: see gateway/fraud_rollout.py.
+    rollout = FraudRollout(router.clients)
 
-    async def fraud_read(what: str) -> list[Any]:
-        answers = await router.broadcast("fraud_read", {"what": what})
-        if any(a.get("disabled") for a in answers):
-            raise ApiError(409, "QP.Fraud.Disabled", answers[0]["message"])
-        return answers
+    def fraud_author(request: web.Request) -> str:
+        author = request.query.get("author", "admin")
+        if not 1 <= len(author) <= 100 or not author.isprintable():
+            raise field_error(400, "QP.Query.Invalid", "author must be 1..100 printable characters", "query.author")
+        return author
 
     @routes.get("/admin/v1/fraud/rules")
     async def get_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        return _json(200, {"shards": await fraud_read("rules")})
+        return _json(200, await rollout.read_rules())
 
     @routes.post("/admin/v1/fraud/rules")
     async def propose_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
         body: RulesRequest = decode_body(await read_body(request), RulesRequest)  # type: ignore[assignment]
-        results = await fraud_change({"action": "propose", "text": body.text, "author": body.author,
-                                      "activate": body.activate, "filename": body.filename})
-        return _json(201, {"active_version": results[0]["active_version"], "shards": results})
+        result = await rollout.propose(body.text, body.author, body.filename, body.activate)
+        return _json(201, result)
 
     @routes.post("/admin/v1/fraud/rules/rollback")
     async def rollback_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        results = await fraud_change({"action": "rollback", "author": request.query.get("author", "admin")})
-        return _json(200, {"active_version": results[0]["active_version"], "shards": results})
+        return _json(200, await rollout.rollback(fraud_author(request)))
 
     @routes.post("/admin/v1/fraud/rules/{version}/activate")
     async def activate_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        version = request.match_info["version"]
-        if not version.isdigit():
-            raise ApiError(404, "QP.Rules.NotFound", "no such rule set version")
-        results = await fraud_change({"action": "activate", "version": int(version),
-                                      "author": request.query.get("author", "admin")})
-        return _json(200, {"active_version": results[0]["active_version"], "shards": results})
+        version = request.match_info["version"].lower()
+        if not VERSION_RE.match(version):
+            raise ApiError(404, "QP.Rules.NotFound",
+                           "no such rule set version (a version is its sha256 id, or 8 or more of its first hex digits)")
+        return _json(200, await rollout.activate(version, fraud_author(request)))
 
     @routes.get("/admin/v1/fraud/lists")
     async def get_lists(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        return _json(200, (await fraud_read("lists"))[0])
+        return _json(200, await rollout.read_lists())
 
     @routes.post("/admin/v1/fraud/lists/{name}")
     async def change_list(request: web.Request) -> web.Response:
@@ -584,11 +574,11 @@ def create_app(config: GatewayConfig) -> web.Application:
         body: ListChangeRequest = decode_body(await read_body(request), ListChangeRequest)  # type: ignore[assignment]
         result: Any = None
         if body.add:
-            result = (await fraud_change({"action": "list_add", "list": name, "values": body.add}))[0]
+            result = await rollout.change_list("list_add", name, body.add)
         if body.remove:
-            result = (await fraud_change({"action": "list_remove", "list": name, "values": body.remove}))[0]
+            result = await rollout.change_list("list_remove", name, body.remove)
         if result is None:
-            result = (await fraud_read("lists"))[0]
+            result = await rollout.read_lists()
         return _json(200, result)
 
     @routes.get("/admin/v1/fraud/decisions")

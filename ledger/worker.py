@@ -473,7 +473,9 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
     return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
             "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
             "committed_batches": worker.committed_batches,
-            "committed_transfers": worker.committed_transfers}
+            "committed_transfers": worker.committed_transfers,
+            # Which rule set this shard enforces, and whether a stored one failed to build.
+            "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None}
 
 
 def _read_lookup_account(worker: ShardWorker, args: dict[str, Any]) -> Any:

@@ -130,6 +130,14 @@ def _validate_common(args: argparse.Namespace) -> None:
         problems.append("--port must be a TCP port")
     if args.rules and not Path(args.rules).is_file():
         problems.append(f"--rules {args.rules}: no such file")
+    elif args.rules:
+        # A shard worker given a file that does not build keeps its stored rules (it
+        # never crash-loops on rule text); refusing here tells the operator at once.
+        import fraud
+        try:
+            fraud.load_rules_file(args.rules)
+        except (fraud.RuleError, OSError, UnicodeDecodeError) as exc:
+            problems.append(f"--rules: {exc}")
     if problems:
         raise SystemExit("quickpay up: " + "; ".join(problems))
 
