@@ -29,7 +29,7 @@ from .client import ShardClient
 from .model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
 )
-from .protocol import FrameDecoder, FrameError, encode_frame, parse_address
+from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
 from .state import ShardState, WriteSet
 
@@ -105,8 +105,15 @@ class _ServerProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        for request_id, op, args in messages:
-            self.worker.dispatch(op, args, self._replier(request_id))
+        for message in messages:
+            if (type(message) is not list or len(message) != 3 or type(message[0]) is not int
+                    or type(message[1]) is not str):
+                # Not [request_id, op, args]: answer if it can be addressed, never raise here.
+                if type(message) is list and message and type(message[0]) is int:
+                    self._replier(message[0])(False, {"code": "BAD_REQUEST",
+                                                      "message": "a request is [request_id, op, args]"})
+                continue
+            self.worker.dispatch(message[1], message[2], self._replier(message[0]))
 
     def _replier(self, request_id: int) -> Callable[[bool, Any], None]:
         def reply(ok: bool, result: Any) -> None:
@@ -120,7 +127,14 @@ class _ServerProtocol(asyncio.Protocol):
         self.flush_scheduled = False
         outgoing, self.outgoing = self.outgoing, []
         if outgoing and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(outgoing))
+            # One answer that cannot be encoded fails alone (as INTERNAL), not the frame.
+            frames, failures = encode_frames(outgoing)
+            for index, error in failures:
+                log.error("answer to request %s cannot be encoded: %s", outgoing[index][0], error)
+                frames.append(encode_frame([(outgoing[index][0], False, {
+                    "code": "INTERNAL", "message": "the answer could not be encoded"})]))
+            for frame in frames:
+                self.transport.write(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
