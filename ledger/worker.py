@@ -32,6 +32,7 @@ from .model import (
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
 from .state import ShardState, WriteSet
+from . import validate as v
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 
@@ -391,60 +392,100 @@ def _payment_result(code: str, transfer: Transfer | None) -> tuple[bool, Any]:
 
 
 def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    # Every field is checked before the decision touches memory (see ledger/validate.py).
+    v.fields(args, "payment_id", "partner_id", "agreement_id", "amount_minor", "currency",
+             "creditor_account", "creditor_shard", "reference", "body_hash")
     cmd = PaymentCommand(
-        payment_id=args["payment_id"], partner_id=args["partner_id"],
-        agreement_id=args["agreement_id"], amount_minor=args["amount_minor"],
-        currency=args["currency"], creditor_account=args["creditor_account"],
-        creditor_shard=args["creditor_shard"], reference=args["reference"],
-        body_hash=args["body_hash"], at_ms=now_ms, device_id=args.get("device_id"),
-        ip=args.get("ip"))
+        payment_id=v.ident(args, "payment_id"), partner_id=v.ident(args, "partner_id"),  # type: ignore[arg-type]
+        agreement_id=v.ident(args, "agreement_id"), amount_minor=v.amount(args, "amount_minor"),  # type: ignore[arg-type]
+        currency=v.currency(args), creditor_account=v.ident(args, "creditor_account"),  # type: ignore[arg-type]
+        creditor_shard=v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1),
+        reference=v.text(args, "reference", v.REFERENCE_MAX),  # type: ignore[arg-type]
+        body_hash=v.text(args, "body_hash", v.HASH_MAX), at_ms=now_ms,  # type: ignore[arg-type]
+        device_id=v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True),
+        ip=v.text(args, "ip", v.IP_MAX, optional=True))
     return _payment_result(*worker.state.execute_payment(cmd, ws))
 
 
 def _decide_fund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    cmd = FundingCommand(args["transfer_id"], args["account_id"], args["amount_minor"],
-                         args["currency"], args["reference"], args["body_hash"], now_ms)
+    v.fields(args, "transfer_id", "account_id", "amount_minor", "currency", "reference", "body_hash")
+    cmd = FundingCommand(v.ident(args, "transfer_id"), v.ident(args, "account_id"),  # type: ignore[arg-type]
+                         v.amount(args, "amount_minor"), v.currency(args),
+                         v.text(args, "reference", v.REFERENCE_MAX),  # type: ignore[arg-type]
+                         v.text(args, "body_hash", v.HASH_MAX), now_ms)  # type: ignore[arg-type]
     return _payment_result(*worker.state.execute_funding(cmd, ws))
 
 
+CREDIT_LEGS_MAX = 100_000
+
+
 def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    codes = []
-    for transfer_id, source, creditor, amount_minor, currency, at_ms in args:
-        codes.append(worker.state.execute_credit(
-            CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws))
+    # All legs are checked before any is applied: a malformed call is refused whole.
+    if type(args) is not list or len(args) > CREDIT_LEGS_MAX:
+        raise v.BadCommand(f"credit takes a list of at most {CREDIT_LEGS_MAX} legs")
+    legs = []
+    for leg in args:
+        if type(leg) is not list or len(leg) != 6:
+            raise v.BadCommand("a credit leg is [transfer_id, source_shard, creditor, amount_minor, currency, at_ms]")
+        named = dict(zip(("transfer_id", "source_shard", "creditor", "amount_minor", "currency", "at_ms"), leg))
+        legs.append(CreditLeg(v.ident(named, "transfer_id"),  # type: ignore[arg-type]
+                              v.int64(named, "source_shard", 0, worker.config.shard_count - 1),
+                              v.ident(named, "creditor"), v.amount(named, "amount_minor"),  # type: ignore[arg-type]
+                              v.currency(named), v.int64(named, "at_ms", 0)))
+    codes = [worker.state.execute_credit(leg, ws) for leg in legs]
     # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
     return True, {"applied": codes.count(Code.OK), "replayed": len(codes) - codes.count(Code.OK)}
 
 
 def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    if type(args) is not list:
+        raise v.BadCommand("delivered takes a list of transfer ids")
+    for transfer_id in args:
+        v.ident({"transfer_id": transfer_id}, "transfer_id")
     for transfer_id in args:
         worker.state.mark_delivered(transfer_id, ws)
     return True, None
 
 
+OPEN_ACCOUNTS_MAX = 10_000
+
+
 def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
                           now_ms: int) -> tuple[bool, Any]:
-    created = 0
-    if any(a.get("kind", "customer") not in ("customer", "settlement") for a in args):
-        return False, {"code": "BAD_REQUEST", "message": "only customer and settlement accounts can be opened"}
+    if type(args) is not list or len(args) > OPEN_ACCOUNTS_MAX:
+        raise v.BadCommand(f"open_accounts takes a list of at most {OPEN_ACCOUNTS_MAX} accounts")
+    accounts = []
     for a in args:
-        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False,
-                          a.get("partner_id"), now_ms)
+        v.fields(a, "id", "currency")
+        if a.get("kind", "customer") not in ("customer", "settlement"):
+            return False, {"code": "BAD_REQUEST", "message": "only customer and settlement accounts can be opened"}
+        accounts.append(Account(v.ident(a, "id"), a.get("kind", "customer"), v.currency(a), 0, False,  # type: ignore[arg-type]
+                                v.ident(a, "partner_id", optional=True), now_ms))
+    created = 0
+    for account in accounts:
         created += worker.state.open_account(account, ws)
     return True, {"created": created}
 
 
 def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                            now_ms: int) -> tuple[bool, Any]:
-    ws.partners.append({**args, "created_at_ms": now_ms})
-    worker.state.partners_cache[args["id"]] = {**args, "created_at_ms": now_ms}
-    return True, {"id": args["id"]}
+    v.fields(args, "id", "name", "secret_sha256", "settlement_account")
+    partner = {"id": v.ident(args, "id"), "name": v.text(args, "name", v.NAME_MAX),
+               "secret_sha256": v.text(args, "secret_sha256", v.HASH_MAX),
+               "settlement_account": v.ident(args, "settlement_account"), "created_at_ms": now_ms}
+    ws.partners.append(partner)
+    worker.state.partners_cache[partner["id"]] = partner  # type: ignore[index]
+    return True, {"id": partner["id"]}
 
 
 def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                              now_ms: int) -> tuple[bool, Any]:
-    agreement = Agreement(args["id"], args["partner_id"], args["debtor_account"], args["currency"],
-                          args["per_payment_limit_minor"], args["daily_limit_minor"], "active", now_ms)
+    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
+             "daily_limit_minor")
+    agreement = Agreement(v.ident(args, "id"), v.ident(args, "partner_id"),  # type: ignore[arg-type]
+                          v.ident(args, "debtor_account"), v.currency(args),  # type: ignore[arg-type]
+                          v.amount(args, "per_payment_limit_minor"), v.amount(args, "daily_limit_minor"),
+                          "active", now_ms)
     if agreement.id in worker.state.agreements:
         return True, {"code": "EXISTS", "agreement": worker.state.agreements[agreement.id].to_wire()}
     code = worker.state.create_agreement(agreement, ws)
@@ -452,6 +493,9 @@ def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: Writ
 
 
 def _decide_settings(worker: ShardWorker, args: dict[str, str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    if type(args) is not dict or not all(
+            v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()):
+        raise v.BadCommand("settings take a map of text keys to text values without NUL")
     ws.settings.update(args)
     return True, None
 
