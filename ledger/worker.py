@@ -269,12 +269,17 @@ class ShardWorker:
         self.work_ready.set()
 
     def dispatch(self, op: str, args: Any, reply: Reply) -> None:
-        if op == "pay" and self.naive_pool is not None:
-            from .naive import naive_pay
-            asyncio.get_running_loop().create_task(
-                self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
-            return
         if op in _WRITE_OPS:
+            try:
+                _CHECKS[op](self, args)
+            except v.BadCommand as exc:  # refused alone, before it can reach a batch
+                reply(False, {"code": "BAD_REQUEST", "message": str(exc)})
+                return
+            if op == "pay" and self.naive_pool is not None:
+                from .naive import naive_pay
+                asyncio.get_running_loop().create_task(
+                    self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
+                return
             self.enqueue(op, args, reply)
             return
         handler = _READ_OPS.get(op)
@@ -391,101 +396,168 @@ def _payment_result(code: str, transfer: Transfer | None) -> tuple[bool, Any]:
     return True, {"code": code, "transfer": transfer.to_wire() if transfer is not None else None}
 
 
-def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    # Every field is checked before the decision touches memory (see ledger/validate.py).
+# ---- intake checks: what a shard can store (ledger/validate.py) ------------------
+# Run by dispatch() before a write command is queued, so a value PostgreSQL would
+# refuse (a NUL, a surrogate, an int beyond int64, an unknown currency) never reaches
+# the prefetch, the decision or the batch write: it is answered BAD_REQUEST alone.
+def _check_pay(worker: ShardWorker, args: Any) -> None:
     v.fields(args, "payment_id", "partner_id", "agreement_id", "amount_minor", "currency",
              "creditor_account", "creditor_shard", "reference", "body_hash")
-    cmd = PaymentCommand(
-        payment_id=v.ident(args, "payment_id"), partner_id=v.ident(args, "partner_id"),  # type: ignore[arg-type]
-        agreement_id=v.ident(args, "agreement_id"), amount_minor=v.amount(args, "amount_minor"),  # type: ignore[arg-type]
-        currency=v.currency(args), creditor_account=v.ident(args, "creditor_account"),  # type: ignore[arg-type]
-        creditor_shard=v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1),
-        reference=v.text(args, "reference", v.REFERENCE_MAX),  # type: ignore[arg-type]
-        body_hash=v.text(args, "body_hash", v.HASH_MAX), at_ms=now_ms,  # type: ignore[arg-type]
-        device_id=v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True),
-        ip=v.text(args, "ip", v.IP_MAX, optional=True))
-    return _payment_result(*worker.state.execute_payment(cmd, ws))
+    for key in ("payment_id", "partner_id", "agreement_id", "creditor_account"):
+        v.ident(args, key)
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1)
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+    v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True)
+    v.text(args, "ip", v.IP_MAX, optional=True)
 
 
-def _decide_fund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+def _check_fund(worker: ShardWorker, args: Any) -> None:
     v.fields(args, "transfer_id", "account_id", "amount_minor", "currency", "reference", "body_hash")
-    cmd = FundingCommand(v.ident(args, "transfer_id"), v.ident(args, "account_id"),  # type: ignore[arg-type]
-                         v.amount(args, "amount_minor"), v.currency(args),
-                         v.text(args, "reference", v.REFERENCE_MAX),  # type: ignore[arg-type]
-                         v.text(args, "body_hash", v.HASH_MAX), now_ms)  # type: ignore[arg-type]
-    return _payment_result(*worker.state.execute_funding(cmd, ws))
+    v.ident(args, "transfer_id")
+    v.ident(args, "account_id")
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
 
 
 CREDIT_LEGS_MAX = 100_000
+_LEG_FIELDS = ("transfer_id", "source_shard", "creditor", "amount_minor", "currency", "at_ms")
 
 
-def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+def _check_credit(worker: ShardWorker, args: Any) -> None:
     # All legs are checked before any is applied: a malformed call is refused whole.
     if type(args) is not list or len(args) > CREDIT_LEGS_MAX:
         raise v.BadCommand(f"credit takes a list of at most {CREDIT_LEGS_MAX} legs")
-    legs = []
     for leg in args:
         if type(leg) is not list or len(leg) != 6:
-            raise v.BadCommand("a credit leg is [transfer_id, source_shard, creditor, amount_minor, currency, at_ms]")
-        named = dict(zip(("transfer_id", "source_shard", "creditor", "amount_minor", "currency", "at_ms"), leg))
-        legs.append(CreditLeg(v.ident(named, "transfer_id"),  # type: ignore[arg-type]
-                              v.int64(named, "source_shard", 0, worker.config.shard_count - 1),
-                              v.ident(named, "creditor"), v.amount(named, "amount_minor"),  # type: ignore[arg-type]
-                              v.currency(named), v.int64(named, "at_ms", 0)))
-    codes = [worker.state.execute_credit(leg, ws) for leg in legs]
-    # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
-    return True, {"applied": codes.count(Code.OK), "replayed": len(codes) - codes.count(Code.OK)}
+            raise v.BadCommand("a credit leg is [" + ", ".join(_LEG_FIELDS) + "]")
+        named = dict(zip(_LEG_FIELDS, leg))
+        v.ident(named, "transfer_id")
+        v.int64(named, "source_shard", 0, worker.config.shard_count - 1)
+        v.ident(named, "creditor")
+        v.amount(named, "amount_minor")
+        v.currency(named)
+        v.int64(named, "at_ms", 0)
 
 
-def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+def _check_delivered(worker: ShardWorker, args: Any) -> None:
     if type(args) is not list:
         raise v.BadCommand("delivered takes a list of transfer ids")
     for transfer_id in args:
         v.ident({"transfer_id": transfer_id}, "transfer_id")
-    for transfer_id in args:
-        worker.state.mark_delivered(transfer_id, ws)
-    return True, None
 
 
 OPEN_ACCOUNTS_MAX = 10_000
 
 
-def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
-                          now_ms: int) -> tuple[bool, Any]:
+def _check_open_accounts(worker: ShardWorker, args: Any) -> None:
     if type(args) is not list or len(args) > OPEN_ACCOUNTS_MAX:
         raise v.BadCommand(f"open_accounts takes a list of at most {OPEN_ACCOUNTS_MAX} accounts")
-    accounts = []
     for a in args:
         v.fields(a, "id", "currency")
+        v.ident(a, "id")
+        v.currency(a)
+        v.ident(a, "partner_id", optional=True)
         if a.get("kind", "customer") not in ("customer", "settlement"):
-            return False, {"code": "BAD_REQUEST", "message": "only customer and settlement accounts can be opened"}
-        accounts.append(Account(v.ident(a, "id"), a.get("kind", "customer"), v.currency(a), 0, False,  # type: ignore[arg-type]
-                                v.ident(a, "partner_id", optional=True), now_ms))
+            raise v.BadCommand("only customer and settlement accounts can be opened")
+
+
+def _check_create_partner(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "name", "secret_sha256", "settlement_account")
+    v.ident(args, "id")
+    v.text(args, "name", v.NAME_MAX)
+    v.text(args, "secret_sha256", v.HASH_MAX)
+    v.ident(args, "settlement_account")
+
+
+def _check_create_agreement(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
+             "daily_limit_minor")
+    for key in ("id", "partner_id", "debtor_account"):
+        v.ident(args, key)
+    v.currency(args)
+    v.amount(args, "per_payment_limit_minor")
+    v.amount(args, "daily_limit_minor")
+
+
+def _check_settings(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not dict or not all(
+            v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()):
+        raise v.BadCommand("settings take a map of text keys to text values without NUL")
+
+
+def _check_fraud(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not dict:
+        raise v.BadCommand("fraud takes a map")
+
+
+_CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
+    "pay": _check_pay, "fund": _check_fund, "credit": _check_credit, "delivered": _check_delivered,
+    "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
+    "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
+}
+
+
+# ---- deciders (synchronous; called only by the batcher, on checked commands) -----
+def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    cmd = PaymentCommand(
+        payment_id=args["payment_id"], partner_id=args["partner_id"],
+        agreement_id=args["agreement_id"], amount_minor=args["amount_minor"],
+        currency=args["currency"], creditor_account=args["creditor_account"],
+        creditor_shard=args["creditor_shard"], reference=args["reference"],
+        body_hash=args["body_hash"], at_ms=now_ms, device_id=args.get("device_id"),
+        ip=args.get("ip"))
+    return _payment_result(*worker.state.execute_payment(cmd, ws))
+
+
+def _decide_fund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    cmd = FundingCommand(args["transfer_id"], args["account_id"], args["amount_minor"],
+                         args["currency"], args["reference"], args["body_hash"], now_ms)
+    return _payment_result(*worker.state.execute_funding(cmd, ws))
+
+
+def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    codes = []
+    for transfer_id, source, creditor, amount_minor, currency, at_ms in args:
+        codes.append(worker.state.execute_credit(
+            CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws))
+    # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
+    return True, {"applied": codes.count(Code.OK), "replayed": len(codes) - codes.count(Code.OK)}
+
+
+def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    for transfer_id in args:
+        worker.state.mark_delivered(transfer_id, ws)
+    return True, None
+
+
+def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
+                          now_ms: int) -> tuple[bool, Any]:
     created = 0
-    for account in accounts:
+    for a in args:
+        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False,
+                          a.get("partner_id"), now_ms)
         created += worker.state.open_account(account, ws)
     return True, {"created": created}
 
 
 def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                            now_ms: int) -> tuple[bool, Any]:
-    v.fields(args, "id", "name", "secret_sha256", "settlement_account")
-    partner = {"id": v.ident(args, "id"), "name": v.text(args, "name", v.NAME_MAX),
-               "secret_sha256": v.text(args, "secret_sha256", v.HASH_MAX),
-               "settlement_account": v.ident(args, "settlement_account"), "created_at_ms": now_ms}
+    partner = {"id": args["id"], "name": args["name"], "secret_sha256": args["secret_sha256"],
+               "settlement_account": args["settlement_account"], "created_at_ms": now_ms}
     ws.partners.append(partner)
-    worker.state.partners_cache[partner["id"]] = partner  # type: ignore[index]
-    return True, {"id": partner["id"]}
+    worker.state.partners_cache[args["id"]] = partner
+    return True, {"id": args["id"]}
 
 
 def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                              now_ms: int) -> tuple[bool, Any]:
-    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
-             "daily_limit_minor")
-    agreement = Agreement(v.ident(args, "id"), v.ident(args, "partner_id"),  # type: ignore[arg-type]
-                          v.ident(args, "debtor_account"), v.currency(args),  # type: ignore[arg-type]
-                          v.amount(args, "per_payment_limit_minor"), v.amount(args, "daily_limit_minor"),
-                          "active", now_ms)
+    agreement = Agreement(args["id"], args["partner_id"], args["debtor_account"], args["currency"],
+                          args["per_payment_limit_minor"], args["daily_limit_minor"], "active", now_ms)
     if agreement.id in worker.state.agreements:
         return True, {"code": "EXISTS", "agreement": worker.state.agreements[agreement.id].to_wire()}
     code = worker.state.create_agreement(agreement, ws)
@@ -493,9 +565,6 @@ def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: Writ
 
 
 def _decide_settings(worker: ShardWorker, args: dict[str, str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    if type(args) is not dict or not all(
-            v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()):
-        raise v.BadCommand("settings take a map of text keys to text values without NUL")
     ws.settings.update(args)
     return True, None
 
