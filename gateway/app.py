@@ -348,7 +348,11 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def read_body(request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > BODY_MAX_BYTES:
             raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
-        return await request.read()
+        body = await request.read()
+        if body and request.content_type != "application/json":
+            raise field_error(415, "QP.Body.UnsupportedMediaType", "the request body must be application/json",
+                              "header.content-type")
+        return body
 
     # -- health and docs --
     @routes.get("/healthz")
