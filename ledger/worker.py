@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import asyncpg
 
-from quickpay.ids import settlement_account_for
+from quickpay.ids import is_striped, settlement_account_for
 
 from . import pg
 from .client import ShardClient
@@ -407,7 +407,11 @@ def _check_pay(worker: ShardWorker, args: Any) -> None:
         v.ident(args, key)
     v.amount(args, "amount_minor")
     v.currency(args)
-    v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1)
+    if v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1) != worker.config.shard \
+            and is_striped(args["creditor_account"]):
+        # A striped account is credited on the debtor's shard; a leg to another shard's
+        # clearing stripe would write a transfer from clearing to clearing there.
+        raise v.BadCommand("a striped account is never credited across shards")
     v.text(args, "reference", v.REFERENCE_MAX)
     v.text(args, "body_hash", v.HASH_MAX)
     v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True)
@@ -438,7 +442,8 @@ def _check_credit(worker: ShardWorker, args: Any) -> None:
         named = dict(zip(_LEG_FIELDS, leg))
         v.ident(named, "transfer_id")
         v.int64(named, "source_shard", 0, worker.config.shard_count - 1)
-        v.ident(named, "creditor")
+        if is_striped(v.ident(named, "creditor")):  # type: ignore[arg-type]
+            raise v.BadCommand("a credit leg never credits a striped account")
         v.amount(named, "amount_minor")
         v.currency(named)
         v.int64(named, "at_ms", 0)

@@ -207,7 +207,10 @@ def _hostile_commands(stack: Stack, good: dict[str, Any], shard: int) -> list[tu
             bad_leg = list(leg)
             bad_leg[index] = value
             commands.append((f"credit[{index}]={value!r:.20}", "credit", [bad_leg]))
-    commands += [("credit leg too short", "credit", [leg[:5]]), ("credit not a list", "credit", {"a": 1}),
+    commands += [("credit to a clearing stripe", "credit", [[*leg[:2], "sys_clearing", *leg[3:]]]),
+                 ("pay across shards to a clearing stripe", "pay",
+                  {**base_pay, "creditor_shard": (shard + 1) % stack.shards, "creditor_account": "sys_clearing"}),
+                 ("credit leg too short", "credit", [leg[:5]]), ("credit not a list", "credit", {"a": 1}),
                  ("delivered nul id", "delivered", [NUL]), ("delivered not a list", "delivered", "x"),
                  ("settings nul value", "settings", {"k": NUL}), ("settings not a map", "settings", [1]),
                  ("pay args not a map", "pay", ["a"]), ("pay args none", "pay", None)]
