@@ -289,7 +289,7 @@ PAGE_LIMIT_MAX = 200
 
 
 def ascii_int(text: str) -> int | None:
-    """A non-negative int written in ASCII digits that fits int64, else None.
+    """A non-negative int of 1-18 ASCII digits (so it always fits int64), else None.
 
     str.isdigit() and int() accept Unicode digits ("²", "٣", fullwidth "１"), int()
     accepts "1_0", " 1" and signs: partner input gets none of that."""

@@ -70,3 +70,19 @@ def test_bad_interaction_id_is_replaced() -> None:
     for given in ("caf\u00e9", "x" * 129, "\u4e2d\u6587"):
         _, headers, _ = asyncio.run(_get("/bad", {"x-fapi-interaction-id": given.encode().decode("latin-1")}))
         assert headers["x-fapi-interaction-id"] != given and headers["x-fapi-interaction-id"].isascii()
+
+
+def test_numbers_and_payment_ids_are_ascii_only() -> None:
+    """Regression: shard_of_payment used str.isdigit(), which accepts "²" that int() refuses
+    (a text 500) and "٣" that int() reads as 3."""
+    from gateway.app import ascii_int
+    from quickpay.ids import shard_of_payment
+
+    hexes = "0" * 32
+    assert shard_of_payment(f"pay_{hexes}_1", 2) == 1 and shard_of_payment(f"pay_{hexes}_0", 2) == 0
+    for tail in ("\u00b2", "\u0663", "\uff11", "01", "-1", "1\n", " 1", "2", "99999999999999999999"):
+        assert shard_of_payment(f"pay_{hexes}_{tail}", 2) is None, tail
+    assert shard_of_payment("pay_" + "\u0660" * 32 + "_0", 2) is None
+    assert [ascii_int(t) for t in ("0", "50", "9" * 18)] == [0, 50, int("9" * 18)]
+    for text in ("\u00b2", "\u0663", "\uff11\uff10", "1e3", "-1", "+1", " 1", "1_0", "", "9" * 19, "1\n"):
+        assert ascii_int(text) is None, text
