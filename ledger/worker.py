@@ -496,8 +496,13 @@ def _check_settings(worker: ShardWorker, args: Any) -> None:
 
 
 def _check_fraud(worker: ShardWorker, args: Any) -> None:
+    # The fraud adapter checks what a change means; here, only that its text can be stored.
     if type(args) is not dict:
         raise v.BadCommand("fraud takes a map")
+    for key, value in args.items():
+        for item in value if type(value) is list else (value,):
+            if type(item) is str and not v.is_storable_text(item):
+                raise v.BadCommand(f"{key} holds a NUL or a lone surrogate")
 
 
 _CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {

@@ -213,7 +213,12 @@ def _hostile_commands(stack: Stack, good: dict[str, Any], shard: int) -> list[tu
                  ("credit leg too short", "credit", [leg[:5]]), ("credit not a list", "credit", {"a": 1}),
                  ("delivered nul id", "delivered", [NUL]), ("delivered not a list", "delivered", "x"),
                  ("settings nul value", "settings", {"k": NUL}), ("settings not a map", "settings", [1]),
-                 ("pay args not a map", "pay", ["a"]), ("pay args none", "pay", None)]
+                 ("pay args not a map", "pay", ["a"]), ("pay args none", "pay", None),
+                 ("fraud nul author", "fraud", {"action": "rollback", "author": NUL}),
+                 ("fraud nul list value", "fraud", {"action": "list_add", "list": "blocked", "values": ["ok", NUL]}),
+                 ("fraud nul rules", "fraud", {"action": "propose", "text": "rule\x00", "author": "a",
+                                               "activate": True, "filename": "f"}),
+                 ("fraud not a map", "fraud", [1])]
     return commands
 
 
