@@ -36,7 +36,7 @@ from .errors import ApiError
 __all__ = ["FraudRollout", "VERSION_RE"]
 
 # A full version id (sha256 hex) or an unambiguous prefix of at least 8 characters.
-VERSION_RE = re.compile(r"^[0-9a-f]{8,64}$")
+VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # use fullmatch: "$" would let a trailing newline through
 _RETRY = {"Retry-After": "1"}
 
 

@@ -22,16 +22,17 @@ from typing import Any, Callable
 
 import asyncpg
 
-from quickpay.ids import settlement_account_for
+from quickpay.ids import is_striped, settlement_account_for
 
 from . import pg
 from .client import ShardClient
 from .model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
 )
-from .protocol import FrameDecoder, FrameError, encode_frame, parse_address
+from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
 from .state import ShardState, WriteSet
+from . import validate as v
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 
@@ -105,8 +106,15 @@ class _ServerProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        for request_id, op, args in messages:
-            self.worker.dispatch(op, args, self._replier(request_id))
+        for message in messages:
+            if (type(message) is not list or len(message) != 3 or type(message[0]) is not int
+                    or type(message[1]) is not str):
+                # Not [request_id, op, args]: answer if it can be addressed, never raise here.
+                if type(message) is list and message and type(message[0]) is int:
+                    self._replier(message[0])(False, {"code": "BAD_REQUEST",
+                                                      "message": "a request is [request_id, op, args]"})
+                continue
+            self.worker.dispatch(message[1], message[2], self._replier(message[0]))
 
     def _replier(self, request_id: int) -> Callable[[bool, Any], None]:
         def reply(ok: bool, result: Any) -> None:
@@ -120,7 +128,14 @@ class _ServerProtocol(asyncio.Protocol):
         self.flush_scheduled = False
         outgoing, self.outgoing = self.outgoing, []
         if outgoing and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(outgoing))
+            # One answer that cannot be encoded fails alone (as INTERNAL), not the frame.
+            frames, failures = encode_frames(outgoing)
+            for index, error in failures:
+                log.error("answer to request %s cannot be encoded: %s", outgoing[index][0], error)
+                frames.append(encode_frame([(outgoing[index][0], False, {
+                    "code": "INTERNAL", "message": "the answer could not be encoded"})]))
+            for frame in frames:
+                self.transport.write(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -254,12 +269,17 @@ class ShardWorker:
         self.work_ready.set()
 
     def dispatch(self, op: str, args: Any, reply: Reply) -> None:
-        if op == "pay" and self.naive_pool is not None:
-            from .naive import naive_pay
-            asyncio.get_running_loop().create_task(
-                self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
-            return
         if op in _WRITE_OPS:
+            try:
+                _CHECKS[op](self, args)
+            except v.BadCommand as exc:  # refused alone, before it can reach a batch
+                reply(False, {"code": "BAD_REQUEST", "message": str(exc)})
+                return
+            if op == "pay" and self.naive_pool is not None:
+                from .naive import naive_pay
+                asyncio.get_running_loop().create_task(
+                    self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
+                return
             self.enqueue(op, args, reply)
             return
         handler = _READ_OPS.get(op)
@@ -385,6 +405,123 @@ def _payment_result(code: str, transfer: Transfer | None) -> tuple[bool, Any]:
     return True, {"code": code, "transfer": transfer.to_wire() if transfer is not None else None}
 
 
+# ---- intake checks: what a shard can store (ledger/validate.py) ------------------
+# Run by dispatch() before a write command is queued, so a value PostgreSQL would
+# refuse (a NUL, a surrogate, an int beyond int64, an unknown currency) never reaches
+# the prefetch, the decision or the batch write: it is answered BAD_REQUEST alone.
+def _check_pay(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "payment_id", "partner_id", "agreement_id", "amount_minor", "currency",
+             "creditor_account", "creditor_shard", "reference", "body_hash")
+    for key in ("payment_id", "partner_id", "agreement_id", "creditor_account"):
+        v.ident(args, key)
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    if v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1) != worker.config.shard \
+            and is_striped(args["creditor_account"]):
+        # A striped account is credited on the debtor's shard; a leg to another shard's
+        # clearing stripe would write a transfer from clearing to clearing there.
+        raise v.BadCommand("a striped account is never credited across shards")
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+    v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True)
+    v.text(args, "ip", v.IP_MAX, optional=True)
+
+
+def _check_fund(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "transfer_id", "account_id", "amount_minor", "currency", "reference", "body_hash")
+    v.ident(args, "transfer_id")
+    v.ident(args, "account_id")
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+
+
+CREDIT_LEGS_MAX = 100_000
+_LEG_FIELDS = ("transfer_id", "source_shard", "creditor", "amount_minor", "currency", "at_ms")
+
+
+def _check_credit(worker: ShardWorker, args: Any) -> None:
+    # All legs are checked before any is applied: a malformed call is refused whole.
+    if type(args) is not list or len(args) > CREDIT_LEGS_MAX:
+        raise v.BadCommand(f"credit takes a list of at most {CREDIT_LEGS_MAX} legs")
+    for leg in args:
+        if type(leg) is not list or len(leg) != 6:
+            raise v.BadCommand("a credit leg is [" + ", ".join(_LEG_FIELDS) + "]")
+        named = dict(zip(_LEG_FIELDS, leg))
+        v.ident(named, "transfer_id")
+        v.int64(named, "source_shard", 0, worker.config.shard_count - 1)
+        if is_striped(v.ident(named, "creditor")):  # type: ignore[arg-type]
+            raise v.BadCommand("a credit leg never credits a striped account")
+        v.amount(named, "amount_minor")
+        v.currency(named)
+        v.int64(named, "at_ms", 0)
+
+
+def _check_delivered(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not list:
+        raise v.BadCommand("delivered takes a list of transfer ids")
+    for transfer_id in args:
+        v.ident({"transfer_id": transfer_id}, "transfer_id")
+
+
+OPEN_ACCOUNTS_MAX = 10_000
+
+
+def _check_open_accounts(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not list or len(args) > OPEN_ACCOUNTS_MAX:
+        raise v.BadCommand(f"open_accounts takes a list of at most {OPEN_ACCOUNTS_MAX} accounts")
+    for a in args:
+        v.fields(a, "id", "currency")
+        v.ident(a, "id")
+        v.currency(a)
+        v.ident(a, "partner_id", optional=True)
+        if a.get("kind", "customer") not in ("customer", "settlement"):
+            raise v.BadCommand("only customer and settlement accounts can be opened")
+
+
+def _check_create_partner(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "name", "secret_sha256", "settlement_account")
+    v.ident(args, "id")
+    v.text(args, "name", v.NAME_MAX)
+    v.text(args, "secret_sha256", v.HASH_MAX)
+    v.ident(args, "settlement_account")
+
+
+def _check_create_agreement(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
+             "daily_limit_minor")
+    for key in ("id", "partner_id", "debtor_account"):
+        v.ident(args, key)
+    v.currency(args)
+    v.amount(args, "per_payment_limit_minor")
+    v.amount(args, "daily_limit_minor")
+
+
+def _check_settings(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not dict or not all(
+            v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()):
+        raise v.BadCommand("settings take a map of text keys to text values without NUL")
+
+
+def _check_fraud(worker: ShardWorker, args: Any) -> None:
+    # The fraud adapter checks what a change means; here, only that its text can be stored.
+    if type(args) is not dict:
+        raise v.BadCommand("fraud takes a map")
+    for key, value in args.items():
+        for item in value if type(value) is list else (value,):
+            if type(item) is str and not v.is_storable_text(item):
+                raise v.BadCommand(f"{key} holds a NUL or a lone surrogate")
+
+
+_CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
+    "pay": _check_pay, "fund": _check_fund, "credit": _check_credit, "delivered": _check_delivered,
+    "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
+    "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
+}
+
+
+# ---- deciders (synchronous; called only by the batcher, on checked commands) -----
 def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     cmd = PaymentCommand(
         payment_id=args["payment_id"], partner_id=args["partner_id"],
@@ -422,8 +559,6 @@ def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms
 def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
                           now_ms: int) -> tuple[bool, Any]:
     created = 0
-    if any(a.get("kind", "customer") not in ("customer", "settlement") for a in args):
-        return False, {"code": "BAD_REQUEST", "message": "only customer and settlement accounts can be opened"}
     for a in args:
         account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False,
                           a.get("partner_id"), now_ms)
@@ -433,8 +568,10 @@ def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: W
 
 def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                            now_ms: int) -> tuple[bool, Any]:
-    ws.partners.append({**args, "created_at_ms": now_ms})
-    worker.state.partners_cache[args["id"]] = {**args, "created_at_ms": now_ms}
+    partner = {"id": args["id"], "name": args["name"], "secret_sha256": args["secret_sha256"],
+               "settlement_account": args["settlement_account"], "created_at_ms": now_ms}
+    ws.partners.append(partner)
+    worker.state.partners_cache[args["id"]] = partner
     return True, {"id": args["id"]}
 
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 __all__ = ["add_fraud_arguments", "run_fraud_command", "load_recorded_payments"]
 
-_VERSION_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # fullmatch: "$" would let a trailing newline through
 
 
 def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,7 +133,7 @@ def _admin(args: argparse.Namespace) -> int:
     if not token:
         raise SystemExit(f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
                          "give the stack's --state-dir")
-    if args.fraud_command == "activate" and not _VERSION_RE.match(args.version.lower()):
+    if args.fraud_command == "activate" and not _VERSION_RE.fullmatch(args.version.lower()):
         raise SystemExit(f"quickpay fraud activate: {args.version!r} is not a rule-set version; give the sha256 id "
                          "that `quickpay fraud show` prints, or 8 or more of its first hex digits")
     try:
