@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import hmac
 import itertools
+import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable
@@ -102,7 +103,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes"))
     except web.HTTPException as exc:
         code = {404: "QP.Resource.NotFound", 405: "QP.Method.NotAllowed"}.get(exc.status, "QP.Http")
-        response = error_response(ApiError(exc.status, code, exc.reason))
+        # A 405 must say which methods the path has (RFC 9110 section 15.5.6).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = error_response(ApiError(exc.status, code, exc.reason, headers=allow))
     except (ShardUnavailable, ShardOverloaded) as exc:
         # The outcome is unknown to us; the partner retries with the same key and
         # gets exactly one payment either way.
@@ -227,6 +230,8 @@ def _raise_for(code: str) -> None:
 
 
 PAGE_LIMIT_MAX = 200
+# Fraud rule ids and list names are identifiers of the rule language (fraud/parser.py).
+RULE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _page_limit(request: web.Request) -> int:
@@ -317,6 +322,9 @@ def create_app(config: GatewayConfig) -> web.Application:
                 raise ApiError(400, "invalid_request", "body must be form-encoded or JSON") from None
             if not isinstance(form, dict):
                 raise ApiError(400, "invalid_request", "body must be an object")
+            for name in ("client_id", "client_secret"):
+                if name in form and not isinstance(form[name], str):
+                    raise field_error(400, "invalid_request", f"{name} must be a string", name)
         if form.get("grant_type") != "client_credentials":
             raise field_error(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
         client_id = client_id or form.get("client_id")
@@ -567,7 +575,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def activate_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
         version = request.match_info["version"]
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()) or len(version) > 18:
             raise ApiError(404, "QP.Rules.NotFound", "no such rule set version")
         results = await fraud_change({"action": "activate", "version": int(version),
                                       "author": request.query.get("author", "admin")})
@@ -582,6 +590,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def change_list(request: web.Request) -> web.Response:
         gw.require_admin(request)
         name = request.match_info["name"]
+        if not RULE_IDENTIFIER.fullmatch(name):
+            raise field_error(400, "QP.Path.Invalid", "a list name is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
+                              "path.name")
         body: ListChangeRequest = decode_body(await read_body(request), ListChangeRequest)  # type: ignore[assignment]
         result: Any = None
         if body.add:
@@ -599,6 +610,9 @@ def create_app(config: GatewayConfig) -> web.Application:
         if decision is not None and decision not in ("allow", "review", "block"):
             raise field_error(400, "QP.Query.Invalid", "decision must be allow, review or block", "query.decision")
         rule_id = request.query.get("rule_id")
+        if rule_id is not None and not RULE_IDENTIFIER.fullmatch(rule_id):
+            raise field_error(400, "QP.Query.Invalid", "rule_id is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
+                              "query.rule_id")
         limit = _page_limit(request)
         answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})
         rows = sorted((t for answer in answers for t in answer), key=lambda t: t["created_at_ms"], reverse=True)

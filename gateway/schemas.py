@@ -10,15 +10,25 @@ from .errors import ApiError
 __all__ = ["QuickPaymentRequest", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "decode_body"]
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+# Patterns end in \Z, not $: msgspec matches with re.search, where "$" also matches
+# before a final newline ("acc_1\n" would pass). gateway/openapi.py writes them as "$"
+# for JSON Schema (ECMA-262), where "$" is the end.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+\Z")]
 AmountText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
-Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=140)]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
+# One-line text: no C0/C1 control characters (PostgreSQL refuses NUL in text, and the
+# rest make no sense in a name, a reference or a list value).
+LINE = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+# Multi-line text (rule files): tab, newline and carriage return allowed, no other control.
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*\Z"
+
+
+Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=140, pattern=LINE)]
 
 
 class Risk(msgspec.Struct, forbid_unknown_fields=True):
-    device_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    ip: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    device_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=LINE)] | None = None
+    ip: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=LINE)] | None = None
 
 
 class QuickPaymentRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,7 +48,7 @@ class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PartnerRequest(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=LINE)]
     currency: CurrencyCode = "CNY"
 
 
@@ -53,16 +63,16 @@ class FundingRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RulesRequest(msgspec.Struct, forbid_unknown_fields=True):
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000)]
-    author: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "admin"
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000, pattern=TEXT)]
+    author: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=LINE)] = "admin"
     activate: bool = True
-    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "<api>"
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=LINE)] = "<api>"
 
 
 class ListChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    add: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]] = []
-    remove: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]] = []
-    author: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "admin"
+    add: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=LINE)]] = []
+    remove: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=LINE)]] = []
+    author: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=LINE)] = "admin"
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}

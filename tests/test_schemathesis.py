@@ -1,0 +1,210 @@
+"""Schemathesis against a live stack: the API does what /openapi.json says, and nothing else.
+
+One `schemathesis run` (its CLI, in a subprocess so that its Hypothesis settings and
+pytest plugin stay out of this process) over every operation with every built-in check
+and all four phases: examples, coverage (boundary values, missing required headers,
+undeclared methods such as TRACE), fuzzing, and the stateful phase that follows the
+document's OpenAPI links (open an account -> fund it -> create an agreement -> pay
+under it -> read the payment, ...). Partner operations authenticate with a partner's
+bearer token, admin operations with the admin token, the token endpoint with the
+partner's client credentials (HTTP Basic), each by its securityScheme. Fixed seed,
+bounded examples: a few minutes on a loaded 2-core machine.
+
+Also here: the amount pattern in the document is exactly the language that
+`quickpay.money.parse_amount` accepts, for every currency.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from gateway.openapi import IDEMPOTENCY_KEY_PATTERN, amount_pattern, openapi_document
+from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, parse_amount
+
+from conftest import Stack, start_stack, stop_stack
+
+SEED = 20261123
+MAX_EXAMPLES = 25          # per operation and phase
+STATEFUL_MAX_STEPS = 8
+RUN_TIMEOUT_S = 900        # a hard stop; the run itself takes 1-3 minutes here
+
+
+# ---- the document's patterns are the server's grammar ------------------------------------
+def _accepts(text: str, currency: str) -> bool:
+    try:
+        parse_amount(text, currency)
+        return True
+    except AmountError:
+        return False
+
+
+def _ecma_fullmatch(pattern: str, text: str) -> bool:
+    # JSON Schema patterns are searched; ours are anchored with ^...$ and "$" in ECMA-262
+    # is the end of input, which is Python's \Z.
+    assert pattern.startswith("^") and pattern.endswith("$")
+    return re.search(pattern[:-1] + r"\Z", text) is not None
+
+
+_EDGES = [str(INT64_MAX), str(INT64_MAX + 1), "92233720368547758.07", "92233720368547758.08",
+          "92233720368547758.1", "92233720368547758.0", "92233720368547758", "92233720368547757.99",
+          "922337203685477580.7", "0", "0.0", "0.00", "0.01", "0.10", "0.1", "00.1", "01", "1.", ".1",
+          "1.000", "1.5", "1.05", "10", "99999999999999999999", "100000000000000000000", "1e3", "-1",
+          "+1", " 1", "1 ", "1\n", "١", "²", "9223372036854775806", "9223372036854775808"]
+
+
+@pytest.mark.parametrize("currency", sorted(CURRENCY_EXPONENTS))
+@pytest.mark.parametrize("text", _EDGES)
+def test_amount_pattern_edges(currency: str, text: str) -> None:
+    pattern = amount_pattern(CURRENCY_EXPONENTS[currency])
+    assert _ecma_fullmatch(pattern, text) == _accepts(text, currency), (currency, text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(CURRENCY_EXPONENTS)),
+       st.one_of(st.from_regex(r"\A[0-9]{1,21}(\.[0-9]{0,19})?\Z"),
+                 st.integers(1, INT64_MAX + 10**6).map(str),
+                 st.integers(INT64_MAX - 10**4, INT64_MAX + 10**4).map(lambda n: f"{n // 100}.{n % 100:02d}"),
+                 st.text("0123456789.", max_size=24)))
+@example("JPY", "9223372036854775807")
+def test_amount_pattern_is_parse_amount(currency: str, text: str) -> None:
+    pattern = amount_pattern(CURRENCY_EXPONENTS[currency])
+    assert _ecma_fullmatch(pattern, text) == _accepts(text, currency), (currency, text)
+
+
+@pytest.mark.parametrize("key,valid", [("a", True), ("A" * 64, True), ("A" * 65, False), ("", False),
+                                       ("key with spaces", True), (" lead", False), ("trail ", False),
+                                       ("tab\tkey", False), ("ключ", False), ("~!@#$%^&*()", True)])
+def test_idempotency_key_pattern(key: str, valid: bool) -> None:
+    from gateway.app import Gateway
+
+    class _Request:
+        headers = {"x-idempotency-key": key}
+    try:
+        Gateway.idempotency_key(_Request())  # type: ignore[arg-type]
+        server_accepts = True
+    except Exception:
+        server_accepts = False
+    documented = _ecma_fullmatch(IDEMPOTENCY_KEY_PATTERN, key)
+    assert documented == valid
+    if valid:
+        assert server_accepts  # the server accepts all the document allows (it also takes outer spaces)
+
+
+def test_document_declares_every_status_and_link() -> None:
+    document = openapi_document()
+    ops = {op["operationId"]: op for item in document["paths"].values() for op in item.values()}
+    assert set(ops["createQuickPayment"]["responses"]) == {"201", "400", "401", "404", "409", "413", "422",
+                                                            "500", "503"}
+    links = ops["createAgreement"]["responses"]["201"]["links"]
+    assert links["GetAgreement"]["operationId"] == "getAgreement"
+    assert ops["createQuickPayment"]["responses"]["201"]["links"]["GetQuickPayment"]["parameters"] == \
+        {"payment_id": "$response.body#/payment_id"}
+    for op in ops.values():  # every link names an operation that exists
+        for response in op["responses"].values():
+            for link in response.get("links", {}).values():
+                assert link["operationId"] in ops
+    currency = document["components"]["schemas"]["QuickPaymentRequest"]["properties"]["currency"]
+    assert currency["enum"] == sorted(CURRENCY_EXPONENTS)
+
+
+# ---- the live run -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A private stack (the run creates partners, accounts and rule versions) with the fraud
+    filter on, so that the fraud admin operations answer rather than 409."""
+    stack = start_stack(tmp_path_factory.mktemp("schemathesis"), demo=False, flags=("--no-monitor",))
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid TOML basic string
+
+
+def write_config(path: Path, stack: Stack, partner: dict[str, Any], report_dir: Path) -> None:
+    path.write_text(f"""
+seed = {SEED}
+workers = 1
+max-failures = 200
+request-timeout = 30
+suppress-health-check = ["too_slow", "filter_too_much", "data_too_large"]
+
+[generation]
+max-examples = {MAX_EXAMPLES}
+no-shrink = true
+database = "none"
+
+[checks]
+enabled = true
+# Schema-valid requests may still refer to things that do not exist (404) or be refused by a
+# business rule (422: unknown debtor account, currency mismatch, rule text that does not
+# compile, unknown rule version); 400 means "does not match the document" and stays a failure.
+positive_data_acceptance.expected-statuses = ["2XX", "401", "403", "404", "409", "422"]
+
+[phases.stateful]
+max-steps = {STATEFUL_MAX_STEPS}
+
+[auth.openapi.partnerToken]
+bearer = {_toml_string(partner["token"])}
+
+[auth.openapi.adminToken]
+bearer = {_toml_string(stack.admin_token)}
+
+[auth.openapi.clientBasic]
+username = {_toml_string(partner["client_id"])}
+password = {_toml_string(partner["client_secret"])}
+
+[reports.junit]
+enabled = false
+
+[[operations]]
+include-operation-id = "listTransactions"
+# The cursor is opaque: a string that is not a next_cursor the API issued is a 400.
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403", "404"]
+""")
+    del report_dir
+
+
+def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> None:
+    stack = fuzz_stack
+    partner = stack.new_partner("Schemathesis Partner")
+    # Data for the examples and fuzzing phases to hit: a funded account with an agreement.
+    customer = stack.new_customer(partner, funding="100000.00")
+    assert stack.balance(customer["account"]) == "100000.00"
+
+    config = tmp_path / "schemathesis.toml"
+    report_dir = tmp_path / "report"
+    write_config(config, stack, partner, report_dir)
+    argv = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color",
+            "run", stack.url("/openapi.json"), "--checks", "all",
+            "--phases", "examples,coverage,fuzzing,stateful",
+            "--report", "ndjson", "--report-dir", str(report_dir)]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=RUN_TIMEOUT_S)
+    output = run.stdout + run.stderr
+    print(output[-6000:])
+    assert run.returncode == 0, f"schemathesis failed (exit {run.returncode}):\n{output[-20000:]}\n" \
+                                f"stack log:\n{stack.log()[-4000:]}"
+    summary = output[output.rfind("SUMMARY"):]
+    # Every operation ran, and every phase, the stateful one included, ran and passed.
+    # (Schemathesis leaves out GET /openapi.json, the document itself.)
+    operations = sum(len(item) for item in openapi_document()["paths"].values()) - 1
+    assert f"Selected: {operations}/{operations}" in summary and f"Tested: {operations}\n" in summary, summary
+    assert "❌" not in summary, summary
+    for phase in ("Coverage", "Fuzzing", "Stateful"):
+        assert re.search(rf"✅ {phase}\b", summary), (phase, summary)
+    assert "Failures:" not in summary, summary
+    # The stack is still whole: no shard worker was restarted by any input.
+    assert "exited with" not in stack.log(), stack.log()[-4000:]
