@@ -34,7 +34,8 @@ from conftest import Stack, start_stack, stop_stack
 
 SEED = 20261123
 MAX_EXAMPLES = 25          # per operation and phase
-STATEFUL_MAX_STEPS = 8
+STATEFUL_MAX_STEPS = 10
+STATEFUL_MAX_EXAMPLES = 60
 RUN_TIMEOUT_S = 900        # a hard stop; the run itself takes 1-3 minutes here
 
 
@@ -132,7 +133,9 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid TOML basic string
 
 
-def write_config(path: Path, stack: Stack, partner: dict[str, Any], report_dir: Path) -> None:
+def write_config(path: Path, stack: Stack, partner: dict[str, Any], data: dict[str, list[str]]) -> None:
+    dictionaries = "".join(f"[dictionaries.{name}]\nvalues = {json.dumps(values)}\n\n"
+                           for name, values in data.items())
     path.write_text(f"""
 seed = {SEED}
 workers = 1
@@ -145,7 +148,18 @@ max-examples = {MAX_EXAMPLES}
 no-shrink = true
 database = "none"
 
-[checks]
+# Real ids, substituted into generated requests now and then, so that requests reach past
+# "no such agreement" into the ledger: payments under a funded agreement, with generated
+# amounts, references and risk data, to an existing creditor; reads of existing objects.
+[parameters]
+"body.agreement_id" = {{ dictionary = "agreements", probability = 0.6 }}
+"body.creditor_account" = {{ dictionary = "creditors", probability = 0.6 }}
+"body.debtor_account" = {{ dictionary = "accounts", probability = 0.6 }}
+"path.agreement_id" = {{ dictionary = "agreements", probability = 0.5 }}
+"path.payment_id" = {{ dictionary = "payments", probability = 0.5 }}
+"path.account_id" = {{ dictionary = "accounts", probability = 0.5 }}
+
+{dictionaries}[checks]
 enabled = true
 # Schema-valid requests may still refer to things that do not exist (404) or be refused by a
 # business rule (422: unknown debtor account, currency mismatch, rule text that does not
@@ -154,6 +168,18 @@ positive_data_acceptance.expected-statuses = ["2XX", "401", "403", "404", "409",
 
 [phases.stateful]
 max-steps = {STATEFUL_MAX_STEPS}
+
+[phases.stateful.generation]
+# Scenarios follow the document's links with valid data, so that chains such as
+# open account -> create agreement -> pay -> read the payment get through; negative
+# data is the business of the coverage and fuzzing phases.
+mode = "positive"
+max-examples = {STATEFUL_MAX_EXAMPLES}
+
+[phases.stateful.inference]
+# Only the links the document declares: an inferred link such as "an account an admin
+# opened -> a partner's transactions of it" has a legitimate 404 at its end.
+algorithms = []
 
 [auth.openapi.partnerToken]
 bearer = {_toml_string(partner["token"])}
@@ -173,7 +199,6 @@ include-operation-id = "listTransactions"
 # The cursor is opaque: a string that is not a next_cursor the API issued is a 400.
 checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403", "404"]
 """)
-    del report_dir
 
 
 def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> None:
@@ -181,11 +206,18 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
     partner = stack.new_partner("Schemathesis Partner")
     # Data for the examples and fuzzing phases to hit: a funded account with an agreement.
     customer = stack.new_customer(partner, funding="100000.00")
-    assert stack.balance(customer["account"]) == "100000.00"
+    other = stack.new_customer(partner, funding="")
+    paid = stack.pay(partner, customer["agreement_id"], other["account"], "1.00")
+    assert paid.status == 201 and paid.body["status"].startswith("Accepted"), paid.body
+    data = {"agreements": [customer["agreement_id"], other["agreement_id"]],
+            "creditors": [partner["settlement_account"], other["account"], customer["account"]],
+            "accounts": [customer["account"], other["account"], partner["settlement_account"]],
+            "payments": [paid.body["payment_id"]]}
 
     config = tmp_path / "schemathesis.toml"
-    report_dir = tmp_path / "report"
-    write_config(config, stack, partner, report_dir)
+    # Set QUICKPAY_SCHEMATHESIS_REPORTS to keep the NDJSON report of every request and response.
+    report_dir = Path(os.environ.get("QUICKPAY_SCHEMATHESIS_REPORTS") or tmp_path / "report")
+    write_config(config, stack, partner, data)
     argv = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color",
             "run", stack.url("/openapi.json"), "--checks", "all",
             "--phases", "examples,coverage,fuzzing,stateful",
