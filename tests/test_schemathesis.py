@@ -15,11 +15,14 @@ Also here: the amount pattern in the document is exactly the language that
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
+import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,7 +33,7 @@ from hypothesis import strategies as st
 from gateway.openapi import IDEMPOTENCY_KEY_PATTERN, amount_pattern, openapi_document
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, parse_amount
 
-from conftest import Stack, start_stack, stop_stack
+from conftest import Reply, Stack, http, start_stack, stop_stack
 
 SEED = 20261123
 MAX_EXAMPLES = 25          # per operation and phase
@@ -115,6 +118,88 @@ def test_document_declares_every_status_and_link() -> None:
                 assert link["operationId"] in ops
     currency = document["components"]["schemas"]["QuickPaymentRequest"]["properties"]["currency"]
     assert currency["enum"] == sorted(CURRENCY_EXPONENTS)
+
+
+# ---- what the first Schemathesis runs found (regressions, on the shared stack) -----------------
+def _error(reply: Reply, status: int) -> None:
+    assert reply.status == status, (reply.status, reply.body)
+    assert isinstance(reply.body, dict) and set(reply.body) == {"code", "message", "errors"}, reply.body
+    assert reply.headers.get("x-fapi-interaction-id")
+
+
+def _sample_path(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "1", path)
+
+
+@pytest.mark.parametrize("method", ["TRACE", "DELETE", "PUT", "PATCH"])
+def test_undeclared_methods_answer_405_with_allow(stack: Stack, method: str) -> None:
+    for path, item in openapi_document()["paths"].items():
+        if method.lower() in item:
+            continue
+        reply = stack.call(method, _sample_path(path), token=stack.admin_token)
+        _error(reply, 405)
+        allowed = {m.strip() for m in reply.headers.get("allow", "").split(",") if m.strip()}
+        assert {m.upper() for m in item} <= allowed, (path, reply.headers)
+
+
+@pytest.mark.parametrize("field,value", [("name", "nul\x00name"), ("name", "esc\x1b"), ("name", "line\n"),
+                                         ("name", "c1\x85")])
+def test_partner_name_with_control_characters_is_400(stack: Stack, field: str, value: str) -> None:
+    pids = [stack.shard_worker_pids(s) for s in range(stack.shards)]
+    _error(stack.admin("POST", "/admin/v1/partners", {field: value}), 400)
+    assert [stack.shard_worker_pids(s) for s in range(stack.shards)] == pids
+
+
+def test_payment_text_with_nul_or_trailing_newline_is_400(stack: Stack, partner: dict[str, Any]) -> None:
+    customer = stack.new_customer(partner, funding="10.00")
+    body = {"agreement_id": customer["agreement_id"], "amount": "1.00", "currency": "CNY",
+            "creditor_account": partner["settlement_account"], "reference": "ok"}
+    for change in ({"reference": "a\x00b"}, {"risk": {"device_id": "d\x00"}},
+                   {"agreement_id": customer["agreement_id"] + "\n"},
+                   {"creditor_account": partner["settlement_account"] + "\n"}):
+        reply = stack.call("POST", "/v1/quick-payments", {**body, **change}, token=partner["token"],
+                           headers={"x-idempotency-key": uuid.uuid4().hex})
+        _error(reply, 400)
+    reply = stack.call("POST", "/v1/quick-payments", body, token=partner["token"],
+                       headers={"x-idempotency-key": uuid.uuid4().hex})
+    assert reply.status == 201, reply.body
+
+
+def test_agreement_debtor_with_trailing_newline_is_400(stack: Stack, partner: dict[str, Any]) -> None:
+    account = stack.new_account()
+    reply = stack.call("POST", "/v1/agreements", {"debtor_account": account + "\n", "currency": "CNY",
+                                                  "per_payment_limit": "1.00", "daily_limit": "2.00"},
+                       token=partner["token"])
+    _error(reply, 400)
+
+
+def test_decisions_rule_id_must_be_an_identifier(stack: Stack) -> None:
+    for rule_id in ("y\x00", "a b", "1abc", "x" * 65):
+        query = urllib.parse.urlencode({"rule_id": rule_id})
+        _error(stack.admin("GET", f"/admin/v1/fraud/decisions?{query}"), 400)
+    reply = stack.admin("GET", "/admin/v1/fraud/decisions?rule_id=velocity_1")
+    assert reply.status == 200 and reply.body == {"payments": []}, reply.body
+
+
+def test_fraud_list_name_must_be_an_identifier(stack: Stack) -> None:
+    for name in ("a%00b", "a%20b", "9lives", "x" * 65):
+        _error(stack.admin("POST", f"/admin/v1/fraud/lists/{name}", {"add": ["v"]}), 400)
+
+
+@pytest.mark.parametrize("version", ["%C2%B2", "%D9%A1", "1" * 19])
+def test_activate_version_that_is_not_ascii_digits_is_404(stack: Stack, version: str) -> None:
+    _error(stack.admin("POST", f"/admin/v1/fraud/rules/{version}/activate"), 404)
+
+
+def test_token_json_fields_must_be_strings(stack: Stack, partner: dict[str, Any]) -> None:
+    basic = base64.b64encode(f"{partner['client_id']}:{partner['client_secret']}".encode()).decode()
+    for field in ("client_id", "client_secret"):
+        reply = http("POST", stack.url("/oauth2/token"),
+                     {"grant_type": "client_credentials", field: 12}, headers={"authorization": f"Basic {basic}"})
+        _error(reply, 400)
+    reply = http("POST", stack.url("/oauth2/token"), {"grant_type": "client_credentials"},
+                 headers={"authorization": f"Basic {basic}"})
+    assert reply.status == 200, reply.body
 
 
 # ---- the live run -----------------------------------------------------------------------------
