@@ -174,8 +174,8 @@ def _op(operation_id: str, summary: str, *, security: str | None = "partner", bo
         statuses.add(401)
     if body is not None:
         statuses.update((400, 413))
-    if idempotent:
-        statuses.add(400)
+    if idempotent or any(p.get("in") in ("path", "query") for p in params or []):
+        statuses.add(400)  # a malformed header, path or query value
     if shards:
         statuses.update((500, 503))
     for code in sorted(statuses):
