@@ -23,6 +23,7 @@ import subprocess
 import sys
 import urllib.parse
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -309,7 +310,7 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
             "run", stack.url("/openapi.json"), "--checks", "all",
             "--phases", "examples,coverage,fuzzing,stateful",
             "--report", "ndjson", "--report-dir", str(report_dir)]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                          text=True, timeout=RUN_TIMEOUT_S)
     output = run.stdout + run.stderr
@@ -325,5 +326,30 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert re.search(rf"✅ {phase}\b", summary), (phase, summary)
     assert "Failures:" not in summary, summary
-    # The stack is still whole: no shard worker was restarted by any input.
+    # The stateful phase went through the links into the ledger and back: payments created
+    # under agreements the run created itself, then read through the payment link.
+    transitions = _stateful_transitions(report_dir)
+    assert transitions[("POST /v1/agreements -> [201] CreateQuickPayment -> POST /v1/quick-payments", 201)] >= 1, \
+        transitions
+    assert transitions[("POST /v1/quick-payments -> [201] GetQuickPayment -> GET /v1/quick-payments/{payment_id}",
+                        200)] >= 1, transitions
+    # The stack is still whole: no process was restarted because of any input.
     assert "exited with" not in stack.log(), stack.log()[-4000:]
+
+
+def _stateful_transitions(report_dir: Path) -> Counter[tuple[str, int]]:
+    """(link transition, response status) -> count, from the run's NDJSON report."""
+    counts: Counter[tuple[str, int]] = Counter()
+    (report,) = sorted(report_dir.glob("*.ndjson"))[-1:]
+    with report.open() as lines:
+        for line in lines:
+            event = json.loads(line).get("ScenarioFinished")
+            if not event or event.get("phase") != "stateful":
+                continue
+            recorder = event["recorder"]
+            for case_id, node in recorder["cases"].items():
+                transition = node.get("transition")
+                interaction = recorder["interactions"].get(case_id)
+                if transition and interaction and interaction.get("response"):
+                    counts[(transition["id"], interaction["response"]["status_code"])] += 1
+    return counts
