@@ -355,7 +355,8 @@ def openapi_document() -> dict[str, Any]:
                                          parameters={"agreement_id": "$response.body#/agreement_id"}),
                    "CreateQuickPayment": _link("createQuickPayment", body={
                        "agreement_id": "$response.body#/agreement_id", "currency": "$response.body#/currency",
-                       # the partner's own settlement account, which always exists
+                       # up to the per-payment limit, to the partner's own settlement account
+                       "amount": "$response.body#/per_payment_limit",
                        "creditor_account": "set_{$response.body#/partner_id}"}),
                    **account_links})},
         "/v1/agreements/{agreement_id}": {"get": _op(
