@@ -59,7 +59,6 @@ _UNSAFE_URL_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _ACCOUNT_ID = re.compile(r"(acc|set|sys)_[A-Za-z0-9_\-]{1,60}")
 _AGREEMENT_ID = re.compile(r"agr_[A-Za-z0-9_\-]{1,60}")
 _PARTNER_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-_LIST_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -288,6 +287,8 @@ def _raise_for(code: str) -> None:
 
 
 PAGE_LIMIT_MAX = 200
+# Fraud rule ids and list names are identifiers of the rule language (fraud/parser.py).
+RULE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def ascii_int(text: str) -> int | None:
@@ -408,6 +409,9 @@ def create_app(config: GatewayConfig) -> web.Application:
                 raise ApiError(400, "invalid_request", "body must be form-encoded or JSON") from None
             if not isinstance(form, dict):
                 raise ApiError(400, "invalid_request", "body must be an object")
+            for name in ("client_id", "client_secret"):
+                if name in form and not isinstance(form[name], str):
+                    raise field_error(400, "invalid_request", f"{name} must be a string", name)
         if form.get("grant_type") != "client_credentials":
             raise field_error(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
         client_id = client_id or form.get("client_id")
@@ -660,8 +664,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def change_list(request: web.Request) -> web.Response:
         gw.require_admin(request)
         name = request.match_info["name"]
-        if _LIST_NAME.fullmatch(name) is None:
-            raise field_error(400, "QP.Path.Invalid", "a list name is 1-64 characters of A-Z a-z 0-9 _ -",
+        if not RULE_IDENTIFIER.fullmatch(name):
+            raise field_error(400, "QP.Path.Invalid", "a list name is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
                               "path.name")
         body: ListChangeRequest = decode_body(await read_body(request), ListChangeRequest)  # type: ignore[assignment]
         result: Any = None
@@ -680,8 +684,8 @@ def create_app(config: GatewayConfig) -> web.Application:
         if decision is not None and decision not in ("allow", "review", "block"):
             raise field_error(400, "QP.Query.Invalid", "decision must be allow, review or block", "query.decision")
         rule_id = request.query.get("rule_id")
-        if rule_id is not None and not 1 <= len(rule_id) <= QUERY_TEXT_MAX:
-            raise field_error(400, "QP.Query.Invalid", f"rule_id must be 1-{QUERY_TEXT_MAX} characters",
+        if rule_id is not None and not RULE_IDENTIFIER.fullmatch(rule_id):
+            raise field_error(400, "QP.Query.Invalid", "rule_id is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
                               "query.rule_id")
         limit = _page_limit(request)
         answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})

@@ -16,13 +16,15 @@ __all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "Risk", "Agreem
 # bounded in characters, which bounds UTF-8 bytes at four per character. The JSON
 # decoder itself refuses invalid UTF-8 and lone surrogates.
 _ID_CHARS = r"[A-Za-z0-9_\-]"
-# Python's `$` also matches before a final newline ("agr_x\n" would pass `^...$`);
-# `(?!\n)$` means the very end in Python and in ECMA-262 (the OpenAPI dialect).
-_END = r"(?!\n)$"
-# No C0/C1 control characters or DEL in a single-line value.
-SAFE_TEXT = r"^[^\x00-\x1f\x7f-\x9f]+(?!\n)$"
-# A rule file may hold tabs and newlines, but no other control characters.
-MULTILINE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$"
+# Patterns end in \Z, not $: msgspec matches with re.search, where "$" also matches
+# before a final newline ("agr_x\n" would pass `^...$`). gateway/openapi.py writes them
+# as "$" for JSON Schema (ECMA-262), where "$" is the very end.
+_END = r"\Z"
+# One-line text: no C0/C1 control characters or DEL (PostgreSQL refuses NUL in text,
+# and the rest make no sense in a name, a reference or a list value).
+SAFE_TEXT = r"^[^\x00-\x1f\x7f-\x9f]+\Z"
+# A rule file may hold tabs and newlines (and CR), but no other control characters.
+MULTILINE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+\Z"
 
 
 def _text(max_chars: int, what: str) -> msgspec.Meta:
@@ -39,7 +41,7 @@ AccountId = Annotated[str, msgspec.Meta(
     min_length=5, max_length=64, pattern=rf"^(acc|set|sys)_{_ID_CHARS}+{_END}",
     description="an account id (acc_..., or a partner's settlement account set_...)")]
 AmountText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}(?!\n)$")]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 Reference = Annotated[str, _text(140, "free text the partner keeps with the payment")]
 ShortText = Annotated[str, _text(100, "a name")]
 
