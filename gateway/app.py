@@ -288,6 +288,8 @@ def _raise_for(code: str) -> None:
 
 PAGE_LIMIT_MAX = 200
 # Fraud rule ids and list names are identifiers of the rule language (fraud/parser.py).
+# The audit trail's author in a query: the body's `author` rule (gateway/schemas.py).
+_AUTHOR = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,100}")
 RULE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -625,8 +627,9 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     def fraud_author(request: web.Request) -> str:
         author = request.query.get("author", "admin")
-        if not 1 <= len(author) <= 100 or not author.isprintable():
-            raise field_error(400, "QP.Query.Invalid", "author must be 1..100 printable characters", "query.author")
+        if _AUTHOR.fullmatch(author) is None:
+            raise field_error(400, "QP.Query.Invalid", "author must be 1-100 characters without control characters",
+                              "query.author")
         return author
 
     @routes.get("/admin/v1/fraud/rules")

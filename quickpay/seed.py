@@ -101,9 +101,10 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
     blocked_count = int(len(rows) * args.blocked_share) if args.blocked_share > 0 else 0
     rng = random.Random(7)
     blocked = rng.sample(rows, blocked_count) if blocked_count else []
-    if blocked:
+    from gateway.schemas import LIST_CHANGE_VALUES_MAX
+    for start in range(0, len(blocked), LIST_CHANGE_VALUES_MAX):
         api.request("POST", "/admin/v1/fraud/lists/blocked_accounts",
-                    {"add": [debtor for _, _, debtor in blocked]}, token=admin)
+                    {"add": [debtor for _, _, debtor in blocked[start:start + LIST_CHANGE_VALUES_MAX]]}, token=admin)
     blocked_ids = {agreement for _, agreement, _ in blocked}
     out = Path(args.out or state.path)
     out.mkdir(parents=True, exist_ok=True)
