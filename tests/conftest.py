@@ -30,6 +30,11 @@ STACK_FLAGS: tuple[str, ...] = ("--no-rules", "--no-monitor")
 
 READY_TIMEOUT_S = 120.0
 
+# One cluster secret for every stack of the session, so shard clients made in tests
+# (ledger.client.ShardClient reads QUICKPAY_CLUSTER_SECRET) can talk to any test stack;
+# `quickpay up` uses the environment's secret over its state directory's.
+os.environ.setdefault("QUICKPAY_CLUSTER_SECRET", __import__("secrets").token_hex(32))
+
 
 def free_port() -> int:
     with socket.socket() as s:
