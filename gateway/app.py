@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import hmac
 import itertools
 import time
 import uuid
@@ -25,7 +24,7 @@ from quickpay.ids import (
 )
 from quickpay.money import CURRENCY_EXPONENTS, AmountError, format_amount, parse_amount
 
-from .auth import TokenService, hash_secret, new_secret, secret_matches
+from .auth import TokenService, admin_token_matches, hash_secret, new_secret, secret_matches
 from .errors import ApiError, error_response, field_error
 from .openapi import openapi_document
 from .schemas import (
@@ -136,8 +135,7 @@ class Gateway:
     def require_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), self.config.admin_token.encode()):
+        if scheme.lower() != "bearer" or not admin_token_matches(token.strip(), self.config.admin_token):
             raise ApiError(401, "QP.Auth.Admin", "an admin bearer token is required",
                            headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'})
 
