@@ -724,3 +724,16 @@ def test_a_trust_cluster_of_an_older_version_gets_a_password(tmp_path: Path) -> 
         assert _mode(pg.passfile) == 0o600
     finally:
         pg.stop()
+
+
+def test_admin_token_check_answers_401_for_undecodable_header_bytes(own: Stack) -> None:
+    """aiohttp hands undecodable header bytes over as surrogates; the admin check once
+    encoded them as UTF-8 and failed with a 500."""
+    with socket.create_connection(("127.0.0.1", own.port), timeout=10) as conn:
+        conn.sendall(b"GET /admin/v1/fraud/rules HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Authorization: Bearer \xff\xfe" + own.admin_token.encode() + b"\r\n\r\n")
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    status_line = response.split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"401", response[:500]
