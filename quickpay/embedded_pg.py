@@ -136,48 +136,57 @@ class EmbeddedPostgres:
                                 capture_output=True, text=True, user=self.run_as)
         return result.returncode == 0
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """Everything but the server process: data directory (initdb on first use), the
+        password, pg_hba.conf. Safe to call before every start."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.data_dir.exists():
             self.data_dir.mkdir()
         self._chown(self.data_dir)
         self._prepare_permissions()
-        fresh = not self.passfile.exists()
-        password = self.password
         if not (self.data_dir / "PG_VERSION").exists():
-            # initdb reads the password from a file in a fresh private directory
-            # (mkdtemp, 0700) that only the server's user can open, removed right after.
-            import shutil
-            import tempfile
-            from quickpay.config import write_private_file
-            scratch = Path(tempfile.mkdtemp(prefix="qp-initdb-"))
-            try:
-                pwfile = scratch / "pwfile"
-                write_private_file(pwfile, password + "\n")
-                self._chown(scratch)
-                self._chown(pwfile)
-                self._run([str(BIN_PATH / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                           "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-                           "--encoding=UTF8", "--no-instructions"])
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        elif fresh and not self.is_running():
-            # A cluster made before passwords (trust): give `postgres` the new password in
+            self._initdb(self.password)
+        elif not self.passfile.exists():
+            # A cluster made before passwords (trust): give `postgres` a password in
             # single-user mode, which needs no connection and no authentication.
-            self._run([str(BIN_PATH / "postgres"), "--single", "-D", str(self.data_dir), "postgres"],
-                      input=f"ALTER ROLE postgres PASSWORD '{password}';\n")
+            if self.is_running():
+                raise SystemExit(f"a PostgreSQL started by an older quickpay is running on {self.data_dir}; "
+                                 f"stop it ({BIN_PATH / 'pg_ctl'} -D {self.data_dir} stop) and start again")
+            password = self.password
+            try:
+                self._run([str(BIN_PATH / "postgres"), "--single", "-D", str(self.data_dir), "postgres"],
+                          input=f"ALTER ROLE postgres PASSWORD '{password}';\n")
+            except BaseException:
+                self.passfile.unlink()  # not set: try again next start
+                raise
         self._write_hba()
-        if self.is_running():
-            return
-        port = self.requested_port or (int(self.port_file.read_text())
-                                       if self.port_file.exists() else _free_port())
-        self.port_file.write_text(str(port))
+
+    def _initdb(self, password: str) -> None:
+        # initdb reads the password from a file in a fresh private directory (mkdtemp,
+        # 0700) that only the server's user can open, removed right after.
+        import shutil
+        import tempfile
+        from quickpay.config import write_private_file
+        scratch = Path(tempfile.mkdtemp(prefix="qp-initdb-"))
+        try:
+            pwfile = scratch / "pwfile"
+            write_private_file(pwfile, password + "\n")
+            self._chown(scratch)
+            self._chown(pwfile)
+            self._run([str(BIN_PATH / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                       "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+                       "--encoding=UTF8", "--no-instructions"])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def ensure_socket_dir(self) -> Path:
+        """The private (0700) socket directory, owned by the server's user; made or checked."""
         from quickpay.config import private_socket_dir
-        socket_dir = private_socket_dir(self.state_dir, "pg-socket", _LONGEST_SOCKET, self._owner())
-        if not self.log_file.exists():
-            self.log_file.touch()
-        self._chown(self.log_file)
-        options = " ".join([
+        return private_socket_dir(self.state_dir, "pg-socket", _LONGEST_SOCKET, self._owner())
+
+    def server_options(self, port: int, socket_dir: Path) -> list[str]:
+        """The postgres settings quickpay runs with (for pg_ctl -o, or postgres itself)."""
+        return [
             "-c listen_addresses=127.0.0.1", f"-p {port}", f"-k {socket_dir}",
             "-c unix_socket_permissions=0700", "-c password_encryption=scram-sha-256",
             f"-c max_connections={self.max_connections}",
@@ -185,9 +194,22 @@ class EmbeddedPostgres:
             "-c fsync=on", "-c synchronous_commit=on", "-c full_page_writes=on",
             "-c max_wal_size=4GB", "-c checkpoint_timeout=15min",
             "-c wal_buffers=16MB", "-c log_min_messages=warning",
-        ])
+        ]
+
+    def start(self) -> None:
+        self.prepare()
+        if self.is_running():
+            return
+        port = self.requested_port or (int(self.port_file.read_text())
+                                       if self.port_file.exists() else _free_port())
+        self.port_file.write_text(str(port))
+        socket_dir = self.ensure_socket_dir()
+        os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(self.log_file, 0o600)
+        self._chown(self.log_file)
         self._run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                   "-w", "-t", str(START_TIMEOUT_S), "-o", options, "start"])
+                   "-w", "-t", str(START_TIMEOUT_S), "-o", " ".join(self.server_options(port, socket_dir)),
+                   "start"])
 
     def _write_hba(self) -> None:
         from quickpay.config import write_private_file
