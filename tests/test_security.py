@@ -737,3 +737,21 @@ def test_admin_token_check_answers_401_for_undecodable_header_bytes(own: Stack) 
             response += chunk
     status_line = response.split(b"\r\n", 1)[0]
     assert status_line.split()[1] == b"401", response[:500]
+
+
+def test_postgres_under_a_long_state_path_gets_a_private_tempdir_socket(tmp_path: Path) -> None:
+    state = tmp_path / ("x" * 60) / ("y" * 60)
+    pg = EmbeddedPostgres(state)
+    pg.start()
+    socket_dir = pg.socket_dir
+    try:
+        assert socket_dir != state / "pg-socket" and len(str(socket_dir / ".s.PGSQL.65535")) <= 107
+        assert read_private_file(state / "pg-socket.path").strip() == str(socket_dir)
+        assert _mode(socket_dir) == 0o700
+        expected_owner = pwd.getpwnam("embedded_postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+        assert os.lstat(socket_dir).st_uid == expected_owner
+        _assert_password_required(pg)
+    finally:
+        pg.stop()
+        import shutil
+        shutil.rmtree(socket_dir, ignore_errors=True)
