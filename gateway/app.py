@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import hmac
 import itertools
 import logging
 import re
@@ -27,7 +26,7 @@ from quickpay.ids import (
 )
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
 
-from .auth import TokenService, hash_secret, new_secret, secret_matches
+from .auth import TokenService, admin_token_matches, hash_secret, new_secret, secret_matches
 from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
@@ -195,9 +194,7 @@ class Gateway:
     def require_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not is_printable_ascii(token, TOKEN_MAX) or not hmac.compare_digest(
-                token.encode(), self.config.admin_token.encode()):
+        if scheme.lower() != "bearer" or not admin_token_matches(token.strip(), self.config.admin_token):
             raise ApiError(401, "QP.Auth.Admin", "an admin bearer token is required",
                            headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'})
 

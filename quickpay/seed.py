@@ -29,11 +29,11 @@ CHUNK = 5_000
 
 async def seed_customers(addresses: list[str], partners: list[dict[str, Any]], customers: int,
                          funding_minor: int, currency: str = "CNY",
-                         progress: Any = None) -> list[tuple[int, str, str]]:
+                         progress: Any = None, secret: str | None = None) -> list[tuple[int, str, str]]:
     """Open, fund and bind `customers` accounts; returns (partner_index, agreement_id, debtor)."""
     from ledger.client import ShardClient
     shard_count = len(addresses)
-    clients = [ShardClient(a, call_timeout_s=120.0, in_flight_max=50_000) for a in addresses]
+    clients = [ShardClient(a, call_timeout_s=120.0, in_flight_max=50_000, secret=secret) for a in addresses]
     rows: list[tuple[int, str, str]] = []
     try:
         done = 0
@@ -96,7 +96,8 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         print(f"\rseeding customers: {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    rows = asyncio.run(seed_customers(addresses, partners, args.customers, funding_minor, currency, progress))
+    rows = asyncio.run(seed_customers(addresses, partners, args.customers, funding_minor, currency, progress,
+                                      secret=state.cluster_secret))
     print(file=sys.stderr)
     blocked_count = int(len(rows) * args.blocked_share) if args.blocked_share > 0 else 0
     rng = random.Random(7)
