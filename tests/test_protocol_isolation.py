@@ -11,6 +11,7 @@ import pytest
 
 import ledger.protocol as protocol
 from ledger.client import ShardClient, ShardError
+from ledger.handshake import CLIENT_PROOF_BYTES, ServerHandshake
 from ledger.protocol import FrameDecoder, FrameError, encode_frames, join_frames, encode_message
 
 
@@ -56,7 +57,15 @@ def test_client_fails_only_the_unencodable_call(tmp_path: Path) -> None:
     async def main() -> None:
         seen: list[Any] = []
 
+        secret = b"k" * 64
+
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # The shard side of the connect handshake (ledger/handshake.py), then frames.
+            handshake = ServerHandshake(secret)
+            writer.write(handshake.hello())
+            step = handshake.feed(await reader.readexactly(CLIENT_PROOF_BYTES))
+            assert step.done
+            writer.write(step.send)
             decoder = FrameDecoder()
             while data := await reader.read(65536):
                 for request_id, op, args in decoder.feed(data):
@@ -65,7 +74,7 @@ def test_client_fails_only_the_unencodable_call(tmp_path: Path) -> None:
 
         path = str(tmp_path / "s.sock")
         server = await asyncio.start_unix_server(serve, path)
-        client = ShardClient("unix:" + path, call_timeout_s=30.0)
+        client = ShardClient("unix:" + path, call_timeout_s=30.0, secret=secret)
         try:
             await client.connect()
             calls = [client.call("good", 1), client.call("bad", {"before_seq": 2**70}),
