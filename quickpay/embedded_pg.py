@@ -94,6 +94,17 @@ class EmbeddedPostgres:
         return result.returncode == 0
 
     def start(self) -> None:
+        """Start the server daemonised (pg_ctl): for `check`, `--keep-db` and tests.
+        `quickpay up` runs it in the foreground instead (`postmaster_argv`), supervised."""
+        self.prepare()
+        if self.is_running():
+            return
+        self._run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+                   "-w", "-t", str(START_TIMEOUT_S), "-o", " ".join(self.server_options()), "start"])
+
+    def prepare(self) -> None:
+        """Everything a start needs before the server runs: the cluster (initdb on first
+        use), permissions, the port file, the socket directory and the log file."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.data_dir.exists():
             self.data_dir.mkdir()
@@ -102,8 +113,6 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._run([str(BIN_PATH / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                        "--auth=trust", "--encoding=UTF8", "--no-instructions"])
-        if self.is_running():
-            return
         port = self.requested_port or (int(self.port_file.read_text())
                                        if self.port_file.exists() else _free_port())
         self.port_file.write_text(str(port))
@@ -112,16 +121,48 @@ class EmbeddedPostgres:
         if not self.log_file.exists():
             self.log_file.touch()
         self._chown(self.log_file)
-        options = " ".join([
-            "-c listen_addresses=127.0.0.1", f"-p {port}", f"-k {self.socket_dir}",
-            f"-c max_connections={self.max_connections}",
-            f"-c shared_buffers={self.shared_buffers_mb}MB",
-            "-c fsync=on", "-c synchronous_commit=on", "-c full_page_writes=on",
-            "-c max_wal_size=4GB", "-c checkpoint_timeout=15min",
-            "-c wal_buffers=16MB", "-c log_min_messages=warning",
-        ])
-        self._run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                   "-w", "-t", str(START_TIMEOUT_S), "-o", options, "start"])
+
+    def server_options(self) -> list[str]:
+        """The postmaster's command-line settings, the same for pg_ctl and foreground starts."""
+        return [
+            "-c", "listen_addresses=127.0.0.1", "-p", str(self.port), "-k", str(self.socket_dir),
+            "-c", f"max_connections={self.max_connections}",
+            "-c", f"shared_buffers={self.shared_buffers_mb}MB",
+            "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on",
+            "-c", "max_wal_size=4GB", "-c", "checkpoint_timeout=15min",
+            "-c", "wal_buffers=16MB", "-c", "log_min_messages=warning",
+        ]
+
+    # ---- foreground (supervised) server -------------------------------------------
+    def postmaster_argv(self) -> list[str]:
+        """The command that runs the server in the foreground, for a supervisor: it
+        exits when PostgreSQL stops or dies, and SIGINT asks for a fast shutdown.
+        Run it as `run_as` (PostgreSQL refuses root). Call `prepare()` first."""
+        return [str(BIN_PATH / "postgres"), "-D", str(self.data_dir), *self.server_options()]
+
+    def before_foreground_start(self) -> None:
+        """Run before every (re)start of a foreground server: a SIGKILLed postmaster leaves
+        its postmaster.pid behind. PostgreSQL itself ignores a lock file whose pid is gone,
+        and refuses to start while an orphaned backend still holds the old shared memory
+        (the supervisor then retries with backoff; orphans exit as soon as they notice
+        the postmaster's death). What it cannot tell is a pid reused by an unrelated
+        process: remove the file in that case."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        if not _is_postgres_process(pid):
+            try:
+                pid_file.unlink()
+            except OSError:
+                pass
+
+    def accepting(self) -> bool:
+        """Whether the server accepts connections (pg_isready: needs no credentials)."""
+        result = subprocess.run([str(BIN_PATH / "pg_isready"), "-q", "-h", str(self.socket_dir),
+                                 "-p", str(self.port), "-t", "2"], capture_output=True)
+        return result.returncode == 0
 
     def stop(self) -> None:
         if self.is_running():
@@ -144,6 +185,20 @@ class EmbeddedPostgres:
             if name not in existing:
                 subprocess.run([psql, self.dsn(), "-qc", f'CREATE DATABASE "{name}"'],
                                check=True, capture_output=True, text=True)
+
+
+def _is_postgres_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip().startswith("postgres")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def attach_state(state_dir: Path | str) -> tuple[EmbeddedPostgres, list[str], bool]:
