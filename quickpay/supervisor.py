@@ -159,7 +159,7 @@ class Supervisor:
                     child.failures = 0
                     child.backoff_s = RESTART_BACKOFF_MIN_S
                 child.failures += 1
-                log.warning("%s exited with %s; restarting in %.1fs", child.name, code, child.backoff_s)
+                log.info("%s exited with %s; restarting in %.1fs", child.name, code, child.backoff_s)
                 if child.crash_looping:
                     self._say(f"{child.name} is crash-looping: exited with {code}, {child.failures} deaths "
                               f"in a row; restarting in {child.backoff_s:.1f}s")
