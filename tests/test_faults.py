@@ -374,6 +374,67 @@ async def test_relay_connections_dropped_and_stalled(faulty: dict[str, Any], wor
     assert "relay to shard" in stack.log()[before_log:], "the relay never saw a failure"
 
 
+def test_idle_worker_exits_when_its_database_connection_dies(faulty: dict[str, Any],
+                                                             world: dict[str, Any]) -> None:
+    """Without traffic: PostgreSQL ends every connection to shard 0's database (as a
+    restart or an operator would). The worker must not linger, alive and answering
+    pings but unable to write (or holding no advisory lock): it exits, is restarted,
+    and the next payment on that shard is a 201."""
+    stack: Stack = faulty["stack"]
+    old = child_pid(stack, "shard-0")
+    admin_dsn = EmbeddedPostgres(stack.state_dir).dsn("postgres")
+
+    async def terminate() -> int:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()", shard_database(0)))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(terminate()) >= 2
+    assert wait_child_replaced(stack, "shard-0", old, timeout_s=30) != old
+    stack.wait_ready(60)
+    debtor = world["debtors"][0][0]
+    reply = stack.pay(world["partner"], debtor["agreement_id"], world["partner"]["settlement_account"], "0.01")
+    assert reply.status == 201, reply.body
+
+
+def test_stale_lock_file_of_an_unrelated_process_is_removed(tmp_path: Any) -> None:
+    """A SIGKILLed postmaster leaves postmaster.pid behind; if its pid now belongs to an
+    unrelated process PostgreSQL would refuse to start, so the supervisor's pre-start
+    step removes it, and one whose process is gone. One whose pid is a live postgres
+    is kept: PostgreSQL decides (it refuses to share a data directory)."""
+    pg = EmbeddedPostgres(tmp_path)
+    pg.data_dir.mkdir(parents=True)
+    lock = pg.data_dir / "postmaster.pid"
+    lock.write_text(f"{os.getpid()}\n{pg.data_dir}\n")        # this pytest process: not postgres
+    pg.before_foreground_start()
+    assert not lock.exists()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        lock.write_text(f"{sleeper.pid}\n")
+        pg.before_foreground_start()
+        assert not lock.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock.write_text(f"{sleeper.pid}\n")                      # gone
+    pg.before_foreground_start()
+    assert not lock.exists()
+    fake = tmp_path / "postgres"                 # a process whose name is postgres
+    fake.symlink_to("/bin/sleep")
+    postgres = subprocess.Popen([str(fake), "30"])
+    try:
+        lock.write_text(f"{postgres.pid}\n")
+        pg.before_foreground_start()
+        assert lock.exists()
+    finally:
+        postgres.kill()
+        postgres.wait()
+
+
 # ---- crash loop ----------------------------------------------------------------------------
 def test_crash_loop_backs_off_and_is_reported(faulty: dict[str, Any], world: dict[str, Any]) -> None:
     stack: Stack = faulty["stack"]
