@@ -487,3 +487,48 @@ def test_crash_loop_backs_off_and_is_reported(faulty: dict[str, Any], world: dic
     reply = stack.pay(world["partner"], world["debtors"][1][0]["agreement_id"],
                       world["partner"]["settlement_account"], "0.01")
     assert reply.status == 201, reply.body
+
+
+# ---- relay: a failed outbox re-read must not end the relay -------------------------------------
+async def test_relay_survives_a_failed_outbox_reread() -> None:
+    """When its queue overflowed, the relay re-reads the outbox from PostgreSQL; if that
+    read fails (the database restarting, a dropped pooled connection) the relay must
+    retry it, not end its task and leave the legs undelivered while the worker looks
+    alive."""
+    from ledger.model import CreditLeg
+    from ledger.relay import Relay
+
+    delivered: list[str] = []
+    reads: list[int] = []
+
+    class Peer:
+        async def call(self, op: str, args: Any) -> Any:
+            assert op == "credit"
+            await asyncio.sleep(0)          # a real call yields to the loop
+            return {"applied": len(args), "replayed": 0}
+
+    legs = [CreditLeg(f"pay_{i}", 0, "acc_c", 100 + i, "CNY", 1) for i in range(3)]
+
+    async def reload_outbox() -> list[tuple[CreditLeg, int]]:
+        reads.append(1)
+        if len(reads) == 1:
+            raise ConnectionError("connection was closed in the middle of operation")
+        await asyncio.sleep(0)
+        return [(leg, 1) for leg in legs if leg.transfer_id not in delivered]   # the outbox
+
+    async def on_delivered(ids: list[str]) -> None:
+        delivered.extend(ids)
+
+    relay = Relay(0, {1: Peer()}, on_delivered, reload_outbox,  # type: ignore[dict-item]
+                  queue_max=1, retry_backoff_max_s=0.05)
+    relay.start()
+    try:
+        relay.enqueue([(leg, 1) for leg in legs])        # one fits; the others overflow to the outbox
+        for _ in range(200):
+            if set(delivered) == {leg.transfer_id for leg in legs}:
+                break
+            await asyncio.sleep(0.02)
+        assert set(delivered) == {leg.transfer_id for leg in legs}, (delivered, reads)
+        assert len(reads) >= 2
+    finally:
+        await relay.close()
