@@ -11,6 +11,8 @@ import datetime
 import hashlib
 import hmac
 import itertools
+import logging
+import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable
@@ -23,12 +25,14 @@ from quickpay.ids import (
     is_striped, new_account_id, new_agreement_id, new_partner_id, payment_id_for,
     settlement_account_for, shard_of_payment,
 )
+from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
 from quickpay.supervisor import read_status
-from quickpay.money import CURRENCY_EXPONENTS, AmountError, format_amount, parse_amount
 
 from .auth import TokenService, hash_secret, new_secret, secret_matches
 from .errors import ApiError, error_response, field_error
+from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
+from .paging import merge_page
 from .schemas import (
     AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest,
     QuickPaymentRequest, RulesRequest, decode_body,
@@ -40,6 +44,23 @@ __all__ = ["GatewayConfig", "create_app", "BODY_MAX_BYTES"]
 BODY_MAX_BYTES = 64 * 1024
 IDEMPOTENCY_KEY_MAX = 64
 INTERACTION_ID_MAX = 128
+TOKEN_MAX = 4096
+QUERY_TEXT_MAX = 200
+
+log = logging.getLogger("quickpay.gateway")
+
+# Printable ASCII (space to tilde): what an idempotency key, an interaction id or a
+# bearer token may hold.
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+# Control characters and lone surrogates have no business in a path or a query string:
+# refused before any handler sees them (a NUL would reach PostgreSQL, a surrogate
+# cannot be encoded for the shard protocol).
+_UNSAFE_URL_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Ids in paths: the shapes quickpay.ids makes (prefix, ASCII id characters, bounded).
+_ACCOUNT_ID = re.compile(r"(acc|set|sys)_[A-Za-z0-9_\-]{1,60}")
+_AGREEMENT_ID = re.compile(r"agr_[A-Za-z0-9_\-]{1,60}")
+_PARTNER_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -91,13 +112,46 @@ def _now_s() -> int:
     return int(time.time())
 
 
-# ---- middleware -----------------------------------------------------------------
+def is_printable_ascii(text: str, max_chars: int) -> bool:
+    return len(text) <= max_chars and _PRINTABLE_ASCII.fullmatch(text) is not None
+
+
+def _check_url(request: web.Request) -> None:
+    if _UNSAFE_URL_TEXT.search(request.path) is not None:
+        raise field_error(400, "QP.Path.Invalid", "the path holds control characters", "path")
+    if _UNSAFE_URL_TEXT.search(request.query_string) is not None:
+        raise field_error(400, "QP.Query.Invalid", "the query string holds control characters", "query")
+
+
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, "QP.Service.Unavailable", message, headers={"Retry-After": "1"})
+
+
+def _internal(exc: BaseException, interaction_id: str) -> ApiError:
+    """A 500 in the one error shape; the log line with the traceback carries the same id."""
+    error_id = uuid.uuid4().hex
+    log.error("internal error %s (interaction %s): %r", error_id, interaction_id, exc,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return ApiError(500, "QP.Internal", f"internal error {error_id}; the operator can look it up by this id")
+
+
+def _shard_error(exc: ShardError, interaction_id: str) -> ApiError:
+    code = exc.code
+    if code == "OVERLOADED":
+        return _unavailable(f"the ledger is overloaded ({exc.message}); retry with the same x-idempotency-key")
+    if code == "BAD_REQUEST":
+        return ApiError(400, "QP.Request.Invalid", "the ledger refused the request as malformed",
+                        [{"code": "QP.Request.Invalid", "message": exc.message[:200], "path": "$"}])
+    return _internal(exc, interaction_id)
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     interaction_id = request.headers.get("x-fapi-interaction-id")
-    if not interaction_id or len(interaction_id) > INTERACTION_ID_MAX:
+    if not interaction_id or not is_printable_ascii(interaction_id, INTERACTION_ID_MAX):
         interaction_id = _new_interaction_id()
     try:
+        _check_url(request)
         response = await handler(request)
     except ApiError as error:
         response = error_response(error)
@@ -106,14 +160,18 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes"))
     except web.HTTPException as exc:
         code = {404: "QP.Resource.NotFound", 405: "QP.Method.NotAllowed"}.get(exc.status, "QP.Http")
-        response = error_response(ApiError(exc.status, code, exc.reason))
+        allow = exc.headers.get("Allow")
+        response = error_response(ApiError(exc.status, code, exc.reason,
+                                           headers={"Allow": allow} if allow is not None else None))
     except (ShardUnavailable, ShardOverloaded) as exc:
         # The outcome is unknown to us; the partner retries with the same key and
         # gets exactly one payment either way.
-        response = error_response(ApiError(
-            503, "QP.Service.Unavailable",
-            f"the ledger did not answer ({exc}); retry with the same x-idempotency-key",
-            headers={"Retry-After": "1"}))
+        response = error_response(_unavailable(
+            f"the ledger did not answer ({exc}); retry with the same x-idempotency-key"))
+    except ShardError as exc:
+        response = error_response(_shard_error(exc, interaction_id))
+    except Exception as exc:  # a bug: never a bare text 500 without the interaction id
+        response = error_response(_internal(exc, interaction_id))
     response.headers["x-fapi-interaction-id"] = interaction_id
     return response
 
@@ -131,7 +189,8 @@ class Gateway:
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "QP.Auth.Missing", "a bearer access token is required",
                            headers={"WWW-Authenticate": 'Bearer realm="quickpay"'})
-        partner_id = self.tokens.verify(token.strip(), _now_s())
+        token = token.strip()
+        partner_id = self.tokens.verify(token, _now_s()) if is_printable_ascii(token, TOKEN_MAX) else None
         if partner_id is None:
             raise ApiError(401, "QP.Auth.InvalidToken", "the access token is invalid or expired",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -140,8 +199,9 @@ class Gateway:
     def require_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), self.config.admin_token.encode()):
+        token = token.strip()
+        if scheme.lower() != "bearer" or not is_printable_ascii(token, TOKEN_MAX) or not hmac.compare_digest(
+                token.encode(), self.config.admin_token.encode()):
             raise ApiError(401, "QP.Auth.Admin", "an admin bearer token is required",
                            headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'})
 
@@ -151,7 +211,7 @@ class Gateway:
         if key is None:
             raise field_error(400, "QP.Header.Missing", "the x-idempotency-key header is required",
                               "header.x-idempotency-key")
-        if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
+        if not is_printable_ascii(key, IDEMPOTENCY_KEY_MAX):
             raise field_error(400, "QP.Header.Invalid",
                               f"x-idempotency-key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
                               "header.x-idempotency-key")
@@ -231,24 +291,45 @@ def _raise_for(code: str) -> None:
 
 
 PAGE_LIMIT_MAX = 200
+# Fraud rule ids and list names are identifiers of the rule language (fraud/parser.py).
+RULE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def ascii_int(text: str) -> int | None:
+    """A non-negative int of 1-18 ASCII digits (so it always fits int64), else None.
+
+    str.isdigit() and int() accept Unicode digits ("²", "٣", fullwidth "１"), int()
+    accepts "1_0", " 1" and signs: partner input gets none of that."""
+    return int(text) if _ASCII_DIGITS.fullmatch(text) is not None else None
 
 
 def _page_limit(request: web.Request) -> int:
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit") from None
+    limit = ascii_int(request.query.get("limit", "50"))
+    if limit is None:
+        raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit")
     if not 1 <= limit <= PAGE_LIMIT_MAX:
         raise field_error(400, "QP.Query.Invalid", f"limit must be between 1 and {PAGE_LIMIT_MAX}", "query.limit")
     return limit
 
 
+CURSOR_MAX_CHARS = 4096
+
+
 def _decode_cursor(text: str | None, shards: list[int]) -> dict[int, int]:
     if not text:
         return {}
+    cursor: dict[int, int] = {}
     try:
+        if len(text) > CURSOR_MAX_CHARS or not text.isascii():
+            raise ValueError("cursor too long or not ASCII")
         raw = msgspec.json.decode(base64.urlsafe_b64decode(text.encode() + b"=="))
-        cursor = {int(k): int(v) for k, v in raw.items()}
+        for k, v in raw.items():
+            # Positions are journal seqs: ASCII shard numbers, positive int64 values
+            # (a bigger one cannot be encoded for the shard or bound in PostgreSQL).
+            shard = ascii_int(k)
+            if shard is None or type(v) is not int or not 0 < v <= INT64_MAX:
+                raise ValueError("bad cursor entry")
+            cursor[shard] = v
     except Exception:
         raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor") from None
     if any(s not in shards for s in cursor):
@@ -274,7 +355,11 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def read_body(request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > BODY_MAX_BYTES:
             raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
-        return await request.read()
+        body = await request.read()
+        if body and request.content_type != "application/json":
+            raise field_error(415, "QP.Body.UnsupportedMediaType", "the request body must be application/json",
+                              "header.content-type")
+        return body
 
     # -- health and docs --
     @routes.get("/healthz")
@@ -286,8 +371,12 @@ def create_app(config: GatewayConfig) -> web.Application:
         shards: list[dict[str, Any]] = []
         for index, client in enumerate(router.clients):
             try:
-                await client.call("ping")
+                answer = await client.call("ping")
                 shards.append({"shard": index, "ready": True})
+                if isinstance(answer, dict) and answer.get("fraud"):
+                    # Degraded fraud rules (a stored version that does not build) are
+                    # reported, not fatal: the shard enforces the last version that builds.
+                    shards[-1]["fraud"] = answer["fraud"]
             except Exception as exc:
                 shards.append({"shard": index, "ready": False, "error": str(exc)})
         ready = all(s["ready"] for s in shards)
@@ -322,21 +411,27 @@ def create_app(config: GatewayConfig) -> web.Application:
         if request.content_type == "application/x-www-form-urlencoded":
             if request.content_length is not None and request.content_length > BODY_MAX_BYTES:
                 raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
-            form = await request.post()
+            try:
+                form = await request.post()
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, "invalid_request", "the form body is malformed") from None
         elif request.can_read_body:
             body = await read_body(request)
             try:
                 form = msgspec.json.decode(body) if body else {}
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 raise ApiError(400, "invalid_request", "body must be form-encoded or JSON") from None
             if not isinstance(form, dict):
                 raise ApiError(400, "invalid_request", "body must be an object")
+            for name in ("client_id", "client_secret"):
+                if name in form and not isinstance(form[name], str):
+                    raise field_error(400, "invalid_request", f"{name} must be a string", name)
         if form.get("grant_type") != "client_credentials":
             raise field_error(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
         client_id = client_id or form.get("client_id")
         client_secret = client_secret or form.get("client_secret")
-        if not isinstance(client_id, str) or not isinstance(client_secret, str) or not client_id \
-                or len(client_id) > 64 or len(client_secret) > 256:
+        if not isinstance(client_id, str) or not isinstance(client_secret, str) \
+                or _PARTNER_ID.fullmatch(client_id) is None or not is_printable_ascii(client_secret, 256):
             raise ApiError(401, "invalid_client", "client authentication failed")
         partner = await router.client_for(client_id).call("partner", {"id": client_id})
         if partner is None or not secret_matches(client_secret, partner["secret_sha256"]):
@@ -370,6 +465,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def get_agreement(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         agreement_id = request.match_info["agreement_id"]
+        if _AGREEMENT_ID.fullmatch(agreement_id) is None:
+            raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
         found = await router.client_for(agreement_id).call(
             "agreement", {"id": agreement_id, "partner_id": partner_id})
         if found is None:
@@ -429,6 +526,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     # -- accounts --
     async def account_shards(account_id: str, partner_id: str | None) -> tuple[list[int], str | None]:
         """Shards to ask about an account, and the partner filter the shard applies."""
+        if _ACCOUNT_ID.fullmatch(account_id) is None:
+            raise ApiError(404, "QP.Account.NotFound", "no such account")
         if is_striped(account_id):
             if partner_id is not None and account_id != settlement_account_for(partner_id):
                 raise ApiError(404, "QP.Account.NotFound", "no such account")
@@ -458,27 +557,25 @@ def create_app(config: GatewayConfig) -> web.Application:
         limit = _page_limit(request)
         shards, filter_partner = await account_shards(account_id, partner_id)
         cursor = _decode_cursor(request.query.get("cursor"), shards)
-        rows: list[tuple[int, dict[str, Any]]] = []
+        answers: dict[int, list[dict[str, Any]]] = {}
         for s in shards:
             answer = await router.call(s, "transactions", {
                 "id": account_id, "partner_id": filter_partner, "limit": limit + 1,
                 "before_seq": cursor.get(s)})
             if answer is None:
                 raise ApiError(404, "QP.Account.NotFound", "no such account")
-            rows.extend((s, t) for t in answer)
-        # Newest first across stripes; the cursor keeps each stripe's position.
-        rows.sort(key=lambda st: (st[1]["created_at_ms"], st[1]["seq"]), reverse=True)
-        page = rows[:limit]
-        next_cursor = dict(cursor)
-        for s, t in page:
-            next_cursor[s] = min(next_cursor.get(s, 2**62), t["seq"])
+            answers[s] = answer
+        # Each shard's rows come in journal order (seq descending), merged across stripes
+        # by time; the cursor keeps the seq of the last row emitted from each shard
+        # (gateway/paging.py says why sorting by time and paging by seq skipped rows).
+        page, next_cursor = merge_page(answers, cursor, limit)
         items = []
         for _, t in page:
             item = transfer_resource(t)
             item["direction"] = "debit" if t["debit_account"] == account_id else "credit"
             items.append(item)
         return _json(200, {"account_id": account_id, "transactions": items,
-                           "next_cursor": _encode_cursor(next_cursor) if len(rows) > limit else None})
+                           "next_cursor": _encode_cursor(next_cursor) if next_cursor is not None else None})
 
     # -- admin --
     @routes.post("/admin/v1/partners")
@@ -515,7 +612,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         body: FundingRequest = decode_body(await read_body(request), FundingRequest)  # type: ignore[assignment]
         currency = gw.currency(body.currency)
         amount_minor = gw.amount(body.amount, currency, "$.amount")
-        if is_striped(account_id):
+        if is_striped(account_id) or _ACCOUNT_ID.fullmatch(account_id) is None:
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
         shard = router.shard_of(account_id)
         result = await router.call(shard, "fund", {
@@ -536,74 +633,62 @@ def create_app(config: GatewayConfig) -> web.Application:
         return await balance_of(request.match_info["account_id"], None)
 
     # -- admin: fraud rules and lists --
-    async def fraud_change(args: dict[str, Any]) -> list[Any]:
-        results = []
-        for client in router.clients:
-            try:
-                results.append(await client.call("fraud", args))
-            except ShardError as exc:
-                detail = exc.args[0] if exc.args else {}
-                if isinstance(detail, dict) and detail.get("code") == "FRAUD_DISABLED":
-                    raise ApiError(409, "QP.Fraud.Disabled", str(detail.get("message"))) from None
-                if isinstance(detail, dict) and detail.get("code") in ("RULE_ERROR", "BAD_REQUEST"):
-                    raise ApiError(422, "QP.Rules.Invalid", str(detail.get("message")),
-                                   [{"code": "QP.Rules.Invalid", "message": str(detail.get("message")),
-                                     "path": "$.text"}]) from None
-                raise
-        return results
+    # Rule changes are all-or-nothing across shards (stage everywhere, then activate,
+    # undo on failure) and idempotent by content hash: see gateway/fraud_rollout.py.
+    rollout = FraudRollout(router.clients)
 
-    async def fraud_read(what: str) -> list[Any]:
-        answers = await router.broadcast("fraud_read", {"what": what})
-        if any(a.get("disabled") for a in answers):
-            raise ApiError(409, "QP.Fraud.Disabled", answers[0]["message"])
-        return answers
+    def fraud_author(request: web.Request) -> str:
+        author = request.query.get("author", "admin")
+        if not 1 <= len(author) <= 100 or not author.isprintable():
+            raise field_error(400, "QP.Query.Invalid", "author must be 1..100 printable characters", "query.author")
+        return author
 
     @routes.get("/admin/v1/fraud/rules")
     async def get_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        return _json(200, {"shards": await fraud_read("rules")})
+        return _json(200, await rollout.read_rules())
 
     @routes.post("/admin/v1/fraud/rules")
     async def propose_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
         body: RulesRequest = decode_body(await read_body(request), RulesRequest)  # type: ignore[assignment]
-        results = await fraud_change({"action": "propose", "text": body.text, "author": body.author,
-                                      "activate": body.activate, "filename": body.filename})
-        return _json(201, {"active_version": results[0]["active_version"], "shards": results})
+        result = await rollout.propose(body.text, body.author, body.filename, body.activate)
+        return _json(201, result)
 
     @routes.post("/admin/v1/fraud/rules/rollback")
     async def rollback_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        results = await fraud_change({"action": "rollback", "author": request.query.get("author", "admin")})
-        return _json(200, {"active_version": results[0]["active_version"], "shards": results})
+        return _json(200, await rollout.rollback(fraud_author(request)))
 
     @routes.post("/admin/v1/fraud/rules/{version}/activate")
     async def activate_rules(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        version = request.match_info["version"]
-        if not version.isdigit():
-            raise ApiError(404, "QP.Rules.NotFound", "no such rule set version")
-        results = await fraud_change({"action": "activate", "version": int(version),
-                                      "author": request.query.get("author", "admin")})
-        return _json(200, {"active_version": results[0]["active_version"], "shards": results})
+        version = request.match_info["version"].lower()
+        if not VERSION_RE.fullmatch(version):
+            raise ApiError(404, "QP.Rules.NotFound",
+                           "no such rule set version (a version is its sha256 id, or 8 or more of its first hex digits)")
+        return _json(200, await rollout.activate(version, fraud_author(request)))
 
     @routes.get("/admin/v1/fraud/lists")
     async def get_lists(request: web.Request) -> web.Response:
         gw.require_admin(request)
-        return _json(200, (await fraud_read("lists"))[0])
+        return _json(200, await rollout.read_lists())
 
     @routes.post("/admin/v1/fraud/lists/{name}")
     async def change_list(request: web.Request) -> web.Response:
         gw.require_admin(request)
         name = request.match_info["name"]
+        if not RULE_IDENTIFIER.fullmatch(name):
+            raise field_error(400, "QP.Path.Invalid", "a list name is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
+                              "path.name")
         body: ListChangeRequest = decode_body(await read_body(request), ListChangeRequest)  # type: ignore[assignment]
         result: Any = None
         if body.add:
-            result = (await fraud_change({"action": "list_add", "list": name, "values": body.add}))[0]
+            result = await rollout.change_list("list_add", name, body.add)
         if body.remove:
-            result = (await fraud_change({"action": "list_remove", "list": name, "values": body.remove}))[0]
+            result = await rollout.change_list("list_remove", name, body.remove)
         if result is None:
-            result = (await fraud_read("lists"))[0]
+            result = await rollout.read_lists()
         return _json(200, result)
 
     @routes.get("/admin/v1/fraud/decisions")
@@ -613,6 +698,9 @@ def create_app(config: GatewayConfig) -> web.Application:
         if decision is not None and decision not in ("allow", "review", "block"):
             raise field_error(400, "QP.Query.Invalid", "decision must be allow, review or block", "query.decision")
         rule_id = request.query.get("rule_id")
+        if rule_id is not None and not RULE_IDENTIFIER.fullmatch(rule_id):
+            raise field_error(400, "QP.Query.Invalid", "rule_id is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
+                              "query.rule_id")
         limit = _page_limit(request)
         answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})
         rows = sorted((t for answer in answers for t in answer), key=lambda t: t["created_at_ms"], reverse=True)

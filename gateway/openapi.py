@@ -1,18 +1,126 @@
 """The OpenAPI 3.1 description of every endpoint, served at /openapi.json.
 
 Request schemas come from the same msgspec Structs that validate the bodies, so
-the document cannot drift from what the gateway accepts.
+the document cannot drift from what the gateway accepts. What a Struct cannot say
+is added here from the code that enforces it: the currency table and the amount
+grammar of `quickpay.money` (an amount's pattern depends on its currency's
+exponent and on the int64 bound), the id shapes of `quickpay.ids`, and the
+idempotency key rule. The document is checked against the live API by
+Schemathesis (tests/test_schemathesis.py): every schema-valid request must be
+accepted or refused for a business reason (404/409/422), every schema-violating
+one refused with 4xx, and every response must match what is declared here.
 """
 from __future__ import annotations
 
+import copy
 import functools
+import re
 from typing import Any
 
 import msgspec
 
-__all__ = ["openapi_document"]
+from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX
+
+__all__ = ["openapi_document", "amount_pattern", "IDEMPOTENCY_KEY_PATTERN"]
 
 
+# ---- patterns -----------------------------------------------------------------------
+def _digits_le(limit: str, *, first_nonzero: bool) -> list[str]:
+    """Alternatives matching the len(limit)-digit strings whose value is <= limit.
+
+    With `first_nonzero` the first digit is 1-9 (no leading zero)."""
+    alternatives = []
+    for i, ch in enumerate(limit):
+        low = 1 if (first_nonzero and i == 0) else 0
+        high = int(ch) - 1
+        if high >= low:
+            digit = str(low) if high == low else f"[{low}-{high}]"
+            rest = len(limit) - i - 1
+            alternatives.append(limit[:i] + digit + (f"[0-9]{{{rest}}}" if rest else ""))
+    alternatives.append(limit)
+    return alternatives
+
+
+def _integer_le(limit: int) -> str:
+    """A regex (no anchors) for the decimal integers 1..limit written without leading zeros."""
+    assert limit >= 1
+    text = str(limit)
+    alternatives = []
+    if len(text) > 1:
+        alternatives.append(f"[1-9][0-9]{{0,{len(text) - 2}}}" if len(text) > 2 else "[1-9]")
+    alternatives.extend(_digits_le(text, first_nonzero=True))
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+@functools.lru_cache(maxsize=None)
+def amount_pattern(exponent: int) -> str:
+    """The exact language `quickpay.money.parse_amount` accepts for a currency with `exponent`.
+
+    A decimal string, no sign, no leading zeros, at most `exponent` decimals, whose value
+    in minor units is in 1..INT64_MAX. Tested against parse_amount in tests/test_schemathesis.py.
+    """
+    if exponent == 0:
+        return f"^{_integer_le(INT64_MAX)}$"
+    whole_max, frac_max = divmod(INT64_MAX, 10**exponent)
+    branches = [
+        # 1 .. whole_max-1 with any fraction
+        f"{_integer_le(whole_max - 1)}(?:\\.[0-9]{{1,{exponent}}})?",
+        # 0.x with at least one nonzero decimal
+        "0\\.(?:" + "|".join(f"{'0' * k}[1-9][0-9]{{0,{exponent - k - 1}}}" for k in range(exponent)) + ")",
+    ]
+    # whole_max itself: the fraction (right-padded to `exponent` digits) may not exceed frac_max
+    fractions = []
+    for length in range(1, exponent + 1):
+        bound = frac_max // 10 ** (exponent - length)
+        fractions.extend(_digits_le(str(bound).zfill(length), first_nonzero=False))
+    branches.append(f"{whole_max}(?:\\.(?:" + "|".join(fractions) + "))?")
+    return "^(?:" + "|".join(branches) + ")$"
+
+
+# 1-64 printable ASCII; HTTP strips a header value's outer whitespace, so the
+# document asks for none (a key " a" would arrive as "a").
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?$"
+PAYMENT_ID_PATTERN = r"^pay_[0-9a-f]{32}_[0-9]{1,4}$"
+AGREEMENT_ID_PATTERN = r"^agr_[0-9a-f]{20}$"
+ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+VERSION_PATTERN = r"^[0-9a-fA-F]{8,64}$"  # a sha256 id, or 8+ of its first hex digits
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"  # gateway.app.RULE_IDENTIFIER
+DATE_TIME = {"type": "string", "format": "date-time"}
+
+
+def _ecma(schema: Any) -> Any:
+    """msgspec patterns end in Python's `\\Z` (`$` also matches before a final newline in
+    Python); JSON Schema regexes are ECMA-262, where `$` is the end. Rewrite in place."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "pattern" and isinstance(value, str) and value.endswith("\\Z"):
+                schema[key] = value[:-2] + "$"
+            else:
+                _ecma(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _ecma(item)
+    return schema
+
+
+def _by_currency(schema: dict[str, Any], amount_fields: tuple[str, ...]) -> dict[str, Any]:
+    """Constrain `currency` to the table and each amount to its currency's grammar."""
+    schema = copy.deepcopy(schema)
+    schema["properties"]["currency"] = {"type": "string", "enum": sorted(CURRENCY_EXPONENTS)}
+    for name in amount_fields:
+        schema["properties"][name] = {"type": "string", "examples": ["12.34"]}
+    by_exponent: dict[int, list[str]] = {}
+    for code, exponent in sorted(CURRENCY_EXPONENTS.items()):
+        by_exponent.setdefault(exponent, []).append(code)
+    # When `currency` is absent the server's default applies (CNY), see AccountRequest.
+    schema["anyOf"] = [
+        {"properties": {"currency": {"enum": codes},
+                        **{name: {"pattern": amount_pattern(exponent)} for name in amount_fields}}}
+        for exponent, codes in sorted(by_exponent.items())]
+    return schema
+
+
+# ---- operations -----------------------------------------------------------------------
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -21,37 +129,87 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-_ERROR = {"description": "Error", "content": _json_content(_ref("Error"))}
+_INTERACTION_HEADER = {"x-fapi-interaction-id": {"$ref": "#/components/headers/InteractionId"}}
+
+_STATUS_TEXT = {400: "Bad request: the request does not match this document",
+                401: "Missing or invalid credentials",
+                404: "No such resource (or not visible to this partner)",
+                409: "Conflict (a request with the same key in progress, or the fraud filter is off)",
+                413: "Body larger than 64 KiB",
+                422: "Well-formed but refused by a business rule",
+                500: "Internal error (a bug; logged with the interaction id)",
+                503: "The ledger did not answer; retry (with the same x-idempotency-key)"}
 
 
-def _op(summary: str, *, security: str | None = "partner", body: str | None = None,
-        ok: tuple[int, str, str] = (200, "OK", "Object"), idempotent: bool = False,
-        errors: tuple[int, ...] = (400, 401, 404), params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    operation: dict[str, Any] = {"summary": summary, "responses": {}}
+def _error(status: int, extra_headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": _STATUS_TEXT[status], "headers": {**_INTERACTION_HEADER, **(extra_headers or {})},
+            "content": _json_content(_ref("Error"))}
+
+
+def _op(operation_id: str, summary: str, *, security: str | None = "partner", body: str | None = None,
+        body_required: bool = True, ok: tuple[int, str, str] = (200, "OK", "Object"),
+        idempotent: bool = False, errors: tuple[int, ...] = (400, 401, 404),
+        params: list[dict[str, Any]] | None = None, shards: bool = True,
+        ok_headers: dict[str, Any] | None = None, links: dict[str, Any] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": {}}
     parameters = list(params or [])
-    parameters.append({"name": "x-fapi-interaction-id", "in": "header", "required": False,
-                       "schema": {"type": "string", "maxLength": 128},
-                       "description": "Echoed on the response; generated when absent."})
+    parameters.append({"$ref": "#/components/parameters/InteractionId"})
     if idempotent:
-        parameters.append({"name": "x-idempotency-key", "in": "header", "required": True,
-                           "schema": {"type": "string", "minLength": 1, "maxLength": 64}})
+        parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
     operation["parameters"] = parameters
     if security == "partner":
         operation["security"] = [{"partnerToken": []}]
     elif security == "admin":
         operation["security"] = [{"adminToken": []}]
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": _json_content(_ref(body))}
+        operation["requestBody"] = {"required": body_required, "content": _json_content(_ref(body))}
     status, description, schema = ok
-    operation["responses"][str(status)] = {"description": description, "content": _json_content(_ref(schema))}
-    for code in errors:
-        operation["responses"][str(code)] = _ERROR
-    operation["responses"]["503"] = _ERROR
+    success: dict[str, Any] = {"description": description, "headers": {**_INTERACTION_HEADER, **(ok_headers or {})},
+                               "content": _json_content(_ref(schema))}
+    if links:
+        success["links"] = links
+    operation["responses"][str(status)] = success
+    statuses = set(errors)
+    if security is not None:
+        statuses.add(401)
+    if body is not None:
+        statuses.update((400, 413))
+    if idempotent or any(p.get("in") in ("path", "query") for p in params or []):
+        statuses.add(400)  # a malformed header, path or query value
+    if shards:
+        statuses.update((500, 503))
+    for code in sorted(statuses):
+        extra: dict[str, Any] = {}
+        if code == 401:
+            extra = {"WWW-Authenticate": {"required": security is not None, "schema": {"type": "string"}}}
+        elif code == 503:
+            extra = {"Retry-After": {"required": False, "schema": {"type": "string"}}}
+        operation["responses"][str(code)] = _error(code, extra)
     return operation
 
 
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _path_param(name: str, pattern: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if pattern is not None:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _link(operation_id: str, *, parameters: dict[str, str] | None = None,
+          body: dict[str, str] | None = None) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation_id}
+    if parameters:
+        link["parameters"] = parameters
+    if body:
+        link["requestBody"] = body
+    return link
+
+
+def _object(required: list[str], properties: dict[str, Any], *, closed: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,114 +219,264 @@ def openapi_document() -> dict[str, Any]:
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
                schemas.ListChangeRequest]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
-    amount = {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]+)?$", "examples": ["12.34"]}
+    components = _ecma(components)
+    components["QuickPaymentRequest"] = _by_currency(components["QuickPaymentRequest"], ("amount",))
+    components["AgreementRequest"] = _by_currency(components["AgreementRequest"],
+                                                  ("per_payment_limit", "daily_limit"))
+    components["FundingRequest"] = _by_currency(components["FundingRequest"], ("amount",))
+    for name in ("PartnerRequest", "AccountRequest"):
+        components[name]["properties"]["currency"] = {"type": "string", "enum": sorted(CURRENCY_EXPONENTS),
+                                                      "default": "CNY"}
+
+    currency = {"type": "string", "enum": sorted(CURRENCY_EXPONENTS)}
+    amount_out = {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]+)?$", "examples": ["12.34"]}
+    signed_amount_out = {"type": "string", "pattern": r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"}
+    account_id = {"type": "string", "minLength": 1}
+    text_or_null = {"type": ["string", "null"]}
+    status = {"type": "string", "enum": ["AcceptedSettlementCompleted", "AcceptedSettlementInProcess", "Rejected"]}
+    version_or_null = {"type": ["string", "null"], "pattern": r"^[0-9a-f]{64}$"}
+    rule_summary = {"active_version": version_or_null, "enforced_version": version_or_null,
+                    "consistent": {"type": "boolean"},
+                    "degraded_shards": {"type": "array", "items": {"type": "integer"}}}
     components.update({
         "Object": {"type": "object"},
-        "Error": {"type": "object", "required": ["code", "message", "errors"], "properties": {
+        "Error": _object(["code", "message", "errors"], {
             "code": {"type": "string"}, "message": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "object", "required": ["code", "message", "path"],
-                       "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                                      "path": {"type": "string"}}}}}},
-        "Token": {"type": "object", "required": ["access_token", "token_type", "expires_in"], "properties": {
+            "errors": {"type": "array", "items": _object(["code", "message", "path"], {
+                "code": {"type": "string"}, "message": {"type": "string"}, "path": {"type": "string"}})}}),
+        "Health": _object(["status"], {"status": {"const": "ok"}}),
+        "Readiness": _object(["status", "shards"], {
+            "status": {"enum": ["ready", "not ready"]},
+            "shards": {"type": "array", "items": _object(["shard", "ready"], {
+                "shard": {"type": "integer", "minimum": 0}, "ready": {"type": "boolean"},
+                "error": {"type": "string"}})},
+            # Under `quickpay up`: the supervisor's view (needed children down, crash loops).
+            "children": _object(["down", "crash_looping"], {
+                "down": {"type": "array", "items": {"type": "string"}},
+                "crash_looping": {"type": "array", "items": {"type": "string"}}})}),
+        "Token": _object(["access_token", "token_type", "expires_in", "scope"], {
             "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
-            "expires_in": {"type": "integer"}, "scope": {"type": "string"}}},
-        "FraudDecision": {"type": "object", "properties": {
-            "decision": {"enum": ["allow", "review", "block"]}, "score": {"type": "integer"},
-            "reasons": {"type": "array", "items": {"type": "object", "properties": {
-                "rule_id": {"type": "string"}, "action": {"type": "string"}, "score": {"type": "integer"},
-                "shadow": {"type": "boolean"}, "values": {"type": "object"}}}}}},
-        "Payment": {"type": "object", "required": ["payment_id", "status", "amount", "currency"], "properties": {
-            "payment_id": {"type": "string"},
-            "status": {"enum": ["AcceptedSettlementCompleted", "AcceptedSettlementInProcess", "Rejected"]},
-            "amount": amount, "currency": {"type": "string"}, "agreement_id": {"type": "string"},
-            "debtor_account": {"type": "string"}, "creditor_account": {"type": "string"},
-            "reference": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
-            "reasons": {"type": "array", "items": {"type": "string"}},
-            "fraud": _ref("FraudDecision"), "risk": {"type": "object"}}},
-        "Agreement": {"type": "object", "properties": {
-            "agreement_id": {"type": "string"}, "partner_id": {"type": "string"},
-            "debtor_account": {"type": "string"}, "currency": {"type": "string"},
-            "status": {"type": "string"}, "per_payment_limit": amount, "daily_limit": amount,
-            "created_at": {"type": "string", "format": "date-time"}}},
-        "Balance": {"type": "object", "properties": {
-            "account_id": {"type": "string"}, "kind": {"type": "string"}, "currency": {"type": "string"},
-            "balance": amount, "stripes": {"type": "integer"}}},
-        "Transactions": {"type": "object", "properties": {
-            "account_id": {"type": "string"}, "next_cursor": {"type": ["string", "null"]},
-            "transactions": {"type": "array", "items": {"type": "object"}}}},
-        "PartnerCredentials": {"type": "object", "properties": {
-            "partner_id": {"type": "string"}, "client_id": {"type": "string"},
-            "client_secret": {"type": "string"}, "settlement_account": {"type": "string"}}},
+            "expires_in": {"type": "integer", "minimum": 1}, "scope": {"const": "payments"}}),
         "TokenRequest": {"type": "object", "required": ["grant_type"], "properties": {
-            "grant_type": {"const": "client_credentials"}, "client_id": {"type": "string"},
-            "client_secret": {"type": "string"}}},
+            "grant_type": {"const": "client_credentials"},
+            "client_id": {"type": "string"}, "client_secret": {"type": "string"}},
+            "description": "client_id and client_secret are read here only without HTTP Basic credentials; "
+                           "unknown, empty or over-long ones are 401 invalid_client."},
+        "FraudHit": _object(["rule_id", "action", "score", "shadow", "values"], {
+            "rule_id": {"type": "string"}, "action": {"enum": ["allow", "review", "block"]},
+            "score": {"type": "integer"}, "shadow": {"type": "boolean"},
+            "values": {"type": "object", "additionalProperties": {
+                "type": ["integer", "string", "boolean", "null"]}}}),
+        "FraudDecision": _object(["decision", "score", "reasons", "reason_codes"], {
+            "decision": {"enum": ["allow", "review", "block"]}, "score": {"type": "integer"},
+            "reasons": {"type": "array", "items": _ref("FraudHit")},
+            "reason_codes": {"type": "array", "items": {"type": "string"}}}),
+        "Payment": _object(
+            ["payment_id", "status", "amount", "currency", "agreement_id", "debtor_account", "creditor_account",
+             "reference", "created_at", "reasons", "fraud", "risk"], {
+                "payment_id": {"type": "string", "pattern": PAYMENT_ID_PATTERN},
+                "status": status, "amount": amount_out, "currency": currency,
+                "agreement_id": {"type": "string"}, "debtor_account": account_id,
+                "creditor_account": account_id, "reference": {"type": "string"}, "created_at": DATE_TIME,
+                "reasons": {"type": "array", "items": {"type": "string"}},
+                "fraud": _ref("FraudDecision"),
+                "risk": _object(["device_id", "ip"], {"device_id": text_or_null, "ip": text_or_null})}),
+        "Transfer": _object(
+            ["transfer_id", "kind", "status", "amount", "currency", "debit_account", "credit_account",
+             "reference", "created_at", "reasons"], {
+                "transfer_id": {"type": "string"}, "kind": {"enum": ["payment", "funding", "credit_leg"]},
+                "status": status, "amount": amount_out, "currency": currency,
+                "debit_account": account_id, "credit_account": account_id, "reference": text_or_null,
+                "created_at": DATE_TIME, "reasons": {"type": "array", "items": {"type": "string"}}}),
+        "Agreement": _object(
+            ["agreement_id", "partner_id", "debtor_account", "currency", "status", "per_payment_limit",
+             "daily_limit", "created_at"], {
+                "agreement_id": {"type": "string", "pattern": AGREEMENT_ID_PATTERN},
+                "partner_id": {"type": "string"}, "debtor_account": account_id, "currency": currency,
+                "status": {"enum": ["active"]}, "per_payment_limit": amount_out, "daily_limit": amount_out,
+                "created_at": DATE_TIME}),
+        "Balance": _object(["account_id", "kind", "currency", "balance", "stripes"], {
+            "account_id": account_id, "kind": {"enum": ["customer", "settlement", "funding", "clearing"]},
+            "currency": currency, "balance": signed_amount_out, "stripes": {"type": "integer", "minimum": 1}}),
+        "PartnerCredentials": _object(
+            ["partner_id", "client_id", "client_secret", "settlement_account", "currency"], {
+                "partner_id": {"type": "string"}, "client_id": {"type": "string"},
+                "client_secret": {"type": "string"}, "settlement_account": {"type": "string"},
+                "currency": currency}),
+        "Account": _object(["account_id", "currency", "balance"], {
+            "account_id": account_id, "currency": currency, "balance": amount_out}),
+        # Rule-set versions are content hashes (sha256 of the canonical text); see
+        # gateway/fraud_rollout.py. Per-shard entries stay open: they carry diagnostics.
+        "RuleSets": _object(["active_version", "enforced_version", "consistent", "degraded_shards", "shards"], {
+            **rule_summary, "shards": {"type": "array", "items": _ref("RuleSetState")}}),
+        "RuleSetState": {"type": "object", "properties": {
+            "active_version": version_or_null, "enforced_version": version_or_null,
+            "previous_version": version_or_null, "degraded": {"type": "boolean"},
+            "versions": {"type": "array", "items": {"type": "object"}},
+            "audit": {"type": "array", "items": {"type": "object"}}}},
+        "RuleChange": _object(["version", "active_version", "enforced_version", "consistent", "degraded_shards",
+                               "shards"], {
+            "version": {"type": "string", "pattern": r"^[0-9a-f]{64}$"}, **rule_summary,
+            "shards": {"type": "array", "items": _ref("RuleSetState")}}),
+        "Lists": _object(["lists"], {"lists": {"type": "object", "additionalProperties": {
+            "type": "array", "items": {"type": "string"}}}}),
+        "Alerts": _object(["alerts"], {"alerts": {"type": "array", "items": {"type": "object"}}}),
+        "Decisions": _object(["payments"], {"payments": {"type": "array", "items": _ref("Payment")}}),
     })
-    page = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-            {"name": "cursor", "in": "query", "schema": {"type": "string"}}]
+    # A transactions page item is a Transfer plus its direction for the account asked about.
+    item = copy.deepcopy(components["Transfer"])
+    item["properties"]["direction"] = {"enum": ["debit", "credit"]}
+    item["required"] = [*item["required"], "direction"]
+    components["TransactionItem"] = item
+    components["Transactions"] = _object(["account_id", "transactions", "next_cursor"], {
+        "account_id": account_id, "next_cursor": {"type": ["string", "null"]},
+        "transactions": {"type": "array", "items": _ref("TransactionItem")}})
+
+    limit = {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
+    author = {"name": "author", "in": "query", "required": False, "schema": {"type": "string"},
+              "description": "Recorded in the audit trail (default admin); 1-100 characters, else 422."}
+    account_links = {
+        "GetAccountBalance": _link("getAccountBalance", parameters={"account_id": "$response.body#/debtor_account"}),
+        "ListTransactions": _link("listTransactions", parameters={"account_id": "$response.body#/debtor_account"}),
+    }
     paths: dict[str, Any] = {
-        "/healthz": {"get": _op("Liveness", security=None, errors=())},
-        "/readyz": {"get": _op("Readiness: every shard worker reachable", security=None, errors=())},
-        "/openapi.json": {"get": _op("This document", security=None, errors=())},
-        "/oauth2/token": {"post": {**_op("OAuth2 client credentials grant (HTTP Basic or form fields)",
-                                         security=None, ok=(200, "Access token", "Token"), errors=(400, 401)),
-                                   "requestBody": {"required": True, "content": {
-                                       "application/x-www-form-urlencoded": {"schema": _ref("TokenRequest")},
-                                       "application/json": {"schema": _ref("TokenRequest")}}}}},
-        "/v1/agreements": {"post": _op("Create a quick-pay agreement over a customer's account",
-                                       body="AgreementRequest", ok=(201, "Created", "Agreement"),
-                                       errors=(400, 401, 413, 422))},
-        "/v1/agreements/{agreement_id}": {"get": _op("Read an agreement", ok=(200, "OK", "Agreement"),
-                                                     params=[_path_param("agreement_id")])},
+        "/healthz": {"get": _op("healthz", "Liveness", security=None, errors=(), shards=False,
+                                ok=(200, "Alive", "Health"))},
+        "/readyz": {"get": {**_op("readyz", "Readiness: every shard worker reachable", security=None, errors=(),
+                                  shards=False, ok=(200, "Ready", "Readiness")),
+                            "responses": {
+                                "200": {"description": "Every shard worker answers", "headers": _INTERACTION_HEADER,
+                                        "content": _json_content(_ref("Readiness"))},
+                                "503": {"description": "A shard worker does not answer, or a child the "
+                                                       "stack needs (PostgreSQL, a shard worker) is down",
+                                        "headers": _INTERACTION_HEADER,
+                                        "content": _json_content(_ref("Readiness"))}}}},
+        "/openapi.json": {"get": _op("openapi", "This document", security=None, errors=(), shards=False)},
+        "/oauth2/token": {"post": {
+            **_op("token", "OAuth2 client credentials grant: HTTP Basic, or client_id and client_secret "
+                           "as form fields or JSON", security=None, ok=(200, "Access token", "Token"),
+                  errors=(400, 401, 413), ok_headers={"Cache-Control": {"required": True,
+                                                                          "schema": {"const": "no-store"}}}),
+            "security": [{"clientBasic": []}, {}],
+            "requestBody": {"required": True, "content": {
+                "application/x-www-form-urlencoded": {"schema": _ref("TokenRequest")},
+                "application/json": {"schema": _ref("TokenRequest")}}}}},
+        "/v1/agreements": {"post": _op(
+            "createAgreement", "Create a quick-pay agreement over a customer's account",
+            body="AgreementRequest", ok=(201, "Created", "Agreement"), errors=(422,),
+            links={"GetAgreement": _link("getAgreement",
+                                         parameters={"agreement_id": "$response.body#/agreement_id"}),
+                   "CreateQuickPayment": _link("createQuickPayment", body={
+                       "agreement_id": "$response.body#/agreement_id", "currency": "$response.body#/currency",
+                       # up to the per-payment limit, to the partner's own settlement account
+                       "amount": "$response.body#/per_payment_limit",
+                       "creditor_account": "set_{$response.body#/partner_id}"}),
+                   **account_links})},
+        "/v1/agreements/{agreement_id}": {"get": _op(
+            "getAgreement", "Read an agreement", ok=(200, "OK", "Agreement"), errors=(404,),
+            params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN)])},
         "/v1/quick-payments": {"post": _op(
-            "Debit a customer under an agreement. Rejections are 201 with status Rejected.",
-            body="QuickPaymentRequest", ok=(201, "Payment (new or replayed)", "Payment"), idempotent=True,
-            errors=(400, 401, 404, 409, 413, 422))},
-        "/v1/quick-payments/{payment_id}": {"get": _op("Read a payment", ok=(200, "OK", "Payment"),
-                                                       params=[_path_param("payment_id")])},
-        "/v1/accounts/{account_id}/balance": {"get": _op("Balance of an account under one of your agreements, or your settlement account", ok=(200, "OK", "Balance"), params=[_path_param("account_id")])},
+            "createQuickPayment", "Debit a customer under an agreement. Rejections are 201 with status Rejected.",
+            body="QuickPaymentRequest", ok=(201, "Payment (new, or replayed with x-idempotent-replayed)", "Payment"),
+            idempotent=True, errors=(404, 409, 422),
+            ok_headers={"x-idempotent-replayed": {"required": False, "schema": {"const": "true"}}},
+            links={"GetQuickPayment": _link("getQuickPayment",
+                                            parameters={"payment_id": "$response.body#/payment_id"})})},
+        "/v1/quick-payments/{payment_id}": {"get": _op(
+            "getQuickPayment", "Read a payment", ok=(200, "OK", "Payment"), errors=(404,),
+            params=[_path_param("payment_id", PAYMENT_ID_PATTERN)])},
+        "/v1/accounts/{account_id}/balance": {"get": _op(
+            "getAccountBalance", "Balance of an account under one of your agreements, or your settlement account",
+            ok=(200, "OK", "Balance"), errors=(404,), params=[_path_param("account_id", ACCOUNT_ID_PATTERN)])},
         "/v1/accounts/{account_id}/transactions": {"get": _op(
-            "Money movements, newest first, cursor-paginated", ok=(200, "OK", "Transactions"),
-            params=[_path_param("account_id"), *page])},
-        "/admin/v1/partners": {"post": _op("Create a partner; returns its client credentials once",
-                                           security="admin", body="PartnerRequest",
-                                           ok=(201, "Created", "PartnerCredentials"), errors=(400, 401, 413))},
-        "/admin/v1/accounts": {"post": _op("Open a customer account", security="admin", body="AccountRequest",
-                                           ok=(201, "Created", "Object"), errors=(400, 401, 413))},
+            "listTransactions", "Money movements, newest first, cursor-paginated", ok=(200, "OK", "Transactions"),
+            errors=(400, 404), params=[_path_param("account_id", ACCOUNT_ID_PATTERN), limit,
+                                       {"name": "cursor", "in": "query", "required": False,
+                                        "schema": {"type": "string"},
+                                        "description": "next_cursor of the previous page (opaque); "
+                                                       "anything else is 400 QP.Cursor.Invalid"}])},
+        "/admin/v1/partners": {"post": _op(
+            "createPartner", "Create a partner; returns its client credentials once", security="admin",
+            body="PartnerRequest", ok=(201, "Created", "PartnerCredentials"), errors=(),
+            links={"GetSettlementBalance": _link(
+                "getAccountBalanceAdmin", parameters={"account_id": "$response.body#/settlement_account"})})},
+        "/admin/v1/accounts": {"post": _op(
+            "openAccount", "Open a customer account (the body is optional: CNY by default)", security="admin",
+            body="AccountRequest", body_required=False, ok=(201, "Created", "Account"), errors=(),
+            links={"FundAccount": _link("fundAccount", parameters={"account_id": "$response.body#/account_id"},
+                                        body={"currency": "$response.body#/currency"}),
+                   "GetAccountBalanceAdmin": _link("getAccountBalanceAdmin",
+                                                   parameters={"account_id": "$response.body#/account_id"}),
+                   "CreateAgreement": _link("createAgreement", body={
+                       "debtor_account": "$response.body#/account_id",
+                       "currency": "$response.body#/currency"})})},
         "/admin/v1/accounts/{account_id}/fundings": {"post": _op(
-            "Fund an account from the bank funding account (a double-entry transfer)", security="admin",
-            body="FundingRequest", ok=(201, "Transfer", "Object"), idempotent=True,
-            errors=(400, 401, 404, 409, 413, 422), params=[_path_param("account_id")])},
-        "/admin/v1/accounts/{account_id}/balance": {"get": _op("Any account's balance", security="admin",
-                                                               ok=(200, "OK", "Balance"),
-                                                               params=[_path_param("account_id")])},
+            "fundAccount", "Fund an account from the bank funding account (a double-entry transfer)",
+            security="admin", body="FundingRequest", ok=(201, "Transfer (new or replayed)", "Transfer"),
+            idempotent=True, errors=(404, 409, 422), params=[_path_param("account_id", ACCOUNT_ID_PATTERN)],
+            links={"GetAccountBalanceAdmin": _link("getAccountBalanceAdmin",
+                                                   parameters={"account_id": "$response.body#/credit_account"})})},
+        "/admin/v1/accounts/{account_id}/balance": {"get": _op(
+            "getAccountBalanceAdmin", "Any account's balance", security="admin", ok=(200, "OK", "Balance"),
+            errors=(404,), params=[_path_param("account_id", ACCOUNT_ID_PATTERN)])},
         "/admin/v1/fraud/rules": {
-            "get": _op("Rule set versions and audit trail per shard", security="admin", errors=(401, 409)),
-            "post": _op("Validate a new rule set version and (by default) activate it everywhere",
-                        security="admin", body="RulesRequest", ok=(201, "Created", "Object"),
-                        errors=(400, 401, 409, 413, 422))},
+            "get": _op("getFraudRules", "Rule set versions and audit trail per shard", security="admin",
+                       errors=(409,), ok=(200, "OK", "RuleSets")),
+            "post": _op("proposeFraudRules", "Validate a new rule set version and (by default) activate it "
+                                             "everywhere", security="admin", body="RulesRequest",
+                        ok=(201, "Created", "RuleChange"), errors=(409, 422, 503))},
         "/admin/v1/fraud/rules/{version}/activate": {"post": _op(
-            "Activate a stored version", security="admin", params=[_path_param("version")])},
-        "/admin/v1/fraud/rules/rollback": {"post": _op("Return to the previously active version",
-                                                       security="admin")},
-        "/admin/v1/fraud/lists": {"get": _op("Named lists", security="admin")},
-        "/admin/v1/fraud/lists/{name}": {"post": _op("Add or remove list values at runtime", security="admin",
-                                                     body="ListChangeRequest",
-                                                     params=[_path_param("name")])},
-        "/admin/v1/fraud/alerts": {"get": _op("Alerts raised by the post-event monitor", security="admin")},
+            "activateFraudRules", "Activate a stored version on every shard, or on none", security="admin",
+            ok=(200, "OK", "RuleChange"), errors=(404, 409, 422), params=[_path_param("version", VERSION_PATTERN), author])},
+        "/admin/v1/fraud/rules/rollback": {"post": _op(
+            "rollbackFraudRules", "Return every shard to the previously active version", security="admin",
+            ok=(200, "OK", "RuleChange"), errors=(409, 422), params=[author])},
+        "/admin/v1/fraud/lists": {"get": _op("getFraudLists", "Named lists", security="admin",
+                                             ok=(200, "OK", "Lists"), errors=(409,))},
+        "/admin/v1/fraud/lists/{name}": {"post": _op(
+            "changeFraudList", "Add or remove list values at runtime", security="admin", body="ListChangeRequest",
+            ok=(200, "OK", "Lists"), errors=(409, 422), params=[_path_param("name", IDENTIFIER_PATTERN)])},
+        "/admin/v1/fraud/alerts": {"get": _op("listFraudAlerts", "Alerts raised by the post-event monitor",
+                                              security="admin", ok=(200, "OK", "Alerts"), errors=())},
         "/admin/v1/fraud/decisions": {"get": _op(
-            "Recorded payments by fraud decision and/or rule id, newest first", security="admin",
-            params=[{"name": "decision", "in": "query", "schema": {"enum": ["allow", "review", "block"]}},
-                    {"name": "rule_id", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}])},
+            "listFraudDecisions", "Recorded payments by fraud decision and/or rule id, newest first",
+            security="admin", ok=(200, "OK", "Decisions"), errors=(400,),
+            params=[{"name": "decision", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["allow", "review", "block"]}},
+                    {"name": "rule_id", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN}},
+                    limit])},
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "quickpay", "version": "0.1.0",
                  "description": "Quick-pay open-banking API. Amounts are decimal strings; every error has "
-                                "the body {code, message, errors[{code, message, path}]}."},
+                                "the body {code, message, errors[{code, message, path}]} and every response "
+                                "the header x-fapi-interaction-id. A method a path does not declare is 405 "
+                                "with an Allow header."},
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": {
-            "partnerToken": {"type": "oauth2", "flows": {"clientCredentials": {
-                "tokenUrl": "/oauth2/token", "scopes": {"payments": "make and read quick-payments"}}}},
-            "adminToken": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": components,
+            "parameters": {
+                "InteractionId": {
+                    "name": "x-fapi-interaction-id", "in": "header", "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Echoed on the response when it is 1-128 characters; otherwise a new "
+                                   "UUID-shaped id is generated and returned."},
+                "IdempotencyKey": {
+                    "name": "x-idempotency-key", "in": "header", "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64,
+                               "pattern": IDEMPOTENCY_KEY_PATTERN},
+                    "description": "1-64 printable ASCII characters; a retry with the same key and body "
+                                   "answers the original result and never moves money twice."}},
+            "headers": {
+                "InteractionId": {"required": True, "schema": {"type": "string", "minLength": 1}}},
+            "securitySchemes": {
+                "partnerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                 "description": "An access token from POST /oauth2/token (client credentials)."},
+                "adminToken": {"type": "http", "scheme": "bearer",
+                               "description": "The operator's admin token (state dir admin.token)."},
+                "clientBasic": {"type": "http", "scheme": "basic",
+                                "description": "client_id:client_secret for the token endpoint."}}},
     }

@@ -7,38 +7,68 @@ import msgspec
 
 from .errors import ApiError
 
-__all__ = ["QuickPaymentRequest", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
+__all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "decode_body"]
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+# Every partner value is checked here against what the ledger and PostgreSQL can store
+# (see ledger/validate.py, the shard's own line): ids are ASCII of a known shape, text
+# has no control characters (NUL would stop a shard's batch write), every length is
+# bounded in characters, which bounds UTF-8 bytes at four per character. The JSON
+# decoder itself refuses invalid UTF-8 and lone surrogates.
+_ID_CHARS = r"[A-Za-z0-9_\-]"
+# Patterns end in \Z, not $: msgspec matches with re.search, where "$" also matches
+# before a final newline ("agr_x\n" would pass `^...$`). gateway/openapi.py writes them
+# as "$" for JSON Schema (ECMA-262), where "$" is the very end.
+_END = r"\Z"
+# One-line text: no C0/C1 control characters or DEL (PostgreSQL refuses NUL in text,
+# and the rest make no sense in a name, a reference or a list value).
+SAFE_TEXT = r"^[^\x00-\x1f\x7f-\x9f]+\Z"
+# A rule file may hold tabs and newlines (and CR), but no other control characters.
+MULTILINE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+\Z"
+
+
+def _text(max_chars: int, what: str) -> msgspec.Meta:
+    return msgspec.Meta(min_length=1, max_length=max_chars, pattern=SAFE_TEXT,
+                        description=f"{what}: 1-{max_chars} characters (at most {4 * max_chars} UTF-8 bytes),"
+                                    " no control characters")
+
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=rf"^{_ID_CHARS}+{_END}")]
+AgreementId = Annotated[str, msgspec.Meta(
+    min_length=5, max_length=64, pattern=rf"^agr_{_ID_CHARS}+{_END}",
+    description="an agreement id (agr_...)")]
+AccountId = Annotated[str, msgspec.Meta(
+    min_length=5, max_length=64, pattern=rf"^(acc|set|sys)_{_ID_CHARS}+{_END}",
+    description="an account id (acc_..., or a partner's settlement account set_...)")]
 AmountText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
-Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=140)]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
+Reference = Annotated[str, _text(140, "free text the partner keeps with the payment")]
+ShortText = Annotated[str, _text(100, "a name")]
 
 
 class Risk(msgspec.Struct, forbid_unknown_fields=True):
-    device_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    ip: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    device_id: Annotated[str, _text(128, "the payer's device id")] | None = None
+    ip: Annotated[str, _text(64, "the payer's IP address")] | None = None
 
 
 class QuickPaymentRequest(msgspec.Struct, forbid_unknown_fields=True):
-    agreement_id: Id
+    agreement_id: AgreementId
     amount: AmountText
     currency: CurrencyCode
-    creditor_account: Id
+    creditor_account: AccountId
     reference: Reference
     risk: Risk | None = None
 
 
 class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
-    debtor_account: Id
+    debtor_account: AccountId
     currency: CurrencyCode
     per_payment_limit: AmountText
     daily_limit: AmountText
 
 
 class PartnerRequest(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: ShortText
     currency: CurrencyCode = "CNY"
 
 
@@ -53,16 +83,16 @@ class FundingRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RulesRequest(msgspec.Struct, forbid_unknown_fields=True):
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000)]
-    author: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "admin"
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000, pattern=MULTILINE_TEXT)]
+    author: ShortText = "admin"
     activate: bool = True
-    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "<api>"
+    filename: Annotated[str, _text(200, "where the rules came from")] = "<api>"
 
 
 class ListChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    add: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]] = []
-    remove: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]] = []
-    author: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "admin"
+    add: Annotated[list[Annotated[str, _text(128, "a list value")]], msgspec.Meta(max_length=10_000)] = []
+    remove: Annotated[list[Annotated[str, _text(128, "a list value")]], msgspec.Meta(max_length=10_000)] = []
+    author: ShortText = "admin"
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}
@@ -82,6 +112,7 @@ def decode_body(body: bytes, schema: type) -> object:
         else:
             code, path = "QP.Field.Invalid", at
         raise ApiError(400, code, "the request body is not valid", [{"code": code, "message": message, "path": path}])
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # UnicodeDecodeError: the body is not UTF-8 (msgspec raises it, not DecodeError).
         raise ApiError(400, "QP.Body.MalformedJSON", "the request body is not valid JSON",
-                       [{"code": "QP.Body.MalformedJSON", "message": str(exc), "path": "$"}])
+                       [{"code": "QP.Body.MalformedJSON", "message": str(exc)[:200], "path": "$"}]) from None

@@ -8,6 +8,10 @@ Across shards:
   * clearing stripes sum to the credits in flight: cross-shard debit legs whose
     credit leg the creditor shard has not committed yet;
   * every credit leg has its debit leg, and no transfer id is applied twice;
+  * a credit leg the creditor shard held (recorded Rejected with BALANCE_OVERFLOW because
+    applying it would leave int64) moved nothing: its amount is still in the debtor
+    shard's clearing stripe, so it counts as in flight, and it is listed in `held` for
+    operators (a notice, not a conservation failure);
   * so the sum of all customer, settlement and funding balances plus the credits in
     flight is zero — money is neither created nor lost.
 On a live stack the shards are read one after another, so a payment can be seen
@@ -35,11 +39,16 @@ class AuditReport:
     in_flight_minor: int = 0
     in_flight_count: int = 0
     total_minor: int = 0
+    # Credit legs held by their creditor shard (see Code.HELD): part of in_flight_*.
+    held: list[dict[str, Any]] = field(default_factory=list)
+    held_minor: int = 0
+    held_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": self.problems, "shards": self.shards,
                 "in_flight_minor": self.in_flight_minor, "in_flight_count": self.in_flight_count,
-                "total_minor": self.total_minor}
+                "total_minor": self.total_minor, "held_minor": self.held_minor,
+                "held_count": self.held_count, "held": self.held}
 
 
 async def _read_shard(dsn: str) -> dict[str, Any]:
@@ -51,7 +60,7 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 "  SELECT credit_account AS id, amount_minor AS delta FROM transfers WHERE status <> 'Rejected'"
                 "  UNION ALL"
                 "  SELECT debit_account, -amount_minor FROM transfers WHERE status <> 'Rejected'),"
-                " replay AS (SELECT id, sum(delta)::bigint AS replayed FROM moves GROUP BY id)"
+                " replay AS (SELECT id, sum(delta) AS replayed FROM moves GROUP BY id)"
                 " SELECT a.id, a.balance_minor, coalesce(r.replayed, 0) AS replayed"
                 " FROM accounts a LEFT JOIN replay r ON r.id = a.id"
                 " WHERE a.balance_minor <> coalesce(r.replayed, 0) LIMIT 20")
@@ -60,23 +69,30 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 " (SELECT 1 FROM accounts a WHERE a.id = t.credit_account)")
             unbalanced = await conn.fetchval(
                 "SELECT count(*) FROM transfers WHERE amount_minor <= 0 OR debit_account = credit_account")
-            total = await conn.fetchval("SELECT coalesce(sum(balance_minor), 0)::bigint FROM accounts")
+            # numeric sums, read as ints: a broken shard's totals may lie outside bigint,
+            # and the audit must report that, not fail on the cast.
+            total = int(await conn.fetchval("SELECT coalesce(sum(balance_minor), 0) FROM accounts"))
             clearing = await conn.fetchval("SELECT balance_minor FROM accounts WHERE id = $1", CLEARING_ACCOUNT)
             debit_legs = await conn.fetch(
                 "SELECT id, amount_minor FROM transfers WHERE kind = 'payment' AND credit_account = $1"
                 " AND status <> 'Rejected'", CLEARING_ACCOUNT)
             credit_legs = await conn.fetch(
-                "SELECT id, amount_minor FROM transfers WHERE kind = 'credit_leg'")
+                "SELECT id, amount_minor, status, credit_account, reasons FROM transfers"
+                " WHERE kind = 'credit_leg'")
             meta = {r["key"]: r["value"] for r in await conn.fetch("SELECT key, value FROM meta")}
             counts = await conn.fetchrow(
                 "SELECT count(*) AS transfers, count(*) FILTER (WHERE status = 'Rejected') AS rejected,"
                 " count(*) FILTER (WHERE status = 'AcceptedSettlementInProcess') AS in_process FROM transfers")
     finally:
         await conn.close()
-    return {"mismatched": [dict(r) for r in mismatched], "orphans": orphans, "unbalanced": unbalanced,
+    return {"mismatched": [{**dict(r), "replayed": int(r["replayed"])} for r in mismatched],
+            "orphans": orphans, "unbalanced": unbalanced,
             "total": total, "clearing": clearing or 0, "meta": meta, "counts": dict(counts),
             "debit_legs": {r["id"]: r["amount_minor"] for r in debit_legs},
-            "credit_legs": {r["id"]: r["amount_minor"] for r in credit_legs}}
+            "credit_legs": {r["id"]: r["amount_minor"] for r in credit_legs},
+            "held_legs": {r["id"]: {"transfer_id": r["id"], "creditor_account": r["credit_account"],
+                                    "amount_minor": r["amount_minor"], "reasons": list(r["reasons"])}
+                          for r in credit_legs if r["status"] == "Rejected"}}
 
 
 async def audit_once(dsns: list[str]) -> AuditReport:
@@ -84,6 +100,7 @@ async def audit_once(dsns: list[str]) -> AuditReport:
     report = AuditReport(ok=True)
     debit_legs: dict[str, int] = {}
     credit_legs: dict[str, int] = {}
+    held: dict[str, dict[str, Any]] = {}
     for index, shard in enumerate(shards):
         if shard["meta"].get("shard") not in (None, str(index)):
             report.problems.append(f"DSN #{index} holds shard {shard['meta'].get('shard')}")
@@ -104,6 +121,8 @@ async def audit_once(dsns: list[str]) -> AuditReport:
             if transfer_id in credit_legs:
                 report.problems.append(f"transfer {transfer_id} credited on two shards")
             credit_legs[transfer_id] = amount
+        for transfer_id, leg in shard["held_legs"].items():
+            held[transfer_id] = {"shard": index, **leg}
         report.shards.append({"shard": index, **shard["counts"], "clearing_minor": shard["clearing"],
                               "balance_sum_minor": shard["total"]})
     for transfer_id, amount in credit_legs.items():
@@ -111,7 +130,11 @@ async def audit_once(dsns: list[str]) -> AuditReport:
             report.problems.append(f"credit leg {transfer_id} has no debit leg")
         elif debit_legs[transfer_id] != amount:
             report.problems.append(f"credit leg {transfer_id} amount {amount} != debit {debit_legs[transfer_id]}")
-    in_flight = {t: a for t, a in debit_legs.items() if t not in credit_legs}
+    # Held legs moved nothing on the creditor shard: their money is still in clearing.
+    in_flight = {t: a for t, a in debit_legs.items() if t not in credit_legs or t in held}
+    report.held = sorted(held.values(), key=lambda h: str(h["transfer_id"]))[:100]
+    report.held_count = len(held)
+    report.held_minor = sum(h["amount_minor"] for h in held.values())
     report.in_flight_minor = sum(in_flight.values())
     report.in_flight_count = len(in_flight)
     clearing_total = sum(s["clearing"] for s in shards)

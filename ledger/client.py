@@ -11,7 +11,7 @@ import itertools
 import time
 from typing import Any
 
-from .protocol import FrameDecoder, encode_frame, parse_address
+from .protocol import FrameDecoder, FrameError, encode_frames, parse_address
 
 __all__ = ["ShardClient", "ShardUnavailable", "ShardOverloaded", "ShardError"]
 
@@ -25,7 +25,18 @@ class ShardOverloaded(Exception):
 
 
 class ShardError(Exception):
-    """The shard answered with an error."""
+    """The shard answered with an error: args[0] is {"code", "message"} (e.g. OVERLOADED,
+    BAD_REQUEST, INTERNAL). A call this client could not encode fails with BAD_REQUEST."""
+
+    @property
+    def code(self) -> str:
+        detail = self.args[0] if self.args else None
+        return str(detail.get("code", "")) if isinstance(detail, dict) else ""
+
+    @property
+    def message(self) -> str:
+        detail = self.args[0] if self.args else None
+        return str(detail.get("message", "")) if isinstance(detail, dict) else str(detail)
 
 
 class _Protocol(asyncio.Protocol):
@@ -34,7 +45,15 @@ class _Protocol(asyncio.Protocol):
         self.decoder = FrameDecoder()
 
     def data_received(self, data: bytes) -> None:
-        for message in self.decoder.feed(data):
+        try:
+            messages = self.decoder.feed(data)
+        except FrameError:
+            # A shard never sends a malformed frame; if one arrives, the stream is lost:
+            # drop the connection (in-flight calls get ShardUnavailable, retry with the key).
+            if self.client._transport is not None:
+                self.client._transport.abort()
+            return
+        for message in messages:
             self.client._on_response(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -112,10 +131,22 @@ class ShardClient:
         if self._transport is None or self._transport.is_closing():
             self._fail_all(ShardUnavailable(f"connection to {self.address} lost"))
             return
-        self._transport.write(encode_frame(outgoing))
+        # Each call is encoded on its own when the batch cannot be encoded as a whole:
+        # one unencodable call (an int beyond 64 bits, a lone surrogate, too big) fails
+        # alone, and the others in this flush still leave.
+        frames, failures = encode_frames(outgoing)
+        for index, error in failures:
+            entry = self._pending.pop(outgoing[index][0], None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(ShardError({"code": "BAD_REQUEST", "message": str(error)}))
+        for frame in frames:
+            self._transport.write(frame)
 
     def _on_response(self, message: Any) -> None:
-        request_id, ok, result = message
+        try:
+            request_id, ok, result = message
+        except (TypeError, ValueError):
+            return  # not an answer of ours
         entry = self._pending.pop(request_id, None)
         if entry is None:
             return  # timed out earlier

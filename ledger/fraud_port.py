@@ -3,6 +3,13 @@
 The filter runs inside the worker that owns the debtor, so its keyed windows sit
 beside the account. Rule sets are versioned per shard and persisted in the
 shard's `meta` table; a change is applied by the batcher between two payments.
+
+Rule changes are two-phase (the gateway's `gateway/fraud_rollout.py` coordinates):
+`stage` validates, compiles and stores a text under its content hash without
+enforcing it (idempotent); `activate` / `rollback` then switch, guarded by the
+version the coordinator saw active, and are no-ops when already done. A stored
+version that does not build at start-up never stops the worker: it enforces the
+newest version in its history that builds and reports the problem (`status()`).
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import fraud
+from fraud.registry import RegistryConflict
 
 from .model import PaymentCommand
 from .state import WriteSet
@@ -40,10 +48,21 @@ def make_facts(cmd: PaymentCommand, debtor_account: str) -> Any:
 
 
 class FraudAdapter:
-    def __init__(self, worker: "ShardWorker") -> None:
-        self.worker = worker
+    def __init__(self, worker: "ShardWorker | None") -> None:
+        # None: the shard-side logic alone (decide/read/load), as the coordinator tests use it.
+        self._worker = worker
         self.registry: Any = None
         self.filter: Any = None
+        # Start-up problems that are not versions in the registry (a --rules file
+        # that does not build), and the rule set enforced when no stored version builds.
+        self.startup_problems: list[dict[str, Any]] = []
+        self.fallback: dict[str, Any] | None = None
+        self._fallback_ruleset: Any = None
+
+    @property
+    def worker(self) -> "ShardWorker":
+        assert self._worker is not None, "this FraudAdapter has no shard worker"
+        return self._worker
 
     async def start(self) -> None:
         worker = self.worker
@@ -54,32 +73,90 @@ class FraudAdapter:
         from . import pg
         stored = await pg.read_setting(worker.write_conn, _REGISTRY_KEY)
         now_ms = worker.clock_ms()
-        if stored is not None and cfg.rules_path is None:
-            self.registry = fraud.RuleRegistry.from_dict(json.loads(stored))
-        else:
-            # A --rules file given at start becomes a new active version (recorded),
-            # so the history of what judged which payment survives restarts.
-            self.registry = (fraud.RuleRegistry.from_dict(json.loads(stored))
-                             if stored is not None else fraud.RuleRegistry())
-            path = cfg.rules_path or str(fraud.default_rules_path())
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            candidate = fraud.parse_rules(text, filename=path)  # a bad file fails here, naming file:line:col
-            active = self.registry.active_ruleset
-            # A restarted worker gets the same --rules again: that is not a new version.
-            if active is None or active.digest != candidate.digest:
-                version = self.registry.propose(text, author="startup", at_ms=now_ms)
-                self.registry.activate(version, author="startup", at_ms=now_ms)
-                await worker.write_conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    _REGISTRY_KEY, json.dumps(self.registry.to_dict()))
+        registry = fraud.RuleRegistry.from_dict(json.loads(stored)) if stored is not None else fraud.RuleRegistry()
+        changed = self.load(registry, cfg.rules_path, now_ms)
+        if changed:
+            await worker.write_conn.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                _REGISTRY_KEY, json.dumps(self.registry.to_dict()))
         # Lists as operators left them; the rule file only seeds lists that don't exist yet.
         stored_lists = await pg.read_setting(worker.write_conn, _LISTS_KEY)
         lists = fraud.NamedLists(json.loads(stored_lists) if stored_lists is not None else None)
-        self.filter = fraud.FraudFilter(self.registry.active_ruleset, lists=lists)
+        self.filter = fraud.FraudFilter(self._enforced_ruleset(), lists=lists)
         await self._rebuild_windows(now_ms)
         worker.state.fraud = self.filter
         worker.state.make_facts = make_facts
+
+    def load(self, registry: Any, rules_path: str | None, now_ms: int) -> bool:
+        """Settle which rule set this shard enforces at start; True if the registry changed.
+
+        * A --rules file whose content this shard has never stored becomes a new active
+          version (recorded, so the history of what judged which payment survives).
+          A file it already knows is not re-activated: a restarted worker must not undo,
+          on its shard alone, a change an operator made since on every shard.
+        * With nothing stored, the file (default: the shipped rules) is staged and activated.
+        * Nothing here raises for rule text: a file or a stored version that does not
+          build is logged loudly and reported, and the newest version in the activation
+          history that builds is enforced (else the shipped default rules, in memory only).
+        """
+        self.registry = registry
+        self.startup_problems = []
+        self.fallback = None
+        path = rules_path or str(fraud.default_rules_path())
+        changed = False
+        if rules_path is not None or registry.active_version is None:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                version, created = registry.stage(text, author="startup", at_ms=now_ms, filename=path)
+                if created:
+                    registry.activate(version, author="startup", at_ms=now_ms)
+                    changed = True
+                elif registry.active_version is None:
+                    registry.activate(version, author="startup", at_ms=now_ms)
+                    changed = True
+            except (OSError, UnicodeDecodeError, fraud.RuleError, ValueError) as exc:
+                log.error("FRAUD RULES: shard %s cannot use rule file %s: %s; keeping the stored rule set",
+                          self._shard(), path, exc)
+                self.startup_problems.append({"source": path, "error": str(exc)})
+        for item in registry.versions():
+            if item["error"] is not None:
+                log.error("FRAUD RULES: shard %s stored rule-set version %s does not build: %s",
+                          self._shard(), item["version"][:12], item["error"])
+        if registry.active_ruleset is None:
+            default = fraud.load_rules_file(fraud.default_rules_path())
+            self.fallback = {"source": str(fraud.default_rules_path()), "version": fraud.registry.version_of(default.text)}
+            log.error("FRAUD RULES: shard %s has no stored rule set that builds; enforcing the shipped default rules"
+                      " until an operator activates one", self._shard())
+            self._fallback_ruleset = default
+        elif registry.enforced_version != registry.active_version:
+            log.error("FRAUD RULES: shard %s enforces version %s, the newest that builds, instead of the active %s",
+                      self._shard(), str(registry.enforced_version)[:12], str(registry.active_version)[:12])
+        return changed
+
+    def _shard(self) -> Any:
+        return self._worker.config.shard if self._worker is not None else None
+
+    def _enforced_ruleset(self) -> Any:
+        ruleset = self.registry.active_ruleset
+        return ruleset if ruleset is not None else self._fallback_ruleset
+
+    def status(self) -> dict[str, Any] | None:
+        """What this shard enforces and whether that is what operators activated."""
+        if self.registry is None:
+            return None
+        enforced = self.registry.enforced_version
+        if enforced is None and self.fallback is not None:
+            enforced = self.fallback["version"]
+        problems = self.registry.problems() + self.startup_problems
+        return {
+            "active_version": self.registry.active_version,
+            "previous_version": self.registry.previous_version,
+            "enforced_version": enforced,
+            "degraded": bool(problems) or enforced != self.registry.active_version,
+            "problems": problems,
+            "fallback": self.fallback,
+        }
 
     async def _rebuild_windows(self, now_ms: int) -> None:
         """Replay accepted payments of the last REBUILD_WINDOW_MS into the windows."""
@@ -99,24 +176,31 @@ class FraudAdapter:
             log.info("shard %s rebuilt fraud windows from %d payments", self.worker.config.shard, len(rows))
 
     def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-        """Apply one rule or list change; called by the batcher between payments."""
+        """Apply one rule or list change; called by the batcher between payments.
+
+        Nothing is stored unless it builds, and the registry changes in memory only
+        together with `ws.settings` (committed with the batch; a failed commit stops
+        the worker, so memory never runs ahead of the database after a restart).
+        """
         if self.filter is None:
             return False, _DISABLED
         action = args["action"]
         author = args.get("author", "admin")
+        registry = self.registry
+        before_active = registry.active_version
+        created = False
+        extra: dict[str, Any] = {}
         try:
-            if action == "propose":
-                fraud.parse_rules(args["text"], filename=args.get("filename", "<api>"))
-                version = self.registry.propose(args["text"], author=author, at_ms=now_ms)
-                if args.get("activate", True):
-                    self.registry.activate(version, author=author, at_ms=now_ms)
-                    self.filter.activate(self.registry.active_ruleset)
+            if action == "stage":
+                version, created = registry.stage(args["text"], author=author, at_ms=now_ms,
+                                                  filename=args.get("filename", "<api>"))
+                extra = {"version": version, "staged": created}
             elif action == "activate":
-                self.registry.activate(int(args["version"]), author=author, at_ms=now_ms)
-                self.filter.activate(self.registry.active_ruleset)
+                registry.activate(str(args["version"]), author=author, at_ms=now_ms,
+                                  expect_active=args.get("expect_active"))
             elif action == "rollback":
-                self.registry.rollback(author=author, at_ms=now_ms)
-                self.filter.activate(self.registry.active_ruleset)
+                registry.rollback(author=author, at_ms=now_ms, expect_from=args.get("expect_from"),
+                                  expect_to=args.get("expect_to"), undo=bool(args.get("undo", False)))
             elif action in ("list_add", "list_remove"):
                 method = self.filter.lists.add if action == "list_add" else self.filter.lists.remove
                 for value in args["values"]:
@@ -127,10 +211,23 @@ class FraudAdapter:
                 return False, {"code": "BAD_REQUEST", "message": f"unknown fraud action {action!r}"}
         except fraud.RuleError as exc:
             return False, {"code": "RULE_ERROR", "message": str(exc)}
+        except RegistryConflict as exc:
+            return False, {"code": "CONFLICT", "message": str(exc), **self._state()}
         except (KeyError, ValueError) as exc:
-            return False, {"code": "BAD_REQUEST", "message": str(exc)}
-        ws.settings[_REGISTRY_KEY] = json.dumps(self.registry.to_dict())
-        return True, self.read({"what": "rules"})
+            return False, {"code": "BAD_REQUEST", "message": str(exc), **self._state()}
+        if created or registry.active_version != before_active:
+            # Re-staging a known text or re-activating the active version writes nothing.
+            ws.settings[_REGISTRY_KEY] = json.dumps(registry.to_dict())
+        enforced = self._enforced_ruleset()
+        if enforced is not self.filter.ruleset:
+            self.filter.activate(enforced)
+        if registry.active_ruleset is not None:
+            self.fallback = None
+        return True, {**self.read({"what": "rules"}), **extra}
+
+    def _state(self) -> dict[str, Any]:
+        status = self.status() or {}
+        return {**status, "shard": self._shard()}
 
     def read(self, args: dict[str, Any]) -> Any:
         if self.filter is None:
@@ -138,5 +235,11 @@ class FraudAdapter:
         what = args.get("what", "rules")
         if what == "lists":
             return {"lists": self.filter.lists.snapshot()}
-        return {"active_version": self.registry.active_version, "versions": self.registry.versions(),
-                "audit": self.registry.audit()}
+        if what == "state":
+            return {**self._state(), "versions": [v["version"] for v in self.registry.versions()]}
+        if what == "text":
+            version = str(args.get("version", ""))
+            if not self.registry.has(version):
+                return None
+            return {"version": version, "text": self.registry.text(version)}
+        return {**self._state(), "versions": self.registry.versions(), "audit": self.registry.audit()}

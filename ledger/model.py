@@ -54,6 +54,11 @@ class Code:
     AGREEMENT_PER_PAYMENT_LIMIT = "AGREEMENT_PER_PAYMENT_LIMIT"
     AGREEMENT_DAILY_LIMIT = "AGREEMENT_DAILY_LIMIT"
     BALANCE_OVERFLOW = "BALANCE_OVERFLOW"
+    # A credit leg the creditor shard cannot apply without leaving int64 (the creditor's
+    # balance, or its clearing stripe's): recorded as a Rejected credit_leg row with reason
+    # BALANCE_OVERFLOW, moving nothing; its amount stays in the debtor shard's clearing
+    # stripe (credits in flight, held) for operators to resolve. `quickpay check` lists it.
+    HELD = "HELD"
 
 
 @dataclass(slots=True)

@@ -71,7 +71,10 @@ class ShardState:
         # Partners created since start (older ones are read from PostgreSQL).
         self.partners_cache: dict[str, dict[str, Any]] = {}
         # Recent transfers by id, least recently used first. Uncommitted ones are never
-        # evicted; older ones are found again in PostgreSQL by the prefetch.
+        # evicted; older ones are found again in PostgreSQL by the prefetch. Eviction
+        # happens only between batches (`evict`, called by the batcher once a batch is
+        # decided): an id a batch's prefetch found cached, or loaded, must still be here
+        # when that batch decides it, or a retry would be decided as a new payment.
         self.transfers: OrderedDict[str, Transfer] = OrderedDict()
         self.transfer_cache_max = transfer_cache_max
         self.next_seq = 1
@@ -89,16 +92,33 @@ class ShardState:
         self.visibility.setdefault(agreement.debtor_account, set()).add(agreement.partner_id)
 
     def remember(self, transfer: Transfer) -> None:
+        """Cache a transfer as most recently used. Never evicts (see `evict`)."""
         self.transfers[transfer.id] = transfer
         self.transfers.move_to_end(transfer.id)
-        self._evict()
 
-    def _evict(self) -> None:
-        while len(self.transfers) > self.transfer_cache_max:
-            oldest_id, oldest = next(iter(self.transfers.items()))
+    def touch(self, transfer_ids: list[str]) -> list[str]:
+        """Mark the cached ids a batch refers to as recently used; return the others
+        (the ones the prefetch must look up in PostgreSQL)."""
+        transfers = self.transfers
+        missing = []
+        for transfer_id in transfer_ids:
+            if transfer_id in transfers:
+                transfers.move_to_end(transfer_id)
+            else:
+                missing.append(transfer_id)
+        return missing
+
+    def evict(self) -> None:
+        """Drop least recently used committed transfers down to `transfer_cache_max`.
+
+        Called between batches only, so the cache may exceed its bound by what one
+        batch refers to, but never loses an id a batch still has to decide."""
+        transfers = self.transfers
+        while len(transfers) > self.transfer_cache_max:
+            oldest_id, oldest = next(iter(transfers.items()))
             if not oldest.committed:
                 break
-            del self.transfers[oldest_id]
+            del transfers[oldest_id]
 
     def total_balance_minor(self) -> int:
         return sum(a.balance_minor for a in self.accounts.values())
@@ -240,14 +260,25 @@ class ShardState:
         invariant(creditor is not None, f"credit leg {leg.transfer_id} for unknown account {leg.creditor_account}")
         assert creditor is not None
         clearing = self.accounts[CLEARING_ACCOUNT]
-        self._move(ws, clearing, creditor, leg.amount_minor)
+        # The debit already happened on the source shard, so the leg cannot be refused;
+        # but a balance beyond int64 would make the batch's write fail, stop the worker,
+        # and the relay would resend the same leg after every restart (a crash loop).
+        # Such a leg is recorded, moving nothing here: the money stays in the source
+        # shard's clearing stripe (held in flight), visible to operators and the audit.
+        reasons: tuple[str, ...]
+        if creditor.balance_minor + leg.amount_minor > INT64_MAX or \
+                clearing.balance_minor - leg.amount_minor < -INT64_MAX:
+            status, reasons, code = Status.REJECTED, (Code.BALANCE_OVERFLOW,), Code.HELD
+        else:
+            status, reasons, code = Status.COMPLETED, (), Code.OK
+            self._move(ws, clearing, creditor, leg.amount_minor)
         self._new_transfer(ws, Transfer(
             id=leg.transfer_id, seq=0, kind=Kind.CREDIT_LEG, debit_account=clearing.id,
             credit_account=creditor.id, amount_minor=leg.amount_minor, currency=leg.currency,
-            status=Status.COMPLETED, created_at_ms=leg.at_ms, creditor_account=creditor.id,
-            reference=f"from shard {leg.source_shard}",
+            status=status, created_at_ms=leg.at_ms, creditor_account=creditor.id,
+            reference=f"from shard {leg.source_shard}", reasons=reasons,
         ))
-        return Code.OK
+        return code
 
     def mark_delivered(self, transfer_id: str, ws: WriteSet) -> None:
         ws.delivered.append(transfer_id)

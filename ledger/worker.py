@@ -22,16 +22,17 @@ from typing import Any, Callable
 
 import asyncpg
 
-from quickpay.ids import settlement_account_for
+from quickpay.ids import is_striped, settlement_account_for
 
 from . import pg
 from .client import ShardClient
 from .model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
 )
-from .protocol import FrameDecoder, FrameError, encode_frame, parse_address
+from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
 from .state import ShardState, WriteSet
+from . import validate as v
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 
@@ -126,8 +127,15 @@ class _ServerProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        for request_id, op, args in messages:
-            self.worker.dispatch(op, args, self._replier(request_id))
+        for message in messages:
+            if (type(message) is not list or len(message) != 3 or type(message[0]) is not int
+                    or type(message[1]) is not str):
+                # Not [request_id, op, args]: answer if it can be addressed, never raise here.
+                if type(message) is list and message and type(message[0]) is int:
+                    self._replier(message[0])(False, {"code": "BAD_REQUEST",
+                                                      "message": "a request is [request_id, op, args]"})
+                continue
+            self.worker.dispatch(message[1], message[2], self._replier(message[0]))
 
     def _replier(self, request_id: int) -> Callable[[bool, Any], None]:
         def reply(ok: bool, result: Any) -> None:
@@ -141,7 +149,14 @@ class _ServerProtocol(asyncio.Protocol):
         self.flush_scheduled = False
         outgoing, self.outgoing = self.outgoing, []
         if outgoing and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(outgoing))
+            # One answer that cannot be encoded fails alone (as INTERNAL), not the frame.
+            frames, failures = encode_frames(outgoing)
+            for index, error in failures:
+                log.error("answer to request %s cannot be encoded: %s", outgoing[index][0], error)
+                frames.append(encode_frame([(outgoing[index][0], False, {
+                    "code": "INTERNAL", "message": "the answer could not be encoded"})]))
+            for frame in frames:
+                self.transport.write(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -291,12 +306,17 @@ class ShardWorker:
         self.work_ready.set()
 
     def dispatch(self, op: str, args: Any, reply: Reply) -> None:
-        if op == "pay" and self.naive_pool is not None:
-            from .naive import naive_pay
-            asyncio.get_running_loop().create_task(
-                self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
-            return
         if op in _WRITE_OPS:
+            try:
+                _CHECKS[op](self, args)
+            except v.BadCommand as exc:  # refused alone, before it can reach a batch
+                reply(False, {"code": "BAD_REQUEST", "message": str(exc)})
+                return
+            if op == "pay" and self.naive_pool is not None:
+                from .naive import naive_pay
+                asyncio.get_running_loop().create_task(
+                    self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
+                return
             self.enqueue(op, args, reply)
             return
         handler = _READ_OPS.get(op)
@@ -346,21 +366,30 @@ class ShardWorker:
                         continue
                     raise
                 replies.append((reply, result))
+            # Only now, with every command of the batch decided: evicting while deciding
+            # could drop an id the prefetch vouched for and decide its retry as new.
+            self.state.evict()
             await self.write_queue.put((ws, replies))
 
     async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
         ids: list[str] = []
-        transfers = self.state.transfers
         for op, args, _ in items:
-            if op == "pay" or op == "fund":
-                transfer_id = args.get("payment_id") or args.get("transfer_id")
-                if transfer_id not in transfers:
-                    ids.append(transfer_id)
-            elif op == "credit":
-                ids.extend(leg[0] for leg in args if leg[0] not in transfers)
-        if ids:
+            try:
+                if op == "pay" or op == "fund":
+                    transfer_id = args.get("payment_id") or args.get("transfer_id")
+                    if isinstance(transfer_id, str):
+                        ids.append(transfer_id)
+                elif op == "credit":
+                    ids.extend(leg[0] for leg in args if isinstance(leg[0], str))
+            except (AttributeError, IndexError, KeyError, TypeError):
+                continue  # malformed: its decider answers BAD_REQUEST
+        # Cached ids become most recently used, so they are the last to go when the
+        # cache is trimmed after this batch (state.evict); nothing is evicted before.
+        missing = self.state.touch(ids)
+        if missing:
             assert self.prefetch_conn is not None
-            for transfer in await pg.prefetch_transfers(self.prefetch_conn, ids):
+            transfers = self.state.transfers
+            for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing):
                 if transfer.id not in transfers:
                     self.state.remember(transfer)
 
@@ -414,6 +443,123 @@ def _payment_result(code: str, transfer: Transfer | None) -> tuple[bool, Any]:
     return True, {"code": code, "transfer": transfer.to_wire() if transfer is not None else None}
 
 
+# ---- intake checks: what a shard can store (ledger/validate.py) ------------------
+# Run by dispatch() before a write command is queued, so a value PostgreSQL would
+# refuse (a NUL, a surrogate, an int beyond int64, an unknown currency) never reaches
+# the prefetch, the decision or the batch write: it is answered BAD_REQUEST alone.
+def _check_pay(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "payment_id", "partner_id", "agreement_id", "amount_minor", "currency",
+             "creditor_account", "creditor_shard", "reference", "body_hash")
+    for key in ("payment_id", "partner_id", "agreement_id", "creditor_account"):
+        v.ident(args, key)
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    if v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1) != worker.config.shard \
+            and is_striped(args["creditor_account"]):
+        # A striped account is credited on the debtor's shard; a leg to another shard's
+        # clearing stripe would write a transfer from clearing to clearing there.
+        raise v.BadCommand("a striped account is never credited across shards")
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+    v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True)
+    v.text(args, "ip", v.IP_MAX, optional=True)
+
+
+def _check_fund(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "transfer_id", "account_id", "amount_minor", "currency", "reference", "body_hash")
+    v.ident(args, "transfer_id")
+    v.ident(args, "account_id")
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+
+
+CREDIT_LEGS_MAX = 100_000
+_LEG_FIELDS = ("transfer_id", "source_shard", "creditor", "amount_minor", "currency", "at_ms")
+
+
+def _check_credit(worker: ShardWorker, args: Any) -> None:
+    # All legs are checked before any is applied: a malformed call is refused whole.
+    if type(args) is not list or len(args) > CREDIT_LEGS_MAX:
+        raise v.BadCommand(f"credit takes a list of at most {CREDIT_LEGS_MAX} legs")
+    for leg in args:
+        if type(leg) is not list or len(leg) != 6:
+            raise v.BadCommand("a credit leg is [" + ", ".join(_LEG_FIELDS) + "]")
+        named = dict(zip(_LEG_FIELDS, leg))
+        v.ident(named, "transfer_id")
+        v.int64(named, "source_shard", 0, worker.config.shard_count - 1)
+        if is_striped(v.ident(named, "creditor")):  # type: ignore[arg-type]
+            raise v.BadCommand("a credit leg never credits a striped account")
+        v.amount(named, "amount_minor")
+        v.currency(named)
+        v.int64(named, "at_ms", 0)
+
+
+def _check_delivered(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not list:
+        raise v.BadCommand("delivered takes a list of transfer ids")
+    for transfer_id in args:
+        v.ident({"transfer_id": transfer_id}, "transfer_id")
+
+
+OPEN_ACCOUNTS_MAX = 10_000
+
+
+def _check_open_accounts(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not list or len(args) > OPEN_ACCOUNTS_MAX:
+        raise v.BadCommand(f"open_accounts takes a list of at most {OPEN_ACCOUNTS_MAX} accounts")
+    for a in args:
+        v.fields(a, "id", "currency")
+        v.ident(a, "id")
+        v.currency(a)
+        v.ident(a, "partner_id", optional=True)
+        if a.get("kind", "customer") not in ("customer", "settlement"):
+            raise v.BadCommand("only customer and settlement accounts can be opened")
+
+
+def _check_create_partner(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "name", "secret_sha256", "settlement_account")
+    v.ident(args, "id")
+    v.text(args, "name", v.NAME_MAX)
+    v.text(args, "secret_sha256", v.HASH_MAX)
+    v.ident(args, "settlement_account")
+
+
+def _check_create_agreement(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
+             "daily_limit_minor")
+    for key in ("id", "partner_id", "debtor_account"):
+        v.ident(args, key)
+    v.currency(args)
+    v.amount(args, "per_payment_limit_minor")
+    v.amount(args, "daily_limit_minor")
+
+
+def _check_settings(worker: ShardWorker, args: Any) -> None:
+    if type(args) is not dict or not all(
+            v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()):
+        raise v.BadCommand("settings take a map of text keys to text values without NUL")
+
+
+def _check_fraud(worker: ShardWorker, args: Any) -> None:
+    # The fraud adapter checks what a change means; here, only that its text can be stored.
+    if type(args) is not dict:
+        raise v.BadCommand("fraud takes a map")
+    for key, value in args.items():
+        for item in value if type(value) is list else (value,):
+            if type(item) is str and not v.is_storable_text(item):
+                raise v.BadCommand(f"{key} holds a NUL or a lone surrogate")
+
+
+_CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
+    "pay": _check_pay, "fund": _check_fund, "credit": _check_credit, "delivered": _check_delivered,
+    "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
+    "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
+}
+
+
+# ---- deciders (synchronous; called only by the batcher, on checked commands) -----
 def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     cmd = PaymentCommand(
         payment_id=args["payment_id"], partner_id=args["partner_id"],
@@ -437,7 +583,9 @@ def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: i
         codes.append(worker.state.execute_credit(
             CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws))
     # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
-    return True, {"applied": codes.count(Code.OK), "replayed": len(codes) - codes.count(Code.OK)}
+    # HELD legs are recorded (acknowledged) but moved nothing: see Code.HELD.
+    applied, held = codes.count(Code.OK), codes.count(Code.HELD)
+    return True, {"applied": applied, "held": held, "replayed": len(codes) - applied - held}
 
 
 def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
@@ -449,8 +597,6 @@ def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms
 def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
                           now_ms: int) -> tuple[bool, Any]:
     created = 0
-    if any(a.get("kind", "customer") not in ("customer", "settlement") for a in args):
-        return False, {"code": "BAD_REQUEST", "message": "only customer and settlement accounts can be opened"}
     for a in args:
         account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False,
                           a.get("partner_id"), now_ms)
@@ -460,8 +606,10 @@ def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: W
 
 def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                            now_ms: int) -> tuple[bool, Any]:
-    ws.partners.append({**args, "created_at_ms": now_ms})
-    worker.state.partners_cache[args["id"]] = {**args, "created_at_ms": now_ms}
+    partner = {"id": args["id"], "name": args["name"], "secret_sha256": args["secret_sha256"],
+               "settlement_account": args["settlement_account"], "created_at_ms": now_ms}
+    ws.partners.append(partner)
+    worker.state.partners_cache[args["id"]] = partner
     return True, {"id": args["id"]}
 
 
@@ -500,7 +648,9 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
     return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
             "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
             "committed_batches": worker.committed_batches,
-            "committed_transfers": worker.committed_transfers}
+            "committed_transfers": worker.committed_transfers,
+            # Which rule set this shard enforces, and whether a stored one failed to build.
+            "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None}
 
 
 def _read_lookup_account(worker: ShardWorker, args: dict[str, Any]) -> Any:
@@ -543,7 +693,10 @@ def _read_payment(worker: ShardWorker, args: dict[str, Any]) -> Any:
 async def _read_transactions_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
     assert worker.read_pool is not None
     limit = max(1, min(int(args.get("limit", 50)), TRANSACTIONS_PAGE_MAX))
-    before_seq = int(args.get("before_seq") or 2**62)
+    # No cursor for this shard: from the newest row. 0 is a position (nothing below it),
+    # not "no cursor", and the bound keeps any value inside bigint.
+    before = args.get("before_seq")
+    before_seq = 2**62 if before is None else max(0, min(int(before), 2**62))
     async with worker.read_pool.acquire() as conn:
         rows = await pg.list_account_transfers(conn, args["id"], before_seq, limit)
     return [t.to_wire() for t in rows]

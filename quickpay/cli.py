@@ -185,6 +185,14 @@ def _validate_common(args: argparse.Namespace) -> None:
         problems.append("--port must be a TCP port")
     if args.rules and not Path(args.rules).is_file():
         problems.append(f"--rules {args.rules}: no such file")
+    elif args.rules:
+        # A shard worker given a file that does not build keeps its stored rules (it
+        # never crash-loops on rule text); refusing here tells the operator at once.
+        import fraud
+        try:
+            fraud.load_rules_file(args.rules)
+        except (fraud.RuleError, OSError, UnicodeDecodeError) as exc:
+            problems.append(f"--rules: {exc}")
     if problems:
         raise SystemExit("quickpay up: " + "; ".join(problems))
 
@@ -264,6 +272,11 @@ def _format_report(report: Any) -> str:
              f"{s['in_process']} in process), clearing {s['clearing_minor']}, sum {s['balance_sum_minor']}"
              for s in report.shards]
     lines.append(f"credits in flight: {report.in_flight_count} ({report.in_flight_minor} minor units)")
+    if report.held_count:
+        lines.append(f"HELD credit legs (in flight until an operator resolves them): {report.held_count} "
+                     f"({report.held_minor} minor units)")
+        lines.extend(f"  {h['transfer_id']} on shard {h['shard']} for {h['creditor_account']}: "
+                     f"{h['amount_minor']} ({', '.join(h['reasons'])})" for h in report.held)
     if report.ok:
         lines.append("OK: every shard balances, the journal replays to every balance, "
                      "and money is conserved across shards")

@@ -2,7 +2,10 @@
 
 Backtest reads recorded payments straight from the shard databases (it never
 writes); the others go through the admin API so every shard worker switches
-between two payments.
+between two payments. A rule-set version is the sha256 of its text (the same id on
+every shard); `activate` takes it or 8+ of its first hex digits. Changes are
+all-or-nothing across shards and idempotent: after a failure, run the same command
+again.
 """
 from __future__ import annotations
 
@@ -10,11 +13,15 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 __all__ = ["add_fraud_arguments", "run_fraud_command", "load_recorded_payments"]
+
+_VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # fullmatch: "$" would let a trailing newline through
 
 
 def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,9 +33,9 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
     bt.add_argument("--limit", type=int, default=1_000_000, help="most recent payments to replay")
     bt.add_argument("--json", action="store_true")
     for name, help_text in (("show", "print rule versions and the audit trail"),
-                            ("propose", "validate a rule file and activate it on every shard"),
-                            ("activate", "activate a stored version"),
-                            ("rollback", "return to the previously active version"),
+                            ("propose", "validate and stage a rule file on every shard, then activate it"),
+                            ("activate", "activate a stored version (its sha256 id, or 8+ leading hex digits)"),
+                            ("rollback", "return every shard to the previously active version"),
                             ("alerts", "list monitor alerts")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--url", default="http://127.0.0.1:8080")
@@ -38,7 +45,7 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
             cmd.add_argument("file")
             cmd.add_argument("--no-activate", action="store_true")
         if name == "activate":
-            cmd.add_argument("version", type=int)
+            cmd.add_argument("version", help="version id as `quickpay fraud show` prints it (or a prefix)")
 
 
 async def load_recorded_payments(dsns: list[str], limit: int) -> tuple[list[Any], Any]:
@@ -117,12 +124,18 @@ def _admin(args: argparse.Namespace) -> int:
 
     from quickpay.config import StateDir
     from quickpay.httpclient import Api, ApiCallError
-    api = Api(args.url)
+    # Propose and activate are idempotent (content-hash versions), so an answer of
+    # "unavailable, nothing changed" is retried; a rollback is "one step back" and is not.
+    api = Api(args.url, timeout_s=60.0,
+              unavailable_retries=2 if args.fraud_command in ("propose", "activate") else 0)
     token_file = StateDir(args.state_dir).path / "admin.token"
     token = os.environ.get("QUICKPAY_ADMIN_TOKEN") or (token_file.read_text().strip() if token_file.exists() else None)
     if not token:
         raise SystemExit(f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
                          "give the stack's --state-dir")
+    if args.fraud_command == "activate" and not _VERSION_RE.fullmatch(args.version.lower()):
+        raise SystemExit(f"quickpay fraud activate: {args.version!r} is not a rule-set version; give the sha256 id "
+                         "that `quickpay fraud show` prints, or 8 or more of its first hex digits")
     try:
         if args.fraud_command == "show":
             result = api.request("GET", "/admin/v1/fraud/rules", token=token)
@@ -132,10 +145,10 @@ def _admin(args: argparse.Namespace) -> int:
                 "text": text, "author": args.author, "activate": not args.no_activate,
                 "filename": Path(args.file).name}, token=token)
         elif args.fraud_command == "activate":
-            result = api.request("POST", f"/admin/v1/fraud/rules/{args.version}/activate?author={args.author}",
-                                 token=token)
+            result = api.request("POST", f"/admin/v1/fraud/rules/{args.version.lower()}/activate?author="
+                                 f"{quote(args.author)}", token=token)
         elif args.fraud_command == "rollback":
-            result = api.request("POST", f"/admin/v1/fraud/rules/rollback?author={args.author}", token=token)
+            result = api.request("POST", f"/admin/v1/fraud/rules/rollback?author={quote(args.author)}", token=token)
         else:
             result = api.request("GET", "/admin/v1/fraud/alerts", token=token)
     except ApiCallError as exc:
@@ -145,6 +158,12 @@ def _admin(args: argparse.Namespace) -> int:
         raise SystemExit(f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up`"
                          " or give --url") from None
     print(json.dumps(result, indent=2))
+    if args.fraud_command != "alerts" and isinstance(result, dict) and "active_version" in result:
+        # One line a person can read under the JSON (stderr, so stdout stays JSON).
+        state = "consistent" if result.get("consistent") else "SHARDS DISAGREE"
+        degraded = result.get("degraded_shards") or []
+        print(f"active version: {result.get('active_version')} ({state}"
+              + (f"; degraded shards: {degraded}" if degraded else "") + ")", file=sys.stderr)
     return 0
 
 

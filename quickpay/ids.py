@@ -10,6 +10,7 @@ lookup.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import zlib
 
@@ -65,8 +66,12 @@ def payment_id_for(partner_id: str, idempotency_key: str, shard: int) -> str:
 
 def shard_of_payment(payment_id: str, shard_count: int) -> int | None:
     """The shard encoded in a payment id, or None if the id is malformed."""
-    head, _, tail = payment_id.rpartition("_")
-    if not head.startswith("pay_") or len(head) != 36 or not tail.isdigit():
+    # ASCII only: str.isdigit() accepts "²" and "٣", which int() then refuses (or reads).
+    match = _PAYMENT_ID.fullmatch(payment_id)
+    if match is None:
         return None
-    shard = int(tail)
+    shard = int(match.group(1))
     return shard if shard < shard_count else None
+
+
+_PAYMENT_ID = re.compile(r"pay_[0-9a-f]{32}_(0|[1-9][0-9]{0,5})")

@@ -134,3 +134,14 @@ def test_commands_without_a_stack_say_what_to_do(tmp_path: Path) -> None:
         assert result.returncode != 0, argv
         assert expected in result.stderr, (argv, result.stderr)
         assert "Traceback" not in result.stderr, (argv, result.stderr)
+
+
+@pytest.mark.parametrize("version", ["abcdef12\n", "abcdef12 ", "ABCDEF1²", "abc"])
+def test_fraud_activate_refuses_a_version_that_is_not_whole_hex(tmp_path: Path, version: str) -> None:
+    # A version is matched whole: "^...$" let "abcdef12\n" through, since "$" also
+    # matches before a trailing newline.
+    (tmp_path / "admin.token").write_text("t" * 40)
+    result = cli("fraud", "activate", version, "--state-dir", str(tmp_path), "--url", "http://127.0.0.1:9", timeout=60)
+    assert result.returncode != 0
+    assert "is not a rule-set version" in result.stderr
+    assert "Traceback" not in result.stderr

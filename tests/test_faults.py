@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import defaultdict
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -427,9 +428,14 @@ def test_stale_lock_file_of_an_unrelated_process_is_removed(tmp_path: Any) -> No
     fake.symlink_to("/bin/sleep")
     postgres = subprocess.Popen([str(fake), "30"])
     try:
+        comm = Path(f"/proc/{postgres.pid}/comm")
+        deadline = time.monotonic() + 10
+        while comm.read_text().strip() != "postgres":
+            assert time.monotonic() < deadline, comm.read_text()
+            time.sleep(0.01)
         lock.write_text(f"{postgres.pid}\n")
         pg.before_foreground_start()
-        assert lock.exists()
+        assert lock.exists(), comm.read_text()
     finally:
         postgres.kill()
         postgres.wait()

@@ -261,6 +261,57 @@ def test_funding_refusals_and_overflow() -> None:
     assert t.status == Status.REJECTED and t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
 
 
+def test_credit_leg_that_would_overflow_the_creditor_is_held_not_applied() -> None:
+    # Review finding: an incoming credit leg had no int64 check; the batch write failed
+    # (bigint out of range), the worker stopped, and the relay resent the same leg after
+    # every restart. Now the leg is recorded (Rejected, BALANCE_OVERFLOW), moving nothing.
+    big = 2**63 - 1
+    state = make_state(shard=1, balance=0)
+    commit(state, lambda ws: state.execute_funding(
+        FundingCommand("f_big", "acc_0", big - 10, "CNY", "r", "h", DAY0), ws))
+    before = balances(state)
+    code, ws = commit(state, lambda ws: state.execute_credit(CreditLeg("x_over", 0, "acc_0", 11, "CNY", DAY0), ws))
+    assert state.accounts["acc_0"].balance_minor <= big and balances(state) == before
+    assert ws.deltas == {} and ws.outbox == [] and code == Code.HELD
+    (leg,) = ws.transfers
+    assert (leg.id, leg.kind, leg.status, leg.reasons, leg.amount_minor) == \
+        ("x_over", "credit_leg", Status.REJECTED, (Code.BALANCE_OVERFLOW,), 11)
+    # The relay resends it (after a restart, say): recognised, still nothing moves.
+    again, ws2 = commit(state, lambda ws: state.execute_credit(CreditLeg("x_over", 0, "acc_0", 11, "CNY", DAY0), ws))
+    assert again == Code.REPLAY and ws2.is_empty() and balances(state) == before
+    # Up to exactly INT64_MAX still applies.
+    ok, _ = commit(state, lambda ws: state.execute_credit(CreditLeg("x_fits", 0, "acc_0", 10, "CNY", DAY0), ws))
+    assert ok == Code.OK and state.accounts["acc_0"].balance_minor == big
+    assert state.total_balance_minor() == 0
+
+
+def test_credit_leg_that_would_underflow_the_clearing_stripe_is_held() -> None:
+    big = 2**63 - 1
+    state = make_state(shard=1, balance=0)
+    state.accounts[CLEARING_ACCOUNT].balance_minor = -(big - 5)     # after a lot of inbound flow
+    state.accounts["acc_1"].balance_minor = big - 5
+    code, ws = commit(state, lambda ws: state.execute_credit(CreditLeg("x_under", 0, "acc_0", 6, "CNY", DAY0), ws))
+    assert state.accounts[CLEARING_ACCOUNT].balance_minor == -(big - 5)
+    assert ws.deltas == {} and code == Code.HELD
+
+
+def test_int64_edges_of_funding_and_payments() -> None:
+    big = 2**63 - 1
+    state = make_state(balance=0)
+    (_, t), _ = commit(state, lambda ws: state.execute_funding(
+        FundingCommand("f_all", "acc_0", big, "CNY", "r", "h", DAY0), ws))
+    assert t.status == Status.COMPLETED and state.accounts[FUNDING_ACCOUNT].balance_minor == -big
+    # The funding stripe cannot go below -INT64_MAX, whoever is funded.
+    (_, t), ws = commit(state, lambda ws: state.execute_funding(
+        FundingCommand("f_one", "acc_1", 1, "CNY", "r", "h", DAY0), ws))
+    assert t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
+    # A same-shard creditor at the top refuses a payment with BALANCE_OVERFLOW.
+    state.accounts[SETTLEMENT].balance_minor = big           # only the creditor's edge matters here
+    state.load_agreement(Agreement("agr_big", PARTNER, "acc_0", "CNY", big, big, "active", 0))
+    (code, t), ws = commit(state, lambda ws: state.execute_payment(pay("p_top", 1, agreement="agr_big"), ws))
+    assert t.status == Status.REJECTED and t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
+
+
 def test_writeset_check_balanced_catches_unbalanced_deltas() -> None:
     ws = WriteSet()
     ws.add_delta("a", 5)
@@ -301,7 +352,72 @@ def test_committed_transfers_are_evicted_but_uncommitted_are_kept() -> None:
     for t in ws.transfers:
         t.committed = True
     state.execute_funding(FundingCommand("f4", "acc_0", 1, "CNY", "r", "h", DAY0), WriteSet())
+    state.evict()                             # the batcher trims the cache between batches
     assert "f4" in state.transfers and len(state.transfers) <= 3
+
+
+def _cache_state(cache_max: int) -> ShardState:
+    state = ShardState(0, 1, transfer_cache_max=cache_max)
+    state.load_account(Account(FUNDING_ACCOUNT, "funding", "CNY", 0, True))
+    state.load_account(Account(CLEARING_ACCOUNT, "clearing", "CNY", 0, True))
+    state.load_account(Account(SETTLEMENT, "settlement", "CNY", 0, False, PARTNER))
+    state.load_account(Account("acc_0", "customer", "CNY", 0, False))
+    state.load_agreement(Agreement("agr_0", PARTNER, "acc_0", "CNY", 5_000, 1_000_000, "active", 0))
+    commit(state, lambda ws: state.execute_funding(
+        FundingCommand("fund_0", "acc_0", 100_000, "CNY", "f", "h", DAY0), ws))
+    return state
+
+
+def test_a_retry_is_not_evicted_by_new_payments_decided_before_it_in_the_same_batch() -> None:
+    # Review finding: the prefetch skips ids it holds; new transfers decided earlier in the
+    # batch then evicted the old one, and its retry was decided as a NEW payment (a second
+    # debit, and a primary-key violation at write that stopped the worker).
+    state = _cache_state(cache_max=2)
+    (code, original), _ = commit(state, lambda ws: state.execute_payment(pay("p_old", 100), ws))
+    assert code == Code.OK
+    assert "p_old" in state.transfers            # cached: the prefetch would skip it
+    before = balances(state)
+    ws = WriteSet()
+    results = [state.execute_payment(pay(pid, 100), ws) for pid in ("p_new1", "p_new2", "p_old")]
+    assert results[2] == (Code.REPLAY, original)
+    assert [t.id for t in ws.transfers] == ["p_new1", "p_new2"]
+    assert state.accounts["acc_0"].balance_minor == before["acc_0"] - 200
+    for transfer in ws.transfers:
+        transfer.committed = True
+    state.evict()                                # after the batch: bounded again
+    assert len(state.transfers) == 2
+
+
+def test_prefetched_ids_survive_a_batch_larger_than_the_cache() -> None:
+    # A batch refers to more stored ids than the cache holds: loading them must not
+    # evict the ones loaded earlier in the same prefetch.
+    state = _cache_state(cache_max=2)
+    stored = []
+    for i in range(5):
+        (code, transfer), _ = commit(state, lambda ws, i=i: state.execute_payment(pay(f"p{i}", 10 + i), ws))
+        stored.append(transfer)
+    state.transfers.clear()                      # all of them only in "PostgreSQL" now
+    for transfer in stored:                      # what the prefetch does with the rows it read
+        state.remember(transfer)
+    ws = WriteSet()
+    for i, transfer in enumerate(stored):
+        assert state.execute_payment(pay(f"p{i}", 10 + i), ws) == (Code.REPLAY, transfer)
+    assert ws.is_empty()
+    state.evict()
+    assert len(state.transfers) == 2
+
+
+def test_touch_makes_cached_ids_most_recent_and_returns_the_missing() -> None:
+    state = _cache_state(cache_max=2)
+    for i in range(2):
+        commit(state, lambda ws, i=i: state.execute_payment(pay(f"p{i}", 10 + i), ws))
+    state.evict()
+    assert list(state.transfers) == ["p0", "p1"]
+    assert state.touch(["p0", "p9"]) == ["p9"]
+    assert list(state.transfers) == ["p1", "p0"]
+    commit(state, lambda ws: state.execute_payment(pay("p2", 12), ws))
+    state.evict()
+    assert list(state.transfers) == ["p0", "p2"]     # p1 was least recently used
 
 
 # ---- randomized workload against a model ---------------------------------------------------
