@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import jwt
 
-__all__ = ["TokenService", "hash_secret", "new_secret", "secret_matches", "TOKEN_TTL_S"]
+__all__ = ["TokenService", "hash_secret", "new_secret", "secret_matches", "admin_token_matches", "TOKEN_TTL_S"]
 
 TOKEN_TTL_S = 3600
 _ISSUER = "quickpay"
@@ -30,7 +30,15 @@ def hash_secret(secret: str) -> str:
 
 
 def secret_matches(secret: str, stored_sha256: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), stored_sha256)
+    """Constant time in the stored digest: compares two digests with hmac.compare_digest."""
+    return hmac.compare_digest(hash_secret(secret).encode(), stored_sha256.encode())
+
+
+def admin_token_matches(presented: str, admin_token: str) -> bool:
+    """Constant-time comparison of a presented admin bearer token with the configured one
+    (SHA-256 first, so neither length nor content leaks through timing)."""
+    return hmac.compare_digest(hashlib.sha256(presented.encode(errors="surrogatepass")).digest(),
+                               hashlib.sha256(admin_token.encode()).digest())
 
 
 class TokenService:
@@ -41,7 +49,14 @@ class TokenService:
         self.ttl_s = ttl_s
         # Verified tokens, so a partner's steady stream of requests costs one dict
         # lookup instead of an HMAC and a JSON parse each; expiry is still checked.
-        self._verified: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # Keyed by a keyed BLAKE2b digest of the token, not the token: a lookup compares
+        # digests an attacker cannot steer (no timing signal about a real token's
+        # bytes), and the cache holds no usable bearer tokens.
+        self._verified: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        self._cache_key = hashlib.blake2b(b"quickpay token cache|" + key, digest_size=32).digest()
+
+    def _cache_id(self, token: str) -> bytes:
+        return hashlib.blake2b(token.encode(errors="surrogatepass"), key=self._cache_key, digest_size=16).digest()
 
     def issue(self, partner_id: str, now_s: int) -> str:
         return jwt.encode({"sub": partner_id, "iss": _ISSUER, "iat": now_s, "exp": now_s + self.ttl_s,
@@ -49,7 +64,8 @@ class TokenService:
 
     def verify(self, token: str, now_s: int) -> str | None:
         """The partner id of a valid, unexpired token, else None."""
-        cached = self._verified.get(token)
+        cache_id = self._cache_id(token)
+        cached = self._verified.get(cache_id)
         if cached is not None:
             partner_id, exp = cached
             return partner_id if now_s < exp else None
@@ -61,7 +77,7 @@ class TokenService:
         exp = int(claims["exp"])
         if now_s >= exp:
             return None
-        self._verified[token] = (claims["sub"], exp)
+        self._verified[cache_id] = (claims["sub"], exp)
         if len(self._verified) > _VERIFIED_CACHE_MAX:
             self._verified.popitem(last=False)
         return str(claims["sub"])

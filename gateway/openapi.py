@@ -249,7 +249,9 @@ def openapi_document() -> dict[str, Any]:
             "status": {"enum": ["ready", "not ready"]},
             "shards": {"type": "array", "items": _object(["shard", "ready"], {
                 "shard": {"type": "integer", "minimum": 0}, "ready": {"type": "boolean"},
-                "error": {"type": "string"}})},
+                "error": {"type": "string"},
+                # what the shard's fraud filter enforces (null with --no-rules), see RuleSetState
+                "fraud": {"type": ["object", "null"]}})},
             # Under `quickpay up`: the supervisor's view (needed children down, crash loops).
             "children": _object(["down", "crash_looping"], {
                 "down": {"type": "array", "items": {"type": "string"}},
@@ -334,8 +336,10 @@ def openapi_document() -> dict[str, Any]:
 
     limit = {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
-    author = {"name": "author", "in": "query", "required": False, "schema": {"type": "string"},
-              "description": "Recorded in the audit trail (default admin); 1-100 characters, else 422."}
+    author = {"name": "author", "in": "query", "required": False,
+              "schema": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$"},
+              "description": "Recorded in the audit trail (default admin); 1-100 characters without control "
+                             "characters, else 400."}
     account_links = {
         "GetAccountBalance": _link("getAccountBalance", parameters={"account_id": "$response.body#/debtor_account"}),
         "ListTransactions": _link("listTransactions", parameters={"account_id": "$response.body#/debtor_account"}),

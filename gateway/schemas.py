@@ -8,7 +8,7 @@ import msgspec
 from .errors import ApiError
 
 __all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
-           "FundingRequest", "RulesRequest", "ListChangeRequest", "decode_body"]
+           "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
 # (see ledger/validate.py, the shard's own line): ids are ASCII of a known shape, text
@@ -89,9 +89,15 @@ class RulesRequest(msgspec.Struct, forbid_unknown_fields=True):
     filename: Annotated[str, _text(200, "where the rules came from")] = "<api>"
 
 
+# Values per list change. Small enough that one value too many still fits in a 64 KiB
+# body (so it is a 400 that says why, not a 413); bigger changes are several calls.
+LIST_CHANGE_VALUES_MAX = 100
+ListValue = Annotated[str, _text(128, "a list value")]
+
+
 class ListChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    add: Annotated[list[Annotated[str, _text(128, "a list value")]], msgspec.Meta(max_length=10_000)] = []
-    remove: Annotated[list[Annotated[str, _text(128, "a list value")]], msgspec.Meta(max_length=10_000)] = []
+    add: Annotated[list[ListValue], msgspec.Meta(max_length=LIST_CHANGE_VALUES_MAX)] = []
+    remove: Annotated[list[ListValue], msgspec.Meta(max_length=LIST_CHANGE_VALUES_MAX)] = []
     author: ShortText = "admin"
 
 

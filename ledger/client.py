@@ -2,22 +2,28 @@
 
 Requests issued in the same event-loop tick leave in one frame; answers come
 back as the shard commits, matched by request id. Every call has a deadline and
-the number in flight is bounded.
+the number in flight is bounded. A connection carries no request until both ends
+have proven they hold the cluster secret (ledger.handshake).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from typing import Any
+from typing import Any, cast
 
+from .handshake import HANDSHAKE_TIMEOUT_S, ClientHandshake, HandshakeError, cluster_secret
 from .protocol import FrameDecoder, FrameError, encode_frames, parse_address
 
-__all__ = ["ShardClient", "ShardUnavailable", "ShardOverloaded", "ShardError"]
+__all__ = ["ShardClient", "ShardUnavailable", "ShardOverloaded", "ShardError", "ShardAuthenticationError"]
 
 
 class ShardUnavailable(ConnectionError):
     """The shard could not be reached, or the connection dropped with the call's outcome unknown."""
+
+
+class ShardAuthenticationError(ShardUnavailable):
+    """The handshake failed: no cluster secret here, or the server does not hold the same one."""
 
 
 class ShardOverloaded(Exception):
@@ -40,11 +46,38 @@ class ShardError(Exception):
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, client: "ShardClient") -> None:
+    def __init__(self, client: "ShardClient", handshake: ClientHandshake) -> None:
         self.client = client
         self.decoder = FrameDecoder()
+        self.handshake: ClientHandshake | None = handshake
+        self.authenticated: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Its outcome is read by connect(), unless connect() gave up first.
+        self.authenticated.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.handshake is not None:
+            assert self.transport is not None
+            try:
+                step = self.handshake.feed(data)
+            except HandshakeError as exc:
+                self.handshake = None
+                self.authenticated.set_exception(ShardAuthenticationError(
+                    f"shard at {self.client.address} refused: {exc}"))
+                self.transport.close()
+                return
+            if step.send:
+                self.transport.write(step.send)
+            if not step.done:
+                return
+            self.handshake = None
+            self.authenticated.set_result(None)
+            data = step.leftover
+            if not data:
+                return
         try:
             messages = self.decoder.feed(data)
         except FrameError:
@@ -57,13 +90,24 @@ class _Protocol(asyncio.Protocol):
             self.client._on_response(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._on_lost(exc)
+        if not self.authenticated.done():
+            self.authenticated.set_exception(ShardAuthenticationError(
+                f"shard at {self.client.address} closed the connection during the handshake "
+                "(is QUICKPAY_CLUSTER_SECRET the same on both ends?)"))
+            return
+        if self.authenticated.exception() is None and self.client._transport is self.transport:
+            self.client._on_lost(exc)
 
 
 class ShardClient:
     def __init__(self, address: str, *, call_timeout_s: float = 10.0,
-                 in_flight_max: int = 20_000, connect_timeout_s: float = 2.0) -> None:
+                 in_flight_max: int = 20_000, connect_timeout_s: float = 2.0,
+                 secret: bytes | str | None = None,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
+        """`secret`: the cluster secret; by default QUICKPAY_CLUSTER_SECRET, read at connect."""
         self.address = address
+        self._secret = secret
+        self.handshake_timeout_s = handshake_timeout_s
         self.call_timeout_s = call_timeout_s
         self.in_flight_max = in_flight_max
         self.connect_timeout_s = connect_timeout_s
@@ -88,15 +132,32 @@ class ShardClient:
         loop = asyncio.get_running_loop()
         self._connecting = loop.create_future()
         try:
-            kind, where = parse_address(self.address)
-            if kind == "unix":
-                coro = loop.create_unix_connection(lambda: _Protocol(self), str(where))
-            else:
-                coro = loop.create_connection(lambda: _Protocol(self), kind, int(where))
             try:
-                transport, _ = await asyncio.wait_for(coro, self.connect_timeout_s)
+                secret = cluster_secret(self._secret)
+            except HandshakeError as exc:
+                raise ShardAuthenticationError(str(exc)) from None
+            kind, where = parse_address(self.address)
+
+            def factory() -> _Protocol:
+                return _Protocol(self, ClientHandshake(secret))
+            if kind == "unix":
+                coro = loop.create_unix_connection(factory, str(where))
+            else:
+                coro = loop.create_connection(factory, kind, int(where))
+            try:
+                transport, protocol = cast("tuple[asyncio.Transport, _Protocol]",
+                                           await asyncio.wait_for(coro, self.connect_timeout_s))
             except (OSError, asyncio.TimeoutError) as exc:
                 raise ShardUnavailable(f"shard at {self.address} unreachable: {exc}") from exc
+            try:
+                await asyncio.wait_for(asyncio.shield(protocol.authenticated), self.handshake_timeout_s)
+            except asyncio.TimeoutError:
+                transport.close()
+                raise ShardAuthenticationError(
+                    f"shard at {self.address}: no handshake within {self.handshake_timeout_s}s") from None
+            except BaseException:
+                transport.close()
+                raise
             self._transport = transport
             if self._sweeper is None or self._sweeper.done():
                 self._sweeper = loop.create_task(self._sweep())

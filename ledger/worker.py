@@ -26,6 +26,7 @@ from quickpay.ids import is_striped, settlement_account_for
 
 from . import pg
 from .client import ShardClient
+from .handshake import HANDSHAKE_TIMEOUT_S, HandshakeError, ServerHandshake, cluster_secret
 from .model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
 )
@@ -71,6 +72,8 @@ class WorkerConfig:
     rules_path: str | None = None
     no_rules: bool = False
     ledger_mode: str = "batched"   # "naive": one transaction per payment (benchmark baseline)
+    # Authenticates every shard-protocol connection, both ways; default QUICKPAY_CLUSTER_SECRET.
+    cluster_secret: bytes | None = None
 
     def validate(self) -> None:
         problems = []
@@ -115,11 +118,53 @@ class _ServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.outgoing: list[Any] = []
         self.flush_scheduled = False
+        self.authenticated = False
+        self.handshake: ServerHandshake | None = None
+        self.handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Nothing is decoded, let alone run, before the peer proves it holds the
+        # cluster secret; a peer that does not within the timeout is cut off.
+        self.handshake = ServerHandshake(self.worker.cluster_secret)
+        self.handshake_timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT_S, self._refuse, "no handshake within the timeout")
+        transport.write(self.handshake.hello())  # type: ignore[attr-defined]
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("closing unauthenticated shard-protocol connection: %s", reason)
+        self.handshake = None
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _authenticate(self, data: bytes) -> bytes:
+        """Feed the handshake; the bytes that follow it once authenticated, else b""."""
+        assert self.handshake is not None and self.transport is not None
+        try:
+            step = self.handshake.feed(data)
+        except HandshakeError as exc:
+            self._refuse(str(exc))
+            return b""
+        if not step.done:
+            return b""
+        self.handshake = None
+        self.authenticated = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        self.transport.write(step.send)
+        return step.leftover
 
     def data_received(self, data: bytes) -> None:
+        if not self.authenticated:
+            if self.handshake is None:
+                return  # refused: ignore whatever is still buffered
+            data = self._authenticate(data)
+            if not data:
+                return
         try:
             messages = self.decoder.feed(data)
         except FrameError as exc:
@@ -160,6 +205,9 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
 
 
 Reply = Callable[[bool, Any], None]
@@ -169,6 +217,7 @@ class ShardWorker:
     def __init__(self, config: WorkerConfig, *, clock_ms: Callable[[], int] = _now_ms) -> None:
         config.validate()
         self.config = config
+        self.cluster_secret = cluster_secret(config.cluster_secret)
         self.clock_ms = clock_ms
         self.state = ShardState(config.shard, config.shard_count,
                                 transfer_cache_max=config.transfer_cache_max)
@@ -226,7 +275,7 @@ class ShardWorker:
             await self._start_fraud()
         for shard, address in cfg.peers.items():
             if shard != cfg.shard:
-                self.peers[shard] = ShardClient(address, call_timeout_s=10.0)
+                self.peers[shard] = ShardClient(address, call_timeout_s=10.0, secret=self.cluster_secret)
         self.relay = Relay(cfg.shard, self.peers, self._on_delivered, self._reload_outbox)
         self.relay.start()
         self.relay.enqueue(await pg.load_outbox(self.write_conn))
@@ -247,6 +296,7 @@ class ShardWorker:
             if os.path.exists(path):
                 os.unlink(path)  # we hold the advisory lock, so no live worker owns it
             self.server = await loop.create_unix_server(lambda: _ServerProtocol(self), path)
+            os.chmod(path, 0o600)  # only this user may connect (the directory is 0700 too)
         else:
             self.server = await loop.create_server(lambda: _ServerProtocol(self), kind, int(where))
         log.info("shard %s ready on %s: %d accounts, %d agreements, next seq %d",

@@ -520,22 +520,23 @@ def run_pgbench(state_dir: Path, seconds: float, scale: int, out: Path) -> dict[
     from quickpay.embedded_pg import BIN_PATH, EmbeddedPostgres
     pg = EmbeddedPostgres(state_dir)
     conn = ["-h", str(pg.socket_dir), "-p", str(pg.port), "-U", "postgres"]
+    env = {**os.environ, **pg.client_env()}  # the password file, not the password, on no command line
     psql = str(BIN_PATH / "psql")
     exists = subprocess.run([psql, *conn, "-d", "postgres", "-tAc",
                              "SELECT 1 FROM pg_database WHERE datname = 'pgbench'"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env=env)
     if exists.stdout.strip() != "1":
         subprocess.run([psql, *conn, "-d", "postgres", "-qc", "CREATE DATABASE pgbench"],
-                       check=True, capture_output=True, text=True, timeout=60)
+                       check=True, capture_output=True, text=True, timeout=60, env=env)
     pgbench = str(BIN_PATH / "pgbench")
     started = time.monotonic()
     init = subprocess.run([pgbench, *conn, "-i", "-q", "-s", str(scale), "pgbench"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     init_s = time.monotonic() - started
     if init.returncode != 0:
         raise RuntimeError(f"pgbench -i failed: {init.stderr[-2000:]}")
     command = [pgbench, *conn, "-c", "8", "-j", "2", "-T", str(max(1, int(round(seconds)))), "-n", "pgbench"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, env=env)
     (out / "pgbench.txt").write_text(result.stdout + result.stderr)
     tps = parse_pgbench_tps(result.stdout)
     if result.returncode != 0 or tps is None:

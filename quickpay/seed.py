@@ -29,11 +29,11 @@ CHUNK = 5_000
 
 async def seed_customers(addresses: list[str], partners: list[dict[str, Any]], customers: int,
                          funding_minor: int, currency: str = "CNY",
-                         progress: Any = None) -> list[tuple[int, str, str]]:
+                         progress: Any = None, secret: str | None = None) -> list[tuple[int, str, str]]:
     """Open, fund and bind `customers` accounts; returns (partner_index, agreement_id, debtor)."""
     from ledger.client import ShardClient
     shard_count = len(addresses)
-    clients = [ShardClient(a, call_timeout_s=120.0, in_flight_max=50_000) for a in addresses]
+    clients = [ShardClient(a, call_timeout_s=120.0, in_flight_max=50_000, secret=secret) for a in addresses]
     rows: list[tuple[int, str, str]] = []
     try:
         done = 0
@@ -96,14 +96,16 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         print(f"\rseeding customers: {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    rows = asyncio.run(seed_customers(addresses, partners, args.customers, funding_minor, currency, progress))
+    rows = asyncio.run(seed_customers(addresses, partners, args.customers, funding_minor, currency, progress,
+                                      secret=state.cluster_secret))
     print(file=sys.stderr)
     blocked_count = int(len(rows) * args.blocked_share) if args.blocked_share > 0 else 0
     rng = random.Random(7)
     blocked = rng.sample(rows, blocked_count) if blocked_count else []
-    if blocked:
+    from gateway.schemas import LIST_CHANGE_VALUES_MAX
+    for start in range(0, len(blocked), LIST_CHANGE_VALUES_MAX):
         api.request("POST", "/admin/v1/fraud/lists/blocked_accounts",
-                    {"add": [debtor for _, _, debtor in blocked]}, token=admin)
+                    {"add": [debtor for _, _, debtor in blocked[start:start + LIST_CHANGE_VALUES_MAX]]}, token=admin)
     blocked_ids = {agreement for _, agreement, _ in blocked}
     out = Path(args.out or state.path)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from quickpay.ids import shard_of
+from quickpay.secret_policy import generate as generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 STACK_FLAGS: tuple[str, ...] = ("--no-rules", "--no-monitor")
 
 READY_TIMEOUT_S = 120.0
+
+# One cluster secret for every stack of the session, so shard clients made in tests
+# (ledger.client.ShardClient reads QUICKPAY_CLUSTER_SECRET) can talk to any test stack;
+# `quickpay up` uses the environment's secret over its state directory's.
+os.environ.setdefault("QUICKPAY_CLUSTER_SECRET", generate_secret())
 
 
 def free_port() -> int:

@@ -55,7 +55,8 @@ def world(own: Stack) -> dict[str, Any]:
 
 
 def run_check(stack: Stack) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
     return subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -157,7 +158,8 @@ def test_second_writer_is_fenced(own: Stack, tmp_path: Any) -> None:
     from quickpay.embedded_pg import EmbeddedPostgres
     pg = EmbeddedPostgres(own.state_dir)
     assert (pg.socket_dir / f".s.PGSQL.{pg.port}").exists(), "the stack's PostgreSQL socket is gone"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
     result = subprocess.run(
         [sys.executable, "-m", "quickpay.cli", "shard-worker", "--shard", "0", "--shards", "2",
          "--dsn", own.dsn(0), "--listen", listen, "--no-rules",
