@@ -25,6 +25,7 @@ from quickpay.ids import (
     settlement_account_for, shard_of_payment,
 )
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
+from quickpay.supervisor import read_status
 
 from .auth import TokenService, admin_token_matches, hash_secret, new_secret, secret_matches
 from .errors import ApiError, error_response, field_error
@@ -68,6 +69,9 @@ class GatewayConfig(msgspec.Struct):
     token_key: bytes
     admin_token: str
     call_timeout_s: float = 10.0
+    # The supervisor's status file (quickpay.supervisor): /readyz reports crash-looping
+    # children and is 503 while a needed one (PostgreSQL, a shard worker) is down.
+    supervisor_status: str | None = None
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -375,7 +379,17 @@ def create_app(config: GatewayConfig) -> web.Application:
             except Exception as exc:
                 shards.append({"shard": index, "ready": False, "error": str(exc)})
         ready = all(s["ready"] for s in shards)
-        return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "shards": shards})
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "shards": shards}
+        if config.supervisor_status:
+            status = read_status(config.supervisor_status)
+            children = status.get("children", []) if status is not None else []
+            down = [c["name"] for c in children if c.get("needed") and c.get("state") != "running"]
+            body["children"] = {"down": down,
+                                "crash_looping": [c["name"] for c in children if c.get("crash_looping")]}
+            if down:
+                ready = False
+                body["status"] = "not ready"
+        return _json(200 if ready else 503, body)
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:

@@ -251,7 +251,11 @@ def openapi_document() -> dict[str, Any]:
                 "shard": {"type": "integer", "minimum": 0}, "ready": {"type": "boolean"},
                 "error": {"type": "string"},
                 # what the shard's fraud filter enforces (null with --no-rules), see RuleSetState
-                "fraud": {"type": ["object", "null"]}})}}),
+                "fraud": {"type": ["object", "null"]}})},
+            # Under `quickpay up`: the supervisor's view (needed children down, crash loops).
+            "children": _object(["down", "crash_looping"], {
+                "down": {"type": "array", "items": {"type": "string"}},
+                "crash_looping": {"type": "array", "items": {"type": "string"}}})}),
         "Token": _object(["access_token", "token_type", "expires_in", "scope"], {
             "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
             "expires_in": {"type": "integer", "minimum": 1}, "scope": {"const": "payments"}}),
@@ -348,7 +352,8 @@ def openapi_document() -> dict[str, Any]:
                             "responses": {
                                 "200": {"description": "Every shard worker answers", "headers": _INTERACTION_HEADER,
                                         "content": _json_content(_ref("Readiness"))},
-                                "503": {"description": "A shard worker does not answer",
+                                "503": {"description": "A shard worker does not answer, or a child the "
+                                                       "stack needs (PostgreSQL, a shard worker) is down",
                                         "headers": _INTERACTION_HEADER,
                                         "content": _json_content(_ref("Readiness"))}}}},
         "/openapi.json": {"get": _op("openapi", "This document", security=None, errors=(), shards=False)},

@@ -66,7 +66,15 @@ class Relay:
             if not queue:
                 if self.overflowed:
                     self.overflowed = False
-                    self.enqueue(await self.reload_outbox())
+                    try:
+                        legs = await self.reload_outbox()
+                    except Exception as exc:  # the database restarting: retry, never end the task
+                        self.overflowed = True
+                        log.warning("relay could not re-read the outbox (%s); retrying in %.2fs", exc, backoff_s)
+                        await asyncio.sleep(backoff_s)
+                        backoff_s = min(backoff_s * 2, self.retry_backoff_max_s)
+                        continue
+                    self.enqueue(legs)
                     continue
                 wakeup.clear()
                 await wakeup.wait()

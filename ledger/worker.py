@@ -50,6 +50,11 @@ GC_FREEZE_INTERVAL_S = 5.0
 # connections (prefetch, batch write) keep cached plans but may only use index paths,
 # which is right for every statement they run after start-up.
 _SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+# A starting worker waits this long for its PostgreSQL to accept connections (it may
+# be restarting after a crash and replaying its WAL) before it gives up and exits.
+DB_WAIT_S = 60.0
+_DB_NOT_YET = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
+               asyncpg.ConnectionDoesNotExistError)
 _HOT_PATH_SETTINGS = ("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off")
 
 
@@ -88,6 +93,22 @@ class WorkerConfig:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+async def _connect_waiting(dsn: str, wait_s: float = DB_WAIT_S) -> asyncpg.Connection:
+    """Connect, waiting while the server is unreachable or still starting up. Other errors
+    (authentication, no such database) are not transient: they raise at once."""
+    deadline = time.monotonic() + wait_s
+    delay_s = 0.05
+    while True:
+        try:
+            return await asyncpg.connect(dsn, timeout=10)
+        except _DB_NOT_YET as exc:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("waiting for PostgreSQL: %s", exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.5)
 
 
 class _ServerProtocol(asyncio.Protocol):
@@ -219,14 +240,17 @@ class ShardWorker:
         self.naive_pool: asyncpg.Pool | None = None
         self.prefetch_conn: asyncpg.Connection | None = None
         self.committed_transfers = 0
+        self.closing = False
 
     # ---- start-up ------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.write_conn = await asyncpg.connect(cfg.dsn)
+        self.write_conn = await _connect_waiting(cfg.dsn)
+        self.write_conn.add_termination_listener(self._on_connection_lost)
         got_lock = await self.write_conn.fetchval(
             "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
         if not got_lock:
+            self.closing = True         # our own close: not a lost connection
             await self.write_conn.close()
             raise SystemExit(f"shard {cfg.shard} already has a writer (advisory lock held); refusing to start")
         await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
@@ -234,7 +258,8 @@ class ShardWorker:
                                                    server_settings=_SERVER_SETTINGS)
         # The batcher's own connection: a pool's acquire/reset would cost two more
         # round trips on every batch.
-        self.prefetch_conn = await asyncpg.connect(cfg.dsn)
+        self.prefetch_conn = await _connect_waiting(cfg.dsn)
+        self.prefetch_conn.add_termination_listener(self._on_connection_lost)
         await self.prefetch_conn.execute(_HOT_PATH_SETTINGS)
         await pg.load_state(self.write_conn, self.state, self.clock_ms())
         if cfg.ledger_mode == "naive":
@@ -290,6 +315,18 @@ class ShardWorker:
         if task.cancelled():
             return
         log.error("shard %s pipeline task ended: %r; stopping", self.config.shard, task.exception())
+        logging.shutdown()
+        os._exit(70)
+
+    def _on_connection_lost(self, conn: Any) -> None:
+        # The write connection holds the shard's advisory lock and the batcher's prefetch
+        # needs its own: without either the worker could only answer 503s while looking
+        # alive (PostgreSQL restarted, say). Stop; the supervisor's restart waits for the
+        # database and reloads the truth, and callers retry with the same key.
+        if self.closing:
+            return
+        log.error("shard %s lost its PostgreSQL connection; stopping so that the restart reconnects",
+                  self.config.shard)
         logging.shutdown()
         os._exit(70)
 
@@ -432,6 +469,7 @@ class ShardWorker:
                 self.relay.enqueue([(leg, ws.targets[leg.transfer_id]) for leg in ws.outbox])
 
     async def close(self) -> None:
+        self.closing = True
         if self.server is not None:
             self.server.close()
         for task in self.tasks:

@@ -53,8 +53,42 @@ def _resolve_dsns(args: argparse.Namespace, state: Any) -> tuple[Any, list[str]]
 
 
 # ---- up -----------------------------------------------------------------------------
+ENV_SUPERVISOR_STATUS = "QUICKPAY_SUPERVISOR_STATUS"
+PG_READY_TIMEOUT_S = 120.0
+
+
+def _supervised_postgres(state_path: Path, shards: int) -> tuple[Any, Any, list[str]]:
+    """The embedded PostgreSQL as a supervised child (foreground postmaster), its DSNs."""
+    import signal
+    from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+    from quickpay.supervisor import Child
+    pg = EmbeddedPostgres(state_path)
+    if pg.is_running():
+        # Left running by `check` or `up --keep-db`: restart it under supervision.
+        print("quickpay: stopping the embedded PostgreSQL left running, to supervise it", flush=True)
+        pg.stop()
+    pg.prepare_foreground()
+    child = Child("postgres", pg.postmaster_argv(), user=pg.run_as, stop_signal=signal.SIGINT,
+                  stop_last=True, before_start=pg.before_foreground_start, output=pg.log_file)
+    return pg, child, [pg.dsn(shard_database(i)) for i in range(shards)]
+
+
+def _wait_postgres(supervisor: Any, pg: Any, child: Any) -> None:
+    """Until the supervised postmaster accepts connections (restarting it if it dies)."""
+    import time
+    deadline = time.monotonic() + PG_READY_TIMEOUT_S
+    while not pg.accepting():
+        if time.monotonic() > deadline:
+            tail = pg.log_file.read_text(errors="replace")[-3000:] if pg.log_file.exists() else ""
+            raise SystemExit(f"quickpay up: PostgreSQL did not accept connections within "
+                             f"{PG_READY_TIMEOUT_S:.0f}s (exits: {child.failures}); {pg.log_file}:\n{tail}")
+        supervisor.poll_once()
+        time.sleep(0.1)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from quickpay.config import StateDir
+    from quickpay.embedded_pg import shard_database
     from quickpay.httpclient import Api, wait_ready
     from quickpay.supervisor import Child, Supervisor
 
@@ -64,16 +98,30 @@ def cmd_up(args: argparse.Namespace) -> int:
     state.check_topology(args.shards)
     # Secrets reach children through the environment, never argv (visible in ps).
     cluster_env = {ENV_CLUSTER_SECRET: state.cluster_secret}
+    status_path = state.path / "supervisor.json"
     secrets_env = {"QUICKPAY_TOKEN_KEY": state.token_key.decode(), "QUICKPAY_ADMIN_TOKEN": state.admin_token,
                    **cluster_env}
     _require_secrets("quickpay up", secrets_env)
-    pg, dsns = _resolve_dsns(args, state)
-    addresses = [state.shard_socket(i) for i in range(args.shards)]
+    pg: Any = None
+    pg_child: Any = None
+    if _dsns_from(args) or args.keep_db:
+        # Given DSNs: their servers are not ours. --keep-db: the server must outlive `up`,
+        # so it runs daemonised (pg_ctl) and unsupervised, as it did before.
+        pg, dsns = _resolve_dsns(args, state)
+    else:
+        pg, pg_child, dsns = _supervised_postgres(state.path, args.shards)
+    addresses = _split(args.shard_listen) or [state.shard_socket(i) for i in range(args.shards)]
+    gateway_addresses = _split(args.gateway_shard_addrs) or addresses
+    relay_addresses = _split(args.relay_shard_addrs) or addresses
+    for flag, given in (("--shard-listen", addresses), ("--gateway-shard-addrs", gateway_addresses),
+                        ("--relay-shard-addrs", relay_addresses)):
+        if len(given) != args.shards:
+            raise SystemExit(f"quickpay up: {flag} must list {args.shards} addresses")
     python = [sys.executable, "-m", "quickpay.cli"]
     children = []
     for shard in range(args.shards):
         argv = [*python, "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
-                "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(addresses),
+                "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(relay_addresses),
                 "--batch-size-max", str(args.batch_size_max), "--batch-wait-ms", str(args.batch_wait_ms)]
         if args.rules:
             argv += ["--rules", str(Path(args.rules).resolve())]
@@ -83,17 +131,24 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv += ["--ledger-mode", args.ledger_mode]
         children.append(Child(f"shard-{shard}", argv, env=cluster_env))
     for worker in range(args.workers):
+        # One gateway worker down is not an outage: the others share the port.
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
-            "--shard-addrs", ",".join(addresses)], env=secrets_env))
+            "--shard-addrs", ",".join(gateway_addresses)],
+            env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
-        children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns]))
-    supervisor = Supervisor(children)
+        children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns], needed=False))
+    supervisor = Supervisor(([pg_child] if pg_child is not None else []) + children, status_path=status_path)
     base_url = f"http://{args.host}:{args.port}"
     try:
-        supervisor.start()
+        if pg_child is not None:
+            supervisor.start([pg_child])
+            _wait_postgres(supervisor, pg, pg_child)
+            pg.create_databases([shard_database(i) for i in range(args.shards)])
+        supervisor.start(children)
         wait_ready(base_url, timeout_s=120)
-        print(f"quickpay is up at {base_url}: {args.shards} shards, {args.workers} gateway workers", flush=True)
+        print(f"quickpay is up at {base_url}: {args.shards} shards, {args.workers} gateway workers"
+              + (", PostgreSQL supervised" if pg_child is not None else ""), flush=True)
         print(f"admin token: {state.path / 'admin.token'}", flush=True)
         if args.demo:
             from quickpay.demo import curl_example, seed_demo
@@ -104,7 +159,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.run_until_signal()
     finally:
         supervisor.stop()
-        if pg is not None and not args.keep_db:
+        if pg is not None and pg_child is None and not args.keep_db:
             pg.stop()
     return 0
 
@@ -246,7 +301,8 @@ def cmd_gateway_worker(args: argparse.Namespace) -> int:
     _require_secrets("gateway-worker", {"QUICKPAY_TOKEN_KEY": key, "QUICKPAY_ADMIN_TOKEN": admin,
                                         ENV_CLUSTER_SECRET: cluster})
     _setup_logging()
-    serve(GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin),
+    serve(GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
+                        supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None),
           args.host, args.port)
     return 0
 
@@ -345,7 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_flags(up)
     up.add_argument("--demo", action="store_true", help="seed a demo partner and print a curl example")
     up.add_argument("--no-monitor", action="store_true", help="do not start the post-event fraud monitor")
-    up.add_argument("--keep-db", action="store_true", help="leave the embedded PostgreSQL running on exit")
+    up.add_argument("--keep-db", action="store_true",
+                    help="run the embedded PostgreSQL unsupervised and leave it running on exit")
+    # Test hooks (fault injection): shard workers' listen addresses, and the shard
+    # addresses gateways and relays dial, e.g. a fault proxy in front of each shard.
+    up.add_argument("--shard-listen", help=argparse.SUPPRESS)
+    up.add_argument("--gateway-shard-addrs", help=argparse.SUPPRESS)
+    up.add_argument("--relay-shard-addrs", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
     shard = sub.add_parser("shard-worker", help="run one ledger shard worker (used by up and compose)")

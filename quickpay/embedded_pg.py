@@ -197,9 +197,18 @@ class EmbeddedPostgres:
         ]
 
     def start(self) -> None:
+        """Start the server daemonised (pg_ctl): for `check`, `up --keep-db` and tests.
+        `quickpay up` runs it in the foreground instead (`postmaster_argv`), supervised."""
         self.prepare()
         if self.is_running():
             return
+        port, socket_dir = self._prepare_run()
+        self._run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+                   "-w", "-t", str(START_TIMEOUT_S), "-o", " ".join(self.server_options(port, socket_dir)),
+                   "start"])
+
+    def _prepare_run(self) -> tuple[int, Path]:
+        """The port (recorded), the private socket directory and the server log (0600)."""
         port = self.requested_port or (int(self.port_file.read_text())
                                        if self.port_file.exists() else _free_port())
         self.port_file.write_text(str(port))
@@ -207,9 +216,47 @@ class EmbeddedPostgres:
         os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         os.chmod(self.log_file, 0o600)
         self._chown(self.log_file)
-        self._run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                   "-w", "-t", str(START_TIMEOUT_S), "-o", " ".join(self.server_options(port, socket_dir)),
-                   "start"])
+        return port, socket_dir
+
+    # ---- foreground (supervised) server -------------------------------------------
+    def prepare_foreground(self) -> None:
+        """Everything a foreground start needs (see `prepare`), plus the port, the socket
+        directory and the log file. Call once, before the first `postmaster_argv` start."""
+        self.prepare()
+        self._prepare_run()
+
+    def postmaster_argv(self) -> list[str]:
+        """The command that runs the server in the foreground, for a supervisor: it exits
+        when PostgreSQL stops or dies, and SIGINT asks for a fast shutdown. Run it as
+        `run_as` (PostgreSQL refuses root), after `prepare_foreground`."""
+        options = self.server_options(self.port, self.socket_dir)
+        # "-c name=value", "-p 5432", "-k /dir": option, then the rest (a path may hold spaces)
+        return [str(BIN_PATH / "postgres"), "-D", str(self.data_dir),
+                *(part for option in options for part in option.split(" ", 1))]
+
+    def before_foreground_start(self) -> None:
+        """Run before every (re)start of a foreground server: a SIGKILLed postmaster leaves
+        its postmaster.pid behind. PostgreSQL ignores a lock file whose pid is gone, and
+        refuses to start while an orphaned backend still holds the old shared memory
+        (the supervisor then retries with backoff; orphans exit as soon as they notice
+        the postmaster's death). What it cannot tell is a pid reused by an unrelated
+        process: the file is removed unless its pid is a live postgres process."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        if not _is_postgres_process(pid):
+            try:
+                pid_file.unlink()
+            except OSError:
+                pass
+
+    def accepting(self) -> bool:
+        """Whether the server accepts connections (pg_isready: needs no credentials)."""
+        result = subprocess.run([str(BIN_PATH / "pg_isready"), "-q", "-h", str(self.socket_dir),
+                                 "-p", str(self.port), "-t", "2"], capture_output=True)
+        return result.returncode == 0
 
     def _write_hba(self) -> None:
         from quickpay.config import write_private_file
@@ -240,6 +287,20 @@ class EmbeddedPostgres:
             if name not in existing:
                 subprocess.run([psql, self.dsn(), "-qc", f'CREATE DATABASE "{name}"'],
                                check=True, capture_output=True, text=True)
+
+
+def _is_postgres_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip().startswith("postgres")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def attach_state(state_dir: Path | str) -> tuple[EmbeddedPostgres, list[str], bool]:
