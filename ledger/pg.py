@@ -180,7 +180,7 @@ async def _write_fast(conn: asyncpg.Connection, ws: WriteSet) -> None:
 async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
     """Write one decided batch in one transaction (the group commit)."""
     ws.check_balanced()
-    if not (ws.accounts or ws.partners or ws.agreements or ws.delivered or ws.settings):
+    if not (ws.accounts or ws.partners or ws.agreements or ws.delivered or ws.delivered_held or ws.settings):
         await _write_fast(conn, ws)
         return
     async with conn.transaction():
@@ -222,6 +222,8 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
                                    "amount_minor", "currency", "created_at_ms"),
                 records=[(leg.transfer_id, ws.targets[leg.transfer_id], leg.creditor_account,
                           leg.amount_minor, leg.currency, leg.at_ms) for leg in ws.outbox])
+        if ws.delivered_held:
+            await conn.execute("DELETE FROM outbox WHERE transfer_id = ANY($1::text[])", ws.delivered_held)
         if ws.delivered:
             await conn.execute("DELETE FROM outbox WHERE transfer_id = ANY($1::text[])", ws.delivered)
             await conn.execute(

@@ -21,7 +21,7 @@ log = logging.getLogger("quickpay.relay")
 
 class Relay:
     def __init__(self, shard: int, peers: dict[int, ShardClient],
-                 on_delivered: Callable[[list[str]], Awaitable[None]],
+                 on_delivered: Callable[[list[str], list[str]], Awaitable[None]],
                  reload_outbox: Callable[[], Awaitable[list[tuple[CreditLeg, int]]]],
                  *, batch_size_max: int = 2_000, queue_max: int = 200_000,
                  retry_backoff_max_s: float = 2.0) -> None:
@@ -81,7 +81,7 @@ class Relay:
                 continue
             batch = [queue[i] for i in range(min(len(queue), self.batch_size_max))]
             try:
-                await client.call("credit", [
+                answer = await client.call("credit", [
                     [leg.transfer_id, leg.source_shard, leg.creditor_account, leg.amount_minor,
                      leg.currency, leg.at_ms] for leg in batch])
             except Exception as exc:  # any failure: keep the legs and retry later
@@ -93,7 +93,10 @@ class Relay:
             for _ in batch:
                 queue.popleft()
             ids = [leg.transfer_id for leg in batch]
-            await self.on_delivered(ids)
+            # Legs the creditor shard held (a balance beyond int64) are acknowledged but not
+            # credited: the debtor shard keeps those payments InProcess.
+            held = answer.get("held_ids") if isinstance(answer, dict) else None
+            await self.on_delivered(ids, [i for i in held if isinstance(i, str)] if isinstance(held, list) else [])
             for transfer_id in ids:
                 self.queued.discard(transfer_id)
 

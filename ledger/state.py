@@ -42,11 +42,14 @@ class WriteSet:
     outbox: list[CreditLeg] = field(default_factory=list)
     targets: dict[str, int] = field(default_factory=dict)   # transfer_id -> target shard for outbox rows
     delivered: list[str] = field(default_factory=list)
+    # Outbox rows whose credit leg the creditor shard held (Code.HELD): the row goes, and the
+    # payment stays AcceptedSettlementInProcess, because its money never reached the creditor.
+    delivered_held: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not (self.accounts or self.partners or self.agreements or self.transfers or self.deltas
-                    or self.outbox or self.delivered or self.settings)
+                    or self.outbox or self.delivered or self.delivered_held or self.settings)
 
     def add_delta(self, account_id: str, delta_minor: int) -> None:
         # Deltas are aggregated per account per batch: the hot settlement stripe is
@@ -253,7 +256,12 @@ class ShardState:
         """Apply the creditor half of a cross-shard payment exactly once."""
         existing = self.transfers.get(leg.transfer_id)
         if existing is not None:
-            return Code.IN_FLIGHT if not existing.committed else Code.REPLAY
+            if not existing.committed:
+                return Code.IN_FLIGHT
+            # A resent leg that was held is still held: the debtor shard must not take the
+            # acknowledgement for a credit.
+            held = existing.kind == Kind.CREDIT_LEG and existing.status == Status.REJECTED
+            return Code.HELD if held else Code.REPLAY
         creditor = self.accounts.get(leg.creditor_account)
         # The gateway checked the creditor before the debit leg was written, and
         # accounts are never deleted, so a missing creditor here is a broken invariant.
@@ -280,7 +288,10 @@ class ShardState:
         ))
         return code
 
-    def mark_delivered(self, transfer_id: str, ws: WriteSet) -> None:
+    def mark_delivered(self, transfer_id: str, ws: WriteSet, *, held: bool = False) -> None:
+        if held:
+            ws.delivered_held.append(transfer_id)
+            return
         ws.delivered.append(transfer_id)
         transfer = self.transfers.get(transfer_id)
         if transfer is not None and transfer.status == Status.IN_PROCESS:

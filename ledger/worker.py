@@ -344,8 +344,13 @@ class ShardWorker:
         async with self.read_pool.acquire() as conn:
             return await pg.load_outbox(conn)
 
-    async def _on_delivered(self, ids: list[str]) -> None:
-        self.enqueue("delivered", ids, lambda ok, result: None, internal=True)
+    async def _on_delivered(self, ids: list[str], held_ids: list[str]) -> None:
+        held = set(held_ids)
+        delivered = [i for i in ids if i not in held]
+        if delivered:
+            self.enqueue("delivered", delivered, lambda ok, result: None, internal=True)
+        if held:
+            self.enqueue("delivered_held", [i for i in ids if i in held], lambda ok, result: None, internal=True)
 
     # ---- intake --------------------------------------------------------------
     def enqueue(self, op: str, args: Any, reply: Reply, *, internal: bool = False) -> None:
@@ -604,6 +609,7 @@ def _check_fraud(worker: ShardWorker, args: Any) -> None:
 
 _CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
     "pay": _check_pay, "fund": _check_fund, "credit": _check_credit, "delivered": _check_delivered,
+    "delivered_held": _check_delivered,
     "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
     "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
 }
@@ -629,18 +635,31 @@ def _decide_fund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms
 
 def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     codes = []
+    held_ids = []
     for transfer_id, source, creditor, amount_minor, currency, at_ms in args:
-        codes.append(worker.state.execute_credit(
-            CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws))
+        code = worker.state.execute_credit(
+            CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws)
+        codes.append(code)
+        if code == Code.HELD:
+            held_ids.append(transfer_id)
     # IN_FLIGHT means a duplicate of a leg in this very batch: it commits with it.
-    # HELD legs are recorded (acknowledged) but moved nothing: see Code.HELD.
-    applied, held = codes.count(Code.OK), codes.count(Code.HELD)
-    return True, {"applied": applied, "held": held, "replayed": len(codes) - applied - held}
+    # HELD legs are recorded (acknowledged) but moved nothing: see Code.HELD. Their ids go
+    # back to the debtor shard, whose payment then stays InProcess instead of Completed.
+    applied, held = codes.count(Code.OK), len(held_ids)
+    return True, {"applied": applied, "held": held, "held_ids": held_ids,
+                  "replayed": len(codes) - applied - held}
 
 
 def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     for transfer_id in args:
         worker.state.mark_delivered(transfer_id, ws)
+    return True, None
+
+
+def _decide_delivered_held(worker: ShardWorker, args: list[str], ws: WriteSet,
+                           now_ms: int) -> tuple[bool, Any]:
+    for transfer_id in args:
+        worker.state.mark_delivered(transfer_id, ws, held=True)
     return True, None
 
 
@@ -686,7 +705,8 @@ def _decide_fraud(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_m
 
 _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any]]] = {
     "pay": _decide_pay, "fund": _decide_fund, "credit": _decide_credit,
-    "delivered": _decide_delivered, "open_accounts": _decide_open_accounts,
+    "delivered": _decide_delivered, "delivered_held": _decide_delivered_held,
+    "open_accounts": _decide_open_accounts,
     "create_partner": _decide_create_partner, "create_agreement": _decide_create_agreement,
     "settings": _decide_settings, "fraud": _decide_fraud,
 }

@@ -522,7 +522,7 @@ async def test_relay_survives_a_failed_outbox_reread() -> None:
         await asyncio.sleep(0)
         return [(leg, 1) for leg in legs if leg.transfer_id not in delivered]   # the outbox
 
-    async def on_delivered(ids: list[str]) -> None:
+    async def on_delivered(ids: list[str], held_ids: list[str]) -> None:
         delivered.extend(ids)
 
     relay = Relay(0, {1: Peer()}, on_delivered, reload_outbox,  # type: ignore[dict-item]

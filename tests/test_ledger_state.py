@@ -276,9 +276,10 @@ def test_credit_leg_that_would_overflow_the_creditor_is_held_not_applied() -> No
     (leg,) = ws.transfers
     assert (leg.id, leg.kind, leg.status, leg.reasons, leg.amount_minor) == \
         ("x_over", "credit_leg", Status.REJECTED, (Code.BALANCE_OVERFLOW,), 11)
-    # The relay resends it (after a restart, say): recognised, still nothing moves.
+    # The relay resends it (after a restart, say): recognised, still nothing moves, and it
+    # is still reported held, so the debtor shard never takes the resend as a credit.
     again, ws2 = commit(state, lambda ws: state.execute_credit(CreditLeg("x_over", 0, "acc_0", 11, "CNY", DAY0), ws))
-    assert again == Code.REPLAY and ws2.is_empty() and balances(state) == before
+    assert again == Code.HELD and ws2.is_empty() and balances(state) == before
     # Up to exactly INT64_MAX still applies.
     ok, _ = commit(state, lambda ws: state.execute_credit(CreditLeg("x_fits", 0, "acc_0", 10, "CNY", DAY0), ws))
     assert ok == Code.OK and state.accounts["acc_0"].balance_minor == big
@@ -520,3 +521,18 @@ def test_seeded_workload(seed: int) -> None:
         run_workload(seed, steps=600)
     except AssertionError as exc:
         raise AssertionError(f"workload seed {seed}: {exc}") from exc
+
+
+def test_a_held_leg_acknowledged_to_the_debtor_shard_leaves_its_payment_in_process() -> None:
+    # The debtor shard used to mark every acknowledged leg Completed, a held one included:
+    # the partner read "settled" for money that never reached the creditor.
+    state = make_state(shard=0, balance=1_000)
+    _, ws = commit(state, lambda ws: state.execute_payment(PaymentCommand(
+        "pay_x_0", PARTNER, "agr_0", 100, "CNY", "acc_far", 1, "r", "h", DAY0), ws))
+    payment = state.transfers["pay_x_0"]
+    assert payment.status == Status.IN_PROCESS and ws.outbox
+    _, ws_held = commit(state, lambda ws: state.mark_delivered("pay_x_0", ws, held=True))
+    assert ws_held.delivered_held == ["pay_x_0"] and ws_held.delivered == []
+    assert payment.status == Status.IN_PROCESS
+    _, ws_done = commit(state, lambda ws: state.mark_delivered("pay_x_0", ws))
+    assert ws_done.delivered == ["pay_x_0"] and payment.status == Status.COMPLETED

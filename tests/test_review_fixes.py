@@ -294,6 +294,12 @@ def test_cross_shard_credit_beyond_int64_is_held_and_the_creditor_shard_survives
     assert own.shard_worker_pids(1) == pids_before, "the creditor shard's worker restarted"
     assert own.balance(creditor) == before_balance
     assert own.balance(debtor["account"]) == "0.00"
+    # The payment's money never reached its creditor, so the partner must not read it as
+    # settled: it stays InProcess (it used to become Completed when the held leg was acked).
+    status = asyncio.run(_fetch(own.dsn(0), "SELECT status FROM transfers WHERE id = $1", payment_id))
+    assert status[0]["status"] == "AcceptedSettlementInProcess", status
+    read = own.call("GET", f"/v1/quick-payments/{payment_id}", token=partner["token"])
+    assert read.status == 200 and read.body["status"] == "AcceptedSettlementInProcess", read.body
     # Money is conserved: the held amount is still in the debtor shard's clearing stripe.
     check = run_check(own)
     assert check.returncode == 0, check.stdout + check.stderr
