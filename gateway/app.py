@@ -6,6 +6,7 @@ of immutable facts (verified tokens, account currencies).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -34,13 +35,17 @@ from .openapi import openapi_document
 from .paging import merge_page
 from .schemas import (
     AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest,
-    QuickPaymentRequest, RulesRequest, decode_body,
+    BATCH_ITEMS_MAX, QuickPaymentBatchItem, QuickPaymentBatchRequest, QuickPaymentRequest, RulesRequest,
+    decode_body,
 )
 from .shards import ShardRouter
 
-__all__ = ["GatewayConfig", "create_app", "BODY_MAX_BYTES"]
+__all__ = ["GatewayConfig", "create_app", "BODY_MAX_BYTES", "BATCH_BODY_MAX_BYTES"]
 
 BODY_MAX_BYTES = 64 * 1024
+# POST /v1/quick-payments/batch reads its body up to this bound instead (1,000 items of
+# about 200 bytes each are ~200 KB; the largest legal items do not all fit, see README).
+BATCH_BODY_MAX_BYTES = 1024 * 1024
 IDEMPOTENCY_KEY_MAX = 64
 INTERACTION_ID_MAX = 128
 TOKEN_MAX = 4096
@@ -72,6 +77,8 @@ class GatewayConfig(msgspec.Struct):
     # The supervisor's status file (quickpay.supervisor): /readyz reports crash-looping
     # children and is 503 while a needed one (PostgreSQL, a shard worker) is down.
     supervisor_status: str | None = None
+    # Items per POST /v1/quick-payments/batch (more is a 400); at most BATCH_ITEMS_MAX.
+    batch_items_max: int = BATCH_ITEMS_MAX
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -282,6 +289,20 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
 }
 
 
+_REPLAYED = {"x-idempotent-replayed": "true"}
+_KEY_HEADER_PATH = "header.x-idempotency-key"
+
+
+def _item_path(index: int, path: str) -> str:
+    """An error path of a batch item: `$.amount` -> `$.payments[3].amount`; the key's header
+    path -> `$.payments[3].idempotency_key`."""
+    if path == _KEY_HEADER_PATH:
+        return f"$.payments[{index}].idempotency_key"
+    if path == "$" or path.startswith("$.") or path.startswith("$["):
+        return f"$.payments[{index}]{path[1:]}"
+    return path
+
+
 def _raise_for(code: str) -> None:
     status, api_code, message, path = _PAYMENT_ERRORS[code]
     raise field_error(status, api_code, message, path)
@@ -473,11 +494,11 @@ def create_app(config: GatewayConfig) -> web.Application:
         return _json(200, agreement_resource(found))
 
     # -- quick-payments --
-    @routes.post("/v1/quick-payments")
-    async def create_payment(request: web.Request) -> web.Response:
-        partner_id = gw.partner_of(request)
-        key = gw.idempotency_key(request)
-        body: QuickPaymentRequest = decode_body(await read_body(request), QuickPaymentRequest)  # type: ignore[assignment]
+    async def place_payment(partner_id: str, key: str, body: QuickPaymentRequest) -> tuple[dict[str, Any], bool]:
+        """Validate one payment, send it to its debtor's shard and wait for the answer (sent
+        only after the shard's batch holding it committed). Returns (resource, replayed);
+        a refusal raises ApiError, a shard that does not answer ShardUnavailable/Overloaded.
+        Shared by the single and the batch endpoint."""
         currency = gw.currency(body.currency)
         amount_minor = gw.amount(body.amount, currency, "$.amount")
         shard = router.shard_of(body.agreement_id)
@@ -506,11 +527,77 @@ def create_app(config: GatewayConfig) -> web.Application:
                                    body.reference, device_id, ip)})
         code = result["code"]
         if code == "OK":
-            return _json(201, payment_resource(result["transfer"]))
+            return payment_resource(result["transfer"]), False
         if code == "REPLAY":
-            return _json(201, payment_resource(result["transfer"]), {"x-idempotent-replayed": "true"})
+            return payment_resource(result["transfer"]), True
         _raise_for(code)
         raise AssertionError("unreachable")
+
+    @routes.post("/v1/quick-payments")
+    async def create_payment(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        key = gw.idempotency_key(request)
+        body: QuickPaymentRequest = decode_body(await read_body(request), QuickPaymentRequest)  # type: ignore[assignment]
+        resource, replayed = await place_payment(partner_id, key, body)
+        return _json(201, resource, _REPLAYED if replayed else None)
+
+    async def read_batch_body(request: web.Request) -> bytes:
+        """The batch body, read up to its own bound (BATCH_BODY_MAX_BYTES, not the app's
+        64 KiB client_max_size, which request.read() would apply)."""
+        limit = BATCH_BODY_MAX_BYTES
+        too_large = ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        if body and request.content_type != "application/json":
+            raise field_error(415, "QP.Body.UnsupportedMediaType", "the request body must be application/json",
+                              "header.content-type")
+        return bytes(body)
+
+    async def batch_item(partner_id: str, index: int, raw: msgspec.Raw, interaction_id: str) -> dict[str, Any]:
+        """One item's result; never raises (one bad item fails alone)."""
+        try:
+            item: QuickPaymentBatchItem = decode_body(raw, QuickPaymentBatchItem)  # type: ignore[assignment]
+            resource, replayed = await place_payment(partner_id, item.idempotency_key, item)
+            return {"status": 201, "payment": resource, "replayed": replayed}
+        except ApiError as exc:
+            error = exc
+        except (ShardUnavailable, ShardOverloaded) as exc:
+            error = _unavailable(f"the ledger did not answer ({exc}); retry with the same idempotency_key")
+        except ShardError as exc:
+            error = _shard_error(exc, interaction_id)
+        except Exception as exc:  # a bug: this item's 500, logged; the others stand
+            error = _internal(exc, interaction_id)
+        return {"status": error.status, "error": {
+            "code": error.code, "message": error.message,
+            "errors": [{**e, "path": _item_path(index, e["path"])} for e in error.errors]}}
+
+    @routes.post("/v1/quick-payments/batch")
+    async def create_payment_batch(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        envelope: QuickPaymentBatchRequest = decode_body(  # type: ignore[assignment]
+            await read_batch_body(request), QuickPaymentBatchRequest)
+        items = envelope.payments
+        items_max = config.batch_items_max
+        if len(items) > items_max:
+            raise field_error(400, "QP.Batch.TooManyItems",
+                              f"a batch holds 1-{items_max} payments; this one holds {len(items)}", "$.payments")
+        for index, raw in enumerate(items):
+            if bytes(memoryview(raw)[:1]) != b"{":
+                raise field_error(400, "QP.Field.Invalid", "each item of payments must be a JSON object",
+                                  f"$.payments[{index}]")
+        interaction_id = request.headers.get("x-fapi-interaction-id", "-")[:INTERACTION_ID_MAX]
+        # All items are sent in the same event-loop tick where they need no creditor lookup,
+        # so the shard clients put them in one frame per shard and the shards decide and
+        # commit them in their group commits. Each answer comes after its commit: the 200
+        # leaves only when every item is durable or has failed on its own.
+        results = await asyncio.gather(*(batch_item(partner_id, index, raw, interaction_id)
+                                         for index, raw in enumerate(items)))
+        return _json(200, {"results": results})
 
     @routes.get("/v1/quick-payments/{payment_id}")
     async def get_payment(request: web.Request) -> web.Response:

@@ -212,15 +212,37 @@ def _object(required: list[str], properties: dict[str, Any], *, closed: bool = T
     return schema
 
 
+def _batch_op() -> dict[str, Any]:
+    operation = _op(
+        "createQuickPaymentBatch",
+        "Up to 1,000 quick-payments in one request, each with its own idempotency_key. The answer is 200 "
+        "with one result per item in request order: the payment (201, replayed or not) or the item's own "
+        "error (the status the single endpoint would answer). One bad item never fails the others. Items "
+        "go to their shards at once and are committed in the shards' group commits; the 200 is sent only "
+        "when every accepted item is durable. Items with status 503 (a shard did not answer) may or may "
+        "not have been committed: retry the whole batch with the same keys, each item happens once. A "
+        "key repeated within one batch is decided by the shard like two concurrent requests: the later "
+        "item gets 409 (in flight) or, if the first has committed, a replay (422 for another body).",
+        body="QuickPaymentBatchRequest", ok=(200, "One result per item, in request order",
+                                             "QuickPaymentBatchResult"), errors=())
+    operation["responses"]["413"]["description"] = "Body larger than 1 MiB (this operation's own bound)"
+    return operation
+
+
 @functools.lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     from . import schemas
-    structs = [schemas.QuickPaymentRequest, schemas.AgreementRequest, schemas.PartnerRequest,
+    structs = [schemas.QuickPaymentRequest, schemas.QuickPaymentBatchItem, schemas.AgreementRequest, schemas.PartnerRequest,
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
                schemas.ListChangeRequest]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)
     components["QuickPaymentRequest"] = _by_currency(components["QuickPaymentRequest"], ("amount",))
+    components["QuickPaymentBatchItem"] = _by_currency(components["QuickPaymentBatchItem"], ("amount",))
+    components["QuickPaymentBatchItem"]["description"] = (
+        "One item of a quick-payment batch: a QuickPaymentRequest plus its idempotency_key (the header's "
+        "rule). The key is not part of the body compared on a retry, so an item and a single payment with "
+        "the same key and body are the same payment.")
     components["AgreementRequest"] = _by_currency(components["AgreementRequest"],
                                                   ("per_payment_limit", "daily_limit"))
     components["FundingRequest"] = _by_currency(components["FundingRequest"], ("amount",))
@@ -324,6 +346,28 @@ def openapi_document() -> dict[str, Any]:
             "type": "array", "items": {"type": "string"}}}}),
         "Alerts": _object(["alerts"], {"alerts": {"type": "array", "items": {"type": "object"}}}),
         "Decisions": _object(["payments"], {"payments": {"type": "array", "items": _ref("Payment")}}),
+        # The envelope is checked as a whole (400 when it is not this); each item is then
+        # validated on its own as a QuickPaymentBatchItem, and an item that is not one is
+        # refused alone, in its result (status 400), so the items are only "objects" here.
+        "QuickPaymentBatchRequest": _object(["payments"], {"payments": {
+            "type": "array", "minItems": 1, "maxItems": schemas.BATCH_ITEMS_MAX,
+            "items": {"type": "object", "description": "a QuickPaymentBatchItem (#/components/schemas/"
+                                                       "QuickPaymentBatchItem); one that is not gets status "
+                                                       "400 in its result, the others are unaffected"}}}),
+        "QuickPaymentBatchResult": _object(["results"], {"results": {
+            "type": "array", "description": "one result per item, in request order",
+            "items": {"oneOf": [_ref("QuickPaymentBatchAccepted"), _ref("QuickPaymentBatchItemError")]}}}),
+        "QuickPaymentBatchAccepted": _object(["status", "payment", "replayed"], {
+            "status": {"const": 201}, "payment": _ref("Payment"),
+            "replayed": {"type": "boolean", "description": "true when the key was used before with the same "
+                                                          "body (x-idempotent-replayed of the single endpoint)"}}),
+        "QuickPaymentBatchItemError": _object(["status", "error"], {
+            "status": {"enum": [400, 404, 409, 422, 500, 503],
+                       "description": "the status the single endpoint would answer: 400 invalid item, 404 "
+                                      "unknown agreement, 409 the key is in flight (also a key repeated in the "
+                                      "same batch), 422 key reused with another body or a business rule, 503 "
+                                      "the item's shard did not answer (retry with the same key)"},
+            "error": _ref("Error")}),
     })
     # A transactions page item is a Transfer plus its direction for the account asked about.
     item = copy.deepcopy(components["Transfer"])
@@ -387,6 +431,7 @@ def openapi_document() -> dict[str, Any]:
             ok_headers={"x-idempotent-replayed": {"required": False, "schema": {"const": "true"}}},
             links={"GetQuickPayment": _link("getQuickPayment",
                                             parameters={"payment_id": "$response.body#/payment_id"})})},
+        "/v1/quick-payments/batch": {"post": _batch_op()},
         "/v1/quick-payments/{payment_id}": {"get": _op(
             "getQuickPayment", "Read a payment", ok=(200, "OK", "Payment"), errors=(404,),
             params=[_path_param("payment_id", PAYMENT_ID_PATTERN)])},

@@ -7,7 +7,8 @@ import msgspec
 
 from .errors import ApiError
 
-__all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
+__all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "QuickPaymentBatchItem", "QuickPaymentBatchRequest",
+           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
@@ -58,6 +59,33 @@ class QuickPaymentRequest(msgspec.Struct, forbid_unknown_fields=True):
     creditor_account: AccountId
     reference: Reference
     risk: Risk | None = None
+
+
+# An idempotency key in a body: what the x-idempotency-key header may hold once HTTP has
+# stripped its outer whitespace (gateway.openapi.IDEMPOTENCY_KEY_PATTERN): 1-64 printable
+# ASCII characters, the first and last not a space.
+IDEMPOTENCY_KEY = r"^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?\Z"
+IdempotencyKey = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=64, pattern=IDEMPOTENCY_KEY,
+    description="1-64 printable ASCII characters, no outer spaces: the item's x-idempotency-key")]
+
+
+class QuickPaymentBatchItem(QuickPaymentRequest, kw_only=True, forbid_unknown_fields=True):
+    """One item of POST /v1/quick-payments/batch: a quick-payment body plus its own key.
+
+    The body hash does not include the key, so an item and a single payment with the
+    same key and body are the same payment (a replay, whichever endpoint came first)."""
+    idempotency_key: IdempotencyKey
+
+
+# Items per batch request (the gateway's batch_items_max may lower it).
+BATCH_ITEMS_MAX = 1_000
+
+
+class QuickPaymentBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope only: each item is decoded and validated on its own (as a
+    QuickPaymentBatchItem), so that one bad item fails alone."""
+    payments: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
 
 
 class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
