@@ -599,7 +599,9 @@ def create_app(config: GatewayConfig) -> web.Application:
                                          for index, raw in enumerate(items)))
         return _json(200, {"results": results})
 
-    @routes.get("/v1/quick-payments/{payment_id}")
+    # Not "batch": that path is the batch endpoint (POST only), and its Allow header must
+    # not advertise this GET (no payment id is "batch", ids are pay_...).
+    @routes.get(r"/v1/quick-payments/{payment_id:(?!batch\Z)[^{}/]+}")
     async def get_payment(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         payment_id = request.match_info["payment_id"]

@@ -393,3 +393,12 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
     await wait_drained(own, 60)
     result = run_check(own)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_batch_path_is_not_a_payment_id(stack: Stack, partner: dict[str, Any]) -> None:
+    # Schemathesis found it: the payment read's route also matched /v1/quick-payments/batch,
+    # so a 405 there advertised `Allow: GET,HEAD,POST`, a GET the document does not declare.
+    for method in ("GET", "OPTIONS", "PUT"):
+        reply = stack.call(method, BATCH, token=partner["token"])
+        assert_envelope_error(reply, 405, "QP.Method.NotAllowed")
+        assert reply.headers.get("allow") == "POST", reply.headers
