@@ -84,6 +84,30 @@ async def ledger_rows(stack: Stack, payment_ids: list[str]) -> dict[str, Any]:
     return rows
 
 
+def assert_documented(body: Any) -> None:
+    """The body matches the document's QuickPaymentBatchResult (every item's shape)."""
+    import jsonschema
+    from gateway.openapi import openapi_document
+    document = openapi_document()
+    schema = {"$ref": "#/components/schemas/QuickPaymentBatchResult", "components": document["components"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
+
+
+def test_document_describes_the_batch_operation() -> None:
+    from gateway.openapi import openapi_document
+    document = openapi_document()
+    op = document["paths"][BATCH]["post"]
+    assert set(op["responses"]) == {"200", "400", "401", "413", "500", "503"}
+    envelope = document["components"]["schemas"]["QuickPaymentBatchRequest"]["properties"]["payments"]
+    assert envelope["minItems"] == 1 and envelope["maxItems"] == BATCH_ITEMS_MAX
+    item_schema = document["components"]["schemas"]["QuickPaymentBatchItem"]
+    assert "idempotency_key" in item_schema["required"]
+    # a wrong item shape must fail the documented result schema
+    import jsonschema
+    with pytest.raises(jsonschema.ValidationError):
+        assert_documented({"results": [{"status": 201, "error": {"code": "x", "message": "y", "errors": []}}]})
+
+
 # ---- the shared stack ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def customers(stack: Stack, partner: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +146,7 @@ def test_mixed_batch_answers_each_item_in_order_and_moves_money_once(
     reply = post_batch(stack, token, items)
     assert reply.status == 200, reply.body
     assert reply.headers.get("x-fapi-interaction-id")
+    assert_documented(reply.body)
     results = reply.body["results"]
     assert len(results) == len(items)
     statuses = [r["status"] for r in results]
