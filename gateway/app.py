@@ -77,7 +77,8 @@ class GatewayConfig(msgspec.Struct):
     # The supervisor's status file (quickpay.supervisor): /readyz reports crash-looping
     # children and is 503 while a needed one (PostgreSQL, a shard worker) is down.
     supervisor_status: str | None = None
-    # Items per POST /v1/quick-payments/batch (more is a 400); at most BATCH_ITEMS_MAX.
+    # Items per POST /v1/quick-payments/batch (more is a 400); the document states the
+    # default, BATCH_ITEMS_MAX. The body stays bounded by BATCH_BODY_MAX_BYTES either way.
     batch_items_max: int = BATCH_ITEMS_MAX
 
 
