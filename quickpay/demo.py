@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from quickpay.config import write_private_file
 from quickpay.httpclient import Api
 from quickpay.ids import shard_of
 
@@ -18,6 +19,7 @@ DEMO_FUNDING = "10000.00"
 def seed_demo(api: Api, admin_token: str, shard_count: int, state_dir: Path) -> dict[str, Any]:
     demo_file = state_dir / "demo.json"
     if demo_file.exists():
+        demo_file.chmod(0o600)  # a state dir from before demo.json was private
         return dict(json.loads(demo_file.read_text()))
     partner = api.request("POST", "/admin/v1/partners", {"name": "Demo Wallet"}, token=admin_token)
     # Open customers until every shard holds at least two, so the demo has both
@@ -52,7 +54,8 @@ def seed_demo(api: Api, admin_token: str, shard_count: int, state_dir: Path) -> 
                     "same_shard_creditor": same, "cross_shard_creditor": cross},
         "run_id": secrets.token_hex(4),
     }
-    demo_file.write_text(json.dumps(demo, indent=2))
+    # It holds the partner's client secret and the admin token: private from the first byte.
+    write_private_file(demo_file, json.dumps(demo, indent=2))
     return demo
 
 

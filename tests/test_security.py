@@ -651,7 +651,8 @@ def test_stack_postgres_requires_a_password_on_tcp_and_socket(own: Stack) -> Non
 
 def test_stack_files_are_private_and_nothing_is_world_writable(own: Stack) -> None:
     state = own.state_dir
-    for name in ("token.key", "admin.token", "cluster.secret", "pg.pgpass"):
+    # demo.json holds the demo partner's client secret and the admin token: it was 0644.
+    for name in ("token.key", "admin.token", "cluster.secret", "pg.pgpass", "demo.json"):
         assert _mode(state / name) == 0o600, name
     run_dir = Path(own.shard_socket(0).removeprefix("unix:")).parent
     assert _mode(run_dir) == 0o700
