@@ -24,10 +24,12 @@ from fraud.syntax import (
     Not,
 )
 
-__all__ = ["ParsedRule", "ParsedFile", "parse_text", "RULE_TEXT_BYTES_MAX"]
+__all__ = ["ParsedRule", "ParsedFile", "parse_text", "RULE_TEXT_BYTES_MAX", "RULE_ACTIONS"]
 
 # Limits: a rule file is configuration, not data; anything larger is a mistake.
 RULE_TEXT_BYTES_MAX = 1_000_000
+# A rule's action; "score" only adds its score (signals that decide through thresholds).
+RULE_ACTIONS = ("allow", "review", "block", "score")
 RULES_PER_FILE_MAX = 2_000
 EXPRESSION_DEPTH_MAX = 64
 IDENTIFIER_LENGTH_MAX = 64
@@ -280,7 +282,7 @@ class _Parser:
             if clause.text == "action":
                 action_token = self.expect("ident", what="'allow', 'review', 'block' or 'score'")
                 # 'score' rules only add their score: signals that decide via thresholds.
-                if action_token.text not in ("allow", "review", "block", "score"):
+                if action_token.text not in RULE_ACTIONS:
                     raise self.error(action_token, f"unknown action {action_token.text!r}; expected allow, review, block or score")
                 action = action_token.text
             elif clause.text == "score":

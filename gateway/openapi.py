@@ -287,7 +287,9 @@ def openapi_document() -> dict[str, Any]:
             "description": "client_id and client_secret are read here only without HTTP Basic credentials; "
                            "unknown, empty or over-long ones are 401 invalid_client."},
         "FraudHit": _object(["rule_id", "action", "score", "shadow", "values"], {
-            "rule_id": {"type": "string"}, "action": {"enum": ["allow", "review", "block"]},
+            "rule_id": {"type": "string"},
+            # the rule language's actions (fraud.parser.RULE_ACTIONS); a 'score' hit adds to the score only
+            "action": {"enum": ["allow", "review", "block", "score"]},
             "score": {"type": "integer"}, "shadow": {"type": "boolean"},
             "values": {"type": "object", "additionalProperties": {
                 "type": ["integer", "string", "boolean", "null"]}}}),

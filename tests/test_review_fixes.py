@@ -464,3 +464,29 @@ def test_rows_committed_after_the_first_page_do_not_slip_into_later_pages() -> N
 
     seen = _page_through(journals, 2, append)
     assert sorted(seen) == [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5)]
+
+
+def test_documented_fraud_hit_covers_every_rule_action() -> None:
+    """Schemathesis (stateful phase, CI 2026-11-24) saw a 201 whose fraud hit had action
+    "score": the rule language has four actions, the document listed three."""
+    import jsonschema
+
+    from fraud import FraudFilter, PaymentFacts, parse_rules
+    from fraud.parser import RULE_ACTIONS
+    from gateway.openapi import openapi_document
+
+    components = openapi_document()["components"]
+    assert set(components["schemas"]["FraudHit"]["properties"]["action"]["enum"]) == set(RULE_ACTIONS)
+    text = "".join(
+        f'rule r_{action} {{ action {action} score 1 description "{action}" when amount > 0 }}\n'
+        for action in RULE_ACTIONS
+    )
+    facts = PaymentFacts(
+        transfer_id="tr_1", partner_id="partner_1", agreement_id="agr_1", debtor_account="acc_d",
+        creditor_account="acc_c", amount_minor=100, currency="CNY", device_id=None, ip=None,
+        at_ms=1_700_000_000_000,
+    )
+    decision = FraudFilter(parse_rules(text)).evaluate(facts).to_dict()
+    assert {hit["action"] for hit in decision["reasons"]} == set(RULE_ACTIONS)
+    schema = {"$ref": "#/components/schemas/FraudDecision", "components": components}
+    jsonschema.Draft202012Validator(schema).validate(decision)
