@@ -1,0 +1,235 @@
+"""Entry point of `quickpay bench`: settings, the phases in order, the report files."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.common import _free_port, log, machine_info
+from loadtest.bench.phase import PhaseConfig, run_phase
+from loadtest.bench.population import bench_rules
+from loadtest.bench.report import TARGETS, _fmt, _ratio, projection, summary_markdown
+
+# ---- settings --------------------------------------------------------------------------
+def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags left at None with the full or the --quick default."""
+    quick = bool(getattr(args, "quick", False))
+    defaults: dict[str, Any] = {
+        "customers": 20_000 if quick else 1_000_000,
+        "partners": 2 if quick else 10,
+        "step_s": 5.0 if quick else 10.0,
+        "start_rate": 250.0 if quick else 500.0,
+        "step_factor": 2.0 if quick else 1.5,
+        "steps_max": 5 if quick else 14,
+        "naive_customers": 5_000 if quick else 20_000,
+        "pgbench_s": 5.0 if quick else 30.0,
+    }
+    resolved = argparse.Namespace(**vars(args))
+    for name, value in defaults.items():
+        if getattr(resolved, name, None) is None:
+            setattr(resolved, name, value)
+    fallbacks: dict[str, Any] = {"max_rate": 20000.0, "generator_processes": 1, "connections": 256, "p99_ms": 25.0,
+                        "error_rate_max": 0.001, "no_baselines": False, "no_rules": False, "sweep": False,
+                        "profile": False, "port": 18080, "shards": 1, "workers": 1, "dsn": None,
+                        "generator_poll_ms": 1.0,
+                        "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10}
+    for name, value in fallbacks.items():
+        if not hasattr(resolved, name):
+            setattr(resolved, name, value)
+    return resolved
+
+
+
+
+# ---- entry point ---------------------------------------------------------------------------
+def validate_settings(args: argparse.Namespace) -> None:
+    """Refuse a configuration that cannot run, before anything starts."""
+    problems = []
+    if not 1 <= args.shards <= 64:
+        problems.append("--shards must be between 1 and 64")
+    if not 1 <= args.workers <= 64:
+        problems.append("--workers must be between 1 and 64")
+    if not 1 <= args.partners <= 1_000:
+        problems.append("--partners must be between 1 and 1000")
+    if not args.partners <= args.customers <= 50_000_000:
+        problems.append("--customers must be at least --partners and at most 50,000,000")
+    if not 1.0 <= args.step_s <= 600:
+        problems.append("--step-s must be between 1 and 600 seconds")
+    if not 0 < args.start_rate <= args.max_rate <= 1_000_000:
+        problems.append("need 0 < --start-rate <= --max-rate <= 1,000,000")
+    if not 1 <= args.generator_processes <= 16:
+        problems.append("--generator-processes must be between 1 and 16")
+    if not 0 <= args.generator_poll_ms <= 5:
+        problems.append("--generator-poll-ms must be between 0 and 5")
+    if problems:
+        raise SystemExit("quickpay bench: " + "; ".join(problems))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    args = resolve_settings(args)
+    validate_settings(args)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    base_state = Path(args.state_dir).resolve() if args.state_dir else out / "state"
+    if args.dsn and len(args.dsn) != args.shards:
+        raise SystemExit(f"got {len(args.dsn)} --dsn for --shards {args.shards}: give one per shard")
+    rules = None if args.no_rules else bench_rules(out)
+    report: dict[str, Any] = {
+        "command_line": " ".join(["quickpay", *sys.argv[1:]]) if sys.argv and "quickpay" in sys.argv[0]
+        else " ".join(sys.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(), "cpu_count": os.cpu_count(), "quick": bool(args.quick),
+        "shards": args.shards, "gateway_workers": args.workers, "customers": args.customers,
+        "partners": args.partners, "step_s": args.step_s, "p99_ms_gate": args.p99_ms,
+        "error_rate_gate": args.error_rate_max, "generator_processes": args.generator_processes,
+        "rules": "none (--no-rules)" if args.no_rules else
+        "shipped rules, debtor velocity thresholds raised (every rule still evaluated)",
+        "targets": TARGETS, "notes": [], "problems": [],
+    }
+    main_state = base_state / "main"
+    for path in (main_state, base_state / "naive"):
+        if path.exists() and not args.state_dir:
+            shutil.rmtree(path, ignore_errors=True)
+    code = 0
+    try:
+        main_cfg = PhaseConfig(
+            name="main", state_dir=main_state, port=_free_port(args.port), shards=args.shards,
+            workers=args.workers, customers=args.customers, partners=args.partners, step_s=args.step_s,
+            start_rate=args.start_rate, step_factor=args.step_factor, steps_max=args.steps_max,
+            max_rate=args.max_rate, dsns=args.dsn, verify_payments=args.verify_payments, profile=args.profile,
+            pgbench=not args.no_baselines, pgbench_s=args.pgbench_s, pgbench_scale=args.pgbench_scale)
+        main = run_phase(main_cfg, args, out, rules)
+        best = main.get("best_step") or {}
+        report.update({
+            "max_sustained_tps": main["max_sustained_tps"],
+            "max_sustained_offered_per_s": main["max_sustained_offered_per_s"],
+            "p50_ms": best.get("p50_ms"), "p99_ms": best.get("p99_ms"), "p999_ms": best.get("p999_ms"),
+            "error_rate": best.get("error_ratio"),
+            "sut_cpu_us_per_payment": best.get("sut_cpu_us_per_payment"),
+            "sut_cpu_us_per_payment_by_process": best.get("sut_cpu_us_per_payment_by_process"),
+            "sut_cpu_cores_at_max": best.get("sut_cores"),
+            "generator_cpu_share": best.get("generator_cpu_share"),
+            "generator_cpu_us_per_request": best.get("cpu_us_per_request"),
+            "exactly_once_ok": main.get("exactly_once_ok"), "conservation_ok": main.get("conservation_ok"),
+            "exactly_once": main.get("exactly_once"), "audit": main.get("audit"),
+            "steps": main["steps"], "up_command": main["up_command"], "profile": main.get("profile"),
+        })
+        if args.dsn:
+            report["notes"].append("external PostgreSQL (--dsn): its CPU is not in the SUT CPU figure")
+        report["notes"].append(
+            "SUT CPU = user+sys CPU (psutil) of the `quickpay up` process tree and the PostgreSQL server's"
+            " processes over the max sustained step, divided by that step's 2xx answers; at low rates fixed"
+            " per-batch costs (commits, wake-ups) are spread over few payments")
+        report["projection"] = projection(report["sut_cpu_us_per_payment"])
+        report["pgbench"] = main.get("pgbench")
+        report["pgbench_tps"] = (main.get("pgbench") or {}).get("tps")
+        report["naive_max_sustained_tps"] = None
+        if not args.no_baselines:
+            naive_rate = max(100.0, (report["max_sustained_tps"] or 1000.0) / 8)
+            naive_cfg = PhaseConfig(
+                name="naive", state_dir=base_state / "naive", port=_free_port(), shards=args.shards,
+                workers=args.workers, customers=args.naive_customers, partners=args.partners,
+                step_s=max(2.0, args.step_s * 0.6), start_rate=naive_rate, step_factor=2.0 if args.quick else 1.5,
+                steps_max=4 if args.quick else 10, max_rate=args.max_rate, ledger_mode="naive",
+                verify_payments=min(args.verify_payments, 100))
+            try:
+                naive = run_phase(naive_cfg, args, out, rules)
+                report["naive"] = {k: naive.get(k) for k in (
+                    "customers", "steps", "max_sustained_tps", "exactly_once_ok", "conservation_ok", "up_command")}
+                report["naive_max_sustained_tps"] = naive["max_sustained_tps"]
+                report["notes"].append(
+                    f"naive baseline: fresh state with {args.naive_customers} customers, steps of "
+                    f"{naive_cfg.step_s:g}s, same gates")
+                if naive.get("exactly_once_ok") is False or naive.get("conservation_ok") is False:
+                    report["problems"].append("the naive baseline failed its exactly-once or conservation check")
+            except Exception as exc:
+                log(f"naive phase failed: {exc}")
+                report["naive"] = {"error": str(exc)[-1500:]}
+                report["problems"].append(f"naive phase failed: {str(exc)[:300]}")
+        report["ratio_vs_naive"] = _ratio(report["max_sustained_tps"], report["naive_max_sustained_tps"])
+        report["ratio_vs_pgbench"] = _ratio(report["max_sustained_tps"], report["pgbench_tps"])
+        if args.sweep:
+            report["sweep"] = run_sweep(args, out, base_state, rules)
+        if not report["exactly_once_ok"] or not report["conservation_ok"]:
+            report["problems"].append("the main phase failed its exactly-once or conservation check")
+            code = 1
+    except KeyboardInterrupt:
+        log("interrupted; the stack was stopped")
+        report["problems"].append("interrupted")
+        code = 130
+    except Exception as exc:
+        log(f"bench failed: {type(exc).__name__}: {exc}")
+        report["problems"].append(f"{type(exc).__name__}: {str(exc)[:1000]}")
+        code = 1
+    if not args.state_dir and not getattr(args, "keep_state", False):
+        shutil.rmtree(base_state, ignore_errors=True)  # PostgreSQL data of every phase (stopped by now)
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    for key in ("max_sustained_tps", "p50_ms", "p99_ms", "p999_ms", "error_rate", "sut_cpu_us_per_payment",
+                "generator_cpu_share", "naive_max_sustained_tps", "pgbench_tps", "ratio_vs_naive",
+                "ratio_vs_pgbench", "exactly_once_ok", "conservation_ok", "steps"):
+        report.setdefault(key, None)
+    report.setdefault("projection", projection(None))
+    (out / "bench-report.json").write_text(json.dumps(report, indent=2, default=str))
+    try:
+        (out / "bench-summary.md").write_text(summary_markdown(report))
+    except Exception as exc:
+        log(f"could not write the summary: {exc}")
+    if report.get("steps"):
+        try:
+            from loadtest.plots import plot_all
+            plot_all(report["steps"], out, prefix="main", p99_ms_max=args.p99_ms)
+            if (report.get("naive") or {}).get("steps"):
+                plot_all(report["naive"]["steps"], out, prefix="naive", p99_ms_max=args.p99_ms)
+        except Exception as exc:
+            log(f"plots failed: {exc}")
+    print(_console_summary(report, out))
+    return code
+
+
+def _console_summary(r: dict[str, Any], out: Path) -> str:
+    return "\n".join([
+        f"max sustained: {_fmt(r.get('max_sustained_tps'))} TPS at p50 {_fmt(r.get('p50_ms'), '.2f')} ms,"
+        f" p99 {_fmt(r.get('p99_ms'), '.2f')} ms, p99.9 {_fmt(r.get('p999_ms'), '.2f')} ms,"
+        f" errors {_fmt(r.get('error_rate'), '.4%')}",
+        f"SUT CPU: {_fmt(r.get('sut_cpu_us_per_payment'))} us/payment; generator CPU share"
+        f" {_fmt(r.get('generator_cpu_share'), '.1%')}",
+        f"naive ledger: {_fmt(r.get('naive_max_sustained_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_naive'), '.2f')}x);"
+        f" pgbench: {_fmt(r.get('pgbench_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_pgbench'), '.2f')}x)",
+        f"exactly-once: {_fmt(r.get('exactly_once_ok'))}; conservation: {_fmt(r.get('conservation_ok'))}",
+        f"took {r.get('duration_s')}s; report: {out / 'bench-report.json'}, {out / 'bench-summary.md'}",
+    ])
+
+
+def run_sweep(args: argparse.Namespace, out: Path, base_state: Path, rules: Path | None) -> list[dict[str, Any]]:
+    results = []
+    customers = min(args.customers, 20_000)
+    for shards in (1, 2, 4):
+        for workers in (1, 2):
+            name = f"sweep-s{shards}-w{workers}"
+            state = base_state / name
+            shutil.rmtree(state, ignore_errors=True)
+            cfg = PhaseConfig(name=name, state_dir=state, port=_free_port(), shards=shards, workers=workers,
+                              customers=customers, partners=min(args.partners, 2), step_s=min(args.step_s, 5.0),
+                              start_rate=args.start_rate, step_factor=2.0, steps_max=min(args.steps_max, 5), max_rate=args.max_rate,
+                              verify_payments=50)
+            try:
+                phase = run_phase(cfg, args, out, rules)
+                best = phase.get("best_step") or {}
+                cores = best.get("sut_cores")
+                results.append({"shards": shards, "gateway_workers": workers,
+                                "max_sustained_tps": phase["max_sustained_tps"], "p99_ms": best.get("p99_ms"),
+                                "sut_cores": cores, "sut_cpu_us_per_payment": best.get("sut_cpu_us_per_payment"),
+                                "efficiency_tps_per_core": phase["max_sustained_tps"] / cores if cores else None,
+                                "exactly_once_ok": phase.get("exactly_once_ok"),
+                                "conservation_ok": phase.get("conservation_ok"), "customers": customers})
+            except Exception as exc:
+                log(f"{name} failed: {exc}")
+                results.append({"shards": shards, "gateway_workers": workers, "error": str(exc)[:500]})
+    return results

@@ -1,0 +1,224 @@
+"""One load phase: start a stack, seed, search the max sustained rate, verify."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.baselines import run_pgbench
+from loadtest.bench.checks import (_verification_burst, check_conservation, check_load_ids,
+                                   count_payment_rows, verify_exactly_once)
+from loadtest.bench.common import log
+from loadtest.bench.population import build_templates, expected_payment_ids, seed
+from loadtest.bench.profiling import finish_profilers, start_profilers
+from loadtest.bench.stack import StackProcess, SutCpu
+
+# ---- one load phase ------------------------------------------------------------------------
+@dataclass
+class PhaseConfig:
+    name: str
+    state_dir: Path
+    port: int
+    shards: int
+    workers: int
+    customers: int
+    partners: int
+    step_s: float
+    start_rate: float
+    step_factor: float
+    steps_max: int
+    max_rate: float
+    ledger_mode: str | None = None
+    dsns: list[str] | None = None
+    verify: bool = True
+    verify_payments: int = 200
+    profile: bool = False
+    pgbench: bool = False
+    pgbench_s: float = 5.0
+    pgbench_scale: int = 10
+
+
+def settle_database(dsns: list[str]) -> None:
+    """VACUUM ANALYZE and CHECKPOINT every shard after seeding, as pgbench does before
+    its runs, so that autovacuum and a checkpoint of the seed don't land in a step."""
+    import asyncpg
+
+    async def settle() -> None:
+        for dsn in dsns:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("VACUUM ANALYZE")
+                await conn.execute("CHECKPOINT")
+            finally:
+                await conn.close()
+
+    started = time.monotonic()
+    asyncio.run(settle())
+    log(f"vacuum analyze + checkpoint of {len(dsns)} shard databases took {time.monotonic() - started:.1f}s")
+
+
+def _warmup(step_s: float) -> float:
+    return min(1.0, step_s * 0.2)
+
+
+def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path | None) -> dict[str, Any]:
+    from loadtest.generator import LoadSpec, run_load
+    from loadtest.stepper import find_max_sustained
+    phase_out = out / cfg.name
+    phase_out.mkdir(parents=True, exist_ok=True)
+    stack = StackProcess(cfg.state_dir, cfg.port, cfg.shards, cfg.workers, out / f"up-{cfg.name}.log",
+                         no_rules=args.no_rules, rules=rules, ledger_mode=cfg.ledger_mode, dsns=cfg.dsns)
+    result: dict[str, Any] = {"phase": cfg.name, "shards": cfg.shards, "gateway_workers": cfg.workers,
+                              "customers": cfg.customers, "partners": cfg.partners,
+                              "ledger_mode": cfg.ledger_mode or "batched", "up_command": " ".join(stack.argv)}
+    log(f"{cfg.name}: starting the stack ({cfg.shards} shards, {cfg.workers} gateway workers"
+        f"{', ledger-mode ' + cfg.ledger_mode if cfg.ledger_mode else ''})")
+    started = time.monotonic()
+    with stack:
+        log(f"{cfg.name}: stack ready in {time.monotonic() - started:.1f}s")
+        population = seed(stack, cfg.customers, cfg.partners, phase_out)
+        settle_database(stack.dsns())
+        templates, routes = build_templates(population)
+        dsns = stack.dsns()
+        cpu = SutCpu(stack.pid, None if cfg.dsns else stack.state_dir)
+        sent_ids: list[str] = []
+        acknowledged = 0
+        extras: list[dict[str, Any]] = []
+        # Warm-up pass (not measured): one request per template at a low rate, so that the
+        # first measured step does not pay for loading every hot debtor into the workers.
+        warm_rate = min(cfg.start_rate, 500.0)
+        warm_s = max(1.0, min(len(templates) / warm_rate, 8.0, 2 * cfg.step_s))
+        warm_id = uuid.uuid4().hex[:8]
+        warm_spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=warm_rate, duration_s=warm_s,
+                             requests=templates, connections_max=args.connections, timeout_s=2.0, run_id=warm_id)
+        rows_before = count_payment_rows(dsns)
+        warm = run_load(warm_spec)
+        sent_ids.extend(expected_payment_ids(warm_id, max(1, int(warm_rate * warm_s)), 1, routes, cfg.shards))
+        acknowledged += warm.ok
+        log(f"{cfg.name}: warm-up {warm.sent} requests at {warm_rate:.0f}/s: {warm.status_counts},"
+            f" p99 {warm.p99_ms:.1f} ms (not measured)")
+
+        def run_at_rate(rate: float) -> Any:
+            nonlocal acknowledged
+            run_id = uuid.uuid4().hex[:8]
+            spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=rate, duration_s=cfg.step_s,
+                            requests=templates, processes=args.generator_processes,
+                            connections_max=args.connections, timeout_s=2.0, warmup_s=_warmup(cfg.step_s),
+                            run_id=run_id, poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000)
+            before = cpu.sample()
+            load = run_load(spec)
+            after = cpu.sample()
+            sut_cpu_s = SutCpu.delta(before, after)
+            by_group = cpu.delta_by_group(before, after)
+            total = max(1, int(spec.rate_per_s * spec.duration_s))
+            sent_ids.extend(expected_payment_ids(run_id, total, spec.processes, routes, cfg.shards))
+            acknowledged += load.ok
+            # SUT CPU covers the whole step (warm-up included), so divide by every 2xx of the
+            # step: ok counts only the measured window, scale it by the requests sent.
+            measured_fraction = load.sent / total if total else 1.0
+            ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
+            extras.append({"sut_cpu_s": sut_cpu_s, "run_id": run_id, "requests_total": total,
+                           "sut_cpu_us_per_payment_by_process": {
+                               group: seconds / ok_all * 1e6 if ok_all else None
+                               for group, seconds in sorted(by_group.items())},
+                           "sut_cpu_us_per_payment": sut_cpu_s / ok_all * 1e6 if ok_all else None,
+                           "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
+                           "generator_cpu_share": load.generator_cpu_s / (load.generator_cpu_s + sut_cpu_s)
+                           if sut_cpu_s + load.generator_cpu_s > 0 else None})
+            return load
+
+        def on_step(step: Any) -> None:
+            r, extra = step.result, extras[-1]
+            us = extra["sut_cpu_us_per_payment"]
+            log(f"{cfg.name}: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
+                f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}/{r.sent} "
+                f"({r.error_ratio:.3%})  SUT CPU {extra['sut_cores']:.2f} cores"
+                f" = {us if us is not None else float('nan'):.0f} us/payment  "
+                f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}")
+
+        best, steps = find_max_sustained(
+            run_at_rate, cfg.start_rate, step_factor=cfg.step_factor, rate_max=cfg.max_rate,
+            steps_max=cfg.steps_max, p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max,
+            confirm_miss=not getattr(args, "quick", False), on_step=on_step)
+        if best == 0.0 and cfg.start_rate / 4 >= 10:
+            log(f"{cfg.name}: even {cfg.start_rate:.0f}/s missed the gates; searching once more from "
+                f"{cfg.start_rate / 4:.0f}/s")
+            best, more = find_max_sustained(
+                run_at_rate, cfg.start_rate / 4, step_factor=2.0, rate_max=cfg.start_rate,
+                steps_max=2, p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max, on_step=on_step)
+            steps = steps + more
+        step_dicts = []
+        for step, extra in zip(steps, extras):
+            d = step.to_dict()
+            d.update(extra)
+            step_dicts.append(d)
+        result["steps"] = step_dicts
+        result["max_sustained_offered_per_s"] = best
+        best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
+        result["best_step"] = best_step
+        result["max_sustained_tps"] = best_step["achieved_per_s"] if best_step else 0.0
+        if best_step is None:
+            log(f"{cfg.name}: no step met the gates")
+
+        if cfg.profile:
+            rate = max(100.0, 0.7 * best) if best else cfg.start_rate
+            seconds = int(min(10, max(3, cfg.step_s)))
+            log(f"{cfg.name}: profiling at {rate:.0f}/s for {seconds}s with py-spy")
+            procs = start_profilers(stack, out, seconds)
+            load = run_at_rate(rate)
+            result["profile"] = {"rate_per_s": rate, "seconds": seconds, "p99_ms": load.p99_ms,
+                                 "files": finish_profilers(procs, out, seconds + 30)}
+
+        if cfg.verify:
+            burst: dict[str, Any] = {"acknowledged": [], "failures": [], "replays": 0, "replay_mismatch": 0}
+            if cfg.verify_payments > 0:
+                burst = asyncio.run(_verification_burst(stack.base_url, population, cfg.verify_payments))
+            time.sleep(0.5)  # let in-flight cross-shard legs (none expected) settle
+            ok_burst, problems = verify_exactly_once(burst["acknowledged"], dsns)
+            load_check = check_load_ids(sent_ids, acknowledged, dsns)
+            rows_after = count_payment_rows(dsns)
+            rows_delta = rows_after - rows_before
+            expected_delta = load_check["rows"] + len(burst["acknowledged"])
+            count_ok = rows_delta == expected_delta
+            if not count_ok:
+                problems.append(f"payment rows grew by {rows_delta} but the load and the burst account for"
+                                f" {expected_delta}")
+            if burst["failures"]:
+                problems.append(f"{len(burst['failures'])} verification payments failed: {burst['failures'][:3]}")
+            if burst["replay_mismatch"]:
+                problems.append(f"{burst['replay_mismatch']} idempotent replays did not return the same payment")
+            problems += load_check["problems"]
+            exactly_once_ok = ok_burst and load_check["ok"] and count_ok and not burst["failures"] \
+                and not burst["replay_mismatch"]
+            conservation_ok, audit_report = check_conservation(dsns)
+            result["exactly_once_ok"] = exactly_once_ok
+            result["exactly_once"] = {
+                "ok": exactly_once_ok, "problems": problems, "verification_payments": len(burst["acknowledged"]),
+                "replays": burst["replays"], "load": {k: v for k, v in load_check.items() if k != "problems"},
+                "payment_rows_before": rows_before, "payment_rows_after": rows_after}
+            result["conservation_ok"] = conservation_ok
+            result["audit"] = {k: audit_report[k] for k in ("ok", "problems", "in_flight_count", "total_minor")}
+            log(f"{cfg.name}: exactly-once {'OK' if exactly_once_ok else 'FAILED'} "
+                f"({load_check['in_ledger']} of {load_check['sent']} load requests in the ledger, "
+                f"{acknowledged} acknowledged; {len(burst['acknowledged'])} verification payments); "
+                f"conservation {'OK' if conservation_ok else 'FAILED'}")
+            for problem in problems[:10] + audit_report["problems"][:10]:
+                log(f"{cfg.name}:   {problem}")
+
+        if cfg.pgbench and not cfg.dsns:
+            log(f"pgbench: TPC-B scale {cfg.pgbench_scale}, {cfg.pgbench_s:.0f}s on the same PostgreSQL "
+                "(quickpay idle)")
+            try:
+                result["pgbench"] = run_pgbench(stack.state_dir, cfg.pgbench_s, cfg.pgbench_scale, out)
+                log(f"pgbench: tps = {result['pgbench']['tps']:.0f}")
+            except Exception as exc:
+                log(f"pgbench failed: {exc}")
+                result["pgbench"] = {"tps": None, "error": str(exc)}
+    log(f"{cfg.name}: stack stopped; phase took {time.monotonic() - started:.1f}s")
+    return result
+
+

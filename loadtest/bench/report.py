@@ -1,0 +1,113 @@
+"""The report: targets, ratios, projection, markdown and console summaries."""
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {"tps": 9000.0, "p99_ms": 25.0, "cpu_us_per_payment": 100.0, "ratio_vs_naive": 3.0,
+           "ratio_vs_pgbench": 3.0}
+
+
+# ---- report --------------------------------------------------------------------------------
+def projection(cpu_us_per_payment: float | None) -> dict[str, Any]:
+    if not cpu_us_per_payment:
+        return {"cores_for_14000_tps": None, "cores_for_50000_tps": None,
+                "assumption": "no measurement"}
+    return {"cores_for_14000_tps": round(14000 * cpu_us_per_payment / 1e6, 2),
+            "cores_for_50000_tps": round(50000 * cpu_us_per_payment / 1e6, 2),
+            "assumption": "linear scaling: cores = target TPS x SUT CPU per payment; ignores contention, "
+                          "network hops between machines and PostgreSQL I/O limits"}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _fmt(value: Any, spec: str = ".0f") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return str(value)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("pass" if ok else "**miss**")
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    r = report
+    t = TARGETS
+    tps, p99, cpu_us = r.get("max_sustained_tps"), r.get("p99_ms"), r.get("sut_cpu_us_per_payment")
+    rn, rp = r.get("ratio_vs_naive"), r.get("ratio_vs_pgbench")
+    lines = [
+        "# quickpay bench", "",
+        f"- date: {r['date']}", f"- command: `{r['command_line']}`",
+        f"- machine: {r['machine'].get('cpu_model')} x {r['cpu_count']} CPUs, {r['machine'].get('memory_mb')} MB,"
+        f" {r['machine'].get('platform')}",
+        f"- stack: {r['shards']} shards, {r['gateway_workers']} gateway workers, {r['customers']} customers,"
+        f" {r['partners']} partners, fraud rules: {r['rules']}",
+        f"- mode: {'quick' if r['quick'] else 'full'}; steps of {r['step_s']:g}s; gates p99 <= {r['p99_ms_gate']:g} ms,"
+        f" errors < {r['error_rate_gate']:.2%}; latency from the intended send time (open loop)",
+        "- the generator shares the machine with the system under test", "",
+        "| figure | measured | target | verdict |", "|---|---|---|---|",
+        f"| max sustained TPS (p99 <= {r['p99_ms_gate']:g} ms) | {_fmt(tps)} | >= {t['tps']:,.0f} |"
+        f" {_verdict(None if tps is None else tps >= t['tps'])} |",
+        f"| p50 / p99 / p99.9 at that rate (ms) | {_fmt(r.get('p50_ms'), '.2f')} / {_fmt(p99, '.2f')} /"
+        f" {_fmt(r.get('p999_ms'), '.2f')} | p99 <= {t['p99_ms']:g} | {_verdict(None if p99 is None else p99 <= t['p99_ms'])} |",
+        f"| error rate at that rate | {_fmt(r.get('error_rate'), '.4%')} | < {r['error_rate_gate']:.2%} | "
+        f"{_verdict(None if r.get('error_rate') is None else r['error_rate'] < r['error_rate_gate'])} |",
+        f"| SUT CPU per payment (us) | {_fmt(cpu_us)} | <= {t['cpu_us_per_payment']:g} |"
+        f" {_verdict(None if cpu_us is None else cpu_us <= t['cpu_us_per_payment'])} |",
+        f"| generator share of CPU | {_fmt(r.get('generator_cpu_share'), '.1%')} | | |",
+        f"| naive ledger max TPS | {_fmt(r.get('naive_max_sustained_tps'))} | | |",
+        f"| ratio vs naive | {_fmt(rn, '.2f')}x | >= {t['ratio_vs_naive']:g}x | {_verdict(None if rn is None else rn >= t['ratio_vs_naive'])} |",
+        f"| pgbench TPC-B TPS | {_fmt(r.get('pgbench_tps'))} | | |",
+        f"| ratio vs pgbench | {_fmt(rp, '.2f')}x | >= {t['ratio_vs_pgbench']:g}x | {_verdict(None if rp is None else rp >= t['ratio_vs_pgbench'])} |",
+        f"| exactly-once | {_fmt(r.get('exactly_once_ok'))} | yes | {_verdict(r.get('exactly_once_ok'))} |",
+        f"| conservation of money | {_fmt(r.get('conservation_ok'))} | yes | {_verdict(r.get('conservation_ok'))} |",
+        "",
+        f"Projection (assumes linear scaling): {_fmt(r['projection'].get('cores_for_14000_tps'), '.1f')} cores for"
+        f" 14,000 TPS, {_fmt(r['projection'].get('cores_for_50000_tps'), '.1f')} cores for 50,000 TPS.", "",
+        "Where the SUT CPU goes at the max sustained step (us per payment): " + ", ".join(
+            f"{group} {_fmt(us, '.0f')}" for group, us in (r.get("sut_cpu_us_per_payment_by_process") or {}).items()),
+        "",
+        "## Steps (main phase)", "",
+        "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | SUT us/payment | gen CPU share | gates |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in r.get("steps", []):
+        lines.append(
+            f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |"
+            f" {s['p999_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cores'), '.2f')} |"
+            f" {_fmt(s.get('sut_cpu_us_per_payment'))} | {_fmt(s.get('generator_cpu_share'), '.1%')} |"
+            f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+    naive = r.get("naive")
+    if naive:
+        lines += ["", f"## Naive ledger baseline ({naive['customers']} customers, fresh state, "
+                      f"`--ledger-mode naive`)", "",
+                  "| offered/s | achieved/s | p50 ms | p99 ms | errors | gates |", "|---|---|---|---|---|---|"]
+        for s in naive.get("steps", []):
+            lines.append(f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} |"
+                         f" {s['p99_ms']:.2f} | {s['errors']}/{s['sent']} |"
+                         f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+        if naive.get("error"):
+            lines.append(f"\nNaive phase failed: {naive['error']}")
+    if r.get("pgbench"):
+        lines += ["", f"## pgbench: {r['pgbench'].get('command', '')}: tps = {_fmt(r['pgbench'].get('tps'))}"]
+    if r.get("sweep"):
+        lines += ["", "## Scaling sweep", "", "| shards | gateway workers | max TPS | SUT cores | TPS per SUT core |",
+                  "|---|---|---|---|---|"]
+        for s in r["sweep"]:
+            lines.append(f"| {s['shards']} | {s['gateway_workers']} | {_fmt(s.get('max_sustained_tps'))} |"
+                         f" {_fmt(s.get('sut_cores'), '.2f')} | {_fmt(s.get('efficiency_tps_per_core'))} |")
+    notes = r.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    problems = r.get("problems", [])
+    if problems:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+

@@ -1,0 +1,187 @@
+"""`quickpay up` as a subprocess, and the CPU of the system under test (psutil)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.common import READY_TIMEOUT_S, STOP_TIMEOUT_S
+
+# ---- the stack -------------------------------------------------------------------------
+class StackProcess:
+    """`quickpay up` as a subprocess; stopped with SIGTERM (then SIGKILL) on exit, always."""
+
+    def __init__(self, state_dir: Path, port: int, shards: int, workers: int, log_path: Path, *,
+                 no_rules: bool = False, rules: Path | None = None, ledger_mode: str | None = None,
+                 dsns: list[str] | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.port = port
+        self.shards = shards
+        self.workers = workers
+        self.log_path = log_path
+        self.argv = [sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(self.state_dir),
+                     "--port", str(port), "--shards", str(shards), "--workers", str(workers), "--no-monitor"]
+        if no_rules:
+            self.argv.append("--no-rules")
+        elif rules is not None:
+            self.argv += ["--rules", str(rules)]
+        if ledger_mode and ledger_mode != "batched":
+            self.argv += ["--ledger-mode", ledger_mode]
+        for dsn in dsns or []:
+            self.argv += ["--dsn", dsn]
+        self.external_dsns = list(dsns or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> "StackProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("QUICKPAY_TOKEN_KEY", None)
+        env.pop("QUICKPAY_ADMIN_TOKEN", None)
+        root = Path(__file__).resolve().parents[2]
+        with open(self.log_path, "wb") as handle:
+            self.proc = subprocess.Popen(self.argv, cwd=root, stdin=subprocess.DEVNULL, stdout=handle,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while "quickpay ready" not in self.log_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_text()[-3000:]
+                self.stop()
+                raise RuntimeError(f"`quickpay up` did not become ready (exit {self.proc.poll()}):\n{tail}")
+            time.sleep(0.1)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def dsns(self) -> list[str]:
+        if self.external_dsns:
+            return list(self.external_dsns)
+        from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+        pg = EmbeddedPostgres(self.state_dir)
+        return [pg.dsn(shard_database(i)) for i in range(self.shards)]
+
+    def child_pid(self, marker: str, shard: int | None = None) -> int | None:
+        import psutil
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return None
+        for child in children:
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            if marker not in cmd:
+                continue
+            if shard is not None:
+                if "--shard" not in cmd or cmd[cmd.index("--shard") + 1] != str(shard):
+                    continue
+            return int(child.pid)
+        return None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not self.external_dsns:
+            # `up` stops PostgreSQL on a clean exit; make sure after a kill too.
+            try:
+                from quickpay.embedded_pg import EmbeddedPostgres
+                EmbeddedPostgres(self.state_dir).stop()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "StackProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---- CPU of the system under test ------------------------------------------------------
+class SutCpu:
+    """user+sys CPU seconds of the `up` process tree plus the PostgreSQL server's processes."""
+
+    def __init__(self, up_pid: int, state_dir: Path | None) -> None:
+        self.up_pid = up_pid
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+
+    def _postmaster_pid(self) -> int | None:
+        if self.state_dir is None:
+            return None
+        try:
+            return int((self.state_dir / "pg" / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def processes(self) -> dict[int, Any]:
+        import psutil
+        found: dict[int, Any] = {}
+        roots = [self.up_pid]
+        postmaster = self._postmaster_pid()
+        if postmaster is not None:
+            roots.append(postmaster)
+        for root in roots:
+            try:
+                proc = psutil.Process(root)
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.Error:
+                continue
+        return found
+
+    def sample(self) -> dict[int, float]:
+        import psutil
+        times: dict[int, float] = {}
+        self.groups: dict[int, str] = getattr(self, "groups", {})
+        for pid, proc in self.processes().items():
+            try:
+                t = proc.cpu_times()
+                times[pid] = t.user + t.system
+                if pid not in self.groups:
+                    self.groups[pid] = _process_group(proc.cmdline())
+            except psutil.Error:
+                continue
+        return times
+
+    def delta_by_group(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+        """CPU seconds per process group: gateway, shard, postgres, other."""
+        groups: dict[str, float] = {}
+        for pid, value in after.items():
+            group = getattr(self, "groups", {}).get(pid, "other")
+            groups[group] = groups.get(group, 0.0) + max(0.0, value - before.get(pid, 0.0))
+        return groups
+
+    @staticmethod
+    def delta(before: dict[int, float], after: dict[int, float]) -> float:
+        """CPU used between two samples; a process started in between counts from zero."""
+        return sum(max(0.0, value - before.get(pid, 0.0)) for pid, value in after.items())
+
+
+def _process_group(cmdline: list[str]) -> str:
+    if "gateway-worker" in cmdline:
+        return "gateway"
+    if "shard-worker" in cmdline:
+        return "shard"
+    if cmdline and cmdline[0].startswith("postgres"):
+        return "postgres"
+    return "other"
+
+
