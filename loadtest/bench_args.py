@@ -38,6 +38,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgbench-s", type=float, default=None, help="pgbench run seconds (default 30, quick 5)")
     p.add_argument("--pgbench-scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
     p.add_argument("--verify-payments", type=int, default=200, help="payments in each phase's verification burst")
+    p.add_argument("--no-hello", action="store_true",
+                   help="skip the hello calibration phase (then no ratio_vs_hello / cpu_hello_units)")
+    p.add_argument("--batch-items", type=int, default=1000,
+                   help="payments per request in the batch phase (default 1000; 0 skips the batch phase)")
+    p.add_argument("--batch-start-rate", type=float, default=None,
+                   help="first offered batch rate, batches/s (default 2)")
+    p.add_argument("--batch-p99-ms", type=float, default=100.0, help="batch phase p99 gate (default 100 ms)")
     p.add_argument("--no-rules", action="store_true", help="run the stack without the fraud filter")
     p.add_argument("--sweep", action="store_true", help="also run the shards x workers scaling sweep")
     p.add_argument("--profile", action="store_true", help="py-spy the shard and gateway workers")

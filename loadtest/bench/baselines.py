@@ -1,12 +1,19 @@
-"""Baselines measured in the same run: pgbench TPC-B on the same PostgreSQL."""
+"""Baselines measured in the same run: pgbench TPC-B on the same PostgreSQL, and the hello
+calibration server (loadtest.hello) with the same generator and gates."""
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+from loadtest.bench.common import _free_port, log
 
 # ---- pgbench -------------------------------------------------------------------------------
 def parse_pgbench_tps(output: str) -> float | None:
@@ -44,3 +51,102 @@ def run_pgbench(state_dir: Path, seconds: float, scale: int, out: Path) -> dict[
                        % (max(1, int(round(seconds))), scale)}
 
 
+
+
+# ---- hello: the calibration server -------------------------------------------------------
+HELLO_READY_TIMEOUT_S = 30.0
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    import socket
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hello server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the hello server did not listen on port {port} within {timeout_s:.0f}s")
+
+
+def run_hello_phase(args: argparse.Namespace, out: Path, templates: list[Any], *, start_rate: float,
+                    step_factor: float, steps_max: int, step_s: float) -> dict[str, Any]:
+    """The same generator, request bytes and gates as the main phase, against `loadtest.hello`
+    (one aiohttp+uvloop process, no auth, no I/O). H = its max sustained rate; h = its CPU
+    per request at that step."""
+    import psutil
+
+    from loadtest.generator import LoadSpec, run_load
+    from loadtest.hello import response_body
+    from loadtest.stepper import find_max_sustained
+    port = _free_port()
+    body_bytes = len(response_body())
+    argv = [sys.executable, "-m", "loadtest.hello", "--port", str(port)]
+    log_path = out / "hello.log"
+    result: dict[str, Any] = {"command": " ".join(argv[1:]), "response_bytes": body_bytes,
+                              "request_body_bytes_mean": round(sum(len(t.body) for t in templates)
+                                                                / max(1, len(templates)))}
+    with open(log_path, "wb") as handle:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    try:
+        _wait_for_port(port, proc, HELLO_READY_TIMEOUT_S)
+        server = psutil.Process(proc.pid)
+        extras: list[dict[str, Any]] = []
+
+        def cpu_s() -> float:
+            t = server.cpu_times()
+            return float(t.user + t.system)
+
+        def run_at_rate(rate: float) -> Any:
+            spec = LoadSpec(host="127.0.0.1", port=port, rate_per_s=rate, duration_s=step_s, requests=templates,
+                            processes=args.generator_processes, connections_max=args.connections, timeout_s=2.0,
+                            warmup_s=min(1.0, step_s * 0.2), run_id=uuid.uuid4().hex[:8],
+                            poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000)
+            before = cpu_s()
+            load = run_load(spec)
+            used = cpu_s() - before
+            total = max(1, int(rate * step_s))
+            measured_fraction = load.sent / total if total else 1.0
+            ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
+            extras.append({"sut_cpu_s": used, "sut_cores": used / max(load.wall_s, 1e-9),
+                           "sut_cpu_us_per_payment": used / ok_all * 1e6 if ok_all else None})
+            return load
+
+        def on_step(step: Any) -> None:
+            r, extra = step.result, extras[-1]
+            us = extra["sut_cpu_us_per_payment"]
+            log(f"hello: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
+                f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}/{r.sent}  "
+                f"server CPU {extra['sut_cores']:.2f} cores = {us if us is not None else float('nan'):.0f}"
+                f" us/request  {'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}")
+
+        best, steps = find_max_sustained(
+            run_at_rate, start_rate, step_factor=step_factor, rate_max=args.max_rate * 4, steps_max=steps_max,
+            p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max,
+            confirm_miss=not getattr(args, "quick", False), on_step=on_step)
+        step_dicts = []
+        for step, extra in zip(steps, extras):
+            d = step.to_dict()
+            d.update(extra)
+            step_dicts.append(d)
+        best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
+        result.update({
+            "steps": step_dicts, "max_sustained_offered_per_s": best,
+            "hello_max_sustained_tps": best_step["achieved_per_s"] if best_step else None,
+            "hello_cpu_us_per_request": best_step["sut_cpu_us_per_payment"] if best_step else None,
+            "p99_ms": best_step["p99_ms"] if best_step else None,
+            "search_capped": bool(steps) and all(s.passed for s in steps)})
+        if result["search_capped"]:
+            log("hello: every step passed: H is a lower bound (raise --max-rate or --steps-max)")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    return result

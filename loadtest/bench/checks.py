@@ -76,6 +76,11 @@ def check_load_ids(sent_ids: list[str], acknowledged: int, dsns: list[str]) -> d
             "in_ledger": present, "doubled": doubled, "rows": sum(totals.values())}
 
 
+def count_committed(ids: list[str], dsns: list[str]) -> int:
+    """How many of `ids` are in the ledger (as payment rows, across all shards)."""
+    return sum(len(shard) for shard in asyncio.run(_payment_rows(dsns, list(dict.fromkeys(ids)))))
+
+
 async def _count_payment_rows(dsns: list[str]) -> int:
     import asyncpg
     total = 0

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench.baselines import run_hello_phase
 from loadtest.bench.common import _free_port, log, machine_info
 from loadtest.bench.phase import PhaseConfig, run_phase
 from loadtest.bench.population import bench_rules
@@ -29,6 +30,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         "steps_max": 5 if quick else 14,
         "naive_customers": 5_000 if quick else 20_000,
         "pgbench_s": 5.0 if quick else 30.0,
+        "batch_start_rate": 2.0,
     }
     resolved = argparse.Namespace(**vars(args))
     for name, value in defaults.items():
@@ -38,7 +40,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
                         "error_rate_max": 0.001, "no_baselines": False, "no_rules": False, "sweep": False,
                         "profile": False, "port": 18080, "shards": 1, "workers": 1, "dsn": None,
                         "generator_poll_ms": 1.0,
-                        "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10}
+                        "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10,
+                        "no_hello": False, "batch_items": 1000, "batch_p99_ms": 100.0}
     for name, value in fallbacks.items():
         if not hasattr(resolved, name):
             setattr(resolved, name, value)
@@ -67,6 +70,12 @@ def validate_settings(args: argparse.Namespace) -> None:
         problems.append("--generator-processes must be between 1 and 16")
     if not 0 <= args.generator_poll_ms <= 5:
         problems.append("--generator-poll-ms must be between 0 and 5")
+    if not 0 <= args.batch_items <= 1000:
+        problems.append("--batch-items must be between 0 (no batch phase) and 1000 (the endpoint's maximum)")
+    if not 0 < args.batch_start_rate <= 1000:
+        problems.append("--batch-start-rate must be > 0 and <= 1000 batches/s")
+    if not 1 <= args.batch_p99_ms <= 60_000:
+        problems.append("--batch-p99-ms must be between 1 and 60000")
     if problems:
         raise SystemExit("quickpay bench: " + "; ".join(problems))
 
@@ -104,8 +113,12 @@ def run_bench(args: argparse.Namespace) -> int:
             workers=args.workers, customers=args.customers, partners=args.partners, step_s=args.step_s,
             start_rate=args.start_rate, step_factor=args.step_factor, steps_max=args.steps_max,
             max_rate=args.max_rate, dsns=args.dsn, verify_payments=args.verify_payments, profile=args.profile,
-            pgbench=not args.no_baselines, pgbench_s=args.pgbench_s, pgbench_scale=args.pgbench_scale)
+            pgbench=not args.no_baselines, pgbench_s=args.pgbench_s, pgbench_scale=args.pgbench_scale,
+            batch_items=args.batch_items, batch_start_rate=args.batch_start_rate,
+            batch_step_factor=2.0 if args.quick else 1.5, batch_steps_max=4 if args.quick else 10,
+            batch_step_s=args.step_s, batch_p99_ms=args.batch_p99_ms, hello=not args.no_hello)
         main = run_phase(main_cfg, args, out, rules)
+        templates = main.pop("_templates", None)
         best = main.get("best_step") or {}
         report.update({
             "max_sustained_tps": main["max_sustained_tps"],
@@ -153,6 +166,29 @@ def run_bench(args: argparse.Namespace) -> int:
                 log(f"naive phase failed: {exc}")
                 report["naive"] = {"error": str(exc)[-1500:]}
                 report["problems"].append(f"naive phase failed: {str(exc)[:300]}")
+        batch = main.get("batch") or {}
+        report["batch"] = batch or None
+        for key in ("batch_payments_per_s", "batch_p50_ms", "batch_p99_ms", "batch_sut_cpu_us_per_payment",
+                    "batch_sut_cpu_us_per_payment_by_process", "items_per_batch"):
+            report[key if key.startswith("batch_") else "batch_items"] = batch.get(key)
+        report["hello"] = None
+        if templates is not None:
+            hello_start = max(args.start_rate, float(report["max_sustained_tps"] or 0.0))
+            try:
+                hello = run_hello_phase(args, out, templates, start_rate=hello_start,
+                                        step_factor=2.0 if args.quick else 1.5, steps_max=4 if args.quick else 8,
+                                        step_s=args.step_s)
+                report["hello"] = hello
+            except Exception as exc:
+                log(f"hello phase failed: {exc}")
+                report["hello"] = {"error": str(exc)[-1500:]}
+                report["problems"].append(f"hello phase failed: {str(exc)[:300]}")
+        hello_report = report["hello"] or {}
+        report["hello_max_sustained_tps"] = hello_report.get("hello_max_sustained_tps")
+        report["hello_cpu_us_per_request"] = hello_report.get("hello_cpu_us_per_request")
+        report["ratio_vs_hello"] = _ratio(report["max_sustained_tps"], report["hello_max_sustained_tps"])
+        report["cpu_hello_units"] = _ratio(report["sut_cpu_us_per_payment"], report["hello_cpu_us_per_request"])
+        report["batch_ratio_vs_hello"] = _ratio(report["batch_payments_per_s"], report["hello_max_sustained_tps"])
         report["ratio_vs_naive"] = _ratio(report["max_sustained_tps"], report["naive_max_sustained_tps"])
         report["ratio_vs_pgbench"] = _ratio(report["max_sustained_tps"], report["pgbench_tps"])
         if args.sweep:
@@ -173,7 +209,9 @@ def run_bench(args: argparse.Namespace) -> int:
     report["duration_s"] = round(time.monotonic() - started, 1)
     for key in ("max_sustained_tps", "p50_ms", "p99_ms", "p999_ms", "error_rate", "sut_cpu_us_per_payment",
                 "generator_cpu_share", "naive_max_sustained_tps", "pgbench_tps", "ratio_vs_naive",
-                "ratio_vs_pgbench", "exactly_once_ok", "conservation_ok", "steps"):
+                "ratio_vs_pgbench", "exactly_once_ok", "conservation_ok", "steps", "hello_max_sustained_tps",
+                "hello_cpu_us_per_request", "ratio_vs_hello", "cpu_hello_units", "batch_payments_per_s",
+                "batch_p99_ms", "batch_ratio_vs_hello"):
         report.setdefault(key, None)
     report.setdefault("projection", projection(None))
     (out / "bench-report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -187,6 +225,10 @@ def run_bench(args: argparse.Namespace) -> int:
             plot_all(report["steps"], out, prefix="main", p99_ms_max=args.p99_ms)
             if (report.get("naive") or {}).get("steps"):
                 plot_all(report["naive"]["steps"], out, prefix="naive", p99_ms_max=args.p99_ms)
+            if (report.get("hello") or {}).get("steps"):
+                plot_all(report["hello"]["steps"], out, prefix="hello", p99_ms_max=args.p99_ms)
+            if (report.get("batch") or {}).get("steps"):
+                plot_all(report["batch"]["steps"], out, prefix="batch", p99_ms_max=args.batch_p99_ms)
         except Exception as exc:
             log(f"plots failed: {exc}")
     print(_console_summary(report, out))
@@ -200,6 +242,11 @@ def _console_summary(r: dict[str, Any], out: Path) -> str:
         f" errors {_fmt(r.get('error_rate'), '.4%')}",
         f"SUT CPU: {_fmt(r.get('sut_cpu_us_per_payment'))} us/payment; generator CPU share"
         f" {_fmt(r.get('generator_cpu_share'), '.1%')}",
+        f"hello: H {_fmt(r.get('hello_max_sustained_tps'))} requests/s, h {_fmt(r.get('hello_cpu_us_per_request'))}"
+        f" us/request; ratio_vs_hello {_fmt(r.get('ratio_vs_hello'), '.2f')}, cpu_hello_units"
+        f" {_fmt(r.get('cpu_hello_units'), '.2f')}",
+        f"batch: {_fmt(r.get('batch_payments_per_s'))} payments/s at p99 {_fmt(r.get('batch_p99_ms'), '.1f')} ms;"
+        f" batch_ratio_vs_hello {_fmt(r.get('batch_ratio_vs_hello'), '.2f')}",
         f"naive ledger: {_fmt(r.get('naive_max_sustained_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_naive'), '.2f')}x);"
         f" pgbench: {_fmt(r.get('pgbench_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_pgbench'), '.2f')}x)",
         f"exactly-once: {_fmt(r.get('exactly_once_ok'))}; conservation: {_fmt(r.get('conservation_ok'))}",

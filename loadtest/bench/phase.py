@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench.baselines import run_pgbench
-from loadtest.bench.checks import (_verification_burst, check_conservation, check_load_ids,
+from loadtest.bench.checks import (_verification_burst, check_conservation, check_load_ids, count_committed,
                                    count_payment_rows, verify_exactly_once)
 from loadtest.bench.common import log
-from loadtest.bench.population import build_templates, expected_payment_ids, seed
+from loadtest.bench.population import (build_batch_templates, build_templates, expected_batch_payment_ids,
+                                       expected_payment_ids, seed)
 from loadtest.bench.profiling import finish_profilers, start_profilers
 from loadtest.bench.stack import StackProcess, SutCpu
 
@@ -40,6 +41,14 @@ class PhaseConfig:
     pgbench: bool = False
     pgbench_s: float = 5.0
     pgbench_scale: int = 10
+    # The batch phase (POST /v1/quick-payments/batch) on the same stack; 0 items: none.
+    batch_items: int = 0
+    batch_start_rate: float = 2.0  # batches per second
+    batch_step_factor: float = 2.0
+    batch_steps_max: int = 5
+    batch_step_s: float = 5.0
+    batch_p99_ms: float = 100.0
+    hello: bool = False  # keep the templates for the hello phase
 
 
 def settle_database(dsns: list[str]) -> None:
@@ -164,6 +173,10 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
         if best_step is None:
             log(f"{cfg.name}: no step met the gates")
 
+        if cfg.batch_items > 0:
+            result["batch"] = run_batch_search(cfg, args, stack, population, cpu, sent_ids)
+            acknowledged += result["batch"]["items_acknowledged"]
+
         if cfg.profile:
             rate = max(100.0, 0.7 * best) if best else cfg.start_rate
             seconds = int(min(10, max(3, cfg.step_s)))
@@ -219,6 +232,88 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                 log(f"pgbench failed: {exc}")
                 result["pgbench"] = {"tps": None, "error": str(exc)}
     log(f"{cfg.name}: stack stopped; phase took {time.monotonic() - started:.1f}s")
+    if cfg.hello:
+        result["_templates"] = templates  # for the hello phase; not part of the report
     return result
+
+
+def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackProcess, population: Any,
+                     cpu: SutCpu, sent_ids: list[str]) -> dict[str, Any]:
+    """Stepped batch rates (batches/s) of `cfg.batch_items` payments each, open loop, same
+    generator; gates: batch p99 <= cfg.batch_p99_ms, errors < --error-rate-max, achieved >= 95%.
+    An item is an error when its payment is not in the ledger after the step (the generator
+    sees only the batch's HTTP status); that ratio counts against the error gate like failed
+    requests. Every item's id goes to `sent_ids` for the phase's exactly-once check."""
+    import dataclasses
+    import math
+
+    from loadtest.generator import LoadSpec, run_load
+    from loadtest.stepper import find_max_sustained
+    items = cfg.batch_items
+    templates, routes = build_batch_templates(population, items)
+    dsns = stack.dsns()
+    extras: list[dict[str, Any]] = []
+    acknowledged_items = 0
+
+    def run_at_rate(rate: float) -> Any:
+        nonlocal acknowledged_items
+        run_id = uuid.uuid4().hex[:8]
+        spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=rate, duration_s=cfg.batch_step_s,
+                        requests=templates, processes=1, connections_max=args.connections, timeout_s=10.0,
+                        warmup_s=_warmup(cfg.batch_step_s), run_id=run_id)
+        before = cpu.sample()
+        load = run_load(spec)
+        after = cpu.sample()
+        sut_cpu_s = SutCpu.delta(before, after)
+        by_group = cpu.delta_by_group(before, after)
+        total = max(1, int(rate * cfg.batch_step_s))
+        ids = expected_batch_payment_ids(run_id, total, 1, routes, cfg.shards)
+        sent_ids.extend(ids)
+        committed = count_committed(ids, dsns)
+        measured_fraction = load.sent / total if total else 1.0
+        ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
+        acknowledged_items += load.ok * items
+        item_error_ratio = 1.0 - committed / len(ids) if ids else 0.0
+        extras.append({
+            "items_per_batch": items, "items_sent": len(ids), "items_committed": committed,
+            "item_error_ratio": item_error_ratio, "payments_per_s": load.achieved_per_s * items,
+            "sut_cpu_s": sut_cpu_s, "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
+            "sut_cpu_us_per_payment": sut_cpu_s / committed * 1e6 if committed else None,
+            "sut_cpu_us_per_payment_by_process": {
+                group: seconds / committed * 1e6 if committed else None
+                for group, seconds in sorted(by_group.items())},
+            "requests_ok_all": ok_all})
+        item_errors = math.ceil(item_error_ratio * load.sent)
+        return dataclasses.replace(load, errors=max(load.errors, item_errors))
+
+    def on_step(step: Any) -> None:
+        r, extra = step.result, extras[-1]
+        us = extra["sut_cpu_us_per_payment"]
+        log(f"{cfg.name} batch x{items}: offered {step.offered_per_s:6.1f}/s = {step.offered_per_s * items:7.0f}"
+            f" payments/s  achieved {extra['payments_per_s']:7.0f} payments/s  p50 {r.p50_ms:7.2f} ms  p99"
+            f" {r.p99_ms:8.2f} ms  items committed {extra['items_committed']}/{extra['items_sent']}  SUT CPU"
+            f" {extra['sut_cores']:.2f} cores = {us if us is not None else float('nan'):.0f} us/payment  "
+            f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}")
+
+    best, steps = find_max_sustained(
+        run_at_rate, cfg.batch_start_rate, step_factor=cfg.batch_step_factor, rate_max=cfg.max_rate / items * 4,
+        steps_max=cfg.batch_steps_max, p99_ms_max=cfg.batch_p99_ms, error_rate_max=args.error_rate_max,
+        confirm_miss=not getattr(args, "quick", False), on_step=on_step)
+    step_dicts = []
+    for step, extra in zip(steps, extras):
+        d = step.to_dict()
+        d.update(extra)
+        step_dicts.append(d)
+    best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
+    return {
+        "items_per_batch": items, "steps": step_dicts, "max_sustained_batches_per_s": best,
+        "batch_payments_per_s": best_step["payments_per_s"] if best_step else 0.0,
+        "batch_p50_ms": best_step["p50_ms"] if best_step else None,
+        "batch_p99_ms": best_step["p99_ms"] if best_step else None,
+        "batch_sut_cpu_us_per_payment": best_step["sut_cpu_us_per_payment"] if best_step else None,
+        "batch_sut_cpu_us_per_payment_by_process":
+            best_step["sut_cpu_us_per_payment_by_process"] if best_step else None,
+        "p99_ms_gate": cfg.batch_p99_ms, "items_acknowledged": acknowledged_items,
+        "search_capped": bool(steps) and all(s.passed for s in steps)}
 
 

@@ -103,3 +103,69 @@ def expected_payment_ids(run_id: str, total: int, processes: int, routes: list[t
     return ids
 
 
+
+
+# Batch items: key = the generator's request key + "i" + item index (4 digits), so every item
+# of every request has its own idempotency key (27 characters) and its payment id is known.
+BATCH_TEMPLATES_MAX = 16
+
+
+def batch_item_key(request_key: str, item: int) -> str:
+    return f"{request_key}i{item:04d}"
+
+
+def build_batch_templates(population: Population, items: int, count: int = BATCH_TEMPLATES_MAX,
+                          seed_value: int = 13, exponent: float = ZIPF_EXPONENT
+                          ) -> tuple[list[Any], list[tuple[str, list[str]]]]:
+    """Batch request templates: each for one partner (a batch is one partner's), `items`
+    payments with Zipf-skewed debtors among that partner's agreements. Also, per template,
+    (partner_id, [agreement_id per item])."""
+    from loadtest.generator import IDEMPOTENCY_KEY, RequestTemplate
+    if not 1 <= items <= 10_000:
+        raise ValueError("items per batch must be between 1 and 10000")
+    rng = random.Random(seed_value)
+    by_partner: dict[int, list[str]] = {}
+    for partner_index, agreement_id, _debtor in population.agreements:
+        by_partner.setdefault(partner_index, []).append(agreement_id)
+    partner_indexes = sorted(by_partner)
+    templates: list[Any] = []
+    routes: list[tuple[str, list[str]]] = []
+    for t in range(count):
+        partner_index = partner_indexes[t % len(partner_indexes)]
+        rows = list(by_partner[partner_index])
+        rng.shuffle(rows)
+        cumulative = list(itertools.accumulate(1.0 / (rank ** exponent) for rank in range(1, len(rows) + 1)))
+        total = cumulative[-1]
+        partner = population.partners[partner_index]
+        chosen = [rows[min(bisect.bisect_left(cumulative, rng.random() * total), len(rows) - 1)]
+                  for _ in range(items)]
+        payments = [{"idempotency_key": batch_item_key(IDEMPOTENCY_KEY, j), "agreement_id": agreement_id,
+                     "amount": "1.00", "currency": "CNY", "creditor_account": partner["settlement_account"],
+                     "reference": "bench batch"} for j, agreement_id in enumerate(chosen)]
+        body = json.dumps({"payments": payments}, separators=(",", ":")).encode()
+        templates.append(RequestTemplate(
+            method="POST", path="/v1/quick-payments/batch",
+            headers=(("Authorization", f"Bearer {population.tokens[partner_index]}"),
+                     ("Content-Type", "application/json")),
+            body=body))
+        routes.append((partner["partner_id"], chosen))
+    return templates, routes
+
+
+def expected_batch_payment_ids(run_id: str, total: int, processes: int, routes: list[tuple[str, list[str]]],
+                               shard_count: int) -> list[str]:
+    """Every item's payment id of a batch `run_load` with this run id (cf. expected_payment_ids)."""
+    from quickpay.ids import payment_id_for, shard_of
+    ids: list[str] = []
+    n = len(routes)
+    shards = [[shard_of(agreement, shard_count) for agreement in agreements] for _, agreements in routes]
+    for worker in range(processes):
+        count = total // processes + (1 if worker < total % processes else 0)
+        prefix = f"{run_id}{worker:03d}"
+        for sequence in range(count):
+            t = sequence % n
+            partner_id = routes[t][0]
+            key = f"{prefix}{sequence:011d}"
+            ids.extend(payment_id_for(partner_id, batch_item_key(key, j), shard)
+                       for j, shard in enumerate(shards[t]))
+    return ids

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-TARGETS = {"tps": 9000.0, "p99_ms": 25.0, "cpu_us_per_payment": 100.0, "ratio_vs_naive": 3.0,
-           "ratio_vs_pgbench": 3.0}
+# Targets are ratios measured in the same run (issue 8): absolute figures do not travel
+# between machines, so they are reported but not judged.
+TARGETS = {"ratio_vs_hello": 0.75, "cpu_hello_units": 2.0, "batch_ratio_vs_hello": 3.0, "ratio_vs_pgbench": 3.0,
+           "ratio_vs_naive": 3.0, "cores_for_50000_tps": 8.0, "p99_ms": 25.0, "batch_p99_ms": 100.0}
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -41,6 +43,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     t = TARGETS
     tps, p99, cpu_us = r.get("max_sustained_tps"), r.get("p99_ms"), r.get("sut_cpu_us_per_payment")
     rn, rp = r.get("ratio_vs_naive"), r.get("ratio_vs_pgbench")
+    rh, ch, rb = r.get("ratio_vs_hello"), r.get("cpu_hello_units"), r.get("batch_ratio_vs_hello")
+    hello_tps, hello_us = r.get("hello_max_sustained_tps"), r.get("hello_cpu_us_per_request")
+    c50 = (r.get("projection") or {}).get("cores_for_50000_tps")
     lines = [
         "# quickpay bench", "",
         f"- date: {r['date']}", f"- command: `{r['command_line']}`",
@@ -52,19 +57,31 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f" errors < {r['error_rate_gate']:.2%}; latency from the intended send time (open loop)",
         "- the generator shares the machine with the system under test", "",
         "| figure | measured | target | verdict |", "|---|---|---|---|",
-        f"| max sustained TPS (p99 <= {r['p99_ms_gate']:g} ms) | {_fmt(tps)} | >= {t['tps']:,.0f} |"
-        f" {_verdict(None if tps is None else tps >= t['tps'])} |",
+        f"| hello: H = max sustained requests/s (trivial aiohttp+uvloop handler) | {_fmt(hello_tps)} | | |",
+        f"| hello: h = its CPU per request (us) | {_fmt(hello_us)} | | |",
+        f"| max sustained TPS, single payments (p99 <= {r['p99_ms_gate']:g} ms) | {_fmt(tps)} | | |",
+        f"| ratio_vs_hello = TPS / H | {_fmt(rh, '.2f')} | >= {t['ratio_vs_hello']:g} |"
+        f" {_verdict(None if rh is None else rh >= t['ratio_vs_hello'])} |",
         f"| p50 / p99 / p99.9 at that rate (ms) | {_fmt(r.get('p50_ms'), '.2f')} / {_fmt(p99, '.2f')} /"
         f" {_fmt(r.get('p999_ms'), '.2f')} | p99 <= {t['p99_ms']:g} | {_verdict(None if p99 is None else p99 <= t['p99_ms'])} |",
         f"| error rate at that rate | {_fmt(r.get('error_rate'), '.4%')} | < {r['error_rate_gate']:.2%} | "
         f"{_verdict(None if r.get('error_rate') is None else r['error_rate'] < r['error_rate_gate'])} |",
-        f"| SUT CPU per payment (us) | {_fmt(cpu_us)} | <= {t['cpu_us_per_payment']:g} |"
-        f" {_verdict(None if cpu_us is None else cpu_us <= t['cpu_us_per_payment'])} |",
+        f"| SUT CPU per payment (us) | {_fmt(cpu_us)} | | |",
+        f"| cpu_hello_units = SUT CPU per payment / h | {_fmt(ch, '.2f')} | <= {t['cpu_hello_units']:g} |"
+        f" {_verdict(None if ch is None else ch <= t['cpu_hello_units'])} |",
+        f"| batch endpoint payments/s ({_fmt(r.get('batch_items'))} per request, batch p99 <="
+        f" {t['batch_p99_ms']:g} ms) | {_fmt(r.get('batch_payments_per_s'))} | | |",
+        f"| batch p99 (ms) / SUT CPU per batched payment (us) | {_fmt(r.get('batch_p99_ms'), '.1f')} /"
+        f" {_fmt(r.get('batch_sut_cpu_us_per_payment'))} | | |",
+        f"| batch_ratio_vs_hello = batch payments/s / H | {_fmt(rb, '.2f')} | >= {t['batch_ratio_vs_hello']:g} |"
+        f" {_verdict(None if rb is None else rb >= t['batch_ratio_vs_hello'])} |",
         f"| generator share of CPU | {_fmt(r.get('generator_cpu_share'), '.1%')} | | |",
         f"| naive ledger max TPS | {_fmt(r.get('naive_max_sustained_tps'))} | | |",
         f"| ratio vs naive | {_fmt(rn, '.2f')}x | >= {t['ratio_vs_naive']:g}x | {_verdict(None if rn is None else rn >= t['ratio_vs_naive'])} |",
         f"| pgbench TPC-B TPS | {_fmt(r.get('pgbench_tps'))} | | |",
         f"| ratio vs pgbench | {_fmt(rp, '.2f')}x | >= {t['ratio_vs_pgbench']:g}x | {_verdict(None if rp is None else rp >= t['ratio_vs_pgbench'])} |",
+        f"| cores projected for 50,000 TPS (single payments) | {_fmt(c50, '.1f')} | <= {t['cores_for_50000_tps']:g} |"
+        f" {_verdict(None if c50 is None else c50 <= t['cores_for_50000_tps'])} |",
         f"| exactly-once | {_fmt(r.get('exactly_once_ok'))} | yes | {_verdict(r.get('exactly_once_ok'))} |",
         f"| conservation of money | {_fmt(r.get('conservation_ok'))} | yes | {_verdict(r.get('conservation_ok'))} |",
         "",
@@ -83,6 +100,28 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f" {s['p999_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cores'), '.2f')} |"
             f" {_fmt(s.get('sut_cpu_us_per_payment'))} | {_fmt(s.get('generator_cpu_share'), '.1%')} |"
             f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+    batch = r.get("batch")
+    if batch and batch.get("steps"):
+        lines += ["", f"## Batch endpoint ({batch['items_per_batch']} payments per request, same stack)", "",
+                  "| batches/s offered | payments/s achieved | p50 ms | p99 ms | items committed | SUT us/payment |"
+                  " gates |", "|---|---|---|---|---|---|---|"]
+        for s in batch["steps"]:
+            lines.append(f"| {s['offered_per_s']:.1f} | {s['payments_per_s']:.0f} | {s['p50_ms']:.2f} |"
+                         f" {s['p99_ms']:.2f} | {s['items_committed']}/{s['items_sent']} |"
+                         f" {_fmt(s.get('sut_cpu_us_per_payment'))} |"
+                         f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+    hello = r.get("hello")
+    if hello and hello.get("steps"):
+        lines += ["", f"## hello calibration (`{hello.get('command')}`: {hello.get('response_bytes')}-byte answers"
+                      f" to the main phase's requests)", "",
+                  "| offered/s | achieved/s | p50 ms | p99 ms | errors | server us/request | gates |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in hello["steps"]:
+            lines.append(f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} |"
+                         f" {s['p99_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
+                         f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+        if hello.get("search_capped"):
+            lines.append("\nEvery hello step passed: H is a lower bound.")
     naive = r.get("naive")
     if naive:
         lines += ["", f"## Naive ledger baseline ({naive['customers']} customers, fresh state, "
