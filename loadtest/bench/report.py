@@ -21,7 +21,7 @@ def projection(cpu_us_per_payment: float | None) -> dict[str, Any]:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
+    return round(a / b, 2) if a is not None and b else None
 
 
 def _fmt(value: Any, spec: str = ".0f") -> str:
