@@ -27,6 +27,7 @@ from quickpay.ids import is_striped, settlement_account_for
 from . import pg
 from .client import ShardClient
 from .handshake import HANDSHAKE_TIMEOUT_S, HandshakeError, ServerHandshake, cluster_secret
+from .idfilter import IdFilter
 from .model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
 )
@@ -40,6 +41,8 @@ __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 log = logging.getLogger("quickpay.shard")
 
 TRANSACTIONS_PAGE_MAX = 200
+# Rows per round trip when the transfer id filter is built at start-up.
+ID_FILTER_FETCH_ROWS = 50_000
 # One batch committing while the next is prefetched and decided.
 PIPELINE_DEPTH = 2
 # How often long-lived objects are moved out of the garbage collector's sight.
@@ -239,6 +242,10 @@ class ShardWorker:
         self.committed_batches = 0
         self.naive_pool: asyncpg.Pool | None = None
         self.prefetch_conn: asyncpg.Connection | None = None
+        # Ids that are certainly new skip the prefetch (ledger/idfilter.py); None: off.
+        self.id_filter: IdFilter | None = None
+        self.prefetch_lookups = 0       # ids looked up in PostgreSQL
+        self.prefetch_skipped = 0       # ids the filter proved new
         self.committed_transfers = 0
         self.closing = False
 
@@ -272,6 +279,8 @@ class ShardWorker:
                                                         max_size=NAIVE_POOL_SIZE,
                                                         server_settings=_SERVER_SETTINGS)
         else:
+            if os.environ.get("QUICKPAY_ID_FILTER", "on") != "off":
+                await self._load_id_filter()
             await self._start_fraud()
         for shard, address in cfg.peers.items():
             if shard != cfg.shard:
@@ -302,6 +311,17 @@ class ShardWorker:
         log.info("shard %s ready on %s: %d accounts, %d agreements, next seq %d",
                  cfg.shard, cfg.listen, len(self.state.accounts), len(self.state.agreements),
                  self.state.next_seq)
+
+    async def _load_id_filter(self) -> None:
+        assert self.write_conn is not None
+        started = time.monotonic()
+        ids = IdFilter(expected_ids=self.state.next_seq)
+        async with self.write_conn.transaction():
+            async for row in self.write_conn.cursor("SELECT id FROM transfers", prefetch=ID_FILTER_FETCH_ROWS):
+                ids.add(row[0])
+        self.id_filter = ids
+        log.info("shard %s: transfer id filter of %d ids built in %.2fs (%s)", self.config.shard, len(ids),
+                 time.monotonic() - started, ids.stats())
 
     async def _start_fraud(self) -> None:
         from .fraud_port import FraudAdapter
@@ -424,6 +444,9 @@ class ShardWorker:
             # Only now, with every command of the batch decided: evicting while deciding
             # could drop an id the prefetch vouched for and decide its retry as new.
             self.state.evict()
+            if self.id_filter is not None:
+                for transfer in ws.transfers:
+                    self.id_filter.add(transfer.id)
             await self.write_queue.put((ws, replies))
 
     async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
@@ -441,7 +464,13 @@ class ShardWorker:
         # Cached ids become most recently used, so they are the last to go when the
         # cache is trimmed after this batch (state.evict); nothing is evicted before.
         missing = self.state.touch(ids)
+        id_filter = self.id_filter
+        if id_filter is not None and missing:
+            maybe = [transfer_id for transfer_id in missing if transfer_id in id_filter]
+            self.prefetch_skipped += len(missing) - len(maybe)
+            missing = maybe
         if missing:
+            self.prefetch_lookups += len(missing)
             assert self.prefetch_conn is not None
             transfers = self.state.transfers
             for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing):
@@ -719,6 +748,8 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
             "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
             "committed_batches": worker.committed_batches,
             "committed_transfers": worker.committed_transfers,
+            "prefetch": {"looked_up": worker.prefetch_lookups, "proved_new": worker.prefetch_skipped,
+                         "id_filter": worker.id_filter.stats() if worker.id_filter is not None else None},
             # Which rule set this shard enforces, and whether a stored one failed to build.
             "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None}
 
