@@ -80,6 +80,9 @@ class GatewayConfig(msgspec.Struct):
     # Items per POST /v1/quick-payments/batch (more is a 400); the document states the
     # default, BATCH_ITEMS_MAX. The body stays bounded by BATCH_BODY_MAX_BYTES either way.
     batch_items_max: int = BATCH_ITEMS_MAX
+    # The node topology (quickpay.node): clients of the shards this process owns, by shard
+    # number, called in-process instead of over the shard protocol.
+    local_clients: dict[int, Any] | None = None
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -187,7 +190,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.router = ShardRouter(config.shard_addresses, call_timeout_s=config.call_timeout_s)
+        self.router = ShardRouter(config.shard_addresses, call_timeout_s=config.call_timeout_s,
+                                  local_clients=config.local_clients)
         self.tokens = TokenService(config.token_key)
 
     def partner_of(self, request: web.Request) -> str:

@@ -11,13 +11,17 @@ from aiohttp import web
 
 from .app import GatewayConfig, create_app
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_app"]
 
 log = logging.getLogger("quickpay.gateway")
 
 
 async def _serve(config: GatewayConfig, host: str, port: int) -> None:
-    app = create_app(config)
+    await serve_app(create_app(config), host, port)
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> None:
+    """Serve `app` on host:port (SO_REUSEPORT) until SIGINT/SIGTERM, then drain."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)

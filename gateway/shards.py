@@ -14,10 +14,15 @@ _ACCOUNT_CACHE_MAX = 200_000
 
 
 class ShardRouter:
-    def __init__(self, addresses: list[str], *, call_timeout_s: float = 10.0) -> None:
+    def __init__(self, addresses: list[str], *, call_timeout_s: float = 10.0,
+                 local_clients: dict[int, Any] | None = None) -> None:
+        """`local_clients`: shards this process owns (the node topology), by shard number;
+        each has ShardClient's call/close (ledger.local_client.LocalShardClient)."""
         self.addresses = addresses
         self.count = len(addresses)
-        self.clients = [ShardClient(a, call_timeout_s=call_timeout_s) for a in addresses]
+        local = local_clients or {}
+        self.clients: list[Any] = [local[i] if i in local else ShardClient(a, call_timeout_s=call_timeout_s)
+                                   for i, a in enumerate(addresses)]
         # Account existence and currency never change once opened, so a positive
         # answer can be cached for good; misses are not cached.
         self._accounts: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -25,7 +30,7 @@ class ShardRouter:
     def shard_of(self, entity_id: str) -> int:
         return shard_of(entity_id, self.count)
 
-    def client_for(self, entity_id: str) -> ShardClient:
+    def client_for(self, entity_id: str) -> Any:
         return self.clients[shard_of(entity_id, self.count)]
 
     async def call(self, shard: int, op: str, args: Any = None) -> Any:

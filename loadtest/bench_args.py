@@ -19,6 +19,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="ledger shards (default 1: the cheapest per payment on 2 cores, see --sweep)")
     p.add_argument("--workers", type=int, default=1,
                    help="gateway worker processes (default 1: the cheapest per payment on 2 cores)")
+    p.add_argument("--topology", choices=["gateway", "node"], default="gateway",
+                   help="the stack's topology (quickpay up --topology); node: HTTP and shard in one process")
+    p.add_argument("--batch-wait-ms", type=float, default=None,
+                   help="passed to quickpay up (default: up's own, 1 ms)")
     p.add_argument("--customers", type=int, default=None, help="default 1,000,000 (quick: 20,000)")
     p.add_argument("--partners", type=int, default=None, help="default 10 (quick: 2)")
     p.add_argument("--step-s", type=float, default=None, help="seconds per offered-rate step (default 10, quick 5)")

@@ -119,8 +119,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise SystemExit(f"quickpay up: {flag} must list {args.shards} addresses")
     python = [sys.executable, "-m", "quickpay.cli"]
     children = []
+    node = args.topology == "node"
     for shard in range(args.shards):
-        argv = [*python, "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
+        argv = [*python, "node" if node else "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
                 "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(relay_addresses),
                 "--batch-size-max", str(args.batch_size_max), "--batch-wait-ms", str(args.batch_wait_ms)]
         if args.rules:
@@ -129,8 +130,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv.append("--no-rules")
         if args.ledger_mode != "batched":
             argv += ["--ledger-mode", args.ledger_mode]
+        if node:
+            argv += ["--host", args.host, "--port", str(args.port)]
+            children.append(Child(f"node-{shard}", argv,
+                                  env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
+            continue
         children.append(Child(f"shard-{shard}", argv, env=cluster_env))
-    for worker in range(args.workers):
+    for worker in range(0 if node else args.workers):
         # One gateway worker down is not an outage: the others share the port.
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
@@ -147,7 +153,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             pg.create_databases([shard_database(i) for i in range(args.shards)])
         supervisor.start(children)
         wait_ready(base_url, timeout_s=120)
-        print(f"quickpay is up at {base_url}: {args.shards} shards, {args.workers} gateway workers"
+        print(f"quickpay is up at {base_url}: {args.shards} shards, "
+              + (f"{args.shards} nodes (HTTP + shard each)" if node else f"{args.workers} gateway workers")
               + (", PostgreSQL supervised" if pg_child is not None else ""), flush=True)
         print(f"admin token: {state.path / 'admin.token'}", flush=True)
         if args.demo:
@@ -256,54 +263,73 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 
 # ---- processes ----------------------------------------------------------------------
-def cmd_shard_worker(args: argparse.Namespace) -> int:
-    import uvloop
-    from ledger.worker import WorkerConfig, run_worker
+def _worker_config(args: argparse.Namespace, command: str) -> Any:
+    from ledger.worker import WorkerConfig
     addresses = _split(args.shard_addrs) or _split(os.environ.get(ENV_SHARD_ADDRS))
     if len(addresses) != args.shards:
         raise SystemExit(f"--shard-addrs must list {args.shards} addresses")
     env_dsns = _split(os.environ.get(ENV_DSNS))
     dsn = args.dsn or (env_dsns[args.shard] if len(env_dsns) > args.shard else None)
     if not dsn:
-        raise SystemExit("shard-worker needs --dsn or QUICKPAY_DSNS")
+        raise SystemExit(f"{command} needs --dsn or QUICKPAY_DSNS")
     secret = os.environ.get(ENV_CLUSTER_SECRET)
-    _require_secrets("shard-worker", {ENV_CLUSTER_SECRET: secret})
-    _require_dsn_passwords("shard-worker", [dsn])
+    _require_secrets(command, {ENV_CLUSTER_SECRET: secret})
+    _require_dsn_passwords(command, [dsn])
     assert secret is not None
-    config = WorkerConfig(cluster_secret=secret.encode(),
+    return WorkerConfig(cluster_secret=secret.encode(),
         shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
         peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
         batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules,
         ledger_mode=args.ledger_mode, queue_max=args.queue_max)
+
+
+def cmd_shard_worker(args: argparse.Namespace) -> int:
+    import uvloop
+    from ledger.worker import run_worker
+    config = _worker_config(args, "shard-worker")
     _setup_logging(verbose=True)
     uvloop.run(run_worker(config))
     return 0
 
 
-def cmd_gateway_worker(args: argparse.Namespace) -> int:
+def cmd_node(args: argparse.Namespace) -> int:
+    import uvloop
+    from quickpay.node import run_node
+    worker_config = _worker_config(args, "node")
+    gateway_config = _gateway_config(args, "node")
+    _setup_logging(verbose=True)
+    uvloop.run(run_node(worker_config, gateway_config, args.host, args.port))
+    return 0
+
+
+def _gateway_config(args: argparse.Namespace, command: str) -> Any:
     from gateway.app import GatewayConfig
-    from gateway.server import serve
     addresses = _split(args.shard_addrs) or _split(os.environ.get(ENV_SHARD_ADDRS))
     if not addresses:
-        raise SystemExit("gateway-worker needs --shard-addrs or QUICKPAY_SHARD_ADDRS")
+        raise SystemExit(f"{command} needs --shard-addrs or QUICKPAY_SHARD_ADDRS")
     key = os.environ.get("QUICKPAY_TOKEN_KEY")
     admin = os.environ.get("QUICKPAY_ADMIN_TOKEN")
     cluster = os.environ.get(ENV_CLUSTER_SECRET)
-    if args.state_dir:
+    if getattr(args, "state_dir", None):
         from quickpay.config import StateDir
         state = StateDir(args.state_dir).ensure()
         key, admin = key or state.token_key.decode(), admin or state.admin_token
         cluster = cluster or state.cluster_secret
         os.environ[ENV_CLUSTER_SECRET] = cluster  # the shard clients read it from here
     if not key or not admin or not cluster:
-        raise SystemExit("gateway-worker needs QUICKPAY_TOKEN_KEY, QUICKPAY_ADMIN_TOKEN and "
+        raise SystemExit(f"{command} needs QUICKPAY_TOKEN_KEY, QUICKPAY_ADMIN_TOKEN and "
                          f"{ENV_CLUSTER_SECRET} (or --state-dir)")
-    _require_secrets("gateway-worker", {"QUICKPAY_TOKEN_KEY": key, "QUICKPAY_ADMIN_TOKEN": admin,
-                                        ENV_CLUSTER_SECRET: cluster})
+    _require_secrets(command, {"QUICKPAY_TOKEN_KEY": key, "QUICKPAY_ADMIN_TOKEN": admin,
+                               ENV_CLUSTER_SECRET: cluster})
+    return GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
+                         supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None)
+
+
+def cmd_gateway_worker(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+    config = _gateway_config(args, "gateway-worker")
     _setup_logging()
-    serve(GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
-                        supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None),
-          args.host, args.port)
+    serve(config, args.host, args.port)
     return 0
 
 
@@ -381,7 +407,11 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     p.add_argument("--state-dir", default="./.quickpay", help="data and secrets (default ./.quickpay)")
     p.add_argument("--shards", type=int, default=2, help="ledger shards (default 2)")
-    p.add_argument("--workers", type=int, default=2, help="gateway worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="gateway worker processes (default 2; the node topology has one per shard)")
+    p.add_argument("--topology", choices=["gateway", "node"], default="gateway",
+                   help="gateway: separate gateway workers and shard workers (default); node: one process "
+                        "per shard serving HTTP and owning its shard (see BENCHMARKS.md)")
     p.add_argument("--dsn", action="append", help=f"PostgreSQL DSN, once per shard (or {ENV_DSNS})")
     p.add_argument("--rules", help="fraud rule file (default: the shipped default rules)")
     p.add_argument("--no-rules", action="store_true", help="run without the fraud filter")
@@ -430,6 +460,22 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
     gw.add_argument("--state-dir", help="read token key and admin token from here instead of the environment")
     gw.set_defaults(func=cmd_gateway_worker)
+
+    node = sub.add_parser("node", help="run one node: HTTP API plus one shard in one process (up --topology node)")
+    node.add_argument("--shard", type=int, required=True)
+    node.add_argument("--shards", type=int, required=True)
+    node.add_argument("--dsn")
+    node.add_argument("--listen", help="this shard's protocol address, for other nodes and the relays")
+    node.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
+    node.add_argument("--rules")
+    node.add_argument("--no-rules", action="store_true")
+    node.add_argument("--batch-size-max", type=int, default=4000)
+    node.add_argument("--batch-wait-ms", type=float, default=1.0)
+    node.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
+    node.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
+    node.add_argument("--host", default="127.0.0.1")
+    node.add_argument("--port", type=int, default=8080)
+    node.set_defaults(func=cmd_node)
 
     mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")
     mon.add_argument("--dsn", nargs="*", help=f"every shard's DSN in shard order (or {ENV_DSNS})")

@@ -41,7 +41,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
                         "profile": False, "port": 18080, "shards": 1, "workers": 1, "dsn": None,
                         "generator_poll_ms": 1.0,
                         "state_dir": None, "out": "bench-out", "verify_payments": 200, "pgbench_scale": 10,
-                        "no_hello": False, "batch_items": 1000, "batch_p99_ms": 100.0}
+                        "no_hello": False, "batch_items": 1000, "batch_p99_ms": 100.0,
+                        "topology": "gateway"}
     for name, value in fallbacks.items():
         if not hasattr(resolved, name):
             setattr(resolved, name, value)
@@ -95,7 +96,7 @@ def run_bench(args: argparse.Namespace) -> int:
         else " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "cpu_count": os.cpu_count(), "quick": bool(args.quick),
-        "shards": args.shards, "gateway_workers": args.workers, "customers": args.customers,
+        "shards": args.shards, "gateway_workers": args.workers, "topology": args.topology, "customers": args.customers,
         "partners": args.partners, "step_s": args.step_s, "p99_ms_gate": args.p99_ms,
         "error_rate_gate": args.error_rate_max, "generator_processes": args.generator_processes,
         "rules": "none (--no-rules)" if args.no_rules else

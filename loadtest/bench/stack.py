@@ -17,7 +17,8 @@ class StackProcess:
 
     def __init__(self, state_dir: Path, port: int, shards: int, workers: int, log_path: Path, *,
                  no_rules: bool = False, rules: Path | None = None, ledger_mode: str | None = None,
-                 dsns: list[str] | None = None) -> None:
+                 dsns: list[str] | None = None, topology: str = "gateway",
+                 batch_wait_ms: float | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.shards = shards
@@ -31,6 +32,10 @@ class StackProcess:
             self.argv += ["--rules", str(rules)]
         if ledger_mode and ledger_mode != "batched":
             self.argv += ["--ledger-mode", ledger_mode]
+        if topology != "gateway":
+            self.argv += ["--topology", topology]
+        if batch_wait_ms is not None:
+            self.argv += ["--batch-wait-ms", str(batch_wait_ms)]
         for dsn in dsns or []:
             self.argv += ["--dsn", dsn]
         self.external_dsns = list(dsns or [])
@@ -178,6 +183,8 @@ class SutCpu:
 def _process_group(cmdline: list[str]) -> str:
     if "gateway-worker" in cmdline:
         return "gateway"
+    if "node" in cmdline and "quickpay.cli" in cmdline:
+        return "node"
     if "shard-worker" in cmdline:
         return "shard"
     if cmdline and cmdline[0].startswith("postgres"):
