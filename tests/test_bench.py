@@ -56,7 +56,7 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     args = build_parser().parse_args([
         "bench", "--quick", "--customers", "2000", "--partners", "1", "--step-s", "2",
         "--start-rate", "100", "--max-rate", "200", "--no-baselines", "--verify-payments", "30",
-        "--port", str(free_port()), "--out", str(out)])
+        "--batch-items", "20", "--port", str(free_port()), "--out", str(out)])
     code = run_bench(args)
     report = json.loads((out / "bench-report.json").read_text())
     assert code == 0, report.get("problems")
@@ -82,8 +82,27 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
         assert isinstance(step["sut_cpu_s"], float) and step["sut_cpu_s"] > 0
     load = report["exactly_once"]["load"]
     assert load["in_ledger"] >= load["acknowledged"] > 0
+    # the calibration and the batch endpoint, measured in the same run
+    hello = report["hello"]
+    assert hello["steps"] and hello["response_bytes"] > 0 and hello["request_body_bytes_mean"] > 0
+    assert all(step["sut_cpu_s"] >= 0 for step in hello["steps"])
+    for name in ("hello_max_sustained_tps", "hello_cpu_us_per_request", "ratio_vs_hello", "cpu_hello_units",
+                 "batch_payments_per_s", "batch_ratio_vs_hello", "batch_p99_ms"):
+        assert name in report and (report[name] is None or isinstance(report[name], (int, float))), name
+    if report["hello_max_sustained_tps"] and report["max_sustained_tps"]:
+        assert report["ratio_vs_hello"] == round(report["max_sustained_tps"] / report["hello_max_sustained_tps"], 2)
+    batch = report["batch"]
+    assert batch["items_per_batch"] == 20 and batch["steps"]
+    for step in batch["steps"]:
+        assert step["items_sent"] > 0 and step["items_sent"] % 20 == 0
+        assert step["items_committed"] <= step["items_sent"]
+    assert batch["items_acknowledged"] > 0
+    # the batch items are part of the exactly-once check: acknowledged items are in the ledger
+    assert load["acknowledged"] >= batch["items_acknowledged"]
     summary = (out / "bench-summary.md").read_text()
-    assert "max sustained TPS" in summary and "9,000" in summary
+    assert "ratio_vs_hello" in summary and "cpu_hello_units" in summary and ">= 0.75" in summary
+    assert "## Batch endpoint" in summary and "## hello calibration" in summary
+    assert (out / "hello_latency.png").exists() and (out / "batch_latency.png").exists()
     assert (out / "main_achieved.png").exists() and (out / "main_latency.png").exists()
     assert (out / "main_throughput.png").exists()
 
