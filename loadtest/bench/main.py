@@ -142,6 +142,13 @@ def run_bench(args: argparse.Namespace) -> int:
             " processes over the max sustained step, divided by that step's 2xx answers; at low rates fixed"
             " per-batch costs (commits, wake-ups) are spread over few payments")
         report["projection"] = projection(report["sut_cpu_us_per_payment"])
+        # What one core of each component sustains at the max step (payments/s), and the
+        # cores each needs for the bank's figures: the basis of the projection, per tier.
+        by_process = report.get("sut_cpu_us_per_payment_by_process") or {}
+        report["capacity_per_core"] = {
+            group: {"payments_per_s": round(1e6 / us), "cores_for_14000_tps": round(14_000 * us / 1e6, 2),
+                    "cores_for_50000_tps": round(50_000 * us / 1e6, 2)}
+            for group, us in by_process.items() if us and us >= 1}
         report["pgbench"] = main.get("pgbench")
         report["pgbench_tps"] = (main.get("pgbench") or {}).get("tps")
         report["naive_max_sustained_tps"] = None
@@ -193,7 +200,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report["ratio_vs_naive"] = _ratio(report["max_sustained_tps"], report["naive_max_sustained_tps"])
         report["ratio_vs_pgbench"] = _ratio(report["max_sustained_tps"], report["pgbench_tps"])
         if args.sweep:
-            report["sweep"] = run_sweep(args, out, base_state, rules)
+            report["sweep"] = run_sweep(args, out, base_state, rules, report["max_sustained_tps"])
         if not report["exactly_once_ok"] or not report["conservation_ok"]:
             report["problems"].append("the main phase failed its exactly-once or conservation check")
             code = 1
@@ -255,29 +262,39 @@ def _console_summary(r: dict[str, Any], out: Path) -> str:
     ])
 
 
-def run_sweep(args: argparse.Namespace, out: Path, base_state: Path, rules: Path | None) -> list[dict[str, Any]]:
+# The sweep: gateway topology (shards x gateway workers) and node topology (one process per
+# shard serving HTTP), each a short search from half the main phase's max sustained rate.
+SWEEP_CONFIGS = (("gateway", 1, 1), ("gateway", 1, 2), ("gateway", 2, 1), ("gateway", 2, 2),
+                 ("node", 1, 1), ("node", 2, 1))
+
+
+def run_sweep(args: argparse.Namespace, out: Path, base_state: Path, rules: Path | None,
+              main_best_tps: float | None = None) -> list[dict[str, Any]]:
     results = []
     customers = min(args.customers, 20_000)
-    for shards in (1, 2, 4):
-        for workers in (1, 2):
-            name = f"sweep-s{shards}-w{workers}"
-            state = base_state / name
-            shutil.rmtree(state, ignore_errors=True)
-            cfg = PhaseConfig(name=name, state_dir=state, port=_free_port(), shards=shards, workers=workers,
-                              customers=customers, partners=min(args.partners, 2), step_s=min(args.step_s, 5.0),
-                              start_rate=args.start_rate, step_factor=2.0, steps_max=min(args.steps_max, 5), max_rate=args.max_rate,
-                              verify_payments=50)
-            try:
-                phase = run_phase(cfg, args, out, rules)
-                best = phase.get("best_step") or {}
-                cores = best.get("sut_cores")
-                results.append({"shards": shards, "gateway_workers": workers,
-                                "max_sustained_tps": phase["max_sustained_tps"], "p99_ms": best.get("p99_ms"),
-                                "sut_cores": cores, "sut_cpu_us_per_payment": best.get("sut_cpu_us_per_payment"),
-                                "efficiency_tps_per_core": phase["max_sustained_tps"] / cores if cores else None,
-                                "exactly_once_ok": phase.get("exactly_once_ok"),
-                                "conservation_ok": phase.get("conservation_ok"), "customers": customers})
-            except Exception as exc:
-                log(f"{name} failed: {exc}")
-                results.append({"shards": shards, "gateway_workers": workers, "error": str(exc)[:500]})
+    start_rate = max(args.start_rate, 0.5 * (main_best_tps or 0.0))
+    for topology, shards, workers in SWEEP_CONFIGS:
+        name = f"sweep-{topology}-s{shards}" + (f"-w{workers}" if topology == "gateway" else "")
+        state = base_state / name
+        shutil.rmtree(state, ignore_errors=True)
+        cfg = PhaseConfig(name=name, state_dir=state, port=_free_port(), shards=shards, workers=workers,
+                          customers=customers, partners=min(args.partners, 2), step_s=min(args.step_s, 6.0),
+                          start_rate=start_rate, step_factor=1.25, steps_max=min(args.steps_max, 7),
+                          max_rate=args.max_rate, verify_payments=50, topology=topology)
+        entry: dict[str, Any] = {"topology": topology, "shards": shards,
+                                 "gateway_workers": workers if topology == "gateway" else 0}
+        try:
+            phase = run_phase(cfg, args, out, rules)
+            best = phase.get("best_step") or {}
+            cores = best.get("sut_cores")
+            entry.update({"max_sustained_tps": phase["max_sustained_tps"], "p99_ms": best.get("p99_ms"),
+                          "sut_cores": cores, "sut_cpu_us_per_payment": best.get("sut_cpu_us_per_payment"),
+                          "sut_cpu_us_per_payment_by_process": best.get("sut_cpu_us_per_payment_by_process"),
+                          "efficiency_tps_per_core": phase["max_sustained_tps"] / cores if cores else None,
+                          "exactly_once_ok": phase.get("exactly_once_ok"),
+                          "conservation_ok": phase.get("conservation_ok"), "customers": customers})
+        except Exception as exc:
+            log(f"{name} failed: {exc}")
+            entry["error"] = str(exc)[:500]
+        results.append(entry)
     return results

@@ -49,6 +49,7 @@ class PhaseConfig:
     batch_step_s: float = 5.0
     batch_p99_ms: float = 100.0
     hello: bool = False  # keep the templates for the hello phase
+    topology: str | None = None  # None: --topology
 
 
 def settle_database(dsns: list[str]) -> None:
@@ -81,12 +82,12 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     phase_out.mkdir(parents=True, exist_ok=True)
     stack = StackProcess(cfg.state_dir, cfg.port, cfg.shards, cfg.workers, out / f"up-{cfg.name}.log",
                          no_rules=args.no_rules, rules=rules, ledger_mode=cfg.ledger_mode, dsns=cfg.dsns,
-                         topology=getattr(args, "topology", "gateway"),
+                         topology=str(cfg.topology or getattr(args, "topology", "gateway")),
                          batch_wait_ms=getattr(args, "batch_wait_ms", None))
     result: dict[str, Any] = {"phase": cfg.name, "shards": cfg.shards, "gateway_workers": cfg.workers,
                               "customers": cfg.customers, "partners": cfg.partners,
                               "ledger_mode": cfg.ledger_mode or "batched", "up_command": " ".join(stack.argv),
-                              "topology": getattr(args, "topology", "gateway")}
+                              "topology": cfg.topology or getattr(args, "topology", "gateway")}
     log(f"{cfg.name}: starting the stack ({cfg.shards} shards, {cfg.workers} gateway workers"
         f"{', ledger-mode ' + cfg.ledger_mode if cfg.ledger_mode else ''})")
     started = time.monotonic()

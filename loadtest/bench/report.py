@@ -90,6 +90,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "Where the SUT CPU goes at the max sustained step (us per payment): " + ", ".join(
             f"{group} {_fmt(us, '.0f')}" for group, us in (r.get("sut_cpu_us_per_payment_by_process") or {}).items()),
         "",
+        "Capacity per core at that step (payments/s of one core of each component; cores for 14k / 50k): "
+        + "; ".join(f"{group} {c['payments_per_s']:,} ({c['cores_for_14000_tps']:.1f} / {c['cores_for_50000_tps']:.1f})"
+                    for group, c in (r.get("capacity_per_core") or {}).items()),
+        "",
         "## Steps (main phase)", "",
         "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | SUT us/payment | gen CPU share | gates |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -136,11 +140,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if r.get("pgbench"):
         lines += ["", f"## pgbench: {r['pgbench'].get('command', '')}: tps = {_fmt(r['pgbench'].get('tps'))}"]
     if r.get("sweep"):
-        lines += ["", "## Scaling sweep", "", "| shards | gateway workers | max TPS | SUT cores | TPS per SUT core |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "## Scaling sweep", "",
+                  "| topology | shards | gateway workers | max TPS | p99 ms | SUT cores | SUT us/payment | TPS per SUT core |",
+                  "|---|---|---|---|---|---|---|---|"]
         for s in r["sweep"]:
-            lines.append(f"| {s['shards']} | {s['gateway_workers']} | {_fmt(s.get('max_sustained_tps'))} |"
-                         f" {_fmt(s.get('sut_cores'), '.2f')} | {_fmt(s.get('efficiency_tps_per_core'))} |")
+            lines.append(f"| {s.get('topology', 'gateway')} | {s['shards']} | {s.get('gateway_workers')} |"
+                         f" {_fmt(s.get('max_sustained_tps'))} | {_fmt(s.get('p99_ms'), '.1f')} |"
+                         f" {_fmt(s.get('sut_cores'), '.2f')} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
+                         f" {_fmt(s.get('efficiency_tps_per_core'))} |"
+                         + (f" error: {s['error'][:100]}" if s.get("error") else ""))
     notes = r.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
