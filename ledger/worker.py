@@ -69,7 +69,7 @@ class WorkerConfig:
     listen: str
     peers: dict[int, str]
     batch_size_max: int = 4_000
-    batch_wait_ms: float = 1.0
+    batch_wait_ms: float = 3.0
     queue_max: int = 100_000
     transfer_cache_max: int = 1_000_000
     rules_path: str | None = None
