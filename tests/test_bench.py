@@ -92,9 +92,13 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     if report["hello_max_sustained_tps"] and report["max_sustained_tps"]:
         assert report["ratio_vs_hello"] == round(report["max_sustained_tps"] / report["hello_max_sustained_tps"], 2)
     batch = report["batch"]
-    assert batch["items_per_batch"] == 20 and batch["steps"]
+    # 20 per request, or (when even the lowest rate missed its p99 on a busy machine) 10
+    assert batch["steps"] and batch["items_per_batch"] in (20, 10)
+    if batch["items_per_batch"] == 10:
+        assert batch["first_attempt"]["items_per_batch"] == 20
+        assert batch["first_attempt"]["max_sustained_batches_per_s"] == 0.0
     for step in batch["steps"]:
-        assert step["items_sent"] > 0 and step["items_sent"] % 20 == 0
+        assert step["items_sent"] > 0 and step["items_sent"] % batch["items_per_batch"] == 0
         assert step["items_committed"] <= step["items_sent"]
     assert batch["items_acknowledged"] > 0
     # the batch items are part of the exactly-once check: acknowledged items are in the ledger
