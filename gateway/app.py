@@ -419,7 +419,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:
-        return _json(200, openapi_document())
+        return _json(200, openapi_document(config.batch_items_max))
 
     # -- OAuth2 client credentials --
     @routes.post("/oauth2/token")

@@ -229,8 +229,10 @@ def _batch_op() -> dict[str, Any]:
     return operation
 
 
-@functools.lru_cache(maxsize=1)
-def openapi_document() -> dict[str, Any]:
+@functools.lru_cache(maxsize=4)
+def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
+    """The document; `batch_items_max` is the deployment's batch bound (`--batch-items-max`,
+    at most BATCH_ITEMS_MAX), stated as the batch envelope's maxItems."""
     from . import schemas
     structs = [schemas.QuickPaymentRequest, schemas.QuickPaymentBatchItem, schemas.AgreementRequest, schemas.PartnerRequest,
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
@@ -352,7 +354,7 @@ def openapi_document() -> dict[str, Any]:
         # validated on its own as a QuickPaymentBatchItem, and an item that is not one is
         # refused alone, in its result (status 400), so the items are only "objects" here.
         "QuickPaymentBatchRequest": _object(["payments"], {"payments": {
-            "type": "array", "minItems": 1, "maxItems": schemas.BATCH_ITEMS_MAX,
+            "type": "array", "minItems": 1, "maxItems": batch_items_max or schemas.BATCH_ITEMS_MAX,
             "items": {"type": "object", "description": "a QuickPaymentBatchItem (#/components/schemas/"
                                                        "QuickPaymentBatchItem); one that is not gets status "
                                                        "400 in its result, the others are unaffected"}}}),

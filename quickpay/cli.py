@@ -55,6 +55,9 @@ def _resolve_dsns(args: argparse.Namespace, state: Any) -> tuple[Any, list[str]]
 # ---- up -----------------------------------------------------------------------------
 ENV_SUPERVISOR_STATUS = "QUICKPAY_SUPERVISOR_STATUS"
 PG_READY_TIMEOUT_S = 120.0
+# gateway.schemas.BATCH_ITEMS_MAX, the most the document allows (not imported here: the
+# parser is built without the gateway's modules; tests/test_cli.py checks they agree).
+BATCH_ITEMS_MAX_DEFAULT = 1000
 
 
 def _supervised_postgres(state_path: Path, shards: int) -> tuple[Any, Any, list[str]]:
@@ -131,7 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.ledger_mode != "batched":
             argv += ["--ledger-mode", args.ledger_mode]
         if node:
-            argv += ["--host", args.host, "--port", str(args.port)]
+            argv += ["--host", args.host, "--port", str(args.port), "--batch-items-max", str(args.batch_items_max)]
             children.append(Child(f"node-{shard}", argv,
                                   env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
             continue
@@ -140,7 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # One gateway worker down is not an outage: the others share the port.
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
-            "--shard-addrs", ",".join(gateway_addresses)],
+            "--shard-addrs", ",".join(gateway_addresses), "--batch-items-max", str(args.batch_items_max)],
             env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
         children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns], needed=False))
@@ -194,6 +197,8 @@ def _validate_common(args: argparse.Namespace) -> None:
         problems.append("--workers must be between 1 and 64")
     if not 0 < args.port < 65536:
         problems.append("--port must be a TCP port")
+    if not 1 <= args.batch_items_max <= BATCH_ITEMS_MAX_DEFAULT:
+        problems.append(f"--batch-items-max must be between 1 and {BATCH_ITEMS_MAX_DEFAULT}")
     if args.rules and not Path(args.rules).is_file():
         problems.append(f"--rules {args.rules}: no such file")
     elif args.rules:
@@ -321,8 +326,12 @@ def _gateway_config(args: argparse.Namespace, command: str) -> Any:
                          f"{ENV_CLUSTER_SECRET} (or --state-dir)")
     _require_secrets(command, {"QUICKPAY_TOKEN_KEY": key, "QUICKPAY_ADMIN_TOKEN": admin,
                                ENV_CLUSTER_SECRET: cluster})
+    items_max = getattr(args, "batch_items_max", BATCH_ITEMS_MAX_DEFAULT)
+    if not 1 <= items_max <= BATCH_ITEMS_MAX_DEFAULT:
+        raise SystemExit(f"{command}: --batch-items-max must be between 1 and {BATCH_ITEMS_MAX_DEFAULT}")
     return GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
-                         supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None)
+                         supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None,
+                         batch_items_max=items_max)
 
 
 def cmd_gateway_worker(args: argparse.Namespace) -> int:
@@ -421,6 +430,9 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
                         "measured at 2,000/s vs 1 ms: -17..20%% CPU per payment, p99 within noise)")
     p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched",
                    help="naive: one transaction per payment with row locks (a benchmark baseline)")
+    p.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
+                   help=f"payments per POST /v1/quick-payments/batch, 1-{BATCH_ITEMS_MAX_DEFAULT} "
+                        f"(default {BATCH_ITEMS_MAX_DEFAULT}; more is a 400, and /openapi.json says so)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int, default=8080)
     gw.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
     gw.add_argument("--state-dir", help="read token key and admin token from here instead of the environment")
+    gw.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
+                    help="payments per batch request (at most the default)")
     gw.set_defaults(func=cmd_gateway_worker)
 
     node = sub.add_parser("node", help="run one node: HTTP API plus one shard in one process (up --topology node)")
@@ -475,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=8080)
+    node.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
+                      help="payments per batch request (at most the default)")
     node.set_defaults(func=cmd_node)
 
     mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")

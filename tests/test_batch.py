@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -427,3 +428,28 @@ def test_batch_path_is_not_a_payment_id(stack: Stack, partner: dict[str, Any]) -
         reply = stack.call(method, BATCH, token=partner["token"])
         assert_envelope_error(reply, 405, "QP.Method.NotAllowed")
         assert reply.headers.get("allow") == "POST", reply.headers
+
+
+def test_a_lowered_batch_bound_is_enforced_and_documented(tmp_path: Path) -> None:
+    """`quickpay up --batch-items-max 3`: four items are a 400 and /openapi.json says 3."""
+    from conftest import start_stack, stop_stack
+    small = start_stack(tmp_path / "small", shards=1, workers=1, extra=("--batch-items-max", "3"))
+    try:
+        document = small.call("GET", "/openapi.json")
+        assert document.body["components"]["schemas"]["QuickPaymentBatchRequest"]["properties"][
+            "payments"]["maxItems"] == 3
+        demo = small.demo
+        token = small.partner_token()
+        agreement = demo["agreements"][0]["agreement_id"]
+
+        def items(n: int) -> list[dict[str, Any]]:
+            return [{"idempotency_key": f"small-{uuid.uuid4().hex}", "agreement_id": agreement, "amount": "0.01",
+                     "currency": "CNY", "creditor_account": demo["settlement_account"], "reference": "small"}
+                    for _ in range(n)]
+
+        ok = small.call("POST", BATCH, {"payments": items(3)}, token=token)
+        assert ok.status == 200 and [r["status"] for r in ok.body["results"]] == [201] * 3, ok.body
+        too_many = small.call("POST", BATCH, {"payments": items(4)}, token=token)
+        assert_envelope_error(too_many, 400, "QP.Batch.TooManyItems")
+    finally:
+        stop_stack(small)

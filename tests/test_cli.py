@@ -31,6 +31,8 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     (["--workers", "0"], "--workers must be between 1 and 64"),
     (["--port", "70000"], "--port must be a TCP port"),
     (["--rules", "/nonexistent/x.rules"], "no such file"),
+    (["--batch-items-max", "0"], "--batch-items-max must be between 1 and 1000"),
+    (["--batch-items-max", "1001"], "--batch-items-max must be between 1 and 1000"),
 ])
 def test_up_rejects_bad_config(tmp_path: Path, flags: list[str], message: str) -> None:
     state = tmp_path / "state"
@@ -145,3 +147,9 @@ def test_fraud_activate_refuses_a_version_that_is_not_whole_hex(tmp_path: Path, 
     assert result.returncode != 0
     assert "is not a rule-set version" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_cli_batch_bound_is_the_documents() -> None:
+    from gateway.schemas import BATCH_ITEMS_MAX
+    from quickpay.cli import BATCH_ITEMS_MAX_DEFAULT
+    assert BATCH_ITEMS_MAX_DEFAULT == BATCH_ITEMS_MAX
