@@ -80,6 +80,9 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
         for name in ("offered_per_s", "achieved_per_s", "p99_ms", "errors", "sent", "passed", "sut_cpu_s"):
             assert name in step
         assert isinstance(step["sut_cpu_s"], float) and step["sut_cpu_s"] > 0
+        # the whole machine is at least as busy as the SUT's own processes, and has 2+ cores
+        assert 0 < step["machine_cores_busy"] <= (report["cpu_count"] or 64) + 0.1
+        assert step["machine_cores_busy"] >= step["sut_cores"] * 0.9
     load = report["exactly_once"]["load"]
     assert load["in_ledger"] >= load["acknowledged"] > 0
     # the calibration and the batch endpoint, measured in the same run

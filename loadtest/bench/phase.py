@@ -122,9 +122,11 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                             requests=templates, processes=args.generator_processes,
                             connections_max=args.connections, timeout_s=2.0, warmup_s=_warmup(cfg.step_s),
                             run_id=run_id, poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000)
+            machine_before = SutCpu.machine()
             before = cpu.sample()
             load = run_load(spec)
             after = cpu.sample()
+            machine_cores = SutCpu.machine_cores(machine_before, SutCpu.machine())
             sut_cpu_s = SutCpu.delta(before, after)
             by_group = cpu.delta_by_group(before, after)
             total = max(1, int(spec.rate_per_s * spec.duration_s))
@@ -140,6 +142,8 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                                for group, seconds in sorted(by_group.items())},
                            "sut_cpu_us_per_payment": sut_cpu_s / ok_all * 1e6 if ok_all else None,
                            "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
+                           # the whole machine, kernel work no process is charged for included
+                           "machine_cores_busy": machine_cores,
                            "generator_cpu_share": load.generator_cpu_s / (load.generator_cpu_s + sut_cpu_s)
                            if sut_cpu_s + load.generator_cpu_s > 0 else None})
             return load
@@ -150,7 +154,8 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             log(f"{cfg.name}: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
                 f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}/{r.sent} "
                 f"({r.error_ratio:.3%})  SUT CPU {extra['sut_cores']:.2f} cores"
-                f" = {us if us is not None else float('nan'):.0f} us/payment  "
+                f" = {us if us is not None else float('nan'):.0f} us/payment, machine"
+                f" {extra['machine_cores_busy']:.2f} cores busy  "
                 f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}")
 
         best, steps = find_max_sustained(

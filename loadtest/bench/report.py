@@ -95,13 +95,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
                     for group, c in (r.get("capacity_per_core") or {}).items()),
         "",
         "## Steps (main phase)", "",
-        "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | SUT us/payment | gen CPU share | gates |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | machine cores busy |"
+        " SUT us/payment | gen CPU share | gates |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in r.get("steps", []):
         lines.append(
             f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |"
             f" {s['p999_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cores'), '.2f')} |"
+            f" {_fmt(s.get('machine_cores_busy'), '.2f')} |"
             f" {_fmt(s.get('sut_cpu_us_per_payment'))} | {_fmt(s.get('generator_cpu_share'), '.1%')} |"
             f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
     batch = r.get("batch")

@@ -175,6 +175,18 @@ class SutCpu:
         return groups
 
     @staticmethod
+    def machine() -> tuple[float, float]:
+        """(busy CPU seconds of the whole machine, monotonic time): everything, kernel
+        softirq work that no process is charged for included (idle and iowait excluded)."""
+        import psutil
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0)), time.monotonic()
+
+    @staticmethod
+    def machine_cores(before: tuple[float, float], after: tuple[float, float]) -> float:
+        return (after[0] - before[0]) / max(after[1] - before[1], 1e-9)
+
+    @staticmethod
     def delta(before: dict[int, float], after: dict[int, float]) -> float:
         """CPU used between two samples; a process started in between counts from zero."""
         return sum(max(0.0, value - before.get(pid, 0.0)) for pid, value in after.items())
