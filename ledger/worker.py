@@ -41,6 +41,8 @@ __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 log = logging.getLogger("quickpay.shard")
 
 TRANSACTIONS_PAGE_MAX = 200
+# Batches whose timings `ping` summarises (a window, not a history).
+BATCH_TIMINGS_MAX = 2_048
 # Rows per round trip when the transfer id filter is built at start-up.
 ID_FILTER_FETCH_ROWS = 50_000
 # One batch committing while the next is prefetched and decided.
@@ -226,7 +228,10 @@ class ShardWorker:
                                 transfer_cache_max=config.transfer_cache_max)
         self.queue: deque[tuple[str, Any, Reply]] = deque()
         self.work_ready = asyncio.Event()
-        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]]]] = asyncio.Queue()
+        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], float, float]] = asyncio.Queue()
+        # The group-commit cycle of the last BATCH_TIMINGS_MAX batches, for `ping`:
+        # (commands, prefetch+decide s, wait for the writer s, write s, whole cycle s).
+        self.batch_timings: deque[tuple[int, float, float, float, float]] = deque(maxlen=BATCH_TIMINGS_MAX)
         # Batches decided but not yet committed. The batcher takes a slot BEFORE it
         # drains the intake queue, so while the pipeline is full requests pile up
         # and the next batch is bigger: that is what makes the commit a group commit.
@@ -428,6 +433,7 @@ class ShardWorker:
             await self.pipeline_slots.acquire()
             count = min(len(self.queue), cfg.batch_size_max)
             items = [self.queue.popleft() for _ in range(count)]
+            started = time.monotonic()
             await self._prefetch(items)
             ws = WriteSet()
             replies: list[tuple[Reply, Any]] = []
@@ -447,7 +453,7 @@ class ShardWorker:
             if self.id_filter is not None:
                 for transfer in ws.transfers:
                     self.id_filter.add(transfer.id)
-            await self.write_queue.put((ws, replies))
+            await self.write_queue.put((ws, replies, started, time.monotonic()))
 
     async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
         ids: list[str] = []
@@ -481,7 +487,8 @@ class ShardWorker:
     async def _writer(self) -> None:
         assert self.write_conn is not None
         while True:
-            ws, replies = await self.write_queue.get()
+            ws, replies, started, decided = await self.write_queue.get()
+            writing = time.monotonic()
             if not ws.is_empty():
                 try:
                     await pg.write_batch(self.write_conn, ws)
@@ -496,9 +503,12 @@ class ShardWorker:
                     accounts[account_id].committed_balance_minor += delta_minor
                 self.committed_batches += 1
                 self.committed_transfers += len(ws.transfers)
+            written = time.monotonic()
             self.pipeline_slots.release()
             for reply, (ok, result) in replies:
                 reply(ok, result)
+            self.batch_timings.append((len(replies), decided - started, writing - decided, written - writing,
+                                       time.monotonic() - started))
             if ws.outbox and self.relay is not None:
                 self.relay.enqueue([(leg, ws.targets[leg.transfer_id]) for leg in ws.outbox])
 
@@ -743,11 +753,29 @@ _WRITE_OPS = frozenset(_DECIDERS)
 
 
 # ---- reads (answered from memory, or from PostgreSQL's committed rows) ----------
+def _timing_summary(timings: Any) -> dict[str, Any]:
+    """p50/p99 of each stage of the group-commit cycle over the recent batches, in ms."""
+    rows = list(timings)
+    if not rows:
+        return {"count": 0}
+
+    def pct(index: int, q: float) -> float:
+        values = sorted(row[index] for row in rows)
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 3)
+
+    summary: dict[str, Any] = {"count": len(rows), "commands_mean": round(sum(r[0] for r in rows) / len(rows), 1),
+                               "commands_max": max(r[0] for r in rows)}
+    for index, stage in ((1, "decide_ms"), (2, "wait_writer_ms"), (3, "write_ms"), (4, "cycle_ms")):
+        summary[stage] = {"p50": pct(index, 0.5), "p99": pct(index, 0.99)}
+    return summary
+
+
 def _read_ping(worker: ShardWorker, args: Any) -> Any:
     return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
             "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
             "committed_batches": worker.committed_batches,
             "committed_transfers": worker.committed_transfers,
+            "batches": _timing_summary(worker.batch_timings),
             "prefetch": {"looked_up": worker.prefetch_lookups, "proved_new": worker.prefetch_skipped,
                          "id_filter": worker.id_filter.stats() if worker.id_filter is not None else None},
             # Which rule set this shard enforces, and whether a stored one failed to build.

@@ -134,6 +134,12 @@ def test_new_ids_skip_postgres_and_retries_of_old_keys_replay_across_a_restart(
                 assert answer["code"] == "OK"
                 originals[f"p_{n}"] = answer["transfer"]
             ping = await client.call("ping")
+            # the group-commit cycle of each batch: a whole cycle is never shorter than its write
+            batches = ping["batches"]
+            assert batches["count"] >= 7 and batches["commands_max"] >= 1
+            for q in ("p50", "p99"):
+                assert batches["cycle_ms"][q] >= batches["write_ms"][q] > 0
+                assert batches["cycle_ms"][q] >= batches["decide_ms"][q] >= 0
             return {"originals": originals, "prefetch": ping["prefetch"]}
         finally:
             await client.close()
