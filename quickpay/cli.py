@@ -435,6 +435,21 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
                         f"(default {BATCH_ITEMS_MAX_DEFAULT}; more is a 400, and /openapi.json says so)")
 
 
+def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """A shard worker's flags (the `shard-worker` and `node` processes)."""
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--dsn")
+    p.add_argument("--listen", help="unix:/path or tcp:host:port (default: this shard's --shard-addrs entry)")
+    p.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
+    p.add_argument("--rules")
+    p.add_argument("--no-rules", action="store_true")
+    p.add_argument("--batch-size-max", type=int, default=4000)
+    p.add_argument("--batch-wait-ms", type=float, default=3.0)
+    p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
+    p.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quickpay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -453,17 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     shard = sub.add_parser("shard-worker", help="run one ledger shard worker (used by up and compose)")
-    shard.add_argument("--shard", type=int, required=True)
-    shard.add_argument("--shards", type=int, required=True)
-    shard.add_argument("--dsn")
-    shard.add_argument("--listen", help="unix:/path or tcp:host:port (default: this shard's --shard-addrs entry)")
-    shard.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
-    shard.add_argument("--rules")
-    shard.add_argument("--no-rules", action="store_true")
-    shard.add_argument("--batch-size-max", type=int, default=4000)
-    shard.add_argument("--batch-wait-ms", type=float, default=3.0)
-    shard.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
-    shard.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
+    _add_worker_arguments(shard)
     shard.set_defaults(func=cmd_shard_worker)
 
     gw = sub.add_parser("gateway-worker", help="run one gateway worker process (used by up and compose)")
@@ -476,17 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw.set_defaults(func=cmd_gateway_worker)
 
     node = sub.add_parser("node", help="run one node: HTTP API plus one shard in one process (up --topology node)")
-    node.add_argument("--shard", type=int, required=True)
-    node.add_argument("--shards", type=int, required=True)
-    node.add_argument("--dsn")
-    node.add_argument("--listen", help="this shard's protocol address, for other nodes and the relays")
-    node.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
-    node.add_argument("--rules")
-    node.add_argument("--no-rules", action="store_true")
-    node.add_argument("--batch-size-max", type=int, default=4000)
-    node.add_argument("--batch-wait-ms", type=float, default=3.0)
-    node.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
-    node.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
+    _add_worker_arguments(node)
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=8080)
     node.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,

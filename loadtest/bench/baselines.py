@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench.common import _free_port, log
+from loadtest.bench.common import _free_port, answered_in_step, log, merge_steps
 
 # ---- pgbench -------------------------------------------------------------------------------
 def parse_pgbench_tps(output: str) -> float | None:
@@ -109,8 +109,7 @@ def run_hello_phase(args: argparse.Namespace, out: Path, templates: list[Any], *
             load = run_load(spec)
             used = cpu_s() - before
             total = max(1, int(rate * step_s))
-            measured_fraction = load.sent / total if total else 1.0
-            ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
+            ok_all = answered_in_step(load, total)
             extras.append({"sut_cpu_s": used, "sut_cores": used / max(load.wall_s, 1e-9),
                            "sut_cpu_us_per_payment": used / ok_all * 1e6 if ok_all else None})
             return load
@@ -127,12 +126,7 @@ def run_hello_phase(args: argparse.Namespace, out: Path, templates: list[Any], *
             run_at_rate, start_rate, step_factor=step_factor, rate_max=args.max_rate * 4, steps_max=steps_max,
             p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max,
             confirm_miss=not getattr(args, "quick", False), on_step=on_step)
-        step_dicts = []
-        for step, extra in zip(steps, extras):
-            d = step.to_dict()
-            d.update(extra)
-            step_dicts.append(d)
-        best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
+        step_dicts, best_step = merge_steps(steps, extras, best)
         result.update({
             "steps": step_dicts, "max_sustained_offered_per_s": best,
             "hello_max_sustained_tps": best_step["achieved_per_s"] if best_step else None,

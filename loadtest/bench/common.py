@@ -54,3 +54,23 @@ def machine_info() -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "memory_mb": memory_mb, "hostname": platform.node()}
 
 
+
+
+def merge_steps(steps: list[Any], extras: list[dict[str, Any]], best: float
+                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Each step's dict (stepper.StepResult.to_dict) with what the phase measured around it,
+    and the best passing step's (None when no step passed)."""
+    step_dicts = []
+    for step, extra in zip(steps, extras):
+        d = step.to_dict()
+        d.update(extra)
+        step_dicts.append(d)
+    best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
+    return step_dicts, best_step
+
+
+def answered_in_step(load: Any, total: int) -> float:
+    """2xx answers over the whole step, warm-up included (what CPU over the step pays for):
+    the generator counts `ok` in the measured window only, so scale it by requests sent."""
+    measured_fraction = load.sent / total if total else 1.0
+    return float(load.ok / measured_fraction if measured_fraction > 0 else load.ok)

@@ -12,7 +12,7 @@ from typing import Any
 from loadtest.bench.baselines import run_pgbench
 from loadtest.bench.checks import (_verification_burst, check_conservation, check_load_ids, count_committed,
                                    count_payment_rows, verify_exactly_once)
-from loadtest.bench.common import log
+from loadtest.bench.common import answered_in_step, log, merge_steps
 from loadtest.bench.population import (build_batch_templates, build_templates, expected_batch_payment_ids,
                                        expected_payment_ids, seed)
 from loadtest.bench.profiling import finish_profilers, start_profilers
@@ -132,10 +132,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             total = max(1, int(spec.rate_per_s * spec.duration_s))
             sent_ids.extend(expected_payment_ids(run_id, total, spec.processes, routes, cfg.shards))
             acknowledged += load.ok
-            # SUT CPU covers the whole step (warm-up included), so divide by every 2xx of the
-            # step: ok counts only the measured window, scale it by the requests sent.
-            measured_fraction = load.sent / total if total else 1.0
-            ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
+            ok_all = answered_in_step(load, total)  # SUT CPU covers the whole step
             extras.append({"sut_cpu_s": sut_cpu_s, "run_id": run_id, "requests_total": total,
                            "sut_cpu_us_per_payment_by_process": {
                                group: seconds / ok_all * 1e6 if ok_all else None
@@ -169,14 +166,9 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                 run_at_rate, cfg.start_rate / 4, step_factor=2.0, rate_max=cfg.start_rate,
                 steps_max=2, p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max, on_step=on_step)
             steps = steps + more
-        step_dicts = []
-        for step, extra in zip(steps, extras):
-            d = step.to_dict()
-            d.update(extra)
-            step_dicts.append(d)
+        step_dicts, best_step = merge_steps(steps, extras, best)
         result["steps"] = step_dicts
         result["max_sustained_offered_per_s"] = best
-        best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
         result["best_step"] = best_step
         result["max_sustained_tps"] = best_step["achieved_per_s"] if best_step else 0.0
         if best_step is None:
@@ -289,8 +281,7 @@ def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackPro
         ids = expected_batch_payment_ids(run_id, total, 1, routes, cfg.shards)
         sent_ids.extend(ids)
         committed = count_committed(ids, dsns)
-        measured_fraction = load.sent / total if total else 1.0
-        ok_all = load.ok / measured_fraction if measured_fraction > 0 else load.ok
+        ok_all = answered_in_step(load, total)
         acknowledged_items += load.ok * items
         item_error_ratio = 1.0 - committed / len(ids) if ids else 0.0
         extras.append({
@@ -318,12 +309,7 @@ def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackPro
         run_at_rate, cfg.batch_start_rate, step_factor=cfg.batch_step_factor, rate_max=cfg.max_rate / items * 4,
         steps_max=cfg.batch_steps_max, p99_ms_max=cfg.batch_p99_ms, error_rate_max=args.error_rate_max,
         confirm_miss=not getattr(args, "quick", False), on_step=on_step)
-    step_dicts = []
-    for step, extra in zip(steps, extras):
-        d = step.to_dict()
-        d.update(extra)
-        step_dicts.append(d)
-    best_step = next((d for d in step_dicts if d["passed"] and d["offered_per_s"] == best), None)
+    step_dicts, best_step = merge_steps(steps, extras, best)
     return {
         "items_per_batch": items, "steps": step_dicts, "max_sustained_batches_per_s": best,
         "batch_payments_per_s": best_step["payments_per_s"] if best_step else 0.0,
