@@ -12,6 +12,9 @@ Across shards:
     applying it would leave int64) moved nothing: its amount is still in the debtor
     shard's clearing stripe, so it counts as in flight, and it is listed in `held` for
     operators (a notice, not a conservation failure);
+  * every payment's refunded amount equals what its succeeded refunds returned and never
+    exceeds the payment, and every refund reverses a payment of its own partner to that
+    partner's settlement stripe on the same shard;
   * so the sum of all customer, settlement and funding balances plus the credits in
     flight is zero — money is neither created nor lost.
 On a live stack the shards are read one after another, so a payment can be seen
@@ -79,6 +82,21 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
             credit_legs = await conn.fetch(
                 "SELECT id, amount_minor, status, credit_account, reasons FROM transfers"
                 " WHERE kind = 'credit_leg'")
+            # Refunds: each payment's refunded_minor is what its succeeded refunds returned, never
+            # more than the payment; each refund returns a payment of its own partner, from that
+            # partner's settlement stripe to the payment's debtor (so it never crossed shards).
+            refund_problems = await conn.fetch(
+                "WITH r AS (SELECT details->>'payment_id' AS payment_id, sum(amount_minor) AS refunded"
+                "  FROM transfers WHERE kind = 'refund' AND status <> 'Rejected'"
+                "  GROUP BY 1)"
+                " SELECT p.id, p.amount_minor, p.refunded_minor, coalesce(r.refunded, 0) AS refunded"
+                " FROM transfers p FULL JOIN r ON r.payment_id = p.id"
+                " WHERE (p.id IS NULL OR p.refunded_minor <> coalesce(r.refunded, 0)"
+                "        OR p.refunded_minor > p.amount_minor) LIMIT 20")
+            misdirected_refunds = await conn.fetchval(
+                "SELECT count(*) FROM transfers f LEFT JOIN transfers p ON p.id = f.details->>'payment_id'"
+                " WHERE f.kind = 'refund' AND (p.id IS NULL OR p.kind <> 'payment' OR p.partner_id <> f.partner_id"
+                " OR f.debit_account <> p.credit_account OR f.credit_account <> p.debit_account)")
             meta = {r["key"]: r["value"] for r in await conn.fetch("SELECT key, value FROM meta")}
             counts = await conn.fetchrow(
                 "SELECT count(*) AS transfers, count(*) FILTER (WHERE status = 'Rejected') AS rejected,"
@@ -86,6 +104,10 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
     finally:
         await conn.close()
     return {"mismatched": [{**dict(r), "replayed": int(r["replayed"])} for r in mismatched],
+            "refund_problems": [{"payment_id": r["id"], "amount_minor": r["amount_minor"],
+                                 "refunded_minor": r["refunded_minor"], "refunds_minor": int(r["refunded"])}
+                                for r in refund_problems],
+            "misdirected_refunds": misdirected_refunds,
             "orphans": orphans, "unbalanced": unbalanced,
             "total": total, "clearing": clearing or 0, "meta": meta, "counts": dict(counts),
             "debit_legs": {r["id"]: r["amount_minor"] for r in debit_legs},
@@ -107,6 +129,13 @@ async def audit_once(dsns: list[str]) -> AuditReport:
         for row in shard["mismatched"]:
             report.problems.append(
                 f"shard {index}: account {row['id']} balance {row['balance_minor']} != journal {row['replayed']}")
+        for row in shard["refund_problems"]:
+            report.problems.append(
+                f"shard {index}: payment {row['payment_id']} of {row['amount_minor']} shows refunded "
+                f"{row['refunded_minor']} but its refunds returned {row['refunds_minor']}")
+        if shard["misdirected_refunds"]:
+            report.problems.append(f"shard {index}: {shard['misdirected_refunds']} refunds do not reverse "
+                                   "a payment of their partner to its settlement account")
         if shard["orphans"]:
             report.problems.append(f"shard {index}: {shard['orphans']} transfers credit unknown accounts")
         if shard["unbalanced"]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .agreements import PeriodicLimit, effective_status, remaining
+
 __all__ = [
-    "Account", "Agreement", "Transfer", "PaymentCommand", "CreditLeg", "FundingCommand",
+    "Account", "Agreement", "Transfer", "PaymentCommand", "RefundCommand", "CreditLeg", "FundingCommand",
     "Status", "Code", "Kind", "LedgerInvariantError", "invariant",
 ]
 
@@ -28,6 +30,7 @@ class Status:
     COMPLETED = "AcceptedSettlementCompleted"
     IN_PROCESS = "AcceptedSettlementInProcess"
     REJECTED = "Rejected"
+    SUCCEEDED = "Succeeded"      # a refund that moved its money
 
 
 class Kind:
@@ -35,6 +38,7 @@ class Kind:
     PAYMENT = "payment"          # quick-payment debtor -> creditor (or -> clearing when cross-shard)
     FUNDING = "funding"          # bank funding stripe -> customer account
     CREDIT_LEG = "credit_leg"    # clearing stripe -> creditor, the second half of a cross-shard payment
+    REFUND = "refund"            # partner's settlement stripe -> the refunded payment's debtor (same shard)
 
 
 class Code:
@@ -44,7 +48,20 @@ class Code:
     EXISTS_WITH_DIFFERENT_BODY = "EXISTS_WITH_DIFFERENT_BODY"
     IN_FLIGHT = "IN_FLIGHT"                            # same key, original not yet committed
     AGREEMENT_NOT_FOUND = "AGREEMENT_NOT_FOUND"
-    AGREEMENT_INACTIVE = "AGREEMENT_INACTIVE"
+    # Payments refused (nothing written) under an agreement that does not allow them now:
+    AGREEMENT_NOT_AUTHORISED = "AGREEMENT_NOT_AUTHORISED"   # awaiting the customer, or rejected
+    AGREEMENT_NOT_YET_VALID = "AGREEMENT_NOT_YET_VALID"
+    AGREEMENT_EXPIRED = "AGREEMENT_EXPIRED"
+    AGREEMENT_SUSPENDED = "AGREEMENT_SUSPENDED"
+    AGREEMENT_REVOKED = "AGREEMENT_REVOKED"
+    # Agreement transitions:
+    SAME = "SAME"                                      # already in the target status: nothing recorded
+    FORBIDDEN = "FORBIDDEN"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    # Refunds:
+    PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
+    NOT_REFUNDABLE = "NOT_REFUNDABLE"
+    EXCEEDS_PAYMENT = "EXCEEDS_PAYMENT"
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
     CREDITOR_NOT_FOUND = "CREDITOR_NOT_FOUND"
     CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
@@ -52,7 +69,7 @@ class Code:
     # Reasons recorded on a Rejected payment:
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     AGREEMENT_PER_PAYMENT_LIMIT = "AGREEMENT_PER_PAYMENT_LIMIT"
-    AGREEMENT_DAILY_LIMIT = "AGREEMENT_DAILY_LIMIT"
+    AGREEMENT_PERIODIC_LIMIT = "AGREEMENT_PERIODIC_LIMIT"    # the period is in the row's details
     BALANCE_OVERFLOW = "BALANCE_OVERFLOW"
     # A credit leg the creditor shard cannot apply without leaving int64 (the creditor's
     # balance, or its clearing stripe's): recorded as a Rejected credit_leg row with reason
@@ -77,25 +94,41 @@ class Account:
 
 @dataclass(slots=True)
 class Agreement:
+    """A customer's mandate for a partner (ledger/agreements.py decides its lifecycle and limits)."""
     id: str
     partner_id: str
     debtor_account: str
     currency: str
     per_payment_limit_minor: int
-    daily_limit_minor: int
+    periodic_limits: list[PeriodicLimit]
     status: str
     created_at_ms: int
-    # Spend on the UTC day `spent_day` (days since epoch); rebuilt from the journal at start.
-    spent_day: int = 0
-    spent_minor: int = 0
+    valid_from_ms: int | None = None
+    valid_to_ms: int | None = None
+    status_updated_at_ms: int = 0
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
+    @property
+    def anchor_ms(self) -> int:
+        """Where Consent-aligned periods start."""
+        return self.valid_from_ms if self.valid_from_ms is not None else self.created_at_ms
+
+    def to_wire(self, at_ms: int | None = None) -> dict[str, Any]:
+        """The agreement as stored, plus (given the time of the question) its effective
+        status and what remains of each limit in the current window."""
+        wire: dict[str, Any] = {
             "id": self.id, "partner_id": self.partner_id, "debtor_account": self.debtor_account,
             "currency": self.currency, "per_payment_limit_minor": self.per_payment_limit_minor,
-            "daily_limit_minor": self.daily_limit_minor, "status": self.status,
-            "created_at_ms": self.created_at_ms,
+            "periodic_limits": [limit.to_wire() for limit in self.periodic_limits],
+            "status": self.status, "created_at_ms": self.created_at_ms,
+            "valid_from_ms": self.valid_from_ms, "valid_to_ms": self.valid_to_ms,
+            "status_updated_at_ms": self.status_updated_at_ms,
         }
+        if at_ms is not None:
+            wire["status"] = effective_status(self.status, self.valid_to_ms, at_ms)
+            for out, limit in zip(wire["periodic_limits"], self.periodic_limits):
+                left, start, end = remaining(limit, self.anchor_ms, at_ms)
+                out.update(remaining_minor=left, period_start_ms=start, period_end_ms=end)
+        return wire
 
 
 @dataclass(slots=True)
@@ -119,6 +152,11 @@ class Transfer:
     body_hash: str | None = None
     device_id: str | None = None
     ip: str | None = None
+    # What succeeded refunds have returned of this payment (refunds only ever raise it,
+    # never past amount_minor: a CHECK in the schema, and `quickpay check`).
+    refunded_minor: int = 0
+    # A Rejected payment's limit and period (reason_details); a refund's payment_id and reason.
+    details: dict[str, Any] | None = None
     committed: bool = False
 
     def to_wire(self) -> dict[str, Any]:
@@ -130,6 +168,7 @@ class Transfer:
             "agreement_id": self.agreement_id, "reference": self.reference,
             "creditor_account": self.creditor_account, "reasons": list(self.reasons),
             "fraud": self.fraud, "device_id": self.device_id, "ip": self.ip,
+            "refunded_minor": self.refunded_minor, "details": self.details,
         }
 
 
@@ -147,6 +186,18 @@ class PaymentCommand:
     at_ms: int
     device_id: str | None = None
     ip: str | None = None
+
+
+@dataclass(slots=True)
+class RefundCommand:
+    refund_id: str
+    partner_id: str
+    payment_id: str
+    amount_minor: int | None     # None: what remains of the payment
+    reason: str | None
+    reference: str | None
+    body_hash: str
+    at_ms: int
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import msgspec
 from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 from quickpay.money import CURRENCY_EXPONENTS
 
+from .agreements import PeriodicLimit, period_window
 from .model import Account, Agreement, CreditLeg, Transfer, invariant
 from .state import ShardState, WriteSet
 
@@ -25,13 +26,17 @@ __all__ = [
 ]
 
 ADVISORY_LOCK_BASE = 0x5150_0000
+# Bumped when a table changes shape; a database made by an older quickpay is refused
+# with a message rather than half-migrated (2: agreements with consent and periodic
+# limits, refunds).
+SCHEMA_VERSION = "2"
 SCHEMA_SQL = resources.files("ledger").joinpath("schema.sql").read_text()
 SYSTEM_CURRENCY = "CNY"
 
 TRANSFER_COLUMNS = (
     "id", "seq", "kind", "debit_account", "credit_account", "amount_minor", "currency", "status",
     "created_at_ms", "partner_id", "agreement_id", "reference", "creditor_account", "reasons",
-    "fraud", "body_hash", "device_id", "ip",
+    "fraud", "body_hash", "device_id", "ip", "refunded_minor", "details",
 )
 SELECT_TRANSFER = _SELECT_TRANSFER = "SELECT " + ", ".join(TRANSFER_COLUMNS) + " FROM transfers"
 
@@ -47,7 +52,13 @@ async def ensure_schema(conn: asyncpg.Connection, shard: int, shard_count: int) 
     if not rows:
         await conn.executemany(
             "INSERT INTO meta (key, value) VALUES ($1, $2)",
-            [("shard", str(shard)), ("shard_count", str(shard_count))],
+            [("shard", str(shard)), ("shard_count", str(shard_count)), ("schema_version", SCHEMA_VERSION)],
+        )
+    elif rows.get("schema_version") != SCHEMA_VERSION:
+        raise SystemExit(
+            f"database holds quickpay schema version {rows.get('schema_version', '1')}, this quickpay "
+            f"needs {SCHEMA_VERSION} (agreements with consent and periodic limits, refunds); it is not "
+            "migrated in place: start from a new state directory (or database)"
         )
     elif rows.get("shard") != str(shard) or rows.get("shard_count") != str(shard_count):
         raise SystemExit(
@@ -72,7 +83,9 @@ def row_to_transfer(row: Any) -> Transfer:
         partner_id=row["partner_id"], agreement_id=row["agreement_id"],
         reference=row["reference"], creditor_account=row["creditor_account"],
         reasons=tuple(row["reasons"]), fraud=json.loads(fraud) if fraud else None,
-        body_hash=row["body_hash"], device_id=row["device_id"], ip=row["ip"], committed=True,
+        body_hash=row["body_hash"], device_id=row["device_id"], ip=row["ip"],
+        refunded_minor=row["refunded_minor"], details=json.loads(row["details"]) if row["details"] else None,
+        committed=True,
     )
 
 
@@ -84,21 +97,53 @@ async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
         state.load_account(Account(r["id"], r["kind"], r["currency"], r["balance_minor"],
                                    r["allow_negative"], r["partner_id"], r["created_at_ms"],
                                    r["balance_minor"]))
-    for r in await conn.fetch("SELECT * FROM agreements"):
-        state.load_agreement(Agreement(
-            r["id"], r["partner_id"], r["debtor_account"], r["currency"],
-            r["per_payment_limit_minor"], r["daily_limit_minor"], r["status"], r["created_at_ms"]))
-    day = now_ms // 86_400_000
-    for r in await conn.fetch(
-        "SELECT agreement_id, sum(amount_minor)::bigint AS spent FROM transfers"
-        " WHERE kind = 'payment' AND status <> 'Rejected' AND created_at_ms >= $1"
-        " GROUP BY agreement_id", day * 86_400_000,
-    ):
-        agreement = state.agreements.get(r["agreement_id"])
-        if agreement is not None:
-            agreement.spent_day, agreement.spent_minor = day, r["spent"]
+    for r in await conn.fetch("SELECT * FROM agreements ORDER BY created_at_ms, id"):
+        state.load_agreement(row_to_agreement(r))
+    await load_spend(conn, state, now_ms)
     state.next_seq = (await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers")) + 1
     invariant(state.total_balance_minor() == 0, "shard balances do not sum to zero at load")
+
+
+def row_to_agreement(r: Any) -> Agreement:
+    return Agreement(
+        r["id"], r["partner_id"], r["debtor_account"], r["currency"], r["per_payment_limit_minor"],
+        [PeriodicLimit(p["period"], p["alignment"], p["amount_minor"]) for p in json.loads(r["periodic_limits"])],
+        r["status"], r["created_at_ms"], r["valid_from_ms"], r["valid_to_ms"], r["status_updated_at_ms"])
+
+
+async def load_spend(conn: asyncpg.Connection, state: ShardState, now_ms: int) -> None:
+    """Place every periodic limit on its window holding now_ms and sum what accepted
+    payments under the agreement took from it. One query: the windows travel as arrays
+    and the journal is read from the earliest window start on (the BRIN index on
+    created_at_ms), so start-up reads as much journal as the longest period configured."""
+    ids: list[str] = []
+    indexes: list[int] = []
+    starts: list[int] = []
+    for agreement in state.agreements.values():
+        for index, limit in enumerate(agreement.periodic_limits):
+            limit.window_start_ms, limit.window_end_ms = period_window(
+                limit.period, limit.alignment, agreement.anchor_ms, now_ms)
+            limit.spent_minor = 0
+            ids.append(agreement.id)
+            indexes.append(index)
+            starts.append(limit.window_start_ms)
+    if not ids:
+        return
+    rows = await conn.fetch(
+        "WITH w AS (SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) AS w(agreement_id, idx, start_ms))"
+        " SELECT w.agreement_id, w.idx, sum(t.amount_minor)::bigint AS spent"
+        " FROM w JOIN transfers t ON t.agreement_id = w.agreement_id AND t.created_at_ms >= w.start_ms"
+        " WHERE t.kind = 'payment' AND t.status <> 'Rejected' AND t.created_at_ms >= $4"
+        " GROUP BY w.agreement_id, w.idx", ids, indexes, starts, min(starts))
+    for r in rows:
+        state.agreements[r["agreement_id"]].periodic_limits[r["idx"]].spent_minor = r["spent"]
+
+
+async def fetch_agreement_events(conn: asyncpg.Connection, agreement_id: str, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT from_status, to_status, actor, at_ms FROM agreement_events WHERE agreement_id = $1"
+        " ORDER BY seq DESC LIMIT $2", agreement_id, limit)
+    return [dict(r) for r in reversed(rows)]
 
 
 async def load_outbox(conn: asyncpg.Connection) -> list[tuple[CreditLeg, int]]:
@@ -134,7 +179,7 @@ def _transfer_record(t: Transfer) -> tuple[Any, ...]:
     return (t.id, t.seq, t.kind, t.debit_account, t.credit_account, t.amount_minor, t.currency,
             t.status, t.created_at_ms, t.partner_id, t.agreement_id, t.reference,
             t.creditor_account, list(t.reasons), json.dumps(t.fraud) if t.fraud else None,
-            t.body_hash, t.device_id, t.ip)
+            t.body_hash, t.device_id, t.ip, t.refunded_minor, json.dumps(t.details) if t.details else None)
 
 
 _FAST_INSERT = (
@@ -180,7 +225,7 @@ async def _write_fast(conn: asyncpg.Connection, ws: WriteSet) -> None:
 async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
     """Write one decided batch in one transaction (the group commit)."""
     ws.check_balanced()
-    if not (ws.accounts or ws.partners or ws.agreements or ws.delivered or ws.delivered_held or ws.settings):
+    if not ws.needs_transaction():
         await _write_fast(conn, ws)
         return
     async with conn.transaction():
@@ -196,14 +241,22 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
                 " VALUES ($1, $2, $3, $4, $5)",
                 [(p["id"], p["name"], p["secret_sha256"], p["settlement_account"], p["created_at_ms"])
                  for p in ws.partners])
+        new_agreements = set()
         if ws.agreements:
+            # Rows as they are after the batch (a transition later in the same batch included).
             await conn.copy_records_to_table(
-                "agreements", columns=("id", "partner_id", "debtor_account", "currency",
-                                       "per_payment_limit_minor", "daily_limit_minor", "status",
-                                       "created_at_ms"),
-                records=[(g.id, g.partner_id, g.debtor_account, g.currency,
-                          g.per_payment_limit_minor, g.daily_limit_minor, g.status,
-                          g.created_at_ms) for g in ws.agreements])
+                "agreements", columns=_AGREEMENT_COLUMNS, records=[_agreement_record(g) for g in ws.agreements])
+            new_agreements = {g.id for g in ws.agreements}
+        updates = [g for g in ws.agreement_updates.values() if g.id not in new_agreements]
+        if updates:
+            await conn.execute(
+                "UPDATE agreements a SET status = v.status, status_updated_at_ms = v.at_ms"
+                " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(id, status, at_ms) WHERE a.id = v.id",
+                [g.id for g in updates], [g.status for g in updates], [g.status_updated_at_ms for g in updates])
+        if ws.agreement_events:
+            await conn.copy_records_to_table(
+                "agreement_events", columns=("agreement_id", "from_status", "to_status", "actor", "at_ms"),
+                records=ws.agreement_events)
         if ws.transfers:
             await conn.copy_records_to_table(
                 "transfers", columns=TRANSFER_COLUMNS,
@@ -216,6 +269,12 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
                 " FROM d WHERE a.id = d.id RETURNING 1) SELECT count(*) FROM u",
                 ids, [ws.deltas[i] for i in ids])
             invariant(updated == len(ids), f"balance update touched {updated} of {len(ids)} accounts")
+        if ws.refunded:
+            updated = await conn.fetchval(
+                "WITH u AS (UPDATE transfers t SET refunded_minor = v.total"
+                " FROM unnest($1::text[], $2::bigint[]) AS v(id, total) WHERE t.id = v.id RETURNING 1)"
+                " SELECT count(*) FROM u", list(ws.refunded), list(ws.refunded.values()))
+            invariant(updated == len(ws.refunded), f"refund update touched {updated} of {len(ws.refunded)} payments")
         if ws.outbox:
             await conn.copy_records_to_table(
                 "outbox", columns=("transfer_id", "target_shard", "creditor_account",
@@ -234,6 +293,17 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
             await conn.execute(
                 "INSERT INTO meta (key, value) VALUES ($1, $2)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+
+
+_AGREEMENT_COLUMNS = ("id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
+                      "periodic_limits", "status", "created_at_ms", "valid_from_ms", "valid_to_ms",
+                      "status_updated_at_ms")
+
+
+def _agreement_record(g: Agreement) -> tuple[Any, ...]:
+    return (g.id, g.partner_id, g.debtor_account, g.currency, g.per_payment_limit_minor,
+            json.dumps([limit.to_wire() for limit in g.periodic_limits]), g.status, g.created_at_ms,
+            g.valid_from_ms, g.valid_to_ms, g.status_updated_at_ms)
 
 
 async def read_setting(conn: asyncpg.Connection, key: str) -> str | None:

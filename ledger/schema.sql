@@ -24,16 +24,34 @@ CREATE TABLE IF NOT EXISTS accounts (
     created_at_ms  bigint NOT NULL,
     CHECK (allow_negative OR balance_minor >= 0)
 );
+-- Agreements (mandates): ledger/agreements.py decides their lifecycle and limits.
+-- periodic_limits: [{"period", "alignment", "amount_minor"}]; spend per window is
+-- rebuilt from the journal at start-up (ledger/pg.py load_state), never stored.
 CREATE TABLE IF NOT EXISTS agreements (
     id                      text PRIMARY KEY,
     partner_id              text NOT NULL,
     debtor_account          text NOT NULL REFERENCES accounts (id),
     currency                text NOT NULL,
     per_payment_limit_minor bigint NOT NULL CHECK (per_payment_limit_minor > 0),
-    daily_limit_minor       bigint NOT NULL CHECK (daily_limit_minor > 0),
-    status                  text NOT NULL,
-    created_at_ms           bigint NOT NULL
+    periodic_limits         jsonb NOT NULL,
+    status                  text NOT NULL CHECK (status IN
+                                ('AwaitingAuthorisation', 'Authorised', 'Rejected', 'Suspended', 'Revoked')),
+    created_at_ms           bigint NOT NULL,
+    valid_from_ms           bigint,
+    valid_to_ms             bigint,
+    status_updated_at_ms    bigint NOT NULL,
+    CHECK (valid_to_ms IS NULL OR valid_from_ms IS NULL OR valid_from_ms <= valid_to_ms)
 );
+-- Every transition of an agreement: who, when, from, to.
+CREATE TABLE IF NOT EXISTS agreement_events (
+    seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agreement_id text NOT NULL REFERENCES agreements (id),
+    from_status  text,                 -- NULL: the creation
+    to_status    text NOT NULL,
+    actor        text NOT NULL,
+    at_ms        bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agreement_events_agreement ON agreement_events (agreement_id, seq);
 -- The journal. Every row debits one account and credits another by one positive
 -- amount; Rejected rows are recorded answers that moved no money.
 CREATE TABLE IF NOT EXISTS transfers (
@@ -55,7 +73,12 @@ CREATE TABLE IF NOT EXISTS transfers (
     body_hash        text,
     device_id        text,
     ip               text,
-    CHECK (debit_account <> credit_account)
+    -- payments: what succeeded refunds returned (refunds only raise it, never past the amount)
+    refunded_minor   bigint NOT NULL DEFAULT 0,
+    -- a Rejected payment's limit and period; a refund's payment_id and reason
+    details          jsonb,
+    CHECK (debit_account <> credit_account),
+    CHECK (refunded_minor >= 0 AND refunded_minor <= amount_minor)
 );
 CREATE INDEX IF NOT EXISTS transfers_debit_seq ON transfers (debit_account, seq);
 CREATE INDEX IF NOT EXISTS transfers_credit_seq ON transfers (credit_account, seq);

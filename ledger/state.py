@@ -11,17 +11,25 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+import bisect
+
+from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
 from quickpay.money import INT64_MAX
 
+from . import agreements as mandates
 from .model import (
-    Account, Agreement, Code, CreditLeg, FundingCommand, Kind, PaymentCommand, Status,
+    Account, Agreement, Code, CreditLeg, FundingCommand, Kind, PaymentCommand, RefundCommand, Status,
     Transfer, invariant,
 )
 
-__all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY"]
+__all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY", "REFUND_WINDOW_DAYS", "AGREEMENT_SCAN_MAX"]
 
 MS_PER_DAY = 86_400_000
+# How long after a payment it may be refunded (quickpay up --refund-window-days).
+REFUND_WINDOW_DAYS = 365
+# Agreements one list call looks at on one shard: a page filtered by status may come back
+# short (with a cursor to go on) rather than scan a partner's whole book in one call.
+AGREEMENT_SCAN_MAX = 5_000
 
 
 class FraudPort(Protocol):
@@ -37,6 +45,12 @@ class WriteSet:
     accounts: list[Account] = field(default_factory=list)
     partners: list[dict[str, Any]] = field(default_factory=list)
     agreements: list[Agreement] = field(default_factory=list)
+    # Status changes of existing agreements (id -> the agreement, written as it is after
+    # the batch) and their history rows (agreement_id, from, to, actor, at_ms).
+    agreement_updates: dict[str, Agreement] = field(default_factory=dict)
+    agreement_events: list[tuple[str, str | None, str, str, int]] = field(default_factory=list)
+    # Payments whose refunded_minor changed: payment id -> the new total.
+    refunded: dict[str, int] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)
     deltas: dict[str, int] = field(default_factory=dict)
     outbox: list[CreditLeg] = field(default_factory=list)
@@ -49,7 +63,13 @@ class WriteSet:
 
     def is_empty(self) -> bool:
         return not (self.accounts or self.partners or self.agreements or self.transfers or self.deltas
-                    or self.outbox or self.delivered or self.delivered_held or self.settings)
+                    or self.outbox or self.delivered or self.delivered_held or self.settings
+                    or self.agreement_updates or self.refunded)
+
+    def needs_transaction(self) -> bool:
+        """Anything beyond transfers, deltas and outbox rows (the one-statement fast path)."""
+        return bool(self.accounts or self.partners or self.agreements or self.delivered or self.delivered_held
+                    or self.settings or self.agreement_updates or self.refunded)
 
     def add_delta(self, account_id: str, delta_minor: int) -> None:
         # Deltas are aggregated per account per batch: the hot settlement stripe is
@@ -63,12 +83,18 @@ class WriteSet:
 
 class ShardState:
     def __init__(self, shard: int, shard_count: int, *, transfer_cache_max: int = 1_000_000,
-                 fraud: FraudPort | None = None, make_facts: Any = None) -> None:
+                 fraud: FraudPort | None = None, make_facts: Any = None,
+                 refund_window_days: int = REFUND_WINDOW_DAYS) -> None:
         invariant(0 <= shard < shard_count, "shard out of range")
         self.shard = shard
         self.shard_count = shard_count
         self.accounts: dict[str, Account] = {}
         self.agreements: dict[str, Agreement] = {}
+        # For listing, newest first: (created_at_ms, id) keys sorted ascending, per partner
+        # and per debtor account.
+        self.agreements_by_partner: dict[str, list[tuple[int, str]]] = {}
+        self.agreements_by_debtor: dict[str, list[tuple[int, str]]] = {}
+        self.refund_window_ms = refund_window_days * MS_PER_DAY
         # account id -> partner ids allowed to see it (through an agreement or ownership)
         self.visibility: dict[str, set[str]] = {}
         # Partners created since start (older ones are read from PostgreSQL).
@@ -93,6 +119,14 @@ class ShardState:
     def load_agreement(self, agreement: Agreement) -> None:
         self.agreements[agreement.id] = agreement
         self.visibility.setdefault(agreement.debtor_account, set()).add(agreement.partner_id)
+        key = (agreement.created_at_ms, agreement.id)
+        for index, owner in ((self.agreements_by_partner, agreement.partner_id),
+                             (self.agreements_by_debtor, agreement.debtor_account)):
+            keys = index.setdefault(owner, [])
+            if not keys or keys[-1] < key:
+                keys.append(key)          # the usual case: created in time order
+            else:
+                bisect.insort(keys, key)
 
     def remember(self, transfer: Transfer) -> None:
         """Cache a transfer as most recently used. Never evicts (see `evict`)."""
@@ -157,8 +191,10 @@ class ShardState:
         agreement = self.agreements.get(cmd.agreement_id)
         if agreement is None or agreement.partner_id != cmd.partner_id:
             return Code.AGREEMENT_NOT_FOUND, None
-        if agreement.status != "active":
-            return Code.AGREEMENT_INACTIVE, None
+        refusal = mandates.payment_refusal(agreement.status, agreement.valid_from_ms, agreement.valid_to_ms,
+                                           cmd.at_ms)
+        if refusal is not None:
+            return refusal, None
         if cmd.currency != agreement.currency:
             return Code.CURRENCY_MISMATCH, None
         debtor = self.accounts[agreement.debtor_account]
@@ -180,6 +216,7 @@ class ShardState:
 
         facts = None
         reasons: list[str] = []
+        details: dict[str, Any] | None = None
         fraud_dict: dict[str, Any] | None = None
         if self.fraud is not None:
             facts = self.make_facts(cmd, debtor.id)
@@ -190,12 +227,11 @@ class ShardState:
             if decision.action == "block":
                 reasons.extend(decision.reason_codes)
         if not reasons:
-            day = cmd.at_ms // MS_PER_DAY
-            spent_minor = agreement.spent_minor if agreement.spent_day == day else 0
-            if cmd.amount_minor > agreement.per_payment_limit_minor:
-                reasons.append(Code.AGREEMENT_PER_PAYMENT_LIMIT)
-            elif spent_minor + cmd.amount_minor > agreement.daily_limit_minor:
-                reasons.append(Code.AGREEMENT_DAILY_LIMIT)
+            exceeded = mandates.limit_refusal(agreement.per_payment_limit_minor, agreement.periodic_limits,
+                                              agreement.anchor_ms, cmd.amount_minor, cmd.at_ms)
+            if exceeded is not None:
+                reasons.append(exceeded[0])
+                details = {"reason_details": exceeded[1]}
             elif debtor.balance_minor - cmd.amount_minor < 0 and not debtor.allow_negative:
                 reasons.append(Code.INSUFFICIENT_FUNDS)
             elif creditor.balance_minor + cmd.amount_minor > INT64_MAX:
@@ -206,10 +242,7 @@ class ShardState:
         else:
             status = Status.IN_PROCESS if cross_shard else Status.COMPLETED
             self._move(ws, debtor, creditor, cmd.amount_minor)
-            day = cmd.at_ms // MS_PER_DAY
-            if agreement.spent_day != day:
-                agreement.spent_day, agreement.spent_minor = day, 0
-            agreement.spent_minor += cmd.amount_minor
+            mandates.spend(agreement.periodic_limits, agreement.anchor_ms, cmd.amount_minor, cmd.at_ms)
             if self.fraud is not None:
                 self.fraud.record(facts)
             if cross_shard:
@@ -223,7 +256,51 @@ class ShardState:
             status=status, created_at_ms=cmd.at_ms, partner_id=cmd.partner_id,
             agreement_id=agreement.id, reference=cmd.reference,
             creditor_account=cmd.creditor_account, reasons=tuple(reasons), fraud=fraud_dict,
-            body_hash=cmd.body_hash, device_id=cmd.device_id, ip=cmd.ip,
+            body_hash=cmd.body_hash, device_id=cmd.device_id, ip=cmd.ip, details=details,
+        ))
+        return Code.OK, transfer
+
+    def execute_refund(self, cmd: RefundCommand, ws: WriteSet) -> tuple[str, Transfer | None]:
+        """Return (part of) a payment credited to the partner's own settlement account: from
+        the settlement stripe on this shard (the debtor's) to the debtor, never across shards."""
+        found = self._existing(cmd.refund_id, cmd.body_hash)
+        if found is not None:
+            return found
+        payment = self.transfers.get(cmd.payment_id)
+        if payment is None or payment.kind != Kind.PAYMENT or payment.partner_id != cmd.partner_id:
+            return Code.PAYMENT_NOT_FOUND, None
+        if not payment.committed:
+            return Code.IN_FLIGHT, None
+        if payment.status == Status.REJECTED or payment.creditor_account != settlement_account_for(cmd.partner_id) \
+                or cmd.at_ms - payment.created_at_ms > self.refund_window_ms:
+            return Code.NOT_REFUNDABLE, None
+        left_minor = payment.amount_minor - payment.refunded_minor
+        amount_minor = left_minor if cmd.amount_minor is None else cmd.amount_minor
+        if left_minor <= 0 or amount_minor > left_minor:
+            return Code.EXCEEDS_PAYMENT, None
+        settlement = self.accounts[payment.credit_account]
+        debtor = self.accounts[payment.debit_account]
+        invariant(settlement.kind == "settlement" and settlement.partner_id == cmd.partner_id,
+                  f"payment {payment.id} credited {settlement.id}, not its partner's settlement stripe")
+        reasons: tuple[str, ...] = ()
+        if settlement.balance_minor - amount_minor < 0 and not settlement.allow_negative:
+            reasons = (Code.INSUFFICIENT_FUNDS,)
+        elif debtor.balance_minor + amount_minor > INT64_MAX:
+            reasons = (Code.BALANCE_OVERFLOW,)
+        if reasons:
+            status = Status.REJECTED
+        else:
+            status = Status.SUCCEEDED
+            self._move(ws, settlement, debtor, amount_minor)
+            payment.refunded_minor += amount_minor
+            ws.refunded[payment.id] = payment.refunded_minor
+        transfer = self._new_transfer(ws, Transfer(
+            id=cmd.refund_id, seq=0, kind=Kind.REFUND, debit_account=settlement.id,
+            credit_account=debtor.id, amount_minor=amount_minor, currency=payment.currency,
+            status=status, created_at_ms=cmd.at_ms, partner_id=cmd.partner_id,
+            agreement_id=payment.agreement_id, reference=cmd.reference, creditor_account=debtor.id,
+            reasons=reasons, body_hash=cmd.body_hash,
+            details={"payment_id": payment.id, "reason": cmd.reason},
         ))
         return Code.OK, transfer
 
@@ -310,9 +387,51 @@ class ShardState:
             return Code.ACCOUNT_NOT_FOUND
         if debtor.currency != agreement.currency:
             return Code.CURRENCY_MISMATCH
+        agreement.status = mandates.AgreementStatus.AWAITING
+        agreement.status_updated_at_ms = agreement.created_at_ms
         self.load_agreement(agreement)
         ws.agreements.append(agreement)
         return Code.OK
+
+    def transition_agreement(self, agreement_id: str, partner_id: str | None, action: str, actor: str,
+                             at_ms: int, ws: WriteSet) -> tuple[str, Agreement | None]:
+        """Apply one lifecycle action. `partner_id` (when the partner asks) must own the
+        agreement; the customer's channel (the admin API) passes None."""
+        agreement = self.agreements.get(agreement_id)
+        if agreement is None or (partner_id is not None and agreement.partner_id != partner_id):
+            return Code.AGREEMENT_NOT_FOUND, None
+        code, target = mandates.decide_transition(agreement.status, agreement.valid_to_ms, action, actor, at_ms)
+        if code != "OK":
+            return (Code.SAME if code == "SAME" else code), agreement
+        assert target is not None
+        ws.agreement_events.append((agreement.id, agreement.status, target, actor, at_ms))
+        agreement.status = target
+        agreement.status_updated_at_ms = at_ms
+        ws.agreement_updates[agreement.id] = agreement
+        return Code.OK, agreement
+
+    def list_agreements(self, *, partner_id: str | None = None, debtor_account: str | None = None,
+                        status: str | None = None, before: tuple[int, str] | None = None, limit: int,
+                        at_ms: int) -> tuple[list[Agreement], tuple[int, str] | None]:
+        """Agreements newest first (by created_at_ms, then id) strictly before `before`, at most
+        `limit`, filtered by effective status. Returns (agreements, the key scanning stopped
+        at when AGREEMENT_SCAN_MAX ran out before the page filled, else None)."""
+        index = self.agreements_by_partner if partner_id is not None else self.agreements_by_debtor
+        keys = index.get(partner_id if partner_id is not None else debtor_account or "", [])
+        position = len(keys) if before is None else bisect.bisect_left(keys, before)
+        found: list[Agreement] = []
+        scanned = 0
+        while position > 0 and len(found) < limit:
+            if scanned >= AGREEMENT_SCAN_MAX:
+                return found, keys[position]
+            position -= 1
+            scanned += 1
+            agreement = self.agreements[keys[position][1]]
+            if debtor_account is not None and agreement.debtor_account != debtor_account:
+                continue
+            if status is None or mandates.effective_status(agreement.status, agreement.valid_to_ms, at_ms) == status:
+                found.append(agreement)
+        return found, None
 
     def can_see(self, partner_id: str, account_id: str) -> bool:
         return partner_id in self.visibility.get(account_id, ())

@@ -29,11 +29,12 @@ from .client import ShardClient
 from .handshake import HANDSHAKE_TIMEOUT_S, HandshakeError, ServerHandshake, cluster_secret
 from .idfilter import IdFilter
 from .model import (
-    Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, Transfer,
+    Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, RefundCommand, Transfer,
 )
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
-from .state import ShardState, WriteSet
+from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
+from .state import REFUND_WINDOW_DAYS, ShardState, WriteSet
 from . import validate as v
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
@@ -79,6 +80,7 @@ class WorkerConfig:
     ledger_mode: str = "batched"   # "naive": one transaction per payment (benchmark baseline)
     # Authenticates every shard-protocol connection, both ways; default QUICKPAY_CLUSTER_SECRET.
     cluster_secret: bytes | None = None
+    refund_window_days: int = REFUND_WINDOW_DAYS
 
     def validate(self) -> None:
         problems = []
@@ -90,6 +92,8 @@ class WorkerConfig:
             problems.append("--queue-max must be between 100 and 10000000")
         if self.ledger_mode not in ("batched", "naive"):
             problems.append("--ledger-mode must be batched or naive")
+        if not 1 <= self.refund_window_days <= 3650:
+            problems.append("--refund-window-days must be between 1 and 3650")
         if not 0 <= self.shard < self.shard_count:
             problems.append("--shard must be in [0, --shards)")
         if problems:
@@ -225,7 +229,8 @@ class ShardWorker:
         self.cluster_secret = cluster_secret(config.cluster_secret)
         self.clock_ms = clock_ms
         self.state = ShardState(config.shard, config.shard_count,
-                                transfer_cache_max=config.transfer_cache_max)
+                                transfer_cache_max=config.transfer_cache_max,
+                                refund_window_days=config.refund_window_days)
         self.queue: deque[tuple[str, Any, Reply]] = deque()
         self.work_ready = asyncio.Event()
         self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], float, float]] = asyncio.Queue()
@@ -465,6 +470,9 @@ class ShardWorker:
                         ids.append(transfer_id)
                 elif op == "credit":
                     ids.extend(leg[0] for leg in args if isinstance(leg[0], str))
+                elif op == "refund":
+                    # The refund's own id (a retry?) and the payment it returns money from.
+                    ids.extend(i for i in (args.get("refund_id"), args.get("payment_id")) if isinstance(i, str))
             except (AttributeError, IndexError, KeyError, TypeError):
                 continue  # malformed: its decider answers BAD_REQUEST
         # Cached ids become most recently used, so they are the last to go when the
@@ -621,13 +629,51 @@ def _check_create_partner(worker: ShardWorker, args: Any) -> None:
 
 
 def _check_create_agreement(worker: ShardWorker, args: Any) -> None:
-    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
-             "daily_limit_minor")
+    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor", "periodic_limits")
     for key in ("id", "partner_id", "debtor_account"):
         v.ident(args, key)
     v.currency(args)
     v.amount(args, "per_payment_limit_minor")
-    v.amount(args, "daily_limit_minor")
+    limits = args["periodic_limits"]
+    if type(limits) is not list or len(limits) > PERIODIC_LIMITS_MAX:
+        raise v.BadCommand(f"periodic_limits is a list of at most {PERIODIC_LIMITS_MAX} [period, alignment, amount]")
+    seen = set()
+    for limit in limits:
+        if type(limit) is not list or len(limit) != 3 or limit[0] not in PERIODS or limit[1] not in ALIGNMENTS:
+            raise v.BadCommand("a periodic limit is [Day|Week|Month|Year, Calendar|Consent, amount_minor]")
+        v.amount({"amount_minor": limit[2]}, "amount_minor")
+        if (limit[0], limit[1]) in seen:
+            raise v.BadCommand("one periodic limit per period and alignment")
+        seen.add((limit[0], limit[1]))
+    window = [args.get(key) for key in ("valid_from_ms", "valid_to_ms")]
+    for key in ("valid_from_ms", "valid_to_ms"):
+        if args.get(key) is not None:
+            v.int64(args, key, 0)
+    if window[0] is not None and window[1] is not None and window[0] > window[1]:
+        raise v.BadCommand("valid_from_ms is after valid_to_ms")
+
+
+def _check_agreement_action(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "action", "actor")
+    v.ident(args, "id")
+    v.ident(args, "partner_id", optional=True)
+    if args["actor"] not in ACTORS or type(args["action"]) is not str:
+        raise v.BadCommand(f"actor is one of {', '.join(ACTORS)}; action is text")
+
+
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+
+
+def _check_refund(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "refund_id", "partner_id", "payment_id", "body_hash")
+    for key in ("refund_id", "partner_id", "payment_id"):
+        v.ident(args, key)
+    if args.get("amount_minor") is not None:
+        v.amount(args, "amount_minor")
+    if args.get("reason") is not None and args["reason"] not in REFUND_REASONS:
+        raise v.BadCommand(f"reason is one of {', '.join(REFUND_REASONS)}")
+    v.text(args, "reference", v.REFERENCE_MAX, optional=True)
+    v.text(args, "body_hash", v.HASH_MAX)
 
 
 def _check_settings(worker: ShardWorker, args: Any) -> None:
@@ -651,6 +697,7 @@ _CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
     "delivered_held": _check_delivered,
     "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
     "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
+    "agreement_action": _check_agreement_action, "refund": _check_refund,
 }
 
 
@@ -723,12 +770,31 @@ def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteS
 
 def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                              now_ms: int) -> tuple[bool, Any]:
+    existing = worker.state.agreements.get(args["id"])
+    if existing is not None:
+        return True, {"code": "EXISTS", "agreement": existing.to_wire(now_ms)}
     agreement = Agreement(args["id"], args["partner_id"], args["debtor_account"], args["currency"],
-                          args["per_payment_limit_minor"], args["daily_limit_minor"], "active", now_ms)
-    if agreement.id in worker.state.agreements:
-        return True, {"code": "EXISTS", "agreement": worker.state.agreements[agreement.id].to_wire()}
+                          args["per_payment_limit_minor"],
+                          [PeriodicLimit(period, alignment, amount) for period, alignment, amount
+                           in args["periodic_limits"]],
+                          AgreementStatus.AWAITING, now_ms, args.get("valid_from_ms"), args.get("valid_to_ms"))
     code = worker.state.create_agreement(agreement, ws)
-    return True, {"code": code, "agreement": agreement.to_wire() if code == Code.OK else None}
+    if code == Code.OK:
+        ws.agreement_events.append((agreement.id, None, AgreementStatus.AWAITING, "partner", now_ms))
+    return True, {"code": code, "agreement": agreement.to_wire(now_ms) if code == Code.OK else None}
+
+
+def _decide_agreement_action(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
+                             now_ms: int) -> tuple[bool, Any]:
+    code, agreement = worker.state.transition_agreement(
+        args["id"], args.get("partner_id"), args["action"], args["actor"], now_ms, ws)
+    return True, {"code": code, "agreement": agreement.to_wire(now_ms) if agreement is not None else None}
+
+
+def _decide_refund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    cmd = RefundCommand(args["refund_id"], args["partner_id"], args["payment_id"], args.get("amount_minor"),
+                        args.get("reason"), args.get("reference"), args["body_hash"], now_ms)
+    return _payment_result(*worker.state.execute_refund(cmd, ws))
 
 
 def _decide_settings(worker: ShardWorker, args: dict[str, str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
@@ -748,6 +814,7 @@ _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any
     "open_accounts": _decide_open_accounts,
     "create_partner": _decide_create_partner, "create_agreement": _decide_create_agreement,
     "settings": _decide_settings, "fraud": _decide_fraud,
+    "agreement_action": _decide_agreement_action, "refund": _decide_refund,
 }
 _WRITE_OPS = frozenset(_DECIDERS)
 
@@ -798,11 +865,41 @@ def _read_balance(worker: ShardWorker, args: dict[str, Any]) -> Any:
             "balance_minor": account.committed_balance_minor}
 
 
+AGREEMENT_HISTORY_MAX = 50
+AGREEMENTS_PAGE_MAX = 200
+
+
+async def _read_agreement_async(worker: ShardWorker, wire: dict[str, Any]) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        wire["history"] = await pg.fetch_agreement_events(conn, wire["id"], AGREEMENT_HISTORY_MAX)
+    return wire
+
+
 def _read_agreement(worker: ShardWorker, args: dict[str, Any]) -> Any:
     agreement = worker.state.agreements.get(args["id"])
     if agreement is None or agreement.partner_id != args.get("partner_id", agreement.partner_id):
         return None
-    return agreement.to_wire()
+    wire = agreement.to_wire(worker.clock_ms())
+    return _read_agreement_async(worker, wire) if args.get("history") else wire
+
+
+def _read_agreements(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    """A partner's (or a debtor account's) agreements, newest first: see ShardState.list_agreements."""
+    partner_id, debtor = args.get("partner_id"), args.get("debtor_account")
+    if (partner_id is None) == (debtor is None):
+        raise ValueError("give exactly one of partner_id and debtor_account")
+    status = args.get("status")
+    if status is not None and status not in AgreementStatus.ALL:
+        raise ValueError("unknown status")
+    before = args.get("before")
+    key = (int(before[0]), str(before[1])) if before is not None else None
+    now_ms = worker.clock_ms()
+    found, stopped_at = worker.state.list_agreements(
+        partner_id=partner_id, debtor_account=debtor, status=status, before=key,
+        limit=max(1, min(int(args.get("limit", 50)), AGREEMENTS_PAGE_MAX)), at_ms=now_ms)
+    return {"agreements": [a.to_wire(now_ms) for a in found],
+            "stopped_at": list(stopped_at) if stopped_at is not None else None}
 
 
 async def _read_payment_async(worker: ShardWorker, transfer_id: str) -> Any:
@@ -889,7 +986,7 @@ def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
 
 _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
     "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
-    "agreement": _read_agreement, "payment": _read_payment, "transactions": _read_transactions,
+    "agreement": _read_agreement, "agreements": _read_agreements, "payment": _read_payment, "transactions": _read_transactions,
     "partner": _read_partner, "fraud_read": _read_fraud, "alerts": _read_alerts,
     "decisions": _read_decisions,
 }

@@ -126,7 +126,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     for shard in range(args.shards):
         argv = [*python, "node" if node else "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
                 "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(relay_addresses),
-                "--batch-size-max", str(args.batch_size_max), "--batch-wait-ms", str(args.batch_wait_ms)]
+                "--batch-size-max", str(args.batch_size_max), "--batch-wait-ms", str(args.batch_wait_ms),
+                "--refund-window-days", str(args.refund_window_days)]
         if args.rules:
             argv += ["--rules", str(Path(args.rules).resolve())]
         if args.no_rules:
@@ -285,7 +286,7 @@ def _worker_config(args: argparse.Namespace, command: str) -> Any:
         shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
         peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
         batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules,
-        ledger_mode=args.ledger_mode, queue_max=args.queue_max)
+        ledger_mode=args.ledger_mode, queue_max=args.queue_max, refund_window_days=args.refund_window_days)
 
 
 def cmd_shard_worker(args: argparse.Namespace) -> int:
@@ -433,6 +434,8 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
                    help=f"payments per POST /v1/quick-payments/batch, 1-{BATCH_ITEMS_MAX_DEFAULT} "
                         f"(default {BATCH_ITEMS_MAX_DEFAULT}; more is a 400, and /openapi.json says so)")
+    p.add_argument("--refund-window-days", type=int, default=365,
+                   help="how long after a payment it can be refunded, 1-3650 days (default 365)")
 
 
 def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
@@ -448,6 +451,7 @@ def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=3.0)
     p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
     p.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
+    p.add_argument("--refund-window-days", type=int, default=365, help="how long a payment stays refundable")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import zlib
 
 __all__ = [
     "shard_of", "new_account_id", "new_agreement_id", "new_partner_id", "payment_id_for",
-    "shard_of_payment", "FUNDING_ACCOUNT", "CLEARING_ACCOUNT", "settlement_account_for",
+    "shard_of_payment", "refund_id_for", "shard_of_refund", "FUNDING_ACCOUNT", "CLEARING_ACCOUNT", "settlement_account_for",
     "is_striped",
 ]
 
@@ -62,6 +62,19 @@ def payment_id_for(partner_id: str, idempotency_key: str, shard: int) -> str:
         f"{partner_id}\x00{idempotency_key}".encode(), digest_size=16
     ).hexdigest()
     return f"pay_{digest}_{shard}"
+
+
+def refund_id_for(partner_id: str, idempotency_key: str, shard: int) -> str:
+    """A refund's id: (partner, key) like a payment's, so a retry is the same refund, under
+    its own prefix (a key used for a payment and for a refund names two things), on the
+    refunded payment's shard."""
+    return "ref_" + payment_id_for(partner_id, idempotency_key, shard)[4:]
+
+
+def shard_of_refund(refund_id: str, shard_count: int) -> int | None:
+    if not refund_id.startswith("ref_"):
+        return None
+    return shard_of_payment("pay_" + refund_id[4:], shard_count)
 
 
 def shard_of_payment(payment_id: str, shard_count: int) -> int | None:
