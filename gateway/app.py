@@ -22,8 +22,8 @@ from aiohttp import web
 
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 from quickpay.ids import (
-    is_striped, new_account_id, new_agreement_id, new_partner_id, payment_id_for,
-    settlement_account_for, shard_of_payment,
+    is_striped, new_account_id, new_agreement_id, new_partner_id, payment_id_for, refund_id_for,
+    settlement_account_for, shard_of_payment, shard_of_refund,
 )
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
 from quickpay.supervisor import read_status
@@ -34,7 +34,7 @@ from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
 from .schemas import (
-    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest,
+    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest, RefundRequest,
     BATCH_ITEMS_MAX, QuickPaymentBatchItem, QuickPaymentBatchRequest, QuickPaymentRequest, RulesRequest,
     decode_body,
 )
@@ -244,6 +244,19 @@ class Gateway:
 _PLAIN_ALLOW: dict[str, Any] = {"decision": "allow", "score": 0, "reasons": [], "reason_codes": []}
 
 
+def _reason_details(details: dict[str, Any] | None, currency: str) -> dict[str, Any] | None:
+    """A Rejected payment's limit (and period) as the API shows it, from minor units."""
+    found = details.get("reason_details") if details else None
+    if not found:
+        return None
+    out: dict[str, Any] = {"limit": format_amount(found["limit_minor"], currency)}
+    if "period" in found:
+        out.update(period=found["period"], alignment=found["alignment"],
+                   remaining=format_amount(found["remaining_minor"], currency),
+                   period_start=_iso(found["period_start_ms"]), period_end=_iso(found["period_end_ms"]))
+    return out
+
+
 def payment_resource(t: dict[str, Any]) -> dict[str, Any]:
     fraud = t.get("fraud")
     return {
@@ -252,9 +265,19 @@ def payment_resource(t: dict[str, Any]) -> dict[str, Any]:
         "agreement_id": t["agreement_id"], "debtor_account": t["debit_account"],
         "creditor_account": t["creditor_account"], "reference": t["reference"],
         "created_at": _iso(t["created_at_ms"]), "reasons": t["reasons"],
+        "reason_details": _reason_details(t.get("details"), t["currency"]),
+        "refunded_amount": format_amount(t.get("refunded_minor", 0), t["currency"]),
         "fraud": fraud if fraud is not None else _PLAIN_ALLOW,
         "risk": {"device_id": t.get("device_id"), "ip": t.get("ip")},
     }
+
+
+def refund_resource(t: dict[str, Any]) -> dict[str, Any]:
+    details = t.get("details") or {}
+    return {"refund_id": t["id"], "payment_id": details.get("payment_id"),
+            "amount": format_amount(t["amount_minor"], t["currency"]), "currency": t["currency"],
+            "status": t["status"], "reasons": t["reasons"], "reason": details.get("reason"),
+            "reference": t["reference"], "created_at": _iso(t["created_at_ms"])}
 
 
 def transfer_resource(t: dict[str, Any]) -> dict[str, Any]:
@@ -264,12 +287,27 @@ def transfer_resource(t: dict[str, Any]) -> dict[str, Any]:
             "reference": t["reference"], "created_at": _iso(t["created_at_ms"]), "reasons": t["reasons"]}
 
 
+def _iso_or_none(ms: int | None) -> str | None:
+    return _iso(ms) if ms is not None else None
+
+
 def agreement_resource(a: dict[str, Any]) -> dict[str, Any]:
-    return {"agreement_id": a["id"], "partner_id": a["partner_id"], "debtor_account": a["debtor_account"],
-            "currency": a["currency"], "status": a["status"],
-            "per_payment_limit": format_amount(a["per_payment_limit_minor"], a["currency"]),
-            "daily_limit": format_amount(a["daily_limit_minor"], a["currency"]),
-            "created_at": _iso(a["created_at_ms"])}
+    currency = a["currency"]
+    limits = [{"period": p["period"], "alignment": p["alignment"], "amount": format_amount(p["amount_minor"], currency),
+               "remaining": format_amount(p["remaining_minor"], currency),
+               "period_start": _iso(p["period_start_ms"]), "period_end": _iso(p["period_end_ms"])}
+              for p in a["periodic_limits"]]
+    daily = next((p["amount"] for p in limits if p["period"] == "Day" and p["alignment"] == "Calendar"), None)
+    resource = {"agreement_id": a["id"], "partner_id": a["partner_id"], "debtor_account": a["debtor_account"],
+                "currency": currency, "status": a["status"], "status_updated_at": _iso(a["status_updated_at_ms"]),
+                "per_payment_limit": format_amount(a["per_payment_limit_minor"], currency),
+                "daily_limit": daily, "periodic_limits": limits,
+                "valid_from": _iso_or_none(a["valid_from_ms"]), "valid_to": _iso_or_none(a["valid_to_ms"]),
+                "created_at": _iso(a["created_at_ms"])}
+    if "history" in a:
+        resource["status_history"] = [{"from": h["from_status"], "to": h["to_status"], "by": h["actor"],
+                                       "at": _iso(h["at_ms"])} for h in a["history"]]
+    return resource
 
 
 def body_hash(*parts: object) -> str:
@@ -278,7 +316,14 @@ def body_hash(*parts: object) -> str:
 
 _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
     "AGREEMENT_NOT_FOUND": (404, "QP.Agreement.NotFound", "no such agreement", "$.agreement_id"),
-    "AGREEMENT_INACTIVE": (422, "QP.Agreement.Inactive", "the agreement is not active", "$.agreement_id"),
+    "AGREEMENT_NOT_AUTHORISED": (422, "QP.Agreement.NotAuthorised",
+                                 "the customer has not authorised this agreement", "$.agreement_id"),
+    "AGREEMENT_NOT_YET_VALID": (422, "QP.Agreement.NotYetValid", "the agreement is not valid yet (valid_from)",
+                                "$.agreement_id"),
+    "AGREEMENT_EXPIRED": (422, "QP.Agreement.Expired", "the agreement has expired (valid_to)", "$.agreement_id"),
+    "AGREEMENT_SUSPENDED": (422, "QP.Agreement.Suspended", "the customer has suspended this agreement",
+                            "$.agreement_id"),
+    "AGREEMENT_REVOKED": (422, "QP.Agreement.Revoked", "the agreement has been revoked", "$.agreement_id"),
     "CURRENCY_MISMATCH": (422, "QP.Currency.Mismatch",
                           "the currency differs from the agreement's or the creditor's", "$.currency"),
     "CREDITOR_NOT_FOUND": (422, "QP.Creditor.NotFound", "no such creditor account", "$.creditor_account"),
@@ -291,6 +336,12 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
                   "a request with this x-idempotency-key is still in progress; retry shortly",
                   "header.x-idempotency-key"),
     "ACCOUNT_NOT_FOUND": (404, "QP.Account.NotFound", "no such account", "$.account_id"),
+    "PAYMENT_NOT_FOUND": (404, "QP.Payment.NotFound", "no such payment", "path.payment_id"),
+    "NOT_REFUNDABLE": (422, "QP.Refund.NotRefundable",
+                       "only accepted payments to your own settlement account can be refunded, within the "
+                       "refund window", "path.payment_id"),
+    "EXCEEDS_PAYMENT": (422, "QP.Refund.ExceedsPayment", "the refund exceeds what remains of the payment",
+                        "$.amount"),
 }
 
 
@@ -338,6 +389,29 @@ def _page_limit(request: web.Request) -> int:
 
 
 CURSOR_MAX_CHARS = 4096
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+CUSTOMER_ACTIONS = ("authorise", "reject", "suspend", "resume", "revoke")
+AGREEMENT_STATUSES = ("AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked", "Expired")
+
+
+def _encode_agreement_cursor(key: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([key[0], key[1]])).decode().rstrip("=")
+
+
+def _decode_agreement_cursor(text: str | None) -> tuple[int, str] | None:
+    """An agreements page's cursor: the (created_at_ms, agreement id) the next page starts below."""
+    if not text:
+        return None
+    try:
+        if len(text) > CURSOR_MAX_CHARS or not text.isascii():
+            raise ValueError("cursor too long or not ASCII")
+        raw = msgspec.json.decode(base64.urlsafe_b64decode(text.encode() + b"=="))
+        if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int or not 0 <= raw[0] <= INT64_MAX \
+                or type(raw[1]) is not str or _AGREEMENT_ID.fullmatch(raw[1]) is None:
+            raise ValueError("bad cursor")
+    except Exception:
+        raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor") from None
+    return raw[0], raw[1]
 
 
 def _decode_cursor(text: str | None, shards: list[int]) -> dict[int, int]:
@@ -467,36 +541,189 @@ def create_app(config: GatewayConfig) -> web.Application:
                      headers={"Cache-Control": "no-store"})
 
     # -- agreements --
+    def to_ms(value: datetime.datetime | None, path: str) -> int | None:
+        if value is None:
+            return None
+        ms = (value - _EPOCH) // datetime.timedelta(milliseconds=1)
+        if ms < 0:
+            raise field_error(422, "QP.Agreement.InvalidValidity", "validity times start in 1970 or later", path)
+        return ms
+
     @routes.post("/v1/agreements")
     async def create_agreement(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         body: AgreementRequest = decode_body(await read_body(request), AgreementRequest)  # type: ignore[assignment]
         currency = gw.currency(body.currency)
         per_payment = gw.amount(body.per_payment_limit, currency, "$.per_payment_limit")
-        daily = gw.amount(body.daily_limit, currency, "$.daily_limit")
+        limits = [(limit.period, limit.alignment, gw.amount(limit.amount, currency, f"$.periodic_limits[{i}].amount"))
+                  for i, limit in enumerate(body.periodic_limits)]
+        if body.daily_limit is not None:
+            limits.append(("Day", "Calendar", gw.amount(body.daily_limit, currency, "$.daily_limit")))
+        seen: set[tuple[str, str]] = set()
+        for period, alignment, _ in limits:
+            if (period, alignment) in seen:
+                raise field_error(422, "QP.Agreement.DuplicateLimit",
+                                  f"more than one {alignment} {period} limit (daily_limit is a Calendar Day limit)",
+                                  "$.periodic_limits")
+            seen.add((period, alignment))
+        valid_from = to_ms(body.valid_from, "$.valid_from")
+        valid_to = to_ms(body.valid_to, "$.valid_to")
+        if valid_from is not None and valid_to is not None and valid_from > valid_to:
+            raise field_error(422, "QP.Agreement.InvalidValidity", "valid_from is after valid_to", "$.valid_to")
+        if valid_to is not None and valid_to < time.time_ns() // 1_000_000:
+            raise field_error(422, "QP.Agreement.InvalidValidity", "valid_to is in the past", "$.valid_to")
         if is_striped(body.debtor_account):
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         agreement_id = new_agreement_id(body.debtor_account, router.count)
         result = await router.client_for(body.debtor_account).call("create_agreement", {
             "id": agreement_id, "partner_id": partner_id, "debtor_account": body.debtor_account,
-            "currency": currency, "per_payment_limit_minor": per_payment, "daily_limit_minor": daily})
+            "currency": currency, "per_payment_limit_minor": per_payment,
+            "periodic_limits": [list(limit) for limit in limits],
+            "valid_from_ms": valid_from, "valid_to_ms": valid_to})
         if result["code"] == "ACCOUNT_NOT_FOUND":
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         if result["code"] == "CURRENCY_MISMATCH":
             raise field_error(422, "QP.Currency.Mismatch", "the account holds another currency", "$.currency")
         return _json(201, agreement_resource(result["agreement"]))
 
-    @routes.get("/v1/agreements/{agreement_id}")
-    async def get_agreement(request: web.Request) -> web.Response:
-        partner_id = gw.partner_of(request)
-        agreement_id = request.match_info["agreement_id"]
+    def agreement_shard(agreement_id: str) -> Any:
         if _AGREEMENT_ID.fullmatch(agreement_id) is None:
             raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
-        found = await router.client_for(agreement_id).call(
-            "agreement", {"id": agreement_id, "partner_id": partner_id})
+        return router.client_for(agreement_id)
+
+    async def read_agreement(agreement_id: str, partner_id: str | None) -> web.Response:
+        args: dict[str, Any] = {"id": agreement_id, "history": True}
+        if partner_id is not None:
+            args["partner_id"] = partner_id
+        found = await agreement_shard(agreement_id).call("agreement", args)
         if found is None:
             raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
         return _json(200, agreement_resource(found))
+
+    @routes.get("/v1/agreements/{agreement_id}")
+    async def get_agreement(request: web.Request) -> web.Response:
+        return await read_agreement(request.match_info["agreement_id"], gw.partner_of(request))
+
+    async def agreement_action(agreement_id: str, action: str, actor: str, partner_id: str | None) -> web.Response:
+        result = await agreement_shard(agreement_id).call("agreement_action", {
+            "id": agreement_id, "action": action, "actor": actor, "partner_id": partner_id})
+        code = result["code"]
+        if code in ("OK", "SAME"):
+            return _json(200, agreement_resource(result["agreement"]))
+        if code == "AGREEMENT_NOT_FOUND":
+            raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
+        if code == "INVALID_TRANSITION":
+            status = agreement_resource(result["agreement"])["status"]
+            raise field_error(409, "QP.Agreement.InvalidTransition",
+                              f"cannot {action} an agreement that is {status}", "$.status")
+        raise ApiError(403, "QP.Agreement.Forbidden", f"{actor} may not {action} an agreement")
+
+    @routes.delete("/v1/agreements/{agreement_id}")
+    async def revoke_agreement(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        return await agreement_action(request.match_info["agreement_id"], "revoke", "partner", partner_id)
+
+    async def list_agreements(request: web.Request, shards: list[int], owner: dict[str, str]) -> web.Response:
+        limit = _page_limit(request)
+        status = request.query.get("status")
+        if status is not None and status not in AGREEMENT_STATUSES:
+            raise field_error(400, "QP.Query.Invalid", "status is one of " + ", ".join(AGREEMENT_STATUSES),
+                              "query.status")
+        before = _decode_agreement_cursor(request.query.get("cursor"))
+        answers = await asyncio.gather(*(router.call(s, "agreements", {
+            **owner, "status": status, "before": list(before) if before else None, "limit": limit + 1})
+            for s in shards))
+        # A shard that stopped scanning early (AGREEMENT_SCAN_MAX) has not looked below the
+        # key it stopped at: nothing below the highest such key is certain yet, so the page
+        # ends there and the cursor continues from it.
+        floor = max((tuple(a["stopped_at"]) for a in answers if a["stopped_at"] is not None), default=None)
+        rows = sorted((a for answer in answers for a in answer["agreements"]),
+                      key=lambda a: (a["created_at_ms"], a["id"]), reverse=True)
+        if floor is not None:
+            rows = [a for a in rows if (a["created_at_ms"], a["id"]) >= floor]
+        page = rows[:limit]
+        next_key: tuple[int, str] | None = None
+        if len(rows) > limit:
+            next_key = (page[-1]["created_at_ms"], page[-1]["id"])
+        elif floor is not None:
+            next_key = (int(floor[0]), str(floor[1]))
+        return _json(200, {"agreements": [agreement_resource(a) for a in page],
+                           "next_cursor": _encode_agreement_cursor(next_key) if next_key else None})
+
+    @routes.get("/v1/agreements")
+    async def list_partner_agreements(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        return await list_agreements(request, list(range(router.count)), {"partner_id": partner_id})
+
+    # The customer's side, through the bank's channel (the admin API stands in for the
+    # bank's app or SMS confirmation in this prototype).
+    @routes.get("/admin/v1/agreements/{agreement_id}")
+    async def admin_get_agreement(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        return await read_agreement(request.match_info["agreement_id"], None)
+
+    @routes.post("/admin/v1/agreements/{agreement_id}/{action}")
+    async def customer_agreement_action(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        action = request.match_info["action"]
+        if action not in CUSTOMER_ACTIONS:
+            raise ApiError(404, "QP.Resource.NotFound", "no such action: authorise, reject, suspend, resume, revoke")
+        return await agreement_action(request.match_info["agreement_id"], action, "customer", None)
+
+    @routes.get("/admin/v1/accounts/{account_id}/agreements")
+    async def list_account_agreements(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        account_id = request.match_info["account_id"]
+        if _ACCOUNT_ID.fullmatch(account_id) is None or is_striped(account_id):
+            raise ApiError(404, "QP.Account.NotFound", "no such customer account")
+        shard = router.shard_of(account_id)
+        if await router.call(shard, "lookup_account", {"id": account_id}) is None:
+            raise ApiError(404, "QP.Account.NotFound", "no such customer account")
+        return await list_agreements(request, [shard], {"debtor_account": account_id})
+
+    # -- refunds --
+    @routes.post(r"/v1/quick-payments/{payment_id:(?!batch\Z)[^{}/]+}/refunds")
+    async def create_refund(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        key = gw.idempotency_key(request)
+        payment_id = request.match_info["payment_id"]
+        body: RefundRequest = decode_body(await read_body(request) or b"{}", RefundRequest)  # type: ignore[assignment]
+        shard = shard_of_payment(payment_id, router.count)
+        if shard is None:
+            raise ApiError(404, "QP.Payment.NotFound", "no such payment")
+        amount_minor = None
+        if body.amount is not None:
+            # The amount's grammar depends on the payment's currency: read it first.
+            found = await router.call(shard, "payment", {"id": payment_id})
+            if found is None or found["kind"] != "payment" or found["partner_id"] != partner_id:
+                raise ApiError(404, "QP.Payment.NotFound", "no such payment")
+            try:
+                amount_minor = parse_amount(body.amount, found["currency"])
+            except AmountError as error:
+                # The grammar is the document's; more decimals than this payment's currency has
+                # is a rule of this payment, so 422.
+                status = 422 if error.code == "QP.Amount.TooManyDecimals" else 400
+                raise field_error(status, error.code, error.message, "$.amount") from None
+        result = await router.call(shard, "refund", {
+            "refund_id": refund_id_for(partner_id, key, shard), "partner_id": partner_id,
+            "payment_id": payment_id, "amount_minor": amount_minor, "reason": body.reason,
+            "reference": body.reference,
+            "body_hash": body_hash(payment_id, amount_minor, body.reason, body.reference)})
+        code = result["code"]
+        if code in ("OK", "REPLAY"):
+            return _json(201, refund_resource(result["transfer"]), _REPLAYED if code == "REPLAY" else None)
+        _raise_for(code)
+        raise AssertionError("unreachable")
+
+    @routes.get("/v1/refunds/{refund_id}")
+    async def get_refund(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        refund_id = request.match_info["refund_id"]
+        shard = shard_of_refund(refund_id, router.count)
+        found = None if shard is None else await router.call(shard, "payment", {"id": refund_id})
+        if found is None or found["kind"] != "refund" or found["partner_id"] != partner_id:
+            raise ApiError(404, "QP.Refund.NotFound", "no such refund")
+        return _json(200, refund_resource(found))
 
     # -- quick-payments --
     async def place_payment(partner_id: str, key: str, body: QuickPaymentRequest) -> tuple[dict[str, Any], bool]:

@@ -81,6 +81,7 @@ def amount_pattern(exponent: int) -> str:
 # document asks for none (a key " a" would arrive as "a").
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?$"
 PAYMENT_ID_PATTERN = r"^pay_[0-9a-f]{32}_[0-9]{1,4}$"
+REFUND_ID_PATTERN = r"^ref_[0-9a-f]{32}_[0-9]{1,4}$"
 AGREEMENT_ID_PATTERN = r"^agr_[0-9a-f]{20}$"
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 VERSION_PATTERN = r"^[0-9a-fA-F]{8,64}$"  # a sha256 id, or 8+ of its first hex digits
@@ -103,8 +104,10 @@ def _ecma(schema: Any) -> Any:
     return schema
 
 
-def _by_currency(schema: dict[str, Any], amount_fields: tuple[str, ...]) -> dict[str, Any]:
-    """Constrain `currency` to the table and each amount to its currency's grammar."""
+def _by_currency(schema: dict[str, Any], amount_fields: tuple[str, ...],
+                 nested: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Constrain `currency` to the table and each amount to its currency's grammar (also the
+    amounts in arrays of objects: `nested` holds (array field, amount field) pairs)."""
     schema = copy.deepcopy(schema)
     schema["properties"]["currency"] = {"type": "string", "enum": sorted(CURRENCY_EXPONENTS)}
     for name in amount_fields:
@@ -115,7 +118,9 @@ def _by_currency(schema: dict[str, Any], amount_fields: tuple[str, ...]) -> dict
     # When `currency` is absent the server's default applies (CNY), see AccountRequest.
     schema["anyOf"] = [
         {"properties": {"currency": {"enum": codes},
-                        **{name: {"pattern": amount_pattern(exponent)} for name in amount_fields}}}
+                        **{name: {"pattern": amount_pattern(exponent)} for name in amount_fields},
+                        **{array: {"items": {"properties": {name: {"pattern": amount_pattern(exponent)}}}}
+                           for array, name in nested}}}
         for exponent, codes in sorted(by_exponent.items())]
     return schema
 
@@ -236,7 +241,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     from . import schemas
     structs = [schemas.QuickPaymentRequest, schemas.QuickPaymentBatchItem, schemas.AgreementRequest, schemas.PartnerRequest,
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
-               schemas.ListChangeRequest]
+               schemas.ListChangeRequest, schemas.RefundRequest]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)
     components["QuickPaymentRequest"] = _by_currency(components["QuickPaymentRequest"], ("amount",))
@@ -246,7 +251,20 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         "rule). The key is not part of the body compared on a retry, so an item and a single payment with "
         "the same key and body are the same payment.")
     components["AgreementRequest"] = _by_currency(components["AgreementRequest"],
-                                                  ("per_payment_limit", "daily_limit"))
+                                                  ("per_payment_limit", "daily_limit"),
+                                                  nested=(("periodic_limits", "amount"),))
+    components["AgreementRequest"]["properties"]["daily_limit"] = {
+        "type": ["string", "null"], "description": "shorthand for a periodic limit {Day, Calendar}"}
+    components["AgreementRequest"]["description"] = (
+        "A mandate the customer must authorise (through the bank) before any payment. At most one periodic "
+        "limit per period and alignment (daily_limit counts as Day/Calendar), else 422 "
+        "QP.Agreement.DuplicateLimit; valid_from after valid_to, or before 1970, is 422 "
+        "QP.Agreement.InvalidValidity. Times are RFC 3339 with an offset.")
+    # A refund's amount is in its payment's currency, which the request does not name: the
+    # grammar of the two-decimal currencies; more decimals than the payment's currency has is 422.
+    components["RefundRequest"]["properties"]["amount"] = {
+        "type": ["string", "null"], "pattern": amount_pattern(2),
+        "description": "default: what remains of the payment"}
     components["FundingRequest"] = _by_currency(components["FundingRequest"], ("amount",))
     for name in ("PartnerRequest", "AccountRequest"):
         components[name]["properties"]["currency"] = {"type": "string", "enum": sorted(CURRENCY_EXPONENTS),
@@ -258,6 +276,10 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     account_id = {"type": "string", "minLength": 1}
     text_or_null = {"type": ["string", "null"]}
     status = {"type": "string", "enum": ["AcceptedSettlementCompleted", "AcceptedSettlementInProcess", "Rejected"]}
+    transfer_status = {"type": "string", "enum": [*status["enum"], "Succeeded"]}
+    date_time_or_null = {"type": ["string", "null"], "format": "date-time"}
+    agreement_status = {"enum": ["AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked",
+                                 "Expired"]}
     version_or_null = {"type": ["string", "null"], "pattern": r"^[0-9a-f]{64}$"}
     rule_summary = {"active_version": version_or_null, "enforced_version": version_or_null,
                     "consistent": {"type": "boolean"},
@@ -301,28 +323,58 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "reason_codes": {"type": "array", "items": {"type": "string"}}}),
         "Payment": _object(
             ["payment_id", "status", "amount", "currency", "agreement_id", "debtor_account", "creditor_account",
-             "reference", "created_at", "reasons", "fraud", "risk"], {
+             "reference", "created_at", "reasons", "reason_details", "refunded_amount", "fraud", "risk"], {
                 "payment_id": {"type": "string", "pattern": PAYMENT_ID_PATTERN},
                 "status": status, "amount": amount_out, "currency": currency,
                 "agreement_id": {"type": "string"}, "debtor_account": account_id,
                 "creditor_account": account_id, "reference": {"type": "string"}, "created_at": DATE_TIME,
                 "reasons": {"type": "array", "items": {"type": "string"}},
+                "reason_details": {"oneOf": [{"type": "null"}, _ref("ReasonDetails")]},
+                "refunded_amount": {**amount_out, "description": "what succeeded refunds returned"},
                 "fraud": _ref("FraudDecision"),
                 "risk": _object(["device_id", "ip"], {"device_id": text_or_null, "ip": text_or_null})}),
         "Transfer": _object(
             ["transfer_id", "kind", "status", "amount", "currency", "debit_account", "credit_account",
              "reference", "created_at", "reasons"], {
-                "transfer_id": {"type": "string"}, "kind": {"enum": ["payment", "funding", "credit_leg"]},
-                "status": status, "amount": amount_out, "currency": currency,
+                "transfer_id": {"type": "string"}, "kind": {"enum": ["payment", "funding", "credit_leg", "refund"]},
+                "status": transfer_status, "amount": amount_out, "currency": currency,
                 "debit_account": account_id, "credit_account": account_id, "reference": text_or_null,
                 "created_at": DATE_TIME, "reasons": {"type": "array", "items": {"type": "string"}}}),
+        "ReasonDetails": _object(["limit"], {
+            "limit": amount_out, "period": {"enum": ["Day", "Week", "Month", "Year"]},
+            "alignment": {"enum": ["Calendar", "Consent"]}, "remaining": amount_out,
+            "period_start": DATE_TIME, "period_end": DATE_TIME}),
+        "PeriodicLimit": _object(["period", "alignment", "amount", "remaining", "period_start", "period_end"], {
+            "period": {"enum": ["Day", "Week", "Month", "Year"]}, "alignment": {"enum": ["Calendar", "Consent"]},
+            "amount": amount_out, "remaining": {**amount_out, "description": "left in the current period"},
+            "period_start": DATE_TIME, "period_end": DATE_TIME}),
         "Agreement": _object(
-            ["agreement_id", "partner_id", "debtor_account", "currency", "status", "per_payment_limit",
-             "daily_limit", "created_at"], {
+            ["agreement_id", "partner_id", "debtor_account", "currency", "status", "status_updated_at",
+             "per_payment_limit", "daily_limit", "periodic_limits", "valid_from", "valid_to", "created_at"], {
                 "agreement_id": {"type": "string", "pattern": AGREEMENT_ID_PATTERN},
                 "partner_id": {"type": "string"}, "debtor_account": account_id, "currency": currency,
-                "status": {"enum": ["active"]}, "per_payment_limit": amount_out, "daily_limit": amount_out,
-                "created_at": DATE_TIME}),
+                "status": agreement_status, "status_updated_at": DATE_TIME,
+                "per_payment_limit": amount_out,
+                "daily_limit": {"type": ["string", "null"], "description": "the Day/Calendar limit, if any"},
+                "periodic_limits": {"type": "array", "items": _ref("PeriodicLimit")},
+                "valid_from": date_time_or_null, "valid_to": date_time_or_null, "created_at": DATE_TIME,
+                "status_history": {"type": "array", "description": "the last 50 transitions, oldest first",
+                                   "items": _object(["from", "to", "by", "at"], {
+                                       "from": {"type": ["string", "null"]}, "to": {"type": "string"},
+                                       "by": {"enum": ["partner", "customer"]}, "at": DATE_TIME})}}),
+        "Agreements": _object(["agreements", "next_cursor"], {
+            "agreements": {"type": "array", "items": _ref("Agreement")},
+            "next_cursor": {"type": ["string", "null"],
+                            "description": "null on the last page; a page may hold fewer than limit items "
+                                           "and still have a next_cursor"}}),
+        "Refund": _object(["refund_id", "payment_id", "amount", "currency", "status", "reasons", "reason",
+                           "reference", "created_at"], {
+            "refund_id": {"type": "string", "pattern": REFUND_ID_PATTERN},
+            "payment_id": {"type": "string", "pattern": PAYMENT_ID_PATTERN}, "amount": amount_out,
+            "currency": currency, "status": {"enum": ["Succeeded", "Rejected"]},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "reason": {"enum": ["duplicate", "fraudulent", "requested_by_customer", None]},
+            "reference": text_or_null, "created_at": DATE_TIME}),
         "Balance": _object(["account_id", "kind", "currency", "balance", "stripes"], {
             "account_id": account_id, "kind": {"enum": ["customer", "settlement", "funding", "clearing"]},
             "currency": currency, "balance": signed_amount_out, "stripes": {"type": "integer", "minimum": 1}}),
@@ -388,6 +440,9 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
               "schema": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$"},
               "description": "Recorded in the audit trail (default admin); 1-100 characters without control "
                              "characters, else 400."}
+    cursor = {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+              "description": "next_cursor of the previous page (opaque); anything else is 400 QP.Cursor.Invalid"}
+    agreement_status_param = {"name": "status", "in": "query", "required": False, "schema": agreement_status}
     account_links = {
         "GetAccountBalance": _link("getAccountBalance", parameters={"account_id": "$response.body#/debtor_account"}),
         "ListTransactions": _link("listTransactions", parameters={"account_id": "$response.body#/debtor_account"}),
@@ -414,27 +469,72 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {
                 "application/x-www-form-urlencoded": {"schema": _ref("TokenRequest")},
                 "application/json": {"schema": _ref("TokenRequest")}}}}},
-        "/v1/agreements": {"post": _op(
-            "createAgreement", "Create a quick-pay agreement over a customer's account",
-            body="AgreementRequest", ok=(201, "Created", "Agreement"), errors=(422,),
-            links={"GetAgreement": _link("getAgreement",
-                                         parameters={"agreement_id": "$response.body#/agreement_id"}),
-                   "CreateQuickPayment": _link("createQuickPayment", body={
-                       "agreement_id": "$response.body#/agreement_id", "currency": "$response.body#/currency",
-                       # up to the per-payment limit, to the partner's own settlement account
-                       "amount": "$response.body#/per_payment_limit",
-                       "creditor_account": "set_{$response.body#/partner_id}"}),
-                   **account_links})},
-        "/v1/agreements/{agreement_id}": {"get": _op(
-            "getAgreement", "Read an agreement", ok=(200, "OK", "Agreement"), errors=(404,),
-            params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN)])},
+        "/v1/agreements": {
+            "post": _op(
+                "createAgreement", "Create an agreement over a customer's account; it awaits the customer's "
+                                   "authorisation (through the bank) before any payment",
+                body="AgreementRequest", ok=(201, "Created (AwaitingAuthorisation)", "Agreement"), errors=(422,),
+                links={"GetAgreement": _link("getAgreement",
+                                             parameters={"agreement_id": "$response.body#/agreement_id"}),
+                       "AuthoriseAgreement": _link("agreementCustomerAction", parameters={
+                           "agreement_id": "$response.body#/agreement_id", "action": "authorise"}),
+                       "CreateQuickPayment": _link("createQuickPayment", body={
+                           "agreement_id": "$response.body#/agreement_id", "currency": "$response.body#/currency",
+                           # up to the per-payment limit, to the partner's own settlement account
+                           "amount": "$response.body#/per_payment_limit",
+                           "creditor_account": "set_{$response.body#/partner_id}"}),
+                       **account_links}),
+            "get": _op("listAgreements", "Your agreements, newest first, cursor-paginated",
+                       ok=(200, "OK", "Agreements"), errors=(400,), params=[agreement_status_param, limit, cursor])},
+        "/v1/agreements/{agreement_id}": {
+            "get": _op("getAgreement", "Read an agreement: status, limits and what remains of each in the current "
+                                       "period, the last transitions", ok=(200, "OK", "Agreement"), errors=(404,),
+                       params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN)]),
+            "delete": _op("revokeAgreement", "End an agreement (Revoked; revoking a revoked one answers it again)",
+                          ok=(200, "OK", "Agreement"), errors=(404, 409),
+                          params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN)])},
+        "/admin/v1/agreements/{agreement_id}": {"get": _op(
+            "getAgreementAdmin", "Any agreement, as the bank sees it", security="admin",
+            ok=(200, "OK", "Agreement"), errors=(404,), params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN)])},
+        "/admin/v1/agreements/{agreement_id}/{action}": {"post": _op(
+            "agreementCustomerAction", "The customer's decision through the bank: authorise or reject an "
+                                       "agreement awaiting authorisation, suspend, resume, revoke. Repeating "
+                                       "a done action answers the agreement again; one the status does not "
+                                       "allow is 409 QP.Agreement.InvalidTransition", security="admin",
+            ok=(200, "OK", "Agreement"), errors=(404, 409),
+            links={"CreateQuickPayment": _link("createQuickPayment", body={
+                "agreement_id": "$response.body#/agreement_id", "currency": "$response.body#/currency",
+                "amount": "$response.body#/per_payment_limit",
+                "creditor_account": "set_{$response.body#/partner_id}"})},
+            params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN),
+                    {"name": "action", "in": "path", "required": True,
+                     "schema": {"enum": ["authorise", "reject", "suspend", "resume", "revoke"]}}])},
+        "/admin/v1/accounts/{account_id}/agreements": {"get": _op(
+            "listAccountAgreements", "A customer's agreements (every partner's), newest first", security="admin",
+            ok=(200, "OK", "Agreements"), errors=(400, 404),
+            params=[_path_param("account_id", ACCOUNT_ID_PATTERN), agreement_status_param, limit, cursor])},
+        "/v1/quick-payments/{payment_id}/refunds": {"post": _op(
+            "createRefund", "Refund (part of) a payment credited to your settlement account, within the refund "
+                            "window; any number of partial refunds up to the payment's amount. Money moves from "
+                            "your settlement account on the debtor's shard; if it lacks the funds the refund is "
+                            "201 Rejected (INSUFFICIENT_FUNDS)",
+            body="RefundRequest", body_required=False, ok=(201, "Refund (new, or replayed)", "Refund"),
+            idempotent=True, errors=(404, 409, 422), params=[_path_param("payment_id", PAYMENT_ID_PATTERN)],
+            ok_headers={"x-idempotent-replayed": {"required": False, "schema": {"const": "true"}}},
+            links={"GetRefund": _link("getRefund", parameters={"refund_id": "$response.body#/refund_id"}),
+                   "GetQuickPayment": _link("getQuickPayment", parameters={
+                       "payment_id": "$response.body#/payment_id"})})},
+        "/v1/refunds/{refund_id}": {"get": _op(
+            "getRefund", "Read a refund", ok=(200, "OK", "Refund"), errors=(404,),
+            params=[_path_param("refund_id", REFUND_ID_PATTERN)])},
         "/v1/quick-payments": {"post": _op(
             "createQuickPayment", "Debit a customer under an agreement. Rejections are 201 with status Rejected.",
             body="QuickPaymentRequest", ok=(201, "Payment (new, or replayed with x-idempotent-replayed)", "Payment"),
             idempotent=True, errors=(404, 409, 422),
             ok_headers={"x-idempotent-replayed": {"required": False, "schema": {"const": "true"}}},
             links={"GetQuickPayment": _link("getQuickPayment",
-                                            parameters={"payment_id": "$response.body#/payment_id"})})},
+                                            parameters={"payment_id": "$response.body#/payment_id"}),
+                   "CreateRefund": _link("createRefund", parameters={"payment_id": "$response.body#/payment_id"})})},
         "/v1/quick-payments/batch": {"post": _batch_op()},
         "/v1/quick-payments/{payment_id}": {"get": _op(
             "getQuickPayment", "Read a payment", ok=(200, "OK", "Payment"), errors=(404,),

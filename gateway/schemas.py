@@ -1,14 +1,15 @@
 """Request bodies, validated by msgspec while decoding (one pass, in C)."""
 from __future__ import annotations
 
-from typing import Annotated
+import datetime
+from typing import Annotated, Literal
 
 import msgspec
 
 from .errors import ApiError
 
 __all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "QuickPaymentBatchItem", "QuickPaymentBatchRequest",
-           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PartnerRequest", "AccountRequest",
+           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "PartnerRequest", "AccountRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
@@ -88,11 +89,34 @@ class QuickPaymentBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     payments: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
 
 
+class PeriodicLimitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Open Banking VRP's PeriodicLimits: at most `amount` in each period. Calendar periods
+    start at UTC calendar boundaries (weeks on Monday); Consent periods at the agreement's
+    valid_from (else its creation) and repeat from there."""
+    period: Literal["Day", "Week", "Month", "Year"]
+    amount: AmountText
+    alignment: Literal["Calendar", "Consent"] = "Calendar"
+
+
+# RFC 3339 with an offset (a time without one is refused: which day would it be?).
+Timestamp = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
+
+
 class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
     debtor_account: AccountId
     currency: CurrencyCode
     per_payment_limit: AmountText
-    daily_limit: AmountText
+    # Shorthand for periodic_limits [{"period": "Day", "alignment": "Calendar", "amount": daily_limit}].
+    daily_limit: AmountText | None = None
+    periodic_limits: Annotated[list[PeriodicLimitRequest], msgspec.Meta(max_length=8)] = []
+    valid_from: Timestamp | None = None
+    valid_to: Timestamp | None = None
+
+
+class RefundRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: AmountText | None = None          # default: what remains of the payment
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    reference: Reference | None = None
 
 
 class PartnerRequest(msgspec.Struct, forbid_unknown_fields=True):

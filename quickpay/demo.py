@@ -39,7 +39,10 @@ def seed_demo(api: Api, admin_token: str, shard_count: int, state_dir: Path) -> 
     for account in accounts:
         agreement = api.request("POST", "/v1/agreements", {
             "debtor_account": account, "currency": "CNY", "per_payment_limit": "5000.00",
-            "daily_limit": "20000.00"}, token=token)
+            "daily_limit": "20000.00",
+            "periodic_limits": [{"period": "Month", "alignment": "Calendar", "amount": "100000.00"}]}, token=token)
+        # The customer authorises it through the bank (the admin API stands in for its app).
+        api.request("POST", f"/admin/v1/agreements/{agreement['agreement_id']}/authorise", {}, token=admin_token)
         agreements.append({"agreement_id": agreement["agreement_id"], "debtor_account": account,
                            "shard": shard_of(account, shard_count)})
     first = agreements[0]

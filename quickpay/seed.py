@@ -1,7 +1,8 @@
 """`quickpay seed`: partners over the admin API, customers in bulk over the shard protocol.
 
 Partners go through HTTP because their secrets are made and hashed there.
-Customers, agreements and fundings go straight to the shard workers in
+Customers, agreements (created, then authorised by the customer: the same two
+shard commands the API sends) and fundings go straight to the shard workers in
 pipelined batches: a million accounts over HTTP would take longer than the
 benchmark itself. Writes population.json and agreements.csv for load tests.
 """
@@ -56,10 +57,17 @@ async def seed_customers(addresses: list[str], partners: list[dict[str, Any]], c
                     "transfer_id": payment_id_for("seed-funding", account, shard), "account_id": account,
                     "amount_minor": funding_minor, "currency": currency, "reference": "seed funding",
                     "body_hash": "seed"}))
+                # The two commands POST /v1/agreements and the customer's authorisation
+                # (POST /admin/v1/agreements/{id}/authorise) send: the same decisions and
+                # the same history rows, without a million HTTP round trips. One connection
+                # per shard keeps them in order.
                 calls.append(clients[shard].call("create_agreement", {
                     "id": agreement_id, "partner_id": partners[partner_index]["partner_id"],
                     "debtor_account": account, "currency": currency,
-                    "per_payment_limit_minor": funding_minor, "daily_limit_minor": funding_minor * 10}))
+                    "per_payment_limit_minor": funding_minor,
+                    "periodic_limits": [["Day", "Calendar", funding_minor * 10]]}))
+                calls.append(clients[shard].call("agreement_action", {
+                    "id": agreement_id, "action": "authorise", "actor": "customer"}))
             await asyncio.gather(*calls)
             rows.extend(chunk_rows)
             done += n

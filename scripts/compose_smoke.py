@@ -70,6 +70,8 @@ def setup(api: Api, state_file: Path) -> None:
         agreement = api.request("POST", "/v1/agreements", {
             "debtor_account": accounts[0], "currency": CURRENCY, "per_payment_limit": "500.00",
             "daily_limit": "5000.00"}, token=token)
+        # The customer authorises it through the bank's channel (the admin API).
+        api.request("POST", f"/admin/v1/agreements/{agreement['agreement_id']}/authorise", {}, token=admin)
         if shard_of(agreement["agreement_id"], SHARDS) != shard:
             fail(f"agreement {agreement['agreement_id']} is not on its debtor's shard {shard}")
         agreements[str(shard)] = agreement["agreement_id"]
