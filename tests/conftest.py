@@ -153,16 +153,29 @@ class Stack:
 
     def new_customer(self, partner: dict[str, Any], shard: int | None = None, funding: str = "1000.00",
                      currency: str = "CNY", per_payment: str = "500.00", daily: str = "100000.00",
-                     ) -> dict[str, str]:
-        """A funded account on `shard` with an agreement for `partner`."""
+                     authorise: bool = True, **agreement: Any) -> dict[str, str]:
+        """A funded account on `shard` with an agreement for `partner`, authorised by the
+        customer (through the admin API, the bank's channel) unless `authorise` is False."""
         account = self.new_account(shard, currency)
         if funding:
             self.fund(account, funding, currency)
-        reply = self.call("POST", "/v1/agreements", {
-            "debtor_account": account, "currency": currency, "per_payment_limit": per_payment,
-            "daily_limit": daily}, token=partner["token"])
+        body = {"debtor_account": account, "currency": currency, "per_payment_limit": per_payment,
+                "daily_limit": daily, **agreement}
+        if daily is None:
+            del body["daily_limit"]
+        reply = self.call("POST", "/v1/agreements", body, token=partner["token"])
         assert reply.status == 201, reply.body
-        return {"account": account, "agreement_id": reply.body["agreement_id"]}
+        assert reply.body["status"] == "AwaitingAuthorisation", reply.body
+        agreement_id = reply.body["agreement_id"]
+        if authorise:
+            self.agreement_action(agreement_id, "authorise")
+        return {"account": account, "agreement_id": agreement_id}
+
+    def agreement_action(self, agreement_id: str, action: str) -> Reply:
+        """The customer's decision through the bank (authorise, reject, suspend, resume, revoke)."""
+        reply = self.admin("POST", f"/admin/v1/agreements/{agreement_id}/{action}")
+        assert reply.status == 200, reply.body
+        return reply
 
     def balance(self, account: str) -> str:
         reply = self.admin("GET", f"/admin/v1/accounts/{account}/balance")

@@ -162,10 +162,15 @@ def test_agreement_create_and_get(stack: Stack, partner: dict[str, Any], other: 
     assert agreement["agreement_id"].startswith("agr_")
     assert shard_of(agreement["agreement_id"], 2) == shard_of(account, 2)
     assert agreement["partner_id"] == partner["partner_id"] and agreement["debtor_account"] == account
-    assert agreement["status"] == "active" and agreement["currency"] == "CNY"
+    assert agreement["status"] == "AwaitingAuthorisation" and agreement["currency"] == "CNY"
     assert agreement["per_payment_limit"] == "100.00" and agreement["daily_limit"] == "250.50"
+    assert [(p["period"], p["alignment"], p["amount"], p["remaining"]) for p in agreement["periodic_limits"]] == [
+        ("Day", "Calendar", "250.50", "250.50")]
     got = stack.call("GET", f"/v1/agreements/{agreement['agreement_id']}", token=partner["token"])
-    assert got.status == 200 and got.body == agreement
+    assert got.status == 200
+    history = got.body.pop("status_history")
+    assert got.body == agreement
+    assert [(h["from"], h["to"], h["by"]) for h in history] == [(None, "AwaitingAuthorisation", "partner")]
     assert_error(stack.call("GET", f"/v1/agreements/{agreement['agreement_id']}", token=other["token"]),
                  404, "QP.Agreement.NotFound")
     assert_error(stack.call("GET", "/v1/agreements/agr_nonexistent", token=partner["token"]),
@@ -196,7 +201,7 @@ def test_agreement_bad_input(stack: Stack, partner: dict[str, Any], case: str) -
         body["daily_limit"] = "0"
         expected = (400, "QP.Amount.NotPositive")
     elif case == "missing_field":
-        del body["daily_limit"]
+        del body["per_payment_limit"]
         expected = (400, "QP.Field.Missing")
     elif case == "malformed":
         raw = b"{not json"
@@ -253,8 +258,8 @@ def test_cross_shard_payment_settles(stack: Stack, partner: dict[str, Any]) -> N
 def test_rejections_are_201_with_reasons(stack: Stack, partner: dict[str, Any]) -> None:
     customer = stack.new_customer(partner, shard=0, funding="10.00", per_payment="5.00", daily="8.00")
     target = partner["settlement_account"]
-    cases = [("10.00", "AGREEMENT_PER_PAYMENT_LIMIT"), ("5.00", None), ("3.01", "AGREEMENT_DAILY_LIMIT"),
-             ("3.00", None), ("0.01", "AGREEMENT_DAILY_LIMIT")]
+    cases = [("10.00", "AGREEMENT_PER_PAYMENT_LIMIT"), ("5.00", None), ("3.01", "AGREEMENT_PERIODIC_LIMIT"),
+             ("3.00", None), ("0.01", "AGREEMENT_PERIODIC_LIMIT")]
     for amount, reason in cases:
         reply = stack.pay(partner, customer["agreement_id"], target, amount)
         assert reply.status == 201, reply.body

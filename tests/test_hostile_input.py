@@ -210,12 +210,18 @@ ROUTES = ["/healthz", "/readyz", "/openapi.json", "/oauth2/token", "/v1/agreemen
           "/v1/accounts/acc_x/transactions", "/admin/v1/partners", "/admin/v1/accounts",
           "/admin/v1/accounts/acc_x/fundings", "/admin/v1/accounts/acc_x/balance", "/admin/v1/fraud/rules",
           "/admin/v1/fraud/rules/rollback", "/admin/v1/fraud/rules/1/activate", "/admin/v1/fraud/lists",
-          "/admin/v1/fraud/lists/blocked", "/admin/v1/fraud/decisions", "/admin/v1/fraud/alerts"]
+          "/admin/v1/fraud/lists/blocked", "/admin/v1/fraud/decisions", "/admin/v1/fraud/alerts",
+          "/v1/quick-payments/pay_x/refunds", "/v1/refunds/ref_x", "/admin/v1/agreements/agr_x",
+          "/admin/v1/agreements/agr_x/authorise", "/admin/v1/accounts/acc_x/agreements"]
+# Routes that have one of the methods tried below.
+DECLARED = {("DELETE", "/v1/agreements/agr_x")}
 
 
 def test_undeclared_methods_answer_405_on_every_route(stack: Stack) -> None:
     for path in ROUTES:
         for method in ("TRACE", "PATCH", "DELETE", "PUT", "OPTIONS"):
+            if (method, path) in DECLARED:
+                continue
             reply = http(method, stack.url(path), token=stack.admin_token, timeout=PROMPT_S)
             assert_refused(reply, (method, path), 405)
             assert reply.body["code"] == "QP.Method.NotAllowed"

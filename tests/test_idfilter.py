@@ -104,8 +104,10 @@ async def _setup(client: ShardClient) -> None:
     assert funded["code"] == "OK"
     made = await client.call("create_agreement", {
         "id": "agr_f", "partner_id": "ptn_f", "debtor_account": "acc_f_debtor", "currency": "CNY",
-        "per_payment_limit_minor": 10_000, "daily_limit_minor": 1_000_000})
+        "per_payment_limit_minor": 10_000, "periodic_limits": [["Day", "Calendar", 1_000_000]]})
     assert made["code"] == "OK"
+    authorised = await client.call("agreement_action", {"id": "agr_f", "action": "authorise", "actor": "customer"})
+    assert authorised["code"] == "OK"
 
 
 def _pay(client: ShardClient, payment_id: str) -> Any:

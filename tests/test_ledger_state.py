@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.agreements import PeriodicLimit
 from ledger.model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, LedgerInvariantError, PaymentCommand, Status,
 )
@@ -20,6 +21,14 @@ from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 DAY0 = 20_000 * MS_PER_DAY + 1_000       # some UTC day, 1 s after midnight
 PARTNER = "ptn_a"
 SETTLEMENT = "set_ptn_a"
+
+def mandate(agreement_id: str, partner: str, debtor: str, currency: str, per_payment: int, daily: int,
+            status: str = "Authorised", created_at_ms: int = 0) -> Agreement:
+    """An agreement with a per-payment and a Calendar Day limit, authorised unless told."""
+    return Agreement(agreement_id, partner, debtor, currency, per_payment,
+                     [PeriodicLimit("Day", "Calendar", daily)], "Authorised" if status == "active" else status,
+                     created_at_ms)
+
 
 
 def make_state(shard: int = 0, shard_count: int = 2, *, customers: int = 3,
@@ -31,7 +40,7 @@ def make_state(shard: int = 0, shard_count: int = 2, *, customers: int = 3,
     state.load_account(Account(SETTLEMENT, "settlement", "CNY", 0, False, PARTNER))
     for i in range(customers):
         state.load_account(Account(f"{prefix}{i}", "customer", "CNY", 0, False))
-        state.load_agreement(Agreement(f"agr_{i}", PARTNER, f"{prefix}{i}", "CNY", per_payment, daily,
+        state.load_agreement(mandate(f"agr_{i}", PARTNER, f"{prefix}{i}", "CNY", per_payment, daily,
                                        "active", 0))
     if balance:
         for i in range(customers):
@@ -113,7 +122,7 @@ def test_daily_limit_and_reset_on_next_utc_day() -> None:
             pay(f"d{i}", amount, at_ms=late if i else DAY0), ws))
         results.append(t)
     assert [t.status for t in results] == [Status.COMPLETED, Status.COMPLETED, Status.REJECTED]
-    assert results[2].reasons == (Code.AGREEMENT_DAILY_LIMIT,)
+    assert results[2].reasons == (Code.AGREEMENT_PERIODIC_LIMIT,)
     # Rejected payments do not count against the limit; the next UTC day starts at zero.
     next_day = (DAY0 // MS_PER_DAY + 1) * MS_PER_DAY
     (_, t), _ = commit(state, lambda ws: state.execute_payment(pay("d3", 5_000, at_ms=next_day), ws))
@@ -121,14 +130,14 @@ def test_daily_limit_and_reset_on_next_utc_day() -> None:
     (_, t), _ = commit(state, lambda ws: state.execute_payment(pay("d4", 3_000, at_ms=next_day + 1), ws))
     assert t.status == Status.COMPLETED
     (_, t), _ = commit(state, lambda ws: state.execute_payment(pay("d5", 1, at_ms=next_day + 2), ws))
-    assert t.reasons == (Code.AGREEMENT_DAILY_LIMIT,)
+    assert t.reasons == (Code.AGREEMENT_PERIODIC_LIMIT,)
 
 
 def test_rejected_payment_does_not_consume_daily_limit() -> None:
     state = make_state(balance=100, per_payment=5_000, daily=8_000)
     (_, t), _ = commit(state, lambda ws: state.execute_payment(pay("r1", 4_000), ws))
     assert t.reasons == (Code.INSUFFICIENT_FUNDS,)
-    assert state.agreements["agr_0"].spent_minor == 0
+    assert state.agreements["agr_0"].periodic_limits[0].spent_minor == 0
 
 
 def test_replay_different_body_and_in_flight() -> None:
@@ -182,9 +191,9 @@ def test_refusals_write_nothing(change: dict, expected: str) -> None:
 
 def test_inactive_agreement() -> None:
     state = make_state()
-    state.agreements["agr_0"].status = "suspended"
+    state.agreements["agr_0"].status = "Suspended"
     ws = WriteSet()
-    assert state.execute_payment(pay("p1", 100), ws) == (Code.AGREEMENT_INACTIVE, None)
+    assert state.execute_payment(pay("p1", 100), ws) == (Code.AGREEMENT_SUSPENDED, None)
     assert ws.is_empty()
 
 
@@ -308,7 +317,7 @@ def test_int64_edges_of_funding_and_payments() -> None:
     assert t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
     # A same-shard creditor at the top refuses a payment with BALANCE_OVERFLOW.
     state.accounts[SETTLEMENT].balance_minor = big           # only the creditor's edge matters here
-    state.load_agreement(Agreement("agr_big", PARTNER, "acc_0", "CNY", big, big, "active", 0))
+    state.load_agreement(mandate("agr_big", PARTNER, "acc_0", "CNY", big, big, "active", 0))
     (code, t), ws = commit(state, lambda ws: state.execute_payment(pay("p_top", 1, agreement="agr_big"), ws))
     assert t.status == Status.REJECTED and t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
 
@@ -327,15 +336,15 @@ def test_writeset_check_balanced_catches_unbalanced_deltas() -> None:
 def test_create_agreement_and_visibility() -> None:
     state = make_state(customers=1)
     ws = WriteSet()
-    ok = Agreement("agr_new", "ptn_b", "acc_0", "CNY", 1, 1, "active", 0)
+    ok = mandate("agr_new", "ptn_b", "acc_0", "CNY", 1, 1, "active", 0)
     assert not state.can_see("ptn_b", "acc_0")
     assert state.create_agreement(ok, ws) == Code.OK and ws.agreements == [ok]
     assert state.can_see("ptn_b", "acc_0")
-    assert state.create_agreement(Agreement("agr_2", "ptn_b", "acc_nope", "CNY", 1, 1, "active", 0),
+    assert state.create_agreement(mandate("agr_2", "ptn_b", "acc_nope", "CNY", 1, 1, "active", 0),
                                   ws) == Code.ACCOUNT_NOT_FOUND
-    assert state.create_agreement(Agreement("agr_3", "ptn_b", "acc_0", "USD", 1, 1, "active", 0),
+    assert state.create_agreement(mandate("agr_3", "ptn_b", "acc_0", "USD", 1, 1, "active", 0),
                                   ws) == Code.CURRENCY_MISMATCH
-    assert state.create_agreement(Agreement("agr_4", "ptn_b", SETTLEMENT, "CNY", 1, 1, "active", 0),
+    assert state.create_agreement(mandate("agr_4", "ptn_b", SETTLEMENT, "CNY", 1, 1, "active", 0),
                                   ws) == Code.ACCOUNT_NOT_FOUND
     assert state.open_account(Account("acc_0", "customer", "CNY", 0, False), ws) is False
     assert state.can_see(PARTNER, SETTLEMENT) and not state.can_see("ptn_b", SETTLEMENT)
@@ -363,7 +372,7 @@ def _cache_state(cache_max: int) -> ShardState:
     state.load_account(Account(CLEARING_ACCOUNT, "clearing", "CNY", 0, True))
     state.load_account(Account(SETTLEMENT, "settlement", "CNY", 0, False, PARTNER))
     state.load_account(Account("acc_0", "customer", "CNY", 0, False))
-    state.load_agreement(Agreement("agr_0", PARTNER, "acc_0", "CNY", 5_000, 1_000_000, "active", 0))
+    state.load_agreement(mandate("agr_0", PARTNER, "acc_0", "CNY", 5_000, 1_000_000, "active", 0))
     commit(state, lambda ws: state.execute_funding(
         FundingCommand("fund_0", "acc_0", 100_000, "CNY", "f", "h", DAY0), ws))
     return state

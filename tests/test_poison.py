@@ -185,9 +185,19 @@ def _hostile_commands(stack: Stack, good: dict[str, Any], shard: int) -> list[tu
         "reference": BAD_TEXT + [None], "body_hash": BAD_TEXT + [None]})
     variants("create_agreement", {"id": "agr_" + uuid.uuid4().hex[:20], "partner_id": partner["partner_id"],
                                   "debtor_account": good["customers"][0]["account"], "currency": "CNY",
-                                  "per_payment_limit_minor": 100, "daily_limit_minor": 100}, {
+                                  "per_payment_limit_minor": 100, "periodic_limits": [["Day", "Calendar", 100]]}, {
         "id": BAD_ID, "partner_id": BAD_ID, "debtor_account": BAD_ID, "currency": BAD_CURRENCY,
-        "per_payment_limit_minor": BAD_AMOUNT, "daily_limit_minor": BAD_AMOUNT})
+        "per_payment_limit_minor": BAD_AMOUNT,
+        "periodic_limits": [None, "x", [["Day", "Calendar", bad] for bad in BAD_AMOUNT if bad is not None][:3],
+                            [["Hour", "Calendar", 1]], [["Day", "Sideways", 1]],
+                            [["Day", "Calendar", 1], ["Day", "Calendar", 2]], [["Day", "Calendar", 1]] * 9]})
+    variants("agreement_action", {"id": "agr_" + uuid.uuid4().hex[:20], "action": "authorise", "actor": "customer"},
+             {"id": BAD_ID, "actor": BAD_TEXT + [None, "partner ", "bank"], "action": [None, 1, [], {}]})
+    variants("refund", {"refund_id": "ref_" + uuid.uuid4().hex, "partner_id": partner["partner_id"],
+                        "payment_id": "pay_" + uuid.uuid4().hex, "body_hash": "h"}, {
+        "refund_id": BAD_ID, "partner_id": BAD_ID, "payment_id": BAD_ID,
+        "amount_minor": [a for a in BAD_AMOUNT if a is not None],  # None: what remains (valid)
+        "reason": BAD_TEXT + ["other", 1], "reference": BAD_TEXT, "body_hash": BAD_TEXT + [None]})
     variants("create_partner", {"id": "ptn_" + uuid.uuid4().hex[:16], "name": "n", "secret_sha256": "0" * 64,
                                 "settlement_account": "set_x"}, {
         "id": BAD_ID, "name": BAD_TEXT + [None], "secret_sha256": BAD_TEXT + [None],

@@ -41,6 +41,8 @@ from quickpay.money import INT64_MAX, format_amount
 IN_PROCESS = "AcceptedSettlementInProcess"
 
 
+
+
 @pytest.fixture(scope="module")
 def own(tmp_path_factory: pytest.TempPathFactory) -> Any:
     s = start_stack(tmp_path_factory.mktemp("review-fixes"))
@@ -118,8 +120,11 @@ async def _cache_scenario(address: str) -> None:
         assert funded["code"] == "OK"
         made = await client.call("create_agreement", {
             "id": agreement, "partner_id": partner, "debtor_account": debtor, "currency": "CNY",
-            "per_payment_limit_minor": 10_000, "daily_limit_minor": 1_000_000})
+            "per_payment_limit_minor": 10_000, "periodic_limits": [["Day", "Calendar", 1_000_000]]})
         assert made["code"] == "OK"
+        authorised = await client.call("agreement_action", {"id": agreement, "action": "authorise",
+                                                            "actor": "customer"})
+        assert authorised["code"] == "OK"
 
         def pay(payment_id: str) -> Any:
             return client.call("pay", {
@@ -232,7 +237,19 @@ async def _plans(dsn: str) -> None:
             "  $1::bigint + i * ($2::bigint / 200000) - CASE WHEN i % 20 = 0 THEN 5000 ELSE 0 END,"
             "  'ptn_x', 'agr_' || (i % 5000), '{}'::text[]"
             " FROM generate_series(1, 200000) AS i", now_ms - 180 * day_ms, 180 * day_ms)
+        # 5,000 agreements with a Calendar Day limit, so the start-up spend query runs too.
+        await conn.execute("TRUNCATE agreements, accounts CASCADE")
+        await conn.execute(
+            "INSERT INTO accounts (id, kind, currency, balance_minor, allow_negative, created_at_ms)"
+            " SELECT 'acc_' || i, 'customer', 'CNY', 0, false, 0 FROM generate_series(0, 4999) AS i")
+        await conn.execute(
+            "INSERT INTO agreements (id, partner_id, debtor_account, currency, per_payment_limit_minor,"
+            " periodic_limits, status, created_at_ms, status_updated_at_ms)"
+            " SELECT 'agr_' || i, 'ptn_x', 'acc_' || i, 'CNY', 1000,"
+            " '[{\"period\": \"Day\", \"alignment\": \"Calendar\", \"amount_minor\": 100000}]', 'Authorised', 0, 0"
+            " FROM generate_series(0, 4999) AS i")
         await conn.execute("ANALYZE transfers")
+        await conn.execute("ANALYZE agreements")
         explaining = _ExplainingConnection(conn)
         state = ShardState(0, 1)
         await pg.load_state(explaining, state, now_ms)  # type: ignore[arg-type]
@@ -244,6 +261,12 @@ async def _plans(dsn: str) -> None:
     finally:
         await conn.close()
     assert state.next_seq == 200_001
+    # Today's spend per agreement, rebuilt from the journal: every agreement's Day limit holds
+    # what its accepted payments since midnight UTC took (1 in 10 of the rows is Rejected).
+    assert len(state.agreements) == 5_000
+    day_start = now_ms - now_ms % day_ms
+    assert all(a.periodic_limits[0].window_start_ms == day_start for a in state.agreements.values())
+    assert sum(a.periodic_limits[0].spent_minor for a in state.agreements.values()) > 0
     window_queries = [(sql, plan) for sql, plan in explaining.plans if "created_at_ms" in sql]
     assert len(window_queries) == 2, [sql for sql, _ in explaining.plans]   # daily spend, fraud windows
     for sql, plan in explaining.plans:
@@ -324,6 +347,7 @@ def test_audit_counts_a_held_leg_as_in_flight_and_stays_exact(own: Stack) -> Non
 
 async def _held_audit(dsns: list[str]) -> None:
     from ledger.audit import audit
+    from ledger.agreements import PeriodicLimit
     from ledger.model import Account, Agreement, Code, FundingCommand, PaymentCommand
     from ledger.state import WriteSet
     now_ms = int(time.time() * 1000)
@@ -341,8 +365,9 @@ async def _held_audit(dsns: list[str]) -> None:
 
         ws = WriteSet()
         states[0].open_account(Account("acc_debtor", "customer", "CNY", 0, False), ws)
-        states[0].create_agreement(Agreement("agr_held", "ptn_held", "acc_debtor", "CNY", 1_000, 1_000,
-                                             "active", now_ms), ws)
+        states[0].create_agreement(Agreement("agr_held", "ptn_held", "acc_debtor", "CNY", 1_000,
+                                             [PeriodicLimit("Day", "Calendar", 1_000)], "", now_ms), ws)
+        states[0].transition_agreement("agr_held", None, "authorise", "customer", now_ms, ws)
         states[0].execute_funding(FundingCommand("fund_debtor", "acc_debtor", 1_000, "CNY", "r", "h", now_ms), ws)
         await write(0, ws)
         ws = WriteSet()
