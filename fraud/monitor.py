@@ -21,6 +21,11 @@ Rules:
                outflows after the earliest inflow still in the window count), and the
                inflow is at least `pass_through_min_inflow_minor`. Same episode rule.
 
+Refunds (kind "refund") are their own kind: money a partner returns to the customer it
+came from. They never count toward fan_in (a partner's refund is not one more distinct
+debtor paying the customer), but they are inflows for pass_through: a refund forwarded
+at once to other accounts is the cash-out a refund scheme ends in.
+
 Window semantics match the filter: at time t an event is inside when at_ms > t - W*1000.
 Memory: at most `max_accounts` accounts per rule (least recently updated evicted, which
 also forgets its episode) and `max_events_per_account` events per account (oldest dropped).
@@ -49,6 +54,7 @@ class TransferEvent:
     credit_account: str
     amount_minor: int
     at_ms: int
+    kind: str = "payment"        # "payment" | "refund"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +134,10 @@ class MonitorEngine:
     def process(self, event: TransferEvent) -> list[Alert]:
         alerts: list[Alert] = []
         if event.credit_account not in self.exempt_accounts:
-            alert = self._process_fan_in(event)
-            if alert is not None:
-                alerts.append(alert)
+            if event.kind != "refund":
+                alert = self._process_fan_in(event)
+                if alert is not None:
+                    alerts.append(alert)
             self._record_inflow(event)
         if event.debit_account not in self.exempt_accounts:
             alert = self._process_outflow(event)

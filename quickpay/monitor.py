@@ -74,16 +74,18 @@ class Monitor:
                 continue
             alerts: list[Any] = []
             for r in rows:
-                if r["kind"] != "payment":
+                kind = r["kind"]
+                if kind not in ("payment", "refund"):
                     continue  # a credit leg repeats its payment row; fundings are the bank's own
                 creditor = r["creditor_account"] or r["credit_account"]
-                if is_striped(creditor):
+                if kind == "payment" and is_striped(creditor):
                     # Settlement accounts are paid by many customers by design: the mule
                     # patterns are about money moving between customer accounts.
                     continue
                 alerts.extend(self.engine.process(fraud.TransferEvent(
                     shard=shard, seq=r["seq"], transfer_id=r["id"], debit_account=r["debit_account"],
-                    credit_account=creditor, amount_minor=r["amount_minor"], at_ms=r["created_at_ms"])))
+                    credit_account=creditor, amount_minor=r["amount_minor"], at_ms=r["created_at_ms"],
+                    kind=kind)))
             if alerts:
                 await self._store_alerts(alerts)
             self.positions[shard] = rows[-1]["seq"]

@@ -244,3 +244,32 @@ def test_monitor_alerts_once_and_resumes(fraud_stack: Stack) -> None:
     assert asyncio.run(alerts_for(mule2)) == raised
     listed = fraud_stack.admin("GET", "/admin/v1/fraud/alerts").body["alerts"]
     assert {a["account"] for a in listed} >= {mule, mule2}
+
+
+def test_monitor_sees_a_refund_forwarded_at_once(fraud_stack: Stack) -> None:
+    """The journal loop feeds refunds to the monitor as their own kind: refunded money the
+    customer sends straight on is a pass-through alert; the refunds alone raise nothing."""
+    from quickpay.monitor import monitor_pass
+
+    dsns = [fraud_stack.dsn(i) for i in range(fraud_stack.shards)]
+
+    async def alerts_for(account: str) -> list[Any]:
+        conn = await asyncpg.connect(dsns[0])
+        try:
+            return list(await conn.fetch("SELECT rule FROM alerts WHERE account = $1", account))
+        finally:
+            await conn.close()
+
+    partner = fraud_stack.new_partner("Refund Partner")
+    customer = fraud_stack.new_customer(partner, shard=0, funding="100.00", per_payment="100.00")
+    paid = fraud_stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "90.00").body
+    for amount in ("40.00", "50.00"):
+        refund = fraud_stack.call("POST", f"/v1/quick-payments/{paid['payment_id']}/refunds", {"amount": amount},
+                                  token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex})
+        assert refund.status == 201 and refund.body["status"] == "Succeeded", refund.body
+    asyncio.run(monitor_pass(dsns))
+    assert asyncio.run(alerts_for(customer["account"])) == []
+    forwarded = fraud_stack.pay(partner, customer["agreement_id"], fraud_stack.new_account(shard=0), "95.00")
+    assert forwarded.body["status"] == "AcceptedSettlementCompleted", forwarded.body
+    asyncio.run(monitor_pass(dsns))
+    assert [r["rule"] for r in asyncio.run(alerts_for(customer["account"]))] == ["pass_through"]

@@ -132,3 +132,25 @@ def test_bad_configuration_is_rejected() -> None:
         MonitorEngine(**{**CONFIG, "fan_in_distinct_debtors": 1})
     with pytest.raises(ValueError, match="pass_through_ratio_pct"):
         MonitorEngine(**{**CONFIG, "pass_through_ratio_pct": 0})
+
+
+def test_refunds_are_their_own_kind() -> None:
+    """A refund is no distinct debtor for fan-in, but it is money in for pass-through."""
+    engine = MonitorEngine(**CONFIG)
+    feed = Feed()
+
+    def refund(settlement: str, customer: str, amount_minor: int, at_ms: int) -> TransferEvent:
+        feed.seq += 1
+        return TransferEvent(0, feed.seq, f"ref_{feed.seq}", settlement, customer, amount_minor, at_ms,
+                             kind="refund")
+
+    # Refunds from three partners within the window: as payments they would be a fan-in.
+    alerts = [a for i in range(3) for a in engine.process(refund(f"set_p{i}", "acc_c", 100, T0_MS + i))]
+    assert alerts == []
+    as_payments = MonitorEngine(**CONFIG)
+    assert [a.rule for i in range(3) for a in as_payments.process(
+        TransferEvent(0, i, f"tr_{i}", f"set_p{i}", "acc_c", 100, T0_MS + i))] == ["fan_in"]
+    # The customer forwards what the refunds returned: pass-through.
+    (alert,) = engine.process(feed.event("acc_c", "acc_out", 290, T0_MS + 10_000))
+    assert alert.rule == "pass_through" and alert.account == "acc_c"
+    assert alert.details["inflow_minor"] == 300 and alert.details["outflow_minor"] == 290
