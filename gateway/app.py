@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -33,8 +34,10 @@ from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
+from .ratelimit import RateLimit, RateLimiter
 from .schemas import (
-    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest, RefundRequest,
+    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest, RateLimitRequest,
+    RefundRequest,
     BATCH_ITEMS_MAX, QuickPaymentBatchItem, QuickPaymentBatchRequest, QuickPaymentRequest, RulesRequest,
     decode_body,
 )
@@ -52,6 +55,10 @@ TOKEN_MAX = 4096
 QUERY_TEXT_MAX = 200
 
 log = logging.getLogger("quickpay.gateway")
+# A partner's rate-limit override is re-read this often (per gateway process, in the background).
+RATE_LIMIT_OVERRIDE_TTL_S = 5.0
+RATE_OVERRIDES_MAX = 100_000
+RATE_VERDICT = "quickpay.rate_verdict"
 
 # Printable ASCII (space to tilde): what an idempotency key, an interaction id or a
 # bearer token may hold.
@@ -83,6 +90,11 @@ class GatewayConfig(msgspec.Struct):
     # The node topology (quickpay.node): clients of the shards this process owns, by shard
     # number, called in-process instead of over the shard protocol.
     local_clients: dict[int, Any] | None = None
+    # Per-partner rate limit (the default; PUT /admin/v1/partners/{id}/rate-limit overrides it)
+    # and this process's part of it (1/W for W gateway processes): gateway/ratelimit.py.
+    rate_limit_rps: float = 10_000.0
+    rate_limit_burst: float = 20_000.0
+    rate_limit_share: float = 1.0
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -183,6 +195,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception as exc:  # a bug: never a bare text 500 without the interaction id
         response = error_response(_internal(exc, interaction_id))
     response.headers["x-fapi-interaction-id"] = interaction_id
+    verdict = request.get(RATE_VERDICT)
+    if verdict is not None:
+        response.headers.update(verdict.headers())
     return response
 
 
@@ -193,6 +208,37 @@ class Gateway:
         self.router = ShardRouter(config.shard_addresses, call_timeout_s=config.call_timeout_s,
                                   local_clients=config.local_clients)
         self.tokens = TokenService(config.token_key)
+        self.limiter = RateLimiter(RateLimit(config.rate_limit_rps, config.rate_limit_burst),
+                                   share=config.rate_limit_share)
+        # partner -> (its override or None, monotonic time it was read); re-read in the
+        # background once older than RATE_LIMIT_OVERRIDE_TTL_S, never on a request's path.
+        self.rate_overrides: OrderedDict[str, tuple[RateLimit | None, float]] = OrderedDict()
+        self._override_reads: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def rate_override(self, partner_id: str, now_s: float) -> RateLimit | None:
+        cached = self.rate_overrides.get(partner_id)
+        if (cached is None or now_s - cached[1] > RATE_LIMIT_OVERRIDE_TTL_S) and partner_id not in self._override_reads:
+            self._override_reads.add(partner_id)
+            task = asyncio.get_running_loop().create_task(self._read_override(partner_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return cached[0] if cached is not None else None
+
+    async def _read_override(self, partner_id: str) -> None:
+        try:
+            row = await self.router.client_for(partner_id).call("partner", {"id": partner_id})
+            override = None
+            if row is not None and row.get("rate_limit_rps") is not None:
+                override = RateLimit(float(row["rate_limit_rps"]), float(row["rate_limit_burst"]))
+            self.rate_overrides[partner_id] = (override, time.monotonic())
+            self.rate_overrides.move_to_end(partner_id)
+            while len(self.rate_overrides) > RATE_OVERRIDES_MAX:
+                self.rate_overrides.popitem(last=False)
+        except Exception as exc:  # the shard is down: keep what we had, try again later
+            log.warning("could not read the rate limit of %s: %r", partner_id, exc)
+        finally:
+            self._override_reads.discard(partner_id)
 
     def partner_of(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
@@ -205,6 +251,13 @@ class Gateway:
         if partner_id is None:
             raise ApiError(401, "QP.Auth.InvalidToken", "the access token is invalid or expired",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        now_s = time.monotonic()
+        verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s))
+        request[RATE_VERDICT] = verdict
+        if not verdict.allowed:
+            raise ApiError(429, "QP.RateLimit.Exceeded",
+                           f"over this partner's rate limit; retry after {verdict.retry_after_s} s",
+                           headers={"Retry-After": str(verdict.retry_after_s)})
         return partner_id
 
     def require_admin(self, request: web.Request) -> None:
@@ -913,6 +966,26 @@ def create_app(config: GatewayConfig) -> web.Application:
             "settlement_account": settlement})
         return _json(201, {"partner_id": partner_id, "client_id": partner_id, "client_secret": secret,
                            "settlement_account": settlement, "currency": currency})
+
+    @routes.put("/admin/v1/partners/{partner_id}/rate-limit")
+    async def set_rate_limit(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        partner_id = request.match_info["partner_id"]
+        body: RateLimitRequest = decode_body(await read_body(request), RateLimitRequest)  # type: ignore[assignment]
+        for name in ("requests_per_s", "burst"):
+            if not float(getattr(body, name)).is_integer():
+                raise field_error(400, "QP.Field.Invalid", f"{name} must be a whole number", f"$.{name}")
+        rate, burst = int(body.requests_per_s), int(body.burst)
+        if _PARTNER_ID.fullmatch(partner_id) is None:
+            raise ApiError(404, "QP.Partner.NotFound", "no such partner")
+        client = router.client_for(partner_id)
+        if await client.call("partner", {"id": partner_id}) is None:
+            raise ApiError(404, "QP.Partner.NotFound", "no such partner")
+        await client.call("partner_rate_limit", {"id": partner_id, "requests_per_s": rate, "burst": burst})
+        # Every gateway process re-reads it within RATE_LIMIT_OVERRIDE_TTL_S; this one at once.
+        gw.rate_overrides[partner_id] = (RateLimit(rate, burst), time.monotonic())
+        return _json(200, {"partner_id": partner_id, "requests_per_s": rate, "burst": burst,
+                           "applies_within_s": RATE_LIMIT_OVERRIDE_TTL_S})
 
     @routes.post("/admin/v1/accounts")
     async def open_account(request: web.Request) -> web.Response:

@@ -142,8 +142,18 @@ _STATUS_TEXT = {400: "Bad request: the request does not match this document",
                 409: "Conflict (a request with the same key in progress, or the fraud filter is off)",
                 413: "Body larger than 64 KiB",
                 422: "Well-formed but refused by a business rule",
+                429: "Over the partner's rate limit (QP.RateLimit.Exceeded): retry after Retry-After seconds",
                 500: "Internal error (a bug; logged with the interaction id)",
                 503: "The ledger did not answer; retry (with the same x-idempotency-key)"}
+
+
+# IETF httpapi RateLimit fields (draft 10) on every answer to an authenticated partner request.
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {"required": False, "schema": {"type": "string", "pattern": r'^"partner";q=[0-9]+;w=[0-9]+$'},
+                         "description": "the partner's quota at the gateway process that answered: q requests per "
+                                        "w seconds (a token bucket of burst q, refilled in w)"},
+    "RateLimit": {"required": False, "schema": {"type": "string", "pattern": r'^"partner";r=[0-9]+;t=[0-9]+$'},
+                  "description": "r requests left now, t seconds until the quota is whole again"}}
 
 
 def _error(status: int, extra_headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -169,7 +179,9 @@ def _op(operation_id: str, summary: str, *, security: str | None = "partner", bo
     if body is not None:
         operation["requestBody"] = {"required": body_required, "content": _json_content(_ref(body))}
     status, description, schema = ok
-    success: dict[str, Any] = {"description": description, "headers": {**_INTERACTION_HEADER, **(ok_headers or {})},
+    limited = _RATE_LIMIT_HEADERS if security == "partner" else {}
+    success: dict[str, Any] = {"description": description,
+                               "headers": {**_INTERACTION_HEADER, **limited, **(ok_headers or {})},
                                "content": _json_content(_ref(schema))}
     if links:
         success["links"] = links
@@ -183,12 +195,17 @@ def _op(operation_id: str, summary: str, *, security: str | None = "partner", bo
         statuses.add(400)  # a malformed header, path or query value
     if shards:
         statuses.update((500, 503))
+    if security == "partner":
+        statuses.add(429)
     for code in sorted(statuses):
         extra: dict[str, Any] = {}
         if code == 401:
             extra = {"WWW-Authenticate": {"required": security is not None, "schema": {"type": "string"}}}
         elif code == 503:
             extra = {"Retry-After": {"required": False, "schema": {"type": "string"}}}
+        elif code == 429:
+            extra = {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}},
+                     **_RATE_LIMIT_HEADERS}
         operation["responses"][str(code)] = _error(code, extra)
     return operation
 
@@ -241,7 +258,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     from . import schemas
     structs = [schemas.QuickPaymentRequest, schemas.QuickPaymentBatchItem, schemas.AgreementRequest, schemas.PartnerRequest,
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
-               schemas.ListChangeRequest, schemas.RefundRequest]
+               schemas.ListChangeRequest, schemas.RefundRequest, schemas.RateLimitRequest]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)
     components["QuickPaymentRequest"] = _by_currency(components["QuickPaymentRequest"], ("amount",))
@@ -250,6 +267,8 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         "One item of a quick-payment batch: a QuickPaymentRequest plus its idempotency_key (the header's "
         "rule). The key is not part of the body compared on a retry, so an item and a single payment with "
         "the same key and body are the same payment.")
+    for name in ("requests_per_s", "burst"):
+        components["RateLimitRequest"]["properties"][name] = {"type": "integer", "minimum": 1, "maximum": 10_000_000}
     components["AgreementRequest"] = _by_currency(components["AgreementRequest"],
                                                   ("per_payment_limit", "daily_limit"),
                                                   nested=(("periodic_limits", "amount"),))
@@ -367,6 +386,9 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "next_cursor": {"type": ["string", "null"],
                             "description": "null on the last page; a page may hold fewer than limit items "
                                            "and still have a next_cursor"}}),
+        "RateLimitSetting": _object(["partner_id", "requests_per_s", "burst", "applies_within_s"], {
+            "partner_id": {"type": "string"}, "requests_per_s": {"type": "integer"}, "burst": {"type": "integer"},
+            "applies_within_s": {"type": "number"}}),
         "Refund": _object(["refund_id", "payment_id", "amount", "currency", "status", "reasons", "reason",
                            "reference", "created_at"], {
             "refund_id": {"type": "string", "pattern": REFUND_ID_PATTERN},
@@ -554,6 +576,11 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             body="PartnerRequest", ok=(201, "Created", "PartnerCredentials"), errors=(),
             links={"GetSettlementBalance": _link(
                 "getAccountBalanceAdmin", parameters={"account_id": "$response.body#/settlement_account"})})},
+        "/admin/v1/partners/{partner_id}/rate-limit": {"put": _op(
+            "setPartnerRateLimit", "Override the default rate limit of one partner (every gateway process applies "
+                                   "it within 5 s)", security="admin", body="RateLimitRequest",
+            ok=(200, "OK", "RateLimitSetting"), errors=(404,),
+            params=[_path_param("partner_id", r"^[A-Za-z0-9_\-]{1,64}$")])},
         "/admin/v1/accounts": {"post": _op(
             "openAccount", "Open a customer account (the body is optional: CNY by default)", security="admin",
             body="AccountRequest", body_required=False, ok=(201, "Created", "Account"), errors=(),

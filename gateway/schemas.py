@@ -9,7 +9,7 @@ import msgspec
 from .errors import ApiError
 
 __all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "QuickPaymentBatchItem", "QuickPaymentBatchRequest",
-           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "PartnerRequest", "AccountRequest",
+           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "RateLimitRequest", "PartnerRequest", "AccountRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
@@ -111,6 +111,13 @@ class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
     periodic_limits: Annotated[list[PeriodicLimitRequest], msgspec.Meta(max_length=8)] = []
     valid_from: Timestamp | None = None
     valid_to: Timestamp | None = None
+
+
+class RateLimitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Whole numbers; decoded as floats because JSON Schema's integer includes 7658.0 (the
+    gateway refuses a fraction with 400)."""
+    requests_per_s: Annotated[float, msgspec.Meta(ge=1, le=10_000_000)]
+    burst: Annotated[float, msgspec.Meta(ge=1, le=10_000_000)]
 
 
 class RefundRequest(msgspec.Struct, forbid_unknown_fields=True):

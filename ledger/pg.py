@@ -269,6 +269,9 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
                 " FROM d WHERE a.id = d.id RETURNING 1) SELECT count(*) FROM u",
                 ids, [ws.deltas[i] for i in ids])
             invariant(updated == len(ids), f"balance update touched {updated} of {len(ids)} accounts")
+        for partner_id, (rate, burst) in ws.partner_limits.items():
+            await conn.execute("UPDATE partners SET rate_limit_rps = $2, rate_limit_burst = $3 WHERE id = $1",
+                               partner_id, rate, burst)
         if ws.refunded:
             updated = await conn.fetchval(
                 "WITH u AS (UPDATE transfers t SET refunded_minor = v.total"

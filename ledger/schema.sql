@@ -12,7 +12,10 @@ CREATE TABLE IF NOT EXISTS partners (
     name               text NOT NULL,
     secret_sha256      text NOT NULL,
     settlement_account text NOT NULL,
-    created_at_ms      bigint NOT NULL
+    created_at_ms      bigint NOT NULL,
+    -- an override of the gateways' default rate limit (NULL: the default)
+    rate_limit_rps     integer CHECK (rate_limit_rps > 0),
+    rate_limit_burst   integer CHECK (rate_limit_burst > 0)
 );
 CREATE TABLE IF NOT EXISTS accounts (
     id             text PRIMARY KEY,

@@ -51,6 +51,8 @@ class WriteSet:
     agreement_events: list[tuple[str, str | None, str, str, int]] = field(default_factory=list)
     # Payments whose refunded_minor changed: payment id -> the new total.
     refunded: dict[str, int] = field(default_factory=dict)
+    # Partners' rate-limit overrides: partner id -> (requests per s, burst).
+    partner_limits: dict[str, tuple[int, int]] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)
     deltas: dict[str, int] = field(default_factory=dict)
     outbox: list[CreditLeg] = field(default_factory=list)
@@ -64,12 +66,12 @@ class WriteSet:
     def is_empty(self) -> bool:
         return not (self.accounts or self.partners or self.agreements or self.transfers or self.deltas
                     or self.outbox or self.delivered or self.delivered_held or self.settings
-                    or self.agreement_updates or self.refunded)
+                    or self.agreement_updates or self.refunded or self.partner_limits)
 
     def needs_transaction(self) -> bool:
         """Anything beyond transfers, deltas and outbox rows (the one-statement fast path)."""
         return bool(self.accounts or self.partners or self.agreements or self.delivered or self.delivered_held
-                    or self.settings or self.agreement_updates or self.refunded)
+                    or self.settings or self.agreement_updates or self.refunded or self.partner_limits)
 
     def add_delta(self, account_id: str, delta_minor: int) -> None:
         # Deltas are aggregated per account per batch: the hot settlement stripe is

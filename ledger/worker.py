@@ -661,6 +661,16 @@ def _check_agreement_action(worker: ShardWorker, args: Any) -> None:
         raise v.BadCommand(f"actor is one of {', '.join(ACTORS)}; action is text")
 
 
+RATE_LIMIT_MAX = 10_000_000
+
+
+def _check_partner_rate_limit(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "requests_per_s", "burst")
+    v.ident(args, "id")
+    v.int64(args, "requests_per_s", 1, RATE_LIMIT_MAX)
+    v.int64(args, "burst", 1, RATE_LIMIT_MAX)
+
+
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 
 
@@ -698,6 +708,7 @@ _CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
     "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
     "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
     "agreement_action": _check_agreement_action, "refund": _check_refund,
+    "partner_rate_limit": _check_partner_rate_limit,
 }
 
 
@@ -762,7 +773,8 @@ def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: W
 def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                            now_ms: int) -> tuple[bool, Any]:
     partner = {"id": args["id"], "name": args["name"], "secret_sha256": args["secret_sha256"],
-               "settlement_account": args["settlement_account"], "created_at_ms": now_ms}
+               "settlement_account": args["settlement_account"], "created_at_ms": now_ms,
+               "rate_limit_rps": None, "rate_limit_burst": None}
     ws.partners.append(partner)
     worker.state.partners_cache[args["id"]] = partner
     return True, {"id": args["id"]}
@@ -791,6 +803,15 @@ def _decide_agreement_action(worker: ShardWorker, args: dict[str, Any], ws: Writ
     return True, {"code": code, "agreement": agreement.to_wire(now_ms) if agreement is not None else None}
 
 
+def _decide_partner_rate_limit(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
+                               now_ms: int) -> tuple[bool, Any]:
+    ws.partner_limits[args["id"]] = (args["requests_per_s"], args["burst"])
+    cached = worker.state.partners_cache.get(args["id"])
+    if cached is not None:
+        cached.update(rate_limit_rps=args["requests_per_s"], rate_limit_burst=args["burst"])
+    return True, {"id": args["id"], "requests_per_s": args["requests_per_s"], "burst": args["burst"]}
+
+
 def _decide_refund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     cmd = RefundCommand(args["refund_id"], args["partner_id"], args["payment_id"], args.get("amount_minor"),
                         args.get("reason"), args.get("reference"), args["body_hash"], now_ms)
@@ -815,6 +836,7 @@ _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any
     "create_partner": _decide_create_partner, "create_agreement": _decide_create_agreement,
     "settings": _decide_settings, "fraud": _decide_fraud,
     "agreement_action": _decide_agreement_action, "refund": _decide_refund,
+    "partner_rate_limit": _decide_partner_rate_limit,
 }
 _WRITE_OPS = frozenset(_DECIDERS)
 

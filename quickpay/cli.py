@@ -135,7 +135,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.ledger_mode != "batched":
             argv += ["--ledger-mode", args.ledger_mode]
         if node:
-            argv += ["--host", args.host, "--port", str(args.port), "--batch-items-max", str(args.batch_items_max)]
+            argv += ["--host", args.host, "--port", str(args.port), "--batch-items-max", str(args.batch_items_max),
+                     *_rate_limit_argv(args, share=1 / args.shards)]
             children.append(Child(f"node-{shard}", argv,
                                   env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
             continue
@@ -144,7 +145,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         # One gateway worker down is not an outage: the others share the port.
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
-            "--shard-addrs", ",".join(gateway_addresses), "--batch-items-max", str(args.batch_items_max)],
+            "--shard-addrs", ",".join(gateway_addresses), "--batch-items-max", str(args.batch_items_max),
+            *_rate_limit_argv(args, share=1 / args.workers)],
             env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
         children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns], needed=False))
@@ -200,6 +202,8 @@ def _validate_common(args: argparse.Namespace) -> None:
         problems.append("--port must be a TCP port")
     if not 1 <= args.batch_items_max <= BATCH_ITEMS_MAX_DEFAULT:
         problems.append(f"--batch-items-max must be between 1 and {BATCH_ITEMS_MAX_DEFAULT}")
+    if not 0 < args.rate_limit_rps <= RATE_LIMIT_MAX or not 1 <= args.rate_limit_burst <= RATE_LIMIT_MAX:
+        problems.append(f"--rate-limit-rps must be in (0, {RATE_LIMIT_MAX}] and --rate-limit-burst in [1, {RATE_LIMIT_MAX}]")
     if args.rules and not Path(args.rules).is_file():
         problems.append(f"--rules {args.rules}: no such file")
     elif args.rules:
@@ -330,9 +334,16 @@ def _gateway_config(args: argparse.Namespace, command: str) -> Any:
     items_max = getattr(args, "batch_items_max", BATCH_ITEMS_MAX_DEFAULT)
     if not 1 <= items_max <= BATCH_ITEMS_MAX_DEFAULT:
         raise SystemExit(f"{command}: --batch-items-max must be between 1 and {BATCH_ITEMS_MAX_DEFAULT}")
+    rate = getattr(args, "rate_limit_rps", RATE_LIMIT_RPS_DEFAULT)
+    burst = getattr(args, "rate_limit_burst", RATE_LIMIT_BURST_DEFAULT)
+    share = getattr(args, "rate_limit_share", 1.0)
+    if not 0 < rate <= RATE_LIMIT_MAX or not 1 <= burst <= RATE_LIMIT_MAX or not 0 < share <= 1:
+        raise SystemExit(f"{command}: --rate-limit-rps in (0, {RATE_LIMIT_MAX}], --rate-limit-burst in "
+                         f"[1, {RATE_LIMIT_MAX}], --rate-limit-share in (0, 1]")
     return GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
                          supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None,
-                         batch_items_max=items_max)
+                         batch_items_max=items_max, rate_limit_rps=rate, rate_limit_burst=burst,
+                         rate_limit_share=share)
 
 
 def cmd_gateway_worker(args: argparse.Namespace) -> int:
@@ -436,6 +447,28 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
                         f"(default {BATCH_ITEMS_MAX_DEFAULT}; more is a 400, and /openapi.json says so)")
     p.add_argument("--refund-window-days", type=int, default=365,
                    help="how long after a payment it can be refunded, 1-3650 days (default 365)")
+    _add_rate_limit_arguments(p, process=False)
+
+
+RATE_LIMIT_RPS_DEFAULT = 10_000.0
+RATE_LIMIT_BURST_DEFAULT = 20_000.0
+RATE_LIMIT_MAX = 10_000_000
+
+
+def _add_rate_limit_arguments(p: argparse.ArgumentParser, *, process: bool) -> None:
+    p.add_argument("--rate-limit-rps", type=float, default=RATE_LIMIT_RPS_DEFAULT,
+                   help="requests per second per partner, the default for partners without an override "
+                        f"(PUT /admin/v1/partners/{{id}}/rate-limit); default {RATE_LIMIT_RPS_DEFAULT:.0f}")
+    p.add_argument("--rate-limit-burst", type=float, default=RATE_LIMIT_BURST_DEFAULT,
+                   help=f"requests a partner may send at once (default {RATE_LIMIT_BURST_DEFAULT:.0f})")
+    if process:
+        p.add_argument("--rate-limit-share", type=float, default=1.0,
+                       help="this process's part of each limit: 1/W for W gateway processes (up sets it)")
+
+
+def _rate_limit_argv(args: argparse.Namespace, *, share: float) -> list[str]:
+    return ["--rate-limit-rps", str(args.rate_limit_rps), "--rate-limit-burst", str(args.rate_limit_burst),
+            "--rate-limit-share", repr(share)]
 
 
 def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
@@ -482,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--state-dir", help="read token key and admin token from here instead of the environment")
     gw.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
                     help="payments per batch request (at most the default)")
+    _add_rate_limit_arguments(gw, process=True)
     gw.set_defaults(func=cmd_gateway_worker)
 
     node = sub.add_parser("node", help="run one node: HTTP API plus one shard in one process (up --topology node)")
@@ -490,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--port", type=int, default=8080)
     node.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
                       help="payments per batch request (at most the default)")
+    _add_rate_limit_arguments(node, process=True)
     node.set_defaults(func=cmd_node)
 
     mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")

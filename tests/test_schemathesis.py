@@ -110,7 +110,7 @@ def test_document_declares_every_status_and_link() -> None:
     document = openapi_document()
     ops = {op["operationId"]: op for item in document["paths"].values() for op in item.values()}
     assert set(ops["createQuickPayment"]["responses"]) == {"201", "400", "401", "404", "409", "413", "422",
-                                                            "500", "503"}
+                                                            "429", "500", "503"}
     links = ops["createAgreement"]["responses"]["201"]["links"]
     assert links["GetAgreement"]["operationId"] == "getAgreement"
     assert ops["createQuickPayment"]["responses"]["201"]["links"]["GetQuickPayment"]["parameters"] == \

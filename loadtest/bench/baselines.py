@@ -144,3 +144,22 @@ def run_hello_phase(args: argparse.Namespace, out: Path, templates: list[Any], *
                 proc.kill()
                 proc.wait(10)
     return result
+
+
+def rate_limiter_cost_us(calls: int = 200_000) -> float:
+    """What the per-partner rate limiter (gateway/ratelimit.py) costs a request in this
+    process: a check and the response's two header values, µs per request, best of 5. It
+    runs in the gateway on every partner request, so it is part of the gateway's share of
+    the SUT CPU per payment; this isolates it."""
+    from gateway.ratelimit import RateLimit, RateLimiter
+    limiter = RateLimiter(RateLimit(10_000.0, 20_000.0), share=0.5)
+    partners = [f"ptn_{i:04d}" for i in range(100)]
+    for partner in partners:
+        limiter.check(partner, time.monotonic())
+    best_s = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for i in range(calls):
+            limiter.check(partners[i % 100], time.monotonic()).headers()
+        best_s = min(best_s, time.perf_counter() - started)
+    return best_s / calls * 1e6

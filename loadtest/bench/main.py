@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench.baselines import run_hello_phase
+from loadtest.bench.baselines import rate_limiter_cost_us, run_hello_phase
 from loadtest.bench.common import _free_port, log, machine_info
 from loadtest.bench.phase import PhaseConfig, run_phase
 from loadtest.bench.population import bench_rules
@@ -199,6 +199,9 @@ def run_bench(args: argparse.Namespace) -> int:
         report["batch_ratio_vs_hello"] = _ratio(report["batch_payments_per_s"], report["hello_max_sustained_tps"])
         report["ratio_vs_naive"] = _ratio(report["max_sustained_tps"], report["naive_max_sustained_tps"])
         report["ratio_vs_pgbench"] = _ratio(report["max_sustained_tps"], report["pgbench_tps"])
+        report["rate_limiter_us_per_request"] = round(rate_limiter_cost_us(), 2)
+        report["rate_limiter_share_of_payment"] = _ratio(report["rate_limiter_us_per_request"],
+                                                         report["sut_cpu_us_per_payment"])
         if args.sweep:
             report["sweep"] = run_sweep(args, out, base_state, rules, report["max_sustained_tps"])
         if not report["exactly_once_ok"] or not report["conservation_ok"]:

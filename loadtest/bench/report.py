@@ -76,6 +76,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"| batch_ratio_vs_hello = batch payments/s / H | {_fmt(rb, '.2f')} | >= {t['batch_ratio_vs_hello']:g} |"
         f" {_verdict(None if rb is None else rb >= t['batch_ratio_vs_hello'])} |",
         f"| generator share of CPU | {_fmt(r.get('generator_cpu_share'), '.1%')} | | |",
+        f"| rate limiter per request, in process (us) / share of SUT CPU per payment |"
+        f" {_fmt(r.get('rate_limiter_us_per_request'), '.2f')} / {_fmt(r.get('rate_limiter_share_of_payment'), '.2%')} | | |",
         f"| naive ledger max TPS | {_fmt(r.get('naive_max_sustained_tps'))} | | |",
         f"| ratio vs naive | {_fmt(rn, '.2f')}x | >= {t['ratio_vs_naive']:g}x | {_verdict(None if rn is None else rn >= t['ratio_vs_naive'])} |",
         f"| pgbench TPC-B TPS | {_fmt(r.get('pgbench_tps'))} | | |",

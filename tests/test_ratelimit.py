@@ -1,0 +1,133 @@
+"""Per-partner rate limits: the token bucket (pure, injected time) refills at its rate up to
+its burst, refuses with a Retry-After that is exact, splits the limit over W gateway
+processes, stays bounded in partners; on a live stack a partner over its limit gets 429
+QP.RateLimit.Exceeded with Retry-After and the IETF RateLimit fields (every partner answer
+carries them), other partners are untouched, and an admin override raises the limit."""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from conftest import Stack, http, start_stack, stop_stack
+from gateway.ratelimit import RateLimit, RateLimiter
+from test_api import assert_error
+
+
+def test_bucket_allows_the_burst_then_refills_at_the_rate() -> None:
+    limiter = RateLimiter(RateLimit(requests_per_s=2, burst=3))
+    verdicts = [limiter.check("p", 100.0) for _ in range(4)]
+    assert [v.allowed for v in verdicts] == [True, True, True, False]
+    assert [v.remaining for v in verdicts] == [2, 1, 0, 0]
+    assert verdicts[3].retry_after_s == 1 and limiter.refused == 1
+    assert not limiter.check("p", 100.4).allowed          # 0.8 of a token back: still no
+    assert limiter.check("p", 100.5).allowed              # one whole token after 0.5 s at 2/s
+    # Refill stops at the burst.
+    later = [limiter.check("p", 200.0) for _ in range(4)]
+    assert [v.allowed for v in later] == [True, True, True, False]
+
+
+def test_partners_have_their_own_buckets_and_overrides() -> None:
+    limiter = RateLimiter(RateLimit(1, 1))
+    assert limiter.check("a", 0.0).allowed and not limiter.check("a", 0.0).allowed
+    assert limiter.check("b", 0.0).allowed
+    big = RateLimit(100, 50)
+    assert limiter.check("c", 0.0, big).remaining == 49
+    # A lowered limit caps tokens saved under the higher one.
+    assert limiter.check("c", 0.0, RateLimit(1, 5)).remaining == 4
+
+
+def test_share_splits_rate_and_burst_over_processes() -> None:
+    limiter = RateLimiter(RateLimit(requests_per_s=10, burst=10), share=0.5)
+    assert sum(limiter.check("p", 0.0).allowed for _ in range(10)) == 5
+    assert sum(limiter.check("p", 1.0).allowed for _ in range(10)) == 5     # 5/s here
+    verdict = limiter.check("p", 1.0)
+    assert verdict.headers() == {"RateLimit-Policy": '"partner";q=5;w=1', "RateLimit": '"partner";r=0;t=1'}
+
+
+def test_retry_after_is_when_a_token_is_back() -> None:
+    limiter = RateLimiter(RateLimit(requests_per_s=0.25, burst=1))
+    assert limiter.check("p", 0.0).allowed
+    refused = limiter.check("p", 1.0)
+    assert not refused.allowed and refused.retry_after_s == 3      # 0.25 tokens after 1 s; 0.75 / 0.25
+    assert not limiter.check("p", 3.9).allowed and limiter.check("p", 4.0).allowed
+
+
+def test_buckets_are_bounded() -> None:
+    limiter = RateLimiter(RateLimit(1, 1), partners_max=3)
+    for partner in "abcd":
+        limiter.check(partner, 0.0)
+    assert list(limiter.buckets) == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize("bad", [RateLimit(0, 1), RateLimit(1, 0)])
+def test_bad_limits_are_refused(bad: RateLimit) -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(bad)
+
+
+def test_every_partner_answer_carries_the_rate_limit_fields(stack: Stack, partner: dict[str, Any]) -> None:
+    reply = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=partner["token"])
+    assert reply.status == 200
+    assert re.fullmatch(r'"partner";q=[0-9]+;w=[0-9]+', reply.headers["ratelimit-policy"])
+    assert re.fullmatch(r'"partner";r=[0-9]+;t=[0-9]+', reply.headers["ratelimit"])
+    missing = stack.call("GET", "/v1/agreements/agr_nosuchagreement", token=partner["token"])
+    assert missing.status == 404 and "ratelimit" in missing.headers
+    assert "ratelimit" not in stack.call("GET", "/healthz").headers       # no partner, no limit
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    s = start_stack(tmp_path_factory.mktemp("ratelimit"), workers=1, demo=False,
+                    extra=("--rate-limit-rps", "2", "--rate-limit-burst", "4"))
+    try:
+        yield s
+    finally:
+        stop_stack(s)
+
+
+def test_over_the_limit_is_429_with_retry_after_and_others_are_untouched(limited: Stack) -> None:
+    busy, quiet = limited.new_partner("Busy"), limited.new_partner("Quiet")
+    path = f"/v1/accounts/{busy['settlement_account']}/balance"
+    replies = [limited.call("GET", path, token=busy["token"]) for _ in range(6)]
+    assert [r.status for r in replies[:4]] == [200, 200, 200, 200]
+    refused = replies[4]
+    assert_error(refused, 429, "QP.RateLimit.Exceeded")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-policy"] == '"partner";q=4;w=2'
+    assert refused.headers["ratelimit"].startswith('"partner";r=0;')
+    # A payment refused for the rate moves nothing and is not recorded: the same key works later.
+    key = uuid.uuid4().hex
+    body = {"agreement_id": "agr_" + "0" * 20, "amount": "1.00", "currency": "CNY",
+            "creditor_account": busy["settlement_account"], "reference": "r"}
+    assert limited.call("POST", "/v1/quick-payments", body, token=busy["token"],
+                        headers={"x-idempotency-key": key}).status == 429
+    assert limited.call("GET", f"/v1/accounts/{quiet['settlement_account']}/balance",
+                        token=quiet["token"]).status == 200
+    time.sleep(int(refused.headers["retry-after"]))
+    assert limited.call("GET", path, token=busy["token"]).status == 200
+
+
+def test_an_admin_override_raises_one_partners_limit(limited: Stack) -> None:
+    vip = limited.new_partner("VIP")
+    reply = limited.admin("PUT", f"/admin/v1/partners/{vip['partner_id']}/rate-limit",
+                          {"requests_per_s": 1000, "burst": 50})
+    assert reply.status == 200 and reply.body["requests_per_s"] == 1000, reply.body
+    path = f"/v1/accounts/{vip['settlement_account']}/balance"
+    statuses = [limited.call("GET", path, token=vip["token"]).status for _ in range(20)]
+    assert statuses == [200] * 20
+    last = limited.call("GET", path, token=vip["token"])
+    assert last.headers["ratelimit-policy"] == '"partner";q=50;w=1'
+    assert_error(limited.admin("PUT", "/admin/v1/partners/ptn_nosuch/rate-limit", {"requests_per_s": 1, "burst": 1}),
+                 404, "QP.Partner.NotFound")
+    assert_error(limited.admin("PUT", f"/admin/v1/partners/{vip['partner_id']}/rate-limit",
+                               {"requests_per_s": 0, "burst": 1}), 400, "QP.Field.Invalid")
+    assert_error(limited.admin("PUT", f"/admin/v1/partners/{vip['partner_id']}/rate-limit",
+                               {"requests_per_s": 5, "burst": 2.5}), 400, "QP.Field.Invalid", path="$.burst")
+    assert limited.admin("PUT", f"/admin/v1/partners/{vip['partner_id']}/rate-limit",
+                         {"requests_per_s": 1000.0, "burst": 50.0}).body["burst"] == 50
+    assert_error(http("PUT", limited.url(f"/admin/v1/partners/{vip['partner_id']}/rate-limit"),
+                      {"requests_per_s": 5, "burst": 5}, token=vip["token"]), 401, "QP.Auth.Admin")
