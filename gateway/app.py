@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections import OrderedDict
@@ -34,11 +35,13 @@ from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
-from .ratelimit import RateLimit, RateLimiter
+from .ratelimit import RateLimit, RateLimiter, Verdict
 from .resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
+from notify.events import EVENT_TYPES
+from notify.ssrf import UrlRefused, resolve_checked
 from .schemas import (
     AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest, RateLimitRequest,
-    RefundRequest,
+    RefundRequest, RotateSecretRequest, WebhookEndpointRequest,
     BATCH_ITEMS_MAX, QuickPaymentBatchItem, QuickPaymentBatchRequest, QuickPaymentRequest, RulesRequest,
     decode_body,
 )
@@ -59,7 +62,7 @@ log = logging.getLogger("quickpay.gateway")
 # A partner's rate-limit override is re-read this often (per gateway process, in the background).
 RATE_LIMIT_OVERRIDE_TTL_S = 5.0
 RATE_OVERRIDES_MAX = 100_000
-RATE_VERDICT = "quickpay.rate_verdict"
+RATE_VERDICT: web.RequestKey[Verdict] = web.RequestKey("rate_verdict", Verdict)
 
 # Printable ASCII (space to tilde): what an idempotency key, an interaction id or a
 # bearer token may hold.
@@ -73,6 +76,7 @@ _ACCOUNT_ID = re.compile(r"(acc|set|sys)_[A-Za-z0-9_\-]{1,60}")
 _AGREEMENT_ID = re.compile(r"agr_[A-Za-z0-9_\-]{1,60}")
 _PARTNER_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
+_WEBHOOK_ID = re.compile(r"whe_[0-9a-f]{20}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,6 +100,8 @@ class GatewayConfig(msgspec.Struct):
     rate_limit_rps: float = 10_000.0
     rate_limit_burst: float = 20_000.0
     rate_limit_share: float = 1.0
+    # Webhook endpoints on loopback/private/link-local addresses (notify/ssrf.py): refused unless set.
+    webhooks_allow_private: bool = False
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -651,6 +657,101 @@ def create_app(config: GatewayConfig) -> web.Application:
         if await router.call(shard, "lookup_account", {"id": account_id}) is None:
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
         return await list_agreements(request, [shard], {"debtor_account": account_id})
+
+    # -- webhooks and events (shard 0's database holds them: notify/) --
+    control = router.clients[0]
+
+    def endpoint_resource(e: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
+        resource: dict[str, Any] = {"id": e["id"], "url": e["url"], "events": e["events"],
+                                    "created_at": _iso(e["created_at_ms"])}
+        if e.get("previous_secret_until_ms"):
+            resource["previous_secret_expires_at"] = _iso(e["previous_secret_until_ms"])
+        if secret is not None:
+            resource["secret"] = secret        # shown once: at creation and at rotation
+        return resource
+
+    def endpoint_id_of(request: web.Request) -> str:
+        endpoint_id = request.match_info["endpoint_id"]
+        if _WEBHOOK_ID.fullmatch(endpoint_id) is None:
+            raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
+        return endpoint_id
+
+    @routes.post("/v1/webhook-endpoints")
+    async def create_webhook_endpoint(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        body: WebhookEndpointRequest = decode_body(await read_body(request), WebhookEndpointRequest)  # type: ignore[assignment]
+        unknown = [t for t in body.events if t != "*" and t not in EVENT_TYPES]
+        if unknown or len(set(body.events)) != len(body.events):
+            raise field_error(422, "QP.WebhookEndpoint.UnknownEvent",
+                              "events are distinct names from: * " + " ".join(EVENT_TYPES), "$.events")
+        try:
+            await resolve_checked(body.url, config.webhooks_allow_private)
+        except UrlRefused as exc:
+            raise field_error(422, "QP.WebhookEndpoint.UrlRefused", str(exc), "$.url") from None
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        created = await control.call("notify", {"action": "create", "partner_id": partner_id,
+                                                "id": "whe_" + secrets.token_hex(10), "url": body.url,
+                                                "events": list(body.events), "secret": secret})
+        if created is None:
+            raise ApiError(422, "QP.WebhookEndpoint.TooMany", "a partner has at most 16 webhook endpoints")
+        return _json(201, endpoint_resource(created, secret))
+
+    @routes.get("/v1/webhook-endpoints")
+    async def list_webhook_endpoints(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        found = await control.call("notify", {"action": "list", "partner_id": partner_id})
+        return _json(200, {"webhook_endpoints": [endpoint_resource(e) for e in found]})
+
+    @routes.get("/v1/webhook-endpoints/{endpoint_id}")
+    async def get_webhook_endpoint(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        found = await control.call("notify", {"action": "get", "partner_id": partner_id,
+                                              "id": endpoint_id_of(request)})
+        if found is None:
+            raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
+        return _json(200, endpoint_resource(found))
+
+    @routes.delete("/v1/webhook-endpoints/{endpoint_id}")
+    async def delete_webhook_endpoint(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        found = await control.call("notify", {"action": "delete", "partner_id": partner_id,
+                                              "id": endpoint_id_of(request)})
+        if found is None:
+            raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
+        return _json(200, {**endpoint_resource(found), "deleted": True})
+
+    @routes.post("/v1/webhook-endpoints/{endpoint_id}/rotate-secret")
+    async def rotate_webhook_secret(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        body: RotateSecretRequest = decode_body(await read_body(request) or b"{}", RotateSecretRequest)  # type: ignore[assignment]
+        if not float(body.overlap_s).is_integer():
+            raise field_error(400, "QP.Field.Invalid", "overlap_s must be a whole number of seconds", "$.overlap_s")
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        found = await control.call("notify", {"action": "rotate", "partner_id": partner_id,
+                                              "id": endpoint_id_of(request), "secret": secret,
+                                              "overlap_ms": int(body.overlap_s) * 1000})
+        if found is None:
+            raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
+        return _json(200, endpoint_resource(found, secret))
+
+    @routes.get("/v1/events")
+    async def list_events(request: web.Request) -> web.Response:
+        partner_id = gw.partner_of(request)
+        limit = _page_limit(request)
+        after_text = request.query.get("after")
+        after = 0 if after_text is None else ascii_int(after_text)
+        if after is None:
+            raise field_error(400, "QP.Cursor.Invalid", "after is a cursor from this feed", "query.after")
+        event_type = request.query.get("type")
+        if event_type is not None and event_type not in EVENT_TYPES:
+            raise field_error(400, "QP.Query.Invalid", "type is one of " + ", ".join(EVENT_TYPES), "query.type")
+        rows = await control.call("notify", {"action": "events", "partner_id": partner_id, "after": after,
+                                             "type": event_type, "limit": limit})
+        last = str(rows[-1][0]) if rows else (after_text or None)
+        # Bodies are stored as delivered: embedded as they are, not parsed and re-encoded.
+        return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows],
+                           "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
+                           "last_cursor": last})
 
     # -- refunds --
     @routes.post(r"/v1/quick-payments/{payment_id:(?!batch\Z)[^{}/]+}/refunds")

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from notify.events import EVENT_TYPES
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX
 
 __all__ = ["openapi_document", "amount_pattern", "IDEMPOTENCY_KEY_PATTERN"]
@@ -258,7 +259,8 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     from . import schemas
     structs = [schemas.QuickPaymentRequest, schemas.QuickPaymentBatchItem, schemas.AgreementRequest, schemas.PartnerRequest,
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
-               schemas.ListChangeRequest, schemas.RefundRequest, schemas.RateLimitRequest]
+               schemas.ListChangeRequest, schemas.RefundRequest, schemas.RateLimitRequest,
+               schemas.WebhookEndpointRequest, schemas.RotateSecretRequest]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)
     components["QuickPaymentRequest"] = _by_currency(components["QuickPaymentRequest"], ("amount",))
@@ -267,6 +269,8 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         "One item of a quick-payment batch: a QuickPaymentRequest plus its idempotency_key (the header's "
         "rule). The key is not part of the body compared on a retry, so an item and a single payment with "
         "the same key and body are the same payment.")
+    components["RotateSecretRequest"]["properties"]["overlap_s"] = {
+        "type": "integer", "minimum": 0, "maximum": 7 * 86_400, "default": 86_400}
     for name in ("requests_per_s", "burst"):
         components["RateLimitRequest"]["properties"][name] = {"type": "integer", "minimum": 1, "maximum": 10_000_000}
     components["AgreementRequest"] = _by_currency(components["AgreementRequest"],
@@ -386,6 +390,21 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "next_cursor": {"type": ["string", "null"],
                             "description": "null on the last page; a page may hold fewer than limit items "
                                            "and still have a next_cursor"}}),
+        "WebhookEndpoint": _object(["id", "url", "events", "created_at"], {
+            "id": {"type": "string", "pattern": r"^whe_[0-9a-f]{20}$"}, "url": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string"}}, "created_at": DATE_TIME,
+            "secret": {"type": "string", "description": "only in the answers to creation and rotation"},
+            "previous_secret_expires_at": DATE_TIME, "deleted": {"const": True}}),
+        "WebhookEndpoints": _object(["webhook_endpoints"], {
+            "webhook_endpoints": {"type": "array", "items": _ref("WebhookEndpoint")}}),
+        "Event": _object(["id", "type", "created_at", "data"], {
+            "id": {"type": "string", "pattern": r"^evt_[0-9]+_"}, "type": {"enum": list(EVENT_TYPES)},
+            "created_at": DATE_TIME, "data": _object(["object"], {"object": {"type": "object"}})}),
+        "Events": _object(["events", "next_cursor", "last_cursor"], {
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_cursor": {"type": ["string", "null"], "description": "the next page's `after` (null: this page "
+                                                                     "was the last one for now)"},
+            "last_cursor": {"type": ["string", "null"], "description": "where to poll from later"}}),
         "RateLimitSetting": _object(["partner_id", "requests_per_s", "burst", "applies_within_s"], {
             "partner_id": {"type": "string"}, "requests_per_s": {"type": "integer"}, "burst": {"type": "integer"},
             "applies_within_s": {"type": "number"}}),
@@ -576,6 +595,27 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             body="PartnerRequest", ok=(201, "Created", "PartnerCredentials"), errors=(),
             links={"GetSettlementBalance": _link(
                 "getAccountBalanceAdmin", parameters={"account_id": "$response.body#/settlement_account"})})},
+        "/v1/webhook-endpoints": {
+            "post": _op("createWebhookEndpoint", "Register a webhook endpoint: signed events (Quickpay-Signature) "
+                                                 "are POSTed to it; the signing secret is in this answer only",
+                        body="WebhookEndpointRequest", ok=(201, "Created", "WebhookEndpoint"), errors=(422,)),
+            "get": _op("listWebhookEndpoints", "Your webhook endpoints", ok=(200, "OK", "WebhookEndpoints"),
+                       errors=())},
+        "/v1/webhook-endpoints/{endpoint_id}": {
+            "get": _op("getWebhookEndpoint", "A webhook endpoint", ok=(200, "OK", "WebhookEndpoint"), errors=(404,),
+                       params=[_path_param("endpoint_id", r"^whe_[0-9a-f]{20}$")]),
+            "delete": _op("deleteWebhookEndpoint", "Stop deliveries to an endpoint", ok=(200, "OK", "WebhookEndpoint"),
+                          errors=(404,), params=[_path_param("endpoint_id", r"^whe_[0-9a-f]{20}$")])},
+        "/v1/webhook-endpoints/{endpoint_id}/rotate-secret": {"post": _op(
+            "rotateWebhookSecret", "A new signing secret; the previous one also signs for overlap_s",
+            body="RotateSecretRequest", body_required=False, ok=(200, "OK", "WebhookEndpoint"), errors=(404,),
+            params=[_path_param("endpoint_id", r"^whe_[0-9a-f]{20}$")])},
+        "/v1/events": {"get": _op(
+            "listEvents", "Your events, oldest first, kept 30 days: the same ones webhooks deliver, for catching up",
+            ok=(200, "OK", "Events"), errors=(400,),
+            params=[{"name": "after", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                     "description": "next_cursor or last_cursor of an earlier page"},
+                    {"name": "type", "in": "query", "required": False, "schema": {"enum": list(EVENT_TYPES)}}, limit])},
         "/admin/v1/partners/{partner_id}/rate-limit": {"put": _op(
             "setPartnerRateLimit", "Override the default rate limit of one partner (every gateway process applies "
                                    "it within 5 s)", security="admin", body="RateLimitRequest",

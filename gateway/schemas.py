@@ -9,7 +9,8 @@ import msgspec
 from .errors import ApiError
 
 __all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "QuickPaymentBatchItem", "QuickPaymentBatchRequest",
-           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "RateLimitRequest", "PartnerRequest", "AccountRequest",
+           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "RateLimitRequest",
+           "WebhookEndpointRequest", "RotateSecretRequest", "PartnerRequest", "AccountRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
@@ -111,6 +112,18 @@ class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
     periodic_limits: Annotated[list[PeriodicLimitRequest], msgspec.Meta(max_length=8)] = []
     valid_from: Timestamp | None = None
     valid_to: Timestamp | None = None
+
+
+class WebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
+    url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048, pattern=r"^https?://[\x21-\x7e]+\Z",
+                                     description="http(s) URL; loopback, private and link-local addresses are "
+                                                 "refused unless the stack allows them")]
+    events: Annotated[list[str], msgspec.Meta(min_length=1, max_length=16)]
+
+
+class RotateSecretRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # A whole number of seconds; a float because JSON Schema's integer includes 600.0.
+    overlap_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86_400)] = 86_400
 
 
 class RateLimitRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -120,3 +120,45 @@ CREATE TABLE IF NOT EXISTS alerts (
     details    jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_account_rule_at ON alerts (account, rule, at_ms);
+-- Notifications (notify/; used in shard 0's database, the control database, like alerts).
+-- Events produced from every shard's committed journal; seq orders a partner's feed.
+CREATE TABLE IF NOT EXISTS events (
+    seq           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id            text NOT NULL UNIQUE,          -- stable: derived from the journal row
+    partner_id    text NOT NULL,
+    type          text NOT NULL,
+    created_at_ms bigint NOT NULL,
+    body          text NOT NULL                  -- the JSON delivered and listed, byte for byte
+);
+CREATE INDEX IF NOT EXISTS events_partner_seq ON events (partner_id, seq);
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at_ms);
+-- How far the producer has read each source (t<shard>: transfers.seq, a<shard>:
+-- agreement_events.seq, x<shard>: the time up to which expiries were looked for).
+CREATE TABLE IF NOT EXISTS event_positions (
+    source   text PRIMARY KEY,
+    position bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id                       text PRIMARY KEY,
+    partner_id               text NOT NULL,
+    url                      text NOT NULL,
+    events                   text[] NOT NULL,
+    secret                   text NOT NULL,   -- the HMAC key: it must be readable to sign
+    previous_secret          text,            -- still signed with until previous_secret_until_ms
+    previous_secret_until_ms bigint,
+    created_at_ms            bigint NOT NULL,
+    deleted_at_ms            bigint
+);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_partner ON webhook_endpoints (partner_id);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    endpoint_id        text NOT NULL REFERENCES webhook_endpoints (id),
+    event_seq          bigint NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+    status             text NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts           int NOT NULL DEFAULT 0,
+    next_attempt_at_ms bigint NOT NULL,
+    last_error         text,
+    finished_at_ms     bigint,
+    PRIMARY KEY (endpoint_id, event_seq)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at_ms)
+    WHERE status = 'pending';

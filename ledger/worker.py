@@ -1002,6 +1002,37 @@ def _read_decisions(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return _read_decisions_async(worker, args.get("decision"), args.get("rule_id"), limit)
 
 
+FEED_RETENTION_MS = 30 * 86_400_000
+
+
+async def _read_notify_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    """Webhook endpoints and the event feed (notify/store.py), in this shard's database:
+    the gateway asks shard 0, the control database the notifier writes."""
+    from notify import store
+    assert worker.read_pool is not None
+    action, partner_id, now_ms = args["action"], args["partner_id"], worker.clock_ms()
+    async with worker.read_pool.acquire() as conn:
+        if action == "create":
+            return await store.create_endpoint(conn, args["id"], partner_id, args["url"], args["events"],
+                                               args["secret"], now_ms)
+        if action == "list":
+            return await store.list_endpoints(conn, partner_id)
+        if action == "get":
+            return await store.get_endpoint(conn, partner_id, args["id"])
+        if action == "delete":
+            return await store.delete_endpoint(conn, partner_id, args["id"], now_ms)
+        if action == "rotate":
+            return await store.rotate_secret(conn, partner_id, args["id"], args["secret"], args["overlap_ms"], now_ms)
+        if action == "events":
+            return await store.list_events(conn, partner_id, args["after"], args.get("type"), args["limit"],
+                                           now_ms - FEED_RETENTION_MS)
+    raise ValueError(f"unknown notify action {action!r}")
+
+
+def _read_notify(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    return _read_notify_async(worker, args)
+
+
 def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return worker.fraud_admin.read(args)
 
@@ -1010,7 +1041,7 @@ _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
     "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
     "agreement": _read_agreement, "agreements": _read_agreements, "payment": _read_payment, "transactions": _read_transactions,
     "partner": _read_partner, "fraud_read": _read_fraud, "alerts": _read_alerts,
-    "decisions": _read_decisions,
+    "decisions": _read_decisions, "notify": _read_notify,
 }
 
 

@@ -136,7 +136,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv += ["--ledger-mode", args.ledger_mode]
         if node:
             argv += ["--host", args.host, "--port", str(args.port), "--batch-items-max", str(args.batch_items_max),
-                     *_rate_limit_argv(args, share=1 / args.shards)]
+                     *_rate_limit_argv(args, share=1 / args.shards),
+                     *(["--webhooks-allow-private"] if _allow_private(args) else [])]
             children.append(Child(f"node-{shard}", argv,
                                   env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
             continue
@@ -146,10 +147,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
             "--shard-addrs", ",".join(gateway_addresses), "--batch-items-max", str(args.batch_items_max),
-            *_rate_limit_argv(args, share=1 / args.workers)],
+            *_rate_limit_argv(args, share=1 / args.workers),
+            *(["--webhooks-allow-private"] if _allow_private(args) else [])],
             env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
         children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns], needed=False))
+    if not args.no_notifier:
+        children.append(Child("notifier", [
+            *python, "notifier", "--dsn", *dsns, "--webhook-max-age-h", str(args.webhook_max_age_h),
+            *(["--webhooks-allow-private"] if _allow_private(args) else [])], needed=False))
     supervisor = Supervisor(([pg_child] if pg_child is not None else []) + children, status_path=status_path)
     base_url = f"http://{args.host}:{args.port}"
     try:
@@ -343,7 +349,8 @@ def _gateway_config(args: argparse.Namespace, command: str) -> Any:
     return GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
                          supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None,
                          batch_items_max=items_max, rate_limit_rps=rate, rate_limit_burst=burst,
-                         rate_limit_share=share)
+                         rate_limit_share=share,
+                         webhooks_allow_private=bool(getattr(args, "webhooks_allow_private", False)))
 
 
 def cmd_gateway_worker(args: argparse.Namespace) -> int:
@@ -351,6 +358,24 @@ def cmd_gateway_worker(args: argparse.Namespace) -> int:
     config = _gateway_config(args, "gateway-worker")
     _setup_logging()
     serve(config, args.host, args.port)
+    return 0
+
+
+def _allow_private(args: argparse.Namespace) -> bool:
+    """Webhooks to loopback/private addresses: only when asked, or for the demo's local receiver."""
+    return bool(getattr(args, "webhooks_allow_private", False) or getattr(args, "demo", False))
+
+
+def cmd_notifier(args: argparse.Namespace) -> int:
+    import uvloop
+    from notify.service import run_notifier
+    dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    _require_dsn_passwords("notifier", dsns)
+    if not 1 <= args.webhook_max_age_h <= 24 * 30:
+        raise SystemExit("notifier: --webhook-max-age-h must be between 1 and 720")
+    _setup_logging(verbose=True)
+    uvloop.run(run_notifier(dsns, allow_private=args.webhooks_allow_private,
+                            max_age_s=int(args.webhook_max_age_h * 3600)))
     return 0
 
 
@@ -448,6 +473,8 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refund-window-days", type=int, default=365,
                    help="how long after a payment it can be refunded, 1-3650 days (default 365)")
     _add_rate_limit_arguments(p, process=False)
+    _add_webhook_arguments(p)
+    p.add_argument("--no-notifier", action="store_true", help="do not start the event and webhook process")
 
 
 RATE_LIMIT_RPS_DEFAULT = 10_000.0
@@ -464,6 +491,14 @@ def _add_rate_limit_arguments(p: argparse.ArgumentParser, *, process: bool) -> N
     if process:
         p.add_argument("--rate-limit-share", type=float, default=1.0,
                        help="this process's part of each limit: 1/W for W gateway processes (up sets it)")
+
+
+def _add_webhook_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--webhooks-allow-private", action="store_true",
+                   help="let webhook endpoints be loopback/private/link-local addresses (refused by default; "
+                        "--demo sets it for the README's local receiver)")
+    p.add_argument("--webhook-max-age-h", type=float, default=72.0,
+                   help="retry a webhook delivery until its event is this many hours old (default 72)")
 
 
 def _rate_limit_argv(args: argparse.Namespace, *, share: float) -> list[str]:
@@ -516,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
                     help="payments per batch request (at most the default)")
     _add_rate_limit_arguments(gw, process=True)
+    gw.add_argument("--webhooks-allow-private", action="store_true", help="accept private webhook addresses")
     gw.set_defaults(func=cmd_gateway_worker)
 
     node = sub.add_parser("node", help="run one node: HTTP API plus one shard in one process (up --topology node)")
@@ -525,7 +561,13 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--batch-items-max", type=int, default=BATCH_ITEMS_MAX_DEFAULT,
                       help="payments per batch request (at most the default)")
     _add_rate_limit_arguments(node, process=True)
+    node.add_argument("--webhooks-allow-private", action="store_true", help="accept private webhook addresses")
     node.set_defaults(func=cmd_node)
+
+    notifier = sub.add_parser("notifier", help="run the event producer and webhook deliverer over all shards")
+    notifier.add_argument("--dsn", nargs="*", help=f"every shard's DSN, in shard order (or {ENV_DSNS})")
+    _add_webhook_arguments(notifier)
+    notifier.set_defaults(func=cmd_notifier)
 
     mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")
     mon.add_argument("--dsn", nargs="*", help=f"every shard's DSN in shard order (or {ENV_DSNS})")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-PACKAGES = ("quickpay", "ledger", "gateway", "fraud", "loadtest")
+PACKAGES = ("quickpay", "ledger", "gateway", "fraud", "loadtest", "notify", "quickpay_sdk")
 
 
 def _modules() -> dict[str, Path]:
@@ -76,7 +76,9 @@ def test_no_import_circles() -> None:
 
 def test_decision_code_does_no_io_and_the_gateway_has_no_database_driver() -> None:
     pure = [ROOT / "ledger" / "state.py", ROOT / "ledger" / "model.py", ROOT / "ledger" / "idfilter.py",
-            ROOT / "quickpay" / "money.py", ROOT / "quickpay" / "ids.py", ROOT / "loadtest" / "targets.py"]
+            ROOT / "quickpay" / "money.py", ROOT / "quickpay" / "ids.py", ROOT / "loadtest" / "targets.py",
+            ROOT / "ledger" / "agreements.py", ROOT / "gateway" / "ratelimit.py", ROOT / "gateway" / "resources.py",
+            ROOT / "notify" / "events.py", ROOT / "notify" / "delivery.py"]
     for path in pure:
         assert not _external_imports(path) & {"asyncpg", "aiohttp", "socket", "asyncio", "locust"}, path
     for path in (ROOT / "gateway").rglob("*.py"):
