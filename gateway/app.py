@@ -37,6 +37,7 @@ from .openapi import openapi_document
 from .paging import merge_page
 from .ratelimit import RateLimit, RateLimiter, Verdict
 from .resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
+from ledger import recon
 from notify.events import EVENT_TYPES
 from notify.ssrf import UrlRefused, resolve_checked
 from .schemas import (
@@ -77,6 +78,7 @@ _AGREEMENT_ID = re.compile(r"agr_[A-Za-z0-9_\-]{1,60}")
 _PARTNER_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 _WEBHOOK_ID = re.compile(r"whe_[0-9a-f]{20}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -752,6 +754,49 @@ def create_app(config: GatewayConfig) -> web.Application:
         return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows],
                            "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
                            "last_cursor": last})
+
+    # -- reconciliation files --
+    @routes.get("/v1/reconciliation-files/{day}")
+    async def reconciliation_file(request: web.Request) -> web.StreamResponse:
+        partner_id = gw.partner_of(request)
+        if _DAY.fullmatch(request.match_info["day"]) is None:
+            raise field_error(400, "QP.Path.Invalid", "the date is YYYY-MM-DD", "path.day")
+        try:
+            day = datetime.date.fromisoformat(request.match_info["day"])
+        except ValueError:     # well-formed, but no such day (2026-02-30)
+            raise ApiError(404, "QP.Reconciliation.NoSuchDay", "there is no such day") from None
+        provisional = request.query.get("provisional", "false")
+        if provisional not in ("true", "false"):
+            raise field_error(400, "QP.Query.Invalid", "provisional is true or false", "query.provisional")
+        now_ms = time.time_ns() // 1_000_000
+        closed = recon.is_closed(day, now_ms)
+        if not closed and provisional != "true":
+            raise ApiError(404, "QP.Reconciliation.NotReady",
+                           f"{day.isoformat()} is not closed yet: its file is ready "
+                           f"{recon.CLOSE_GRACE_MS // 60_000} minutes after midnight UTC; "
+                           "?provisional=true gives the day so far")
+        from_ms, to_ms = recon.day_bounds(day)
+        if from_ms > now_ms:
+            raise ApiError(404, "QP.Reconciliation.NotReady", f"{day.isoformat()} has not begun")
+        report = recon.Reconciliation(partner_id, day, provisional=not closed, generated_at_ms=now_ms)
+        for shard in range(router.count):
+            after = 0
+            while True:
+                page = await router.call(shard, "recon", {"partner_id": partner_id, "from_ms": from_ms,
+                                                          "to_ms": to_ms, "after_seq": after})
+                try:
+                    report.add(wire for _, wire in page)
+                except ValueError as exc:
+                    raise ApiError(422, "QP.Reconciliation.TooLarge", str(exc)) from None
+                if len(page) < 5_000:
+                    break
+                after = page[-1][0]
+        body = report.text().encode()
+        headers = {"Content-Type": "text/csv; charset=utf-8",
+                   "Content-Disposition": f'attachment; filename="quickpay-{partner_id}-{day.isoformat()}.csv"',
+                   "Quickpay-Content-SHA256": hashlib.sha256(body).hexdigest(),
+                   "Quickpay-Reconciliation": "final" if closed else "provisional"}
+        return web.Response(status=200, body=body, headers=headers)
 
     # -- refunds --
     @routes.post(r"/v1/quick-payments/{payment_id:(?!batch\Z)[^{}/]+}/refunds")

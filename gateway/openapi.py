@@ -252,6 +252,23 @@ def _batch_op() -> dict[str, Any]:
     return operation
 
 
+def _csv_op() -> dict[str, Any]:
+    operation = _op(
+        "getReconciliationFile", "A day's reconciliation file (CSV): every accepted payment and succeeded refund of "
+                                 "the UTC day, then a summary per kind and the settlement account's net movement. "
+                                 "Final 10 minutes after the day ends (404 QP.Reconciliation.NotReady before); "
+                                 "?provisional=true gives the day so far, marked in its first line and a header",
+        ok=(200, "The file", "Object"), errors=(400, 404),
+        params=[_path_param("day", r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"),
+                {"name": "provisional", "in": "query", "required": False, "schema": {"enum": ["true", "false"]}}])
+    success = operation["responses"]["200"]
+    success["content"] = {"text/csv": {"schema": {"type": "string"}}}
+    success["headers"].update({
+        "Quickpay-Content-SHA256": {"required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+        "Quickpay-Reconciliation": {"required": True, "schema": {"enum": ["final", "provisional"]}}})
+    return operation
+
+
 @functools.lru_cache(maxsize=4)
 def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     """The document; `batch_items_max` is the deployment's batch bound (`--batch-items-max`,
@@ -610,6 +627,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "rotateWebhookSecret", "A new signing secret; the previous one also signs for overlap_s",
             body="RotateSecretRequest", body_required=False, ok=(200, "OK", "WebhookEndpoint"), errors=(404,),
             params=[_path_param("endpoint_id", r"^whe_[0-9a-f]{20}$")])},
+        "/v1/reconciliation-files/{day}": {"get": _csv_op()},
         "/v1/events": {"get": _op(
             "listEvents", "Your events, oldest first, kept 30 days: the same ones webhooks deliver, for catching up",
             ok=(200, "OK", "Events"), errors=(400,),

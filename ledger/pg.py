@@ -164,6 +164,17 @@ async def fetch_transfer(conn: asyncpg.Connection, transfer_id: str) -> Transfer
     return row_to_transfer(row) if row else None
 
 
+async def partner_day_transfers(conn: asyncpg.Connection, partner_id: str, from_ms: int, to_ms: int,
+                                after_seq: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, wire) of the partner's payments and refunds recorded in [from_ms, to_ms), by
+    seq after after_seq (a reconciliation file's rows, page by page; BRIN on created_at_ms)."""
+    rows = await conn.fetch(
+        _SELECT_TRANSFER + " WHERE created_at_ms >= $2 AND created_at_ms < $3 AND partner_id = $1"
+        " AND kind IN ('payment', 'refund') AND seq > $4 ORDER BY seq LIMIT $5",
+        partner_id, from_ms, to_ms, after_seq, limit)
+    return [(r["seq"], row_to_transfer(r).to_wire()) for r in rows]
+
+
 async def list_account_transfers(conn: asyncpg.Connection, account_id: str, before_seq: int,
                                  limit: int) -> list[Transfer]:
     """Money-moving rows touching the account, newest first, with seq < before_seq."""

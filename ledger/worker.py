@@ -1003,6 +1003,20 @@ def _read_decisions(worker: ShardWorker, args: dict[str, Any]) -> Any:
 
 
 FEED_RETENTION_MS = 30 * 86_400_000
+RECON_PAGE_MAX = 5_000
+
+
+async def _read_recon_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    assert worker.read_pool is not None
+    limit = max(1, min(int(args.get("limit", RECON_PAGE_MAX)), RECON_PAGE_MAX))
+    async with worker.read_pool.acquire() as conn:
+        rows = await pg.partner_day_transfers(conn, args["partner_id"], int(args["from_ms"]), int(args["to_ms"]),
+                                              int(args.get("after_seq", 0)), limit)
+    return [[seq, wire] for seq, wire in rows]
+
+
+def _read_recon(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    return _read_recon_async(worker, args)
 
 
 async def _read_notify_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
@@ -1041,7 +1055,7 @@ _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
     "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
     "agreement": _read_agreement, "agreements": _read_agreements, "payment": _read_payment, "transactions": _read_transactions,
     "partner": _read_partner, "fraud_read": _read_fraud, "alerts": _read_alerts,
-    "decisions": _read_decisions, "notify": _read_notify,
+    "decisions": _read_decisions, "notify": _read_notify, "recon": _read_recon,
 }
 
 

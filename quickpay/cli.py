@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -392,6 +393,64 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- recon ------------------------------------------------------------------------
+async def _recon_text(dsns: list[str], partner_id: str, day: Any, now_ms: int) -> tuple[str, bool]:
+    import asyncpg
+
+    from ledger import pg, recon
+    closed = recon.is_closed(day, now_ms)
+    report = recon.Reconciliation(partner_id, day, provisional=not closed, generated_at_ms=now_ms)
+    from_ms, to_ms = recon.day_bounds(day)
+    for dsn in dsns:
+        conn = await asyncpg.connect(dsn)
+        try:
+            after = 0
+            while True:
+                page = await pg.partner_day_transfers(conn, partner_id, from_ms, to_ms, after, 5_000)
+                report.add(wire for _, wire in page)
+                if len(page) < 5_000:
+                    break
+                after = page[-1][0]
+        finally:
+            await conn.close()
+    return report.text(), closed
+
+
+def cmd_recon(args: argparse.Namespace) -> int:
+    import datetime
+    import hashlib
+
+    from ledger import recon
+    from quickpay.config import StateDir
+    try:
+        day = datetime.date.fromisoformat(args.date)
+    except ValueError:
+        raise SystemExit("recon: --date is YYYY-MM-DD") from None
+    now_ms = args.now_ms if args.now_ms is not None else time.time_ns() // 1_000_000
+    if not recon.is_closed(day, now_ms) and not args.provisional:
+        raise SystemExit(f"recon: {day} is not closed yet (final {recon.CLOSE_GRACE_MS // 60_000} minutes after "
+                         "midnight UTC); --provisional gives the day so far")
+    dsns = _dsns_from(args)
+    pg = None
+    started_here = False
+    if not dsns:
+        from quickpay.embedded_pg import attach_state
+        pg, dsns, started_here = attach_state(StateDir(args.state_dir).path)
+    try:
+        text, closed = asyncio.run(_recon_text(dsns, args.partner, day, now_ms))
+    finally:
+        if started_here and pg is not None:
+            pg.stop()
+    data = text.encode()
+    if args.out:
+        Path(args.out).write_bytes(data)
+    else:
+        sys.stdout.write(text)
+    print(f"recon: {'final' if closed else 'PROVISIONAL'} file for {args.partner} on {day}, "
+          f"sha256 {hashlib.sha256(data).hexdigest()}", file=sys.stderr)
+    return 0
+
+
 # ---- check ------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
     from ledger.audit import audit
@@ -568,6 +627,16 @@ def build_parser() -> argparse.ArgumentParser:
     notifier.add_argument("--dsn", nargs="*", help=f"every shard's DSN, in shard order (or {ENV_DSNS})")
     _add_webhook_arguments(notifier)
     notifier.set_defaults(func=cmd_notifier)
+
+    rec = sub.add_parser("recon", help="a partner's reconciliation file for one UTC day (from every shard's journal)")
+    rec.add_argument("--partner", required=True, help="the partner id (ptn_...)")
+    rec.add_argument("--date", required=True, help="the UTC day, YYYY-MM-DD")
+    rec.add_argument("--provisional", action="store_true", help="the day so far, before it is closed")
+    rec.add_argument("--out", help="write the file here (default: standard output)")
+    rec.add_argument("--state-dir", default="./.quickpay")
+    rec.add_argument("--dsn", action="append", help=f"PostgreSQL DSN, once per shard (or {ENV_DSNS})")
+    rec.add_argument("--now-ms", type=int, help=argparse.SUPPRESS)   # the clock, for tests
+    rec.set_defaults(func=cmd_recon)
 
     mon = sub.add_parser("monitor", help="run the post-event fraud monitor over all shards")
     mon.add_argument("--dsn", nargs="*", help=f"every shard's DSN in shard order (or {ENV_DSNS})")
