@@ -28,6 +28,7 @@ from quickpay.ids import (
     settlement_account_for, shard_of_payment, shard_of_refund,
 )
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
+from quickpay.logs import INTERACTION_ID
 from quickpay.supervisor import read_status
 
 from .auth import TokenService, admin_token_matches, hash_secret, new_secret, secret_matches
@@ -35,6 +36,7 @@ from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
+from . import metrics
 from .ratelimit import RateLimit, RateLimiter, Verdict
 from .resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
 from ledger import recon
@@ -165,9 +167,11 @@ def _shard_error(exc: ShardError, interaction_id: str) -> ApiError:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
     interaction_id = request.headers.get("x-fapi-interaction-id")
     if not interaction_id or not is_printable_ascii(interaction_id, INTERACTION_ID_MAX):
         interaction_id = _new_interaction_id()
+    INTERACTION_ID.set(interaction_id)       # every log line of this request carries it
     try:
         _check_url(request)
         response = await handler(request)
@@ -194,6 +198,12 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         response.headers.update(verdict.headers())
+        if not verdict.allowed:
+            metrics.RATE_LIMITED.inc()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.REQUESTS.labels(route, request.method, str(response.status)).inc()
+    metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
     return response
 
 
@@ -469,6 +479,22 @@ def create_app(config: GatewayConfig) -> web.Application:
                 ready = False
                 body["status"] = "not ready"
         return _json(200 if ready else 503, body)
+
+    @routes.get("/metrics")
+    async def prometheus_metrics(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+
+        async def ping(shard: int) -> tuple[int, Any]:
+            try:
+                return shard, await router.clients[shard].call("ping")
+            except Exception:
+                return shard, None
+        pings = list(await asyncio.gather(*(ping(s) for s in range(router.count))))
+        try:
+            deliveries = await router.clients[0].call("notify", {"action": "stats", "partner_id": "-"})
+        except Exception:
+            deliveries = None
+        return web.Response(body=metrics.render(pings, deliveries), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:

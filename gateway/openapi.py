@@ -252,6 +252,15 @@ def _batch_op() -> dict[str, Any]:
     return operation
 
 
+def _metrics_op() -> dict[str, Any]:
+    operation = _op("metrics", "Prometheus metrics (text exposition format): requests, latency, rate-limit "
+                               "refusals of every gateway process; shard queues, group commits, relay backlog and "
+                               "lag, webhook backlog and failures, asked at scrape time", security="admin",
+                    ok=(200, "Metrics", "Object"), errors=())
+    operation["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    return operation
+
+
 def _csv_op() -> dict[str, Any]:
     operation = _op(
         "getReconciliationFile", "A day's reconciliation file (CSV): every accepted payment and succeeded refund of "
@@ -518,6 +527,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
                                         "headers": _INTERACTION_HEADER,
                                         "content": _json_content(_ref("Readiness"))}}}},
         "/openapi.json": {"get": _op("openapi", "This document", security=None, errors=(), shards=False)},
+        "/metrics": {"get": _metrics_op()},
         "/oauth2/token": {"post": {
             **_op("token", "OAuth2 client credentials grant: HTTP Basic, or client_id and client_secret "
                            "as form fields or JSON", security=None, ok=(200, "Access token", "Token"),

@@ -59,6 +59,11 @@ class Relay:
     def pending(self) -> int:
         return len(self.queued)
 
+    def oldest_at_ms(self) -> int | None:
+        """The time of the oldest leg still to deliver (queues are in commit order)."""
+        heads = [queue[0].at_ms for queue in self.queues.values() if queue]
+        return min(heads) if heads else None
+
     async def _run(self, target: int) -> None:
         queue, wakeup, client = self.queues[target], self.wakeups[target], self.peers[target]
         backoff_s = 0.05

@@ -859,9 +859,15 @@ def _timing_summary(timings: Any) -> dict[str, Any]:
     return summary
 
 
+def _relay_lag_ms(worker: ShardWorker) -> int:
+    oldest = worker.relay.oldest_at_ms() if worker.relay is not None else None
+    return max(0, worker.clock_ms() - oldest) if oldest is not None else 0
+
+
 def _read_ping(worker: ShardWorker, args: Any) -> Any:
     return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
             "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
+            "relay_lag_ms": _relay_lag_ms(worker),
             "committed_batches": worker.committed_batches,
             "committed_transfers": worker.committed_transfers,
             "batches": _timing_summary(worker.batch_timings),
@@ -1037,6 +1043,8 @@ async def _read_notify_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
             return await store.delete_endpoint(conn, partner_id, args["id"], now_ms)
         if action == "rotate":
             return await store.rotate_secret(conn, partner_id, args["id"], args["secret"], args["overlap_ms"], now_ms)
+        if action == "stats":
+            return await store.delivery_stats(conn)
         if action == "events":
             return await store.list_events(conn, partner_id, args["after"], args.get("type"), args["limit"],
                                            now_ms - FEED_RETENTION_MS)

@@ -9,7 +9,7 @@ import asyncpg
 
 __all__ = ["create_endpoint", "list_endpoints", "get_endpoint", "delete_endpoint", "rotate_secret",
            "list_events", "read_positions", "store_events", "due_deliveries", "mark_delivered", "mark_retry",
-           "mark_failed", "prune_events", "ENDPOINT_COLUMNS", "ENDPOINTS_PER_PARTNER_MAX"]
+           "mark_failed", "prune_events", "delivery_stats", "ENDPOINT_COLUMNS", "ENDPOINTS_PER_PARTNER_MAX"]
 
 ENDPOINT_COLUMNS = "id, partner_id, url, events, created_at_ms, previous_secret_until_ms"
 ENDPOINTS_PER_PARTNER_MAX = 16
@@ -151,6 +151,16 @@ async def mark_failed(conn: asyncpg.Connection, endpoint_id: str, event_seq: int
     await conn.execute("UPDATE webhook_deliveries SET status = 'failed', attempts = $3, finished_at_ms = $4,"
                        " last_error = $5 WHERE endpoint_id = $1 AND event_seq = $2 AND status = 'pending'",
                        endpoint_id, event_seq, attempts, now_ms, error[:500])
+
+
+async def delivery_stats(conn: asyncpg.Connection) -> dict[str, int]:
+    """For /metrics: deliveries waiting (the backlog) and given up, and events produced so far
+    (the identity's high-water mark: an index lookup, not a count)."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,"
+        " (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,"
+        " (SELECT coalesce(max(seq), 0) FROM events) AS events")
+    return {"pending": row["pending"], "failed": row["failed"], "events": row["events"]}
 
 
 async def prune_events(conn: asyncpg.Connection, older_than_ms: int) -> int:

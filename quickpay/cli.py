@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -22,8 +23,8 @@ ENV_SHARD_ADDRS = "QUICKPAY_SHARD_ADDRS"
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from quickpay.logs import setup
+    setup(logging.INFO if verbose else logging.WARNING)   # one JSON object per line
 
 
 def _split(value: str | None) -> list[str]:
@@ -124,6 +125,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     python = [sys.executable, "-m", "quickpay.cli"]
     children = []
     node = args.topology == "node"
+    # The gateway processes' Prometheus counters, shared (prometheus-client multiprocess
+    # mode): emptied at every start, so a scrape counts this run.
+    metrics_dir = state.run_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(mode=0o700)
+    metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     for shard in range(args.shards):
         argv = [*python, "node" if node else "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
                 "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(relay_addresses),
@@ -140,7 +147,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                      *_rate_limit_argv(args, share=1 / args.shards),
                      *(["--webhooks-allow-private"] if _allow_private(args) else [])]
             children.append(Child(f"node-{shard}", argv,
-                                  env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
+                                  env={**secrets_env, **metrics_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
             continue
         children.append(Child(f"shard-{shard}", argv, env=cluster_env))
     for worker in range(0 if node else args.workers):
@@ -150,7 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             "--shard-addrs", ",".join(gateway_addresses), "--batch-items-max", str(args.batch_items_max),
             *_rate_limit_argv(args, share=1 / args.workers),
             *(["--webhooks-allow-private"] if _allow_private(args) else [])],
-            env={**secrets_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
+            env={**secrets_env, **metrics_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
         children.append(Child("monitor", [*python, "monitor", "--dsn", *dsns], needed=False))
     if not args.no_notifier:

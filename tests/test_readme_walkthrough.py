@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, Stack
 
 
@@ -45,3 +47,42 @@ def test_readme_walkthrough_runs(stack: Stack, tmp_path: Path) -> None:
         "AwaitingAuthorisation", "Authorised", "Suspended", "Authorised", "Revoked"]
     assert len(checks) == 2 and all("ok" in line.lower() for line in checks), checks
     assert '"status": "AwaitingAuthorisation"' in done.stderr.replace('":"', '": "')
+
+
+def _notify_walkthrough() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- walkthrough-notify:begin -->\n```bash\n(.*?)```\n<!-- walkthrough-notify:end -->",
+                      text, re.S)
+    assert match, "README has no webhooks walk-through block"
+    return match.group(1)
+
+
+def test_readme_webhooks_walkthrough_runs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On its own demo stack: the block lowers the demo partner's rate limit for a while."""
+    from conftest import free_port, start_stack, stop_stack
+    own = start_stack(tmp_path_factory.mktemp("readme-notify"))
+    tmp_path = tmp_path_factory.mktemp("readme-notify-bin")
+    try:
+        quickpay = tmp_path / "quickpay"
+        quickpay.write_text(f"#!/bin/sh\nexec {sys.executable} -m quickpay.cli \"$@\"\n")
+        quickpay.chmod(0o755)
+        env = {**os.environ, "QP_URL": own.base_url, "QP_STATE": str(own.state_dir), "QUICKPAY": str(quickpay),
+               "PY": sys.executable, "RECEIVER_PORT": str(free_port())}
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", _notify_walkthrough()], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        verified = [json.loads(line) for line in out.splitlines() if line.startswith('{"verified"')]
+        assert [v["type"] for v in verified[:2]] == ["payment.completed", "refund.succeeded"], out
+        away = re.search(r"paid (pay_\w+) while the receiver was away", out)
+        assert away, out
+        assert [v["object"] for v in verified[2:]] == [away.group(1)], out   # retried, delivered once
+        assert re.search(r"^\d+ payment.completed events; poll again from \d+$", out, re.M), out
+        assert re.search(r"quickpay-reconciliation: final", out, re.I) and "sha256" in out.lower()
+        assert re.search(r"^summary,settlement_net,CNY", out, re.M), out
+        statuses = re.findall(r"^HTTP/1.1 (\d{3})", out, re.M)
+        assert statuses[:1] == ["200"] and "429" in statuses, out
+        assert re.search(r"429.*retry-after: \d+", out, re.I | re.M), out
+        assert re.search(r"^quickpay_http_requests_total\{", out, re.M), out
+    finally:
+        stop_stack(own)

@@ -1,0 +1,88 @@
+"""Prometheus metrics (prometheus-client), served at GET /metrics (admin token).
+
+Per request, in every gateway process: requests by route, method and status, and latency
+by route; rate-limit refusals. Gateway workers share one port, so a scrape reaches one of
+them: under `quickpay up` they write to a shared directory (PROMETHEUS_MULTIPROC_DIR,
+client's multiprocess mode) and any worker answers for all. At scrape time the answering
+process adds what only the shards and the notifier know, asked then (one ping per shard,
+one query on the control database): intake queue depth, batch sizes and commit latency
+(the last 2,048 group commits), committed transfers, relay backlog and lag, webhook backlog,
+failed deliveries and events produced.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["REQUESTS", "LATENCY", "RATE_LIMITED", "render", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REQUESTS = Counter("quickpay_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
+LATENCY = Histogram("quickpay_http_request_duration_seconds", "Time to answer, by route", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
+RATE_LIMITED = Counter("quickpay_rate_limit_refusals_total", "Requests refused with 429")
+
+
+class _Snapshot:
+    """What the shards and the notifier reported for this scrape, as metric families."""
+
+    def __init__(self, pings: list[tuple[int, Any]], deliveries: dict[str, int] | None) -> None:
+        self.pings = pings
+        self.deliveries = deliveries
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("quickpay_shard_up", "1 when the shard worker answered the scrape's ping", labels=["shard"])
+        queue = GaugeMetricFamily("quickpay_shard_intake_queue", "Commands waiting in the shard's intake queue",
+                                  labels=["shard"])
+        batch = GaugeMetricFamily("quickpay_shard_batch_commands", "Commands per group commit (last 2,048 batches)",
+                                  labels=["shard", "stat"])
+        commit = GaugeMetricFamily("quickpay_shard_commit_seconds", "Batch write (commit) latency, last 2,048 batches",
+                                   labels=["shard", "quantile"])
+        cycle = GaugeMetricFamily("quickpay_shard_batch_cycle_seconds", "Whole group-commit cycle, last 2,048 batches",
+                                  labels=["shard", "quantile"])
+        committed = CounterMetricFamily("quickpay_shard_committed_transfers", "Journal rows committed since start",
+                                        labels=["shard"])
+        backlog = GaugeMetricFamily("quickpay_relay_backlog", "Cross-shard credit legs not yet acknowledged",
+                                    labels=["shard"])
+        lag = GaugeMetricFamily("quickpay_relay_lag_seconds", "Age of the oldest credit leg not yet acknowledged",
+                                labels=["shard"])
+        for shard, ping in self.pings:
+            label = str(shard)
+            up.add_metric([label], 0 if ping is None else 1)
+            if ping is None:
+                continue
+            queue.add_metric([label], ping.get("queue", 0))
+            backlog.add_metric([label], ping.get("relay_pending", 0))
+            lag.add_metric([label], ping.get("relay_lag_ms", 0) / 1000)
+            committed.add_metric([label], ping.get("committed_transfers", 0))
+            batches = ping.get("batches") or {}
+            if batches.get("count"):
+                batch.add_metric([label, "mean"], batches["commands_mean"])
+                batch.add_metric([label, "max"], batches["commands_max"])
+                for quantile in ("p50", "p99"):
+                    q = "0.5" if quantile == "p50" else "0.99"
+                    commit.add_metric([label, q], batches["write_ms"][quantile] / 1000)
+                    cycle.add_metric([label, q], batches["cycle_ms"][quantile] / 1000)
+        yield from (up, queue, batch, commit, cycle, committed, backlog, lag)
+        if self.deliveries is not None:
+            yield GaugeMetricFamily("quickpay_webhook_backlog", "Webhook deliveries waiting (due or backing off)",
+                                    value=self.deliveries["pending"])
+            yield GaugeMetricFamily("quickpay_webhook_failed", "Webhook deliveries given up (past their max age)",
+                                    value=self.deliveries["failed"])
+            yield CounterMetricFamily("quickpay_events_produced", "Events produced from the journals",
+                                      value=self.deliveries["events"])
+
+
+def render(pings: list[tuple[int, Any]], deliveries: dict[str, int] | None) -> bytes:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)          # every gateway process's counters and histograms
+    else:
+        for metric in (REQUESTS, LATENCY, RATE_LIMITED):
+            registry.register(metric)
+    registry.register(_Snapshot(pings, deliveries))
+    return generate_latest(registry)

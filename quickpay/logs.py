@@ -1,0 +1,36 @@
+"""Structured logs: one JSON object per line, with the interaction id of the request being
+served (set by the gateway's middleware in a context variable, so every line logged while
+serving that request carries it, whichever module logs it)."""
+from __future__ import annotations
+
+import contextvars
+import datetime
+import json
+import logging
+
+__all__ = ["INTERACTION_ID", "JsonFormatter", "setup"]
+
+INTERACTION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("interaction_id", default=None)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+        }
+        interaction_id = INTERACTION_ID.get()
+        if interaction_id is not None:
+            line["interaction_id"] = interaction_id
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup(level: int) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
