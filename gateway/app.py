@@ -202,8 +202,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             metrics.RATE_LIMITED.inc()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    metrics.REQUESTS.labels(route, request.method, str(response.status)).inc()
-    metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+    metrics.record(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 

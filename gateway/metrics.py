@@ -18,13 +18,30 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["REQUESTS", "LATENCY", "RATE_LIMITED", "render", "CONTENT_TYPE"]
+__all__ = ["REQUESTS", "LATENCY", "RATE_LIMITED", "record", "render", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUESTS = Counter("quickpay_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram("quickpay_http_request_duration_seconds", "Time to answer, by route", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 RATE_LIMITED = Counter("quickpay_rate_limit_refusals_total", "Requests refused with 429")
+# The label children of each (route, method, status), looked up once: .labels() costs as much
+# as the increment (measured in BENCHMARKS.md). Routes are the app's (plus "unmatched"),
+# statuses a few dozen: bounded, but capped anyway.
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+CHILDREN_MAX = 10_000
+
+
+def record(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency."""
+    key = (route, method, status)
+    children = _CHILDREN.get(key)
+    if children is None:
+        if len(_CHILDREN) >= CHILDREN_MAX:
+            _CHILDREN.clear()
+        children = _CHILDREN[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 class _Snapshot:

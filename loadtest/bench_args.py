@@ -19,6 +19,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="ledger shards (default 1: the cheapest per payment on 2 cores, see --sweep)")
     p.add_argument("--workers", type=int, default=1,
                    help="gateway worker processes (default 1: the cheapest per payment on 2 cores)")
+    p.add_argument("--with-notifier", action="store_true",
+                   help="run the event/webhook notifier too (off by default, like the monitor: neither is on the "
+                        "payment path; its CPU shows as the 'notifier' group)")
     p.add_argument("--topology", choices=["gateway", "node"], default="gateway",
                    help="the stack's topology (quickpay up --topology); node: HTTP and shard in one process")
     p.add_argument("--batch-wait-ms", type=float, default=None,

@@ -83,7 +83,8 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     stack = StackProcess(cfg.state_dir, cfg.port, cfg.shards, cfg.workers, out / f"up-{cfg.name}.log",
                          no_rules=args.no_rules, rules=rules, ledger_mode=cfg.ledger_mode, dsns=cfg.dsns,
                          topology=str(cfg.topology or getattr(args, "topology", "gateway")),
-                         batch_wait_ms=getattr(args, "batch_wait_ms", None))
+                         batch_wait_ms=getattr(args, "batch_wait_ms", None),
+                         notifier=bool(getattr(args, "with_notifier", False)))
     result: dict[str, Any] = {"phase": cfg.name, "shards": cfg.shards, "gateway_workers": cfg.workers,
                               "customers": cfg.customers, "partners": cfg.partners,
                               "ledger_mode": cfg.ledger_mode or "batched", "up_command": " ".join(stack.argv),

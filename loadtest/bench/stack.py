@@ -18,7 +18,7 @@ class StackProcess:
     def __init__(self, state_dir: Path, port: int, shards: int, workers: int, log_path: Path, *,
                  no_rules: bool = False, rules: Path | None = None, ledger_mode: str | None = None,
                  dsns: list[str] | None = None, topology: str = "gateway",
-                 batch_wait_ms: float | None = None) -> None:
+                 batch_wait_ms: float | None = None, notifier: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.shards = shards
@@ -26,6 +26,8 @@ class StackProcess:
         self.log_path = log_path
         self.argv = [sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(self.state_dir),
                      "--port", str(port), "--shards", str(shards), "--workers", str(workers), "--no-monitor"]
+        if not notifier:
+            self.argv.append("--no-notifier")
         if no_rules:
             self.argv.append("--no-rules")
         elif rules is not None:
@@ -199,6 +201,8 @@ def _process_group(cmdline: list[str]) -> str:
         return "node"
     if "shard-worker" in cmdline:
         return "shard"
+    if "notifier" in cmdline and "quickpay.cli" in cmdline:
+        return "notifier"
     if cmdline and cmdline[0].startswith("postgres"):
         return "postgres"
     return "other"
