@@ -8,6 +8,7 @@ of the notifier and arrive once, nothing acknowledged is sent again; the feed
 (/v1/events) has the same events with a cursor; a delivery past its max age fails."""
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -102,6 +103,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.status = 200
+        self.gate: asyncio.Event | None = None      # when set: each request waits for it (a slow endpoint)
         self.received: list[tuple[bytes, str]] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -109,6 +111,8 @@ class Receiver:
     async def start(self) -> None:
         async def hook(request: web.Request) -> web.Response:
             self.received.append((await request.read(), request.headers.get("Quickpay-Signature", "")))
+            if self.gate is not None:
+                await self.gate.wait()
             return web.Response(status=self.status)
         app = web.Application()
         app.router.add_post("/hook", hook)
@@ -315,3 +319,65 @@ async def test_a_stack_without_the_allow_flag_refuses_private_urls() -> None:
 
 def test_feed_needs_a_token(hooks: Stack) -> None:
     assert_error(hooks.call("GET", "/v1/events"), 401, "QP.Auth.Missing")
+
+
+async def test_a_slow_endpoint_does_not_hold_up_another(hooks: Stack) -> None:
+    """Deliveries run as their own tasks, a few per endpoint: while a slow endpoint's requests
+    hang, another endpoint's deliveries arrive at once."""
+    slow, fast = Receiver(), Receiver()
+    gate = asyncio.Event()
+    slow.gate = gate
+    await slow.start()
+    await fast.start()
+    clock = Clock()
+    dsns = [hooks.dsn(i) for i in range(hooks.shards)]
+    partner_slow, partner_fast = hooks.new_partner("Slow"), hooks.new_partner("Fast")
+    try:
+        for who, receiver in ((partner_slow, slow), (partner_fast, fast)):
+            assert hooks.call("POST", "/v1/webhook-endpoints", {"url": receiver.url, "events": ["payment.completed"]},
+                              token=who["token"]).status == 201
+            customer = hooks.new_customer(who, shard=0, funding="100.00")
+            for _ in range(6):
+                hooks.pay(who, customer["agreement_id"], who["settlement_account"], "1.00")
+        notifier = Notifier(dsns, allow_private=True, clock_ms=clock, rng=random.Random(8))
+        await notifier.start()
+        try:
+            for _ in range(20):
+                await notifier.step()
+                if len(fast.received) == 6:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(fast.received) == 6                           # all of the fast endpoint's
+            assert len(slow.received) == 4                           # at most 4 in flight for the slow one
+            gate.set()
+            await notifier.drain()
+        finally:
+            await notifier.close()
+    finally:
+        gate.set()
+        await slow.stop()
+        await fast.stop()
+
+
+async def test_expiry_is_an_event_and_the_sdk_reads_the_feed_and_the_file(hooks: Stack) -> None:
+    import datetime
+
+    from quickpay_sdk import AsyncClient
+    partner = hooks.new_partner("Expiring")
+    ends = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1.2)).isoformat()
+    customer = hooks.new_customer(partner, shard=1, valid_to=ends)
+    await asyncio.sleep(1.5)
+    notifier = Notifier([hooks.dsn(i) for i in range(hooks.shards)], allow_private=True, rng=random.Random(9))
+    await notifier.start()
+    try:
+        await _pass(notifier)
+    finally:
+        await notifier.close()
+    async with AsyncClient(hooks.base_url, partner["client_id"], partner["client_secret"]) as client:
+        seen = [event async for event in client.list_events(page_size=1)]
+        assert [e["type"] for e in seen] == ["agreement.created", "agreement.authorised", "agreement.expired"]
+        expired = seen[-1]["data"]["object"]
+        assert expired["agreement_id"] == customer["agreement_id"] and expired["status"] == "Expired"
+        text = await client.download_reconciliation(datetime.datetime.now(datetime.timezone.utc).date(),
+                                                    provisional=True)
+        assert text.startswith("# PROVISIONAL") and "summary,kind,currency" in text
