@@ -23,6 +23,8 @@ COPY gateway ./gateway
 COPY ledger ./ledger
 COPY fraud ./fraud
 COPY loadtest ./loadtest
+COPY notify ./notify
+COPY quickpay_sdk ./quickpay_sdk
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
         echo "installing from the wheelhouse only (no index)"; \
@@ -31,7 +33,7 @@ RUN set -eu; \
         /opt/quickpay/bin/pip install .; \
     fi; \
     /opt/quickpay/bin/quickpay --help >/dev/null; \
-    /opt/quickpay/bin/python -c 'import ledger.pg, gateway.app, quickpay.monitor, fraud.ruleset as r; assert r.default_rules_path().is_file()'
+    /opt/quickpay/bin/python -c 'import ledger.pg, gateway.app, quickpay.monitor, notify.service, fraud.ruleset as r; assert r.default_rules_path().is_file()'
 
 FROM ${BASE_IMAGE}
 # The virtualenv is copied alone: no wheelhouse, sources or build caches in the final image.

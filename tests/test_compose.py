@@ -164,6 +164,14 @@ def test_dockerfile_copy_sources_exist(source: str) -> None:
     assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
 
 
+def test_the_image_gets_every_package_the_project_installs() -> None:
+    # notify/ and quickpay_sdk/ were not copied: the image build failed importing gateway.app.
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py") if path.parent.name != "tests"}
+    assert {"quickpay", "gateway", "ledger", "fraud", "loadtest", "notify", "quickpay_sdk"} <= packages
+    copied = set(_dockerfile_copy_sources())
+    assert packages <= copied, f"the Dockerfile does not copy {sorted(packages - copied)}"
+
+
 def test_optional_copy_sources_never_leave_a_copy_empty() -> None:
     # A pattern such as `wheelhous[e]` may match nothing (no wheelhouse: online build); a COPY
     # whose sources all match nothing fails, so each such COPY also names a file that exists.

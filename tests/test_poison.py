@@ -193,6 +193,8 @@ def _hostile_commands(stack: Stack, good: dict[str, Any], shard: int) -> list[tu
                             [["Day", "Calendar", 1], ["Day", "Calendar", 2]], [["Day", "Calendar", 1]] * 9]})
     variants("agreement_action", {"id": "agr_" + uuid.uuid4().hex[:20], "action": "authorise", "actor": "customer"},
              {"id": BAD_ID, "actor": BAD_TEXT + [None, "partner ", "bank"], "action": [None, 1, [], {}]})
+    variants("partner_rate_limit", {"id": partner["partner_id"], "requests_per_s": 100, "burst": 100},
+             {"id": BAD_ID, "requests_per_s": [0, 10_000_001, *BAD_INT], "burst": [0, 10_000_001, *BAD_INT]})
     variants("refund", {"refund_id": "ref_" + uuid.uuid4().hex, "partner_id": partner["partner_id"],
                         "payment_id": "pay_" + uuid.uuid4().hex, "body_hash": "h"}, {
         "refund_id": BAD_ID, "partner_id": BAD_ID, "payment_id": BAD_ID,
