@@ -27,9 +27,11 @@ __all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY", "REFUND_WINDOW_D
 MS_PER_DAY = 86_400_000
 # How long after a payment it may be refunded (quickpay up --refund-window-days).
 REFUND_WINDOW_DAYS = 365
+# Agreement statuses under which the partner may read the customer's account.
+VISIBLE_STATUSES = frozenset({mandates.AgreementStatus.AUTHORISED, mandates.AgreementStatus.SUSPENDED})
 # Agreements one list call looks at on one shard: a page filtered by status may come back
 # short (with a cursor to go on) rather than scan a partner's whole book in one call.
-AGREEMENT_SCAN_MAX = 5_000
+AGREEMENT_SCAN_MAX = 1_000
 
 
 class FraudPort(Protocol):
@@ -97,7 +99,8 @@ class ShardState:
         self.agreements_by_partner: dict[str, list[tuple[int, str]]] = {}
         self.agreements_by_debtor: dict[str, list[tuple[int, str]]] = {}
         self.refund_window_ms = refund_window_days * MS_PER_DAY
-        # account id -> partner ids allowed to see it (through an agreement or ownership)
+        # settlement account id -> the partner that owns it (always visible to it); customer
+        # accounts are visible through an agreement the customer consented to (can_see)
         self.visibility: dict[str, set[str]] = {}
         # Partners created since start (older ones are read from PostgreSQL).
         self.partners_cache: dict[str, dict[str, Any]] = {}
@@ -120,7 +123,6 @@ class ShardState:
 
     def load_agreement(self, agreement: Agreement) -> None:
         self.agreements[agreement.id] = agreement
-        self.visibility.setdefault(agreement.debtor_account, set()).add(agreement.partner_id)
         key = (agreement.created_at_ms, agreement.id)
         for index, owner in ((self.agreements_by_partner, agreement.partner_id),
                              (self.agreements_by_debtor, agreement.debtor_account)):
@@ -435,5 +437,15 @@ class ShardState:
                 found.append(agreement)
         return found, None
 
-    def can_see(self, partner_id: str, account_id: str) -> bool:
-        return partner_id in self.visibility.get(account_id, ())
+    def can_see(self, partner_id: str, account_id: str, at_ms: int) -> bool:
+        """A partner sees its own settlement account, and a customer's account while it holds
+        an agreement over it the customer has authorised (Authorised or Suspended, not
+        expired): not before consent, not after a rejection or revocation."""
+        if partner_id in self.visibility.get(account_id, ()):
+            return True
+        for _, agreement_id in self.agreements_by_debtor.get(account_id, ()):
+            agreement = self.agreements[agreement_id]
+            if agreement.partner_id == partner_id and mandates.effective_status(
+                    agreement.status, agreement.valid_to_ms, at_ms) in VISIBLE_STATUSES:
+                return True
+        return False

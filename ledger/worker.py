@@ -887,14 +887,14 @@ def _read_lookup_account(worker: ShardWorker, args: dict[str, Any]) -> Any:
 def _read_balance(worker: ShardWorker, args: dict[str, Any]) -> Any:
     account = worker.state.accounts.get(args["id"])
     partner = args.get("partner_id")
-    if account is None or (partner is not None and not worker.state.can_see(partner, account.id)):
+    if account is None or (partner is not None and not worker.state.can_see(partner, account.id, worker.clock_ms())):
         return None
     return {"id": account.id, "kind": account.kind, "currency": account.currency,
             "balance_minor": account.committed_balance_minor}
 
 
 AGREEMENT_HISTORY_MAX = 50
-AGREEMENTS_PAGE_MAX = 200
+AGREEMENTS_PAGE_MAX = 201     # the gateway asks for its page size (200 at most) plus one
 
 
 async def _read_agreement_async(worker: ShardWorker, wire: dict[str, Any]) -> Any:
@@ -959,7 +959,7 @@ async def _read_transactions_async(worker: ShardWorker, args: dict[str, Any]) ->
 def _read_transactions(worker: ShardWorker, args: dict[str, Any]) -> Any:
     account = worker.state.accounts.get(args["id"])
     partner = args.get("partner_id")
-    if account is None or (partner is not None and not worker.state.can_see(partner, account.id)):
+    if account is None or (partner is not None and not worker.state.can_see(partner, account.id, worker.clock_ms())):
         return None
     return _read_transactions_async(worker, args)
 

@@ -418,3 +418,42 @@ def test_cross_shard_settlement_is_covered(stack: Stack, partner: dict[str, Any]
     assert wait_status(stack, partner, paid["payment_id"], COMPLETED)["status"] == COMPLETED
     assert _refund(stack, partner, paid["payment_id"]).body["status"] == "Succeeded"
     _check(stack)
+
+
+def test_asking_for_an_agreement_shows_nothing_of_the_account_until_consent(
+        stack: Stack, partner: dict[str, Any], partner_b: dict[str, Any]) -> None:
+    """Review finding: creating an agreement used to make the customer's balance and
+    transactions visible to the partner at once, before any consent, and for good."""
+    customer = stack.new_customer(partner, shard=0, funding="30.00")
+    account = customer["account"]
+    asked = stack.call("POST", "/v1/agreements", {"debtor_account": account, "currency": "CNY",
+                                                  "per_payment_limit": "1.00"}, token=partner_b["token"]).body
+    for path in (f"/v1/accounts/{account}/balance", f"/v1/accounts/{account}/transactions"):
+        assert_error(stack.call("GET", path, token=partner_b["token"]), 404, "QP.Account.NotFound")
+    assert _customer_action(stack, asked["agreement_id"], "authorise").status == 200
+    assert stack.call("GET", f"/v1/accounts/{account}/balance", token=partner_b["token"]).body["balance"] == "30.00"
+    assert _customer_action(stack, asked["agreement_id"], "revoke").status == 200
+    assert_error(stack.call("GET", f"/v1/accounts/{account}/balance", token=partner_b["token"]),
+                 404, "QP.Account.NotFound")
+    # A rejected request never shows it either; A, whose agreement stands, still sees it.
+    rejected = stack.call("POST", "/v1/agreements", {"debtor_account": account, "currency": "CNY",
+                                                     "per_payment_limit": "1.00"}, token=partner_b["token"]).body
+    assert _customer_action(stack, rejected["agreement_id"], "reject").status == 200
+    assert_error(stack.call("GET", f"/v1/accounts/{account}/transactions", token=partner_b["token"]),
+                 404, "QP.Account.NotFound")
+    assert stack.call("GET", f"/v1/accounts/{account}/balance", token=partner["token"]).status == 200
+
+
+def test_a_full_page_of_agreements_still_has_a_cursor(stack: Stack) -> None:
+    """Review finding: with limit=200 the shard capped the gateway's limit+1 at 200, so the
+    first page looked like the last."""
+    many = stack.new_partner("Many agreements")
+    account = stack.new_account(shard=0)
+    for _ in range(203):
+        reply = stack.call("POST", "/v1/agreements", {"debtor_account": account, "currency": "CNY",
+                                                      "per_payment_limit": "1.00"}, token=many["token"])
+        assert reply.status == 201
+    first = stack.call("GET", "/v1/agreements?limit=200", token=many["token"]).body
+    assert len(first["agreements"]) == 200 and first["next_cursor"]
+    rest = stack.call("GET", f"/v1/agreements?limit=200&cursor={first['next_cursor']}", token=many["token"]).body
+    assert len(rest["agreements"]) == 3 and rest["next_cursor"] is None

@@ -535,7 +535,7 @@ def test_partner_b_cannot_touch_partner_a_agreements_or_payments() -> None:
     found_b, _ = state.list_agreements(partner_id=PARTNER_B, limit=10, at_ms=now)
     found_a, _ = state.list_agreements(partner_id=PARTNER_A, limit=10, at_ms=now)
     assert found_b == [] and [a.id for a in found_a] == ["agr_a"]
-    assert not state.can_see(PARTNER_B, "acc_0") and state.can_see(PARTNER_A, "acc_0")
+    assert not state.can_see(PARTNER_B, "acc_0", now) and state.can_see(PARTNER_A, "acc_0", now)
     (code, _), _ = commit(state, lambda ws: state.transition_agreement(
         "agr_a", PARTNER_B, "revoke", "partner", now, ws))
     assert code == Code.AGREEMENT_NOT_FOUND and state.agreements["agr_a"].status == AUTHORISED

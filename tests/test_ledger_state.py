@@ -337,9 +337,20 @@ def test_create_agreement_and_visibility() -> None:
     state = make_state(customers=1)
     ws = WriteSet()
     ok = mandate("agr_new", "ptn_b", "acc_0", "CNY", 1, 1, "active", 0)
-    assert not state.can_see("ptn_b", "acc_0")
+    assert not state.can_see("ptn_b", "acc_0", DAY0)
     assert state.create_agreement(ok, ws) == Code.OK and ws.agreements == [ok]
-    assert state.can_see("ptn_b", "acc_0")
+    # Asking is not consent: the account stays hidden until the customer authorises.
+    assert not state.can_see("ptn_b", "acc_0", DAY0)
+    assert state.transition_agreement("agr_new", None, "authorise", "customer", DAY0, ws)[0] == Code.OK
+    assert state.can_see("ptn_b", "acc_0", DAY0)
+    assert state.transition_agreement("agr_new", None, "suspend", "customer", DAY0, ws)[0] == Code.OK
+    assert state.can_see("ptn_b", "acc_0", DAY0)
+    assert state.transition_agreement("agr_new", "ptn_b", "revoke", "partner", DAY0, ws)[0] == Code.OK
+    assert not state.can_see("ptn_b", "acc_0", DAY0)
+    expiring = mandate("agr_exp", "ptn_c", "acc_0", "CNY", 1, 1, "active", 0)
+    expiring.valid_to_ms = DAY0
+    state.load_agreement(expiring)
+    assert state.can_see("ptn_c", "acc_0", DAY0) and not state.can_see("ptn_c", "acc_0", DAY0 + 1)
     assert state.create_agreement(mandate("agr_2", "ptn_b", "acc_nope", "CNY", 1, 1, "active", 0),
                                   ws) == Code.ACCOUNT_NOT_FOUND
     assert state.create_agreement(mandate("agr_3", "ptn_b", "acc_0", "USD", 1, 1, "active", 0),
@@ -347,7 +358,7 @@ def test_create_agreement_and_visibility() -> None:
     assert state.create_agreement(mandate("agr_4", "ptn_b", SETTLEMENT, "CNY", 1, 1, "active", 0),
                                   ws) == Code.ACCOUNT_NOT_FOUND
     assert state.open_account(Account("acc_0", "customer", "CNY", 0, False), ws) is False
-    assert state.can_see(PARTNER, SETTLEMENT) and not state.can_see("ptn_b", SETTLEMENT)
+    assert state.can_see(PARTNER, SETTLEMENT, DAY0) and not state.can_see("ptn_b", SETTLEMENT, DAY0)
 
 
 def test_committed_transfers_are_evicted_but_uncommitted_are_kept() -> None:
