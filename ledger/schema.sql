@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS agreement_events (
     at_ms        bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS agreement_events_agreement ON agreement_events (agreement_id, seq);
+-- The notifier looks for agreements whose valid_to has passed (agreement.expired) several
+-- times a second: only agreements with a validity end are in this index.
+CREATE INDEX IF NOT EXISTS agreements_valid_to ON agreements (valid_to_ms) WHERE valid_to_ms IS NOT NULL;
 -- The journal. Every row debits one account and credits another by one positive
 -- amount; Rejected rows are recorded answers that moved no money.
 CREATE TABLE IF NOT EXISTS transfers (

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.resources import agreement_resource, iso_ms, payment_resource, refund_resource
+from quickpay.ids import CLEARING_ACCOUNT
 
 __all__ = ["Event", "EVENT_TYPES", "transfer_event", "transition_event", "expiry_event", "encode_event"]
 
@@ -54,6 +55,11 @@ def transfer_event(shard: int, seq: int, row: dict[str, Any], debtor_row: dict[s
     kind, status = row["kind"], row["status"]
     event_id = f"evt_{shard}_t{seq}"
     if kind == "payment":
+        if row["credit_account"] == CLEARING_ACCOUNT and status != "Rejected":
+            # A cross-shard payment: its row turns Completed in place when the credit leg is
+            # acknowledged, so reading it Completed says nothing new; the credit leg's own row
+            # (on the creditor shard) is its one payment.completed.
+            return None
         if status == COMPLETED:
             return Event(event_id, "payment.completed", row["partner_id"], row["created_at_ms"], payment_resource(row))
         if status == "Rejected":

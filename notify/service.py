@@ -41,7 +41,11 @@ log = logging.getLogger("quickpay.notifier")
 
 READ_BATCH_MAX = 2_000
 PER_ENDPOINT_IN_FLIGHT = 4
+# One partner's endpoints together (a partner may register 16): dead endpoints of one partner
+# hold at most this many of the IN_FLIGHT_MAX slots, so the other partners keep theirs.
+PER_PARTNER_IN_FLIGHT = 8
 IN_FLIGHT_MAX = 64
+CONNECT_TIMEOUT_S = 3.0
 DUE_READ_MAX = 256
 POLL_INTERVAL_S = 0.2
 PRUNE_INTERVAL_MS = 3_600_000
@@ -69,6 +73,8 @@ class Notifier:
         self.session: aiohttp.ClientSession | None = None
         self.in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
         self.per_endpoint: dict[str, int] = {}
+        self.per_partner: dict[str, int] = {}
+        self.partner_of: dict[tuple[str, int], str] = {}
         self.last_prune_ms = 0
         self.delivered = 0
         self.failed = 0
@@ -78,7 +84,7 @@ class Notifier:
         self.pool = await asyncpg.create_pool(self.dsns[0], min_size=1, max_size=4)
         self.session = aiohttp.ClientSession(
             connector=connector(self.allow_private, limit=IN_FLIGHT_MAX),
-            timeout=aiohttp.ClientTimeout(total=delivery.DELIVERY_TIMEOUT_S))
+            timeout=aiohttp.ClientTimeout(total=delivery.DELIVERY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S))
 
     async def close(self) -> None:
         for task in list(self.in_flight.values()):
@@ -177,16 +183,23 @@ class Notifier:
         room = IN_FLIGHT_MAX - len(self.in_flight)
         if room <= 0:
             return 0
+        full_endpoints = [e for e, n in self.per_endpoint.items() if n >= PER_ENDPOINT_IN_FLIGHT]
+        full_partners = [p for p, n in self.per_partner.items() if n >= PER_PARTNER_IN_FLIGHT]
         due = await store.due_deliveries(self.conns[0], self.clock_ms(), PER_ENDPOINT_IN_FLIGHT,
-                                         min(DUE_READ_MAX, room * PER_ENDPOINT_IN_FLIGHT), list(self.in_flight))
+                                         min(DUE_READ_MAX, room * PER_ENDPOINT_IN_FLIGHT), list(self.in_flight),
+                                         full_endpoints, full_partners)
         started = 0
         for item in due:
             key = (item["endpoint_id"], item["event_seq"])
             if len(self.in_flight) >= IN_FLIGHT_MAX:
                 break
-            if key in self.in_flight or self.per_endpoint.get(key[0], 0) >= PER_ENDPOINT_IN_FLIGHT:
+            partner_id = item["partner_id"]
+            if key in self.in_flight or self.per_endpoint.get(key[0], 0) >= PER_ENDPOINT_IN_FLIGHT \
+                    or self.per_partner.get(partner_id, 0) >= PER_PARTNER_IN_FLIGHT:
                 continue
             self.per_endpoint[key[0]] = self.per_endpoint.get(key[0], 0) + 1
+            self.per_partner[partner_id] = self.per_partner.get(partner_id, 0) + 1
+            self.partner_of[key] = partner_id
             task = asyncio.get_running_loop().create_task(self._deliver(item))
             self.in_flight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
@@ -195,11 +208,12 @@ class Notifier:
 
     def _done(self, key: tuple[str, int], _task: "asyncio.Task[None]") -> None:
         self.in_flight.pop(key, None)
-        left = self.per_endpoint.get(key[0], 1) - 1
-        if left > 0:
-            self.per_endpoint[key[0]] = left
-        else:
-            self.per_endpoint.pop(key[0], None)
+        for table, name in ((self.per_endpoint, key[0]), (self.per_partner, self.partner_of.pop(key, ""))):
+            left = table.get(name, 1) - 1
+            if left > 0:
+                table[name] = left
+            else:
+                table.pop(name, None)
 
     async def _deliver(self, item: dict[str, Any]) -> None:
         endpoint_id, seq, attempts = item["endpoint_id"], item["event_seq"], item["attempts"] + 1

@@ -48,6 +48,10 @@ def check_url(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+_EMBEDDING_IPV4 = tuple(ipaddress.ip_network(n) for n in (
+    "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "::ffff:0:0:0/96", "2001::/32"))
+
+
 def address_allowed(address: str, allow_private: bool) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -55,8 +59,11 @@ def address_allowed(address: str, allow_private: bool) -> bool:
         return False
     if allow_private:
         return True
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _EMBEDDING_IPV4):
+            return False      # NAT64, 6to4, IPv4-compatible, SIIT: an IPv4 address in disguise
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     # is_global is False for loopback, private, link-local, shared (100.64/10), reserved,
     # documentation and unspecified addresses, in both families.
     return ip.is_global and not ip.is_multicast
@@ -80,7 +87,8 @@ async def resolve_checked(url: str, allow_private: bool, timeout_s: float = 3.0)
         try:
             infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM), timeout_s)
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError, UnicodeError, ValueError):
+            # UnicodeError: the IDNA encoding of a malformed name (an empty or a 64-byte label)
             raise UrlRefused(f"the url's host {host} does not resolve") from None
         addresses = sorted({str(info[4][0]) for info in infos})
     refused = [a for a in addresses if not address_allowed(a, allow_private)]

@@ -115,20 +115,25 @@ async def store_events(conn: asyncpg.Connection, events: list[Any], positions: d
 
 
 async def due_deliveries(conn: asyncpg.Connection, now_ms: int, per_endpoint: int, limit: int,
-                         skip: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    """Pending deliveries due now, at most per_endpoint for each endpoint (one slow
-    endpoint's backlog cannot fill the whole read), oldest due first, without `skip`
-    (those in flight)."""
+                         skip: list[tuple[str, int]], full_endpoints: list[str],
+                         full_partners: list[str]) -> list[dict[str, Any]]:
+    """Pending deliveries due now, at most per_endpoint for each endpoint (one endpoint's
+    backlog cannot fill the read), oldest due first; without those in flight (`skip`) and
+    without endpoints and partners whose in-flight slots are all taken (their rows would
+    only use up the read's limit)."""
     rows = await conn.fetch(
-        "SELECT d.endpoint_id, d.event_seq, d.attempts, ev.body, ev.created_at_ms, w.url, w.secret,"
-        " w.previous_secret, w.previous_secret_until_ms FROM ("
-        "  SELECT endpoint_id, event_seq, attempts, next_attempt_at_ms, row_number() OVER"
-        "   (PARTITION BY endpoint_id ORDER BY next_attempt_at_ms, event_seq) AS rn"
-        "  FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at_ms <= $1"
-        "   AND (endpoint_id, event_seq) NOT IN (SELECT * FROM unnest($4::text[], $5::bigint[]))) d"
-        " JOIN events ev ON ev.seq = d.event_seq JOIN webhook_endpoints w ON w.id = d.endpoint_id"
+        "SELECT d.endpoint_id, d.event_seq, d.attempts, ev.body, ev.created_at_ms, d.url, d.secret,"
+        " d.previous_secret, d.previous_secret_until_ms, d.partner_id FROM ("
+        "  SELECT wd.endpoint_id, wd.event_seq, wd.attempts, wd.next_attempt_at_ms, w.url, w.secret,"
+        "   w.previous_secret, w.previous_secret_until_ms, w.partner_id, row_number() OVER"
+        "   (PARTITION BY wd.endpoint_id ORDER BY wd.next_attempt_at_ms, wd.event_seq) AS rn"
+        "  FROM webhook_deliveries wd JOIN webhook_endpoints w ON w.id = wd.endpoint_id"
+        "  WHERE wd.status = 'pending' AND wd.next_attempt_at_ms <= $1 AND w.deleted_at_ms IS NULL"
+        "   AND wd.endpoint_id <> ALL ($6::text[]) AND w.partner_id <> ALL ($7::text[])"
+        "   AND (wd.endpoint_id, wd.event_seq) NOT IN (SELECT * FROM unnest($4::text[], $5::bigint[]))) d"
+        " JOIN events ev ON ev.seq = d.event_seq"
         " WHERE d.rn <= $2 ORDER BY d.next_attempt_at_ms LIMIT $3",
-        now_ms, per_endpoint, limit, [s[0] for s in skip], [s[1] for s in skip])
+        now_ms, per_endpoint, limit, [s[0] for s in skip], [s[1] for s in skip], full_endpoints, full_partners)
     return [dict(r) for r in rows]
 
 

@@ -51,11 +51,21 @@ def test_bad_urls_are_refused(url: str) -> None:
 
 def test_only_public_addresses_unless_allowed() -> None:
     for address in ("127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-                    "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "224.0.0.1", "not an ip"):
+                    "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "224.0.0.1", "not an ip",
+                    # IPv4 inside IPv6 (review finding): NAT64, 6to4, SIIT, IPv4-compatible, Teredo
+                    "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:7f00:1::1", "::ffff:0:7f00:1",
+                    "::127.0.0.1", "2001:0:4136:e378:8000:63bf:3fff:fdd2"):
         assert not address_allowed(address, False), address
     for address in ("8.8.8.8", "2001:4860:4860::8888"):
         assert address_allowed(address, False)
     assert address_allowed("127.0.0.1", True)
+
+
+async def test_a_malformed_host_is_refused_not_a_crash() -> None:
+    # Review finding: the IDNA encoding raised UnicodeError, a 500 at registration.
+    for url in ("http://a..example.com/", "http://" + "a" * 64 + ".example.com/"):
+        with pytest.raises(UrlRefused):
+            await resolve_checked(url, allow_private=False)
 
 
 async def test_resolution_is_checked() -> None:
@@ -85,6 +95,12 @@ def test_journal_rows_become_events_with_stable_ids() -> None:
     assert events.transfer_event(1, 8, _payment_wire("AcceptedSettlementInProcess")) is None
     rejected = events.transfer_event(1, 9, _payment_wire("Rejected", reasons=["INSUFFICIENT_FUNDS"]))
     assert rejected is not None and rejected.type == "payment.rejected"
+    # A cross-shard payment's row turns Completed in place once its leg lands: no event from
+    # it (review finding: it made a second payment.completed with another id).
+    assert events.transfer_event(1, 10, _payment_wire(COMPLETED, credit_account="sys_clearing",
+                                                      creditor_account="acc_far")) is None
+    rejected_far = events.transfer_event(1, 11, _payment_wire("Rejected", credit_account="sys_clearing"))
+    assert rejected_far is not None and rejected_far.type == "payment.rejected"
     leg = {**_payment_wire(COMPLETED), "kind": "credit_leg", "partner_id": None}
     in_process = _payment_wire("AcceptedSettlementInProcess")
     cross = events.transfer_event(0, 3, leg, in_process)
@@ -381,3 +397,67 @@ async def test_expiry_is_an_event_and_the_sdk_reads_the_feed_and_the_file(hooks:
         text = await client.download_reconciliation(datetime.datetime.now(datetime.timezone.utc).date(),
                                                     provisional=True)
         assert text.startswith("# PROVISIONAL") and "summary,kind,currency" in text
+
+
+async def test_one_partners_dead_endpoints_hold_at_most_its_share(hooks: Stack) -> None:
+    """Review finding: 16 endpoints of one partner that never answer took all 64 delivery
+    slots. A partner's endpoints together hold at most PER_PARTNER_IN_FLIGHT."""
+    from notify.service import PER_PARTNER_IN_FLIGHT
+    gate = asyncio.Event()
+    slow = [Receiver() for _ in range(3)]
+    fast = Receiver()
+    for receiver in slow:
+        receiver.gate = gate
+        await receiver.start()
+    await fast.start()
+    clock = Clock()
+    hog, other = hooks.new_partner("Hog"), hooks.new_partner("Other")
+    try:
+        for receiver in slow:
+            assert hooks.call("POST", "/v1/webhook-endpoints", {"url": receiver.url, "events": ["*"]},
+                              token=hog["token"]).status == 201
+        assert hooks.call("POST", "/v1/webhook-endpoints", {"url": fast.url, "events": ["payment.completed"]},
+                          token=other["token"]).status == 201
+        for who in (hog, other):
+            customer = hooks.new_customer(who, shard=1, funding="100.00")
+            for _ in range(5):
+                hooks.pay(who, customer["agreement_id"], who["settlement_account"], "1.00")
+        notifier = Notifier([hooks.dsn(i) for i in range(hooks.shards)], allow_private=True, clock_ms=clock,
+                            rng=random.Random(10))
+        await notifier.start()
+        try:
+            for _ in range(30):
+                await notifier.step()
+                if len(fast.received) == 5:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(fast.received) == 5
+            assert sum(len(r.received) for r in slow) == PER_PARTNER_IN_FLIGHT
+            gate.set()
+            await notifier.drain()
+        finally:
+            await notifier.close()
+    finally:
+        gate.set()
+        for receiver in (*slow, fast):
+            await receiver.stop()
+
+
+async def test_a_cross_shard_payment_completes_once(hooks: Stack) -> None:
+    partner = hooks.new_partner("Far")
+    customer = hooks.new_customer(partner, shard=0, funding="10.00")
+    paid = hooks.pay(partner, customer["agreement_id"], hooks.new_account(shard=1), "2.00").body
+    for _ in range(50):               # until the credit leg has landed and the row reads Completed
+        if hooks.call("GET", f"/v1/quick-payments/{paid['payment_id']}", token=partner["token"]).body["status"] \
+                == COMPLETED:
+            break
+        await asyncio.sleep(0.1)
+    notifier = Notifier([hooks.dsn(i) for i in range(hooks.shards)], allow_private=True, rng=random.Random(11))
+    await notifier.start()
+    try:
+        await _pass(notifier)
+    finally:
+        await notifier.close()
+    feed = hooks.call("GET", "/v1/events?type=payment.completed", token=partner["token"]).body["events"]
+    assert [e["data"]["object"]["payment_id"] for e in feed] == [paid["payment_id"]]
+    assert feed[0]["data"]["object"]["status"] == COMPLETED
