@@ -325,6 +325,8 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
                   "header.x-idempotency-key"),
     "ACCOUNT_NOT_FOUND": (404, "QP.Account.NotFound", "no such account", "$.account_id"),
     "PAYMENT_NOT_FOUND": (404, "QP.Payment.NotFound", "no such payment", "path.payment_id"),
+    "PAYMENT_IN_FLIGHT": (409, "QP.Refund.PaymentInFlight",
+                          "the payment is still being committed; retry the refund shortly", "path.payment_id"),
     "NOT_REFUNDABLE": (422, "QP.Refund.NotRefundable",
                        "only accepted payments to your own settlement account can be refunded, within the "
                        "refund window", "path.payment_id"),

@@ -274,7 +274,7 @@ class ShardState:
         if payment is None or payment.kind != Kind.PAYMENT or payment.partner_id != cmd.partner_id:
             return Code.PAYMENT_NOT_FOUND, None
         if not payment.committed:
-            return Code.IN_FLIGHT, None
+            return Code.PAYMENT_IN_FLIGHT, None
         if payment.status == Status.REJECTED or payment.creditor_account != settlement_account_for(cmd.partner_id) \
                 or cmd.at_ms - payment.created_at_ms > self.refund_window_ms:
             return Code.NOT_REFUNDABLE, None

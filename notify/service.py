@@ -51,6 +51,7 @@ POLL_INTERVAL_S = 0.2
 PRUNE_INTERVAL_MS = 3_600_000
 FEED_RETENTION_MS = 30 * 86_400_000
 RESPONSE_READ_MAX_BYTES = 64 * 1024
+APPLICATION_NAME = "quickpay-notifier"     # in pg_stat_activity
 
 
 def _now_ms() -> int:
@@ -80,8 +81,9 @@ class Notifier:
         self.failed = 0
 
     async def start(self) -> None:
-        self.conns = [await asyncpg.connect(dsn) for dsn in self.dsns]
-        self.pool = await asyncpg.create_pool(self.dsns[0], min_size=1, max_size=4)
+        settings = {"application_name": APPLICATION_NAME}
+        self.conns = [await asyncpg.connect(dsn, server_settings=settings) for dsn in self.dsns]
+        self.pool = await asyncpg.create_pool(self.dsns[0], min_size=1, max_size=4, server_settings=settings)
         self.session = aiohttp.ClientSession(
             connector=connector(self.allow_private, limit=IN_FLIGHT_MAX),
             timeout=aiohttp.ClientTimeout(total=delivery.DELIVERY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S))
@@ -277,18 +279,27 @@ def _event_id(body: str) -> str:
     return body[start + 6:body.find('"', start + 6)] if start >= 0 else ""
 
 
-async def run_notifier(dsns: list[str], *, allow_private: bool, max_age_s: int) -> None:
-    notifier = Notifier(dsns, allow_private=allow_private, max_age_s=max_age_s)
-    await notifier.start()
+async def run_notifier(dsns: list[str], *, allow_private: bool, max_age_s: int,
+                       clock_ms: Callable[[], int] = _now_ms, retry_s: float = 1.0) -> None:
+    """Produce and deliver until cancelled. A lost database connection (a restarting
+    PostgreSQL, a terminated backend) ends the current Notifier; a new one connects again and
+    resumes from the stored positions and deliveries, so nothing is lost or produced twice."""
     log.info("notifier running over %d shards (private webhook addresses %s)", len(dsns),
              "allowed" if allow_private else "refused")
-    try:
-        while True:
-            try:
+    while True:
+        notifier = Notifier(dsns, allow_private=allow_private, max_age_s=max_age_s, clock_ms=clock_ms)
+        try:
+            await notifier.start()
+            while True:
                 if not await notifier.step():
                     await asyncio.sleep(POLL_INTERVAL_S)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("notifier pass failed (%r); retrying", exc)
-                await asyncio.sleep(1.0)
-    finally:
-        await notifier.close()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            log.warning("notifier lost its database (%r); reconnecting in %.1f s", exc, retry_s)
+        finally:
+            try:
+                await notifier.close()
+            except Exception as exc:  # closing what is already broken
+                log.debug("closing the old notifier: %r", exc)
+        await asyncio.sleep(retry_s)

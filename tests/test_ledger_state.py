@@ -556,3 +556,27 @@ def test_a_held_leg_acknowledged_to_the_debtor_shard_leaves_its_payment_in_proce
     assert payment.status == Status.IN_PROCESS
     _, ws_done = commit(state, lambda ws: state.mark_delivered("pay_x_0", ws))
     assert ws_done.delivered == ["pay_x_0"] and payment.status == Status.COMPLETED
+
+
+def test_a_refund_of_a_payment_still_committing_says_so() -> None:
+    """Review finding: it answered IN_FLIGHT, which the API reads as "this idempotency key
+    is in flight"; it is the payment that is, and the refund's key is free."""
+    from ledger.model import RefundCommand
+    state = make_state()
+    ws = WriteSet()
+    code, payment = state.execute_payment(pay("p_uncommitted", 100), ws)
+    assert code == Code.OK and payment is not None and not payment.committed
+    refund = RefundCommand("ref_1", PARTNER, "p_uncommitted", None, None, None, "h", DAY0)
+    assert state.execute_refund(refund, WriteSet()) == (Code.PAYMENT_IN_FLIGHT, None)
+    payment.committed = True
+    code, done = state.execute_refund(refund, WriteSet())
+    assert code == Code.OK and done is not None and done.status == "Succeeded" and done.amount_minor == 100
+
+
+def test_every_decision_code_the_gateway_may_see_has_an_answer() -> None:
+    from gateway.app import _PAYMENT_ERRORS
+    answered = {"OK", "REPLAY", "SAME", "INVALID_TRANSITION", "FORBIDDEN", "HELD", "EXISTS"}
+    refused = {name for name, value in vars(Code).items() if not name.startswith("_") and isinstance(value, str)}
+    reasons = {"INSUFFICIENT_FUNDS", "AGREEMENT_PER_PAYMENT_LIMIT", "AGREEMENT_PERIODIC_LIMIT", "BALANCE_OVERFLOW"}
+    missing = refused - answered - reasons - set(_PAYMENT_ERRORS)
+    assert not missing, missing

@@ -461,3 +461,47 @@ async def test_a_cross_shard_payment_completes_once(hooks: Stack) -> None:
     feed = hooks.call("GET", "/v1/events?type=payment.completed", token=partner["token"]).body["events"]
     assert [e["data"]["object"]["payment_id"] for e in feed] == [paid["payment_id"]]
     assert feed[0]["data"]["object"]["status"] == COMPLETED
+
+
+async def test_the_notifier_reconnects_after_losing_its_database(hooks: Stack) -> None:
+    """Review finding: a closed connection raised InterfaceError, which ended the process.
+    The loop now reconnects and resumes from what is stored."""
+    from notify.service import APPLICATION_NAME, run_notifier
+    receiver = Receiver()
+    await receiver.start()
+    partner = hooks.new_partner("Reconnecting")
+    dsns = [hooks.dsn(i) for i in range(hooks.shards)]
+
+    async def until(count: int) -> None:
+        for _ in range(100):
+            if len(receiver.received) >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{len(receiver.received)} deliveries, expected {count}")
+
+    task = asyncio.get_running_loop().create_task(
+        run_notifier(dsns, allow_private=True, max_age_s=3600, retry_s=0.2))
+    try:
+        assert hooks.call("POST", "/v1/webhook-endpoints", {"url": receiver.url, "events": ["payment.completed"]},
+                          token=partner["token"]).status == 201
+        customer = hooks.new_customer(partner, shard=0, funding="10.00")
+        hooks.pay(partner, customer["agreement_id"], partner["settlement_account"], "1.00")
+        await until(1)
+        for dsn in dsns:
+            conn = await asyncpg.connect(dsn)
+            try:
+                killed = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                    APPLICATION_NAME)
+                assert killed >= 1
+            finally:
+                await conn.close()
+        hooks.pay(partner, customer["agreement_id"], partner["settlement_account"], "2.00")
+        await until(2)
+        assert not task.done()
+        ids = [json.loads(body)["id"] for body, _ in receiver.received]
+        assert len(ids) == len(set(ids)) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await receiver.stop()
