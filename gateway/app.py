@@ -782,6 +782,14 @@ def create_app(config: GatewayConfig) -> web.Application:
                            "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
                            "last_cursor": last})
 
+    async def own_transfer(shard: int | None, transfer_id: str, kind: str, partner_id: str) -> dict[str, Any] | None:
+        """A committed journal row of this kind and this partner's, else None (404 to the caller:
+        another partner's row is "not found", never "forbidden")."""
+        found = None if shard is None else await router.call(shard, "payment", {"id": transfer_id})
+        if found is None or found["kind"] != kind or found["partner_id"] != partner_id:
+            return None
+        return dict(found)
+
     # -- reconciliation files --
     @routes.get("/v1/reconciliation-files/{day}")
     async def reconciliation_file(request: web.Request) -> web.StreamResponse:
@@ -838,8 +846,8 @@ def create_app(config: GatewayConfig) -> web.Application:
         amount_minor = None
         if body.amount is not None:
             # The amount's grammar depends on the payment's currency: read it first.
-            found = await router.call(shard, "payment", {"id": payment_id})
-            if found is None or found["kind"] != "payment" or found["partner_id"] != partner_id:
+            found = await own_transfer(shard, payment_id, "payment", partner_id)
+            if found is None:
                 raise ApiError(404, "QP.Payment.NotFound", "no such payment")
             try:
                 amount_minor = parse_amount(body.amount, found["currency"])
@@ -863,9 +871,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def get_refund(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         refund_id = request.match_info["refund_id"]
-        shard = shard_of_refund(refund_id, router.count)
-        found = None if shard is None else await router.call(shard, "payment", {"id": refund_id})
-        if found is None or found["kind"] != "refund" or found["partner_id"] != partner_id:
+        found = await own_transfer(shard_of_refund(refund_id, router.count), refund_id, "refund", partner_id)
+        if found is None:
             raise ApiError(404, "QP.Refund.NotFound", "no such refund")
         return _json(200, refund_resource(found))
 
@@ -981,9 +988,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def get_payment(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         payment_id = request.match_info["payment_id"]
-        shard = shard_of_payment(payment_id, router.count)
-        found = None if shard is None else await router.call(shard, "payment", {"id": payment_id})
-        if found is None or found["kind"] != "payment" or found["partner_id"] != partner_id:
+        found = await own_transfer(shard_of_payment(payment_id, router.count), payment_id, "payment", partner_id)
+        if found is None:
             raise ApiError(404, "QP.Payment.NotFound", "no such payment")
         return _json(200, payment_resource(found))
 

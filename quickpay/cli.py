@@ -428,7 +428,6 @@ def cmd_recon(args: argparse.Namespace) -> int:
     import hashlib
 
     from ledger import recon
-    from quickpay.config import StateDir
     try:
         day = datetime.date.fromisoformat(args.date)
     except ValueError:
@@ -437,17 +436,7 @@ def cmd_recon(args: argparse.Namespace) -> int:
     if not recon.is_closed(day, now_ms) and not args.provisional:
         raise SystemExit(f"recon: {day} is not closed yet (final {recon.CLOSE_GRACE_MS // 60_000} minutes after "
                          "midnight UTC); --provisional gives the day so far")
-    dsns = _dsns_from(args)
-    pg = None
-    started_here = False
-    if not dsns:
-        from quickpay.embedded_pg import attach_state
-        pg, dsns, started_here = attach_state(StateDir(args.state_dir).path)
-    try:
-        text, closed = asyncio.run(_recon_text(dsns, args.partner, day, now_ms))
-    finally:
-        if started_here and pg is not None:
-            pg.stop()
+    text, closed = _run_on_shards(args, lambda dsns: _recon_text(dsns, args.partner, day, now_ms))
     data = text.encode()
     if args.out:
         Path(args.out).write_bytes(data)
@@ -459,8 +448,10 @@ def cmd_recon(args: argparse.Namespace) -> int:
 
 
 # ---- check ------------------------------------------------------------------------
-def cmd_check(args: argparse.Namespace) -> int:
-    from ledger.audit import audit
+def _run_on_shards(args: argparse.Namespace, work: Any) -> Any:
+    """Run `work(dsns)` (a coroutine) against the shards' databases: the given DSNs, or the
+    state directory's embedded PostgreSQL, started for this and stopped after if it was not
+    running."""
     from quickpay.config import StateDir
     dsns = _dsns_from(args)
     pg = None
@@ -469,10 +460,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         from quickpay.embedded_pg import attach_state
         pg, dsns, started_here = attach_state(StateDir(args.state_dir).path)
     try:
-        report = asyncio.run(audit(dsns))
+        return asyncio.run(work(dsns))
     finally:
         if pg is not None and started_here:
             pg.stop()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ledger.audit import audit
+    report = _run_on_shards(args, audit)
     print(json.dumps(report.to_dict(), indent=2) if args.json else _format_report(report))
     return 0 if report.ok else 1
 
