@@ -36,6 +36,7 @@ from .relay import Relay
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
 from .state import REFUND_WINDOW_DAYS, ShardState, WriteSet
 from . import validate as v
+from .writable import COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 
@@ -116,6 +117,23 @@ async def _connect_waiting(dsn: str, wait_s: float = DB_WAIT_S) -> asyncpg.Conne
             if time.monotonic() + delay_s > deadline:
                 raise
             log.warning("waiting for PostgreSQL: %s", exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.5)
+
+
+async def _connect_writer_waiting(dsn: str, wait_s: float = DB_WAIT_S) -> tuple[asyncpg.Connection, str]:
+    """The writer's connection and the single-host DSN it chose (ledger.writable), waiting
+    while no server is reachable, none is a primary that commits yet (a failover under way),
+    or it is still starting up."""
+    deadline = time.monotonic() + wait_s
+    delay_s = 0.05
+    while True:
+        try:
+            return await connect_writable(dsn)
+        except (NoWritableHost, *_DB_NOT_YET) as exc:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("waiting for a PostgreSQL that commits: %s", exc)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
 
@@ -252,6 +270,8 @@ class ShardWorker:
         self.committed_batches = 0
         self.naive_pool: asyncpg.Pool | None = None
         self.prefetch_conn: asyncpg.Connection | None = None
+        # Replicated (several hosts) only: the commit heartbeat's own connection.
+        self.heartbeat_conn: asyncpg.Connection | None = None
         # Ids that are certainly new skip the prefetch (ledger/idfilter.py); None: off.
         self.id_filter: IdFilter | None = None
         self.prefetch_lookups = 0       # ids looked up in PostgreSQL
@@ -262,7 +282,9 @@ class ShardWorker:
     # ---- start-up ------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.write_conn = await _connect_waiting(cfg.dsn)
+        # Several hosts (a Patroni cluster): the one that commits; every connection below
+        # goes to that same host.
+        self.write_conn, dsn = await _connect_writer_waiting(cfg.dsn)
         self.write_conn.add_termination_listener(self._on_connection_lost)
         got_lock = await self.write_conn.fetchval(
             "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
@@ -271,11 +293,11 @@ class ShardWorker:
             await self.write_conn.close()
             raise SystemExit(f"shard {cfg.shard} already has a writer (advisory lock held); refusing to start")
         await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
-        self.read_pool = await asyncpg.create_pool(cfg.dsn, min_size=1, max_size=4,
+        self.read_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4,
                                                    server_settings=_SERVER_SETTINGS)
         # The batcher's own connection: a pool's acquire/reset would cost two more
         # round trips on every batch.
-        self.prefetch_conn = await _connect_waiting(cfg.dsn)
+        self.prefetch_conn = await _connect_waiting(dsn)
         self.prefetch_conn.add_termination_listener(self._on_connection_lost)
         await self.prefetch_conn.execute(_HOT_PATH_SETTINGS)
         await pg.load_state(self.write_conn, self.state, self.clock_ms())
@@ -285,7 +307,7 @@ class ShardWorker:
             # transactions run concurrently and take it from a sequence instead.
             await self.write_conn.execute(
                 f"CREATE SEQUENCE IF NOT EXISTS naive_seq START {self.state.next_seq + 1_000_000_000}")
-            self.naive_pool = await asyncpg.create_pool(cfg.dsn, min_size=NAIVE_POOL_SIZE,
+            self.naive_pool = await asyncpg.create_pool(dsn, min_size=NAIVE_POOL_SIZE,
                                                         max_size=NAIVE_POOL_SIZE,
                                                         server_settings=_SERVER_SETTINGS)
         else:
@@ -300,6 +322,10 @@ class ShardWorker:
         self.relay.enqueue(await pg.load_outbox(self.write_conn))
         await self.write_conn.execute(_HOT_PATH_SETTINGS)  # after the full-table loads above
         loop = asyncio.get_running_loop()
+        if len(split_hosts(cfg.dsn)) > 1:
+            self.heartbeat_conn = await _connect_waiting(dsn)
+            self.heartbeat_conn.add_termination_listener(self._on_connection_lost)
+            self.tasks.append(loop.create_task(self._commit_heartbeat()))
         gc.freeze()
         # Fewer young-generation collections: the hot path allocates many short-lived
         # objects per batch (what fraud.microbench calls "tuned" GC).
@@ -359,6 +385,24 @@ class ShardWorker:
                   self.config.shard)
         logging.shutdown()
         os._exit(70)
+
+    async def _commit_heartbeat(self) -> None:
+        # Replicated (several hosts): a server that was primary when chosen may stop being
+        # able to commit while still answering (cut off from its cluster, a standby promoted
+        # elsewhere; strict synchronous replication then holds every commit). Nothing it
+        # holds back was acknowledged; stop, and the restart chooses the server that commits.
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            try:
+                assert self.heartbeat_conn is not None
+                await probe_commit(self.heartbeat_conn, COMMIT_TIMEOUT_S)
+            except Exception as exc:    # noqa: BLE001 - any failure means: choose again
+                if self.closing:
+                    return
+                log.error("shard %s: its PostgreSQL did not commit within %.0fs (%r); stopping so that "
+                          "the restart finds the server that commits", self.config.shard, COMMIT_TIMEOUT_S, exc)
+                logging.shutdown()
+                os._exit(70)
 
     async def _freeze_gc(self) -> None:
         # The worker holds millions of long-lived objects (accounts, the transfer
@@ -536,6 +580,8 @@ class ShardWorker:
             await self.naive_pool.close()
         if self.prefetch_conn is not None:
             await self.prefetch_conn.close()
+        if self.heartbeat_conn is not None:
+            await self.heartbeat_conn.close()
         if self.write_conn is not None:
             await self.write_conn.close()
 

@@ -109,7 +109,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     _require_secrets("quickpay up", secrets_env)
     pg: Any = None
     pg_child: Any = None
-    if _dsns_from(args) or args.keep_db:
+    ha: Any = None
+    _check_ha_choice(args, state.path)
+    if args.ha:
+        from quickpay.ha import HaCluster
+        ha = HaCluster(state.path, args.shards, args.ha_members)
+        ha.prepare()
+        ha_children = ha.children()
+        dsns = ha.dsns()
+    elif _dsns_from(args) or args.keep_db:
         # Given DSNs: their servers are not ours. --keep-db: the server must outlive `up`,
         # so it runs daemonised (pg_ctl) and unsupervised, as it did before.
         pg, dsns = _resolve_dsns(args, state)
@@ -164,9 +172,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         children.append(Child("notifier", [
             *python, "notifier", "--dsn", *dsns, "--webhook-max-age-h", str(args.webhook_max_age_h),
             *(["--webhooks-allow-private"] if _allow_private(args) else [])], needed=False))
-    supervisor = Supervisor(([pg_child] if pg_child is not None else []) + children, status_path=status_path)
+    databases = [pg_child] if pg_child is not None else (ha_children if ha is not None else [])
+    supervisor = Supervisor(databases + children, status_path=status_path)
     base_url = f"http://{args.host}:{args.port}"
     try:
+        if ha is not None:
+            supervisor.start(ha_children[:1])          # etcd
+            ha.secure_etcd()
+            supervisor.start(ha_children[1:])          # the Patroni members
+            ha.wait_writable(supervisor)
+            ha.create_databases()
         if pg_child is not None:
             supervisor.start([pg_child])
             _wait_postgres(supervisor, pg, pg_child)
@@ -175,7 +190,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         wait_ready(base_url, timeout_s=120)
         print(f"quickpay is up at {base_url}: {args.shards} shards, "
               + (f"{args.shards} nodes (HTTP + shard each)" if node else f"{args.workers} gateway workers")
-              + (", PostgreSQL supervised" if pg_child is not None else ""), flush=True)
+              + (", PostgreSQL supervised" if pg_child is not None else "")
+              + (f", PostgreSQL on Patroni: {args.ha_members} members per shard, synchronous (quickpay ha status)"
+                 if ha is not None else ""), flush=True)
         print(f"admin token: {state.path / 'admin.token'}", flush=True)
         if args.demo:
             from quickpay.demo import curl_example, seed_demo
@@ -189,6 +206,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         if pg is not None and pg_child is None and not args.keep_db:
             pg.stop()
     return 0
+
+
+def _check_ha_choice(args: argparse.Namespace, state_path: Path) -> None:
+    """--ha and the state directory agree: data made by one topology is not silently
+    ignored by the other."""
+    from quickpay.ha import MEMBERS_MAX, MEMBERS_MIN, is_ha_state
+    if args.ha:
+        if _dsns_from(args) or args.keep_db:
+            raise SystemExit("quickpay up --ha runs its own PostgreSQL clusters: no --dsn, no --keep-db")
+        if not MEMBERS_MIN <= args.ha_members <= MEMBERS_MAX:
+            raise SystemExit(f"quickpay up: --ha-members must be between {MEMBERS_MIN} and {MEMBERS_MAX}")
+        if (state_path / "pg" / "PG_VERSION").exists():
+            raise SystemExit(f"{state_path} holds a single-server PostgreSQL; --ha needs a new --state-dir")
+    elif is_ha_state(state_path) and not _dsns_from(args):
+        raise SystemExit(f"{state_path} was made by `quickpay up --ha`; start it with --ha")
 
 
 def _refuse_busy_port(host: str, port: int) -> None:
@@ -457,8 +489,13 @@ def _run_on_shards(args: argparse.Namespace, work: Any) -> Any:
     pg = None
     started_here = False
     if not dsns:
-        from quickpay.embedded_pg import attach_state
-        pg, dsns, started_here = attach_state(StateDir(args.state_dir).path)
+        from quickpay.ha import HaCluster, is_ha_state
+        state_path = StateDir(args.state_dir).path
+        if is_ha_state(state_path):
+            dsns = HaCluster.attach(state_path).dsns()   # its clusters run under `up --ha`
+        else:
+            from quickpay.embedded_pg import attach_state
+            pg, dsns, started_here = attach_state(state_path)
     try:
         return asyncio.run(work(dsns))
     finally:
@@ -471,6 +508,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = _run_on_shards(args, audit)
     print(json.dumps(report.to_dict(), indent=2) if args.json else _format_report(report))
     return 0 if report.ok else 1
+
+
+def cmd_ha(args: argparse.Namespace) -> int:
+    from quickpay.config import StateDir
+    from quickpay.ha import HaCluster, format_status, is_ha_state
+    state_path = StateDir(args.state_dir).path
+    if not is_ha_state(state_path):
+        raise SystemExit(f"{state_path} holds no HA stack; start one with `quickpay up --ha --state-dir {state_path}`")
+    status = HaCluster.attach(state_path).status()
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0 if all(shard["leader"] for shard in status["shards"]) else 1
+
+
+def cmd_ha_drill(args: argparse.Namespace) -> int:
+    import statistics
+    from quickpay.config import StateDir
+    from quickpay.ha import is_ha_state
+    from quickpay.ha_drill import run_drill
+    state_path = StateDir(args.state_dir).path
+    if not is_ha_state(state_path):
+        raise SystemExit(f"{state_path} holds no HA stack; start one with `quickpay up --ha --demo`")
+    if not 1 <= args.runs <= 20:
+        raise SystemExit("quickpay ha drill: --runs between 1 and 20")
+    reports = [run_drill(state_path, args.fault, args.shard) for _ in range(args.runs)]
+    if args.runs > 1:
+        for key in ("leader_change_s", "first_ack_after_fault_s", "first_ack_after_leader_change_s",
+                    "readyz_200_after_leader_change_s", "longest_gap_s"):
+            values = [r[key] for r in reports if key in r]
+            if values:
+                print(f"{key}: median {statistics.median(values):.2f}, max {max(values):.2f} "
+                      f"({', '.join(f'{v:.2f}' for v in values)})")
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return 0 if all(r["ok"] for r in reports) else 1
 
 
 def _format_report(report: Any) -> str:
@@ -596,6 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the embedded PostgreSQL unsupervised and leave it running on exit")
     # Test hooks (fault injection): shard workers' listen addresses, and the shard
     # addresses gateways and relays dial, e.g. a fault proxy in front of each shard.
+    up.add_argument("--ha", action="store_true",
+                    help="each shard's PostgreSQL as a Patroni cluster with a synchronous standby (etcd as the store)")
+    up.add_argument("--ha-members", type=int, default=3,
+                    help="PostgreSQL servers per shard with --ha (default 3: one lost server neither loses a "
+                         "commit nor stops writes; 2: zero loss, but a lost server stops writes until it is back)")
     up.add_argument("--shard-listen", help=argparse.SUPPRESS)
     up.add_argument("--gateway-shard-addrs", help=argparse.SUPPRESS)
     up.add_argument("--relay-shard-addrs", help=argparse.SUPPRESS)
@@ -655,6 +731,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dsn", action="append", help=f"PostgreSQL DSN, once per shard (or {ENV_DSNS})")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_check)
+
+    ha = sub.add_parser("ha", help="the HA stack's PostgreSQL clusters (up --ha)")
+    ha_sub = ha.add_subparsers(dest="ha_command", required=True)
+    ha_status = ha_sub.add_parser("status", help="per shard: members, roles, state, timeline, replication lag")
+    ha_status.add_argument("--state-dir", default="./.quickpay")
+    ha_status.add_argument("--json", action="store_true", help="print the status as JSON")
+    ha_status.set_defaults(func=cmd_ha)
+    drill = ha_sub.add_parser("drill", help="fail a shard's leader under a stream of payments; watch and check")
+    drill.add_argument("--fault", choices=["kill", "freeze"], default="kill",
+                       help="kill: SIGKILL the leader's postmaster; freeze: SIGSTOP its Patroni (a partition)")
+    drill.add_argument("--shard", type=int, default=0)
+    drill.add_argument("--runs", type=int, default=1, help="repeat, and report median and max")
+    drill.add_argument("--state-dir", default="./.quickpay")
+    drill.add_argument("--json", action="store_true", help="print the reports as JSON at the end")
+    drill.set_defaults(func=cmd_ha_drill)
 
     seed = sub.add_parser("seed", help="create partners, agreements and funded customers")
     seed.add_argument("--url", default="http://127.0.0.1:8080")

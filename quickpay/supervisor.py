@@ -63,6 +63,9 @@ class Child:
     stop_signal: int = signal.SIGTERM
     # Stopped after every other child (PostgreSQL: its clients go first).
     stop_last: bool = False
+    # Finer order, when set: children stop by rank, lowest first (etcd after the Patroni
+    # members that use it). Unset: 1 if stop_last, else 0.
+    stop_rank: int | None = None
     # While a needed child is down the stack is not ready (/readyz 503).
     needed: bool = True
     # Called before every (re)start, e.g. to clear what a killed predecessor left.
@@ -211,11 +214,13 @@ class Supervisor:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        """Stop every child: first all but the `stop_last` ones (in reverse start order),
-        then those (PostgreSQL, so that its clients finish first)."""
+        """Stop every child by rank (`stop_rank`; `stop_last` ones after the others), each rank
+        in reverse start order: PostgreSQL after its clients, etcd after Patroni."""
         self.stopping = True
-        self._stop([c for c in self.children if not c.stop_last])
-        self._stop([c for c in self.children if c.stop_last], timeout_s=3 * STOP_TIMEOUT_S)
+        ranks = sorted({_rank(c) for c in self.children})
+        for rank in ranks:
+            self._stop([c for c in self.children if _rank(c) == rank],
+                       timeout_s=STOP_TIMEOUT_S if rank == 0 else 3 * STOP_TIMEOUT_S)
         if self.status_path is not None:
             try:
                 self.status_path.unlink()
@@ -236,6 +241,12 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
+
+
+def _rank(child: Child) -> int:
+    if child.stop_rank is not None:
+        return child.stop_rank
+    return 1 if child.stop_last else 0
 
 
 def read_status(path: str | Path) -> dict[str, Any] | None:
