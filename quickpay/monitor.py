@@ -37,6 +37,12 @@ MONITOR_DEFAULTS: dict[str, int] = {
 }
 
 
+RECONNECT_S = 1.0
+APPLICATION_NAME = "quickpay-monitor"    # its backends, in pg_stat_activity
+_CONNECTION_LOST = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError, asyncpg.ReadOnlySQLTransactionError)
+
+
 class Monitor:
     def __init__(self, dsns: list[str], *, settings: dict[str, int] | None = None,
                  clock_s: Any = time.monotonic) -> None:
@@ -50,7 +56,8 @@ class Monitor:
         self.last_snapshot_s = clock_s()
 
     async def start(self) -> None:
-        self.conns = [await asyncpg.connect(dsn) for dsn in self.dsns]
+        self.conns = [await asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME})
+                      for dsn in self.dsns]
         row = await self.conns[0].fetchrow("SELECT positions, state FROM monitor_snapshot WHERE id = 1")
         if row is not None:
             self.engine = fraud.MonitorEngine.from_state(json.loads(row["state"]), **self.config)
@@ -154,15 +161,27 @@ async def run_monitor(dsns: list[str]) -> None:
     if not dsns:
         raise SystemExit("monitor needs --dsn (every shard, in order) or QUICKPAY_DSNS")
     await _wait_for_schema(dsns)
-    monitor = Monitor(dsns)
-    await monitor.start()
-    log.info("monitor started at positions %s", monitor.positions)
-    try:
-        while True:
-            if not await monitor.poll():
-                await asyncio.sleep(POLL_INTERVAL_S)
-    finally:
+    while True:
+        monitor = Monitor(dsns)
         try:
-            await monitor.snapshot()
-        finally:
-            await monitor.close()
+            await monitor.start()
+            log.info("monitor started at positions %s", monitor.positions)
+            while True:
+                if not await monitor.poll():
+                    await asyncio.sleep(POLL_INTERVAL_S)
+        except _CONNECTION_LOST as exc:
+            # A database restarted or failed over (`up --ha`). Start again from the last
+            # snapshot, as after a crash: the engine may have seen rows whose alerts were not
+            # stored, and must not count them twice.
+            log.warning("monitor lost its database (%r); starting again from its snapshot in %.0f s",
+                        exc, RECONNECT_S)
+            for conn in monitor.conns:
+                conn.terminate()
+            await asyncio.sleep(RECONNECT_S)
+            continue
+        except BaseException:
+            try:
+                await monitor.snapshot()
+            finally:
+                await monitor.close()
+            raise

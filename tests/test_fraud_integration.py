@@ -273,3 +273,46 @@ def test_monitor_sees_a_refund_forwarded_at_once(fraud_stack: Stack) -> None:
     assert forwarded.body["status"] == "AcceptedSettlementCompleted", forwarded.body
     asyncio.run(monitor_pass(dsns))
     assert [r["rule"] for r in asyncio.run(alerts_for(customer["account"]))] == ["pass_through"]
+
+
+def test_monitor_starts_again_after_losing_its_database(fraud_stack: Stack) -> None:
+    """A failover (`up --ha`) or a restarted PostgreSQL ends the monitor's connections: it
+    starts again from its snapshot instead of exiting with a traceback, and still alerts
+    once per episode."""
+    from quickpay.monitor import APPLICATION_NAME, run_monitor
+
+    dsns = [fraud_stack.dsn(i) for i in range(fraud_stack.shards)]
+    partner = fraud_stack.new_partner("Mule Partner 2")
+    payers = [fraud_stack.new_customer(partner, funding="100.00") for _ in range(3)]
+
+    async def scenario() -> tuple[bool, list[Any]]:
+        task = asyncio.get_running_loop().create_task(run_monitor(dsns))
+        mule = fraud_stack.new_account()
+        try:
+            await asyncio.sleep(1.0)
+            conn = await asyncpg.connect(dsns[0])   # one server holds every shard's database here
+            try:
+                assert await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                    APPLICATION_NAME) == len(dsns)
+            finally:
+                await conn.close()
+            for payer in payers:
+                fraud_stack.pay(partner, payer["agreement_id"], mule, "20.00")
+            conn = await asyncpg.connect(dsns[0])
+            try:
+                for _ in range(100):
+                    alerts = list(await conn.fetch("SELECT rule FROM alerts WHERE account = $1", mule))
+                    if alerts:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                await conn.close()
+            return task.done(), alerts
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    ended, alerts = asyncio.run(scenario())
+    assert not ended, "the monitor stopped when its connections were terminated"
+    assert [a["rule"] for a in alerts] == ["fan_in"]
