@@ -323,8 +323,9 @@ class ShardWorker:
         await self.write_conn.execute(_HOT_PATH_SETTINGS)  # after the full-table loads above
         loop = asyncio.get_running_loop()
         if len(split_hosts(cfg.dsn)) > 1:
+            # No termination listener: the heartbeat closes this connection itself when a
+            # commit hangs (ledger.writable.probe_commit), and reports why before it stops.
             self.heartbeat_conn = await _connect_waiting(dsn)
-            self.heartbeat_conn.add_termination_listener(self._on_connection_lost)
             self.tasks.append(loop.create_task(self._commit_heartbeat()))
         gc.freeze()
         # Fewer young-generation collections: the hot path allocates many short-lived
@@ -401,6 +402,7 @@ class ShardWorker:
                     return
                 log.error("shard %s: its PostgreSQL did not commit within %.0fs (%r); stopping so that "
                           "the restart finds the server that commits", self.config.shard, COMMIT_TIMEOUT_S, exc)
+                # (A lost connection ends here too: the same remedy.)
                 logging.shutdown()
                 os._exit(70)
 

@@ -55,9 +55,26 @@ def split_hosts(dsn: str) -> list[str]:
 
 
 async def probe_commit(conn: asyncpg.Connection, timeout_s: float = COMMIT_PROBE_TIMEOUT_S) -> None:
-    """A transaction with a commit record; raises asyncio.TimeoutError if it does not commit
-    within `timeout_s` (no synchronous standby acknowledges it), or a database error."""
-    await asyncio.wait_for(conn.fetchval(PROBE_SQL), timeout_s)
+    """A transaction that writes WAL; raises asyncio.TimeoutError if it does not commit within
+    `timeout_s` (no synchronous standby acknowledges it), or a database error.
+
+    On a timeout the connection is closed, not the query cancelled: a cancelled wait for the
+    synchronous standby makes the commit visible on that server although no standby has it
+    (PostgreSQL's documented caveat). Nothing of ours relies on that for a probe, which writes
+    no row, but the rule is kept everywhere: quickpay never cancels a commit's wait."""
+    task = asyncio.ensure_future(conn.fetchval(PROBE_SQL))
+    # Its outcome is read here, or dropped on purpose when we gave up on it (closed, or the
+    # caller was cancelled): never an "exception was never retrieved" at exit.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    if not done:
+        conn.terminate()
+        raise asyncio.TimeoutError(f"no commit within {timeout_s:g}s")
+    task.result()
 
 
 async def _try_host(dsn: str, connect_timeout_s: float) -> asyncpg.Connection:

@@ -739,8 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     ha_status.add_argument("--json", action="store_true", help="print the status as JSON")
     ha_status.set_defaults(func=cmd_ha)
     drill = ha_sub.add_parser("drill", help="fail a shard's leader under a stream of payments; watch and check")
-    drill.add_argument("--fault", choices=["kill", "freeze"], default="kill",
-                       help="kill: SIGKILL the leader's postmaster; freeze: SIGSTOP its Patroni (a partition)")
+    drill.add_argument("--fault", choices=["kill", "freeze", "kill-standby"], default="kill",
+                       help="kill: SIGKILL the leader's postmaster; freeze: SIGSTOP its Patroni (a partition); "
+                            "kill-standby: SIGKILL the synchronous standby's postmaster")
     drill.add_argument("--shard", type=int, default=0)
     drill.add_argument("--runs", type=int, default=1, help="repeat, and report median and max")
     drill.add_argument("--state-dir", default="./.quickpay")

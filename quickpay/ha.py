@@ -104,6 +104,11 @@ def dcs_settings(members: int) -> dict[str, Any]:
                 "max_connections": 200, "shared_buffers": "256MB", "max_wal_size": "4GB",
                 "checkpoint_timeout": "15min", "wal_buffers": "16MB",
                 "password_encryption": "scram-sha-256", "log_min_messages": "warning",
+                # A backend whose client went away keeps waiting for its synchronous standby
+                # (PostgreSQL's default, stated here because it matters): a cut-off primary's
+                # unacknowledged commit then never becomes visible there (a cancelled wait would
+                # make it visible locally). See ARCHITECTURE.md, "Two sites".
+                "client_connection_check_interval": 0,
             },
         },
     }

@@ -7,13 +7,16 @@ shard's leader is hit:
 
 - `kill`: SIGKILL of the leader's postmaster (a crashed server);
 - `freeze`: SIGSTOP of the leader's Patroni (a partition: its PostgreSQL keeps running but
-  nobody renews its leader key), then SIGCONT once a new leader serves.
+  nobody renews its leader key), then SIGCONT once a new leader serves;
+- `kill-standby`: SIGKILL of the synchronous standby's postmaster (the leader stays; strict
+  mode makes it wait until Patroni names another synchronous standby).
 
 It reports, in seconds from the fault: when another member became leader; when /readyz was
 200 again after it; the first acknowledged payment sent after the leader change; the longest
 gap between acknowledgements; and it checks that every key answered 201 names one payment,
 that the debtors' balances moved by exactly the acknowledged payments (exactly once), that
-`quickpay check` passes, and that the old leader rejoined as a standby on the new timeline.
+`quickpay check` passes, and that the failed member rejoined as a standby (an old leader on
+the new timeline).
 """
 from __future__ import annotations
 
@@ -183,15 +186,26 @@ def _patroni_pid(cluster: HaCluster, member: Member) -> int:
     raise SystemExit(f"no Patroni process runs {config}")
 
 
-def _timeline(cluster: HaCluster, shard: int, name: str) -> tuple[str | None, Any]:
+def _member_view(cluster: HaCluster, shard: int, name: str) -> tuple[str | None, Any, str | None]:
+    """(role, timeline, state) of one member as the cluster sees it."""
     for member in sorted(cluster.shard_members(shard), key=lambda m: m.name == name):
         status, body = cluster.rest(member, "/cluster")
         if status == 200 and isinstance(body, dict):
             for seen in body.get("members", []):
                 if seen.get("name") == name:
-                    return seen.get("role"), seen.get("timeline")
-            return None, None
-    return None, None
+                    return seen.get("role"), seen.get("timeline"), seen.get("state")
+            return None, None, None
+    return None, None, None
+
+
+def _timeline(cluster: HaCluster, shard: int, name: str) -> tuple[str | None, Any]:
+    role, timeline, _ = _member_view(cluster, shard, name)
+    return role, timeline
+
+
+def _synchronous_standby(cluster: HaCluster, shard: int) -> str | None:
+    view = cluster.cluster_view(shard) or {}
+    return next((str(m["name"]) for m in view.get("members", []) if m.get("role") == "sync_standby"), None)
 
 
 def _balances(api: Api, admin: str, accounts: list[str]) -> dict[str, Decimal]:
@@ -204,16 +218,24 @@ async def _write_on(dsn: str, key: str) -> str:
     CUT_OFF_WRITE_S), or the error."""
     import asyncpg
     conn = await asyncpg.connect(dsn, timeout=5)
+    # Closed, not cancelled, when it does not commit: as the shard worker does (a cancelled
+    # wait would make the commit visible on that server; ledger.writable.probe_commit).
+    task = asyncio.ensure_future(conn.execute("INSERT INTO meta (key, value) VALUES ($1, 'drill')", key))
     try:
-        await asyncio.wait_for(conn.execute("INSERT INTO meta (key, value) VALUES ($1, 'drill')", key),
-                               CUT_OFF_WRITE_S)
+        done, _ = await asyncio.wait({task}, timeout=CUT_OFF_WRITE_S)
+        if not done:
+            return "not acknowledged"
+        task.result()
         return "acknowledged"
-    except asyncio.TimeoutError:
-        return "not acknowledged"
     except Exception as exc:  # noqa: BLE001 - reported, e.g. read-only after a demotion
         return f"refused: {type(exc).__name__}"
     finally:
         conn.terminate()
+        if not task.done():
+            try:
+                await task
+            except Exception:  # noqa: BLE001 - the connection was closed under it
+                pass
 
 
 async def _meta_has(dsn: str, key: str) -> bool:
@@ -269,11 +291,17 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     readiness = _ReadinessWatch(demo["base_url"])
     readiness.start()
     frozen: int | None = None
+    victim = old
+    if fault == "kill-standby":
+        victim = _synchronous_standby(cluster, shard) or ""
+        if not victim:
+            raise SystemExit(f"shard {shard} has no synchronous standby now: see `quickpay ha status`")
+        report["victim"] = victim
     fault_at = time.time()
-    if fault == "kill":
-        pid = _postmaster_pid(cluster, _member(cluster, old))
+    if fault in ("kill", "kill-standby"):
+        pid = _postmaster_pid(cluster, _member(cluster, victim))
         os.kill(pid, signal.SIGKILL)
-        say(f"SIGKILL postmaster {pid} of {old}")
+        say(f"SIGKILL postmaster {pid} of {victim} ({'leader' if victim == old else 'synchronous standby'})")
     else:
         frozen = _patroni_pid(cluster, _member(cluster, old))
         os.kill(frozen, signal.SIGSTOP)
@@ -281,7 +309,7 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     try:
         # Patroni names the new leader when it takes the leader key, before its PostgreSQL is
         # promoted; the promotion's time is the new timeline's (its history file's).
-        while time.time() - fault_at < LEADER_WAIT_S:
+        while fault != "kill-standby" and time.time() - fault_at < LEADER_WAIT_S:
             new = _leader(cluster, shard, avoid=old)
             if new is not None and new != old:
                 promoted = _promoted_at(cluster, _member(cluster, new), old_timeline)
@@ -290,10 +318,13 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
                     break
             time.sleep(0.1)
         else:
-            raise SystemExit(f"no new leader promoted within {LEADER_WAIT_S:.0f}s")
+            if fault != "kill-standby":
+                raise SystemExit(f"no new leader promoted within {LEADER_WAIT_S:.0f}s")
+            new, promoted_at = old, fault_at      # the leader stays; time from the fault
         report["new_leader"] = new
         report["leader_change_s"] = round(promoted_at - fault_at, 2)
-        say(f"{new} promoted {report['leader_change_s']}s after the fault")
+        if new != old:
+            say(f"{new} promoted {report['leader_change_s']}s after the fault")
         # Until payments flow again, and (freeze) at least FREEZE_HOLD_S: long enough that
         # a writer left on the cut-off server must notice by itself that it cannot commit.
         hold_until = promoted_at + (FREEZE_HOLD_S if frozen is not None else 0.0)
@@ -368,18 +399,22 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     if check.returncode != 0:
         problems.append("quickpay check failed:\n" + check.stdout + check.stderr)
     say("quickpay check " + ("passed" if check.returncode == 0 else "FAILED"))
+    # The failed member is back as a standby: the old leader on the new timeline, a killed
+    # standby streaming again.
     rejoin_deadline = time.monotonic() + REJOIN_WAIT_S
     while True:
-        role, timeline = _timeline(cluster, shard, old)
-        if role in ("replica", "sync_standby", "quorum_standby") and timeline is not None \
-                and old_timeline is not None and timeline > old_timeline:
-            report["old_leader_rejoined"] = {"role": role, "timeline": timeline,
-                                             "after_fault_s": round(time.time() - fault_at, 2)}
-            say(f"{old} rejoined as {role} on timeline {timeline}")
+        role, timeline, state = _member_view(cluster, shard, victim)
+        back = role in ("replica", "sync_standby", "quorum_standby") and state == "streaming" and \
+            timeline is not None and old_timeline is not None and \
+            (timeline > old_timeline if victim == old else timeline >= old_timeline)
+        if back:
+            report["rejoined"] = {"member": victim, "role": role, "timeline": timeline,
+                                  "after_fault_s": round(time.time() - fault_at, 2)}
+            say(f"{victim} rejoined as {role} on timeline {timeline}")
             break
         if time.monotonic() > rejoin_deadline:
-            problems.append(f"{old} did not rejoin as a standby within {REJOIN_WAIT_S:.0f}s (role {role}, "
-                            f"timeline {timeline})")
+            problems.append(f"{victim} did not rejoin as a standby within {REJOIN_WAIT_S:.0f}s (role {role}, "
+                            f"state {state}, timeline {timeline})")
             break
         time.sleep(0.5)
     if frozen is not None:
