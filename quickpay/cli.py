@@ -31,8 +31,15 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def _split_dsns(value: str | None) -> list[str]:
+    """QUICKPAY_DSNS: DSNs separated by commas; a multi-host DSN holds commas of its own
+    (postgresql://u@h1:5432,h2:5432/db), so only a comma before a new postgres URL splits."""
+    import re
+    return [v.strip() for v in re.split(r",(?=\s*postgres(?:ql)?://)", value or "") if v.strip()]
+
+
 def _dsns_from(args: argparse.Namespace) -> list[str]:
-    dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    dsns = list(args.dsn or []) or _split_dsns(os.environ.get(ENV_DSNS))
     return dsns
 
 
@@ -179,7 +186,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         if ha is not None:
             supervisor.start(ha_children[:1])          # etcd
             ha.secure_etcd()
-            supervisor.start(ha_children[1:])          # the Patroni members
+            first, rest = ha.start_order(ha_children[1:])   # the Patroni members: last leaders first
+            if first:
+                supervisor.start(first)
+                ha.wait_leaders([c.name.removeprefix("patroni-") for c in first], supervisor)
+            supervisor.start(rest)
             ha.wait_writable(supervisor)
             ha.create_databases()
         if pg_child is not None:
@@ -202,6 +213,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("quickpay ready", flush=True)
         supervisor.run_until_signal()
     finally:
+        if ha is not None:
+            try:
+                ha.order_shutdown(ha_children)
+            except Exception as exc:  # noqa: BLE001 - stopping must go on
+                print(f"quickpay: could not read the clusters' roles to stop standbys first: {exc}", flush=True)
         supervisor.stop()
         if pg is not None and pg_child is None and not args.keep_db:
             pg.stop()
@@ -268,7 +284,10 @@ def _validate_common(args: argparse.Namespace) -> None:
 ENV_CLUSTER_SECRET = "QUICKPAY_CLUSTER_SECRET"
 # Which policy each secret answers to (quickpay.secret_policy).
 _SECRET_KINDS = {"QUICKPAY_TOKEN_KEY": "KEY", "QUICKPAY_ADMIN_TOKEN": "TOKEN",
-                 ENV_CLUSTER_SECRET: "KEY", "POSTGRES_PASSWORD": "TOKEN"}
+                 ENV_CLUSTER_SECRET: "KEY", "POSTGRES_PASSWORD": "TOKEN",
+                 # docker-compose.ha.yml: the replication role, Patroni's REST API, etcd's root user
+                 "QUICKPAY_REPLICATION_PASSWORD": "TOKEN", "QUICKPAY_PATRONI_PASSWORD": "TOKEN",
+                 "QUICKPAY_ETCD_PASSWORD": "TOKEN"}
 
 
 def _require_secrets(program: str, values: Mapping[str, str | None]) -> None:
@@ -324,7 +343,7 @@ def _worker_config(args: argparse.Namespace, command: str) -> Any:
     addresses = _split(args.shard_addrs) or _split(os.environ.get(ENV_SHARD_ADDRS))
     if len(addresses) != args.shards:
         raise SystemExit(f"--shard-addrs must list {args.shards} addresses")
-    env_dsns = _split(os.environ.get(ENV_DSNS))
+    env_dsns = _split_dsns(os.environ.get(ENV_DSNS))
     dsn = args.dsn or (env_dsns[args.shard] if len(env_dsns) > args.shard else None)
     if not dsn:
         raise SystemExit(f"{command} needs --dsn or QUICKPAY_DSNS")
@@ -409,7 +428,7 @@ def _allow_private(args: argparse.Namespace) -> bool:
 def cmd_notifier(args: argparse.Namespace) -> int:
     import uvloop
     from notify.service import run_notifier
-    dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    dsns = list(args.dsn or []) or _split_dsns(os.environ.get(ENV_DSNS))
     _require_dsn_passwords("notifier", dsns)
     if not 1 <= args.webhook_max_age_h <= 24 * 30:
         raise SystemExit("notifier: --webhook-max-age-h must be between 1 and 720")
@@ -422,7 +441,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     import uvloop
     from quickpay.monitor import run_monitor
-    dsns = list(args.dsn or []) or _split(os.environ.get(ENV_DSNS))
+    dsns = list(args.dsn or []) or _split_dsns(os.environ.get(ENV_DSNS))
     # The monitor reads the databases only: it checks the secrets it is given.
     _require_dsn_passwords("monitor", dsns)
     if os.environ.get(ENV_CLUSTER_SECRET) is not None:

@@ -333,15 +333,19 @@ class HaCluster:
                               "--listen-client-urls", url_client, "--advertise-client-urls", url_client,
                               "--listen-peer-urls", url_peer, "--initial-advertise-peer-urls", url_peer,
                               "--initial-cluster", f"quickpay={url_peer}", "--initial-cluster-state", "new",
+                              # Patroni writes every second: without compaction etcd's history
+                              # grows until its space quota (2 GB) stops all writes.
+                              "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h",
                               "--log-level", "warn"],
-                       user=self.run_as, stop_rank=2, needed=False, output=self.dir / "etcd.log")]
+                       user=self.run_as, stop_rank=4, needed=False, output=self.dir / "etcd.log",
+                       new_session=True)]
         python, env = self._patroni_python()
         for member in self.members:
             home = self.member_dir(member)
             out.append(Child(f"patroni-{member.name}",
                              [python, "-m", "patroni", str(home / "patroni.yml")], env=env,
-                             user=self.run_as, stop_signal=signal.SIGTERM, stop_rank=1,
-                             output=home / "patroni.log", needed=False))
+                             user=self.run_as, stop_signal=signal.SIGTERM, stop_rank=3,
+                             output=home / "patroni.log", needed=False, new_session=True))
         return out
 
     def _patroni_python(self) -> tuple[str, dict[str, str]]:
@@ -368,6 +372,48 @@ class HaCluster:
         raise SystemExit(f"quickpay up --ha: user {self.run_as} can run no Python {version} that imports Patroni "
                          f"(tried {', '.join(c[0] for c in candidates)}); install Python {version} where that user "
                          "can reach it (e.g. Debian's python3)")
+
+    def order_shutdown(self, children: list[Any]) -> None:
+        """Stop standbys before their leader, so that no standby is promoted while the stack
+        stops (which would cost a timeline per restart): replicas rank 1, leaders (and any
+        member whose role is unknown) rank 2, etcd last."""
+        leaders = {shard["leader"] for shard in self.status()["shards"]} - {None}
+        if leaders:
+            (self.dir / "leaders.json").write_text(json.dumps(sorted(leaders)))
+        for child in children:
+            if child.name == "etcd":
+                child.stop_rank = 4
+            elif child.name.startswith("patroni-"):
+                member = child.name.removeprefix("patroni-")
+                child.stop_rank = 3 if member in leaders else 2
+
+    def start_order(self, members: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The members that were leaders when the stack last stopped (they stopped last, so
+        they hold the newest WAL), and the others: started in that order, no standby is
+        promoted at a restart."""
+        try:
+            leaders = set(json.loads((self.dir / "leaders.json").read_text()))
+        except (OSError, ValueError):
+            leaders = set()
+        first = [c for c in members if c.name.removeprefix("patroni-") in leaders]
+        return first, [c for c in members if c not in first]
+
+    def wait_leaders(self, names: list[str], supervisor: Any, timeout_s: float = 30.0) -> None:
+        """Until each of `names` holds its shard's leader key (or the time is up: then the
+        others start anyway and Patroni elects among them)."""
+        deadline = time.monotonic() + timeout_s
+        shards = {m.shard for m in self.members if m.name in names}
+        while shards and time.monotonic() < deadline:
+            shards = {s for s in shards if (self.status_of(s) or {}).get("leader") not in names}
+            supervisor.poll_once()
+            time.sleep(0.5)
+
+    def status_of(self, shard: int) -> dict[str, Any] | None:
+        view = self.cluster_view(shard)
+        if view is None:
+            return None
+        leader = next((m["name"] for m in view.get("members", []) if m.get("role") in ("leader", "primary")), None)
+        return {"leader": leader}
 
     # ---- etcd ---------------------------------------------------------------------------
     def _etcd(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
@@ -397,15 +443,21 @@ class HaCluster:
             return                           # the root user exists and authentication is on
         except urllib.error.HTTPError:
             pass
-        for path, body in (("auth/role/add", {"name": "root"}),
-                           ("auth/user/add", {"name": "root", "password": self.etcd_password})):
-            try:
-                self._etcd(path, body)
-            except urllib.error.HTTPError:   # made by a start that stopped half-way
-                pass
-        self._etcd("auth/user/changepw", {"name": "root", "password": self.etcd_password})
-        self._etcd("auth/user/grant", {"user": "root", "role": "root"})
-        self._etcd("auth/enable", {})
+        try:
+            for path, body in (("auth/role/add", {"name": "root"}),
+                               ("auth/user/add", {"name": "root", "password": self.etcd_password})):
+                try:
+                    self._etcd(path, body)
+                except urllib.error.HTTPError as exc:
+                    if exc.code == 401:
+                        raise
+                    # made by a start that stopped half-way: set below
+            self._etcd("auth/user/changepw", {"name": "root", "password": self.etcd_password})
+            self._etcd("auth/user/grant", {"user": "root", "role": "root"})
+            self._etcd("auth/enable", {})
+        except urllib.error.HTTPError as exc:
+            raise SystemExit(f"etcd (port {self.etcd_client_port}) refuses the root password in "
+                             f"{self.dir / 'etcd-root.secret'} ({exc.code}); was that file replaced?") from None
 
     # ---- readiness and status ------------------------------------------------------------
     def rest(self, member: Member, path: str) -> tuple[int, Any]:

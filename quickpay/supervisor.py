@@ -72,6 +72,10 @@ class Child:
     before_start: Callable[[], None] | None = None
     # Append its stdout and stderr to this file instead of the supervisor's.
     output: Path | None = None
+    # Its own session: a Ctrl-C at the terminal (SIGINT to the whole foreground process
+    # group) reaches only the supervisor, which then stops it in its turn (Patroni members:
+    # standbys before leaders). It still dies with the supervisor (PR_SET_PDEATHSIG).
+    new_session: bool = False
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -88,7 +92,7 @@ class Child:
         out = open(self.output, "ab") if self.output is not None else None
         try:
             self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, user=self.user,
-                                            stdout=out, stderr=out,
+                                            stdout=out, stderr=out, start_new_session=self.new_session,
                                             preexec_fn=_die_with_parent(self.stop_signal))
         finally:
             if out is not None:

@@ -41,6 +41,19 @@ def test_split_hosts_makes_one_dsn_per_host_and_keeps_the_rest() -> None:
     assert split_hosts("postgresql://u:p@h1:1,h2:2/db") == ["postgresql://u:p@h1:1/db", "postgresql://u:p@h2:2/db"]
 
 
+def test_quickpay_dsns_keeps_multi_host_dsns_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUICKPAY_DSNS separates shards with commas; a multi-host DSN has commas of its own.
+    (Split on every comma before: a multi-host DSN became two broken ones.)"""
+    import argparse
+    from quickpay.cli import _dsns_from
+    a = "postgresql://postgres@pg0a:5432,pg0b:5432/quickpay_shard_0?target_session_attrs=read-write"
+    b = "postgres://postgres@pg1a:5432,pg1b:5432/quickpay_shard_1"
+    monkeypatch.setenv("QUICKPAY_DSNS", f"{a}, {b}")
+    assert _dsns_from(argparse.Namespace(dsn=None)) == [a, b]
+    monkeypatch.setenv("QUICKPAY_DSNS", "postgresql://u@h/db0,postgresql://u@h/db1")
+    assert _dsns_from(argparse.Namespace(dsn=None)) == ["postgresql://u@h/db0", "postgresql://u@h/db1"]
+
+
 def test_dcs_settings_never_acknowledge_on_one_server() -> None:
     settings = dcs_settings(3)
     assert settings["synchronous_mode"] is True

@@ -246,8 +246,9 @@ def test_secrets_command_writes_a_private_env_and_never_overwrites_by_accident(t
     assert _mode(out) == 0o600
     first = _read_env(out)
     assert set(first) == {"QUICKPAY_TOKEN_KEY", "QUICKPAY_ADMIN_TOKEN", "QUICKPAY_CLUSTER_SECRET",
-                          "POSTGRES_PASSWORD"}
-    assert len(set(first.values())) == 4
+                          "POSTGRES_PASSWORD", "QUICKPAY_REPLICATION_PASSWORD", "QUICKPAY_PATRONI_PASSWORD",
+                          "QUICKPAY_ETCD_PASSWORD"}
+    assert len(set(first.values())) == 7
     for value in first.values():
         assert secret_policy.secret_problem(value, secret_policy.KEY) is None
     with pytest.raises(SystemExit, match="--force"):
