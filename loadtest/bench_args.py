@@ -53,6 +53,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="first offered batch rate, batches/s (default 2)")
     p.add_argument("--batch-p99-ms", type=float, default=100.0, help="batch phase p99 gate (default 100 ms)")
     p.add_argument("--no-rules", action="store_true", help="run the stack without the fraud filter")
+    p.add_argument("--ha", action="store_true",
+                   help="main phase on `up --ha` (Patroni, synchronous standbys), then the same phase on one "
+                        "PostgreSQL per shard: the cost of synchronous replication as a ratio")
     p.add_argument("--sweep", action="store_true", help="also run the shards x workers scaling sweep")
     p.add_argument("--profile", action="store_true", help="py-spy the shard and gateway workers")
     p.add_argument("--port", type=int, default=18080)

@@ -117,8 +117,13 @@ def run_bench(args: argparse.Namespace) -> int:
             pgbench=not args.no_baselines, pgbench_s=args.pgbench_s, pgbench_scale=args.pgbench_scale,
             batch_items=args.batch_items, batch_start_rate=args.batch_start_rate,
             batch_step_factor=2.0 if args.quick else 1.5, batch_steps_max=4 if args.quick else 10,
-            batch_step_s=args.step_s, batch_p99_ms=args.batch_p99_ms, hello=not args.no_hello)
+            batch_step_s=args.step_s, batch_p99_ms=args.batch_p99_ms, hello=not args.no_hello,
+            ha=bool(getattr(args, "ha", False)))
+        if main_cfg.ha and args.dsn:
+            raise SystemExit("quickpay bench: --ha runs its own PostgreSQL clusters; no --dsn")
         main = run_phase(main_cfg, args, out, rules)
+        if main_cfg.ha:
+            report["ha"] = _single_server_comparison(main_cfg, main, args, out, base_state, rules)
         templates = main.pop("_templates", None)
         best = main.get("best_step") or {}
         report.update({
@@ -261,6 +266,10 @@ def _console_summary(r: dict[str, Any], out: Path) -> str:
         f"naive ledger: {_fmt(r.get('naive_max_sustained_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_naive'), '.2f')}x);"
         f" pgbench: {_fmt(r.get('pgbench_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_pgbench'), '.2f')}x)",
         f"exactly-once: {_fmt(r.get('exactly_once_ok'))}; conservation: {_fmt(r.get('conservation_ok'))}",
+        *([f"HA (synchronous standby) vs one server per shard: single payments "
+           f"{_fmt(r['ha']['single_payment']['tps_ratio'], '.2f')}x TPS, "
+           f"{_fmt(r['ha']['single_payment']['cpu_ratio'], '.2f')}x CPU/payment; batch "
+           f"{_fmt(r['ha']['batch']['ratio'], '.2f')}x payments/s"] if r.get("ha") else []),
         f"took {r.get('duration_s')}s; report: {out / 'bench-report.json'}, {out / 'bench-summary.md'}",
     ])
 
@@ -269,6 +278,61 @@ def _console_summary(r: dict[str, Any], out: Path) -> str:
 # shard serving HTTP), each a short search from half the main phase's max sustained rate.
 SWEEP_CONFIGS = (("gateway", 1, 1), ("gateway", 1, 2), ("gateway", 2, 1), ("gateway", 2, 2),
                  ("node", 1, 1), ("node", 2, 1))
+
+
+def _single_server_comparison(main_cfg: Any, main: dict[str, Any], args: argparse.Namespace, out: Path,
+                              base_state: Path, rules: Path | None) -> dict[str, Any]:
+    """The main phase again on one PostgreSQL per shard (no standby), same settings, same
+    session: what synchronous replication costs on the single-payment and batch paths."""
+    import dataclasses
+    single_cfg = dataclasses.replace(main_cfg, name="single-server", state_dir=base_state / "single-server",
+                                     port=_free_port(), ha=False, pgbench=False, hello=False, profile=False)
+    if single_cfg.state_dir.exists() and not args.state_dir:
+        shutil.rmtree(single_cfg.state_dir, ignore_errors=True)
+    single = run_phase(single_cfg, args, out, rules)
+    best_ha, best_single = main.get("best_step") or {}, single.get("best_step") or {}
+    batch_ha, batch_single = main.get("batch") or {}, single.get("batch") or {}
+    return {
+        "members_per_shard": 3, "synchronous_mode_strict": True,
+        "single_payment": {
+            "ha_tps": main["max_sustained_tps"], "single_server_tps": single["max_sustained_tps"],
+            "tps_ratio": _ratio(main["max_sustained_tps"], single["max_sustained_tps"]),
+            "ha_p99_ms": best_ha.get("p99_ms"), "single_server_p99_ms": best_single.get("p99_ms"),
+            "ha_cpu_us_per_payment": best_ha.get("sut_cpu_us_per_payment"),
+            "single_server_cpu_us_per_payment": best_single.get("sut_cpu_us_per_payment"),
+            "cpu_ratio": _ratio(best_ha.get("sut_cpu_us_per_payment"), best_single.get("sut_cpu_us_per_payment")),
+            "ha_cpu_us_by_process": best_ha.get("sut_cpu_us_per_payment_by_process"),
+        },
+        "batch": {
+            # Same first step on both (same items per request and offered rate): comparable
+            # even when one side misses its gate there.
+            "first_step": _first_step_pair(batch_ha, batch_single),
+            "ha_payments_per_s": batch_ha.get("batch_payments_per_s"),
+            "single_server_payments_per_s": batch_single.get("batch_payments_per_s"),
+            "ratio": _ratio(batch_ha.get("batch_payments_per_s"), batch_single.get("batch_payments_per_s")),
+            "ha_p99_ms": batch_ha.get("batch_p99_ms"), "single_server_p99_ms": batch_single.get("batch_p99_ms"),
+        },
+        "single_server_exactly_once_ok": single.get("exactly_once_ok"),
+        "single_server_conservation_ok": single.get("conservation_ok"),
+        "up_command": single.get("up_command"),
+    }
+
+
+def _first_step_pair(ha: dict[str, Any], single: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch phase's first step on each stack, when both ran the same one."""
+    steps_ha, steps_single = ha.get("steps") or [], single.get("steps") or []
+    if not steps_ha or not steps_single:
+        return None
+    a, b = steps_ha[0], steps_single[0]
+    if (a.get("items_per_batch"), a.get("offered_per_s")) != (b.get("items_per_batch"), b.get("offered_per_s")):
+        return None
+    return {"items_per_batch": a.get("items_per_batch"), "payments_per_s": a.get("payments_per_s"),
+            "ha_p50_ms": a.get("p50_ms"), "single_server_p50_ms": b.get("p50_ms"),
+            "ha_p99_ms": a.get("p99_ms"), "single_server_p99_ms": b.get("p99_ms"),
+            "p50_ratio": _ratio(a.get("p50_ms"), b.get("p50_ms")),
+            "ha_cpu_us_per_payment": a.get("sut_cpu_us_per_payment"),
+            "single_server_cpu_us_per_payment": b.get("sut_cpu_us_per_payment"),
+            "cpu_ratio": _ratio(a.get("sut_cpu_us_per_payment"), b.get("sut_cpu_us_per_payment"))}
 
 
 def run_sweep(args: argparse.Namespace, out: Path, base_state: Path, rules: Path | None,

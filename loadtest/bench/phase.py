@@ -50,6 +50,7 @@ class PhaseConfig:
     batch_p99_ms: float = 100.0
     hello: bool = False  # keep the templates for the hello phase
     topology: str | None = None  # None: --topology
+    ha: bool = False  # `up --ha`: each shard a Patroni cluster with a synchronous standby
 
 
 def settle_database(dsns: list[str]) -> None:
@@ -84,11 +85,11 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                          no_rules=args.no_rules, rules=rules, ledger_mode=cfg.ledger_mode, dsns=cfg.dsns,
                          topology=str(cfg.topology or getattr(args, "topology", "gateway")),
                          batch_wait_ms=getattr(args, "batch_wait_ms", None),
-                         notifier=bool(getattr(args, "with_notifier", False)))
+                         notifier=bool(getattr(args, "with_notifier", False)), ha=cfg.ha)
     result: dict[str, Any] = {"phase": cfg.name, "shards": cfg.shards, "gateway_workers": cfg.workers,
                               "customers": cfg.customers, "partners": cfg.partners,
                               "ledger_mode": cfg.ledger_mode or "batched", "up_command": " ".join(stack.argv),
-                              "topology": cfg.topology or getattr(args, "topology", "gateway")}
+                              "topology": cfg.topology or getattr(args, "topology", "gateway"), "ha": cfg.ha}
     log(f"{cfg.name}: starting the stack ({cfg.shards} shards, {cfg.workers} gateway workers"
         f"{', ledger-mode ' + cfg.ledger_mode if cfg.ledger_mode else ''})")
     started = time.monotonic()

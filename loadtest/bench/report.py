@@ -160,6 +160,24 @@ def summary_markdown(report: dict[str, Any]) -> str:
                          f" {_fmt(s.get('sut_cores'), '.2f')} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
                          f" {_fmt(s.get('efficiency_tps_per_core'))} |"
                          + (f" error: {s['error'][:100]}" if s.get("error") else ""))
+    ha = r.get("ha")
+    if ha:
+        single, batch = ha["single_payment"], ha["batch"]
+        first = batch.get("first_step") or {}
+        lines += ["", f"## Synchronous replication (`up --ha`, {ha['members_per_shard']} members per shard, strict)"
+                  " vs one server per shard, same session", "",
+                  "| path | HA | one server | ratio |", "|---|---|---|---|",
+                  f"| single payments: max sustained TPS | {_fmt(single['ha_tps'])} | {_fmt(single['single_server_tps'])}"
+                  f" | {_fmt(single['tps_ratio'], '.2f')} |",
+                  f"| single payments: SUT CPU µs/payment at the max step | {_fmt(single['ha_cpu_us_per_payment'])} |"
+                  f" {_fmt(single['single_server_cpu_us_per_payment'])} | {_fmt(single['cpu_ratio'], '.2f')} |",
+                  f"| batch: max sustained payments/s | {_fmt(batch['ha_payments_per_s'])} |"
+                  f" {_fmt(batch['single_server_payments_per_s'])} | {_fmt(batch['ratio'], '.2f')} |",
+                  f"| batch at {_fmt(first.get('payments_per_s'))} payments/s ({first.get('items_per_batch')} per request):"
+                  f" p50 ms | {_fmt(first.get('ha_p50_ms'), '.1f')} | {_fmt(first.get('single_server_p50_ms'), '.1f')} |"
+                  f" {_fmt(first.get('p50_ratio'), '.2f')} |",
+                  f"| batch at that rate: SUT CPU µs/payment | {_fmt(first.get('ha_cpu_us_per_payment'))} |"
+                  f" {_fmt(first.get('single_server_cpu_us_per_payment'))} | {_fmt(first.get('cpu_ratio'), '.2f')} |"]
     notes = r.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

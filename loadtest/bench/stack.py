@@ -18,7 +18,7 @@ class StackProcess:
     def __init__(self, state_dir: Path, port: int, shards: int, workers: int, log_path: Path, *,
                  no_rules: bool = False, rules: Path | None = None, ledger_mode: str | None = None,
                  dsns: list[str] | None = None, topology: str = "gateway",
-                 batch_wait_ms: float | None = None, notifier: bool = False) -> None:
+                 batch_wait_ms: float | None = None, notifier: bool = False, ha: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.shards = shards
@@ -40,6 +40,9 @@ class StackProcess:
             self.argv += ["--batch-wait-ms", str(batch_wait_ms)]
         for dsn in dsns or []:
             self.argv += ["--dsn", dsn]
+        self.ha = ha
+        if ha:
+            self.argv.append("--ha")
         self.external_dsns = list(dsns or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{port}"
@@ -73,6 +76,9 @@ class StackProcess:
     def dsns(self) -> list[str]:
         if self.external_dsns:
             return list(self.external_dsns)
+        if self.ha:
+            from quickpay.ha import HaCluster
+            return HaCluster.attach(self.state_dir).dsns()
         from quickpay.embedded_pg import EmbeddedPostgres, shard_database
         pg = EmbeddedPostgres(self.state_dir)
         return [pg.dsn(shard_database(i)) for i in range(self.shards)]
@@ -129,21 +135,24 @@ class SutCpu:
         self.up_pid = up_pid
         self.state_dir = Path(state_dir) if state_dir is not None else None
 
-    def _postmaster_pid(self) -> int | None:
+    def _postmaster_pids(self) -> list[int]:
+        """The embedded server's postmaster, or with `up --ha` every member's: Patroni starts
+        them detached (re-parented to init), so they are not in the `up` tree."""
         if self.state_dir is None:
-            return None
-        try:
-            return int((self.state_dir / "pg" / "postmaster.pid").read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+            return []
+        pids = []
+        for pid_file in [self.state_dir / "pg" / "postmaster.pid",
+                         *sorted((self.state_dir / "ha").glob("*/data/postmaster.pid"))]:
+            try:
+                pids.append(int(pid_file.read_text().splitlines()[0]))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
 
     def processes(self) -> dict[int, Any]:
         import psutil
         found: dict[int, Any] = {}
-        roots = [self.up_pid]
-        postmaster = self._postmaster_pid()
-        if postmaster is not None:
-            roots.append(postmaster)
+        roots = [self.up_pid, *self._postmaster_pids()]
         for root in roots:
             try:
                 proc = psutil.Process(root)
@@ -203,8 +212,12 @@ def _process_group(cmdline: list[str]) -> str:
         return "shard"
     if "notifier" in cmdline and "quickpay.cli" in cmdline:
         return "notifier"
-    if cmdline and cmdline[0].startswith("postgres"):
-        return "postgres"
+    if cmdline and (cmdline[0].startswith("postgres") or cmdline[0].endswith("/postgres")):
+        return "postgres"       # with --ha: every member's, standbys included
+    if any("patroni" in part for part in cmdline[:3]):
+        return "patroni"
+    if cmdline and cmdline[0].endswith("/etcd"):
+        return "etcd"
     return "other"
 
 
