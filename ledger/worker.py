@@ -286,6 +286,12 @@ class ShardWorker:
         # goes to that same host.
         self.write_conn, dsn = await _connect_writer_waiting(cfg.dsn)
         self.write_conn.add_termination_listener(self._on_connection_lost)
+        if len(split_hosts(cfg.dsn)) > 1:
+            # From here on: a start-up write (schema, fraud registry) on a server cut off
+            # meanwhile would otherwise wait for ever. No termination listener: the heartbeat
+            # closes this connection itself when a commit hangs, and says why before it stops.
+            self.heartbeat_conn = await _connect_waiting(dsn)
+            self.tasks.append(asyncio.get_running_loop().create_task(self._commit_heartbeat()))
         got_lock = await self.write_conn.fetchval(
             "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
         if not got_lock:
@@ -322,11 +328,6 @@ class ShardWorker:
         self.relay.enqueue(await pg.load_outbox(self.write_conn))
         await self.write_conn.execute(_HOT_PATH_SETTINGS)  # after the full-table loads above
         loop = asyncio.get_running_loop()
-        if len(split_hosts(cfg.dsn)) > 1:
-            # No termination listener: the heartbeat closes this connection itself when a
-            # commit hangs (ledger.writable.probe_commit), and reports why before it stops.
-            self.heartbeat_conn = await _connect_waiting(dsn)
-            self.tasks.append(loop.create_task(self._commit_heartbeat()))
         gc.freeze()
         # Fewer young-generation collections: the hot path allocates many short-lived
         # objects per batch (what fraud.microbench calls "tuned" GC).

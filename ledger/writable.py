@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["split_hosts", "connect_writable", "probe_commit", "COMMIT_PROBE_TIMEOUT_S",
+__all__ = ["split_hosts", "connect_writable", "resolve_writable", "probe_commit", "COMMIT_PROBE_TIMEOUT_S",
            "HEARTBEAT_INTERVAL_S", "COMMIT_TIMEOUT_S", "NoWritableHost"]
 
 log = logging.getLogger("quickpay.shard")
@@ -77,8 +77,9 @@ async def probe_commit(conn: asyncpg.Connection, timeout_s: float = COMMIT_PROBE
     task.result()
 
 
-async def _try_host(dsn: str, connect_timeout_s: float) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, timeout=connect_timeout_s)
+async def _try_host(dsn: str, connect_timeout_s: float,
+                    server_settings: dict[str, str] | None = None) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout_s, server_settings=server_settings)
     try:
         if await conn.fetchval("SELECT pg_is_in_recovery()"):
             raise NoWritableHost("a standby")
@@ -89,16 +90,17 @@ async def _try_host(dsn: str, connect_timeout_s: float) -> asyncpg.Connection:
         raise
 
 
-async def connect_writable(dsn: str, *, connect_timeout_s: float = 10.0) -> tuple[asyncpg.Connection, str]:
+async def connect_writable(dsn: str, *, connect_timeout_s: float = 10.0,
+                           server_settings: dict[str, str] | None = None) -> tuple[asyncpg.Connection, str]:
     """A connection to the host that commits, and that host's single-host DSN.
 
     One host: a plain connect (errors as asyncpg raises them). Several: all tried at once;
     NoWritableHost if none is a primary that commits (the caller waits and tries again)."""
     hosts = split_hosts(dsn)
     if len(hosts) == 1:
-        return await asyncpg.connect(dsn, timeout=connect_timeout_s), dsn
+        return await asyncpg.connect(dsn, timeout=connect_timeout_s, server_settings=server_settings), dsn
     started = time.monotonic()
-    tasks = {asyncio.ensure_future(_try_host(h, connect_timeout_s)): h for h in hosts}
+    tasks = {asyncio.ensure_future(_try_host(h, connect_timeout_s, server_settings)): h for h in hosts}
     errors: list[str] = []
     chosen: tuple[asyncpg.Connection, str] | None = None
     try:
@@ -126,3 +128,17 @@ async def connect_writable(dsn: str, *, connect_timeout_s: float = 10.0) -> tupl
     if chosen is None:
         raise NoWritableHost("; ".join(errors) or "no host")
     return chosen
+
+
+async def resolve_writable(dsns: list[str]) -> list[str]:
+    """Each DSN narrowed to the host that commits now (multi-host DSNs only): for readers
+    that must not read a cut-off primary's stale journal (quickpay check, recon)."""
+    out = []
+    for dsn in dsns:
+        if len(split_hosts(dsn)) == 1:
+            out.append(dsn)
+            continue
+        conn, chosen = await connect_writable(dsn)
+        await conn.close()
+        out.append(chosen)
+    return out

@@ -29,6 +29,7 @@ import aiohttp
 import asyncpg
 
 from ledger import pg
+from ledger.writable import NoWritableHost, connect_writable
 from ledger.state import ShardState
 from quickpay.ids import shard_of_payment
 
@@ -82,8 +83,10 @@ class Notifier:
 
     async def start(self) -> None:
         settings = {"application_name": APPLICATION_NAME}
-        self.conns = [await asyncpg.connect(dsn, server_settings=settings) for dsn in self.dsns]
-        self.pool = await asyncpg.create_pool(self.dsns[0], min_size=1, max_size=4, server_settings=settings)
+        # With `up --ha` (multi-host DSNs): the members that commit, not a cut-off primary.
+        chosen = [await connect_writable(dsn, server_settings=settings) for dsn in self.dsns]
+        self.conns = [conn for conn, _ in chosen]
+        self.pool = await asyncpg.create_pool(chosen[0][1], min_size=1, max_size=4, server_settings=settings)
         self.session = aiohttp.ClientSession(
             connector=connector(self.allow_private, limit=IN_FLIGHT_MAX),
             timeout=aiohttp.ClientTimeout(total=delivery.DELIVERY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S))
@@ -295,7 +298,7 @@ async def run_notifier(dsns: list[str], *, allow_private: bool, max_age_s: int,
                     await asyncio.sleep(POLL_INTERVAL_S)
         except asyncio.CancelledError:
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError, NoWritableHost) as exc:
             log.warning("notifier lost its database (%r); reconnecting in %.1f s", exc, retry_s)
         finally:
             try:

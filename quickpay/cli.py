@@ -219,6 +219,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - stopping must go on
                 print(f"quickpay: could not read the clusters' roles to stop standbys first: {exc}", flush=True)
         supervisor.stop()
+        if ha is not None:
+            left = ha.stop_orphans()
+            if left:
+                print(f"quickpay: stopped PostgreSQL left running by {', '.join(left)}", flush=True)
         if pg is not None and pg_child is None and not args.keep_db:
             pg.stop()
     return 0
@@ -516,6 +520,10 @@ def _run_on_shards(args: argparse.Namespace, work: Any) -> Any:
             from quickpay.embedded_pg import attach_state
             pg, dsns, started_here = attach_state(state_path)
     try:
+        # A multi-host DSN (`up --ha`): read the member that commits now, not a cut-off
+        # primary that still says read-write (its journal may be stale).
+        from ledger.writable import resolve_writable
+        dsns = asyncio.run(resolve_writable(dsns))
         return asyncio.run(work(dsns))
     finally:
         if pg is not None and started_here:
@@ -552,8 +560,8 @@ def cmd_ha_drill(args: argparse.Namespace) -> int:
         raise SystemExit("quickpay ha drill: --runs between 1 and 20")
     reports = [run_drill(state_path, args.fault, args.shard) for _ in range(args.runs)]
     if args.runs > 1:
-        for key in ("leader_change_s", "first_ack_after_fault_s", "first_ack_after_leader_change_s",
-                    "readyz_200_after_leader_change_s", "longest_gap_s"):
+        for key in ("leader_change_s", "longest_gap_s", "restored_after_fault_s", "restored_after_promotion_s",
+                    "readyz_503_s", "readyz_200_again_after_fault_s", "readyz_200_again_after_promotion_s"):
             values = [r[key] for r in reports if key in r]
             if values:
                 print(f"{key}: median {statistics.median(values):.2f}, max {max(values):.2f} "

@@ -109,6 +109,11 @@ def dcs_settings(members: int) -> dict[str, Any]:
                 # unacknowledged commit then never becomes visible there (a cancelled wait would
                 # make it visible locally). See ARCHITECTURE.md, "Two sites".
                 "client_connection_check_interval": 0,
+                # A hung (not crashed) standby is dropped after 5 s, so Patroni can name
+                # another synchronous standby instead of every commit waiting for 60 s.
+                "wal_sender_timeout": "5s",
+                # A registered but broken member's slot may not keep WAL without bound.
+                "max_slot_wal_keep_size": "10GB",
             },
         },
     }
@@ -308,6 +313,9 @@ class HaCluster:
         for path in (self.dir / "etcd",):
             path.mkdir(mode=0o700, exist_ok=True)
             self._chown(path)
+        etcd_log = self.dir / "etcd.log"
+        os.close(os.open(etcd_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(etcd_log, 0o600)
         for member in self.members:
             home = self.member_dir(member)
             home.mkdir(mode=0o700, exist_ok=True)
@@ -363,7 +371,8 @@ class HaCluster:
                 candidates.append((system, {"PYTHONPATH": paths, "PYTHONNOUSERSITE": "1"}))
         for python, env in candidates:
             try:
-                probe = subprocess.run([python, "-c", "import patroni, psycopg, yaml"], user=self.run_as,
+                probe = subprocess.run([python, "-c", "import patroni.__main__, patroni.dcs.etcd3, psycopg, yaml"],
+                                       user=self.run_as,
                                        env={**os.environ, **env}, capture_output=True, cwd="/")
             except PermissionError:
                 continue
@@ -374,18 +383,38 @@ class HaCluster:
                          "can reach it (e.g. Debian's python3)")
 
     def order_shutdown(self, children: list[Any]) -> None:
-        """Stop standbys before their leader, so that no standby is promoted while the stack
-        stops (which would cost a timeline per restart): replicas rank 1, leaders (and any
-        member whose role is unknown) rank 2, etcd last."""
-        leaders = {shard["leader"] for shard in self.status()["shards"]} - {None}
+        """Stop standbys before their leader, so that the leader stops last with the newest
+        WAL and is started first next time (`start_order`): standbys rank 2, leaders and
+        members whose role is unknown rank 3, etcd 4 (after the shard workers, rank 0)."""
+        shards = self.status()["shards"]
+        leaders = {shard["leader"] for shard in shards} - {None}
+        standbys = {m["member"] for shard in shards for m in shard["members"]
+                    if m["role"] in ("replica", "sync_standby", "quorum_standby")}
         if leaders:
             (self.dir / "leaders.json").write_text(json.dumps(sorted(leaders)))
         for child in children:
             if child.name == "etcd":
                 child.stop_rank = 4
             elif child.name.startswith("patroni-"):
-                member = child.name.removeprefix("patroni-")
-                child.stop_rank = 3 if member in leaders else 2
+                child.stop_rank = 2 if child.name.removeprefix("patroni-") in standbys else 3
+
+    def stop_orphans(self) -> list[str]:
+        """Patroni starts each postmaster detached: one whose Patroni was killed (it did not
+        stop in time) keeps running unmanaged. Stop those (fast shutdown, as the server's
+        user); returns the members stopped."""
+        from quickpay.embedded_pg import BIN_PATH
+        stopped = []
+        for member in self.members:
+            data = self.member_dir(member) / "data"
+            if not (data / "postmaster.pid").exists():
+                continue
+            status = subprocess.run([str(BIN_PATH / "pg_ctl"), "-D", str(data), "status"],
+                                    capture_output=True, user=self.run_as, timeout=30)
+            if status.returncode == 0:
+                subprocess.run([str(BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"],
+                               capture_output=True, user=self.run_as, timeout=90)
+                stopped.append(member.name)
+        return stopped
 
     def start_order(self, members: list[Any]) -> tuple[list[Any], list[Any]]:
         """The members that were leaders when the stack last stopped (they stopped last, so
@@ -454,7 +483,15 @@ class HaCluster:
                     # made by a start that stopped half-way: set below
             self._etcd("auth/user/changepw", {"name": "root", "password": self.etcd_password})
             self._etcd("auth/user/grant", {"user": "root", "role": "root"})
+            # Before authentication was on, anyone on the host could have added a user: only
+            # ours may exist (checked as root, now that authentication is on).
+            users = self._etcd("auth/user/list", {})
+            roles = self._etcd("auth/role/list", {})
             self._etcd("auth/enable", {})
+            if set(users.get("users", [])) != {"root"} or set(roles.get("roles", [])) - {"root"}:
+                raise SystemExit(f"etcd on port {self.etcd_client_port} has users or roles quickpay did not make "
+                                 f"({users.get('users')}, {roles.get('roles')}): someone else reached it first; "
+                                 f"remove {self.dir / 'etcd'} and start again")
         except urllib.error.HTTPError as exc:
             raise SystemExit(f"etcd (port {self.etcd_client_port}) refuses the root password in "
                              f"{self.dir / 'etcd-root.secret'} ({exc.code}); was that file replaced?") from None
@@ -502,15 +539,23 @@ class HaCluster:
         return {"etcd": f"127.0.0.1:{self.etcd_client_port}", "shards": shards}
 
     def writable(self, shard: int) -> bool:
-        """Whether the shard's leader commits: one transaction that needs its synchronous
-        standby's acknowledgement (strict mode)."""
-        from ledger.writable import PROBE_SQL
-        from quickpay.embedded_pg import BIN_PATH
-        result = subprocess.run(
-            [str(BIN_PATH / "psql"), self.dsn(shard, "postgres") + "&connect_timeout=2", "-tAc",
-             f"SET statement_timeout = '3s'; {PROBE_SQL}"],
-            capture_output=True, text=True, timeout=10)
-        return result.returncode == 0
+        """Whether the shard's leader commits: ledger.writable's probe (a transaction that
+        needs its synchronous standby's acknowledgement, strict mode), each host tried; the
+        connection is closed, never the wait cancelled, when it does not commit in time."""
+        import asyncio
+        from ledger.writable import NoWritableHost, connect_writable
+
+        async def probe() -> None:
+            conn, _ = await connect_writable(self.dsn(shard, "postgres"), connect_timeout_s=3.0)
+            await conn.close()
+
+        try:
+            asyncio.run(probe())
+            return True
+        except (NoWritableHost, OSError, asyncio.TimeoutError):
+            return False
+        except Exception:  # noqa: BLE001 - any other answer (starting up, auth not ready): not yet
+            return False
 
     def wait_writable(self, supervisor: Any, timeout_s: float = WRITABLE_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s

@@ -293,7 +293,9 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     frozen: int | None = None
     victim = old
     if fault == "kill-standby":
-        victim = _synchronous_standby(cluster, shard) or ""
+        deadline = time.monotonic() + LEADER_WAIT_S     # named again after an earlier drill
+        while not (victim := _synchronous_standby(cluster, shard) or "") and time.monotonic() < deadline:
+            time.sleep(0.5)
         if not victim:
             raise SystemExit(f"shard {shard} has no synchronous standby now: see `quickpay ha status`")
         report["victim"] = victim
@@ -377,28 +379,6 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
         f"({report['restored_after_promotion_s']}s after the promotion); /readyz 503 for "
         f"{report['readyz_503_s']}s in all")
     problems: list[str] = []
-    if refused:
-        problems.append(f"{len(refused)} payments refused: {refused[:3]}")
-    ids = list(stream.acknowledged.values())
-    if len(set(ids)) != len(ids):
-        problems.append("two keys were answered with the same payment")
-    after = _balances(api, demo["admin_token"], debtors)
-    moved = sum(before[a] - after[a] for a in debtors)
-    expected = Decimal(AMOUNT) * stream.accepted
-    report["debited"] = str(moved)
-    report["debited_expected"] = str(expected)
-    if moved != expected:
-        problems.append(f"the debtors paid {moved}, the acknowledged payments sum to {expected}")
-    in_journal = asyncio.run(_journal_count(cluster.dsn(shard), ids))
-    report["in_journal"] = in_journal
-    if in_journal != len(ids):
-        problems.append(f"{len(ids)} payments acknowledged, {in_journal} of them in the journal")
-    check = subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(state_dir)],
-                           capture_output=True, text=True, timeout=300)
-    report["check_ok"] = check.returncode == 0
-    if check.returncode != 0:
-        problems.append("quickpay check failed:\n" + check.stdout + check.stderr)
-    say("quickpay check " + ("passed" if check.returncode == 0 else "FAILED"))
     # The failed member is back as a standby: the old leader on the new timeline, a killed
     # standby streaming again.
     rejoin_deadline = time.monotonic() + REJOIN_WAIT_S
@@ -417,10 +397,39 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
                             f"state {state}, timeline {timeline})")
             break
         time.sleep(0.5)
+    if any(thread.is_alive() for thread in threads):
+        problems.append("payers still retrying after the drill: balances are not final")
+    if refused:
+        problems.append(f"{len(refused)} payments refused: {refused[:3]}")
+    ids = list(stream.acknowledged.values())
+    if len(set(ids)) != len(ids):
+        problems.append("two keys were answered with the same payment")
+    after = _balances(api, demo["admin_token"], debtors)
+    moved = sum(before[a] - after[a] for a in debtors)
+    expected = Decimal(AMOUNT) * stream.accepted
+    report["debited"] = str(moved)
+    report["debited_expected"] = str(expected)
+    if moved != expected:
+        problems.append(f"the debtors paid {moved}, the acknowledged payments sum to {expected}")
+    # On the leader itself (its own DSN): the old one may not be demoted yet and still answer.
+    leader_now = _leader(cluster, shard, avoid=old) or new
+    report["leader_after"] = leader_now
+    if fault == "kill-standby" and leader_now != old:
+        problems.append(f"the leader changed ({old} -> {leader_now}) although only a standby failed")
+    in_journal = asyncio.run(_journal_count(cluster.member_dsn(_member(cluster, leader_now), shard), ids))
+    report["in_journal"] = in_journal
+    if in_journal != len(ids):
+        problems.append(f"{len(ids)} payments acknowledged, {in_journal} of them in the journal")
+    check = subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(state_dir)],
+                           capture_output=True, text=True, timeout=300)
+    report["check_ok"] = check.returncode == 0
+    if check.returncode != 0:
+        problems.append("quickpay check failed:\n" + check.stdout + check.stderr)
+    say("quickpay check " + ("passed" if check.returncode == 0 else "FAILED"))
     if frozen is not None:
         if report.get("cut_off_write") != "not acknowledged":
             problems.append(f"a write on the cut-off primary: {report.get('cut_off_write')}")
-        elif asyncio.run(_meta_has(cluster.dsn(shard), fence_key)):
+        elif asyncio.run(_meta_has(cluster.member_dsn(_member(cluster, leader_now), shard), fence_key)):
             problems.append("the cut-off primary's unacknowledged write is on the new leader")
     report["problems"] = problems
     report["ok"] = not problems

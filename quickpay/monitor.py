@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 import fraud
+from ledger.writable import NoWritableHost, connect_writable
 from quickpay.ids import is_striped
 
 __all__ = ["run_monitor", "monitor_pass", "Monitor", "MONITOR_DEFAULTS"]
@@ -40,7 +41,7 @@ MONITOR_DEFAULTS: dict[str, int] = {
 RECONNECT_S = 1.0
 APPLICATION_NAME = "quickpay-monitor"    # its backends, in pg_stat_activity
 _CONNECTION_LOST = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.ReadOnlySQLTransactionError)
+                    asyncpg.CannotConnectNowError, asyncpg.ReadOnlySQLTransactionError, NoWritableHost)
 
 
 class Monitor:
@@ -56,7 +57,8 @@ class Monitor:
         self.last_snapshot_s = clock_s()
 
     async def start(self) -> None:
-        self.conns = [await asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME})
+        # With `up --ha` (multi-host DSNs): the member that commits, not a cut-off primary.
+        self.conns = [(await connect_writable(dsn, server_settings={"application_name": APPLICATION_NAME}))[0]
                       for dsn in self.dsns]
         row = await self.conns[0].fetchrow("SELECT positions, state FROM monitor_snapshot WHERE id = 1")
         if row is not None:

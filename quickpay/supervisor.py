@@ -236,6 +236,9 @@ class Supervisor:
         for child in reversed(children):
             if child.process is not None and child.process.poll() is None:
                 child.process.send_signal(child.stop_signal)
+                # A stopped (SIGSTOP) child would never act on it: a frozen Patroni left by
+                # an interrupted drill, say.
+                child.process.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + timeout_s
         for child in children:
             if child.process is None:
