@@ -461,6 +461,13 @@ def create_app(config: GatewayConfig) -> web.Application:
         for index, client in enumerate(router.clients):
             try:
                 answer = await client.call("ping")
+                stalled = answer.get("commit_stalled_s") if isinstance(answer, dict) else None
+                if stalled is not None:
+                    # Its database has not committed for a while (a failover under way): not
+                    # ready, though it still answers.
+                    shards.append({"shard": index, "ready": False,
+                                   "error": f"no commit for {stalled} s (database failing over?)"})
+                    continue
                 shards.append({"shard": index, "ready": True})
                 if isinstance(answer, dict) and answer.get("fraud"):
                     # Degraded fraud rules (a stored version that does not build) are

@@ -36,7 +36,7 @@ from .relay import Relay
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
 from .state import REFUND_WINDOW_DAYS, ShardState, WriteSet
 from . import validate as v
-from .writable import COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
+from .writable import COMMIT_STALL_S, COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
 
@@ -270,8 +270,10 @@ class ShardWorker:
         self.committed_batches = 0
         self.naive_pool: asyncpg.Pool | None = None
         self.prefetch_conn: asyncpg.Connection | None = None
-        # Replicated (several hosts) only: the commit heartbeat's own connection.
+        # Replicated (several hosts) only: the commit heartbeat's own connection, and when its
+        # last probe committed (ping reports a stall: /readyz is 503 before the worker stops).
         self.heartbeat_conn: asyncpg.Connection | None = None
+        self.last_commit_ok_s = time.monotonic()
         # Ids that are certainly new skip the prefetch (ledger/idfilter.py); None: off.
         self.id_filter: IdFilter | None = None
         self.prefetch_lookups = 0       # ids looked up in PostgreSQL
@@ -398,6 +400,7 @@ class ShardWorker:
             try:
                 assert self.heartbeat_conn is not None
                 await probe_commit(self.heartbeat_conn, COMMIT_TIMEOUT_S)
+                self.last_commit_ok_s = time.monotonic()
             except Exception as exc:    # noqa: BLE001 - any failure means: choose again
                 if self.closing:
                     return
@@ -923,7 +926,17 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
             "prefetch": {"looked_up": worker.prefetch_lookups, "proved_new": worker.prefetch_skipped,
                          "id_filter": worker.id_filter.stats() if worker.id_filter is not None else None},
             # Which rule set this shard enforces, and whether a stored one failed to build.
-            "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None}
+            "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None,
+            # Replicated: seconds since the heartbeat last committed, when that is too long
+            # (its server may be cut off; the worker stops at COMMIT_TIMEOUT_S).
+            "commit_stalled_s": _commit_stalled_s(worker)}
+
+
+def _commit_stalled_s(worker: ShardWorker) -> float | None:
+    if worker.heartbeat_conn is None:
+        return None
+    age_s = time.monotonic() - worker.last_commit_ok_s
+    return round(age_s, 1) if age_s > COMMIT_STALL_S else None
 
 
 def _read_lookup_account(worker: ShardWorker, args: dict[str, Any]) -> Any:

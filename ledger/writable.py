@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 __all__ = ["split_hosts", "connect_writable", "resolve_writable", "probe_commit", "COMMIT_PROBE_TIMEOUT_S",
-           "HEARTBEAT_INTERVAL_S", "COMMIT_TIMEOUT_S", "NoWritableHost"]
+           "HEARTBEAT_INTERVAL_S", "COMMIT_TIMEOUT_S", "COMMIT_STALL_S", "NoWritableHost"]
 
 log = logging.getLogger("quickpay.shard")
 
@@ -33,6 +33,8 @@ HEARTBEAT_INTERVAL_S = 1.0
 # A batch or heartbeat commit that takes longer than this means the server cannot commit
 # (no synchronous standby acknowledges it): the worker stops and its restart chooses again.
 COMMIT_TIMEOUT_S = 5.0
+# No heartbeat commit for this long: the shard reports itself stalled (/readyz 503).
+COMMIT_STALL_S = 2.5
 PROBE_SQL = "SELECT pg_logical_emit_message(true, 'quickpay', 'commit probe')"
 
 

@@ -245,6 +245,9 @@ def test_a_frozen_primary_patroni_is_partitioned_away_and_rejoins_by_pg_rewind(h
     # service is back within the budget.
     assert report["restored_after_promotion_s"] < RESTORED_WITHIN_S, report
     assert report["readyz_200_again_after_promotion_s"] < RESTORED_WITHIN_S, report
+    # /readyz said so while the writer's commits hung on the cut-off server, not only while
+    # it restarted (about 1 s).
+    assert report["readyz_503_s"] >= 2.0, report
     # The cut-off primary could not get a write acknowledged ...
     assert report["cut_off_write"] == "not acknowledged"
     # ... so the writer left on it stopped by itself (its heartbeat's commit hung, this drill)
