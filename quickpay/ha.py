@@ -593,8 +593,14 @@ def _lag(value: Any) -> int | None:
 def format_status(status: dict[str, Any]) -> str:
     lines = [f"etcd {status['etcd']}"]
     for shard in status["shards"]:
-        lines.append(f"shard {shard['shard']} ({shard['scope']}): leader {shard['leader'] or 'NONE'}, "
-                     f"synchronous standby {', '.join(shard['synchronous']) or 'NONE'}")
+        if shard["synchronous"]:
+            standby = "synchronous standby " + ", ".join(shard["synchronous"])
+        elif shard["leader"]:
+            # Strict mode: until Patroni names one, any streaming standby must acknowledge.
+            standby = "synchronous standby not named yet (commits wait for any standby meanwhile)"
+        else:
+            standby = "no synchronous standby"
+        lines.append(f"shard {shard['shard']} ({shard['scope']}): leader {shard['leader'] or 'NONE'}, {standby}")
         for m in shard["members"]:
             lag = "" if m["lag_bytes"] is None else f", lag {m['lag_bytes']} bytes"
             lines.append(f"  {m['member']:<10} {m['role']:<13} {m['state']:<10} timeline {m['timeline']}"
