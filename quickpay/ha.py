@@ -433,16 +433,17 @@ class HaCluster:
         deadline = time.monotonic() + timeout_s
         shards = {m.shard for m in self.members if m.name in names}
         while shards and time.monotonic() < deadline:
-            shards = {s for s in shards if (self.status_of(s) or {}).get("leader") not in names}
+            shards = {s for s in shards if self.leader(s) not in names}
             supervisor.poll_once()
             time.sleep(0.5)
 
-    def status_of(self, shard: int) -> dict[str, Any] | None:
-        view = self.cluster_view(shard)
-        if view is None:
-            return None
-        leader = next((m["name"] for m in view.get("members", []) if m.get("role") in ("leader", "primary")), None)
-        return {"leader": leader}
+    def leader(self, shard: int, *, avoid: str | None = None, running: bool = False) -> str | None:
+        """The shard's leader as Patroni sees it (`running`: only once its PostgreSQL runs);
+        members other than `avoid` are asked first (a frozen member's REST API hangs)."""
+        view = self.cluster_view(shard, avoid=avoid) or {}
+        return next((str(m["name"]) for m in view.get("members", [])
+                     if m.get("role") in ("leader", "primary") and (not running or m.get("state") == "running")),
+                    None)
 
     # ---- etcd ---------------------------------------------------------------------------
     def _etcd(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
@@ -511,10 +512,10 @@ class HaCluster:
         except (OSError, ValueError) as exc:
             return 0, str(exc)
 
-    def cluster_view(self, shard: int) -> dict[str, Any] | None:
+    def cluster_view(self, shard: int, *, avoid: str | None = None) -> dict[str, Any] | None:
         """Patroni's /cluster for the shard (members, roles, state, lag, timeline), from the
-        first member that answers; None if none does."""
-        for member in self.shard_members(shard):
+        first member that answers (`avoid` asked last); None if none does."""
+        for member in sorted(self.shard_members(shard), key=lambda m: m.name == avoid):
             status, body = self.rest(member, "/cluster")
             if status == 200 and isinstance(body, dict):
                 return body

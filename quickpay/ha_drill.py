@@ -150,20 +150,6 @@ def _promoted_at(cluster: HaCluster, member: Member, after_timeline: int) -> flo
     return datetime.fromisoformat(last[3]).timestamp()
 
 
-def _leader(cluster: HaCluster, shard: int, avoid: str | None = None) -> str | None:
-    """The shard's leader as Patroni sees it, asking members other than `avoid` first (a
-    frozen member's REST API does not answer)."""
-    members = sorted(cluster.shard_members(shard), key=lambda m: m.name == avoid)
-    for member in members:
-        status, body = cluster.rest(member, "/cluster")
-        if status == 200 and isinstance(body, dict):
-            for seen in body.get("members", []):
-                if seen.get("role") in ("leader", "primary") and seen.get("state") == "running":
-                    return str(seen["name"])
-            return None
-    return None
-
-
 def _member(cluster: HaCluster, name: str) -> Member:
     return next(m for m in cluster.members if m.name == name)
 
@@ -187,20 +173,10 @@ def _patroni_pid(cluster: HaCluster, member: Member) -> int:
 
 
 def _member_view(cluster: HaCluster, shard: int, name: str) -> tuple[str | None, Any, str | None]:
-    """(role, timeline, state) of one member as the cluster sees it."""
-    for member in sorted(cluster.shard_members(shard), key=lambda m: m.name == name):
-        status, body = cluster.rest(member, "/cluster")
-        if status == 200 and isinstance(body, dict):
-            for seen in body.get("members", []):
-                if seen.get("name") == name:
-                    return seen.get("role"), seen.get("timeline"), seen.get("state")
-            return None, None, None
-    return None, None, None
-
-
-def _timeline(cluster: HaCluster, shard: int, name: str) -> tuple[str | None, Any]:
-    role, timeline, _ = _member_view(cluster, shard, name)
-    return role, timeline
+    """(role, timeline, state) of one member as the cluster sees it (asked of the others first)."""
+    view = cluster.cluster_view(shard, avoid=name) or {}
+    seen: dict[str, Any] = next((m for m in view.get("members", []) if m.get("name") == name), {})
+    return seen.get("role"), seen.get("timeline"), seen.get("state")
 
 
 def _synchronous_standby(cluster: HaCluster, shard: int) -> str | None:
@@ -274,10 +250,10 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     token = api.token(demo["client_id"], demo["client_secret"])
     debtors = [a["debtor_account"] for a in agreements]
     before = _balances(api, demo["admin_token"], debtors)
-    old = _leader(cluster, shard)
+    old = cluster.leader(shard, running=True)
     if old is None:
         raise SystemExit(f"shard {shard} has no leader now: see `quickpay ha status`")
-    old_timeline = _timeline(cluster, shard, old)[1]
+    old_timeline = _member_view(cluster, shard, old)[1]
     stream = Stream()
     stop = threading.Event()
     threads = [threading.Thread(target=_pay_forever, daemon=True, args=(
@@ -312,7 +288,7 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
         # Patroni names the new leader when it takes the leader key, before its PostgreSQL is
         # promoted; the promotion's time is the new timeline's (its history file's).
         while fault != "kill-standby" and time.time() - fault_at < LEADER_WAIT_S:
-            new = _leader(cluster, shard, avoid=old)
+            new = cluster.leader(shard, avoid=old, running=True)
             if new is not None and new != old:
                 promoted = _promoted_at(cluster, _member(cluster, new), old_timeline)
                 if promoted is not None:
@@ -412,7 +388,7 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     if moved != expected:
         problems.append(f"the debtors paid {moved}, the acknowledged payments sum to {expected}")
     # On the leader itself (its own DSN): the old one may not be demoted yet and still answer.
-    leader_now = _leader(cluster, shard, avoid=old) or new
+    leader_now = cluster.leader(shard, avoid=old, running=True) or new
     report["leader_after"] = leader_now
     if fault == "kill-standby" and leader_now != old:
         problems.append(f"the leader changed ({old} -> {leader_now}) although only a standby failed")
