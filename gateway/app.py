@@ -29,6 +29,7 @@ from quickpay.ids import (
 )
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
 from quickpay.logs import INTERACTION_ID
+from quickpay.timestamps import OutOfRange, utc_ms
 from quickpay.supervisor import read_status
 
 from .auth import TokenService, admin_token_matches, hash_secret, new_secret, secret_matches
@@ -379,7 +380,6 @@ def _page_limit(request: web.Request) -> int:
 
 
 CURSOR_MAX_CHARS = 4096
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 CUSTOMER_ACTIONS = ("authorise", "reject", "suspend", "resume", "revoke")
 AGREEMENT_STATUSES = ("AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked", "Expired")
 
@@ -555,12 +555,13 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     # -- agreements --
     def to_ms(value: datetime.datetime | None, path: str) -> int | None:
+        # Normalise to UTC, then validate against what every reader can render.
         if value is None:
             return None
-        ms = (value - _EPOCH) // datetime.timedelta(milliseconds=1)
-        if ms < 0:
-            raise field_error(422, "QP.Agreement.InvalidValidity", "validity times start in 1970 or later", path)
-        return ms
+        try:
+            return utc_ms(value)
+        except OutOfRange as exc:
+            raise field_error(422, "QP.Agreement.InvalidValidity", str(exc), path) from None
 
     @routes.post("/v1/agreements")
     async def create_agreement(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import unicodedata
 from typing import Annotated, Literal
 
 import msgspec
@@ -36,6 +37,18 @@ def _text(max_chars: int, what: str) -> msgspec.Meta:
                                     " no control characters")
 
 
+def _nfc(value: str, max_chars: int, name: str) -> str:
+    """Normalise, then validate: text is stored in Unicode NFC, and its length limit holds
+    for the stored form (NFC can lengthen a few characters: U+0958 becomes two). Called from
+    the Structs' __post_init__, so a refusal is a 400 at the field's object, like any other."""
+    if value.isascii():
+        return value
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > max_chars:
+        raise ValueError(f"{name} is longer than {max_chars} characters once in Unicode NFC")
+    return value
+
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=rf"^{_ID_CHARS}+{_END}")]
 AgreementId = Annotated[str, msgspec.Meta(
     min_length=5, max_length=64, pattern=rf"^agr_{_ID_CHARS}+{_END}",
@@ -53,6 +66,12 @@ class Risk(msgspec.Struct, forbid_unknown_fields=True):
     device_id: Annotated[str, _text(128, "the payer's device id")] | None = None
     ip: Annotated[str, _text(64, "the payer's IP address")] | None = None
 
+    def __post_init__(self) -> None:
+        if self.device_id is not None:
+            self.device_id = _nfc(self.device_id, 128, "device_id")
+        if self.ip is not None:
+            self.ip = _nfc(self.ip, 64, "ip")
+
 
 class QuickPaymentRequest(msgspec.Struct, forbid_unknown_fields=True):
     agreement_id: AgreementId
@@ -61,6 +80,9 @@ class QuickPaymentRequest(msgspec.Struct, forbid_unknown_fields=True):
     creditor_account: AccountId
     reference: Reference
     risk: Risk | None = None
+
+    def __post_init__(self) -> None:
+        self.reference = _nfc(self.reference, 140, "reference")
 
 
 # An idempotency key in a body: what the x-idempotency-key header may hold once HTTP has
@@ -138,10 +160,17 @@ class RefundRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
     reference: Reference | None = None
 
+    def __post_init__(self) -> None:
+        if self.reference is not None:
+            self.reference = _nfc(self.reference, 140, "reference")
+
 
 class PartnerRequest(msgspec.Struct, forbid_unknown_fields=True):
     name: ShortText
     currency: CurrencyCode = "CNY"
+
+    def __post_init__(self) -> None:
+        self.name = _nfc(self.name, 100, "name")
 
 
 class AccountRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -153,12 +182,19 @@ class FundingRequest(msgspec.Struct, forbid_unknown_fields=True):
     currency: CurrencyCode
     reference: Reference = "funding"
 
+    def __post_init__(self) -> None:
+        self.reference = _nfc(self.reference, 140, "reference")
+
 
 class RulesRequest(msgspec.Struct, forbid_unknown_fields=True):
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=1_000_000, pattern=MULTILINE_TEXT)]
     author: ShortText = "admin"
     activate: bool = True
     filename: Annotated[str, _text(200, "where the rules came from")] = "<api>"
+
+    def __post_init__(self) -> None:
+        self.author = _nfc(self.author, 100, "author")
+        self.filename = _nfc(self.filename, 200, "filename")
 
 
 # Values per list change. Small enough that one value too many still fits in a 64 KiB
@@ -171,6 +207,11 @@ class ListChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
     add: Annotated[list[ListValue], msgspec.Meta(max_length=LIST_CHANGE_VALUES_MAX)] = []
     remove: Annotated[list[ListValue], msgspec.Meta(max_length=LIST_CHANGE_VALUES_MAX)] = []
     author: ShortText = "admin"
+
+    def __post_init__(self) -> None:
+        self.add = [_nfc(value, 128, "a list value") for value in self.add]
+        self.remove = [_nfc(value, 128, "a list value") for value in self.remove]
+        self.author = _nfc(self.author, 100, "author")
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}

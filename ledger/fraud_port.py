@@ -13,6 +13,7 @@ newest version in its history that builds and reports the problem (`status()`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from fraud.registry import RegistryConflict
 
 from .model import PaymentCommand
 from .state import WriteSet
+from .undo import UndoLog
 
 if TYPE_CHECKING:
     from .worker import ShardWorker
@@ -175,13 +177,65 @@ class FraudAdapter:
         if rows:
             log.info("shard %s rebuilt fraud windows from %d payments", self.worker.config.shard, len(rows))
 
-    def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int,
+               undo: UndoLog | None = None) -> tuple[bool, Any]:
         """Apply one rule or list change; called by the batcher between payments.
 
         Nothing is stored unless it builds, and the registry changes in memory only
         together with `ws.settings` (committed with the batch; a failed commit stops
         the worker, so memory never runs ahead of the database after a restart).
+        Atomic: every change is recorded in `undo` (the batcher's, which rolls back a
+        command that fails or answers an error); the switch of the enforced rule set is
+        deferred until the command has succeeded. Without `undo` (the coordinator tests'
+        adapter with no worker), a private log is committed or rolled back here.
         """
+        own = undo is None
+        log_ = UndoLog() if undo is None else undo
+        if own:
+            log_.begin()
+        ok, result = self._decide(args, ws, now_ms, log_)
+        if own:
+            if ok:
+                for fn, fn_args in log_.commit():
+                    fn(*fn_args)
+            else:
+                log_.rollback()
+        return ok, result
+
+    def _save_registry(self, undo: UndoLog) -> None:
+        registry = self.registry
+        saved = (dict(registry._versions), list(registry._activation_stack), list(registry._audit))
+
+        def restore() -> None:
+            registry._versions, registry._activation_stack, registry._audit = (
+                saved[0], saved[1], saved[2])
+        undo.on_undo(restore)
+
+    def _change_lists(self, action: str, name: str, values: list[Any], undo: UndoLog) -> None:
+        lists = self.filter.lists
+        sets = lists._sets
+        # Each compensation is recorded before its change (a failure between the two must
+        # not leave a change without its undo).
+        if name not in sets:
+            undo.on_undo(lambda: sets.pop(name, None))
+            lists.ensure(name)
+        for value in values:
+            present = lists.contains(name, value) if type(value) is str else False
+            if action == "list_add":
+                if not present:
+                    undo.on_undo(functools.partial(sets[name].discard, value))
+                lists.add(name, value)
+            else:
+                if present:
+                    undo.on_undo(functools.partial(sets[name].add, value))
+                lists.remove(name, value)
+
+    def _switch_enforced(self) -> None:
+        enforced = self._enforced_ruleset()
+        if enforced is not self.filter.ruleset:
+            self.filter.activate(enforced)
+
+    def _decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int, undo: UndoLog) -> tuple[bool, Any]:
         if self.filter is None:
             return False, _DISABLED
         action = args["action"]
@@ -191,6 +245,8 @@ class FraudAdapter:
         created = False
         extra: dict[str, Any] = {}
         try:
+            if action in ("stage", "activate", "rollback"):
+                self._save_registry(undo)
             if action == "stage":
                 version, created = registry.stage(args["text"], author=author, at_ms=now_ms,
                                                   filename=args.get("filename", "<api>"))
@@ -202,10 +258,8 @@ class FraudAdapter:
                 registry.rollback(author=author, at_ms=now_ms, expect_from=args.get("expect_from"),
                                   expect_to=args.get("expect_to"), undo=bool(args.get("undo", False)))
             elif action in ("list_add", "list_remove"):
-                method = self.filter.lists.add if action == "list_add" else self.filter.lists.remove
-                for value in args["values"]:
-                    method(args["list"], value)
-                ws.settings[_LISTS_KEY] = json.dumps(self.filter.lists.snapshot())
+                self._change_lists(action, args["list"], args["values"], undo)
+                undo.setitem(ws.settings, _LISTS_KEY, json.dumps(self.filter.lists.snapshot()))
                 return True, {"lists": self.filter.lists.snapshot()}
             else:
                 return False, {"code": "BAD_REQUEST", "message": f"unknown fraud action {action!r}"}
@@ -213,16 +267,16 @@ class FraudAdapter:
             return False, {"code": "RULE_ERROR", "message": str(exc)}
         except RegistryConflict as exc:
             return False, {"code": "CONFLICT", "message": str(exc), **self._state()}
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             return False, {"code": "BAD_REQUEST", "message": str(exc), **self._state()}
         if created or registry.active_version != before_active:
             # Re-staging a known text or re-activating the active version writes nothing.
-            ws.settings[_REGISTRY_KEY] = json.dumps(registry.to_dict())
-        enforced = self._enforced_ruleset()
-        if enforced is not self.filter.ruleset:
-            self.filter.activate(enforced)
-        if registry.active_ruleset is not None:
-            self.fallback = None
+            undo.setitem(ws.settings, _REGISTRY_KEY, json.dumps(registry.to_dict()))
+        if registry.active_ruleset is not None and self.fallback is not None:
+            undo.setattr(self, "fallback", None)
+        undo.defer(self._switch_enforced)
+        # The answer describes the registry as this command leaves it (status() reads the
+        # registry, not the filter, so it is the same before and after the deferred switch).
         return True, {**self.read({"what": "rules"}), **extra}
 
     def _state(self) -> dict[str, Any]:

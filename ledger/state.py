@@ -17,6 +17,7 @@ from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_f
 from quickpay.money import INT64_MAX
 
 from . import agreements as mandates
+from .undo import UndoLog
 from .model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, Kind, PaymentCommand, RefundCommand, Status,
     Transfer, invariant,
@@ -76,9 +77,21 @@ class WriteSet:
                     or self.settings or self.agreement_updates or self.refunded or self.partner_limits)
 
     def add_delta(self, account_id: str, delta_minor: int) -> None:
-        # Deltas are aggregated per account per batch: the hot settlement stripe is
-        # updated once per batch, not once per payment.
+        """Aggregate a balance change (outside a decision; decisions record theirs in the
+        state's undo log, ShardState._move)."""
         self.deltas[account_id] = self.deltas.get(account_id, 0) + delta_minor
+
+    def mark(self) -> tuple[int, ...]:
+        """Where each list stands before a command is decided: lists only grow during a
+        batch, so `truncate(mark)` takes a failed command's rows out again."""
+        return (len(self.accounts), len(self.partners), len(self.agreements), len(self.agreement_events),
+                len(self.transfers), len(self.outbox), len(self.delivered), len(self.delivered_held))
+
+    def truncate(self, mark: tuple[int, ...]) -> None:
+        lists: tuple[list[Any], ...] = (self.accounts, self.partners, self.agreements, self.agreement_events,
+                                        self.transfers, self.outbox, self.delivered, self.delivered_held)
+        for rows, length in zip(lists, mark):
+            del rows[length:]
 
     def check_balanced(self) -> None:
         invariant(sum(self.deltas.values()) == 0,
@@ -114,6 +127,34 @@ class ShardState:
         self.next_seq = 1
         self.fraud = fraud
         self.make_facts = make_facts
+        # Every change a decision makes to the state above goes through this log, so that
+        # a command that fails half-way is undone whole (begin / commit / rollback).
+        self.undo = UndoLog()
+        self._mark: tuple[tuple[int, ...], int] = ((), 0)
+
+    # ---- atomic decisions ----------------------------------------------------------
+    def begin(self, ws: WriteSet) -> tuple[int, ...]:
+        """Start deciding one command into `ws`; returns where `ws` stood."""
+        self.undo.begin()
+        mark = ws.mark()
+        self._mark = (mark, self.next_seq)
+        return mark
+
+    def rollback(self, ws: WriteSet) -> None:
+        """Leave memory and `ws` exactly as `begin` found them."""
+        ws_mark, next_seq = self._mark
+        self.undo.rollback()
+        # New transfers were absent from the cache (a decision only creates an id it did
+        # not find), so taking them out restores it.
+        for transfer in ws.transfers[ws_mark[4]:]:
+            self.transfers.pop(transfer.id, None)
+        ws.truncate(ws_mark)
+        self.next_seq = next_seq
+
+    def commit(self) -> list[Any]:
+        """The command succeeded (checks included): keep its changes; returns its deferred
+        effects, which the caller runs before the next command is decided."""
+        return self.undo.commit()
 
     # ---- loading -------------------------------------------------------------
     def load_account(self, account: Account) -> None:
@@ -176,6 +217,8 @@ class ShardState:
         return Code.REPLAY, existing
 
     def _new_transfer(self, ws: WriteSet, transfer: Transfer) -> Transfer:
+        # next_seq, ws.transfers and the cache entry are restored by rollback().
+        self.undo.step()
         transfer.seq = self.next_seq
         self.next_seq += 1
         ws.transfers.append(transfer)
@@ -183,10 +226,27 @@ class ShardState:
         return transfer
 
     def _move(self, ws: WriteSet, debit: Account, credit: Account, amount_minor: int) -> None:
-        debit.balance_minor -= amount_minor
-        credit.balance_minor += amount_minor
-        ws.add_delta(debit.id, -amount_minor)
-        ws.add_delta(credit.id, amount_minor)
+        undo = self.undo
+        undo.setattr(debit, "balance_minor", debit.balance_minor - amount_minor)
+        undo.setattr(credit, "balance_minor", credit.balance_minor + amount_minor)
+        # Deltas are aggregated per account per batch: the hot settlement stripe is
+        # updated once per batch, not once per payment.
+        deltas = ws.deltas
+        undo.setitem(deltas, debit.id, deltas.get(debit.id, 0) - amount_minor)
+        undo.setitem(deltas, credit.id, deltas.get(credit.id, 0) + amount_minor)
+
+    def _save_limits(self, agreement: Agreement) -> None:
+        """Record the agreement's limit windows and spend: checking a limit moves its window
+        to the one holding the payment, and spending raises its spend."""
+        limits = agreement.periodic_limits
+        if not limits:
+            return
+        saved = [(limit, limit.window_start_ms, limit.window_end_ms, limit.spent_minor) for limit in limits]
+
+        def restore() -> None:
+            for limit, start_ms, end_ms, spent_minor in saved:
+                limit.window_start_ms, limit.window_end_ms, limit.spent_minor = start_ms, end_ms, spent_minor
+        self.undo.on_undo(restore)
 
     def execute_payment(self, cmd: PaymentCommand, ws: WriteSet) -> tuple[str, Transfer | None]:
         found = self._existing(cmd.payment_id, cmd.body_hash)
@@ -231,6 +291,7 @@ class ShardState:
             if decision.action == "block":
                 reasons.extend(decision.reason_codes)
         if not reasons:
+            self._save_limits(agreement)
             exceeded = mandates.limit_refusal(agreement.per_payment_limit_minor, agreement.periodic_limits,
                                               agreement.anchor_ms, cmd.amount_minor, cmd.at_ms)
             if exceeded is not None:
@@ -248,12 +309,13 @@ class ShardState:
             self._move(ws, debtor, creditor, cmd.amount_minor)
             mandates.spend(agreement.periodic_limits, agreement.anchor_ms, cmd.amount_minor, cmd.at_ms)
             if self.fraud is not None:
-                self.fraud.record(facts)
+                # Windows count the payment only once it has succeeded, checks included.
+                self.undo.defer(self.fraud.record, facts)
             if cross_shard:
                 leg = CreditLeg(cmd.payment_id, self.shard, cmd.creditor_account,
                                 cmd.amount_minor, cmd.currency, cmd.at_ms)
                 ws.outbox.append(leg)
-                ws.targets[cmd.payment_id] = cmd.creditor_shard
+                self.undo.setitem(ws.targets, cmd.payment_id, cmd.creditor_shard)
         transfer = self._new_transfer(ws, Transfer(
             id=cmd.payment_id, seq=0, kind=Kind.PAYMENT, debit_account=debtor.id,
             credit_account=creditor.id, amount_minor=cmd.amount_minor, currency=cmd.currency,
@@ -296,8 +358,8 @@ class ShardState:
         else:
             status = Status.SUCCEEDED
             self._move(ws, settlement, debtor, amount_minor)
-            payment.refunded_minor += amount_minor
-            ws.refunded[payment.id] = payment.refunded_minor
+            self.undo.setattr(payment, "refunded_minor", payment.refunded_minor + amount_minor)
+            self.undo.setitem(ws.refunded, payment.id, payment.refunded_minor)
         transfer = self._new_transfer(ws, Transfer(
             id=cmd.refund_id, seq=0, kind=Kind.REFUND, debit_account=settlement.id,
             credit_account=debtor.id, amount_minor=amount_minor, currency=payment.currency,
@@ -376,14 +438,37 @@ class ShardState:
         ws.delivered.append(transfer_id)
         transfer = self.transfers.get(transfer_id)
         if transfer is not None and transfer.status == Status.IN_PROCESS:
-            transfer.status = Status.COMPLETED
+            self.undo.setattr(transfer, "status", Status.COMPLETED)
 
     def open_account(self, account: Account, ws: WriteSet) -> bool:
         if account.id in self.accounts:
             return False
-        self.load_account(account)
+        undo = self.undo
+        undo.setitem(self.accounts, account.id, account)
+        if account.partner_id is not None:
+            seen = self.visibility.get(account.id)
+            if seen is None:
+                undo.setitem(self.visibility, account.id, {account.partner_id})
+            elif account.partner_id not in seen:
+                partner_id = account.partner_id
+                undo.on_undo(lambda: seen.discard(partner_id))
+                seen.add(account.partner_id)
         ws.accounts.append(account)
         return True
+
+    def _add_agreement(self, agreement: Agreement) -> None:
+        """load_agreement for a decision: recorded in the undo log."""
+        undo = self.undo
+        undo.setitem(self.agreements, agreement.id, agreement)
+        key = (agreement.created_at_ms, agreement.id)
+        for index, owner in ((self.agreements_by_partner, agreement.partner_id),
+                             (self.agreements_by_debtor, agreement.debtor_account)):
+            keys = index.get(owner)
+            if keys is None:
+                undo.setitem(index, owner, [key])
+                continue
+            undo.on_undo(lambda keys=keys, key=key: keys.remove(key))  # type: ignore[misc]
+            keys.insert(bisect.bisect_left(keys, key), key)
 
     def create_agreement(self, agreement: Agreement, ws: WriteSet) -> str:
         debtor = self.accounts.get(agreement.debtor_account)
@@ -391,9 +476,10 @@ class ShardState:
             return Code.ACCOUNT_NOT_FOUND
         if debtor.currency != agreement.currency:
             return Code.CURRENCY_MISMATCH
+        # A new object: its own fields need no undo, only its place in the state.
         agreement.status = mandates.AgreementStatus.AWAITING
         agreement.status_updated_at_ms = agreement.created_at_ms
-        self.load_agreement(agreement)
+        self._add_agreement(agreement)
         ws.agreements.append(agreement)
         return Code.OK
 
@@ -409,9 +495,10 @@ class ShardState:
             return (Code.SAME if code == "SAME" else code), agreement
         assert target is not None
         ws.agreement_events.append((agreement.id, agreement.status, target, actor, at_ms))
-        agreement.status = target
-        agreement.status_updated_at_ms = at_ms
-        ws.agreement_updates[agreement.id] = agreement
+        undo = self.undo
+        undo.setattr(agreement, "status", target)
+        undo.setattr(agreement, "status_updated_at_ms", at_ms)
+        undo.setitem(ws.agreement_updates, agreement.id, agreement)
         return Code.OK, agreement
 
     def list_agreements(self, *, partner_id: str | None = None, debtor_account: str | None = None,

@@ -13,12 +13,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import unicodedata
+
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX
+from quickpay.timestamps import TIME_MAX_MS, TIME_MIN_MS
 
 __all__ = [
     "BadCommand", "ID_MAX", "REFERENCE_MAX", "NAME_MAX", "DEVICE_ID_MAX", "IP_MAX", "HASH_MAX",
     "INT64_MIN", "INT64_MAX", "ident", "text", "int64", "amount", "currency", "fields",
-    "is_safe_text", "is_storable_text", "UNSAFE_TEXT",
+    "is_safe_text", "is_storable_text", "UNSAFE_TEXT", "timestamp_ms",
 ]
 
 INT64_MIN = -(2**63)
@@ -42,8 +45,11 @@ class BadCommand(ValueError):
 
 
 def is_safe_text(value: object, max_chars: int) -> bool:
+    """One line of text as stored: no control characters, at most max_chars, and already
+    in Unicode NFC (the gateway normalises before it checks lengths, so a value that is
+    not NFC here did not come through it)."""
     return (type(value) is str and 0 < len(value) <= max_chars
-            and UNSAFE_TEXT.search(value) is None)
+            and UNSAFE_TEXT.search(value) is None and unicodedata.is_normalized("NFC", value))
 
 
 def is_storable_text(value: object) -> bool:
@@ -95,3 +101,10 @@ def currency(args: dict[str, Any], key: str = "currency") -> str:
     if type(value) is not str or value not in CURRENCY_EXPONENTS:
         raise BadCommand(f"{key} must be a supported currency")
     return value
+
+
+def timestamp_ms(args: dict[str, Any], key: str, *, optional: bool = False) -> int | None:
+    """A UTC instant in ms that every reader can render (quickpay.timestamps)."""
+    if args.get(key) is None and optional:
+        return None
+    return int64(args, key, TIME_MIN_MS, TIME_MAX_MS)

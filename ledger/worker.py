@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import asyncpg
+import msgspec
 
 from quickpay.ids import is_striped, settlement_account_for
 
@@ -35,6 +36,7 @@ from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, par
 from .relay import Relay
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
 from .state import REFUND_WINDOW_DAYS, ShardState, WriteSet
+from .storable import check_command
 from . import validate as v
 from .writable import COMMIT_STALL_S, COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
 
@@ -278,6 +280,8 @@ class ShardWorker:
         self.id_filter: IdFilter | None = None
         self.prefetch_lookups = 0       # ids looked up in PostgreSQL
         self.prefetch_skipped = 0       # ids the filter proved new
+        self.decide_failures = 0        # commands rolled back because deciding or checking them raised
+        self.effect_failures = 0        # deferred effects (fraud window records) that raised
         self.committed_transfers = 0
         self.closing = False
 
@@ -494,14 +498,7 @@ class ShardWorker:
             replies: list[tuple[Reply, Any]] = []
             now_ms = self.clock_ms()
             for op, args, reply in items:
-                try:
-                    result = _DECIDERS[op](self, args, ws, now_ms)
-                except Exception as exc:
-                    if isinstance(exc, (KeyError, TypeError, ValueError)):
-                        replies.append((reply, (False, {"code": "BAD_REQUEST", "message": repr(exc)})))
-                        continue
-                    raise
-                replies.append((reply, result))
+                replies.append((reply, self._decide_one(op, args, ws, now_ms)))
             # Only now, with every command of the batch decided: evicting while deciding
             # could drop an id the prefetch vouched for and decide its retry as new.
             self.state.evict()
@@ -509,6 +506,36 @@ class ShardWorker:
                 for transfer in ws.transfers:
                     self.id_filter.add(transfer.id)
             await self.write_queue.put((ws, replies, started, time.monotonic()))
+
+    def _decide_one(self, op: str, args: Any, ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+        """Decide one command atomically: it keeps every change it made to memory and to
+        `ws`, or none. A decider that raises, answers an error (ok False), or produces a
+        row or an answer that does not round-trip (ledger/storable.py) is rolled back
+        whole, and its caller is told that nothing was stored, which is then the truth."""
+        state = self.state
+        mark = state.begin(ws)
+        try:
+            ok, result = _DECIDERS[op](self, args, ws, now_ms)
+            if ok:
+                check_command(ws, mark, result, now_ms, state.undo)
+        except Exception as exc:
+            state.rollback(ws)
+            self.decide_failures += 1
+            if isinstance(exc, _CLIENT_VALUE_ERRORS):
+                log.warning("shard %s refused %s: %r (rolled back)", self.config.shard, op, exc)
+                return False, {"code": "BAD_REQUEST", "message": f"the ledger cannot store this {op}: {exc}"}
+            log.exception("shard %s: deciding %s failed (rolled back)", self.config.shard, op)
+            return False, {"code": "INTERNAL", "message": f"deciding {op} failed; nothing was stored"}
+        if not ok:
+            state.rollback(ws)
+            return ok, result
+        for effect, effect_args in state.commit():
+            try:
+                effect(*effect_args)
+            except Exception:  # a derived, rebuilt-at-start view (fraud windows): log, go on
+                self.effect_failures += 1
+                log.exception("shard %s: an effect of %s failed after it was decided", self.config.shard, op)
+        return ok, result
 
     async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
         ids: list[str] = []
@@ -647,7 +674,7 @@ def _check_credit(worker: ShardWorker, args: Any) -> None:
             raise v.BadCommand("a credit leg never credits a striped account")
         v.amount(named, "amount_minor")
         v.currency(named)
-        v.int64(named, "at_ms", 0)
+        v.timestamp_ms(named, "at_ms")
 
 
 def _check_delivered(worker: ShardWorker, args: Any) -> None:
@@ -699,8 +726,7 @@ def _check_create_agreement(worker: ShardWorker, args: Any) -> None:
         seen.add((limit[0], limit[1]))
     window = [args.get(key) for key in ("valid_from_ms", "valid_to_ms")]
     for key in ("valid_from_ms", "valid_to_ms"):
-        if args.get(key) is not None:
-            v.int64(args, key, 0)
+        v.timestamp_ms(args, key, optional=True)
     if window[0] is not None and window[1] is not None and window[0] > window[1]:
         raise v.BadCommand("valid_from_ms is after valid_to_ms")
 
@@ -828,7 +854,7 @@ def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteS
                "settlement_account": args["settlement_account"], "created_at_ms": now_ms,
                "rate_limit_rps": None, "rate_limit_burst": None}
     ws.partners.append(partner)
-    worker.state.partners_cache[args["id"]] = partner
+    worker.state.undo.setitem(worker.state.partners_cache, args["id"], partner)
     return True, {"id": args["id"]}
 
 
@@ -857,10 +883,12 @@ def _decide_agreement_action(worker: ShardWorker, args: dict[str, Any], ws: Writ
 
 def _decide_partner_rate_limit(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
                                now_ms: int) -> tuple[bool, Any]:
-    ws.partner_limits[args["id"]] = (args["requests_per_s"], args["burst"])
+    undo = worker.state.undo
+    undo.setitem(ws.partner_limits, args["id"], (args["requests_per_s"], args["burst"]))
     cached = worker.state.partners_cache.get(args["id"])
     if cached is not None:
-        cached.update(rate_limit_rps=args["requests_per_s"], rate_limit_burst=args["burst"])
+        undo.setitem(cached, "rate_limit_rps", args["requests_per_s"])
+        undo.setitem(cached, "rate_limit_burst", args["burst"])
     return True, {"id": args["id"], "requests_per_s": args["requests_per_s"], "burst": args["burst"]}
 
 
@@ -871,14 +899,15 @@ def _decide_refund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_
 
 
 def _decide_settings(worker: ShardWorker, args: dict[str, str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    ws.settings.update(args)
+    for key, value in args.items():
+        worker.state.undo.setitem(ws.settings, key, value)
     return True, None
 
 
 def _decide_fraud(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     # Rule-set changes go through the batcher so that a switch happens between two
     # payments, never inside a batch's decision of one payment.
-    return worker.fraud_admin.decide(args, ws, now_ms)
+    return worker.fraud_admin.decide(args, ws, now_ms, worker.state.undo)
 
 
 _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any]]] = {
@@ -891,6 +920,9 @@ _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any
     "partner_rate_limit": _decide_partner_rate_limit,
 }
 _WRITE_OPS = frozenset(_DECIDERS)
+# A decider raising one of these met a value it cannot decide or store: the command's own
+# fault (400, nothing stored). Anything else is the ledger's (500, nothing stored).
+_CLIENT_VALUE_ERRORS = (ArithmeticError, KeyError, TypeError, ValueError, IndexError, msgspec.EncodeError)
 
 
 # ---- reads (answered from memory, or from PostgreSQL's committed rows) ----------
@@ -922,6 +954,8 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
             "relay_lag_ms": _relay_lag_ms(worker),
             "committed_batches": worker.committed_batches,
             "committed_transfers": worker.committed_transfers,
+            # Commands refused whole after their decision or its round-trip check raised.
+            "decide_failures": worker.decide_failures, "effect_failures": worker.effect_failures,
             "batches": _timing_summary(worker.batch_timings),
             "prefetch": {"looked_up": worker.prefetch_lookups, "proved_new": worker.prefetch_skipped,
                          "id_filter": worker.id_filter.stats() if worker.id_filter is not None else None},

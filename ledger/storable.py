@@ -1,0 +1,171 @@
+"""Accepted means storable and readable: what one command adds to a batch must come back,
+through the writer's encoding and every reader's decoding, exactly as it went in.
+
+The batcher calls `check_command` after each command's decision and before it keeps it
+(ShardState.begin / commit / rollback): a value that would make the batch write fail (and
+stop the worker), or that a reader could not decode or render (the API's ISO times, the
+notifier's event bodies, a restart's load), fails that command alone, and its changes are
+rolled back; the partner is told nothing was stored, which is the truth.
+
+Each row goes through the same functions the system uses: the batch write's encodings
+(`pg._transfer_record`, the fast path's msgspec JSON of the Transfer, `pg._agreement_record`)
+and the readers' decoders (`pg.row_to_transfer`, `pg.row_to_agreement`), plus what the
+column types take (bigint, text without NUL, jsonb) and what the renderers take (times in
+`quickpay.timestamps`' range, amounts within int64). The reply goes through the shard
+protocol's msgpack encoding and back.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import msgspec
+
+from quickpay.timestamps import is_representable_ms
+
+from . import pg
+from .model import Agreement, Transfer
+from .state import WriteSet
+from .undo import UndoLog
+
+__all__ = ["NotStorable", "check_command", "check_value", "check_transfer", "check_agreement"]
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# jsonb and text refuse NUL; UTF-8 cannot carry a lone surrogate.
+_UNSTORABLE_CHARS = ("\x00",)
+_NESTING_MAX = 32
+
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_msgpack_decode = msgspec.msgpack.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+class NotStorable(ValueError):
+    """A value the database, the wire or a reader cannot hold as it is."""
+
+
+def _text_ok(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate
+        return False
+    return True
+
+
+def check_value(value: Any, where: str, depth: int = 0) -> None:
+    """What PostgreSQL's bigint, text and jsonb columns and JSON take."""
+    kind = type(value)
+    if kind is str:
+        if not _text_ok(value):
+            raise NotStorable(f"{where}: text with NUL or a lone surrogate")
+    elif kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise NotStorable(f"{where}: integer beyond int64")
+    elif kind is bool or value is None:
+        pass
+    elif kind is float:
+        if not math.isfinite(value):
+            raise NotStorable(f"{where}: a number that is not finite")
+    elif depth >= _NESTING_MAX:
+        raise NotStorable(f"{where}: nested more than {_NESTING_MAX} levels")
+    elif kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _text_ok(key):
+                raise NotStorable(f"{where}: a key that is not storable text")
+            check_value(item, f"{where}.{key}", depth + 1)
+    elif kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            check_value(item, f"{where}[{index}]", depth + 1)
+    else:
+        raise NotStorable(f"{where}: a {kind.__name__} cannot be stored")
+
+
+def _time(value: int | None, where: str) -> None:
+    if value is not None and not is_representable_ms(value):
+        raise NotStorable(f"{where}: {value!r} is not a representable time")
+
+
+def check_transfer(transfer: Transfer) -> None:
+    record = pg._transfer_record(transfer)
+    for column, value in zip(pg.TRANSFER_COLUMNS, record):
+        check_value(value, f"transfers.{column}")
+    # The jsonb columns travel as JSON text, where a NUL is the escape "\u0000": jsonb refuses it.
+    check_value(transfer.fraud, "transfers.fraud")
+    check_value(transfer.details, "transfers.details")
+    _time(transfer.created_at_ms, "transfers.created_at_ms")
+    # The fast path writes the Transfer as msgspec JSON expanded by json_populate_recordset.
+    encoded = _json_decode(_json_encode(transfer))
+    row = dict(zip(pg.TRANSFER_COLUMNS, record))
+    for column in ("fraud", "details"):
+        value = encoded.get(column)
+        row[column] = json.dumps(value) if value else None
+    back = pg.row_to_transfer(row)
+    back.committed = transfer.committed
+    if back != transfer:
+        raise NotStorable(f"transfer {transfer.id!r} does not read back as written")
+
+
+def check_agreement(agreement: Agreement, at_ms: int) -> None:
+    record = pg._agreement_record(agreement)
+    for column, value in zip(pg._AGREEMENT_COLUMNS, record):
+        check_value(value, f"agreements.{column}")
+    check_value([limit.to_wire() for limit in agreement.periodic_limits], "agreements.periodic_limits")
+    for column in ("created_at_ms", "valid_from_ms", "valid_to_ms", "status_updated_at_ms"):
+        _time(getattr(agreement, column), f"agreements.{column}")
+    back = pg.row_to_agreement(dict(zip(pg._AGREEMENT_COLUMNS, record)))
+    stored = [(limit.period, limit.alignment, limit.amount_minor) for limit in agreement.periodic_limits]
+    if [(limit.period, limit.alignment, limit.amount_minor) for limit in back.periodic_limits] != stored or (
+            back.id, back.partner_id, back.debtor_account, back.currency, back.per_payment_limit_minor,
+            back.status, back.created_at_ms, back.valid_from_ms, back.valid_to_ms, back.status_updated_at_ms) != (
+            agreement.id, agreement.partner_id, agreement.debtor_account, agreement.currency,
+            agreement.per_payment_limit_minor, agreement.status, agreement.created_at_ms, agreement.valid_from_ms,
+            agreement.valid_to_ms, agreement.status_updated_at_ms):
+        raise NotStorable(f"agreement {agreement.id!r} does not read back as written")
+    # What every reader shows: the effective status and each limit's current window.
+    for limit in back.to_wire(at_ms)["periodic_limits"]:
+        _time(limit["period_start_ms"], "agreements.periodic_limits.period_start_ms")
+        _time(limit["period_end_ms"], "agreements.periodic_limits.period_end_ms")
+
+
+def check_reply(result: Any) -> None:
+    """The reply crosses the shard protocol (msgpack) and comes back the same."""
+    encoded = _msgpack_encode(result)
+    if _msgpack_encode(_msgpack_decode(encoded)) != encoded:
+        raise NotStorable("the answer does not survive the shard protocol")
+
+
+def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, undo: UndoLog) -> None:
+    """Everything the command added to `ws` since `mark`, and its reply."""
+    accounts, partners, agreements, events, transfers, outbox = mark[:6]
+    step = undo.step        # each check is a step a test can fail (UndoLog.fault_at)
+    step()
+    for account in ws.accounts[accounts:]:
+        check_value([account.id, account.kind, account.currency, account.partner_id, account.created_at_ms],
+                    "accounts")
+    for partner in ws.partners[partners:]:
+        check_value(partner, "partners")
+        _time(partner.get("created_at_ms"), "partners.created_at_ms")
+    for agreement in ws.agreements[agreements:]:
+        check_agreement(agreement, at_ms)
+        step()
+    for event in ws.agreement_events[events:]:
+        check_value(list(event), "agreement_events")
+        _time(event[4], "agreement_events.at_ms")
+    for transfer in ws.transfers[transfers:]:
+        check_transfer(transfer)
+        step()
+    for leg in ws.outbox[outbox:]:
+        check_value([leg.transfer_id, leg.creditor_account, leg.amount_minor, leg.currency, leg.at_ms], "outbox")
+        _time(leg.at_ms, "outbox.created_at_ms")
+    # Maps the command wrote into (status changes, settings, limits): the entries it set.
+    for mapping, key in undo.written_items():
+        if mapping is ws.agreement_updates:
+            check_agreement(ws.agreement_updates[key], at_ms)
+        elif mapping is ws.settings or mapping is ws.partner_limits or mapping is ws.refunded:
+            check_value([key, mapping[key]], "settings")
+    check_reply(result)
+    undo.step()
