@@ -90,23 +90,39 @@ def _time(value: int | None, where: str) -> None:
 
 
 def check_transfer(transfer: Transfer) -> None:
-    record = pg._transfer_record(transfer)
-    for column, value in zip(pg.TRANSFER_COLUMNS, record):
-        check_value(value, f"transfers.{column}")
-    # The jsonb columns travel as JSON text, where a NUL is the escape "\u0000": jsonb refuses it.
-    check_value(transfer.fraud, "transfers.fraud")
-    check_value(transfer.details, "transfers.details")
-    _time(transfer.created_at_ms, "transfers.created_at_ms")
-    # The fast path writes the Transfer as msgspec JSON expanded by json_populate_recordset.
-    encoded = _json_decode(_json_encode(transfer))
-    row = dict(zip(pg.TRANSFER_COLUMNS, record))
-    for column in ("fraud", "details"):
-        value = encoded.get(column)
-        row[column] = json.dumps(value) if value else None
-    back = pg.row_to_transfer(row)
-    back.committed = transfer.committed
-    if back != transfer:
-        raise NotStorable(f"transfer {transfer.id!r} does not read back as written")
+    """The journal row, through the batch write's own encoding (msgspec JSON of the Transfer,
+    expanded by json_populate_recordset; the COPY path writes the same values).
+
+    This runs for every payment, so it checks what the encoding does not: msgspec refuses a
+    lone surrogate, but writes NUL as the escape \\u0000 (which text and jsonb refuse), any
+    integer (bigint holds int64) and NaN as null. The nested jsonb values (a fraud decision,
+    reason details: present on a minority of rows) are walked and must re-encode identically."""
+    t = transfer
+    try:
+        encoded = _json_encode(t)
+    except (UnicodeEncodeError, TypeError, OverflowError) as exc:
+        raise NotStorable(f"transfer {t.id!r}: {exc}") from None
+    if b"\\u0000" in encoded:
+        raise NotStorable(f"transfer {t.id!r}: text with NUL")
+    if not (type(t.id) is str and type(t.kind) is str and type(t.debit_account) is str
+            and type(t.credit_account) is str and type(t.currency) is str and type(t.status) is str):
+        raise NotStorable(f"transfer {t.id!r}: a required text column is not text")
+    for value in (t.partner_id, t.agreement_id, t.reference, t.creditor_account, t.body_hash, t.device_id, t.ip,
+                  *t.reasons):
+        if value is not None and type(value) is not str:
+            raise NotStorable(f"transfer {t.id!r}: a text column holds {type(value).__name__}")
+    amount = t.amount_minor
+    if not (type(amount) is int and 0 < amount <= INT64_MAX and type(t.seq) is int and 0 <= t.seq <= INT64_MAX
+            and type(t.refunded_minor) is int and 0 <= t.refunded_minor <= amount):
+        raise NotStorable(f"transfer {t.id!r}: an amount or sequence number beyond bigint")
+    if not is_representable_ms(t.created_at_ms):
+        raise NotStorable(f"transfer {t.id!r}: created_at_ms is not a representable time")
+    for column, value in (("fraud", t.fraud), ("details", t.details)):
+        if value is not None:
+            check_value(value, f"transfers.{column}")
+            once = _json_encode(value)
+            if _json_encode(_json_decode(once)) != once:
+                raise NotStorable(f"transfers.{column} does not read back as written")
 
 
 def check_agreement(agreement: Agreement, at_ms: int) -> None:
@@ -132,10 +148,12 @@ def check_agreement(agreement: Agreement, at_ms: int) -> None:
 
 
 def check_reply(result: Any) -> None:
-    """The reply crosses the shard protocol (msgpack) and comes back the same."""
-    encoded = _msgpack_encode(result)
-    if _msgpack_encode(_msgpack_decode(encoded)) != encoded:
-        raise NotStorable("the answer does not survive the shard protocol")
+    """The reply crosses the shard protocol (msgpack): it must encode (an integer beyond
+    64 bits, a lone surrogate or an unknown type would fail there, after the commit)."""
+    try:
+        _msgpack_encode(result)
+    except (UnicodeEncodeError, TypeError, OverflowError, msgspec.EncodeError) as exc:
+        raise NotStorable(f"the answer cannot cross the shard protocol: {exc}") from None
 
 
 def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, undo: UndoLog) -> None:
@@ -143,28 +161,39 @@ def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, 
     accounts, partners, agreements, events, transfers, outbox = mark[:6]
     step = undo.step        # each check is a step a test can fail (UndoLog.fault_at)
     step()
-    for account in ws.accounts[accounts:]:
-        check_value([account.id, account.kind, account.currency, account.partner_id, account.created_at_ms],
-                    "accounts")
-    for partner in ws.partners[partners:]:
-        check_value(partner, "partners")
-        _time(partner.get("created_at_ms"), "partners.created_at_ms")
-    for agreement in ws.agreements[agreements:]:
-        check_agreement(agreement, at_ms)
+    rows = ws.transfers
+    for index in range(transfers, len(rows)):
+        check_transfer(rows[index])
         step()
-    for event in ws.agreement_events[events:]:
-        check_value(list(event), "agreement_events")
-        _time(event[4], "agreement_events.at_ms")
-    for transfer in ws.transfers[transfers:]:
-        check_transfer(transfer)
-        step()
-    for leg in ws.outbox[outbox:]:
-        check_value([leg.transfer_id, leg.creditor_account, leg.amount_minor, leg.currency, leg.at_ms], "outbox")
-        _time(leg.at_ms, "outbox.created_at_ms")
-    # Maps the command wrote into (status changes, settings, limits): the entries it set.
+    if len(ws.outbox) > outbox:
+        for leg in ws.outbox[outbox:]:
+            check_value([leg.transfer_id, leg.creditor_account, leg.amount_minor, leg.currency], "outbox")
+            _time(leg.at_ms, "outbox.created_at_ms")
+    if len(ws.accounts) > accounts:
+        for account in ws.accounts[accounts:]:
+            check_value([account.id, account.kind, account.currency, account.partner_id, account.created_at_ms],
+                        "accounts")
+    if len(ws.partners) > partners:
+        for partner in ws.partners[partners:]:
+            check_value(partner, "partners")
+            _time(partner.get("created_at_ms"), "partners.created_at_ms")
+    if len(ws.agreements) > agreements:
+        for agreement in ws.agreements[agreements:]:
+            check_agreement(agreement, at_ms)
+            step()
+    if len(ws.agreement_events) > events:
+        for event in ws.agreement_events[events:]:
+            check_value(list(event), "agreement_events")
+            _time(event[4], "agreement_events.at_ms")
+    # Maps the command wrote into: balance deltas (a batch's sum for one account must fit
+    # bigint), status changes, settings, limits, refund totals.
+    deltas, updates = ws.deltas, ws.agreement_updates
     for mapping, key in undo.written_items():
-        if mapping is ws.agreement_updates:
-            check_agreement(ws.agreement_updates[key], at_ms)
+        if mapping is deltas:
+            if not INT64_MIN <= deltas[key] <= INT64_MAX:
+                raise NotStorable(f"the batch's balance change of {key} goes beyond bigint")
+        elif mapping is updates:
+            check_agreement(updates[key], at_ms)
         elif mapping is ws.settings or mapping is ws.partner_limits or mapping is ws.refunded:
             check_value([key, mapping[key]], "settings")
     check_reply(result)

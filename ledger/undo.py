@@ -17,6 +17,10 @@ told failed. So the batcher wraps every command in `ShardState.begin` / `commit`
 WriteSet lists only grow during a batch, so they are rolled back by length
 (`WriteSet.mark` / `truncate`), not entry by entry.
 
+Outside begin/commit (code that calls the decisions directly: unit tests, the decision
+microbenchmark) the log is inactive: writes just happen, compensations are not kept, and
+deferred effects run at once.
+
 `fault_at` is for tests: the n-th recorded step raises `InjectedFault`, so a property test
 can fail a decision at each of its steps in turn and check that nothing changed.
 """
@@ -35,13 +39,14 @@ class InjectedFault(RuntimeError):
 
 
 class UndoLog:
-    __slots__ = ("_entries", "_deferred", "fault_at", "steps")
+    __slots__ = ("_entries", "_deferred", "fault_at", "steps", "active")
 
     def __init__(self) -> None:
         self._entries: list[tuple[int, Any, Any, Any]] = []
         self._deferred: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self.fault_at: int | None = None   # tests only: fail the n-th step (0-based)
         self.steps = 0                     # steps recorded since begin (counted only under fault_at)
+        self.active = False                # between begin and commit/rollback
 
     def step(self) -> None:
         """One step of a decision; under a test's fault_at, the chosen one raises."""
@@ -54,24 +59,30 @@ class UndoLog:
     def setattr(self, obj: Any, name: str, value: Any) -> None:
         if self.fault_at is not None:
             self.step()
-        self._entries.append((_ATTR, obj, name, getattr(obj, name)))
+        if self.active:
+            self._entries.append((_ATTR, obj, name, getattr(obj, name)))
         setattr(obj, name, value)
 
     def setitem(self, mapping: Any, key: Any, value: Any) -> None:
         if self.fault_at is not None:
             self.step()
-        self._entries.append((_ITEM, mapping, key, mapping.get(key, _MISSING)))
+        if self.active:
+            self._entries.append((_ITEM, mapping, key, mapping.get(key, _MISSING)))
         mapping[key] = value
 
     def on_undo(self, fn: Callable[[], None]) -> None:
         if self.fault_at is not None:
             self.step()
-        self._entries.append((_CALL, fn, None, None))
+        if self.active:
+            self._entries.append((_CALL, fn, None, None))
 
     def defer(self, fn: Callable[..., None], *args: Any) -> None:
         if self.fault_at is not None:
             self.step()
-        self._deferred.append((fn, args))
+        if self.active:
+            self._deferred.append((fn, args))
+        else:
+            fn(*args)
 
     def written_items(self) -> list[tuple[Any, Any]]:
         """(mapping, key) of every setitem since begin: what the command wrote into maps."""
@@ -81,6 +92,7 @@ class UndoLog:
         self._entries.clear()
         self._deferred.clear()
         self.steps = 0
+        self.active = True
 
     def rollback(self) -> None:
         """Undo every recorded change, newest first, and drop the deferred effects."""
@@ -97,10 +109,12 @@ class UndoLog:
             else:
                 target()
         self._deferred.clear()
+        self.active = False
 
     def commit(self) -> list[tuple[Callable[..., None], tuple[Any, ...]]]:
         """Forget the undo entries; return the deferred effects for the caller to run."""
         self._entries.clear()
+        self.active = False
         deferred = self._deferred
         self._deferred = []
         return deferred

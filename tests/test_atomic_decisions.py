@@ -342,3 +342,13 @@ def test_undo_log_restores_absent_keys_and_runs_compensations_newest_first() -> 
     log.rollback()
     assert mapping == {"a": 1} and order == [2, 1]
     assert log.commit() == []
+
+
+def test_outside_a_decision_the_log_keeps_nothing_and_effects_run_at_once() -> None:
+    log = UndoLog()
+    mapping: dict[str, int] = {}
+    ran: list[int] = []
+    log.setitem(mapping, "a", 1)
+    log.on_undo(lambda: ran.append(0))
+    log.defer(ran.append, 7)
+    assert mapping == {"a": 1} and ran == [7] and log.written_items() == []
