@@ -39,6 +39,7 @@ class FraudPort(Protocol):
 
     def evaluate(self, facts: Any) -> Any: ...
     def record(self, facts: Any) -> None: ...
+    def refund(self, facts: Any, amount_minor: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -114,6 +115,9 @@ class ShardState:
         self.next_seq = 1
         self.fraud = fraud
         self.make_facts = make_facts
+        # Transfer -> the facts it was recorded with (ledger.fraud_port.facts_of_payment),
+        # for refunds to take a payment back out of the fraud windows.
+        self.payment_facts: Any = None
 
     # ---- loading -------------------------------------------------------------
     def load_account(self, account: Account) -> None:
@@ -298,6 +302,10 @@ class ShardState:
             self._move(ws, settlement, debtor, amount_minor)
             payment.refunded_minor += amount_minor
             ws.refunded[payment.id] = payment.refunded_minor
+            if self.fraud is not None:
+                # Refunded money leaves the velocity windows (in full: the payment leaves
+                # count windows too); docs/hardening/fraud-fairness.md.
+                self.fraud.refund(self.payment_facts(payment), amount_minor)
         transfer = self._new_transfer(ws, Transfer(
             id=cmd.refund_id, seq=0, kind=Kind.REFUND, debit_account=settlement.id,
             credit_account=debtor.id, amount_minor=amount_minor, currency=payment.currency,
