@@ -293,3 +293,121 @@ def test_rebuild_over_the_longest_window_decides_as_the_live_path(commands: list
                     probe = facts("probe", partner_id=partner, debtor_account=debtor, device_id=device,
                                   creditor_account=settlement_account_for(partner), at_ms=at_ms)
                     assert rebuilt.evaluate(probe) == live.fraud.evaluate(probe)
+
+
+# ---- fairness between partners, with the shipped rules ------------------------------------
+DEFAULT = load_rules_file(default_rules_path())
+
+
+def test_one_partners_tiny_payments_and_refunds_do_not_block_another_partners_payment() -> None:
+    state = ledger_state(DEFAULT)
+    # Partner A: 30 tiny payments from acc_0 in 30 s, each refunded; its own velocity
+    # window counts none of the refunded ones, so A is not even limited by them.
+    for i in range(30):
+        paid = pay(state, f"a{i}", "ptn_a", "acc_0", 1, T0_MS + i * 1_000)
+        assert paid.status == Status.COMPLETED and paid.fraud is None, paid.fraud
+        refund(state, f"ra{i}", "ptn_a", paid.id, None, T0_MS + i * 1_000 + 500)
+    # ... then 20 more, not refunded: the 21st through A is blocked, for A only.
+    for i in range(30, 51):
+        paid = pay(state, f"a{i}", "ptn_a", "acc_0", 1, T0_MS + i * 1_000)
+    assert paid.status == Status.REJECTED and paid.reasons == ("debtor_velocity_count_block",)
+    # Partner B's normal payment from the same customer, a second later, is accepted.
+    b = pay(state, "b1", "ptn_b", "acc_0", 50_000, T0_MS + 52_000)
+    assert b.status == Status.COMPLETED and b.reasons == ()
+    assert b.fraud is None  # nothing fired: 21 accepted payments across partners, below the review line
+
+
+def test_refunded_payments_leave_the_partners_own_window() -> None:
+    state = ledger_state(DEFAULT)
+    for i in range(20):
+        pay(state, f"a{i}", "ptn_a", "acc_0", 100, T0_MS + i)
+    blocked = pay(state, "a20", "ptn_a", "acc_0", 100, T0_MS + 20)
+    assert blocked.reasons == ("debtor_velocity_count_block",)
+    refund(state, "r0", "ptn_a", "a0", 40, T0_MS + 21)  # partial: still counted
+    assert pay(state, "a21", "ptn_a", "acc_0", 100, T0_MS + 22).status == Status.REJECTED
+    refund(state, "r1", "ptn_a", "a0", None, T0_MS + 23)  # the rest: a0 has left the window
+    assert pay(state, "a22", "ptn_a", "acc_0", 100, T0_MS + 24).status == Status.COMPLETED
+
+
+def test_a_velocity_attack_spread_over_partners_is_still_seen() -> None:
+    state = ledger_state(DEFAULT)
+    # 4 partners x 8 payments from acc_1 within 10 minutes: each partner stays below its own
+    # block line (20), the customer's cross-partner count passes 30 on the 31st.
+    decided = []
+    for i in range(32):
+        partner = PARTNERS[i % 4]
+        decided.append(pay(state, f"x{i}", partner, "acc_1", 10_000, T0_MS + i * 10_000))
+    assert all(t.status == Status.COMPLETED for t in decided)  # review accepts; nobody is blocked
+    assert [t.fraud for t in decided[:30]] == [None] * 30
+    for t in decided[30:]:
+        assert t.fraud is not None
+        assert t.fraud["decision"] == "review"
+        assert t.fraud["reason_codes"] == ["debtor_cross_partner_velocity_review"]
+        assert t.fraud["reasons"][0]["values"] == {"count(by debtor, 10m)": int(t.id[1:]) + 1}
+
+
+def test_a_cross_partner_sum_attack_is_reviewed_not_blocked() -> None:
+    state = ledger_state(DEFAULT)
+    # 4 partners x 2 x 40,000.00 CNY within the hour: every partner below its own 100,000.00
+    # review line; the customer's 320,000.00 across partners passes 300,000.00 on the 8th.
+    decided = [pay(state, f"s{i}", PARTNERS[i % 4], "acc_0", 4_000_000, T0_MS + i * 60_000) for i in range(8)]
+    assert [t.fraud and t.fraud["reason_codes"] for t in decided] == [None] * 7 + [["debtor_cross_partner_sum_review"]]
+    assert decided[7].fraud is not None and decided[7].fraud["score"] == 0
+    assert all(t.status == Status.COMPLETED for t in decided)
+
+
+def test_a_partners_device_claims_do_not_escalate_another_partners_customer() -> None:
+    state = ledger_state(DEFAULT)
+    # Partner A reports 12 customers on one device (device_id is the partner's word).
+    for i in range(12):
+        state.load_account(Account(f"acc_m{i}", "customer", "CNY", 10**9, False))
+        state.load_agreement(Agreement(f"agr_ptn_a_acc_m{i}", "ptn_a", f"acc_m{i}", "CNY", 10**9,
+                                       [PeriodicLimit("Day", "Calendar", 10**15)], "Authorised", 0))
+        pay(state, f"m{i}", "ptn_a", f"acc_m{i}", 100, T0_MS + i, device="dev_shared")
+    # Partner B's customer on that device: reviewed across partners, with score 0: even with
+    # the payment's own review-level amount it stays a review, never a block.
+    b = pay(state, "b1", "ptn_b", "acc_0", 5_000_001, T0_MS + 100, device="dev_shared")
+    assert b.status == Status.COMPLETED and b.fraud is not None
+    assert b.fraud["decision"] == "review" and b.fraud["score"] == 40
+    assert sorted(b.fraud["reason_codes"]) == ["amount_review", "device_cross_partner_debtors_review"]
+
+
+# ---- rule scopes and the lint ---------------------------------------------------------------
+def test_rule_scopes_and_cross_partner_escalations() -> None:
+    ruleset = parse_rules(
+        "list l = []\n"
+        + rule("own", "block", "count(by (partner, debtor), 10m) > 1", score=100)
+        + rule("own_too", "review", "count(by (debtor, partner), 10m) > 2 and count(by partner, 1h) > 3", score=10)
+        + rule("plain", "block", "amount > 5 or debtor in list l", score=100)
+        + rule("wide_block", "block", "count(by debtor, 10m) > 50")
+        + rule("wide_score", "score", "distinct(creditor, by debtor, 1h) > 5", score=5)
+        + rule("mixed", "review", "count(by (debtor, partner), 1m) > 1 and count(by ip, 1m) > 1", score=1)
+        + rule("wide_review", "review", "count(by debtor, 10m) > 30")
+        + rule("wide_shadow", "block", "count(by debtor, 10m) > 5", score=100, shadow=True))
+    assert {r["rule_id"]: r["scope"] for r in ruleset.describe()} == {
+        "own": "partner", "own_too": "partner", "plain": "payment", "wide_block": "cross_partner",
+        "wide_score": "cross_partner", "mixed": "cross_partner", "wide_review": "cross_partner",
+        "wide_shadow": "cross_partner"}
+    assert ruleset.cross_partner_escalations == ("wide_block", "wide_score", "mixed")
+    # (partner, debtor) and (debtor, partner) are one window.
+    assert ruleset.windows()[0] == (("debtor", "partner"), 600)
+    assert len({key for key, _ in ruleset.windows()}) == 4
+
+
+def test_shipped_rules_let_no_partner_block_another_partners_customers() -> None:
+    assert DEFAULT.cross_partner_escalations == ()
+    scopes = {r["rule_id"]: r["scope"] for r in DEFAULT.describe()}
+    assert scopes["debtor_velocity_count_block"] == "partner"
+    assert scopes["debtor_cross_partner_velocity_review"] == "cross_partner"
+    registry = RuleRegistry()
+    version, _ = registry.stage(DEFAULT.text, author="t", at_ms=T0_MS)
+    wide, _ = registry.stage(rule("wide", "block", "count(by debtor, 10m) > 5"), author="t", at_ms=T0_MS + 1)
+    listed = {v["version"]: v["cross_partner_escalations"] for v in registry.versions()}
+    assert listed == {version: [], wide: ["wide"]}
+
+
+@pytest.mark.parametrize("key", ["(debtor, partner)", "(partner, debtor)"])
+def test_partner_pair_keys_parse_and_label_one_way(key: str) -> None:
+    ruleset = parse_rules(rule("r", "block", f"count(by {key}, 10m) > 0"))
+    decision = FraudFilter(ruleset).evaluate(facts())
+    assert decision.hits[0].values == {"count(by (debtor, partner), 10m)": 1}
