@@ -2,7 +2,8 @@
 
 Runs inside the shard worker, synchronously, with no I/O and no clock reads: time is
 the payment's `at_ms`. `evaluate` reads state only; `record` (called by the ledger once
-a payment is accepted) is the only thing that moves windows forward. Not thread-safe:
+a payment is accepted) is the only thing that moves windows forward, and `refund`
+(called once a refund of an accepted payment succeeds) takes its amount back out. Not thread-safe:
 call every method from the worker that owns the engine.
 """
 
@@ -259,6 +260,23 @@ class FraudFilter:
             pairs[pair] = None
             if len(pairs) > self.max_first_payment_pairs:
                 pairs.popitem(last=False)
+
+    def refund(self, facts: PaymentFacts, amount_minor: int) -> None:
+        """Account for `amount_minor` of an accepted payment given back (a refund).
+
+        `facts` are the refunded payment's own facts (same transfer_id, keys and at_ms as
+        recorded). In every window store its event's amount drops by `amount_minor`, so
+        sum() windows drop; once the payment is refunded in full its event leaves the
+        store and count() windows drop too. Distinct trackers and first-payment pairs
+        stay: a refund does not undo that this debtor used that device, IP or creditor.
+        An event no longer held (expired, dropped, evicted) is simply not found.
+        """
+        if amount_minor <= 0:
+            return
+        for plan in self._active.plans:
+            key = plan.key_of(facts)
+            if key is not None:
+                plan.store.refund(key, facts.transfer_id, facts.at_ms, amount_minor)
 
     # -- observability ---------------------------------------------------------------
 

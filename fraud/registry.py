@@ -232,6 +232,9 @@ class RuleRegistry:
                 "enforced": item.version == enforced,
                 "last_activated_at_ms": activated_at.get(item.version),
                 "rule_count": None if item.ruleset is None else len(item.ruleset.rules),
+                # Rules by which one partner's payments could block another's customers.
+                "cross_partner_escalations": None if item.ruleset is None
+                else list(item.ruleset.cross_partner_escalations),
                 "digest": item.version,
                 "error": item.error,
             }

@@ -20,7 +20,12 @@ from fraud.errors import RuleError
 from fraud.parser import RULE_TEXT_BYTES_MAX, parse_text
 from fraud.syntax import Aggregate, Node
 
-__all__ = ["Rule", "RuleSet", "parse_rules", "load_rules_file", "default_rules_path"]
+__all__ = ["Rule", "RuleSet", "parse_rules", "load_rules_file", "default_rules_path", "rule_scope"]
+
+# A rule's scope: which partners' payments its windows count (docs/hardening/fraud-fairness.md).
+SCOPE_PAYMENT = "payment"              # reads no window: the payment itself and the lists
+SCOPE_PARTNER = "partner"              # every window it reads is keyed by partner (e.g. (debtor, partner))
+SCOPE_CROSS_PARTNER = "cross_partner"  # some window it reads counts every partner's payments
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -35,6 +40,15 @@ class Rule:
     # Compiled once at parse time; see fraud.compiler for the calling convention.
     matches: Condition
     value_getters: tuple[tuple[str, ValueGetter], ...]
+    scope: str = SCOPE_PAYMENT  # SCOPE_PAYMENT | SCOPE_PARTNER | SCOPE_CROSS_PARTNER
+
+    @property
+    def escalates_across_partners(self) -> bool:
+        """An enforced rule that reads other partners' payments and can push a payment to
+        block, by its action or by adding score towards the block threshold: the shape that
+        lets one partner's traffic block another partner's customer."""
+        return (self.scope == SCOPE_CROSS_PARTNER and not self.shadow
+                and (self.action == "block" or self.score > 0))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -63,6 +77,12 @@ class RuleSet:
         return tuple(rule.rule_id for rule in self.rules)
 
     @property
+    def cross_partner_escalations(self) -> tuple[str, ...]:
+        """Ids of the rules for which `Rule.escalates_across_partners` holds (the shipped
+        rules have none; registry versions list them so operators see what they stage)."""
+        return tuple(rule.rule_id for rule in self.rules if rule.escalates_across_partners)
+
+    @property
     def max_window_s(self) -> int:
         """The longest window any rule reads (0 if none): how much accepted-payment
         history a restarted worker must replay through record() to rebuild state."""
@@ -84,9 +104,22 @@ class RuleSet:
                 "shadow": rule.shadow,
                 "description": rule.description,
                 "line": rule.line,
+                "scope": rule.scope,
             }
             for rule in self.rules
         ]
+
+
+def rule_scope(condition: Node) -> str:
+    """SCOPE_PARTNER if every window the condition reads is keyed by partner (alone or in
+    a pair), SCOPE_CROSS_PARTNER if any is not, SCOPE_PAYMENT if it reads no window."""
+    found: dict[tuple[Any, ...], Aggregate] = {}
+    collect_aggregates(condition, found)
+    if not found:
+        return SCOPE_PAYMENT
+    if all("partner" in aggregate.key for aggregate in found.values()):
+        return SCOPE_PARTNER
+    return SCOPE_CROSS_PARTNER
 
 
 def parse_rules(text: str, filename: str = "<string>") -> RuleSet:
@@ -108,6 +141,7 @@ def parse_rules(text: str, filename: str = "<string>") -> RuleSet:
             line=parsed_rule.line,
             matches=compile_condition(parsed_rule.condition, slots),
             value_getters=referenced_values(parsed_rule.condition, slots),
+            scope=rule_scope(parsed_rule.condition),
         )
         for parsed_rule in parsed.rules
     )

@@ -22,6 +22,17 @@ Memory bounds:
     first. Each distinct tracker keeps at most `events_per_key_max` values, dropping
     the value seen longest ago.
 
+Refunds (`WindowStore.refund`): each event keeps the id of its payment (`ids`, parallel
+to `times_ms`), so a refund finds the event it reverses. A partial refund lowers the
+event's amount (every cumulative sum from that event on drops by the refunded amount,
+so sum() windows drop, count() windows do not); once the event's amount reaches zero
+(the payment is refunded in full) the event is deleted, and count() windows drop too.
+Distinct trackers are not changed by refunds (a refund does not undo that the debtor
+used that device or paid that creditor). A refund for an event no longer held (expired,
+trimmed, evicted key, or never recorded) changes nothing. Cost: a bisect plus a scan of
+the ids recorded at or after the payment's time, and a rewrite of the cumulative sums
+after the event: O(events after it) <= events_per_key_max, on the refund path only.
+
 Recording never goes back in time within a key value: an event older than the newest
 one already recorded is recorded at that newest time. Lists stay sorted (bisect and
 prefix expiry stay valid) and a late event can only stay slightly longer, never leave
@@ -38,7 +49,7 @@ events per key) size max_keys_per_window to the memory the shard worker can spar
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from operator import attrgetter
@@ -74,10 +85,12 @@ class KeyState:
     the per-key footprint (and the cache misses per lookup) small. Expiry deletes a
     prefix with one slice deletion found by bisect."""
 
-    __slots__ = ("times_ms", "cumulative_minor", "dropped_cumulative_minor", "distinct", "newest_ms")
+    __slots__ = ("times_ms", "ids", "cumulative_minor", "dropped_cumulative_minor", "distinct", "newest_ms")
 
     def __init__(self) -> None:
         self.times_ms: list[int] = []
+        # ids[i] = the transfer id of event i (what a refund looks up); same length as times_ms.
+        self.ids: list[str] = []
         # cumulative_minor[i] = sum of amounts of every event recorded up to event i.
         self.cumulative_minor: list[int] = []
         # The cumulative sum just before times_ms[0] (i.e. of all dropped events).
@@ -164,7 +177,9 @@ class WindowStore:
                 state.dropped_cumulative_minor = cumulative[expired - 1]
                 del times[:expired]
                 del cumulative[:expired]
+                del state.ids[:expired]
         times.append(at_ms)
+        state.ids.append(facts.transfer_id)
         cumulative.append((cumulative[-1] if cumulative else state.dropped_cumulative_minor) + amount_minor)
         for field_name, window_ms, getter in distinct_trackers:
             tracker = (field_name, window_ms)
@@ -188,6 +203,36 @@ class WindowStore:
             seen[value] = at_ms
             if len(seen) > self.events_per_key_max:
                 del seen[next(iter(seen))]
+
+    def refund(self, key: Any, transfer_id: str, at_ms: int, amount_minor: int) -> bool:
+        """Take `amount_minor` of payment `transfer_id` (recorded at `at_ms`) out of the
+        count/sum windows of key value `key`; True if its event was found.
+
+        The event's amount drops by the refunded amount (never below zero); at zero the
+        event is deleted. Does not touch the key's LRU position: a refund is not activity.
+        """
+        state = self.states.get(key)
+        if state is None or amount_minor <= 0:
+            return False
+        times = state.times_ms
+        # record() only ever moves an event later (late events take the newest time), so
+        # the event sits at or after the first one recorded at its payment's time.
+        start = bisect_left(times, at_ms)
+        try:
+            index = state.ids.index(transfer_id, start)
+        except ValueError:
+            return False
+        cumulative = state.cumulative_minor
+        before = cumulative[index - 1] if index > 0 else state.dropped_cumulative_minor
+        left_minor = cumulative[index] - before
+        taken_minor = min(amount_minor, left_minor)
+        if taken_minor >= left_minor:
+            del times[index]
+            del state.ids[index]
+            del cumulative[index]
+        if taken_minor:
+            cumulative[index:] = [total - taken_minor for total in cumulative[index:]]
+        return True
 
     def drop_trackers_except(self, keep: frozenset[tuple[str, int]]) -> None:
         """Free distinct trackers no active rule reads any more (after a rule-set swap)."""

@@ -28,7 +28,7 @@ from .undo import UndoLog
 if TYPE_CHECKING:
     from .worker import ShardWorker
 
-__all__ = ["FraudAdapter", "REBUILD_WINDOW_MS"]
+__all__ = ["FraudAdapter", "REBUILD_WINDOW_MS", "facts_of_payment", "replay_journal"]
 
 log = logging.getLogger("quickpay.fraud")
 
@@ -47,6 +47,53 @@ def make_facts(cmd: PaymentCommand, debtor_account: str) -> Any:
         debtor_account=debtor_account, creditor_account=cmd.creditor_account,
         amount_minor=cmd.amount_minor, currency=cmd.currency, device_id=cmd.device_id,
         ip=cmd.ip, at_ms=cmd.at_ms)
+
+
+def facts_of_payment(payment: Any) -> Any:
+    """The facts a payment (a Transfer, or a journal row's fields) was recorded with:
+    what a refund needs to find its event in the windows again."""
+    return fraud.PaymentFacts(
+        transfer_id=payment.id, partner_id=payment.partner_id, agreement_id=payment.agreement_id,
+        debtor_account=payment.debit_account, creditor_account=payment.creditor_account,
+        amount_minor=payment.amount_minor, currency=payment.currency, device_id=payment.device_id,
+        ip=payment.ip, at_ms=payment.created_at_ms)
+
+
+def replay_journal(engine: Any, rows: Any) -> tuple[int, int]:
+    """Rebuild window state from journal rows in `seq` order, exactly as the live path
+    built it: every accepted payment is `record`ed when its row comes, every succeeded
+    refund is `refund`ed when its row comes (so a payment refunded later was in the
+    windows meanwhile, as it was live: same expiry, trimming, eviction and late-event
+    times). Rows are mappings with the transfers table's columns id, kind, partner_id,
+    agreement_id, debit_account, creditor_account, amount_minor, currency, device_id, ip,
+    created_at_ms, and refund_of (a refund's details->>'payment_id'; its amount_minor is
+    what it gave back). Returns (payments, refunds).
+    A refund whose payment is older than the rows read changes nothing: that payment was
+    made before the longest window, so no window reads its event, live or rebuilt (as
+    before, a late event recorded at a newer time than its own is the one exception: the
+    rebuild, which reads by created_at_ms, never had it). Pure (no I/O): the property
+    tests call it."""
+    # Facts are kept only for payments a later row refunds.
+    refunded_ids = {r["refund_of"] for r in rows if r["kind"] == "refund"}
+    facts_by_id: dict[str, Any] = {}
+    payments = refunds = 0
+    for r in rows:
+        if r["kind"] == "payment":
+            facts = fraud.PaymentFacts(
+                transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],
+                debtor_account=r["debit_account"], creditor_account=r["creditor_account"],
+                amount_minor=r["amount_minor"], currency=r["currency"], device_id=r["device_id"],
+                ip=r["ip"], at_ms=r["created_at_ms"])
+            engine.record(facts)
+            if facts.transfer_id in refunded_ids:
+                facts_by_id[facts.transfer_id] = facts
+            payments += 1
+        elif r["kind"] == "refund":
+            refunded = facts_by_id.get(r["refund_of"])
+            if refunded is not None:
+                engine.refund(refunded, r["amount_minor"])
+                refunds += 1
+    return payments, refunds
 
 
 class FraudAdapter:
@@ -88,6 +135,7 @@ class FraudAdapter:
         await self._rebuild_windows(now_ms)
         worker.state.fraud = self.filter
         worker.state.make_facts = make_facts
+        worker.state.payment_facts = facts_of_payment
 
     def load(self, registry: Any, rules_path: str | None, now_ms: int) -> bool:
         """Settle which rule set this shard enforces at start; True if the registry changed.
@@ -161,21 +209,19 @@ class FraudAdapter:
         }
 
     async def _rebuild_windows(self, now_ms: int) -> None:
-        """Replay accepted payments of the last REBUILD_WINDOW_MS into the windows."""
+        """Replay the journal of the last REBUILD_WINDOW_MS into the windows: accepted
+        payments and succeeded refunds, in the order they were decided (replay_journal)."""
         assert self.worker.write_conn is not None
         rows = await self.worker.write_conn.fetch(
-            "SELECT id, partner_id, agreement_id, debit_account, creditor_account, amount_minor,"
-            " currency, device_id, ip, created_at_ms FROM transfers"
-            " WHERE kind = 'payment' AND status <> 'Rejected' AND created_at_ms > $1 ORDER BY seq",
+            "SELECT id, kind, partner_id, agreement_id, debit_account, creditor_account, amount_minor,"
+            " currency, device_id, ip, created_at_ms, details->>'payment_id' AS refund_of FROM transfers"
+            " WHERE ((kind = 'payment' AND status <> 'Rejected') OR (kind = 'refund' AND status <> 'Rejected'))"
+            " AND created_at_ms > $1 ORDER BY seq",
             now_ms - min(REBUILD_WINDOW_MS, self.filter.ruleset.max_window_s * 1000))
-        for r in rows:
-            self.filter.record(fraud.PaymentFacts(
-                transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],
-                debtor_account=r["debit_account"], creditor_account=r["creditor_account"],
-                amount_minor=r["amount_minor"], currency=r["currency"], device_id=r["device_id"],
-                ip=r["ip"], at_ms=r["created_at_ms"]))
+        payments, refunds = replay_journal(self.filter, rows)
         if rows:
-            log.info("shard %s rebuilt fraud windows from %d payments", self.worker.config.shard, len(rows))
+            log.info("shard %s rebuilt fraud windows from %d payments and %d refunds",
+                     self.worker.config.shard, payments, refunds)
 
     def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int,
                undo: UndoLog | None = None) -> tuple[bool, Any]:

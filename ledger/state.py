@@ -40,6 +40,7 @@ class FraudPort(Protocol):
 
     def evaluate(self, facts: Any) -> Any: ...
     def record(self, facts: Any) -> None: ...
+    def refund(self, facts: Any, amount_minor: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -131,6 +132,9 @@ class ShardState:
         # a command that fails half-way is undone whole (begin / commit / rollback).
         self.undo = UndoLog()
         self._mark: tuple[tuple[int, ...], int] = ((), 0)
+        # Transfer -> the facts it was recorded with (ledger.fraud_port.facts_of_payment),
+        # for refunds to take a payment back out of the fraud windows.
+        self.payment_facts: Any = None
 
     # ---- atomic decisions ----------------------------------------------------------
     def begin(self, ws: WriteSet) -> tuple[int, ...]:
@@ -360,6 +364,11 @@ class ShardState:
             self._move(ws, settlement, debtor, amount_minor)
             self.undo.setattr(payment, "refunded_minor", payment.refunded_minor + amount_minor)
             self.undo.setitem(ws.refunded, payment.id, payment.refunded_minor)
+            if self.fraud is not None:
+                # Refunded money leaves the velocity windows (in full: the payment leaves
+                # count windows too); docs/hardening/fraud-fairness.md. Only once the refund
+                # has succeeded, checks included.
+                self.undo.defer(self.fraud.refund, self.payment_facts(payment), amount_minor)
         transfer = self._new_transfer(ws, Transfer(
             id=cmd.refund_id, seq=0, kind=Kind.REFUND, debit_account=settlement.id,
             credit_account=debtor.id, amount_minor=amount_minor, currency=payment.currency,

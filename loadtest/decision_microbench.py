@@ -1,8 +1,11 @@
 """Microseconds per payment in the shard's pure decision (ShardState.execute_payment, no fraud
 filter, no I/O): 20,000 authorised agreements, 200,000 payments in batches of 1,000, best of 5.
 
-    python loadtest/decision_microbench.py CHECKOUT
+    python loadtest/decision_microbench.py CHECKOUT [--fraud]
 
+With --fraud the shard runs that checkout's fraud filter with its shipped default rules
+(fraud/default.rules), wired as the worker wires it (ledger/fraud_port.make_facts), and each
+run's payments are two days after the previous run's, so every run starts with empty windows.
 CHECKOUT is the root of a quickpay checkout (this one, or a `git worktree` of an older commit),
 so a change to the decision can be measured before and after on the same machine. It runs
 that checkout's ledger code (asserting it did) with the agreement shape that checkout has.
@@ -15,7 +18,7 @@ import time
 from typing import Any
 
 
-def main(root: str) -> float:
+def main(root: str, with_fraud: bool = False) -> float:
     sys.path.insert(0, root)
     # An editable install's import hook would otherwise win over sys.path: drop it.
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
@@ -35,6 +38,16 @@ def main(root: str) -> float:
 
     agreements = 20_000
     state = ShardState(0, 1, transfer_cache_max=10**7)
+    if with_fraud:
+        import fraud
+        from ledger.fraud_port import make_facts
+        assert os.path.realpath(fraud.__file__).startswith(os.path.realpath(root)), fraud.__file__
+        state.fraud = fraud.FraudFilter(fraud.load_rules_file(fraud.default_rules_path()))
+        state.make_facts = make_facts
+        if hasattr(state, "payment_facts"):
+            from ledger.fraud_port import facts_of_payment
+            state.payment_facts = facts_of_payment
+    run_gap_ms = 2 * 86_400_000 if with_fraud else 0
     state.load_account(Account(FUNDING_ACCOUNT, "funding", "CNY", 0, True))
     state.load_account(Account(CLEARING_ACCOUNT, "clearing", "CNY", 0, True))
     state.load_account(Account("set_ptn", "settlement", "CNY", 0, False, "ptn"))
@@ -47,7 +60,7 @@ def main(root: str) -> float:
     best_s = float("inf")
     for run in range(5):
         commands = [PaymentCommand(f"p{run}_{j}", "ptn", f"agr_{j % agreements}", 100, "CNY", "set_ptn", 0, "r",
-                                   "h", 1_800_000_000_000 + j) for j in range(200_000)]
+                                   "h", 1_800_000_000_000 + (run + 1) * run_gap_ms + j) for j in range(200_000)]
         started = time.perf_counter()
         for start in range(0, len(commands), 1_000):
             ws = WriteSet()
@@ -60,6 +73,8 @@ def main(root: str) -> float:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "--fraud"):
         raise SystemExit(__doc__)
-    print(f"{sys.argv[1]}: {main(sys.argv[1]):.2f} us/payment (best of 5)")
+    fraud_on = len(sys.argv) == 3
+    label = " with the fraud filter (default rules)" if fraud_on else ""
+    print(f"{sys.argv[1]}: {main(sys.argv[1], fraud_on):.2f} us/payment{label} (best of 5)")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fraud
-from ledger.fraud_port import FraudAdapter, make_facts
+from ledger.fraud_port import FraudAdapter, facts_of_payment, make_facts
 from ledger.model import Account
 from ledger.state import WriteSet
 from ledger.storable import NotStorable, check_agreement, check_transfer, check_value
@@ -48,6 +48,7 @@ def make_worker() -> ShardWorker:
     worker.fraud_admin = adapter
     state.fraud = adapter.filter
     state.make_facts = make_facts
+    state.payment_facts = facts_of_payment
     return worker
 
 

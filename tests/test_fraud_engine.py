@@ -292,7 +292,7 @@ def test_default_rules_velocity_and_amounts() -> None:
         engine.record(facts)
     decision = engine.evaluate(payment(at_ms=T0_MS + 120_000, amount_minor=2_000_001))
     assert decision.reason_codes == ("debtor_velocity_sum_review",)
-    assert decision.hits[0].values["sum(amount, by debtor, 1h)"] == 10_000_001
+    assert decision.hits[0].values["sum(amount, by (debtor, partner), 1h)"] == 10_000_001
 
 
 AGGREGATE_PROBE = parse_rules(

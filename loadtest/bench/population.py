@@ -28,14 +28,17 @@ def bench_rules(out: Path) -> Path:
     """The shipped rules with the per-debtor velocity thresholds raised out of reach.
 
     Every rule is still compiled and evaluated on every payment; only the thresholds of the
-    two debtor-velocity rules change, since synthetic load at thousands of payments per
+    four debtor-velocity rules (per partner and across partners) change, since synthetic load at thousands of payments per
     second over a few thousand hot debtors would otherwise be (correctly) blocked.
     """
     from fraud import __file__ as fraud_init
     text = (Path(fraud_init).parent / "default.rules").read_text()
-    text = re.sub(r"count\(by debtor, 10m\) > [0-9_]+", "count(by debtor, 10m) > 1_000_000_000", text)
-    text = re.sub(r"sum\(amount, by debtor, 1h\) > [0-9_]+", "sum(amount, by debtor, 1h) > 1_000_000_000_000_000",
-                  text)
+    # Per-partner ((debtor, partner)) and cross-partner (debtor) windows alike; four rules.
+    text, counts = re.subn(r"(count\(by (?:debtor|\(debtor, partner\)), 10m\) > )[0-9_]+",
+                           r"\g<1>1_000_000_000", text)
+    text, sums = re.subn(r"(sum\(amount, by (?:debtor|\(debtor, partner\)), 1h\) > )[0-9_]+",
+                         r"\g<1>1_000_000_000_000_000", text)
+    assert counts >= 2 and sums >= 2, f"default.rules changed shape: {counts} count and {sums} sum windows matched"
     path = out / "bench.rules"
     path.write_text(text)
     return path
