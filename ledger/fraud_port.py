@@ -21,6 +21,7 @@ import fraud
 from fraud.registry import RegistryConflict
 
 from .model import PaymentCommand
+from .rows import QUARANTINE, RowError, check_row
 from .state import WriteSet
 
 if TYPE_CHECKING:
@@ -166,7 +167,12 @@ class FraudAdapter:
             " currency, device_id, ip, created_at_ms FROM transfers"
             " WHERE kind = 'payment' AND status <> 'Rejected' AND created_at_ms > $1 ORDER BY seq",
             now_ms - min(REBUILD_WINDOW_MS, self.filter.ruleset.max_window_s * 1000))
-        for r in rows:
+        for row in rows:
+            try:
+                r = check_row("transfers", row)   # a row it cannot read is quarantined, not replayed
+            except RowError as exc:
+                QUARANTINE.skip("fraud_rebuild", exc, self.worker.config.shard)
+                continue
             self.filter.record(fraud.PaymentFacts(
                 transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],
                 debtor_account=r["debit_account"], creditor_account=r["creditor_account"],

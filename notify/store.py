@@ -9,7 +9,7 @@ import asyncpg
 
 __all__ = ["create_endpoint", "list_endpoints", "get_endpoint", "delete_endpoint", "rotate_secret",
            "list_events", "read_positions", "store_events", "due_deliveries", "mark_delivered", "mark_retry",
-           "mark_failed", "prune_events", "delivery_stats", "ENDPOINT_COLUMNS", "ENDPOINTS_PER_PARTNER_MAX"]
+           "mark_failed", "prune_events", "delivery_stats", "record_quarantined", "ENDPOINT_COLUMNS", "ENDPOINTS_PER_PARTNER_MAX"]
 
 ENDPOINT_COLUMNS = "id, partner_id, url, events, created_at_ms, previous_secret_until_ms"
 ENDPOINTS_PER_PARTNER_MAX = 16
@@ -158,14 +158,35 @@ async def mark_failed(conn: asyncpg.Connection, endpoint_id: str, event_seq: int
                        endpoint_id, event_seq, attempts, now_ms, error[:500])
 
 
-async def delivery_stats(conn: asyncpg.Connection) -> dict[str, int]:
-    """For /metrics: deliveries waiting (the backlog) and given up, and events produced so far
-    (the identity's high-water mark: an index lookup, not a count)."""
+async def delivery_stats(conn: asyncpg.Connection) -> dict[str, Any]:
+    """For /metrics: deliveries waiting (the backlog) and given up, events produced so far
+    (the identity's high-water mark: an index lookup, not a count), and the rows the notifier
+    and the monitor quarantined, per (reader, table)."""
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,"
         " (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,"
         " (SELECT coalesce(max(seq), 0) FROM events) AS events")
-    return {"pending": row["pending"], "failed": row["failed"], "events": row["events"]}
+    quarantined = await conn.fetch("SELECT reader, source_table, count(*) AS n FROM quarantined_rows"
+                                   " GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $1", QUARANTINE_GROUPS_MAX)
+    return {"pending": row["pending"], "failed": row["failed"], "events": row["events"],
+            "quarantined": [[r["reader"], r["source_table"], r["n"]] for r in quarantined]}
+
+
+# (reader, table) pairs /metrics reports from quarantined_rows (readers and tables are ours: a few).
+QUARANTINE_GROUPS_MAX = 100
+
+
+async def record_quarantined(conn: asyncpg.Connection, entries: list[dict[str, Any]], now_ms: int) -> None:
+    """Rows the notifier or the monitor skipped (ledger/rows.py Quarantine), once each."""
+    if not entries:
+        return
+    await conn.execute(
+        "INSERT INTO quarantined_rows (reader, source_table, shard, row_key, problem, first_seen_ms)"
+        " SELECT *, $6::bigint FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])"
+        " ON CONFLICT DO NOTHING",
+        [e["reader"] for e in entries], [e["table"] for e in entries],
+        [-1 if e["shard"] is None else e["shard"] for e in entries], [e["key"] for e in entries],
+        [e["problem"] for e in entries], now_ms)
 
 
 async def prune_events(conn: asyncpg.Connection, older_than_ms: int) -> int:

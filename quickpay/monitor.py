@@ -22,6 +22,8 @@ from typing import Any
 import asyncpg
 
 import fraud
+from notify import store
+from ledger.rows import QUARANTINE, RowError, check_row
 from ledger.writable import NoWritableHost, connect_writable
 from quickpay.ids import is_striped
 
@@ -82,7 +84,12 @@ class Monitor:
             if not rows:
                 continue
             alerts: list[Any] = []
-            for r in rows:
+            for row in rows:
+                try:
+                    r = check_row("transfers", row)   # one it cannot read is quarantined, not judged
+                except RowError as exc:
+                    QUARANTINE.skip("monitor", exc, shard)
+                    continue
                 kind = r["kind"]
                 if kind not in ("payment", "refund"):
                     continue  # a credit leg repeats its payment row; fundings are the bank's own
@@ -97,6 +104,7 @@ class Monitor:
                     kind=kind)))
             if alerts:
                 await self._store_alerts(alerts)
+            await store.record_quarantined(self.conns[0], QUARANTINE.take_unstored(), int(time.time() * 1000))
             self.positions[shard] = rows[-1]["seq"]
             processed += len(rows)
         if self.clock_s() - self.last_snapshot_s >= SNAPSHOT_INTERVAL_S:
