@@ -363,3 +363,39 @@ async def _max_seq(dsn: str) -> int:
     finally:
         await conn.close()
 
+
+
+def _monitor_pids(stack: Stack) -> list[int]:
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if "monitor" in cmd and "quickpay.cli" in cmd and str(stack.state_dir) in " ".join(cmd):
+            found.append(int(proc.info["pid"]))
+    return found
+
+
+async def _snapshot(dsn: str, state: str | None = None) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if state is not None:
+            await conn.execute("UPDATE monitor_snapshot SET state = $1 WHERE id = 1", state)
+        return await conn.fetchrow("SELECT positions, state FROM monitor_snapshot WHERE id = 1")
+    finally:
+        await conn.close()
+
+
+def test_monitor_starts_again_over_a_snapshot_it_cannot_read(qstack: Stack) -> None:
+    stack = qstack
+    _wait_for("a monitor snapshot", lambda: asyncio.run(_snapshot(stack.dsn(0))))
+    pids = _wait_for("one monitor", lambda: (lambda p: p if len(p) == 1 else None)(_monitor_pids(stack)))
+    asyncio.run(_snapshot(stack.dsn(0), json.dumps({"format": 999})))
+    subprocess.run(["kill", "-9", str(pids[0])], check=True)
+    # Restarted, it quarantines the snapshot and goes on: a new, readable snapshot is stored.
+    _wait_for("a readable snapshot again",
+              lambda: json.loads(asyncio.run(_snapshot(stack.dsn(0)))["state"]).get("format") != 999, timeout_s=60)
+    text = stack.admin("GET", "/metrics").raw.decode()
+    assert 'quickpay_quarantined_rows_total{reader="monitor",table="monitor_snapshot"} 1.0' in text, text[-3000:]
+    restarted = _monitor_pids(stack)
+    assert len(restarted) == 1 and restarted != pids
+    assert "quarantined a monitor_snapshot row 1 (reader monitor)" in stack.log()
