@@ -217,7 +217,7 @@ def rendered(table: str, rows: list[dict[str, Any]], render: Callable[[dict[str,
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
             metrics.QUARANTINED.labels("gateway", table).inc()
             key = str(row.get("id")) if isinstance(row, dict) else "?"
-            log.error("quarantined a %s row %s (reader gateway): %r", table, key, exc,
+            log.error("quarantined %s row %s (reader gateway): %r", table, key, exc,
                       extra={"fields": {"event": "row_quarantined", "reader": "gateway", "table": table,
                                         "key": key, "problem": repr(exc)[:300]}})
     return out

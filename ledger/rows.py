@@ -387,7 +387,7 @@ class Quarantine:
                  "shard": shard}
         self.recent.append(entry)
         self.unstored.append(entry)
-        log.error("quarantined a %s row %s (reader %s%s): %s", error.table, error.key, reader,
+        log.error("quarantined %s row %s (reader %s%s): %s", error.table, error.key, reader,
                   "" if shard is None else f", shard {shard}", error.problem,
                   extra={"fields": {"event": "row_quarantined", **entry}})
 
