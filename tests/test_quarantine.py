@@ -19,6 +19,7 @@ import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -403,3 +404,63 @@ def test_monitor_starts_again_over_a_snapshot_it_cannot_read(qstack: Stack) -> N
     restarted = _monitor_pids(stack)
     assert len(restarted) == 1 and restarted != pids
     assert "quarantined monitor_snapshot row 1 (reader monitor)" in stack.log()
+
+
+async def _plant_journal(dsn: str, partner_id: str, account: str, agreement_id: str, now_ms: int) -> list[str]:
+    """Only journal rows (nothing the worker loads): a year-10000 timestamp and a fraud array."""
+    ids = [payment_id_for(partner_id, key, 1) for key in ("late-key", "array-key")]
+    settlement = settlement_account_for(partner_id)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers")
+            for offset, (transfer_id, created, fraud) in enumerate((
+                    (ids[0], YEAR_10000_MS + 1, None), (ids[1], now_ms, json.dumps(["allow"])))):
+                await conn.execute(
+                    "INSERT INTO transfers (id, seq, kind, debit_account, credit_account, amount_minor, currency,"
+                    " status, created_at_ms, partner_id, agreement_id, reference, creditor_account, reasons, fraud,"
+                    " body_hash) VALUES ($1, $2, 'payment', $3, $4, 1, 'CNY', 'AcceptedSettlementCompleted', $5,"
+                    " $6, $7, 'planted', $4, '{}', $8, 'x')",
+                    transfer_id, seq + 1 + offset, account, settlement, created, partner_id, agreement_id, fraud)
+            await conn.execute("UPDATE accounts SET balance_minor = balance_minor - 2 WHERE id = $1", account)
+            await conn.execute("UPDATE accounts SET balance_minor = balance_minor + 2 WHERE id = $1", settlement)
+    finally:
+        await conn.close()
+    return ids
+
+
+def test_feed_and_lists_flow_past_poisoned_journal_rows(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / "journal", workers=1)
+    try:
+        partner = stack.new_partner("Journal")
+        customer = stack.new_customer(partner, shard=1, funding="20.00")
+        settlement = partner["settlement_account"]
+        assert stack.pay(partner, customer["agreement_id"], settlement, "1.00").status == 201
+        planted = asyncio.run(_plant_journal(stack.dsn(1), partner["partner_id"], customer["account"],
+                                             customer["agreement_id"], time.time_ns() // 1_000_000))
+        before = _pid(stack, 1)
+        subprocess.run(["kill", "-9", str(before)], check=True)      # its next seq is reloaded
+        _wait_for("a new shard 1 worker", lambda: (lambda p: len(p) == 1 and p[0] != before)(
+            stack.shard_worker_pids(1)))
+        stack.wait_ready(RESTART_READY_S)
+        for _ in range(2):
+            assert stack.pay(partner, customer["agreement_id"], settlement, "1.00").status == 201
+
+        def completed() -> Any:
+            events = stack.call("GET", "/v1/events?limit=200", token=partner["token"]).body["events"]
+            found = [e for e in events if e["type"] == "payment.completed"]
+            return found if len(found) == 3 else None
+        events = _wait_for("three payment.completed events (the two after the planted rows too)", completed)
+        assert not {e["data"]["object"]["payment_id"] for e in events} & set(planted)
+        listed = stack.call("GET", f"/v1/accounts/{customer['account']}/transactions?limit=2", token=partner["token"])
+        assert listed.status == 200, listed.body
+        # A full page although rows below the first were quarantined, and the cursor goes on.
+        assert len(listed.body["transactions"]) == 2 and listed.body["next_cursor"], listed.body
+        rest = stack.call("GET", f"/v1/accounts/{customer['account']}/transactions?limit=200&cursor="
+                          f"{listed.body['next_cursor']}", token=partner["token"])
+        kinds = sorted(t["kind"] for t in listed.body["transactions"] + rest.body["transactions"])
+        assert kinds == ["funding", "payment", "payment", "payment"], (listed.body, rest.body)
+        text = stack.admin("GET", "/metrics").raw.decode()
+        assert 'quickpay_quarantined_rows_total{reader="notifier",table="transfers"} 2.0' in text
+    finally:
+        stop_stack(stack)
