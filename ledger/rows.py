@@ -126,6 +126,8 @@ def _one_of(allowed: Iterable[str], what: str) -> Callable[[Any], str]:
 
 
 _currency = _one_of(CURRENCY_EXPONENTS, "currency")
+_period = _one_of(PERIODS, "period")
+_alignment = _one_of(ALIGNMENTS, "alignment")
 
 
 def _bool(value: Any) -> bool:
@@ -191,8 +193,8 @@ def _details(value: Any) -> dict[str, Any] | None:
             raise ValueError("reason_details is not an object")
         _int64(reason.get("limit_minor"))
         if "period" in reason:
-            _one_of(PERIODS, "period")(reason["period"])
-            _one_of(ALIGNMENTS, "alignment")(reason.get("alignment"))
+            _period(reason["period"])
+            _alignment(reason.get("alignment"))
             _int64(reason.get("remaining_minor"))
             _ms(reason.get("period_start_ms"))
             _ms(reason.get("period_end_ms"))
@@ -207,8 +209,7 @@ def _periodic_limits(value: Any) -> list[PeriodicLimit]:
     for item in found:
         if not isinstance(item, dict):
             raise ValueError("a periodic limit is not an object")
-        limits.append(PeriodicLimit(_one_of(PERIODS, "period")(item.get("period")),
-                                    _one_of(ALIGNMENTS, "alignment")(item.get("alignment")),
+        limits.append(PeriodicLimit(_period(item.get("period")), _alignment(item.get("alignment")),
                                     _amount(item.get("amount_minor"))))
     return limits
 
@@ -228,10 +229,11 @@ _AGREEMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "status": _one_of(AgreementStatus.STORED, "status"), "created_at_ms": _ms, "valid_from_ms": _opt_ms,
     "valid_to_ms": _opt_ms, "status_updated_at_ms": _ms,
 }
+_agreement_status = _one_of(AgreementStatus.STORED, "status")
 _AGREEMENT_EVENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "seq": _amount, "agreement_id": _text,
-    "from_status": lambda v: None if v is None else _one_of(AgreementStatus.STORED, "status")(v),
-    "to_status": _one_of(AgreementStatus.STORED, "status"), "actor": _one_of(ACTORS, "actor"), "at_ms": _ms,
+    "from_status": lambda v: None if v is None else _agreement_status(v),
+    "to_status": _agreement_status, "actor": _one_of(ACTORS, "actor"), "at_ms": _ms,
 }
 _OUTBOX_CHECKS: dict[str, Callable[[Any], Any]] = {
     "transfer_id": _text, "target_shard": _non_negative, "creditor_account": _text, "amount_minor": _amount,
@@ -294,17 +296,47 @@ def check_row(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_OPT_TEXT = (str, type(None))
+
+
 def decode_transfer(row: Mapping[str, Any]) -> Transfer:
-    v = check_row("transfers", row)
-    if v["refunded_minor"] > v["amount_minor"]:
-        raise RowError("transfers", v["id"], "refunded_minor exceeds amount_minor")
+    """The journal row as a Transfer. The notifier decodes every row of every journal, so the
+    common case is one combined test of the plain columns; a row failing it (or holding JSON)
+    goes through check_row, which names the problem."""
+    id_, debit, credit, amount = row["id"], row["debit_account"], row["credit_account"], row["amount_minor"]
+    seq, created, refunded, reasons = row["seq"], row["created_at_ms"], row["refunded_minor"], row["reasons"]
+    partner, agreement, reference, creditor = row["partner_id"], row["agreement_id"], row["reference"], \
+        row["creditor_account"]
+    body_hash, device, ip, fraud, details = row["body_hash"], row["device_id"], row["ip"], row["fraud"], row["details"]
+    plain = (type(id_) is str and type(debit) is str and type(credit) is str
+             and type(amount) is int and 0 < amount <= INT64_MAX and type(seq) is int and 0 < seq <= INT64_MAX
+             and type(created) is int and MS_MIN <= created <= MS_MAX
+             and type(refunded) is int and 0 <= refunded <= amount
+             and row["kind"] in _TRANSFER_KINDS and row["status"] in _TRANSFER_STATUSES
+             and row["currency"] in CURRENCY_EXPONENTS and isinstance(reasons, (list, tuple))
+             and type(partner) in _OPT_TEXT and type(agreement) in _OPT_TEXT and type(reference) in _OPT_TEXT
+             and type(creditor) in _OPT_TEXT and type(body_hash) in _OPT_TEXT and type(device) in _OPT_TEXT
+             and type(ip) in _OPT_TEXT and fraud is None and details is None
+             and all(type(r) is str for r in reasons))
+    if plain:
+        text = "".join(t for t in (id_, debit, credit, partner, agreement, reference, creditor, body_hash, device,
+                                   ip, *reasons) if t is not None)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                plain = False
+    if not plain:
+        v = check_row("transfers", row)
+        if v["refunded_minor"] > v["amount_minor"]:
+            raise RowError("transfers", v["id"], "refunded_minor exceeds amount_minor")
+        fraud, details = v["fraud"] or None, v["details"] or None
     return Transfer(
-        id=v["id"], seq=v["seq"], kind=v["kind"], debit_account=v["debit_account"],
-        credit_account=v["credit_account"], amount_minor=v["amount_minor"], currency=v["currency"],
-        status=v["status"], created_at_ms=v["created_at_ms"], partner_id=v["partner_id"],
-        agreement_id=v["agreement_id"], reference=v["reference"], creditor_account=v["creditor_account"],
-        reasons=tuple(v["reasons"]), fraud=v["fraud"] or None, body_hash=v["body_hash"], device_id=v["device_id"],
-        ip=v["ip"], refunded_minor=v["refunded_minor"], details=v["details"] or None, committed=True)
+        id=id_, seq=seq, kind=row["kind"], debit_account=debit, credit_account=credit, amount_minor=amount,
+        currency=row["currency"], status=row["status"], created_at_ms=created, partner_id=partner,
+        agreement_id=agreement, reference=reference, creditor_account=creditor, reasons=tuple(reasons),
+        fraud=fraud, body_hash=body_hash, device_id=device, ip=ip, refunded_minor=refunded, details=details,
+        committed=True)
 
 
 def decode_agreement(row: Mapping[str, Any], at_ms: int | None = None) -> Agreement:
