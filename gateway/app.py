@@ -801,7 +801,7 @@ def create_app(config: GatewayConfig) -> web.Application:
                                              "type": event_type, "limit": limit})
         last = str(rows[-1][0]) if rows else (after_text or None)
         # Bodies are stored as delivered: embedded as they are, not parsed and re-encoded.
-        return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows],
+        return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows if body is not None],
                            "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
                            "last_cursor": last})
 

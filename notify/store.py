@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
+
+from ledger.rows import QUARANTINE, RowError
 
 __all__ = ["create_endpoint", "list_endpoints", "get_endpoint", "delete_endpoint", "rotate_secret",
            "list_events", "read_positions", "store_events", "due_deliveries", "mark_delivered", "mark_retry",
@@ -75,12 +78,23 @@ async def rotate_secret(conn: asyncpg.Connection, partner_id: str, endpoint_id: 
 
 
 async def list_events(conn: asyncpg.Connection, partner_id: str, after_seq: int, event_type: str | None,
-                      limit: int, since_ms: int) -> list[tuple[int, str]]:
-    """(seq, body) of the partner's events after after_seq, oldest first, not older than since_ms."""
+                      limit: int, since_ms: int) -> list[tuple[int, str | None]]:
+    """(seq, body) of the partner's events after after_seq, oldest first, not older than since_ms.
+    The feed embeds bodies as stored, so one that is not a JSON object (an older version's, or a
+    hand's) is quarantined and answered as (seq, None): left out, the cursor still past it."""
     rows = await conn.fetch(
-        "SELECT seq, body FROM events WHERE partner_id = $1 AND seq > $2 AND ($3::text IS NULL OR type = $3)"
+        "SELECT seq, id, body FROM events WHERE partner_id = $1 AND seq > $2 AND ($3::text IS NULL OR type = $3)"
         " AND created_at_ms >= $5 ORDER BY seq LIMIT $4", partner_id, after_seq, event_type, limit, since_ms)
-    return [(r["seq"], r["body"]) for r in rows]
+    found: list[tuple[int, str | None]] = []
+    for r in rows:
+        try:
+            if not isinstance(msgspec.json.decode(r["body"]), dict):
+                raise ValueError("not a JSON object")
+            found.append((r["seq"], r["body"]))
+        except (ValueError, msgspec.DecodeError) as exc:
+            QUARANTINE.skip("shard_read", RowError("events", r["id"], f"body: {exc}"), 0)
+            found.append((r["seq"], None))
+    return found
 
 
 async def read_positions(conn: asyncpg.Connection) -> dict[str, int]:

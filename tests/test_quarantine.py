@@ -429,6 +429,16 @@ async def _plant_journal(dsn: str, partner_id: str, account: str, agreement_id: 
     return ids
 
 
+async def _insert_event(dsn: str, partner_id: str, event_id: str, body: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO events (id, partner_id, type, created_at_ms, body)"
+                           " VALUES ($1, $2, 'payment.completed', $3, $4)", event_id, partner_id,
+                           time.time_ns() // 1_000_000, body)
+    finally:
+        await conn.close()
+
+
 def test_feed_and_lists_flow_past_poisoned_journal_rows(tmp_path: Path) -> None:
     stack = start_stack(tmp_path / "journal", workers=1)
     try:
@@ -460,7 +470,24 @@ def test_feed_and_lists_flow_past_poisoned_journal_rows(tmp_path: Path) -> None:
                           f"{listed.body['next_cursor']}", token=partner["token"])
         kinds = sorted(t["kind"] for t in listed.body["transactions"] + rest.body["transactions"])
         assert kinds == ["funding", "payment", "payment", "payment"], (listed.body, rest.body)
+        # A stored event body that is not JSON (the feed embeds bodies as they are stored).
+        asyncio.run(_insert_event(stack.dsn(0), partner["partner_id"], "evt_planted_not_json", "{not json"))
+        assert stack.pay(partner, customer["agreement_id"], settlement, "1.00").status == 201
+        events = _wait_for("a fourth payment.completed past the planted event",
+                           lambda: (lambda e: e if len(e) == 4 else None)(
+                               [e for e in stack.call("GET", "/v1/events?limit=200", token=partner["token"])
+                                .body["events"] if e["type"] == "payment.completed"]))
+        paged, after = [], ""
+        for _ in range(20):              # one event a page: the cursor moves past the planted one
+            page = stack.call("GET", f"/v1/events?limit=1{after}", token=partner["token"])
+            assert page.status == 200, page.body
+            paged += page.body["events"]
+            if page.body["next_cursor"] is None:
+                break
+            after = f"&after={page.body['next_cursor']}"
+        assert [e["id"] for e in paged if e["type"] == "payment.completed"] == [e["id"] for e in events]
         text = stack.admin("GET", "/metrics").raw.decode()
         assert 'quickpay_quarantined_rows_total{reader="notifier",table="transfers"} 2.0' in text
+        assert 'reader="shard_read",table="events"' in text
     finally:
         stop_stack(stack)
