@@ -208,6 +208,22 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 # ---- helpers ----------------------------------------------------------------------
+def rendered(table: str, rows: list[dict[str, Any]], render: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """A list's resources; a row the shapes cannot render (a stored value past what they can
+    show) is quarantined: logged with its key, counted, left out, and the list still answers."""
+    out = []
+    for row in rows:
+        try:
+            out.append(render(row))
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
+            metrics.QUARANTINED.labels("gateway", table).inc()
+            key = str(row.get("id")) if isinstance(row, dict) else "?"
+            log.error("quarantined %s row %s (reader gateway): %r", table, key, exc,
+                      extra={"fields": {"event": "row_quarantined", "reader": "gateway", "table": table,
+                                        "key": key, "problem": repr(exc)[:300]}})
+    return out
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -661,7 +677,7 @@ def create_app(config: GatewayConfig) -> web.Application:
             next_key = (page[-1]["created_at_ms"], page[-1]["id"])
         elif floor is not None:
             next_key = (int(floor[0]), str(floor[1]))
-        return _json(200, {"agreements": [agreement_resource(a) for a in page],
+        return _json(200, {"agreements": rendered("agreements", page, agreement_resource),
                            "next_cursor": _encode_agreement_cursor(next_key) if next_key else None})
 
     @routes.get("/v1/agreements")
@@ -786,7 +802,7 @@ def create_app(config: GatewayConfig) -> web.Application:
                                              "type": event_type, "limit": limit})
         last = str(rows[-1][0]) if rows else (after_text or None)
         # Bodies are stored as delivered: embedded as they are, not parsed and re-encoded.
-        return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows],
+        return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows if body is not None],
                            "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
                            "last_cursor": last})
 
@@ -1047,11 +1063,8 @@ def create_app(config: GatewayConfig) -> web.Application:
         # by time; the cursor keeps the seq of the last row emitted from each shard
         # (gateway/paging.py says why sorting by time and paging by seq skipped rows).
         page, next_cursor = merge_page(answers, cursor, limit)
-        items = []
-        for _, t in page:
-            item = transfer_resource(t)
-            item["direction"] = "debit" if t["debit_account"] == account_id else "credit"
-            items.append(item)
+        items = rendered("transfers", [t for _, t in page], lambda t: {
+            **transfer_resource(t), "direction": "debit" if t["debit_account"] == account_id else "credit"})
         return _json(200, {"account_id": account_id, "transactions": items,
                            "next_cursor": _encode_cursor(next_cursor) if next_cursor is not None else None})
 
@@ -1203,7 +1216,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         limit = _page_limit(request)
         answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})
         rows = sorted((t for answer in answers for t in answer), key=lambda t: t["created_at_ms"], reverse=True)
-        return _json(200, {"payments": [payment_resource(t) for t in rows[:limit]]})
+        return _json(200, {"payments": rendered("transfers", rows[:limit], payment_resource)})
 
     @routes.get("/admin/v1/fraud/alerts")
     async def list_alerts(request: web.Request) -> web.Response:

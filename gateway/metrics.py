@@ -7,7 +7,10 @@ client's multiprocess mode) and any worker answers for all. At scrape time the a
 process adds what only the shards and the notifier know, asked then (one ping per shard,
 one query on the control database): intake queue depth, batch sizes and commit latency
 (the last 2,048 group commits), committed transfers, relay backlog and lag, webhook backlog,
-failed deliveries and events produced.
+failed deliveries and events produced, and the stored rows readers quarantined
+(`quickpay_quarantined_rows_total{reader,table}`: this gateway's own rendering, each shard
+worker's load and reads from its ping, the notifier's and the monitor's from the control
+database; ledger/rows.py).
 """
 from __future__ import annotations
 
@@ -18,13 +21,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["REQUESTS", "LATENCY", "RATE_LIMITED", "record", "render", "CONTENT_TYPE"]
+__all__ = ["REQUESTS", "LATENCY", "RATE_LIMITED", "QUARANTINED", "record", "render", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUESTS = Counter("quickpay_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram("quickpay_http_request_duration_seconds", "Time to answer, by route", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 RATE_LIMITED = Counter("quickpay_rate_limit_refusals_total", "Requests refused with 429")
+# One family for every reader; the gateway's own (reader "gateway": resources it could not
+# render) are counted here, the others' are added at scrape time (_Snapshot.quarantined).
+QUARANTINED = Counter("quickpay_quarantined_rows", "Stored rows a reader could not read and skipped",
+                      ["reader", "table"])
 # The label children of each (route, method, status), looked up once: .labels() costs as much
 # as the increment (measured in BENCHMARKS.md). Routes are the app's (plus "unmatched"),
 # statuses a few dozen: bounded, but capped anyway.
@@ -47,9 +54,25 @@ def record(route: str, method: str, status: int, seconds: float) -> None:
 class _Snapshot:
     """What the shards and the notifier reported for this scrape, as metric families."""
 
-    def __init__(self, pings: list[tuple[int, Any]], deliveries: dict[str, int] | None) -> None:
+    def __init__(self, pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None) -> None:
         self.pings = pings
         self.deliveries = deliveries
+
+    def quarantined(self) -> CounterMetricFamily:
+        """Quarantined rows reported by the shard workers (summed over shards) and by the
+        notifier and the monitor (the control database), per (reader, table)."""
+        totals: dict[tuple[str, str], int] = {}
+        reported = [ping.get("quarantined") or [] for _, ping in self.pings if ping is not None]
+        if self.deliveries is not None:
+            reported.append(self.deliveries.get("quarantined") or [])
+        for entries in reported:
+            for reader, table, count in entries:
+                totals[(str(reader), str(table))] = totals.get((str(reader), str(table)), 0) + int(count)
+        family = CounterMetricFamily("quickpay_quarantined_rows", "Stored rows a reader could not read and skipped",
+                                     labels=["reader", "table"])
+        for (reader, table), count in sorted(totals.items()):
+            family.add_metric([reader, table], count)
+        return family
 
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("quickpay_shard_up", "1 when the shard worker answered the scrape's ping", labels=["shard"])
@@ -94,12 +117,34 @@ class _Snapshot:
                                       value=self.deliveries["events"])
 
 
-def render(pings: list[tuple[int, Any]], deliveries: dict[str, int] | None) -> bytes:
+class _Merged:
+    """The process's own metrics, with the snapshot's quarantine counts added to the one
+    quickpay_quarantined_rows family (two families of one name are not valid exposition)."""
+
+    def __init__(self, inner: CollectorRegistry, extra: Metric) -> None:
+        self.inner = inner
+        self.extra = extra
+
+    def collect(self) -> Iterable[Metric]:
+        merged = False
+        for family in self.inner.collect():
+            if family.name == self.extra.name:
+                family.samples.extend(self.extra.samples)
+                merged = True
+            yield family
+        if not merged:
+            yield self.extra
+
+
+def render(pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None) -> bytes:
     registry = CollectorRegistry()
+    inner = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)          # every gateway process's counters and histograms
+        MultiProcessCollector(inner)             # every gateway process's counters and histograms
     else:
-        for metric in (REQUESTS, LATENCY, RATE_LIMITED):
-            registry.register(metric)
-    registry.register(_Snapshot(pings, deliveries))
+        for metric in (REQUESTS, LATENCY, RATE_LIMITED, QUARANTINED):
+            inner.register(metric)
+    snapshot = _Snapshot(pings, deliveries)
+    registry.register(_Merged(inner, snapshot.quarantined()))
+    registry.register(snapshot)
     return generate_latest(registry)

@@ -20,16 +20,23 @@ Across shards:
 On a live stack the shards are read one after another, so a payment can be seen
 on its creditor shard but not yet on its debtor's; such a pair is re-read, and
 only a mismatch that persists is reported.
+
+Then, once: every row of every table the readers decode (ledger/rows.py DECODERS), on every
+shard, goes through the same decoder the readers use; each row that does not decode (the
+rows the readers quarantine) is a problem naming its shard, table and key.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from quickpay.ids import CLEARING_ACCOUNT
+
+from .rows import DECODERS, RowError, decode_agreement
 
 __all__ = ["AuditReport", "audit", "audit_once"]
 
@@ -46,12 +53,43 @@ class AuditReport:
     held: list[dict[str, Any]] = field(default_factory=list)
     held_minor: int = 0
     held_count: int = 0
+    # Rows the readers cannot read (and quarantine): {shard, table, key, problem}, the first
+    # UNREADABLE_LISTED_MAX of them; unreadable_count counts all.
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+    unreadable_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": self.problems, "shards": self.shards,
                 "in_flight_minor": self.in_flight_minor, "in_flight_count": self.in_flight_count,
                 "total_minor": self.total_minor, "held_minor": self.held_minor,
-                "held_count": self.held_count, "held": self.held}
+                "held_count": self.held_count, "held": self.held,
+                "unreadable_count": self.unreadable_count, "unreadable": self.unreadable}
+
+
+UNREADABLE_LISTED_MAX = 1_000
+# Rows fetched at a time by the scan's cursor (a bound on its memory, whatever the table's size).
+SCAN_FETCH_ROWS = 5_000
+
+
+async def scan_rows(dsn: str, shard: int, at_ms: int, report: AuditReport) -> None:
+    """Decode every row of every table the readers read; add each that fails to the report."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            for table, decode in DECODERS.items():
+                async for row in conn.cursor(f"SELECT * FROM {table}", prefetch=SCAN_FETCH_ROWS):
+                    try:
+                        if table == "agreements":
+                            decode_agreement(row, at_ms)     # its limit windows now, as the load places them
+                        else:
+                            decode(row)
+                    except RowError as exc:
+                        report.unreadable_count += 1
+                        if len(report.unreadable) < UNREADABLE_LISTED_MAX:
+                            report.unreadable.append({"shard": shard, "table": exc.table, "key": exc.key,
+                                                      "problem": exc.problem})
+    finally:
+        await conn.close()
 
 
 async def _read_shard(dsn: str) -> dict[str, Any]:
@@ -177,11 +215,21 @@ async def audit_once(dsns: list[str]) -> AuditReport:
     return report
 
 
-async def audit(dsns: list[str], *, attempts: int = 5, pause_s: float = 0.5) -> AuditReport:
+async def audit(dsns: list[str], *, attempts: int = 5, pause_s: float = 0.5, rows: bool = True,
+                at_ms: int | None = None) -> AuditReport:
     report = await audit_once(dsns)
     for _ in range(attempts - 1):
         if report.ok:
             break
         await asyncio.sleep(pause_s)
         report = await audit_once(dsns)
+    if rows:
+        now_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+        for shard, dsn in enumerate(dsns):
+            await scan_rows(dsn, shard, now_ms, report)
+        report.problems.extend(f"shard {u['shard']}: {u['table']} row {u['key']} cannot be read: {u['problem']}"
+                               for u in report.unreadable)
+        if report.unreadable_count > len(report.unreadable):
+            report.problems.append(f"... and {report.unreadable_count - len(report.unreadable)} more unreadable rows")
+        report.ok = not report.problems
     return report

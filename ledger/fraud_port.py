@@ -22,6 +22,7 @@ import fraud
 from fraud.registry import RegistryConflict
 
 from .model import PaymentCommand
+from .rows import QUARANTINE, RowError, check_row
 from .state import WriteSet
 from .undo import UndoLog
 
@@ -218,7 +219,13 @@ class FraudAdapter:
             " WHERE ((kind = 'payment' AND status <> 'Rejected') OR (kind = 'refund' AND status <> 'Rejected'))"
             " AND created_at_ms > $1 ORDER BY seq",
             now_ms - min(REBUILD_WINDOW_MS, self.filter.ruleset.max_window_s * 1000))
-        payments, refunds = replay_journal(self.filter, rows)
+        readable = []
+        for row in rows:
+            try:
+                readable.append(check_row("transfers", row))   # a row it cannot read is quarantined, not replayed
+            except RowError as exc:
+                QUARANTINE.skip("fraud_rebuild", exc, self.worker.config.shard)
+        payments, refunds = replay_journal(self.filter, readable)
         if rows:
             log.info("shard %s rebuilt fraud windows from %d payments and %d refunds",
                      self.worker.config.shard, payments, refunds)

@@ -15,8 +15,9 @@ import msgspec
 from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 from quickpay.money import CURRENCY_EXPONENTS
 
-from .agreements import PeriodicLimit, period_window
+from .agreements import period_window
 from .model import Account, Agreement, CreditLeg, Transfer, invariant
+from .rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event, decode_outbox, decode_transfer
 from .state import ShardState, WriteSet
 
 __all__ = [
@@ -75,18 +76,8 @@ async def ensure_schema(conn: asyncpg.Connection, shard: int, shard_count: int) 
 
 
 def row_to_transfer(row: Any) -> Transfer:
-    fraud = row["fraud"]
-    return Transfer(
-        id=row["id"], seq=row["seq"], kind=row["kind"], debit_account=row["debit_account"],
-        credit_account=row["credit_account"], amount_minor=row["amount_minor"],
-        currency=row["currency"], status=row["status"], created_at_ms=row["created_at_ms"],
-        partner_id=row["partner_id"], agreement_id=row["agreement_id"],
-        reference=row["reference"], creditor_account=row["creditor_account"],
-        reasons=tuple(row["reasons"]), fraud=json.loads(fraud) if fraud else None,
-        body_hash=row["body_hash"], device_id=row["device_id"], ip=row["ip"],
-        refunded_minor=row["refunded_minor"], details=json.loads(row["details"]) if row["details"] else None,
-        committed=True,
-    )
+    """The journal row as a Transfer; RowError when a value cannot be read (ledger/rows.py)."""
+    return decode_transfer(row)
 
 
 async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -> None:
@@ -97,18 +88,23 @@ async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
         state.load_account(Account(r["id"], r["kind"], r["currency"], r["balance_minor"],
                                    r["allow_negative"], r["partner_id"], r["created_at_ms"],
                                    r["balance_minor"]))
+    # A row that cannot be read (or whose limit windows cannot be placed at now_ms) is
+    # quarantined: not loaded, so nothing can pay under it, and the shard starts anyway.
     for r in await conn.fetch("SELECT * FROM agreements ORDER BY created_at_ms, id"):
-        state.load_agreement(row_to_agreement(r))
+        try:
+            agreement = decode_agreement(r, now_ms)
+        except RowError as exc:
+            QUARANTINE.skip("shard_load", exc, state.shard)
+            continue
+        state.load_agreement(agreement)
     await load_spend(conn, state, now_ms)
     state.next_seq = (await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers")) + 1
     invariant(state.total_balance_minor() == 0, "shard balances do not sum to zero at load")
 
 
-def row_to_agreement(r: Any) -> Agreement:
-    return Agreement(
-        r["id"], r["partner_id"], r["debtor_account"], r["currency"], r["per_payment_limit_minor"],
-        [PeriodicLimit(p["period"], p["alignment"], p["amount_minor"]) for p in json.loads(r["periodic_limits"])],
-        r["status"], r["created_at_ms"], r["valid_from_ms"], r["valid_to_ms"], r["status_updated_at_ms"])
+def row_to_agreement(r: Any, at_ms: int | None = None) -> Agreement:
+    """The agreement row; RowError when a value cannot be read (ledger/rows.py)."""
+    return decode_agreement(r, at_ms)
 
 
 async def load_spend(conn: asyncpg.Connection, state: ShardState, now_ms: int) -> None:
@@ -141,49 +137,92 @@ async def load_spend(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
 
 async def fetch_agreement_events(conn: asyncpg.Connection, agreement_id: str, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT from_status, to_status, actor, at_ms FROM agreement_events WHERE agreement_id = $1"
+        "SELECT seq, from_status, to_status, actor, at_ms FROM agreement_events WHERE agreement_id = $1"
         " ORDER BY seq DESC LIMIT $2", agreement_id, limit)
-    return [dict(r) for r in reversed(rows)]
+    events = QUARANTINE.decode_all("shard_read", reversed(rows), decode_agreement_event)
+    return [{k: v for k, v in event.items() if k != "seq"} for event in events]
 
 
 async def load_outbox(conn: asyncpg.Connection) -> list[tuple[CreditLeg, int]]:
     rows = await conn.fetch(
         "SELECT o.transfer_id, o.target_shard, o.creditor_account, o.amount_minor, o.currency,"
         " o.created_at_ms FROM outbox o ORDER BY o.created_at_ms")
+    legs = QUARANTINE.decode_all("shard_load", rows, decode_outbox)
     return [(CreditLeg(r["transfer_id"], -1, r["creditor_account"], r["amount_minor"],
-                       r["currency"], r["created_at_ms"]), r["target_shard"]) for r in rows]
+                       r["currency"], r["created_at_ms"]), r["target_shard"]) for r in legs]
 
 
-async def prefetch_transfers(conn: asyncpg.Connection, ids: list[str]) -> list[Transfer]:
+async def prefetch_transfers(conn: asyncpg.Connection, ids: list[str], unreadable: set[str] | None = None,
+                             reader: str = "prefetch") -> list[Transfer]:
+    """The stored transfers among ids. One that cannot be read is quarantined and its id
+    added to `unreadable` (it exists: the batcher must not decide it as new)."""
     rows = await conn.fetch(_SELECT_TRANSFER + " WHERE id = ANY($1::text[])", ids)
-    return [row_to_transfer(r) for r in rows]
+    found = []
+    for r in rows:
+        try:
+            found.append(row_to_transfer(r))
+        except RowError as exc:
+            QUARANTINE.skip(reader, exc)
+            if unreadable is not None:
+                unreadable.add(r["id"])
+    return found
 
 
 async def fetch_transfer(conn: asyncpg.Connection, transfer_id: str) -> Transfer | None:
+    """The transfer, or None. One that cannot be read is quarantined and RowError raised:
+    the caller answers an error, not "no such payment" (a partner could pay again)."""
     row = await conn.fetchrow(_SELECT_TRANSFER + " WHERE id = $1", transfer_id)
-    return row_to_transfer(row) if row else None
+    if not row:
+        return None
+    try:
+        return row_to_transfer(row)
+    except RowError as exc:
+        QUARANTINE.skip("shard_read", exc)
+        raise
 
 
 async def partner_day_transfers(conn: asyncpg.Connection, partner_id: str, from_ms: int, to_ms: int,
-                                after_seq: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+                                after_seq: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
     """(seq, wire) of the partner's payments and refunds recorded in [from_ms, to_ms), by
-    seq after after_seq (a reconciliation file's rows, page by page; BRIN on created_at_ms)."""
+    seq after after_seq (a reconciliation file's rows, page by page; BRIN on created_at_ms).
+    A row that cannot be read is quarantined and answered as (seq, None): the file says so."""
     rows = await conn.fetch(
         _SELECT_TRANSFER + " WHERE created_at_ms >= $2 AND created_at_ms < $3 AND partner_id = $1"
         " AND kind IN ('payment', 'refund') AND seq > $4 ORDER BY seq LIMIT $5",
         partner_id, from_ms, to_ms, after_seq, limit)
-    return [(r["seq"], row_to_transfer(r).to_wire()) for r in rows]
+    found: list[tuple[int, dict[str, Any] | None]] = []
+    for r in rows:
+        try:
+            found.append((r["seq"], row_to_transfer(r).to_wire()))
+        except RowError as exc:
+            QUARANTINE.skip("recon", exc)
+            found.append((r["seq"], None))
+    return found
+
+
+# A page that lost rows to the quarantine is filled from further down the journal, at most
+# this many more queries (so a page stays bounded work, and still ends where rows end).
+REFILL_QUERIES_MAX = 4
 
 
 async def list_account_transfers(conn: asyncpg.Connection, account_id: str, before_seq: int,
                                  limit: int) -> list[Transfer]:
-    """Money-moving rows touching the account, newest first, with seq < before_seq."""
-    rows = await conn.fetch(
-        "(" + _SELECT_TRANSFER + " WHERE debit_account = $1 AND seq < $2 AND status <> 'Rejected'"
-        " ORDER BY seq DESC LIMIT $3) UNION ALL (" + _SELECT_TRANSFER +
-        " WHERE credit_account = $1 AND seq < $2 AND status <> 'Rejected' ORDER BY seq DESC LIMIT $3)"
-        " ORDER BY seq DESC LIMIT $3", account_id, before_seq, limit)
-    return [row_to_transfer(r) for r in rows]
+    """Money-moving rows touching the account, newest first, with seq < before_seq. Rows
+    that cannot be read are quarantined and the page filled from below them."""
+    found: list[Transfer] = []
+    for _ in range(1 + REFILL_QUERIES_MAX):
+        want = limit - len(found)
+        rows = await conn.fetch(
+            "(" + _SELECT_TRANSFER + " WHERE debit_account = $1 AND seq < $2 AND status <> 'Rejected'"
+            " ORDER BY seq DESC LIMIT $3) UNION ALL (" + _SELECT_TRANSFER +
+            " WHERE credit_account = $1 AND seq < $2 AND status <> 'Rejected' ORDER BY seq DESC LIMIT $3)"
+            " ORDER BY seq DESC LIMIT $3", account_id, before_seq, want)
+        decoded = QUARANTINE.decode_all("shard_read", rows, row_to_transfer)
+        found += decoded
+        if len(decoded) == len(rows) or len(rows) < want:
+            break
+        before_seq = rows[-1]["seq"]
+    return found
 
 
 def _transfer_record(t: Transfer) -> tuple[Any, ...]:

@@ -77,21 +77,33 @@ class Reconciliation:
         self.writer.writerow(COLUMNS)
         self.totals: dict[tuple[str, str], list[int]] = {}
         self.rows = 0
+        # Journal rows of this partner and day that could not be read (None from the reader,
+        # which quarantined them, or a row these columns cannot show): the file says it is
+        # incomplete, in its first line, and `quickpay check` names them.
+        self.unreadable = 0
 
-    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+    def add(self, rows: Iterable[dict[str, Any] | None]) -> None:
         for row in rows:
-            kind = row_kind(row, self.settlement_account)
-            if kind is None:
+            if row is None:
+                self.unreadable += 1
+                continue
+            try:
+                kind = row_kind(row, self.settlement_account)
+                if kind is None:
+                    continue
+                currency = row["currency"]
+                line = (
+                    kind, row["id"], _iso(row["created_at_ms"]), format_amount(row["amount_minor"], currency),
+                    row["amount_minor"], currency, row["agreement_id"] or "", row["debit_account"]
+                    if kind != "refund" else row["credit_account"], row["creditor_account"] if kind != "refund"
+                    else row["debit_account"], row["reference"] or "",
+                    (row.get("details") or {}).get("payment_id", "") if kind == "refund" else "")
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError):
+                self.unreadable += 1
                 continue
             if self.rows >= RECON_ROWS_MAX:
                 raise ValueError(f"more than {RECON_ROWS_MAX} rows in one file")
-            currency = row["currency"]
-            self.writer.writerow((
-                kind, row["id"], _iso(row["created_at_ms"]), format_amount(row["amount_minor"], currency),
-                row["amount_minor"], currency, row["agreement_id"] or "", row["debit_account"]
-                if kind != "refund" else row["credit_account"], row["creditor_account"] if kind != "refund"
-                else row["debit_account"], row["reference"] or "",
-                (row.get("details") or {}).get("payment_id", "") if kind == "refund" else ""))
+            self.writer.writerow(line)
             total = self.totals.setdefault((kind, currency), [0, 0])
             total[0] += 1
             total[1] += row["amount_minor"]
@@ -117,4 +129,7 @@ class Reconciliation:
         for currency, net in sorted(self.settlement_net().items()):
             text = format_amount(abs(net), currency)
             summary.writerow(("summary", "settlement_net", currency, "", ("-" if net < 0 else "") + text, net))
+        if self.unreadable:
+            return (f"# INCOMPLETE: {self.unreadable} journal rows of this day could not be read and are "
+                    "left out (quarantined; `quickpay check` names them)\n" + self.out.getvalue())
         return self.out.getvalue()

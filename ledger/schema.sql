@@ -165,3 +165,16 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at_ms)
     WHERE status = 'pending';
+-- Rows the notifier and the monitor could not read and skipped (ledger/rows.py), in shard
+-- 0's database: one row per (reader, table, shard, key), so /metrics can count them
+-- (quickpay_quarantined_rows_total) and a re-read after a restart counts nothing twice.
+-- Shard workers and the gateways count theirs in memory (ping, the gateway's counter).
+CREATE TABLE IF NOT EXISTS quarantined_rows (
+    reader        text NOT NULL,
+    source_table  text NOT NULL,
+    shard         int NOT NULL,          -- -1: not known to the reader
+    row_key       text NOT NULL,
+    problem       text NOT NULL,
+    first_seen_ms bigint NOT NULL,
+    PRIMARY KEY (reader, source_table, shard, row_key)
+);

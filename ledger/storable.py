@@ -117,10 +117,10 @@ def check_transfer(transfer: Transfer) -> None:
         raise NotStorable(f"transfer {t.id!r}: an amount or sequence number beyond bigint")
     if not is_representable_ms(t.created_at_ms):
         raise NotStorable(f"transfer {t.id!r}: created_at_ms is not a representable time")
-    for column, value in (("fraud", t.fraud), ("details", t.details)):
-        if value is not None:
-            check_value(value, f"transfers.{column}")
-            once = _json_encode(value)
+    for column, nested in (("fraud", t.fraud), ("details", t.details)):
+        if nested is not None:
+            check_value(nested, f"transfers.{column}")
+            once = _json_encode(nested)
             if _json_encode(_json_decode(once)) != once:
                 raise NotStorable(f"transfers.{column} does not read back as written")
 

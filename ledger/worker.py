@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import time
@@ -38,6 +37,7 @@ from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, Agreem
 from .state import REFUND_WINDOW_DAYS, ShardState, WriteSet
 from .storable import check_command
 from . import validate as v
+from .rows import QUARANTINE, RowError, check_windows, decode_alert
 from .writable import COMMIT_STALL_S, COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
 
 __all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
@@ -284,6 +284,9 @@ class ShardWorker:
         self.effect_failures = 0        # deferred effects (fraud window records) that raised
         self.committed_transfers = 0
         self.closing = False
+        # Stored transfer ids whose rows cannot be read (ledger/rows.py): they exist, so a
+        # command naming one is refused, never decided as new (its insert would fail the batch).
+        self.unreadable_ids: set[str] = set()
 
     # ---- start-up ------------------------------------------------------------
     async def start(self) -> None:
@@ -498,6 +501,10 @@ class ShardWorker:
             replies: list[tuple[Reply, Any]] = []
             now_ms = self.clock_ms()
             for op, args, reply in items:
+                if self.unreadable_ids and any(i in self.unreadable_ids for i in _referenced_ids(op, args)):
+                    replies.append((reply, (False, {"code": "STORED_ROW_UNREADABLE", "message":
+                                                    "a stored transfer this names cannot be read (quarantined)"})))
+                    continue
                 replies.append((reply, self._decide_one(op, args, ws, now_ms)))
             # Only now, with every command of the batch decided: evicting while deciding
             # could drop an id the prefetch vouched for and decide its retry as new.
@@ -540,18 +547,7 @@ class ShardWorker:
     async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
         ids: list[str] = []
         for op, args, _ in items:
-            try:
-                if op == "pay" or op == "fund":
-                    transfer_id = args.get("payment_id") or args.get("transfer_id")
-                    if isinstance(transfer_id, str):
-                        ids.append(transfer_id)
-                elif op == "credit":
-                    ids.extend(leg[0] for leg in args if isinstance(leg[0], str))
-                elif op == "refund":
-                    # The refund's own id (a retry?) and the payment it returns money from.
-                    ids.extend(i for i in (args.get("refund_id"), args.get("payment_id")) if isinstance(i, str))
-            except (AttributeError, IndexError, KeyError, TypeError):
-                continue  # malformed: its decider answers BAD_REQUEST
+            ids.extend(_referenced_ids(op, args))
         # Cached ids become most recently used, so they are the last to go when the
         # cache is trimmed after this batch (state.evict); nothing is evicted before.
         missing = self.state.touch(ids)
@@ -564,7 +560,9 @@ class ShardWorker:
             self.prefetch_lookups += len(missing)
             assert self.prefetch_conn is not None
             transfers = self.state.transfers
-            for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing):
+            if len(self.unreadable_ids) >= UNREADABLE_IDS_MAX:
+                self.unreadable_ids.clear()       # found again by the next prefetch that needs one
+            for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing, self.unreadable_ids):
                 if transfer.id not in transfers:
                     self.state.remember(transfer)
 
@@ -925,6 +923,25 @@ _WRITE_OPS = frozenset(_DECIDERS)
 _CLIENT_VALUE_ERRORS = (ArithmeticError, KeyError, TypeError, ValueError, IndexError, msgspec.EncodeError)
 
 
+UNREADABLE_IDS_MAX = 10_000
+
+
+def _referenced_ids(op: str, args: Any) -> list[str]:
+    """The stored transfer ids a write command may name (the prefetch looks them up)."""
+    try:
+        if op == "pay" or op == "fund":
+            transfer_id = args.get("payment_id") or args.get("transfer_id")
+            return [transfer_id] if isinstance(transfer_id, str) else []
+        if op == "credit":
+            return [leg[0] for leg in args if isinstance(leg[0], str)]
+        if op == "refund":
+            # The refund's own id (a retry?) and the payment it returns money from.
+            return [i for i in (args.get("refund_id"), args.get("payment_id")) if isinstance(i, str)]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass  # malformed: its decider answers BAD_REQUEST
+    return []
+
+
 # ---- reads (answered from memory, or from PostgreSQL's committed rows) ----------
 def _timing_summary(timings: Any) -> dict[str, Any]:
     """p50/p99 of each stage of the group-commit cycle over the recent batches, in ms."""
@@ -963,7 +980,9 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
             "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None,
             # Replicated: seconds since the heartbeat last committed, when that is too long
             # (its server may be cut off; the worker stops at COMMIT_TIMEOUT_S).
-            "commit_stalled_s": _commit_stalled_s(worker)}
+            "commit_stalled_s": _commit_stalled_s(worker),
+            # Rows this worker's readers skipped (ledger/rows.py): [[reader, table, count], ...].
+            "quarantined": QUARANTINE.summary()}
 
 
 def _commit_stalled_s(worker: ShardWorker) -> float | None:
@@ -1004,7 +1023,13 @@ def _read_agreement(worker: ShardWorker, args: dict[str, Any]) -> Any:
     agreement = worker.state.agreements.get(args["id"])
     if agreement is None or agreement.partner_id != args.get("partner_id", agreement.partner_id):
         return None
-    wire = agreement.to_wire(worker.clock_ms())
+    now_ms = worker.clock_ms()
+    try:
+        check_windows(agreement, now_ms)
+    except RowError as exc:     # answered as an error (500), not as "no such agreement"
+        QUARANTINE.skip("shard_read", exc, worker.config.shard)
+        raise
+    wire = agreement.to_wire(now_ms)
     return _read_agreement_async(worker, wire) if args.get("history") else wire
 
 
@@ -1022,8 +1047,18 @@ def _read_agreements(worker: ShardWorker, args: dict[str, Any]) -> Any:
     found, stopped_at = worker.state.list_agreements(
         partner_id=partner_id, debtor_account=debtor, status=status, before=key,
         limit=max(1, min(int(args.get("limit", 50)), AGREEMENTS_PAGE_MAX)), at_ms=now_ms)
-    return {"agreements": [a.to_wire(now_ms) for a in found],
+    return {"agreements": [a.to_wire(now_ms) for a in found if _readable_at(worker, a, now_ms)],
             "stopped_at": list(stopped_at) if stopped_at is not None else None}
+
+
+def _readable_at(worker: ShardWorker, agreement: Any, at_ms: int) -> bool:
+    """Whether the agreement can be shown at at_ms (its limit windows computed); if not, quarantined."""
+    try:
+        check_windows(agreement, at_ms)
+    except RowError as exc:
+        QUARANTINE.skip("shard_read", exc, worker.config.shard)
+        return False
+    return True
 
 
 async def _read_payment_async(worker: ShardWorker, transfer_id: str) -> Any:
@@ -1080,7 +1115,7 @@ async def _read_alerts_async(worker: ShardWorker, limit: int) -> Any:
         rows = await conn.fetch(
             "SELECT id, rule, account, at_ms, details FROM alerts ORDER BY at_ms DESC LIMIT $1", limit)
     return [{"alert_id": r["id"], "rule": r["rule"], "account": r["account"], "at_ms": r["at_ms"],
-             "details": json.loads(r["details"])} for r in rows]
+             "details": r["details"]} for r in QUARANTINE.decode_all("shard_read", rows, decode_alert)]
 
 
 def _read_alerts(worker: ShardWorker, args: dict[str, Any]) -> Any:
@@ -1096,7 +1131,7 @@ async def _read_decisions_async(worker: ShardWorker, decision: str | None, rule_
             " AND ($1::text IS NULL OR coalesce(fraud->>'decision', 'allow') = $1)"
             " AND ($2::text IS NULL OR fraud->'reasons' @> jsonb_build_array(jsonb_build_object('rule_id', $2::text)))"
             " ORDER BY seq DESC LIMIT $3", decision, rule_id, limit)
-    return [pg.row_to_transfer(r).to_wire() for r in rows]
+    return [t.to_wire() for t in QUARANTINE.decode_all("shard_read", rows, pg.row_to_transfer)]
 
 
 def _read_decisions(worker: ShardWorker, args: dict[str, Any]) -> Any:

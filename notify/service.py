@@ -29,6 +29,7 @@ import aiohttp
 import asyncpg
 
 from ledger import pg
+from ledger.rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event
 from ledger.writable import NoWritableHost, connect_writable
 from ledger.state import ShardState
 from quickpay.ids import shard_of_payment
@@ -118,6 +119,8 @@ class Notifier:
         # they happened (shards interleaved); a later pass may still bring an earlier time
         # (a shard that was behind), so `created_at`, not the position, says when.
         produced.sort(key=lambda event: event.created_at_ms)
+        # Rows skipped on the way (ledger/rows.py): recorded before the positions move past them.
+        await store.record_quarantined(control, QUARANTINE.take_unstored(), now_ms)
         return await store.store_events(control, produced, positions, now_ms)
 
     async def _transfer_events(self, shard: int, conn: asyncpg.Connection,
@@ -128,7 +131,9 @@ class Notifier:
                                 positions.get(source, 0), READ_BATCH_MAX)
         if not rows:
             return []
-        wires = [(r["seq"], pg.row_to_transfer(r).to_wire()) for r in rows if r["kind"] != "funding"]
+        # A row that cannot be read is quarantined and passed over: the feed goes on.
+        wires = [(t.seq, t.to_wire()) for t in QUARANTINE.decode_all(
+            READER, (r for r in rows if r["kind"] != "funding"), pg.row_to_transfer, shard)]
         # Cross-shard completions: the payment rows of this shard's credit legs, from their debtor shards.
         debtor_rows: dict[str, dict[str, Any]] = {}
         wanted: dict[int, list[str]] = {}
@@ -138,17 +143,22 @@ class Notifier:
                 if debtor_shard is not None:
                     wanted.setdefault(debtor_shard, []).append(wire["id"])
         for debtor_shard, ids in wanted.items():
-            for transfer in await pg.prefetch_transfers(self.conns[debtor_shard], ids):
+            for transfer in await pg.prefetch_transfers(self.conns[debtor_shard], ids, reader=READER):
                 debtor_rows[transfer.id] = transfer.to_wire()
-        found = [events.transfer_event(shard, seq, wire, debtor_rows.get(wire["id"])) for seq, wire in wires]
+        found = [_built("transfers", wire["id"], shard, events.transfer_event, shard, seq, wire,
+                        debtor_rows.get(wire["id"])) for seq, wire in wires]
         positions[source] = rows[-1]["seq"]
         return [e for e in found if e is not None]
 
-    async def _agreement_wires(self, conn: asyncpg.Connection, ids: list[str], at_ms: int) -> dict[str, dict[str, Any]]:
+    async def _agreement_wires(self, conn: asyncpg.Connection, ids: list[str], at_ms: int,
+                               shard: int) -> dict[str, dict[str, Any]]:
         """The agreements as the API would show them at at_ms (spend rebuilt from the journal)."""
         state = ShardState(0, 1)
         for r in await conn.fetch("SELECT * FROM agreements WHERE id = ANY($1::text[])", ids):
-            state.agreements[r["id"]] = pg.row_to_agreement(r)
+            try:
+                state.agreements[r["id"]] = decode_agreement(r, at_ms)
+            except RowError as exc:   # its events are passed over; the others' go on
+                QUARANTINE.skip(READER, exc, shard)
         await pg.load_spend(conn, state, at_ms)
         return {agreement_id: a.to_wire(at_ms) for agreement_id, a in state.agreements.items()}
 
@@ -159,28 +169,31 @@ class Notifier:
                                 " WHERE seq > $1 ORDER BY seq LIMIT $2", positions.get(source, 0), READ_BATCH_MAX)
         if not rows:
             return []
-        wires = await self._agreement_wires(conn, sorted({r["agreement_id"] for r in rows}), now_ms)
+        transitions = QUARANTINE.decode_all(READER, rows, decode_agreement_event, shard)
+        wires = await self._agreement_wires(conn, sorted({r["agreement_id"] for r in transitions}), now_ms, shard)
         positions[source] = rows[-1]["seq"]
-        return [events.transition_event(shard, r["seq"], dict(r), wires[r["agreement_id"]]) for r in rows
-                if r["agreement_id"] in wires]
+        found = [_built("agreement_events", r["seq"], shard, events.transition_event, shard, r["seq"], r,
+                        wires[r["agreement_id"]]) for r in transitions if r["agreement_id"] in wires]
+        return [e for e in found if e is not None]
 
     async def _expiry_events(self, shard: int, conn: asyncpg.Connection, positions: dict[str, int],
                              now_ms: int) -> list[events.Event]:
         source = f"x{shard}"
         since_ms = positions.get(source, 0)
-        ids = [r["id"] for r in await conn.fetch(
-            "SELECT id FROM agreements WHERE valid_to_ms > $1 AND valid_to_ms < $2"
+        due = await conn.fetch(
+            "SELECT id, valid_to_ms FROM agreements WHERE valid_to_ms > $1 AND valid_to_ms < $2"
             " AND status IN ('AwaitingAuthorisation', 'Authorised', 'Suspended') ORDER BY valid_to_ms LIMIT $3",
-            since_ms, now_ms, READ_BATCH_MAX)]
+            since_ms, now_ms, READ_BATCH_MAX)
+        ids = [r["id"] for r in due]
         if not ids:
             positions[source] = now_ms - 1
             return []
-        wires = await self._agreement_wires(conn, ids, now_ms)
-        found = [events.expiry_event(shard, wires[i]) for i in ids if i in wires]
-        # Up to the last one read (more may be due at the same time when the read was full).
-        positions[source] = max(w["valid_to_ms"] for w in wires.values()) if len(ids) == READ_BATCH_MAX \
-            else now_ms - 1
-        return found
+        wires = await self._agreement_wires(conn, ids, now_ms, shard)
+        found = [_built("agreements", i, shard, events.expiry_event, shard, wires[i]) for i in ids if i in wires]
+        # Up to the last one read (more may be due at the same time when the read was full);
+        # from the rows read, so that a quarantined agreement cannot hold the position back.
+        positions[source] = max(r["valid_to_ms"] for r in due) if len(ids) == READ_BATCH_MAX else now_ms - 1
+        return [e for e in found if e is not None]
 
     # ---- deliver ----------------------------------------------------------------
     async def deliver_once(self) -> int:
@@ -275,6 +288,19 @@ class Notifier:
             await store.prune_events(self.conns[0], now_ms - FEED_RETENTION_MS)
             self.last_prune_ms = now_ms
         return produced + started
+
+
+READER = "notifier"
+
+
+def _built(table: str, key: Any, shard: int, build: Callable[..., Any], *args: Any) -> Any:
+    """build(*args), the event of one row; a row whose event cannot be built (a value the
+    resource shapes cannot show) is quarantined and gives None."""
+    try:
+        return build(*args)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
+        QUARANTINE.skip(READER, RowError(table, key, f"its event cannot be built: {exc!r}"), shard)
+        return None
 
 
 def _event_id(body: str) -> str:

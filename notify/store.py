@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
+
+from ledger.rows import QUARANTINE, RowError
 
 __all__ = ["create_endpoint", "list_endpoints", "get_endpoint", "delete_endpoint", "rotate_secret",
            "list_events", "read_positions", "store_events", "due_deliveries", "mark_delivered", "mark_retry",
-           "mark_failed", "prune_events", "delivery_stats", "ENDPOINT_COLUMNS", "ENDPOINTS_PER_PARTNER_MAX"]
+           "mark_failed", "prune_events", "delivery_stats", "record_quarantined", "ENDPOINT_COLUMNS", "ENDPOINTS_PER_PARTNER_MAX"]
 
 ENDPOINT_COLUMNS = "id, partner_id, url, events, created_at_ms, previous_secret_until_ms"
 ENDPOINTS_PER_PARTNER_MAX = 16
@@ -75,12 +78,23 @@ async def rotate_secret(conn: asyncpg.Connection, partner_id: str, endpoint_id: 
 
 
 async def list_events(conn: asyncpg.Connection, partner_id: str, after_seq: int, event_type: str | None,
-                      limit: int, since_ms: int) -> list[tuple[int, str]]:
-    """(seq, body) of the partner's events after after_seq, oldest first, not older than since_ms."""
+                      limit: int, since_ms: int) -> list[tuple[int, str | None]]:
+    """(seq, body) of the partner's events after after_seq, oldest first, not older than since_ms.
+    The feed embeds bodies as stored, so one that is not a JSON object (an older version's, or a
+    hand's) is quarantined and answered as (seq, None): left out, the cursor still past it."""
     rows = await conn.fetch(
-        "SELECT seq, body FROM events WHERE partner_id = $1 AND seq > $2 AND ($3::text IS NULL OR type = $3)"
+        "SELECT seq, id, body FROM events WHERE partner_id = $1 AND seq > $2 AND ($3::text IS NULL OR type = $3)"
         " AND created_at_ms >= $5 ORDER BY seq LIMIT $4", partner_id, after_seq, event_type, limit, since_ms)
-    return [(r["seq"], r["body"]) for r in rows]
+    found: list[tuple[int, str | None]] = []
+    for r in rows:
+        try:
+            if not isinstance(msgspec.json.decode(r["body"]), dict):
+                raise ValueError("not a JSON object")
+            found.append((r["seq"], r["body"]))
+        except (ValueError, msgspec.DecodeError) as exc:
+            QUARANTINE.skip("shard_read", RowError("events", r["id"], f"body: {exc}"), 0)
+            found.append((r["seq"], None))
+    return found
 
 
 async def read_positions(conn: asyncpg.Connection) -> dict[str, int]:
@@ -158,14 +172,35 @@ async def mark_failed(conn: asyncpg.Connection, endpoint_id: str, event_seq: int
                        endpoint_id, event_seq, attempts, now_ms, error[:500])
 
 
-async def delivery_stats(conn: asyncpg.Connection) -> dict[str, int]:
-    """For /metrics: deliveries waiting (the backlog) and given up, and events produced so far
-    (the identity's high-water mark: an index lookup, not a count)."""
+async def delivery_stats(conn: asyncpg.Connection) -> dict[str, Any]:
+    """For /metrics: deliveries waiting (the backlog) and given up, events produced so far
+    (the identity's high-water mark: an index lookup, not a count), and the rows the notifier
+    and the monitor quarantined, per (reader, table)."""
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,"
         " (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,"
         " (SELECT coalesce(max(seq), 0) FROM events) AS events")
-    return {"pending": row["pending"], "failed": row["failed"], "events": row["events"]}
+    quarantined = await conn.fetch("SELECT reader, source_table, count(*) AS n FROM quarantined_rows"
+                                   " GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $1", QUARANTINE_GROUPS_MAX)
+    return {"pending": row["pending"], "failed": row["failed"], "events": row["events"],
+            "quarantined": [[r["reader"], r["source_table"], r["n"]] for r in quarantined]}
+
+
+# (reader, table) pairs /metrics reports from quarantined_rows (readers and tables are ours: a few).
+QUARANTINE_GROUPS_MAX = 100
+
+
+async def record_quarantined(conn: asyncpg.Connection, entries: list[dict[str, Any]], now_ms: int) -> None:
+    """Rows the notifier or the monitor skipped (ledger/rows.py Quarantine), once each."""
+    if not entries:
+        return
+    await conn.execute(
+        "INSERT INTO quarantined_rows (reader, source_table, shard, row_key, problem, first_seen_ms)"
+        " SELECT *, $6::bigint FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])"
+        " ON CONFLICT DO NOTHING",
+        [e["reader"] for e in entries], [e["table"] for e in entries],
+        [-1 if e["shard"] is None else e["shard"] for e in entries], [e["key"] for e in entries],
+        [e["problem"] for e in entries], now_ms)
 
 
 async def prune_events(conn: asyncpg.Connection, older_than_ms: int) -> int:

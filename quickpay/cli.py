@@ -583,7 +583,7 @@ def _format_report(report: Any) -> str:
                      f"{h['amount_minor']} ({', '.join(h['reasons'])})" for h in report.held)
     if report.ok:
         lines.append("OK: every shard balances, the journal replays to every balance, "
-                     "and money is conserved across shards")
+                     "money is conserved across shards, and every stored row can be read")
     else:
         lines.append("FAILED:")
         lines.extend("  " + p for p in report.problems)

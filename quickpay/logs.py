@@ -23,6 +23,9 @@ class JsonFormatter(logging.Formatter):
         interaction_id = INTERACTION_ID.get()
         if interaction_id is not None:
             line["interaction_id"] = interaction_id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):        # structured fields: logger.x(..., extra={"fields": {...}})
+            line.update({k: v for k, v in fields.items() if k not in line})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

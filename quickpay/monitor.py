@@ -22,6 +22,8 @@ from typing import Any
 import asyncpg
 
 import fraud
+from notify import store
+from ledger.rows import QUARANTINE, RowError, check_row
 from ledger.writable import NoWritableHost, connect_writable
 from quickpay.ids import is_striped
 
@@ -62,8 +64,19 @@ class Monitor:
                       for dsn in self.dsns]
         row = await self.conns[0].fetchrow("SELECT positions, state FROM monitor_snapshot WHERE id = 1")
         if row is not None:
-            self.engine = fraud.MonitorEngine.from_state(json.loads(row["state"]), **self.config)
-            self.positions = {int(k): v for k, v in json.loads(row["positions"]).items()}
+            try:
+                positions = {int(k): v for k, v in json.loads(row["positions"]).items()}
+                if not all(type(v) is int and v >= 0 for v in positions.values()):
+                    raise ValueError("positions are not journal seqs")
+                engine = fraud.MonitorEngine.from_state(json.loads(row["state"]), **self.config)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # A snapshot it cannot read would stop every start: quarantined, and the monitor
+                # reads the journals again from the start with an empty engine (alerts are
+                # stored once per episode, so nothing is raised twice).
+                QUARANTINE.skip("monitor", RowError("monitor_snapshot", 1, repr(exc)))
+                await store.record_quarantined(self.conns[0], QUARANTINE.take_unstored(), int(time.time() * 1000))
+            else:
+                self.engine, self.positions = engine, positions
         for shard in range(len(self.conns)):
             self.positions.setdefault(shard, 0)
 
@@ -82,7 +95,12 @@ class Monitor:
             if not rows:
                 continue
             alerts: list[Any] = []
-            for r in rows:
+            for row in rows:
+                try:
+                    r = check_row("transfers", row)   # one it cannot read is quarantined, not judged
+                except RowError as exc:
+                    QUARANTINE.skip("monitor", exc, shard)
+                    continue
                 kind = r["kind"]
                 if kind not in ("payment", "refund"):
                     continue  # a credit leg repeats its payment row; fundings are the bank's own
@@ -97,6 +115,7 @@ class Monitor:
                     kind=kind)))
             if alerts:
                 await self._store_alerts(alerts)
+            await store.record_quarantined(self.conns[0], QUARANTINE.take_unstored(), int(time.time() * 1000))
             self.positions[shard] = rows[-1]["seq"]
             processed += len(rows)
         if self.clock_s() - self.last_snapshot_s >= SNAPSHOT_INTERVAL_S:
