@@ -349,6 +349,14 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
                        "refund window", "path.payment_id"),
     "EXCEEDS_PAYMENT": (422, "QP.Refund.ExceedsPayment", "the refund exceeds what remains of the payment",
                         "$.amount"),
+    # Agreement creation (POST /v1/agreements): the pending caps (ledger/state.py create_agreement).
+    "TOO_MANY_PENDING_FOR_ACCOUNT": (409, "QP.Agreement.TooManyPending",
+                                     "you have as many agreements awaiting this customer's authorisation as "
+                                     "allowed; wait until one is authorised, rejected or expired, or revoke one",
+                                     "$.debtor_account"),
+    "TOO_MANY_PENDING": (409, "QP.Agreement.TooManyPending",
+                         "you have as many agreements awaiting customers' authorisation as allowed; wait until "
+                         "some are authorised, rejected or expired, or revoke some", "$"),
 }
 
 
@@ -614,6 +622,8 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         if result["code"] == "CURRENCY_MISMATCH":
             raise field_error(422, "QP.Currency.Mismatch", "the account holds another currency", "$.currency")
+        if result["code"] in ("TOO_MANY_PENDING_FOR_ACCOUNT", "TOO_MANY_PENDING"):
+            _raise_for(result["code"])
         return _json(201, agreement_resource(result["agreement"]))
 
     def agreement_shard(agreement_id: str) -> Any:
@@ -839,10 +849,10 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise ApiError(404, "QP.Reconciliation.NotReady", f"{day.isoformat()} has not begun")
         report = recon.Reconciliation(partner_id, day, provisional=not closed, generated_at_ms=now_ms)
         for shard in range(router.count):
-            after = 0
+            after = None
             while True:
                 page = await router.call(shard, "recon", {"partner_id": partner_id, "from_ms": from_ms,
-                                                          "to_ms": to_ms, "after_seq": after})
+                                                          "to_ms": to_ms, "after": after})
                 try:
                     report.add(wire for _, wire in page)
                 except ValueError as exc:

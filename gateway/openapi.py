@@ -308,7 +308,9 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         "A mandate the customer must authorise (through the bank) before any payment. At most one periodic "
         "limit per period and alignment (daily_limit counts as Day/Calendar), else 422 "
         "QP.Agreement.DuplicateLimit; valid_from after valid_to, or before 1970, is 422 "
-        "QP.Agreement.InvalidValidity. Times are RFC 3339 with an offset.")
+        "QP.Agreement.InvalidValidity. Times are RFC 3339 with an offset. A partner may have a bounded number "
+        "of agreements awaiting authorisation (not expired) per customer account and in total; one more is 409 "
+        "QP.Agreement.TooManyPending.")
     # A refund's amount is in its payment's currency, which the request does not name: the
     # grammar of the two-decimal currencies; more decimals than the payment's currency has is 422.
     components["RefundRequest"]["properties"]["amount"] = {
@@ -407,6 +409,8 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
                 "daily_limit": {"type": ["string", "null"], "description": "the Day/Calendar limit, if any"},
                 "periodic_limits": {"type": "array", "items": _ref("PeriodicLimit")},
                 "valid_from": date_time_or_null, "valid_to": date_time_or_null, "created_at": DATE_TIME,
+                "authorise_by": {**date_time_or_null, "description": "still AwaitingAuthorisation after this, "
+                                 "the agreement reads Expired and can no longer be authorised"},
                 "status_history": {"type": "array", "description": "the last 50 transitions, oldest first",
                                    "items": _object(["from", "to", "by", "at"], {
                                        "from": {"type": ["string", "null"]}, "to": {"type": "string"},
@@ -541,7 +545,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "post": _op(
                 "createAgreement", "Create an agreement over a customer's account; it awaits the customer's "
                                    "authorisation (through the bank) before any payment",
-                body="AgreementRequest", ok=(201, "Created (AwaitingAuthorisation)", "Agreement"), errors=(422,),
+                body="AgreementRequest", ok=(201, "Created (AwaitingAuthorisation)", "Agreement"), errors=(409, 422),
                 links={"GetAgreement": _link("getAgreement",
                                              parameters={"agreement_id": "$response.body#/agreement_id"}),
                        "AuthoriseAgreement": _link("agreementCustomerAction", parameters={

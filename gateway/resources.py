@@ -87,7 +87,8 @@ def agreement_resource(a: dict[str, Any]) -> dict[str, Any]:
                 "per_payment_limit": format_amount(a["per_payment_limit_minor"], currency),
                 "daily_limit": daily, "periodic_limits": limits,
                 "valid_from": _iso_or_none(a["valid_from_ms"]), "valid_to": _iso_or_none(a["valid_to_ms"]),
-                "created_at": _iso(a["created_at_ms"])}
+                "created_at": _iso(a["created_at_ms"]),
+                "authorise_by": _iso_or_none(a.get("authorise_by_ms"))}
     if "history" in a:
         resource["status_history"] = [{"from": h["from_status"], "to": h["to_status"], "by": h["actor"],
                                        "at": _iso(h["at_ms"])} for h in a["history"]]

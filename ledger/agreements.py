@@ -25,9 +25,14 @@ __all__ = [
     "AgreementStatus", "Action", "PERIODS", "ALIGNMENTS", "PeriodicLimit", "PERIODIC_LIMITS_MAX",
     "PARTNER_ACTIONS", "CUSTOMER_ACTIONS", "effective_status", "decide_transition", "payment_refusal",
     "period_window", "add_months", "limit_refusal", "spend", "remaining", "MS_PER_DAY",
+    "PENDING_EXPIRY_S", "ends_at_ms",
 ]
 
 MS_PER_DAY = 86_400_000
+# How long an agreement may wait for the customer (AwaitingAuthorisation) before it reads
+# Expired (quickpay up --pending-expiry-s). Stored per agreement as authorise_by_ms at its
+# creation, so a later change of the setting does not move existing deadlines.
+PENDING_EXPIRY_S = 86_400
 _MS_PER_WEEK = 7 * MS_PER_DAY
 # 1970-01-01 was a Thursday: days since the epoch plus 3, modulo 7, is 0 on Mondays.
 _EPOCH_WEEKDAY = 3
@@ -88,17 +93,30 @@ class PeriodicLimit:
         return {"period": self.period, "alignment": self.alignment, "amount_minor": self.amount_minor}
 
 
-def effective_status(status: str, valid_to_ms: int | None, at_ms: int) -> str:
-    """The status as read at `at_ms`: a non-terminal agreement past valid_to is Expired."""
+def ends_at_ms(status: str, valid_to_ms: int | None, authorise_by_ms: int | None) -> int | None:
+    """The last moment the agreement reads as its stored status (None: no end). Past it, a
+    non-terminal agreement reads Expired: past valid_to, or (still awaiting the customer)
+    past authorise_by."""
+    if status == S.AWAITING and authorise_by_ms is not None:
+        return authorise_by_ms if valid_to_ms is None else min(valid_to_ms, authorise_by_ms)
+    return valid_to_ms
+
+
+def effective_status(status: str, valid_to_ms: int | None, at_ms: int, authorise_by_ms: int | None = None) -> str:
+    """The status as read at `at_ms`: a non-terminal agreement past valid_to is Expired, and so
+    is one still AwaitingAuthorisation past authorise_by (the pending expiry)."""
+    # ends_at_ms, inlined: this runs for every payment.
     if status in S.TERMINAL:
         return status
     if valid_to_ms is not None and at_ms > valid_to_ms:
+        return S.EXPIRED
+    if authorise_by_ms is not None and at_ms > authorise_by_ms and status == S.AWAITING:
         return S.EXPIRED
     return status
 
 
 def decide_transition(status: str, valid_to_ms: int | None, action: str, actor: str,
-                      at_ms: int) -> tuple[str, str | None]:
+                      at_ms: int, authorise_by_ms: int | None = None) -> tuple[str, str | None]:
     """(code, new status). Codes: OK (a transition to record), SAME (already there: answer
     the resource as it is, record nothing), FORBIDDEN (this actor may not do this),
     INVALID_TRANSITION (not from this status). Unknown actions are FORBIDDEN."""
@@ -108,7 +126,7 @@ def decide_transition(status: str, valid_to_ms: int | None, action: str, actor: 
     sources, target = _TRANSITIONS[action]
     if status == target:
         return "SAME", target
-    current = effective_status(status, valid_to_ms, at_ms)
+    current = effective_status(status, valid_to_ms, at_ms, authorise_by_ms)
     if current == S.EXPIRED and action != Action.REVOKE:
         return "INVALID_TRANSITION", None
     if status not in sources:
@@ -116,9 +134,10 @@ def decide_transition(status: str, valid_to_ms: int | None, action: str, actor: 
     return "OK", target
 
 
-def payment_refusal(status: str, valid_from_ms: int | None, valid_to_ms: int | None, at_ms: int) -> str | None:
+def payment_refusal(status: str, valid_from_ms: int | None, valid_to_ms: int | None, at_ms: int,
+                    authorise_by_ms: int | None = None) -> str | None:
     """Why no payment may be made under the agreement at `at_ms`, or None."""
-    current = effective_status(status, valid_to_ms, at_ms)
+    current = effective_status(status, valid_to_ms, at_ms, authorise_by_ms)
     if current == S.AUTHORISED:
         if valid_from_ms is not None and at_ms < valid_from_ms:
             return "AGREEMENT_NOT_YET_VALID"

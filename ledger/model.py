@@ -58,6 +58,10 @@ class Code:
     SAME = "SAME"                                      # already in the target status: nothing recorded
     FORBIDDEN = "FORBIDDEN"
     INVALID_TRANSITION = "INVALID_TRANSITION"
+    # Agreement creation refused: the partner already has as many agreements awaiting the
+    # customer (not expired) as it may, over this account / on this shard in total.
+    TOO_MANY_PENDING_FOR_ACCOUNT = "TOO_MANY_PENDING_FOR_ACCOUNT"
+    TOO_MANY_PENDING = "TOO_MANY_PENDING"
     # Refunds:
     PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
     PAYMENT_IN_FLIGHT = "PAYMENT_IN_FLIGHT"            # the refunded payment is not committed yet
@@ -107,6 +111,9 @@ class Agreement:
     valid_from_ms: int | None = None
     valid_to_ms: int | None = None
     status_updated_at_ms: int = 0
+    # AwaitingAuthorisation past this reads Expired (created_at + the pending expiry; None:
+    # no pending expiry, as for agreements stored before it existed).
+    authorise_by_ms: int | None = None
 
     @property
     def anchor_ms(self) -> int:
@@ -122,10 +129,10 @@ class Agreement:
             "periodic_limits": [limit.to_wire() for limit in self.periodic_limits],
             "status": self.status, "created_at_ms": self.created_at_ms,
             "valid_from_ms": self.valid_from_ms, "valid_to_ms": self.valid_to_ms,
-            "status_updated_at_ms": self.status_updated_at_ms,
+            "status_updated_at_ms": self.status_updated_at_ms, "authorise_by_ms": self.authorise_by_ms,
         }
         if at_ms is not None:
-            wire["status"] = effective_status(self.status, self.valid_to_ms, at_ms)
+            wire["status"] = effective_status(self.status, self.valid_to_ms, at_ms, self.authorise_by_ms)
             for out, limit in zip(wire["periodic_limits"], self.periodic_limits):
                 left, start, end = remaining(limit, self.anchor_ms, at_ms)
                 out.update(remaining_minor=left, period_start_ms=start, period_end_ms=end)

@@ -182,21 +182,28 @@ async def fetch_transfer(conn: asyncpg.Connection, transfer_id: str) -> Transfer
 
 
 async def partner_day_transfers(conn: asyncpg.Connection, partner_id: str, from_ms: int, to_ms: int,
-                                after_seq: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
-    """(seq, wire) of the partner's payments and refunds recorded in [from_ms, to_ms), by
-    seq after after_seq (a reconciliation file's rows, page by page; BRIN on created_at_ms).
-    A row that cannot be read is quarantined and answered as (seq, None): the file says so."""
+                                after: tuple[int, int] | None,
+                                limit: int) -> list[tuple[list[int], dict[str, Any] | None]]:
+    """([created_at_ms, seq], wire) of the partner's accepted payments and succeeded refunds
+    recorded in [from_ms, to_ms), in (created_at_ms, seq) order after `after` (the key of the
+    last row of the previous page; None: from the start): a reconciliation file's rows, page by
+    page. Rejected rows are not in a file and are not read: one range of the partial index
+    transfers_partner_recon per page, at most `limit` rows. A row that cannot be read is
+    quarantined and answered as (key, None): the file says so."""
+    after_ms, after_seq = after if after is not None else (from_ms - 1, 0)
     rows = await conn.fetch(
-        _SELECT_TRANSFER + " WHERE created_at_ms >= $2 AND created_at_ms < $3 AND partner_id = $1"
-        " AND kind IN ('payment', 'refund') AND seq > $4 ORDER BY seq LIMIT $5",
-        partner_id, from_ms, to_ms, after_seq, limit)
-    found: list[tuple[int, dict[str, Any] | None]] = []
+        _SELECT_TRANSFER + " WHERE partner_id = $1 AND kind IN ('payment', 'refund') AND status <> 'Rejected'"
+        " AND created_at_ms >= $2 AND created_at_ms < $3 AND (created_at_ms, seq) > ($4::bigint, $5::bigint)"
+        " ORDER BY created_at_ms, seq LIMIT $6",
+        partner_id, from_ms, to_ms, after_ms, after_seq, limit)
+    found: list[tuple[list[int], dict[str, Any] | None]] = []
     for r in rows:
+        key = [r["created_at_ms"], r["seq"]]
         try:
-            found.append((r["seq"], row_to_transfer(r).to_wire()))
+            found.append((key, row_to_transfer(r).to_wire()))
         except RowError as exc:
             QUARANTINE.skip("recon", exc)
-            found.append((r["seq"], None))
+            found.append((key, None))
     return found
 
 
@@ -208,15 +215,22 @@ REFILL_QUERIES_MAX = 4
 async def list_account_transfers(conn: asyncpg.Connection, account_id: str, before_seq: int,
                                  limit: int) -> list[Transfer]:
     """Money-moving rows touching the account, newest first, with seq < before_seq. Rows
-    that cannot be read are quarantined and the page filled from below them."""
+    that cannot be read are quarantined and the page filled from below them.
+
+    Each side is one range of its partial index (transfers_debit_moved/_credit_moved), never
+    a walk down the journal's seq index filtering on the account: the planner misjudges how
+    many of an account's rows are not Rejected (a partner's rejected payments are what makes
+    an account hot), so the account is a range (>= and <= it), which keeps it in the sort
+    order only the (account, seq) index provides."""
     found: list[Transfer] = []
     for _ in range(1 + REFILL_QUERIES_MAX):
         want = limit - len(found)
         rows = await conn.fetch(
-            "(" + _SELECT_TRANSFER + " WHERE debit_account = $1 AND seq < $2 AND status <> 'Rejected'"
-            " ORDER BY seq DESC LIMIT $3) UNION ALL (" + _SELECT_TRANSFER +
-            " WHERE credit_account = $1 AND seq < $2 AND status <> 'Rejected' ORDER BY seq DESC LIMIT $3)"
-            " ORDER BY seq DESC LIMIT $3", account_id, before_seq, want)
+            "(" + _SELECT_TRANSFER + " WHERE debit_account >= $1 AND debit_account <= $1 AND seq < $2"
+            " AND status <> 'Rejected' ORDER BY debit_account DESC, seq DESC LIMIT $3) UNION ALL ("
+            + _SELECT_TRANSFER + " WHERE credit_account >= $1 AND credit_account <= $1 AND seq < $2"
+            " AND status <> 'Rejected' ORDER BY credit_account DESC, seq DESC LIMIT $3) ORDER BY seq DESC LIMIT $3",
+            account_id, before_seq, want)
         decoded = QUARANTINE.decode_all("shard_read", rows, row_to_transfer)
         found += decoded
         if len(decoded) == len(rows) or len(rows) < want:
@@ -350,13 +364,13 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
 
 _AGREEMENT_COLUMNS = ("id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
                       "periodic_limits", "status", "created_at_ms", "valid_from_ms", "valid_to_ms",
-                      "status_updated_at_ms")
+                      "status_updated_at_ms", "authorise_by_ms")
 
 
 def _agreement_record(g: Agreement) -> tuple[Any, ...]:
     return (g.id, g.partner_id, g.debtor_account, g.currency, g.per_payment_limit_minor,
             json.dumps([limit.to_wire() for limit in g.periodic_limits]), g.status, g.created_at_ms,
-            g.valid_from_ms, g.valid_to_ms, g.status_updated_at_ms)
+            g.valid_from_ms, g.valid_to_ms, g.status_updated_at_ms, g.authorise_by_ms)
 
 
 async def read_setting(conn: asyncpg.Connection, key: str) -> str | None:

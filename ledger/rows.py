@@ -227,7 +227,7 @@ _AGREEMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
     "id": _text, "partner_id": _text, "debtor_account": _text, "currency": _currency,
     "per_payment_limit_minor": _amount, "periodic_limits": _periodic_limits,
     "status": _one_of(AgreementStatus.STORED, "status"), "created_at_ms": _ms, "valid_from_ms": _opt_ms,
-    "valid_to_ms": _opt_ms, "status_updated_at_ms": _ms,
+    "valid_to_ms": _opt_ms, "status_updated_at_ms": _ms, "authorise_by_ms": _opt_ms,
 }
 _agreement_status = _one_of(AgreementStatus.STORED, "status")
 _AGREEMENT_EVENT_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -347,7 +347,8 @@ def decode_agreement(row: Mapping[str, Any], at_ms: int | None = None) -> Agreem
         raise RowError("agreements", v["id"], "valid_from_ms is after valid_to_ms")
     agreement = Agreement(v["id"], v["partner_id"], v["debtor_account"], v["currency"],
                           v["per_payment_limit_minor"], v["periodic_limits"], v["status"], v["created_at_ms"],
-                          v["valid_from_ms"], v["valid_to_ms"], v["status_updated_at_ms"])
+                          v["valid_from_ms"], v["valid_to_ms"], v["status_updated_at_ms"],
+                          v.get("authorise_by_ms"))
     if at_ms is not None:
         check_windows(agreement, at_ms)
     return agreement

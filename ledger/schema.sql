@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS agreements (
     status_updated_at_ms    bigint NOT NULL,
     CHECK (valid_to_ms IS NULL OR valid_from_ms IS NULL OR valid_from_ms <= valid_to_ms)
 );
+-- Pending expiry: an agreement still AwaitingAuthorisation after authorise_by_ms reads
+-- Expired (derived at read time, like valid_to; NULL: no pending expiry). The notifier looks
+-- for those (agreement.expired) through the partial index.
+ALTER TABLE agreements ADD COLUMN IF NOT EXISTS authorise_by_ms bigint;
+CREATE INDEX IF NOT EXISTS agreements_authorise_by ON agreements (authorise_by_ms)
+    WHERE status = 'AwaitingAuthorisation';
 -- Every transition of an agreement: who, when, from, to.
 CREATE TABLE IF NOT EXISTS agreement_events (
     seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -86,8 +92,20 @@ CREATE TABLE IF NOT EXISTS transfers (
     CHECK (debit_account <> credit_account),
     CHECK (refunded_minor >= 0 AND refunded_minor <= amount_minor)
 );
-CREATE INDEX IF NOT EXISTS transfers_debit_seq ON transfers (debit_account, seq);
-CREATE INDEX IF NOT EXISTS transfers_credit_seq ON transfers (credit_account, seq);
+-- An account's transactions (money-moving rows, newest first: pg.list_account_transfers).
+-- Partial: Rejected rows moved no money and are never listed, so a partner that makes a
+-- million rejected payments over an account adds nothing to the index a list walks (the
+-- full (account, seq) indexes walked past every one of them). The audit's look at
+-- clearing legs has the same predicate.
+CREATE INDEX IF NOT EXISTS transfers_debit_moved ON transfers (debit_account, seq) WHERE status <> 'Rejected';
+CREATE INDEX IF NOT EXISTS transfers_credit_moved ON transfers (credit_account, seq) WHERE status <> 'Rejected';
+DROP INDEX IF EXISTS transfers_debit_seq;
+DROP INDEX IF EXISTS transfers_credit_seq;
+-- A partner's reconciliation file (pg.partner_day_transfers): its accepted payments and
+-- succeeded refunds of one day, page by page in (created_at_ms, seq) order: one index range
+-- per page, whatever other partners, other days or rejected rows hold.
+CREATE INDEX IF NOT EXISTS transfers_partner_recon ON transfers (partner_id, created_at_ms, seq)
+    WHERE kind IN ('payment', 'refund') AND status <> 'Rejected';
 -- Start-up reloads read only a recent time window of the journal (today's agreement
 -- spend in ledger/pg.py load_state; the fraud windows in ledger/fraud_port.py), so
 -- restart time follows that window, not the journal's history. BRIN, not btree: rows
@@ -98,6 +116,10 @@ CREATE INDEX IF NOT EXISTS transfers_credit_seq ON transfers (credit_account, se
 -- WAL per row. Idempotent on existing databases (built once, at the first start).
 CREATE INDEX IF NOT EXISTS transfers_created_brin ON transfers USING brin (created_at_ms)
     WITH (autosummarize = on);
+-- Payments the fraud filter flagged (a rule fired, or not a plain allow: fraud is NULL for
+-- the rest): GET /admin/v1/fraud/decisions?decision=block reads these, newest first, and no
+-- plain payment. Only flagged rows get an entry, so the payment path pays for it rarely.
+CREATE INDEX IF NOT EXISTS transfers_flagged ON transfers (seq) WHERE fraud IS NOT NULL;
 -- Credit legs still to deliver to other shards, written with their debit leg.
 CREATE TABLE IF NOT EXISTS outbox (
     transfer_id      text PRIMARY KEY REFERENCES transfers (id),
@@ -123,6 +145,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     details    jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_account_rule_at ON alerts (account, rule, at_ms);
+-- The newest alerts first (GET /admin/v1/fraud/alerts): a page, not a sort of all alerts.
+CREATE INDEX IF NOT EXISTS alerts_at ON alerts (at_ms);
 -- Notifications (notify/; used in shard 0's database, the control database, like alerts).
 -- Events produced from every shard's committed journal; seq orders a partner's feed.
 CREATE TABLE IF NOT EXISTS events (
@@ -134,6 +158,9 @@ CREATE TABLE IF NOT EXISTS events (
     body          text NOT NULL                  -- the JSON delivered and listed, byte for byte
 );
 CREATE INDEX IF NOT EXISTS events_partner_seq ON events (partner_id, seq);
+-- The feed filtered by type (GET /v1/events?type=): one index range, not a walk over the
+-- partner's other events.
+CREATE INDEX IF NOT EXISTS events_partner_type_seq ON events (partner_id, type, seq);
 CREATE INDEX IF NOT EXISTS events_created ON events (created_at_ms);
 -- How far the producer has read each source (t<shard>: transfers.seq, a<shard>:
 -- agreement_events.seq, x<shard>: the time up to which expiries were looked for).

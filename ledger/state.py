@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import bisect
 
+from sortedcontainers import SortedList
+
 from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
 from quickpay.money import INT64_MAX
 
@@ -23,7 +25,8 @@ from .model import (
     Transfer, invariant,
 )
 
-__all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY", "REFUND_WINDOW_DAYS", "AGREEMENT_SCAN_MAX"]
+__all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY", "REFUND_WINDOW_DAYS", "AGREEMENT_SCAN_MAX",
+           "PENDING_PER_ACCOUNT_MAX", "PENDING_PER_PARTNER_MAX", "pending_share"]
 
 MS_PER_DAY = 86_400_000
 # How long after a payment it may be refunded (quickpay up --refund-window-days).
@@ -33,6 +36,56 @@ VISIBLE_STATUSES = frozenset({mandates.AgreementStatus.AUTHORISED, mandates.Agre
 # Agreements one list call looks at on one shard: a page filtered by status may come back
 # short (with a cursor to go on) rather than scan a partner's whole book in one call.
 AGREEMENT_SCAN_MAX = 1_000
+# Agreements a partner may have AwaitingAuthorisation (and not expired) at once: over one
+# customer account, and in total (quickpay up --pending-per-account-max / --pending-per-partner-max).
+# The total is shared out over the shards (pending_share), so all shards together never exceed it.
+PENDING_PER_ACCOUNT_MAX = 10
+PENDING_PER_PARTNER_MAX = 10_000
+# Stands for "no end" (valid_to NULL) in the sorted end lists below: above any time in ms.
+_NO_END = 2**63
+
+
+def pending_share(total_max: int, shard_count: int) -> int:
+    """One shard's part of a partner's total pending cap: the floor of an even split (at least
+    1), so the shards' parts never add up to more than the total (unless it is below the
+    shard count)."""
+    return max(1, total_max // shard_count)
+
+
+def _insort(index: dict[Any, int | list[int]], key: Any, value: int) -> None:
+    """Add value to the sorted multiset at index[key]: a bare int while it holds one value (the
+    usual case: one agreement per account and partner), a sorted list beyond."""
+    values = index.get(key)
+    if values is None:
+        index[key] = value
+    elif isinstance(values, int):
+        index[key] = [values, value] if values <= value else [value, values]
+    else:
+        bisect.insort(values, value)
+
+
+def _discard(index: dict[Any, int | list[int]], key: Any, value: int) -> None:
+    values = index.get(key)
+    if values is None:
+        return
+    if isinstance(values, int):
+        if values == value:
+            del index[key]
+        return
+    position = bisect.bisect_left(values, value)
+    if position < len(values) and values[position] == value:
+        del values[position]
+        if len(values) == 1:
+            index[key] = values[0]
+
+
+def _at_or_after(values: int | list[int] | None, at_ms: int) -> int:
+    """How many of the values are >= at_ms (ends not yet past at at_ms)."""
+    if values is None:
+        return 0
+    if isinstance(values, int):
+        return 1 if values >= at_ms else 0
+    return len(values) - bisect.bisect_left(values, at_ms)
 
 
 class FraudPort(Protocol):
@@ -102,7 +155,10 @@ class WriteSet:
 class ShardState:
     def __init__(self, shard: int, shard_count: int, *, transfer_cache_max: int = 1_000_000,
                  fraud: FraudPort | None = None, make_facts: Any = None,
-                 refund_window_days: int = REFUND_WINDOW_DAYS) -> None:
+                 refund_window_days: int = REFUND_WINDOW_DAYS,
+                 pending_expiry_s: int = mandates.PENDING_EXPIRY_S,
+                 pending_per_account_max: int = PENDING_PER_ACCOUNT_MAX,
+                 pending_per_partner_max: int = PENDING_PER_PARTNER_MAX) -> None:
         invariant(0 <= shard < shard_count, "shard out of range")
         self.shard = shard
         self.shard_count = shard_count
@@ -116,6 +172,24 @@ class ShardState:
         # settlement account id -> the partner that owns it (always visible to it); customer
         # accounts are visible through an agreement the customer consented to (can_see)
         self.visibility: dict[str, set[str]] = {}
+        # The agreement index, kept exact by load_agreement and transition_agreement (the
+        # only places an agreement's stored status is set), so that no per-request check
+        # walks a list of agreements. Expiry is derived at read time (valid_to,
+        # authorise_by), so each entry holds the agreement's end and the question compares
+        # it with the time asked about: (debtor account, partner) -> the sorted valid_to
+        # (_NO_END for none) of every Authorised or Suspended agreement (a bare int for one):
+        # can_see is "the largest is not past", O(1).
+        self.visible_ends: dict[tuple[str, str], int | list[int]] = {}
+        # AwaitingAuthorisation agreements' ends (ends_at_ms: the earlier of valid_to and
+        # authorise_by), sorted, per (debtor account, partner) and per partner: how many have
+        # not expired at a time is one bisection, O(log n). Expired ones stay until their
+        # agreement leaves AwaitingAuthorisation (revoked), so a clock stepped back still
+        # counts exactly what effective_status reads.
+        self.pending_ends: dict[tuple[str, str], int | list[int]] = {}
+        self.pending_ends_by_partner: dict[str, SortedList] = {}
+        self.pending_expiry_ms = pending_expiry_s * 1000
+        self.pending_per_account_max = pending_per_account_max
+        self.pending_per_partner_max = pending_share(pending_per_partner_max, shard_count)
         # Partners created since start (older ones are read from PostgreSQL).
         self.partners_cache: dict[str, dict[str, Any]] = {}
         # Recent transfers by id, least recently used first. Uncommitted ones are never
@@ -167,7 +241,11 @@ class ShardState:
             self.visibility.setdefault(account.id, set()).add(account.partner_id)
 
     def load_agreement(self, agreement: Agreement) -> None:
+        previous = self.agreements.get(agreement.id)
+        if previous is not None:
+            self._unindex(previous)
         self.agreements[agreement.id] = agreement
+        self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
         for index, owner in ((self.agreements_by_partner, agreement.partner_id),
                              (self.agreements_by_debtor, agreement.debtor_account)):
@@ -260,7 +338,7 @@ class ShardState:
         if agreement is None or agreement.partner_id != cmd.partner_id:
             return Code.AGREEMENT_NOT_FOUND, None
         refusal = mandates.payment_refusal(agreement.status, agreement.valid_from_ms, agreement.valid_to_ms,
-                                           cmd.at_ms)
+                                           cmd.at_ms, agreement.authorise_by_ms)
         if refusal is not None:
             return refusal, None
         if cmd.currency != agreement.currency:
@@ -465,10 +543,53 @@ class ShardState:
         ws.accounts.append(account)
         return True
 
+    # ---- the agreement index (see __init__) -------------------------------------------
+    def _index(self, agreement: Agreement) -> None:
+        pair = (agreement.debtor_account, agreement.partner_id)
+        status = agreement.status
+        if status in VISIBLE_STATUSES:
+            _insort(self.visible_ends, pair, _NO_END if agreement.valid_to_ms is None else agreement.valid_to_ms)
+        elif status == mandates.AgreementStatus.AWAITING:
+            end = self._pending_end(agreement)
+            _insort(self.pending_ends, pair, end)
+            ends = self.pending_ends_by_partner.get(agreement.partner_id)
+            if ends is None:
+                ends = self.pending_ends_by_partner[agreement.partner_id] = SortedList()
+            ends.add(end)
+
+    def _unindex(self, agreement: Agreement) -> None:
+        pair = (agreement.debtor_account, agreement.partner_id)
+        status = agreement.status
+        if status in VISIBLE_STATUSES:
+            _discard(self.visible_ends, pair, _NO_END if agreement.valid_to_ms is None else agreement.valid_to_ms)
+        elif status == mandates.AgreementStatus.AWAITING:
+            end = self._pending_end(agreement)
+            _discard(self.pending_ends, pair, end)
+            ends = self.pending_ends_by_partner.get(agreement.partner_id)
+            if ends is not None:
+                ends.discard(end)
+                if not ends:
+                    del self.pending_ends_by_partner[agreement.partner_id]
+
+    @staticmethod
+    def _pending_end(agreement: Agreement) -> int:
+        end = mandates.ends_at_ms(agreement.status, agreement.valid_to_ms, agreement.authorise_by_ms)
+        return _NO_END if end is None else end
+
+    def pending_count(self, partner_id: str, account_id: str | None, at_ms: int) -> int:
+        """The partner's agreements AwaitingAuthorisation and not expired at at_ms, over
+        `account_id` (None: over any account of this shard)."""
+        if account_id is not None:
+            return _at_or_after(self.pending_ends.get((account_id, partner_id)), at_ms)
+        ends = self.pending_ends_by_partner.get(partner_id)
+        return 0 if ends is None else len(ends) - ends.bisect_left(at_ms)
+
     def _add_agreement(self, agreement: Agreement) -> None:
         """load_agreement for a decision: recorded in the undo log."""
         undo = self.undo
         undo.setitem(self.agreements, agreement.id, agreement)
+        undo.on_undo(lambda: self._unindex(agreement))
+        self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
         for index, owner in ((self.agreements_by_partner, agreement.partner_id),
                              (self.agreements_by_debtor, agreement.debtor_account)):
@@ -485,9 +606,15 @@ class ShardState:
             return Code.ACCOUNT_NOT_FOUND
         if debtor.currency != agreement.currency:
             return Code.CURRENCY_MISMATCH
+        at_ms = agreement.created_at_ms
+        if self.pending_count(agreement.partner_id, agreement.debtor_account, at_ms) >= self.pending_per_account_max:
+            return Code.TOO_MANY_PENDING_FOR_ACCOUNT
+        if self.pending_count(agreement.partner_id, None, at_ms) >= self.pending_per_partner_max:
+            return Code.TOO_MANY_PENDING
         # A new object: its own fields need no undo, only its place in the state.
         agreement.status = mandates.AgreementStatus.AWAITING
         agreement.status_updated_at_ms = agreement.created_at_ms
+        agreement.authorise_by_ms = agreement.created_at_ms + self.pending_expiry_ms
         self._add_agreement(agreement)
         ws.agreements.append(agreement)
         return Code.OK
@@ -499,14 +626,21 @@ class ShardState:
         agreement = self.agreements.get(agreement_id)
         if agreement is None or (partner_id is not None and agreement.partner_id != partner_id):
             return Code.AGREEMENT_NOT_FOUND, None
-        code, target = mandates.decide_transition(agreement.status, agreement.valid_to_ms, action, actor, at_ms)
+        code, target = mandates.decide_transition(agreement.status, agreement.valid_to_ms, action, actor, at_ms,
+                                                  agreement.authorise_by_ms)
         if code != "OK":
             return (Code.SAME if code == "SAME" else code), agreement
         assert target is not None
         ws.agreement_events.append((agreement.id, agreement.status, target, actor, at_ms))
         undo = self.undo
+        # Out of the index under its old status, back in under its new one; on rollback the
+        # reverse, in reverse order (the undo log runs last-in first).
+        undo.on_undo(lambda: self._index(agreement))
+        self._unindex(agreement)
         undo.setattr(agreement, "status", target)
         undo.setattr(agreement, "status_updated_at_ms", at_ms)
+        undo.on_undo(lambda: self._unindex(agreement))
+        self._index(agreement)
         undo.setitem(ws.agreement_updates, agreement.id, agreement)
         return Code.OK, agreement
 
@@ -529,19 +663,31 @@ class ShardState:
             agreement = self.agreements[keys[position][1]]
             if debtor_account is not None and agreement.debtor_account != debtor_account:
                 continue
-            if status is None or mandates.effective_status(agreement.status, agreement.valid_to_ms, at_ms) == status:
+            if status is None or mandates.effective_status(agreement.status, agreement.valid_to_ms, at_ms,
+                                                           agreement.authorise_by_ms) == status:
                 found.append(agreement)
         return found, None
 
     def can_see(self, partner_id: str, account_id: str, at_ms: int) -> bool:
         """A partner sees its own settlement account, and a customer's account while it holds
         an agreement over it the customer has authorised (Authorised or Suspended, not
-        expired): not before consent, not after a rejection or revocation."""
+        expired): not before consent, not after a rejection or revocation. O(1): the
+        latest valid_to among those agreements (visible_ends) is not past."""
+        if partner_id in self.visibility.get(account_id, ()):
+            return True
+        ends = self.visible_ends.get((account_id, partner_id))
+        if ends is None:
+            return False
+        return (ends if isinstance(ends, int) else ends[-1]) >= at_ms
+
+    def can_see_by_scan(self, partner_id: str, account_id: str, at_ms: int) -> bool:
+        """can_see as it was before the index: every agreement over the account (the
+        reference the property test compares the index with; not for the request path)."""
         if partner_id in self.visibility.get(account_id, ()):
             return True
         for _, agreement_id in self.agreements_by_debtor.get(account_id, ()):
             agreement = self.agreements[agreement_id]
             if agreement.partner_id == partner_id and mandates.effective_status(
-                    agreement.status, agreement.valid_to_ms, at_ms) in VISIBLE_STATUSES:
+                    agreement.status, agreement.valid_to_ms, at_ms, agreement.authorise_by_ms) in VISIBLE_STATUSES:
                 return True
         return False

@@ -34,8 +34,9 @@ from .model import (
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
-from .state import REFUND_WINDOW_DAYS, ShardState, WriteSet
+from .state import PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS, ShardState, WriteSet
 from .storable import check_command
+from .agreements import PENDING_EXPIRY_S
 from . import validate as v
 from .rows import QUARANTINE, RowError, check_windows, decode_alert
 from .writable import COMMIT_STALL_S, COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
@@ -67,6 +68,11 @@ _DB_NOT_YET = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
 _HOT_PATH_SETTINGS = ("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off")
 
 
+# Bounds of the pending-agreement settings: a wait of at most 30 days, caps of at most 10 million.
+PENDING_EXPIRY_S_MAX = 30 * 86_400
+PENDING_MAX_LIMIT = 10_000_000
+
+
 @dataclass(slots=True)
 class WorkerConfig:
     shard: int
@@ -84,6 +90,10 @@ class WorkerConfig:
     # Authenticates every shard-protocol connection, both ways; default QUICKPAY_CLUSTER_SECRET.
     cluster_secret: bytes | None = None
     refund_window_days: int = REFUND_WINDOW_DAYS
+    # Agreements awaiting the customer: how long they wait, how many a partner may have.
+    pending_expiry_s: int = PENDING_EXPIRY_S
+    pending_per_account_max: int = PENDING_PER_ACCOUNT_MAX
+    pending_per_partner_max: int = PENDING_PER_PARTNER_MAX
 
     def validate(self) -> None:
         problems = []
@@ -97,6 +107,12 @@ class WorkerConfig:
             problems.append("--ledger-mode must be batched or naive")
         if not 1 <= self.refund_window_days <= 3650:
             problems.append("--refund-window-days must be between 1 and 3650")
+        if not 1 <= self.pending_expiry_s <= PENDING_EXPIRY_S_MAX:
+            problems.append(f"--pending-expiry-s must be between 1 and {PENDING_EXPIRY_S_MAX}")
+        if not 1 <= self.pending_per_account_max <= PENDING_MAX_LIMIT:
+            problems.append(f"--pending-per-account-max must be between 1 and {PENDING_MAX_LIMIT}")
+        if not 1 <= self.pending_per_partner_max <= PENDING_MAX_LIMIT:
+            problems.append(f"--pending-per-partner-max must be between 1 and {PENDING_MAX_LIMIT}")
         if not 0 <= self.shard < self.shard_count:
             problems.append("--shard must be in [0, --shards)")
         if problems:
@@ -250,7 +266,10 @@ class ShardWorker:
         self.clock_ms = clock_ms
         self.state = ShardState(config.shard, config.shard_count,
                                 transfer_cache_max=config.transfer_cache_max,
-                                refund_window_days=config.refund_window_days)
+                                refund_window_days=config.refund_window_days,
+                                pending_expiry_s=config.pending_expiry_s,
+                                pending_per_account_max=config.pending_per_account_max,
+                                pending_per_partner_max=config.pending_per_partner_max)
         self.queue: deque[tuple[str, Any, Reply]] = deque()
         self.work_ready = asyncio.Event()
         self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], float, float]] = asyncio.Queue()
@@ -1122,15 +1141,30 @@ def _read_alerts(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return _read_alerts_async(worker, max(1, min(int(args.get("limit", 100)), 1000)))
 
 
+# What one decisions call looks at, newest first, so that a filter matching nothing stops
+# there instead of reading the whole journal: flagged payments (a rule fired or not allowed:
+# the partial index transfers_flagged), or journal rows when every payment may match.
+DECISIONS_SCAN_MAX = 10_000
+DECISIONS_JOURNAL_SCAN_MAX = 100_000
+_DECISION_FILTERS = (
+    " ($1::text IS NULL OR coalesce(fraud->>'decision', 'allow') = $1)"
+    " AND ($2::text IS NULL OR fraud->'reasons' @> jsonb_build_array(jsonb_build_object('rule_id', $2::text)))"
+    " ORDER BY seq DESC LIMIT $3")
+
+
 async def _read_decisions_async(worker: ShardWorker, decision: str | None, rule_id: str | None,
                                 limit: int) -> Any:
     assert worker.read_pool is not None
     async with worker.read_pool.acquire() as conn:
-        rows = await conn.fetch(
-            pg.SELECT_TRANSFER + " WHERE kind = 'payment'"
-            " AND ($1::text IS NULL OR coalesce(fraud->>'decision', 'allow') = $1)"
-            " AND ($2::text IS NULL OR fraud->'reasons' @> jsonb_build_array(jsonb_build_object('rule_id', $2::text)))"
-            " ORDER BY seq DESC LIMIT $3", decision, rule_id, limit)
+        if rule_id is not None or decision not in (None, "allow"):
+            # Only a flagged payment (fraud stored, not NULL) can match.
+            rows = await conn.fetch(
+                "SELECT * FROM (" + pg.SELECT_TRANSFER + " WHERE fraud IS NOT NULL ORDER BY seq DESC LIMIT $4) f"
+                " WHERE kind = 'payment' AND" + _DECISION_FILTERS, decision, rule_id, limit, DECISIONS_SCAN_MAX)
+        else:
+            rows = await conn.fetch(
+                pg.SELECT_TRANSFER + " WHERE seq >= $4 AND kind = 'payment' AND" + _DECISION_FILTERS,
+                decision, rule_id, limit, worker.state.next_seq - DECISIONS_JOURNAL_SCAN_MAX)
     return [t.to_wire() for t in QUARANTINE.decode_all("shard_read", rows, pg.row_to_transfer)]
 
 
@@ -1146,10 +1180,11 @@ RECON_PAGE_MAX = 5_000
 async def _read_recon_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
     assert worker.read_pool is not None
     limit = max(1, min(int(args.get("limit", RECON_PAGE_MAX)), RECON_PAGE_MAX))
+    after = args.get("after")     # [created_at_ms, seq] of the previous page's last row
     async with worker.read_pool.acquire() as conn:
         rows = await pg.partner_day_transfers(conn, args["partner_id"], int(args["from_ms"]), int(args["to_ms"]),
-                                              int(args.get("after_seq", 0)), limit)
-    return [[seq, wire] for seq, wire in rows]
+                                              (int(after[0]), int(after[1])) if after is not None else None, limit)
+    return [[key, wire] for key, wire in rows]
 
 
 def _read_recon(worker: ShardWorker, args: dict[str, Any]) -> Any:

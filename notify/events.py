@@ -96,9 +96,10 @@ def transition_event(shard: int, seq: int, transition: dict[str, Any], agreement
     return Event(f"evt_{shard}_a{seq}", event_type, agreement["partner_id"], at_ms, obj)
 
 
-def expiry_event(shard: int, agreement: dict[str, Any]) -> Event:
-    """An agreement whose valid_to has passed while it was not ended (wire dict at a time
-    after valid_to, so its status reads Expired)."""
-    at_ms = agreement["valid_to_ms"]
+def expiry_event(shard: int, agreement: dict[str, Any], at_ms: int | None = None) -> Event:
+    """An agreement whose valid_to (or, still awaiting the customer, its authorise_by) has
+    passed while it was not ended (wire dict at a time after that, so its status reads
+    Expired); at_ms: when it expired (default valid_to)."""
+    at_ms = agreement["valid_to_ms"] if at_ms is None else at_ms
     obj = agreement_resource({**agreement, "status": "Expired"})
     return Event(f"evt_{shard}_x_{agreement['id']}", "agreement.expired", agreement["partner_id"], at_ms, obj)

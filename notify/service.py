@@ -180,19 +180,28 @@ class Notifier:
                              now_ms: int) -> list[events.Event]:
         source = f"x{shard}"
         since_ms = positions.get(source, 0)
-        due = await conn.fetch(
-            "SELECT id, valid_to_ms FROM agreements WHERE valid_to_ms > $1 AND valid_to_ms < $2"
-            " AND status IN ('AwaitingAuthorisation', 'Authorised', 'Suspended') ORDER BY valid_to_ms LIMIT $3",
+        # An agreement ends at valid_to, or (still awaiting the customer) at authorise_by if
+        # that is earlier: each branch finds the agreements whose end it is, through its index.
+        rows = await conn.fetch(
+            "SELECT id, end_ms FROM (SELECT id, valid_to_ms AS end_ms FROM agreements"
+            "  WHERE valid_to_ms > $1 AND valid_to_ms < $2"
+            "  AND status IN ('AwaitingAuthorisation', 'Authorised', 'Suspended')"
+            "  AND NOT (status = 'AwaitingAuthorisation' AND authorise_by_ms IS NOT NULL"
+            "           AND authorise_by_ms < valid_to_ms)"
+            " UNION ALL SELECT id, authorise_by_ms FROM agreements"
+            "  WHERE authorise_by_ms > $1 AND authorise_by_ms < $2 AND status = 'AwaitingAuthorisation'"
+            "  AND (valid_to_ms IS NULL OR authorise_by_ms < valid_to_ms)) e ORDER BY end_ms LIMIT $3",
             since_ms, now_ms, READ_BATCH_MAX)
-        ids = [r["id"] for r in due]
-        if not ids:
+        if not rows:
             positions[source] = now_ms - 1
             return []
-        wires = await self._agreement_wires(conn, ids, now_ms, shard)
-        found = [_built("agreements", i, shard, events.expiry_event, shard, wires[i]) for i in ids if i in wires]
+        ends = {r["id"]: r["end_ms"] for r in rows}
+        wires = await self._agreement_wires(conn, list(ends), now_ms, shard)
+        found = [_built("agreements", i, shard, events.expiry_event, shard, wires[i], end_ms)
+                 for i, end_ms in ends.items() if i in wires]
         # Up to the last one read (more may be due at the same time when the read was full);
         # from the rows read, so that a quarantined agreement cannot hold the position back.
-        positions[source] = max(r["valid_to_ms"] for r in due) if len(ids) == READ_BATCH_MAX else now_ms - 1
+        positions[source] = rows[-1]["end_ms"] if len(rows) == READ_BATCH_MAX else now_ms - 1
         return [e for e in found if e is not None]
 
     # ---- deliver ----------------------------------------------------------------

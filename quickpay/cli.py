@@ -150,7 +150,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv = [*python, "node" if node else "shard-worker", "--shard", str(shard), "--shards", str(args.shards),
                 "--dsn", dsns[shard], "--listen", addresses[shard], "--shard-addrs", ",".join(relay_addresses),
                 "--batch-size-max", str(args.batch_size_max), "--batch-wait-ms", str(args.batch_wait_ms),
-                "--refund-window-days", str(args.refund_window_days)]
+                "--refund-window-days", str(args.refund_window_days),
+                "--pending-expiry-s", str(args.pending_expiry_s),
+                "--pending-per-account-max", str(args.pending_per_account_max),
+                "--pending-per-partner-max", str(args.pending_per_partner_max)]
         if args.rules:
             argv += ["--rules", str(Path(args.rules).resolve())]
         if args.no_rules:
@@ -359,7 +362,9 @@ def _worker_config(args: argparse.Namespace, command: str) -> Any:
         shard=args.shard, shard_count=args.shards, dsn=dsn, listen=args.listen or addresses[args.shard],
         peers=dict(enumerate(addresses)), batch_size_max=args.batch_size_max,
         batch_wait_ms=args.batch_wait_ms, rules_path=args.rules, no_rules=args.no_rules,
-        ledger_mode=args.ledger_mode, queue_max=args.queue_max, refund_window_days=args.refund_window_days)
+        ledger_mode=args.ledger_mode, queue_max=args.queue_max, refund_window_days=args.refund_window_days,
+        pending_expiry_s=args.pending_expiry_s, pending_per_account_max=args.pending_per_account_max,
+        pending_per_partner_max=args.pending_per_partner_max)
 
 
 def cmd_shard_worker(args: argparse.Namespace) -> int:
@@ -466,13 +471,13 @@ async def _recon_text(dsns: list[str], partner_id: str, day: Any, now_ms: int) -
     for dsn in dsns:
         conn = await asyncpg.connect(dsn)
         try:
-            after = 0
+            after: tuple[int, int] | None = None
             while True:
                 page = await pg.partner_day_transfers(conn, partner_id, from_ms, to_ms, after, 5_000)
                 report.add(wire for _, wire in page)
                 if len(page) < 5_000:
                     break
-                after = page[-1][0]
+                after = (page[-1][0][0], page[-1][0][1])
         finally:
             await conn.close()
     return report.text(), closed
@@ -632,6 +637,7 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
                         f"(default {BATCH_ITEMS_MAX_DEFAULT}; more is a 400, and /openapi.json says so)")
     p.add_argument("--refund-window-days", type=int, default=365,
                    help="how long after a payment it can be refunded, 1-3650 days (default 365)")
+    _add_pending_arguments(p)
     _add_rate_limit_arguments(p, process=False)
     _add_webhook_arguments(p)
     p.add_argument("--no-notifier", action="store_true", help="do not start the event and webhook process")
@@ -680,6 +686,21 @@ def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
     p.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
     p.add_argument("--refund-window-days", type=int, default=365, help="how long a payment stays refundable")
+    _add_pending_arguments(p)
+
+
+def _add_pending_arguments(p: argparse.ArgumentParser) -> None:
+    from ledger.agreements import PENDING_EXPIRY_S
+    from ledger.state import PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX
+    p.add_argument("--pending-expiry-s", type=int, default=PENDING_EXPIRY_S,
+                   help="an agreement the customer has not authorised within this many seconds reads Expired "
+                        f"and can no longer be authorised (default {PENDING_EXPIRY_S}: 24 h)")
+    p.add_argument("--pending-per-account-max", type=int, default=PENDING_PER_ACCOUNT_MAX,
+                   help="agreements a partner may have awaiting the customer over one account "
+                        f"(default {PENDING_PER_ACCOUNT_MAX}; more is 409 QP.Agreement.TooManyPending)")
+    p.add_argument("--pending-per-partner-max", type=int, default=PENDING_PER_PARTNER_MAX,
+                   help="agreements a partner may have awaiting customers in total, shared out evenly "
+                        f"over the shards (default {PENDING_PER_PARTNER_MAX})")
 
 
 def build_parser() -> argparse.ArgumentParser:

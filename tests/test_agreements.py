@@ -521,3 +521,36 @@ def test_payment_validity_bounds_are_inclusive() -> None:
     assert payment_refusal(S.SUSPENDED, valid_from, valid_to, valid_from - 1) == "AGREEMENT_SUSPENDED"
     assert payment_refusal(S.AWAITING, valid_from, valid_to, valid_from - 1) == "AGREEMENT_NOT_AUTHORISED"
     assert payment_refusal(S.REVOKED, valid_from, valid_to, valid_from - 1) == "AGREEMENT_REVOKED"
+
+
+# ---- pending expiry (authorise_by) --------------------------------------------------------
+@pytest.mark.parametrize("status, valid_to, authorise_by, expected", [
+    ("AwaitingAuthorisation", None, 100, 100),
+    ("AwaitingAuthorisation", 50, 100, 50),        # whichever comes first
+    ("AwaitingAuthorisation", 150, 100, 100),
+    ("AwaitingAuthorisation", None, None, None),   # stored before pending expiry existed
+    ("Authorised", None, 100, None),               # authorised: authorise_by no longer matters
+    ("Authorised", 150, 100, 150),
+    ("Suspended", 150, 100, 150),
+    ("Revoked", 150, 100, 150),
+])
+def test_ends_at(status: str, valid_to: int | None, authorise_by: int | None, expected: int | None) -> None:
+    from ledger.agreements import ends_at_ms
+    assert ends_at_ms(status, valid_to, authorise_by) == expected
+
+
+def test_a_pending_agreement_past_authorise_by_reads_expired_and_can_only_be_revoked() -> None:
+    from ledger.agreements import PENDING_EXPIRY_S, decide_transition, effective_status, payment_refusal
+    assert PENDING_EXPIRY_S == 24 * 3_600
+    by = 1_000
+    assert effective_status("AwaitingAuthorisation", None, by, by) == "AwaitingAuthorisation"   # inclusive
+    assert effective_status("AwaitingAuthorisation", None, by + 1, by) == "Expired"
+    assert effective_status("Rejected", None, by + 1, by) == "Rejected"
+    assert effective_status("Authorised", None, by + 1, by) == "Authorised"
+    assert decide_transition("AwaitingAuthorisation", None, "authorise", "customer", by, by) == ("OK", "Authorised")
+    for action in ("authorise", "reject"):
+        assert decide_transition("AwaitingAuthorisation", None, action, "customer", by + 1, by) == (
+            "INVALID_TRANSITION", None)
+    assert decide_transition("AwaitingAuthorisation", None, "revoke", "partner", by + 1, by) == ("OK", "Revoked")
+    assert payment_refusal("AwaitingAuthorisation", None, None, by, by) == "AGREEMENT_NOT_AUTHORISED"
+    assert payment_refusal("AwaitingAuthorisation", None, None, by + 1, by) == "AGREEMENT_EXPIRED"

@@ -448,10 +448,13 @@ def test_a_full_page_of_agreements_still_has_a_cursor(stack: Stack) -> None:
     """Review finding: with limit=200 the shard capped the gateway's limit+1 at 200, so the
     first page looked like the last."""
     many = stack.new_partner("Many agreements")
-    account = stack.new_account(shard=0)
-    for _ in range(203):
-        reply = stack.call("POST", "/v1/agreements", {"debtor_account": account, "currency": "CNY",
-                                                      "per_payment_limit": "1.00"}, token=many["token"])
+    # At most PENDING_PER_ACCOUNT_MAX pending agreements of one partner over one account.
+    from ledger.state import PENDING_PER_ACCOUNT_MAX
+    accounts = [stack.new_account(shard=0) for _ in range(203 // PENDING_PER_ACCOUNT_MAX + 1)]
+    for i in range(203):
+        reply = stack.call("POST", "/v1/agreements", {"debtor_account": accounts[i // PENDING_PER_ACCOUNT_MAX],
+                                                      "currency": "CNY", "per_payment_limit": "1.00"},
+                           token=many["token"])
         assert reply.status == 201
     first = stack.call("GET", "/v1/agreements?limit=200", token=many["token"]).body
     assert len(first["agreements"]) == 200 and first["next_cursor"]

@@ -2,8 +2,10 @@
 authorising, rejecting, suspending, resuming and revoking agreements, paying under them
 (sometimes over a limit or the balance), refunding (partly, wholly, too much), funding and
 advancing the clock. After every step the balances, statuses, limit spend, refunded totals
-and the decision codes match the model, the books sum to zero and every WriteSet balances.
-And one partner never reaches another's agreements or payments."""
+and the decision codes match the model, the books sum to zero and every WriteSet balances;
+pending agreements expire (authorise_by) and are capped per account and per partner, and the
+visibility index answers what the model (and the old full scan) says. And one partner never
+reaches another's agreements or payments."""
 from __future__ import annotations
 
 import datetime
@@ -25,6 +27,10 @@ SETTLEMENT = {PARTNER_A: "set_ptn_a", PARTNER_B: "set_ptn_b"}
 CUSTOMERS = ("acc_0", "acc_1")
 CURRENCY = "CNY"
 REFUND_WINDOW_DAYS = 4
+# Small pending caps and a short pending expiry, so that random runs reach both.
+PENDING_EXPIRY_S = 6 * 3_600
+PENDING_PER_ACCOUNT_MAX = 2
+PENDING_PER_PARTNER_MAX = 3
 # 23:00 UTC: the first calendar day boundary comes an hour in.
 START_MS = int(datetime.datetime(2026, 3, 1, 23, 0, tzinfo=datetime.timezone.utc).timestamp()) * 1000
 MS_PER_MINUTE = 60_000
@@ -32,7 +38,8 @@ MS_PER_MINUTE = 60_000
 
 # ---- the harness (the pattern of tests/test_ledger_state.py) --------------------------------
 def make_state(balances: dict[str, int]) -> ShardState:
-    state = ShardState(0, 1, refund_window_days=REFUND_WINDOW_DAYS)
+    state = ShardState(0, 1, refund_window_days=REFUND_WINDOW_DAYS, pending_expiry_s=PENDING_EXPIRY_S,
+                       pending_per_account_max=PENDING_PER_ACCOUNT_MAX, pending_per_partner_max=PENDING_PER_PARTNER_MAX)
     state.load_account(Account(FUNDING_ACCOUNT, "funding", CURRENCY, 0, True))
     state.load_account(Account(CLEARING_ACCOUNT, "clearing", CURRENCY, 0, True))
     for partner, settlement in SETTLEMENT.items():
@@ -93,11 +100,14 @@ class ModelAgreement:
     daily: int
     valid_from: int | None
     valid_to: int | None
+    authorise_by: int
     status: str = AWAITING
     spent_by_day: dict[int, int] = field(default_factory=dict)   # UTC day number -> spent
 
     def effective(self, now: int) -> str:
         if self.status not in (REJECTED, REVOKED) and self.valid_to is not None and now > self.valid_to:
+            return EXPIRED
+        if self.status == AWAITING and now > self.authorise_by:
             return EXPIRED
         return self.status
 
@@ -119,6 +129,15 @@ class Model:
     balances: dict[str, int]
     agreements: dict[str, ModelAgreement] = field(default_factory=dict)
     payments: dict[str, ModelPayment] = field(default_factory=dict)
+
+    def pending(self, partner: str, debtor: str | None) -> int:
+        return sum(1 for a in self.agreements.values() if a.partner == partner and a.effective(self.now) == AWAITING
+                   and (debtor is None or a.debtor == debtor))
+
+    def sees(self, partner: str, account: str) -> bool:
+        return account == SETTLEMENT.get(partner) or any(
+            a.partner == partner and a.debtor == account and a.effective(self.now) in (AUTHORISED, SUSPENDED)
+            for a in self.agreements.values())
 
     def transition(self, agreement_id: str, action: str, actor: str) -> tuple[str, str | None]:
         """(code, status after) for the customer or the owning partner."""
@@ -219,10 +238,23 @@ class Run:
             valid_to = None if to_offset is None else model.now + to_offset
             agreement = new_agreement(agreement_id, partner, debtor, per_payment, daily, model.now,
                                       valid_from, valid_to)
+            if model.pending(partner, debtor) >= PENDING_PER_ACCOUNT_MAX:
+                expected = Code.TOO_MANY_PENDING_FOR_ACCOUNT
+            elif model.pending(partner, None) >= PENDING_PER_PARTNER_MAX:
+                expected = Code.TOO_MANY_PENDING
+            else:
+                expected = Code.OK
             code, ws = commit(state, lambda ws: state.create_agreement(agreement, ws))
-            assert code == Code.OK and ws.agreements == [agreement]
+            assert code == expected, (partner, debtor, model.now)
+            if expected != Code.OK:
+                self.outcomes.append((code,))
+                assert ws.is_empty() and agreement_id not in state.agreements
+                return
+            assert ws.agreements == [agreement]
             assert agreement.status == AWAITING and agreement.status_updated_at_ms == model.now
-            model.agreements[agreement_id] = ModelAgreement(partner, debtor, per_payment, daily, valid_from, valid_to)
+            assert agreement.authorise_by_ms == model.now + PENDING_EXPIRY_S * 1000
+            model.agreements[agreement_id] = ModelAgreement(partner, debtor, per_payment, daily, valid_from, valid_to,
+                                                            model.now + PENDING_EXPIRY_S * 1000)
             self.agreement_ids.append(agreement_id)
             self.check_ws(ws)
             return
@@ -371,6 +403,14 @@ class Run:
             if not account.allow_negative:
                 assert account.balance_minor >= 0
         assert set(state.agreements) == set(model.agreements)
+        for partner in SETTLEMENT:
+            assert state.pending_count(partner, None, model.now) == model.pending(partner, None)
+            for account in (*CUSTOMERS, *SETTLEMENT.values()):
+                if account in CUSTOMERS:
+                    assert state.pending_count(partner, account, model.now) == model.pending(partner, account)
+                sees = model.sees(partner, account)
+                assert state.can_see(partner, account, model.now) == sees, (partner, account, model.now)
+                assert state.can_see_by_scan(partner, account, model.now) == sees
         today = model.now // MS_PER_DAY
         for agreement_id, ma in model.agreements.items():
             agreement = state.agreements[agreement_id]
@@ -547,3 +587,51 @@ def test_partner_b_cannot_touch_partner_a_agreements_or_payments() -> None:
         "agr_a", PARTNER_A, "revoke", "partner", now, ws))
     assert code == Code.OK and found is not None and found.status == REVOKED
     assert state.total_balance_minor() == 0
+
+
+def test_pending_agreements_expire_and_are_capped_per_account_and_in_total() -> None:
+    """A scripted run of the pending rules: the caps refuse one more pending agreement (per
+    account, then in total), an expired pending agreement cannot be authorised or pay and no
+    longer counts, and deciding one (authorise, reject, revoke) frees its place at once."""
+    run = Run({"acc_0": 5_000, "acc_1": 5_000})
+    hour = 3_600_000
+    script: list[tuple[tuple[Any, ...], tuple[str, ...] | None]] = [
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 0
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 1
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING_FOR_ACCOUNT,)),
+        (("create", "acc_0", PARTNER_B, 1_000, 5_000, None, None), None),              # agreement 2: B's own cap
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 3: A's 3rd
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING,)),
+        (("transition", 0, "authorise", "customer"), (Code.OK,)),                      # frees a place
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 4
+        (("transition", 1, "revoke", "partner"), (Code.OK,)),                          # frees another
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING_FOR_ACCOUNT,)),
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, 2 * hour), None),          # agreement 5: valid_to first
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING,)),
+        (("advance", 2 * hour + 1), None),                                             # agreement 5 expired
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 6
+        (("advance", PENDING_EXPIRY_S * 1000 - 2 * hour - 1), None),                   # 3 and 4 just not yet
+        (("transition", 3, "authorise", "customer"), (Code.OK,)),
+        (("advance", 1), None),                                                        # 4 expired, 6 not yet
+        (("transition", 4, "authorise", "customer"), (Code.INVALID_TRANSITION,)),
+        (("pay", 9, 100, True), (Code.AGREEMENT_EXPIRED,)),                            # agreement 4
+        (("transition", 4, "reject", "customer"), (Code.INVALID_TRANSITION,)),
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 7: 4, 5 don't count
+        (("transition", 4, "revoke", "partner"), (Code.OK,)),                          # expired: only revoke
+        (("pay", 1, 100, True), (Code.OK, Status.COMPLETED)),                          # agreement 0 pays
+    ]
+    for op, expected in script:
+        logged = len(run.outcomes)
+        run.step(op)
+        run.check()
+        if expected is None:
+            assert len(run.outcomes) == logged, op
+        else:
+            assert run.outcomes[logged:] == [expected], op
+    state, ids = run.state, run.agreement_ids
+    assert [state.agreements[i].to_wire(run.model.now)["status"] for i in ids] == [
+        AUTHORISED, REVOKED, EXPIRED, AUTHORISED, REVOKED, EXPIRED, AWAITING, AWAITING]
+    assert state.pending_count(PARTNER_A, None, run.model.now) == 2
+    assert state.pending_count(PARTNER_B, None, run.model.now) == 0
+    assert state.can_see(PARTNER_A, "acc_0", run.model.now) and state.can_see(PARTNER_A, "acc_1", run.model.now)
+    assert not state.can_see(PARTNER_B, "acc_0", run.model.now)

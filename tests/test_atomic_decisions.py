@@ -58,12 +58,15 @@ def fingerprint(worker: ShardWorker, ws: WriteSet) -> str:
     return repr((
         sorted((a.id, a.kind, a.balance_minor, a.committed_balance_minor, a.partner_id)
                for a in state.accounts.values()),
-        sorted((g.id, g.status, g.status_updated_at_ms, g.valid_from_ms, g.valid_to_ms,
+        sorted((g.id, g.status, g.status_updated_at_ms, g.valid_from_ms, g.valid_to_ms, g.authorise_by_ms,
                 [(x.period, x.alignment, x.amount_minor, x.window_start_ms, x.window_end_ms, x.spent_minor)
                  for x in g.periodic_limits]) for g in state.agreements.values()),
         sorted((k, list(v)) for k, v in state.agreements_by_partner.items()),
         sorted((k, list(v)) for k, v in state.agreements_by_debtor.items()),
         sorted((k, sorted(v)) for k, v in state.visibility.items()),
+        sorted((k, repr(v)) for k, v in state.visible_ends.items()),
+        sorted((k, repr(v)) for k, v in state.pending_ends.items()),
+        sorted((k, list(v)) for k, v in state.pending_ends_by_partner.items()),
         sorted((k, sorted(v.items())) for k, v in state.partners_cache.items()),
         [(t.id, t.seq, t.status, t.refunded_minor) for t in state.transfers.values()],
         state.next_seq,

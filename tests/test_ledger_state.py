@@ -336,7 +336,9 @@ def test_writeset_check_balanced_catches_unbalanced_deltas() -> None:
 def test_create_agreement_and_visibility() -> None:
     state = make_state(customers=1)
     ws = WriteSet()
-    ok = mandate("agr_new", "ptn_b", "acc_0", "CNY", 1, 1, "active", 0)
+    # created now: a pending agreement created long ago has expired (authorise_by) and could
+    # not be authorised any more
+    ok = mandate("agr_new", "ptn_b", "acc_0", "CNY", 1, 1, "active", DAY0)
     assert not state.can_see("ptn_b", "acc_0", DAY0)
     assert state.create_agreement(ok, ws) == Code.OK and ws.agreements == [ok]
     # Asking is not consent: the account stays hidden until the customer authorises.
@@ -580,3 +582,110 @@ def test_every_decision_code_the_gateway_may_see_has_an_answer() -> None:
     reasons = {"INSUFFICIENT_FUNDS", "AGREEMENT_PER_PAYMENT_LIMIT", "AGREEMENT_PERIODIC_LIMIT", "BALANCE_OVERFLOW"}
     missing = refused - answered - reasons - set(_PAYMENT_ERRORS)
     assert not missing, missing
+
+
+# ---- the agreement index (visibility, pending counts) against the full scan ------------------
+_PAIRS_ACCOUNTS = ("acc_0", "acc_1")
+_PAIRS_PARTNERS = ("ptn_a", "ptn_b", "ptn_c")
+_index_ops = st.lists(st.one_of(
+    # create: account, partner, valid_to offset from now (None: no end)
+    st.tuples(st.just("create"), st.sampled_from(_PAIRS_ACCOUNTS), st.sampled_from(_PAIRS_PARTNERS),
+              st.one_of(st.none(), st.integers(-5, 50))),
+    # a lifecycle action on the k-th agreement by the customer or its partner
+    st.tuples(st.just("act"), st.integers(0, 40),
+              st.sampled_from(["authorise", "authorise", "reject", "suspend", "resume", "revoke"]),
+              st.sampled_from(["customer", "customer", "partner"])),
+    # the clock moves, forward or (a stepped-back clock) backward
+    st.tuples(st.just("time"), st.integers(-30, 60)),
+    # a restart: the state is rebuilt from the agreements as stored (load_agreement)
+    st.tuples(st.just("reload")),
+), min_size=1, max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_index_ops, expiry_s=st.integers(1, 40), per_account=st.integers(1, 4), in_total=st.integers(1, 6))
+def test_the_agreement_index_agrees_with_a_full_scan(ops: list[tuple], expiry_s: int, per_account: int,
+                                                     in_total: int) -> None:
+    """can_see and pending_count (the index) answer exactly what a walk over every agreement
+    answers, after any sequence of creates, transitions, clock moves (both ways) and reloads;
+    a create is refused exactly when the scan counts the cap reached."""
+    from ledger.agreements import effective_status
+
+    def fresh() -> ShardState:
+        state = ShardState(0, 1, pending_expiry_s=expiry_s, pending_per_account_max=per_account,
+                           pending_per_partner_max=in_total)
+        for account in _PAIRS_ACCOUNTS:
+            state.load_account(Account(account, "customer", "CNY", 0, False))
+        return state
+
+    def scan_pending(state: ShardState, partner: str, account: str | None, at_ms: int) -> int:
+        return sum(1 for a in state.agreements.values() if a.partner_id == partner
+                   and (account is None or a.debtor_account == account)
+                   and effective_status(a.status, a.valid_to_ms, at_ms, a.authorise_by_ms) == "AwaitingAuthorisation")
+
+    state, now, made = fresh(), DAY0, 0
+    for op in ops:
+        if op[0] == "create":
+            _, account, partner, to_offset = op
+            agreement = mandate(f"agr_{made}", partner, account, "CNY", 10, 10, "AwaitingAuthorisation", now)
+            agreement.valid_to_ms = None if to_offset is None else now + to_offset * 1000
+            capped = (scan_pending(state, partner, account, now) >= per_account
+                      or scan_pending(state, partner, None, now) >= in_total)
+            code = state.create_agreement(agreement, WriteSet())
+            assert (code != Code.OK) == capped, (code, op)
+            made += code == Code.OK
+        elif op[0] == "act" and made:
+            _, k, action, actor = op
+            agreement = state.agreements[f"agr_{k % made}"]
+            partner = agreement.partner_id if actor == "partner" else None
+            state.transition_agreement(agreement.id, partner, action, actor, now, WriteSet())
+        elif op[0] == "time":
+            now += op[1] * 1000
+        elif op[0] == "reload":
+            stored = [Agreement(**{name: getattr(a, name) for name in Agreement.__slots__})  # type: ignore[attr-defined]
+                      for a in state.agreements.values()]
+            state = fresh()
+            for agreement in stored:
+                state.load_agreement(agreement)
+        for at_ms in (now - 1_000, now, now + 1_000):
+            for partner in _PAIRS_PARTNERS:
+                assert state.pending_count(partner, None, at_ms) == scan_pending(state, partner, None, at_ms)
+                for account in _PAIRS_ACCOUNTS:
+                    assert state.can_see(partner, account, at_ms) == state.can_see_by_scan(partner, account, at_ms)
+                    assert state.pending_count(partner, account, at_ms) == scan_pending(state, partner, account, at_ms)
+
+
+def test_can_see_costs_the_same_with_ten_thousand_pending_agreements_over_the_account() -> None:
+    """The visibility check no longer walks the account's agreements: 10,000 pending
+    agreements of another partner over the account (the old scan's worst case) leave it
+    answering from the index; the scan it replaced has 10,001 agreements to look at."""
+    state = ShardState(0, 1, pending_per_account_max=20_000, pending_per_partner_max=20_000)
+    state.load_account(Account("acc_0", "customer", "CNY", 0, False))
+    for i in range(10_000):
+        assert state.create_agreement(mandate(f"agr_{i}", "ptn_hostile", "acc_0", "CNY", 1, 1,
+                                              "AwaitingAuthorisation", DAY0), WriteSet()) == Code.OK
+    assert state.create_agreement(mandate("agr_ok", "ptn_ok", "acc_0", "CNY", 1, 1, "AwaitingAuthorisation", DAY0),
+                                  WriteSet()) == Code.OK
+    assert state.transition_agreement("agr_ok", None, "authorise", "customer", DAY0, WriteSet())[0] == Code.OK
+    looked_at: list[str] = []
+    agreements = state.agreements
+
+    class Counting(dict):  # type: ignore[type-arg]
+        def __getitem__(self, key: str) -> Agreement:
+            looked_at.append(key)
+            return agreements[key]
+
+    state.agreements = Counting()
+    assert state.can_see("ptn_ok", "acc_0", DAY0) and not state.can_see("ptn_hostile", "acc_0", DAY0)
+    assert looked_at == []                      # the index answers; no agreement is read
+    assert state.can_see_by_scan("ptn_ok", "acc_0", DAY0) and len(looked_at) == 10_001
+    assert state.pending_count("ptn_hostile", "acc_0", DAY0) == 10_000
+    assert state.pending_count("ptn_hostile", None, DAY0 + 86_400_000 + 1) == 0      # all expired after 24 h
+
+
+def test_the_total_pending_cap_is_shared_out_over_the_shards_without_exceeding_it() -> None:
+    from ledger.state import PENDING_PER_PARTNER_MAX, pending_share
+    assert [pending_share(10_000, n) for n in (1, 2, 3, 7)] == [10_000, 5_000, 3_333, 1_428]
+    assert all(pending_share(total, n) * n <= total for total in range(1, 200) for n in range(1, total + 1))
+    assert pending_share(1, 4) == 1            # below the shard count: one per shard
+    assert ShardState(1, 2).pending_per_partner_max == PENDING_PER_PARTNER_MAX // 2
