@@ -29,7 +29,7 @@ from .client import ShardClient
 from .handshake import HANDSHAKE_TIMEOUT_S, HandshakeError, ServerHandshake, cluster_secret
 from .idfilter import IdFilter
 from .model import (
-    Account, Agreement, Code, CreditLeg, FundingCommand, PaymentCommand, RefundCommand, Transfer,
+    Account, Agreement, Code, CreditLeg, FundingCommand, LedgerInvariantError, PaymentCommand, RefundCommand, Transfer,
 )
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
@@ -544,6 +544,11 @@ class ShardWorker:
             ok, result = _DECIDERS[op](self, args, ws, now_ms)
             if ok:
                 check_command(ws, mark, result, now_ms, state.undo)
+        except LedgerInvariantError:
+            # Fail-stop (ARCHITECTURE.md): a broken invariant is a defect, not an input to
+            # refuse; the process ends and the supervisor restarts it from PostgreSQL.
+            state.rollback(ws)
+            raise
         except Exception as exc:
             state.rollback(ws)
             self.decide_failures += 1
