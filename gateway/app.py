@@ -101,10 +101,11 @@ class GatewayConfig(msgspec.Struct):
     # number, called in-process instead of over the shard protocol.
     local_clients: dict[int, Any] | None = None
     # Per-partner rate limit (the default; PUT /admin/v1/partners/{id}/rate-limit overrides it)
-    # and this process's part of it (1/W for W gateway processes): gateway/ratelimit.py.
+    # and this process's part of it (part I of W for W gateway processes): gateway/ratelimit.py.
     rate_limit_rps: float = 10_000.0
     rate_limit_burst: float = 20_000.0
-    rate_limit_share: float = 1.0
+    rate_limit_worker: int = 0
+    rate_limit_workers: int = 1
     # Webhook endpoints on loopback/private/link-local addresses (notify/ssrf.py): refused unless set.
     webhooks_allow_private: bool = False
 
@@ -199,8 +200,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         response.headers.update(verdict.headers())
-        if not verdict.allowed:
-            metrics.RATE_LIMITED.inc()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     metrics.record(route, request.method, response.status, time.perf_counter() - started)
@@ -231,7 +230,7 @@ class Gateway:
                                   local_clients=config.local_clients)
         self.tokens = TokenService(config.token_key)
         self.limiter = RateLimiter(RateLimit(config.rate_limit_rps, config.rate_limit_burst),
-                                   share=config.rate_limit_share)
+                                   worker=config.rate_limit_worker, workers=config.rate_limit_workers)
         # partner -> (its override or None, monotonic time it was read); re-read in the
         # background once older than RATE_LIMIT_OVERRIDE_TTL_S, never on a request's path.
         self.rate_overrides: OrderedDict[str, tuple[RateLimit | None, float]] = OrderedDict()
@@ -262,7 +261,9 @@ class Gateway:
         finally:
             self._override_reads.discard(partner_id)
 
-    def partner_of(self, request: web.Request) -> str:
+    def partner_of(self, request: web.Request, cost_tokens: int = 1) -> str:
+        """The partner the bearer token names, after it paid `cost_tokens` of its rate limit
+        (ROUTE_COST_TOKENS; a batch pays 1 here and 1 per further item in `take_items`)."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -274,13 +275,25 @@ class Gateway:
             raise ApiError(401, "QP.Auth.InvalidToken", "the access token is invalid or expired",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         now_s = time.monotonic()
-        verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s))
+        verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s), cost_tokens)
         request[RATE_VERDICT] = verdict
         if not verdict.allowed:
+            metrics.RATE_LIMITED.inc()
             raise ApiError(429, "QP.RateLimit.Exceeded",
                            f"over this partner's rate limit; retry after {verdict.retry_after_s} s",
                            headers={"Retry-After": str(verdict.retry_after_s)})
         return partner_id
+
+    def take_items(self, request: web.Request, partner_id: str, wanted: int) -> int:
+        """Tokens for `wanted` more items of a batch, as many as the partner has: the count granted."""
+        if wanted <= 0:
+            return 0
+        now_s = time.monotonic()
+        verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s), wanted, partial=True)
+        request[RATE_VERDICT] = verdict
+        if verdict.granted < wanted:
+            metrics.RATE_LIMITED.inc(wanted - verdict.granted)
+        return verdict.granted
 
     def require_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -362,6 +375,14 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
 
 _REPLAYED = {"x-idempotent-replayed": "true"}
 _KEY_HEADER_PATH = "header.x-idempotency-key"
+
+
+def _rate_limited_item(index: int, retry_after_s: int) -> dict[str, Any]:
+    """The result of a batch item past the partner's tokens (nothing was placed)."""
+    message = f"over this partner's rate limit (one token per payment); retry after {retry_after_s} s"
+    return {"status": 429, "error": {"code": "QP.RateLimit.Exceeded", "message": message,
+                                     "errors": [{"code": "QP.RateLimit.Exceeded", "message": message,
+                                                 "path": f"$.payments[{index}]"}]}}
 
 
 def _item_path(index: int, path: str) -> str:
@@ -1008,13 +1029,20 @@ def create_app(config: GatewayConfig) -> web.Application:
                 raise field_error(400, "QP.Field.Invalid", "each item of payments must be a JSON object",
                                   f"$.payments[{index}]")
         interaction_id = request.headers.get("x-fapi-interaction-id", "-")[:INTERACTION_ID_MAX]
+        # One token per payment: partner_of took the first; items past the partner's tokens
+        # are refused one by one (429 item errors, in order), the others proceed.
+        granted = 1 + gw.take_items(request, partner_id, len(items) - 1)
+        retry_after_s = request[RATE_VERDICT].retry_after_s if granted < len(items) else 0
         # All items are sent in the same event-loop tick where they need no creditor lookup,
         # so the shard clients put them in one frame per shard and the shards decide and
         # commit them in their group commits. Each answer comes after its commit: the 200
         # leaves only when every item is durable or has failed on its own.
         results = await asyncio.gather(*(batch_item(partner_id, index, raw, interaction_id)
-                                         for index, raw in enumerate(items)))
-        return _json(200, {"results": results})
+                                         for index, raw in enumerate(items[:granted])))
+        if granted == len(items):
+            return _json(200, {"results": results})
+        results += [_rate_limited_item(index, retry_after_s) for index in range(granted, len(items))]
+        return _json(200, {"results": results}, {"Retry-After": str(retry_after_s)})
 
     # Not "batch": that path is the batch endpoint (POST only), and its Allow header must
     # not advertise this GET (no payment id is "batch", ids are pay_...).

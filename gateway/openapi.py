@@ -245,7 +245,10 @@ def _batch_op() -> dict[str, Any]:
         "when every accepted item is durable. Items with status 503 (a shard did not answer) may or may "
         "not have been committed: retry the whole batch with the same keys, each item happens once. A "
         "key repeated within one batch is decided by the shard like two concurrent requests: the later "
-        "item gets 409 (in flight) or, if the first has committed, a replay (422 for another body).",
+        "item gets 409 (in flight) or, if the first has committed, a replay (422 for another body). "
+        "Rate limit: one token per payment. The request takes the first (none left: the whole batch is "
+        "429); items past the partner's remaining tokens are refused one by one, the last ones first, with "
+        "status 429 QP.RateLimit.Exceeded and nothing placed, and the 200 then carries Retry-After.",
         body="QuickPaymentBatchRequest", ok=(200, "One result per item, in request order",
                                              "QuickPaymentBatchResult"), errors=())
     operation["responses"]["413"]["description"] = "Body larger than 1 MiB (this operation's own bound)"
@@ -489,11 +492,11 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "replayed": {"type": "boolean", "description": "true when the key was used before with the same "
                                                           "body (x-idempotent-replayed of the single endpoint)"}}),
         "QuickPaymentBatchItemError": _object(["status", "error"], {
-            "status": {"enum": [400, 404, 409, 422, 500, 503],
+            "status": {"enum": [400, 404, 409, 422, 429, 500, 503],
                        "description": "the status the single endpoint would answer: 400 invalid item, 404 "
                                       "unknown agreement, 409 the key is in flight (also a key repeated in the "
-                                      "same batch), 422 key reused with another body or a business rule, 503 "
-                                      "the item's shard did not answer (retry with the same key)"},
+                                      "same batch), 422 key reused with another body or a business rule, 429 "
+                                      "past the partner's rate limit (not placed; retry later), 503 the item's shard did not answer (retry with the same key)"},
             "error": _ref("Error")}),
     })
     # A transactions page item is a Transfer plus its direction for the account asked about.

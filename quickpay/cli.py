@@ -162,7 +162,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             argv += ["--ledger-mode", args.ledger_mode]
         if node:
             argv += ["--host", args.host, "--port", str(args.port), "--batch-items-max", str(args.batch_items_max),
-                     *_rate_limit_argv(args, share=1 / args.shards),
+                     *_rate_limit_argv(args, worker=shard, workers=args.shards),
                      *(["--webhooks-allow-private"] if _allow_private(args) else [])]
             children.append(Child(f"node-{shard}", argv,
                                   env={**secrets_env, **metrics_env, ENV_SUPERVISOR_STATUS: str(status_path)}))
@@ -173,7 +173,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         children.append(Child(f"gateway-{worker}", [
             *python, "gateway-worker", "--host", args.host, "--port", str(args.port),
             "--shard-addrs", ",".join(gateway_addresses), "--batch-items-max", str(args.batch_items_max),
-            *_rate_limit_argv(args, share=1 / args.workers),
+            *_rate_limit_argv(args, worker=worker, workers=args.workers),
             *(["--webhooks-allow-private"] if _allow_private(args) else [])],
             env={**secrets_env, **metrics_env, ENV_SUPERVISOR_STATUS: str(status_path)}, needed=False))
     if not args.no_monitor:
@@ -410,14 +410,17 @@ def _gateway_config(args: argparse.Namespace, command: str) -> Any:
         raise SystemExit(f"{command}: --batch-items-max must be between 1 and {BATCH_ITEMS_MAX_DEFAULT}")
     rate = getattr(args, "rate_limit_rps", RATE_LIMIT_RPS_DEFAULT)
     burst = getattr(args, "rate_limit_burst", RATE_LIMIT_BURST_DEFAULT)
-    share = getattr(args, "rate_limit_share", 1.0)
-    if not 0 < rate <= RATE_LIMIT_MAX or not 1 <= burst <= RATE_LIMIT_MAX or not 0 < share <= 1:
+    worker = getattr(args, "rate_limit_worker", 0)
+    workers = getattr(args, "rate_limit_workers", 1)
+    if (not 0 < rate <= RATE_LIMIT_MAX or not 1 <= burst <= RATE_LIMIT_MAX
+            or not 1 <= workers <= RATE_LIMIT_WORKERS_MAX or not 0 <= worker < workers):
         raise SystemExit(f"{command}: --rate-limit-rps in (0, {RATE_LIMIT_MAX}], --rate-limit-burst in "
-                         f"[1, {RATE_LIMIT_MAX}], --rate-limit-share in (0, 1]")
+                         f"[1, {RATE_LIMIT_MAX}], --rate-limit-workers in [1, {RATE_LIMIT_WORKERS_MAX}], "
+                         "--rate-limit-worker in [0, workers)")
     return GatewayConfig(shard_addresses=addresses, token_key=key.encode(), admin_token=admin,
                          supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None,
                          batch_items_max=items_max, rate_limit_rps=rate, rate_limit_burst=burst,
-                         rate_limit_share=share,
+                         rate_limit_worker=worker, rate_limit_workers=workers,
                          webhooks_allow_private=bool(getattr(args, "webhooks_allow_private", False)))
 
 
@@ -646,6 +649,7 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
 RATE_LIMIT_RPS_DEFAULT = 10_000.0
 RATE_LIMIT_BURST_DEFAULT = 20_000.0
 RATE_LIMIT_MAX = 10_000_000
+RATE_LIMIT_WORKERS_MAX = 1024
 
 
 def _add_rate_limit_arguments(p: argparse.ArgumentParser, *, process: bool) -> None:
@@ -655,8 +659,11 @@ def _add_rate_limit_arguments(p: argparse.ArgumentParser, *, process: bool) -> N
     p.add_argument("--rate-limit-burst", type=float, default=RATE_LIMIT_BURST_DEFAULT,
                    help=f"requests a partner may send at once (default {RATE_LIMIT_BURST_DEFAULT:.0f})")
     if process:
-        p.add_argument("--rate-limit-share", type=float, default=1.0,
-                       help="this process's part of each limit: 1/W for W gateway processes (up sets it)")
+        p.add_argument("--rate-limit-workers", type=int, default=1,
+                       help="W, the gateway processes that share each partner's limit (up sets it)")
+        p.add_argument("--rate-limit-worker", type=int, default=0,
+                       help="which of them this process is, 0..W-1: it enforces that part of each limit, "
+                            "so the parts add up to the limit (gateway/ratelimit.py; up sets it)")
 
 
 def _add_webhook_arguments(p: argparse.ArgumentParser) -> None:
@@ -667,9 +674,9 @@ def _add_webhook_arguments(p: argparse.ArgumentParser) -> None:
                    help="retry a webhook delivery until its event is this many hours old (default 72)")
 
 
-def _rate_limit_argv(args: argparse.Namespace, *, share: float) -> list[str]:
+def _rate_limit_argv(args: argparse.Namespace, *, worker: int, workers: int) -> list[str]:
     return ["--rate-limit-rps", str(args.rate_limit_rps), "--rate-limit-burst", str(args.rate_limit_burst),
-            "--rate-limit-share", repr(share)]
+            "--rate-limit-worker", str(worker), "--rate-limit-workers", str(workers)]
 
 
 def _add_worker_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,12 +40,54 @@ def test_partners_have_their_own_buckets_and_overrides() -> None:
     assert limiter.check("c", 0.0, RateLimit(1, 5)).remaining == 4
 
 
-def test_share_splits_rate_and_burst_over_processes() -> None:
-    limiter = RateLimiter(RateLimit(requests_per_s=10, burst=10), share=0.5)
-    assert sum(limiter.check("p", 0.0).allowed for _ in range(10)) == 5
-    assert sum(limiter.check("p", 1.0).allowed for _ in range(10)) == 5     # 5/s here
-    verdict = limiter.check("p", 1.0)
+def test_parts_split_rate_and_burst_over_processes() -> None:
+    parts = [RateLimiter(RateLimit(requests_per_s=10, burst=10), worker=i, workers=2) for i in range(2)]
+    assert [sum(p.check("p", 0.0).allowed for _ in range(10)) for p in parts] == [5, 5]
+    assert [sum(p.check("p", 1.0).allowed for _ in range(10)) for p in parts] == [5, 5]    # 5/s each
+    verdict = parts[0].check("p", 1.0)
     assert verdict.headers() == {"RateLimit-Policy": '"partner";q=5;w=1', "RateLimit": '"partner";r=0;t=1'}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("burst", [1, 2, 3, 5, 10, 11, 1000])
+def test_w_processes_never_let_more_than_the_burst_through(workers: int, burst: int) -> None:
+    """The parts add up to exactly the burst and the rate, whatever W and B (the old share
+    rounded each process's part up to 1, so W processes let W tokens through for B = 1)."""
+    for partner in (f"ptn_{i}" for i in range(20)):
+        limit = RateLimit(requests_per_s=8, burst=burst)
+        parts = [limit.part(i, workers, partner) for i in range(workers)]
+        assert sum(p.burst for p in parts) == burst
+        assert sum(p.requests_per_s for p in parts) == pytest.approx(8)
+        limiters = [RateLimiter(limit, worker=i, workers=workers) for i in range(workers)]
+        # Everything the partner sends at once, over every process: exactly the burst passes.
+        assert sum(lim.check(partner, 0.0).allowed for lim in limiters for _ in range(burst + 5)) == burst
+        # And one second later, the rate (whole tokens only: at most burst more).
+        assert sum(lim.check(partner, 1.0).allowed for lim in limiters for _ in range(burst + 20)) <= min(burst, 8)
+
+
+def test_odd_tokens_land_on_different_processes_for_different_partners() -> None:
+    holders = {next(i for i in range(2) if RateLimit(1, 1).part(i, 2, f"ptn_{n}").burst == 1) for n in range(40)}
+    assert holders == {0, 1}
+
+
+def test_a_process_without_a_part_refuses_with_a_retry_after() -> None:
+    limit = RateLimit(requests_per_s=1, burst=1)
+    empty = next(RateLimiter(limit, worker=i, workers=2) for i in range(2) if limit.part(i, 2, "p").burst == 0)
+    verdict = empty.check("p", 0.0)
+    assert not verdict.allowed and verdict.retry_after_s == 1
+    assert verdict.headers() == {"RateLimit-Policy": '"partner";q=0;w=1', "RateLimit": '"partner";r=0;t=0'}
+
+
+def test_a_batch_takes_one_token_per_item_partially() -> None:
+    limiter = RateLimiter(RateLimit(requests_per_s=1, burst=10))
+    assert limiter.check("p", 0.0).granted == 1                         # the batch request itself
+    first = limiter.check("p", 0.0, cost=99, partial=True)
+    assert first.granted == 9 and first.allowed and limiter.refused == 90
+    assert limiter.check("p", 0.0, cost=5, partial=True).granted == 0    # none left
+    assert not limiter.check("p", 0.5).allowed
+    # Without `partial` a cost is all or nothing.
+    assert limiter.check("p", 4.0, cost=5).granted == 0
+    assert limiter.check("p", 5.0, cost=5).granted == 5
 
 
 def test_retry_after_is_when_a_token_is_back() -> None:
@@ -131,3 +173,62 @@ def test_an_admin_override_raises_one_partners_limit(limited: Stack) -> None:
                          {"requests_per_s": 1000.0, "burst": 50.0}).body["burst"] == 50
     assert_error(http("PUT", limited.url(f"/admin/v1/partners/{vip['partner_id']}/rate-limit"),
                       {"requests_per_s": 5, "burst": 5}, token=vip["token"]), 401, "QP.Auth.Admin")
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    # A rate so slow that nothing refills during a test: what passes is the burst alone.
+    s = start_stack(tmp_path_factory.mktemp("ratelimit2"), workers=2, demo=False,
+                    extra=("--rate-limit-rps", "0.05", "--rate-limit-burst", "5"))
+    try:
+        yield s
+    finally:
+        stop_stack(s)
+
+
+def test_batches_take_a_token_per_payment_across_gateway_workers(two_workers: Stack) -> None:
+    """Batches over fresh connections (the kernel spreads them over both gateway workers):
+    in total the partner's burst of payments is placed, never more; the rest are item 429s
+    in the error shape, with nothing moved; once no token is left a batch is a whole 429."""
+    partner = two_workers.new_partner("Batcher")
+    customer = two_workers.new_customer(partner, funding="100.00")
+    creditor = two_workers.new_account()
+    placed, refused, batches_refused = 0, 0, 0
+    for n in range(10):
+        items = [{"agreement_id": customer["agreement_id"], "amount": "1.00", "currency": "CNY",
+                  "creditor_account": creditor, "reference": f"b{n}", "idempotency_key": uuid.uuid4().hex}
+                 for _ in range(4)]
+        reply = two_workers.call("POST", "/v1/quick-payments/batch", {"payments": items}, token=partner["token"],
+                                 headers={"x-idempotency-key": uuid.uuid4().hex})
+        if reply.status == 429:
+            assert_error(reply, 429, "QP.RateLimit.Exceeded")
+            batches_refused += 1
+            continue
+        assert reply.status == 200, reply.body
+        statuses = [r["status"] for r in reply.body["results"]]
+        assert statuses == sorted(statuses, key=lambda st: st != 201), statuses   # granted items come first
+        for index, result in enumerate(reply.body["results"]):
+            if result["status"] == 201:
+                placed += 1
+            else:
+                assert result["status"] == 429, result
+                assert result["error"]["code"] == "QP.RateLimit.Exceeded"
+                assert result["error"]["errors"][0]["path"] == f"$.payments[{index}]"
+                refused += 1
+        if refused:
+            assert int(reply.headers["retry-after"]) >= 1
+    assert 1 <= placed <= 5, (placed, refused, batches_refused)
+    assert placed + refused + 4 * batches_refused == 40
+    assert batches_refused >= 1
+    # Only the placed payments moved money.
+    answer = two_workers.admin("GET", f"/admin/v1/accounts/{creditor}/balance")
+    assert answer.status == 200, answer.body
+    assert answer.body["balance"] == f"{placed}.00", answer.body
+
+
+def test_single_requests_across_workers_never_exceed_the_burst(two_workers: Stack) -> None:
+    partner = two_workers.new_partner("Single")
+    path = f"/v1/accounts/{partner['settlement_account']}/balance"
+    statuses = [two_workers.call("GET", path, token=partner["token"]).status for _ in range(30)]
+    assert statuses.count(200) <= 5 and set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 2          # both workers hold part of it (3 + 2)

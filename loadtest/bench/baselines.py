@@ -152,7 +152,7 @@ def rate_limiter_cost_us(calls: int = 200_000) -> float:
     runs in the gateway on every partner request, so it is part of the gateway's share of
     the SUT CPU per payment; this isolates it."""
     from gateway.ratelimit import RateLimit, RateLimiter
-    limiter = RateLimiter(RateLimit(10_000.0, 20_000.0), share=0.5)
+    limiter = RateLimiter(RateLimit(10_000.0, 20_000.0), worker=0, workers=2)
     partners = [f"ptn_{i:04d}" for i in range(100)]
     for partner in partners:
         limiter.check(partner, time.monotonic())
