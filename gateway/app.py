@@ -167,6 +167,27 @@ def _shard_error(exc: ShardError, interaction_id: str) -> ApiError:
     return _internal(exc, interaction_id)
 
 
+# A request refused for its partner's rate is answered after min(Retry-After, this) seconds:
+# a client that ignores Retry-After and loops on 429s (a closed loop, or a hostile partner)
+# then costs one cheap refusal per connection per hold instead of thousands a second, which
+# took CPU from every other partner (tests/test_fairness.py). Held answers are bounded per
+# process; past the bound a refusal is answered at once.
+REFUSAL_HOLD_S = 1.0
+REFUSALS_HELD_MAX = 1024
+_refusals_held = 0
+
+
+async def _hold_refusal(retry_after_s: float) -> None:
+    global _refusals_held
+    if _refusals_held >= REFUSALS_HELD_MAX:
+        return
+    _refusals_held += 1
+    try:
+        await asyncio.sleep(min(retry_after_s, REFUSAL_HOLD_S))
+    finally:
+        _refusals_held -= 1
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -200,6 +221,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         response.headers.update(verdict.headers())
+        if not verdict.allowed and response.status == 429:
+            await _hold_refusal(verdict.retry_after_s)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     metrics.record(route, request.method, response.status, time.perf_counter() - started)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import multiprocessing
+import os
 import time
 import uuid
 from typing import Any
@@ -74,11 +76,11 @@ async def pay_steadily(stack: Stack, partner: dict[str, Any], customer: dict[str
     return latencies, failures
 
 
-async def hammer(stack: Stack, partner: dict[str, Any], account: str, creditor: str, agreement_id: str,
+async def hammer(base_url: str, token: str, account: str, creditor: str, agreement_id: str,
                  until: float) -> dict[str, int]:
     """Closed loops over every expensive endpoint, as fast as the answers come."""
     statuses: dict[str, int] = {}
-    headers = {"authorization": f"Bearer {partner['token']}"}
+    headers = {"authorization": f"Bearer {token}"}
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     batch = {"payments": [{"agreement_id": agreement_id, "amount": "0.01", "currency": "CNY",
                            "creditor_account": creditor, "reference": "hammer",
@@ -103,7 +105,7 @@ async def hammer(stack: Stack, partner: dict[str, Any], account: str, creditor: 
                 if body is batch:
                     body = {"payments": [{**item, "idempotency_key": uuid.uuid4().hex} for item in batch["payments"]]}
                 try:
-                    async with session.request(method, stack.url(path), json=body, headers=extra,
+                    async with session.request(method, base_url + path, json=body, headers=extra,
                                                timeout=aiohttp.ClientTimeout(total=30)) as reply:
                         await reply.read()
                         key = f"{method} {path.split('?')[0][:40]} {reply.status}"
@@ -113,6 +115,16 @@ async def hammer(stack: Stack, partner: dict[str, Any], account: str, creditor: 
 
     await asyncio.gather(*(loop(i) for i in range(HAMMER_TASKS)))
     return statuses
+
+
+def hammer_process(out: Any, base_url: str, token: str, account: str, creditor: str, agreement_id: str,
+                   duration_s: float) -> None:
+    """The greedy partner runs in its own process, as it would on its own machine: its client
+    work must not delay the payer's sends in the test's event loop (that would measure the
+    test, not the service). Low priority, too: its client's CPU is its own machine's, not the
+    service's, and on this 2-core VM it would otherwise be taken from the stack."""
+    os.nice(19)
+    out.put(asyncio.run(hammer(base_url, token, account, creditor, agreement_id, time.monotonic() + duration_s)))
 
 
 async def watch_ready(stack: Stack, until: float) -> list[int]:
@@ -147,20 +159,37 @@ def test_a_partner_at_its_limit_on_expensive_endpoints_does_not_slow_another(own
     alone, failures = asyncio.run(pay_steadily(own, payer, customer, creditor, PHASE_S))
     assert not failures, failures
 
-    async def together() -> tuple[tuple[list[float], list[Any]], dict[str, int], list[int]]:
-        until = time.monotonic() + PHASE_S + 1.0
-        payments = asyncio.create_task(pay_steadily(own, payer, customer, creditor, PHASE_S))
-        statuses, ready = await asyncio.gather(
-            hammer(own, greedy, greedy_customer["account"], creditor, greedy_customer["agreement_id"], until),
-            watch_ready(own, until))
-        return await payments, statuses, ready
+    spawn = multiprocessing.get_context("spawn")
+    out = spawn.Queue()
+    greedy_proc = spawn.Process(target=hammer_process, args=(
+        out, own.base_url, greedy["token"], greedy_customer["account"], creditor, greedy_customer["agreement_id"],
+        PHASE_S + 2.0))
+    greedy_proc.start()
+    try:
+        time.sleep(1.0)         # the hammer is up to speed before the payer starts
 
-    (loaded, failures), statuses, ready = asyncio.run(together())
+        async def together() -> tuple[tuple[list[float], list[Any]], list[int]]:
+            payments = asyncio.create_task(pay_steadily(own, payer, customer, creditor, PHASE_S))
+            ready = await watch_ready(own, time.monotonic() + PHASE_S)
+            return await payments, ready
+
+        (loaded, failures), ready = asyncio.run(together())
+        statuses = out.get(timeout=60)
+    finally:
+        greedy_proc.join(timeout=30)
+        if greedy_proc.is_alive():
+            greedy_proc.kill()
     assert not failures, failures
     assert set(ready) == {200}, ready
     assert not any(key.endswith(" 500") or key.endswith(" 503") for key in statuses), statuses
-    assert sum(statuses.values()) > PHASE_S * 50, f"the hammer hardly ran: {statuses}"
+    # A ran at its maximum: it was refused for its rate (its refusals are held up to 1 s, so
+    # its closed loops do not spin), and every endpoint also answered it.
+    assert any(key.endswith(" 429") for key in statuses), f"the hammer never reached its limit: {statuses}"
+    answered = {key.rsplit(" ", 1)[0] for key in statuses if not key.endswith(" 429")}
+    assert len(answered) >= 7, f"some endpoint never answered the hammer: {statuses}"
     p99_alone, p99_loaded = p99(alone), p99(loaded)
+    print(f"fairness: payer p99 alone {p99_alone:.1f} ms, under the hammer {p99_loaded:.1f} ms; "
+          f"hammer answers {sum(statuses.values())}")
     assert max(p99_loaded, FLOOR_MS) <= 2 * max(p99_alone, FLOOR_MS), (
         f"payer p99 {p99_loaded:.1f} ms under the hammer vs {p99_alone:.1f} ms alone "
         f"(p99s under {FLOOR_MS} ms count as {FLOOR_MS}); hammer answers: {statuses}")

@@ -134,14 +134,18 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_over_the_limit_is_429_with_retry_after_and_others_are_untouched(limited: Stack) -> None:
     busy, quiet = limited.new_partner("Busy"), limited.new_partner("Quiet")
     path = f"/v1/accounts/{busy['settlement_account']}/balance"
-    replies = [limited.call("GET", path, token=busy["token"]) for _ in range(6)]
+    replies = [limited.call("GET", path, token=busy["token"]) for _ in range(5)]
     assert [r.status for r in replies[:4]] == [200, 200, 200, 200]
     refused = replies[4]
     assert_error(refused, 429, "QP.RateLimit.Exceeded")
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["ratelimit-policy"] == '"partner";q=4;w=2'
     assert refused.headers["ratelimit"].startswith('"partner";r=0;')
-    # A payment refused for the rate moves nothing and is not recorded: the same key works later.
+    # A payment refused for the rate moves nothing and is not recorded. (The refusal was held
+    # for its Retry-After, so that bucket has refilled meanwhile: a fresh partner's, emptied.)
+    busy = limited.new_partner("Busy again")
+    path = f"/v1/accounts/{busy['settlement_account']}/balance"
+    assert [limited.call("GET", path, token=busy["token"]).status for _ in range(4)] == [200] * 4
     key = uuid.uuid4().hex
     body = {"agreement_id": "agr_" + "0" * 20, "amount": "1.00", "currency": "CNY",
             "creditor_account": busy["settlement_account"], "reference": "r"}
@@ -232,3 +236,36 @@ def test_single_requests_across_workers_never_exceed_the_burst(two_workers: Stac
     statuses = [two_workers.call("GET", path, token=partner["token"]).status for _ in range(30)]
     assert statuses.count(200) <= 5 and set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) >= 2          # both workers hold part of it (3 + 2)
+
+
+def test_refusals_are_held_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 429 for the rate is answered after min(Retry-After, REFUSAL_HOLD_S), so a client
+    looping on refusals costs one per hold; past REFUSALS_HELD_MAX held at once, at once."""
+    import asyncio
+
+    from gateway import app as gateway_app
+    monkeypatch.setattr(gateway_app, "REFUSAL_HOLD_S", 0.3)
+    monkeypatch.setattr(gateway_app, "REFUSALS_HELD_MAX", 2)
+
+    async def timed() -> float:
+        started = time.monotonic()
+        await gateway_app._hold_refusal(5)
+        return time.monotonic() - started
+
+    async def three() -> list[float]:
+        return list(await asyncio.gather(timed(), timed(), timed()))
+
+    waits = sorted(asyncio.run(three()))
+    assert waits[0] < 0.1 and 0.25 <= waits[1] and 0.25 <= waits[2] < 1.0, waits
+    assert gateway_app._refusals_held == 0
+
+
+def test_a_refused_request_is_answered_after_the_hold(limited: Stack) -> None:
+    busy = limited.new_partner("Looping")
+    path = f"/v1/accounts/{busy['settlement_account']}/balance"
+    for _ in range(4):
+        limited.call("GET", path, token=busy["token"])
+    started = time.monotonic()
+    refused = limited.call("GET", path, token=busy["token"])
+    assert_error(refused, 429, "QP.RateLimit.Exceeded")
+    assert time.monotonic() - started >= 0.9
