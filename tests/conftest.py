@@ -285,3 +285,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def partner(stack: Stack) -> dict[str, Any]:
     """A fresh partner of the shared stack, with a token."""
     return stack.new_partner("Shared Test Partner")
+
+
+def plan_nodes(plan: Any) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, however deeply nested."""
+    found: list[dict[str, Any]] = []
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if "Node Type" in node:
+                found.append(node)
+            stack.extend(node.values())
+    return found

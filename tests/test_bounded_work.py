@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from conftest import Stack, start_stack, stop_stack
+from conftest import Stack, plan_nodes, start_stack, stop_stack
 from ledger import pg
 
 PENDING_EXPIRY_S = 30
@@ -168,16 +168,7 @@ def test_a_pending_agreement_expires_cannot_be_authorised_and_stops_counting(own
 
 # ---- list queries read a bounded number of rows through an index -------------------------------
 def _nodes(plan: Any) -> list[dict[str, Any]]:
-    found, stack = [], [plan]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if "Node Type" in node:
-                found.append(node)
-            stack.extend(node.values())
-    return found
+    return plan_nodes(plan)
 
 
 class _Analysing:

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, Stack, start_stack, stop_stack
+from conftest import ROOT, Stack, plan_nodes, start_stack, stop_stack
 from ledger import pg
 from ledger.client import ShardClient
 from ledger.fraud_port import FraudAdapter
@@ -201,17 +201,7 @@ class _ExplainingConnection:
 
 
 def _nodes(plan: Any) -> list[dict[str, Any]]:
-    found = []
-    stack = [plan]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if "Node Type" in node:
-                found.append(node)
-            stack.extend(node.values())
-    return found
+    return plan_nodes(plan)
 
 
 def test_restart_reloads_use_an_index_not_a_journal_scan(own: Stack) -> None:
