@@ -394,6 +394,7 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
     "CURRENCY_MISMATCH": (422, "QP.Currency.Mismatch",
                           "the currency differs from the agreement's or the creditor's", "$.currency"),
     "CREDITOR_NOT_FOUND": (422, "QP.Creditor.NotFound", "no such creditor account", "$.creditor_account"),
+    "PARTNER_NOT_FOUND": (404, "QP.Partner.NotFound", "no such partner", "path.partner_id"),
     "SAME_ACCOUNT": (422, "QP.Creditor.SameAsDebtor", "the creditor is the debtor's own account",
                      "$.creditor_account"),
     "EXISTS_WITH_DIFFERENT_BODY": (422, "QP.Idempotency.Mismatch",
@@ -1220,8 +1221,8 @@ def create_app(config: GatewayConfig) -> web.Application:
             secret = new_secret()
             args.update(secret_sha256=hash_secret(secret), overlap_ms=int(body.overlap_s) * 1000)
         answer = await router.client_for(partner_id).call("partner_action", args)
-        if answer["code"] == "PARTNER_NOT_FOUND":
-            raise ApiError(404, "QP.Partner.NotFound", "no such partner")
+        if answer["code"] not in ("OK", "SAME"):
+            _raise_for(answer["code"])      # PARTNER_NOT_FOUND: 404 QP.Partner.NotFound
         status = answer["partner"]
         gw.apply_cutoff(partner_id, status)
         result = {**cutoff_resource(partner_id, status), "action": action, "changed": answer["code"] == "OK"}
