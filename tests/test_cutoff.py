@@ -342,3 +342,22 @@ def test_cli_cuts_a_partner_off(cut: Stack) -> None:
                               cut.base_url, "--state-dir", str(cut.state_dir)], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "QP.Partner.NotFound" in missing.stderr
+
+
+def test_the_sdk_renews_a_revoked_token_and_reports_a_disable(cut: Stack) -> None:
+    """A revocation costs an SDK user one token renewal (401 QP.Auth.InvalidToken is renewed
+    once); a disabled partner gets ForbiddenError with the code."""
+    from quickpay_sdk import Client
+    from quickpay_sdk.errors import ForbiddenError
+    partner = cut.new_partner("SDK User")
+    with Client(cut.base_url, partner["client_id"], partner["client_secret"]) as qp:
+        assert qp.get_balance(partner["settlement_account"])["balance"] == "0.00"
+        admin_action(cut, partner["partner_id"], "revoke-tokens")
+        time.sleep(APPLIES_WITHIN_S)
+        for _ in range(6):
+            assert qp.get_balance(partner["settlement_account"])["balance"] == "0.00"
+        admin_action(cut, partner["partner_id"], "disable")
+        time.sleep(APPLIES_WITHIN_S)
+        with pytest.raises(ForbiddenError) as refused:
+            qp.get_balance(partner["settlement_account"])
+        assert refused.value.code == "QP.Partner.Disabled"
