@@ -32,7 +32,7 @@ from quickpay.logs import INTERACTION_ID
 from quickpay.timestamps import OutOfRange, utc_ms
 from quickpay.supervisor import read_status
 
-from .auth import TokenService, admin_token_matches, hash_secret, new_secret, secret_matches
+from .auth import TokenService, admin_token_matches, client_secret_valid, hash_secret, new_secret, token_cut_off
 from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
@@ -44,7 +44,8 @@ from ledger import recon
 from notify.events import EVENT_TYPES
 from notify.ssrf import UrlRefused, resolve_checked
 from .schemas import (
-    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerRequest, RateLimitRequest,
+    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerActionRequest, PartnerRequest,
+    PartnerSecretRotationRequest, RateLimitRequest,
     RefundRequest, RotateSecretRequest, WebhookEndpointRequest,
     BATCH_ITEMS_MAX, QuickPaymentBatchItem, QuickPaymentBatchRequest, QuickPaymentRequest, RulesRequest,
     decode_body,
@@ -66,6 +67,14 @@ log = logging.getLogger("quickpay.gateway")
 # A partner's rate-limit override is re-read this often (per gateway process, in the background).
 RATE_LIMIT_OVERRIDE_TTL_S = 5.0
 RATE_OVERRIDES_MAX = 100_000
+# Partners' cut-off markers (disabled, tokens issued before T refused) are re-read from every
+# shard this often, in the background: a disable or a revocation holds on every gateway
+# process within CUTOFF_APPLIES_WITHIN_S (the poll, plus one answer's time). Never on a request's path.
+CUTOFF_REFRESH_S = 0.5
+CUTOFF_APPLIES_WITHIN_S = 1.0
+# How long the gateway's start waits for the first markers before it serves anyway (it says
+# "not ready" on /readyz until it has them).
+CUTOFF_FIRST_READ_S = 3.0
 RATE_VERDICT: web.RequestKey[Verdict] = web.RequestKey("rate_verdict", Verdict)
 
 # Printable ASCII (space to tilde): what an idempotency key, an interaction id or a
@@ -259,6 +268,52 @@ class Gateway:
         self.rate_overrides: OrderedDict[str, tuple[RateLimit | None, float]] = OrderedDict()
         self._override_reads: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        # Cut-off markers, partner id -> [disabled_at_ms, tokens_valid_after_ms], per shard (the
+        # partner's own shard holds its record) and merged; the version each shard last gave.
+        self.cutoffs: dict[str, list[int | None]] = {}
+        self._cutoffs_by_shard: dict[int, dict[str, list[int | None]]] = {}
+        self._cutoff_versions: dict[int, Any] = {}
+        self.cutoffs_loaded: set[int] = set()
+
+    async def _refresh_shard_cutoffs(self, shard: int) -> bool:
+        answer = await self.router.clients[shard].call(
+            "partner_cutoffs", {"since": self._cutoff_versions.get(shard)})
+        if "cutoffs" in answer:
+            self._cutoffs_by_shard[shard] = {k: list(v) for k, v in answer["cutoffs"].items()}
+        self._cutoff_versions[shard] = answer["version"]
+        self.cutoffs_loaded.add(shard)
+        return "cutoffs" in answer
+
+    async def refresh_cutoffs(self) -> None:
+        """Read every shard's markers once (only what changed since the last read)."""
+        results = await asyncio.gather(*(self._refresh_shard_cutoffs(s) for s in range(self.router.count)),
+                                       return_exceptions=True)
+        for shard, result in enumerate(results):
+            if isinstance(result, BaseException):
+                # Keep what we had (markers only ever come from a shard that answered).
+                log.warning("could not read the partner cut-off markers of shard %s: %r", shard, result)
+        if any(result is True for result in results):
+            merged: dict[str, list[int | None]] = {}
+            for markers in self._cutoffs_by_shard.values():
+                merged.update(markers)
+            self.cutoffs = merged
+
+    async def run_cutoff_refresh(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self.refresh_cutoffs(), CUTOFF_APPLIES_WITHIN_S)
+            except asyncio.TimeoutError:
+                log.warning("reading the partner cut-off markers took more than %s s", CUTOFF_APPLIES_WITHIN_S)
+            await asyncio.sleep(max(0.0, CUTOFF_REFRESH_S - (time.monotonic() - started)))
+
+    def apply_cutoff(self, partner_id: str, status: dict[str, Any]) -> None:
+        """This process applies an admin action's outcome at once (the others within the poll)."""
+        marker = [status.get("disabled_at_ms"), status.get("tokens_valid_after_ms")]
+        if marker == [None, None]:
+            self.cutoffs.pop(partner_id, None)
+        else:
+            self.cutoffs[partner_id] = marker
 
     def rate_override(self, partner_id: str, now_s: float) -> RateLimit | None:
         cached = self.rate_overrides.get(partner_id)
@@ -286,16 +341,23 @@ class Gateway:
 
     def partner_of(self, request: web.Request, cost_tokens: int = 1) -> str:
         """The partner the bearer token names, after it paid `cost_tokens` of its rate limit
-        (ROUTE_COST_TOKENS; a batch pays 1 here and 1 per further item in `take_items`)."""
+        (a request pays 1; a batch pays 1 here and 1 per further item in `take_items`)."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "QP.Auth.Missing", "a bearer access token is required",
                            headers={"WWW-Authenticate": 'Bearer realm="quickpay"'})
         token = token.strip()
-        partner_id = self.tokens.verify(token, _now_s()) if is_printable_ascii(token, TOKEN_MAX) else None
-        if partner_id is None:
+        claims = self.tokens.verify_claims(token, _now_s()) if is_printable_ascii(token, TOKEN_MAX) else None
+        if claims is None:
             raise ApiError(401, "QP.Auth.InvalidToken", "the access token is invalid or expired",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        partner_id, issued_at_ms = claims
+        refused = token_cut_off(self.cutoffs.get(partner_id), issued_at_ms)
+        if refused == "disabled":
+            raise ApiError(403, "QP.Partner.Disabled", "this partner is disabled; its tokens are refused")
+        if refused == "revoked":
+            raise ApiError(401, "QP.Auth.InvalidToken", "the access token was revoked; get a new one",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         now_s = time.monotonic()
         verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s), cost_tokens)
@@ -368,6 +430,7 @@ _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
     "CURRENCY_MISMATCH": (422, "QP.Currency.Mismatch",
                           "the currency differs from the agreement's or the creditor's", "$.currency"),
     "CREDITOR_NOT_FOUND": (422, "QP.Creditor.NotFound", "no such creditor account", "$.creditor_account"),
+    "PARTNER_NOT_FOUND": (404, "QP.Partner.NotFound", "no such partner", "path.partner_id"),
     "SAME_ACCOUNT": (422, "QP.Creditor.SameAsDebtor", "the creditor is the debtor's own account",
                      "$.creditor_account"),
     "EXISTS_WITH_DIFFERENT_BODY": (422, "QP.Idempotency.Mismatch",
@@ -500,6 +563,7 @@ def _encode_cursor(cursor: dict[int, int]) -> str:
 
 # ---- routes ---------------------------------------------------------------------------
 GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("gateway", Gateway)
+CUTOFF_TASK_KEY: web.AppKey["asyncio.Task[None]"] = web.AppKey("cutoff_refresh", asyncio.Task)
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -535,6 +599,11 @@ def create_app(config: GatewayConfig) -> web.Application:
                     # ready, though it still answers.
                     shards.append({"shard": index, "ready": False,
                                    "error": f"no commit for {stalled} s (database failing over?)"})
+                    continue
+                if index not in gw.cutoffs_loaded:
+                    # Until it has read the partners' cut-off markers, this process would take a
+                    # disabled partner's tokens: it serves, but says it is not ready.
+                    shards.append({"shard": index, "ready": False, "error": "partner cut-off markers not read yet"})
                     continue
                 shards.append({"shard": index, "ready": True})
                 if isinstance(answer, dict) and answer.get("fraud"):
@@ -614,10 +683,15 @@ def create_app(config: GatewayConfig) -> web.Application:
                 or _PARTNER_ID.fullmatch(client_id) is None or not is_printable_ascii(client_secret, 256):
             raise ApiError(401, "invalid_client", "client authentication failed")
         partner = await router.client_for(client_id).call("partner", {"id": client_id})
-        if partner is None or not secret_matches(client_secret, partner["secret_sha256"]):
+        now_ms = int(time.time() * 1000)
+        # The current secret, or the previous one inside its rotation overlap.
+        if partner is None or not client_secret_valid(partner, client_secret, now_ms):
             raise ApiError(401, "invalid_client", "client authentication failed")
-        now_s = _now_s()
-        return _json(200, {"access_token": gw.tokens.issue(client_id, now_s), "token_type": "Bearer",
+        # The record just read is the truth (this process's polled markers may be 0.5 s old).
+        if partner.get("disabled_at_ms") is not None:
+            raise ApiError(401, "invalid_client", "this client is disabled")
+        now_s = now_ms // 1000
+        return _json(200, {"access_token": gw.tokens.issue(client_id, now_s, now_ms), "token_type": "Bearer",
                            "expires_in": gw.tokens.ttl_s, "scope": "payments"},
                      headers={"Cache-Control": "no-store"})
 
@@ -1166,6 +1240,98 @@ def create_app(config: GatewayConfig) -> web.Application:
         return _json(200, {"partner_id": partner_id, "requests_per_s": rate, "burst": burst,
                            "applies_within_s": RATE_LIMIT_OVERRIDE_TTL_S})
 
+    # -- admin: cutting a partner off (ShardState.partner_action; audited, in the partner's feed) --
+    def admin_partner_id(request: web.Request) -> str:
+        partner_id = request.match_info["partner_id"]
+        if _PARTNER_ID.fullmatch(partner_id) is None:
+            raise ApiError(404, "QP.Partner.NotFound", "no such partner")
+        return partner_id
+
+    def cutoff_resource(partner_id: str, status: dict[str, Any]) -> dict[str, Any]:
+        def at(name: str) -> str | None:
+            value = status.get(name)
+            return _iso(value) if value is not None else None
+        return {"partner_id": partner_id, "disabled": status.get("disabled_at_ms") is not None,
+                "disabled_at": at("disabled_at_ms"), "tokens_valid_after": at("tokens_valid_after_ms"),
+                "previous_secret_valid_until": at("previous_secret_until_ms"),
+                "applies_within_s": CUTOFF_APPLIES_WITHIN_S}
+
+    async def partner_action(request: web.Request, action: str) -> web.Response:
+        gw.require_admin(request)
+        partner_id = admin_partner_id(request)
+        raw = await read_body(request)
+        schema = PartnerSecretRotationRequest if action == "rotate_secret" else PartnerActionRequest
+        body: Any = decode_body(raw or b"{}", schema)
+        args: dict[str, Any] = {"id": partner_id, "action": action, "actor": body.actor}
+        if body.reason is not None:
+            args["reason"] = body.reason
+        secret = None
+        if action == "rotate_secret":
+            if not float(body.overlap_s).is_integer():
+                raise field_error(400, "QP.Field.Invalid", "overlap_s must be a whole number", "$.overlap_s")
+            secret = new_secret()
+            args.update(secret_sha256=hash_secret(secret), overlap_ms=int(body.overlap_s) * 1000)
+        answer = await router.client_for(partner_id).call("partner_action", args)
+        if answer["code"] not in ("OK", "SAME"):
+            _raise_for(answer["code"])      # PARTNER_NOT_FOUND: 404 QP.Partner.NotFound
+        status = answer["partner"]
+        gw.apply_cutoff(partner_id, status)
+        result = {**cutoff_resource(partner_id, status), "action": action, "changed": answer["code"] == "OK"}
+        if secret is not None:
+            result["client_secret"] = secret
+        return _json(200, result, headers={"Cache-Control": "no-store"} if secret is not None else None)
+
+    @routes.get("/admin/v1/partners/{partner_id}")
+    async def get_partner(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        partner_id = admin_partner_id(request)
+        found = await router.client_for(partner_id).call("partner", {"id": partner_id})
+        if found is None:
+            raise ApiError(404, "QP.Partner.NotFound", "no such partner")
+        now_ms = int(time.time() * 1000)
+        until = found.get("previous_secret_until_ms")
+        overlapping = found.get("previous_secret_sha256") is not None and until is not None and now_ms < until
+        resource = cutoff_resource(partner_id, {**found, "previous_secret_until_ms": until if overlapping else None})
+        return _json(200, {**resource, "name": found["name"], "settlement_account": found["settlement_account"],
+                           "created_at": _iso(found["created_at_ms"])})
+
+    @routes.post("/admin/v1/partners/{partner_id}/disable")
+    async def disable_partner(request: web.Request) -> web.Response:
+        return await partner_action(request, "disable")
+
+    @routes.post("/admin/v1/partners/{partner_id}/enable")
+    async def enable_partner(request: web.Request) -> web.Response:
+        return await partner_action(request, "enable")
+
+    @routes.post("/admin/v1/partners/{partner_id}/rotate-secret")
+    async def rotate_partner_secret(request: web.Request) -> web.Response:
+        return await partner_action(request, "rotate_secret")
+
+    @routes.post("/admin/v1/partners/{partner_id}/retire-secret")
+    async def retire_partner_secret(request: web.Request) -> web.Response:
+        return await partner_action(request, "retire_secret")
+
+    @routes.post("/admin/v1/partners/{partner_id}/revoke-tokens")
+    async def revoke_partner_tokens(request: web.Request) -> web.Response:
+        return await partner_action(request, "revoke_tokens")
+
+    @routes.get("/admin/v1/partners/{partner_id}/audit")
+    async def partner_audit(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        partner_id = admin_partner_id(request)
+        after_text = request.query.get("after", "0")
+        if _ASCII_DIGITS.fullmatch(after_text) is None:
+            raise field_error(400, "QP.Query.Invalid", "after is the next_cursor of an earlier page", "query.after")
+        limit = _page_limit(request)
+        client = router.client_for(partner_id)
+        if await client.call("partner", {"id": partner_id}) is None:
+            raise ApiError(404, "QP.Partner.NotFound", "no such partner")
+        rows = await client.call("partner_audit", {"id": partner_id, "after": int(after_text), "limit": limit})
+        entries = [{"seq": r["seq"], "action": r["action"], "actor": r["actor"], "at": _iso(r["at_ms"]),
+                    "details": r["details"]} for r in rows]
+        return _json(200, {"partner_id": partner_id, "entries": entries,
+                           "next_cursor": str(rows[-1]["seq"]) if len(rows) == limit else None})
+
     @routes.post("/admin/v1/accounts")
     async def open_account(request: web.Request) -> web.Response:
         gw.require_admin(request)
@@ -1288,8 +1454,27 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     app.add_routes(routes)
 
+    async def start_cutoff_refresh(app: web.Application) -> None:
+        # The first read before serving (bounded: shards that are not up yet are read by the loop).
+        try:
+            await asyncio.wait_for(gw.refresh_cutoffs(), CUTOFF_FIRST_READ_S)
+        except asyncio.TimeoutError:
+            log.warning("serving before the partner cut-off markers were read (/readyz says not ready)")
+        app[CUTOFF_TASK_KEY] = asyncio.get_running_loop().create_task(gw.run_cutoff_refresh())
+
+    async def stop_cutoff_refresh(app: web.Application) -> None:
+        task = app.get(CUTOFF_TASK_KEY)
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
     async def close_router(app: web.Application) -> None:
         await router.close()
 
+    app.on_startup.append(start_cutoff_refresh)
+    app.on_cleanup.append(stop_cutoff_refresh)
     app.on_cleanup.append(close_router)
     return app

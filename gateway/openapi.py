@@ -138,7 +138,8 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 _INTERACTION_HEADER = {"x-fapi-interaction-id": {"$ref": "#/components/headers/InteractionId"}}
 
 _STATUS_TEXT = {400: "Bad request: the request does not match this document",
-                401: "Missing or invalid credentials",
+                401: "Missing or invalid credentials (a revoked access token is QP.Auth.InvalidToken)",
+                403: "This partner is disabled (QP.Partner.Disabled): its tokens are refused until it is enabled",
                 404: "No such resource (or not visible to this partner)",
                 409: "Conflict (a request with the same key in progress, or the fraud filter is off)",
                 413: "Body larger than 64 KiB",
@@ -197,7 +198,7 @@ def _op(operation_id: str, summary: str, *, security: str | None = "partner", bo
     if shards:
         statuses.update((500, 503))
     if security == "partner":
-        statuses.add(429)
+        statuses.update((403, 429))
     for code in sorted(statuses):
         extra: dict[str, Any] = {}
         if code == 401:
@@ -289,7 +290,8 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     structs = [schemas.QuickPaymentRequest, schemas.QuickPaymentBatchItem, schemas.AgreementRequest, schemas.PartnerRequest,
                schemas.AccountRequest, schemas.FundingRequest, schemas.RulesRequest,
                schemas.ListChangeRequest, schemas.RefundRequest, schemas.RateLimitRequest,
-               schemas.WebhookEndpointRequest, schemas.RotateSecretRequest]
+               schemas.WebhookEndpointRequest, schemas.RotateSecretRequest, schemas.PartnerActionRequest,
+               schemas.PartnerSecretRotationRequest]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)
     components["QuickPaymentRequest"] = _by_currency(components["QuickPaymentRequest"], ("amount",))
@@ -300,6 +302,9 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         "the same key and body are the same payment.")
     components["RotateSecretRequest"]["properties"]["overlap_s"] = {
         "type": "integer", "minimum": 0, "maximum": 7 * 86_400, "default": 86_400}
+    components["PartnerSecretRotationRequest"]["properties"]["overlap_s"] = {
+        "type": "integer", "minimum": 0, "maximum": 30 * 86_400, "default": 86_400,
+        "description": "seconds the previous secret stays valid (0: retired at once)"}
     for name in ("requests_per_s", "burst"):
         components["RateLimitRequest"]["properties"][name] = {"type": "integer", "minimum": 1, "maximum": 10_000_000}
     components["AgreementRequest"] = _by_currency(components["AgreementRequest"],
@@ -457,6 +462,26 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
                 "partner_id": {"type": "string"}, "client_id": {"type": "string"},
                 "client_secret": {"type": "string"}, "settlement_account": {"type": "string"},
                 "currency": currency}),
+        "PartnerCutoff": _object(
+            ["partner_id", "disabled", "disabled_at", "tokens_valid_after", "previous_secret_valid_until",
+             "applies_within_s"], {
+                "partner_id": {"type": "string"}, "disabled": {"type": "boolean"},
+                "disabled_at": {"type": ["string", "null"], "format": "date-time"},
+                "tokens_valid_after": {"type": ["string", "null"], "format": "date-time",
+                                       "description": "tokens issued at or before this instant are refused"},
+                "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time",
+                                                "description": "the previous client secret's overlap end"},
+                "applies_within_s": {"type": "number", "description": "every gateway process applies it within"},
+                "action": {"enum": ["disable", "enable", "rotate_secret", "retire_secret", "revoke_tokens"]},
+                "changed": {"type": "boolean", "description": "false: already so, nothing recorded"},
+                "client_secret": {"type": "string", "description": "rotate-secret only: shown once"},
+                "name": {"type": "string"}, "settlement_account": {"type": "string"}, "created_at": DATE_TIME}),
+        "PartnerAudit": _object(["partner_id", "entries", "next_cursor"], {
+            "partner_id": {"type": "string"},
+            "entries": {"type": "array", "items": _object(["seq", "action", "actor", "at", "details"], {
+                "seq": {"type": "integer"}, "action": {"type": "string"}, "actor": {"type": "string"},
+                "at": DATE_TIME, "details": {"type": "object"}})},
+            "next_cursor": {"type": ["string", "null"]}}),
         "Account": _object(["account_id", "currency", "balance"], {
             "account_id": account_id, "currency": currency, "balance": amount_out}),
         # Rule-set versions are content hashes (sha256 of the canonical text); see
@@ -656,6 +681,32 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
                                    "it within 5 s)", security="admin", body="RateLimitRequest",
             ok=(200, "OK", "RateLimitSetting"), errors=(404,),
             params=[_path_param("partner_id", r"^[A-Za-z0-9_\-]{1,64}$")])},
+        "/admin/v1/partners/{partner_id}": {"get": _op(
+            "getPartner", "A partner and its cut-off state", security="admin", ok=(200, "OK", "PartnerCutoff"),
+            errors=(404,), params=[_path_param("partner_id", r"^[A-Za-z0-9_\-]{1,64}$")])},
+        **{f"/admin/v1/partners/{{partner_id}}/{segment}": {"post": _op(
+            operation_id, summary, security="admin", body=body, body_required=False,
+            ok=(200, "OK", "PartnerCutoff"), errors=(404,),
+            params=[_path_param("partner_id", r"^[A-Za-z0-9_\-]{1,64}$")])}
+           for segment, operation_id, summary, body in (
+               ("disable", "disablePartner", "Refuse the partner's tokens (403 QP.Partner.Disabled on every gateway "
+                                             "process within 1 s) and issue it none; accepted payments settle",
+                "PartnerActionRequest"),
+               ("enable", "enablePartner", "Let a disabled partner back in", "PartnerActionRequest"),
+               ("rotate-secret", "rotatePartnerSecret", "A new client secret (in this answer only); the previous "
+                                                        "one stays valid for overlap_s", "PartnerSecretRotationRequest"),
+               ("retire-secret", "retirePartnerSecret", "End the previous client secret's overlap now",
+                "PartnerActionRequest"),
+               ("revoke-tokens", "revokePartnerTokens", "Refuse every token issued to the partner until now "
+                                                        "(on every gateway process within 1 s)",
+                "PartnerActionRequest"))},
+        "/admin/v1/partners/{partner_id}/audit": {"get": _op(
+            "getPartnerAudit", "Who cut the partner off or let it back in, and when (oldest first)",
+            security="admin", ok=(200, "OK", "PartnerAudit"), errors=(404,),
+            params=[_path_param("partner_id", r"^[A-Za-z0-9_\-]{1,64}$"),
+                    {"name": "after", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                     "description": "next_cursor of an earlier page"}, limit])},
         "/admin/v1/accounts": {"post": _op(
             "openAccount", "Open a customer account (the body is optional: CNY by default)", security="admin",
             body="AccountRequest", body_required=False, ok=(201, "Created", "Account"), errors=(),

@@ -12,6 +12,7 @@ from .errors import ApiError
 __all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "QuickPaymentBatchItem", "QuickPaymentBatchRequest",
            "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "RateLimitRequest",
            "WebhookEndpointRequest", "RotateSecretRequest", "PartnerRequest", "AccountRequest",
+           "PartnerActionRequest", "PartnerSecretRotationRequest",
            "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
@@ -171,6 +172,23 @@ class PartnerRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         self.name = _nfc(self.name, 100, "name")
+
+
+class PartnerActionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Who cuts a partner off (or lets it back in), and why: both go into the audit trail."""
+    actor: ShortText = "admin"
+    reason: Reference | None = None
+
+    def __post_init__(self) -> None:
+        self.actor = _nfc(self.actor, 100, "actor")
+        if self.reason is not None:
+            self.reason = _nfc(self.reason, 140, "reason")
+
+
+class PartnerSecretRotationRequest(PartnerActionRequest, kw_only=True, forbid_unknown_fields=True):
+    # Whole seconds, up to 30 days; 0 retires the old secret at once. A float because JSON
+    # Schema's integer includes 600.0 (the gateway refuses a fraction with 400).
+    overlap_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86_400)] = 86_400
 
 
 class AccountRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -18,7 +18,7 @@ from quickpay.money import CURRENCY_EXPONENTS
 from .agreements import period_window
 from .model import Account, Agreement, CreditLeg, Transfer, invariant
 from .rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event, decode_outbox, decode_transfer
-from .state import ShardState, WriteSet
+from .state import PARTNER_CUTOFF_FIELDS, ShardState, WriteSet
 
 __all__ = [
     "ADVISORY_LOCK_BASE", "SCHEMA_SQL", "ensure_schema", "load_state", "write_batch",
@@ -88,6 +88,10 @@ async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
         state.load_account(Account(r["id"], r["kind"], r["currency"], r["balance_minor"],
                                    r["allow_negative"], r["partner_id"], r["created_at_ms"],
                                    r["balance_minor"]))
+    # Partner records (few: one per wallet app), so the token endpoint and the cut-off
+    # decisions (ShardState.partner_action) read them from memory.
+    for r in await conn.fetch("SELECT * FROM partners"):
+        state.partners_cache[r["id"]] = dict(r)
     # A row that cannot be read (or whose limit windows cannot be placed at now_ms) is
     # quarantined: not loaded, so nothing can pay under it, and the shard starts anyway.
     for r in await conn.fetch("SELECT * FROM agreements ORDER BY created_at_ms, id"):
@@ -305,6 +309,17 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
                 " VALUES ($1, $2, $3, $4, $5)",
                 [(p["id"], p["name"], p["secret_sha256"], p["settlement_account"], p["created_at_ms"])
                  for p in ws.partners])
+        if ws.partner_updates:
+            # After the INSERT: a partner created and cut off in one batch is written as it ends.
+            await conn.executemany(
+                "UPDATE partners SET secret_sha256 = $2, previous_secret_sha256 = $3, previous_secret_until_ms = $4,"
+                " disabled_at_ms = $5, tokens_valid_after_ms = $6 WHERE id = $1",
+                [(partner_id, *(fields[name] for name in PARTNER_CUTOFF_FIELDS))
+                 for partner_id, fields in ws.partner_updates.items()])
+        if ws.partner_events:
+            await conn.copy_records_to_table(
+                "partner_events", columns=("partner_id", "action", "actor", "at_ms", "details"),
+                records=[partner_event_record(e) for e in ws.partner_events])
         new_agreements = set()
         if ws.agreements:
             # Rows as they are after the batch (a transition later in the same batch included).
@@ -381,3 +396,17 @@ async def read_setting(conn: asyncpg.Connection, key: str) -> str | None:
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def partner_event_record(event: tuple[str, str, str, int, dict[str, Any]]) -> tuple[Any, ...]:
+    """A partner_events row as the batch write encodes it (details as JSON text for jsonb)."""
+    partner_id, action, actor, at_ms, details = event
+    return (partner_id, action, actor, at_ms, json.dumps(details, separators=(",", ":"), sort_keys=True))
+
+
+async def partner_audit(conn: asyncpg.Connection, partner_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+    """A partner's cut-off audit rows after `after_seq`, oldest first."""
+    rows = await conn.fetch(
+        "SELECT seq, partner_id, action, actor, at_ms, details::text AS details FROM partner_events"
+        " WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", partner_id, after_seq, limit)
+    return [{**dict(r), "details": json.loads(r["details"])} for r in rows]

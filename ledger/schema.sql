@@ -17,6 +17,24 @@ CREATE TABLE IF NOT EXISTS partners (
     rate_limit_rps     integer CHECK (rate_limit_rps > 0),
     rate_limit_burst   integer CHECK (rate_limit_burst > 0)
 );
+-- Cut-off (ShardState.partner_action): a disabled partner's tokens are refused and it gets
+-- no new ones; tokens issued at or before tokens_valid_after_ms are refused; a rotated
+-- secret's predecessor stays valid until previous_secret_until_ms (or its retirement).
+ALTER TABLE partners ADD COLUMN IF NOT EXISTS disabled_at_ms bigint;
+ALTER TABLE partners ADD COLUMN IF NOT EXISTS tokens_valid_after_ms bigint;
+ALTER TABLE partners ADD COLUMN IF NOT EXISTS previous_secret_sha256 text;
+ALTER TABLE partners ADD COLUMN IF NOT EXISTS previous_secret_until_ms bigint;
+-- The audit trail of those actions: who, when, what (the notifier turns each into an event
+-- of the partner's feed, evt_<shard>_p<seq>).
+CREATE TABLE IF NOT EXISTS partner_events (
+    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    partner_id text NOT NULL REFERENCES partners (id),
+    action     text NOT NULL,
+    actor      text NOT NULL,
+    at_ms      bigint NOT NULL,
+    details    jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS partner_events_partner ON partner_events (partner_id, seq);
 CREATE TABLE IF NOT EXISTS accounts (
     id             text PRIMARY KEY,
     kind           text NOT NULL CHECK (kind IN ('customer', 'settlement', 'funding', 'clearing')),

@@ -26,9 +26,16 @@ from .model import (
 )
 
 __all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY", "REFUND_WINDOW_DAYS", "AGREEMENT_SCAN_MAX",
-           "PENDING_PER_ACCOUNT_MAX", "PENDING_PER_PARTNER_MAX", "pending_share"]
+           "PENDING_PER_ACCOUNT_MAX", "PENDING_PER_PARTNER_MAX", "pending_share", "PARTNER_ACTIONS",
+           "PARTNER_CUTOFF_FIELDS", "SECRET_OVERLAP_MAX_MS", "partner_status"]
 
 MS_PER_DAY = 86_400_000
+# Cut-off (ShardState.partner_action): what an operator may do to a partner, and the
+# partner-record fields those actions change (written as one UPDATE per partner and batch).
+PARTNER_ACTIONS = ("disable", "enable", "rotate_secret", "retire_secret", "revoke_tokens")
+PARTNER_CUTOFF_FIELDS = ("secret_sha256", "previous_secret_sha256", "previous_secret_until_ms",
+                         "disabled_at_ms", "tokens_valid_after_ms")
+SECRET_OVERLAP_MAX_MS = 30 * 86_400_000
 # How long after a payment it may be refunded (quickpay up --refund-window-days).
 REFUND_WINDOW_DAYS = 365
 # Agreement statuses under which the partner may read the customer's account.
@@ -110,6 +117,10 @@ class WriteSet:
     refunded: dict[str, int] = field(default_factory=dict)
     # Partners' rate-limit overrides: partner id -> (requests per s, burst).
     partner_limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Cut-off changes (ShardState.partner_action): partner id -> its PARTNER_CUTOFF_FIELDS as
+    # they are after the batch; and their audit rows (partner_id, action, actor, at_ms, details).
+    partner_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    partner_events: list[tuple[str, str, str, int, dict[str, Any]]] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
     deltas: dict[str, int] = field(default_factory=dict)
     outbox: list[CreditLeg] = field(default_factory=list)
@@ -123,12 +134,14 @@ class WriteSet:
     def is_empty(self) -> bool:
         return not (self.accounts or self.partners or self.agreements or self.transfers or self.deltas
                     or self.outbox or self.delivered or self.delivered_held or self.settings
-                    or self.agreement_updates or self.refunded or self.partner_limits)
+                    or self.agreement_updates or self.refunded or self.partner_limits
+                    or self.partner_updates or self.partner_events)
 
     def needs_transaction(self) -> bool:
         """Anything beyond transfers, deltas and outbox rows (the one-statement fast path)."""
         return bool(self.accounts or self.partners or self.agreements or self.delivered or self.delivered_held
-                    or self.settings or self.agreement_updates or self.refunded or self.partner_limits)
+                    or self.settings or self.agreement_updates or self.refunded or self.partner_limits
+                    or self.partner_updates or self.partner_events)
 
     def add_delta(self, account_id: str, delta_minor: int) -> None:
         """Aggregate a balance change (outside a decision; decisions record theirs in the
@@ -139,11 +152,13 @@ class WriteSet:
         """Where each list stands before a command is decided: lists only grow during a
         batch, so `truncate(mark)` takes a failed command's rows out again."""
         return (len(self.accounts), len(self.partners), len(self.agreements), len(self.agreement_events),
-                len(self.transfers), len(self.outbox), len(self.delivered), len(self.delivered_held))
+                len(self.transfers), len(self.outbox), len(self.delivered), len(self.delivered_held),
+                len(self.partner_events))
 
     def truncate(self, mark: tuple[int, ...]) -> None:
         lists: tuple[list[Any], ...] = (self.accounts, self.partners, self.agreements, self.agreement_events,
-                                        self.transfers, self.outbox, self.delivered, self.delivered_held)
+                                        self.transfers, self.outbox, self.delivered, self.delivered_held,
+                                        self.partner_events)
         for rows, length in zip(lists, mark):
             del rows[length:]
 
@@ -190,8 +205,12 @@ class ShardState:
         self.pending_expiry_ms = pending_expiry_s * 1000
         self.pending_per_account_max = pending_per_account_max
         self.pending_per_partner_max = pending_share(pending_per_partner_max, shard_count)
-        # Partners created since start (older ones are read from PostgreSQL).
+        # Every partner record of this shard (loaded at start, extended by create_partner):
+        # the token endpoint and the cut-off decisions read it from memory.
         self.partners_cache: dict[str, dict[str, Any]] = {}
+        # Raised by every change to a partner's cut-off markers (disabled, tokens valid
+        # after), so a gateway polling `partner_cutoffs` gets the markers only when they changed.
+        self.cutoff_version = 0
         # Recent transfers by id, least recently used first. Uncommitted ones are never
         # evicted; older ones are found again in PostgreSQL by the prefetch. Eviction
         # happens only between batches (`evict`, called by the batcher once a batch is
@@ -644,6 +663,69 @@ class ShardState:
         undo.setitem(ws.agreement_updates, agreement.id, agreement)
         return Code.OK, agreement
 
+    def partner_action(self, partner_id: str, action: str, actor: str, at_ms: int, ws: WriteSet, *,
+                       secret_sha256: str | None = None, overlap_ms: int = 0,
+                       reason: str | None = None) -> tuple[str, dict[str, Any] | None]:
+        """Cut a partner off, or let it back in: one of PARTNER_ACTIONS. Returns (code, the
+        partner's status as partner_status shows it). OK records one audit row (who, when,
+        what) in the same batch; SAME (disable when disabled, enable when enabled, retire
+        with no previous secret) records nothing and answers the partner as it is.
+
+        - disable / enable: the gateways refuse a disabled partner's tokens and issue it none
+          (payments already accepted settle: nothing here touches the journal or the outbox);
+        - rotate_secret: `secret_sha256` becomes the secret, the old one stays valid until
+          at_ms + overlap_ms (overlap 0: retired at once); a previous one still overlapping
+          is dropped (at most two secrets are ever valid);
+        - retire_secret: the previous secret stops being valid now;
+        - revoke_tokens: every token issued at or before at_ms is refused."""
+        partner = self.partners_cache.get(partner_id)
+        if partner is None:
+            return Code.PARTNER_NOT_FOUND, None
+        changes: dict[str, Any] = {}
+        details: dict[str, Any] = {}
+        if action == "disable":
+            if partner.get("disabled_at_ms") is not None:
+                return Code.SAME, partner_status(partner, at_ms)
+            changes["disabled_at_ms"] = at_ms
+        elif action == "enable":
+            if partner.get("disabled_at_ms") is None:
+                return Code.SAME, partner_status(partner, at_ms)
+            changes["disabled_at_ms"] = None
+        elif action == "rotate_secret":
+            if type(secret_sha256) is not str or type(overlap_ms) is not int \
+                    or not 0 <= overlap_ms <= SECRET_OVERLAP_MAX_MS:
+                raise ValueError("rotate_secret takes secret_sha256 and overlap_ms (0-30 days)")
+            until = at_ms + overlap_ms if overlap_ms > 0 else None
+            changes.update(secret_sha256=secret_sha256,
+                           previous_secret_sha256=partner["secret_sha256"] if until is not None else None,
+                           previous_secret_until_ms=until)
+            details["previous_secret_valid_until_ms"] = until
+        elif action == "retire_secret":
+            if partner.get("previous_secret_sha256") is None:
+                return Code.SAME, partner_status(partner, at_ms)
+            changes.update(previous_secret_sha256=None, previous_secret_until_ms=None)
+        elif action == "revoke_tokens":
+            changes["tokens_valid_after_ms"] = max(at_ms, partner.get("tokens_valid_after_ms") or 0)
+            details["tokens_issued_until_ms"] = changes["tokens_valid_after_ms"]
+        else:
+            raise ValueError(f"a partner action is one of {', '.join(PARTNER_ACTIONS)}")
+        if reason is not None:
+            details["reason"] = reason
+        undo = self.undo
+        for name, value in changes.items():
+            undo.setitem(partner, name, value)
+        undo.setitem(ws.partner_updates, partner_id, {name: partner.get(name) for name in PARTNER_CUTOFF_FIELDS})
+        ws.partner_events.append((partner_id, action, actor, at_ms, details))
+        if "disabled_at_ms" in changes or "tokens_valid_after_ms" in changes:
+            undo.setattr(self, "cutoff_version", self.cutoff_version + 1)
+        return Code.OK, partner_status(partner, at_ms)
+
+    def partner_cutoffs(self) -> dict[str, list[int | None]]:
+        """partner id -> [disabled_at_ms, tokens_valid_after_ms], for every partner with either."""
+        return {partner_id: [p.get("disabled_at_ms"), p.get("tokens_valid_after_ms")]
+                for partner_id, p in self.partners_cache.items()
+                if p.get("disabled_at_ms") is not None or p.get("tokens_valid_after_ms") is not None}
+
     def list_agreements(self, *, partner_id: str | None = None, debtor_account: str | None = None,
                         status: str | None = None, before: tuple[int, str] | None = None, limit: int,
                         at_ms: int) -> tuple[list[Agreement], tuple[int, str] | None]:
@@ -691,3 +773,12 @@ class ShardState:
                     agreement.status, agreement.valid_to_ms, at_ms, agreement.authorise_by_ms) in VISIBLE_STATUSES:
                 return True
         return False
+
+
+def partner_status(partner: dict[str, Any], at_ms: int) -> dict[str, Any]:
+    """What the admin API shows of a partner's cut-off state (never a secret's digest)."""
+    until = partner.get("previous_secret_until_ms")
+    overlapping = partner.get("previous_secret_sha256") is not None and until is not None and at_ms < until
+    return {"id": partner["id"], "disabled_at_ms": partner.get("disabled_at_ms"),
+            "tokens_valid_after_ms": partner.get("tokens_valid_after_ms"),
+            "previous_secret_until_ms": until if overlapping else None}

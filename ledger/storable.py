@@ -181,6 +181,11 @@ def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, 
         for agreement in ws.agreements[agreements:]:
             check_agreement(agreement, at_ms)
             step()
+    partner_events = mark[8] if len(mark) > 8 else len(ws.partner_events)
+    for partner_event in ws.partner_events[partner_events:]:
+        check_value(list(pg.partner_event_record(partner_event)), "partner_events")
+        check_value(partner_event[4], "partner_events.details")
+        _time(partner_event[3], "partner_events.at_ms")
     if len(ws.agreement_events) > events:
         for event in ws.agreement_events[events:]:
             check_value(list(event), "agreement_events")
@@ -194,6 +199,11 @@ def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, 
                 raise NotStorable(f"the batch's balance change of {key} goes beyond bigint")
         elif mapping is updates:
             check_agreement(updates[key], at_ms)
+        elif mapping is ws.partner_updates:
+            fields = ws.partner_updates[key]
+            check_value([key, fields], "partners")
+            for name in ("previous_secret_until_ms", "disabled_at_ms", "tokens_valid_after_ms"):
+                _time(fields.get(name), f"partners.{name}")
         elif mapping is ws.settings or mapping is ws.partner_limits or mapping is ws.refunded:
             check_value([key, mapping[key]], "settings")
     check_reply(result)

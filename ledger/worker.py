@@ -34,7 +34,8 @@ from .model import (
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
-from .state import PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS, ShardState, WriteSet
+from .state import (PARTNER_ACTIONS, PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS,
+                    SECRET_OVERLAP_MAX_MS, ShardState, WriteSet)
 from .storable import check_command
 from .agreements import PENDING_EXPIRY_S
 from . import validate as v
@@ -270,6 +271,9 @@ class ShardWorker:
                                 pending_expiry_s=config.pending_expiry_s,
                                 pending_per_account_max=config.pending_per_account_max,
                                 pending_per_partner_max=config.pending_per_partner_max)
+        # Names this run of the worker in `partner_cutoffs` answers, so a gateway that last
+        # saw version n of a previous run reads the markers again after a restart.
+        self.cutoff_epoch = os.urandom(8).hex()
         self.queue: deque[tuple[str, Any, Reply]] = deque()
         self.work_ready = asyncio.Event()
         self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], float, float]] = asyncio.Queue()
@@ -771,6 +775,19 @@ def _check_partner_rate_limit(worker: ShardWorker, args: Any) -> None:
     v.int64(args, "burst", 1, RATE_LIMIT_MAX)
 
 
+def _check_partner_action(worker: ShardWorker, args: Any) -> None:
+    v.fields(args, "id", "action", "actor")
+    v.ident(args, "id")
+    if args["action"] not in PARTNER_ACTIONS:
+        raise v.BadCommand(f"action is one of {', '.join(PARTNER_ACTIONS)}")
+    v.text(args, "actor", v.NAME_MAX)
+    v.text(args, "reason", v.REFERENCE_MAX, optional=True)
+    if args["action"] == "rotate_secret":
+        v.fields(args, "secret_sha256", "overlap_ms")
+        v.text(args, "secret_sha256", v.HASH_MAX)
+        v.int64(args, "overlap_ms", 0, SECRET_OVERLAP_MAX_MS)
+
+
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 
 
@@ -808,7 +825,7 @@ _CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
     "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
     "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
     "agreement_action": _check_agreement_action, "refund": _check_refund,
-    "partner_rate_limit": _check_partner_rate_limit,
+    "partner_rate_limit": _check_partner_rate_limit, "partner_action": _check_partner_action,
 }
 
 
@@ -874,7 +891,8 @@ def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteS
                            now_ms: int) -> tuple[bool, Any]:
     partner = {"id": args["id"], "name": args["name"], "secret_sha256": args["secret_sha256"],
                "settlement_account": args["settlement_account"], "created_at_ms": now_ms,
-               "rate_limit_rps": None, "rate_limit_burst": None}
+               "rate_limit_rps": None, "rate_limit_burst": None, "previous_secret_sha256": None,
+               "previous_secret_until_ms": None, "disabled_at_ms": None, "tokens_valid_after_ms": None}
     ws.partners.append(partner)
     worker.state.undo.setitem(worker.state.partners_cache, args["id"], partner)
     return True, {"id": args["id"]}
@@ -914,6 +932,14 @@ def _decide_partner_rate_limit(worker: ShardWorker, args: dict[str, Any], ws: Wr
     return True, {"id": args["id"], "requests_per_s": args["requests_per_s"], "burst": args["burst"]}
 
 
+def _decide_partner_action(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
+                           now_ms: int) -> tuple[bool, Any]:
+    code, status = worker.state.partner_action(
+        args["id"], args["action"], args["actor"], now_ms, ws, secret_sha256=args.get("secret_sha256"),
+        overlap_ms=args.get("overlap_ms", 0), reason=args.get("reason"))
+    return True, {"code": code, "partner": status}
+
+
 def _decide_refund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     cmd = RefundCommand(args["refund_id"], args["partner_id"], args["payment_id"], args.get("amount_minor"),
                         args.get("reason"), args.get("reference"), args["body_hash"], now_ms)
@@ -939,7 +965,7 @@ _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any
     "create_partner": _decide_create_partner, "create_agreement": _decide_create_agreement,
     "settings": _decide_settings, "fraud": _decide_fraud,
     "agreement_action": _decide_agreement_action, "refund": _decide_refund,
-    "partner_rate_limit": _decide_partner_rate_limit,
+    "partner_rate_limit": _decide_partner_rate_limit, "partner_action": _decide_partner_action,
 }
 _WRITE_OPS = frozenset(_DECIDERS)
 # A decider raising one of these met a value it cannot decide or store: the command's own
@@ -1133,6 +1159,33 @@ def _read_partner(worker: ShardWorker, args: dict[str, Any]) -> Any:
     return _read_partner_async(worker, args["id"])
 
 
+def _read_partner_cutoffs(worker: ShardWorker, args: Any) -> Any:
+    """Every partner's cut-off markers (ShardState.partner_cutoffs), or only the version when the
+    caller's `since` ([epoch, version] of its last answer) is still current: the gateways poll
+    this twice a second, so an unchanged answer costs a comparison."""
+    version = [worker.cutoff_epoch, worker.state.cutoff_version]
+    since = args.get("since") if isinstance(args, dict) else None
+    if since == version:
+        return {"version": version}
+    return {"version": version, "cutoffs": worker.state.partner_cutoffs()}
+
+
+PARTNER_AUDIT_MAX = 200
+
+
+async def _read_partner_audit_async(worker: ShardWorker, partner_id: str, after: int, limit: int) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        return await pg.partner_audit(conn, partner_id, after, limit)
+
+
+def _read_partner_audit(worker: ShardWorker, args: dict[str, Any]) -> Any:
+    v.ident(args, "id")
+    after = v.int64(args, "after", 0)
+    limit = v.int64(args, "limit", 1, PARTNER_AUDIT_MAX)
+    return _read_partner_audit_async(worker, args["id"], after, limit)
+
+
 async def _read_alerts_async(worker: ShardWorker, limit: int) -> Any:
     assert worker.read_pool is not None
     async with worker.read_pool.acquire() as conn:
@@ -1233,7 +1286,8 @@ def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
 _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
     "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
     "agreement": _read_agreement, "agreements": _read_agreements, "payment": _read_payment, "transactions": _read_transactions,
-    "partner": _read_partner, "fraud_read": _read_fraud, "alerts": _read_alerts,
+    "partner": _read_partner, "partner_cutoffs": _read_partner_cutoffs, "partner_audit": _read_partner_audit,
+    "fraud_read": _read_fraud, "alerts": _read_alerts,
     "decisions": _read_decisions, "notify": _read_notify, "recon": _read_recon,
 }
 

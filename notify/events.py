@@ -7,7 +7,9 @@ Events come only from what committed, in each shard's journal order:
   shard, so that credit-leg row is its `payment.completed` (a held leg completes nothing);
 - a refund row: `refund.succeeded` or `refund.rejected`;
 - an agreement transition (agreement_events): created, authorised, rejected, suspended,
-  resumed, revoked; `agreement.expired` is found by time (valid_to passed, not ended).
+  resumed, revoked; `agreement.expired` is found by time (valid_to passed, not ended);
+- a cut-off action on the partner (partner_events, the audit trail): disabled, enabled,
+  secret_rotated, secret_retired, tokens_revoked (`evt_<shard>_p<seq>`).
 Ids are derived from the source row, so producing the same row twice gives the same event
 (`evt_<shard>_t<seq>` for transfers, `evt_<shard>_a<seq>` for transitions,
 `evt_<shard>_x_<agreement id>` for expiries), and a redelivery carries the same id.
@@ -21,13 +23,19 @@ from typing import Any
 from gateway.resources import agreement_resource, iso_ms, payment_resource, refund_resource
 from quickpay.ids import CLEARING_ACCOUNT
 
-__all__ = ["Event", "EVENT_TYPES", "transfer_event", "transition_event", "expiry_event", "encode_event"]
+__all__ = ["Event", "EVENT_TYPES", "transfer_event", "transition_event", "expiry_event", "encode_event",
+           "partner_event", "PARTNER_EVENT_TYPES"]
 
 EVENT_TYPES = (
     "payment.completed", "payment.rejected", "refund.succeeded", "refund.rejected",
     "agreement.created", "agreement.authorised", "agreement.rejected", "agreement.suspended",
     "agreement.resumed", "agreement.revoked", "agreement.expired",
+    "partner.disabled", "partner.enabled", "partner.secret_rotated", "partner.secret_retired",
+    "partner.tokens_revoked",
 )
+PARTNER_EVENT_TYPES = {"disable": "partner.disabled", "enable": "partner.enabled",
+                       "rotate_secret": "partner.secret_rotated", "retire_secret": "partner.secret_retired",
+                       "revoke_tokens": "partner.tokens_revoked"}
 COMPLETED = "AcceptedSettlementCompleted"
 
 
@@ -103,3 +111,17 @@ def expiry_event(shard: int, agreement: dict[str, Any], at_ms: int | None = None
     at_ms = agreement["valid_to_ms"] if at_ms is None else at_ms
     obj = agreement_resource({**agreement, "status": "Expired"})
     return Event(f"evt_{shard}_x_{agreement['id']}", "agreement.expired", agreement["partner_id"], at_ms, obj)
+
+
+def partner_event(shard: int, seq: int, row: dict[str, Any]) -> Event:
+    """A partner_events row (partner_id, action, actor, at_ms, details): who did what, when.
+    Times in details (`..._ms`) are shown as RFC 3339 without the suffix."""
+    details = {}
+    for key, value in (row["details"] or {}).items():
+        if key.endswith("_ms"):
+            details[key[:-3]] = iso_ms(value) if value is not None else None
+        else:
+            details[key] = value
+    obj = {"object": "partner_action", "partner_id": row["partner_id"], "action": row["action"],
+           "actor": row["actor"], "at": iso_ms(row["at_ms"]), "details": details}
+    return Event(f"evt_{shard}_p{seq}", PARTNER_EVENT_TYPES[row["action"]], row["partner_id"], row["at_ms"], obj)

@@ -19,6 +19,7 @@ max_age_s old, then marked failed.
 from __future__ import annotations
 
 import asyncio
+import json
 import functools
 import logging
 import random
@@ -115,6 +116,7 @@ class Notifier:
             produced += await self._transfer_events(shard, conn, positions)
             produced += await self._transition_events(shard, conn, positions, now_ms)
             produced += await self._expiry_events(shard, conn, positions, now_ms)
+            produced += await self._partner_events(shard, conn, positions)
         # The feed's order is the order events are stored in: within one pass, by the time
         # they happened (shards interleaved); a later pass may still bring an earlier time
         # (a shard that was behind), so `created_at`, not the position, says when.
@@ -174,6 +176,19 @@ class Notifier:
         positions[source] = rows[-1]["seq"]
         found = [_built("agreement_events", r["seq"], shard, events.transition_event, shard, r["seq"], r,
                         wires[r["agreement_id"]]) for r in transitions if r["agreement_id"] in wires]
+        return [e for e in found if e is not None]
+
+    async def _partner_events(self, shard: int, conn: asyncpg.Connection,
+                              positions: dict[str, int]) -> list[events.Event]:
+        """The partner's cut-off actions (its audit trail, partner_events by seq)."""
+        source = f"p{shard}"
+        rows = await conn.fetch("SELECT seq, partner_id, action, actor, at_ms, details::text AS details"
+                                " FROM partner_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                                positions.get(source, 0), READ_BATCH_MAX)
+        if not rows:
+            return []
+        positions[source] = rows[-1]["seq"]
+        found = [_built("partner_events", r["seq"], shard, _partner_event, shard, r) for r in rows]
         return [e for e in found if e is not None]
 
     async def _expiry_events(self, shard: int, conn: asyncpg.Connection, positions: dict[str, int],
@@ -310,6 +325,10 @@ def _built(table: str, key: Any, shard: int, build: Callable[..., Any], *args: A
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
         QUARANTINE.skip(READER, RowError(table, key, f"its event cannot be built: {exc!r}"), shard)
         return None
+
+
+def _partner_event(shard: int, row: Any) -> events.Event:
+    return events.partner_event(shard, row["seq"], {**dict(row), "details": json.loads(row["details"])})
 
 
 def _event_id(body: str) -> str:

@@ -615,6 +615,11 @@ def cmd_fraud(args: argparse.Namespace) -> int:
     return int(run_fraud_command(args))
 
 
+def cmd_partners(args: argparse.Namespace) -> int:
+    from quickpay.partners_cli import run_partners_command
+    return int(run_partners_command(args))
+
+
 # ---- parser -----------------------------------------------------------------------------
 def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="gateway listen address (default 127.0.0.1)")
@@ -822,6 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
     from quickpay.fraud_cli import add_fraud_arguments
     add_fraud_arguments(fraud)
     fraud.set_defaults(func=cmd_fraud)
+
+    partners = sub.add_parser("partners", help="cut a partner off: disable, enable, rotate-secret, retire-secret, "
+                                               "revoke-tokens; show, audit")
+    from quickpay.partners_cli import add_partners_arguments
+    add_partners_arguments(partners)
+    partners.set_defaults(func=cmd_partners)
     return parser
 
 

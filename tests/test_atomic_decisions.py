@@ -69,7 +69,7 @@ def fingerprint(worker: ShardWorker, ws: WriteSet) -> str:
         sorted((k, list(v)) for k, v in state.pending_ends_by_partner.items()),
         sorted((k, sorted(v.items())) for k, v in state.partners_cache.items()),
         [(t.id, t.seq, t.status, t.refunded_minor) for t in state.transfers.values()],
-        state.next_seq,
+        state.next_seq, state.cutoff_version,
         adapter.filter.lists.snapshot(), adapter.registry.to_dict(), adapter.filter.stats(), adapter.fallback,
         repr(ws),
     ))
@@ -91,7 +91,8 @@ limits = st.lists(st.tuples(st.sampled_from(["Day", "Week", "Month", "Year"]),
 def commands(draw: Any) -> tuple[str, Any]:
     kind = draw(st.sampled_from(["fund", "open_accounts", "create_agreement", "agreement_action", "pay", "pay",
                                  "pay_cross", "refund", "credit", "delivered", "create_partner",
-                                 "partner_rate_limit", "settings", "fraud_list", "fraud_stage"]))
+                                 "partner_rate_limit", "partner_action", "settings", "fraud_list",
+                                 "fraud_stage"]))
     n = draw(ids)
     if kind == "fund":
         return "fund", {"transfer_id": f"fund_{n}_{draw(ids)}", "account_id": CUSTOMERS[n % 3],
@@ -130,6 +131,12 @@ def commands(draw: Any) -> tuple[str, Any]:
                                   f"set_ptn_{n}"}
     if kind == "partner_rate_limit":
         return "partner_rate_limit", {"id": PARTNER, "requests_per_s": n + 1, "burst": 2 * n + 1}
+    if kind == "partner_action":
+        action = draw(st.sampled_from(["disable", "enable", "rotate_secret", "retire_secret", "revoke_tokens"]))
+        args = {"id": f"ptn_{n}", "action": action, "actor": "ops"}
+        if action == "rotate_secret":
+            args.update(secret_sha256=f"s{draw(ids)}", overlap_ms=draw(st.sampled_from([0, 1_000, 86_400_000])))
+        return "partner_action", args
     if kind == "settings":
         return "settings", {f"key_{n}": "value"}
     if kind == "fraud_list":

@@ -41,7 +41,9 @@ from conftest import Reply, Stack, http, start_stack, stop_stack
 SEED = int(os.environ.get("QUICKPAY_SCHEMATHESIS_SEED", "20261123"))
 MAX_EXAMPLES = int(os.environ.get("QUICKPAY_SCHEMATHESIS_EXAMPLES", "25"))  # per operation and phase
 STATEFUL_MAX_STEPS = 10
-STATEFUL_MAX_EXAMPLES = 60
+# 80 since the cut-off routes: seven more operations start scenarios of their own, and at 60
+# none reached the agreement -> authorise -> pay chain with this seed.
+STATEFUL_MAX_EXAMPLES = 80
 RUN_TIMEOUT_S = 900        # a hard stop; the run itself takes 1-3 minutes here
 
 
@@ -109,7 +111,7 @@ def test_idempotency_key_pattern(key: str, valid: bool) -> None:
 def test_document_declares_every_status_and_link() -> None:
     document = openapi_document()
     ops = {op["operationId"]: op for item in document["paths"].values() for op in item.values()}
-    assert set(ops["createQuickPayment"]["responses"]) == {"201", "400", "401", "404", "409", "413", "422",
+    assert set(ops["createQuickPayment"]["responses"]) == {"201", "400", "401", "403", "404", "409", "413", "422",
                                                             "429", "500", "503"}
     links = ops["createAgreement"]["responses"]["201"]["links"]
     assert links["GetAgreement"]["operationId"] == "getAgreement"
