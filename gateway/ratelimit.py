@@ -4,7 +4,7 @@ the clock is passed in), so the decision costs no round trip to any shared state
 What a token buys: one request, and one *payment* — a batch of N payments costs N tokens
 (`RateLimiter.check(..., cost=N, partial=True)` grants as many items as there are tokens;
 the rest are refused one by one with 429 item errors, the granted ones proceed). Every other
-request costs one token: measured, no read costs more than a payment (~1-7 ms against ~5.5
+request costs one token: measured, no read costs much more than a payment (~1-7 ms against ~5.5
 ms; BENCHMARKS.md), so a partner's limit in tokens bounds the work it can ask for.
 
 How the limit is split: a deployment runs W gateway processes (workers, or nodes) behind one
