@@ -201,6 +201,7 @@ class Soak:
         self.hostile_violations: collections.Counter[str] = collections.Counter()
         self.hostile_by_class: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.violation_examples: list[str] = []
+        self.hostile_inputs: collections.Counter[str] = collections.Counter()
         self.op_histograms: dict[str, Any] = {}
         self.deliveries: collections.Counter[str] = collections.Counter()
         self.payments_ok = 0
@@ -275,6 +276,8 @@ class Soak:
         if partner.hostile:
             assert hostile_class is not None
             self.hostile_by_class[hostile_class][code] += 1
+            if sent:     # the inputs come from fixed lists: a bounded table
+                self.hostile_inputs[f"{hostile_class} {sent[:48]!r} -> {code}"] += 1
             if reply.status >= 400 or reply.error is not None:
                 self.errors_hostile[code] += 1
             ok = bool(acceptable) and reply.status < 500 and reply.error is None
@@ -865,6 +868,7 @@ def _fill(report: dict[str, Any], soak: Soak, partners: list[Partner], args: arg
     report["errors_hostile"] = dict(soak.errors_hostile.most_common())
     report["hostile_by_class"] = {k: dict(v.most_common()) for k, v in soak.hostile_by_class.items()}
     report["hostile_violations"] = dict(soak.hostile_violations)
+    report["hostile_answers_by_input"] = dict(sorted(soak.hostile_inputs.items()))
     report["hostile_violation_examples"] = soak.violation_examples
     report["status_5xx"] = dict(soak.status_5xx)
     unanswered = [p.partner_id for p in partners if p.answered == 0]
