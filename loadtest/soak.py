@@ -715,6 +715,11 @@ def summarise(report: dict[str, Any]) -> str:
     lines.append("  checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in checks.items()))
     for problem in report["problems"]:
         lines.append(f"  problem: {problem}")
+    lines.append("  per partner (slowest p99 first): partner, kind, operations sent, answers, p50 ms, p99 ms, "
+                 "unexpected answers")
+    for e in sorted(report["per_partner"], key=lambda e: -(e["p99_ms"] or 0.0)):
+        lines.append(f"    {e['partner_id']} {'hostile' if e['hostile'] else 'good   '} {e['sent']:6d} {e['answered']:6d} "
+                     f"{e['p50_ms']} {e['p99_ms']} {e['unexpected']}")
     lines.append("PASSED" if report["ok"] else "FAILED")
     return "\n".join(lines)
 
