@@ -610,6 +610,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(run_bench(args))
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from loadtest.soak import run_soak
+    return int(run_soak(args))
+
+
 def cmd_fraud(args: argparse.Namespace) -> int:
     from quickpay.fraud_cli import run_fraud_command
     return int(run_fraud_command(args))
@@ -822,6 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmark the quick-pay path (open loop) with baselines")
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from loadtest.soak import add_soak_arguments
+    soak = sub.add_parser("soak", help="mixed traffic from many partners (a hostile few) for a while, then checks")
+    add_soak_arguments(soak)
+    soak.set_defaults(func=cmd_soak)
 
     fraud = sub.add_parser("fraud", help="fraud rules: backtest, show, propose, activate, rollback")
     from quickpay.fraud_cli import add_fraud_arguments

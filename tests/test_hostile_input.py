@@ -169,6 +169,13 @@ def test_payment_ids_in_paths(stack: Stack, hostile: dict[str, Any]) -> None:
                        payment_id[:20], 400, 404)
 
 
+def test_ten_thousand_character_paths_are_refused_in_the_error_shape(stack: Stack, hostile: dict[str, Any]) -> None:
+    # Found by `quickpay soak`: aiohttp answered a request line over 8190 bytes itself, in plain text.
+    for path in ("/v1/" + "x" * 10_000, "/v1/accounts/acc_" + "a" * 10_000 + "/balance",
+                 "/v1/events?after=" + "9" * 10_000, "/v1/" + "%C3%A9" * 3_000):
+        assert_refused(_get(stack, path, hostile["token"]), path[:30], 400, 404)
+
+
 @pytest.mark.parametrize("template", ["/v1/agreements/{}", "/v1/accounts/{}/balance",
                                       "/v1/accounts/{}/transactions", "/admin/v1/accounts/{}/balance"])
 def test_ids_in_paths(stack: Stack, hostile: dict[str, Any], template: str) -> None:

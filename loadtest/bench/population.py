@@ -45,10 +45,16 @@ def bench_rules(out: Path) -> Path:
 
 
 def seed(stack: StackProcess, customers: int, partners: int, out: Path) -> Population:
+    return seed_at(stack.base_url, stack.state_dir, customers, partners, out)
+
+
+def seed_at(base_url: str, state_dir: Path, customers: int, partners: int, out: Path) -> Population:
+    """Partners through the API and funded customers with authorised agreements (quickpay
+    seed), then a token per partner; for `quickpay bench` and `quickpay soak`."""
     from quickpay.httpclient import Api
     from quickpay.seed import seed_population
     started = time.monotonic()
-    ns = argparse.Namespace(url=stack.base_url, state_dir=str(stack.state_dir), partners=partners,
+    ns = argparse.Namespace(url=base_url, state_dir=str(state_dir), partners=partners,
                             customers=customers, funding=FUNDING, blocked_share=0.0, out=str(out))
     population = seed_population(ns)
     rows: list[tuple[int, str, str]] = []
@@ -56,7 +62,7 @@ def seed(stack: StackProcess, customers: int, partners: int, out: Path) -> Popul
         reader = csv.reader(handle)
         next(reader)
         rows = [(int(p), a, d) for p, a, d in reader]
-    api = Api(stack.base_url)
+    api = Api(base_url)
     tokens = [api.token(p["client_id"], p["client_secret"]) for p in population["partners"]]
     log(f"seeded {partners} partners and {len(rows)} customers in {time.monotonic() - started:.1f}s")
     return Population(population["partners"], rows, tokens)

@@ -18,14 +18,17 @@ class StackProcess:
     def __init__(self, state_dir: Path, port: int, shards: int, workers: int, log_path: Path, *,
                  no_rules: bool = False, rules: Path | None = None, ledger_mode: str | None = None,
                  dsns: list[str] | None = None, topology: str = "gateway",
-                 batch_wait_ms: float | None = None, notifier: bool = False, ha: bool = False) -> None:
+                 batch_wait_ms: float | None = None, notifier: bool = False, ha: bool = False,
+                 monitor: bool = False, extra_argv: tuple[str, ...] = ()) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.shards = shards
         self.workers = workers
         self.log_path = log_path
         self.argv = [sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(self.state_dir),
-                     "--port", str(port), "--shards", str(shards), "--workers", str(workers), "--no-monitor"]
+                     "--port", str(port), "--shards", str(shards), "--workers", str(workers)]
+        if not monitor:
+            self.argv.append("--no-monitor")
         if not notifier:
             self.argv.append("--no-notifier")
         if no_rules:
@@ -43,6 +46,7 @@ class StackProcess:
         self.ha = ha
         if ha:
             self.argv.append("--ha")
+        self.argv += list(extra_argv)       # e.g. `quickpay soak`: --webhooks-allow-private
         self.external_dsns = list(dsns or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{port}"
@@ -172,7 +176,7 @@ class SutCpu:
                 t = proc.cpu_times()
                 times[pid] = t.user + t.system
                 if pid not in self.groups:
-                    self.groups[pid] = _process_group(proc.cmdline())
+                    self.groups[pid] = process_group(proc.cmdline())
             except psutil.Error:
                 continue
         return times
@@ -203,7 +207,7 @@ class SutCpu:
         return sum(max(0.0, value - before.get(pid, 0.0)) for pid, value in after.items())
 
 
-def _process_group(cmdline: list[str]) -> str:
+def process_group(cmdline: list[str]) -> str:
     if "gateway-worker" in cmdline:
         return "gateway"
     if "node" in cmdline and "quickpay.cli" in cmdline:
