@@ -13,6 +13,17 @@ ACTION_SEVERITY: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
 
 HitValue = int | str | bool | None
 
+# A window's sum can pass int64 (amounts are each at most int64, their sum is not); the
+# explanation keeps such a value exact as a decimal string, so that the decision stays
+# storable (bigint/jsonb/JSON) and the payment gets its business answer, not a 400.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _recordable(value: HitValue) -> HitValue:
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class RuleHit:
@@ -30,7 +41,7 @@ class RuleHit:
             "action": self.action,
             "score": self.score,
             "shadow": self.shadow,
-            "values": dict(self.values),
+            "values": {label: _recordable(value) for label, value in self.values.items()},
         }
 
     @classmethod

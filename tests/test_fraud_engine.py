@@ -419,3 +419,18 @@ def test_default_rules_weak_signals_only_review_together() -> None:
     both = engine.evaluate(payment(at_ms=night_ms, creditor_account="c_new", amount_minor=1_000_001))
     assert (both.action, both.score) == ("review", 50)
     assert both.reason_codes == ("debtor_fan_out_signal", "first_payment_large_night_signal")
+
+
+def test_a_window_sum_past_int64_is_recorded_exactly_and_storably() -> None:
+    """Found by the soak: two payments of the int64 maximum made the window's sum pass int64,
+    the decision could not be stored, and the payment was answered 400 (blaming the request)
+    instead of its business answer. The explanation keeps the sum exact, as a string."""
+    from ledger.storable import check_value
+    int64_max = 2**63 - 1
+    engine = FraudFilter(parse_rules(rule("big", "review", "sum(amount, by debtor, 1h) > 0")))
+    engine.record(payment(transfer_id="tr_0", amount_minor=int64_max))
+    decision = engine.evaluate(payment(amount_minor=int64_max))
+    data = decision.to_dict()
+    assert data["reasons"][0]["values"]["sum(amount, by debtor, 1h)"] == str(2 * int64_max)
+    check_value(data, "transfers.fraud")            # raised NotStorable before
+    assert json.loads(json.dumps(data)) == data
