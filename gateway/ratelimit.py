@@ -181,3 +181,13 @@ class RateLimiter:
         if verdict.granted < cost:
             self.refused += cost - verdict.granted
         return verdict
+
+    def charge(self, partner_id: str, now_s: float, tokens: int) -> None:
+        """Take `tokens` more after the fact, for work whose size was known only once done
+        (a reconciliation file's rows). The bucket may go into debt, at most one burst deep:
+        the partner's next requests are refused until the rate has paid it back."""
+        bucket = self.buckets.get(partner_id)
+        if bucket is None or tokens <= 0:
+            return
+        bucket.take(bucket.limit, now_s, 0)                 # refill up to now first
+        bucket.tokens = max(bucket.tokens - tokens, -bucket.limit.burst)

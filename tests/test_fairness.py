@@ -138,7 +138,6 @@ async def watch_ready(stack: Stack, until: float) -> list[int]:
     return seen
 
 
-@pytest.mark.xfail(reason="issue 17 point 5 not done: requests are not cost-weighted yet (payer p99 ~660 ms under the hammer)", strict=True)
 def test_a_partner_at_its_limit_on_expensive_endpoints_does_not_slow_another(own: Stack) -> None:
     payer = own.new_partner("Fair payer")
     customer = own.new_customer(payer, shard=0, funding="1000.00")

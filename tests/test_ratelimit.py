@@ -269,3 +269,17 @@ def test_a_refused_request_is_answered_after_the_hold(limited: Stack) -> None:
     refused = limited.call("GET", path, token=busy["token"])
     assert_error(refused, 429, "QP.RateLimit.Exceeded")
     assert time.monotonic() - started >= 0.9
+
+
+def test_a_charge_after_the_fact_is_debt_at_most_one_burst_deep() -> None:
+    limiter = RateLimiter(RateLimit(requests_per_s=10, burst=20))
+    assert limiter.check("p", 0.0).allowed                      # 19 left
+    limiter.charge("p", 0.0, 25)                                # a big recon file: 6 in debt
+    refused = limiter.check("p", 0.0)
+    assert not refused.allowed and refused.retry_after_s == 1   # (1 + 6) / 10 s, rounded up
+    assert not limiter.check("p", 0.6).allowed and limiter.check("p", 0.8).allowed
+    limiter.charge("p", 1.0, 10_000)                            # never deeper than one burst
+    assert limiter.buckets["p"].tokens == -20
+    assert limiter.check("p", 4.1).allowed
+    limiter.charge("nobody", 0.0, 5)                            # no bucket yet: nothing to charge
+    assert "nobody" not in limiter.buckets

@@ -139,3 +139,45 @@ def test_a_days_file_matches_the_settlement_accounts_movement(stack: Stack) -> N
                                 (f"/v1/reconciliation-files/{today.isoformat()}?provisional=yes", 400, "QP.Query.Invalid"),
                                 ("/v1/reconciliation-files/2999-01-01?provisional=true", 404, "QP.Reconciliation.NotReady")):
         assert_error(stack.call("GET", path, token=partner["token"]), status, code_)
+
+
+def test_a_provisional_file_is_made_once_per_window_and_shared(stack: Stack) -> None:
+    """A partner asking for the same provisional file again and again (the fairness hammer)
+    gets the one made in the last RECON_PROVISIONAL_REUSE_S seconds, made once by its gateway
+    process, instead of the process re-reading the whole day each time; after the window the
+    file is made again and shows what happened meanwhile."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    from gateway.app import RECON_PROVISIONAL_REUSE_S
+    partner = stack.new_partner("Recon reuse")
+    customer = stack.new_customer(partner, funding="100.00")
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    where = urlsplit(stack.base_url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)   # one connection: one process
+
+    def fetch() -> tuple[str, bytes]:
+        conn.request("GET", f"/v1/reconciliation-files/{today}?provisional=true",
+                     headers={"Authorization": f"Bearer {partner['token']}"})
+        reply = conn.getresponse()
+        body = reply.read()
+        assert reply.status == 200, body
+        return reply.headers["Quickpay-Content-SHA256"], body
+
+    try:
+        first_sha, first = fetch()
+        paid = stack.call("POST", "/v1/quick-payments", {
+            "agreement_id": customer["agreement_id"], "amount": "1.00", "currency": "CNY",
+            "creditor_account": partner["settlement_account"], "reference": "reuse"},
+            token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex})
+        assert paid.status == 201, paid.body
+        again_sha, again = fetch()
+        assert (again_sha, again) == (first_sha, first)        # reused: the same file, byte for byte
+        assert paid.body["payment_id"].encode() not in again
+        time.sleep(RECON_PROVISIONAL_REUSE_S + 0.2)
+        later_sha, later = fetch()
+        assert later_sha != first_sha and paid.body["payment_id"].encode() in later
+        assert hashlib.sha256(later).hexdigest() == later_sha
+    finally:
+        conn.close()
