@@ -30,14 +30,13 @@ from quickpay.ids import (
 from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
 from quickpay.logs import INTERACTION_ID
 from quickpay.timestamps import OutOfRange, utc_ms
-from quickpay.supervisor import read_status
 
 from .auth import TokenService, admin_token_matches, client_secret_valid, hash_secret, new_secret, token_cut_off
 from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
-from . import metrics
+from . import health, metrics
 from .ratelimit import RateLimit, RateLimiter, Verdict
 from .resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
 from ledger import recon
@@ -117,8 +116,9 @@ class GatewayConfig(msgspec.Struct):
     token_key: bytes
     admin_token: str
     call_timeout_s: float = 10.0
-    # The supervisor's status file (quickpay.supervisor): /readyz reports crash-looping
-    # children and is 503 while a needed one (PostgreSQL, a shard worker) is down.
+    # The supervisor's status file (quickpay.supervisor): /readyz is 503 while a needed child
+    # (PostgreSQL, a shard worker) is down, "degraded" while a background one crash-loops
+    # (gateway/health.py); /admin/v1/health names them.
     supervisor_status: str | None = None
     # Items per POST /v1/quick-payments/batch (more is a 400); the document states the
     # default, BATCH_ITEMS_MAX. The body stays bounded by BATCH_BODY_MAX_BYTES either way.
@@ -620,41 +620,15 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
-        shards: list[dict[str, Any]] = []
-        for index, client in enumerate(router.clients):
-            try:
-                answer = await client.call("ping")
-                stalled = answer.get("commit_stalled_s") if isinstance(answer, dict) else None
-                if stalled is not None:
-                    # Its database has not committed for a while (a failover under way): not
-                    # ready, though it still answers.
-                    shards.append({"shard": index, "ready": False,
-                                   "error": f"no commit for {stalled} s (database failing over?)"})
-                    continue
-                if index not in gw.cutoffs_loaded:
-                    # Until it has read the partners' cut-off markers, this process would take a
-                    # disabled partner's tokens: it serves, but says it is not ready.
-                    shards.append({"shard": index, "ready": False, "error": "partner cut-off markers not read yet"})
-                    continue
-                shards.append({"shard": index, "ready": True})
-                if isinstance(answer, dict) and answer.get("fraud"):
-                    # Degraded fraud rules (a stored version that does not build) are
-                    # reported, not fatal: the shard enforces the last version that builds.
-                    shards[-1]["fraud"] = answer["fraud"]
-            except Exception as exc:
-                shards.append({"shard": index, "ready": False, "error": str(exc)})
-        ready = all(s["ready"] for s in shards)
-        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "shards": shards}
-        if config.supervisor_status:
-            status = read_status(config.supervisor_status)
-            children = status.get("children", []) if status is not None else []
-            down = [c["name"] for c in children if c.get("needed") and c.get("state") != "running"]
-            body["children"] = {"down": down,
-                                "crash_looping": [c["name"] for c in children if c.get("crash_looping")]}
-            if down:
-                ready = False
-                body["status"] = "not ready"
-        return _json(200 if ready else 503, body)
+        # Public: the state only (gateway/health.py); the reasons are at /admin/v1/health.
+        report = await health.assess(router.clients, config.supervisor_status, gw.cutoffs_loaded)
+        return _json(503 if report["status"] == health.NOT_READY else 200, {"status": report["status"]})
+
+    @routes.get("/admin/v1/health")
+    async def admin_health(request: web.Request) -> web.Response:
+        gw.require_admin(request)
+        report = await health.assess(router.clients, config.supervisor_status, gw.cutoffs_loaded)
+        return _json(200, report)
 
     @routes.get("/metrics")
     async def prometheus_metrics(request: web.Request) -> web.Response:
@@ -670,7 +644,9 @@ def create_app(config: GatewayConfig) -> web.Application:
             deliveries = await router.clients[0].call("notify", {"action": "stats", "partner_id": "-"})
         except Exception:
             deliveries = None
-        return web.Response(body=metrics.render(pings, deliveries), headers={"Content-Type": metrics.CONTENT_TYPE})
+        services = health.service_restarts(health.report_from(pings, config.supervisor_status))
+        return web.Response(body=metrics.render(pings, deliveries, services),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:

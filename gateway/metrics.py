@@ -10,7 +10,9 @@ one query on the control database): intake queue depth, batch sizes and commit l
 failed deliveries and events produced, and the stored rows readers quarantined
 (`quickpay_quarantined_rows_total{reader,table}`: this gateway's own rendering, each shard
 worker's load and reads from its ping, the notifier's and the monitor's from the control
-database; ledger/rows.py).
+database; ledger/rows.py), and the restarts of every supervised service
+(`quickpay_service_restarts_total{service}`, `quickpay_service_crash_looping{service}`:
+the supervisor's status file and each shard's relay; gateway/health.py).
 """
 from __future__ import annotations
 
@@ -136,7 +138,26 @@ class _Merged:
             yield self.extra
 
 
-def render(pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None) -> bytes:
+class _Services:
+    """Restarts per supervised service (every child of the supervisor, from its status file,
+    and each shard's in-process relay, from its ping), and which of them crash-loop."""
+
+    def __init__(self, services: dict[str, tuple[int, bool]]) -> None:
+        self.services = services
+
+    def collect(self) -> Iterable[Metric]:
+        restarts = CounterMetricFamily("quickpay_service_restarts", "Restarts of a supervised service "
+                                       "(process or relay) since the stack started", labels=["service"])
+        looping = GaugeMetricFamily("quickpay_service_crash_looping", "1 while the service is crash-looping",
+                                    labels=["service"])
+        for name, (count, crash_looping) in sorted(self.services.items()):
+            restarts.add_metric([name], count)
+            looping.add_metric([name], 1 if crash_looping else 0)
+        yield from (restarts, looping)
+
+
+def render(pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None,
+           services: dict[str, tuple[int, bool]] | None = None) -> bytes:
     registry = CollectorRegistry()
     inner = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -147,4 +168,5 @@ def render(pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None) -> b
     snapshot = _Snapshot(pings, deliveries)
     registry.register(_Merged(inner, snapshot.quarantined()))
     registry.register(snapshot)
+    registry.register(_Services(services or {}))
     return generate_latest(registry)

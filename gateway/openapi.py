@@ -350,17 +350,25 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
             "errors": {"type": "array", "items": _object(["code", "message", "path"], {
                 "code": {"type": "string"}, "message": {"type": "string"}, "path": {"type": "string"}})}}),
         "Health": _object(["status"], {"status": {"const": "ok"}}),
-        "Readiness": _object(["status", "shards"], {
-            "status": {"enum": ["ready", "not ready"]},
+        # Public: the state only, no details (gateway/health.py); "degraded" is still a 200.
+        "Readiness": _object(["status"], {"status": {"enum": ["ready", "degraded", "not ready"]}}),
+        # GET /admin/v1/health: the same state with its reasons and the details.
+        "AdminHealth": _object(["status", "reasons", "shards", "services"], {
+            "status": {"enum": ["ready", "degraded", "not ready"]},
+            "reasons": {"type": "array", "items": {"type": "string"}},
             "shards": {"type": "array", "items": _object(["shard", "ready"], {
                 "shard": {"type": "integer", "minimum": 0}, "ready": {"type": "boolean"},
                 "error": {"type": "string"},
                 # what the shard's fraud filter enforces (null with --no-rules), see RuleSetState
-                "fraud": {"type": ["object", "null"]}})},
-            # Under `quickpay up`: the supervisor's view (needed children down, crash loops).
-            "children": _object(["down", "crash_looping"], {
-                "down": {"type": "array", "items": {"type": "string"}},
-                "crash_looping": {"type": "array", "items": {"type": "string"}}})}),
+                "fraud": {"type": ["object", "null"]},
+                # the relay's in-process supervision: restarts, crash loop, last error
+                "relay": {"type": ["object", "null"]}})},
+            # Under `quickpay up`: the supervisor's children (state, pid, restarts, crash loop).
+            "children": {"type": "array", "items": {"type": "object"}},
+            "ha_members": {"type": "array", "items": {"type": "object"}},
+            "supervisor": {"type": "object"},
+            # notifier, monitor (the supervisor's view) and relay-<shard> (the shard's).
+            "services": {"type": "object"}}),
         "Token": _object(["access_token", "token_type", "expires_in", "scope"], {
             "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
             "expires_in": {"type": "integer", "minimum": 1}, "scope": {"const": "payments"}}),
@@ -549,10 +557,13 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/healthz": {"get": _op("healthz", "Liveness", security=None, errors=(), shards=False,
                                 ok=(200, "Alive", "Health"))},
-        "/readyz": {"get": {**_op("readyz", "Readiness: every shard worker reachable", security=None, errors=(),
+        "/readyz": {"get": {**_op("readyz", "Readiness: ready, degraded or not ready, with no details "
+                                            "(those are at GET /admin/v1/health)", security=None, errors=(),
                                   shards=False, ok=(200, "Ready", "Readiness")),
                             "responses": {
-                                "200": {"description": "Every shard worker answers", "headers": _INTERACTION_HEADER,
+                                "200": {"description": "Ready, or degraded: payments are served but a background "
+                                                       "service (notifier, monitor, relay) crash-loops",
+                                        "headers": _INTERACTION_HEADER,
                                         "content": _json_content(_ref("Readiness"))},
                                 "503": {"description": "A shard worker does not answer, or a child the "
                                                        "stack needs (PostgreSQL, a shard worker) is down",
@@ -726,6 +737,11 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         "/admin/v1/accounts/{account_id}/balance": {"get": _op(
             "getAccountBalanceAdmin", "Any account's balance", security="admin", ok=(200, "OK", "Balance"),
             errors=(404,), params=[_path_param("account_id", ACCOUNT_ID_PATTERN)])},
+        "/admin/v1/health": {"get": _op(
+            "getHealth", "Readiness with its reasons and details: shards, supervised children and their "
+                         "restarts, background services (notifier, monitor, relays), HA members, fraud "
+                         "rule-set versions", security="admin", errors=(), shards=False,
+            ok=(200, "OK", "AdminHealth"))},
         "/admin/v1/fraud/rules": {
             "get": _op("getFraudRules", "Rule set versions and audit trail per shard", security="admin",
                        errors=(409,), ok=(200, "OK", "RuleSets")),

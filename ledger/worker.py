@@ -1019,6 +1019,8 @@ def _read_ping(worker: ShardWorker, args: Any) -> Any:
     return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
             "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
             "relay_lag_ms": _relay_lag_ms(worker),
+            # The relay's tasks are supervised in-process: their restarts, a crash loop.
+            "relay": worker.relay.health() if worker.relay is not None else None,
             "committed_batches": worker.committed_batches,
             "committed_transfers": worker.committed_transfers,
             # Commands refused whole after their decision or its round-trip check raised.
