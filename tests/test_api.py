@@ -65,8 +65,11 @@ def test_healthz_and_readyz(stack: Stack) -> None:
     reply = stack.call("GET", "/healthz")
     assert reply.status == 200 and reply.body == {"status": "ok"}
     reply = stack.call("GET", "/readyz")
-    assert reply.status == 200 and reply.body["status"] == "ready"
-    assert reply.body["shards"] == [{"shard": 0, "ready": True}, {"shard": 1, "ready": True}]
+    assert reply.status == 200 and reply.body == {"status": "ready"}     # the state, nothing internal
+    health = stack.admin("GET", "/admin/v1/health")
+    assert health.status == 200 and health.body["status"] == "ready" and health.body["reasons"] == []
+    assert [(s["shard"], s["ready"]) for s in health.body["shards"]] == [(0, True), (1, True)]
+    assert stack.call("GET", "/admin/v1/health").status == 401
 
 
 def test_unknown_route_and_wrong_method_use_the_error_shape(stack: Stack) -> None:

@@ -526,9 +526,11 @@ def test_live_stored_rules_that_do_not_build_do_not_crash_loop_the_worker(rules_
     shown = _rules(rules_stack)
     assert shown["degraded_shards"] == [0] and shown["consistent"] is False
     ready = rules_stack.call("GET", "/readyz")
-    assert ready.status == 200
-    assert ready.body["shards"][0]["fraud"]["degraded"] is True
-    assert ready.body["shards"][1]["fraud"]["degraded"] is False
+    assert ready.status == 200 and ready.body == {"status": "degraded"}
+    health = rules_stack.admin("GET", "/admin/v1/health")
+    assert health.body["shards"][0]["fraud"]["degraded"] is True
+    assert health.body["shards"][1]["fraud"]["degraded"] is False
+    assert any("fraud rule set is degraded" in r for r in health.body["reasons"]), health.body
     # An operator's change heals it everywhere.
     healed = rules_stack.admin("POST", "/admin/v1/fraud/rules", {"text": LIVE_V3, "author": "tester"})
     assert healed.status == 201, healed.body

@@ -7,6 +7,7 @@ by the middleware, so aiohttp answered a plain-text 500.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from conftest import Stack
 from gateway.app import api_middleware
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
@@ -86,3 +88,45 @@ def test_numbers_and_payment_ids_are_ascii_only() -> None:
     assert [ascii_int(t) for t in ("0", "50", "9" * 18)] == [0, 50, int("9" * 18)]
     for text in ("\u00b2", "\u0663", "\uff11\uff10", "1e3", "-1", "+1", " 1", "1_0", "", "9" * 19, "1\n"):
         assert ascii_int(text) is None, text
+
+
+# ---- aiohttp's own parser errors, answered before any route: the one error shape too ------
+PARSER_CASES = {
+    "bad request line": b"GARBAGE\r\n\r\n",
+    "bad method": b"G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad version": b"GET /healthz HTTP/9.Z\r\nHost: x\r\n\r\n",
+    "headers too large": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "request line too long": b"GET /v1/" + b"x" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad content-length": b"POST /v1/quick-payments HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "two content-lengths": b"POST /v1/quick-payments HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "bad chunked body": b"POST /v1/quick-payments HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+}
+
+
+def _raw_exchange(stack: Stack, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    import socket
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            head, sep, body = answer.partition(b"\r\n\r\n")
+            if sep:
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                if len(body) >= int(headers.get("content-length", "0")):
+                    return int(lines[0].split()[1]), headers, body
+    raise AssertionError(f"no answer to {data[:60]!r}: {answer[:200]!r}")
+
+
+@pytest.mark.parametrize("case", sorted(PARSER_CASES))
+def test_parser_errors_answer_in_the_error_shape(stack: Stack, case: str) -> None:
+    status, headers, body = _raw_exchange(stack, PARSER_CASES[case])
+    assert 400 <= status < 500, (case, status, body[:200])
+    assert headers["content-type"].startswith("application/json"), (case, headers, body[:200])
+    error = json.loads(body)
+    assert set(error) == {"code", "message", "errors"} and error["code"].startswith("QP."), error
+    assert headers.get("x-fapi-interaction-id")
