@@ -16,18 +16,24 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import fraud
 from fraud.registry import RegistryConflict
 
 from .model import PaymentCommand
 from .rows import QUARANTINE, RowError, check_row
-from .state import WriteSet
+from .state import ShardState, WriteSet
 from .undo import UndoLog
 
-if TYPE_CHECKING:
-    from .worker import ShardWorker
+
+class FraudHost(Protocol):
+    """What the adapter needs of the shard worker that hosts it (ledger.worker.ShardWorker
+    is one), so that this module does not import the worker: the worker imports it."""
+    config: Any                 # ledger.worker.WorkerConfig: shard, rules, no_rules
+    write_conn: Any             # asyncpg.Connection | None
+    state: ShardState
+    clock_ms: Callable[[], int]
 
 __all__ = ["FraudAdapter", "REBUILD_WINDOW_MS", "facts_of_payment", "replay_journal"]
 
@@ -98,7 +104,7 @@ def replay_journal(engine: Any, rows: Any) -> tuple[int, int]:
 
 
 class FraudAdapter:
-    def __init__(self, worker: "ShardWorker | None") -> None:
+    def __init__(self, worker: FraudHost | None) -> None:
         # None: the shard-side logic alone (decide/read/load), as the coordinator tests use it.
         self._worker = worker
         self.registry: Any = None
@@ -110,7 +116,7 @@ class FraudAdapter:
         self._fallback_ruleset: Any = None
 
     @property
-    def worker(self) -> "ShardWorker":
+    def worker(self) -> FraudHost:
         assert self._worker is not None, "this FraudAdapter has no shard worker"
         return self._worker
 

@@ -33,6 +33,7 @@ from .model import (
 )
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
+from .fraud_port import FraudAdapter
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
 from .state import (PARTNER_ACTIONS, PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS,
                     SECRET_OVERLAP_MAX_MS, ShardState, WriteSet)
@@ -394,7 +395,6 @@ class ShardWorker:
                  time.monotonic() - started, ids.stats())
 
     async def _start_fraud(self) -> None:
-        from .fraud_port import FraudAdapter
         self.fraud_admin = FraudAdapter(self)
         await self.fraud_admin.start()
 
