@@ -98,7 +98,7 @@ def test_document_describes_the_batch_operation() -> None:
     from gateway.openapi import openapi_document
     document = openapi_document()
     op = document["paths"][BATCH]["post"]
-    assert set(op["responses"]) == {"200", "400", "401", "413", "429", "500", "503"}
+    assert set(op["responses"]) == {"200", "400", "401", "403", "413", "429", "500", "503"}
     envelope = document["components"]["schemas"]["QuickPaymentBatchRequest"]["properties"]["payments"]
     assert envelope["minItems"] == 1 and envelope["maxItems"] == BATCH_ITEMS_MAX
     item_schema = document["components"]["schemas"]["QuickPaymentBatchItem"]
