@@ -18,6 +18,7 @@ WORKDIR /src
 # the COPY never fails when there is no wheelhouse (its contents land in /wheelhouse).
 COPY pyproject.toml wheelhous[e] /wheelhouse/
 COPY pyproject.toml README.md ./
+COPY kernel ./kernel
 COPY quickpay ./quickpay
 COPY gateway ./gateway
 COPY ledger ./ledger

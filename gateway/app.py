@@ -23,13 +23,13 @@ import msgspec
 from aiohttp import web
 
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
-from quickpay.ids import (
+from kernel.ids import (
     is_striped, new_account_id, new_agreement_id, new_partner_id, payment_id_for, refund_id_for,
     settlement_account_for, shard_of_payment, shard_of_refund,
 )
-from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
-from quickpay.logs import INTERACTION_ID
-from quickpay.timestamps import OutOfRange, utc_ms
+from kernel.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
+from kernel.context import INTERACTION_ID
+from kernel.timestamps import OutOfRange, utc_ms
 
 from .auth import TokenService, admin_token_matches, client_secret_valid, hash_secret, new_secret, token_cut_off
 from .errors import ApiError, error_response, field_error
@@ -38,7 +38,7 @@ from .openapi import openapi_document
 from .paging import merge_page
 from . import health, metrics
 from .ratelimit import RateLimit, RateLimiter, Verdict
-from .resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
+from kernel.resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
 from ledger import recon
 from notify.events import EVENT_TYPES
 from notify.ssrf import UrlRefused, resolve_checked
@@ -83,7 +83,7 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 # refused before any handler sees them (a NUL would reach PostgreSQL, a surrogate
 # cannot be encoded for the shard protocol).
 _UNSAFE_URL_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# Ids in paths: the shapes quickpay.ids makes (prefix, ASCII id characters, bounded).
+# Ids in paths: the shapes kernel.ids makes (prefix, ASCII id characters, bounded).
 _ACCOUNT_ID = re.compile(r"(acc|set|sys)_[A-Za-z0-9_\-]{1,60}")
 _AGREEMENT_ID = re.compile(r"agr_[A-Za-z0-9_\-]{1,60}")
 _PARTNER_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")

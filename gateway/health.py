@@ -22,9 +22,10 @@ and the HA members (etcd, Patroni) when there are any.
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
-from quickpay.supervisor import read_status
 
 __all__ = ["assess", "evaluate", "report_from", "READY", "DEGRADED", "NOT_READY", "BACKGROUND_SERVICES", "service_restarts"]
 
@@ -140,3 +141,13 @@ def service_restarts(report: dict[str, Any]) -> dict[str, tuple[int, bool]]:
         if name.startswith("relay-") and isinstance(relay, dict):
             out[name] = (int(relay.get("restarts") or 0), bool(relay.get("crash_looping")))
     return out
+
+
+def read_status(path: str | Path) -> dict[str, Any] | None:
+    """The supervisor's status file (quickpay/supervisor.py writes it), or None if there is
+    none (no supervisor, or unreadable)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

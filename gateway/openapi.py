@@ -3,8 +3,8 @@
 Request schemas come from the same msgspec Structs that validate the bodies, so
 the document cannot drift from what the gateway accepts. What a Struct cannot say
 is added here from the code that enforces it: the currency table and the amount
-grammar of `quickpay.money` (an amount's pattern depends on its currency's
-exponent and on the int64 bound), the id shapes of `quickpay.ids`, and the
+grammar of `kernel.money` (an amount's pattern depends on its currency's
+exponent and on the int64 bound), the id shapes of `kernel.ids`, and the
 idempotency key rule. The document is checked against the live API by
 Schemathesis (tests/test_schemathesis.py): every schema-valid request must be
 accepted or refused for a business reason (404/409/422), every schema-violating
@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from notify.events import EVENT_TYPES
-from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX
+from kernel.money import CURRENCY_EXPONENTS, INT64_MAX
 
 __all__ = ["openapi_document", "amount_pattern", "IDEMPOTENCY_KEY_PATTERN"]
 
@@ -55,7 +55,7 @@ def _integer_le(limit: int) -> str:
 
 @functools.lru_cache(maxsize=None)
 def amount_pattern(exponent: int) -> str:
-    """The exact language `quickpay.money.parse_amount` accepts for a currency with `exponent`.
+    """The exact language `kernel.money.parse_amount` accepts for a currency with `exponent`.
 
     A decimal string, no sign, no leading zeros, at most `exponent` decimals, whose value
     in minor units is in 1..INT64_MAX. Tested against parse_amount in tests/test_schemathesis.py.

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ledger.client import ShardClient
-from quickpay.ids import is_striped, shard_of
+from kernel.ids import is_striped, shard_of
 
 __all__ = ["ShardRouter"]
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from quickpay.ids import CLEARING_ACCOUNT
+from kernel.ids import CLEARING_ACCOUNT
 
 from .rows import DECODERS, RowError, decode_agreement
 

@@ -12,8 +12,8 @@ from typing import Any, Iterable
 import asyncpg
 import msgspec
 
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
-from quickpay.money import CURRENCY_EXPONENTS
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+from kernel.money import CURRENCY_EXPONENTS
 
 from .agreements import period_window
 from .model import Account, Agreement, CreditLeg, Transfer, invariant

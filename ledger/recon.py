@@ -22,7 +22,7 @@ import io
 from collections.abc import Iterable
 from typing import Any
 
-from quickpay.money import format_amount
+from kernel.money import format_amount
 
 __all__ = ["COLUMNS", "CLOSE_GRACE_MS", "DAY_MS", "day_bounds", "is_closed", "row_kind", "RECON_ROWS_MAX",
            "Reconciliation"]

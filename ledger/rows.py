@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX
+from kernel.money import CURRENCY_EXPONENTS, INT64_MAX
 
 from .agreements import (ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit,
                          period_window)

@@ -15,8 +15,8 @@ import bisect
 
 from sortedcontainers import SortedList
 
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
-from quickpay.money import INT64_MAX
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
+from kernel.money import INT64_MAX
 
 from . import agreements as mandates
 from .undo import UndoLog

@@ -11,7 +11,7 @@ Each row goes through the same functions the system uses: the batch write's enco
 (`pg._transfer_record`, the fast path's msgspec JSON of the Transfer, `pg._agreement_record`)
 and the readers' decoders (`pg.row_to_transfer`, `pg.row_to_agreement`), plus what the
 column types take (bigint, text without NUL, jsonb) and what the renderers take (times in
-`quickpay.timestamps`' range, amounts within int64). The reply goes through the shard
+`kernel.timestamps`' range, amounts within int64). The reply goes through the shard
 protocol's msgpack encoding and back.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from quickpay.timestamps import is_representable_ms
+from kernel.timestamps import is_representable_ms
 
 from . import pg
 from .model import Agreement, Transfer

@@ -15,8 +15,8 @@ from typing import Any
 
 import unicodedata
 
-from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX
-from quickpay.timestamps import TIME_MAX_MS, TIME_MIN_MS
+from kernel.money import CURRENCY_EXPONENTS, INT64_MAX
+from kernel.timestamps import TIME_MAX_MS, TIME_MIN_MS
 
 __all__ = [
     "BadCommand", "ID_MAX", "REFERENCE_MAX", "NAME_MAX", "DEVICE_ID_MAX", "IP_MAX", "HASH_MAX",
@@ -104,7 +104,7 @@ def currency(args: dict[str, Any], key: str = "currency") -> str:
 
 
 def timestamp_ms(args: dict[str, Any], key: str, *, optional: bool = False) -> int | None:
-    """A UTC instant in ms that every reader can render (quickpay.timestamps)."""
+    """A UTC instant in ms that every reader can render (kernel.timestamps)."""
     if args.get(key) is None and optional:
         return None
     return int64(args, key, TIME_MIN_MS, TIME_MAX_MS)

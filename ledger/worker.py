@@ -22,7 +22,7 @@ from typing import Any, Callable
 import asyncpg
 import msgspec
 
-from quickpay.ids import is_striped, settlement_account_for
+from kernel.ids import is_striped, settlement_account_for
 
 from . import pg
 from .client import ShardClient
@@ -1252,9 +1252,9 @@ def _read_recon(worker: ShardWorker, args: dict[str, Any]) -> Any:
 
 
 async def _read_notify_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
-    """Webhook endpoints and the event feed (notify/store.py), in this shard's database:
+    """Webhook endpoints and the event feed (ledger/notify_store.py), in this shard's database:
     the gateway asks shard 0, the control database the notifier writes."""
-    from notify import store
+    from . import notify_store as store
     assert worker.read_pool is not None
     action, partner_id, now_ms = args["action"], args["partner_id"], worker.clock_ms()
     async with worker.read_pool.acquire() as conn:

@@ -19,7 +19,7 @@ def _worker() -> Any:
     from ledger.agreements import PeriodicLimit
     from ledger.model import Account, Agreement
     from ledger.worker import ShardWorker, WorkerConfig
-    from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+    from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
     worker = ShardWorker(WorkerConfig(shard=0, shard_count=1, dsn="unused", listen="unix:/nonexistent", peers={},
                                       cluster_secret=b"b" * 32), clock_ms=lambda: NOW_MS)
     state = worker.state

@@ -26,7 +26,7 @@ def main(root: str, with_fraud: bool = False) -> float:
     import ledger.state
     from ledger.model import Account, Agreement, PaymentCommand
     from ledger.state import ShardState, WriteSet
-    from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+    from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
     assert os.path.realpath(ledger.state.__file__).startswith(os.path.realpath(root)), ledger.state.__file__
 
     def mandate(i: int) -> Any:

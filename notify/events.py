@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.resources import agreement_resource, iso_ms, payment_resource, refund_resource
-from quickpay.ids import CLEARING_ACCOUNT
+from kernel.resources import agreement_resource, iso_ms, payment_resource, refund_resource
+from kernel.ids import CLEARING_ACCOUNT
 
 __all__ = ["Event", "EVENT_TYPES", "transfer_event", "transition_event", "expiry_event", "encode_event",
            "partner_event", "PARTNER_EVENT_TYPES"]

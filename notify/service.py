@@ -33,9 +33,11 @@ from ledger import pg
 from ledger.rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event
 from ledger.writable import NoWritableHost, connect_writable
 from ledger.state import ShardState
-from quickpay.ids import shard_of_payment
+from kernel.ids import shard_of_payment
 
-from . import delivery, events, store
+from ledger import notify_store as store
+
+from . import delivery, events
 from .ssrf import UrlRefused, address_allowed, check_url, connector, ip_literal
 
 __all__ = ["Notifier", "run_notifier", "FEED_RETENTION_MS"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from quickpay.config import write_private_file
 from quickpay.httpclient import Api
-from quickpay.ids import shard_of
+from kernel.ids import shard_of
 
 __all__ = ["seed_demo", "curl_example"]
 

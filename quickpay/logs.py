@@ -3,15 +3,13 @@ served (set by the gateway's middleware in a context variable, so every line log
 serving that request carries it, whichever module logs it)."""
 from __future__ import annotations
 
-import contextvars
 import datetime
 import json
 import logging
 
+from kernel.context import INTERACTION_ID
+
 __all__ = ["INTERACTION_ID", "JsonFormatter", "setup"]
-
-INTERACTION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("interaction_id", default=None)
-
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

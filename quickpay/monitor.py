@@ -22,10 +22,10 @@ from typing import Any
 import asyncpg
 
 import fraud
-from notify import store
+from ledger import notify_store as store
 from ledger.rows import QUARANTINE, RowError, check_row
 from ledger.writable import NoWritableHost, connect_writable
-from quickpay.ids import is_striped
+from kernel.ids import is_striped
 
 __all__ = ["run_monitor", "monitor_pass", "Monitor", "MONITOR_DEFAULTS"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from quickpay.config import StateDir
 from quickpay.httpclient import Api
-from quickpay.ids import new_account_id, new_agreement_id, payment_id_for, shard_of
-from quickpay.money import parse_amount
+from kernel.ids import new_account_id, new_agreement_id, payment_id_for, shard_of
+from kernel.money import parse_amount
 
 __all__ = ["seed_population", "seed_customers"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Child", "Supervisor", "read_status", "CRASH_LOOP_AFTER"]
+__all__ = ["Child", "Supervisor", "CRASH_LOOP_AFTER"]
 
 log = logging.getLogger("quickpay.supervisor")
 
@@ -254,12 +254,3 @@ def _rank(child: Child) -> int:
     if child.stop_rank is not None:
         return child.stop_rank
     return 1 if child.stop_last else 0
-
-
-def read_status(path: str | Path) -> dict[str, Any] | None:
-    """The supervisor's status file, or None if there is none (no supervisor, or unreadable)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

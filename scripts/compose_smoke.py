@@ -1,6 +1,6 @@
 """The HTTP half of scripts/compose-smoke: drive a running compose stack through its public
 admin and partner APIs and check what it answers. Standard library only (plus the repository's
-stdlib-only `quickpay.httpclient` and `quickpay.ids`), so it runs on the host with no venv.
+stdlib-only `quickpay.httpclient` and `kernel.ids`), so it runs on the host with no venv.
 
     compose_smoke.py --url URL --state FILE setup      (QUICKPAY_ADMIN_TOKEN in the environment)
     compose_smoke.py --url URL --state FILE pay --round N
@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quickpay.httpclient import Api, ApiCallError, wait_ready  # noqa: E402
-from quickpay.ids import shard_of  # noqa: E402
+from kernel.ids import shard_of  # noqa: E402
 
 SHARDS = 2
 CURRENCY = "CNY"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from quickpay.ids import shard_of
+from kernel.ids import shard_of
 from quickpay.secret_policy import generate as generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from ledger.model import (
     Account, Agreement, Code, FundingCommand, Kind, PaymentCommand, RefundCommand, Status, Transfer,
 )
 from ledger.state import MS_PER_DAY, ShardState, WriteSet
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 
 PARTNER_A, PARTNER_B = "ptn_a", "ptn_b"
 SETTLEMENT = {PARTNER_A: "set_ptn_a", PARTNER_B: "set_ptn_b"}

@@ -17,7 +17,7 @@ import jwt
 import pytest
 from openapi_spec_validator import validate
 
-from quickpay.ids import payment_id_for, shard_of
+from kernel.ids import payment_id_for, shard_of
 
 from conftest import Reply, Stack, http
 

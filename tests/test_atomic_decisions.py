@@ -24,8 +24,8 @@ from ledger.state import WriteSet
 from ledger.storable import NotStorable, check_agreement, check_transfer, check_value
 from ledger.undo import UndoLog
 from ledger.worker import ShardWorker, WorkerConfig
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
-from quickpay.timestamps import TIME_MAX_MS, OutOfRange, utc_ms
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+from kernel.timestamps import TIME_MAX_MS, OutOfRange, utc_ms
 
 NOW_MS = 1_780_000_000_000
 PARTNER = "ptn_a"

@@ -25,8 +25,8 @@ import pytest
 
 from gateway.app import BATCH_BODY_MAX_BYTES
 from gateway.schemas import BATCH_ITEMS_MAX
-from quickpay.ids import shard_of_payment
-from quickpay.money import parse_amount
+from kernel.ids import shard_of_payment
+from kernel.money import parse_amount
 
 from conftest import ROOT, Reply, Stack, start_stack, stop_stack
 

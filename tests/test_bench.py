@@ -14,7 +14,7 @@ import pytest
 from loadtest.bench import (check_conservation, expected_payment_ids, parse_pgbench_tps, projection,
                             run_bench, summarise_raw_profile, verify_exactly_once)
 from quickpay.cli import build_parser
-from quickpay.ids import payment_id_for, shard_of
+from kernel.ids import payment_id_for, shard_of
 from conftest import free_port, start_stack, stop_stack
 
 

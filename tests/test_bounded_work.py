@@ -204,7 +204,7 @@ def test_list_queries_read_a_bounded_number_of_rows_through_an_index(own: Stack)
 
 async def _bounded_plans(dsn: str) -> None:
     from ledger.worker import DECISIONS_SCAN_MAX, _read_decisions_async
-    from notify import store
+    from ledger import notify_store as store
     day_ms = 86_400_000
     now_ms = int(time.time() * 1000)
     day_start = now_ms - now_ms % day_ms - day_ms          # yesterday, a whole day

@@ -36,8 +36,8 @@ import pytest
 from conftest import ROOT, Stack, free_port, http, start_stack, stop_stack
 from faultproxy import FaultProxy
 from quickpay.embedded_pg import EmbeddedPostgres, shard_database
-from quickpay.ids import shard_of_payment
-from quickpay.money import parse_amount
+from kernel.ids import shard_of_payment
+from kernel.money import parse_amount
 
 SHARDS = 2
 PAYMENTS = 360              # per fault

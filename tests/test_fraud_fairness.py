@@ -23,7 +23,7 @@ from ledger.agreements import PeriodicLimit
 from ledger.fraud_port import facts_of_payment, make_facts, replay_journal
 from ledger.model import Account, Agreement, Code, FundingCommand, PaymentCommand, RefundCommand, Status, Transfer
 from ledger.state import ShardState, WriteSet
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
 
 T0_MS = 1_700_000_000_000
 

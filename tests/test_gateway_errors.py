@@ -78,7 +78,7 @@ def test_numbers_and_payment_ids_are_ascii_only() -> None:
     """Regression: shard_of_payment used str.isdigit(), which accepts "²" that int() refuses
     (a text 500) and "٣" that int() reads as 3."""
     from gateway.app import ascii_int
-    from quickpay.ids import shard_of_payment
+    from kernel.ids import shard_of_payment
 
     hexes = "0" * 32
     assert shard_of_payment(f"pay_{hexes}_1", 2) == 1 and shard_of_payment(f"pay_{hexes}_0", 2) == 0

@@ -25,8 +25,8 @@ import pytest
 
 from conftest import ROOT, Stack, start_stack, stop_stack
 from ledger.client import ShardClient
-from quickpay.ids import shard_of_payment
-from quickpay.money import parse_amount
+from kernel.ids import shard_of_payment
+from kernel.money import parse_amount
 
 IN_PROCESS = "AcceptedSettlementInProcess"
 

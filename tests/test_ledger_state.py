@@ -16,7 +16,7 @@ from ledger.model import (
     Account, Agreement, Code, CreditLeg, FundingCommand, LedgerInvariantError, PaymentCommand, Status,
 )
 from ledger.state import MS_PER_DAY, ShardState, WriteSet
-from quickpay.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 
 DAY0 = 20_000 * MS_PER_DAY + 1_000       # some UTC day, 1 s after midnight
 PARTNER = "ptn_a"

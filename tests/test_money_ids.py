@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quickpay.ids import (
+from kernel.ids import (
     is_striped, new_account_id, new_agreement_id, payment_id_for, settlement_account_for,
     shard_of, shard_of_payment,
 )
-from quickpay.money import INT64_MAX, AmountError, format_amount, parse_amount
+from kernel.money import INT64_MAX, AmountError, format_amount, parse_amount
 
 
 # ---- parse_amount ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import ROOT, Stack, http
 from ledger.client import ShardClient, ShardError
-from quickpay.ids import payment_id_for, shard_of
+from kernel.ids import payment_id_for, shard_of
 
 GOOD_TIMEOUT_S = 30.0  # a generous bound: the point is an answer, not its speed
 

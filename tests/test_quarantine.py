@@ -27,11 +27,11 @@ import pytest
 
 from conftest import ROOT, Stack, start_stack, stop_stack
 from gateway import metrics
-from gateway.resources import agreement_resource, iso_ms, payment_resource
+from kernel.resources import agreement_resource, iso_ms, payment_resource
 from ledger import recon
 from ledger.rows import (MS_MAX, Quarantine, RowError, check_row, decode_agreement,
                          decode_agreement_event, decode_transfer)
-from quickpay.ids import payment_id_for, settlement_account_for
+from kernel.ids import payment_id_for, settlement_account_for
 from quickpay.logs import JsonFormatter
 
 NOW_MS = 1_790_000_000_000            # 2026-09-21, the time the unit tests read at

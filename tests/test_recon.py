@@ -20,7 +20,7 @@ import pytest
 
 from conftest import Stack, http
 from ledger import recon
-from quickpay.money import parse_amount
+from kernel.money import parse_amount
 from test_api import assert_error
 
 

@@ -35,8 +35,8 @@ from ledger import pg
 from ledger.client import ShardClient
 from ledger.fraud_port import FraudAdapter
 from ledger.state import ShardState
-from quickpay.ids import FUNDING_ACCOUNT, payment_id_for, shard_of_payment
-from quickpay.money import INT64_MAX, format_amount
+from kernel.ids import FUNDING_ACCOUNT, payment_id_for, shard_of_payment
+from kernel.money import INT64_MAX, format_amount
 
 IN_PROCESS = "AcceptedSettlementInProcess"
 

@@ -11,7 +11,7 @@ partner's client credentials (HTTP Basic), each by its securityScheme. Fixed see
 bounded examples: a few minutes on a loaded 2-core machine.
 
 Also here: the amount pattern in the document is exactly the language that
-`quickpay.money.parse_amount` accepts, for every currency.
+`kernel.money.parse_amount` accepts, for every currency.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.openapi import IDEMPOTENCY_KEY_PATTERN, amount_pattern, openapi_document
-from quickpay.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, parse_amount
+from kernel.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, parse_amount
 
 from conftest import Reply, Stack, http, start_stack, stop_stack
 

@@ -560,7 +560,7 @@ async def _transfer_rows(pg: EmbeddedPostgres, transfer_id: str) -> int:
 
 
 def test_unauthenticated_tcp_peer_cannot_fund(tcp_shard: dict[str, Any]) -> None:
-    from quickpay.ids import new_account_id, payment_id_for
+    from kernel.ids import new_account_id, payment_id_for
     account = new_account_id()
     transfer_id = payment_id_for("attacker", account, 0)
 

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from quickpay.supervisor import CRASH_LOOP_AFTER, Child, Supervisor, read_status
+from gateway.health import read_status
+from quickpay.supervisor import CRASH_LOOP_AFTER, Child, Supervisor
 
 
 def test_crash_loop_backs_off_and_is_reported(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def expected_payment_ids(run_id: str, total: int, processes: int, routes: list[t
                          shard_count: int) -> list[str]:
     """Every payment id a `run_load` with this run id sends (no retries): the generator's keys
     are run id + worker index (3 digits) + sequence (11 digits), template = sequence mod n."""
-    from quickpay.ids import payment_id_for, shard_of
+    from kernel.ids import payment_id_for, shard_of
     ids = []
     n = len(routes)
     shards = [shard_of(agreement, shard_count) for _, agreement in routes]
@@ -164,7 +164,7 @@ def build_batch_templates(population: Population, items: int, count: int = BATCH
 def expected_batch_payment_ids(run_id: str, total: int, processes: int, routes: list[tuple[str, list[str]]],
                                shard_count: int) -> list[str]:
     """Every item's payment id of a batch `run_load` with this run id (cf. expected_payment_ids)."""
-    from quickpay.ids import payment_id_for, shard_of
+    from kernel.ids import payment_id_for, shard_of
     ids: list[str] = []
     n = len(routes)
     shards = [[shard_of(agreement, shard_count) for agreement in agreements] for _, agreements in routes]

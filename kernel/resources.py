@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from quickpay.money import format_amount
+from kernel.money import format_amount
 
 __all__ = ["payment_resource", "refund_resource", "transfer_resource", "agreement_resource", "iso_ms"]
 

@@ -1,6 +1,7 @@
 """The SQL of notifications, in shard 0's database (the control database): events, the
 producer's positions, webhook endpoints and deliveries. Used by the shard-0 worker's
-`notify` read op (endpoints, the feed) and by the notifier process."""
+`notify` read op (endpoints, the feed) and by the notifier process (notify/). It lives in
+the ledger, which owns every table of its databases, so the ledger never imports notify."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.rows import QUARANTINE, RowError
+from .rows import QUARANTINE, RowError
 
 __all__ = ["create_endpoint", "list_endpoints", "get_endpoint", "delete_endpoint", "rotate_secret",
            "list_events", "read_positions", "store_events", "due_deliveries", "mark_delivered", "mark_retry",
