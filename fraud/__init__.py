@@ -10,27 +10,27 @@ from fraud.engine import FraudFilter
 from fraud.errors import RuleError
 from fraud.facts import PaymentFacts
 from fraud.lists import NamedLists
-from fraud.parser import WINDOW_S_MAX as WINDOW_MAX_S
 from fraud.monitor import Alert, MonitorEngine, TransferEvent
+from fraud.parser import WINDOW_S_MAX as WINDOW_MAX_S
 from fraud.registry import RuleRegistry
 from fraud.ruleset import Rule, RuleSet, default_rules_path, load_rules_file, parse_rules
 
 __all__ = [
-    "PaymentFacts",
-    "Decision",
-    "RuleHit",
-    "Rule",
-    "RuleSet",
-    "FraudFilter",
-    "NamedLists",
-    "parse_rules",
-    "load_rules_file",
-    "default_rules_path",
-    "RuleError",
-    "RuleRegistry",
-    "backtest",
-    "MonitorEngine",
-    "TransferEvent",
-    "Alert",
     "WINDOW_MAX_S",
+    "Alert",
+    "Decision",
+    "FraudFilter",
+    "MonitorEngine",
+    "NamedLists",
+    "PaymentFacts",
+    "Rule",
+    "RuleError",
+    "RuleHit",
+    "RuleRegistry",
+    "RuleSet",
+    "TransferEvent",
+    "backtest",
+    "default_rules_path",
+    "load_rules_file",
+    "parse_rules",
 ]

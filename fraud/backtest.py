@@ -21,8 +21,13 @@ def _rates(counts: dict[str, int], total: int) -> dict[str, float]:
 
 def _side(rule_hits: dict[str, int], decisions: dict[str, int], total: int) -> dict[str, Any]:
     rates = _rates(decisions, total)
-    return {"rule_hits": rule_hits, "decisions": decisions, "rates": rates,
-            "block_rate": rates["block"], "review_rate": rates["review"]}
+    return {
+        "rule_hits": rule_hits,
+        "decisions": decisions,
+        "rates": rates,
+        "block_rate": rates["block"],
+        "review_rate": rates["review"],
+    }
 
 
 def backtest(

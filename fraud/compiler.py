@@ -27,7 +27,7 @@ from fraud.syntax import (
     Not,
 )
 
-__all__ = ["Condition", "ValueGetter", "compile_condition", "referenced_values", "FIRST_TO_CREDITOR_SLOT"]
+__all__ = ["FIRST_TO_CREDITOR_SLOT", "Condition", "ValueGetter", "compile_condition", "referenced_values"]
 
 Condition = Callable[[Any, list[Any], dict[str, set[str]]], Any]
 ValueGetter = Condition
@@ -130,14 +130,18 @@ def compile_condition(node: Node, slots: dict[tuple[Any, ...], int]) -> Conditio
         if len(parts) == 2:
             first, second = parts
             if node.op == "and":
-                return lambda facts, aggregates, lists: first(facts, aggregates, lists) and second(facts, aggregates, lists)
+                return lambda facts, aggregates, lists: (
+                    first(facts, aggregates, lists) and second(facts, aggregates, lists)
+                )
             return lambda facts, aggregates, lists: first(facts, aggregates, lists) or second(facts, aggregates, lists)
         if node.op == "and":
+
             def all_of(facts: Any, aggregates: list[Any], lists: dict[str, set[str]]) -> bool:
                 for part in parts:
                     if not part(facts, aggregates, lists):
                         return False
                 return True
+
             return all_of
 
         def any_of(facts: Any, aggregates: list[Any], lists: dict[str, set[str]]) -> bool:
@@ -145,6 +149,7 @@ def compile_condition(node: Node, slots: dict[tuple[Any, ...], int]) -> Conditio
                 if part(facts, aggregates, lists):
                     return True
             return False
+
         return any_of
     if isinstance(node, Not):
         inner = compile_condition(node.operand, slots)
@@ -287,7 +292,7 @@ def generate_matcher(
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {"__builtins__": {}}
     namespace.update(generator.constants)
-    exec(compile(source, f"<fraud rules {filename}>", "exec"), namespace)  # noqa: S102 - source built from validated AST only
+    exec(compile(source, f"<fraud rules {filename}>", "exec"), namespace)
     matcher = namespace["match_all"]
     matcher.source = source  # kept for debugging and for the tests
     return matcher

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RuleHit", "Decision", "ACTIONS", "ACTION_SEVERITY"]
+__all__ = ["ACTIONS", "ACTION_SEVERITY", "Decision", "RuleHit"]
 
 # Ordered by severity; the decision is the most severe of what rules and score demand.
 ACTIONS: tuple[str, ...] = ("allow", "review", "block")

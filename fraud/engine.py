@@ -10,9 +10,9 @@ call every method from the worker that owns the engine.
 from __future__ import annotations
 
 from collections import OrderedDict
-from operator import attrgetter
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from fraud.aggregator import generate_aggregator
@@ -20,8 +20,8 @@ from fraud.decision import ACTIONS, Decision, RuleHit
 from fraud.facts import PaymentFacts
 from fraud.lists import NamedLists
 from fraud.ruleset import Rule, RuleSet
-from fraud.windows import KeyFunction, WindowStore, distinct_in_window, key_function, window_count_sum
 from fraud.syntax import ATTRIBUTES
+from fraud.windows import KeyFunction, WindowStore, distinct_in_window, key_function, window_count_sum
 
 __all__ = ["FraudFilter"]
 
@@ -67,7 +67,9 @@ class FraudFilter:
         max_first_payment_pairs: int | None = None,
     ) -> None:
         if not 1 <= max_keys_per_window <= KEYS_PER_WINDOW_MAX_LIMIT:
-            raise ValueError(f"max_keys_per_window must be in 1..{KEYS_PER_WINDOW_MAX_LIMIT}, got {max_keys_per_window}")
+            raise ValueError(
+                f"max_keys_per_window must be in 1..{KEYS_PER_WINDOW_MAX_LIMIT}, got {max_keys_per_window}"
+            )
         if not 1 <= max_events_per_key <= EVENTS_PER_KEY_MAX_LIMIT:
             raise ValueError(f"max_events_per_key must be in 1..{EVENTS_PER_KEY_MAX_LIMIT}, got {max_events_per_key}")
         pairs_max = max_keys_per_window if max_first_payment_pairs is None else max_first_payment_pairs
@@ -134,7 +136,9 @@ class FraudFilter:
                     key_of=key_function(key),
                     retention_ms=max(windows),
                     windows=tuple((window_ms, tuple(slots)) for window_ms, slots in sorted(windows.items())),
-                    distinct_trackers=tuple((name, window_ms, getter) for (name, window_ms), getter in trackers.items()),
+                    distinct_trackers=tuple(
+                        (name, window_ms, getter) for (name, window_ms), getter in trackers.items()
+                    ),
                 )
             )
         slot_count = len(ruleset.aggregates) + 1
@@ -159,7 +163,9 @@ class FraudFilter:
 
     def _free_unused_trackers(self) -> None:
         for plan in self._active.plans:
-            plan.store.drop_trackers_except(frozenset((name, window_ms) for name, window_ms, _ in plan.distinct_trackers))
+            plan.store.drop_trackers_except(
+                frozenset((name, window_ms) for name, window_ms, _ in plan.distinct_trackers)
+            )
 
     # -- hot path ------------------------------------------------------------------
 

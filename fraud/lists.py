@@ -55,9 +55,7 @@ class NamedLists:
         self.ensure(name)
         values = self._sets[name]
         if value not in values and len(values) >= self.entries_per_list_max:
-            raise ValueError(
-                f"list {name!r} is full (entries_per_list_max={self.entries_per_list_max})"
-            )
+            raise ValueError(f"list {name!r} is full (entries_per_list_max={self.entries_per_list_max})")
         values.add(value)
 
     def remove(self, name: str, value: str) -> None:

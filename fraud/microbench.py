@@ -15,9 +15,9 @@ import time
 
 from fraud.engine import FraudFilter
 from fraud.facts import PaymentFacts
-from fraud.ruleset import RuleSet, load_rules_file, default_rules_path, parse_rules
+from fraud.ruleset import RuleSet, default_rules_path, load_rules_file, parse_rules
 
-__all__ = ["generated_rules_text", "make_payments", "run", "main"]
+__all__ = ["generated_rules_text", "main", "make_payments", "run"]
 
 _WINDOWS = ("10m", "1h", "1d")
 _KEYS = ("debtor", "creditor", "device_id", "ip", "(debtor, creditor)")
@@ -50,7 +50,9 @@ def generated_rules_text(rule_count: int = 50, seed: int = 7) -> str:
         elif shape == 4:
             condition = "debtor in list hot_accounts or device_id in list hot_devices"
         else:
-            condition = f"first_to_creditor and amount > {rng.randint(5, 20) * 1_000_000} and hour < {rng.randint(1, 23)}"
+            condition = (
+                f"first_to_creditor and amount > {rng.randint(5, 20) * 1_000_000} and hour < {rng.randint(1, 23)}"
+            )
         action = rng.choice(("review", "review", "block"))
         shadow = "\n    shadow" if index % 10 == 9 else ""
         lines.append(

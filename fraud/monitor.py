@@ -38,7 +38,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TransferEvent", "Alert", "MonitorEngine"]
+__all__ = ["Alert", "MonitorEngine", "TransferEvent"]
 
 FAN_IN = "fan_in"
 PASS_THROUGH = "pass_through"
@@ -54,7 +54,7 @@ class TransferEvent:
     credit_account: str
     amount_minor: int
     at_ms: int
-    kind: str = "payment"        # "payment" | "refund"
+    kind: str = "payment"  # "payment" | "refund"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ def alert_id_for(rule: str, account: str, transfer_id: str) -> str:
 
 
 class _FanInState:
-    __slots__ = ("debtors", "alerted")
+    __slots__ = ("alerted", "debtors")
 
     def __init__(self) -> None:
         self.debtors: OrderedDict[str, int] = OrderedDict()  # debtor -> last paid at_ms
@@ -89,7 +89,7 @@ class _FanInState:
 
 
 class _FlowState:
-    __slots__ = ("inflows", "outflows", "inflow_minor", "alerted")
+    __slots__ = ("alerted", "inflow_minor", "inflows", "outflows")
 
     def __init__(self) -> None:
         self.inflows: deque[tuple[int, int]] = deque()  # (at_ms, amount_minor)

@@ -24,7 +24,7 @@ from fraud.syntax import (
     Not,
 )
 
-__all__ = ["ParsedRule", "ParsedFile", "parse_text", "RULE_TEXT_BYTES_MAX", "RULE_ACTIONS"]
+__all__ = ["RULE_ACTIONS", "RULE_TEXT_BYTES_MAX", "ParsedFile", "ParsedRule", "parse_text"]
 
 # Limits: a rule file is configuration, not data; anything larger is a mistake.
 RULE_TEXT_BYTES_MAX = 1_000_000
@@ -104,7 +104,9 @@ def _tokenize(text: str, filename: str) -> list[Token]:
                 raise RuleError(filename, line, column, "unterminated string literal")
             if char.isdigit():
                 raise RuleError(
-                    filename, line, column,
+                    filename,
+                    line,
+                    column,
                     "malformed number or duration (durations are like 30s, 10m, 1h, 7d)",
                 )
             raise RuleError(filename, line, column, f"unexpected character {char!r}")
@@ -283,7 +285,9 @@ class _Parser:
                 action_token = self.expect("ident", what="'allow', 'review', 'block' or 'score'")
                 # 'score' rules only add their score: signals that decide via thresholds.
                 if action_token.text not in RULE_ACTIONS:
-                    raise self.error(action_token, f"unknown action {action_token.text!r}; expected allow, review, block or score")
+                    raise self.error(
+                        action_token, f"unknown action {action_token.text!r}; expected allow, review, block or score"
+                    )
                 action = action_token.text
             elif clause.text == "score":
                 score = self.parse_signed_int()
@@ -300,7 +304,9 @@ class _Parser:
                 if condition.type != "bool":  # type: ignore[attr-defined]
                     raise self.error(condition, f"condition must be true/false, not {condition.type}")  # type: ignore[attr-defined]
             else:
-                raise self.error(clause, f"unknown clause {clause.text!r}; expected action, score, shadow, description or when")
+                raise self.error(
+                    clause, f"unknown clause {clause.text!r}; expected action, score, shadow, description or when"
+                )
         closing = self.advance()
         if action is None:
             raise self.error(closing, f"rule {id_token.text!r} has no action")
@@ -308,7 +314,9 @@ class _Parser:
             raise self.error(closing, f"rule {id_token.text!r} has no 'when' condition")
         if description is None:
             raise self.error(closing, f"rule {id_token.text!r} has no description")
-        return ParsedRule(id_token.text, action, score, shadow, description, condition, rule_token.line, rule_token.column)
+        return ParsedRule(
+            id_token.text, action, score, shadow, description, condition, rule_token.line, rule_token.column
+        )
 
     def parse_signed_int(self) -> int:
         negative = False
@@ -396,7 +404,9 @@ class _Parser:
                 return InList(left.line, left.column, left, name_token.text, negated)
             if self.at("op", "["):
                 return self.parse_set_literal(left, in_token, negated)
-            raise self.error(self.current, f"expected 'list NAME' or '[' after 'in', found {self.describe(self.current)}")
+            raise self.error(
+                self.current, f"expected 'list NAME' or '[' after 'in', found {self.describe(self.current)}"
+            )
         if negated:
             raise self.error(token, "expected 'in' after 'not'")
         return left

@@ -25,8 +25,14 @@ from typing import Any
 from fraud.errors import RuleError
 from fraud.ruleset import RuleSet, parse_rules
 
-__all__ = ["RuleRegistry", "RegistryError", "RegistryConflict", "canonical_text", "version_of",
-           "VERSION_PREFIX_MIN"]
+__all__ = [
+    "VERSION_PREFIX_MIN",
+    "RegistryConflict",
+    "RegistryError",
+    "RuleRegistry",
+    "canonical_text",
+    "version_of",
+]
 
 REGISTRY_FORMAT = 2
 VERSIONS_MAX = 1_000
@@ -129,16 +135,22 @@ class RuleRegistry:
             # Idempotent so an at-least-once admin command can be retried safely.
             return item.ruleset
         if expect_active is not None and self.active_version != expect_active:
-            raise RegistryConflict(
-                f"active version is {_short(self.active_version)}, expected {_short(expect_active)}")
+            raise RegistryConflict(f"active version is {_short(self.active_version)}, expected {_short(expect_active)}")
         if item.ruleset is None:
             raise RegistryError(f"rule-set version {_short(version)} does not build: {item.error}")
         self._activation_stack.append(version)
         self._log("activate", version, author, at_ms)
         return item.ruleset
 
-    def rollback(self, author: str, at_ms: int, *, expect_from: str | None = None,
-                 expect_to: str | None = None, undo: bool = False) -> RuleSet:
+    def rollback(
+        self,
+        author: str,
+        at_ms: int,
+        *,
+        expect_from: str | None = None,
+        expect_to: str | None = None,
+        undo: bool = False,
+    ) -> RuleSet:
         """Re-activate the version that was active before the current one.
 
         With `expect_from`/`expect_to` the call is idempotent and guarded: if
@@ -153,8 +165,7 @@ class RuleRegistry:
             raise RegistryError("no previously active version to roll back to")
         target = self._activation_stack[-2]
         if expect_from is not None and self.active_version != expect_from:
-            raise RegistryConflict(
-                f"active version is {_short(self.active_version)}, expected {_short(expect_from)}")
+            raise RegistryConflict(f"active version is {_short(self.active_version)}, expected {_short(expect_from)}")
         if expect_to is not None and target != expect_to:
             raise RegistryConflict(f"previous version is {_short(target)}, expected {_short(expect_to)}")
         ruleset = self._enforceable(target)
@@ -233,7 +244,8 @@ class RuleRegistry:
                 "last_activated_at_ms": activated_at.get(item.version),
                 "rule_count": None if item.ruleset is None else len(item.ruleset.rules),
                 # Rules by which one partner's payments could block another's customers.
-                "cross_partner_escalations": None if item.ruleset is None
+                "cross_partner_escalations": None
+                if item.ruleset is None
                 else list(item.ruleset.cross_partner_escalations),
                 "digest": item.version,
                 "error": item.error,
@@ -288,7 +300,8 @@ class RuleRegistry:
                 except Exception as exc:  # a compiler bug must not stop a shard either
                     error = f"{type(exc).__name__}: {exc}"
             registry._versions[version] = _Version(
-                version, canonical_text(text), str(item["author"]), int(item["created_at_ms"]), ruleset, error)
+                version, canonical_text(text), str(item["author"]), int(item["created_at_ms"]), ruleset, error
+            )
         for stored_id in data["activation_stack"]:
             if stored_id not in renamed:
                 raise RegistryError(f"activation history names unknown version {stored_id!r}")
@@ -316,12 +329,15 @@ class RuleRegistry:
         A dropped version can be staged again: its id is its content."""
         in_history = set(self._activation_stack)
         used = sum(len(v.text.encode("utf-8")) for v in self._versions.values())
-        candidates = [v for v in sorted(self._versions.values(), key=lambda v: v.created_at_ms)
-                      if v.version not in in_history]
+        candidates = [
+            v for v in sorted(self._versions.values(), key=lambda v: v.created_at_ms) if v.version not in in_history
+        ]
         while len(self._versions) >= VERSIONS_MAX or used + new_bytes > TEXT_BYTES_MAX:
             if not candidates:
-                raise RegistryError(f"registry is full ({len(self._versions)} versions, {used} bytes) and every"
-                                    " stored version is in the activation history")
+                raise RegistryError(
+                    f"registry is full ({len(self._versions)} versions, {used} bytes) and every"
+                    " stored version is in the activation history"
+                )
             dropped = candidates.pop(0)
             del self._versions[dropped.version]
             used -= len(dropped.text.encode("utf-8"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from fraud.compiler import (
     Condition,
@@ -20,11 +20,11 @@ from fraud.errors import RuleError
 from fraud.parser import RULE_TEXT_BYTES_MAX, parse_text
 from fraud.syntax import Aggregate, Node
 
-__all__ = ["Rule", "RuleSet", "parse_rules", "load_rules_file", "default_rules_path", "rule_scope"]
+__all__ = ["Rule", "RuleSet", "default_rules_path", "load_rules_file", "parse_rules", "rule_scope"]
 
 # A rule's scope: which partners' payments its windows count (docs/hardening/fraud-fairness.md).
-SCOPE_PAYMENT = "payment"              # reads no window: the payment itself and the lists
-SCOPE_PARTNER = "partner"              # every window it reads is keyed by partner (e.g. (debtor, partner))
+SCOPE_PAYMENT = "payment"  # reads no window: the payment itself and the lists
+SCOPE_PARTNER = "partner"  # every window it reads is keyed by partner (e.g. (debtor, partner))
 SCOPE_CROSS_PARTNER = "cross_partner"  # some window it reads counts every partner's payments
 
 
@@ -47,8 +47,7 @@ class Rule:
         """An enforced rule that reads other partners' payments and can push a payment to
         block, by its action or by adding score towards the block threshold: the shape that
         lets one partner's traffic block another partner's customer."""
-        return (self.scope == SCOPE_CROSS_PARTNER and not self.shadow
-                and (self.action == "block" or self.score > 0))
+        return self.scope == SCOPE_CROSS_PARTNER and not self.shadow and (self.action == "block" or self.score > 0)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

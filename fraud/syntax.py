@@ -7,14 +7,14 @@ from dataclasses import dataclass
 __all__ = [
     "ATTRIBUTES",
     "KEY_ATTRIBUTES",
-    "Node",
-    "Literal",
-    "Attribute",
     "Aggregate",
+    "Attribute",
+    "BoolOp",
     "Compare",
     "InList",
     "InSet",
-    "BoolOp",
+    "Literal",
+    "Node",
     "Not",
     "format_duration",
 ]

@@ -57,7 +57,7 @@ from typing import Any
 
 from fraud.syntax import ATTRIBUTES
 
-__all__ = ["KeyState", "WindowStore", "key_function", "window_count_sum", "distinct_in_window"]
+__all__ = ["KeyState", "WindowStore", "distinct_in_window", "key_function", "window_count_sum"]
 
 KeyFunction = Callable[[Any], Any]
 
@@ -85,7 +85,7 @@ class KeyState:
     the per-key footprint (and the cache misses per lookup) small. Expiry deletes a
     prefix with one slice deletion found by bisect."""
 
-    __slots__ = ("times_ms", "ids", "cumulative_minor", "dropped_cumulative_minor", "distinct", "newest_ms")
+    __slots__ = ("cumulative_minor", "distinct", "dropped_cumulative_minor", "ids", "newest_ms", "times_ms")
 
     def __init__(self) -> None:
         self.times_ms: list[int] = []
@@ -135,7 +135,7 @@ def distinct_in_window(state: KeyState | None, tracker: tuple[str, int], current
 class WindowStore:
     """All key values of one key, shared by every aggregate over that key."""
 
-    __slots__ = ("key", "keys_max", "events_per_key_max", "states", "evicted_keys")
+    __slots__ = ("events_per_key_max", "evicted_keys", "key", "keys_max", "states")
 
     def __init__(self, key: tuple[str, ...], keys_max: int, events_per_key_max: int) -> None:
         self.key = key

@@ -4,6 +4,7 @@ Handlers validate, route to the shard that owns the entity, and translate the
 shard's result codes into HTTP. They hold no state of their own beyond caches
 of immutable facts (verified tokens, account currencies).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,41 +18,61 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import msgspec
 from aiohttp import web
 
-from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
+from kernel.context import INTERACTION_ID
 from kernel.ids import (
-    is_striped, new_account_id, new_agreement_id, new_partner_id, payment_id_for, refund_id_for,
-    settlement_account_for, shard_of_payment, shard_of_refund,
+    is_striped,
+    new_account_id,
+    new_agreement_id,
+    new_partner_id,
+    payment_id_for,
+    refund_id_for,
+    settlement_account_for,
+    shard_of_payment,
+    shard_of_refund,
 )
 from kernel.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
-from kernel.context import INTERACTION_ID
+from kernel.resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
 from kernel.timestamps import OutOfRange, utc_ms
+from ledger import recon
+from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
+from notify.events import EVENT_TYPES
+from notify.ssrf import UrlRefused, resolve_checked
 
+from . import health, metrics
 from .auth import TokenService, admin_token_matches, client_secret_valid, hash_secret, new_secret, token_cut_off
 from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
-from . import health, metrics
 from .ratelimit import RateLimit, RateLimiter, Verdict
-from kernel.resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
-from ledger import recon
-from notify.events import EVENT_TYPES
-from notify.ssrf import UrlRefused, resolve_checked
 from .schemas import (
-    AccountRequest, AgreementRequest, FundingRequest, ListChangeRequest, PartnerActionRequest, PartnerRequest,
-    PartnerSecretRotationRequest, RateLimitRequest,
-    RefundRequest, RotateSecretRequest, WebhookEndpointRequest,
-    BATCH_ITEMS_MAX, QuickPaymentBatchItem, QuickPaymentBatchRequest, QuickPaymentRequest, RulesRequest,
+    BATCH_ITEMS_MAX,
+    AccountRequest,
+    AgreementRequest,
+    FundingRequest,
+    ListChangeRequest,
+    PartnerActionRequest,
+    PartnerRequest,
+    PartnerSecretRotationRequest,
+    QuickPaymentBatchItem,
+    QuickPaymentBatchRequest,
+    QuickPaymentRequest,
+    RateLimitRequest,
+    RefundRequest,
+    RotateSecretRequest,
+    RulesRequest,
+    WebhookEndpointRequest,
     decode_body,
 )
 from .shards import ShardRouter
 
-__all__ = ["GatewayConfig", "create_app", "BODY_MAX_BYTES", "BATCH_BODY_MAX_BYTES"]
+__all__ = ["BATCH_BODY_MAX_BYTES", "BODY_MAX_BYTES", "GatewayConfig", "create_app"]
 
 BODY_MAX_BYTES = 64 * 1024
 # POST /v1/quick-payments/batch reads its body up to this bound instead (1,000 items of
@@ -108,7 +129,7 @@ class ReconFile(NamedTuple):
     sha256: str
     closed: bool
     rows: int
-    made_s: float           # monotonic
+    made_s: float  # monotonic
 
 
 class GatewayConfig(msgspec.Struct):
@@ -141,8 +162,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=_encode(body),
-                        headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS)
+    return web.Response(
+        status=status, body=_encode(body), headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
+    )
 
 
 _random = uuid.uuid4().hex
@@ -178,8 +200,13 @@ def _unavailable(message: str) -> ApiError:
 def _internal(exc: BaseException, interaction_id: str) -> ApiError:
     """A 500 in the one error shape; the log line with the traceback carries the same id."""
     error_id = uuid.uuid4().hex
-    log.error("internal error %s (interaction %s): %r", error_id, interaction_id, exc,
-              exc_info=(type(exc), exc, exc.__traceback__))
+    log.error(
+        "internal error %s (interaction %s): %r",
+        error_id,
+        interaction_id,
+        exc,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
     return ApiError(500, "QP.Internal", f"internal error {error_id}; the operator can look it up by this id")
 
 
@@ -188,8 +215,12 @@ def _shard_error(exc: ShardError, interaction_id: str) -> ApiError:
     if code == "OVERLOADED":
         return _unavailable(f"the ledger is overloaded ({exc.message}); retry with the same x-idempotency-key")
     if code == "BAD_REQUEST":
-        return ApiError(400, "QP.Request.Invalid", "the ledger refused the request as malformed",
-                        [{"code": "QP.Request.Invalid", "message": exc.message[:200], "path": "$"}])
+        return ApiError(
+            400,
+            "QP.Request.Invalid",
+            "the ledger refused the request as malformed",
+            [{"code": "QP.Request.Invalid", "message": exc.message[:200], "path": "$"}],
+        )
     return _internal(exc, interaction_id)
 
 
@@ -220,25 +251,26 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     interaction_id = request.headers.get("x-fapi-interaction-id")
     if not interaction_id or not is_printable_ascii(interaction_id, INTERACTION_ID_MAX):
         interaction_id = _new_interaction_id()
-    INTERACTION_ID.set(interaction_id)       # every log line of this request carries it
+    INTERACTION_ID.set(interaction_id)  # every log line of this request carries it
     try:
         _check_url(request)
         response = await handler(request)
     except ApiError as error:
         response = error_response(error)
     except web.HTTPRequestEntityTooLarge:
-        response = error_response(ApiError(
-            413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes"))
+        response = error_response(ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes"))
     except web.HTTPException as exc:
         code = {404: "QP.Resource.NotFound", 405: "QP.Method.NotAllowed"}.get(exc.status, "QP.Http")
         allow = exc.headers.get("Allow")
-        response = error_response(ApiError(exc.status, code, exc.reason,
-                                           headers={"Allow": allow} if allow is not None else None))
+        response = error_response(
+            ApiError(exc.status, code, exc.reason, headers={"Allow": allow} if allow is not None else None)
+        )
     except (ShardUnavailable, ShardOverloaded) as exc:
         # The outcome is unknown to us; the partner retries with the same key and
         # gets exactly one payment either way.
-        response = error_response(_unavailable(
-            f"the ledger did not answer ({exc}); retry with the same x-idempotency-key"))
+        response = error_response(
+            _unavailable(f"the ledger did not answer ({exc}); retry with the same x-idempotency-key")
+        )
     except ShardError as exc:
         response = error_response(_shard_error(exc, interaction_id))
     except Exception as exc:  # a bug: never a bare text 500 without the interaction id
@@ -266,20 +298,36 @@ def rendered(table: str, rows: list[dict[str, Any]], render: Callable[[dict[str,
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
             metrics.QUARANTINED.labels("gateway", table).inc()
             key = str(row.get("id")) if isinstance(row, dict) else "?"
-            log.error("quarantined %s row %s (reader gateway): %r", table, key, exc,
-                      extra={"fields": {"event": "row_quarantined", "reader": "gateway", "table": table,
-                                        "key": key, "problem": repr(exc)[:300]}})
+            log.error(
+                "quarantined %s row %s (reader gateway): %r",
+                table,
+                key,
+                exc,
+                extra={
+                    "fields": {
+                        "event": "row_quarantined",
+                        "reader": "gateway",
+                        "table": table,
+                        "key": key,
+                        "problem": repr(exc)[:300],
+                    }
+                },
+            )
     return out
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.router = ShardRouter(config.shard_addresses, call_timeout_s=config.call_timeout_s,
-                                  local_clients=config.local_clients)
+        self.router = ShardRouter(
+            config.shard_addresses, call_timeout_s=config.call_timeout_s, local_clients=config.local_clients
+        )
         self.tokens = TokenService(config.token_key)
-        self.limiter = RateLimiter(RateLimit(config.rate_limit_rps, config.rate_limit_burst),
-                                   worker=config.rate_limit_worker, workers=config.rate_limit_workers)
+        self.limiter = RateLimiter(
+            RateLimit(config.rate_limit_rps, config.rate_limit_burst),
+            worker=config.rate_limit_worker,
+            workers=config.rate_limit_workers,
+        )
         # partner -> (its override or None, monotonic time it was read); re-read in the
         # background once older than RATE_LIMIT_OVERRIDE_TTL_S, never on a request's path.
         self.rate_overrides: OrderedDict[str, tuple[RateLimit | None, float]] = OrderedDict()
@@ -299,8 +347,7 @@ class Gateway:
         self.cutoffs_loaded: set[int] = set()
 
     async def _refresh_shard_cutoffs(self, shard: int) -> bool:
-        answer = await self.router.clients[shard].call(
-            "partner_cutoffs", {"since": self._cutoff_versions.get(shard)})
+        answer = await self.router.clients[shard].call("partner_cutoffs", {"since": self._cutoff_versions.get(shard)})
         if "cutoffs" in answer:
             self._cutoffs_by_shard[shard] = {k: list(v) for k, v in answer["cutoffs"].items()}
         self._cutoff_versions[shard] = answer["version"]
@@ -309,8 +356,9 @@ class Gateway:
 
     async def refresh_cutoffs(self) -> None:
         """Read every shard's markers once (only what changed since the last read)."""
-        results = await asyncio.gather(*(self._refresh_shard_cutoffs(s) for s in range(self.router.count)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._refresh_shard_cutoffs(s) for s in range(self.router.count)), return_exceptions=True
+        )
         for shard, result in enumerate(results):
             if isinstance(result, BaseException):
                 # Keep what we had (markers only ever come from a shard that answered).
@@ -326,7 +374,7 @@ class Gateway:
             started = time.monotonic()
             try:
                 await asyncio.wait_for(self.refresh_cutoffs(), CUTOFF_APPLIES_WITHIN_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("reading the partner cut-off markers took more than %s s", CUTOFF_APPLIES_WITHIN_S)
             await asyncio.sleep(max(0.0, CUTOFF_REFRESH_S - (time.monotonic() - started)))
 
@@ -376,28 +424,43 @@ class Gateway:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "QP.Auth.Missing", "a bearer access token is required",
-                           headers={"WWW-Authenticate": 'Bearer realm="quickpay"'})
+            raise ApiError(
+                401,
+                "QP.Auth.Missing",
+                "a bearer access token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="quickpay"'},
+            )
         token = token.strip()
         claims = self.tokens.verify_claims(token, _now_s()) if is_printable_ascii(token, TOKEN_MAX) else None
         if claims is None:
-            raise ApiError(401, "QP.Auth.InvalidToken", "the access token is invalid or expired",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "QP.Auth.InvalidToken",
+                "the access token is invalid or expired",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         partner_id, issued_at_ms = claims
         refused = token_cut_off(self.cutoffs.get(partner_id), issued_at_ms)
         if refused == "disabled":
             raise ApiError(403, "QP.Partner.Disabled", "this partner is disabled; its tokens are refused")
         if refused == "revoked":
-            raise ApiError(401, "QP.Auth.InvalidToken", "the access token was revoked; get a new one",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "QP.Auth.InvalidToken",
+                "the access token was revoked; get a new one",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         now_s = time.monotonic()
         verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s), cost_tokens)
         request[RATE_VERDICT] = verdict
         if not verdict.allowed:
             metrics.RATE_LIMITED.inc()
-            raise ApiError(429, "QP.RateLimit.Exceeded",
-                           f"over this partner's rate limit; retry after {verdict.retry_after_s} s",
-                           headers={"Retry-After": str(verdict.retry_after_s)})
+            raise ApiError(
+                429,
+                "QP.RateLimit.Exceeded",
+                f"over this partner's rate limit; retry after {verdict.retry_after_s} s",
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
         return partner_id
 
     def take_items(self, request: web.Request, partner_id: str, wanted: int) -> int:
@@ -415,19 +478,27 @@ class Gateway:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not admin_token_matches(token.strip(), self.config.admin_token):
-            raise ApiError(401, "QP.Auth.Admin", "an admin bearer token is required",
-                           headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'})
+            raise ApiError(
+                401,
+                "QP.Auth.Admin",
+                "an admin bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'},
+            )
 
     @staticmethod
     def idempotency_key(request: web.Request) -> str:
         key = request.headers.get("x-idempotency-key")
         if key is None:
-            raise field_error(400, "QP.Header.Missing", "the x-idempotency-key header is required",
-                              "header.x-idempotency-key")
+            raise field_error(
+                400, "QP.Header.Missing", "the x-idempotency-key header is required", "header.x-idempotency-key"
+            )
         if not is_printable_ascii(key, IDEMPOTENCY_KEY_MAX):
-            raise field_error(400, "QP.Header.Invalid",
-                              f"x-idempotency-key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
-                              "header.x-idempotency-key")
+            raise field_error(
+                400,
+                "QP.Header.Invalid",
+                f"x-idempotency-key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+                "header.x-idempotency-key",
+            )
         return key
 
     @staticmethod
@@ -450,43 +521,77 @@ def body_hash(*parts: object) -> str:
 
 _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
     "AGREEMENT_NOT_FOUND": (404, "QP.Agreement.NotFound", "no such agreement", "$.agreement_id"),
-    "AGREEMENT_NOT_AUTHORISED": (422, "QP.Agreement.NotAuthorised",
-                                 "the customer has not authorised this agreement", "$.agreement_id"),
-    "AGREEMENT_NOT_YET_VALID": (422, "QP.Agreement.NotYetValid", "the agreement is not valid yet (valid_from)",
-                                "$.agreement_id"),
+    "AGREEMENT_NOT_AUTHORISED": (
+        422,
+        "QP.Agreement.NotAuthorised",
+        "the customer has not authorised this agreement",
+        "$.agreement_id",
+    ),
+    "AGREEMENT_NOT_YET_VALID": (
+        422,
+        "QP.Agreement.NotYetValid",
+        "the agreement is not valid yet (valid_from)",
+        "$.agreement_id",
+    ),
     "AGREEMENT_EXPIRED": (422, "QP.Agreement.Expired", "the agreement has expired (valid_to)", "$.agreement_id"),
-    "AGREEMENT_SUSPENDED": (422, "QP.Agreement.Suspended", "the customer has suspended this agreement",
-                            "$.agreement_id"),
+    "AGREEMENT_SUSPENDED": (
+        422,
+        "QP.Agreement.Suspended",
+        "the customer has suspended this agreement",
+        "$.agreement_id",
+    ),
     "AGREEMENT_REVOKED": (422, "QP.Agreement.Revoked", "the agreement has been revoked", "$.agreement_id"),
-    "CURRENCY_MISMATCH": (422, "QP.Currency.Mismatch",
-                          "the currency differs from the agreement's or the creditor's", "$.currency"),
+    "CURRENCY_MISMATCH": (
+        422,
+        "QP.Currency.Mismatch",
+        "the currency differs from the agreement's or the creditor's",
+        "$.currency",
+    ),
     "CREDITOR_NOT_FOUND": (422, "QP.Creditor.NotFound", "no such creditor account", "$.creditor_account"),
     "PARTNER_NOT_FOUND": (404, "QP.Partner.NotFound", "no such partner", "path.partner_id"),
-    "SAME_ACCOUNT": (422, "QP.Creditor.SameAsDebtor", "the creditor is the debtor's own account",
-                     "$.creditor_account"),
-    "EXISTS_WITH_DIFFERENT_BODY": (422, "QP.Idempotency.Mismatch",
-                                   "this x-idempotency-key was used with a different request body",
-                                   "header.x-idempotency-key"),
-    "IN_FLIGHT": (409, "QP.Idempotency.InFlight",
-                  "a request with this x-idempotency-key is still in progress; retry shortly",
-                  "header.x-idempotency-key"),
+    "SAME_ACCOUNT": (422, "QP.Creditor.SameAsDebtor", "the creditor is the debtor's own account", "$.creditor_account"),
+    "EXISTS_WITH_DIFFERENT_BODY": (
+        422,
+        "QP.Idempotency.Mismatch",
+        "this x-idempotency-key was used with a different request body",
+        "header.x-idempotency-key",
+    ),
+    "IN_FLIGHT": (
+        409,
+        "QP.Idempotency.InFlight",
+        "a request with this x-idempotency-key is still in progress; retry shortly",
+        "header.x-idempotency-key",
+    ),
     "ACCOUNT_NOT_FOUND": (404, "QP.Account.NotFound", "no such account", "$.account_id"),
     "PAYMENT_NOT_FOUND": (404, "QP.Payment.NotFound", "no such payment", "path.payment_id"),
-    "PAYMENT_IN_FLIGHT": (409, "QP.Refund.PaymentInFlight",
-                          "the payment is still being committed; retry the refund shortly", "path.payment_id"),
-    "NOT_REFUNDABLE": (422, "QP.Refund.NotRefundable",
-                       "only accepted payments to your own settlement account can be refunded, within the "
-                       "refund window", "path.payment_id"),
-    "EXCEEDS_PAYMENT": (422, "QP.Refund.ExceedsPayment", "the refund exceeds what remains of the payment",
-                        "$.amount"),
+    "PAYMENT_IN_FLIGHT": (
+        409,
+        "QP.Refund.PaymentInFlight",
+        "the payment is still being committed; retry the refund shortly",
+        "path.payment_id",
+    ),
+    "NOT_REFUNDABLE": (
+        422,
+        "QP.Refund.NotRefundable",
+        "only accepted payments to your own settlement account can be refunded, within the refund window",
+        "path.payment_id",
+    ),
+    "EXCEEDS_PAYMENT": (422, "QP.Refund.ExceedsPayment", "the refund exceeds what remains of the payment", "$.amount"),
     # Agreement creation (POST /v1/agreements): the pending caps (ledger/state.py create_agreement).
-    "TOO_MANY_PENDING_FOR_ACCOUNT": (409, "QP.Agreement.TooManyPending",
-                                     "you have as many agreements awaiting this customer's authorisation as "
-                                     "allowed; wait until one is authorised, rejected or expired, or revoke one",
-                                     "$.debtor_account"),
-    "TOO_MANY_PENDING": (409, "QP.Agreement.TooManyPending",
-                         "you have as many agreements awaiting customers' authorisation as allowed; wait until "
-                         "some are authorised, rejected or expired, or revoke some", "$"),
+    "TOO_MANY_PENDING_FOR_ACCOUNT": (
+        409,
+        "QP.Agreement.TooManyPending",
+        "you have as many agreements awaiting this customer's authorisation as "
+        "allowed; wait until one is authorised, rejected or expired, or revoke one",
+        "$.debtor_account",
+    ),
+    "TOO_MANY_PENDING": (
+        409,
+        "QP.Agreement.TooManyPending",
+        "you have as many agreements awaiting customers' authorisation as allowed; wait until "
+        "some are authorised, rejected or expired, or revoke some",
+        "$",
+    ),
 }
 
 
@@ -497,9 +602,14 @@ _KEY_HEADER_PATH = "header.x-idempotency-key"
 def _rate_limited_item(index: int, retry_after_s: int) -> dict[str, Any]:
     """The result of a batch item past the partner's tokens (nothing was placed)."""
     message = f"over this partner's rate limit (one token per payment); retry after {retry_after_s} s"
-    return {"status": 429, "error": {"code": "QP.RateLimit.Exceeded", "message": message,
-                                     "errors": [{"code": "QP.RateLimit.Exceeded", "message": message,
-                                                 "path": f"$.payments[{index}]"}]}}
+    return {
+        "status": 429,
+        "error": {
+            "code": "QP.RateLimit.Exceeded",
+            "message": message,
+            "errors": [{"code": "QP.RateLimit.Exceeded", "message": message, "path": f"$.payments[{index}]"}],
+        },
+    }
 
 
 def _item_path(index: int, path: str) -> str:
@@ -558,8 +668,14 @@ def _decode_agreement_cursor(text: str | None) -> tuple[int, str] | None:
         if len(text) > CURSOR_MAX_CHARS or not text.isascii():
             raise ValueError("cursor too long or not ASCII")
         raw = msgspec.json.decode(base64.urlsafe_b64decode(text.encode() + b"=="))
-        if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int or not 0 <= raw[0] <= INT64_MAX \
-                or type(raw[1]) is not str or _AGREEMENT_ID.fullmatch(raw[1]) is None:
+        if (
+            type(raw) is not list
+            or len(raw) != 2
+            or type(raw[0]) is not int
+            or not 0 <= raw[0] <= INT64_MAX
+            or type(raw[1]) is not str
+            or _AGREEMENT_ID.fullmatch(raw[1]) is None
+        ):
             raise ValueError("bad cursor")
     except Exception:
         raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor") from None
@@ -593,8 +709,8 @@ def _encode_cursor(cursor: dict[int, int]) -> str:
 
 
 # ---- routes ---------------------------------------------------------------------------
-GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("gateway", Gateway)
-CUTOFF_TASK_KEY: web.AppKey["asyncio.Task[None]"] = web.AppKey("cutoff_refresh", asyncio.Task)
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+CUTOFF_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("cutoff_refresh", asyncio.Task)
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -609,8 +725,9 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
         body = await request.read()
         if body and request.content_type != "application/json":
-            raise field_error(415, "QP.Body.UnsupportedMediaType", "the request body must be application/json",
-                              "header.content-type")
+            raise field_error(
+                415, "QP.Body.UnsupportedMediaType", "the request body must be application/json", "header.content-type"
+            )
         return body
 
     # -- health and docs --
@@ -639,14 +756,16 @@ def create_app(config: GatewayConfig) -> web.Application:
                 return shard, await router.clients[shard].call("ping")
             except Exception:
                 return shard, None
+
         pings = list(await asyncio.gather(*(ping(s) for s in range(router.count))))
         try:
             deliveries = await router.clients[0].call("notify", {"action": "stats", "partner_id": "-"})
         except Exception:
             deliveries = None
         services = health.service_restarts(health.report_from(pings, config.supervisor_status))
-        return web.Response(body=metrics.render(pings, deliveries, services),
-                            headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(
+            body=metrics.render(pings, deliveries, services), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:
@@ -686,8 +805,12 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise field_error(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
         client_id = client_id or form.get("client_id")
         client_secret = client_secret or form.get("client_secret")
-        if not isinstance(client_id, str) or not isinstance(client_secret, str) \
-                or _PARTNER_ID.fullmatch(client_id) is None or not is_printable_ascii(client_secret, 256):
+        if (
+            not isinstance(client_id, str)
+            or not isinstance(client_secret, str)
+            or _PARTNER_ID.fullmatch(client_id) is None
+            or not is_printable_ascii(client_secret, 256)
+        ):
             raise ApiError(401, "invalid_client", "client authentication failed")
         partner = await router.client_for(client_id).call("partner", {"id": client_id})
         now_ms = int(time.time() * 1000)
@@ -698,9 +821,16 @@ def create_app(config: GatewayConfig) -> web.Application:
         if partner.get("disabled_at_ms") is not None:
             raise ApiError(401, "invalid_client", "this client is disabled")
         now_s = now_ms // 1000
-        return _json(200, {"access_token": gw.tokens.issue(client_id, now_s, now_ms), "token_type": "Bearer",
-                           "expires_in": gw.tokens.ttl_s, "scope": "payments"},
-                     headers={"Cache-Control": "no-store"})
+        return _json(
+            200,
+            {
+                "access_token": gw.tokens.issue(client_id, now_s, now_ms),
+                "token_type": "Bearer",
+                "expires_in": gw.tokens.ttl_s,
+                "scope": "payments",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     # -- agreements --
     def to_ms(value: datetime.datetime | None, path: str) -> int | None:
@@ -718,16 +848,21 @@ def create_app(config: GatewayConfig) -> web.Application:
         body: AgreementRequest = decode_body(await read_body(request), AgreementRequest)  # type: ignore[assignment]
         currency = gw.currency(body.currency)
         per_payment = gw.amount(body.per_payment_limit, currency, "$.per_payment_limit")
-        limits = [(limit.period, limit.alignment, gw.amount(limit.amount, currency, f"$.periodic_limits[{i}].amount"))
-                  for i, limit in enumerate(body.periodic_limits)]
+        limits = [
+            (limit.period, limit.alignment, gw.amount(limit.amount, currency, f"$.periodic_limits[{i}].amount"))
+            for i, limit in enumerate(body.periodic_limits)
+        ]
         if body.daily_limit is not None:
             limits.append(("Day", "Calendar", gw.amount(body.daily_limit, currency, "$.daily_limit")))
         seen: set[tuple[str, str]] = set()
         for period, alignment, _ in limits:
             if (period, alignment) in seen:
-                raise field_error(422, "QP.Agreement.DuplicateLimit",
-                                  f"more than one {alignment} {period} limit (daily_limit is a Calendar Day limit)",
-                                  "$.periodic_limits")
+                raise field_error(
+                    422,
+                    "QP.Agreement.DuplicateLimit",
+                    f"more than one {alignment} {period} limit (daily_limit is a Calendar Day limit)",
+                    "$.periodic_limits",
+                )
             seen.add((period, alignment))
         valid_from = to_ms(body.valid_from, "$.valid_from")
         valid_to = to_ms(body.valid_to, "$.valid_to")
@@ -738,11 +873,19 @@ def create_app(config: GatewayConfig) -> web.Application:
         if is_striped(body.debtor_account):
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         agreement_id = new_agreement_id(body.debtor_account, router.count)
-        result = await router.client_for(body.debtor_account).call("create_agreement", {
-            "id": agreement_id, "partner_id": partner_id, "debtor_account": body.debtor_account,
-            "currency": currency, "per_payment_limit_minor": per_payment,
-            "periodic_limits": [list(limit) for limit in limits],
-            "valid_from_ms": valid_from, "valid_to_ms": valid_to})
+        result = await router.client_for(body.debtor_account).call(
+            "create_agreement",
+            {
+                "id": agreement_id,
+                "partner_id": partner_id,
+                "debtor_account": body.debtor_account,
+                "currency": currency,
+                "per_payment_limit_minor": per_payment,
+                "periodic_limits": [list(limit) for limit in limits],
+                "valid_from_ms": valid_from,
+                "valid_to_ms": valid_to,
+            },
+        )
         if result["code"] == "ACCOUNT_NOT_FOUND":
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         if result["code"] == "CURRENCY_MISMATCH":
@@ -770,8 +913,9 @@ def create_app(config: GatewayConfig) -> web.Application:
         return await read_agreement(request.match_info["agreement_id"], gw.partner_of(request))
 
     async def agreement_action(agreement_id: str, action: str, actor: str, partner_id: str | None) -> web.Response:
-        result = await agreement_shard(agreement_id).call("agreement_action", {
-            "id": agreement_id, "action": action, "actor": actor, "partner_id": partner_id})
+        result = await agreement_shard(agreement_id).call(
+            "agreement_action", {"id": agreement_id, "action": action, "actor": actor, "partner_id": partner_id}
+        )
         code = result["code"]
         if code in ("OK", "SAME"):
             return _json(200, agreement_resource(result["agreement"]))
@@ -779,8 +923,9 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
         if code == "INVALID_TRANSITION":
             status = agreement_resource(result["agreement"])["status"]
-            raise field_error(409, "QP.Agreement.InvalidTransition",
-                              f"cannot {action} an agreement that is {status}", "$.status")
+            raise field_error(
+                409, "QP.Agreement.InvalidTransition", f"cannot {action} an agreement that is {status}", "$.status"
+            )
         raise ApiError(403, "QP.Agreement.Forbidden", f"{actor} may not {action} an agreement")
 
     @routes.delete("/v1/agreements/{agreement_id}")
@@ -792,18 +937,29 @@ def create_app(config: GatewayConfig) -> web.Application:
         limit = _page_limit(request)
         status = request.query.get("status")
         if status is not None and status not in AGREEMENT_STATUSES:
-            raise field_error(400, "QP.Query.Invalid", "status is one of " + ", ".join(AGREEMENT_STATUSES),
-                              "query.status")
+            raise field_error(
+                400, "QP.Query.Invalid", "status is one of " + ", ".join(AGREEMENT_STATUSES), "query.status"
+            )
         before = _decode_agreement_cursor(request.query.get("cursor"))
-        answers = await asyncio.gather(*(router.call(s, "agreements", {
-            **owner, "status": status, "before": list(before) if before else None, "limit": limit + 1})
-            for s in shards))
+        answers = await asyncio.gather(
+            *(
+                router.call(
+                    s,
+                    "agreements",
+                    {**owner, "status": status, "before": list(before) if before else None, "limit": limit + 1},
+                )
+                for s in shards
+            )
+        )
         # A shard that stopped scanning early (AGREEMENT_SCAN_MAX) has not looked below the
         # key it stopped at: nothing below the highest such key is certain yet, so the page
         # ends there and the cursor continues from it.
         floor = max((tuple(a["stopped_at"]) for a in answers if a["stopped_at"] is not None), default=None)
-        rows = sorted((a for answer in answers for a in answer["agreements"]),
-                      key=lambda a: (a["created_at_ms"], a["id"]), reverse=True)
+        rows = sorted(
+            (a for answer in answers for a in answer["agreements"]),
+            key=lambda a: (a["created_at_ms"], a["id"]),
+            reverse=True,
+        )
         if floor is not None:
             rows = [a for a in rows if (a["created_at_ms"], a["id"]) >= floor]
         page = rows[:limit]
@@ -812,8 +968,13 @@ def create_app(config: GatewayConfig) -> web.Application:
             next_key = (page[-1]["created_at_ms"], page[-1]["id"])
         elif floor is not None:
             next_key = (int(floor[0]), str(floor[1]))
-        return _json(200, {"agreements": rendered("agreements", page, agreement_resource),
-                           "next_cursor": _encode_agreement_cursor(next_key) if next_key else None})
+        return _json(
+            200,
+            {
+                "agreements": rendered("agreements", page, agreement_resource),
+                "next_cursor": _encode_agreement_cursor(next_key) if next_key else None,
+            },
+        )
 
     @routes.get("/v1/agreements")
     async def list_partner_agreements(request: web.Request) -> web.Response:
@@ -850,12 +1011,16 @@ def create_app(config: GatewayConfig) -> web.Application:
     control = router.clients[0]
 
     def endpoint_resource(e: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
-        resource: dict[str, Any] = {"id": e["id"], "url": e["url"], "events": e["events"],
-                                    "created_at": _iso(e["created_at_ms"])}
+        resource: dict[str, Any] = {
+            "id": e["id"],
+            "url": e["url"],
+            "events": e["events"],
+            "created_at": _iso(e["created_at_ms"]),
+        }
         if e.get("previous_secret_until_ms"):
             resource["previous_secret_expires_at"] = _iso(e["previous_secret_until_ms"])
         if secret is not None:
-            resource["secret"] = secret        # shown once: at creation and at rotation
+            resource["secret"] = secret  # shown once: at creation and at rotation
         return resource
 
     def endpoint_id_of(request: web.Request) -> str:
@@ -870,16 +1035,28 @@ def create_app(config: GatewayConfig) -> web.Application:
         body: WebhookEndpointRequest = decode_body(await read_body(request), WebhookEndpointRequest)  # type: ignore[assignment]
         unknown = [t for t in body.events if t != "*" and t not in EVENT_TYPES]
         if unknown or len(set(body.events)) != len(body.events):
-            raise field_error(422, "QP.WebhookEndpoint.UnknownEvent",
-                              "events are distinct names from: * " + " ".join(EVENT_TYPES), "$.events")
+            raise field_error(
+                422,
+                "QP.WebhookEndpoint.UnknownEvent",
+                "events are distinct names from: * " + " ".join(EVENT_TYPES),
+                "$.events",
+            )
         try:
             await resolve_checked(body.url, config.webhooks_allow_private)
         except UrlRefused as exc:
             raise field_error(422, "QP.WebhookEndpoint.UrlRefused", str(exc), "$.url") from None
         secret = "whsec_" + secrets.token_urlsafe(32)
-        created = await control.call("notify", {"action": "create", "partner_id": partner_id,
-                                                "id": "whe_" + secrets.token_hex(10), "url": body.url,
-                                                "events": list(body.events), "secret": secret})
+        created = await control.call(
+            "notify",
+            {
+                "action": "create",
+                "partner_id": partner_id,
+                "id": "whe_" + secrets.token_hex(10),
+                "url": body.url,
+                "events": list(body.events),
+                "secret": secret,
+            },
+        )
         if created is None:
             raise ApiError(422, "QP.WebhookEndpoint.TooMany", "a partner has at most 16 webhook endpoints")
         return _json(201, endpoint_resource(created, secret))
@@ -893,8 +1070,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     @routes.get("/v1/webhook-endpoints/{endpoint_id}")
     async def get_webhook_endpoint(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
-        found = await control.call("notify", {"action": "get", "partner_id": partner_id,
-                                              "id": endpoint_id_of(request)})
+        found = await control.call("notify", {"action": "get", "partner_id": partner_id, "id": endpoint_id_of(request)})
         if found is None:
             raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
         return _json(200, endpoint_resource(found))
@@ -902,8 +1078,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     @routes.delete("/v1/webhook-endpoints/{endpoint_id}")
     async def delete_webhook_endpoint(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
-        found = await control.call("notify", {"action": "delete", "partner_id": partner_id,
-                                              "id": endpoint_id_of(request)})
+        found = await control.call(
+            "notify", {"action": "delete", "partner_id": partner_id, "id": endpoint_id_of(request)}
+        )
         if found is None:
             raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
         return _json(200, {**endpoint_resource(found), "deleted": True})
@@ -915,9 +1092,16 @@ def create_app(config: GatewayConfig) -> web.Application:
         if not float(body.overlap_s).is_integer():
             raise field_error(400, "QP.Field.Invalid", "overlap_s must be a whole number of seconds", "$.overlap_s")
         secret = "whsec_" + secrets.token_urlsafe(32)
-        found = await control.call("notify", {"action": "rotate", "partner_id": partner_id,
-                                              "id": endpoint_id_of(request), "secret": secret,
-                                              "overlap_ms": int(body.overlap_s) * 1000})
+        found = await control.call(
+            "notify",
+            {
+                "action": "rotate",
+                "partner_id": partner_id,
+                "id": endpoint_id_of(request),
+                "secret": secret,
+                "overlap_ms": int(body.overlap_s) * 1000,
+            },
+        )
         if found is None:
             raise ApiError(404, "QP.WebhookEndpoint.NotFound", "no such webhook endpoint")
         return _json(200, endpoint_resource(found, secret))
@@ -933,13 +1117,19 @@ def create_app(config: GatewayConfig) -> web.Application:
         event_type = request.query.get("type")
         if event_type is not None and event_type not in EVENT_TYPES:
             raise field_error(400, "QP.Query.Invalid", "type is one of " + ", ".join(EVENT_TYPES), "query.type")
-        rows = await control.call("notify", {"action": "events", "partner_id": partner_id, "after": after,
-                                             "type": event_type, "limit": limit})
+        rows = await control.call(
+            "notify", {"action": "events", "partner_id": partner_id, "after": after, "type": event_type, "limit": limit}
+        )
         last = str(rows[-1][0]) if rows else (after_text or None)
         # Bodies are stored as delivered: embedded as they are, not parsed and re-encoded.
-        return _json(200, {"events": [msgspec.Raw(body.encode()) for _, body in rows if body is not None],
-                           "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
-                           "last_cursor": last})
+        return _json(
+            200,
+            {
+                "events": [msgspec.Raw(body.encode()) for _, body in rows if body is not None],
+                "next_cursor": str(rows[-1][0]) if len(rows) == limit else None,
+                "last_cursor": last,
+            },
+        )
 
     async def own_transfer(shard: int | None, transfer_id: str, kind: str, partner_id: str) -> dict[str, Any] | None:
         """A committed journal row of this kind and this partner's, else None (404 to the caller:
@@ -957,7 +1147,7 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise field_error(400, "QP.Path.Invalid", "the date is YYYY-MM-DD", "path.day")
         try:
             day = datetime.date.fromisoformat(request.match_info["day"])
-        except ValueError:     # well-formed, but no such day (2026-02-30)
+        except ValueError:  # well-formed, but no such day (2026-02-30)
             raise ApiError(404, "QP.Reconciliation.NoSuchDay", "there is no such day") from None
         provisional = request.query.get("provisional", "false")
         if provisional not in ("true", "false"):
@@ -965,40 +1155,49 @@ def create_app(config: GatewayConfig) -> web.Application:
         now_ms = time.time_ns() // 1_000_000
         closed = recon.is_closed(day, now_ms)
         if not closed and provisional != "true":
-            raise ApiError(404, "QP.Reconciliation.NotReady",
-                           f"{day.isoformat()} is not closed yet: its file is ready "
-                           f"{recon.CLOSE_GRACE_MS // 60_000} minutes after midnight UTC; "
-                           "?provisional=true gives the day so far")
+            raise ApiError(
+                404,
+                "QP.Reconciliation.NotReady",
+                f"{day.isoformat()} is not closed yet: its file is ready "
+                f"{recon.CLOSE_GRACE_MS // 60_000} minutes after midnight UTC; "
+                "?provisional=true gives the day so far",
+            )
         from_ms, to_ms = recon.day_bounds(day)
         if from_ms > now_ms:
             raise ApiError(404, "QP.Reconciliation.NotReady", f"{day.isoformat()} has not begun")
         key = (partner_id, day.isoformat())
         cached = gw.recon_files.get(key)
-        if cached is not None and cached.closed == closed and (
-                closed or time.monotonic() - cached.made_s < RECON_PROVISIONAL_REUSE_S):
+        if (
+            cached is not None
+            and cached.closed == closed
+            and (closed or time.monotonic() - cached.made_s < RECON_PROVISIONAL_REUSE_S)
+        ):
             return recon_response(cached, partner_id, day)
         running = gw.recon_running.get(key)
         if running is None:
             running = gw.recon_running[key] = asyncio.ensure_future(
-                build_recon_file(partner_id, day, closed, now_ms, from_ms, to_ms))
+                build_recon_file(partner_id, day, closed, now_ms, from_ms, to_ms)
+            )
             running.add_done_callback(lambda _: gw.recon_running.pop(key, None))
             made = await asyncio.shield(running)
             # The file's size is its cost: one token per RECON_ROWS_PER_TOKEN rows, as debt.
             gw.limiter.charge(partner_id, time.monotonic(), made.rows // RECON_ROWS_PER_TOKEN)
             gw.remember_recon(key, made)
-        else:                   # the same file is being made for this partner: share it
+        else:  # the same file is being made for this partner: share it
             made = await asyncio.shield(running)
         return recon_response(made, partner_id, day)
 
-    async def build_recon_file(partner_id: str, day: datetime.date, closed: bool, now_ms: int,
-                               from_ms: int, to_ms: int) -> ReconFile:
+    async def build_recon_file(
+        partner_id: str, day: datetime.date, closed: bool, now_ms: int, from_ms: int, to_ms: int
+    ) -> ReconFile:
         report = recon.Reconciliation(partner_id, day, provisional=not closed, generated_at_ms=now_ms)
         rows = 0
         for shard in range(router.count):
             after = None
             while True:
-                page = await router.call(shard, "recon", {"partner_id": partner_id, "from_ms": from_ms,
-                                                          "to_ms": to_ms, "after": after})
+                page = await router.call(
+                    shard, "recon", {"partner_id": partner_id, "from_ms": from_ms, "to_ms": to_ms, "after": after}
+                )
                 rows += len(page)
                 try:
                     report.add(wire for _, wire in page)
@@ -1011,10 +1210,12 @@ def create_app(config: GatewayConfig) -> web.Application:
         return ReconFile(body, hashlib.sha256(body).hexdigest(), closed, rows, time.monotonic())
 
     def recon_response(made: ReconFile, partner_id: str, day: datetime.date) -> web.Response:
-        headers = {"Content-Type": "text/csv; charset=utf-8",
-                   "Content-Disposition": f'attachment; filename="quickpay-{partner_id}-{day.isoformat()}.csv"',
-                   "Quickpay-Content-SHA256": made.sha256,
-                   "Quickpay-Reconciliation": "final" if made.closed else "provisional"}
+        headers = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="quickpay-{partner_id}-{day.isoformat()}.csv"',
+            "Quickpay-Content-SHA256": made.sha256,
+            "Quickpay-Reconciliation": "final" if made.closed else "provisional",
+        }
         return web.Response(status=200, body=made.body, headers=headers)
 
     # -- refunds --
@@ -1040,11 +1241,19 @@ def create_app(config: GatewayConfig) -> web.Application:
                 # is a rule of this payment, so 422.
                 status = 422 if error.code == "QP.Amount.TooManyDecimals" else 400
                 raise field_error(status, error.code, error.message, "$.amount") from None
-        result = await router.call(shard, "refund", {
-            "refund_id": refund_id_for(partner_id, key, shard), "partner_id": partner_id,
-            "payment_id": payment_id, "amount_minor": amount_minor, "reason": body.reason,
-            "reference": body.reference,
-            "body_hash": body_hash(payment_id, amount_minor, body.reason, body.reference)})
+        result = await router.call(
+            shard,
+            "refund",
+            {
+                "refund_id": refund_id_for(partner_id, key, shard),
+                "partner_id": partner_id,
+                "payment_id": payment_id,
+                "amount_minor": amount_minor,
+                "reason": body.reason,
+                "reference": body.reference,
+                "body_hash": body_hash(payment_id, amount_minor, body.reason, body.reference),
+            },
+        )
         code = result["code"]
         if code in ("OK", "REPLAY"):
             return _json(201, refund_resource(result["transfer"]), _REPLAYED if code == "REPLAY" else None)
@@ -1085,13 +1294,25 @@ def create_app(config: GatewayConfig) -> web.Application:
         risk = body.risk or None
         device_id = risk.device_id if risk else None
         ip = risk.ip if risk else None
-        result = await router.call(shard, "pay", {
-            "payment_id": payment_id_for(partner_id, key, shard), "partner_id": partner_id,
-            "agreement_id": body.agreement_id, "amount_minor": amount_minor, "currency": currency,
-            "creditor_account": creditor, "creditor_shard": creditor_shard,
-            "reference": body.reference, "device_id": device_id, "ip": ip,
-            "body_hash": body_hash(body.agreement_id, amount_minor, currency, creditor,
-                                   body.reference, device_id, ip)})
+        result = await router.call(
+            shard,
+            "pay",
+            {
+                "payment_id": payment_id_for(partner_id, key, shard),
+                "partner_id": partner_id,
+                "agreement_id": body.agreement_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "creditor_account": creditor,
+                "creditor_shard": creditor_shard,
+                "reference": body.reference,
+                "device_id": device_id,
+                "ip": ip,
+                "body_hash": body_hash(
+                    body.agreement_id, amount_minor, currency, creditor, body.reference, device_id, ip
+                ),
+            },
+        )
         code = result["code"]
         if code == "OK":
             return payment_resource(result["transfer"]), False
@@ -1121,8 +1342,9 @@ def create_app(config: GatewayConfig) -> web.Application:
             if len(body) > limit:
                 raise too_large
         if body and request.content_type != "application/json":
-            raise field_error(415, "QP.Body.UnsupportedMediaType", "the request body must be application/json",
-                              "header.content-type")
+            raise field_error(
+                415, "QP.Body.UnsupportedMediaType", "the request body must be application/json", "header.content-type"
+            )
         return bytes(body)
 
     async def batch_item(partner_id: str, index: int, raw: msgspec.Raw, interaction_id: str) -> dict[str, Any]:
@@ -1139,24 +1361,35 @@ def create_app(config: GatewayConfig) -> web.Application:
             error = _shard_error(exc, interaction_id)
         except Exception as exc:  # a bug: this item's 500, logged; the others stand
             error = _internal(exc, interaction_id)
-        return {"status": error.status, "error": {
-            "code": error.code, "message": error.message,
-            "errors": [{**e, "path": _item_path(index, e["path"])} for e in error.errors]}}
+        return {
+            "status": error.status,
+            "error": {
+                "code": error.code,
+                "message": error.message,
+                "errors": [{**e, "path": _item_path(index, e["path"])} for e in error.errors],
+            },
+        }
 
     @routes.post("/v1/quick-payments/batch")
     async def create_payment_batch(request: web.Request) -> web.Response:
         partner_id = gw.partner_of(request)
         envelope: QuickPaymentBatchRequest = decode_body(  # type: ignore[assignment]
-            await read_batch_body(request), QuickPaymentBatchRequest)
+            await read_batch_body(request), QuickPaymentBatchRequest
+        )
         items = envelope.payments
         items_max = config.batch_items_max
         if len(items) > items_max:
-            raise field_error(400, "QP.Batch.TooManyItems",
-                              f"a batch holds 1-{items_max} payments; this one holds {len(items)}", "$.payments")
+            raise field_error(
+                400,
+                "QP.Batch.TooManyItems",
+                f"a batch holds 1-{items_max} payments; this one holds {len(items)}",
+                "$.payments",
+            )
         for index, raw in enumerate(items):
             if bytes(memoryview(raw)[:1]) != b"{":
-                raise field_error(400, "QP.Field.Invalid", "each item of payments must be a JSON object",
-                                  f"$.payments[{index}]")
+                raise field_error(
+                    400, "QP.Field.Invalid", "each item of payments must be a JSON object", f"$.payments[{index}]"
+                )
         interaction_id = request.headers.get("x-fapi-interaction-id", "-")[:INTERACTION_ID_MAX]
         # One token per payment: partner_of took the first; items past the partner's tokens
         # are refused one by one (429 item errors, in order), the others proceed.
@@ -1166,8 +1399,9 @@ def create_app(config: GatewayConfig) -> web.Application:
         # so the shard clients put them in one frame per shard and the shards decide and
         # commit them in their group commits. Each answer comes after its commit: the 200
         # leaves only when every item is durable or has failed on its own.
-        results = await asyncio.gather(*(batch_item(partner_id, index, raw, interaction_id)
-                                         for index, raw in enumerate(items[:granted])))
+        results = await asyncio.gather(
+            *(batch_item(partner_id, index, raw, interaction_id) for index, raw in enumerate(items[:granted]))
+        )
         if granted == len(items):
             return _json(200, {"results": results})
         results += [_rate_limited_item(index, retry_after_s) for index in range(granted, len(items))]
@@ -1197,15 +1431,21 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     async def balance_of(account_id: str, partner_id: str | None) -> web.Response:
         shards, filter_partner = await account_shards(account_id, partner_id)
-        answers = [await router.call(s, "balance", {"id": account_id, "partner_id": filter_partner})
-                   for s in shards]
+        answers = [await router.call(s, "balance", {"id": account_id, "partner_id": filter_partner}) for s in shards]
         if any(a is None for a in answers):
             raise ApiError(404, "QP.Account.NotFound", "no such account")
         currency = answers[0]["currency"]
         total = sum(a["balance_minor"] for a in answers)
-        return _json(200, {"account_id": account_id, "kind": answers[0]["kind"], "currency": currency,
-                           "balance": format_amount(total, currency),
-                           "stripes": len(answers)})
+        return _json(
+            200,
+            {
+                "account_id": account_id,
+                "kind": answers[0]["kind"],
+                "currency": currency,
+                "balance": format_amount(total, currency),
+                "stripes": len(answers),
+            },
+        )
 
     @routes.get("/v1/accounts/{account_id}/balance")
     async def get_balance(request: web.Request) -> web.Response:
@@ -1220,9 +1460,11 @@ def create_app(config: GatewayConfig) -> web.Application:
         cursor = _decode_cursor(request.query.get("cursor"), shards)
         answers: dict[int, list[dict[str, Any]]] = {}
         for s in shards:
-            answer = await router.call(s, "transactions", {
-                "id": account_id, "partner_id": filter_partner, "limit": limit + 1,
-                "before_seq": cursor.get(s)})
+            answer = await router.call(
+                s,
+                "transactions",
+                {"id": account_id, "partner_id": filter_partner, "limit": limit + 1, "before_seq": cursor.get(s)},
+            )
             if answer is None:
                 raise ApiError(404, "QP.Account.NotFound", "no such account")
             answers[s] = answer
@@ -1230,10 +1472,19 @@ def create_app(config: GatewayConfig) -> web.Application:
         # by time; the cursor keeps the seq of the last row emitted from each shard
         # (gateway/paging.py says why sorting by time and paging by seq skipped rows).
         page, next_cursor = merge_page(answers, cursor, limit)
-        items = rendered("transfers", [t for _, t in page], lambda t: {
-            **transfer_resource(t), "direction": "debit" if t["debit_account"] == account_id else "credit"})
-        return _json(200, {"account_id": account_id, "transactions": items,
-                           "next_cursor": _encode_cursor(next_cursor) if next_cursor is not None else None})
+        items = rendered(
+            "transfers",
+            [t for _, t in page],
+            lambda t: {**transfer_resource(t), "direction": "debit" if t["debit_account"] == account_id else "credit"},
+        )
+        return _json(
+            200,
+            {
+                "account_id": account_id,
+                "transactions": items,
+                "next_cursor": _encode_cursor(next_cursor) if next_cursor is not None else None,
+            },
+        )
 
     # -- admin --
     @routes.post("/admin/v1/partners")
@@ -1244,13 +1495,28 @@ def create_app(config: GatewayConfig) -> web.Application:
         partner_id = new_partner_id()
         secret = new_secret()
         settlement = settlement_account_for(partner_id)
-        await router.broadcast("open_accounts", [{"id": settlement, "kind": "settlement",
-                                                  "currency": currency, "partner_id": partner_id}])
-        await router.client_for(partner_id).call("create_partner", {
-            "id": partner_id, "name": body.name, "secret_sha256": hash_secret(secret),
-            "settlement_account": settlement})
-        return _json(201, {"partner_id": partner_id, "client_id": partner_id, "client_secret": secret,
-                           "settlement_account": settlement, "currency": currency})
+        await router.broadcast(
+            "open_accounts", [{"id": settlement, "kind": "settlement", "currency": currency, "partner_id": partner_id}]
+        )
+        await router.client_for(partner_id).call(
+            "create_partner",
+            {
+                "id": partner_id,
+                "name": body.name,
+                "secret_sha256": hash_secret(secret),
+                "settlement_account": settlement,
+            },
+        )
+        return _json(
+            201,
+            {
+                "partner_id": partner_id,
+                "client_id": partner_id,
+                "client_secret": secret,
+                "settlement_account": settlement,
+                "currency": currency,
+            },
+        )
 
     @routes.put("/admin/v1/partners/{partner_id}/rate-limit")
     async def set_rate_limit(request: web.Request) -> web.Response:
@@ -1269,8 +1535,15 @@ def create_app(config: GatewayConfig) -> web.Application:
         await client.call("partner_rate_limit", {"id": partner_id, "requests_per_s": rate, "burst": burst})
         # Every gateway process re-reads it within RATE_LIMIT_OVERRIDE_TTL_S; this one at once.
         gw.rate_overrides[partner_id] = (RateLimit(rate, burst), time.monotonic())
-        return _json(200, {"partner_id": partner_id, "requests_per_s": rate, "burst": burst,
-                           "applies_within_s": RATE_LIMIT_OVERRIDE_TTL_S})
+        return _json(
+            200,
+            {
+                "partner_id": partner_id,
+                "requests_per_s": rate,
+                "burst": burst,
+                "applies_within_s": RATE_LIMIT_OVERRIDE_TTL_S,
+            },
+        )
 
     # -- admin: cutting a partner off (ShardState.partner_action; audited, in the partner's feed) --
     def admin_partner_id(request: web.Request) -> str:
@@ -1283,10 +1556,15 @@ def create_app(config: GatewayConfig) -> web.Application:
         def at(name: str) -> str | None:
             value = status.get(name)
             return _iso(value) if value is not None else None
-        return {"partner_id": partner_id, "disabled": status.get("disabled_at_ms") is not None,
-                "disabled_at": at("disabled_at_ms"), "tokens_valid_after": at("tokens_valid_after_ms"),
-                "previous_secret_valid_until": at("previous_secret_until_ms"),
-                "applies_within_s": CUTOFF_APPLIES_WITHIN_S}
+
+        return {
+            "partner_id": partner_id,
+            "disabled": status.get("disabled_at_ms") is not None,
+            "disabled_at": at("disabled_at_ms"),
+            "tokens_valid_after": at("tokens_valid_after_ms"),
+            "previous_secret_valid_until": at("previous_secret_until_ms"),
+            "applies_within_s": CUTOFF_APPLIES_WITHIN_S,
+        }
 
     async def partner_action(request: web.Request, action: str) -> web.Response:
         gw.require_admin(request)
@@ -1305,7 +1583,7 @@ def create_app(config: GatewayConfig) -> web.Application:
             args.update(secret_sha256=hash_secret(secret), overlap_ms=int(body.overlap_s) * 1000)
         answer = await router.client_for(partner_id).call("partner_action", args)
         if answer["code"] not in ("OK", "SAME"):
-            _raise_for(answer["code"])      # PARTNER_NOT_FOUND: 404 QP.Partner.NotFound
+            _raise_for(answer["code"])  # PARTNER_NOT_FOUND: 404 QP.Partner.NotFound
         status = answer["partner"]
         gw.apply_cutoff(partner_id, status)
         result = {**cutoff_resource(partner_id, status), "action": action, "changed": answer["code"] == "OK"}
@@ -1324,8 +1602,15 @@ def create_app(config: GatewayConfig) -> web.Application:
         until = found.get("previous_secret_until_ms")
         overlapping = found.get("previous_secret_sha256") is not None and until is not None and now_ms < until
         resource = cutoff_resource(partner_id, {**found, "previous_secret_until_ms": until if overlapping else None})
-        return _json(200, {**resource, "name": found["name"], "settlement_account": found["settlement_account"],
-                           "created_at": _iso(found["created_at_ms"])})
+        return _json(
+            200,
+            {
+                **resource,
+                "name": found["name"],
+                "settlement_account": found["settlement_account"],
+                "created_at": _iso(found["created_at_ms"]),
+            },
+        )
 
     @routes.post("/admin/v1/partners/{partner_id}/disable")
     async def disable_partner(request: web.Request) -> web.Response:
@@ -1359,10 +1644,24 @@ def create_app(config: GatewayConfig) -> web.Application:
         if await client.call("partner", {"id": partner_id}) is None:
             raise ApiError(404, "QP.Partner.NotFound", "no such partner")
         rows = await client.call("partner_audit", {"id": partner_id, "after": int(after_text), "limit": limit})
-        entries = [{"seq": r["seq"], "action": r["action"], "actor": r["actor"], "at": _iso(r["at_ms"]),
-                    "details": r["details"]} for r in rows]
-        return _json(200, {"partner_id": partner_id, "entries": entries,
-                           "next_cursor": str(rows[-1]["seq"]) if len(rows) == limit else None})
+        entries = [
+            {
+                "seq": r["seq"],
+                "action": r["action"],
+                "actor": r["actor"],
+                "at": _iso(r["at_ms"]),
+                "details": r["details"],
+            }
+            for r in rows
+        ]
+        return _json(
+            200,
+            {
+                "partner_id": partner_id,
+                "entries": entries,
+                "next_cursor": str(rows[-1]["seq"]) if len(rows) == limit else None,
+            },
+        )
 
     @routes.post("/admin/v1/accounts")
     async def open_account(request: web.Request) -> web.Response:
@@ -1385,10 +1684,18 @@ def create_app(config: GatewayConfig) -> web.Application:
         if is_striped(account_id) or _ACCOUNT_ID.fullmatch(account_id) is None:
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
         shard = router.shard_of(account_id)
-        result = await router.call(shard, "fund", {
-            "transfer_id": payment_id_for("admin-funding", key, shard), "account_id": account_id,
-            "amount_minor": amount_minor, "currency": currency, "reference": body.reference,
-            "body_hash": body_hash(account_id, amount_minor, currency, body.reference)})
+        result = await router.call(
+            shard,
+            "fund",
+            {
+                "transfer_id": payment_id_for("admin-funding", key, shard),
+                "account_id": account_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "reference": body.reference,
+                "body_hash": body_hash(account_id, amount_minor, currency, body.reference),
+            },
+        )
         code = result["code"]
         if code in ("OK", "REPLAY"):
             return _json(201, transfer_resource(result["transfer"]))
@@ -1410,8 +1717,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     def fraud_author(request: web.Request) -> str:
         author = request.query.get("author", "admin")
         if _AUTHOR.fullmatch(author) is None:
-            raise field_error(400, "QP.Query.Invalid", "author must be 1-100 characters without control characters",
-                              "query.author")
+            raise field_error(
+                400, "QP.Query.Invalid", "author must be 1-100 characters without control characters", "query.author"
+            )
         return author
 
     @routes.get("/admin/v1/fraud/rules")
@@ -1436,8 +1744,11 @@ def create_app(config: GatewayConfig) -> web.Application:
         gw.require_admin(request)
         version = request.match_info["version"].lower()
         if not VERSION_RE.fullmatch(version):
-            raise ApiError(404, "QP.Rules.NotFound",
-                           "no such rule set version (a version is its sha256 id, or 8 or more of its first hex digits)")
+            raise ApiError(
+                404,
+                "QP.Rules.NotFound",
+                "no such rule set version (a version is its sha256 id, or 8 or more of its first hex digits)",
+            )
         return _json(200, await rollout.activate(version, fraud_author(request)))
 
     @routes.get("/admin/v1/fraud/lists")
@@ -1450,8 +1761,9 @@ def create_app(config: GatewayConfig) -> web.Application:
         gw.require_admin(request)
         name = request.match_info["name"]
         if not RULE_IDENTIFIER.fullmatch(name):
-            raise field_error(400, "QP.Path.Invalid", "a list name is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
-                              "path.name")
+            raise field_error(
+                400, "QP.Path.Invalid", "a list name is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}", "path.name"
+            )
         body: ListChangeRequest = decode_body(await read_body(request), ListChangeRequest)  # type: ignore[assignment]
         result: Any = None
         if body.add:
@@ -1470,8 +1782,9 @@ def create_app(config: GatewayConfig) -> web.Application:
             raise field_error(400, "QP.Query.Invalid", "decision must be allow, review or block", "query.decision")
         rule_id = request.query.get("rule_id")
         if rule_id is not None and not RULE_IDENTIFIER.fullmatch(rule_id):
-            raise field_error(400, "QP.Query.Invalid", "rule_id is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}",
-                              "query.rule_id")
+            raise field_error(
+                400, "QP.Query.Invalid", "rule_id is an identifier: [A-Za-z_][A-Za-z0-9_]{0,63}", "query.rule_id"
+            )
         limit = _page_limit(request)
         answers = await router.broadcast("decisions", {"decision": decision, "rule_id": rule_id, "limit": limit})
         rows = sorted((t for answer in answers for t in answer), key=lambda t: t["created_at_ms"], reverse=True)
@@ -1490,7 +1803,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         # The first read before serving (bounded: shards that are not up yet are read by the loop).
         try:
             await asyncio.wait_for(gw.refresh_cutoffs(), CUTOFF_FIRST_READ_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("serving before the partner cut-off markers were read (/readyz says not ready)")
         app[CUTOFF_TASK_KEY] = asyncio.get_running_loop().create_task(gw.run_cutoff_refresh())
 

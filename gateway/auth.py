@@ -5,6 +5,7 @@ the state directory, so any worker verifies any token with no shared state.
 Client secrets are 256-bit random strings stored as SHA-256 digests: with that
 much entropy a slow password hash adds cost and no safety.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,16 @@ from typing import Any
 
 import jwt
 
-__all__ = ["TokenService", "hash_secret", "new_secret", "secret_matches", "admin_token_matches", "TOKEN_TTL_S",
-           "client_secret_valid", "token_cut_off"]
+__all__ = [
+    "TOKEN_TTL_S",
+    "TokenService",
+    "admin_token_matches",
+    "client_secret_valid",
+    "hash_secret",
+    "new_secret",
+    "secret_matches",
+    "token_cut_off",
+]
 
 TOKEN_TTL_S = 3600
 _ISSUER = "quickpay"
@@ -64,8 +73,9 @@ def token_cut_off(marker: tuple[int | None, int | None] | list[int | None] | Non
 def admin_token_matches(presented: str, admin_token: str) -> bool:
     """Constant-time comparison of a presented admin bearer token with the configured one
     (SHA-256 first, so neither length nor content leaks through timing)."""
-    return hmac.compare_digest(hashlib.sha256(presented.encode(errors="surrogatepass")).digest(),
-                               hashlib.sha256(admin_token.encode()).digest())
+    return hmac.compare_digest(
+        hashlib.sha256(presented.encode(errors="surrogatepass")).digest(), hashlib.sha256(admin_token.encode()).digest()
+    )
 
 
 class TokenService:
@@ -88,9 +98,18 @@ class TokenService:
     def issue(self, partner_id: str, now_s: int, now_ms: int | None = None) -> str:
         """A token; `iat_ms` (the issue time in ms, now_s * 1000 unless given) is what a
         revocation ("tokens issued at or before T") compares with: `iat` has whole seconds only."""
-        return jwt.encode({"sub": partner_id, "iss": _ISSUER, "iat": now_s, "exp": now_s + self.ttl_s,
-                           "iat_ms": now_ms if now_ms is not None else now_s * 1000,
-                           "scope": "payments"}, self.key, algorithm="HS256")
+        return jwt.encode(
+            {
+                "sub": partner_id,
+                "iss": _ISSUER,
+                "iat": now_s,
+                "exp": now_s + self.ttl_s,
+                "iat_ms": now_ms if now_ms is not None else now_s * 1000,
+                "scope": "payments",
+            },
+            self.key,
+            algorithm="HS256",
+        )
 
     def verify(self, token: str, now_s: int) -> str | None:
         """The partner id of a valid, unexpired token, else None."""
@@ -107,8 +126,13 @@ class TokenService:
             partner_id, exp, iat_ms = cached
             return (partner_id, iat_ms) if now_s < exp else None
         try:
-            claims = jwt.decode(token, self.key, algorithms=["HS256"], issuer=_ISSUER,
-                                options={"require": ["exp", "sub", "iss"], "verify_exp": False})
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=["HS256"],
+                issuer=_ISSUER,
+                options={"require": ["exp", "sub", "iss"], "verify_exp": False},
+            )
         except jwt.PyJWTError:
             return None
         exp = int(claims["exp"])

@@ -22,18 +22,20 @@ and a failure pushes the popped version back.
 Between the first and the last shard switching, a payment is judged by the old or
 the new version depending on its shard; each payment by exactly one version.
 """
+
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
 from .errors import ApiError
 
-__all__ = ["FraudRollout", "VERSION_RE"]
+__all__ = ["VERSION_RE", "FraudRollout"]
 
 # A full version id (sha256 hex) or an unambiguous prefix of at least 8 characters.
 VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # use fullmatch: "$" would let a trailing newline through
@@ -78,8 +80,9 @@ class FraudRollout:
         except ShardError as exc:
             detail = exc.args[0] if exc.args else {}
             refused = not (isinstance(detail, dict) and detail.get("code") == "INTERNAL")
-            return _Outcome(shard, False, detail if isinstance(detail, dict) else {"message": str(detail)},
-                            refused=refused)
+            return _Outcome(
+                shard, False, detail if isinstance(detail, dict) else {"message": str(detail)}, refused=refused
+            )
         except ShardOverloaded as exc:
             return _Outcome(shard, False, {"code": "OVERLOADED", "message": str(exc)}, refused=True)
         except (ShardUnavailable, OSError) as exc:
@@ -118,13 +121,18 @@ class FraudRollout:
     # ---- changes ---------------------------------------------------------------
     async def propose(self, text: str, author: str, filename: str, activate: bool) -> dict[str, Any]:
         n = len(self.clients)
-        staged = await self._all("fraud", {i: {"action": "stage", "text": text, "author": author,
-                                               "filename": filename} for i in range(n)})
+        staged = await self._all(
+            "fraud", {i: {"action": "stage", "text": text, "author": author, "filename": filename} for i in range(n)}
+        )
         self._raise_disabled(staged.values())
         for o in staged.values():
             if o.code == "RULE_ERROR":
-                raise ApiError(422, "QP.Rules.Invalid", o.message,
-                               [{"code": "QP.Rules.Invalid", "message": o.message, "path": "$.text"}])
+                raise ApiError(
+                    422,
+                    "QP.Rules.Invalid",
+                    o.message,
+                    [{"code": "QP.Rules.Invalid", "message": o.message, "path": "$.text"}],
+                )
         self._raise_if_not_staged(staged)
         versions = {o.result["version"] for o in staged.values()}
         if len(versions) != 1:
@@ -143,8 +151,9 @@ class FraudRollout:
         if not matches:
             raise ApiError(404, "QP.Rules.NotFound", f"no stored rule-set version {wanted}")
         if len(matches) > 1:
-            raise ApiError(409, "QP.Rules.Ambiguous",
-                           f"{wanted} matches {len(matches)} versions; give more of the version id")
+            raise ApiError(
+                409, "QP.Rules.Ambiguous", f"{wanted} matches {len(matches)} versions; give more of the version id"
+            )
         version = matches[0]
         missing = [i for i, s in enumerate(states) if version not in s["versions"]]
         olds = {i: s.get("active_version") for i, s in enumerate(states)}
@@ -155,8 +164,9 @@ class FraudRollout:
             text = await self._one(holder, "fraud_read", {"what": "text", "version": version})
             if not text.ok or not text.result:
                 raise _unavailable(f"shard {holder} did not give version {_short(version)}'s text; nothing was changed")
-            staged = await self._all("fraud", {i: {"action": "stage", "text": text.result["text"],
-                                                   "author": author} for i in missing})
+            staged = await self._all(
+                "fraud", {i: {"action": "stage", "text": text.result["text"], "author": author} for i in missing}
+            )
             self._raise_if_not_staged(staged)
             for i in missing:
                 olds[i] = staged[i].result.get("active_version")
@@ -167,25 +177,33 @@ class FraudRollout:
         states = await self._states()
         target = _rollback_target(states)
         froms = {i: s["active_version"] for i, s in enumerate(states) if s["active_version"] != target}
-        outcomes = await self._all("fraud", {i: {"action": "rollback", "author": author, "expect_from": froms[i],
-                                                 "expect_to": target} for i in froms})
+        outcomes = await self._all(
+            "fraud",
+            {i: {"action": "rollback", "author": author, "expect_from": froms[i], "expect_to": target} for i in froms},
+        )
         if all(o.ok for o in outcomes.values()):
             return await self._after_change(target)
         # Push back what was popped (a no-op where the pop did not happen).
-        undo = {i: {"action": "activate", "version": froms[i], "expect_active": target, "author": author}
-                for i, o in outcomes.items() if not o.refused}
+        undo = {
+            i: {"action": "activate", "version": froms[i], "expect_active": target, "author": author}
+            for i, o in outcomes.items()
+            if not o.refused
+        }
         undone = await self._all("fraud", undo)
         self._fail_change("rollback", target, outcomes, undone)
         raise AssertionError("unreachable")
 
     async def change_list(self, action: str, name: str, values: list[str]) -> dict[str, Any]:
-        outcomes = await self._all("fraud", {i: {"action": action, "list": name, "values": values}
-                                             for i in range(len(self.clients))})
+        outcomes = await self._all(
+            "fraud", {i: {"action": action, "list": name, "values": values} for i in range(len(self.clients))}
+        )
         self._raise_disabled(outcomes.values())
         failed = [o for o in outcomes.values() if not o.ok]
         if failed:
-            raise _unavailable(f"shard {failed[0].shard} did not apply the list change ({failed[0].message}); "
-                               "list changes are idempotent: retry the same request")
+            raise _unavailable(
+                f"shard {failed[0].shard} did not apply the list change ({failed[0].message}); "
+                "list changes are idempotent: retry the same request"
+            )
         result: dict[str, Any] = outcomes[0].result
         return result
 
@@ -204,21 +222,30 @@ class FraudRollout:
         if not failed:
             return
         first = failed[0]
-        message = (f"shard {first.shard} could not stage the rule set ({first.message}); no shard enforces it, "
-                   "every shard enforces what it did before; retry the same request")
+        message = (
+            f"shard {first.shard} could not stage the rule set ({first.message}); no shard enforces it, "
+            "every shard enforces what it did before; retry the same request"
+        )
         if first.code == "BAD_REQUEST":
             raise ApiError(409, "QP.Rules.Conflict", message)
         raise _unavailable(message)
 
     async def _activate_everywhere(self, version: str, olds: dict[int, Any], author: str) -> list[Any]:
         n = len(self.clients)
-        outcomes = await self._all("fraud", {i: {"action": "activate", "version": version, "author": author,
-                                                 "expect_active": olds[i]} for i in range(n)})
+        outcomes = await self._all(
+            "fraud",
+            {
+                i: {"action": "activate", "version": version, "author": author, "expect_active": olds[i]}
+                for i in range(n)
+            },
+        )
         if all(o.ok for o in outcomes.values()):
             return [outcomes[i].result for i in range(n)]
-        undo = {i: {"action": "rollback", "author": author, "expect_from": version, "expect_to": olds[i],
-                    "undo": True}
-                for i, o in outcomes.items() if not o.refused and olds[i] is not None and olds[i] != version}
+        undo = {
+            i: {"action": "rollback", "author": author, "expect_from": version, "expect_to": olds[i], "undo": True}
+            for i, o in outcomes.items()
+            if not o.refused and olds[i] is not None and olds[i] != version
+        }
         undone = await self._all("fraud", undo)
         self._fail_change("activation of " + _short(version), version, outcomes, undone)
         raise AssertionError("unreachable")
@@ -238,7 +265,8 @@ class FraudRollout:
         if stuck:
             raise _unavailable(
                 f"{cause}; undoing it did not reach shard(s) {stuck}, so shards may disagree "
-                "(GET /admin/v1/fraud/rules shows each); re-run the same request to converge")
+                "(GET /admin/v1/fraud/rules shows each); re-run the same request to converge"
+            )
         message = f"{cause}; it was undone: every shard enforces what it did before; retry the same request"
         if conflict:
             raise ApiError(409, "QP.Rules.Conflict", message + " (another rule change ran at the same time)")
@@ -279,17 +307,30 @@ def _rollback_target(states: list[dict[str, Any]]) -> str:
         if None in previous:
             raise ApiError(409, "QP.Rules.Conflict", "no previously active version to roll back to")
         if len(previous) != 1:
-            raise ApiError(409, "QP.Rules.Conflict",
-                           "shards disagree on the previously active version; activate a version explicitly")
+            raise ApiError(
+                409,
+                "QP.Rules.Conflict",
+                "shards disagree on the previously active version; activate a version explicitly",
+            )
         return str(previous.pop())
-    candidates = [v for v in actives if v is not None
-                  and all(s.get("active_version") == v or s.get("previous_version") == v for s in states)]
-    candidates += [v for v in {s.get("previous_version") for s in states}
-                   if v is not None and v not in candidates
-                   and all(s.get("active_version") == v or s.get("previous_version") == v for s in states)]
+    candidates = [
+        v
+        for v in actives
+        if v is not None and all(s.get("active_version") == v or s.get("previous_version") == v for s in states)
+    ]
+    candidates += [
+        v
+        for v in {s.get("previous_version") for s in states}
+        if v is not None
+        and v not in candidates
+        and all(s.get("active_version") == v or s.get("previous_version") == v for s in states)
+    ]
     if len(candidates) != 1:
         listing = ", ".join(f"shard {i}: {_short(s.get('active_version'))}" for i, s in enumerate(states))
-        raise ApiError(409, "QP.Rules.Conflict",
-                       f"shards enforce different versions ({listing}) and no single version to roll back to;"
-                       " activate a version explicitly (quickpay fraud activate VERSION)")
+        raise ApiError(
+            409,
+            "QP.Rules.Conflict",
+            f"shards enforce different versions ({listing}) and no single version to roll back to;"
+            " activate a version explicitly (quickpay fraud activate VERSION)",
+        )
     return str(candidates[0])

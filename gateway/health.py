@@ -19,6 +19,7 @@ the details: per shard (its error, fraud rule-set versions, relay supervision), 
 supervised child (state, pid, restarts, crash loop, last exit), the background services
 and the HA members (etcd, Patroni) when there are any.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-__all__ = ["assess", "evaluate", "report_from", "READY", "DEGRADED", "NOT_READY", "BACKGROUND_SERVICES", "service_restarts"]
+__all__ = [
+    "BACKGROUND_SERVICES",
+    "DEGRADED",
+    "NOT_READY",
+    "READY",
+    "assess",
+    "evaluate",
+    "report_from",
+    "service_restarts",
+]
 
 READY, DEGRADED, NOT_READY = "ready", "degraded", "not ready"
 # The supervised background processes (quickpay up's children); the relay runs inside each
@@ -67,8 +76,9 @@ def _is_ha_member(name: str) -> bool:
     return name == "etcd" or name.startswith("patroni-")
 
 
-async def assess(clients: list[Any], supervisor_status: str | None,
-                 markers_read: set[int] | None = None) -> dict[str, Any]:
+async def assess(
+    clients: list[Any], supervisor_status: str | None, markers_read: set[int] | None = None
+) -> dict[str, Any]:
     """The full health report; `status` is READY, DEGRADED or NOT_READY. `markers_read`: the
     shards whose partner cut-off markers this gateway process has read (until it has, it
     would take a disabled partner's tokens: it serves, but is not ready)."""
@@ -82,8 +92,9 @@ async def assess(clients: list[Any], supervisor_status: str | None,
 
 def report_from(pings: list[tuple[int, Any]], supervisor_status: str | None) -> dict[str, Any]:
     """The report from pings already made ((shard, answer or None), as /metrics has them)."""
-    return evaluate([_shard(i, answer, None if answer is not None else "no answer") for i, answer in pings],
-                    supervisor_status)
+    return evaluate(
+        [_shard(i, answer, None if answer is not None else "no answer") for i, answer in pings], supervisor_status
+    )
 
 
 def evaluate(shards: list[dict[str, Any]], supervisor_status: str | None) -> dict[str, Any]:
@@ -95,12 +106,16 @@ def evaluate(shards: list[dict[str, Any]], supervisor_status: str | None) -> dic
             continue
         fraud = shard.get("fraud")
         if isinstance(fraud, dict) and fraud.get("degraded"):
-            degraded.append(f"shard {shard['shard']}: its fraud rule set is degraded (enforces "
-                            f"{fraud.get('enforced_version')}, not the active {fraud.get('active_version')})")
+            degraded.append(
+                f"shard {shard['shard']}: its fraud rule set is degraded (enforces "
+                f"{fraud.get('enforced_version')}, not the active {fraud.get('active_version')})"
+            )
         relay = shard.get("relay")
         if isinstance(relay, dict) and relay.get("crash_looping"):
-            degraded.append(f"shard {shard['shard']}: its relay is crash-looping "
-                            f"({relay.get('failures_in_a_row')} deaths in a row; last {relay.get('last_error')})")
+            degraded.append(
+                f"shard {shard['shard']}: its relay is crash-looping "
+                f"({relay.get('failures_in_a_row')} deaths in a row; last {relay.get('last_error')})"
+            )
     report: dict[str, Any] = {"shards": shards}
     services: dict[str, Any] = {f"relay-{s['shard']}": s.get("relay") for s in shards}
     if supervisor_status:
@@ -116,8 +131,10 @@ def evaluate(shards: list[dict[str, Any]], supervisor_status: str | None) -> dic
             if child.get("needed") and child.get("state") != "running":
                 not_ready.append(f"{name} is {child.get('state')} (needed)")
             elif child.get("crash_looping"):
-                degraded.append(f"{name} is crash-looping: {child.get('failures_in_a_row')} deaths in a row, "
-                                f"last exit {child.get('last_exit')}")
+                degraded.append(
+                    f"{name} is crash-looping: {child.get('failures_in_a_row')} deaths in a row, "
+                    f"last exit {child.get('last_exit')}"
+                )
             elif child.get("state") == "stopped":
                 degraded.append(f"{name} is stopped")
         report["children"] = children

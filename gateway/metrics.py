@@ -14,26 +14,33 @@ database; ledger/rows.py), and the restarts of every supervised service
 (`quickpay_service_restarts_total{service}`, `quickpay_service_crash_looping{service}`:
 the supervisor's status file and each shard's relay; gateway/health.py).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["REQUESTS", "LATENCY", "RATE_LIMITED", "QUARANTINED", "record", "render", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "LATENCY", "QUARANTINED", "RATE_LIMITED", "REQUESTS", "record", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUESTS = Counter("quickpay_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
-LATENCY = Histogram("quickpay_http_request_duration_seconds", "Time to answer, by route", ["route"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
+LATENCY = Histogram(
+    "quickpay_http_request_duration_seconds",
+    "Time to answer, by route",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
 RATE_LIMITED = Counter("quickpay_rate_limit_refusals_total", "Requests refused with 429")
 # One family for every reader; the gateway's own (reader "gateway": resources it could not
 # render) are counted here, the others' are added at scrape time (_Snapshot.quarantined).
-QUARANTINED = Counter("quickpay_quarantined_rows", "Stored rows a reader could not read and skipped",
-                      ["reader", "table"])
+QUARANTINED = Counter(
+    "quickpay_quarantined_rows", "Stored rows a reader could not read and skipped", ["reader", "table"]
+)
 # The label children of each (route, method, status), looked up once: .labels() costs as much
 # as the increment (measured in BENCHMARKS.md). Routes are the app's (plus "unmatched"),
 # statuses a few dozen: bounded, but capped anyway.
@@ -70,28 +77,42 @@ class _Snapshot:
         for entries in reported:
             for reader, table, count in entries:
                 totals[(str(reader), str(table))] = totals.get((str(reader), str(table)), 0) + int(count)
-        family = CounterMetricFamily("quickpay_quarantined_rows", "Stored rows a reader could not read and skipped",
-                                     labels=["reader", "table"])
+        family = CounterMetricFamily(
+            "quickpay_quarantined_rows", "Stored rows a reader could not read and skipped", labels=["reader", "table"]
+        )
         for (reader, table), count in sorted(totals.items()):
             family.add_metric([reader, table], count)
         return family
 
     def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("quickpay_shard_up", "1 when the shard worker answered the scrape's ping", labels=["shard"])
-        queue = GaugeMetricFamily("quickpay_shard_intake_queue", "Commands waiting in the shard's intake queue",
-                                  labels=["shard"])
-        batch = GaugeMetricFamily("quickpay_shard_batch_commands", "Commands per group commit (last 2,048 batches)",
-                                  labels=["shard", "stat"])
-        commit = GaugeMetricFamily("quickpay_shard_commit_seconds", "Batch write (commit) latency, last 2,048 batches",
-                                   labels=["shard", "quantile"])
-        cycle = GaugeMetricFamily("quickpay_shard_batch_cycle_seconds", "Whole group-commit cycle, last 2,048 batches",
-                                  labels=["shard", "quantile"])
-        committed = CounterMetricFamily("quickpay_shard_committed_transfers", "Journal rows committed since start",
-                                        labels=["shard"])
-        backlog = GaugeMetricFamily("quickpay_relay_backlog", "Cross-shard credit legs not yet acknowledged",
-                                    labels=["shard"])
-        lag = GaugeMetricFamily("quickpay_relay_lag_seconds", "Age of the oldest credit leg not yet acknowledged",
-                                labels=["shard"])
+        up = GaugeMetricFamily(
+            "quickpay_shard_up", "1 when the shard worker answered the scrape's ping", labels=["shard"]
+        )
+        queue = GaugeMetricFamily(
+            "quickpay_shard_intake_queue", "Commands waiting in the shard's intake queue", labels=["shard"]
+        )
+        batch = GaugeMetricFamily(
+            "quickpay_shard_batch_commands", "Commands per group commit (last 2,048 batches)", labels=["shard", "stat"]
+        )
+        commit = GaugeMetricFamily(
+            "quickpay_shard_commit_seconds",
+            "Batch write (commit) latency, last 2,048 batches",
+            labels=["shard", "quantile"],
+        )
+        cycle = GaugeMetricFamily(
+            "quickpay_shard_batch_cycle_seconds",
+            "Whole group-commit cycle, last 2,048 batches",
+            labels=["shard", "quantile"],
+        )
+        committed = CounterMetricFamily(
+            "quickpay_shard_committed_transfers", "Journal rows committed since start", labels=["shard"]
+        )
+        backlog = GaugeMetricFamily(
+            "quickpay_relay_backlog", "Cross-shard credit legs not yet acknowledged", labels=["shard"]
+        )
+        lag = GaugeMetricFamily(
+            "quickpay_relay_lag_seconds", "Age of the oldest credit leg not yet acknowledged", labels=["shard"]
+        )
         for shard, ping in self.pings:
             label = str(shard)
             up.add_metric([label], 0 if ping is None else 1)
@@ -111,12 +132,19 @@ class _Snapshot:
                     cycle.add_metric([label, q], batches["cycle_ms"][quantile] / 1000)
         yield from (up, queue, batch, commit, cycle, committed, backlog, lag)
         if self.deliveries is not None:
-            yield GaugeMetricFamily("quickpay_webhook_backlog", "Webhook deliveries waiting (due or backing off)",
-                                    value=self.deliveries["pending"])
-            yield GaugeMetricFamily("quickpay_webhook_failed", "Webhook deliveries given up (past their max age)",
-                                    value=self.deliveries["failed"])
-            yield CounterMetricFamily("quickpay_events_produced", "Events produced from the journals",
-                                      value=self.deliveries["events"])
+            yield GaugeMetricFamily(
+                "quickpay_webhook_backlog",
+                "Webhook deliveries waiting (due or backing off)",
+                value=self.deliveries["pending"],
+            )
+            yield GaugeMetricFamily(
+                "quickpay_webhook_failed",
+                "Webhook deliveries given up (past their max age)",
+                value=self.deliveries["failed"],
+            )
+            yield CounterMetricFamily(
+                "quickpay_events_produced", "Events produced from the journals", value=self.deliveries["events"]
+            )
 
 
 class _Merged:
@@ -146,22 +174,27 @@ class _Services:
         self.services = services
 
     def collect(self) -> Iterable[Metric]:
-        restarts = CounterMetricFamily("quickpay_service_restarts", "Restarts of a supervised service "
-                                       "(process or relay) since the stack started", labels=["service"])
-        looping = GaugeMetricFamily("quickpay_service_crash_looping", "1 while the service is crash-looping",
-                                    labels=["service"])
+        restarts = CounterMetricFamily(
+            "quickpay_service_restarts",
+            "Restarts of a supervised service (process or relay) since the stack started",
+            labels=["service"],
+        )
+        looping = GaugeMetricFamily(
+            "quickpay_service_crash_looping", "1 while the service is crash-looping", labels=["service"]
+        )
         for name, (count, crash_looping) in sorted(self.services.items()):
             restarts.add_metric([name], count)
             looping.add_metric([name], 1 if crash_looping else 0)
         yield from (restarts, looping)
 
 
-def render(pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None,
-           services: dict[str, tuple[int, bool]] | None = None) -> bytes:
+def render(
+    pings: list[tuple[int, Any]], deliveries: dict[str, Any] | None, services: dict[str, tuple[int, bool]] | None = None
+) -> bytes:
     registry = CollectorRegistry()
     inner = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(inner)             # every gateway process's counters and histograms
+        MultiProcessCollector(inner)  # every gateway process's counters and histograms
     else:
         for metric in (REQUESTS, LATENCY, RATE_LIMITED, QUARANTINED):
             inner.register(metric)

@@ -9,19 +9,21 @@ of the last row *emitted* from that shard. Every row is then emitted exactly onc
 rows committed after the first page do not slip into later pages (a shard that emitted
 nothing yet is pinned just above the newest row it answered, or past its end).
 """
+
 from __future__ import annotations
 
 import heapq
 from typing import Any
 
-__all__ = ["merge_page", "SEQ_TOP", "SEQ_END"]
+__all__ = ["SEQ_END", "SEQ_TOP", "merge_page"]
 
-SEQ_TOP = 2**62          # "from the newest row" (no cursor for that shard yet)
-SEQ_END = 1              # seq starts at 1: nothing is below it, the shard is exhausted
+SEQ_TOP = 2**62  # "from the newest row" (no cursor for that shard yet)
+SEQ_END = 1  # seq starts at 1: nothing is below it, the shard is exhausted
 
 
-def merge_page(answers: dict[int, list[dict[str, Any]]], cursor: dict[int, int],
-               limit: int) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, int] | None]:
+def merge_page(
+    answers: dict[int, list[dict[str, Any]]], cursor: dict[int, int], limit: int
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, int] | None]:
     """Merge shards' answers into one page of at most `limit` rows.
 
     `answers[s]` holds shard s's rows with seq < cursor.get(s, SEQ_TOP), seq descending,

@@ -19,6 +19,7 @@ processes (many connections) gets its whole limit; one that sends everything ove
 keep-alive connection reaches one process and gets that process's part. The headers report
 what the answering process sees.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["RateLimit", "TokenBucket", "RateLimiter", "Verdict", "PARTNERS_MAX"]
+__all__ = ["PARTNERS_MAX", "RateLimit", "RateLimiter", "TokenBucket", "Verdict"]
 
 # Buckets kept per process (least recently used dropped first; a dropped partner starts
 # again with a full bucket, which only ever errs towards letting a request through).
@@ -35,10 +36,10 @@ PARTNERS_MAX = 100_000
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    requests_per_s: float   # tokens per second (a token is a request or a payment)
-    burst: float            # tokens at once (whole tokens: the fraction is dropped)
+    requests_per_s: float  # tokens per second (a token is a request or a payment)
+    burst: float  # tokens at once (whole tokens: the fraction is dropped)
 
-    def part(self, worker: int, workers: int, partner_id: str) -> "RateLimit":
+    def part(self, worker: int, workers: int, partner_id: str) -> RateLimit:
         """Process `worker`'s part of this limit for `partner_id` (module docstring)."""
         burst = int(self.burst)
         if workers == 1 or burst == 0:
@@ -56,14 +57,15 @@ def partner_offset(partner_id: str, workers: int) -> int:
 class Verdict:
     """One request's answer from the bucket; the figures for the headers are derived only
     when asked (a refused request, and the headers of the response)."""
-    __slots__ = ("allowed", "granted", "short", "limit", "tokens")
+
+    __slots__ = ("allowed", "granted", "limit", "short", "tokens")
 
     def __init__(self, granted: int, short: int, limit: RateLimit, tokens: float) -> None:
-        self.granted = granted      # tokens taken: the cost, or fewer when partial
-        self.short = short          # tokens asked for and not granted
+        self.granted = granted  # tokens taken: the cost, or fewer when partial
+        self.short = short  # tokens asked for and not granted
         self.allowed = granted > 0
-        self.limit = limit          # what this process enforces (its part)
-        self.tokens = tokens        # left after this request
+        self.limit = limit  # what this process enforces (its part)
+        self.tokens = tokens  # left after this request
 
     @property
     def remaining(self) -> int:
@@ -75,7 +77,7 @@ class Verdict:
         (at least 1); else 0."""
         if not self.short:
             return 0
-        if self.limit.requests_per_s <= 0:      # this process holds no part of the limit
+        if self.limit.requests_per_s <= 0:  # this process holds no part of the limit
             return 1
         return max(1, math.ceil((1.0 - self.tokens) / self.limit.requests_per_s))
 
@@ -107,7 +109,7 @@ _POLICIES: dict[RateLimit, str] = {}
 class TokenBucket:
     # `wanted` is the partner's limit this bucket last saw and `limit` this process's part
     # of it, kept here so that a check computes neither again.
-    __slots__ = ("tokens", "at_s", "wanted", "limit")
+    __slots__ = ("at_s", "limit", "tokens", "wanted")
 
     def __init__(self, tokens: float, at_s: float, wanted: RateLimit, limit: RateLimit) -> None:
         self.tokens = tokens
@@ -121,7 +123,7 @@ class TokenBucket:
         if now_s > self.at_s:
             tokens += (now_s - self.at_s) * limit.requests_per_s
             self.at_s = now_s
-        if tokens > limit.burst:               # full (or the limit was lowered)
+        if tokens > limit.burst:  # full (or the limit was lowered)
             tokens = limit.burst
         if tokens >= cost:
             granted = cost
@@ -138,8 +140,7 @@ class RateLimiter:
     """Buckets per partner, bounded. `override` is the partner's own limit when it has one
     (the gateway caches it); this process enforces part `worker` of `workers` of it."""
 
-    def __init__(self, default: RateLimit, worker: int = 0, workers: int = 1,
-                 partners_max: int = PARTNERS_MAX) -> None:
+    def __init__(self, default: RateLimit, worker: int = 0, workers: int = 1, partners_max: int = PARTNERS_MAX) -> None:
         if default.requests_per_s <= 0 or default.burst < 1:
             raise ValueError("a rate limit needs requests_per_s > 0 and burst >= 1")
         if not 0 <= worker < workers:
@@ -163,8 +164,9 @@ class RateLimiter:
             limit = self._parts[(wanted, offset)] = wanted.part(self.worker, self.workers, partner_id)
         return limit
 
-    def check(self, partner_id: str, now_s: float, override: RateLimit | None = None,
-              cost: int = 1, partial: bool = False) -> Verdict:
+    def check(
+        self, partner_id: str, now_s: float, override: RateLimit | None = None, cost: int = 1, partial: bool = False
+    ) -> Verdict:
         wanted = override or self.default
         bucket = self.buckets.get(partner_id)
         if bucket is None:
@@ -189,5 +191,5 @@ class RateLimiter:
         bucket = self.buckets.get(partner_id)
         if bucket is None or tokens <= 0:
             return
-        bucket.take(bucket.limit, now_s, 0)                 # refill up to now first
+        bucket.take(bucket.limit, now_s, 0)  # refill up to now first
         bucket.tokens = max(bucket.tokens - tokens, -bucket.limit.burst)

@@ -1,4 +1,5 @@
 """Request bodies, validated by msgspec while decoding (one pass, in C)."""
+
 from __future__ import annotations
 
 import datetime
@@ -9,11 +10,31 @@ import msgspec
 
 from .errors import ApiError
 
-__all__ = ["SAFE_TEXT", "MULTILINE_TEXT", "QuickPaymentRequest", "QuickPaymentBatchItem", "QuickPaymentBatchRequest",
-           "BATCH_ITEMS_MAX", "IDEMPOTENCY_KEY", "Risk", "AgreementRequest", "PeriodicLimitRequest", "RefundRequest", "RateLimitRequest",
-           "WebhookEndpointRequest", "RotateSecretRequest", "PartnerRequest", "AccountRequest",
-           "PartnerActionRequest", "PartnerSecretRotationRequest",
-           "FundingRequest", "RulesRequest", "ListChangeRequest", "LIST_CHANGE_VALUES_MAX", "decode_body"]
+__all__ = [
+    "BATCH_ITEMS_MAX",
+    "IDEMPOTENCY_KEY",
+    "LIST_CHANGE_VALUES_MAX",
+    "MULTILINE_TEXT",
+    "SAFE_TEXT",
+    "AccountRequest",
+    "AgreementRequest",
+    "FundingRequest",
+    "ListChangeRequest",
+    "PartnerActionRequest",
+    "PartnerRequest",
+    "PartnerSecretRotationRequest",
+    "PeriodicLimitRequest",
+    "QuickPaymentBatchItem",
+    "QuickPaymentBatchRequest",
+    "QuickPaymentRequest",
+    "RateLimitRequest",
+    "RefundRequest",
+    "Risk",
+    "RotateSecretRequest",
+    "RulesRequest",
+    "WebhookEndpointRequest",
+    "decode_body",
+]
 
 # Every partner value is checked here against what the ledger and PostgreSQL can store
 # (see ledger/validate.py, the shard's own line): ids are ASCII of a known shape, text
@@ -33,9 +54,12 @@ MULTILINE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+\Z"
 
 
 def _text(max_chars: int, what: str) -> msgspec.Meta:
-    return msgspec.Meta(min_length=1, max_length=max_chars, pattern=SAFE_TEXT,
-                        description=f"{what}: 1-{max_chars} characters (at most {4 * max_chars} UTF-8 bytes),"
-                                    " no control characters")
+    return msgspec.Meta(
+        min_length=1,
+        max_length=max_chars,
+        pattern=SAFE_TEXT,
+        description=f"{what}: 1-{max_chars} characters (at most {4 * max_chars} UTF-8 bytes), no control characters",
+    )
 
 
 def _nfc(value: str, max_chars: int, name: str) -> str:
@@ -51,12 +75,21 @@ def _nfc(value: str, max_chars: int, name: str) -> str:
 
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=rf"^{_ID_CHARS}+{_END}")]
-AgreementId = Annotated[str, msgspec.Meta(
-    min_length=5, max_length=64, pattern=rf"^agr_{_ID_CHARS}+{_END}",
-    description="an agreement id (agr_...)")]
-AccountId = Annotated[str, msgspec.Meta(
-    min_length=5, max_length=64, pattern=rf"^(acc|set|sys)_{_ID_CHARS}+{_END}",
-    description="an account id (acc_..., or a partner's settlement account set_...)")]
+AgreementId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=5, max_length=64, pattern=rf"^agr_{_ID_CHARS}+{_END}", description="an agreement id (agr_...)"
+    ),
+]
+AccountId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=5,
+        max_length=64,
+        pattern=rf"^(acc|set|sys)_{_ID_CHARS}+{_END}",
+        description="an account id (acc_..., or a partner's settlement account set_...)",
+    ),
+]
 AmountText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
 CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 Reference = Annotated[str, _text(140, "free text the partner keeps with the payment")]
@@ -90,9 +123,15 @@ class QuickPaymentRequest(msgspec.Struct, forbid_unknown_fields=True):
 # stripped its outer whitespace (gateway.openapi.IDEMPOTENCY_KEY_PATTERN): 1-64 printable
 # ASCII characters, the first and last not a space.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?\Z"
-IdempotencyKey = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=64, pattern=IDEMPOTENCY_KEY,
-    description="1-64 printable ASCII characters, no outer spaces: the item's x-idempotency-key")]
+IdempotencyKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=IDEMPOTENCY_KEY,
+        description="1-64 printable ASCII characters, no outer spaces: the item's x-idempotency-key",
+    ),
+]
 
 
 class QuickPaymentBatchItem(QuickPaymentRequest, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +139,7 @@ class QuickPaymentBatchItem(QuickPaymentRequest, kw_only=True, forbid_unknown_fi
 
     The body hash does not include the key, so an item and a single payment with the
     same key and body are the same payment (a replay, whichever endpoint came first)."""
+
     idempotency_key: IdempotencyKey
 
 
@@ -110,6 +150,7 @@ BATCH_ITEMS_MAX = 1_000
 class QuickPaymentBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The envelope only: each item is decoded and validated on its own (as a
     QuickPaymentBatchItem), so that one bad item fails alone."""
+
     payments: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
 
 
@@ -117,6 +158,7 @@ class PeriodicLimitRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Open Banking VRP's PeriodicLimits: at most `amount` in each period. Calendar periods
     start at UTC calendar boundaries (weeks on Monday); Consent periods at the agreement's
     valid_from (else its creation) and repeat from there."""
+
     period: Literal["Day", "Week", "Month", "Year"]
     amount: AmountText
     alignment: Literal["Calendar", "Consent"] = "Calendar"
@@ -138,9 +180,16 @@ class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class WebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048, pattern=r"^https?://[\x21-\x7e]+\Z",
-                                     description="http(s) URL; loopback, private and link-local addresses are "
-                                                 "refused unless the stack allows them")]
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=8,
+            max_length=2048,
+            pattern=r"^https?://[\x21-\x7e]+\Z",
+            description="http(s) URL; loopback, private and link-local addresses are "
+            "refused unless the stack allows them",
+        ),
+    ]
     events: Annotated[list[str], msgspec.Meta(min_length=1, max_length=16)]
 
 
@@ -152,12 +201,13 @@ class RotateSecretRequest(msgspec.Struct, forbid_unknown_fields=True):
 class RateLimitRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Whole numbers; decoded as floats because JSON Schema's integer includes 7658.0 (the
     gateway refuses a fraction with 400)."""
+
     requests_per_s: Annotated[float, msgspec.Meta(ge=1, le=10_000_000)]
     burst: Annotated[float, msgspec.Meta(ge=1, le=10_000_000)]
 
 
 class RefundRequest(msgspec.Struct, forbid_unknown_fields=True):
-    amount: AmountText | None = None          # default: what remains of the payment
+    amount: AmountText | None = None  # default: what remains of the payment
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
     reference: Reference | None = None
 
@@ -176,6 +226,7 @@ class PartnerRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class PartnerActionRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Who cuts a partner off (or lets it back in), and why: both go into the audit trail."""
+
     actor: ShortText = "admin"
     reason: Reference | None = None
 
@@ -251,5 +302,9 @@ def decode_body(body: bytes, schema: type) -> object:
         raise ApiError(400, code, "the request body is not valid", [{"code": code, "message": message, "path": path}])
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         # UnicodeDecodeError: the body is not UTF-8 (msgspec raises it, not DecodeError).
-        raise ApiError(400, "QP.Body.MalformedJSON", "the request body is not valid JSON",
-                       [{"code": "QP.Body.MalformedJSON", "message": str(exc)[:200], "path": "$"}]) from None
+        raise ApiError(
+            400,
+            "QP.Body.MalformedJSON",
+            "the request body is not valid JSON",
+            [{"code": "QP.Body.MalformedJSON", "message": str(exc)[:200], "path": "$"}],
+        ) from None

@@ -1,4 +1,5 @@
 """Runs one gateway worker process; several share the port with SO_REUSEPORT."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
-from .app import GatewayConfig, _new_interaction_id as new_interaction_id, create_app
+from .app import GatewayConfig, create_app
+from .app import _new_interaction_id as new_interaction_id
 from .errors import ApiError, error_response
 
 __all__ = ["serve", "serve_app"]
@@ -28,9 +30,15 @@ REQUEST_LINE_MAX_BYTES = 32 * 1024
 
 
 # What aiohttp's own parser refuses, before any route or middleware runs, by status.
-PARSER_ERROR_CODES = {400: "QP.Http.BadRequest", 405: "QP.Method.NotAllowed", 411: "QP.Http.LengthRequired",
-                      413: "QP.Body.TooLarge", 414: "QP.Http.UriTooLong", 431: "QP.Http.HeadersTooLarge",
-                      501: "QP.Http.NotImplemented"}
+PARSER_ERROR_CODES = {
+    400: "QP.Http.BadRequest",
+    405: "QP.Method.NotAllowed",
+    411: "QP.Http.LengthRequired",
+    413: "QP.Body.TooLarge",
+    414: "QP.Http.UriTooLong",
+    431: "QP.Http.HeadersTooLarge",
+    501: "QP.Http.NotImplemented",
+}
 
 
 class _JsonErrorRequestHandler(RequestHandler):
@@ -38,9 +46,10 @@ class _JsonErrorRequestHandler(RequestHandler):
     a bad request line or method, headers too large, a bad length; or a 500/504 outside the
     app) in the one error shape, with an interaction id, instead of plain text."""
 
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> StreamResponse:
-        if request.writer.output_size > 0:        # an answer is half sent: nothing to fix
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> StreamResponse:
+        if request.writer.output_size > 0:  # an answer is half sent: nothing to fix
             return super().handle_error(request, status, exc, message)
         interaction_id = new_interaction_id()
         if status >= 500:

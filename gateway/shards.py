@@ -1,12 +1,13 @@
 """The gateway's view of the shards: routing, clients, and the creditor cache."""
+
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
 from typing import Any
 
-from ledger.client import ShardClient
 from kernel.ids import is_striped, shard_of
+from ledger.client import ShardClient
 
 __all__ = ["ShardRouter"]
 
@@ -14,15 +15,17 @@ _ACCOUNT_CACHE_MAX = 200_000
 
 
 class ShardRouter:
-    def __init__(self, addresses: list[str], *, call_timeout_s: float = 10.0,
-                 local_clients: dict[int, Any] | None = None) -> None:
+    def __init__(
+        self, addresses: list[str], *, call_timeout_s: float = 10.0, local_clients: dict[int, Any] | None = None
+    ) -> None:
         """`local_clients`: shards this process owns (the node topology), by shard number;
         each has ShardClient's call/close (ledger.local_client.LocalShardClient)."""
         self.addresses = addresses
         self.count = len(addresses)
         local = local_clients or {}
-        self.clients: list[Any] = [local[i] if i in local else ShardClient(a, call_timeout_s=call_timeout_s)
-                                   for i, a in enumerate(addresses)]
+        self.clients: list[Any] = [
+            local[i] if i in local else ShardClient(a, call_timeout_s=call_timeout_s) for i, a in enumerate(addresses)
+        ]
         # Account existence and currency never change once opened, so a positive
         # answer can be cached for good; misses are not cached.
         self._accounts: OrderedDict[str, dict[str, Any]] = OrderedDict()

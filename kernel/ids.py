@@ -7,6 +7,7 @@ writer. Payment ids are derived from (partner, idempotency key) so that a retry
 maps to the same transfer, and carry their shard so reads route without a
 lookup.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,18 @@ import secrets
 import zlib
 
 __all__ = [
-    "shard_of", "new_account_id", "new_agreement_id", "new_partner_id", "payment_id_for",
-    "shard_of_payment", "refund_id_for", "shard_of_refund", "FUNDING_ACCOUNT", "CLEARING_ACCOUNT", "settlement_account_for",
+    "CLEARING_ACCOUNT",
+    "FUNDING_ACCOUNT",
     "is_striped",
+    "new_account_id",
+    "new_agreement_id",
+    "new_partner_id",
+    "payment_id_for",
+    "refund_id_for",
+    "settlement_account_for",
+    "shard_of",
+    "shard_of_payment",
+    "shard_of_refund",
 ]
 
 # Striped system accounts exist once on every shard; a transfer touching them
@@ -58,9 +68,7 @@ def new_agreement_id(debtor_account: str, shard_count: int) -> str:
 
 
 def payment_id_for(partner_id: str, idempotency_key: str, shard: int) -> str:
-    digest = hashlib.blake2b(
-        f"{partner_id}\x00{idempotency_key}".encode(), digest_size=16
-    ).hexdigest()
+    digest = hashlib.blake2b(f"{partner_id}\x00{idempotency_key}".encode(), digest_size=16).hexdigest()
     return f"pay_{digest}_{shard}"
 
 

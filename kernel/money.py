@@ -3,11 +3,12 @@
 Amounts cross the API as decimal strings ("12.34") and live everywhere else as
 `int` minor units. Floats never appear: parsing is done on the string's digits.
 """
+
 from __future__ import annotations
 
 import re
 
-__all__ = ["CURRENCY_EXPONENTS", "INT64_MAX", "AmountError", "parse_amount", "format_amount"]
+__all__ = ["CURRENCY_EXPONENTS", "INT64_MAX", "AmountError", "format_amount", "parse_amount"]
 
 # ISO 4217 exponents. CNY is the channel's currency; the others exist so that a
 # currency mismatch and a zero-decimal currency can be exercised.
@@ -32,13 +33,13 @@ def parse_amount(text: object, currency: str) -> int:
     Raises AmountError with a machine-readable code for every bad input.
     """
     if not isinstance(text, str):
-        raise AmountError("QP.Field.Invalid", "amount must be a decimal string such as \"12.34\"")
+        raise AmountError("QP.Field.Invalid", 'amount must be a decimal string such as "12.34"')
     exponent = CURRENCY_EXPONENTS.get(currency)
     if exponent is None:
         raise AmountError("QP.Currency.Unsupported", f"currency {currency!r} is not supported")
     match = _AMOUNT_RE.fullmatch(text)  # not .match: "$" also matches before a trailing "\n"
     if match is None:
-        raise AmountError("QP.Amount.Invalid", "amount must be a decimal string such as \"12.34\"")
+        raise AmountError("QP.Amount.Invalid", 'amount must be a decimal string such as "12.34"')
     whole, fraction = match.group(1), match.group(2) or ""
     if len(fraction) > exponent:
         raise AmountError(

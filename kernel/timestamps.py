@@ -13,18 +13,19 @@ Consent-aligned from its `valid_from`) end inside the range, so computing "what 
 this period" can never overflow. PostgreSQL's bigint and timestamptz, JSON (an integer of
 at most 15 digits) and msgpack all hold the whole range.
 """
+
 from __future__ import annotations
 
 import datetime
 
-__all__ = ["TIME_MIN_MS", "TIME_MAX_MS", "OutOfRange", "utc_ms", "is_representable_ms"]
+__all__ = ["TIME_MAX_MS", "TIME_MIN_MS", "OutOfRange", "is_representable_ms", "utc_ms"]
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MS = datetime.timedelta(milliseconds=1)
 
 TIME_MIN_MS = 0
 # 9998-12-30T23:59:59.999Z: datetime.max (9999-12-31) less a leap year and a day.
-TIME_MAX_MS = (datetime.datetime(9998, 12, 30, 23, 59, 59, 999_000, tzinfo=datetime.timezone.utc) - _EPOCH) // _MS
+TIME_MAX_MS = (datetime.datetime(9998, 12, 30, 23, 59, 59, 999_000, tzinfo=datetime.UTC) - _EPOCH) // _MS
 
 
 class OutOfRange(ValueError):
@@ -45,4 +46,3 @@ def utc_ms(value: datetime.datetime) -> int:
 
 def is_representable_ms(value: object) -> bool:
     return type(value) is int and TIME_MIN_MS <= value <= TIME_MAX_MS
-

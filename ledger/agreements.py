@@ -14,6 +14,7 @@ and repeat every period from there; a month after the 31st is the last day of a
 shorter month (Jan 31 -> Feb 28 or 29 -> Mar 31), a year after Feb 29 is Feb 28.
 Spend is what accepted payments took from a window; refunds do not give it back.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -22,10 +23,25 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "AgreementStatus", "Action", "PERIODS", "ALIGNMENTS", "PeriodicLimit", "PERIODIC_LIMITS_MAX",
-    "PARTNER_ACTIONS", "CUSTOMER_ACTIONS", "effective_status", "decide_transition", "payment_refusal",
-    "period_window", "add_months", "limit_refusal", "spend", "remaining", "MS_PER_DAY",
-    "PENDING_EXPIRY_S", "ends_at_ms",
+    "ALIGNMENTS",
+    "CUSTOMER_ACTIONS",
+    "MS_PER_DAY",
+    "PARTNER_ACTIONS",
+    "PENDING_EXPIRY_S",
+    "PERIODIC_LIMITS_MAX",
+    "PERIODS",
+    "Action",
+    "AgreementStatus",
+    "PeriodicLimit",
+    "add_months",
+    "decide_transition",
+    "effective_status",
+    "ends_at_ms",
+    "limit_refusal",
+    "payment_refusal",
+    "period_window",
+    "remaining",
+    "spend",
 ]
 
 MS_PER_DAY = 86_400_000
@@ -44,7 +60,7 @@ class AgreementStatus:
     REJECTED = "Rejected"
     SUSPENDED = "Suspended"
     REVOKED = "Revoked"
-    EXPIRED = "Expired"          # derived: read past valid_to, never stored
+    EXPIRED = "Expired"  # derived: read past valid_to, never stored
     STORED = (AWAITING, AUTHORISED, REJECTED, SUSPENDED, REVOKED)
     ALL = STORED + (EXPIRED,)
     TERMINAL = (REJECTED, REVOKED)
@@ -75,7 +91,7 @@ ACTORS = ("partner", "customer")
 
 PERIODS = ("Day", "Week", "Month", "Year")
 ALIGNMENTS = ("Calendar", "Consent")
-PERIODIC_LIMITS_MAX = len(PERIODS) * len(ALIGNMENTS)   # one per (period, alignment)
+PERIODIC_LIMITS_MAX = len(PERIODS) * len(ALIGNMENTS)  # one per (period, alignment)
 
 
 @dataclass(slots=True)
@@ -115,8 +131,9 @@ def effective_status(status: str, valid_to_ms: int | None, at_ms: int, authorise
     return status
 
 
-def decide_transition(status: str, valid_to_ms: int | None, action: str, actor: str,
-                      at_ms: int, authorise_by_ms: int | None = None) -> tuple[str, str | None]:
+def decide_transition(
+    status: str, valid_to_ms: int | None, action: str, actor: str, at_ms: int, authorise_by_ms: int | None = None
+) -> tuple[str, str | None]:
     """(code, new status). Codes: OK (a transition to record), SAME (already there: answer
     the resource as it is, record nothing), FORBIDDEN (this actor may not do this),
     INVALID_TRANSITION (not from this status). Unknown actions are FORBIDDEN."""
@@ -134,26 +151,27 @@ def decide_transition(status: str, valid_to_ms: int | None, action: str, actor: 
     return "OK", target
 
 
-def payment_refusal(status: str, valid_from_ms: int | None, valid_to_ms: int | None, at_ms: int,
-                    authorise_by_ms: int | None = None) -> str | None:
+def payment_refusal(
+    status: str, valid_from_ms: int | None, valid_to_ms: int | None, at_ms: int, authorise_by_ms: int | None = None
+) -> str | None:
     """Why no payment may be made under the agreement at `at_ms`, or None."""
     current = effective_status(status, valid_to_ms, at_ms, authorise_by_ms)
     if current == S.AUTHORISED:
         if valid_from_ms is not None and at_ms < valid_from_ms:
             return "AGREEMENT_NOT_YET_VALID"
         return None
-    return {S.REVOKED: "AGREEMENT_REVOKED", S.EXPIRED: "AGREEMENT_EXPIRED",
-            S.SUSPENDED: "AGREEMENT_SUSPENDED"}.get(current, "AGREEMENT_NOT_AUTHORISED")
+    return {S.REVOKED: "AGREEMENT_REVOKED", S.EXPIRED: "AGREEMENT_EXPIRED", S.SUSPENDED: "AGREEMENT_SUSPENDED"}.get(
+        current, "AGREEMENT_NOT_AUTHORISED"
+    )
 
 
 # ---- periods ---------------------------------------------------------------------------
 def _dt(ms: int) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc).replace(
-        microsecond=(ms % 1000) * 1000)
+    return datetime.datetime.fromtimestamp(ms // 1000, datetime.UTC).replace(microsecond=(ms % 1000) * 1000)
 
 
 def _ms(dt: datetime.datetime) -> int:
-    return (dt - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) // datetime.timedelta(milliseconds=1)
+    return (dt - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)) // datetime.timedelta(milliseconds=1)
 
 
 def add_months(anchor_ms: int, months: int) -> int:
@@ -177,10 +195,10 @@ def period_window(period: str, alignment: str, anchor_ms: int, at_ms: int) -> tu
             return start, start + _MS_PER_WEEK
         dt = _dt(at_ms)
         if period == "Month":
-            first = datetime.datetime(dt.year, dt.month, 1, tzinfo=datetime.timezone.utc)
+            first = datetime.datetime(dt.year, dt.month, 1, tzinfo=datetime.UTC)
             return _ms(first), add_months(_ms(first), 1)
         if period == "Year":
-            first = datetime.datetime(dt.year, 1, 1, tzinfo=datetime.timezone.utc)
+            first = datetime.datetime(dt.year, 1, 1, tzinfo=datetime.UTC)
             return _ms(first), _ms(first.replace(year=dt.year + 1))
     elif alignment == "Consent":
         if period in ("Day", "Week"):
@@ -209,8 +227,9 @@ def _place(limit: PeriodicLimit, anchor_ms: int, at_ms: int) -> None:
         limit.spent_minor = 0
 
 
-def limit_refusal(per_payment_limit_minor: int, limits: list[PeriodicLimit], anchor_ms: int,
-                  amount_minor: int, at_ms: int) -> tuple[str, dict[str, Any]] | None:
+def limit_refusal(
+    per_payment_limit_minor: int, limits: list[PeriodicLimit], anchor_ms: int, amount_minor: int, at_ms: int
+) -> tuple[str, dict[str, Any]] | None:
     """The first limit the payment would exceed, as (reason, details), or None."""
     if amount_minor > per_payment_limit_minor:
         return "AGREEMENT_PER_PAYMENT_LIMIT", {"limit_minor": per_payment_limit_minor}
@@ -218,9 +237,13 @@ def limit_refusal(per_payment_limit_minor: int, limits: list[PeriodicLimit], anc
         _place(limit, anchor_ms, at_ms)
         if limit.spent_minor + amount_minor > limit.amount_minor:
             return "AGREEMENT_PERIODIC_LIMIT", {
-                "period": limit.period, "alignment": limit.alignment, "limit_minor": limit.amount_minor,
+                "period": limit.period,
+                "alignment": limit.alignment,
+                "limit_minor": limit.amount_minor,
                 "remaining_minor": max(0, limit.amount_minor - limit.spent_minor),
-                "period_start_ms": limit.window_start_ms, "period_end_ms": limit.window_end_ms}
+                "period_start_ms": limit.window_start_ms,
+                "period_end_ms": limit.window_end_ms,
+            }
     return None
 
 

@@ -25,6 +25,7 @@ Then, once: every row of every table the readers decode (ledger/rows.py DECODERS
 shard, goes through the same decoder the readers use; each row that does not decode (the
 rows the readers quarantine) is a problem naming its shard, table and key.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,11 +60,19 @@ class AuditReport:
     unreadable_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problems": self.problems, "shards": self.shards,
-                "in_flight_minor": self.in_flight_minor, "in_flight_count": self.in_flight_count,
-                "total_minor": self.total_minor, "held_minor": self.held_minor,
-                "held_count": self.held_count, "held": self.held,
-                "unreadable_count": self.unreadable_count, "unreadable": self.unreadable}
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "shards": self.shards,
+            "in_flight_minor": self.in_flight_minor,
+            "in_flight_count": self.in_flight_count,
+            "total_minor": self.total_minor,
+            "held_minor": self.held_minor,
+            "held_count": self.held_count,
+            "held": self.held,
+            "unreadable_count": self.unreadable_count,
+            "unreadable": self.unreadable,
+        }
 
 
 UNREADABLE_LISTED_MAX = 1_000
@@ -80,14 +89,15 @@ async def scan_rows(dsn: str, shard: int, at_ms: int, report: AuditReport) -> No
                 async for row in conn.cursor(f"SELECT * FROM {table}", prefetch=SCAN_FETCH_ROWS):
                     try:
                         if table == "agreements":
-                            decode_agreement(row, at_ms)     # its limit windows now, as the load places them
+                            decode_agreement(row, at_ms)  # its limit windows now, as the load places them
                         else:
                             decode(row)
                     except RowError as exc:
                         report.unreadable_count += 1
                         if len(report.unreadable) < UNREADABLE_LISTED_MAX:
-                            report.unreadable.append({"shard": shard, "table": exc.table, "key": exc.key,
-                                                      "problem": exc.problem})
+                            report.unreadable.append(
+                                {"shard": shard, "table": exc.table, "key": exc.key, "problem": exc.problem}
+                            )
     finally:
         await conn.close()
 
@@ -104,22 +114,27 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 " replay AS (SELECT id, sum(delta) AS replayed FROM moves GROUP BY id)"
                 " SELECT a.id, a.balance_minor, coalesce(r.replayed, 0) AS replayed"
                 " FROM accounts a LEFT JOIN replay r ON r.id = a.id"
-                " WHERE a.balance_minor <> coalesce(r.replayed, 0) LIMIT 20")
+                " WHERE a.balance_minor <> coalesce(r.replayed, 0) LIMIT 20"
+            )
             orphans = await conn.fetchval(
                 "SELECT count(*) FROM transfers t WHERE status <> 'Rejected' AND NOT EXISTS"
-                " (SELECT 1 FROM accounts a WHERE a.id = t.credit_account)")
+                " (SELECT 1 FROM accounts a WHERE a.id = t.credit_account)"
+            )
             unbalanced = await conn.fetchval(
-                "SELECT count(*) FROM transfers WHERE amount_minor <= 0 OR debit_account = credit_account")
+                "SELECT count(*) FROM transfers WHERE amount_minor <= 0 OR debit_account = credit_account"
+            )
             # numeric sums, read as ints: a broken shard's totals may lie outside bigint,
             # and the audit must report that, not fail on the cast.
             total = int(await conn.fetchval("SELECT coalesce(sum(balance_minor), 0) FROM accounts"))
             clearing = await conn.fetchval("SELECT balance_minor FROM accounts WHERE id = $1", CLEARING_ACCOUNT)
             debit_legs = await conn.fetch(
                 "SELECT id, amount_minor FROM transfers WHERE kind = 'payment' AND credit_account = $1"
-                " AND status <> 'Rejected'", CLEARING_ACCOUNT)
+                " AND status <> 'Rejected'",
+                CLEARING_ACCOUNT,
+            )
             credit_legs = await conn.fetch(
-                "SELECT id, amount_minor, status, credit_account, reasons FROM transfers"
-                " WHERE kind = 'credit_leg'")
+                "SELECT id, amount_minor, status, credit_account, reasons FROM transfers WHERE kind = 'credit_leg'"
+            )
             # Refunds: each payment's refunded_minor is what its succeeded refunds returned, never
             # more than the payment; each refund returns a payment of its own partner, from that
             # partner's settlement stripe to the payment's debtor (so it never crossed shards).
@@ -130,29 +145,51 @@ async def _read_shard(dsn: str) -> dict[str, Any]:
                 " SELECT p.id, p.amount_minor, p.refunded_minor, coalesce(r.refunded, 0) AS refunded"
                 " FROM transfers p FULL JOIN r ON r.payment_id = p.id"
                 " WHERE (p.id IS NULL OR p.refunded_minor <> coalesce(r.refunded, 0)"
-                "        OR p.refunded_minor > p.amount_minor) LIMIT 20")
+                "        OR p.refunded_minor > p.amount_minor) LIMIT 20"
+            )
             misdirected_refunds = await conn.fetchval(
                 "SELECT count(*) FROM transfers f LEFT JOIN transfers p ON p.id = f.details->>'payment_id'"
                 " WHERE f.kind = 'refund' AND (p.id IS NULL OR p.kind <> 'payment' OR p.partner_id <> f.partner_id"
-                " OR f.debit_account <> p.credit_account OR f.credit_account <> p.debit_account)")
+                " OR f.debit_account <> p.credit_account OR f.credit_account <> p.debit_account)"
+            )
             meta = {r["key"]: r["value"] for r in await conn.fetch("SELECT key, value FROM meta")}
             counts = await conn.fetchrow(
                 "SELECT count(*) AS transfers, count(*) FILTER (WHERE status = 'Rejected') AS rejected,"
-                " count(*) FILTER (WHERE status = 'AcceptedSettlementInProcess') AS in_process FROM transfers")
+                " count(*) FILTER (WHERE status = 'AcceptedSettlementInProcess') AS in_process FROM transfers"
+            )
     finally:
         await conn.close()
-    return {"mismatched": [{**dict(r), "replayed": int(r["replayed"])} for r in mismatched],
-            "refund_problems": [{"payment_id": r["id"], "amount_minor": r["amount_minor"],
-                                 "refunded_minor": r["refunded_minor"], "refunds_minor": int(r["refunded"])}
-                                for r in refund_problems],
-            "misdirected_refunds": misdirected_refunds,
-            "orphans": orphans, "unbalanced": unbalanced,
-            "total": total, "clearing": clearing or 0, "meta": meta, "counts": dict(counts),
-            "debit_legs": {r["id"]: r["amount_minor"] for r in debit_legs},
-            "credit_legs": {r["id"]: r["amount_minor"] for r in credit_legs},
-            "held_legs": {r["id"]: {"transfer_id": r["id"], "creditor_account": r["credit_account"],
-                                    "amount_minor": r["amount_minor"], "reasons": list(r["reasons"])}
-                          for r in credit_legs if r["status"] == "Rejected"}}
+    return {
+        "mismatched": [{**dict(r), "replayed": int(r["replayed"])} for r in mismatched],
+        "refund_problems": [
+            {
+                "payment_id": r["id"],
+                "amount_minor": r["amount_minor"],
+                "refunded_minor": r["refunded_minor"],
+                "refunds_minor": int(r["refunded"]),
+            }
+            for r in refund_problems
+        ],
+        "misdirected_refunds": misdirected_refunds,
+        "orphans": orphans,
+        "unbalanced": unbalanced,
+        "total": total,
+        "clearing": clearing or 0,
+        "meta": meta,
+        "counts": dict(counts),
+        "debit_legs": {r["id"]: r["amount_minor"] for r in debit_legs},
+        "credit_legs": {r["id"]: r["amount_minor"] for r in credit_legs},
+        "held_legs": {
+            r["id"]: {
+                "transfer_id": r["id"],
+                "creditor_account": r["credit_account"],
+                "amount_minor": r["amount_minor"],
+                "reasons": list(r["reasons"]),
+            }
+            for r in credit_legs
+            if r["status"] == "Rejected"
+        },
+    }
 
 
 async def audit_once(dsns: list[str]) -> AuditReport:
@@ -166,14 +203,18 @@ async def audit_once(dsns: list[str]) -> AuditReport:
             report.problems.append(f"DSN #{index} holds shard {shard['meta'].get('shard')}")
         for row in shard["mismatched"]:
             report.problems.append(
-                f"shard {index}: account {row['id']} balance {row['balance_minor']} != journal {row['replayed']}")
+                f"shard {index}: account {row['id']} balance {row['balance_minor']} != journal {row['replayed']}"
+            )
         for row in shard["refund_problems"]:
             report.problems.append(
                 f"shard {index}: payment {row['payment_id']} of {row['amount_minor']} shows refunded "
-                f"{row['refunded_minor']} but its refunds returned {row['refunds_minor']}")
+                f"{row['refunded_minor']} but its refunds returned {row['refunds_minor']}"
+            )
         if shard["misdirected_refunds"]:
-            report.problems.append(f"shard {index}: {shard['misdirected_refunds']} refunds do not reverse "
-                                   "a payment of their partner to its settlement account")
+            report.problems.append(
+                f"shard {index}: {shard['misdirected_refunds']} refunds do not reverse "
+                "a payment of their partner to its settlement account"
+            )
         if shard["orphans"]:
             report.problems.append(f"shard {index}: {shard['orphans']} transfers credit unknown accounts")
         if shard["unbalanced"]:
@@ -190,8 +231,14 @@ async def audit_once(dsns: list[str]) -> AuditReport:
             credit_legs[transfer_id] = amount
         for transfer_id, leg in shard["held_legs"].items():
             held[transfer_id] = {"shard": index, **leg}
-        report.shards.append({"shard": index, **shard["counts"], "clearing_minor": shard["clearing"],
-                              "balance_sum_minor": shard["total"]})
+        report.shards.append(
+            {
+                "shard": index,
+                **shard["counts"],
+                "clearing_minor": shard["clearing"],
+                "balance_sum_minor": shard["total"],
+            }
+        )
     for transfer_id, amount in credit_legs.items():
         if transfer_id not in debit_legs:
             report.problems.append(f"credit leg {transfer_id} has no debit leg")
@@ -207,7 +254,8 @@ async def audit_once(dsns: list[str]) -> AuditReport:
     clearing_total = sum(s["clearing"] for s in shards)
     if clearing_total != report.in_flight_minor:
         report.problems.append(
-            f"clearing stripes hold {clearing_total} but credits in flight are {report.in_flight_minor}")
+            f"clearing stripes hold {clearing_total} but credits in flight are {report.in_flight_minor}"
+        )
     report.total_minor = sum(s["total"] for s in shards) - clearing_total + report.in_flight_minor
     if report.total_minor != 0:
         report.problems.append(f"balances plus credits in flight sum to {report.total_minor}, not 0")
@@ -215,8 +263,9 @@ async def audit_once(dsns: list[str]) -> AuditReport:
     return report
 
 
-async def audit(dsns: list[str], *, attempts: int = 5, pause_s: float = 0.5, rows: bool = True,
-                at_ms: int | None = None) -> AuditReport:
+async def audit(
+    dsns: list[str], *, attempts: int = 5, pause_s: float = 0.5, rows: bool = True, at_ms: int | None = None
+) -> AuditReport:
     report = await audit_once(dsns)
     for _ in range(attempts - 1):
         if report.ok:
@@ -227,8 +276,9 @@ async def audit(dsns: list[str], *, attempts: int = 5, pause_s: float = 0.5, row
         now_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
         for shard, dsn in enumerate(dsns):
             await scan_rows(dsn, shard, now_ms, report)
-        report.problems.extend(f"shard {u['shard']}: {u['table']} row {u['key']} cannot be read: {u['problem']}"
-                               for u in report.unreadable)
+        report.problems.extend(
+            f"shard {u['shard']}: {u['table']} row {u['key']} cannot be read: {u['problem']}" for u in report.unreadable
+        )
         if report.unreadable_count > len(report.unreadable):
             report.problems.append(f"... and {report.unreadable_count - len(report.unreadable)} more unreadable rows")
         report.ok = not report.problems

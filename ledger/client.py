@@ -5,6 +5,7 @@ back as the shard commits, matched by request id. Every call has a deadline and
 the number in flight is bounded. A connection carries no request until both ends
 have proven they hold the cluster secret (ledger.handshake).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from typing import Any, cast
 from .handshake import HANDSHAKE_TIMEOUT_S, ClientHandshake, HandshakeError, cluster_secret
 from .protocol import FrameDecoder, FrameError, encode_frames, parse_address
 
-__all__ = ["ShardClient", "ShardUnavailable", "ShardOverloaded", "ShardError", "ShardAuthenticationError"]
+__all__ = ["ShardAuthenticationError", "ShardClient", "ShardError", "ShardOverloaded", "ShardUnavailable"]
 
 
 class ShardUnavailable(ConnectionError):
@@ -46,7 +47,7 @@ class ShardError(Exception):
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, client: "ShardClient", handshake: ClientHandshake) -> None:
+    def __init__(self, client: ShardClient, handshake: ClientHandshake) -> None:
         self.client = client
         self.decoder = FrameDecoder()
         self.handshake: ClientHandshake | None = handshake
@@ -65,8 +66,9 @@ class _Protocol(asyncio.Protocol):
                 step = self.handshake.feed(data)
             except HandshakeError as exc:
                 self.handshake = None
-                self.authenticated.set_exception(ShardAuthenticationError(
-                    f"shard at {self.client.address} refused: {exc}"))
+                self.authenticated.set_exception(
+                    ShardAuthenticationError(f"shard at {self.client.address} refused: {exc}")
+                )
                 self.transport.close()
                 return
             if step.send:
@@ -91,19 +93,28 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.authenticated.done():
-            self.authenticated.set_exception(ShardAuthenticationError(
-                f"shard at {self.client.address} closed the connection during the handshake "
-                "(is QUICKPAY_CLUSTER_SECRET the same on both ends?)"))
+            self.authenticated.set_exception(
+                ShardAuthenticationError(
+                    f"shard at {self.client.address} closed the connection during the handshake "
+                    "(is QUICKPAY_CLUSTER_SECRET the same on both ends?)"
+                )
+            )
             return
         if self.authenticated.exception() is None and self.client._transport is self.transport:
             self.client._on_lost(exc)
 
 
 class ShardClient:
-    def __init__(self, address: str, *, call_timeout_s: float = 10.0,
-                 in_flight_max: int = 20_000, connect_timeout_s: float = 2.0,
-                 secret: bytes | str | None = None,
-                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        call_timeout_s: float = 10.0,
+        in_flight_max: int = 20_000,
+        connect_timeout_s: float = 2.0,
+        secret: bytes | str | None = None,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    ) -> None:
         """`secret`: the cluster secret; by default QUICKPAY_CLUSTER_SECRET, read at connect."""
         self.address = address
         self._secret = secret
@@ -140,21 +151,24 @@ class ShardClient:
 
             def factory() -> _Protocol:
                 return _Protocol(self, ClientHandshake(secret))
+
             if kind == "unix":
                 coro = loop.create_unix_connection(factory, str(where))
             else:
                 coro = loop.create_connection(factory, kind, int(where))
             try:
-                transport, protocol = cast("tuple[asyncio.Transport, _Protocol]",
-                                           await asyncio.wait_for(coro, self.connect_timeout_s))
-            except (OSError, asyncio.TimeoutError) as exc:
+                transport, protocol = cast(
+                    "tuple[asyncio.Transport, _Protocol]", await asyncio.wait_for(coro, self.connect_timeout_s)
+                )
+            except (TimeoutError, OSError) as exc:
                 raise ShardUnavailable(f"shard at {self.address} unreachable: {exc}") from exc
             try:
                 await asyncio.wait_for(asyncio.shield(protocol.authenticated), self.handshake_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 transport.close()
                 raise ShardAuthenticationError(
-                    f"shard at {self.address}: no handshake within {self.handshake_timeout_s}s") from None
+                    f"shard at {self.address}: no handshake within {self.handshake_timeout_s}s"
+                ) from None
             except BaseException:
                 transport.close()
                 raise
@@ -238,8 +252,9 @@ class ShardClient:
             for rid in expired:
                 future, _ = self._pending.pop(rid)
                 if not future.done():
-                    future.set_exception(ShardUnavailable(
-                        f"no answer from {self.address} within {self.call_timeout_s}s"))
+                    future.set_exception(
+                        ShardUnavailable(f"no answer from {self.address} within {self.call_timeout_s}s")
+                    )
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -11,12 +11,14 @@ version the coordinator saw active, and are no-ops when already done. A stored
 version that does not build at start-up never stops the worker: it enforces the
 newest version in its history that builds and reports the problem (`status()`).
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import fraud
 from fraud.registry import RegistryConflict
@@ -30,12 +32,14 @@ from .undo import UndoLog
 class FraudHost(Protocol):
     """What the adapter needs of the shard worker that hosts it (ledger.worker.ShardWorker
     is one), so that this module does not import the worker: the worker imports it."""
-    config: Any                 # ledger.worker.WorkerConfig: shard, rules, no_rules
-    write_conn: Any             # asyncpg.Connection | None
+
+    config: Any  # ledger.worker.WorkerConfig: shard, rules, no_rules
+    write_conn: Any  # asyncpg.Connection | None
     state: ShardState
     clock_ms: Callable[[], int]
 
-__all__ = ["FraudAdapter", "REBUILD_WINDOW_MS", "facts_of_payment", "replay_journal"]
+
+__all__ = ["REBUILD_WINDOW_MS", "FraudAdapter", "facts_of_payment", "replay_journal"]
 
 log = logging.getLogger("quickpay.fraud")
 
@@ -50,20 +54,34 @@ _LISTS_KEY = "fraud_lists"
 
 def make_facts(cmd: PaymentCommand, debtor_account: str) -> Any:
     return fraud.PaymentFacts(
-        transfer_id=cmd.payment_id, partner_id=cmd.partner_id, agreement_id=cmd.agreement_id,
-        debtor_account=debtor_account, creditor_account=cmd.creditor_account,
-        amount_minor=cmd.amount_minor, currency=cmd.currency, device_id=cmd.device_id,
-        ip=cmd.ip, at_ms=cmd.at_ms)
+        transfer_id=cmd.payment_id,
+        partner_id=cmd.partner_id,
+        agreement_id=cmd.agreement_id,
+        debtor_account=debtor_account,
+        creditor_account=cmd.creditor_account,
+        amount_minor=cmd.amount_minor,
+        currency=cmd.currency,
+        device_id=cmd.device_id,
+        ip=cmd.ip,
+        at_ms=cmd.at_ms,
+    )
 
 
 def facts_of_payment(payment: Any) -> Any:
     """The facts a payment (a Transfer, or a journal row's fields) was recorded with:
     what a refund needs to find its event in the windows again."""
     return fraud.PaymentFacts(
-        transfer_id=payment.id, partner_id=payment.partner_id, agreement_id=payment.agreement_id,
-        debtor_account=payment.debit_account, creditor_account=payment.creditor_account,
-        amount_minor=payment.amount_minor, currency=payment.currency, device_id=payment.device_id,
-        ip=payment.ip, at_ms=payment.created_at_ms)
+        transfer_id=payment.id,
+        partner_id=payment.partner_id,
+        agreement_id=payment.agreement_id,
+        debtor_account=payment.debit_account,
+        creditor_account=payment.creditor_account,
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
+        device_id=payment.device_id,
+        ip=payment.ip,
+        at_ms=payment.created_at_ms,
+    )
 
 
 def replay_journal(engine: Any, rows: Any) -> tuple[int, int]:
@@ -87,10 +105,17 @@ def replay_journal(engine: Any, rows: Any) -> tuple[int, int]:
     for r in rows:
         if r["kind"] == "payment":
             facts = fraud.PaymentFacts(
-                transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],
-                debtor_account=r["debit_account"], creditor_account=r["creditor_account"],
-                amount_minor=r["amount_minor"], currency=r["currency"], device_id=r["device_id"],
-                ip=r["ip"], at_ms=r["created_at_ms"])
+                transfer_id=r["id"],
+                partner_id=r["partner_id"],
+                agreement_id=r["agreement_id"],
+                debtor_account=r["debit_account"],
+                creditor_account=r["creditor_account"],
+                amount_minor=r["amount_minor"],
+                currency=r["currency"],
+                device_id=r["device_id"],
+                ip=r["ip"],
+                at_ms=r["created_at_ms"],
+            )
             engine.record(facts)
             if facts.transfer_id in refunded_ids:
                 facts_by_id[facts.transfer_id] = facts
@@ -127,6 +152,7 @@ class FraudAdapter:
             return
         assert worker.write_conn is not None
         from . import pg
+
         stored = await pg.read_setting(worker.write_conn, _REGISTRY_KEY)
         now_ms = worker.clock_ms()
         registry = fraud.RuleRegistry.from_dict(json.loads(stored)) if stored is not None else fraud.RuleRegistry()
@@ -134,7 +160,9 @@ class FraudAdapter:
         if changed:
             await worker.write_conn.execute(
                 "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                _REGISTRY_KEY, json.dumps(self.registry.to_dict()))
+                _REGISTRY_KEY,
+                json.dumps(self.registry.to_dict()),
+            )
         # Lists as operators left them; the rule file only seeds lists that don't exist yet.
         stored_lists = await pg.read_setting(worker.write_conn, _LISTS_KEY)
         lists = fraud.NamedLists(json.loads(stored_lists) if stored_lists is not None else None)
@@ -173,22 +201,40 @@ class FraudAdapter:
                     registry.activate(version, author="startup", at_ms=now_ms)
                     changed = True
             except (OSError, UnicodeDecodeError, fraud.RuleError, ValueError) as exc:
-                log.error("FRAUD RULES: shard %s cannot use rule file %s: %s; keeping the stored rule set",
-                          self._shard(), path, exc)
+                log.error(
+                    "FRAUD RULES: shard %s cannot use rule file %s: %s; keeping the stored rule set",
+                    self._shard(),
+                    path,
+                    exc,
+                )
                 self.startup_problems.append({"source": path, "error": str(exc)})
         for item in registry.versions():
             if item["error"] is not None:
-                log.error("FRAUD RULES: shard %s stored rule-set version %s does not build: %s",
-                          self._shard(), item["version"][:12], item["error"])
+                log.error(
+                    "FRAUD RULES: shard %s stored rule-set version %s does not build: %s",
+                    self._shard(),
+                    item["version"][:12],
+                    item["error"],
+                )
         if registry.active_ruleset is None:
             default = fraud.load_rules_file(fraud.default_rules_path())
-            self.fallback = {"source": str(fraud.default_rules_path()), "version": fraud.registry.version_of(default.text)}
-            log.error("FRAUD RULES: shard %s has no stored rule set that builds; enforcing the shipped default rules"
-                      " until an operator activates one", self._shard())
+            self.fallback = {
+                "source": str(fraud.default_rules_path()),
+                "version": fraud.registry.version_of(default.text),
+            }
+            log.error(
+                "FRAUD RULES: shard %s has no stored rule set that builds; enforcing the shipped default rules"
+                " until an operator activates one",
+                self._shard(),
+            )
             self._fallback_ruleset = default
         elif registry.enforced_version != registry.active_version:
-            log.error("FRAUD RULES: shard %s enforces version %s, the newest that builds, instead of the active %s",
-                      self._shard(), str(registry.enforced_version)[:12], str(registry.active_version)[:12])
+            log.error(
+                "FRAUD RULES: shard %s enforces version %s, the newest that builds, instead of the active %s",
+                self._shard(),
+                str(registry.enforced_version)[:12],
+                str(registry.active_version)[:12],
+            )
         return changed
 
     def _shard(self) -> Any:
@@ -224,20 +270,24 @@ class FraudAdapter:
             " currency, device_id, ip, created_at_ms, details->>'payment_id' AS refund_of FROM transfers"
             " WHERE ((kind = 'payment' AND status <> 'Rejected') OR (kind = 'refund' AND status <> 'Rejected'))"
             " AND created_at_ms > $1 ORDER BY seq",
-            now_ms - min(REBUILD_WINDOW_MS, self.filter.ruleset.max_window_s * 1000))
+            now_ms - min(REBUILD_WINDOW_MS, self.filter.ruleset.max_window_s * 1000),
+        )
         readable = []
         for row in rows:
             try:
-                readable.append(check_row("transfers", row))   # a row it cannot read is quarantined, not replayed
+                readable.append(check_row("transfers", row))  # a row it cannot read is quarantined, not replayed
             except RowError as exc:
                 QUARANTINE.skip("fraud_rebuild", exc, self.worker.config.shard)
         payments, refunds = replay_journal(self.filter, readable)
         if rows:
-            log.info("shard %s rebuilt fraud windows from %d payments and %d refunds",
-                     self.worker.config.shard, payments, refunds)
+            log.info(
+                "shard %s rebuilt fraud windows from %d payments and %d refunds",
+                self.worker.config.shard,
+                payments,
+                refunds,
+            )
 
-    def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int,
-               undo: UndoLog | None = None) -> tuple[bool, Any]:
+    def decide(self, args: dict[str, Any], ws: WriteSet, now_ms: int, undo: UndoLog | None = None) -> tuple[bool, Any]:
         """Apply one rule or list change; called by the batcher between payments.
 
         Nothing is stored unless it builds, and the registry changes in memory only
@@ -266,8 +316,8 @@ class FraudAdapter:
         saved = (dict(registry._versions), list(registry._activation_stack), list(registry._audit))
 
         def restore() -> None:
-            registry._versions, registry._activation_stack, registry._audit = (
-                saved[0], saved[1], saved[2])
+            registry._versions, registry._activation_stack, registry._audit = (saved[0], saved[1], saved[2])
+
         undo.on_undo(restore)
 
     def _change_lists(self, action: str, name: str, values: list[Any], undo: UndoLog) -> None:
@@ -307,15 +357,22 @@ class FraudAdapter:
             if action in ("stage", "activate", "rollback"):
                 self._save_registry(undo)
             if action == "stage":
-                version, created = registry.stage(args["text"], author=author, at_ms=now_ms,
-                                                  filename=args.get("filename", "<api>"))
+                version, created = registry.stage(
+                    args["text"], author=author, at_ms=now_ms, filename=args.get("filename", "<api>")
+                )
                 extra = {"version": version, "staged": created}
             elif action == "activate":
-                registry.activate(str(args["version"]), author=author, at_ms=now_ms,
-                                  expect_active=args.get("expect_active"))
+                registry.activate(
+                    str(args["version"]), author=author, at_ms=now_ms, expect_active=args.get("expect_active")
+                )
             elif action == "rollback":
-                registry.rollback(author=author, at_ms=now_ms, expect_from=args.get("expect_from"),
-                                  expect_to=args.get("expect_to"), undo=bool(args.get("undo", False)))
+                registry.rollback(
+                    author=author,
+                    at_ms=now_ms,
+                    expect_from=args.get("expect_from"),
+                    expect_to=args.get("expect_to"),
+                    undo=bool(args.get("undo", False)),
+                )
             elif action in ("list_add", "list_remove"):
                 self._change_lists(action, args["list"], args["values"], undo)
                 undo.setitem(ws.settings, _LISTS_KEY, json.dumps(self.filter.lists.snapshot()))

@@ -17,6 +17,7 @@ This authenticates the connection's peers; it does not encrypt or sign the frame
 that follow, so the shard network must still not be shared with untrusted hosts on
 the path (a private docker network, loopback, or unix sockets in a 0700 directory).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,15 @@ import os
 import secrets
 from dataclasses import dataclass
 
-__all__ = ["ENV_CLUSTER_SECRET", "HANDSHAKE_TIMEOUT_S", "HandshakeError", "ServerHandshake",
-           "ClientHandshake", "Step", "cluster_secret"]
+__all__ = [
+    "ENV_CLUSTER_SECRET",
+    "HANDSHAKE_TIMEOUT_S",
+    "ClientHandshake",
+    "HandshakeError",
+    "ServerHandshake",
+    "Step",
+    "cluster_secret",
+]
 
 ENV_CLUSTER_SECRET = "QUICKPAY_CLUSTER_SECRET"
 HANDSHAKE_TIMEOUT_S = 5.0
@@ -48,8 +56,10 @@ def cluster_secret(value: bytes | str | None = None) -> bytes:
     if value is None:
         value = os.environ.get(ENV_CLUSTER_SECRET)
     if not value:
-        raise HandshakeError(f"no cluster secret: set {ENV_CLUSTER_SECRET} (`quickpay secrets` makes one; "
-                             "`quickpay up` keeps one in its state directory)")
+        raise HandshakeError(
+            f"no cluster secret: set {ENV_CLUSTER_SECRET} (`quickpay secrets` makes one; "
+            "`quickpay up` keeps one in its state directory)"
+        )
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
@@ -59,8 +69,8 @@ def _mac(secret: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes) -
 
 @dataclass(slots=True)
 class Step:
-    send: bytes = b""          # bytes to write to the peer now
-    done: bool = False         # authenticated; `leftover` belongs to the framed protocol
+    send: bytes = b""  # bytes to write to the peer now
+    done: bool = False  # authenticated; `leftover` belongs to the framed protocol
     leftover: bytes = b""
 
 
@@ -77,19 +87,18 @@ class ServerHandshake:
 
     def feed(self, data: bytes) -> Step:
         self._buffer += data
-        head = self._buffer[:len(MAGIC)]
-        if head != MAGIC[:len(head)]:
+        head = self._buffer[: len(MAGIC)]
+        if head != MAGIC[: len(head)]:
             raise HandshakeError("the peer did not start the shard-protocol handshake")
         if len(self._buffer) < CLIENT_PROOF_BYTES:
             return Step()
-        client_nonce = self._buffer[len(MAGIC):len(MAGIC) + NONCE_BYTES]
-        proof = self._buffer[len(MAGIC) + NONCE_BYTES:CLIENT_PROOF_BYTES]
+        client_nonce = self._buffer[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+        proof = self._buffer[len(MAGIC) + NONCE_BYTES : CLIENT_PROOF_BYTES]
         if not hmac.compare_digest(proof, _mac(self._secret, b"client", self._server_nonce, client_nonce)):
             raise HandshakeError("the peer's proof does not match the cluster secret")
         leftover = self._buffer[CLIENT_PROOF_BYTES:]
         self._buffer = b""
-        return Step(send=_mac(self._secret, b"server", self._server_nonce, client_nonce), done=True,
-                    leftover=leftover)
+        return Step(send=_mac(self._secret, b"server", self._server_nonce, client_nonce), done=True, leftover=leftover)
 
 
 class ClientHandshake:
@@ -104,15 +113,14 @@ class ClientHandshake:
     def feed(self, data: bytes) -> Step:
         self._buffer += data
         if self._server_nonce is None:
-            head = self._buffer[:len(MAGIC)]
-            if head != MAGIC[:len(head)]:
+            head = self._buffer[: len(MAGIC)]
+            if head != MAGIC[: len(head)]:
                 raise HandshakeError("the server did not start the shard-protocol handshake")
             if len(self._buffer) < SERVER_HELLO_BYTES:
                 return Step()
-            self._server_nonce = self._buffer[len(MAGIC):SERVER_HELLO_BYTES]
+            self._server_nonce = self._buffer[len(MAGIC) : SERVER_HELLO_BYTES]
             self._buffer = self._buffer[SERVER_HELLO_BYTES:]
-            send = MAGIC + self._client_nonce + _mac(self._secret, b"client", self._server_nonce,
-                                                     self._client_nonce)
+            send = MAGIC + self._client_nonce + _mac(self._secret, b"client", self._server_nonce, self._client_nonce)
             step = self._check_server_proof()
             step.send = send
             return step
@@ -123,8 +131,7 @@ class ClientHandshake:
         if len(self._buffer) < SERVER_PROOF_BYTES:
             return Step()
         proof = self._buffer[:SERVER_PROOF_BYTES]
-        if not hmac.compare_digest(proof, _mac(self._secret, b"server", self._server_nonce,
-                                               self._client_nonce)):
+        if not hmac.compare_digest(proof, _mac(self._secret, b"server", self._server_nonce, self._client_nonce)):
             raise HandshakeError("the server's proof does not match the cluster secret")
         leftover = self._buffer[SERVER_PROOF_BYTES:]
         self._buffer = b""

@@ -17,13 +17,14 @@ below 2 x FALSE_POSITIVE_RATE. Memory: about 1.8 bytes per id at 0.1% (18 MB for
 
 Backed by rbloom (Rust, its own hashing of Python's hash(): per-process, never persisted).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from rbloom import Bloom
 
-__all__ = ["IdFilter", "FALSE_POSITIVE_RATE", "CAPACITY_MIN"]
+__all__ = ["CAPACITY_MIN", "FALSE_POSITIVE_RATE", "IdFilter"]
 
 FALSE_POSITIVE_RATE = 0.001
 CAPACITY_MIN = 1 << 20
@@ -34,8 +35,9 @@ _LAYERS_MAX = 24
 class IdFilter:
     """A growable Bloom filter of transfer ids: `in` is False only for ids never added."""
 
-    def __init__(self, expected_ids: int = 0, false_positive_rate: float = FALSE_POSITIVE_RATE,
-                 capacity_min: int = CAPACITY_MIN) -> None:
+    def __init__(
+        self, expected_ids: int = 0, false_positive_rate: float = FALSE_POSITIVE_RATE, capacity_min: int = CAPACITY_MIN
+    ) -> None:
         if not 0 < false_positive_rate < 0.5:
             raise ValueError("false_positive_rate must be in (0, 0.5)")
         if capacity_min < 1:
@@ -77,6 +79,9 @@ class IdFilter:
         return self._count
 
     def stats(self) -> dict[str, int | float]:
-        return {"ids": self._count, "layers": len(self._layers),
-                "bytes": sum(layer.size_in_bits for layer in self._layers) // 8,
-                "false_positive_rate_max": sum(self._rate / (2 ** i) for i in range(len(self._layers)))}
+        return {
+            "ids": self._count,
+            "layers": len(self._layers),
+            "bytes": sum(layer.size_in_bits for layer in self._layers) // 8,
+            "false_positive_rate_max": sum(self._rate / (2**i) for i in range(len(self._layers))),
+        }

@@ -12,6 +12,7 @@ a lone surrogate) those checks refuse too.
 Arguments are handed over, not copied: the gateway builds a fresh dict per call and never
 touches it again. Answers are fresh dicts too (Transfer.to_wire, the read handlers).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,9 @@ class _Dispatcher(Protocol):
 
 
 class LocalShardClient:
-    def __init__(self, worker: _Dispatcher, shard: int, *, call_timeout_s: float = 10.0,
-                 in_flight_max: int = 20_000) -> None:
+    def __init__(
+        self, worker: _Dispatcher, shard: int, *, call_timeout_s: float = 10.0, in_flight_max: int = 20_000
+    ) -> None:
         self.worker = worker
         self.address = f"local:shard-{shard}"
         self.call_timeout_s = call_timeout_s
@@ -83,8 +85,9 @@ class LocalShardClient:
             for request_id in [rid for rid, (_, deadline) in self._pending.items() if deadline < now]:
                 future, _ = self._pending.pop(request_id)
                 if not future.done():
-                    future.set_exception(ShardUnavailable(
-                        f"no answer from {self.address} within {self.call_timeout_s}s"))
+                    future.set_exception(
+                        ShardUnavailable(f"no answer from {self.address} within {self.call_timeout_s}s")
+                    )
 
     async def close(self) -> None:
         self._closed = True

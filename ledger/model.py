@@ -3,6 +3,7 @@
 Nothing here does I/O. Amounts are int minor units; times are int milliseconds
 since the Unix epoch (UTC).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,8 +12,18 @@ from typing import Any
 from .agreements import PeriodicLimit, effective_status, remaining
 
 __all__ = [
-    "Account", "Agreement", "Transfer", "PaymentCommand", "RefundCommand", "CreditLeg", "FundingCommand",
-    "Status", "Code", "Kind", "LedgerInvariantError", "invariant",
+    "Account",
+    "Agreement",
+    "Code",
+    "CreditLeg",
+    "FundingCommand",
+    "Kind",
+    "LedgerInvariantError",
+    "PaymentCommand",
+    "RefundCommand",
+    "Status",
+    "Transfer",
+    "invariant",
 ]
 
 
@@ -30,32 +41,34 @@ class Status:
     COMPLETED = "AcceptedSettlementCompleted"
     IN_PROCESS = "AcceptedSettlementInProcess"
     REJECTED = "Rejected"
-    SUCCEEDED = "Succeeded"      # a refund that moved its money
+    SUCCEEDED = "Succeeded"  # a refund that moved its money
 
 
 class Kind:
     """What a journal row is. Every row debits one account and credits another by one amount."""
-    PAYMENT = "payment"          # quick-payment debtor -> creditor (or -> clearing when cross-shard)
-    FUNDING = "funding"          # bank funding stripe -> customer account
-    CREDIT_LEG = "credit_leg"    # clearing stripe -> creditor, the second half of a cross-shard payment
-    REFUND = "refund"            # partner's settlement stripe -> the refunded payment's debtor (same shard)
+
+    PAYMENT = "payment"  # quick-payment debtor -> creditor (or -> clearing when cross-shard)
+    FUNDING = "funding"  # bank funding stripe -> customer account
+    CREDIT_LEG = "credit_leg"  # clearing stripe -> creditor, the second half of a cross-shard payment
+    REFUND = "refund"  # partner's settlement stripe -> the refunded payment's debtor (same shard)
 
 
 class Code:
     """Result codes of a decision. OK and the Rejected reasons are recorded; the rest write nothing."""
+
     OK = "OK"
-    REPLAY = "REPLAY"                                  # same key, same body: answer with the original
+    REPLAY = "REPLAY"  # same key, same body: answer with the original
     EXISTS_WITH_DIFFERENT_BODY = "EXISTS_WITH_DIFFERENT_BODY"
-    IN_FLIGHT = "IN_FLIGHT"                            # same key, original not yet committed
+    IN_FLIGHT = "IN_FLIGHT"  # same key, original not yet committed
     AGREEMENT_NOT_FOUND = "AGREEMENT_NOT_FOUND"
     # Payments refused (nothing written) under an agreement that does not allow them now:
-    AGREEMENT_NOT_AUTHORISED = "AGREEMENT_NOT_AUTHORISED"   # awaiting the customer, or rejected
+    AGREEMENT_NOT_AUTHORISED = "AGREEMENT_NOT_AUTHORISED"  # awaiting the customer, or rejected
     AGREEMENT_NOT_YET_VALID = "AGREEMENT_NOT_YET_VALID"
     AGREEMENT_EXPIRED = "AGREEMENT_EXPIRED"
     AGREEMENT_SUSPENDED = "AGREEMENT_SUSPENDED"
     AGREEMENT_REVOKED = "AGREEMENT_REVOKED"
     # Agreement transitions:
-    SAME = "SAME"                                      # already in the target status: nothing recorded
+    SAME = "SAME"  # already in the target status: nothing recorded
     FORBIDDEN = "FORBIDDEN"
     INVALID_TRANSITION = "INVALID_TRANSITION"
     # Agreement creation refused: the partner already has as many agreements awaiting the
@@ -64,7 +77,7 @@ class Code:
     TOO_MANY_PENDING = "TOO_MANY_PENDING"
     # Refunds:
     PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
-    PAYMENT_IN_FLIGHT = "PAYMENT_IN_FLIGHT"            # the refunded payment is not committed yet
+    PAYMENT_IN_FLIGHT = "PAYMENT_IN_FLIGHT"  # the refunded payment is not committed yet
     NOT_REFUNDABLE = "NOT_REFUNDABLE"
     EXCEEDS_PAYMENT = "EXCEEDS_PAYMENT"
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
@@ -75,7 +88,7 @@ class Code:
     # Reasons recorded on a Rejected payment:
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     AGREEMENT_PER_PAYMENT_LIMIT = "AGREEMENT_PER_PAYMENT_LIMIT"
-    AGREEMENT_PERIODIC_LIMIT = "AGREEMENT_PERIODIC_LIMIT"    # the period is in the row's details
+    AGREEMENT_PERIODIC_LIMIT = "AGREEMENT_PERIODIC_LIMIT"  # the period is in the row's details
     BALANCE_OVERFLOW = "BALANCE_OVERFLOW"
     # A credit leg the creditor shard cannot apply without leaving int64 (the creditor's
     # balance, or its clearing stripe's): recorded as a Rejected credit_leg row with reason
@@ -87,7 +100,7 @@ class Code:
 @dataclass(slots=True)
 class Account:
     id: str
-    kind: str                     # customer | settlement | funding | clearing
+    kind: str  # customer | settlement | funding | clearing
     currency: str
     balance_minor: int
     allow_negative: bool
@@ -101,6 +114,7 @@ class Account:
 @dataclass(slots=True)
 class Agreement:
     """A customer's mandate for a partner (ledger/agreements.py decides its lifecycle and limits)."""
+
     id: str
     partner_id: str
     debtor_account: str
@@ -125,12 +139,18 @@ class Agreement:
         """The agreement as stored, plus (given the time of the question) its effective
         status and what remains of each limit in the current window."""
         wire: dict[str, Any] = {
-            "id": self.id, "partner_id": self.partner_id, "debtor_account": self.debtor_account,
-            "currency": self.currency, "per_payment_limit_minor": self.per_payment_limit_minor,
+            "id": self.id,
+            "partner_id": self.partner_id,
+            "debtor_account": self.debtor_account,
+            "currency": self.currency,
+            "per_payment_limit_minor": self.per_payment_limit_minor,
             "periodic_limits": [limit.to_wire() for limit in self.periodic_limits],
-            "status": self.status, "created_at_ms": self.created_at_ms,
-            "valid_from_ms": self.valid_from_ms, "valid_to_ms": self.valid_to_ms,
-            "status_updated_at_ms": self.status_updated_at_ms, "authorise_by_ms": self.authorise_by_ms,
+            "status": self.status,
+            "created_at_ms": self.created_at_ms,
+            "valid_from_ms": self.valid_from_ms,
+            "valid_to_ms": self.valid_to_ms,
+            "status_updated_at_ms": self.status_updated_at_ms,
+            "authorise_by_ms": self.authorise_by_ms,
         }
         if at_ms is not None:
             wire["status"] = effective_status(self.status, self.valid_to_ms, at_ms, self.authorise_by_ms)
@@ -143,6 +163,7 @@ class Agreement:
 @dataclass(slots=True)
 class Transfer:
     """One immutable journal row (its status may advance InProcess -> Completed once)."""
+
     id: str
     seq: int
     kind: str
@@ -155,7 +176,7 @@ class Transfer:
     partner_id: str | None = None
     agreement_id: str | None = None
     reference: str | None = None
-    creditor_account: str | None = None   # the payment's creditor (differs from credit_account when cross-shard)
+    creditor_account: str | None = None  # the payment's creditor (differs from credit_account when cross-shard)
     reasons: tuple[str, ...] = ()
     fraud: dict[str, Any] | None = None
     body_hash: str | None = None
@@ -170,14 +191,25 @@ class Transfer:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "id": self.id, "seq": self.seq, "kind": self.kind,
-            "debit_account": self.debit_account, "credit_account": self.credit_account,
-            "amount_minor": self.amount_minor, "currency": self.currency, "status": self.status,
-            "created_at_ms": self.created_at_ms, "partner_id": self.partner_id,
-            "agreement_id": self.agreement_id, "reference": self.reference,
-            "creditor_account": self.creditor_account, "reasons": list(self.reasons),
-            "fraud": self.fraud, "device_id": self.device_id, "ip": self.ip,
-            "refunded_minor": self.refunded_minor, "details": self.details,
+            "id": self.id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "debit_account": self.debit_account,
+            "credit_account": self.credit_account,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "status": self.status,
+            "created_at_ms": self.created_at_ms,
+            "partner_id": self.partner_id,
+            "agreement_id": self.agreement_id,
+            "reference": self.reference,
+            "creditor_account": self.creditor_account,
+            "reasons": list(self.reasons),
+            "fraud": self.fraud,
+            "device_id": self.device_id,
+            "ip": self.ip,
+            "refunded_minor": self.refunded_minor,
+            "details": self.details,
         }
 
 
@@ -189,7 +221,7 @@ class PaymentCommand:
     amount_minor: int
     currency: str
     creditor_account: str
-    creditor_shard: int          # routed by the gateway; equal to this shard for local and striped creditors
+    creditor_shard: int  # routed by the gateway; equal to this shard for local and striped creditors
     reference: str
     body_hash: str
     at_ms: int
@@ -202,7 +234,7 @@ class RefundCommand:
     refund_id: str
     partner_id: str
     payment_id: str
-    amount_minor: int | None     # None: what remains of the payment
+    amount_minor: int | None  # None: what remains of the payment
     reason: str | None
     reference: str | None
     body_hash: str
@@ -223,6 +255,7 @@ class FundingCommand:
 @dataclass(slots=True)
 class CreditLeg:
     """The creditor half of a cross-shard payment, delivered by the debtor shard's relay."""
+
     transfer_id: str
     source_shard: int
     creditor_account: str

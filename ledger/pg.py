@@ -3,11 +3,13 @@
 Only this module and the audit speak SQL. The batch write is one transaction:
 COPY of new rows, then one set-based UPDATE of aggregated balance deltas.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -21,9 +23,19 @@ from .rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event
 from .state import PARTNER_CUTOFF_FIELDS, ShardState, WriteSet
 
 __all__ = [
-    "ADVISORY_LOCK_BASE", "SCHEMA_SQL", "ensure_schema", "load_state", "write_batch",
-    "prefetch_transfers", "fetch_transfer", "list_account_transfers", "load_outbox",
-    "row_to_transfer", "TRANSFER_COLUMNS", "SYSTEM_CURRENCY", "SELECT_TRANSFER",
+    "ADVISORY_LOCK_BASE",
+    "SCHEMA_SQL",
+    "SELECT_TRANSFER",
+    "SYSTEM_CURRENCY",
+    "TRANSFER_COLUMNS",
+    "ensure_schema",
+    "fetch_transfer",
+    "list_account_transfers",
+    "load_outbox",
+    "load_state",
+    "prefetch_transfers",
+    "row_to_transfer",
+    "write_batch",
 ]
 
 ADVISORY_LOCK_BASE = 0x5150_0000
@@ -35,9 +47,26 @@ SCHEMA_SQL = resources.files("ledger").joinpath("schema.sql").read_text()
 SYSTEM_CURRENCY = "CNY"
 
 TRANSFER_COLUMNS = (
-    "id", "seq", "kind", "debit_account", "credit_account", "amount_minor", "currency", "status",
-    "created_at_ms", "partner_id", "agreement_id", "reference", "creditor_account", "reasons",
-    "fraud", "body_hash", "device_id", "ip", "refunded_minor", "details",
+    "id",
+    "seq",
+    "kind",
+    "debit_account",
+    "credit_account",
+    "amount_minor",
+    "currency",
+    "status",
+    "created_at_ms",
+    "partner_id",
+    "agreement_id",
+    "reference",
+    "creditor_account",
+    "reasons",
+    "fraud",
+    "body_hash",
+    "device_id",
+    "ip",
+    "refunded_minor",
+    "details",
 )
 SELECT_TRANSFER = _SELECT_TRANSFER = "SELECT " + ", ".join(TRANSFER_COLUMNS) + " FROM transfers"
 
@@ -71,7 +100,9 @@ async def ensure_schema(conn: asyncpg.Connection, shard: int, shard_count: int) 
         await conn.execute(
             "INSERT INTO accounts (id, kind, currency, balance_minor, allow_negative, created_at_ms)"
             " VALUES ($1, $2, $3, 0, true, 0) ON CONFLICT DO NOTHING",
-            account_id, kind, SYSTEM_CURRENCY,
+            account_id,
+            kind,
+            SYSTEM_CURRENCY,
         )
 
 
@@ -85,9 +116,18 @@ async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
     for r in await conn.fetch(
         "SELECT id, kind, currency, balance_minor, allow_negative, partner_id, created_at_ms FROM accounts"
     ):
-        state.load_account(Account(r["id"], r["kind"], r["currency"], r["balance_minor"],
-                                   r["allow_negative"], r["partner_id"], r["created_at_ms"],
-                                   r["balance_minor"]))
+        state.load_account(
+            Account(
+                r["id"],
+                r["kind"],
+                r["currency"],
+                r["balance_minor"],
+                r["allow_negative"],
+                r["partner_id"],
+                r["created_at_ms"],
+                r["balance_minor"],
+            )
+        )
     # Partner records (few: one per wallet app), so the token endpoint and the cut-off
     # decisions (ShardState.partner_action) read them from memory.
     for r in await conn.fetch("SELECT * FROM partners"):
@@ -122,7 +162,8 @@ async def load_spend(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
     for agreement in state.agreements.values():
         for index, limit in enumerate(agreement.periodic_limits):
             limit.window_start_ms, limit.window_end_ms = period_window(
-                limit.period, limit.alignment, agreement.anchor_ms, now_ms)
+                limit.period, limit.alignment, agreement.anchor_ms, now_ms
+            )
             limit.spent_minor = 0
             ids.append(agreement.id)
             indexes.append(index)
@@ -134,7 +175,12 @@ async def load_spend(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
         " SELECT w.agreement_id, w.idx, sum(t.amount_minor)::bigint AS spent"
         " FROM w JOIN transfers t ON t.agreement_id = w.agreement_id AND t.created_at_ms >= w.start_ms"
         " WHERE t.kind = 'payment' AND t.status <> 'Rejected' AND t.created_at_ms >= $4"
-        " GROUP BY w.agreement_id, w.idx", ids, indexes, starts, min(starts))
+        " GROUP BY w.agreement_id, w.idx",
+        ids,
+        indexes,
+        starts,
+        min(starts),
+    )
     for r in rows:
         state.agreements[r["agreement_id"]].periodic_limits[r["idx"]].spent_minor = r["spent"]
 
@@ -142,7 +188,10 @@ async def load_spend(conn: asyncpg.Connection, state: ShardState, now_ms: int) -
 async def fetch_agreement_events(conn: asyncpg.Connection, agreement_id: str, limit: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT seq, from_status, to_status, actor, at_ms FROM agreement_events WHERE agreement_id = $1"
-        " ORDER BY seq DESC LIMIT $2", agreement_id, limit)
+        " ORDER BY seq DESC LIMIT $2",
+        agreement_id,
+        limit,
+    )
     events = QUARANTINE.decode_all("shard_read", reversed(rows), decode_agreement_event)
     return [{k: v for k, v in event.items() if k != "seq"} for event in events]
 
@@ -150,14 +199,23 @@ async def fetch_agreement_events(conn: asyncpg.Connection, agreement_id: str, li
 async def load_outbox(conn: asyncpg.Connection) -> list[tuple[CreditLeg, int]]:
     rows = await conn.fetch(
         "SELECT o.transfer_id, o.target_shard, o.creditor_account, o.amount_minor, o.currency,"
-        " o.created_at_ms FROM outbox o ORDER BY o.created_at_ms")
+        " o.created_at_ms FROM outbox o ORDER BY o.created_at_ms"
+    )
     legs = QUARANTINE.decode_all("shard_load", rows, decode_outbox)
-    return [(CreditLeg(r["transfer_id"], -1, r["creditor_account"], r["amount_minor"],
-                       r["currency"], r["created_at_ms"]), r["target_shard"]) for r in legs]
+    return [
+        (
+            CreditLeg(
+                r["transfer_id"], -1, r["creditor_account"], r["amount_minor"], r["currency"], r["created_at_ms"]
+            ),
+            r["target_shard"],
+        )
+        for r in legs
+    ]
 
 
-async def prefetch_transfers(conn: asyncpg.Connection, ids: list[str], unreadable: set[str] | None = None,
-                             reader: str = "prefetch") -> list[Transfer]:
+async def prefetch_transfers(
+    conn: asyncpg.Connection, ids: list[str], unreadable: set[str] | None = None, reader: str = "prefetch"
+) -> list[Transfer]:
     """The stored transfers among ids. One that cannot be read is quarantined and its id
     added to `unreadable` (it exists: the batcher must not decide it as new)."""
     rows = await conn.fetch(_SELECT_TRANSFER + " WHERE id = ANY($1::text[])", ids)
@@ -185,9 +243,9 @@ async def fetch_transfer(conn: asyncpg.Connection, transfer_id: str) -> Transfer
         raise
 
 
-async def partner_day_transfers(conn: asyncpg.Connection, partner_id: str, from_ms: int, to_ms: int,
-                                after: tuple[int, int] | None,
-                                limit: int) -> list[tuple[list[int], dict[str, Any] | None]]:
+async def partner_day_transfers(
+    conn: asyncpg.Connection, partner_id: str, from_ms: int, to_ms: int, after: tuple[int, int] | None, limit: int
+) -> list[tuple[list[int], dict[str, Any] | None]]:
     """([created_at_ms, seq], wire) of the partner's accepted payments and succeeded refunds
     recorded in [from_ms, to_ms), in (created_at_ms, seq) order after `after` (the key of the
     last row of the previous page; None: from the start): a reconciliation file's rows, page by
@@ -199,7 +257,13 @@ async def partner_day_transfers(conn: asyncpg.Connection, partner_id: str, from_
         _SELECT_TRANSFER + " WHERE partner_id = $1 AND kind IN ('payment', 'refund') AND status <> 'Rejected'"
         " AND created_at_ms >= $2 AND created_at_ms < $3 AND (created_at_ms, seq) > ($4::bigint, $5::bigint)"
         " ORDER BY created_at_ms, seq LIMIT $6",
-        partner_id, from_ms, to_ms, after_ms, after_seq, limit)
+        partner_id,
+        from_ms,
+        to_ms,
+        after_ms,
+        after_seq,
+        limit,
+    )
     found: list[tuple[list[int], dict[str, Any] | None]] = []
     for r in rows:
         key = [r["created_at_ms"], r["seq"]]
@@ -216,8 +280,9 @@ async def partner_day_transfers(conn: asyncpg.Connection, partner_id: str, from_
 REFILL_QUERIES_MAX = 4
 
 
-async def list_account_transfers(conn: asyncpg.Connection, account_id: str, before_seq: int,
-                                 limit: int) -> list[Transfer]:
+async def list_account_transfers(
+    conn: asyncpg.Connection, account_id: str, before_seq: int, limit: int
+) -> list[Transfer]:
     """Money-moving rows touching the account, newest first, with seq < before_seq. Rows
     that cannot be read are quarantined and the page filled from below them.
 
@@ -232,9 +297,13 @@ async def list_account_transfers(conn: asyncpg.Connection, account_id: str, befo
         rows = await conn.fetch(
             "(" + _SELECT_TRANSFER + " WHERE debit_account >= $1 AND debit_account <= $1 AND seq < $2"
             " AND status <> 'Rejected' ORDER BY debit_account DESC, seq DESC LIMIT $3) UNION ALL ("
-            + _SELECT_TRANSFER + " WHERE credit_account >= $1 AND credit_account <= $1 AND seq < $2"
+            + _SELECT_TRANSFER
+            + " WHERE credit_account >= $1 AND credit_account <= $1 AND seq < $2"
             " AND status <> 'Rejected' ORDER BY credit_account DESC, seq DESC LIMIT $3) ORDER BY seq DESC LIMIT $3",
-            account_id, before_seq, want)
+            account_id,
+            before_seq,
+            want,
+        )
         decoded = QUARANTINE.decode_all("shard_read", rows, row_to_transfer)
         found += decoded
         if len(decoded) == len(rows) or len(rows) < want:
@@ -244,10 +313,28 @@ async def list_account_transfers(conn: asyncpg.Connection, account_id: str, befo
 
 
 def _transfer_record(t: Transfer) -> tuple[Any, ...]:
-    return (t.id, t.seq, t.kind, t.debit_account, t.credit_account, t.amount_minor, t.currency,
-            t.status, t.created_at_ms, t.partner_id, t.agreement_id, t.reference,
-            t.creditor_account, list(t.reasons), json.dumps(t.fraud) if t.fraud else None,
-            t.body_hash, t.device_id, t.ip, t.refunded_minor, json.dumps(t.details) if t.details else None)
+    return (
+        t.id,
+        t.seq,
+        t.kind,
+        t.debit_account,
+        t.credit_account,
+        t.amount_minor,
+        t.currency,
+        t.status,
+        t.created_at_ms,
+        t.partner_id,
+        t.agreement_id,
+        t.reference,
+        t.creditor_account,
+        list(t.reasons),
+        json.dumps(t.fraud) if t.fraud else None,
+        t.body_hash,
+        t.device_id,
+        t.ip,
+        t.refunded_minor,
+        json.dumps(t.details) if t.details else None,
+    )
 
 
 _FAST_INSERT = (
@@ -281,9 +368,14 @@ async def _write_fast(conn: asyncpg.Connection, ws: WriteSet) -> None:
     sql = _FAST_SQL
     if ws.outbox:
         legs = ws.outbox
-        params += [[leg.transfer_id for leg in legs], [ws.targets[leg.transfer_id] for leg in legs],
-                   [leg.creditor_account for leg in legs], [leg.amount_minor for leg in legs],
-                   [leg.currency for leg in legs], [leg.at_ms for leg in legs]]
+        params += [
+            [leg.transfer_id for leg in legs],
+            [ws.targets[leg.transfer_id] for leg in legs],
+            [leg.creditor_account for leg in legs],
+            [leg.amount_minor for leg in legs],
+            [leg.currency for leg in legs],
+            [leg.at_ms for leg in legs],
+        ]
         sql = _FAST_SQL_OUTBOX
     inserted, updated = await conn.fetchrow(sql, *params)
     invariant(inserted == len(ts), f"batch inserted {inserted} of {len(ts)} transfers")
@@ -299,70 +391,109 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
     async with conn.transaction():
         if ws.accounts:
             await conn.copy_records_to_table(
-                "accounts", columns=("id", "kind", "currency", "balance_minor", "allow_negative",
-                                     "partner_id", "created_at_ms"),
-                records=[(a.id, a.kind, a.currency, 0, a.allow_negative, a.partner_id,
-                          a.created_at_ms) for a in ws.accounts])
+                "accounts",
+                columns=("id", "kind", "currency", "balance_minor", "allow_negative", "partner_id", "created_at_ms"),
+                records=[
+                    (a.id, a.kind, a.currency, 0, a.allow_negative, a.partner_id, a.created_at_ms) for a in ws.accounts
+                ],
+            )
         if ws.partners:
             await conn.executemany(
                 "INSERT INTO partners (id, name, secret_sha256, settlement_account, created_at_ms)"
                 " VALUES ($1, $2, $3, $4, $5)",
-                [(p["id"], p["name"], p["secret_sha256"], p["settlement_account"], p["created_at_ms"])
-                 for p in ws.partners])
+                [
+                    (p["id"], p["name"], p["secret_sha256"], p["settlement_account"], p["created_at_ms"])
+                    for p in ws.partners
+                ],
+            )
         if ws.partner_updates:
             # After the INSERT: a partner created and cut off in one batch is written as it ends.
             await conn.executemany(
                 "UPDATE partners SET secret_sha256 = $2, previous_secret_sha256 = $3, previous_secret_until_ms = $4,"
                 " disabled_at_ms = $5, tokens_valid_after_ms = $6 WHERE id = $1",
-                [(partner_id, *(fields[name] for name in PARTNER_CUTOFF_FIELDS))
-                 for partner_id, fields in ws.partner_updates.items()])
+                [
+                    (partner_id, *(fields[name] for name in PARTNER_CUTOFF_FIELDS))
+                    for partner_id, fields in ws.partner_updates.items()
+                ],
+            )
         if ws.partner_events:
             await conn.copy_records_to_table(
-                "partner_events", columns=("partner_id", "action", "actor", "at_ms", "details"),
-                records=[partner_event_record(e) for e in ws.partner_events])
+                "partner_events",
+                columns=("partner_id", "action", "actor", "at_ms", "details"),
+                records=[partner_event_record(e) for e in ws.partner_events],
+            )
         new_agreements = set()
         if ws.agreements:
             # Rows as they are after the batch (a transition later in the same batch included).
             await conn.copy_records_to_table(
-                "agreements", columns=_AGREEMENT_COLUMNS, records=[_agreement_record(g) for g in ws.agreements])
+                "agreements", columns=_AGREEMENT_COLUMNS, records=[_agreement_record(g) for g in ws.agreements]
+            )
             new_agreements = {g.id for g in ws.agreements}
         updates = [g for g in ws.agreement_updates.values() if g.id not in new_agreements]
         if updates:
             await conn.execute(
                 "UPDATE agreements a SET status = v.status, status_updated_at_ms = v.at_ms"
                 " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(id, status, at_ms) WHERE a.id = v.id",
-                [g.id for g in updates], [g.status for g in updates], [g.status_updated_at_ms for g in updates])
+                [g.id for g in updates],
+                [g.status for g in updates],
+                [g.status_updated_at_ms for g in updates],
+            )
         if ws.agreement_events:
             await conn.copy_records_to_table(
-                "agreement_events", columns=("agreement_id", "from_status", "to_status", "actor", "at_ms"),
-                records=ws.agreement_events)
+                "agreement_events",
+                columns=("agreement_id", "from_status", "to_status", "actor", "at_ms"),
+                records=ws.agreement_events,
+            )
         if ws.transfers:
             await conn.copy_records_to_table(
-                "transfers", columns=TRANSFER_COLUMNS,
-                records=[_transfer_record(t) for t in ws.transfers])
+                "transfers", columns=TRANSFER_COLUMNS, records=[_transfer_record(t) for t in ws.transfers]
+            )
         if ws.deltas:
             ids = list(ws.deltas)
             updated = await conn.fetchval(
                 "WITH d AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS d(id, delta)),"
                 " u AS (UPDATE accounts a SET balance_minor = a.balance_minor + d.delta"
                 " FROM d WHERE a.id = d.id RETURNING 1) SELECT count(*) FROM u",
-                ids, [ws.deltas[i] for i in ids])
+                ids,
+                [ws.deltas[i] for i in ids],
+            )
             invariant(updated == len(ids), f"balance update touched {updated} of {len(ids)} accounts")
         for partner_id, (rate, burst) in ws.partner_limits.items():
-            await conn.execute("UPDATE partners SET rate_limit_rps = $2, rate_limit_burst = $3 WHERE id = $1",
-                               partner_id, rate, burst)
+            await conn.execute(
+                "UPDATE partners SET rate_limit_rps = $2, rate_limit_burst = $3 WHERE id = $1", partner_id, rate, burst
+            )
         if ws.refunded:
             updated = await conn.fetchval(
                 "WITH u AS (UPDATE transfers t SET refunded_minor = v.total"
                 " FROM unnest($1::text[], $2::bigint[]) AS v(id, total) WHERE t.id = v.id RETURNING 1)"
-                " SELECT count(*) FROM u", list(ws.refunded), list(ws.refunded.values()))
+                " SELECT count(*) FROM u",
+                list(ws.refunded),
+                list(ws.refunded.values()),
+            )
             invariant(updated == len(ws.refunded), f"refund update touched {updated} of {len(ws.refunded)} payments")
         if ws.outbox:
             await conn.copy_records_to_table(
-                "outbox", columns=("transfer_id", "target_shard", "creditor_account",
-                                   "amount_minor", "currency", "created_at_ms"),
-                records=[(leg.transfer_id, ws.targets[leg.transfer_id], leg.creditor_account,
-                          leg.amount_minor, leg.currency, leg.at_ms) for leg in ws.outbox])
+                "outbox",
+                columns=(
+                    "transfer_id",
+                    "target_shard",
+                    "creditor_account",
+                    "amount_minor",
+                    "currency",
+                    "created_at_ms",
+                ),
+                records=[
+                    (
+                        leg.transfer_id,
+                        ws.targets[leg.transfer_id],
+                        leg.creditor_account,
+                        leg.amount_minor,
+                        leg.currency,
+                        leg.at_ms,
+                    )
+                    for leg in ws.outbox
+                ],
+            )
         if ws.delivered_held:
             await conn.execute("DELETE FROM outbox WHERE transfer_id = ANY($1::text[])", ws.delivered_held)
         if ws.delivered:
@@ -370,22 +501,47 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
             await conn.execute(
                 "UPDATE transfers SET status = 'AcceptedSettlementCompleted'"
                 " WHERE id = ANY($1::text[]) AND status = 'AcceptedSettlementInProcess'",
-                ws.delivered)
+                ws.delivered,
+            )
         for key, value in ws.settings.items():
             await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                key,
+                value,
+            )
 
 
-_AGREEMENT_COLUMNS = ("id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor",
-                      "periodic_limits", "status", "created_at_ms", "valid_from_ms", "valid_to_ms",
-                      "status_updated_at_ms", "authorise_by_ms")
+_AGREEMENT_COLUMNS = (
+    "id",
+    "partner_id",
+    "debtor_account",
+    "currency",
+    "per_payment_limit_minor",
+    "periodic_limits",
+    "status",
+    "created_at_ms",
+    "valid_from_ms",
+    "valid_to_ms",
+    "status_updated_at_ms",
+    "authorise_by_ms",
+)
 
 
 def _agreement_record(g: Agreement) -> tuple[Any, ...]:
-    return (g.id, g.partner_id, g.debtor_account, g.currency, g.per_payment_limit_minor,
-            json.dumps([limit.to_wire() for limit in g.periodic_limits]), g.status, g.created_at_ms,
-            g.valid_from_ms, g.valid_to_ms, g.status_updated_at_ms, g.authorise_by_ms)
+    return (
+        g.id,
+        g.partner_id,
+        g.debtor_account,
+        g.currency,
+        g.per_payment_limit_minor,
+        json.dumps([limit.to_wire() for limit in g.periodic_limits]),
+        g.status,
+        g.created_at_ms,
+        g.valid_from_ms,
+        g.valid_to_ms,
+        g.status_updated_at_ms,
+        g.authorise_by_ms,
+    )
 
 
 async def read_setting(conn: asyncpg.Connection, key: str) -> str | None:
@@ -395,7 +551,7 @@ async def read_setting(conn: asyncpg.Connection, key: str) -> str | None:
 
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def partner_event_record(event: tuple[str, str, str, int, dict[str, Any]]) -> tuple[Any, ...]:
@@ -408,5 +564,9 @@ async def partner_audit(conn: asyncpg.Connection, partner_id: str, after_seq: in
     """A partner's cut-off audit rows after `after_seq`, oldest first."""
     rows = await conn.fetch(
         "SELECT seq, partner_id, action, actor, at_ms, details::text AS details FROM partner_events"
-        " WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", partner_id, after_seq, limit)
+        " WHERE partner_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        partner_id,
+        after_seq,
+        limit,
+    )
     return [{**dict(r), "details": json.loads(r["details"])} for r in rows]

@@ -12,14 +12,25 @@ joins the good ones behind one array header (`join_frames`): a message that
 cannot be encoded (an int beyond 64 bits, a lone surrogate) or is too big fails
 alone, and never takes the other messages of its tick with it.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
 
-__all__ = ["FRAME_MAX_BYTES", "MESSAGE_MAX_BYTES", "FrameError", "MessageError", "encode_frame",
-           "encode_frames", "encode_message", "join_frames", "FrameDecoder", "parse_address"]
+__all__ = [
+    "FRAME_MAX_BYTES",
+    "MESSAGE_MAX_BYTES",
+    "FrameDecoder",
+    "FrameError",
+    "MessageError",
+    "encode_frame",
+    "encode_frames",
+    "encode_message",
+    "join_frames",
+    "parse_address",
+]
 
 FRAME_MAX_BYTES = 64 * 1024 * 1024
 # One request or answer: whatever fits in a frame with its array header.
@@ -113,13 +124,13 @@ class FrameDecoder:
         buffer = self._buffer
         offset = 0
         while len(buffer) - offset >= 4:
-            size = int.from_bytes(buffer[offset:offset + 4], "big")
+            size = int.from_bytes(buffer[offset : offset + 4], "big")
             if size > FRAME_MAX_BYTES:
                 raise FrameError(f"incoming frame of {size} bytes exceeds {FRAME_MAX_BYTES}")
             if len(buffer) - offset - 4 < size:
                 break
             try:
-                decoded = _decoder.decode(memoryview(buffer)[offset + 4:offset + 4 + size])
+                decoded = _decoder.decode(memoryview(buffer)[offset + 4 : offset + 4 + size])
             except msgspec.DecodeError as exc:
                 raise FrameError(f"malformed frame: {exc}") from None
             if not isinstance(decoded, list):

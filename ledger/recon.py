@@ -14,6 +14,7 @@ at midnight land by then; they do not change the file's rows, which are the debt
 shard's, but the grace keeps "final" meaning final). Before that, only a provisional file
 is available, marked so in its first line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,20 +25,39 @@ from typing import Any
 
 from kernel.money import format_amount
 
-__all__ = ["COLUMNS", "CLOSE_GRACE_MS", "DAY_MS", "day_bounds", "is_closed", "row_kind", "RECON_ROWS_MAX",
-           "Reconciliation"]
+__all__ = [
+    "CLOSE_GRACE_MS",
+    "COLUMNS",
+    "DAY_MS",
+    "RECON_ROWS_MAX",
+    "Reconciliation",
+    "day_bounds",
+    "is_closed",
+    "row_kind",
+]
 
 DAY_MS = 86_400_000
 CLOSE_GRACE_MS = 10 * 60_000
 # Rows one file may hold (a bound on the report's memory and time; a partner past it
 # needs a narrower report, which this prototype does not offer).
 RECON_ROWS_MAX = 500_000
-COLUMNS = ("kind", "id", "created_at", "amount", "amount_minor", "currency", "agreement_id", "debtor_account",
-           "creditor_account", "reference", "payment_id")
+COLUMNS = (
+    "kind",
+    "id",
+    "created_at",
+    "amount",
+    "amount_minor",
+    "currency",
+    "agreement_id",
+    "debtor_account",
+    "creditor_account",
+    "reference",
+    "payment_id",
+)
 
 
 def day_bounds(day: datetime.date) -> tuple[int, int]:
-    start = datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC)
     start_ms = int(start.timestamp()) * 1000
     return start_ms, start_ms + DAY_MS
 
@@ -58,8 +78,11 @@ def row_kind(row: dict[str, Any], settlement_account: str) -> str | None:
 
 
 def _iso(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class Reconciliation:
@@ -72,8 +95,10 @@ class Reconciliation:
         self.out = io.StringIO()
         self.writer = csv.writer(self.out, lineterminator="\n")
         if provisional:
-            self.out.write(f"# PROVISIONAL: {day.isoformat()} is not closed yet (generated {_iso(generated_at_ms)}); "
-                           "rows may still be added\n")
+            self.out.write(
+                f"# PROVISIONAL: {day.isoformat()} is not closed yet (generated {_iso(generated_at_ms)}); "
+                "rows may still be added\n"
+            )
         self.writer.writerow(COLUMNS)
         self.totals: dict[tuple[str, str], list[int]] = {}
         self.rows = 0
@@ -93,11 +118,18 @@ class Reconciliation:
                     continue
                 currency = row["currency"]
                 line = (
-                    kind, row["id"], _iso(row["created_at_ms"]), format_amount(row["amount_minor"], currency),
-                    row["amount_minor"], currency, row["agreement_id"] or "", row["debit_account"]
-                    if kind != "refund" else row["credit_account"], row["creditor_account"] if kind != "refund"
-                    else row["debit_account"], row["reference"] or "",
-                    (row.get("details") or {}).get("payment_id", "") if kind == "refund" else "")
+                    kind,
+                    row["id"],
+                    _iso(row["created_at_ms"]),
+                    format_amount(row["amount_minor"], currency),
+                    row["amount_minor"],
+                    currency,
+                    row["agreement_id"] or "",
+                    row["debit_account"] if kind != "refund" else row["credit_account"],
+                    row["creditor_account"] if kind != "refund" else row["debit_account"],
+                    row["reference"] or "",
+                    (row.get("details") or {}).get("payment_id", "") if kind == "refund" else "",
+                )
             except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError):
                 self.unreadable += 1
                 continue
@@ -130,6 +162,8 @@ class Reconciliation:
             text = format_amount(abs(net), currency)
             summary.writerow(("summary", "settlement_net", currency, "", ("-" if net < 0 else "") + text, net))
         if self.unreadable:
-            return (f"# INCOMPLETE: {self.unreadable} journal rows of this day could not be read and are "
-                    "left out (quarantined; `quickpay check` names them)\n" + self.out.getvalue())
+            return (
+                f"# INCOMPLETE: {self.unreadable} journal rows of this day could not be read and are "
+                "left out (quarantined; `quickpay check` names them)\n" + self.out.getvalue()
+            )
         return self.out.getvalue()

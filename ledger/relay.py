@@ -10,18 +10,20 @@ its in-memory queue is rebuilt from the outbox. RELAY_CRASH_LOOP_AFTER deaths in
 each before the task had run RELAY_HEALTHY_AFTER_S, make the relay *crash-looping*: the
 shard's ping reports it (`health()`), and so do /readyz (degraded) and /admin/v1/health.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .client import ShardClient
 from .model import CreditLeg
 
-__all__ = ["Relay", "RELAY_CRASH_LOOP_AFTER"]
+__all__ = ["RELAY_CRASH_LOOP_AFTER", "Relay"]
 
 log = logging.getLogger("quickpay.relay")
 
@@ -34,11 +36,17 @@ RELAY_RESTART_MAX_S = 5.0
 
 
 class Relay:
-    def __init__(self, shard: int, peers: dict[int, ShardClient],
-                 on_delivered: Callable[[list[str], list[str]], Awaitable[None]],
-                 reload_outbox: Callable[[], Awaitable[list[tuple[CreditLeg, int]]]],
-                 *, batch_size_max: int = 2_000, queue_max: int = 200_000,
-                 retry_backoff_max_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        shard: int,
+        peers: dict[int, ShardClient],
+        on_delivered: Callable[[list[str], list[str]], Awaitable[None]],
+        reload_outbox: Callable[[], Awaitable[list[tuple[CreditLeg, int]]]],
+        *,
+        batch_size_max: int = 2_000,
+        queue_max: int = 200_000,
+        retry_backoff_max_s: float = 2.0,
+    ) -> None:
         self.shard = shard
         self.peers = peers
         self.on_delivered = on_delivered
@@ -83,8 +91,14 @@ class Relay:
         self.last_error = f"to shard {target}: {exc!r}"[:300]
         delay = self.backoff_s[target]
         self.backoff_s[target] = min(delay * 2, RELAY_RESTART_MAX_S)
-        log.error("relay task to shard %s crashed (%r), %s in a row; restarting in %.1fs",
-                  target, exc, self.failures[target], delay, exc_info=exc)
+        log.error(
+            "relay task to shard %s crashed (%r), %s in a row; restarting in %.1fs",
+            target,
+            exc,
+            self.failures[target],
+            delay,
+            exc_info=exc,
+        )
         # Legs popped but not acknowledged are still in the outbox: forget what the queues
         # no longer hold and read the outbox back (resending is safe: the creditor dedupes).
         self.queued = {leg.transfer_id for queue in self.queues.values() for leg in queue}
@@ -104,8 +118,12 @@ class Relay:
 
     def health(self) -> dict[str, Any]:
         """For the shard's ping: restarts of its tasks, and whether one is crash-looping."""
-        return {"restarts": self.restarts, "crash_looping": self.crash_looping,
-                "failures_in_a_row": max(self.failures.values(), default=0), "last_error": self.last_error}
+        return {
+            "restarts": self.restarts,
+            "crash_looping": self.crash_looping,
+            "failures_in_a_row": max(self.failures.values(), default=0),
+            "last_error": self.last_error,
+        }
 
     def enqueue(self, legs: list[tuple[CreditLeg, int]]) -> None:
         for leg, target in legs:
@@ -151,9 +169,20 @@ class Relay:
                 continue
             batch = [queue[i] for i in range(min(len(queue), self.batch_size_max))]
             try:
-                answer = await client.call("credit", [
-                    [leg.transfer_id, leg.source_shard, leg.creditor_account, leg.amount_minor,
-                     leg.currency, leg.at_ms] for leg in batch])
+                answer = await client.call(
+                    "credit",
+                    [
+                        [
+                            leg.transfer_id,
+                            leg.source_shard,
+                            leg.creditor_account,
+                            leg.amount_minor,
+                            leg.currency,
+                            leg.at_ms,
+                        ]
+                        for leg in batch
+                    ],
+                )
             except Exception as exc:  # any failure: keep the legs and retry later
                 log.warning("relay to shard %s failed (%s); retrying in %.2fs", target, exc, backoff_s)
                 await asyncio.sleep(backoff_s)

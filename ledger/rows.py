@@ -16,6 +16,7 @@ runs the same decoders over every table of every shard and fails naming each bad
 
 Pure: no I/O, no clock (times come in as at_ms).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,26 @@ from typing import Any
 
 from kernel.money import CURRENCY_EXPONENTS, INT64_MAX
 
-from .agreements import (ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit,
-                         period_window)
+from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit, period_window
 from .model import Agreement, Kind, Status, Transfer
 
 __all__ = [
-    "RowError", "MS_MIN", "MS_MAX", "Quarantine", "QUARANTINE", "check_row", "decode_transfer",
-    "decode_agreement", "decode_agreement_event", "decode_outbox", "decode_account", "decode_partner",
-    "decode_alert", "decode_event", "DECODERS", "RECENT_MAX",
+    "DECODERS",
+    "MS_MAX",
+    "MS_MIN",
+    "QUARANTINE",
+    "RECENT_MAX",
+    "Quarantine",
+    "RowError",
+    "check_row",
+    "decode_account",
+    "decode_agreement",
+    "decode_agreement_event",
+    "decode_alert",
+    "decode_event",
+    "decode_outbox",
+    "decode_partner",
+    "decode_transfer",
 ]
 
 log = logging.getLogger("quickpay.quarantine")
@@ -122,6 +135,7 @@ def _one_of(allowed: Iterable[str], what: str) -> Callable[[Any], str]:
         if type(value) is not str or value not in known:
             raise ValueError(f"unknown {what} {value!r}")
         return value
+
     return check
 
 
@@ -165,8 +179,7 @@ def _fraud(value: Any) -> dict[str, Any] | None:
     if type(score) is not int or not -INT64_MAX <= score <= INT64_MAX:
         raise ValueError(f"fraud score {score!r} is not an integer")
     reasons = found.get("reasons", [])
-    if not isinstance(reasons, list) or not all(isinstance(r, dict) and type(r.get("rule_id")) is str
-                                                for r in reasons):
+    if not isinstance(reasons, list) or not all(isinstance(r, dict) and type(r.get("rule_id")) is str for r in reasons):
         raise ValueError("fraud reasons are not a list of rule hits")
     codes = found.get("reason_codes", [])
     if not isinstance(codes, list) or not all(type(c) is str for c in codes):
@@ -209,49 +222,97 @@ def _periodic_limits(value: Any) -> list[PeriodicLimit]:
     for item in found:
         if not isinstance(item, dict):
             raise ValueError("a periodic limit is not an object")
-        limits.append(PeriodicLimit(_period(item.get("period")), _alignment(item.get("alignment")),
-                                    _amount(item.get("amount_minor"))))
+        limits.append(
+            PeriodicLimit(
+                _period(item.get("period")), _alignment(item.get("alignment")), _amount(item.get("amount_minor"))
+            )
+        )
     return limits
 
 
 # ---- tables: column -> check, and the row's key column --------------------------------------
 _TRANSFER_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "id": _text, "seq": _amount, "kind": _one_of(_TRANSFER_KINDS, "kind"),
-    "debit_account": _text, "credit_account": _text, "amount_minor": _amount, "currency": _currency,
-    "status": _one_of(_TRANSFER_STATUSES, "status"), "created_at_ms": _ms, "partner_id": _opt_text,
-    "agreement_id": _opt_text, "reference": _opt_text, "creditor_account": _opt_text,
-    "reasons": _text_list, "fraud": _fraud, "body_hash": _opt_text, "device_id": _opt_text, "ip": _opt_text,
-    "refunded_minor": _non_negative, "details": _details,
+    "id": _text,
+    "seq": _amount,
+    "kind": _one_of(_TRANSFER_KINDS, "kind"),
+    "debit_account": _text,
+    "credit_account": _text,
+    "amount_minor": _amount,
+    "currency": _currency,
+    "status": _one_of(_TRANSFER_STATUSES, "status"),
+    "created_at_ms": _ms,
+    "partner_id": _opt_text,
+    "agreement_id": _opt_text,
+    "reference": _opt_text,
+    "creditor_account": _opt_text,
+    "reasons": _text_list,
+    "fraud": _fraud,
+    "body_hash": _opt_text,
+    "device_id": _opt_text,
+    "ip": _opt_text,
+    "refunded_minor": _non_negative,
+    "details": _details,
 }
 _AGREEMENT_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "id": _text, "partner_id": _text, "debtor_account": _text, "currency": _currency,
-    "per_payment_limit_minor": _amount, "periodic_limits": _periodic_limits,
-    "status": _one_of(AgreementStatus.STORED, "status"), "created_at_ms": _ms, "valid_from_ms": _opt_ms,
-    "valid_to_ms": _opt_ms, "status_updated_at_ms": _ms, "authorise_by_ms": _opt_ms,
+    "id": _text,
+    "partner_id": _text,
+    "debtor_account": _text,
+    "currency": _currency,
+    "per_payment_limit_minor": _amount,
+    "periodic_limits": _periodic_limits,
+    "status": _one_of(AgreementStatus.STORED, "status"),
+    "created_at_ms": _ms,
+    "valid_from_ms": _opt_ms,
+    "valid_to_ms": _opt_ms,
+    "status_updated_at_ms": _ms,
+    "authorise_by_ms": _opt_ms,
 }
 _agreement_status = _one_of(AgreementStatus.STORED, "status")
 _AGREEMENT_EVENT_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "seq": _amount, "agreement_id": _text,
+    "seq": _amount,
+    "agreement_id": _text,
     "from_status": lambda v: None if v is None else _agreement_status(v),
-    "to_status": _agreement_status, "actor": _one_of(ACTORS, "actor"), "at_ms": _ms,
+    "to_status": _agreement_status,
+    "actor": _one_of(ACTORS, "actor"),
+    "at_ms": _ms,
 }
 _OUTBOX_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "transfer_id": _text, "target_shard": _non_negative, "creditor_account": _text, "amount_minor": _amount,
-    "currency": _currency, "created_at_ms": _ms,
+    "transfer_id": _text,
+    "target_shard": _non_negative,
+    "creditor_account": _text,
+    "amount_minor": _amount,
+    "currency": _currency,
+    "created_at_ms": _ms,
 }
 _ACCOUNT_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "id": _text, "kind": _one_of(_ACCOUNT_KINDS, "account kind"), "currency": _currency,
-    "balance_minor": _int64, "allow_negative": _bool, "partner_id": _opt_text, "created_at_ms": _ms,
+    "id": _text,
+    "kind": _one_of(_ACCOUNT_KINDS, "account kind"),
+    "currency": _currency,
+    "balance_minor": _int64,
+    "allow_negative": _bool,
+    "partner_id": _opt_text,
+    "created_at_ms": _ms,
 }
 _PARTNER_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "id": _text, "name": _text, "secret_sha256": _text, "settlement_account": _text, "created_at_ms": _ms,
+    "id": _text,
+    "name": _text,
+    "secret_sha256": _text,
+    "settlement_account": _text,
+    "created_at_ms": _ms,
 }
 _ALERT_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "id": _text, "rule": _text, "account": _text, "at_ms": _ms,
+    "id": _text,
+    "rule": _text,
+    "account": _text,
+    "at_ms": _ms,
     "details": lambda v: _object(_json(v), "details"),
 }
 _EVENT_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "seq": _amount, "id": _text, "partner_id": _text, "type": _text, "created_at_ms": _ms,
+    "seq": _amount,
+    "id": _text,
+    "partner_id": _text,
+    "type": _text,
+    "created_at_ms": _ms,
     "body": lambda v: _object(_json(_text(v)), "body"),
 }
 
@@ -263,9 +324,13 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 _TABLES: dict[str, tuple[str, dict[str, Callable[[Any], Any]]]] = {
-    "transfers": ("id", _TRANSFER_CHECKS), "agreements": ("id", _AGREEMENT_CHECKS),
-    "agreement_events": ("seq", _AGREEMENT_EVENT_CHECKS), "outbox": ("transfer_id", _OUTBOX_CHECKS),
-    "accounts": ("id", _ACCOUNT_CHECKS), "partners": ("id", _PARTNER_CHECKS), "alerts": ("id", _ALERT_CHECKS),
+    "transfers": ("id", _TRANSFER_CHECKS),
+    "agreements": ("id", _AGREEMENT_CHECKS),
+    "agreement_events": ("seq", _AGREEMENT_EVENT_CHECKS),
+    "outbox": ("transfer_id", _OUTBOX_CHECKS),
+    "accounts": ("id", _ACCOUNT_CHECKS),
+    "partners": ("id", _PARTNER_CHECKS),
+    "alerts": ("id", _ALERT_CHECKS),
     "events": ("id", _EVENT_CHECKS),
 }
 
@@ -305,22 +370,46 @@ def decode_transfer(row: Mapping[str, Any]) -> Transfer:
     goes through check_row, which names the problem."""
     id_, debit, credit, amount = row["id"], row["debit_account"], row["credit_account"], row["amount_minor"]
     seq, created, refunded, reasons = row["seq"], row["created_at_ms"], row["refunded_minor"], row["reasons"]
-    partner, agreement, reference, creditor = row["partner_id"], row["agreement_id"], row["reference"], \
-        row["creditor_account"]
+    partner, agreement, reference, creditor = (
+        row["partner_id"],
+        row["agreement_id"],
+        row["reference"],
+        row["creditor_account"],
+    )
     body_hash, device, ip, fraud, details = row["body_hash"], row["device_id"], row["ip"], row["fraud"], row["details"]
-    plain = (type(id_) is str and type(debit) is str and type(credit) is str
-             and type(amount) is int and 0 < amount <= INT64_MAX and type(seq) is int and 0 < seq <= INT64_MAX
-             and type(created) is int and MS_MIN <= created <= MS_MAX
-             and type(refunded) is int and 0 <= refunded <= amount
-             and row["kind"] in _TRANSFER_KINDS and row["status"] in _TRANSFER_STATUSES
-             and row["currency"] in CURRENCY_EXPONENTS and isinstance(reasons, (list, tuple))
-             and type(partner) in _OPT_TEXT and type(agreement) in _OPT_TEXT and type(reference) in _OPT_TEXT
-             and type(creditor) in _OPT_TEXT and type(body_hash) in _OPT_TEXT and type(device) in _OPT_TEXT
-             and type(ip) in _OPT_TEXT and fraud is None and details is None
-             and all(type(r) is str for r in reasons))
+    plain = (
+        type(id_) is str
+        and type(debit) is str
+        and type(credit) is str
+        and type(amount) is int
+        and 0 < amount <= INT64_MAX
+        and type(seq) is int
+        and 0 < seq <= INT64_MAX
+        and type(created) is int
+        and MS_MIN <= created <= MS_MAX
+        and type(refunded) is int
+        and 0 <= refunded <= amount
+        and row["kind"] in _TRANSFER_KINDS
+        and row["status"] in _TRANSFER_STATUSES
+        and row["currency"] in CURRENCY_EXPONENTS
+        and isinstance(reasons, (list, tuple))
+        and type(partner) in _OPT_TEXT
+        and type(agreement) in _OPT_TEXT
+        and type(reference) in _OPT_TEXT
+        and type(creditor) in _OPT_TEXT
+        and type(body_hash) in _OPT_TEXT
+        and type(device) in _OPT_TEXT
+        and type(ip) in _OPT_TEXT
+        and fraud is None
+        and details is None
+        and all(type(r) is str for r in reasons)
+    )
     if plain:
-        text = "".join(t for t in (id_, debit, credit, partner, agreement, reference, creditor, body_hash, device,
-                                   ip, *reasons) if t is not None)
+        text = "".join(
+            t
+            for t in (id_, debit, credit, partner, agreement, reference, creditor, body_hash, device, ip, *reasons)
+            if t is not None
+        )
         if not text.isascii():
             try:
                 text.encode("utf-8")
@@ -332,11 +421,28 @@ def decode_transfer(row: Mapping[str, Any]) -> Transfer:
             raise RowError("transfers", v["id"], "refunded_minor exceeds amount_minor")
         fraud, details = v["fraud"] or None, v["details"] or None
     return Transfer(
-        id=id_, seq=seq, kind=row["kind"], debit_account=debit, credit_account=credit, amount_minor=amount,
-        currency=row["currency"], status=row["status"], created_at_ms=created, partner_id=partner,
-        agreement_id=agreement, reference=reference, creditor_account=creditor, reasons=tuple(reasons),
-        fraud=fraud, body_hash=body_hash, device_id=device, ip=ip, refunded_minor=refunded, details=details,
-        committed=True)
+        id=id_,
+        seq=seq,
+        kind=row["kind"],
+        debit_account=debit,
+        credit_account=credit,
+        amount_minor=amount,
+        currency=row["currency"],
+        status=row["status"],
+        created_at_ms=created,
+        partner_id=partner,
+        agreement_id=agreement,
+        reference=reference,
+        creditor_account=creditor,
+        reasons=tuple(reasons),
+        fraud=fraud,
+        body_hash=body_hash,
+        device_id=device,
+        ip=ip,
+        refunded_minor=refunded,
+        details=details,
+        committed=True,
+    )
 
 
 def decode_agreement(row: Mapping[str, Any], at_ms: int | None = None) -> Agreement:
@@ -345,10 +451,20 @@ def decode_agreement(row: Mapping[str, Any], at_ms: int | None = None) -> Agreem
     v = check_row("agreements", row)
     if v["valid_from_ms"] is not None and v["valid_to_ms"] is not None and v["valid_from_ms"] > v["valid_to_ms"]:
         raise RowError("agreements", v["id"], "valid_from_ms is after valid_to_ms")
-    agreement = Agreement(v["id"], v["partner_id"], v["debtor_account"], v["currency"],
-                          v["per_payment_limit_minor"], v["periodic_limits"], v["status"], v["created_at_ms"],
-                          v["valid_from_ms"], v["valid_to_ms"], v["status_updated_at_ms"],
-                          v.get("authorise_by_ms"))
+    agreement = Agreement(
+        v["id"],
+        v["partner_id"],
+        v["debtor_account"],
+        v["currency"],
+        v["per_payment_limit_minor"],
+        v["periodic_limits"],
+        v["status"],
+        v["created_at_ms"],
+        v["valid_from_ms"],
+        v["valid_to_ms"],
+        v["status_updated_at_ms"],
+        v.get("authorise_by_ms"),
+    )
     if at_ms is not None:
         check_windows(agreement, at_ms)
     return agreement
@@ -362,8 +478,11 @@ def check_windows(agreement: Agreement, at_ms: int) -> None:
             _ms(start)
             _ms(end)
         except (ValueError, OverflowError, OSError) as exc:
-            raise RowError("agreements", agreement.id,
-                           f"the {limit.alignment} {limit.period} window at {at_ms} cannot be computed: {exc}") from None
+            raise RowError(
+                "agreements",
+                agreement.id,
+                f"the {limit.alignment} {limit.period} window at {at_ms} cannot be computed: {exc}",
+            ) from None
 
 
 def decode_agreement_event(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -395,9 +514,14 @@ def decode_event(row: Mapping[str, Any]) -> dict[str, Any]:
 
 # What `quickpay check` runs over each table (the key column, the decoder).
 DECODERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "accounts": decode_account, "partners": decode_partner, "agreements": decode_agreement,
-    "agreement_events": decode_agreement_event, "transfers": decode_transfer, "outbox": decode_outbox,
-    "alerts": decode_alert, "events": decode_event,
+    "accounts": decode_account,
+    "partners": decode_partner,
+    "agreements": decode_agreement,
+    "agreement_events": decode_agreement_event,
+    "transfers": decode_transfer,
+    "outbox": decode_outbox,
+    "alerts": decode_alert,
+    "events": decode_event,
 }
 
 
@@ -416,13 +540,18 @@ class Quarantine:
         key = (reader, error.table)
         if key in self.counts or len(self.counts) < COUNTS_MAX:
             self.counts[key] = self.counts.get(key, 0) + 1
-        entry = {"reader": reader, "table": error.table, "key": error.key, "problem": error.problem,
-                 "shard": shard}
+        entry = {"reader": reader, "table": error.table, "key": error.key, "problem": error.problem, "shard": shard}
         self.recent.append(entry)
         self.unstored.append(entry)
-        log.error("quarantined %s row %s (reader %s%s): %s", error.table, error.key, reader,
-                  "" if shard is None else f", shard {shard}", error.problem,
-                  extra={"fields": {"event": "row_quarantined", **entry}})
+        log.error(
+            "quarantined %s row %s (reader %s%s): %s",
+            error.table,
+            error.key,
+            reader,
+            "" if shard is None else f", shard {shard}",
+            error.problem,
+            extra={"fields": {"event": "row_quarantined", **entry}},
+        )
 
     def take_unstored(self) -> list[dict[str, Any]]:
         taken = list(self.unstored)
@@ -433,8 +562,9 @@ class Quarantine:
         """[[reader, table, count], ...] for `ping` and /metrics."""
         return [[reader, table, count] for (reader, table), count in sorted(self.counts.items())]
 
-    def decode_all(self, reader: str, rows: Iterable[Any], decode: Callable[[Any], Any],
-                   shard: int | None = None) -> list[Any]:
+    def decode_all(
+        self, reader: str, rows: Iterable[Any], decode: Callable[[Any], Any], shard: int | None = None
+    ) -> list[Any]:
         """Every row that decodes; the others quarantined."""
         out = []
         for row in rows:
@@ -447,4 +577,3 @@ class Quarantine:
 
 # One per process: every reader of the process counts into it.
 QUARANTINE = Quarantine()
-

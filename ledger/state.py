@@ -5,13 +5,13 @@ memory (the prefetch), then decides each command here without I/O, applying its
 effects to memory and to a WriteSet, and only then writes the WriteSet to
 PostgreSQL in one transaction. Nothing in this module imports asyncpg or awaits.
 """
+
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import bisect
 
 from sortedcontainers import SortedList
 
@@ -19,22 +19,48 @@ from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
 from kernel.money import INT64_MAX
 
 from . import agreements as mandates
-from .undo import UndoLog
 from .model import (
-    Account, Agreement, Code, CreditLeg, FundingCommand, Kind, PaymentCommand, RefundCommand, Status,
-    Transfer, invariant,
+    Account,
+    Agreement,
+    Code,
+    CreditLeg,
+    FundingCommand,
+    Kind,
+    PaymentCommand,
+    RefundCommand,
+    Status,
+    Transfer,
+    invariant,
 )
+from .undo import UndoLog
 
-__all__ = ["ShardState", "WriteSet", "FraudPort", "MS_PER_DAY", "REFUND_WINDOW_DAYS", "AGREEMENT_SCAN_MAX",
-           "PENDING_PER_ACCOUNT_MAX", "PENDING_PER_PARTNER_MAX", "pending_share", "PARTNER_ACTIONS",
-           "PARTNER_CUTOFF_FIELDS", "SECRET_OVERLAP_MAX_MS", "partner_status"]
+__all__ = [
+    "AGREEMENT_SCAN_MAX",
+    "MS_PER_DAY",
+    "PARTNER_ACTIONS",
+    "PARTNER_CUTOFF_FIELDS",
+    "PENDING_PER_ACCOUNT_MAX",
+    "PENDING_PER_PARTNER_MAX",
+    "REFUND_WINDOW_DAYS",
+    "SECRET_OVERLAP_MAX_MS",
+    "FraudPort",
+    "ShardState",
+    "WriteSet",
+    "partner_status",
+    "pending_share",
+]
 
 MS_PER_DAY = 86_400_000
 # Cut-off (ShardState.partner_action): what an operator may do to a partner, and the
 # partner-record fields those actions change (written as one UPDATE per partner and batch).
 PARTNER_ACTIONS = ("disable", "enable", "rotate_secret", "retire_secret", "revoke_tokens")
-PARTNER_CUTOFF_FIELDS = ("secret_sha256", "previous_secret_sha256", "previous_secret_until_ms",
-                         "disabled_at_ms", "tokens_valid_after_ms")
+PARTNER_CUTOFF_FIELDS = (
+    "secret_sha256",
+    "previous_secret_sha256",
+    "previous_secret_until_ms",
+    "disabled_at_ms",
+    "tokens_valid_after_ms",
+)
 SECRET_OVERLAP_MAX_MS = 30 * 86_400_000
 # How long after a payment it may be refunded (quickpay up --refund-window-days).
 REFUND_WINDOW_DAYS = 365
@@ -106,6 +132,7 @@ class FraudPort(Protocol):
 @dataclass(slots=True)
 class WriteSet:
     """Everything one batch writes, in one transaction."""
+
     accounts: list[Account] = field(default_factory=list)
     partners: list[dict[str, Any]] = field(default_factory=list)
     agreements: list[Agreement] = field(default_factory=list)
@@ -124,7 +151,7 @@ class WriteSet:
     transfers: list[Transfer] = field(default_factory=list)
     deltas: dict[str, int] = field(default_factory=dict)
     outbox: list[CreditLeg] = field(default_factory=list)
-    targets: dict[str, int] = field(default_factory=dict)   # transfer_id -> target shard for outbox rows
+    targets: dict[str, int] = field(default_factory=dict)  # transfer_id -> target shard for outbox rows
     delivered: list[str] = field(default_factory=list)
     # Outbox rows whose credit leg the creditor shard held (Code.HELD): the row goes, and the
     # payment stays AcceptedSettlementInProcess, because its money never reached the creditor.
@@ -132,16 +159,38 @@ class WriteSet:
     settings: dict[str, str] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not (self.accounts or self.partners or self.agreements or self.transfers or self.deltas
-                    or self.outbox or self.delivered or self.delivered_held or self.settings
-                    or self.agreement_updates or self.refunded or self.partner_limits
-                    or self.partner_updates or self.partner_events)
+        return not (
+            self.accounts
+            or self.partners
+            or self.agreements
+            or self.transfers
+            or self.deltas
+            or self.outbox
+            or self.delivered
+            or self.delivered_held
+            or self.settings
+            or self.agreement_updates
+            or self.refunded
+            or self.partner_limits
+            or self.partner_updates
+            or self.partner_events
+        )
 
     def needs_transaction(self) -> bool:
         """Anything beyond transfers, deltas and outbox rows (the one-statement fast path)."""
-        return bool(self.accounts or self.partners or self.agreements or self.delivered or self.delivered_held
-                    or self.settings or self.agreement_updates or self.refunded or self.partner_limits
-                    or self.partner_updates or self.partner_events)
+        return bool(
+            self.accounts
+            or self.partners
+            or self.agreements
+            or self.delivered
+            or self.delivered_held
+            or self.settings
+            or self.agreement_updates
+            or self.refunded
+            or self.partner_limits
+            or self.partner_updates
+            or self.partner_events
+        )
 
     def add_delta(self, account_id: str, delta_minor: int) -> None:
         """Aggregate a balance change (outside a decision; decisions record theirs in the
@@ -151,29 +200,51 @@ class WriteSet:
     def mark(self) -> tuple[int, ...]:
         """Where each list stands before a command is decided: lists only grow during a
         batch, so `truncate(mark)` takes a failed command's rows out again."""
-        return (len(self.accounts), len(self.partners), len(self.agreements), len(self.agreement_events),
-                len(self.transfers), len(self.outbox), len(self.delivered), len(self.delivered_held),
-                len(self.partner_events))
+        return (
+            len(self.accounts),
+            len(self.partners),
+            len(self.agreements),
+            len(self.agreement_events),
+            len(self.transfers),
+            len(self.outbox),
+            len(self.delivered),
+            len(self.delivered_held),
+            len(self.partner_events),
+        )
 
     def truncate(self, mark: tuple[int, ...]) -> None:
-        lists: tuple[list[Any], ...] = (self.accounts, self.partners, self.agreements, self.agreement_events,
-                                        self.transfers, self.outbox, self.delivered, self.delivered_held,
-                                        self.partner_events)
+        lists: tuple[list[Any], ...] = (
+            self.accounts,
+            self.partners,
+            self.agreements,
+            self.agreement_events,
+            self.transfers,
+            self.outbox,
+            self.delivered,
+            self.delivered_held,
+            self.partner_events,
+        )
         for rows, length in zip(lists, mark):
             del rows[length:]
 
     def check_balanced(self) -> None:
-        invariant(sum(self.deltas.values()) == 0,
-                  f"batch deltas do not sum to zero: {sum(self.deltas.values())}")
+        invariant(sum(self.deltas.values()) == 0, f"batch deltas do not sum to zero: {sum(self.deltas.values())}")
 
 
 class ShardState:
-    def __init__(self, shard: int, shard_count: int, *, transfer_cache_max: int = 1_000_000,
-                 fraud: FraudPort | None = None, make_facts: Any = None,
-                 refund_window_days: int = REFUND_WINDOW_DAYS,
-                 pending_expiry_s: int = mandates.PENDING_EXPIRY_S,
-                 pending_per_account_max: int = PENDING_PER_ACCOUNT_MAX,
-                 pending_per_partner_max: int = PENDING_PER_PARTNER_MAX) -> None:
+    def __init__(
+        self,
+        shard: int,
+        shard_count: int,
+        *,
+        transfer_cache_max: int = 1_000_000,
+        fraud: FraudPort | None = None,
+        make_facts: Any = None,
+        refund_window_days: int = REFUND_WINDOW_DAYS,
+        pending_expiry_s: int = mandates.PENDING_EXPIRY_S,
+        pending_per_account_max: int = PENDING_PER_ACCOUNT_MAX,
+        pending_per_partner_max: int = PENDING_PER_PARTNER_MAX,
+    ) -> None:
         invariant(0 <= shard < shard_count, "shard out of range")
         self.shard = shard
         self.shard_count = shard_count
@@ -243,7 +314,7 @@ class ShardState:
         self.undo.rollback()
         # New transfers were absent from the cache (a decision only creates an id it did
         # not find), so taking them out restores it.
-        for transfer in ws.transfers[ws_mark[4]:]:
+        for transfer in ws.transfers[ws_mark[4] :]:
             self.transfers.pop(transfer.id, None)
         ws.truncate(ws_mark)
         self.next_seq = next_seq
@@ -266,11 +337,13 @@ class ShardState:
         self.agreements[agreement.id] = agreement
         self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
-        for index, owner in ((self.agreements_by_partner, agreement.partner_id),
-                             (self.agreements_by_debtor, agreement.debtor_account)):
+        for index, owner in (
+            (self.agreements_by_partner, agreement.partner_id),
+            (self.agreements_by_debtor, agreement.debtor_account),
+        ):
             keys = index.setdefault(owner, [])
             if not keys or keys[-1] < key:
-                keys.append(key)          # the usual case: created in time order
+                keys.append(key)  # the usual case: created in time order
             else:
                 bisect.insort(keys, key)
 
@@ -347,6 +420,7 @@ class ShardState:
         def restore() -> None:
             for limit, start_ms, end_ms, spent_minor in saved:
                 limit.window_start_ms, limit.window_end_ms, limit.spent_minor = start_ms, end_ms, spent_minor
+
         self.undo.on_undo(restore)
 
     def execute_payment(self, cmd: PaymentCommand, ws: WriteSet) -> tuple[str, Transfer | None]:
@@ -356,8 +430,9 @@ class ShardState:
         agreement = self.agreements.get(cmd.agreement_id)
         if agreement is None or agreement.partner_id != cmd.partner_id:
             return Code.AGREEMENT_NOT_FOUND, None
-        refusal = mandates.payment_refusal(agreement.status, agreement.valid_from_ms, agreement.valid_to_ms,
-                                           cmd.at_ms, agreement.authorise_by_ms)
+        refusal = mandates.payment_refusal(
+            agreement.status, agreement.valid_from_ms, agreement.valid_to_ms, cmd.at_ms, agreement.authorise_by_ms
+        )
         if refusal is not None:
             return refusal, None
         if cmd.currency != agreement.currency:
@@ -368,8 +443,11 @@ class ShardState:
             creditor = self.accounts[CLEARING_ACCOUNT]
         else:
             found_creditor = self.accounts.get(cmd.creditor_account)
-            if found_creditor is None or found_creditor.kind in ("funding", "clearing") or (
-                    found_creditor.kind == "settlement" and found_creditor.partner_id != cmd.partner_id):
+            if (
+                found_creditor is None
+                or found_creditor.kind in ("funding", "clearing")
+                or (found_creditor.kind == "settlement" and found_creditor.partner_id != cmd.partner_id)
+            ):
                 # Another partner's settlement account is not a valid creditor, and saying
                 # "not found" does not tell the caller that it exists.
                 return Code.CREDITOR_NOT_FOUND, None
@@ -393,8 +471,13 @@ class ShardState:
                 reasons.extend(decision.reason_codes)
         if not reasons:
             self._save_limits(agreement)
-            exceeded = mandates.limit_refusal(agreement.per_payment_limit_minor, agreement.periodic_limits,
-                                              agreement.anchor_ms, cmd.amount_minor, cmd.at_ms)
+            exceeded = mandates.limit_refusal(
+                agreement.per_payment_limit_minor,
+                agreement.periodic_limits,
+                agreement.anchor_ms,
+                cmd.amount_minor,
+                cmd.at_ms,
+            )
             if exceeded is not None:
                 reasons.append(exceeded[0])
                 details = {"reason_details": exceeded[1]}
@@ -413,18 +496,35 @@ class ShardState:
                 # Windows count the payment only once it has succeeded, checks included.
                 self.undo.defer(self.fraud.record, facts)
             if cross_shard:
-                leg = CreditLeg(cmd.payment_id, self.shard, cmd.creditor_account,
-                                cmd.amount_minor, cmd.currency, cmd.at_ms)
+                leg = CreditLeg(
+                    cmd.payment_id, self.shard, cmd.creditor_account, cmd.amount_minor, cmd.currency, cmd.at_ms
+                )
                 ws.outbox.append(leg)
                 self.undo.setitem(ws.targets, cmd.payment_id, cmd.creditor_shard)
-        transfer = self._new_transfer(ws, Transfer(
-            id=cmd.payment_id, seq=0, kind=Kind.PAYMENT, debit_account=debtor.id,
-            credit_account=creditor.id, amount_minor=cmd.amount_minor, currency=cmd.currency,
-            status=status, created_at_ms=cmd.at_ms, partner_id=cmd.partner_id,
-            agreement_id=agreement.id, reference=cmd.reference,
-            creditor_account=cmd.creditor_account, reasons=tuple(reasons), fraud=fraud_dict,
-            body_hash=cmd.body_hash, device_id=cmd.device_id, ip=cmd.ip, details=details,
-        ))
+        transfer = self._new_transfer(
+            ws,
+            Transfer(
+                id=cmd.payment_id,
+                seq=0,
+                kind=Kind.PAYMENT,
+                debit_account=debtor.id,
+                credit_account=creditor.id,
+                amount_minor=cmd.amount_minor,
+                currency=cmd.currency,
+                status=status,
+                created_at_ms=cmd.at_ms,
+                partner_id=cmd.partner_id,
+                agreement_id=agreement.id,
+                reference=cmd.reference,
+                creditor_account=cmd.creditor_account,
+                reasons=tuple(reasons),
+                fraud=fraud_dict,
+                body_hash=cmd.body_hash,
+                device_id=cmd.device_id,
+                ip=cmd.ip,
+                details=details,
+            ),
+        )
         return Code.OK, transfer
 
     def execute_refund(self, cmd: RefundCommand, ws: WriteSet) -> tuple[str, Transfer | None]:
@@ -438,8 +538,11 @@ class ShardState:
             return Code.PAYMENT_NOT_FOUND, None
         if not payment.committed:
             return Code.PAYMENT_IN_FLIGHT, None
-        if payment.status == Status.REJECTED or payment.creditor_account != settlement_account_for(cmd.partner_id) \
-                or cmd.at_ms - payment.created_at_ms > self.refund_window_ms:
+        if (
+            payment.status == Status.REJECTED
+            or payment.creditor_account != settlement_account_for(cmd.partner_id)
+            or cmd.at_ms - payment.created_at_ms > self.refund_window_ms
+        ):
             return Code.NOT_REFUNDABLE, None
         left_minor = payment.amount_minor - payment.refunded_minor
         amount_minor = left_minor if cmd.amount_minor is None else cmd.amount_minor
@@ -447,8 +550,10 @@ class ShardState:
             return Code.EXCEEDS_PAYMENT, None
         settlement = self.accounts[payment.credit_account]
         debtor = self.accounts[payment.debit_account]
-        invariant(settlement.kind == "settlement" and settlement.partner_id == cmd.partner_id,
-                  f"payment {payment.id} credited {settlement.id}, not its partner's settlement stripe")
+        invariant(
+            settlement.kind == "settlement" and settlement.partner_id == cmd.partner_id,
+            f"payment {payment.id} credited {settlement.id}, not its partner's settlement stripe",
+        )
         reasons: tuple[str, ...] = ()
         if settlement.balance_minor - amount_minor < 0 and not settlement.allow_negative:
             reasons = (Code.INSUFFICIENT_FUNDS,)
@@ -466,14 +571,27 @@ class ShardState:
                 # count windows too); docs/hardening/fraud-fairness.md. Only once the refund
                 # has succeeded, checks included.
                 self.undo.defer(self.fraud.refund, self.payment_facts(payment), amount_minor)
-        transfer = self._new_transfer(ws, Transfer(
-            id=cmd.refund_id, seq=0, kind=Kind.REFUND, debit_account=settlement.id,
-            credit_account=debtor.id, amount_minor=amount_minor, currency=payment.currency,
-            status=status, created_at_ms=cmd.at_ms, partner_id=cmd.partner_id,
-            agreement_id=payment.agreement_id, reference=cmd.reference, creditor_account=debtor.id,
-            reasons=reasons, body_hash=cmd.body_hash,
-            details={"payment_id": payment.id, "reason": cmd.reason},
-        ))
+        transfer = self._new_transfer(
+            ws,
+            Transfer(
+                id=cmd.refund_id,
+                seq=0,
+                kind=Kind.REFUND,
+                debit_account=settlement.id,
+                credit_account=debtor.id,
+                amount_minor=amount_minor,
+                currency=payment.currency,
+                status=status,
+                created_at_ms=cmd.at_ms,
+                partner_id=cmd.partner_id,
+                agreement_id=payment.agreement_id,
+                reference=cmd.reference,
+                creditor_account=debtor.id,
+                reasons=reasons,
+                body_hash=cmd.body_hash,
+                details={"payment_id": payment.id, "reason": cmd.reason},
+            ),
+        )
         return Code.OK, transfer
 
     def execute_funding(self, cmd: FundingCommand, ws: WriteSet) -> tuple[str, Transfer | None]:
@@ -487,18 +605,32 @@ class ShardState:
             return Code.CURRENCY_MISMATCH, None
         funding = self.accounts[FUNDING_ACCOUNT]
         reasons: tuple[str, ...]
-        if account.balance_minor + cmd.amount_minor > INT64_MAX or \
-                funding.balance_minor - cmd.amount_minor < -INT64_MAX:
+        if (
+            account.balance_minor + cmd.amount_minor > INT64_MAX
+            or funding.balance_minor - cmd.amount_minor < -INT64_MAX
+        ):
             status, reasons = Status.REJECTED, (Code.BALANCE_OVERFLOW,)
         else:
             status, reasons = Status.COMPLETED, ()
             self._move(ws, funding, account, cmd.amount_minor)
-        transfer = self._new_transfer(ws, Transfer(
-            id=cmd.transfer_id, seq=0, kind=Kind.FUNDING, debit_account=funding.id,
-            credit_account=account.id, amount_minor=cmd.amount_minor, currency=cmd.currency,
-            status=status, created_at_ms=cmd.at_ms, reference=cmd.reference,
-            creditor_account=account.id, reasons=reasons, body_hash=cmd.body_hash,
-        ))
+        transfer = self._new_transfer(
+            ws,
+            Transfer(
+                id=cmd.transfer_id,
+                seq=0,
+                kind=Kind.FUNDING,
+                debit_account=funding.id,
+                credit_account=account.id,
+                amount_minor=cmd.amount_minor,
+                currency=cmd.currency,
+                status=status,
+                created_at_ms=cmd.at_ms,
+                reference=cmd.reference,
+                creditor_account=account.id,
+                reasons=reasons,
+                body_hash=cmd.body_hash,
+            ),
+        )
         return Code.OK, transfer
 
     def execute_credit(self, leg: CreditLeg, ws: WriteSet) -> str:
@@ -523,18 +655,31 @@ class ShardState:
         # Such a leg is recorded, moving nothing here: the money stays in the source
         # shard's clearing stripe (held in flight), visible to operators and the audit.
         reasons: tuple[str, ...]
-        if creditor.balance_minor + leg.amount_minor > INT64_MAX or \
-                clearing.balance_minor - leg.amount_minor < -INT64_MAX:
+        if (
+            creditor.balance_minor + leg.amount_minor > INT64_MAX
+            or clearing.balance_minor - leg.amount_minor < -INT64_MAX
+        ):
             status, reasons, code = Status.REJECTED, (Code.BALANCE_OVERFLOW,), Code.HELD
         else:
             status, reasons, code = Status.COMPLETED, (), Code.OK
             self._move(ws, clearing, creditor, leg.amount_minor)
-        self._new_transfer(ws, Transfer(
-            id=leg.transfer_id, seq=0, kind=Kind.CREDIT_LEG, debit_account=clearing.id,
-            credit_account=creditor.id, amount_minor=leg.amount_minor, currency=leg.currency,
-            status=status, created_at_ms=leg.at_ms, creditor_account=creditor.id,
-            reference=f"from shard {leg.source_shard}", reasons=reasons,
-        ))
+        self._new_transfer(
+            ws,
+            Transfer(
+                id=leg.transfer_id,
+                seq=0,
+                kind=Kind.CREDIT_LEG,
+                debit_account=clearing.id,
+                credit_account=creditor.id,
+                amount_minor=leg.amount_minor,
+                currency=leg.currency,
+                status=status,
+                created_at_ms=leg.at_ms,
+                creditor_account=creditor.id,
+                reference=f"from shard {leg.source_shard}",
+                reasons=reasons,
+            ),
+        )
         return code
 
     def mark_delivered(self, transfer_id: str, ws: WriteSet, *, held: bool = False) -> None:
@@ -610,8 +755,10 @@ class ShardState:
         undo.on_undo(lambda: self._unindex(agreement))
         self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
-        for index, owner in ((self.agreements_by_partner, agreement.partner_id),
-                             (self.agreements_by_debtor, agreement.debtor_account)):
+        for index, owner in (
+            (self.agreements_by_partner, agreement.partner_id),
+            (self.agreements_by_debtor, agreement.debtor_account),
+        ):
             keys = index.get(owner)
             if keys is None:
                 undo.setitem(index, owner, [key])
@@ -638,15 +785,17 @@ class ShardState:
         ws.agreements.append(agreement)
         return Code.OK
 
-    def transition_agreement(self, agreement_id: str, partner_id: str | None, action: str, actor: str,
-                             at_ms: int, ws: WriteSet) -> tuple[str, Agreement | None]:
+    def transition_agreement(
+        self, agreement_id: str, partner_id: str | None, action: str, actor: str, at_ms: int, ws: WriteSet
+    ) -> tuple[str, Agreement | None]:
         """Apply one lifecycle action. `partner_id` (when the partner asks) must own the
         agreement; the customer's channel (the admin API) passes None."""
         agreement = self.agreements.get(agreement_id)
         if agreement is None or (partner_id is not None and agreement.partner_id != partner_id):
             return Code.AGREEMENT_NOT_FOUND, None
-        code, target = mandates.decide_transition(agreement.status, agreement.valid_to_ms, action, actor, at_ms,
-                                                  agreement.authorise_by_ms)
+        code, target = mandates.decide_transition(
+            agreement.status, agreement.valid_to_ms, action, actor, at_ms, agreement.authorise_by_ms
+        )
         if code != "OK":
             return (Code.SAME if code == "SAME" else code), agreement
         assert target is not None
@@ -663,9 +812,18 @@ class ShardState:
         undo.setitem(ws.agreement_updates, agreement.id, agreement)
         return Code.OK, agreement
 
-    def partner_action(self, partner_id: str, action: str, actor: str, at_ms: int, ws: WriteSet, *,
-                       secret_sha256: str | None = None, overlap_ms: int = 0,
-                       reason: str | None = None) -> tuple[str, dict[str, Any] | None]:
+    def partner_action(
+        self,
+        partner_id: str,
+        action: str,
+        actor: str,
+        at_ms: int,
+        ws: WriteSet,
+        *,
+        secret_sha256: str | None = None,
+        overlap_ms: int = 0,
+        reason: str | None = None,
+    ) -> tuple[str, dict[str, Any] | None]:
         """Cut a partner off, or let it back in: one of PARTNER_ACTIONS. Returns (code, the
         partner's status as partner_status shows it). OK records one audit row (who, when,
         what) in the same batch; SAME (disable when disabled, enable when enabled, retire
@@ -692,13 +850,18 @@ class ShardState:
                 return Code.SAME, partner_status(partner, at_ms)
             changes["disabled_at_ms"] = None
         elif action == "rotate_secret":
-            if type(secret_sha256) is not str or type(overlap_ms) is not int \
-                    or not 0 <= overlap_ms <= SECRET_OVERLAP_MAX_MS:
+            if (
+                type(secret_sha256) is not str
+                or type(overlap_ms) is not int
+                or not 0 <= overlap_ms <= SECRET_OVERLAP_MAX_MS
+            ):
                 raise ValueError("rotate_secret takes secret_sha256 and overlap_ms (0-30 days)")
             until = at_ms + overlap_ms if overlap_ms > 0 else None
-            changes.update(secret_sha256=secret_sha256,
-                           previous_secret_sha256=partner["secret_sha256"] if until is not None else None,
-                           previous_secret_until_ms=until)
+            changes.update(
+                secret_sha256=secret_sha256,
+                previous_secret_sha256=partner["secret_sha256"] if until is not None else None,
+                previous_secret_until_ms=until,
+            )
             details["previous_secret_valid_until_ms"] = until
         elif action == "retire_secret":
             if partner.get("previous_secret_sha256") is None:
@@ -722,13 +885,22 @@ class ShardState:
 
     def partner_cutoffs(self) -> dict[str, list[int | None]]:
         """partner id -> [disabled_at_ms, tokens_valid_after_ms], for every partner with either."""
-        return {partner_id: [p.get("disabled_at_ms"), p.get("tokens_valid_after_ms")]
-                for partner_id, p in self.partners_cache.items()
-                if p.get("disabled_at_ms") is not None or p.get("tokens_valid_after_ms") is not None}
+        return {
+            partner_id: [p.get("disabled_at_ms"), p.get("tokens_valid_after_ms")]
+            for partner_id, p in self.partners_cache.items()
+            if p.get("disabled_at_ms") is not None or p.get("tokens_valid_after_ms") is not None
+        }
 
-    def list_agreements(self, *, partner_id: str | None = None, debtor_account: str | None = None,
-                        status: str | None = None, before: tuple[int, str] | None = None, limit: int,
-                        at_ms: int) -> tuple[list[Agreement], tuple[int, str] | None]:
+    def list_agreements(
+        self,
+        *,
+        partner_id: str | None = None,
+        debtor_account: str | None = None,
+        status: str | None = None,
+        before: tuple[int, str] | None = None,
+        limit: int,
+        at_ms: int,
+    ) -> tuple[list[Agreement], tuple[int, str] | None]:
         """Agreements newest first (by created_at_ms, then id) strictly before `before`, at most
         `limit`, filtered by effective status. Returns (agreements, the key scanning stopped
         at when AGREEMENT_SCAN_MAX ran out before the page filled, else None)."""
@@ -745,8 +917,11 @@ class ShardState:
             agreement = self.agreements[keys[position][1]]
             if debtor_account is not None and agreement.debtor_account != debtor_account:
                 continue
-            if status is None or mandates.effective_status(agreement.status, agreement.valid_to_ms, at_ms,
-                                                           agreement.authorise_by_ms) == status:
+            if (
+                status is None
+                or mandates.effective_status(agreement.status, agreement.valid_to_ms, at_ms, agreement.authorise_by_ms)
+                == status
+            ):
                 found.append(agreement)
         return found, None
 
@@ -769,8 +944,11 @@ class ShardState:
             return True
         for _, agreement_id in self.agreements_by_debtor.get(account_id, ()):
             agreement = self.agreements[agreement_id]
-            if agreement.partner_id == partner_id and mandates.effective_status(
-                    agreement.status, agreement.valid_to_ms, at_ms, agreement.authorise_by_ms) in VISIBLE_STATUSES:
+            if (
+                agreement.partner_id == partner_id
+                and mandates.effective_status(agreement.status, agreement.valid_to_ms, at_ms, agreement.authorise_by_ms)
+                in VISIBLE_STATUSES
+            ):
                 return True
         return False
 
@@ -779,6 +957,9 @@ def partner_status(partner: dict[str, Any], at_ms: int) -> dict[str, Any]:
     """What the admin API shows of a partner's cut-off state (never a secret's digest)."""
     until = partner.get("previous_secret_until_ms")
     overlapping = partner.get("previous_secret_sha256") is not None and until is not None and at_ms < until
-    return {"id": partner["id"], "disabled_at_ms": partner.get("disabled_at_ms"),
-            "tokens_valid_after_ms": partner.get("tokens_valid_after_ms"),
-            "previous_secret_until_ms": until if overlapping else None}
+    return {
+        "id": partner["id"],
+        "disabled_at_ms": partner.get("disabled_at_ms"),
+        "tokens_valid_after_ms": partner.get("tokens_valid_after_ms"),
+        "previous_secret_until_ms": until if overlapping else None,
+    }

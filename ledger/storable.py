@@ -14,9 +14,9 @@ column types take (bigint, text without NUL, jsonb) and what the renderers take 
 `kernel.timestamps`' range, amounts within int64). The reply goes through the shard
 protocol's msgpack encoding and back.
 """
+
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -29,7 +29,7 @@ from .model import Agreement, Transfer
 from .state import WriteSet
 from .undo import UndoLog
 
-__all__ = ["NotStorable", "check_command", "check_value", "check_transfer", "check_agreement"]
+__all__ = ["NotStorable", "check_agreement", "check_command", "check_transfer", "check_value"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # jsonb and text refuse NUL; UTF-8 cannot carry a lone surrogate.
@@ -51,7 +51,7 @@ def _text_ok(value: str) -> bool:
         return False
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError:   # a lone surrogate
+    except UnicodeEncodeError:  # a lone surrogate
         return False
     return True
 
@@ -104,16 +104,36 @@ def check_transfer(transfer: Transfer) -> None:
         raise NotStorable(f"transfer {t.id!r}: {exc}") from None
     if b"\\u0000" in encoded:
         raise NotStorable(f"transfer {t.id!r}: text with NUL")
-    if not (type(t.id) is str and type(t.kind) is str and type(t.debit_account) is str
-            and type(t.credit_account) is str and type(t.currency) is str and type(t.status) is str):
+    if not (
+        type(t.id) is str
+        and type(t.kind) is str
+        and type(t.debit_account) is str
+        and type(t.credit_account) is str
+        and type(t.currency) is str
+        and type(t.status) is str
+    ):
         raise NotStorable(f"transfer {t.id!r}: a required text column is not text")
-    for value in (t.partner_id, t.agreement_id, t.reference, t.creditor_account, t.body_hash, t.device_id, t.ip,
-                  *t.reasons):
+    for value in (
+        t.partner_id,
+        t.agreement_id,
+        t.reference,
+        t.creditor_account,
+        t.body_hash,
+        t.device_id,
+        t.ip,
+        *t.reasons,
+    ):
         if value is not None and type(value) is not str:
             raise NotStorable(f"transfer {t.id!r}: a text column holds {type(value).__name__}")
     amount = t.amount_minor
-    if not (type(amount) is int and 0 < amount <= INT64_MAX and type(t.seq) is int and 0 <= t.seq <= INT64_MAX
-            and type(t.refunded_minor) is int and 0 <= t.refunded_minor <= amount):
+    if not (
+        type(amount) is int
+        and 0 < amount <= INT64_MAX
+        and type(t.seq) is int
+        and 0 <= t.seq <= INT64_MAX
+        and type(t.refunded_minor) is int
+        and 0 <= t.refunded_minor <= amount
+    ):
         raise NotStorable(f"transfer {t.id!r}: an amount or sequence number beyond bigint")
     if not is_representable_ms(t.created_at_ms):
         raise NotStorable(f"transfer {t.id!r}: created_at_ms is not a representable time")
@@ -135,11 +155,28 @@ def check_agreement(agreement: Agreement, at_ms: int) -> None:
     back = pg.row_to_agreement(dict(zip(pg._AGREEMENT_COLUMNS, record)))
     stored = [(limit.period, limit.alignment, limit.amount_minor) for limit in agreement.periodic_limits]
     if [(limit.period, limit.alignment, limit.amount_minor) for limit in back.periodic_limits] != stored or (
-            back.id, back.partner_id, back.debtor_account, back.currency, back.per_payment_limit_minor,
-            back.status, back.created_at_ms, back.valid_from_ms, back.valid_to_ms, back.status_updated_at_ms) != (
-            agreement.id, agreement.partner_id, agreement.debtor_account, agreement.currency,
-            agreement.per_payment_limit_minor, agreement.status, agreement.created_at_ms, agreement.valid_from_ms,
-            agreement.valid_to_ms, agreement.status_updated_at_ms):
+        back.id,
+        back.partner_id,
+        back.debtor_account,
+        back.currency,
+        back.per_payment_limit_minor,
+        back.status,
+        back.created_at_ms,
+        back.valid_from_ms,
+        back.valid_to_ms,
+        back.status_updated_at_ms,
+    ) != (
+        agreement.id,
+        agreement.partner_id,
+        agreement.debtor_account,
+        agreement.currency,
+        agreement.per_payment_limit_minor,
+        agreement.status,
+        agreement.created_at_ms,
+        agreement.valid_from_ms,
+        agreement.valid_to_ms,
+        agreement.status_updated_at_ms,
+    ):
         raise NotStorable(f"agreement {agreement.id!r} does not read back as written")
     # What every reader shows: the effective status and each limit's current window.
     for limit in back.to_wire(at_ms)["periodic_limits"]:
@@ -159,7 +196,7 @@ def check_reply(result: Any) -> None:
 def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, undo: UndoLog) -> None:
     """Everything the command added to `ws` since `mark`, and its reply."""
     accounts, partners, agreements, events, transfers, outbox = mark[:6]
-    step = undo.step        # each check is a step a test can fail (UndoLog.fault_at)
+    step = undo.step  # each check is a step a test can fail (UndoLog.fault_at)
     step()
     rows = ws.transfers
     for index in range(transfers, len(rows)):
@@ -171,8 +208,9 @@ def check_command(ws: WriteSet, mark: tuple[int, ...], result: Any, at_ms: int, 
             _time(leg.at_ms, "outbox.created_at_ms")
     if len(ws.accounts) > accounts:
         for account in ws.accounts[accounts:]:
-            check_value([account.id, account.kind, account.currency, account.partner_id, account.created_at_ms],
-                        "accounts")
+            check_value(
+                [account.id, account.kind, account.currency, account.partner_id, account.created_at_ms], "accounts"
+            )
     if len(ws.partners) > partners:
         for partner in ws.partners[partners:]:
             check_value(partner, "partners")

@@ -24,11 +24,13 @@ deferred effects run at once.
 `fault_at` is for tests: the n-th recorded step raises `InjectedFault`, so a property test
 can fail a decision at each of its steps in turn and check that nothing changed.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["UndoLog", "InjectedFault"]
+__all__ = ["InjectedFault", "UndoLog"]
 
 _MISSING = object()
 _ATTR, _ITEM, _CALL = 0, 1, 2
@@ -39,14 +41,14 @@ class InjectedFault(RuntimeError):
 
 
 class UndoLog:
-    __slots__ = ("_entries", "_deferred", "fault_at", "steps", "active")
+    __slots__ = ("_deferred", "_entries", "active", "fault_at", "steps")
 
     def __init__(self) -> None:
         self._entries: list[tuple[int, Any, Any, Any]] = []
         self._deferred: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self.fault_at: int | None = None   # tests only: fail the n-th step (0-based)
-        self.steps = 0                     # steps recorded since begin (counted only under fault_at)
-        self.active = False                # between begin and commit/rollback
+        self.fault_at: int | None = None  # tests only: fail the n-th step (0-based)
+        self.steps = 0  # steps recorded since begin (counted only under fault_at)
+        self.active = False  # between begin and commit/rollback
 
     def step(self) -> None:
         """One step of a decision; under a test's fault_at, the chosen one raises."""

@@ -8,20 +8,36 @@ fail for the whole batch and stop the worker, so one bad request would cost ever
 partner on the shard. Such a command is refused with BAD_REQUEST, alone, before
 its decision mutates anything. Pure: no I/O.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any
-
 import unicodedata
+from typing import Any
 
 from kernel.money import CURRENCY_EXPONENTS, INT64_MAX
 from kernel.timestamps import TIME_MAX_MS, TIME_MIN_MS
 
 __all__ = [
-    "BadCommand", "ID_MAX", "REFERENCE_MAX", "NAME_MAX", "DEVICE_ID_MAX", "IP_MAX", "HASH_MAX",
-    "INT64_MIN", "INT64_MAX", "ident", "text", "int64", "amount", "currency", "fields",
-    "is_safe_text", "is_storable_text", "UNSAFE_TEXT", "timestamp_ms",
+    "DEVICE_ID_MAX",
+    "HASH_MAX",
+    "ID_MAX",
+    "INT64_MAX",
+    "INT64_MIN",
+    "IP_MAX",
+    "NAME_MAX",
+    "REFERENCE_MAX",
+    "UNSAFE_TEXT",
+    "BadCommand",
+    "amount",
+    "currency",
+    "fields",
+    "ident",
+    "int64",
+    "is_safe_text",
+    "is_storable_text",
+    "text",
+    "timestamp_ms",
 ]
 
 INT64_MIN = -(2**63)
@@ -48,8 +64,12 @@ def is_safe_text(value: object, max_chars: int) -> bool:
     """One line of text as stored: no control characters, at most max_chars, and already
     in Unicode NFC (the gateway normalises before it checks lengths, so a value that is
     not NFC here did not come through it)."""
-    return (type(value) is str and 0 < len(value) <= max_chars
-            and UNSAFE_TEXT.search(value) is None and unicodedata.is_normalized("NFC", value))
+    return (
+        type(value) is str
+        and 0 < len(value) <= max_chars
+        and UNSAFE_TEXT.search(value) is None
+        and unicodedata.is_normalized("NFC", value)
+    )
 
 
 def is_storable_text(value: object) -> bool:

@@ -8,6 +8,7 @@ answers. While one batch commits, the next is decided, so CPU and fsync overlap.
 A failed write stops the process: memory may be ahead of the database, and the
 restart reloads the truth from PostgreSQL (fail-stop, like TigerBeetle).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,9 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -25,25 +27,55 @@ import msgspec
 from kernel.ids import is_striped, settlement_account_for
 
 from . import pg
+from . import validate as v
+from .agreements import (
+    ACTORS,
+    ALIGNMENTS,
+    PENDING_EXPIRY_S,
+    PERIODIC_LIMITS_MAX,
+    PERIODS,
+    AgreementStatus,
+    PeriodicLimit,
+)
 from .client import ShardClient
+from .fraud_port import FraudAdapter
 from .handshake import HANDSHAKE_TIMEOUT_S, HandshakeError, ServerHandshake, cluster_secret
 from .idfilter import IdFilter
 from .model import (
-    Account, Agreement, Code, CreditLeg, FundingCommand, LedgerInvariantError, PaymentCommand, RefundCommand, Transfer,
+    Account,
+    Agreement,
+    Code,
+    CreditLeg,
+    FundingCommand,
+    LedgerInvariantError,
+    PaymentCommand,
+    RefundCommand,
+    Transfer,
 )
 from .protocol import FrameDecoder, FrameError, encode_frame, encode_frames, parse_address
 from .relay import Relay
-from .fraud_port import FraudAdapter
-from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS, AgreementStatus, PeriodicLimit
-from .state import (PARTNER_ACTIONS, PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS,
-                    SECRET_OVERLAP_MAX_MS, ShardState, WriteSet)
-from .storable import check_command
-from .agreements import PENDING_EXPIRY_S
-from . import validate as v
 from .rows import QUARANTINE, RowError, check_windows, decode_alert
-from .writable import COMMIT_STALL_S, COMMIT_TIMEOUT_S, HEARTBEAT_INTERVAL_S, NoWritableHost, connect_writable, probe_commit, split_hosts
+from .state import (
+    PARTNER_ACTIONS,
+    PENDING_PER_ACCOUNT_MAX,
+    PENDING_PER_PARTNER_MAX,
+    REFUND_WINDOW_DAYS,
+    SECRET_OVERLAP_MAX_MS,
+    ShardState,
+    WriteSet,
+)
+from .storable import check_command
+from .writable import (
+    COMMIT_STALL_S,
+    COMMIT_TIMEOUT_S,
+    HEARTBEAT_INTERVAL_S,
+    NoWritableHost,
+    connect_writable,
+    probe_commit,
+    split_hosts,
+)
 
-__all__ = ["WorkerConfig", "ShardWorker", "run_worker"]
+__all__ = ["ShardWorker", "WorkerConfig", "run_worker"]
 
 log = logging.getLogger("quickpay.shard")
 
@@ -65,9 +97,8 @@ _SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 # A starting worker waits this long for its PostgreSQL to accept connections (it may
 # be restarting after a crash and replaying its WAL) before it gives up and exits.
 DB_WAIT_S = 60.0
-_DB_NOT_YET = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
-               asyncpg.ConnectionDoesNotExistError)
-_HOT_PATH_SETTINGS = ("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off")
+_DB_NOT_YET = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError)
+_HOT_PATH_SETTINGS = "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off"
 
 
 # Bounds of the pending-agreement settings: a wait of at most 30 days, caps of at most 10 million.
@@ -88,7 +119,7 @@ class WorkerConfig:
     transfer_cache_max: int = 1_000_000
     rules_path: str | None = None
     no_rules: bool = False
-    ledger_mode: str = "batched"   # "naive": one transaction per payment (benchmark baseline)
+    ledger_mode: str = "batched"  # "naive": one transaction per payment (benchmark baseline)
     # Authenticates every shard-protocol connection, both ways; default QUICKPAY_CLUSTER_SECRET.
     cluster_secret: bytes | None = None
     refund_window_days: int = REFUND_WINDOW_DAYS
@@ -159,7 +190,7 @@ async def _connect_writer_waiting(dsn: str, wait_s: float = DB_WAIT_S) -> tuple[
 
 
 class _ServerProtocol(asyncio.Protocol):
-    def __init__(self, worker: "ShardWorker") -> None:
+    def __init__(self, worker: ShardWorker) -> None:
         self.worker = worker
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
@@ -175,7 +206,8 @@ class _ServerProtocol(asyncio.Protocol):
         # cluster secret; a peer that does not within the timeout is cut off.
         self.handshake = ServerHandshake(self.worker.cluster_secret)
         self.handshake_timer = asyncio.get_running_loop().call_later(
-            HANDSHAKE_TIMEOUT_S, self._refuse, "no handshake within the timeout")
+            HANDSHAKE_TIMEOUT_S, self._refuse, "no handshake within the timeout"
+        )
         transport.write(self.handshake.hello())  # type: ignore[attr-defined]
 
     def _refuse(self, reason: str) -> None:
@@ -220,12 +252,17 @@ class _ServerProtocol(asyncio.Protocol):
             self.transport.close()
             return
         for message in messages:
-            if (type(message) is not list or len(message) != 3 or type(message[0]) is not int
-                    or type(message[1]) is not str):
+            if (
+                type(message) is not list
+                or len(message) != 3
+                or type(message[0]) is not int
+                or type(message[1]) is not str
+            ):
                 # Not [request_id, op, args]: answer if it can be addressed, never raise here.
                 if type(message) is list and message and type(message[0]) is int:
-                    self._replier(message[0])(False, {"code": "BAD_REQUEST",
-                                                      "message": "a request is [request_id, op, args]"})
+                    self._replier(message[0])(
+                        False, {"code": "BAD_REQUEST", "message": "a request is [request_id, op, args]"}
+                    )
                 continue
             self.worker.dispatch(message[1], message[2], self._replier(message[0]))
 
@@ -235,6 +272,7 @@ class _ServerProtocol(asyncio.Protocol):
             if not self.flush_scheduled:
                 self.flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
+
         return reply
 
     def _flush(self) -> None:
@@ -245,8 +283,17 @@ class _ServerProtocol(asyncio.Protocol):
             frames, failures = encode_frames(outgoing)
             for index, error in failures:
                 log.error("answer to request %s cannot be encoded: %s", outgoing[index][0], error)
-                frames.append(encode_frame([(outgoing[index][0], False, {
-                    "code": "INTERNAL", "message": "the answer could not be encoded"})]))
+                frames.append(
+                    encode_frame(
+                        [
+                            (
+                                outgoing[index][0],
+                                False,
+                                {"code": "INTERNAL", "message": "the answer could not be encoded"},
+                            )
+                        ]
+                    )
+                )
             for frame in frames:
                 self.transport.write(frame)
 
@@ -266,12 +313,15 @@ class ShardWorker:
         self.config = config
         self.cluster_secret = cluster_secret(config.cluster_secret)
         self.clock_ms = clock_ms
-        self.state = ShardState(config.shard, config.shard_count,
-                                transfer_cache_max=config.transfer_cache_max,
-                                refund_window_days=config.refund_window_days,
-                                pending_expiry_s=config.pending_expiry_s,
-                                pending_per_account_max=config.pending_per_account_max,
-                                pending_per_partner_max=config.pending_per_partner_max)
+        self.state = ShardState(
+            config.shard,
+            config.shard_count,
+            transfer_cache_max=config.transfer_cache_max,
+            refund_window_days=config.refund_window_days,
+            pending_expiry_s=config.pending_expiry_s,
+            pending_per_account_max=config.pending_per_account_max,
+            pending_per_partner_max=config.pending_per_partner_max,
+        )
         # Names this run of the worker in `partner_cutoffs` answers, so a gateway that last
         # saw version n of a previous run reads the markers again after a restart.
         self.cutoff_epoch = os.urandom(8).hex()
@@ -302,10 +352,10 @@ class ShardWorker:
         self.last_commit_ok_s = time.monotonic()
         # Ids that are certainly new skip the prefetch (ledger/idfilter.py); None: off.
         self.id_filter: IdFilter | None = None
-        self.prefetch_lookups = 0       # ids looked up in PostgreSQL
-        self.prefetch_skipped = 0       # ids the filter proved new
-        self.decide_failures = 0        # commands rolled back because deciding or checking them raised
-        self.effect_failures = 0        # deferred effects (fraud window records) that raised
+        self.prefetch_lookups = 0  # ids looked up in PostgreSQL
+        self.prefetch_skipped = 0  # ids the filter proved new
+        self.decide_failures = 0  # commands rolled back because deciding or checking them raised
+        self.effect_failures = 0  # deferred effects (fraud window records) that raised
         self.committed_transfers = 0
         self.closing = False
         # Stored transfer ids whose rows cannot be read (ledger/rows.py): they exist, so a
@@ -325,15 +375,13 @@ class ShardWorker:
             # closes this connection itself when a commit hangs, and says why before it stops.
             self.heartbeat_conn = await _connect_waiting(dsn)
             self.tasks.append(asyncio.get_running_loop().create_task(self._commit_heartbeat()))
-        got_lock = await self.write_conn.fetchval(
-            "SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
+        got_lock = await self.write_conn.fetchval("SELECT pg_try_advisory_lock($1)", pg.ADVISORY_LOCK_BASE + cfg.shard)
         if not got_lock:
-            self.closing = True         # our own close: not a lost connection
+            self.closing = True  # our own close: not a lost connection
             await self.write_conn.close()
             raise SystemExit(f"shard {cfg.shard} already has a writer (advisory lock held); refusing to start")
         await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
-        self.read_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4,
-                                                   server_settings=_SERVER_SETTINGS)
+        self.read_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings=_SERVER_SETTINGS)
         # The batcher's own connection: a pool's acquire/reset would cost two more
         # round trips on every batch.
         self.prefetch_conn = await _connect_waiting(dsn)
@@ -342,13 +390,15 @@ class ShardWorker:
         await pg.load_state(self.write_conn, self.state, self.clock_ms())
         if cfg.ledger_mode == "naive":
             from .naive import NAIVE_POOL_SIZE
+
             # The journal's seq is otherwise assigned by the single writer; naive
             # transactions run concurrently and take it from a sequence instead.
             await self.write_conn.execute(
-                f"CREATE SEQUENCE IF NOT EXISTS naive_seq START {self.state.next_seq + 1_000_000_000}")
-            self.naive_pool = await asyncpg.create_pool(dsn, min_size=NAIVE_POOL_SIZE,
-                                                        max_size=NAIVE_POOL_SIZE,
-                                                        server_settings=_SERVER_SETTINGS)
+                f"CREATE SEQUENCE IF NOT EXISTS naive_seq START {self.state.next_seq + 1_000_000_000}"
+            )
+            self.naive_pool = await asyncpg.create_pool(
+                dsn, min_size=NAIVE_POOL_SIZE, max_size=NAIVE_POOL_SIZE, server_settings=_SERVER_SETTINGS
+            )
         else:
             if os.environ.get("QUICKPAY_ID_FILTER", "on") != "off":
                 await self._load_id_filter()
@@ -379,9 +429,14 @@ class ShardWorker:
             os.chmod(path, 0o600)  # only this user may connect (the directory is 0700 too)
         else:
             self.server = await loop.create_server(lambda: _ServerProtocol(self), kind, int(where))
-        log.info("shard %s ready on %s: %d accounts, %d agreements, next seq %d",
-                 cfg.shard, cfg.listen, len(self.state.accounts), len(self.state.agreements),
-                 self.state.next_seq)
+        log.info(
+            "shard %s ready on %s: %d accounts, %d agreements, next seq %d",
+            cfg.shard,
+            cfg.listen,
+            len(self.state.accounts),
+            len(self.state.agreements),
+            self.state.next_seq,
+        )
 
     async def _load_id_filter(self) -> None:
         assert self.write_conn is not None
@@ -391,14 +446,19 @@ class ShardWorker:
             async for row in self.write_conn.cursor("SELECT id FROM transfers", prefetch=ID_FILTER_FETCH_ROWS):
                 ids.add(row[0])
         self.id_filter = ids
-        log.info("shard %s: transfer id filter of %d ids built in %.2fs (%s)", self.config.shard, len(ids),
-                 time.monotonic() - started, ids.stats())
+        log.info(
+            "shard %s: transfer id filter of %d ids built in %.2fs (%s)",
+            self.config.shard,
+            len(ids),
+            time.monotonic() - started,
+            ids.stats(),
+        )
 
     async def _start_fraud(self) -> None:
         self.fraud_admin = FraudAdapter(self)
         await self.fraud_admin.start()
 
-    def _on_pipeline_task_done(self, task: "asyncio.Task[None]") -> None:
+    def _on_pipeline_task_done(self, task: asyncio.Task[None]) -> None:
         # The batcher and the writer never return. If one dies (a broken invariant in a
         # decision, say), memory may hold half-applied work: stop, and let the restart
         # reload the truth from PostgreSQL, instead of lingering without serving.
@@ -415,8 +475,7 @@ class ShardWorker:
         # database and reloads the truth, and callers retry with the same key.
         if self.closing:
             return
-        log.error("shard %s lost its PostgreSQL connection; stopping so that the restart reconnects",
-                  self.config.shard)
+        log.error("shard %s lost its PostgreSQL connection; stopping so that the restart reconnects", self.config.shard)
         logging.shutdown()
         os._exit(70)
 
@@ -431,11 +490,16 @@ class ShardWorker:
                 assert self.heartbeat_conn is not None
                 await probe_commit(self.heartbeat_conn, COMMIT_TIMEOUT_S)
                 self.last_commit_ok_s = time.monotonic()
-            except Exception as exc:    # noqa: BLE001 - any failure means: choose again
+            except Exception as exc:
                 if self.closing:
                     return
-                log.error("shard %s: its PostgreSQL did not commit within %.0fs (%r); stopping so that "
-                          "the restart finds the server that commits", self.config.shard, COMMIT_TIMEOUT_S, exc)
+                log.error(
+                    "shard %s: its PostgreSQL did not commit within %.0fs (%r); stopping so that "
+                    "the restart finds the server that commits",
+                    self.config.shard,
+                    COMMIT_TIMEOUT_S,
+                    exc,
+                )
                 # (A lost connection ends here too: the same remedy.)
                 logging.shutdown()
                 os._exit(70)
@@ -479,8 +543,10 @@ class ShardWorker:
                 return
             if op == "pay" and self.naive_pool is not None:
                 from .naive import naive_pay
+
                 asyncio.get_running_loop().create_task(
-                    self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply))
+                    self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply)
+                )
                 return
             self.enqueue(op, args, reply)
             return
@@ -525,8 +591,18 @@ class ShardWorker:
             now_ms = self.clock_ms()
             for op, args, reply in items:
                 if self.unreadable_ids and any(i in self.unreadable_ids for i in _referenced_ids(op, args)):
-                    replies.append((reply, (False, {"code": "STORED_ROW_UNREADABLE", "message":
-                                                    "a stored transfer this names cannot be read (quarantined)"})))
+                    replies.append(
+                        (
+                            reply,
+                            (
+                                False,
+                                {
+                                    "code": "STORED_ROW_UNREADABLE",
+                                    "message": "a stored transfer this names cannot be read (quarantined)",
+                                },
+                            ),
+                        )
+                    )
                     continue
                 replies.append((reply, self._decide_one(op, args, ws, now_ms)))
             # Only now, with every command of the batch decided: evicting while deciding
@@ -589,7 +665,7 @@ class ShardWorker:
             assert self.prefetch_conn is not None
             transfers = self.state.transfers
             if len(self.unreadable_ids) >= UNREADABLE_IDS_MAX:
-                self.unreadable_ids.clear()       # found again by the next prefetch that needs one
+                self.unreadable_ids.clear()  # found again by the next prefetch that needs one
             for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing, self.unreadable_ids):
                 if transfer.id not in transfers:
                     self.state.remember(transfer)
@@ -618,8 +694,9 @@ class ShardWorker:
             self.pipeline_slots.release()
             for reply, (ok, result) in replies:
                 reply(ok, result)
-            self.batch_timings.append((len(replies), decided - started, writing - decided, written - writing,
-                                       time.monotonic() - started))
+            self.batch_timings.append(
+                (len(replies), decided - started, writing - decided, written - writing, time.monotonic() - started)
+            )
             if ws.outbox and self.relay is not None:
                 self.relay.enqueue([(leg, ws.targets[leg.transfer_id]) for leg in ws.outbox])
 
@@ -655,14 +732,25 @@ def _payment_result(code: str, transfer: Transfer | None) -> tuple[bool, Any]:
 # refuse (a NUL, a surrogate, an int beyond int64, an unknown currency) never reaches
 # the prefetch, the decision or the batch write: it is answered BAD_REQUEST alone.
 def _check_pay(worker: ShardWorker, args: Any) -> None:
-    v.fields(args, "payment_id", "partner_id", "agreement_id", "amount_minor", "currency",
-             "creditor_account", "creditor_shard", "reference", "body_hash")
+    v.fields(
+        args,
+        "payment_id",
+        "partner_id",
+        "agreement_id",
+        "amount_minor",
+        "currency",
+        "creditor_account",
+        "creditor_shard",
+        "reference",
+        "body_hash",
+    )
     for key in ("payment_id", "partner_id", "agreement_id", "creditor_account"):
         v.ident(args, key)
     v.amount(args, "amount_minor")
     v.currency(args)
-    if v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1) != worker.config.shard \
-            and is_striped(args["creditor_account"]):
+    if v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1) != worker.config.shard and is_striped(
+        args["creditor_account"]
+    ):
         # A striped account is credited on the debtor's shard; a leg to another shard's
         # clearing stripe would write a transfer from clearing to clearing there.
         raise v.BadCommand("a striped account is never credited across shards")
@@ -805,7 +893,8 @@ def _check_refund(worker: ShardWorker, args: Any) -> None:
 
 def _check_settings(worker: ShardWorker, args: Any) -> None:
     if type(args) is not dict or not all(
-            v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()):
+        v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()
+    ):
         raise v.BadCommand("settings take a map of text keys to text values without NUL")
 
 
@@ -820,30 +909,52 @@ def _check_fraud(worker: ShardWorker, args: Any) -> None:
 
 
 _CHECKS: dict[str, Callable[[ShardWorker, Any], None]] = {
-    "pay": _check_pay, "fund": _check_fund, "credit": _check_credit, "delivered": _check_delivered,
+    "pay": _check_pay,
+    "fund": _check_fund,
+    "credit": _check_credit,
+    "delivered": _check_delivered,
     "delivered_held": _check_delivered,
-    "open_accounts": _check_open_accounts, "create_partner": _check_create_partner,
-    "create_agreement": _check_create_agreement, "settings": _check_settings, "fraud": _check_fraud,
-    "agreement_action": _check_agreement_action, "refund": _check_refund,
-    "partner_rate_limit": _check_partner_rate_limit, "partner_action": _check_partner_action,
+    "open_accounts": _check_open_accounts,
+    "create_partner": _check_create_partner,
+    "create_agreement": _check_create_agreement,
+    "settings": _check_settings,
+    "fraud": _check_fraud,
+    "agreement_action": _check_agreement_action,
+    "refund": _check_refund,
+    "partner_rate_limit": _check_partner_rate_limit,
+    "partner_action": _check_partner_action,
 }
 
 
 # ---- deciders (synchronous; called only by the batcher, on checked commands) -----
 def _decide_pay(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     cmd = PaymentCommand(
-        payment_id=args["payment_id"], partner_id=args["partner_id"],
-        agreement_id=args["agreement_id"], amount_minor=args["amount_minor"],
-        currency=args["currency"], creditor_account=args["creditor_account"],
-        creditor_shard=args["creditor_shard"], reference=args["reference"],
-        body_hash=args["body_hash"], at_ms=now_ms, device_id=args.get("device_id"),
-        ip=args.get("ip"))
+        payment_id=args["payment_id"],
+        partner_id=args["partner_id"],
+        agreement_id=args["agreement_id"],
+        amount_minor=args["amount_minor"],
+        currency=args["currency"],
+        creditor_account=args["creditor_account"],
+        creditor_shard=args["creditor_shard"],
+        reference=args["reference"],
+        body_hash=args["body_hash"],
+        at_ms=now_ms,
+        device_id=args.get("device_id"),
+        ip=args.get("ip"),
+    )
     return _payment_result(*worker.state.execute_payment(cmd, ws))
 
 
 def _decide_fund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    cmd = FundingCommand(args["transfer_id"], args["account_id"], args["amount_minor"],
-                         args["currency"], args["reference"], args["body_hash"], now_ms)
+    cmd = FundingCommand(
+        args["transfer_id"],
+        args["account_id"],
+        args["amount_minor"],
+        args["currency"],
+        args["reference"],
+        args["body_hash"],
+        now_ms,
+    )
     return _payment_result(*worker.state.execute_funding(cmd, ws))
 
 
@@ -851,8 +962,7 @@ def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: i
     codes = []
     held_ids = []
     for transfer_id, source, creditor, amount_minor, currency, at_ms in args:
-        code = worker.state.execute_credit(
-            CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws)
+        code = worker.state.execute_credit(CreditLeg(transfer_id, source, creditor, amount_minor, currency, at_ms), ws)
         codes.append(code)
         if code == Code.HELD:
             held_ids.append(transfer_id)
@@ -860,8 +970,7 @@ def _decide_credit(worker: ShardWorker, args: list[Any], ws: WriteSet, now_ms: i
     # HELD legs are recorded (acknowledged) but moved nothing: see Code.HELD. Their ids go
     # back to the debtor shard, whose payment then stays InProcess instead of Completed.
     applied, held = codes.count(Code.OK), len(held_ids)
-    return True, {"applied": applied, "held": held, "held_ids": held_ids,
-                  "replayed": len(codes) - applied - held}
+    return True, {"applied": applied, "held": held, "held_ids": held_ids, "replayed": len(codes) - applied - held}
 
 
 def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
@@ -870,59 +979,73 @@ def _decide_delivered(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms
     return True, None
 
 
-def _decide_delivered_held(worker: ShardWorker, args: list[str], ws: WriteSet,
-                           now_ms: int) -> tuple[bool, Any]:
+def _decide_delivered_held(worker: ShardWorker, args: list[str], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     for transfer_id in args:
         worker.state.mark_delivered(transfer_id, ws, held=True)
     return True, None
 
 
-def _decide_open_accounts(worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet,
-                          now_ms: int) -> tuple[bool, Any]:
+def _decide_open_accounts(
+    worker: ShardWorker, args: list[dict[str, Any]], ws: WriteSet, now_ms: int
+) -> tuple[bool, Any]:
     created = 0
     for a in args:
-        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False,
-                          a.get("partner_id"), now_ms)
+        account = Account(a["id"], a.get("kind", "customer"), a["currency"], 0, False, a.get("partner_id"), now_ms)
         created += worker.state.open_account(account, ws)
     return True, {"created": created}
 
 
-def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
-                           now_ms: int) -> tuple[bool, Any]:
-    partner = {"id": args["id"], "name": args["name"], "secret_sha256": args["secret_sha256"],
-               "settlement_account": args["settlement_account"], "created_at_ms": now_ms,
-               "rate_limit_rps": None, "rate_limit_burst": None, "previous_secret_sha256": None,
-               "previous_secret_until_ms": None, "disabled_at_ms": None, "tokens_valid_after_ms": None}
+def _decide_create_partner(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+    partner = {
+        "id": args["id"],
+        "name": args["name"],
+        "secret_sha256": args["secret_sha256"],
+        "settlement_account": args["settlement_account"],
+        "created_at_ms": now_ms,
+        "rate_limit_rps": None,
+        "rate_limit_burst": None,
+        "previous_secret_sha256": None,
+        "previous_secret_until_ms": None,
+        "disabled_at_ms": None,
+        "tokens_valid_after_ms": None,
+    }
     ws.partners.append(partner)
     worker.state.undo.setitem(worker.state.partners_cache, args["id"], partner)
     return True, {"id": args["id"]}
 
 
-def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
-                             now_ms: int) -> tuple[bool, Any]:
+def _decide_create_agreement(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     existing = worker.state.agreements.get(args["id"])
     if existing is not None:
         return True, {"code": "EXISTS", "agreement": existing.to_wire(now_ms)}
-    agreement = Agreement(args["id"], args["partner_id"], args["debtor_account"], args["currency"],
-                          args["per_payment_limit_minor"],
-                          [PeriodicLimit(period, alignment, amount) for period, alignment, amount
-                           in args["periodic_limits"]],
-                          AgreementStatus.AWAITING, now_ms, args.get("valid_from_ms"), args.get("valid_to_ms"))
+    agreement = Agreement(
+        args["id"],
+        args["partner_id"],
+        args["debtor_account"],
+        args["currency"],
+        args["per_payment_limit_minor"],
+        [PeriodicLimit(period, alignment, amount) for period, alignment, amount in args["periodic_limits"]],
+        AgreementStatus.AWAITING,
+        now_ms,
+        args.get("valid_from_ms"),
+        args.get("valid_to_ms"),
+    )
     code = worker.state.create_agreement(agreement, ws)
     if code == Code.OK:
         ws.agreement_events.append((agreement.id, None, AgreementStatus.AWAITING, "partner", now_ms))
     return True, {"code": code, "agreement": agreement.to_wire(now_ms) if code == Code.OK else None}
 
 
-def _decide_agreement_action(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
-                             now_ms: int) -> tuple[bool, Any]:
+def _decide_agreement_action(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     code, agreement = worker.state.transition_agreement(
-        args["id"], args.get("partner_id"), args["action"], args["actor"], now_ms, ws)
+        args["id"], args.get("partner_id"), args["action"], args["actor"], now_ms, ws
+    )
     return True, {"code": code, "agreement": agreement.to_wire(now_ms) if agreement is not None else None}
 
 
-def _decide_partner_rate_limit(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
-                               now_ms: int) -> tuple[bool, Any]:
+def _decide_partner_rate_limit(
+    worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int
+) -> tuple[bool, Any]:
     undo = worker.state.undo
     undo.setitem(ws.partner_limits, args["id"], (args["requests_per_s"], args["burst"]))
     cached = worker.state.partners_cache.get(args["id"])
@@ -932,17 +1055,31 @@ def _decide_partner_rate_limit(worker: ShardWorker, args: dict[str, Any], ws: Wr
     return True, {"id": args["id"], "requests_per_s": args["requests_per_s"], "burst": args["burst"]}
 
 
-def _decide_partner_action(worker: ShardWorker, args: dict[str, Any], ws: WriteSet,
-                           now_ms: int) -> tuple[bool, Any]:
+def _decide_partner_action(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     code, status = worker.state.partner_action(
-        args["id"], args["action"], args["actor"], now_ms, ws, secret_sha256=args.get("secret_sha256"),
-        overlap_ms=args.get("overlap_ms", 0), reason=args.get("reason"))
+        args["id"],
+        args["action"],
+        args["actor"],
+        now_ms,
+        ws,
+        secret_sha256=args.get("secret_sha256"),
+        overlap_ms=args.get("overlap_ms", 0),
+        reason=args.get("reason"),
+    )
     return True, {"code": code, "partner": status}
 
 
 def _decide_refund(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
-    cmd = RefundCommand(args["refund_id"], args["partner_id"], args["payment_id"], args.get("amount_minor"),
-                        args.get("reason"), args.get("reference"), args["body_hash"], now_ms)
+    cmd = RefundCommand(
+        args["refund_id"],
+        args["partner_id"],
+        args["payment_id"],
+        args.get("amount_minor"),
+        args.get("reason"),
+        args.get("reference"),
+        args["body_hash"],
+        now_ms,
+    )
     return _payment_result(*worker.state.execute_refund(cmd, ws))
 
 
@@ -959,13 +1096,20 @@ def _decide_fraud(worker: ShardWorker, args: dict[str, Any], ws: WriteSet, now_m
 
 
 _DECIDERS: dict[str, Callable[[ShardWorker, Any, WriteSet, int], tuple[bool, Any]]] = {
-    "pay": _decide_pay, "fund": _decide_fund, "credit": _decide_credit,
-    "delivered": _decide_delivered, "delivered_held": _decide_delivered_held,
+    "pay": _decide_pay,
+    "fund": _decide_fund,
+    "credit": _decide_credit,
+    "delivered": _decide_delivered,
+    "delivered_held": _decide_delivered_held,
     "open_accounts": _decide_open_accounts,
-    "create_partner": _decide_create_partner, "create_agreement": _decide_create_agreement,
-    "settings": _decide_settings, "fraud": _decide_fraud,
-    "agreement_action": _decide_agreement_action, "refund": _decide_refund,
-    "partner_rate_limit": _decide_partner_rate_limit, "partner_action": _decide_partner_action,
+    "create_partner": _decide_create_partner,
+    "create_agreement": _decide_create_agreement,
+    "settings": _decide_settings,
+    "fraud": _decide_fraud,
+    "agreement_action": _decide_agreement_action,
+    "refund": _decide_refund,
+    "partner_rate_limit": _decide_partner_rate_limit,
+    "partner_action": _decide_partner_action,
 }
 _WRITE_OPS = frozenset(_DECIDERS)
 # A decider raising one of these met a value it cannot decide or store: the command's own
@@ -1003,8 +1147,11 @@ def _timing_summary(timings: Any) -> dict[str, Any]:
         values = sorted(row[index] for row in rows)
         return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 3)
 
-    summary: dict[str, Any] = {"count": len(rows), "commands_mean": round(sum(r[0] for r in rows) / len(rows), 1),
-                               "commands_max": max(r[0] for r in rows)}
+    summary: dict[str, Any] = {
+        "count": len(rows),
+        "commands_mean": round(sum(r[0] for r in rows) / len(rows), 1),
+        "commands_max": max(r[0] for r in rows),
+    }
     for index, stage in ((1, "decide_ms"), (2, "wait_writer_ms"), (3, "write_ms"), (4, "cycle_ms")):
         summary[stage] = {"p50": pct(index, 0.5), "p99": pct(index, 0.99)}
     return summary
@@ -1016,25 +1163,33 @@ def _relay_lag_ms(worker: ShardWorker) -> int:
 
 
 def _read_ping(worker: ShardWorker, args: Any) -> Any:
-    return {"shard": worker.config.shard, "shard_count": worker.config.shard_count,
-            "queue": len(worker.queue), "relay_pending": worker.relay.pending if worker.relay else 0,
-            "relay_lag_ms": _relay_lag_ms(worker),
-            # The relay's tasks are supervised in-process: their restarts, a crash loop.
-            "relay": worker.relay.health() if worker.relay is not None else None,
-            "committed_batches": worker.committed_batches,
-            "committed_transfers": worker.committed_transfers,
-            # Commands refused whole after their decision or its round-trip check raised.
-            "decide_failures": worker.decide_failures, "effect_failures": worker.effect_failures,
-            "batches": _timing_summary(worker.batch_timings),
-            "prefetch": {"looked_up": worker.prefetch_lookups, "proved_new": worker.prefetch_skipped,
-                         "id_filter": worker.id_filter.stats() if worker.id_filter is not None else None},
-            # Which rule set this shard enforces, and whether a stored one failed to build.
-            "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None,
-            # Replicated: seconds since the heartbeat last committed, when that is too long
-            # (its server may be cut off; the worker stops at COMMIT_TIMEOUT_S).
-            "commit_stalled_s": _commit_stalled_s(worker),
-            # Rows this worker's readers skipped (ledger/rows.py): [[reader, table, count], ...].
-            "quarantined": QUARANTINE.summary()}
+    return {
+        "shard": worker.config.shard,
+        "shard_count": worker.config.shard_count,
+        "queue": len(worker.queue),
+        "relay_pending": worker.relay.pending if worker.relay else 0,
+        "relay_lag_ms": _relay_lag_ms(worker),
+        # The relay's tasks are supervised in-process: their restarts, a crash loop.
+        "relay": worker.relay.health() if worker.relay is not None else None,
+        "committed_batches": worker.committed_batches,
+        "committed_transfers": worker.committed_transfers,
+        # Commands refused whole after their decision or its round-trip check raised.
+        "decide_failures": worker.decide_failures,
+        "effect_failures": worker.effect_failures,
+        "batches": _timing_summary(worker.batch_timings),
+        "prefetch": {
+            "looked_up": worker.prefetch_lookups,
+            "proved_new": worker.prefetch_skipped,
+            "id_filter": worker.id_filter.stats() if worker.id_filter is not None else None,
+        },
+        # Which rule set this shard enforces, and whether a stored one failed to build.
+        "fraud": worker.fraud_admin.status() if worker.fraud_admin is not None else None,
+        # Replicated: seconds since the heartbeat last committed, when that is too long
+        # (its server may be cut off; the worker stops at COMMIT_TIMEOUT_S).
+        "commit_stalled_s": _commit_stalled_s(worker),
+        # Rows this worker's readers skipped (ledger/rows.py): [[reader, table, count], ...].
+        "quarantined": QUARANTINE.summary(),
+    }
 
 
 def _commit_stalled_s(worker: ShardWorker) -> float | None:
@@ -1056,12 +1211,16 @@ def _read_balance(worker: ShardWorker, args: dict[str, Any]) -> Any:
     partner = args.get("partner_id")
     if account is None or (partner is not None and not worker.state.can_see(partner, account.id, worker.clock_ms())):
         return None
-    return {"id": account.id, "kind": account.kind, "currency": account.currency,
-            "balance_minor": account.committed_balance_minor}
+    return {
+        "id": account.id,
+        "kind": account.kind,
+        "currency": account.currency,
+        "balance_minor": account.committed_balance_minor,
+    }
 
 
 AGREEMENT_HISTORY_MAX = 50
-AGREEMENTS_PAGE_MAX = 201     # the gateway asks for its page size (200 at most) plus one
+AGREEMENTS_PAGE_MAX = 201  # the gateway asks for its page size (200 at most) plus one
 
 
 async def _read_agreement_async(worker: ShardWorker, wire: dict[str, Any]) -> Any:
@@ -1078,7 +1237,7 @@ def _read_agreement(worker: ShardWorker, args: dict[str, Any]) -> Any:
     now_ms = worker.clock_ms()
     try:
         check_windows(agreement, now_ms)
-    except RowError as exc:     # answered as an error (500), not as "no such agreement"
+    except RowError as exc:  # answered as an error (500), not as "no such agreement"
         QUARANTINE.skip("shard_read", exc, worker.config.shard)
         raise
     wire = agreement.to_wire(now_ms)
@@ -1097,10 +1256,17 @@ def _read_agreements(worker: ShardWorker, args: dict[str, Any]) -> Any:
     key = (int(before[0]), str(before[1])) if before is not None else None
     now_ms = worker.clock_ms()
     found, stopped_at = worker.state.list_agreements(
-        partner_id=partner_id, debtor_account=debtor, status=status, before=key,
-        limit=max(1, min(int(args.get("limit", 50)), AGREEMENTS_PAGE_MAX)), at_ms=now_ms)
-    return {"agreements": [a.to_wire(now_ms) for a in found if _readable_at(worker, a, now_ms)],
-            "stopped_at": list(stopped_at) if stopped_at is not None else None}
+        partner_id=partner_id,
+        debtor_account=debtor,
+        status=status,
+        before=key,
+        limit=max(1, min(int(args.get("limit", 50)), AGREEMENTS_PAGE_MAX)),
+        at_ms=now_ms,
+    )
+    return {
+        "agreements": [a.to_wire(now_ms) for a in found if _readable_at(worker, a, now_ms)],
+        "stopped_at": list(stopped_at) if stopped_at is not None else None,
+    }
 
 
 def _readable_at(worker: ShardWorker, agreement: Any, at_ms: int) -> bool:
@@ -1192,9 +1358,12 @@ async def _read_alerts_async(worker: ShardWorker, limit: int) -> Any:
     assert worker.read_pool is not None
     async with worker.read_pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT id, rule, account, at_ms, details FROM alerts ORDER BY at_ms DESC LIMIT $1", limit)
-    return [{"alert_id": r["id"], "rule": r["rule"], "account": r["account"], "at_ms": r["at_ms"],
-             "details": r["details"]} for r in QUARANTINE.decode_all("shard_read", rows, decode_alert)]
+            "SELECT id, rule, account, at_ms, details FROM alerts ORDER BY at_ms DESC LIMIT $1", limit
+        )
+    return [
+        {"alert_id": r["id"], "rule": r["rule"], "account": r["account"], "at_ms": r["at_ms"], "details": r["details"]}
+        for r in QUARANTINE.decode_all("shard_read", rows, decode_alert)
+    ]
 
 
 def _read_alerts(worker: ShardWorker, args: dict[str, Any]) -> Any:
@@ -1209,22 +1378,31 @@ DECISIONS_JOURNAL_SCAN_MAX = 100_000
 _DECISION_FILTERS = (
     " ($1::text IS NULL OR coalesce(fraud->>'decision', 'allow') = $1)"
     " AND ($2::text IS NULL OR fraud->'reasons' @> jsonb_build_array(jsonb_build_object('rule_id', $2::text)))"
-    " ORDER BY seq DESC LIMIT $3")
+    " ORDER BY seq DESC LIMIT $3"
+)
 
 
-async def _read_decisions_async(worker: ShardWorker, decision: str | None, rule_id: str | None,
-                                limit: int) -> Any:
+async def _read_decisions_async(worker: ShardWorker, decision: str | None, rule_id: str | None, limit: int) -> Any:
     assert worker.read_pool is not None
     async with worker.read_pool.acquire() as conn:
         if rule_id is not None or decision not in (None, "allow"):
             # Only a flagged payment (fraud stored, not NULL) can match.
             rows = await conn.fetch(
                 "SELECT * FROM (" + pg.SELECT_TRANSFER + " WHERE fraud IS NOT NULL ORDER BY seq DESC LIMIT $4) f"
-                " WHERE kind = 'payment' AND" + _DECISION_FILTERS, decision, rule_id, limit, DECISIONS_SCAN_MAX)
+                " WHERE kind = 'payment' AND" + _DECISION_FILTERS,
+                decision,
+                rule_id,
+                limit,
+                DECISIONS_SCAN_MAX,
+            )
         else:
             rows = await conn.fetch(
                 pg.SELECT_TRANSFER + " WHERE seq >= $4 AND kind = 'payment' AND" + _DECISION_FILTERS,
-                decision, rule_id, limit, worker.state.next_seq - DECISIONS_JOURNAL_SCAN_MAX)
+                decision,
+                rule_id,
+                limit,
+                worker.state.next_seq - DECISIONS_JOURNAL_SCAN_MAX,
+            )
     return [t.to_wire() for t in QUARANTINE.decode_all("shard_read", rows, pg.row_to_transfer)]
 
 
@@ -1240,10 +1418,16 @@ RECON_PAGE_MAX = 5_000
 async def _read_recon_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
     assert worker.read_pool is not None
     limit = max(1, min(int(args.get("limit", RECON_PAGE_MAX)), RECON_PAGE_MAX))
-    after = args.get("after")     # [created_at_ms, seq] of the previous page's last row
+    after = args.get("after")  # [created_at_ms, seq] of the previous page's last row
     async with worker.read_pool.acquire() as conn:
-        rows = await pg.partner_day_transfers(conn, args["partner_id"], int(args["from_ms"]), int(args["to_ms"]),
-                                              (int(after[0]), int(after[1])) if after is not None else None, limit)
+        rows = await pg.partner_day_transfers(
+            conn,
+            args["partner_id"],
+            int(args["from_ms"]),
+            int(args["to_ms"]),
+            (int(after[0]), int(after[1])) if after is not None else None,
+            limit,
+        )
     return [[key, wire] for key, wire in rows]
 
 
@@ -1255,12 +1439,14 @@ async def _read_notify_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
     """Webhook endpoints and the event feed (ledger/notify_store.py), in this shard's database:
     the gateway asks shard 0, the control database the notifier writes."""
     from . import notify_store as store
+
     assert worker.read_pool is not None
     action, partner_id, now_ms = args["action"], args["partner_id"], worker.clock_ms()
     async with worker.read_pool.acquire() as conn:
         if action == "create":
-            return await store.create_endpoint(conn, args["id"], partner_id, args["url"], args["events"],
-                                               args["secret"], now_ms)
+            return await store.create_endpoint(
+                conn, args["id"], partner_id, args["url"], args["events"], args["secret"], now_ms
+            )
         if action == "list":
             return await store.list_endpoints(conn, partner_id)
         if action == "get":
@@ -1272,8 +1458,9 @@ async def _read_notify_async(worker: ShardWorker, args: dict[str, Any]) -> Any:
         if action == "stats":
             return await store.delivery_stats(conn)
         if action == "events":
-            return await store.list_events(conn, partner_id, args["after"], args.get("type"), args["limit"],
-                                           now_ms - FEED_RETENTION_MS)
+            return await store.list_events(
+                conn, partner_id, args["after"], args.get("type"), args["limit"], now_ms - FEED_RETENTION_MS
+            )
     raise ValueError(f"unknown notify action {action!r}")
 
 
@@ -1286,11 +1473,21 @@ def _read_fraud(worker: ShardWorker, args: dict[str, Any]) -> Any:
 
 
 _READ_OPS: dict[str, Callable[[ShardWorker, Any], Any]] = {
-    "ping": _read_ping, "lookup_account": _read_lookup_account, "balance": _read_balance,
-    "agreement": _read_agreement, "agreements": _read_agreements, "payment": _read_payment, "transactions": _read_transactions,
-    "partner": _read_partner, "partner_cutoffs": _read_partner_cutoffs, "partner_audit": _read_partner_audit,
-    "fraud_read": _read_fraud, "alerts": _read_alerts,
-    "decisions": _read_decisions, "notify": _read_notify, "recon": _read_recon,
+    "ping": _read_ping,
+    "lookup_account": _read_lookup_account,
+    "balance": _read_balance,
+    "agreement": _read_agreement,
+    "agreements": _read_agreements,
+    "payment": _read_payment,
+    "transactions": _read_transactions,
+    "partner": _read_partner,
+    "partner_cutoffs": _read_partner_cutoffs,
+    "partner_audit": _read_partner_audit,
+    "fraud_read": _read_fraud,
+    "alerts": _read_alerts,
+    "decisions": _read_decisions,
+    "notify": _read_notify,
+    "recon": _read_recon,
 }
 
 
@@ -1304,5 +1501,9 @@ async def run_worker(config: WorkerConfig) -> None:
 
 
 def settlement_stripe(partner_id: str, currency: str) -> dict[str, Any]:
-    return {"id": settlement_account_for(partner_id), "kind": "settlement", "currency": currency,
-            "partner_id": partner_id}
+    return {
+        "id": settlement_account_for(partner_id),
+        "kind": "settlement",
+        "currency": currency,
+        "partner_id": partner_id,
+    }

@@ -14,6 +14,7 @@ that one host (its reads must see what its writes wrote).
 The same probe, repeated every HEARTBEAT_INTERVAL_S, tells a running worker that its server
 stopped being able to commit (ledger.worker stops, and its restart chooses again).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["split_hosts", "connect_writable", "resolve_writable", "probe_commit", "COMMIT_PROBE_TIMEOUT_S",
-           "HEARTBEAT_INTERVAL_S", "COMMIT_TIMEOUT_S", "COMMIT_STALL_S", "NoWritableHost"]
+__all__ = [
+    "COMMIT_PROBE_TIMEOUT_S",
+    "COMMIT_STALL_S",
+    "COMMIT_TIMEOUT_S",
+    "HEARTBEAT_INTERVAL_S",
+    "NoWritableHost",
+    "connect_writable",
+    "probe_commit",
+    "resolve_writable",
+    "split_hosts",
+]
 
 log = logging.getLogger("quickpay.shard")
 
@@ -75,12 +85,13 @@ async def probe_commit(conn: asyncpg.Connection, timeout_s: float = COMMIT_PROBE
         raise
     if not done:
         conn.terminate()
-        raise asyncio.TimeoutError(f"no commit within {timeout_s:g}s")
+        raise TimeoutError(f"no commit within {timeout_s:g}s")
     task.result()
 
 
-async def _try_host(dsn: str, connect_timeout_s: float,
-                    server_settings: dict[str, str] | None = None) -> asyncpg.Connection:
+async def _try_host(
+    dsn: str, connect_timeout_s: float, server_settings: dict[str, str] | None = None
+) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, timeout=connect_timeout_s, server_settings=server_settings)
     try:
         if await conn.fetchval("SELECT pg_is_in_recovery()"):
@@ -92,8 +103,9 @@ async def _try_host(dsn: str, connect_timeout_s: float,
         raise
 
 
-async def connect_writable(dsn: str, *, connect_timeout_s: float = 10.0,
-                           server_settings: dict[str, str] | None = None) -> tuple[asyncpg.Connection, str]:
+async def connect_writable(
+    dsn: str, *, connect_timeout_s: float = 10.0, server_settings: dict[str, str] | None = None
+) -> tuple[asyncpg.Connection, str]:
     """A connection to the host that commits, and that host's single-host DSN.
 
     One host: a plain connect (errors as asyncpg raises them). Several: all tried at once;
@@ -124,8 +136,12 @@ async def connect_writable(dsn: str, *, connect_timeout_s: float = 10.0,
             if not task.done():
                 task.cancel()
         for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is None and (
-                    chosen is None or task.result() is not chosen[0]):
+            if (
+                task.done()
+                and not task.cancelled()
+                and task.exception() is None
+                and (chosen is None or task.result() is not chosen[0])
+            ):
                 task.result().terminate()
     if chosen is None:
         raise NoWritableHost("; ".join(errors) or "no host")

@@ -3,6 +3,7 @@
 Flags whose default is None get a value from ``loadtest.bench.resolve_settings``: the full
 benchmark's default, or a smaller one with ``--quick``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,49 +16,83 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a first look in under 2 minutes")
     p.add_argument("--state-dir", help="stack state (default: a fresh directory under --out)")
     p.add_argument("--dsn", action="append", help="use these PostgreSQL servers, one per shard")
-    p.add_argument("--shards", type=int, default=1,
-                   help="ledger shards (default 1: the cheapest per payment on 2 cores, see --sweep)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="gateway worker processes (default 1: the cheapest per payment on 2 cores)")
-    p.add_argument("--with-notifier", action="store_true",
-                   help="run the event/webhook notifier too (off by default, like the monitor: neither is on the "
-                        "payment path; its CPU shows as the 'notifier' group)")
-    p.add_argument("--topology", choices=["gateway", "node"], default="gateway",
-                   help="the stack's topology (quickpay up --topology); node: HTTP and shard in one process")
-    p.add_argument("--batch-wait-ms", type=float, default=None,
-                   help="passed to quickpay up (default: up's own, 1 ms)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="ledger shards (default 1: the cheapest per payment on 2 cores, see --sweep)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway worker processes (default 1: the cheapest per payment on 2 cores)",
+    )
+    p.add_argument(
+        "--with-notifier",
+        action="store_true",
+        help="run the event/webhook notifier too (off by default, like the monitor: neither is on the "
+        "payment path; its CPU shows as the 'notifier' group)",
+    )
+    p.add_argument(
+        "--topology",
+        choices=["gateway", "node"],
+        default="gateway",
+        help="the stack's topology (quickpay up --topology); node: HTTP and shard in one process",
+    )
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="passed to quickpay up (default: up's own, 1 ms)")
     p.add_argument("--customers", type=int, default=None, help="default 1,000,000 (quick: 20,000)")
     p.add_argument("--partners", type=int, default=None, help="default 10 (quick: 2)")
     p.add_argument("--step-s", type=float, default=None, help="seconds per offered-rate step (default 10, quick 5)")
     p.add_argument("--start-rate", type=float, default=None, help="first offered rate (default 500, quick 250)")
     p.add_argument("--max-rate", type=float, default=20000.0)
     p.add_argument("--step-factor", type=float, default=None, help="rate multiplier per step (default 1.5, quick 2)")
-    p.add_argument("--steps-max", type=int, default=None, help="steps per search, before refinement (default 14, quick 5)")
+    p.add_argument(
+        "--steps-max", type=int, default=None, help="steps per search, before refinement (default 14, quick 5)"
+    )
     p.add_argument("--generator-processes", type=int, default=1)
-    p.add_argument("--generator-poll-ms", type=float, default=1.0,
-                   help="generator polls every N ms (0: wake per response); latency is still "
-                        "measured from each request's intended send time")
+    p.add_argument(
+        "--generator-poll-ms",
+        type=float,
+        default=1.0,
+        help="generator polls every N ms (0: wake per response); latency is still "
+        "measured from each request's intended send time",
+    )
     p.add_argument("--connections", type=int, default=256, help="generator connection bound")
     p.add_argument("--p99-ms", type=float, default=25.0)
     p.add_argument("--error-rate-max", type=float, default=0.001)
     p.add_argument("--no-baselines", action="store_true", help="skip the naive ledger and pgbench phases")
-    p.add_argument("--naive-customers", type=int, default=None, help="customers for the naive phase (default 20,000, quick 5,000)")
+    p.add_argument(
+        "--naive-customers", type=int, default=None, help="customers for the naive phase (default 20,000, quick 5,000)"
+    )
     p.add_argument("--pgbench-s", type=float, default=None, help="pgbench run seconds (default 30, quick 5)")
     p.add_argument("--pgbench-scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
     p.add_argument("--verify-payments", type=int, default=200, help="payments in each phase's verification burst")
-    p.add_argument("--no-hello", action="store_true",
-                   help="skip the hello calibration phase (then no ratio_vs_hello / cpu_hello_units)")
-    p.add_argument("--batch-items", type=int, default=1000,
-                   help="payments per request in the batch phase (default 1000; 0 skips the batch phase)")
-    p.add_argument("--batch-start-rate", type=float, default=None,
-                   help="first offered batch rate, batches/s (default 2)")
+    p.add_argument(
+        "--no-hello",
+        action="store_true",
+        help="skip the hello calibration phase (then no ratio_vs_hello / cpu_hello_units)",
+    )
+    p.add_argument(
+        "--batch-items",
+        type=int,
+        default=1000,
+        help="payments per request in the batch phase (default 1000; 0 skips the batch phase)",
+    )
+    p.add_argument(
+        "--batch-start-rate", type=float, default=None, help="first offered batch rate, batches/s (default 2)"
+    )
     p.add_argument("--batch-p99-ms", type=float, default=100.0, help="batch phase p99 gate (default 100 ms)")
     p.add_argument("--no-rules", action="store_true", help="run the stack without the fraud filter")
-    p.add_argument("--ha", action="store_true",
-                   help="main phase on `up --ha` (Patroni, synchronous standbys), then the same phase on one "
-                        "PostgreSQL per shard: the cost of synchronous replication as a ratio")
+    p.add_argument(
+        "--ha",
+        action="store_true",
+        help="main phase on `up --ha` (Patroni, synchronous standbys), then the same phase on one "
+        "PostgreSQL per shard: the cost of synchronous replication as a ratio",
+    )
     p.add_argument("--sweep", action="store_true", help="also run the shards x workers scaling sweep")
     p.add_argument("--profile", action="store_true", help="py-spy the shard and gateway workers")
     p.add_argument("--port", type=int, default=18080)
-    p.add_argument("--keep-state", action="store_true",
-                   help="keep the phases' state directories (PostgreSQL data) under --out")
+    p.add_argument(
+        "--keep-state", action="store_true", help="keep the phases' state directories (PostgreSQL data) under --out"
+    )

@@ -41,14 +41,14 @@ from hdrh.histogram import HdrHistogram
 
 __all__ = [
     "IDEMPOTENCY_KEY",
-    "RequestTemplate",
-    "LoadSpec",
     "LoadResult",
+    "LoadSpec",
+    "RequestTemplate",
+    "main",
+    "merge_histograms",
+    "new_histogram",
     "run_load",
     "run_worker_async",
-    "new_histogram",
-    "merge_histograms",
-    "main",
 ]
 
 # Placeholder that may appear in a template's path, header values or body; every occurrence
@@ -162,9 +162,7 @@ class LoadSpec:
             raise ValueError("poll_interval_s must be between 0 (event driven) and 0.005")
         if self.requests_max is not None and self.requests_max < 1:
             raise ValueError("requests_max must be >= 1")
-        if self.run_id is not None and (
-            len(self.run_id) != _RUN_ID_LENGTH or not self.run_id.isalnum()
-        ):
+        if self.run_id is not None and (len(self.run_id) != _RUN_ID_LENGTH or not self.run_id.isalnum()):
             raise ValueError(f"run_id must be {_RUN_ID_LENGTH} alphanumeric characters")
 
 
@@ -256,8 +254,18 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying at most one request at a time (no pipelining)."""
 
     __slots__ = (
-        "driver", "transport", "buffer", "intended", "record", "item", "body_left",
-        "chunked", "close_after", "status", "closed", "connected",
+        "body_left",
+        "buffer",
+        "chunked",
+        "close_after",
+        "closed",
+        "connected",
+        "driver",
+        "intended",
+        "item",
+        "record",
+        "status",
+        "transport",
     )
 
     def __init__(self, driver: _Driver) -> None:
@@ -553,9 +561,7 @@ class _Driver:
     async def _connect(self) -> None:
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: _Connection(self), self.plan.host, self.plan.port
-                ),
+                self.loop.create_connection(lambda: _Connection(self), self.plan.host, self.plan.port),
                 self.plan.timeout_s,
             )
         except OSError:  # includes TimeoutError
@@ -601,9 +607,7 @@ class _Driver:
             if self.window_start <= now <= self.window_end:
                 self.in_window += 1
             microseconds = int((now - intended) * 1e6)
-            self.histogram.record_value(
-                1 if microseconds < 1 else min(microseconds, HISTOGRAM_HIGHEST_US)
-            )
+            self.histogram.record_value(1 if microseconds < 1 else min(microseconds, HISTOGRAM_HIGHEST_US))
             status_counts = self.status_counts
             status_counts[status] = status_counts.get(status, 0) + 1
         if 200 <= status < 300 and self.plan.retry_every and len(item[2]) < 8192:
@@ -762,9 +766,19 @@ def _merge(spec: LoadSpec, results: list[dict[str, Any]], wall_s: float, cpu_tot
     while last > 0 and per_second[last - 1] == 0:
         last -= 1
     per_second = per_second[:last]
-    summed = {name: sum(result[name] for result in results) for name in (
-        "sent", "completed", "ok", "timeouts", "connection_errors", "retries", "in_window", "cpu_s",
-    )}
+    summed = {
+        name: sum(result[name] for result in results)
+        for name in (
+            "sent",
+            "completed",
+            "ok",
+            "timeouts",
+            "connection_errors",
+            "retries",
+            "in_window",
+            "cpu_s",
+        )
+    }
     if summed["timeouts"]:
         status_counts["timeout"] = summed["timeouts"]
     if summed["connection_errors"]:

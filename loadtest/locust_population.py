@@ -3,6 +3,7 @@
 ``quickpay seed`` writes the population JSON and its agreements CSV; each Locust process
 loads a sample of it once (QUICKPAY_POPULATION, QUICKPAY_AGREEMENTS_MAX).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -14,8 +15,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ZipfSampler", "Population", "load_population", "new_idempotency_key", "ZIPF_EXPONENT",
-           "IDEMPOTENCY_KEY_LENGTH_MAX"]
+__all__ = [
+    "IDEMPOTENCY_KEY_LENGTH_MAX",
+    "ZIPF_EXPONENT",
+    "Population",
+    "ZipfSampler",
+    "load_population",
+    "new_idempotency_key",
+]
 
 ZIPF_EXPONENT = 1.1
 IDEMPOTENCY_KEY_LENGTH_MAX = 64
@@ -31,7 +38,7 @@ class ZipfSampler:
     def __init__(self, n: int, exponent: float = ZIPF_EXPONENT, rng: random.Random | None = None) -> None:
         if n < 1:
             raise ValueError("ZipfSampler needs n >= 1")
-        self.cumulative = list(itertools.accumulate(1.0 / (rank ** exponent) for rank in range(1, n + 1)))
+        self.cumulative = list(itertools.accumulate(1.0 / (rank**exponent) for rank in range(1, n + 1)))
         self.total = self.cumulative[-1]
         self.random = (rng or random.Random()).random
 
@@ -67,8 +74,7 @@ class Population:
         if not self.partner_indexes_with_agreements:
             raise ValueError(f"{csv_path}: no agreements for any partner in {path}")
         self.samplers = {
-            index: ZipfSampler(len(self.agreements[index][0]))
-            for index in self.partner_indexes_with_agreements
+            index: ZipfSampler(len(self.agreements[index][0])) for index in self.partner_indexes_with_agreements
         }
 
 
@@ -123,7 +129,9 @@ def new_idempotency_key() -> str:
     state = _key_state
     pid = os.getpid()
     if state["pid"] != pid:
-        state.update(pid=pid, prefix=f"lc{pid:x}{random.SystemRandom().getrandbits(40):010x}-", numbers=itertools.count())
+        state.update(
+            pid=pid, prefix=f"lc{pid:x}{random.SystemRandom().getrandbits(40):010x}-", numbers=itertools.count()
+        )
     key = f"{state['prefix']}{next(state['numbers'])}"
     if len(key) > IDEMPOTENCY_KEY_LENGTH_MAX:
         raise AssertionError(f"idempotency key longer than {IDEMPOTENCY_KEY_LENGTH_MAX}: {key}")

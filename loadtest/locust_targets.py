@@ -16,6 +16,7 @@ open enough for a throughput target, but its latencies are those of the requests
 sent (no coordinated-omission correction): ``quickpay bench`` measures latency properly.
 Never import this module in the pytest process (gevent monkeypatching).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,7 +31,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtest.locust_population import load_population, new_idempotency_key
 from loadtest.targets import PROFILES, Schedule, evaluate, hold_counts, items_ok_in, summary_text, write_summary
 
-__all__ = ["SinglePaymentUser", "BatchPaymentUser", "TargetShape"]
+__all__ = ["BatchPaymentUser", "SinglePaymentUser", "TargetShape"]
 
 # Payments answered 201 / failed per wall-clock second of their answer. A worker sends its
 # buckets with each stats report and starts afresh; the master (or a standalone process)
@@ -50,14 +51,19 @@ def _count(ok: int, failed: int) -> None:
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
     group = parser.add_argument_group("quickpay target profiles")
-    group.add_argument("--qp-profile", choices=sorted(PROFILES), default="quickpay-50k",
-                       help="which of the bank's figures to drive the stack at")
+    group.add_argument(
+        "--qp-profile",
+        choices=sorted(PROFILES),
+        default="quickpay-50k",
+        help="which of the bank's figures to drive the stack at",
+    )
     group.add_argument("--qp-ramp-s", type=float, default=20.0, help="ramp to the target (default 20 s)")
     group.add_argument("--qp-hold-s", type=float, default=30.0, help="hold the target, judged (default 30 s)")
     group.add_argument("--qp-scale", type=float, default=1.0, help="multiply the target (tests: a small fraction)")
     group.add_argument("--qp-batch-items", type=int, default=1000, help="payments per batch request (default 1000)")
-    group.add_argument("--qp-user-rps", type=float, default=0.0,
-                       help="requests/s per user (default: 20 single, 1 batch)")
+    group.add_argument(
+        "--qp-user-rps", type=float, default=0.0, help="requests/s per user (default: 20 single, 1 batch)"
+    )
     group.add_argument("--qp-rate-fraction", type=float, default=0.95, help="rate gate: fraction of the target")
     group.add_argument("--qp-p99-ms", type=float, default=0.0, help="p99 gate (default: 25 ms single, 100 ms batch)")
     group.add_argument("--qp-fail-ratio", type=float, default=0.001, help="failed payments gate (default 0.1%%)")
@@ -65,9 +71,14 @@ def _arguments(parser: Any) -> None:
 
 
 def _schedule(options: Any) -> Schedule:
-    return Schedule(PROFILES[options.qp_profile], ramp_s=options.qp_ramp_s, hold_s=options.qp_hold_s,
-                    scale=options.qp_scale, batch_items=options.qp_batch_items,
-                    user_requests_per_s=options.qp_user_rps or None)
+    return Schedule(
+        PROFILES[options.qp_profile],
+        ramp_s=options.qp_ramp_s,
+        hold_s=options.qp_hold_s,
+        scale=options.qp_scale,
+        batch_items=options.qp_batch_items,
+        user_requests_per_s=options.qp_user_rps or None,
+    )
 
 
 class _PacedUser(FastHttpUser):
@@ -92,11 +103,16 @@ class _PacedUser(FastHttpUser):
 
     def headers(self) -> dict[str, str]:
         if time.monotonic() > self.token_expires_at - 30:
-            with self.client.post("/oauth2/token", data=(
+            with self.client.post(
+                "/oauth2/token",
+                data=(
                     f"grant_type=client_credentials&client_id={self.partner['client_id']}"
-                    f"&client_secret={self.partner['client_secret']}"),
-                    headers={"content-type": "application/x-www-form-urlencoded"}, name="/oauth2/token",
-                    catch_response=True) as response:
+                    f"&client_secret={self.partner['client_secret']}"
+                ),
+                headers={"content-type": "application/x-www-form-urlencoded"},
+                name="/oauth2/token",
+                catch_response=True,
+            ) as response:
                 if response.status_code != 200:
                     response.failure(f"token: HTTP {response.status_code}")
                 else:
@@ -106,9 +122,13 @@ class _PacedUser(FastHttpUser):
         return {"authorization": f"Bearer {self.token}", "content-type": "application/json"}
 
     def payment(self, key: str | None = None) -> dict[str, Any]:
-        body = {"agreement_id": self.agreement_ids[self.sample()], "amount": "1.00",
-                "currency": self.population.currency, "creditor_account": self.partner["settlement_account"],
-                "reference": "locust target"}
+        body = {
+            "agreement_id": self.agreement_ids[self.sample()],
+            "amount": "1.00",
+            "currency": self.population.currency,
+            "creditor_account": self.partner["settlement_account"],
+            "reference": "locust target",
+        }
         if key is not None:
             body["idempotency_key"] = key
         return body
@@ -121,8 +141,13 @@ class SinglePaymentUser(_PacedUser):
     def pay(self) -> None:
         headers = self.headers()
         headers["x-idempotency-key"] = new_idempotency_key()
-        with self.client.post("/v1/quick-payments", data=json.dumps(self.payment()), headers=headers,
-                              name="POST /v1/quick-payments", catch_response=True) as response:
+        with self.client.post(
+            "/v1/quick-payments",
+            data=json.dumps(self.payment()),
+            headers=headers,
+            name="POST /v1/quick-payments",
+            catch_response=True,
+        ) as response:
             if response.status_code == 201:
                 _count(1, 0)
             else:
@@ -136,10 +161,16 @@ class BatchPaymentUser(_PacedUser):
     @task
     def pay_batch(self) -> None:
         items = self.schedule.batch_items
-        body = json.dumps({"payments": [self.payment(new_idempotency_key()) for _ in range(items)]},
-                          separators=(",", ":"))
-        with self.client.post("/v1/quick-payments/batch", data=body, headers=self.headers(),
-                              name="POST /v1/quick-payments/batch", catch_response=True) as response:
+        body = json.dumps(
+            {"payments": [self.payment(new_idempotency_key()) for _ in range(items)]}, separators=(",", ":")
+        )
+        with self.client.post(
+            "/v1/quick-payments/batch",
+            data=body,
+            headers=self.headers(),
+            name="POST /v1/quick-payments/batch",
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 _count(0, items)
                 response.failure(f"expected 200, got {response.status_code}")
@@ -204,9 +235,18 @@ def _verdict(environment: Any, **_kwargs: Any) -> None:
     name = "POST /v1/quick-payments/batch" if schedule.profile.kind == "batch" else "POST /v1/quick-payments"
     entry = environment.stats.entries.get((name, "POST"))
     p99 = entry.get_response_time_percentile(0.99) if entry is not None and entry.num_requests else None
-    result = evaluate(schedule, hold_elapsed_s=seconds, payments_ok=ok, payments_failed=failed, p99_ms=p99,
-                      rate_fraction_min=options.qp_rate_fraction, p99_ms_max=p99_bound,
-                      fail_ratio_max=options.qp_fail_ratio, cpu_count=os.cpu_count(), worker_processes=workers)
+    result = evaluate(
+        schedule,
+        hold_elapsed_s=seconds,
+        payments_ok=ok,
+        payments_failed=failed,
+        p99_ms=p99,
+        rate_fraction_min=options.qp_rate_fraction,
+        p99_ms_max=p99_bound,
+        fail_ratio_max=options.qp_fail_ratio,
+        cpu_count=os.cpu_count(),
+        worker_processes=workers,
+    )
     if started is None:
         result["met"] = False
         result["gates"]["hold"] = {"ok": False, "text": "the run stopped before the hold began"}

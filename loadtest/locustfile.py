@@ -41,9 +41,7 @@ from loadtest.locust_population import new_idempotency_key as _new_idempotency_k
 __all__ = ["PartnerUser", "Population", "ZipfSampler", "load_population"]
 
 CROSS_SHARD_CREDITOR_FRACTION = 0.05
-PAYMENT_STATUSES = frozenset(
-    {"AcceptedSettlementCompleted", "AcceptedSettlementInProcess", "Rejected"}
-)
+PAYMENT_STATUSES = frozenset({"AcceptedSettlementCompleted", "AcceptedSettlementInProcess", "Rejected"})
 _RECENT_PAYMENTS_MAX = 1000
 _TOKEN_REFRESH_MARGIN_S = 30.0
 
@@ -67,9 +65,7 @@ class PartnerUser(FastHttpUser):
         self.random = random.Random()
         self.payment_ids: collections.deque[str] = collections.deque(maxlen=_RECENT_PAYMENTS_MAX)
         # (idempotency key, exact body, payment id) of answered payments, for retries.
-        self.sent_payments: collections.deque[tuple[str, str, str]] = collections.deque(
-            maxlen=_RECENT_PAYMENTS_MAX
-        )
+        self.sent_payments: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=_RECENT_PAYMENTS_MAX)
         self.token = ""
         self.token_expires_at = 0.0
         self._authenticate()

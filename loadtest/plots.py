@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "plot_achieved_vs_offered",
+    "plot_all",
     "plot_latency_vs_offered",
     "plot_throughput_over_time",
-    "plot_all",
 ]
 
 Step = Mapping[str, Any]
@@ -97,8 +97,12 @@ def plot_throughput_over_time(steps: Sequence[Step], path: str | Path, title: st
         line = axes.plot(seconds, per_second, drawstyle="steps-post", label=label)[0]
         if per_second:
             axes.hlines(
-                float(step["offered_per_s"]), offset, offset + len(per_second),
-                colors=line.get_color(), linestyles=":", alpha=0.6,
+                float(step["offered_per_s"]),
+                offset,
+                offset + len(per_second),
+                colors=line.get_color(),
+                linestyles=":",
+                alpha=0.6,
             )
         offset += len(per_second) + 1
     axes.set_xlabel("seconds (steps laid end to end)")

@@ -13,6 +13,7 @@ is judged: achieved payments/s >= ``rate_fraction_min`` x target, p99 of the req
 profile's bound, failed payments < ``fail_ratio_max``. ``scale`` multiplies the target (tests
 run a profile scaled down to a few payments per second).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Profile", "PROFILES", "Schedule", "evaluate", "summary_text", "items_ok_in", "hold_counts", "write_summary"]
+__all__ = ["PROFILES", "Profile", "Schedule", "evaluate", "hold_counts", "items_ok_in", "summary_text", "write_summary"]
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,19 @@ def hold_counts(buckets: dict[int, list[int]], started: float, ended: float) -> 
     return ok, failed, float(max(0, last - first))
 
 
-def evaluate(schedule: Schedule, *, hold_elapsed_s: float, payments_ok: int, payments_failed: int,
-             p99_ms: float | None, rate_fraction_min: float = 0.95, p99_ms_max: float | None = None,
-             fail_ratio_max: float = 0.001, cpu_count: int | None = None, worker_processes: int = 1,
-             ) -> dict[str, Any]:
+def evaluate(
+    schedule: Schedule,
+    *,
+    hold_elapsed_s: float,
+    payments_ok: int,
+    payments_failed: int,
+    p99_ms: float | None,
+    rate_fraction_min: float = 0.95,
+    p99_ms_max: float | None = None,
+    fail_ratio_max: float = 0.001,
+    cpu_count: int | None = None,
+    worker_processes: int = 1,
+) -> dict[str, Any]:
     """Judge the hold: the result dict the summary, the JSON file and the exit code use."""
     p99_bound = p99_ms_max if p99_ms_max is not None else schedule.profile.p99_ms_max
     target = schedule.target_payments_per_s
@@ -141,34 +151,52 @@ def evaluate(schedule: Schedule, *, hold_elapsed_s: float, payments_ok: int, pay
     total = payments_ok + payments_failed
     fail_ratio = payments_failed / total if total else 1.0
     gates = {
-        "rate": {"ok": achieved >= rate_fraction_min * target,
-                 "text": f"achieved {achieved:,.0f} payments/s >= {rate_fraction_min:.0%} of {target:,.0f}"},
-        "p99": {"ok": p99_ms is not None and p99_ms <= p99_bound,
-                "text": f"p99 {p99_ms if p99_ms is not None else float('nan'):.0f} ms <= {p99_bound:g} ms"},
-        "failures": {"ok": total > 0 and fail_ratio < fail_ratio_max,
-                     "text": f"failed payments {fail_ratio:.4%} < {fail_ratio_max:.2%}"},
+        "rate": {
+            "ok": achieved >= rate_fraction_min * target,
+            "text": f"achieved {achieved:,.0f} payments/s >= {rate_fraction_min:.0%} of {target:,.0f}",
+        },
+        "p99": {
+            "ok": p99_ms is not None and p99_ms <= p99_bound,
+            "text": f"p99 {p99_ms if p99_ms is not None else float('nan'):.0f} ms <= {p99_bound:g} ms",
+        },
+        "failures": {
+            "ok": total > 0 and fail_ratio < fail_ratio_max,
+            "text": f"failed payments {fail_ratio:.4%} < {fail_ratio_max:.2%}",
+        },
     }
     return {
-        "profile": schedule.profile.name, "kind": schedule.profile.kind,
-        "target_payments_per_s": target, "scale": schedule.scale,
+        "profile": schedule.profile.name,
+        "kind": schedule.profile.kind,
+        "target_payments_per_s": target,
+        "scale": schedule.scale,
         "payments_per_request": schedule.payments_per_request,
-        "achieved_payments_per_s": round(achieved, 1), "achieved_fraction": round(achieved / target, 4),
-        "p99_ms": p99_ms, "p99_ms_max": p99_bound, "payments_ok": payments_ok,
-        "payments_failed": payments_failed, "fail_ratio": round(fail_ratio, 6),
-        "hold_s": round(hold_elapsed_s, 1), "ramp_s": schedule.ramp_s, "users": schedule.users_at_target,
-        "cpu_count": cpu_count, "worker_processes": worker_processes,
-        "gates": gates, "met": all(g["ok"] for g in gates.values()),
+        "achieved_payments_per_s": round(achieved, 1),
+        "achieved_fraction": round(achieved / target, 4),
+        "p99_ms": p99_ms,
+        "p99_ms_max": p99_bound,
+        "payments_ok": payments_ok,
+        "payments_failed": payments_failed,
+        "fail_ratio": round(fail_ratio, 6),
+        "hold_s": round(hold_elapsed_s, 1),
+        "ramp_s": schedule.ramp_s,
+        "users": schedule.users_at_target,
+        "cpu_count": cpu_count,
+        "worker_processes": worker_processes,
+        "gates": gates,
+        "met": all(g["ok"] for g in gates.values()),
         "schedule": {k: v for k, v in asdict(schedule).items() if k != "profile"},
     }
 
 
 def summary_text(result: dict[str, Any]) -> str:
     verdict = "MET" if result["met"] else "MISSED"
-    lines = [f"quickpay target {result['profile']}: {verdict} -- {result['achieved_payments_per_s']:,.0f} of "
-             f"{result['target_payments_per_s']:,.0f} payments/s ({result['achieved_fraction']:.1%}), p99 "
-             f"{result['p99_ms'] if result['p99_ms'] is not None else float('nan'):.0f} ms, failed "
-             f"{result['fail_ratio']:.4%}; {result['cpu_count']} cores, {result['worker_processes']} Locust "
-             f"worker process(es), {result['payments_per_request']} payment(s) per request"]
+    lines = [
+        f"quickpay target {result['profile']}: {verdict} -- {result['achieved_payments_per_s']:,.0f} of "
+        f"{result['target_payments_per_s']:,.0f} payments/s ({result['achieved_fraction']:.1%}), p99 "
+        f"{result['p99_ms'] if result['p99_ms'] is not None else float('nan'):.0f} ms, failed "
+        f"{result['fail_ratio']:.4%}; {result['cpu_count']} cores, {result['worker_processes']} Locust "
+        f"worker process(es), {result['payments_per_request']} payment(s) per request"
+    ]
     for name, gate in result["gates"].items():
         lines.append(f"  {'pass' if gate['ok'] else 'MISS'}  {name}: {gate['text']}")
     return "\n".join(lines)

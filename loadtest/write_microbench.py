@@ -7,6 +7,7 @@ through ledger.pg.write_batch, and prints the backend's CPU per statement and pe
 the client's CPU per row (psutil; 10 ms tick resolution, so small sizes are approximate).
 The rows stay in the journal (they balance), so use a scratch state directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ async def _run(dsn: str, sizes: list[int], rows_per_size: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         for account in ("bench_scratch_a", "bench_scratch_b"):
-            await conn.execute("INSERT INTO accounts VALUES ($1, 'customer', 'CNY', 0, true, NULL, 0)"
-                               " ON CONFLICT DO NOTHING", account)
+            await conn.execute(
+                "INSERT INTO accounts VALUES ($1, 'customer', 'CNY', 0, true, NULL, 0) ON CONFLICT DO NOTHING", account
+            )
         backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
         me = psutil.Process()
         seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers") + 1
@@ -40,26 +42,42 @@ async def _run(dsn: str, sizes: list[int], rows_per_size: int) -> None:
             for _ in range(batches):
                 ws = WriteSet()
                 for _ in range(size):
-                    ws.transfers.append(Transfer(
-                        id=uuid.uuid4().hex, seq=seq, kind="payment", debit_account="bench_scratch_a",
-                        credit_account="bench_scratch_b", amount_minor=1, currency="CNY",
-                        status="AcceptedSettlementCompleted", created_at_ms=0, partner_id="p",
-                        agreement_id="a", reference="r", creditor_account="bench_scratch_b", body_hash="h"))
+                    ws.transfers.append(
+                        Transfer(
+                            id=uuid.uuid4().hex,
+                            seq=seq,
+                            kind="payment",
+                            debit_account="bench_scratch_a",
+                            credit_account="bench_scratch_b",
+                            amount_minor=1,
+                            currency="CNY",
+                            status="AcceptedSettlementCompleted",
+                            created_at_ms=0,
+                            partner_id="p",
+                            agreement_id="a",
+                            reference="r",
+                            creditor_account="bench_scratch_b",
+                            body_hash="h",
+                        )
+                    )
                     seq += 1
                 ws.deltas = {"bench_scratch_a": -size, "bench_scratch_b": size}
                 await pg.write_batch(conn, ws)
             b1, m1, t1 = backend.cpu_times(), me.cpu_times(), time.perf_counter()
             backend_s = b1.user + b1.system - b0.user - b0.system
             client_s = m1.user + m1.system - m0.user - m0.system
-            print(f"batch {size:5d}: backend {backend_s / batches * 1e6:7.0f} us/statement"
-                  f" {backend_s / (batches * size) * 1e6:6.1f} us/row; client {client_s / (batches * size) * 1e6:6.1f}"
-                  f" us/row; wall {(t1 - t0) / batches * 1e6:7.0f} us/statement")
+            print(
+                f"batch {size:5d}: backend {backend_s / batches * 1e6:7.0f} us/statement"
+                f" {backend_s / (batches * size) * 1e6:6.1f} us/row; client {client_s / (batches * size) * 1e6:6.1f}"
+                f" us/row; wall {(t1 - t0) / batches * 1e6:7.0f} us/statement"
+            )
     finally:
         await conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+
     parser = argparse.ArgumentParser(prog="python -m loadtest.write_microbench", description=__doc__)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--rows", type=int, default=4000, help="rows written per batch size")

@@ -8,14 +8,23 @@
 - Every request is signed (quickpay_sdk.webhooks.sign_webhook, the definition partners
   verify with): with the endpoint's secret and, during a rotation's overlap, the previous one.
 """
+
 from __future__ import annotations
 
 import random
 
 from quickpay_sdk.webhooks import SIGNATURE_HEADER, sign_webhook
 
-__all__ = ["DELIVERY_TIMEOUT_S", "RETRY_BASE_DELAY_S", "RETRY_MAX_DELAY_S", "MAX_AGE_S_DEFAULT",
-           "retry_delay_ms", "next_attempt", "signature_headers", "is_success"]
+__all__ = [
+    "DELIVERY_TIMEOUT_S",
+    "MAX_AGE_S_DEFAULT",
+    "RETRY_BASE_DELAY_S",
+    "RETRY_MAX_DELAY_S",
+    "is_success",
+    "next_attempt",
+    "retry_delay_ms",
+    "signature_headers",
+]
 
 DELIVERY_TIMEOUT_S = 10.0
 RETRY_BASE_DELAY_S = 5.0
@@ -29,8 +38,7 @@ def retry_delay_ms(attempt: int, rng: random.Random) -> int:
     return int(ceiling_s * 1000 * (0.5 + 0.5 * rng.random()))
 
 
-def next_attempt(attempt: int, event_created_at_ms: int, now_ms: int, max_age_s: int,
-                 rng: random.Random) -> int | None:
+def next_attempt(attempt: int, event_created_at_ms: int, now_ms: int, max_age_s: int, rng: random.Random) -> int | None:
     """When to try again after the `attempt`-th failure, or None: give up (failed)."""
     at_ms = now_ms + retry_delay_ms(attempt, rng)
     if at_ms - event_created_at_ms > max_age_s * 1000:

@@ -14,28 +14,52 @@ Ids are derived from the source row, so producing the same row twice gives the s
 (`evt_<shard>_t<seq>` for transfers, `evt_<shard>_a<seq>` for transitions,
 `evt_<shard>_x_<agreement id>` for expiries), and a redelivery carries the same id.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from kernel.resources import agreement_resource, iso_ms, payment_resource, refund_resource
 from kernel.ids import CLEARING_ACCOUNT
+from kernel.resources import agreement_resource, iso_ms, payment_resource, refund_resource
 
-__all__ = ["Event", "EVENT_TYPES", "transfer_event", "transition_event", "expiry_event", "encode_event",
-           "partner_event", "PARTNER_EVENT_TYPES"]
+__all__ = [
+    "EVENT_TYPES",
+    "PARTNER_EVENT_TYPES",
+    "Event",
+    "encode_event",
+    "expiry_event",
+    "partner_event",
+    "transfer_event",
+    "transition_event",
+]
 
 EVENT_TYPES = (
-    "payment.completed", "payment.rejected", "refund.succeeded", "refund.rejected",
-    "agreement.created", "agreement.authorised", "agreement.rejected", "agreement.suspended",
-    "agreement.resumed", "agreement.revoked", "agreement.expired",
-    "partner.disabled", "partner.enabled", "partner.secret_rotated", "partner.secret_retired",
+    "payment.completed",
+    "payment.rejected",
+    "refund.succeeded",
+    "refund.rejected",
+    "agreement.created",
+    "agreement.authorised",
+    "agreement.rejected",
+    "agreement.suspended",
+    "agreement.resumed",
+    "agreement.revoked",
+    "agreement.expired",
+    "partner.disabled",
+    "partner.enabled",
+    "partner.secret_rotated",
+    "partner.secret_retired",
     "partner.tokens_revoked",
 )
-PARTNER_EVENT_TYPES = {"disable": "partner.disabled", "enable": "partner.enabled",
-                       "rotate_secret": "partner.secret_rotated", "retire_secret": "partner.secret_retired",
-                       "revoke_tokens": "partner.tokens_revoked"}
+PARTNER_EVENT_TYPES = {
+    "disable": "partner.disabled",
+    "enable": "partner.enabled",
+    "rotate_secret": "partner.secret_rotated",
+    "retire_secret": "partner.secret_retired",
+    "revoke_tokens": "partner.tokens_revoked",
+}
 COMPLETED = "AcceptedSettlementCompleted"
 
 
@@ -53,8 +77,16 @@ class Event:
 
 def encode_event(event: Event) -> str:
     """The event as delivered and listed: {id, type, created_at, data: {object}}."""
-    return json.dumps({"id": event.id, "type": event.type, "created_at": iso_ms(event.created_at_ms),
-                       "data": {"object": event.object}}, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {
+            "id": event.id,
+            "type": event.type,
+            "created_at": iso_ms(event.created_at_ms),
+            "data": {"object": event.object},
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def transfer_event(shard: int, seq: int, row: dict[str, Any], debtor_row: dict[str, Any] | None = None) -> Event | None:
@@ -72,20 +104,24 @@ def transfer_event(shard: int, seq: int, row: dict[str, Any], debtor_row: dict[s
             return Event(event_id, "payment.completed", row["partner_id"], row["created_at_ms"], payment_resource(row))
         if status == "Rejected":
             return Event(event_id, "payment.rejected", row["partner_id"], row["created_at_ms"], payment_resource(row))
-        return None                       # in process: its credit leg completes it
+        return None  # in process: its credit leg completes it
     if kind == "credit_leg":
         if status != COMPLETED or debtor_row is None or debtor_row.get("partner_id") is None:
-            return None                   # a held leg completed nothing
+            return None  # a held leg completed nothing
         resource = payment_resource({**debtor_row, "status": COMPLETED})
         return Event(event_id, "payment.completed", debtor_row["partner_id"], row["created_at_ms"], resource)
     if kind == "refund":
         kind_type = "refund.succeeded" if status == "Succeeded" else "refund.rejected"
         return Event(event_id, kind_type, row["partner_id"], row["created_at_ms"], refund_resource(row))
-    return None                           # fundings are the bank's own
+    return None  # fundings are the bank's own
 
 
-_TRANSITION_TYPES = {"Authorised": "agreement.authorised", "Rejected": "agreement.rejected",
-                     "Suspended": "agreement.suspended", "Revoked": "agreement.revoked"}
+_TRANSITION_TYPES = {
+    "Authorised": "agreement.authorised",
+    "Rejected": "agreement.rejected",
+    "Suspended": "agreement.suspended",
+    "Revoked": "agreement.revoked",
+}
 
 
 def transition_event(shard: int, seq: int, transition: dict[str, Any], agreement: dict[str, Any]) -> Event:
@@ -122,6 +158,12 @@ def partner_event(shard: int, seq: int, row: dict[str, Any]) -> Event:
             details[key[:-3]] = iso_ms(value) if value is not None else None
         else:
             details[key] = value
-    obj = {"object": "partner_action", "partner_id": row["partner_id"], "action": row["action"],
-           "actor": row["actor"], "at": iso_ms(row["at_ms"]), "details": details}
+    obj = {
+        "object": "partner_action",
+        "partner_id": row["partner_id"],
+        "action": row["action"],
+        "actor": row["actor"],
+        "at": iso_ms(row["at_ms"]),
+        "details": details,
+    }
     return Event(f"evt_{shard}_p{seq}", PARTNER_EVENT_TYPES[row["action"]], row["partner_id"], row["at_ms"], obj)

@@ -16,31 +16,32 @@ answer and that mark re-sends it after the restart (at least once: partners dedu
 event id). Failures are retried on notify.delivery's schedule until the event is
 max_age_s old, then marked failed.
 """
+
 from __future__ import annotations
 
 import asyncio
-import json
 import functools
+import json
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import asyncpg
 
+from kernel.ids import shard_of_payment
+from ledger import notify_store as store
 from ledger import pg
 from ledger.rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event
-from ledger.writable import NoWritableHost, connect_writable
 from ledger.state import ShardState
-from kernel.ids import shard_of_payment
-
-from ledger import notify_store as store
+from ledger.writable import NoWritableHost, connect_writable
 
 from . import delivery, events
 from .ssrf import UrlRefused, address_allowed, check_url, connector, ip_literal
 
-__all__ = ["Notifier", "run_notifier", "FEED_RETENTION_MS"]
+__all__ = ["FEED_RETENTION_MS", "Notifier", "run_notifier"]
 
 log = logging.getLogger("quickpay.notifier")
 
@@ -56,7 +57,7 @@ POLL_INTERVAL_S = 0.2
 PRUNE_INTERVAL_MS = 3_600_000
 FEED_RETENTION_MS = 30 * 86_400_000
 RESPONSE_READ_MAX_BYTES = 64 * 1024
-APPLICATION_NAME = "quickpay-notifier"     # in pg_stat_activity
+APPLICATION_NAME = "quickpay-notifier"  # in pg_stat_activity
 
 
 def _now_ms() -> int:
@@ -64,9 +65,15 @@ def _now_ms() -> int:
 
 
 class Notifier:
-    def __init__(self, dsns: list[str], *, allow_private: bool = False,
-                 max_age_s: int = delivery.MAX_AGE_S_DEFAULT, clock_ms: Callable[[], int] = _now_ms,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        dsns: list[str],
+        *,
+        allow_private: bool = False,
+        max_age_s: int = delivery.MAX_AGE_S_DEFAULT,
+        clock_ms: Callable[[], int] = _now_ms,
+        rng: random.Random | None = None,
+    ) -> None:
         self.dsns = dsns
         self.allow_private = allow_private
         self.max_age_s = max_age_s
@@ -93,7 +100,8 @@ class Notifier:
         self.pool = await asyncpg.create_pool(chosen[0][1], min_size=1, max_size=4, server_settings=settings)
         self.session = aiohttp.ClientSession(
             connector=connector(self.allow_private, limit=IN_FLIGHT_MAX),
-            timeout=aiohttp.ClientTimeout(total=delivery.DELIVERY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S))
+            timeout=aiohttp.ClientTimeout(total=delivery.DELIVERY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S),
+        )
 
     async def close(self) -> None:
         for task in list(self.in_flight.values()):
@@ -127,17 +135,23 @@ class Notifier:
         await store.record_quarantined(control, QUARANTINE.take_unstored(), now_ms)
         return await store.store_events(control, produced, positions, now_ms)
 
-    async def _transfer_events(self, shard: int, conn: asyncpg.Connection,
-                               positions: dict[str, int]) -> list[events.Event]:
+    async def _transfer_events(
+        self, shard: int, conn: asyncpg.Connection, positions: dict[str, int]
+    ) -> list[events.Event]:
         source = f"t{shard}"
         # Every row is read once (fundings too, to move past them), in journal order.
-        rows = await conn.fetch(pg.SELECT_TRANSFER + " WHERE seq > $1 ORDER BY seq LIMIT $2",
-                                positions.get(source, 0), READ_BATCH_MAX)
+        rows = await conn.fetch(
+            pg.SELECT_TRANSFER + " WHERE seq > $1 ORDER BY seq LIMIT $2", positions.get(source, 0), READ_BATCH_MAX
+        )
         if not rows:
             return []
         # A row that cannot be read is quarantined and passed over: the feed goes on.
-        wires = [(t.seq, t.to_wire()) for t in QUARANTINE.decode_all(
-            READER, (r for r in rows if r["kind"] != "funding"), pg.row_to_transfer, shard)]
+        wires = [
+            (t.seq, t.to_wire())
+            for t in QUARANTINE.decode_all(
+                READER, (r for r in rows if r["kind"] != "funding"), pg.row_to_transfer, shard
+            )
+        ]
         # Cross-shard completions: the payment rows of this shard's credit legs, from their debtor shards.
         debtor_rows: dict[str, dict[str, Any]] = {}
         wanted: dict[int, list[str]] = {}
@@ -149,52 +163,77 @@ class Notifier:
         for debtor_shard, ids in wanted.items():
             for transfer in await pg.prefetch_transfers(self.conns[debtor_shard], ids, reader=READER):
                 debtor_rows[transfer.id] = transfer.to_wire()
-        found = [_built("transfers", wire["id"], shard, events.transfer_event, shard, seq, wire,
-                        debtor_rows.get(wire["id"])) for seq, wire in wires]
+        found = [
+            _built("transfers", wire["id"], shard, events.transfer_event, shard, seq, wire, debtor_rows.get(wire["id"]))
+            for seq, wire in wires
+        ]
         positions[source] = rows[-1]["seq"]
         return [e for e in found if e is not None]
 
-    async def _agreement_wires(self, conn: asyncpg.Connection, ids: list[str], at_ms: int,
-                               shard: int) -> dict[str, dict[str, Any]]:
+    async def _agreement_wires(
+        self, conn: asyncpg.Connection, ids: list[str], at_ms: int, shard: int
+    ) -> dict[str, dict[str, Any]]:
         """The agreements as the API would show them at at_ms (spend rebuilt from the journal)."""
         state = ShardState(0, 1)
         for r in await conn.fetch("SELECT * FROM agreements WHERE id = ANY($1::text[])", ids):
             try:
                 state.agreements[r["id"]] = decode_agreement(r, at_ms)
-            except RowError as exc:   # its events are passed over; the others' go on
+            except RowError as exc:  # its events are passed over; the others' go on
                 QUARANTINE.skip(READER, exc, shard)
         await pg.load_spend(conn, state, at_ms)
         return {agreement_id: a.to_wire(at_ms) for agreement_id, a in state.agreements.items()}
 
-    async def _transition_events(self, shard: int, conn: asyncpg.Connection, positions: dict[str, int],
-                                 now_ms: int) -> list[events.Event]:
+    async def _transition_events(
+        self, shard: int, conn: asyncpg.Connection, positions: dict[str, int], now_ms: int
+    ) -> list[events.Event]:
         source = f"a{shard}"
-        rows = await conn.fetch("SELECT seq, agreement_id, from_status, to_status, actor, at_ms FROM agreement_events"
-                                " WHERE seq > $1 ORDER BY seq LIMIT $2", positions.get(source, 0), READ_BATCH_MAX)
+        rows = await conn.fetch(
+            "SELECT seq, agreement_id, from_status, to_status, actor, at_ms FROM agreement_events"
+            " WHERE seq > $1 ORDER BY seq LIMIT $2",
+            positions.get(source, 0),
+            READ_BATCH_MAX,
+        )
         if not rows:
             return []
         transitions = QUARANTINE.decode_all(READER, rows, decode_agreement_event, shard)
         wires = await self._agreement_wires(conn, sorted({r["agreement_id"] for r in transitions}), now_ms, shard)
         positions[source] = rows[-1]["seq"]
-        found = [_built("agreement_events", r["seq"], shard, events.transition_event, shard, r["seq"], r,
-                        wires[r["agreement_id"]]) for r in transitions if r["agreement_id"] in wires]
+        found = [
+            _built(
+                "agreement_events",
+                r["seq"],
+                shard,
+                events.transition_event,
+                shard,
+                r["seq"],
+                r,
+                wires[r["agreement_id"]],
+            )
+            for r in transitions
+            if r["agreement_id"] in wires
+        ]
         return [e for e in found if e is not None]
 
-    async def _partner_events(self, shard: int, conn: asyncpg.Connection,
-                              positions: dict[str, int]) -> list[events.Event]:
+    async def _partner_events(
+        self, shard: int, conn: asyncpg.Connection, positions: dict[str, int]
+    ) -> list[events.Event]:
         """The partner's cut-off actions (its audit trail, partner_events by seq)."""
         source = f"p{shard}"
-        rows = await conn.fetch("SELECT seq, partner_id, action, actor, at_ms, details::text AS details"
-                                " FROM partner_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                                positions.get(source, 0), READ_BATCH_MAX)
+        rows = await conn.fetch(
+            "SELECT seq, partner_id, action, actor, at_ms, details::text AS details"
+            " FROM partner_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            positions.get(source, 0),
+            READ_BATCH_MAX,
+        )
         if not rows:
             return []
         positions[source] = rows[-1]["seq"]
         found = [_built("partner_events", r["seq"], shard, _partner_event, shard, r) for r in rows]
         return [e for e in found if e is not None]
 
-    async def _expiry_events(self, shard: int, conn: asyncpg.Connection, positions: dict[str, int],
-                             now_ms: int) -> list[events.Event]:
+    async def _expiry_events(
+        self, shard: int, conn: asyncpg.Connection, positions: dict[str, int], now_ms: int
+    ) -> list[events.Event]:
         source = f"x{shard}"
         since_ms = positions.get(source, 0)
         # An agreement ends at valid_to, or (still awaiting the customer) at authorise_by if
@@ -208,14 +247,20 @@ class Notifier:
             " UNION ALL SELECT id, authorise_by_ms FROM agreements"
             "  WHERE authorise_by_ms > $1 AND authorise_by_ms < $2 AND status = 'AwaitingAuthorisation'"
             "  AND (valid_to_ms IS NULL OR authorise_by_ms < valid_to_ms)) e ORDER BY end_ms LIMIT $3",
-            since_ms, now_ms, READ_BATCH_MAX)
+            since_ms,
+            now_ms,
+            READ_BATCH_MAX,
+        )
         if not rows:
             positions[source] = now_ms - 1
             return []
         ends = {r["id"]: r["end_ms"] for r in rows}
         wires = await self._agreement_wires(conn, list(ends), now_ms, shard)
-        found = [_built("agreements", i, shard, events.expiry_event, shard, wires[i], end_ms)
-                 for i, end_ms in ends.items() if i in wires]
+        found = [
+            _built("agreements", i, shard, events.expiry_event, shard, wires[i], end_ms)
+            for i, end_ms in ends.items()
+            if i in wires
+        ]
         # Up to the last one read (more may be due at the same time when the read was full);
         # from the rows read, so that a quarantined agreement cannot hold the position back.
         positions[source] = rows[-1]["end_ms"] if len(rows) == READ_BATCH_MAX else now_ms - 1
@@ -229,17 +274,26 @@ class Notifier:
             return 0
         full_endpoints = [e for e, n in self.per_endpoint.items() if n >= PER_ENDPOINT_IN_FLIGHT]
         full_partners = [p for p, n in self.per_partner.items() if n >= PER_PARTNER_IN_FLIGHT]
-        due = await store.due_deliveries(self.conns[0], self.clock_ms(), PER_ENDPOINT_IN_FLIGHT,
-                                         min(DUE_READ_MAX, room * PER_ENDPOINT_IN_FLIGHT), list(self.in_flight),
-                                         full_endpoints, full_partners)
+        due = await store.due_deliveries(
+            self.conns[0],
+            self.clock_ms(),
+            PER_ENDPOINT_IN_FLIGHT,
+            min(DUE_READ_MAX, room * PER_ENDPOINT_IN_FLIGHT),
+            list(self.in_flight),
+            full_endpoints,
+            full_partners,
+        )
         started = 0
         for item in due:
             key = (item["endpoint_id"], item["event_seq"])
             if len(self.in_flight) >= IN_FLIGHT_MAX:
                 break
             partner_id = item["partner_id"]
-            if key in self.in_flight or self.per_endpoint.get(key[0], 0) >= PER_ENDPOINT_IN_FLIGHT \
-                    or self.per_partner.get(partner_id, 0) >= PER_PARTNER_IN_FLIGHT:
+            if (
+                key in self.in_flight
+                or self.per_endpoint.get(key[0], 0) >= PER_ENDPOINT_IN_FLIGHT
+                or self.per_partner.get(partner_id, 0) >= PER_PARTNER_IN_FLIGHT
+            ):
                 continue
             self.per_endpoint[key[0]] = self.per_endpoint.get(key[0], 0) + 1
             self.per_partner[partner_id] = self.per_partner.get(partner_id, 0) + 1
@@ -250,7 +304,7 @@ class Notifier:
             started += 1
         return started
 
-    def _done(self, key: tuple[str, int], _task: "asyncio.Task[None]") -> None:
+    def _done(self, key: tuple[str, int], _task: asyncio.Task[None]) -> None:
         self.in_flight.pop(key, None)
         for table, name in ((self.per_endpoint, key[0]), (self.per_partner, self.partner_of.pop(key, ""))):
             left = table.get(name, 1) - 1
@@ -269,12 +323,15 @@ class Notifier:
         error = ""
         try:
             host, _port = check_url(item["url"])
-            literal = ip_literal(host)        # an IP in the URL never reaches the checked resolver
+            literal = ip_literal(host)  # an IP in the URL never reaches the checked resolver
             if literal is not None and not address_allowed(literal, self.allow_private):
                 raise UrlRefused("the url's address is not public")
-            headers = {"Content-Type": "application/json", "User-Agent": "quickpay-webhooks/1",
-                       "Quickpay-Event-Id": _event_id(item["body"]),
-                       **delivery.signature_headers(body, secrets, now_ms // 1000)}
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "quickpay-webhooks/1",
+                "Quickpay-Event-Id": _event_id(item["body"]),
+                **delivery.signature_headers(body, secrets, now_ms // 1000),
+            }
             assert self.session is not None
             async with self.session.post(item["url"], data=body, headers=headers, allow_redirects=False) as response:
                 await response.content.read(RESPONSE_READ_MAX_BYTES)
@@ -291,8 +348,13 @@ class Notifier:
         if next_at is None:
             await store.mark_failed(self._pool(), endpoint_id, seq, attempts, self.clock_ms(), error)
             self.failed += 1
-            log.warning("webhook delivery of event %s to %s failed for good after %d attempts: %s",
-                        seq, endpoint_id, attempts, error)
+            log.warning(
+                "webhook delivery of event %s to %s failed for good after %d attempts: %s",
+                seq,
+                endpoint_id,
+                attempts,
+                error,
+            )
         else:
             await store.mark_retry(self._pool(), endpoint_id, seq, attempts, next_at, error)
 
@@ -335,16 +397,20 @@ def _partner_event(shard: int, row: Any) -> events.Event:
 
 def _event_id(body: str) -> str:
     start = body.find('"id":"')
-    return body[start + 6:body.find('"', start + 6)] if start >= 0 else ""
+    return body[start + 6 : body.find('"', start + 6)] if start >= 0 else ""
 
 
-async def run_notifier(dsns: list[str], *, allow_private: bool, max_age_s: int,
-                       clock_ms: Callable[[], int] = _now_ms, retry_s: float = 1.0) -> None:
+async def run_notifier(
+    dsns: list[str], *, allow_private: bool, max_age_s: int, clock_ms: Callable[[], int] = _now_ms, retry_s: float = 1.0
+) -> None:
     """Produce and deliver until cancelled. A lost database connection (a restarting
     PostgreSQL, a terminated backend) ends the current Notifier; a new one connects again and
     resumes from the stored positions and deliveries, so nothing is lost or produced twice."""
-    log.info("notifier running over %d shards (private webhook addresses %s)", len(dsns),
-             "allowed" if allow_private else "refused")
+    log.info(
+        "notifier running over %d shards (private webhook addresses %s)",
+        len(dsns),
+        "allowed" if allow_private else "refused",
+    )
     while True:
         notifier = Notifier(dsns, allow_private=allow_private, max_age_s=max_age_s, clock_ms=clock_ms)
         try:
@@ -354,7 +420,7 @@ async def run_notifier(dsns: list[str], *, allow_private: bool, max_age_s: int,
                     await asyncio.sleep(POLL_INTERVAL_S)
         except asyncio.CancelledError:
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError, NoWritableHost) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, NoWritableHost) as exc:
             log.warning("notifier lost its database (%r); reconnecting in %.1f s", exc, retry_s)
         finally:
             try:

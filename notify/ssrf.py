@@ -8,6 +8,7 @@ addresses are refused, unless the stack runs with `--webhooks-allow-private` (`q
 is registered and again at every delivery, on the addresses actually connected to
 (`CheckedResolver`), so a name that later resolves elsewhere (DNS rebinding) is refused too.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -18,8 +19,16 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-__all__ = ["URL_MAX_CHARS", "UrlRefused", "check_url", "address_allowed", "ip_literal", "resolve_checked",
-           "CheckedResolver", "connector"]
+__all__ = [
+    "URL_MAX_CHARS",
+    "CheckedResolver",
+    "UrlRefused",
+    "address_allowed",
+    "check_url",
+    "connector",
+    "ip_literal",
+    "resolve_checked",
+]
 
 URL_MAX_CHARS = 2_048
 
@@ -48,8 +57,10 @@ def check_url(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-_EMBEDDING_IPV4 = tuple(ipaddress.ip_network(n) for n in (
-    "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "::ffff:0:0:0/96", "2001::/32"))
+_EMBEDDING_IPV4 = tuple(
+    ipaddress.ip_network(n)
+    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "::ffff:0:0:0/96", "2001::/32")
+)
 
 
 def address_allowed(address: str, allow_private: bool) -> bool:
@@ -61,7 +72,7 @@ def address_allowed(address: str, allow_private: bool) -> bool:
         return True
     if isinstance(ip, ipaddress.IPv6Address):
         if any(ip in net for net in _EMBEDDING_IPV4):
-            return False      # NAT64, 6to4, IPv4-compatible, SIIT: an IPv4 address in disguise
+            return False  # NAT64, 6to4, IPv4-compatible, SIIT: an IPv4 address in disguise
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
     # is_global is False for loopback, private, link-local, shared (100.64/10), reserved,
@@ -79,15 +90,17 @@ def ip_literal(host: str) -> str | None:
 async def resolve_checked(url: str, allow_private: bool, timeout_s: float = 3.0) -> list[str]:
     """The url's addresses, all of them allowed, else UrlRefused."""
     import asyncio
+
     host, port = check_url(url)
     literal = ip_literal(host)
     if literal is not None:
         addresses = [literal]
     else:
         try:
-            infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM), timeout_s)
-        except (OSError, asyncio.TimeoutError, UnicodeError, ValueError):
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_s
+            )
+        except (TimeoutError, OSError, UnicodeError, ValueError):
             # UnicodeError: the IDNA encoding of a malformed name (an empty or a 64-byte label)
             raise UrlRefused(f"the url's host {host} does not resolve") from None
         addresses = sorted({str(info[4][0]) for info in infos})
@@ -106,8 +119,9 @@ class CheckedResolver(AbstractResolver):
         self.inner = aiohttp.ThreadedResolver()
         self.allow_private = allow_private
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self.inner.resolve(host, port, family)
         if not results or any(not address_allowed(str(r["host"]), self.allow_private) for r in results):
             raise OSError(f"{host} resolves to a non-public address; refused")

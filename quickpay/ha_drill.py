@@ -18,6 +18,7 @@ that the debtors' balances moved by exactly the acknowledged payments (exactly o
 `quickpay check` passes, and that the failed member rejoined as a standby (an old leader on
 the new timeline).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,7 +49,7 @@ RETRY_PAUSE_S = 0.2
 LEADER_WAIT_S = 60.0
 RECOVERY_WAIT_S = 60.0
 REJOIN_WAIT_S = 120.0
-SETTLE_S = 3.0          # payments before the fault, and after recovery
+SETTLE_S = 3.0  # payments before the fault, and after recovery
 # freeze: the cut-off Patroni stays frozen this long after the promotion (> the writer's
 # commit timeout, ledger.writable.COMMIT_TIMEOUT_S, plus a restart).
 FREEZE_HOLD_S = 10.0
@@ -59,8 +60,9 @@ CUT_OFF_WRITE_S = 3.0
 @dataclass
 class Stream:
     """Acknowledged payments (key -> id), their times, and every retry."""
+
     acknowledged: dict[str, str] = field(default_factory=dict)
-    accepted: int = 0     # acknowledged and money moved (the others were Rejected by a rule)
+    accepted: int = 0  # acknowledged and money moved (the others were Rejected by a rule)
     # (first sent, acknowledged) per acknowledged payment, monotonic seconds
     acks: list[tuple[float, float]] = field(default_factory=list)
     retries: int = 0
@@ -68,17 +70,25 @@ class Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _pay_forever(api: Api, token: str, agreement: str, creditor: str, stream: Stream,
-                 stop: threading.Event) -> None:
+def _pay_forever(api: Api, token: str, agreement: str, creditor: str, stream: Stream, stop: threading.Event) -> None:
     while not stop.is_set():
         key = f"drill-{uuid.uuid4().hex}"
         sent = time.time()
-        while True:   # this key until it is answered: a retry never pays twice
+        while True:  # this key until it is answered: a retry never pays twice
             try:
-                answer = api.request("POST", "/v1/quick-payments", {
-                    "agreement_id": agreement, "amount": AMOUNT, "currency": "CNY",
-                    "creditor_account": creditor, "reference": "ha drill"},
-                    token=token, headers={"x-idempotency-key": key})
+                answer = api.request(
+                    "POST",
+                    "/v1/quick-payments",
+                    {
+                        "agreement_id": agreement,
+                        "amount": AMOUNT,
+                        "currency": "CNY",
+                        "creditor_account": creditor,
+                        "reference": "ha drill",
+                    },
+                    token=token,
+                    headers={"x-idempotency-key": key},
+                )
                 with stream.lock:
                     stream.acknowledged[key] = answer["payment_id"]
                     stream.accepted += answer["status"] != "Rejected"
@@ -89,7 +99,7 @@ def _pay_forever(api: Api, token: str, agreement: str, creditor: str, stream: St
                     with stream.lock:
                         stream.refused.append((exc.status, exc.body))
                     break
-            except OSError:     # timeouts, refused connections: the outcome is unknown
+            except OSError:  # timeouts, refused connections: the outcome is unknown
                 pass
             with stream.lock:
                 stream.retries += 1
@@ -141,6 +151,7 @@ def _promoted_at(cluster: HaCluster, member: Member, after_timeline: int) -> flo
     """When `member` was promoted off `after_timeline` or later (Patroni's /history: the
     timeline history file PostgreSQL writes at promotion), as a Unix time; None if not yet."""
     from datetime import datetime
+
     status, history = cluster.rest(member, "/history")
     if status != 200 or not isinstance(history, list) or not history:
         return None
@@ -185,14 +196,14 @@ def _synchronous_standby(cluster: HaCluster, shard: int) -> str | None:
 
 
 def _balances(api: Api, admin: str, accounts: list[str]) -> dict[str, Decimal]:
-    return {a: Decimal(api.request("GET", f"/admin/v1/accounts/{a}/balance", token=admin)["balance"])
-            for a in accounts}
+    return {a: Decimal(api.request("GET", f"/admin/v1/accounts/{a}/balance", token=admin)["balance"]) for a in accounts}
 
 
 async def _write_on(dsn: str, key: str) -> str:
     """Try one write on one server: "acknowledged", "not acknowledged" (no commit within
     CUT_OFF_WRITE_S), or the error."""
     import asyncpg
+
     conn = await asyncpg.connect(dsn, timeout=5)
     # Closed, not cancelled, when it does not commit: as the shard worker does (a cancelled
     # wait would make the commit visible on that server; ledger.writable.probe_commit).
@@ -203,19 +214,20 @@ async def _write_on(dsn: str, key: str) -> str:
             return "not acknowledged"
         task.result()
         return "acknowledged"
-    except Exception as exc:  # noqa: BLE001 - reported, e.g. read-only after a demotion
+    except Exception as exc:
         return f"refused: {type(exc).__name__}"
     finally:
         conn.terminate()
         if not task.done():
             try:
                 await task
-            except Exception:  # noqa: BLE001 - the connection was closed under it
+            except Exception:
                 pass
 
 
 async def _meta_has(dsn: str, key: str) -> bool:
     import asyncpg
+
     conn = await asyncpg.connect(dsn)
     try:
         return bool(await conn.fetchval("SELECT count(*) FROM meta WHERE key = $1", key))
@@ -226,6 +238,7 @@ async def _meta_has(dsn: str, key: str) -> bool:
 async def _journal_count(dsn: str, ids: list[str]) -> int:
     """How many of `ids` the shard's journal holds (its primary key: each at most once)."""
     import asyncpg
+
     conn = await asyncpg.connect(dsn)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM transfers WHERE id = ANY($1::text[])", ids))
@@ -256,9 +269,21 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     old_timeline = _member_view(cluster, shard, old)[1]
     stream = Stream()
     stop = threading.Event()
-    threads = [threading.Thread(target=_pay_forever, daemon=True, args=(
-        api, token, agreements[i % len(agreements)]["agreement_id"], demo["settlement_account"], stream, stop))
-        for i in range(PAYERS)]
+    threads = [
+        threading.Thread(
+            target=_pay_forever,
+            daemon=True,
+            args=(
+                api,
+                token,
+                agreements[i % len(agreements)]["agreement_id"],
+                demo["settlement_account"],
+                stream,
+                stop,
+            ),
+        )
+        for i in range(PAYERS)
+    ]
     for thread in threads:
         thread.start()
     say(f"{PAYERS} payers on shard {shard}; leader {old} (timeline {old_timeline})")
@@ -269,7 +294,7 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     frozen: int | None = None
     victim = old
     if fault == "kill-standby":
-        deadline = time.monotonic() + LEADER_WAIT_S     # named again after an earlier drill
+        deadline = time.monotonic() + LEADER_WAIT_S  # named again after an earlier drill
         while not (victim := _synchronous_standby(cluster, shard) or "") and time.monotonic() < deadline:
             time.sleep(0.5)
         if not victim:
@@ -298,7 +323,7 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
         else:
             if fault != "kill-standby":
                 raise SystemExit(f"no new leader promoted within {LEADER_WAIT_S:.0f}s")
-            new, promoted_at = old, fault_at      # the leader stays; time from the fault
+            new, promoted_at = old, fault_at  # the leader stays; time from the fault
         report["new_leader"] = new
         report["leader_change_s"] = round(promoted_at - fault_at, 2)
         if new != old:
@@ -310,8 +335,9 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
             # The cut-off primary still runs and says it is read-write: a write there must not
             # be acknowledged (strict synchronous replication), and pg_rewind drops it later.
             fence_key = f"drill-fence-{uuid.uuid4().hex}"
-            report["cut_off_write"] = asyncio.run(_write_on(
-                cluster.member_dsn(_member(cluster, old), shard), fence_key))
+            report["cut_off_write"] = asyncio.run(
+                _write_on(cluster.member_dsn(_member(cluster, old), shard), fence_key)
+            )
             say(f"a write on the cut-off {old}: {report['cut_off_write']}")
         while True:
             with stream.lock:
@@ -345,32 +371,44 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     report["restored_after_promotion_s"] = round(resumed_at - promoted_at, 2)
     not_ready = readiness.not_ready_after(fault_at)
     report["readyz_503_s"] = round(not_ready[0], 2)
-    report["readyz_200_again_after_fault_s"] = round(max(0.0, not_ready[1] - fault_at), 2) \
-        if not_ready[1] else 0.0
-    report["readyz_200_again_after_promotion_s"] = round(max(0.0, not_ready[1] - promoted_at), 2) \
-        if not_ready[1] else 0.0
-    say(f"{report['acknowledged']} payments acknowledged ({report['accepted']} accepted, "
+    report["readyz_200_again_after_fault_s"] = round(max(0.0, not_ready[1] - fault_at), 2) if not_ready[1] else 0.0
+    report["readyz_200_again_after_promotion_s"] = (
+        round(max(0.0, not_ready[1] - promoted_at), 2) if not_ready[1] else 0.0
+    )
+    say(
+        f"{report['acknowledged']} payments acknowledged ({report['accepted']} accepted, "
         f"{report['acknowledged'] - report['accepted']} Rejected by fraud rules), {report['retries']} retries; longest gap without an acknowledgement "
         f"{report['longest_gap_s']}s, ended {report['restored_after_fault_s']}s after the fault "
         f"({report['restored_after_promotion_s']}s after the promotion); /readyz 503 for "
-        f"{report['readyz_503_s']}s in all")
+        f"{report['readyz_503_s']}s in all"
+    )
     problems: list[str] = []
     # The failed member is back as a standby: the old leader on the new timeline, a killed
     # standby streaming again.
     rejoin_deadline = time.monotonic() + REJOIN_WAIT_S
     while True:
         role, timeline, state = _member_view(cluster, shard, victim)
-        back = role in ("replica", "sync_standby", "quorum_standby") and state == "streaming" and \
-            timeline is not None and old_timeline is not None and \
-            (timeline > old_timeline if victim == old else timeline >= old_timeline)
+        back = (
+            role in ("replica", "sync_standby", "quorum_standby")
+            and state == "streaming"
+            and timeline is not None
+            and old_timeline is not None
+            and (timeline > old_timeline if victim == old else timeline >= old_timeline)
+        )
         if back:
-            report["rejoined"] = {"member": victim, "role": role, "timeline": timeline,
-                                  "after_fault_s": round(time.time() - fault_at, 2)}
+            report["rejoined"] = {
+                "member": victim,
+                "role": role,
+                "timeline": timeline,
+                "after_fault_s": round(time.time() - fault_at, 2),
+            }
             say(f"{victim} rejoined as {role} on timeline {timeline}")
             break
         if time.monotonic() > rejoin_deadline:
-            problems.append(f"{victim} did not rejoin as a standby within {REJOIN_WAIT_S:.0f}s (role {role}, "
-                            f"state {state}, timeline {timeline})")
+            problems.append(
+                f"{victim} did not rejoin as a standby within {REJOIN_WAIT_S:.0f}s (role {role}, "
+                f"state {state}, timeline {timeline})"
+            )
             break
         time.sleep(0.5)
     if any(thread.is_alive() for thread in threads):
@@ -396,8 +434,12 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     report["in_journal"] = in_journal
     if in_journal != len(ids):
         problems.append(f"{len(ids)} payments acknowledged, {in_journal} of them in the journal")
-    check = subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(state_dir)],
-                           capture_output=True, text=True, timeout=300)
+    check = subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report["check_ok"] = check.returncode == 0
     if check.returncode != 0:
         problems.append("quickpay check failed:\n" + check.stdout + check.stderr)

@@ -1,4 +1,5 @@
 """A small synchronous JSON-over-HTTP client for the CLI (demo seeding, admin calls)."""
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,16 @@ class Api:
         # (every write here carries a key or is a create whose repeat is harmless) may retry.
         self.unavailable_retries = unavailable_retries
 
-    def request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                headers: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+    ) -> Any:
         for attempt in range(self.unavailable_retries + 1):
             try:
                 return self._request(method, path, body, token=token, headers=headers, form=form)
@@ -38,8 +47,16 @@ class Api:
                 time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _request(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                 headers: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+    ) -> Any:
         all_headers = dict(headers or {})
         data = None
         if form is not None:
@@ -64,8 +81,12 @@ class Api:
 
     def token(self, client_id: str, client_secret: str) -> str:
         basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
-        answer = self.request("POST", "/oauth2/token", form={"grant_type": "client_credentials"},
-                              headers={"authorization": f"Basic {basic}"})
+        answer = self.request(
+            "POST",
+            "/oauth2/token",
+            form={"grant_type": "client_credentials"},
+            headers={"authorization": f"Basic {basic}"},
+        )
         return str(answer["access_token"])
 
 

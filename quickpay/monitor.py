@@ -11,6 +11,7 @@ get another alert id. Alerts are therefore stored one per episode in the databas
 too: an alert is not inserted when the same rule already alerted on the same
 account within the rule's window. Nothing is raised twice.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,12 +23,12 @@ from typing import Any
 import asyncpg
 
 import fraud
+from kernel.ids import is_striped
 from ledger import notify_store as store
 from ledger.rows import QUARANTINE, RowError, check_row
 from ledger.writable import NoWritableHost, connect_writable
-from kernel.ids import is_striped
 
-__all__ = ["run_monitor", "monitor_pass", "Monitor", "MONITOR_DEFAULTS"]
+__all__ = ["MONITOR_DEFAULTS", "Monitor", "monitor_pass", "run_monitor"]
 
 log = logging.getLogger("quickpay.monitor")
 
@@ -35,20 +36,30 @@ READ_BATCH_MAX = 5_000
 POLL_INTERVAL_S = 0.5
 SNAPSHOT_INTERVAL_S = 5.0
 MONITOR_DEFAULTS: dict[str, int] = {
-    "fan_in_distinct_debtors": 3, "fan_in_window_s": 600,
-    "pass_through_window_s": 600, "pass_through_ratio_pct": 80,
+    "fan_in_distinct_debtors": 3,
+    "fan_in_window_s": 600,
+    "pass_through_window_s": 600,
+    "pass_through_ratio_pct": 80,
 }
 
 
 RECONNECT_S = 1.0
-APPLICATION_NAME = "quickpay-monitor"    # its backends, in pg_stat_activity
-_CONNECTION_LOST = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.ReadOnlySQLTransactionError, NoWritableHost)
+APPLICATION_NAME = "quickpay-monitor"  # its backends, in pg_stat_activity
+_CONNECTION_LOST = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ReadOnlySQLTransactionError,
+    NoWritableHost,
+)
 
 
 class Monitor:
-    def __init__(self, dsns: list[str], *, settings: dict[str, int] | None = None,
-                 clock_s: Any = time.monotonic) -> None:
+    def __init__(
+        self, dsns: list[str], *, settings: dict[str, int] | None = None, clock_s: Any = time.monotonic
+    ) -> None:
         self.dsns = dsns
         self.config: dict[str, Any] = {**MONITOR_DEFAULTS, **(settings or {})}
         self.engine = fraud.MonitorEngine(**self.config)
@@ -60,8 +71,10 @@ class Monitor:
 
     async def start(self) -> None:
         # With `up --ha` (multi-host DSNs): the member that commits, not a cut-off primary.
-        self.conns = [(await connect_writable(dsn, server_settings={"application_name": APPLICATION_NAME}))[0]
-                      for dsn in self.dsns]
+        self.conns = [
+            (await connect_writable(dsn, server_settings={"application_name": APPLICATION_NAME}))[0]
+            for dsn in self.dsns
+        ]
         row = await self.conns[0].fetchrow("SELECT positions, state FROM monitor_snapshot WHERE id = 1")
         if row is not None:
             try:
@@ -91,13 +104,16 @@ class Monitor:
             rows = await conn.fetch(
                 "SELECT seq, id, kind, debit_account, credit_account, creditor_account, amount_minor,"
                 " created_at_ms FROM transfers WHERE seq > $1 AND status <> 'Rejected'"
-                " ORDER BY seq LIMIT $2", self.positions[shard], READ_BATCH_MAX)
+                " ORDER BY seq LIMIT $2",
+                self.positions[shard],
+                READ_BATCH_MAX,
+            )
             if not rows:
                 continue
             alerts: list[Any] = []
             for row in rows:
                 try:
-                    r = check_row("transfers", row)   # one it cannot read is quarantined, not judged
+                    r = check_row("transfers", row)  # one it cannot read is quarantined, not judged
                 except RowError as exc:
                     QUARANTINE.skip("monitor", exc, shard)
                     continue
@@ -109,10 +125,20 @@ class Monitor:
                     # Settlement accounts are paid by many customers by design: the mule
                     # patterns are about money moving between customer accounts.
                     continue
-                alerts.extend(self.engine.process(fraud.TransferEvent(
-                    shard=shard, seq=r["seq"], transfer_id=r["id"], debit_account=r["debit_account"],
-                    credit_account=creditor, amount_minor=r["amount_minor"], at_ms=r["created_at_ms"],
-                    kind=kind)))
+                alerts.extend(
+                    self.engine.process(
+                        fraud.TransferEvent(
+                            shard=shard,
+                            seq=r["seq"],
+                            transfer_id=r["id"],
+                            debit_account=r["debit_account"],
+                            credit_account=creditor,
+                            amount_minor=r["amount_minor"],
+                            at_ms=r["created_at_ms"],
+                            kind=kind,
+                        )
+                    )
+                )
             if alerts:
                 await self._store_alerts(alerts)
             await store.record_quarantined(self.conns[0], QUARANTINE.take_unstored(), int(time.time() * 1000))
@@ -133,8 +159,8 @@ class Monitor:
             " (SELECT 1 FROM alerts WHERE rule = $2 AND account = $3"
             " AND at_ms > $4::bigint - $6::bigint AND at_ms < $4::bigint + $6::bigint)"
             " ON CONFLICT (id) DO NOTHING",
-            [(a.alert_id, a.rule, a.account, a.at_ms, json.dumps(a.details), self._window_ms(a.rule))
-             for a in alerts])
+            [(a.alert_id, a.rule, a.account, a.at_ms, json.dumps(a.details), self._window_ms(a.rule)) for a in alerts],
+        )
         self.alerts_raised += len(alerts)
 
     async def snapshot(self) -> None:
@@ -144,7 +170,9 @@ class Monitor:
             " ON CONFLICT (id) DO UPDATE SET positions = excluded.positions, state = excluded.state,"
             " at_ms = excluded.at_ms",
             json.dumps({str(k): v for k, v in self.positions.items()}),
-            json.dumps(self.engine.state_dict()), int(time.time() * 1000))
+            json.dumps(self.engine.state_dict()),
+            int(time.time() * 1000),
+        )
         self.last_snapshot_s = self.clock_s()
 
 
@@ -194,8 +222,7 @@ async def run_monitor(dsns: list[str]) -> None:
             # A database restarted or failed over (`up --ha`). Start again from the last
             # snapshot, as after a crash: the engine may have seen rows whose alerts were not
             # stored, and must not count them twice.
-            log.warning("monitor lost its database (%r); starting again from its snapshot in %.0f s",
-                        exc, RECONNECT_S)
+            log.warning("monitor lost its database (%r); starting again from its snapshot in %.0f s", exc, RECONNECT_S)
             for conn in monitor.conns:
                 conn.terminate()
             await asyncio.sleep(RECONNECT_S)

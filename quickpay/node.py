@@ -9,6 +9,7 @@ shard's single writer. A SIGKILL takes the node's HTTP connections and its shard
 together; the supervisor restarts it and the partners' retries (same idempotency key)
 converge, as with a killed shard worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,9 @@ async def run_node(worker_config: WorkerConfig, gateway_config: GatewayConfig, h
     await worker.start()
     try:
         shard = worker_config.shard
-        gateway_config.local_clients = {shard: LocalShardClient(worker, shard,
-                                                                call_timeout_s=gateway_config.call_timeout_s)}
+        gateway_config.local_clients = {
+            shard: LocalShardClient(worker, shard, call_timeout_s=gateway_config.call_timeout_s)
+        }
         log.info("node of shard %s serving HTTP on %s:%s", shard, host, port)
         await serve_app(create_app(gateway_config), host, port)
     finally:

@@ -14,6 +14,7 @@ Every gateway process applies a change within 1 s. Each change is recorded with 
 reads the admin token from the state directory (or QUICKPAY_ADMIN_TOKEN) and prints the
 answer as JSON; an error's body goes to stderr and the exit status is 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,19 +27,26 @@ from urllib.parse import quote
 __all__ = ["add_partners_arguments", "run_partners_command"]
 
 # command -> the admin route's last segment (None: a GET of the partner itself)
-_ACTIONS = {"disable": "disable", "enable": "enable", "rotate-secret": "rotate-secret",
-            "retire-secret": "retire-secret", "revoke-tokens": "revoke-tokens"}
+_ACTIONS = {
+    "disable": "disable",
+    "enable": "enable",
+    "rotate-secret": "rotate-secret",
+    "retire-secret": "retire-secret",
+    "revoke-tokens": "revoke-tokens",
+}
 
 
 def add_partners_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="partners_command", required=True)
-    for name, help_text in (("show", "a partner's cut-off state"),
-                            ("disable", "refuse the partner's tokens at once and issue it none"),
-                            ("enable", "let a disabled partner back in"),
-                            ("rotate-secret", "a new client secret; the old one stays valid for --overlap-s"),
-                            ("retire-secret", "end the old secret's overlap now"),
-                            ("revoke-tokens", "refuse every token issued to the partner until now"),
-                            ("audit", "the partner's audit trail of these actions")):
+    for name, help_text in (
+        ("show", "a partner's cut-off state"),
+        ("disable", "refuse the partner's tokens at once and issue it none"),
+        ("enable", "let a disabled partner back in"),
+        ("rotate-secret", "a new client secret; the old one stays valid for --overlap-s"),
+        ("retire-secret", "end the old secret's overlap now"),
+        ("revoke-tokens", "refuse every token issued to the partner until now"),
+        ("audit", "the partner's audit trail of these actions"),
+    ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("partner_id")
         cmd.add_argument("--url", default="http://127.0.0.1:8080")
@@ -47,8 +55,12 @@ def add_partners_arguments(p: argparse.ArgumentParser) -> None:
             cmd.add_argument("--actor", default="cli", help="who does it (recorded in the audit trail)")
             cmd.add_argument("--reason", help="why (recorded in the audit trail)")
         if name == "rotate-secret":
-            cmd.add_argument("--overlap-s", type=int, default=86_400,
-                             help="seconds the old secret stays valid (0-2592000; 0: retired at once)")
+            cmd.add_argument(
+                "--overlap-s",
+                type=int,
+                default=86_400,
+                help="seconds the old secret stays valid (0-2592000; 0: retired at once)",
+            )
 
 
 def run_partners_command(args: argparse.Namespace) -> int:
@@ -56,14 +68,17 @@ def run_partners_command(args: argparse.Namespace) -> int:
 
     from quickpay.config import StateDir
     from quickpay.httpclient import Api, ApiCallError
+
     # Disable, enable and retire are idempotent; a rotation or a revocation repeated after an
     # unknown outcome would rotate (or revoke) twice, so nothing is retried.
     api = Api(args.url, timeout_s=30.0)
     token_file = StateDir(args.state_dir).path / "admin.token"
     token = os.environ.get("QUICKPAY_ADMIN_TOKEN") or (token_file.read_text().strip() if token_file.exists() else None)
     if not token:
-        raise SystemExit(f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
-                         "give the stack's --state-dir")
+        raise SystemExit(
+            f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
+            "give the stack's --state-dir"
+        )
     path = f"/admin/v1/partners/{quote(args.partner_id, safe='')}"
     try:
         if args.partners_command == "show":
@@ -81,10 +96,14 @@ def run_partners_command(args: argparse.Namespace) -> int:
         print(json.dumps(exc.body, indent=2), file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
-        raise SystemExit(f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up`"
-                         " or give --url") from None
+        raise SystemExit(
+            f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up` or give --url"
+        ) from None
     print(json.dumps(result, indent=2))
     if args.partners_command == "rotate-secret" and isinstance(result, dict):
-        print("the new client secret is shown only here; the old one is valid until "
-              f"{result.get('previous_secret_valid_until') or 'now (retired)'}", file=sys.stderr)
+        print(
+            "the new client secret is shown only here; the old one is valid until "
+            f"{result.get('previous_secret_valid_until') or 'now (retired)'}",
+            file=sys.stderr,
+        )
     return 0

@@ -16,6 +16,7 @@ guess. The rules are concrete so they can be tested and explained:
 `generate()` makes secrets that pass (32 random bytes, hex): `quickpay secrets` writes
 a full set to a .env file.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,14 +24,39 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["SecretKind", "KEY", "TOKEN", "secret_problem", "require_strong", "generate",
-           "estimated_bits", "HOW_TO_GENERATE"]
+__all__ = [
+    "HOW_TO_GENERATE",
+    "KEY",
+    "TOKEN",
+    "SecretKind",
+    "estimated_bits",
+    "generate",
+    "require_strong",
+    "secret_problem",
+]
 
-HOW_TO_GENERATE = ("generate proper ones with `quickpay secrets --out .env` (a .env for docker compose), "
-                   "or one at a time with `python3 -c 'import secrets; print(secrets.token_hex(32))'`")
+HOW_TO_GENERATE = (
+    "generate proper ones with `quickpay secrets --out .env` (a .env for docker compose), "
+    "or one at a time with `python3 -c 'import secrets; print(secrets.token_hex(32))'`"
+)
 
-PLACEHOLDER_WORDS = ("change", "placeholder", "example", "secret", "password", "passwd", "default",
-                     "dummy", "sample", "insecure", "replace", "quickpay", "qwerty", "letmein", "admin")
+PLACEHOLDER_WORDS = (
+    "change",
+    "placeholder",
+    "example",
+    "secret",
+    "password",
+    "passwd",
+    "default",
+    "dummy",
+    "sample",
+    "insecure",
+    "replace",
+    "quickpay",
+    "qwerty",
+    "letmein",
+    "admin",
+)
 DISTINCT_MIN = 8
 
 
@@ -96,8 +122,7 @@ def require_strong(name: str, value: str | None, kind: SecretKind, *, program: s
     """`value`, or SystemExit with a message that says what is wrong and how to fix it."""
     problem = secret_problem(value, kind)
     if problem is not None:
-        raise SystemExit(f"{program}: refusing to start: {name} is not a usable secret ({problem}); "
-                         + HOW_TO_GENERATE)
+        raise SystemExit(f"{program}: refusing to start: {name} is not a usable secret ({problem}); " + HOW_TO_GENERATE)
     assert value is not None
     return value
 

@@ -6,6 +6,7 @@ shard commands the API sends) and fundings go straight to the shard workers in
 pipelined batches: a million accounts over HTTP would take longer than the
 benchmark itself. Writes population.json and agreements.csv for load tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,21 +19,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quickpay.config import StateDir
-from quickpay.httpclient import Api
 from kernel.ids import new_account_id, new_agreement_id, payment_id_for, shard_of
 from kernel.money import parse_amount
+from quickpay.config import StateDir
+from quickpay.httpclient import Api
 
-__all__ = ["seed_population", "seed_customers"]
+__all__ = ["seed_customers", "seed_population"]
 
 CHUNK = 5_000
 
 
-async def seed_customers(addresses: list[str], partners: list[dict[str, Any]], customers: int,
-                         funding_minor: int, currency: str = "CNY",
-                         progress: Any = None, secret: str | None = None) -> list[tuple[int, str, str]]:
+async def seed_customers(
+    addresses: list[str],
+    partners: list[dict[str, Any]],
+    customers: int,
+    funding_minor: int,
+    currency: str = "CNY",
+    progress: Any = None,
+    secret: str | None = None,
+) -> list[tuple[int, str, str]]:
     """Open, fund and bind `customers` accounts; returns (partner_index, agreement_id, debtor)."""
     from ledger.client import ShardClient
+
     shard_count = len(addresses)
     clients = [ShardClient(a, call_timeout_s=120.0, in_flight_max=50_000, secret=secret) for a in addresses]
     rows: list[tuple[int, str, str]] = []
@@ -43,8 +51,7 @@ async def seed_customers(addresses: list[str], partners: list[dict[str, Any]], c
             accounts = [new_account_id() for _ in range(n)]
             by_shard: dict[int, list[dict[str, str]]] = {}
             for account in accounts:
-                by_shard.setdefault(shard_of(account, shard_count), []).append(
-                    {"id": account, "currency": currency})
+                by_shard.setdefault(shard_of(account, shard_count), []).append({"id": account, "currency": currency})
             await asyncio.gather(*(clients[s].call("open_accounts", batch) for s, batch in by_shard.items()))
             calls = []
             chunk_rows = []
@@ -53,21 +60,41 @@ async def seed_customers(addresses: list[str], partners: list[dict[str, Any]], c
                 partner_index = (done + i) % len(partners)
                 agreement_id = new_agreement_id(account, shard_count)
                 chunk_rows.append((partner_index, agreement_id, account))
-                calls.append(clients[shard].call("fund", {
-                    "transfer_id": payment_id_for("seed-funding", account, shard), "account_id": account,
-                    "amount_minor": funding_minor, "currency": currency, "reference": "seed funding",
-                    "body_hash": "seed"}))
+                calls.append(
+                    clients[shard].call(
+                        "fund",
+                        {
+                            "transfer_id": payment_id_for("seed-funding", account, shard),
+                            "account_id": account,
+                            "amount_minor": funding_minor,
+                            "currency": currency,
+                            "reference": "seed funding",
+                            "body_hash": "seed",
+                        },
+                    )
+                )
                 # The two commands POST /v1/agreements and the customer's authorisation
                 # (POST /admin/v1/agreements/{id}/authorise) send: the same decisions and
                 # the same history rows, without a million HTTP round trips. One connection
                 # per shard keeps them in order.
-                calls.append(clients[shard].call("create_agreement", {
-                    "id": agreement_id, "partner_id": partners[partner_index]["partner_id"],
-                    "debtor_account": account, "currency": currency,
-                    "per_payment_limit_minor": funding_minor,
-                    "periodic_limits": [["Day", "Calendar", funding_minor * 10]]}))
-                calls.append(clients[shard].call("agreement_action", {
-                    "id": agreement_id, "action": "authorise", "actor": "customer"}))
+                calls.append(
+                    clients[shard].call(
+                        "create_agreement",
+                        {
+                            "id": agreement_id,
+                            "partner_id": partners[partner_index]["partner_id"],
+                            "debtor_account": account,
+                            "currency": currency,
+                            "per_payment_limit_minor": funding_minor,
+                            "periodic_limits": [["Day", "Calendar", funding_minor * 10]],
+                        },
+                    )
+                )
+                calls.append(
+                    clients[shard].call(
+                        "agreement_action", {"id": agreement_id, "action": "authorise", "actor": "customer"}
+                    )
+                )
             await asyncio.gather(*calls)
             rows.extend(chunk_rows)
             done += n
@@ -91,8 +118,10 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
     try:
         api.request("GET", "/readyz")
     except Exception as exc:  # refused connection, or a 503 while a shard is down
-        raise SystemExit(f"no ready quickpay stack at {args.url} ({exc}); start it with "
-                         f"`quickpay up --state-dir {state.path}` or give --url") from None
+        raise SystemExit(
+            f"no ready quickpay stack at {args.url} ({exc}); start it with "
+            f"`quickpay up --state-dir {state.path}` or give --url"
+        ) from None
     currency = "CNY"
     funding_minor = parse_amount(args.funding, currency)
     started = time.monotonic()
@@ -104,16 +133,24 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         print(f"\rseeding customers: {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    rows = asyncio.run(seed_customers(addresses, partners, args.customers, funding_minor, currency, progress,
-                                      secret=state.cluster_secret))
+    rows = asyncio.run(
+        seed_customers(
+            addresses, partners, args.customers, funding_minor, currency, progress, secret=state.cluster_secret
+        )
+    )
     print(file=sys.stderr)
     blocked_count = int(len(rows) * args.blocked_share) if args.blocked_share > 0 else 0
     rng = random.Random(7)
     blocked = rng.sample(rows, blocked_count) if blocked_count else []
     from gateway.schemas import LIST_CHANGE_VALUES_MAX
+
     for start in range(0, len(blocked), LIST_CHANGE_VALUES_MAX):
-        api.request("POST", "/admin/v1/fraud/lists/blocked_accounts",
-                    {"add": [debtor for _, _, debtor in blocked[start:start + LIST_CHANGE_VALUES_MAX]]}, token=admin)
+        api.request(
+            "POST",
+            "/admin/v1/fraud/lists/blocked_accounts",
+            {"add": [debtor for _, _, debtor in blocked[start : start + LIST_CHANGE_VALUES_MAX]]},
+            token=admin,
+        )
     blocked_ids = {agreement for _, agreement, _ in blocked}
     out = Path(args.out or state.path)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,13 +159,20 @@ def seed_population(args: argparse.Namespace) -> dict[str, Any]:
         writer.writerow(["partner_index", "agreement_id", "debtor_account"])
         writer.writerows(r for r in rows if r[1] not in blocked_ids)
     population = {
-        "base_url": args.url, "admin_token": admin, "currency": currency, "partners": partners,
-        "agreements_csv": "agreements.csv", "shards": shard_count,
-        "blocked_agreements": [{"partner_index": p, "agreement_id": a, "debtor_account": d}
-                               for p, a, d in blocked],
-        "customers": len(rows), "funding": args.funding,
+        "base_url": args.url,
+        "admin_token": admin,
+        "currency": currency,
+        "partners": partners,
+        "agreements_csv": "agreements.csv",
+        "shards": shard_count,
+        "blocked_agreements": [{"partner_index": p, "agreement_id": a, "debtor_account": d} for p, a, d in blocked],
+        "customers": len(rows),
+        "funding": args.funding,
     }
     (out / "population.json").write_text(json.dumps(population, indent=2))
-    print(f"seeded {args.partners} partners and {len(rows)} customers in "
-          f"{time.monotonic() - started:.1f}s; wrote {out / 'population.json'}", flush=True)
+    print(
+        f"seeded {args.partners} partners and {len(rows)} customers in "
+        f"{time.monotonic() - started:.1f}s; wrote {out / 'population.json'}",
+        flush=True,
+    )
     return population

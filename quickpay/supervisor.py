@@ -9,6 +9,7 @@ in a small JSON status file (`status_path`) that gateway workers read to answer
 /readyz (503 while a needed child is down, naming it). The supervisor never
 handles a payment itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["Child", "Supervisor", "CRASH_LOOP_AFTER"]
+__all__ = ["CRASH_LOOP_AFTER", "Child", "Supervisor"]
 
 log = logging.getLogger("quickpay.supervisor")
 
@@ -44,11 +46,13 @@ def _die_with_parent(signum: int) -> Callable[[], None]:
     if not sys.platform.startswith("linux"):
         return lambda: None
     import ctypes
+
     prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     PR_SET_PDEATHSIG = 1
 
     def preexec() -> None:
         prctl(PR_SET_PDEATHSIG, signum)
+
     return preexec
 
 
@@ -91,9 +95,16 @@ class Child:
         env = {**os.environ, **self.env}
         out = open(self.output, "ab") if self.output is not None else None
         try:
-            self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, user=self.user,
-                                            stdout=out, stderr=out, start_new_session=self.new_session,
-                                            preexec_fn=_die_with_parent(self.stop_signal))
+            self.process = subprocess.Popen(
+                self.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                user=self.user,
+                stdout=out,
+                stderr=out,
+                start_new_session=self.new_session,
+                preexec_fn=_die_with_parent(self.stop_signal),
+            )
         finally:
             if out is not None:
                 out.close()
@@ -117,18 +128,20 @@ class Child:
         else:
             state = "stopped"
         return {
-            "name": self.name, "state": state, "needed": self.needed,
+            "name": self.name,
+            "state": state,
+            "needed": self.needed,
             "pid": self.process.pid if self.running and self.process is not None else None,
-            "restarts": self.restarts, "failures_in_a_row": self.failures,
-            "crash_looping": self.crash_looping, "last_exit": self.last_exit,
-            "next_restart_in_s": (round(max(0.0, self.restart_at - now), 2)
-                                  if self.restart_at is not None else None),
+            "restarts": self.restarts,
+            "failures_in_a_row": self.failures,
+            "crash_looping": self.crash_looping,
+            "last_exit": self.last_exit,
+            "next_restart_in_s": (round(max(0.0, self.restart_at - now), 2) if self.restart_at is not None else None),
         }
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], *, status_path: Path | None = None,
-                 out: Any = None) -> None:
+    def __init__(self, children: list[Child], *, status_path: Path | None = None, out: Any = None) -> None:
         self.children = children
         self.stopping = False
         self.status_path = status_path
@@ -138,7 +151,7 @@ class Supervisor:
         print(f"quickpay: {message}", file=self.out, flush=True)
 
     def start(self, children: list[Child] | None = None) -> None:
-        for child in (self.children if children is None else children):
+        for child in self.children if children is None else children:
             child.start()
         self.write_status()
 
@@ -150,8 +163,9 @@ class Supervisor:
                 continue
             code = child.process.poll()
             if code is None:
-                if now - child.started_at > HEALTHY_AFTER_S and (child.failures or
-                                                                  child.backoff_s != RESTART_BACKOFF_MIN_S):
+                if now - child.started_at > HEALTHY_AFTER_S and (
+                    child.failures or child.backoff_s != RESTART_BACKOFF_MIN_S
+                ):
                     if child.crash_looping:
                         self._say(f"{child.name} has stayed up {HEALTHY_AFTER_S:.0f}s: no longer crash-looping")
                     child.backoff_s = RESTART_BACKOFF_MIN_S
@@ -168,8 +182,10 @@ class Supervisor:
                 child.failures += 1
                 log.info("%s exited with %s; restarting in %.1fs", child.name, code, child.backoff_s)
                 if child.crash_looping:
-                    self._say(f"{child.name} is crash-looping: exited with {code}, {child.failures} deaths "
-                              f"in a row; restarting in {child.backoff_s:.1f}s")
+                    self._say(
+                        f"{child.name} is crash-looping: exited with {code}, {child.failures} deaths "
+                        f"in a row; restarting in {child.backoff_s:.1f}s"
+                    )
                 else:
                     self._say(f"{child.name} exited with {code}; restarting in {child.backoff_s:.1f}s")
                 child.restart_at = now + child.backoff_s
@@ -179,7 +195,7 @@ class Supervisor:
                 child.restarts += 1
                 try:
                     child.start()
-                except OSError as exc:    # e.g. the executable vanished: count it as a death
+                except OSError as exc:  # e.g. the executable vanished: count it as a death
                     self._say(f"{child.name} could not be started: {exc}")
                     child.process = None
                     child.failures += 1
@@ -191,8 +207,11 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        return {"supervisor_pid": os.getpid(), "updated_at_ms": int(time.time() * 1000),
-                "children": [child.status(now) for child in self.children]}
+        return {
+            "supervisor_pid": os.getpid(),
+            "updated_at_ms": int(time.time() * 1000),
+            "children": [child.status(now) for child in self.children],
+        }
 
     def write_status(self) -> None:
         """Atomically replace the status file (write a temporary file, then rename)."""
@@ -202,7 +221,7 @@ class Supervisor:
         try:
             tmp.write_text(json.dumps(self.status()))
             os.replace(tmp, self.status_path)
-        except OSError as exc:   # a full disk must not stop the supervision itself
+        except OSError as exc:  # a full disk must not stop the supervision itself
             log.warning("could not write %s: %s", self.status_path, exc)
 
     def run_until_signal(self) -> None:
@@ -223,8 +242,10 @@ class Supervisor:
         self.stopping = True
         ranks = sorted({_rank(c) for c in self.children})
         for rank in ranks:
-            self._stop([c for c in self.children if _rank(c) == rank],
-                       timeout_s=STOP_TIMEOUT_S if rank == 0 else 3 * STOP_TIMEOUT_S)
+            self._stop(
+                [c for c in self.children if _rank(c) == rank],
+                timeout_s=STOP_TIMEOUT_S if rank == 0 else 3 * STOP_TIMEOUT_S,
+            )
         if self.status_path is not None:
             try:
                 self.status_path.unlink()

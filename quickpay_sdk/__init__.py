@@ -16,21 +16,43 @@ sends), `_core` (token cache, retries, backoff: the logic, free of I/O), `errors
 `webhooks` (standard library only; the server signs with its `sign_webhook`). The
 clients are imported on first use, so `import quickpay_sdk.webhooks` does not need httpx.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
-    APIConnectionError, AuthenticationError, ConflictError, ForbiddenError, InvalidRequestError, NotFoundError,
-    QuickpayError, RateLimitError, ServerError, UnprocessableError,
+    APIConnectionError,
+    AuthenticationError,
+    ConflictError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+    QuickpayError,
+    RateLimitError,
+    ServerError,
+    UnprocessableError,
 )
 from .webhooks import SIGNATURE_HEADER, WebhookVerificationError, compute_signature, sign_webhook, verify_webhook
 
 __all__ = [
-    "Client", "AsyncClient",
-    "QuickpayError", "InvalidRequestError", "AuthenticationError", "ForbiddenError", "NotFoundError",
-    "ConflictError", "UnprocessableError", "RateLimitError", "ServerError", "APIConnectionError",
-    "verify_webhook", "sign_webhook", "compute_signature", "WebhookVerificationError", "SIGNATURE_HEADER",
+    "SIGNATURE_HEADER",
+    "APIConnectionError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ConflictError",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "QuickpayError",
+    "RateLimitError",
+    "ServerError",
+    "UnprocessableError",
+    "WebhookVerificationError",
+    "compute_signature",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 if TYPE_CHECKING:
@@ -40,5 +62,6 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in ("Client", "AsyncClient"):
         from . import client
+
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ A `Retry-After` (seconds) on the answer replaces it; one longer than `backoff_ma
 not waited for: the error is raised at once, carrying `retry_after_s`, so a call never
 blocks longer than max_retries * backoff_max_s in sleeps.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,17 +33,30 @@ import httpx
 
 from .errors import APIConnectionError, AuthenticationError, QuickpayError, RateLimitError, error_class_for
 
-__all__ = ["Settings", "Send", "Sleep", "Effect", "Plan", "Call", "Page", "Core", "MAX_RETRIES_LIMIT",
-           "BACKOFF_MAX_LIMIT_S", "TIMEOUT_MAX_S", "PAGE_SIZE_MAX", "BATCH_ITEMS_MAX"]
+__all__ = [
+    "BACKOFF_MAX_LIMIT_S",
+    "BATCH_ITEMS_MAX",
+    "MAX_RETRIES_LIMIT",
+    "PAGE_SIZE_MAX",
+    "TIMEOUT_MAX_S",
+    "Call",
+    "Core",
+    "Effect",
+    "Page",
+    "Plan",
+    "Send",
+    "Settings",
+    "Sleep",
+]
 
 T = TypeVar("T")
 
 MAX_RETRIES_LIMIT = 10
 BACKOFF_MAX_LIMIT_S = 120.0
 TIMEOUT_MAX_S = 300.0
-PAGE_SIZE_MAX = 200          # the gateway's PAGE_LIMIT_MAX
-BATCH_ITEMS_MAX = 1_000      # the gateway's BATCH_ITEMS_MAX (a stack may be started lower)
-TOKEN_EARLY_S = 30.0         # renew a token this long before it expires (or at 90% of a short life)
+PAGE_SIZE_MAX = 200  # the gateway's PAGE_LIMIT_MAX
+BATCH_ITEMS_MAX = 1_000  # the gateway's BATCH_ITEMS_MAX (a stack may be started lower)
+TOKEN_EARLY_S = 30.0  # renew a token this long before it expires (or at 90% of a short life)
 RETRY_AFTER_MAX_CHARS = 16
 
 
@@ -74,6 +88,7 @@ class Settings:
 class Send:
     """Send this request; the runner answers with the httpx.Response or throws the
     httpx.TransportError it got."""
+
     method: str
     path: str
     params: dict[str, str] = field(default_factory=dict)
@@ -94,6 +109,7 @@ Plan = Generator[Effect, Any, T]
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One logical API call: what to send and how to read a successful answer."""
+
     method: str
     path: str
     parse: Callable[[httpx.Response], T]
@@ -111,8 +127,13 @@ class Page(NamedTuple):
 
 
 def invalid_response(response: httpx.Response, why: str) -> QuickpayError:
-    return QuickpayError(0, "QP.Client.InvalidResponse", f"{why} (HTTP {response.status_code})",
-                         interaction_id=response.headers.get("x-fapi-interaction-id"), body=response.text[:1000])
+    return QuickpayError(
+        0,
+        "QP.Client.InvalidResponse",
+        f"{why} (HTTP {response.status_code})",
+        interaction_id=response.headers.get("x-fapi-interaction-id"),
+        body=response.text[:1000],
+    )
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:
@@ -132,6 +153,7 @@ def page_of(items_key: str) -> Callable[[httpx.Response], Page]:
         if not isinstance(items, list) or not (cursor is None or isinstance(cursor, str)):
             raise invalid_response(response, f"the answer has no {items_key} list or a bad next_cursor")
         return Page(items, cursor or None)
+
     return parse
 
 
@@ -172,8 +194,16 @@ def error_from_response(response: httpx.Response, idempotency_key: str | None) -
     elif isinstance(body, str) and body:
         message = body[:200]
     cls = error_class_for(status)
-    return cls(status, code, message, errors, response.headers.get("x-fapi-interaction-id"), body,
-               idempotency_key=idempotency_key, retry_after_s=retry_after_s(response.headers.get("retry-after")))
+    return cls(
+        status,
+        code,
+        message,
+        errors,
+        response.headers.get("x-fapi-interaction-id"),
+        body,
+        idempotency_key=idempotency_key,
+        retry_after_s=retry_after_s(response.headers.get("retry-after")),
+    )
 
 
 # Transport errors where the request cannot have reached the server, and ones where it may have.
@@ -185,8 +215,9 @@ _MAYBE_SENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolE
 class Core:
     """Token cache and the retry loop; shared state of one client (one partner)."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.rng = rng or random.Random()
@@ -205,9 +236,13 @@ class Core:
         """The cached token, or a new one (client credentials, HTTP Basic) if none or near expiry."""
         if self._token is not None and self.clock() < self._token_renew_at:
             return self._token
-        call: Call[dict[str, Any]] = Call("POST", "/oauth2/token", json_object,
-                                          content=b"grant_type=client_credentials",
-                                          content_type="application/x-www-form-urlencoded")
+        call: Call[dict[str, Any]] = Call(
+            "POST",
+            "/oauth2/token",
+            json_object,
+            content=b"grant_type=client_credentials",
+            content_type="application/x-www-form-urlencoded",
+        )
         requested_at = self.clock()
         body = call.parse((yield from self._exchange(call, authenticate=False)))
         token, expires_in = body.get("access_token"), body.get("expires_in")
@@ -220,7 +255,7 @@ class Core:
         return token
 
     def forget_token(self, token: str | None) -> None:
-        if token is not None and self._token == token:   # another call may have renewed it already
+        if token is not None and self._token == token:  # another call may have renewed it already
             self._token = None
 
     def _exchange(self, call: Call[Any], *, authenticate: bool) -> Plan[httpx.Response]:
@@ -236,13 +271,18 @@ class Core:
                     yield Sleep(self.backoff_s(attempt))
                     attempt += 1
                     continue
-                raise APIConnectionError(0, "QP.Client.Connection", f"{type(exc).__name__}: {exc}",
-                                         idempotency_key=call.idempotency_key) from exc
+                raise APIConnectionError(
+                    0, "QP.Client.Connection", f"{type(exc).__name__}: {exc}", idempotency_key=call.idempotency_key
+                ) from exc
             if response.status_code < 400:
                 return response
             error = error_from_response(response, call.idempotency_key)
-            if (authenticate and not renewed and isinstance(error, AuthenticationError)
-                    and error.code == "QP.Auth.InvalidToken"):
+            if (
+                authenticate
+                and not renewed
+                and isinstance(error, AuthenticationError)
+                and error.code == "QP.Auth.InvalidToken"
+            ):
                 self.forget_token(token)
                 renewed = True
                 continue
@@ -270,9 +310,11 @@ class Core:
         """Seconds to wait before the next attempt, or None to raise `error` now."""
         if attempt >= self.settings.max_retries:
             return None
-        retryable = (isinstance(error, RateLimitError)
-                     or (error.status == 409 and error.code == "QP.Idempotency.InFlight")
-                     or (error.status == 503 and idempotent))
+        retryable = (
+            isinstance(error, RateLimitError)
+            or (error.status == 409 and error.code == "QP.Idempotency.InFlight")
+            or (error.status == 503 and idempotent)
+        )
         if not retryable:
             return None
         if error.retry_after_s is not None:

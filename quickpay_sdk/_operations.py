@@ -4,6 +4,7 @@ Pure functions returning `Call`s (see _core); `Client` and `AsyncClient` run the
 once, are the client-side checks (bounds, types) and the rule that a call without an
 idempotency key from the caller gets a fresh uuid4 key, fixed for all its retries.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,9 +19,22 @@ import httpx
 
 from ._core import BATCH_ITEMS_MAX, PAGE_SIZE_MAX, Call, Page, invalid_response, json_object, page_of
 
-__all__ = ["new_idempotency_key", "create_payment", "create_payment_batch", "get_payment", "create_agreement",
-           "get_agreement", "revoke_agreement", "agreements_page", "create_refund", "get_refund", "get_balance",
-           "transactions_page", "events_page", "download_reconciliation"]
+__all__ = [
+    "agreements_page",
+    "create_agreement",
+    "create_payment",
+    "create_payment_batch",
+    "create_refund",
+    "download_reconciliation",
+    "events_page",
+    "get_agreement",
+    "get_balance",
+    "get_payment",
+    "get_refund",
+    "new_idempotency_key",
+    "revoke_agreement",
+    "transactions_page",
+]
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -39,7 +53,7 @@ def _segment(value: str, what: str) -> str:
 def _amount(value: object, what: str) -> str:
     # A float would have lost cents already; the API takes decimal strings only.
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a decimal string such as \"12.34\", not {type(value).__name__}")
+        raise TypeError(f'{what} must be a decimal string such as "12.34", not {type(value).__name__}')
     return value
 
 
@@ -61,18 +75,38 @@ def _timestamp(value: datetime.datetime | str | None, what: str) -> str | None:
     return value.isoformat()
 
 
-def _post(path: str, body: Mapping[str, Any], parse: Callable[[httpx.Response], Any],
-          key: str | None, idempotent: bool = True) -> Call[Any]:
-    return Call("POST", path, parse, content=_json_body(body), content_type="application/json",
-                idempotency_key=key, idempotent=idempotent)
+def _post(
+    path: str, body: Mapping[str, Any], parse: Callable[[httpx.Response], Any], key: str | None, idempotent: bool = True
+) -> Call[Any]:
+    return Call(
+        "POST",
+        path,
+        parse,
+        content=_json_body(body),
+        content_type="application/json",
+        idempotency_key=key,
+        idempotent=idempotent,
+    )
 
 
 # ---- payments -----------------------------------------------------------------------
-def create_payment(agreement_id: str, amount: str, currency: str, creditor_account: str, reference: str,
-                   risk: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> Call[dict[str, Any]]:
-    body = {"agreement_id": agreement_id, "amount": _amount(amount, "amount"), "currency": currency,
-            "creditor_account": creditor_account, "reference": reference,
-            "risk": dict(risk) if risk is not None else None}
+def create_payment(
+    agreement_id: str,
+    amount: str,
+    currency: str,
+    creditor_account: str,
+    reference: str,
+    risk: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Call[dict[str, Any]]:
+    body = {
+        "agreement_id": agreement_id,
+        "amount": _amount(amount, "amount"),
+        "currency": currency,
+        "creditor_account": creditor_account,
+        "reference": reference,
+        "risk": dict(risk) if risk is not None else None,
+    }
     return _post("/v1/quick-payments", body, json_object, idempotency_key or new_idempotency_key())
 
 
@@ -101,15 +135,24 @@ def get_payment(payment_id: str) -> Call[dict[str, Any]]:
 
 
 # ---- agreements ---------------------------------------------------------------------
-def create_agreement(debtor_account: str, currency: str, per_payment_limit: str, daily_limit: str | None = None,
-                     periodic_limits: Sequence[Mapping[str, Any]] | None = None,
-                     valid_from: datetime.datetime | str | None = None,
-                     valid_to: datetime.datetime | str | None = None) -> Call[dict[str, Any]]:
-    body = {"debtor_account": debtor_account, "currency": currency,
-            "per_payment_limit": _amount(per_payment_limit, "per_payment_limit"),
-            "daily_limit": _amount(daily_limit, "daily_limit") if daily_limit is not None else None,
-            "periodic_limits": [dict(p) for p in periodic_limits] if periodic_limits is not None else None,
-            "valid_from": _timestamp(valid_from, "valid_from"), "valid_to": _timestamp(valid_to, "valid_to")}
+def create_agreement(
+    debtor_account: str,
+    currency: str,
+    per_payment_limit: str,
+    daily_limit: str | None = None,
+    periodic_limits: Sequence[Mapping[str, Any]] | None = None,
+    valid_from: datetime.datetime | str | None = None,
+    valid_to: datetime.datetime | str | None = None,
+) -> Call[dict[str, Any]]:
+    body = {
+        "debtor_account": debtor_account,
+        "currency": currency,
+        "per_payment_limit": _amount(per_payment_limit, "per_payment_limit"),
+        "daily_limit": _amount(daily_limit, "daily_limit") if daily_limit is not None else None,
+        "periodic_limits": [dict(p) for p in periodic_limits] if periodic_limits is not None else None,
+        "valid_from": _timestamp(valid_from, "valid_from"),
+        "valid_to": _timestamp(valid_to, "valid_to"),
+    }
     # The server gives this POST no idempotency key: a retry after an unknown outcome could
     # create a second agreement, so it is not retried on 503 or a lost answer.
     return _post("/v1/agreements", body, json_object, None, idempotent=False)
@@ -130,16 +173,29 @@ def agreements_page(status: str | None, page_size: int) -> Callable[[str | None]
     def page(cursor: str | None) -> Call[Page]:
         params = {"limit": limit, **({"status": status} if status else {}), **({"cursor": cursor} if cursor else {})}
         return Call("GET", "/v1/agreements", page_of("agreements"), params=params)
+
     return page
 
 
 # ---- refunds ------------------------------------------------------------------------
-def create_refund(payment_id: str, amount: str | None = None, reason: str | None = None,
-                  reference: str | None = None, idempotency_key: str | None = None) -> Call[dict[str, Any]]:
-    body = {"amount": _amount(amount, "amount") if amount is not None else None, "reason": reason,
-            "reference": reference}
-    return _post(f"/v1/quick-payments/{_segment(payment_id, 'payment_id')}/refunds", body, json_object,
-                 idempotency_key or new_idempotency_key())
+def create_refund(
+    payment_id: str,
+    amount: str | None = None,
+    reason: str | None = None,
+    reference: str | None = None,
+    idempotency_key: str | None = None,
+) -> Call[dict[str, Any]]:
+    body = {
+        "amount": _amount(amount, "amount") if amount is not None else None,
+        "reason": reason,
+        "reference": reference,
+    }
+    return _post(
+        f"/v1/quick-payments/{_segment(payment_id, 'payment_id')}/refunds",
+        body,
+        json_object,
+        idempotency_key or new_idempotency_key(),
+    )
 
 
 def get_refund(refund_id: str) -> Call[dict[str, Any]]:
@@ -158,6 +214,7 @@ def transactions_page(account_id: str, page_size: int) -> Callable[[str | None],
     def page(cursor: str | None) -> Call[Page]:
         params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
         return Call("GET", path, page_of("transactions"), params=params)
+
     return page
 
 
@@ -170,6 +227,7 @@ def events_page(type: str | None, page_size: int) -> Callable[[str | None], Call
     def page(after: str | None) -> Call[Page]:
         params = {"limit": limit, **({"type": type} if type else {}), **({"after": after} if after else {})}
         return Call("GET", "/v1/events", page_of("events"), params=params)
+
     return page
 
 

@@ -6,6 +6,7 @@ with its own I/O. Results are the API's JSON as plain dicts; errors are the type
 `QuickpayError`s of `quickpay_sdk.errors`. One client holds one partner's credentials
 and token; use it as a context manager (or call close()/aclose()) to free connections.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,18 +20,34 @@ import httpx
 from . import _operations as ops
 from ._core import Call, Core, Page, Plan, Send, Settings, Sleep, next_cursor
 
-__all__ = ["Client", "AsyncClient"]
+__all__ = ["AsyncClient", "Client"]
 
 T = TypeVar("T")
 JSON = dict[str, Any]
 
 
 class _Base:
-    def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout_s: float, max_retries: int,
-                 backoff_base_s: float, backoff_max_s: float, clock: Callable[[], float]) -> None:
-        self._settings = Settings(base_url.rstrip("/"), client_id, client_secret, timeout_s=timeout_s,
-                                  max_retries=max_retries, backoff_base_s=backoff_base_s,
-                                  backoff_max_s=backoff_max_s)
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout_s: float,
+        max_retries: int,
+        backoff_base_s: float,
+        backoff_max_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = Settings(
+            base_url.rstrip("/"),
+            client_id,
+            client_secret,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+        )
         self._core = Core(self._settings, clock)
 
 
@@ -38,12 +55,30 @@ class Client(_Base):
     """Blocking partner client. `sleep` and `clock` (monotonic seconds) are for tests;
     `transport` takes e.g. an httpx.MockTransport."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout_s: float = 10.0,
-                 max_retries: int = 3, backoff_base_s: float = 0.2, backoff_max_s: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, client_id, client_secret, timeout_s=timeout_s, max_retries=max_retries,
-                         backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s, clock=clock)
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout_s: float = 10.0,
+        max_retries: int = 3,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            client_id,
+            client_secret,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            clock=clock,
+        )
         self._sleep = sleep
         self._http = httpx.Client(base_url=self._settings.base_url, timeout=timeout_s, transport=transport)
 
@@ -76,8 +111,9 @@ class Client(_Base):
             plan.close()
 
     def _send(self, send: Send) -> httpx.Response:
-        return self._http.request(send.method, send.path, params=send.params, headers=send.headers,
-                                  content=send.content)
+        return self._http.request(
+            send.method, send.path, params=send.params, headers=send.headers, content=send.content
+        )
 
     def _call(self, call: Call[T]) -> T:
         return self._run(self._core.execute(call))
@@ -91,10 +127,19 @@ class Client(_Base):
                 return
 
     # -- payments
-    def create_payment(self, agreement_id: str, amount: str, currency: str, creditor_account: str, reference: str,
-                       risk: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> JSON:
-        return self._call(ops.create_payment(agreement_id, amount, currency, creditor_account, reference, risk,
-                                             idempotency_key))
+    def create_payment(
+        self,
+        agreement_id: str,
+        amount: str,
+        currency: str,
+        creditor_account: str,
+        reference: str,
+        risk: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
+        return self._call(
+            ops.create_payment(agreement_id, amount, currency, creditor_account, reference, risk, idempotency_key)
+        )
 
     def create_payment_batch(self, items: Sequence[MutableMapping[str, Any]]) -> list[JSON]:
         return self._call(ops.create_payment_batch(items))
@@ -103,12 +148,21 @@ class Client(_Base):
         return self._call(ops.get_payment(payment_id))
 
     # -- agreements
-    def create_agreement(self, debtor_account: str, currency: str, per_payment_limit: str,
-                         daily_limit: str | None = None, periodic_limits: Sequence[Mapping[str, Any]] | None = None,
-                         valid_from: datetime.datetime | str | None = None,
-                         valid_to: datetime.datetime | str | None = None) -> JSON:
-        return self._call(ops.create_agreement(debtor_account, currency, per_payment_limit, daily_limit,
-                                               periodic_limits, valid_from, valid_to))
+    def create_agreement(
+        self,
+        debtor_account: str,
+        currency: str,
+        per_payment_limit: str,
+        daily_limit: str | None = None,
+        periodic_limits: Sequence[Mapping[str, Any]] | None = None,
+        valid_from: datetime.datetime | str | None = None,
+        valid_to: datetime.datetime | str | None = None,
+    ) -> JSON:
+        return self._call(
+            ops.create_agreement(
+                debtor_account, currency, per_payment_limit, daily_limit, periodic_limits, valid_from, valid_to
+            )
+        )
 
     def get_agreement(self, agreement_id: str) -> JSON:
         return self._call(ops.get_agreement(agreement_id))
@@ -120,8 +174,14 @@ class Client(_Base):
         return self._pages(ops.agreements_page(status, page_size))
 
     # -- refunds
-    def create_refund(self, payment_id: str, amount: str | None = None, reason: str | None = None,
-                      reference: str | None = None, idempotency_key: str | None = None) -> JSON:
+    def create_refund(
+        self,
+        payment_id: str,
+        amount: str | None = None,
+        reason: str | None = None,
+        reference: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
         return self._call(ops.create_refund(payment_id, amount, reason, reference, idempotency_key))
 
     def get_refund(self, refund_id: str) -> JSON:
@@ -146,13 +206,30 @@ class AsyncClient(_Base):
     """asyncio partner client; the same methods as `Client`, awaited (the list_* ones are
     async iterators). `sleep` is awaited (asyncio.sleep by default)."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout_s: float = 10.0,
-                 max_retries: int = 3, backoff_base_s: float = 0.2, backoff_max_s: float = 10.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, client_id, client_secret, timeout_s=timeout_s, max_retries=max_retries,
-                         backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s, clock=clock)
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout_s: float = 10.0,
+        max_retries: int = 3,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            client_id,
+            client_secret,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            clock=clock,
+        )
         self._sleep = sleep
         self._http = httpx.AsyncClient(base_url=self._settings.base_url, timeout=timeout_s, transport=transport)
 
@@ -185,8 +262,9 @@ class AsyncClient(_Base):
             plan.close()
 
     async def _send(self, send: Send) -> httpx.Response:
-        return await self._http.request(send.method, send.path, params=send.params, headers=send.headers,
-                                        content=send.content)
+        return await self._http.request(
+            send.method, send.path, params=send.params, headers=send.headers, content=send.content
+        )
 
     async def _call(self, call: Call[T]) -> T:
         return await self._run(self._core.execute(call))
@@ -201,11 +279,19 @@ class AsyncClient(_Base):
                 return
 
     # -- payments
-    async def create_payment(self, agreement_id: str, amount: str, currency: str, creditor_account: str,
-                             reference: str, risk: Mapping[str, Any] | None = None,
-                             idempotency_key: str | None = None) -> JSON:
-        return await self._call(ops.create_payment(agreement_id, amount, currency, creditor_account, reference, risk,
-                                                   idempotency_key))
+    async def create_payment(
+        self,
+        agreement_id: str,
+        amount: str,
+        currency: str,
+        creditor_account: str,
+        reference: str,
+        risk: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
+        return await self._call(
+            ops.create_payment(agreement_id, amount, currency, creditor_account, reference, risk, idempotency_key)
+        )
 
     async def create_payment_batch(self, items: Sequence[MutableMapping[str, Any]]) -> list[JSON]:
         return await self._call(ops.create_payment_batch(items))
@@ -214,13 +300,21 @@ class AsyncClient(_Base):
         return await self._call(ops.get_payment(payment_id))
 
     # -- agreements
-    async def create_agreement(self, debtor_account: str, currency: str, per_payment_limit: str,
-                               daily_limit: str | None = None,
-                               periodic_limits: Sequence[Mapping[str, Any]] | None = None,
-                               valid_from: datetime.datetime | str | None = None,
-                               valid_to: datetime.datetime | str | None = None) -> JSON:
-        return await self._call(ops.create_agreement(debtor_account, currency, per_payment_limit, daily_limit,
-                                                     periodic_limits, valid_from, valid_to))
+    async def create_agreement(
+        self,
+        debtor_account: str,
+        currency: str,
+        per_payment_limit: str,
+        daily_limit: str | None = None,
+        periodic_limits: Sequence[Mapping[str, Any]] | None = None,
+        valid_from: datetime.datetime | str | None = None,
+        valid_to: datetime.datetime | str | None = None,
+    ) -> JSON:
+        return await self._call(
+            ops.create_agreement(
+                debtor_account, currency, per_payment_limit, daily_limit, periodic_limits, valid_from, valid_to
+            )
+        )
 
     async def get_agreement(self, agreement_id: str) -> JSON:
         return await self._call(ops.get_agreement(agreement_id))
@@ -232,8 +326,14 @@ class AsyncClient(_Base):
         return self._pages(ops.agreements_page(status, page_size))
 
     # -- refunds
-    async def create_refund(self, payment_id: str, amount: str | None = None, reason: str | None = None,
-                            reference: str | None = None, idempotency_key: str | None = None) -> JSON:
+    async def create_refund(
+        self,
+        payment_id: str,
+        amount: str | None = None,
+        reason: str | None = None,
+        reference: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
         return await self._call(ops.create_refund(payment_id, amount, reason, reference, idempotency_key))
 
     async def get_refund(self, refund_id: str) -> JSON:
@@ -247,8 +347,9 @@ class AsyncClient(_Base):
         return self._pages(ops.transactions_page(account_id, page_size))
 
     # -- events and reconciliation
-    def list_events(self, after: str | None = None, type: str | None = None,
-                    page_size: int = 100) -> AsyncIterator[JSON]:
+    def list_events(
+        self, after: str | None = None, type: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[JSON]:
         return self._pages(ops.events_page(type, page_size), after)
 
     async def download_reconciliation(self, date: datetime.date | str, provisional: bool = False) -> str:

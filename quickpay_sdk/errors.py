@@ -8,13 +8,22 @@ Failures on the client's side (no connection, a response that is not what the AP
 promises) are `QuickpayError`s too, with status 0, so one `except QuickpayError` covers
 every call. This module has no dependencies.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 __all__ = [
-    "QuickpayError", "InvalidRequestError", "AuthenticationError", "ForbiddenError", "NotFoundError",
-    "ConflictError", "UnprocessableError", "RateLimitError", "ServerError", "APIConnectionError",
+    "APIConnectionError",
+    "AuthenticationError",
+    "ConflictError",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "QuickpayError",
+    "RateLimitError",
+    "ServerError",
+    "UnprocessableError",
     "error_class_for",
 ]
 
@@ -30,9 +39,18 @@ class QuickpayError(Exception):
     with exactly-once effect; retry_after_s: the response's Retry-After, in seconds.
     """
 
-    def __init__(self, status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None,
-                 interaction_id: str | None = None, body: Any = None, *,
-                 idempotency_key: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        interaction_id: str | None = None,
+        body: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status = status
         self.code = code
@@ -81,9 +99,16 @@ class APIConnectionError(QuickpayError):
 
 
 _BY_STATUS: dict[int, type[QuickpayError]] = {
-    400: InvalidRequestError, 401: AuthenticationError, 403: ForbiddenError, 404: NotFoundError,
-    405: InvalidRequestError, 409: ConflictError, 413: InvalidRequestError, 415: InvalidRequestError,
-    422: UnprocessableError, 429: RateLimitError,
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    405: InvalidRequestError,
+    409: ConflictError,
+    413: InvalidRequestError,
+    415: InvalidRequestError,
+    422: UnprocessableError,
+    429: RateLimitError,
 }
 
 

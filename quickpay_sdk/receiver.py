@@ -5,6 +5,7 @@
 
 It needs aiohttp (the quickpay server's own dependency); the SDK's clients do not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ BODY_MAX_BYTES = 256 * 1024
 
 def main(argv: list[str] | None = None) -> int:
     from aiohttp import web
+
     parser = argparse.ArgumentParser(prog="python -m quickpay_sdk.receiver", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
@@ -39,9 +41,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"refused": str(exc)}), flush=True)
             return web.Response(status=400)
         obj = event["data"]["object"]
-        print(json.dumps({"verified": True, "id": event["id"], "type": event["type"],
-                          "object": obj.get("payment_id") or obj.get("refund_id") or obj.get("agreement_id"),
-                          "status": obj.get("status")}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "verified": True,
+                    "id": event["id"],
+                    "type": event["type"],
+                    "object": obj.get("payment_id") or obj.get("refund_id") or obj.get("agreement_id"),
+                    "status": obj.get("status"),
+                }
+            ),
+            flush=True,
+        )
         return web.Response(status=204)
 
     app = web.Application()

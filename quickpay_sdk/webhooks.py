@@ -9,6 +9,7 @@ secrets): one match of any v1 with any secret is enough. The timestamp binds the
 signature to a moment, so a captured delivery cannot be replayed outside the tolerance.
 Always verify the raw bytes received, before any JSON parsing or re-encoding.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,15 +19,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SIGNATURE_HEADER", "DEFAULT_TOLERANCE_S", "WebhookVerificationError", "compute_signature",
-           "sign_webhook", "verify_webhook"]
+__all__ = [
+    "DEFAULT_TOLERANCE_S",
+    "SIGNATURE_HEADER",
+    "WebhookVerificationError",
+    "compute_signature",
+    "sign_webhook",
+    "verify_webhook",
+]
 
 SIGNATURE_HEADER = "Quickpay-Signature"
 DEFAULT_TOLERANCE_S = 300
-HEADER_MAX_CHARS = 4096      # a header longer than this is refused unread
-HEADER_ENTRIES_MAX = 16      # t, and v1 entries (rotation needs two; unknown schemes count too)
+HEADER_MAX_CHARS = 4096  # a header longer than this is refused unread
+HEADER_ENTRIES_MAX = 16  # t, and v1 entries (rotation needs two; unknown schemes count too)
 SECRETS_MAX = 16
-_TIMESTAMP_DIGITS_MAX = 12   # unix seconds until the year 33658
+_TIMESTAMP_DIGITS_MAX = 12  # unix seconds until the year 33658
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -85,8 +92,13 @@ def _parse_header(header: str) -> tuple[int, list[str]]:
     return int(text), signatures
 
 
-def verify_webhook(payload: bytes, header: str, secrets: Sequence[str], tolerance_s: float = DEFAULT_TOLERANCE_S,
-                   now_s: float | None = None) -> dict[str, Any]:
+def verify_webhook(
+    payload: bytes,
+    header: str,
+    secrets: Sequence[str],
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now_s: float | None = None,
+) -> dict[str, Any]:
     """Check a delivery and return its event (the parsed JSON object).
 
     payload: the raw request body; header: the Quickpay-Signature value; secrets: every

@@ -11,6 +11,7 @@ same-shard and a cross-shard payment, waits until the cross-shard ones are Compl
 one of them with its key (same payment, no second debit), and checks every balance against the
 payments made so far. Exits non-zero (with the reason) on any surprise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quickpay.httpclient import Api, ApiCallError, wait_ready  # noqa: E402
-from kernel.ids import shard_of  # noqa: E402
+from kernel.ids import shard_of
+from quickpay.httpclient import Api, ApiCallError, wait_ready
 
 SHARDS = 2
 CURRENCY = "CNY"
@@ -59,24 +60,42 @@ def setup(api: Api, state_file: Path) -> None:
             per_shard[shard].append(account)
     for accounts in per_shard.values():
         for account in accounts:
-            funding = api.request("POST", f"/admin/v1/accounts/{account}/fundings",
-                                  {"amount": str(FUNDING), "currency": CURRENCY, "reference": "smoke funding"},
-                                  token=admin, headers={"x-idempotency-key": "smoke-fund-" + account})
+            funding = api.request(
+                "POST",
+                f"/admin/v1/accounts/{account}/fundings",
+                {"amount": str(FUNDING), "currency": CURRENCY, "reference": "smoke funding"},
+                token=admin,
+                headers={"x-idempotency-key": "smoke-fund-" + account},
+            )
             if funding["status"] != COMPLETED:
                 fail(f"funding of {account}: {funding}")
     token = api.token(partner["client_id"], partner["client_secret"])
     agreements = {}
     for shard, accounts in per_shard.items():
-        agreement = api.request("POST", "/v1/agreements", {
-            "debtor_account": accounts[0], "currency": CURRENCY, "per_payment_limit": "500.00",
-            "daily_limit": "5000.00"}, token=token)
+        agreement = api.request(
+            "POST",
+            "/v1/agreements",
+            {
+                "debtor_account": accounts[0],
+                "currency": CURRENCY,
+                "per_payment_limit": "500.00",
+                "daily_limit": "5000.00",
+            },
+            token=token,
+        )
         # The customer authorises it through the bank's channel (the admin API).
         api.request("POST", f"/admin/v1/agreements/{agreement['agreement_id']}/authorise", {}, token=admin)
         if shard_of(agreement["agreement_id"], SHARDS) != shard:
             fail(f"agreement {agreement['agreement_id']} is not on its debtor's shard {shard}")
         agreements[str(shard)] = agreement["agreement_id"]
-    state = {"admin_token": admin, "client_id": partner["client_id"], "client_secret": partner["client_secret"],
-             "accounts": {str(s): a for s, a in per_shard.items()}, "agreements": agreements, "payments": []}
+    state = {
+        "admin_token": admin,
+        "client_id": partner["client_id"],
+        "client_secret": partner["client_secret"],
+        "accounts": {str(s): a for s, a in per_shard.items()},
+        "agreements": agreements,
+        "payments": [],
+    }
     state_file.write_text(json.dumps(state))
     log(f"partner {partner['partner_id']}, accounts {per_shard}, agreements {agreements}")
 
@@ -102,10 +121,14 @@ def pay(api: Api, state_file: Path, round_no: int) -> None:
         other = (shard + 1) % SHARDS
         for kind, creditor in (("same-shard", accounts[shard][1]), ("cross-shard", accounts[other][1])):
             key = f"smoke-r{round_no}-s{shard}-{kind}"
-            body = {"agreement_id": state["agreements"][str(shard)], "amount": str(AMOUNT),
-                    "currency": CURRENCY, "creditor_account": creditor, "reference": f"smoke {key}"}
-            payment = api.request("POST", "/v1/quick-payments", body, token=token,
-                                  headers={"x-idempotency-key": key})
+            body = {
+                "agreement_id": state["agreements"][str(shard)],
+                "amount": str(AMOUNT),
+                "currency": CURRENCY,
+                "creditor_account": creditor,
+                "reference": f"smoke {key}",
+            }
+            payment = api.request("POST", "/v1/quick-payments", body, token=token, headers={"x-idempotency-key": key})
             if payment["status"] not in (COMPLETED, IN_PROCESS):
                 fail(f"{kind} payment from shard {shard} was not accepted: {payment}")
             if kind == "same-shard" and payment["status"] != COMPLETED:
@@ -115,8 +138,9 @@ def pay(api: Api, state_file: Path, round_no: int) -> None:
             again = api.request("POST", "/v1/quick-payments", body, token=token, headers={"x-idempotency-key": key})
             if again["payment_id"] != payment["payment_id"]:
                 fail(f"a retry with key {key} made a new payment: {again} vs {payment}")
-            made.append({"debtor": debtor, "creditor": creditor, "amount": str(AMOUNT),
-                         "payment_id": payment["payment_id"]})
+            made.append(
+                {"debtor": debtor, "creditor": creditor, "amount": str(AMOUNT), "payment_id": payment["payment_id"]}
+            )
             log(f"round {round_no}: {kind} payment from shard {shard}: {payment['payment_id']} {payment['status']}")
     state["payments"].extend(made)
     state_file.write_text(json.dumps(state))
@@ -125,7 +149,9 @@ def pay(api: Api, state_file: Path, round_no: int) -> None:
         expected[p["debtor"]] -= Decimal(p["amount"])
         expected[p["creditor"]] += Decimal(p["amount"])
     for account, want in sorted(expected.items()):
-        got = Decimal(api.request("GET", f"/admin/v1/accounts/{account}/balance", token=state["admin_token"])["balance"])
+        got = Decimal(
+            api.request("GET", f"/admin/v1/accounts/{account}/balance", token=state["admin_token"])["balance"]
+        )
         if got != want:
             fail(f"balance of {account} is {got}, expected {want} after {len(state['payments'])} payments")
     log(f"round {round_no}: {len(made)} payments, every balance as expected")

@@ -1,6 +1,7 @@
 """Shared fixtures: a real `quickpay up` stack (embedded PostgreSQL, 2 shard workers,
 2 gateway workers) started once per session, plus helpers to start private stacks for
 tests that kill processes, and small HTTP helpers (urllib, synchronous)."""
+
 from __future__ import annotations
 
 import base64
@@ -52,9 +53,16 @@ class Reply:
     raw: bytes
 
 
-def http(method: str, url: str, body: Any = None, *, token: str | None = None,
-         headers: dict[str, str] | None = None, raw: bytes | None = None,
-         timeout: float = 30.0) -> Reply:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30.0,
+) -> Reply:
     """One HTTP call; never raises on a status code. `body` is JSON-encoded, `raw` sent as is."""
     all_headers = {k.lower(): v for k, v in (headers or {}).items()}
     data = raw
@@ -106,10 +114,12 @@ class Stack:
 
     def shard_socket(self, shard: int) -> str:
         from quickpay.config import StateDir
+
         return StateDir(self.state_dir).shard_socket(shard)
 
     def dsn(self, shard: int) -> str:
         from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+
         return EmbeddedPostgres(self.state_dir).dsn(shard_database(shard))
 
     # -- partners and customers
@@ -121,9 +131,12 @@ class Stack:
         if cached:
             return cached
         basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
-        reply = http("POST", self.url("/oauth2/token"), raw=b"grant_type=client_credentials",
-                     headers={"authorization": f"Basic {basic}",
-                              "content-type": "application/x-www-form-urlencoded"})
+        reply = http(
+            "POST",
+            self.url("/oauth2/token"),
+            raw=b"grant_type=client_credentials",
+            headers={"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"},
+        )
         assert reply.status == 200, reply.body
         self._tokens[client_id] = reply.body["access_token"]
         return str(reply.body["access_token"])
@@ -145,22 +158,38 @@ class Stack:
         raise AssertionError(f"could not open an account on shard {shard}")
 
     def fund(self, account: str, amount: str, currency: str = "CNY") -> Reply:
-        reply = self.admin("POST", f"/admin/v1/accounts/{account}/fundings",
-                           {"amount": amount, "currency": currency, "reference": "test funding"},
-                           headers={"x-idempotency-key": "fund-" + uuid.uuid4().hex})
+        reply = self.admin(
+            "POST",
+            f"/admin/v1/accounts/{account}/fundings",
+            {"amount": amount, "currency": currency, "reference": "test funding"},
+            headers={"x-idempotency-key": "fund-" + uuid.uuid4().hex},
+        )
         assert reply.status == 201, reply.body
         return reply
 
-    def new_customer(self, partner: dict[str, Any], shard: int | None = None, funding: str = "1000.00",
-                     currency: str = "CNY", per_payment: str = "500.00", daily: str = "100000.00",
-                     authorise: bool = True, **agreement: Any) -> dict[str, str]:
+    def new_customer(
+        self,
+        partner: dict[str, Any],
+        shard: int | None = None,
+        funding: str = "1000.00",
+        currency: str = "CNY",
+        per_payment: str = "500.00",
+        daily: str = "100000.00",
+        authorise: bool = True,
+        **agreement: Any,
+    ) -> dict[str, str]:
         """A funded account on `shard` with an agreement for `partner`, authorised by the
         customer (through the admin API, the bank's channel) unless `authorise` is False."""
         account = self.new_account(shard, currency)
         if funding:
             self.fund(account, funding, currency)
-        body = {"debtor_account": account, "currency": currency, "per_payment_limit": per_payment,
-                "daily_limit": daily, **agreement}
+        body = {
+            "debtor_account": account,
+            "currency": currency,
+            "per_payment_limit": per_payment,
+            "daily_limit": daily,
+            **agreement,
+        }
         if daily is None:
             del body["daily_limit"]
         reply = self.call("POST", "/v1/agreements", body, token=partner["token"])
@@ -182,16 +211,34 @@ class Stack:
         assert reply.status == 200, reply.body
         return str(reply.body["balance"])
 
-    def pay(self, partner: dict[str, Any], agreement_id: str, creditor: str, amount: str,
-            key: str | None = None, currency: str = "CNY", reference: str = "test") -> Reply:
-        return self.call("POST", "/v1/quick-payments", {
-            "agreement_id": agreement_id, "amount": amount, "currency": currency,
-            "creditor_account": creditor, "reference": reference},
-            token=partner["token"], headers={"x-idempotency-key": key or uuid.uuid4().hex})
+    def pay(
+        self,
+        partner: dict[str, Any],
+        agreement_id: str,
+        creditor: str,
+        amount: str,
+        key: str | None = None,
+        currency: str = "CNY",
+        reference: str = "test",
+    ) -> Reply:
+        return self.call(
+            "POST",
+            "/v1/quick-payments",
+            {
+                "agreement_id": agreement_id,
+                "amount": amount,
+                "currency": currency,
+                "creditor_account": creditor,
+                "reference": reference,
+            },
+            token=partner["token"],
+            headers={"x-idempotency-key": key or uuid.uuid4().hex},
+        )
 
     # -- processes
     def shard_worker_pids(self, shard: int) -> list[int]:
         import psutil
+
         socket_path = self.shard_socket(shard)
         found = []
         for proc in psutil.process_iter(["pid", "cmdline"]):
@@ -214,24 +261,45 @@ class Stack:
         raise AssertionError(f"stack not ready again within {timeout_s}s\n{self.log()[-4000:]}")
 
 
-def start_stack(base: Path, *, shards: int = 2, workers: int = 2, demo: bool = True,
-                extra: tuple[str, ...] = (), flags: tuple[str, ...] | None = None) -> Stack:
+def start_stack(
+    base: Path,
+    *,
+    shards: int = 2,
+    workers: int = 2,
+    demo: bool = True,
+    extra: tuple[str, ...] = (),
+    flags: tuple[str, ...] | None = None,
+) -> Stack:
     """Start `quickpay up`; `flags` replaces STACK_FLAGS (e.g. to run with fraud rules)."""
     base.mkdir(parents=True, exist_ok=True)
     state_dir = base / "state"
     log_path = base / "quickpay-up.log"
     port = free_port()
-    argv = [sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(state_dir),
-            "--port", str(port), "--shards", str(shards), "--workers", str(workers),
-            *(STACK_FLAGS if flags is None else flags), *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "quickpay.cli",
+        "up",
+        "--state-dir",
+        str(state_dir),
+        "--port",
+        str(port),
+        "--shards",
+        str(shards),
+        "--workers",
+        str(workers),
+        *(STACK_FLAGS if flags is None else flags),
+        *extra,
+    ]
     if demo:
         argv.append("--demo")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("QUICKPAY_TOKEN_KEY", None)
     env.pop("QUICKPAY_ADMIN_TOKEN", None)
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+        )
     stack = Stack(proc, f"http://127.0.0.1:{port}", port, state_dir, log_path, shards)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while "quickpay ready" not in stack.log():
@@ -257,6 +325,7 @@ def stop_stack(stack: Stack) -> None:
     # Children of a SIGKILLed supervisor may linger: end them by pid.
     try:
         import psutil
+
         run_dir = stack.shard_socket(0).rsplit("/", 1)[0].removeprefix("unix:")
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(proc.info.get("cmdline") or [])
@@ -265,6 +334,7 @@ def stop_stack(stack: Stack) -> None:
     except Exception:
         pass
     from quickpay.embedded_pg import EmbeddedPostgres
+
     try:
         EmbeddedPostgres(stack.state_dir).stop()
     except Exception:

@@ -10,6 +10,7 @@ through), and on request breaks the connections it carries:
 It runs its own event loop in a daemon thread, so synchronous and asyncio tests can
 use it alike. Loopback only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,20 +28,19 @@ class FaultProxy:
         """`target`: "tcp:HOST:PORT", "HOST:PORT" or "unix:/path"."""
         self.target = target
         self.port = 0
-        self.connections = 0        # accepted and relayed
-        self.dropped = 0            # connections reset by drop()
-        self.refused = 0            # connections closed at accept during a refusal window
-        self.stalled_chunks = 0     # chunks that had to wait for a stall to end
+        self.connections = 0  # accepted and relayed
+        self.dropped = 0  # connections reset by drop()
+        self.refused = 0  # connections closed at accept during a refusal window
+        self.stalled_chunks = 0  # chunks that had to wait for a stall to end
         self._refuse_until = 0.0
         self._stall_until = 0.0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"faultproxy-{target}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"faultproxy-{target}", daemon=True)
 
     # ---- control (from any thread) ----------------------------------------------------
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         self._server = self._run(asyncio.start_server(self._accept, "127.0.0.1", 0))
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -75,13 +75,13 @@ class FaultProxy:
         self._refuse_until = time.monotonic() + refuse_s
         writers, self._writers = self._writers, set()
         for writer in writers:
-            writer.transport.abort()     # RST: the peer sees the connection die, not a clean close
+            writer.transport.abort()  # RST: the peer sees the connection die, not a clean close
         self.dropped += len(writers) // 2
         return len(writers) // 2
 
     async def _open_target(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.target.startswith("unix:"):
-            return await asyncio.open_unix_connection(self.target[len("unix:"):])
+            return await asyncio.open_unix_connection(self.target[len("unix:") :])
         host, _, port = self.target.removeprefix("tcp:").rpartition(":")
         return await asyncio.open_connection(host, int(port))
 
@@ -97,11 +97,13 @@ class FaultProxy:
             return
         self.connections += 1
         self._writers.update((writer, upstream_writer))
-        await asyncio.gather(self._pump(reader, upstream_writer, writer),
-                             self._pump(upstream_reader, writer, upstream_writer))
+        await asyncio.gather(
+            self._pump(reader, upstream_writer, writer), self._pump(upstream_reader, writer, upstream_writer)
+        )
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    other: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, other: asyncio.StreamWriter
+    ) -> None:
         try:
             while True:
                 data = await reader.read(_CHUNK)
@@ -110,7 +112,7 @@ class FaultProxy:
                 wait_s = self._stall_until - time.monotonic()
                 if wait_s > 0:
                     self.stalled_chunks += 1
-                    while wait_s > 0:            # a later stall() may extend it
+                    while wait_s > 0:  # a later stall() may extend it
                         await asyncio.sleep(wait_s)
                         wait_s = self._stall_until - time.monotonic()
                 if writer.transport.is_closing():

@@ -2,6 +2,7 @@
 period windows (month/year clamping, leap years, contiguity as a property), the
 per-payment and periodic limits with their rejection details and window resets, the
 full (status, action, actor) transition table, and why a payment is refused."""
+
 from __future__ import annotations
 
 import datetime
@@ -12,18 +13,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.agreements import (
-    ALIGNMENTS, MS_PER_DAY, PERIODS, Action, AgreementStatus, PeriodicLimit, add_months, decide_transition,
-    effective_status, limit_refusal, payment_refusal, period_window, remaining, spend,
+    ALIGNMENTS,
+    MS_PER_DAY,
+    PERIODS,
+    Action,
+    AgreementStatus,
+    PeriodicLimit,
+    add_months,
+    decide_transition,
+    effective_status,
+    limit_refusal,
+    payment_refusal,
+    period_window,
+    remaining,
+    spend,
 )
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 MS_PER_HOUR = 3_600_000
 MS_PER_WEEK = 7 * MS_PER_DAY
 S = AgreementStatus
 
 
-def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
-       millis: int = 0) -> int:
+def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, millis: int = 0) -> int:
     """Milliseconds since the epoch of a UTC wall-clock time."""
     dt = datetime.datetime(year, month, day, hour, minute, second, millis * 1000, tzinfo=UTC)
     return int(dt.timestamp()) * 1000 + millis
@@ -36,7 +48,7 @@ def utc(at_ms: int) -> datetime.datetime:
 def test_ms_helper_agrees_with_the_epoch() -> None:
     assert ms(1970, 1, 1) == 0
     assert ms(1970, 1, 2, 0, 0, 0, 1) == MS_PER_DAY + 1
-    assert utc(ms(2026, 3, 15, 23, 59, 59, 999)).weekday() == 6      # a Sunday
+    assert utc(ms(2026, 3, 15, 23, 59, 59, 999)).weekday() == 6  # a Sunday
 
 
 # ---- Calendar windows ---------------------------------------------------------------------
@@ -54,8 +66,7 @@ def test_calendar_day_boundaries() -> None:
 def test_calendar_day_across_month_and_year_ends() -> None:
     assert period_window("Day", "Calendar", 0, ms(2026, 2, 28, 23, 59, 59, 999)) == (ms(2026, 2, 28), ms(2026, 3, 1))
     assert period_window("Day", "Calendar", 0, ms(2028, 2, 29, 6)) == (ms(2028, 2, 29), ms(2028, 3, 1))
-    assert period_window("Day", "Calendar", 0, ms(2026, 12, 31, 23, 59, 59, 999)) == (ms(2026, 12, 31),
-                                                                                      ms(2027, 1, 1))
+    assert period_window("Day", "Calendar", 0, ms(2026, 12, 31, 23, 59, 59, 999)) == (ms(2026, 12, 31), ms(2027, 1, 1))
 
 
 def test_calendar_week_starts_monday_midnight_utc() -> None:
@@ -84,9 +95,18 @@ def test_calendar_week_across_a_year_end() -> None:
     assert period_window("Week", "Calendar", 0, 0) == (ms(1969, 12, 29), ms(1970, 1, 5))
 
 
-@pytest.mark.parametrize("year, month, days", [
-    (2026, 1, 31), (2026, 2, 28), (2028, 2, 29), (2026, 4, 30), (2026, 12, 31), (2100, 2, 28), (2000, 2, 29),
-])
+@pytest.mark.parametrize(
+    "year, month, days",
+    [
+        (2026, 1, 31),
+        (2026, 2, 28),
+        (2028, 2, 29),
+        (2026, 4, 30),
+        (2026, 12, 31),
+        (2100, 2, 28),
+        (2000, 2, 29),
+    ],
+)
 def test_calendar_month_lengths(year: int, month: int, days: int) -> None:
     start = ms(year, month, 1)
     end = ms(year + 1, 1, 1) if month == 12 else ms(year, month + 1, 1)
@@ -111,7 +131,7 @@ def test_add_months_clamps_to_the_shorter_month_and_keeps_time_of_day() -> None:
     jan31 = ms(2026, 1, 31, 10, 15, 30, 250)
     assert add_months(jan31, 0) == jan31
     assert add_months(jan31, 1) == ms(2026, 2, 28, 10, 15, 30, 250)
-    assert add_months(jan31, 2) == ms(2026, 3, 31, 10, 15, 30, 250)      # from the anchor, not from Feb 28
+    assert add_months(jan31, 2) == ms(2026, 3, 31, 10, 15, 30, 250)  # from the anchor, not from Feb 28
     assert add_months(jan31, 3) == ms(2026, 4, 30, 10, 15, 30, 250)
     assert add_months(jan31, 11) == ms(2026, 12, 31, 10, 15, 30, 250)
     assert add_months(jan31, 12) == ms(2027, 1, 31, 10, 15, 30, 250)
@@ -133,17 +153,15 @@ def test_consent_day_repeats_every_24h_from_the_anchor() -> None:
     at = ms(2026, 3, 13, 19, 0)
     start = ms(2026, 3, 13, 14, 30, 15, 250)
     assert period_window("Day", "Consent", anchor, at) == (start, start + MS_PER_DAY)
-    assert period_window("Day", "Consent", anchor, start + MS_PER_DAY) == (start + MS_PER_DAY,
-                                                                           start + 2 * MS_PER_DAY)
+    assert period_window("Day", "Consent", anchor, start + MS_PER_DAY) == (start + MS_PER_DAY, start + 2 * MS_PER_DAY)
 
 
 def test_consent_week_repeats_every_7d_from_the_anchor() -> None:
-    anchor = ms(2026, 3, 12, 9, 0)           # a Thursday
+    anchor = ms(2026, 3, 12, 9, 0)  # a Thursday
     assert period_window("Week", "Consent", anchor, anchor) == (anchor, anchor + MS_PER_WEEK)
     # the next Monday is no boundary
     assert period_window("Week", "Consent", anchor, ms(2026, 3, 16, 0, 0)) == (anchor, anchor + MS_PER_WEEK)
-    assert period_window("Week", "Consent", anchor, ms(2026, 3, 19, 8, 59, 59, 999)) == (anchor,
-                                                                                       ms(2026, 3, 19, 9))
+    assert period_window("Week", "Consent", anchor, ms(2026, 3, 19, 8, 59, 59, 999)) == (anchor, ms(2026, 3, 19, 9))
     assert period_window("Week", "Consent", anchor, ms(2026, 3, 19, 9)) == (ms(2026, 3, 19, 9), ms(2026, 3, 26, 9))
     assert period_window("Week", "Consent", anchor, ms(2026, 4, 30, 12)) == (ms(2026, 4, 30, 9), ms(2026, 5, 7, 9))
 
@@ -179,15 +197,12 @@ def test_consent_month_from_the_15th_is_plain() -> None:
 def test_consent_year_from_feb_29() -> None:
     anchor = ms(2028, 2, 29, 12)
     assert period_window("Year", "Consent", anchor, anchor) == (anchor, ms(2029, 2, 28, 12))
-    assert period_window("Year", "Consent", anchor, ms(2029, 2, 28, 11, 59, 59, 999)) == (anchor,
-                                                                                        ms(2029, 2, 28, 12))
+    assert period_window("Year", "Consent", anchor, ms(2029, 2, 28, 11, 59, 59, 999)) == (anchor, ms(2029, 2, 28, 12))
     assert period_window("Year", "Consent", anchor, ms(2029, 3, 1)) == (ms(2029, 2, 28, 12), ms(2030, 2, 28, 12))
     assert period_window("Year", "Consent", anchor, ms(2031, 6, 1)) == (ms(2031, 2, 28, 12), ms(2032, 2, 29, 12))
     # back on Feb 29 in the next leap year
-    assert period_window("Year", "Consent", anchor, ms(2032, 2, 29, 12)) == (ms(2032, 2, 29, 12),
-                                                                           ms(2033, 2, 28, 12))
-    assert period_window("Year", "Consent", anchor, ms(2032, 2, 29, 11)) == (ms(2031, 2, 28, 12),
-                                                                           ms(2032, 2, 29, 12))
+    assert period_window("Year", "Consent", anchor, ms(2032, 2, 29, 12)) == (ms(2032, 2, 29, 12), ms(2033, 2, 28, 12))
+    assert period_window("Year", "Consent", anchor, ms(2032, 2, 29, 11)) == (ms(2031, 2, 28, 12), ms(2032, 2, 29, 12))
 
 
 def test_unknown_period_or_alignment_is_an_error() -> None:
@@ -202,11 +217,13 @@ _MAX_MS = ms(2100, 1, 1)
 
 
 @settings(max_examples=400, deadline=None)
-@given(period=st.sampled_from(PERIODS), alignment=st.sampled_from(ALIGNMENTS),
-       anchor=st.integers(_MIN_MS, _MAX_MS),
-       offset=st.one_of(st.integers(0, 3 * MS_PER_DAY), st.integers(0, 40 * 366 * MS_PER_DAY)))
-def test_windows_contain_the_time_and_are_contiguous(period: str, alignment: str, anchor: int,
-                                                     offset: int) -> None:
+@given(
+    period=st.sampled_from(PERIODS),
+    alignment=st.sampled_from(ALIGNMENTS),
+    anchor=st.integers(_MIN_MS, _MAX_MS),
+    offset=st.one_of(st.integers(0, 3 * MS_PER_DAY), st.integers(0, 40 * 366 * MS_PER_DAY)),
+)
+def test_windows_contain_the_time_and_are_contiguous(period: str, alignment: str, anchor: int, offset: int) -> None:
     at = anchor + offset
     start, end = period_window(period, alignment, anchor, at)
     assert start <= at < end
@@ -269,10 +286,18 @@ def test_periodic_limit_rejects_with_details_and_resets_next_window() -> None:
     spend([day], 0, 700, morning)
     assert (day.window_start_ms, day.window_end_ms, day.spent_minor) == (ms(2026, 3, 15), ms(2026, 3, 16), 700)
     refusal = limit_refusal(10_000, [day], 0, 301, evening)
-    assert refusal == ("AGREEMENT_PERIODIC_LIMIT", {
-        "period": "Day", "alignment": "Calendar", "limit_minor": 1_000, "remaining_minor": 300,
-        "period_start_ms": ms(2026, 3, 15), "period_end_ms": ms(2026, 3, 16)})
-    assert limit_refusal(10_000, [day], 0, 300, evening) is None     # up to the limit exactly
+    assert refusal == (
+        "AGREEMENT_PERIODIC_LIMIT",
+        {
+            "period": "Day",
+            "alignment": "Calendar",
+            "limit_minor": 1_000,
+            "remaining_minor": 300,
+            "period_start_ms": ms(2026, 3, 15),
+            "period_end_ms": ms(2026, 3, 16),
+        },
+    )
+    assert limit_refusal(10_000, [day], 0, 300, evening) is None  # up to the limit exactly
     spend([day], 0, 300, evening)
     refusal = limit_refusal(10_000, [day], 0, 1, evening)
     assert refusal is not None and refusal[1]["remaining_minor"] == 0
@@ -291,9 +316,17 @@ def test_consent_limit_details_name_the_consent_window() -> None:
     month = PeriodicLimit("Month", "Consent", 500)
     spend([month], anchor, 500, ms(2026, 2, 20))
     refusal = limit_refusal(1_000, [month], anchor, 1, ms(2026, 2, 28, 9, 59))
-    assert refusal == ("AGREEMENT_PERIODIC_LIMIT", {
-        "period": "Month", "alignment": "Consent", "limit_minor": 500, "remaining_minor": 0,
-        "period_start_ms": anchor, "period_end_ms": ms(2026, 2, 28, 10)})
+    assert refusal == (
+        "AGREEMENT_PERIODIC_LIMIT",
+        {
+            "period": "Month",
+            "alignment": "Consent",
+            "limit_minor": 500,
+            "remaining_minor": 0,
+            "period_start_ms": anchor,
+            "period_end_ms": ms(2026, 2, 28, 10),
+        },
+    )
     assert limit_refusal(1_000, [month], anchor, 500, ms(2026, 2, 28, 10)) is None
 
 
@@ -309,9 +342,17 @@ def test_day_and_month_limits_together_the_month_bites_across_days() -> None:
     # day 5: the day limit would allow 1 000, the month only 500 more
     at = ms(2026, 3, 5, 9)
     refusal = limit_refusal(5_000, limits, 0, 600, at)
-    assert refusal == ("AGREEMENT_PERIODIC_LIMIT", {
-        "period": "Month", "alignment": "Calendar", "limit_minor": 2_500, "remaining_minor": 500,
-        "period_start_ms": ms(2026, 3, 1), "period_end_ms": ms(2026, 4, 1)})
+    assert refusal == (
+        "AGREEMENT_PERIODIC_LIMIT",
+        {
+            "period": "Month",
+            "alignment": "Calendar",
+            "limit_minor": 2_500,
+            "remaining_minor": 500,
+            "period_start_ms": ms(2026, 3, 1),
+            "period_end_ms": ms(2026, 4, 1),
+        },
+    )
     assert limit_refusal(5_000, limits, 0, 500, at) is None
     spend(limits, 0, 500, at)
     # a later day in the month: the day is fresh, the month is spent
@@ -416,8 +457,7 @@ CUSTOMER_EXPIRED: dict[tuple[str, str], tuple[str, str | None]] = {
 }
 
 NOW = ms(2026, 6, 1, 12)
-VALIDITY = {"open-ended": None, "valid": NOW + MS_PER_HOUR, "valid to exactly now": NOW,
-            "expired": NOW - 1}
+VALIDITY = {"open-ended": None, "valid": NOW + MS_PER_HOUR, "valid to exactly now": NOW, "expired": NOW - 1}
 
 
 def _expected(status: str, action: str, actor: str, expired: bool) -> tuple[str, str | None]:
@@ -466,40 +506,49 @@ def test_expiry_is_strictly_after_valid_to() -> None:
     assert decide_transition(S.SUSPENDED, valid_to, A.REVOKE, "partner", valid_to + 1) == (OK, S.REVOKED)
 
 
-@pytest.mark.parametrize("status, valid_to, at, expected", [
-    (S.AWAITING, None, NOW, S.AWAITING),
-    (S.AUTHORISED, NOW, NOW, S.AUTHORISED),
-    (S.AUTHORISED, NOW, NOW + 1, S.EXPIRED),
-    (S.AWAITING, NOW, NOW + 1, S.EXPIRED),
-    (S.SUSPENDED, NOW, NOW + 1, S.EXPIRED),
-    (S.REJECTED, NOW, NOW + 1, S.REJECTED),
-    (S.REVOKED, NOW, NOW + 1, S.REVOKED),
-])
+@pytest.mark.parametrize(
+    "status, valid_to, at, expected",
+    [
+        (S.AWAITING, None, NOW, S.AWAITING),
+        (S.AUTHORISED, NOW, NOW, S.AUTHORISED),
+        (S.AUTHORISED, NOW, NOW + 1, S.EXPIRED),
+        (S.AWAITING, NOW, NOW + 1, S.EXPIRED),
+        (S.SUSPENDED, NOW, NOW + 1, S.EXPIRED),
+        (S.REJECTED, NOW, NOW + 1, S.REJECTED),
+        (S.REVOKED, NOW, NOW + 1, S.REVOKED),
+    ],
+)
 def test_effective_status(status: str, valid_to: int | None, at: int, expected: str) -> None:
     assert effective_status(status, valid_to, at) == expected
 
 
 # ---- payment_refusal ----------------------------------------------------------------------
-@pytest.mark.parametrize("status, expected", [
-    (S.AWAITING, "AGREEMENT_NOT_AUTHORISED"),
-    (S.AUTHORISED, None),
-    (S.REJECTED, "AGREEMENT_NOT_AUTHORISED"),
-    (S.SUSPENDED, "AGREEMENT_SUSPENDED"),
-    (S.REVOKED, "AGREEMENT_REVOKED"),
-])
+@pytest.mark.parametrize(
+    "status, expected",
+    [
+        (S.AWAITING, "AGREEMENT_NOT_AUTHORISED"),
+        (S.AUTHORISED, None),
+        (S.REJECTED, "AGREEMENT_NOT_AUTHORISED"),
+        (S.SUSPENDED, "AGREEMENT_SUSPENDED"),
+        (S.REVOKED, "AGREEMENT_REVOKED"),
+    ],
+)
 def test_payment_refusal_by_status(status: str, expected: str | None) -> None:
     assert payment_refusal(status, None, None, NOW) == expected
     # within an explicit validity, the same
     assert payment_refusal(status, NOW - MS_PER_DAY, NOW + MS_PER_DAY, NOW) == expected
 
 
-@pytest.mark.parametrize("status, expected", [
-    (S.AWAITING, "AGREEMENT_EXPIRED"),
-    (S.AUTHORISED, "AGREEMENT_EXPIRED"),
-    (S.SUSPENDED, "AGREEMENT_EXPIRED"),
-    (S.REJECTED, "AGREEMENT_NOT_AUTHORISED"),
-    (S.REVOKED, "AGREEMENT_REVOKED"),
-])
+@pytest.mark.parametrize(
+    "status, expected",
+    [
+        (S.AWAITING, "AGREEMENT_EXPIRED"),
+        (S.AUTHORISED, "AGREEMENT_EXPIRED"),
+        (S.SUSPENDED, "AGREEMENT_EXPIRED"),
+        (S.REJECTED, "AGREEMENT_NOT_AUTHORISED"),
+        (S.REVOKED, "AGREEMENT_REVOKED"),
+    ],
+)
 def test_payment_refusal_after_valid_to(status: str, expected: str) -> None:
     assert payment_refusal(status, None, NOW, NOW + 1) == expected
 
@@ -510,7 +559,7 @@ def test_payment_validity_bounds_are_inclusive() -> None:
         (valid_from - 1, "AGREEMENT_NOT_YET_VALID"),
         (valid_from, None),
         (ms(2026, 6, 15), None),
-        (valid_to, None),                    # exactly at valid_to is still valid
+        (valid_to, None),  # exactly at valid_to is still valid
         (valid_to + 1, "AGREEMENT_EXPIRED"),
     ]
     for at, expected in cases:
@@ -524,33 +573,40 @@ def test_payment_validity_bounds_are_inclusive() -> None:
 
 
 # ---- pending expiry (authorise_by) --------------------------------------------------------
-@pytest.mark.parametrize("status, valid_to, authorise_by, expected", [
-    ("AwaitingAuthorisation", None, 100, 100),
-    ("AwaitingAuthorisation", 50, 100, 50),        # whichever comes first
-    ("AwaitingAuthorisation", 150, 100, 100),
-    ("AwaitingAuthorisation", None, None, None),   # stored before pending expiry existed
-    ("Authorised", None, 100, None),               # authorised: authorise_by no longer matters
-    ("Authorised", 150, 100, 150),
-    ("Suspended", 150, 100, 150),
-    ("Revoked", 150, 100, 150),
-])
+@pytest.mark.parametrize(
+    "status, valid_to, authorise_by, expected",
+    [
+        ("AwaitingAuthorisation", None, 100, 100),
+        ("AwaitingAuthorisation", 50, 100, 50),  # whichever comes first
+        ("AwaitingAuthorisation", 150, 100, 100),
+        ("AwaitingAuthorisation", None, None, None),  # stored before pending expiry existed
+        ("Authorised", None, 100, None),  # authorised: authorise_by no longer matters
+        ("Authorised", 150, 100, 150),
+        ("Suspended", 150, 100, 150),
+        ("Revoked", 150, 100, 150),
+    ],
+)
 def test_ends_at(status: str, valid_to: int | None, authorise_by: int | None, expected: int | None) -> None:
     from ledger.agreements import ends_at_ms
+
     assert ends_at_ms(status, valid_to, authorise_by) == expected
 
 
 def test_a_pending_agreement_past_authorise_by_reads_expired_and_can_only_be_revoked() -> None:
     from ledger.agreements import PENDING_EXPIRY_S, decide_transition, effective_status, payment_refusal
+
     assert PENDING_EXPIRY_S == 24 * 3_600
     by = 1_000
-    assert effective_status("AwaitingAuthorisation", None, by, by) == "AwaitingAuthorisation"   # inclusive
+    assert effective_status("AwaitingAuthorisation", None, by, by) == "AwaitingAuthorisation"  # inclusive
     assert effective_status("AwaitingAuthorisation", None, by + 1, by) == "Expired"
     assert effective_status("Rejected", None, by + 1, by) == "Rejected"
     assert effective_status("Authorised", None, by + 1, by) == "Authorised"
     assert decide_transition("AwaitingAuthorisation", None, "authorise", "customer", by, by) == ("OK", "Authorised")
     for action in ("authorise", "reject"):
         assert decide_transition("AwaitingAuthorisation", None, action, "customer", by + 1, by) == (
-            "INVALID_TRANSITION", None)
+            "INVALID_TRANSITION",
+            None,
+        )
     assert decide_transition("AwaitingAuthorisation", None, "revoke", "partner", by + 1, by) == ("OK", "Revoked")
     assert payment_refusal("AwaitingAuthorisation", None, None, by, by) == "AGREEMENT_NOT_AUTHORISED"
     assert payment_refusal("AwaitingAuthorisation", None, None, by + 1, by) == "AGREEMENT_EXPIRED"

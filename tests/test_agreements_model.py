@@ -6,21 +6,31 @@ and the decision codes match the model, the books sum to zero and every WriteSet
 pending agreements expire (authorise_by) and are capped per account and per partner, and the
 visibility index answers what the model (and the old full scan) says. And one partner never
 reaches another's agreements or payments."""
+
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 from ledger.agreements import PeriodicLimit
 from ledger.model import (
-    Account, Agreement, Code, FundingCommand, Kind, PaymentCommand, RefundCommand, Status, Transfer,
+    Account,
+    Agreement,
+    Code,
+    FundingCommand,
+    Kind,
+    PaymentCommand,
+    RefundCommand,
+    Status,
+    Transfer,
 )
 from ledger.state import MS_PER_DAY, ShardState, WriteSet
-from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
 
 PARTNER_A, PARTNER_B = "ptn_a", "ptn_b"
 SETTLEMENT = {PARTNER_A: "set_ptn_a", PARTNER_B: "set_ptn_b"}
@@ -32,14 +42,20 @@ PENDING_EXPIRY_S = 6 * 3_600
 PENDING_PER_ACCOUNT_MAX = 2
 PENDING_PER_PARTNER_MAX = 3
 # 23:00 UTC: the first calendar day boundary comes an hour in.
-START_MS = int(datetime.datetime(2026, 3, 1, 23, 0, tzinfo=datetime.timezone.utc).timestamp()) * 1000
+START_MS = int(datetime.datetime(2026, 3, 1, 23, 0, tzinfo=datetime.UTC).timestamp()) * 1000
 MS_PER_MINUTE = 60_000
 
 
 # ---- the harness (the pattern of tests/test_ledger_state.py) --------------------------------
 def make_state(balances: dict[str, int]) -> ShardState:
-    state = ShardState(0, 1, refund_window_days=REFUND_WINDOW_DAYS, pending_expiry_s=PENDING_EXPIRY_S,
-                       pending_per_account_max=PENDING_PER_ACCOUNT_MAX, pending_per_partner_max=PENDING_PER_PARTNER_MAX)
+    state = ShardState(
+        0,
+        1,
+        refund_window_days=REFUND_WINDOW_DAYS,
+        pending_expiry_s=PENDING_EXPIRY_S,
+        pending_per_account_max=PENDING_PER_ACCOUNT_MAX,
+        pending_per_partner_max=PENDING_PER_PARTNER_MAX,
+    )
     state.load_account(Account(FUNDING_ACCOUNT, "funding", CURRENCY, 0, True))
     state.load_account(Account(CLEARING_ACCOUNT, "clearing", CURRENCY, 0, True))
     for partner, settlement in SETTLEMENT.items():
@@ -47,9 +63,15 @@ def make_state(balances: dict[str, int]) -> ShardState:
     for account_id in CUSTOMERS:
         state.load_account(Account(account_id, "customer", CURRENCY, 0, False))
         if balances.get(account_id):
-            (code, transfer), _ = commit(state, lambda ws: state.execute_funding(
-                FundingCommand(f"fund0_{account_id}", account_id, balances[account_id], CURRENCY, "f", "h",
-                               START_MS), ws))
+            (code, transfer), _ = commit(
+                state,
+                lambda ws: state.execute_funding(
+                    FundingCommand(
+                        f"fund0_{account_id}", account_id, balances[account_id], CURRENCY, "f", "h", START_MS
+                    ),
+                    ws,
+                ),
+            )
             assert code == Code.OK and transfer.status == Status.COMPLETED
     return state
 
@@ -66,17 +88,46 @@ def commit(state: ShardState, decide: Callable[[WriteSet], Any]) -> tuple[Any, W
     return result, ws
 
 
-def new_agreement(agreement_id: str, partner: str, debtor: str, per_payment: int, daily: int, created_at_ms: int,
-                  valid_from_ms: int | None = None, valid_to_ms: int | None = None) -> Agreement:
+def new_agreement(
+    agreement_id: str,
+    partner: str,
+    debtor: str,
+    per_payment: int,
+    daily: int,
+    created_at_ms: int,
+    valid_from_ms: int | None = None,
+    valid_to_ms: int | None = None,
+) -> Agreement:
     # The status passed in is overwritten by create_agreement (always AwaitingAuthorisation).
-    return Agreement(agreement_id, partner, debtor, CURRENCY, per_payment, [PeriodicLimit("Day", "Calendar", daily)],
-                     "Authorised", created_at_ms, valid_from_ms, valid_to_ms)
+    return Agreement(
+        agreement_id,
+        partner,
+        debtor,
+        CURRENCY,
+        per_payment,
+        [PeriodicLimit("Day", "Calendar", daily)],
+        "Authorised",
+        created_at_ms,
+        valid_from_ms,
+        valid_to_ms,
+    )
 
 
-def pay_cmd(payment_id: str, partner: str, agreement_id: str, amount: int, at_ms: int,
-            creditor: str | None = None) -> PaymentCommand:
-    return PaymentCommand(payment_id, partner, agreement_id, amount, CURRENCY, creditor or SETTLEMENT[partner], 0,
-                          "ref", f"h-{payment_id}", at_ms)
+def pay_cmd(
+    payment_id: str, partner: str, agreement_id: str, amount: int, at_ms: int, creditor: str | None = None
+) -> PaymentCommand:
+    return PaymentCommand(
+        payment_id,
+        partner,
+        agreement_id,
+        amount,
+        CURRENCY,
+        creditor or SETTLEMENT[partner],
+        0,
+        "ref",
+        f"h-{payment_id}",
+        at_ms,
+    )
 
 
 def refund_cmd(refund_id: str, partner: str, payment_id: str, amount: int | None, at_ms: int) -> RefundCommand:
@@ -85,11 +136,21 @@ def refund_cmd(refund_id: str, partner: str, payment_id: str, amount: int | None
 
 # ---- the model ---------------------------------------------------------------------------
 AWAITING, AUTHORISED, REJECTED, SUSPENDED, REVOKED, EXPIRED = (
-    "AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked", "Expired")
-TARGET = {"authorise": AUTHORISED, "reject": REJECTED, "suspend": SUSPENDED, "resume": AUTHORISED,
-          "revoke": REVOKED}
-SOURCES = {"authorise": {AWAITING}, "reject": {AWAITING}, "suspend": {AUTHORISED}, "resume": {SUSPENDED},
-           "revoke": {AWAITING, AUTHORISED, SUSPENDED}}
+    "AwaitingAuthorisation",
+    "Authorised",
+    "Rejected",
+    "Suspended",
+    "Revoked",
+    "Expired",
+)
+TARGET = {"authorise": AUTHORISED, "reject": REJECTED, "suspend": SUSPENDED, "resume": AUTHORISED, "revoke": REVOKED}
+SOURCES = {
+    "authorise": {AWAITING},
+    "reject": {AWAITING},
+    "suspend": {AUTHORISED},
+    "resume": {SUSPENDED},
+    "revoke": {AWAITING, AUTHORISED, SUSPENDED},
+}
 
 
 @dataclass
@@ -102,7 +163,7 @@ class ModelAgreement:
     valid_to: int | None
     authorise_by: int
     status: str = AWAITING
-    spent_by_day: dict[int, int] = field(default_factory=dict)   # UTC day number -> spent
+    spent_by_day: dict[int, int] = field(default_factory=dict)  # UTC day number -> spent
 
     def effective(self, now: int) -> str:
         if self.status not in (REJECTED, REVOKED) and self.valid_to is not None and now > self.valid_to:
@@ -131,13 +192,17 @@ class Model:
     payments: dict[str, ModelPayment] = field(default_factory=dict)
 
     def pending(self, partner: str, debtor: str | None) -> int:
-        return sum(1 for a in self.agreements.values() if a.partner == partner and a.effective(self.now) == AWAITING
-                   and (debtor is None or a.debtor == debtor))
+        return sum(
+            1
+            for a in self.agreements.values()
+            if a.partner == partner and a.effective(self.now) == AWAITING and (debtor is None or a.debtor == debtor)
+        )
 
     def sees(self, partner: str, account: str) -> bool:
         return account == SETTLEMENT.get(partner) or any(
             a.partner == partner and a.debtor == account and a.effective(self.now) in (AUTHORISED, SUSPENDED)
-            for a in self.agreements.values())
+            for a in self.agreements.values()
+        )
 
     def transition(self, agreement_id: str, action: str, actor: str) -> tuple[str, str | None]:
         """(code, status after) for the customer or the owning partner."""
@@ -178,33 +243,50 @@ class Model:
 
 # ---- operations --------------------------------------------------------------------------
 amounts = st.one_of(st.integers(1, 2_500), st.integers(2_500, 9_000), st.sampled_from([1, 500, 1_000, 3_000]))
-owner = st.sampled_from([True, True, True, False])     # now and then another partner tries
+owner = st.sampled_from([True, True, True, False])  # now and then another partner tries
 create = st.tuples(
-    st.just("create"), st.sampled_from(CUSTOMERS), st.sampled_from([PARTNER_A, PARTNER_B]),
-    st.integers(300, 5_000), st.integers(500, 8_000),                 # per-payment, daily limit
-    st.one_of(st.none(), st.none(), st.integers(0, 2 * MS_PER_DAY)),   # valid_from after creation
-    st.one_of(st.none(), st.integers(MS_PER_DAY, 8 * MS_PER_DAY)))     # valid_to after creation
+    st.just("create"),
+    st.sampled_from(CUSTOMERS),
+    st.sampled_from([PARTNER_A, PARTNER_B]),
+    st.integers(300, 5_000),
+    st.integers(500, 8_000),  # per-payment, daily limit
+    st.one_of(st.none(), st.none(), st.integers(0, 2 * MS_PER_DAY)),  # valid_from after creation
+    st.one_of(st.none(), st.integers(MS_PER_DAY, 8 * MS_PER_DAY)),
+)  # valid_to after creation
 transition = st.tuples(
-    st.just("transition"), st.integers(0, 7),
+    st.just("transition"),
+    st.integers(0, 7),
     st.sampled_from(["authorise"] * 5 + ["reject", "suspend", "resume", "resume", "revoke"]),
-    st.sampled_from(["customer", "customer", "customer", "partner", "other partner"]))
+    st.sampled_from(["customer", "customer", "customer", "partner", "other partner"]),
+)
 pay = st.tuples(st.just("pay"), st.integers(0, 7), amounts, owner)
 refund = st.tuples(st.just("refund"), st.integers(0, 15), st.one_of(st.none(), amounts, st.integers(1, 500)), owner)
 fund = st.tuples(st.just("fund"), st.sampled_from(CUSTOMERS), st.integers(1, 12_000))
-advance = st.tuples(st.just("advance"), st.one_of(st.integers(MS_PER_MINUTE, 3 * 3_600_000),
-                                                  st.integers(3_600_000, 3 * MS_PER_DAY)))
+advance = st.tuples(
+    st.just("advance"), st.one_of(st.integers(MS_PER_MINUTE, 3 * 3_600_000), st.integers(3_600_000, 3 * MS_PER_DAY))
+)
 # How often each kind of step comes (one_of alone would favour its first branches).
 _MIX = {"pay": 5, "transition": 3, "refund": 3, "advance": 2, "create": 1, "fund": 1}
 _KINDS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
-    "create": create, "transition": transition, "pay": pay, "refund": refund, "fund": fund, "advance": advance}
+    "create": create,
+    "transition": transition,
+    "pay": pay,
+    "refund": refund,
+    "fund": fund,
+    "advance": advance,
+}
 ops = st.sampled_from([kind for kind, weight in _MIX.items() for _ in range(weight)]).flatmap(_KINDS.__getitem__)
 
 
 class Run:
     def __init__(self, balances: dict[str, int]) -> None:
         self.state = make_state(balances)
-        start = {FUNDING_ACCOUNT: -sum(balances.values()), CLEARING_ACCOUNT: 0, **{s: 0 for s in SETTLEMENT.values()},
-                 **{a: balances.get(a, 0) for a in CUSTOMERS}}
+        start = {
+            FUNDING_ACCOUNT: -sum(balances.values()),
+            CLEARING_ACCOUNT: 0,
+            **{s: 0 for s in SETTLEMENT.values()},
+            **{a: balances.get(a, 0) for a in CUSTOMERS},
+        }
         self.model = Model(START_MS, start)
         self.agreement_ids: list[str] = []
         self.payment_ids: list[str] = []
@@ -224,8 +306,12 @@ class Run:
             return
         if kind == "fund":
             _, account, amount = op
-            (code, transfer), ws = commit(state, lambda ws: state.execute_funding(
-                FundingCommand(f"fund_{n}", account, amount, CURRENCY, "f", "h", model.now), ws))
+            (code, transfer), ws = commit(
+                state,
+                lambda ws: state.execute_funding(
+                    FundingCommand(f"fund_{n}", account, amount, CURRENCY, "f", "h", model.now), ws
+                ),
+            )
             assert code == Code.OK and transfer.status == Status.COMPLETED
             model.balances[account] += amount
             model.balances[FUNDING_ACCOUNT] -= amount
@@ -236,8 +322,9 @@ class Run:
             agreement_id = f"agr_{n}"
             valid_from = None if from_offset is None else model.now + from_offset
             valid_to = None if to_offset is None else model.now + to_offset
-            agreement = new_agreement(agreement_id, partner, debtor, per_payment, daily, model.now,
-                                      valid_from, valid_to)
+            agreement = new_agreement(
+                agreement_id, partner, debtor, per_payment, daily, model.now, valid_from, valid_to
+            )
             if model.pending(partner, debtor) >= PENDING_PER_ACCOUNT_MAX:
                 expected = Code.TOO_MANY_PENDING_FOR_ACCOUNT
             elif model.pending(partner, None) >= PENDING_PER_PARTNER_MAX:
@@ -253,8 +340,9 @@ class Run:
             assert ws.agreements == [agreement]
             assert agreement.status == AWAITING and agreement.status_updated_at_ms == model.now
             assert agreement.authorise_by_ms == model.now + PENDING_EXPIRY_S * 1000
-            model.agreements[agreement_id] = ModelAgreement(partner, debtor, per_payment, daily, valid_from, valid_to,
-                                                            model.now + PENDING_EXPIRY_S * 1000)
+            model.agreements[agreement_id] = ModelAgreement(
+                partner, debtor, per_payment, daily, valid_from, valid_to, model.now + PENDING_EXPIRY_S * 1000
+            )
             self.agreement_ids.append(agreement_id)
             self.check_ws(ws)
             return
@@ -266,16 +354,21 @@ class Run:
             owner = model.agreements[agreement_id].partner
             before = model.agreements[agreement_id].status
             if actor == "other partner":
-                (code, found), ws = commit(state, lambda ws: state.transition_agreement(
-                    agreement_id, self.other(owner), action, "partner", model.now, ws))
+                (code, found), ws = commit(
+                    state,
+                    lambda ws: state.transition_agreement(
+                        agreement_id, self.other(owner), action, "partner", model.now, ws
+                    ),
+                )
                 assert (code, found) == (Code.AGREEMENT_NOT_FOUND, None)
                 assert ws.is_empty()
                 self.outcomes.append((code,))
                 return
             partner_id = owner if actor == "partner" else None
             expected, target = model.transition(agreement_id, action, actor)
-            (code, found), ws = commit(state, lambda ws: state.transition_agreement(
-                agreement_id, partner_id, action, actor, model.now, ws))
+            (code, found), ws = commit(
+                state, lambda ws: state.transition_agreement(agreement_id, partner_id, action, actor, model.now, ws)
+            )
             assert code == expected, (agreement_id, before, action, actor, model.now)
             self.outcomes.append((code,))
             assert found is state.agreements[agreement_id]
@@ -301,15 +394,21 @@ class Run:
             payment_id = f"pay_{n}"
             if not as_owner:
                 # another partner, to its own settlement account: the agreement is not theirs
-                (code, transfer), ws = commit(state, lambda ws: state.execute_payment(
-                    pay_cmd(payment_id, self.other(ma.partner), agreement_id, amount, model.now), ws))
+                (code, transfer), ws = commit(
+                    state,
+                    lambda ws: state.execute_payment(
+                        pay_cmd(payment_id, self.other(ma.partner), agreement_id, amount, model.now), ws
+                    ),
+                )
                 assert (code, transfer) == (Code.AGREEMENT_NOT_FOUND, None) and ws.is_empty()
                 self.outcomes.append((code,))
                 return
             expected, status, reason = model.payment(agreement_id, amount)
             spent_before = ma.spent_by_day.get(model.now // MS_PER_DAY, 0)
-            (code, transfer), ws = commit(state, lambda ws: state.execute_payment(
-                pay_cmd(payment_id, ma.partner, agreement_id, amount, model.now), ws))
+            (code, transfer), ws = commit(
+                state,
+                lambda ws: state.execute_payment(pay_cmd(payment_id, ma.partner, agreement_id, amount, model.now), ws),
+            )
             assert code == expected, (agreement_id, ma, amount, model.now)
             self.outcomes.append((code,) if transfer is None else (code, transfer.status, *transfer.reasons))
             if expected != "OK":
@@ -330,14 +429,19 @@ class Run:
                 assert ws.deltas == {}
             if reason == "AGREEMENT_PERIODIC_LIMIT":
                 day_start = model.now // MS_PER_DAY * MS_PER_DAY
-                assert transfer.details == {"reason_details": {
-                    "period": "Day", "alignment": "Calendar", "limit_minor": ma.daily,
-                    "remaining_minor": max(0, ma.daily - spent_before),
-                    "period_start_ms": day_start, "period_end_ms": day_start + MS_PER_DAY}}
+                assert transfer.details == {
+                    "reason_details": {
+                        "period": "Day",
+                        "alignment": "Calendar",
+                        "limit_minor": ma.daily,
+                        "remaining_minor": max(0, ma.daily - spent_before),
+                        "period_start_ms": day_start,
+                        "period_end_ms": day_start + MS_PER_DAY,
+                    }
+                }
             elif reason == "AGREEMENT_PER_PAYMENT_LIMIT":
                 assert transfer.details == {"reason_details": {"limit_minor": ma.per_payment}}
-            model.payments[payment_id] = ModelPayment(ma.partner, ma.debtor, agreement_id, amount, model.now,
-                                                      accepted)
+            model.payments[payment_id] = ModelPayment(ma.partner, ma.debtor, agreement_id, amount, model.now, accepted)
             self.payment_ids.append(payment_id)
             self.check_ws(ws)
             return
@@ -346,8 +450,11 @@ class Run:
                 return
             _, index, amount, as_owner = op
             # even indexes aim at a payment with something left to refund (when there is one)
-            open_ = [p for p in self.payment_ids if model.payments[p].accepted
-                     and model.payments[p].refunded < model.payments[p].amount]
+            open_ = [
+                p
+                for p in self.payment_ids
+                if model.payments[p].accepted and model.payments[p].refunded < model.payments[p].amount
+            ]
             pool = open_ if open_ and index % 2 == 0 else self.payment_ids
             payment_id = pool[index // 2 % len(pool)]
             mp = model.payments[payment_id]
@@ -355,8 +462,10 @@ class Run:
             partner = mp.partner if as_owner else self.other(mp.partner)
             spend_snapshot = {k: dict(v.spent_by_day) for k, v in model.agreements.items()}
             limit_before = [(x.window_start_ms, x.spent_minor) for x in state.agreements[mp.agreement].periodic_limits]
-            (code, transfer), ws = commit(state, lambda ws: state.execute_refund(
-                refund_cmd(refund_id, partner, payment_id, amount, model.now), ws))
+            (code, transfer), ws = commit(
+                state,
+                lambda ws: state.execute_refund(refund_cmd(refund_id, partner, payment_id, amount, model.now), ws),
+            )
             left = mp.amount - mp.refunded
             wanted = left if amount is None else amount
             if not as_owner:
@@ -384,8 +493,9 @@ class Run:
                 assert ws.deltas == {SETTLEMENT[mp.partner]: -wanted, mp.debtor: wanted}
             # a refund gives no limit back
             assert {k: v.spent_by_day for k, v in model.agreements.items()} == spend_snapshot
-            assert [(x.window_start_ms, x.spent_minor)
-                    for x in state.agreements[mp.agreement].periodic_limits] == limit_before
+            assert [
+                (x.window_start_ms, x.spent_minor) for x in state.agreements[mp.agreement].periodic_limits
+            ] == limit_before
             self.check_ws(ws)
             return
         raise AssertionError(f"unknown op {op!r}")
@@ -447,10 +557,14 @@ class Run:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(balances=st.fixed_dictionaries({a: st.integers(0, 25_000) for a in CUSTOMERS}),
-       first=create, steps=st.lists(ops, min_size=20, max_size=80))
-def test_shard_state_agreements_match_the_model(balances: dict[str, int], first: tuple[Any, ...],
-                                                 steps: list[tuple[Any, ...]]) -> None:
+@given(
+    balances=st.fixed_dictionaries({a: st.integers(0, 25_000) for a in CUSTOMERS}),
+    first=create,
+    steps=st.lists(ops, min_size=20, max_size=80),
+)
+def test_shard_state_agreements_match_the_model(
+    balances: dict[str, int], first: tuple[Any, ...], steps: list[tuple[Any, ...]]
+) -> None:
     run = Run(balances)
     run.check()
     # every run starts with one agreement the customer authorised, so that payments happen
@@ -470,30 +584,30 @@ def test_a_scripted_life_of_an_agreement_matches_the_model() -> None:
         (("transition", 0, "authorise", "partner"), (Code.FORBIDDEN,)),
         (("transition", 0, "authorise", "customer"), (Code.OK,)),
         (("transition", 0, "authorise", "customer"), (Code.SAME,)),
-        (("pay", 1, 3_001, True), (*rejected, Code.AGREEMENT_PER_PAYMENT_LIMIT)),     # payment 0
-        (("pay", 1, 3_000, True), done),                                              # payment 1
-        (("pay", 1, 2_000, True), done),                                              # payment 2
-        (("pay", 1, 1, True), (*rejected, Code.AGREEMENT_PERIODIC_LIMIT)),            # payment 3
-        (("refund", 3, None, True), refunded),                  # payment 1, whole
-        (("refund", 3, 1, True), (Code.EXCEEDS_PAYMENT,)),     # nothing left
-        (("pay", 1, 1, True), (*rejected, Code.AGREEMENT_PERIODIC_LIMIT)),            # payment 4: no limit back
-        (("refund", 5, 500, True), refunded),                   # payment 2, part
+        (("pay", 1, 3_001, True), (*rejected, Code.AGREEMENT_PER_PAYMENT_LIMIT)),  # payment 0
+        (("pay", 1, 3_000, True), done),  # payment 1
+        (("pay", 1, 2_000, True), done),  # payment 2
+        (("pay", 1, 1, True), (*rejected, Code.AGREEMENT_PERIODIC_LIMIT)),  # payment 3
+        (("refund", 3, None, True), refunded),  # payment 1, whole
+        (("refund", 3, 1, True), (Code.EXCEEDS_PAYMENT,)),  # nothing left
+        (("pay", 1, 1, True), (*rejected, Code.AGREEMENT_PERIODIC_LIMIT)),  # payment 4: no limit back
+        (("refund", 5, 500, True), refunded),  # payment 2, part
         (("refund", 5, 1_501, True), (Code.EXCEEDS_PAYMENT,)),
         (("refund", 5, 1_500, False), (Code.PAYMENT_NOT_FOUND,)),
-        (("refund", 5, None, True), refunded),                  # the rest: 1 500
-        (("refund", 1, None, True), (Code.NOT_REFUNDABLE,)),   # payment 0 was rejected
-        (("advance", 3_600_000), None),                         # midnight UTC
-        (("pay", 1, 3_000, True), done),                                              # payment 5
+        (("refund", 5, None, True), refunded),  # the rest: 1 500
+        (("refund", 1, None, True), (Code.NOT_REFUNDABLE,)),  # payment 0 was rejected
+        (("advance", 3_600_000), None),  # midnight UTC
+        (("pay", 1, 3_000, True), done),  # payment 5
         (("transition", 0, "suspend", "customer"), (Code.OK,)),
         (("pay", 1, 1, True), (Code.AGREEMENT_SUSPENDED,)),
         (("transition", 0, "resume", "customer"), (Code.OK,)),
-        (("pay", 1, 2_000, True), done),                                              # payment 6
+        (("pay", 1, 2_000, True), done),  # payment 6
         (("pay", 1, 1_000, False), (Code.AGREEMENT_NOT_FOUND,)),
         (("transition", 0, "revoke", "other partner"), (Code.AGREEMENT_NOT_FOUND,)),
-        (("advance", 6 * MS_PER_DAY), None),                    # past valid_to and the refund window
+        (("advance", 6 * MS_PER_DAY), None),  # past valid_to and the refund window
         (("pay", 1, 1, True), (Code.AGREEMENT_EXPIRED,)),
         (("refund", 11, None, True), (Code.NOT_REFUNDABLE,)),  # payment 5, too old
-        (("transition", 0, "resume", "customer"), (Code.SAME,)),      # stored Authorised, reads Expired
+        (("transition", 0, "resume", "customer"), (Code.SAME,)),  # stored Authorised, reads Expired
         (("transition", 0, "suspend", "customer"), (Code.INVALID_TRANSITION,)),
         (("transition", 0, "revoke", "partner"), (Code.OK,)),
         (("pay", 1, 1, True), (Code.AGREEMENT_REVOKED,)),
@@ -501,9 +615,9 @@ def test_a_scripted_life_of_an_agreement_matches_the_model() -> None:
         (("transition", 1, "authorise", "customer"), (Code.OK,)),
         (("fund", "acc_1", 500), None),
         (("pay", 3, 100, True), (Code.AGREEMENT_NOT_YET_VALID,)),
-        (("advance", MS_PER_DAY), None),                        # exactly valid_from
-        (("pay", 3, 600, True), (*rejected, Code.INSUFFICIENT_FUNDS)),                # payment 7
-        (("pay", 3, 500, True), done),                                                # payment 8
+        (("advance", MS_PER_DAY), None),  # exactly valid_from
+        (("pay", 3, 600, True), (*rejected, Code.INSUFFICIENT_FUNDS)),  # payment 7
+        (("pay", 3, 500, True), done),  # payment 8
         (("transition", 1, "reject", "customer"), (Code.INVALID_TRANSITION,)),
     ]
     for op, expected in script:
@@ -531,43 +645,55 @@ def test_partner_b_cannot_touch_partner_a_agreements_or_payments() -> None:
     assert code == Code.OK
     # B can neither authorise nor revoke A's agreement, as a partner under its own id
     for action in ("authorise", "revoke", "suspend"):
-        (code, found), ws = commit(state, lambda ws: state.transition_agreement(
-            "agr_a", PARTNER_B, action, "partner", now, ws))
+        (code, found), ws = commit(
+            state, lambda ws: state.transition_agreement("agr_a", PARTNER_B, action, "partner", now, ws)
+        )
         assert (code, found) == (Code.AGREEMENT_NOT_FOUND, None) and ws.is_empty()
     # ... nor by claiming to be the customer while passing its partner id
-    (code, found), ws = commit(state, lambda ws: state.transition_agreement(
-        "agr_a", PARTNER_B, "authorise", "customer", now, ws))
+    (code, found), ws = commit(
+        state, lambda ws: state.transition_agreement("agr_a", PARTNER_B, "authorise", "customer", now, ws)
+    )
     assert (code, found) == (Code.AGREEMENT_NOT_FOUND, None) and ws.is_empty()
     assert state.agreements["agr_a"].status == AWAITING
     # the customer's channel authorises it
-    (code, found), _ = commit(state, lambda ws: state.transition_agreement(
-        "agr_a", None, "authorise", "customer", now, ws))
+    (code, found), _ = commit(
+        state, lambda ws: state.transition_agreement("agr_a", None, "authorise", "customer", now, ws)
+    )
     assert code == Code.OK and found is not None and found.status == AUTHORISED
     # A, as a partner, can only revoke (not e.g. suspend) its own agreement
-    (code, _), ws = commit(state, lambda ws: state.transition_agreement(
-        "agr_a", PARTNER_A, "suspend", "partner", now, ws))
+    (code, _), ws = commit(
+        state, lambda ws: state.transition_agreement("agr_a", PARTNER_A, "suspend", "partner", now, ws)
+    )
     assert code == Code.FORBIDDEN and ws.is_empty()
 
     before = {a.id: a.balance_minor for a in state.accounts.values()}
     # B cannot pay under A's agreement, to its own settlement account or to A's
     for creditor in ("set_ptn_b", "set_ptn_a", "acc_1"):
-        (code, transfer), ws = commit(state, lambda ws: state.execute_payment(
-            pay_cmd(f"pay_b_{creditor}", PARTNER_B, "agr_a", 100, now, creditor=creditor), ws))
+        (code, transfer), ws = commit(
+            state,
+            lambda ws: state.execute_payment(
+                pay_cmd(f"pay_b_{creditor}", PARTNER_B, "agr_a", 100, now, creditor=creditor), ws
+            ),
+        )
         assert (code, transfer) == (Code.AGREEMENT_NOT_FOUND, None) and ws.is_empty()
     # A cannot pay into B's settlement account either
-    (code, transfer), ws = commit(state, lambda ws: state.execute_payment(
-        pay_cmd("pay_a_to_b", PARTNER_A, "agr_a", 100, now, creditor="set_ptn_b"), ws))
+    (code, transfer), ws = commit(
+        state,
+        lambda ws: state.execute_payment(pay_cmd("pay_a_to_b", PARTNER_A, "agr_a", 100, now, creditor="set_ptn_b"), ws),
+    )
     assert (code, transfer) == (Code.CREDITOR_NOT_FOUND, None) and ws.is_empty()
     assert {a.id: a.balance_minor for a in state.accounts.values()} == before
 
-    (code, payment), _ = commit(state, lambda ws: state.execute_payment(
-        pay_cmd("pay_a", PARTNER_A, "agr_a", 1_000, now), ws))
+    (code, payment), _ = commit(
+        state, lambda ws: state.execute_payment(pay_cmd("pay_a", PARTNER_A, "agr_a", 1_000, now), ws)
+    )
     assert code == Code.OK and payment.status == Status.COMPLETED
     after_payment = {a.id: a.balance_minor for a in state.accounts.values()}
     # B cannot refund A's payment (whole or part) nor learn that it exists
     for amount in (None, 1, 1_000):
-        (code, transfer), ws = commit(state, lambda ws: state.execute_refund(
-            refund_cmd(f"ref_b_{amount}", PARTNER_B, "pay_a", amount, now), ws))
+        (code, transfer), ws = commit(
+            state, lambda ws: state.execute_refund(refund_cmd(f"ref_b_{amount}", PARTNER_B, "pay_a", amount, now), ws)
+        )
         assert (code, transfer) == (Code.PAYMENT_NOT_FOUND, None) and ws.is_empty()
     assert state.transfers["pay_a"].refunded_minor == 0
     assert {a.id: a.balance_minor for a in state.accounts.values()} == after_payment
@@ -576,15 +702,18 @@ def test_partner_b_cannot_touch_partner_a_agreements_or_payments() -> None:
     found_a, _ = state.list_agreements(partner_id=PARTNER_A, limit=10, at_ms=now)
     assert found_b == [] and [a.id for a in found_a] == ["agr_a"]
     assert not state.can_see(PARTNER_B, "acc_0", now) and state.can_see(PARTNER_A, "acc_0", now)
-    (code, _), _ = commit(state, lambda ws: state.transition_agreement(
-        "agr_a", PARTNER_B, "revoke", "partner", now, ws))
+    (code, _), _ = commit(
+        state, lambda ws: state.transition_agreement("agr_a", PARTNER_B, "revoke", "partner", now, ws)
+    )
     assert code == Code.AGREEMENT_NOT_FOUND and state.agreements["agr_a"].status == AUTHORISED
     # A itself can refund and revoke
-    (code, refund), _ = commit(state, lambda ws: state.execute_refund(
-        refund_cmd("ref_a", PARTNER_A, "pay_a", None, now), ws))
+    (code, refund), _ = commit(
+        state, lambda ws: state.execute_refund(refund_cmd("ref_a", PARTNER_A, "pay_a", None, now), ws)
+    )
     assert code == Code.OK and refund.status == Status.SUCCEEDED and refund.amount_minor == 1_000
-    (code, found), _ = commit(state, lambda ws: state.transition_agreement(
-        "agr_a", PARTNER_A, "revoke", "partner", now, ws))
+    (code, found), _ = commit(
+        state, lambda ws: state.transition_agreement("agr_a", PARTNER_A, "revoke", "partner", now, ws)
+    )
     assert code == Code.OK and found is not None and found.status == REVOKED
     assert state.total_balance_minor() == 0
 
@@ -596,29 +725,29 @@ def test_pending_agreements_expire_and_are_capped_per_account_and_in_total() -> 
     run = Run({"acc_0": 5_000, "acc_1": 5_000})
     hour = 3_600_000
     script: list[tuple[tuple[Any, ...], tuple[str, ...] | None]] = [
-        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 0
-        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 1
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),  # agreement 0
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),  # agreement 1
         (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING_FOR_ACCOUNT,)),
-        (("create", "acc_0", PARTNER_B, 1_000, 5_000, None, None), None),              # agreement 2: B's own cap
-        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 3: A's 3rd
+        (("create", "acc_0", PARTNER_B, 1_000, 5_000, None, None), None),  # agreement 2: B's own cap
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),  # agreement 3: A's 3rd
         (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING,)),
-        (("transition", 0, "authorise", "customer"), (Code.OK,)),                      # frees a place
-        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 4
-        (("transition", 1, "revoke", "partner"), (Code.OK,)),                          # frees another
+        (("transition", 0, "authorise", "customer"), (Code.OK,)),  # frees a place
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),  # agreement 4
+        (("transition", 1, "revoke", "partner"), (Code.OK,)),  # frees another
         (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING_FOR_ACCOUNT,)),
-        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, 2 * hour), None),          # agreement 5: valid_to first
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, 2 * hour), None),  # agreement 5: valid_to first
         (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), (Code.TOO_MANY_PENDING,)),
-        (("advance", 2 * hour + 1), None),                                             # agreement 5 expired
-        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 6
-        (("advance", PENDING_EXPIRY_S * 1000 - 2 * hour - 1), None),                   # 3 and 4 just not yet
+        (("advance", 2 * hour + 1), None),  # agreement 5 expired
+        (("create", "acc_0", PARTNER_A, 1_000, 5_000, None, None), None),  # agreement 6
+        (("advance", PENDING_EXPIRY_S * 1000 - 2 * hour - 1), None),  # 3 and 4 just not yet
         (("transition", 3, "authorise", "customer"), (Code.OK,)),
-        (("advance", 1), None),                                                        # 4 expired, 6 not yet
+        (("advance", 1), None),  # 4 expired, 6 not yet
         (("transition", 4, "authorise", "customer"), (Code.INVALID_TRANSITION,)),
-        (("pay", 9, 100, True), (Code.AGREEMENT_EXPIRED,)),                            # agreement 4
+        (("pay", 9, 100, True), (Code.AGREEMENT_EXPIRED,)),  # agreement 4
         (("transition", 4, "reject", "customer"), (Code.INVALID_TRANSITION,)),
-        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),              # agreement 7: 4, 5 don't count
-        (("transition", 4, "revoke", "partner"), (Code.OK,)),                          # expired: only revoke
-        (("pay", 1, 100, True), (Code.OK, Status.COMPLETED)),                          # agreement 0 pays
+        (("create", "acc_1", PARTNER_A, 1_000, 5_000, None, None), None),  # agreement 7: 4, 5 don't count
+        (("transition", 4, "revoke", "partner"), (Code.OK,)),  # expired: only revoke
+        (("pay", 1, 100, True), (Code.OK, Status.COMPLETED)),  # agreement 0 pays
     ]
     for op, expected in script:
         logged = len(run.outcomes)
@@ -630,7 +759,15 @@ def test_pending_agreements_expire_and_are_capped_per_account_and_in_total() -> 
             assert run.outcomes[logged:] == [expected], op
     state, ids = run.state, run.agreement_ids
     assert [state.agreements[i].to_wire(run.model.now)["status"] for i in ids] == [
-        AUTHORISED, REVOKED, EXPIRED, AUTHORISED, REVOKED, EXPIRED, AWAITING, AWAITING]
+        AUTHORISED,
+        REVOKED,
+        EXPIRED,
+        AUTHORISED,
+        REVOKED,
+        EXPIRED,
+        AWAITING,
+        AWAITING,
+    ]
     assert state.pending_count(PARTNER_A, None, run.model.now) == 2
     assert state.pending_count(PARTNER_B, None, run.model.now) == 0
     assert state.can_see(PARTNER_A, "acc_0", run.model.now) and state.can_see(PARTNER_A, "acc_1", run.model.now)

@@ -5,28 +5,28 @@ admin partners/accounts/fundings, health, an OpenAPI document that validates and
 every registered route); partners see only their own resources; the interaction id is
 echoed or generated; and every class of bad input gets the right 4xx with the one error
 shape, never a 5xx, and writes nothing."""
+
 from __future__ import annotations
 
 import base64
 import time
 import uuid
-import warnings
 from typing import Any
 
 import jwt
 import pytest
+from conftest import Reply, Stack, http
 from openapi_spec_validator import validate
 
 from kernel.ids import payment_id_for, shard_of
-
-from conftest import Reply, Stack, http
 
 COMPLETED = "AcceptedSettlementCompleted"
 IN_PROCESS = "AcceptedSettlementInProcess"
 
 
-def assert_error(reply: Reply, status: int, code: str | None = None, *, path: str | None = None,
-                 field_errors: bool = False) -> None:
+def assert_error(
+    reply: Reply, status: int, code: str | None = None, *, path: str | None = None, field_errors: bool = False
+) -> None:
     assert reply.status == status, (reply.status, reply.body)
     body = reply.body
     assert isinstance(body, dict) and set(body) == {"code", "message", "errors"}, body
@@ -43,8 +43,9 @@ def assert_error(reply: Reply, status: int, code: str | None = None, *, path: st
     assert reply.headers.get("content-type", "").startswith("application/json")
 
 
-def wait_status(stack: Stack, partner: dict[str, Any], payment_id: str, status: str,
-                timeout_s: float = 15.0) -> dict[str, Any]:
+def wait_status(
+    stack: Stack, partner: dict[str, Any], payment_id: str, status: str, timeout_s: float = 15.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         reply = stack.call("GET", f"/v1/quick-payments/{payment_id}", token=partner["token"])
@@ -65,7 +66,7 @@ def test_healthz_and_readyz(stack: Stack) -> None:
     reply = stack.call("GET", "/healthz")
     assert reply.status == 200 and reply.body == {"status": "ok"}
     reply = stack.call("GET", "/readyz")
-    assert reply.status == 200 and reply.body == {"status": "ready"}     # the state, nothing internal
+    assert reply.status == 200 and reply.body == {"status": "ready"}  # the state, nothing internal
     health = stack.admin("GET", "/admin/v1/health")
     assert health.status == 200 and health.body["status"] == "ready" and health.body["reasons"] == []
     assert [(s["shard"], s["ready"]) for s in health.body["shards"]] == [(0, True), (1, True)]
@@ -83,10 +84,9 @@ def test_openapi_validates_and_lists_every_route(stack: Stack) -> None:
     document = reply.body
     validate(document)
     from gateway.app import GatewayConfig, create_app
-    app = create_app(GatewayConfig(shard_addresses=["unix:/nonexistent"], token_key=b"k" * 32,
-                                   admin_token="x"))
-    registered = {(r.resource.canonical, r.method.lower()) for r in app.router.routes()
-                  if r.method != "HEAD"}
+
+    app = create_app(GatewayConfig(shard_addresses=["unix:/nonexistent"], token_key=b"k" * 32, admin_token="x"))
+    registered = {(r.resource.canonical, r.method.lower()) for r in app.router.routes() if r.method != "HEAD"}
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert registered == documented
     # every error response refers to the one error shape (/readyz's 503 is its readiness report)
@@ -94,23 +94,35 @@ def test_openapi_validates_and_lists_every_route(stack: Stack) -> None:
         for method, op in ops.items():
             for status, response in op["responses"].items():
                 if int(status) >= 400 and (path, status) != ("/readyz", "503"):
-                    assert response["content"]["application/json"]["schema"] == \
-                        {"$ref": "#/components/schemas/Error"}, (path, method, status)
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/Error"
+                    }, (path, method, status)
 
 
 # ---- tokens ------------------------------------------------------------------------------------
 def test_token_by_basic_and_by_form_fields(stack: Stack, partner: dict[str, Any]) -> None:
     basic = base64.b64encode(f"{partner['client_id']}:{partner['client_secret']}".encode()).decode()
-    by_basic = http("POST", stack.url("/oauth2/token"), raw=b"grant_type=client_credentials",
-                    headers={"authorization": f"Basic {basic}",
-                             "content-type": "application/x-www-form-urlencoded"})
-    form = (f"grant_type=client_credentials&client_id={partner['client_id']}"
-            f"&client_secret={partner['client_secret']}").encode()
-    by_form = http("POST", stack.url("/oauth2/token"), raw=form,
-                   headers={"content-type": "application/x-www-form-urlencoded"})
-    by_json = stack.call("POST", "/oauth2/token", {"grant_type": "client_credentials",
-                                                    "client_id": partner["client_id"],
-                                                    "client_secret": partner["client_secret"]})
+    by_basic = http(
+        "POST",
+        stack.url("/oauth2/token"),
+        raw=b"grant_type=client_credentials",
+        headers={"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"},
+    )
+    form = (
+        f"grant_type=client_credentials&client_id={partner['client_id']}&client_secret={partner['client_secret']}"
+    ).encode()
+    by_form = http(
+        "POST", stack.url("/oauth2/token"), raw=form, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    by_json = stack.call(
+        "POST",
+        "/oauth2/token",
+        {
+            "grant_type": "client_credentials",
+            "client_id": partner["client_id"],
+            "client_secret": partner["client_secret"],
+        },
+    )
     for reply in (by_basic, by_form, by_json):
         assert reply.status == 200, reply.body
         assert reply.body["token_type"] == "Bearer" and reply.body["expires_in"] == 3600
@@ -118,22 +130,33 @@ def test_token_by_basic_and_by_form_fields(stack: Stack, partner: dict[str, Any]
         claims = jwt.decode(reply.body["access_token"], options={"verify_signature": False})
         assert claims["sub"] == partner["partner_id"]
         # the token works
-        ok = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance",
-                        token=reply.body["access_token"])
+        ok = stack.call(
+            "GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=reply.body["access_token"]
+        )
         assert ok.status == 200
 
 
-@pytest.mark.parametrize("case", ["wrong_secret", "unknown_client", "bad_grant", "no_grant",
-                                  "malformed_basic", "no_credentials", "json_array"])
+@pytest.mark.parametrize(
+    "case",
+    ["wrong_secret", "unknown_client", "bad_grant", "no_grant", "malformed_basic", "no_credentials", "json_array"],
+)
 def test_token_refusals(stack: Stack, partner: dict[str, Any], case: str) -> None:
     form_headers = {"content-type": "application/x-www-form-urlencoded"}
     if case == "wrong_secret":
-        reply = http("POST", stack.url("/oauth2/token"), headers=form_headers,
-                     raw=f"grant_type=client_credentials&client_id={partner['client_id']}&client_secret=nope".encode())
+        reply = http(
+            "POST",
+            stack.url("/oauth2/token"),
+            headers=form_headers,
+            raw=f"grant_type=client_credentials&client_id={partner['client_id']}&client_secret=nope".encode(),
+        )
         assert_error(reply, 401, "invalid_client")
     elif case == "unknown_client":
-        reply = http("POST", stack.url("/oauth2/token"), headers=form_headers,
-                     raw=b"grant_type=client_credentials&client_id=ptn_0000&client_secret=x")
+        reply = http(
+            "POST",
+            stack.url("/oauth2/token"),
+            headers=form_headers,
+            raw=b"grant_type=client_credentials&client_id=ptn_0000&client_secret=x",
+        )
         assert_error(reply, 401, "invalid_client")
     elif case == "bad_grant":
         reply = http("POST", stack.url("/oauth2/token"), headers=form_headers, raw=b"grant_type=password")
@@ -142,12 +165,15 @@ def test_token_refusals(stack: Stack, partner: dict[str, Any], case: str) -> Non
         reply = stack.call("POST", "/oauth2/token", {})
         assert_error(reply, 400, "unsupported_grant_type")
     elif case == "malformed_basic":
-        reply = http("POST", stack.url("/oauth2/token"), raw=b"grant_type=client_credentials",
-                     headers={**form_headers, "authorization": "Basic %%%not-base64"})
+        reply = http(
+            "POST",
+            stack.url("/oauth2/token"),
+            raw=b"grant_type=client_credentials",
+            headers={**form_headers, "authorization": "Basic %%%not-base64"},
+        )
         assert_error(reply, 401, "invalid_client")
     elif case == "no_credentials":
-        reply = http("POST", stack.url("/oauth2/token"), headers=form_headers,
-                     raw=b"grant_type=client_credentials")
+        reply = http("POST", stack.url("/oauth2/token"), headers=form_headers, raw=b"grant_type=client_credentials")
         assert_error(reply, 401, "invalid_client")
     elif case == "json_array":
         reply = http("POST", stack.url("/oauth2/token"), raw=b"[1, 2]")
@@ -157,9 +183,12 @@ def test_token_refusals(stack: Stack, partner: dict[str, Any], case: str) -> Non
 # ---- agreements -------------------------------------------------------------------------------
 def test_agreement_create_and_get(stack: Stack, partner: dict[str, Any], other: dict[str, Any]) -> None:
     account = stack.new_account()
-    reply = stack.call("POST", "/v1/agreements", {"debtor_account": account, "currency": "CNY",
-                                                  "per_payment_limit": "100.00", "daily_limit": "250.5"},
-                       token=partner["token"])
+    reply = stack.call(
+        "POST",
+        "/v1/agreements",
+        {"debtor_account": account, "currency": "CNY", "per_payment_limit": "100.00", "daily_limit": "250.5"},
+        token=partner["token"],
+    )
     assert reply.status == 201, reply.body
     agreement = reply.body
     assert agreement["agreement_id"].startswith("agr_")
@@ -168,24 +197,38 @@ def test_agreement_create_and_get(stack: Stack, partner: dict[str, Any], other: 
     assert agreement["status"] == "AwaitingAuthorisation" and agreement["currency"] == "CNY"
     assert agreement["per_payment_limit"] == "100.00" and agreement["daily_limit"] == "250.50"
     assert [(p["period"], p["alignment"], p["amount"], p["remaining"]) for p in agreement["periodic_limits"]] == [
-        ("Day", "Calendar", "250.50", "250.50")]
+        ("Day", "Calendar", "250.50", "250.50")
+    ]
     got = stack.call("GET", f"/v1/agreements/{agreement['agreement_id']}", token=partner["token"])
     assert got.status == 200
     history = got.body.pop("status_history")
     assert got.body == agreement
     assert [(h["from"], h["to"], h["by"]) for h in history] == [(None, "AwaitingAuthorisation", "partner")]
-    assert_error(stack.call("GET", f"/v1/agreements/{agreement['agreement_id']}", token=other["token"]),
-                 404, "QP.Agreement.NotFound")
-    assert_error(stack.call("GET", "/v1/agreements/agr_nonexistent", token=partner["token"]),
-                 404, "QP.Agreement.NotFound")
+    assert_error(
+        stack.call("GET", f"/v1/agreements/{agreement['agreement_id']}", token=other["token"]),
+        404,
+        "QP.Agreement.NotFound",
+    )
+    assert_error(
+        stack.call("GET", "/v1/agreements/agr_nonexistent", token=partner["token"]), 404, "QP.Agreement.NotFound"
+    )
 
 
-@pytest.mark.parametrize("case", ["unknown_account", "settlement_account", "currency_mismatch",
-                                  "bad_limit", "zero_limit", "missing_field", "malformed"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_account",
+        "settlement_account",
+        "currency_mismatch",
+        "bad_limit",
+        "zero_limit",
+        "missing_field",
+        "malformed",
+    ],
+)
 def test_agreement_bad_input(stack: Stack, partner: dict[str, Any], case: str) -> None:
     account = stack.demo["accounts"][0]
-    body: Any = {"debtor_account": account, "currency": "CNY", "per_payment_limit": "1.00",
-                 "daily_limit": "2.00"}
+    body: Any = {"debtor_account": account, "currency": "CNY", "per_payment_limit": "1.00", "daily_limit": "2.00"}
     expected: tuple[int, str] = (400, "QP.Field.Invalid")
     raw = None
     if case == "unknown_account":
@@ -216,10 +259,10 @@ def test_agreement_bad_input(stack: Stack, partner: dict[str, Any], case: str) -
 # ---- quick-payments ----------------------------------------------------------------------
 def test_same_shard_payment_to_settlement_completes(stack: Stack, partner: dict[str, Any]) -> None:
     customer = stack.new_customer(partner, shard=0, funding="100.00")
-    settlement_before = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance",
-                                   token=partner["token"]).body["balance"]
-    reply = stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "12.34",
-                      reference="coffee")
+    settlement_before = stack.call(
+        "GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=partner["token"]
+    ).body["balance"]
+    reply = stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "12.34", reference="coffee")
     assert reply.status == 201, reply.body
     payment = reply.body
     assert payment["status"] == COMPLETED and payment["amount"] == "12.34" and payment["currency"] == "CNY"
@@ -229,8 +272,7 @@ def test_same_shard_payment_to_settlement_completes(stack: Stack, partner: dict[
     assert payment["payment_id"].startswith("pay_") and payment["payment_id"].endswith("_0")
     assert payment["created_at"].endswith("Z")
     assert stack.balance(customer["account"]) == "87.66"
-    settlement = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance",
-                            token=partner["token"]).body
+    settlement = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=partner["token"]).body
     assert settlement["stripes"] == 2 and settlement["kind"] == "settlement"
     assert float(settlement["balance"]) * 100 - float(settlement_before) * 100 == pytest.approx(1234)
     got = stack.call("GET", f"/v1/quick-payments/{payment['payment_id']}", token=partner["token"])
@@ -261,8 +303,13 @@ def test_cross_shard_payment_settles(stack: Stack, partner: dict[str, Any]) -> N
 def test_rejections_are_201_with_reasons(stack: Stack, partner: dict[str, Any]) -> None:
     customer = stack.new_customer(partner, shard=0, funding="10.00", per_payment="5.00", daily="8.00")
     target = partner["settlement_account"]
-    cases = [("10.00", "AGREEMENT_PER_PAYMENT_LIMIT"), ("5.00", None), ("3.01", "AGREEMENT_PERIODIC_LIMIT"),
-             ("3.00", None), ("0.01", "AGREEMENT_PERIODIC_LIMIT")]
+    cases = [
+        ("10.00", "AGREEMENT_PER_PAYMENT_LIMIT"),
+        ("5.00", None),
+        ("3.01", "AGREEMENT_PERIODIC_LIMIT"),
+        ("3.00", None),
+        ("0.01", "AGREEMENT_PERIODIC_LIMIT"),
+    ]
     for amount, reason in cases:
         reply = stack.pay(partner, customer["agreement_id"], target, amount)
         assert reply.status == 201, reply.body
@@ -279,13 +326,15 @@ def test_rejections_are_201_with_reasons(stack: Stack, partner: dict[str, Any]) 
 
 def test_get_payment_not_found_cases(stack: Stack, partner: dict[str, Any]) -> None:
     for pid in ("pay_nonsense", "pay_" + "0" * 32 + "_0", "pay_" + "0" * 32 + "_9", "x"):
-        assert_error(stack.call("GET", f"/v1/quick-payments/{pid}", token=partner["token"]),
-                     404, "QP.Payment.NotFound")
+        assert_error(stack.call("GET", f"/v1/quick-payments/{pid}", token=partner["token"]), 404, "QP.Payment.NotFound")
     # a funding transfer id is not a payment
     account = stack.new_account(shard=0)
     funding = stack.fund(account, "1.00").body
-    assert_error(stack.call("GET", f"/v1/quick-payments/{funding['transfer_id']}", token=partner["token"]),
-                 404, "QP.Payment.NotFound")
+    assert_error(
+        stack.call("GET", f"/v1/quick-payments/{funding['transfer_id']}", token=partner["token"]),
+        404,
+        "QP.Payment.NotFound",
+    )
 
 
 # ---- balances and transactions --------------------------------------------------------------
@@ -293,27 +342,40 @@ def test_balance_visibility(stack: Stack, partner: dict[str, Any], other: dict[s
     customer = stack.new_customer(partner, shard=0, funding="7.00")
     mine = stack.call("GET", f"/v1/accounts/{customer['account']}/balance", token=partner["token"])
     assert mine.status == 200
-    assert mine.body == {"account_id": customer["account"], "kind": "customer", "currency": "CNY",
-                         "balance": "7.00", "stripes": 1}
-    for account in (customer["account"], partner["settlement_account"], "acc_unknown", "sys_clearing",
-                    "sys_funding"):
-        assert_error(stack.call("GET", f"/v1/accounts/{account}/balance", token=other["token"]),
-                     404, "QP.Account.NotFound")
-        assert_error(stack.call("GET", f"/v1/accounts/{account}/transactions", token=other["token"]),
-                     404, "QP.Account.NotFound")
+    assert mine.body == {
+        "account_id": customer["account"],
+        "kind": "customer",
+        "currency": "CNY",
+        "balance": "7.00",
+        "stripes": 1,
+    }
+    for account in (customer["account"], partner["settlement_account"], "acc_unknown", "sys_clearing", "sys_funding"):
+        assert_error(
+            stack.call("GET", f"/v1/accounts/{account}/balance", token=other["token"]), 404, "QP.Account.NotFound"
+        )
+        assert_error(
+            stack.call("GET", f"/v1/accounts/{account}/transactions", token=other["token"]), 404, "QP.Account.NotFound"
+        )
     # an account with no agreement of this partner is invisible even though it exists
     bare = stack.new_account()
     assert_error(stack.call("GET", f"/v1/accounts/{bare}/balance", token=partner["token"]), 404)
 
 
-def test_foreign_payment_and_agreement_are_invisible(stack: Stack, partner: dict[str, Any],
-                                                   other: dict[str, Any]) -> None:
+def test_foreign_payment_and_agreement_are_invisible(
+    stack: Stack, partner: dict[str, Any], other: dict[str, Any]
+) -> None:
     customer = stack.new_customer(partner, shard=1, funding="5.00")
     payment = stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "1.00").body
-    assert_error(stack.call("GET", f"/v1/quick-payments/{payment['payment_id']}", token=other["token"]),
-                 404, "QP.Payment.NotFound")
-    assert_error(stack.call("GET", f"/v1/agreements/{customer['agreement_id']}", token=other["token"]),
-                 404, "QP.Agreement.NotFound")
+    assert_error(
+        stack.call("GET", f"/v1/quick-payments/{payment['payment_id']}", token=other["token"]),
+        404,
+        "QP.Payment.NotFound",
+    )
+    assert_error(
+        stack.call("GET", f"/v1/agreements/{customer['agreement_id']}", token=other["token"]),
+        404,
+        "QP.Agreement.NotFound",
+    )
     # and the other partner cannot pay with it
     reply = stack.pay(other, customer["agreement_id"], other["settlement_account"], "1.00")
     assert_error(reply, 404, "QP.Agreement.NotFound", path="$.agreement_id")
@@ -338,8 +400,7 @@ def test_transactions_paginate_newest_first(stack: Stack, partner: dict[str, Any
     cursor = None
     for _ in range(10):
         query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
-        reply = stack.call("GET", f"/v1/accounts/{customer['account']}/transactions{query}",
-                           token=partner["token"])
+        reply = stack.call("GET", f"/v1/accounts/{customer['account']}/transactions{query}", token=partner["token"])
         assert reply.status == 200, reply.body
         assert len(reply.body["transactions"]) <= 3
         seen.extend(reply.body["transactions"])
@@ -348,8 +409,8 @@ def test_transactions_paginate_newest_first(stack: Stack, partner: dict[str, Any
             break
     assert cursor is None
     transfer_ids = [t["transfer_id"] for t in seen]
-    assert len(transfer_ids) == len(set(transfer_ids)) == len(amounts) + 1   # payments + the funding
-    assert transfer_ids[:len(ids)] == list(reversed(ids))                   # newest first
+    assert len(transfer_ids) == len(set(transfer_ids)) == len(amounts) + 1  # payments + the funding
+    assert transfer_ids[: len(ids)] == list(reversed(ids))  # newest first
     assert rejected.body["payment_id"] not in transfer_ids
     assert seen[-1]["kind"] == "funding" and seen[-1]["direction"] == "credit"
     assert seen[-1]["amount"] == "100.00"
@@ -362,13 +423,20 @@ def test_transactions_paginate_newest_first(stack: Stack, partner: dict[str, Any
     assert credit.status == 200
 
 
-@pytest.mark.parametrize("query, code", [("?limit=0", "QP.Query.Invalid"), ("?limit=201", "QP.Query.Invalid"),
-                                         ("?limit=abc", "QP.Query.Invalid"),
-                                         ("?cursor=!!!", "QP.Cursor.Invalid"),
-                                         ("?cursor=eyI1IjogMX0", "QP.Cursor.Invalid")])  # {"5": 1}
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        ("?limit=0", "QP.Query.Invalid"),
+        ("?limit=201", "QP.Query.Invalid"),
+        ("?limit=abc", "QP.Query.Invalid"),
+        ("?cursor=!!!", "QP.Cursor.Invalid"),
+        ("?cursor=eyI1IjogMX0", "QP.Cursor.Invalid"),
+    ],
+)  # {"5": 1}
 def test_transactions_bad_query(stack: Stack, partner: dict[str, Any], query: str, code: str) -> None:
-    reply = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/transactions{query}",
-                       token=partner["token"])
+    reply = stack.call(
+        "GET", f"/v1/accounts/{partner['settlement_account']}/transactions{query}", token=partner["token"]
+    )
     assert_error(reply, 400, code, field_errors=True)
 
 
@@ -378,13 +446,14 @@ def test_settlement_transactions_merge_stripes(stack: Stack) -> None:
     b = stack.new_customer(fresh, shard=1, funding="10.00")
     ids = []
     for customer in (a, b, a, b):
-        ids.append(stack.pay(fresh, customer["agreement_id"], fresh["settlement_account"], "1.00")
-                   .body["payment_id"])
-    reply = stack.call("GET", f"/v1/accounts/{fresh['settlement_account']}/transactions?limit=3",
-                       token=fresh["token"])
+        ids.append(stack.pay(fresh, customer["agreement_id"], fresh["settlement_account"], "1.00").body["payment_id"])
+    reply = stack.call("GET", f"/v1/accounts/{fresh['settlement_account']}/transactions?limit=3", token=fresh["token"])
     page1 = reply.body
-    reply = stack.call("GET", f"/v1/accounts/{fresh['settlement_account']}/transactions?limit=3"
-                              f"&cursor={page1['next_cursor']}", token=fresh["token"])
+    reply = stack.call(
+        "GET",
+        f"/v1/accounts/{fresh['settlement_account']}/transactions?limit=3&cursor={page1['next_cursor']}",
+        token=fresh["token"],
+    )
     page2 = reply.body
     listed = [t["transfer_id"] for t in page1["transactions"] + page2["transactions"]]
     assert listed == list(reversed(ids)) and page2["next_cursor"] is None
@@ -401,20 +470,32 @@ def test_admin_partner_account_funding(stack: Stack, partner: dict[str, Any]) ->
     assert created.body["settlement_account"] == "set_" + created.body["partner_id"]
     account = stack.admin("POST", "/admin/v1/accounts", {"currency": "CNY"})
     assert account.status == 201 and account.body["balance"] == "0.00"
-    default = stack.admin("POST", "/admin/v1/accounts")          # empty body: CNY by default
+    default = stack.admin("POST", "/admin/v1/accounts")  # empty body: CNY by default
     assert default.status == 201 and default.body["currency"] == "CNY"
     account_id = account.body["account_id"]
     key = "fund-" + uuid.uuid4().hex
-    first = stack.admin("POST", f"/admin/v1/accounts/{account_id}/fundings",
-                        {"amount": "25.50", "currency": "CNY"}, headers={"x-idempotency-key": key})
-    again = stack.admin("POST", f"/admin/v1/accounts/{account_id}/fundings",
-                        {"amount": "25.50", "currency": "CNY"}, headers={"x-idempotency-key": key})
+    first = stack.admin(
+        "POST",
+        f"/admin/v1/accounts/{account_id}/fundings",
+        {"amount": "25.50", "currency": "CNY"},
+        headers={"x-idempotency-key": key},
+    )
+    again = stack.admin(
+        "POST",
+        f"/admin/v1/accounts/{account_id}/fundings",
+        {"amount": "25.50", "currency": "CNY"},
+        headers={"x-idempotency-key": key},
+    )
     assert first.status == again.status == 201
     assert first.body["transfer_id"] == again.body["transfer_id"]
     assert first.body["kind"] == "funding" and first.body["status"] == COMPLETED
     assert stack.balance(account_id) == "25.50"
-    mismatch = stack.admin("POST", f"/admin/v1/accounts/{account_id}/fundings",
-                           {"amount": "1.00", "currency": "CNY"}, headers={"x-idempotency-key": key})
+    mismatch = stack.admin(
+        "POST",
+        f"/admin/v1/accounts/{account_id}/fundings",
+        {"amount": "1.00", "currency": "CNY"},
+        headers={"x-idempotency-key": key},
+    )
     assert_error(mismatch, 422, "QP.Idempotency.Mismatch")
     assert stack.balance(account_id) == "25.50"
     admin_balance = stack.admin("GET", f"/admin/v1/accounts/{partner['settlement_account']}/balance")
@@ -424,14 +505,17 @@ def test_admin_partner_account_funding(stack: Stack, partner: dict[str, Any]) ->
 @pytest.mark.parametrize("case", ["no_token", "partner_token", "wrong_token"])
 def test_admin_requires_admin_token(stack: Stack, partner: dict[str, Any], case: str) -> None:
     token = {"no_token": None, "partner_token": partner["token"], "wrong_token": "x" * 48}[case]
-    for method, path, body in [("POST", "/admin/v1/partners", {"name": "x"}),
-                               ("POST", "/admin/v1/accounts", {}),
-                               ("GET", f"/admin/v1/accounts/{partner['settlement_account']}/balance", None)]:
+    for method, path, body in [
+        ("POST", "/admin/v1/partners", {"name": "x"}),
+        ("POST", "/admin/v1/accounts", {}),
+        ("GET", f"/admin/v1/accounts/{partner['settlement_account']}/balance", None),
+    ]:
         assert_error(stack.call(method, path, body, token=token), 401, "QP.Auth.Admin")
 
 
-@pytest.mark.parametrize("case", ["zero", "jpy_decimals", "currency_mismatch", "no_key", "long_key",
-                                  "settlement", "unknown", "bad_currency"])
+@pytest.mark.parametrize(
+    "case", ["zero", "jpy_decimals", "currency_mismatch", "no_key", "long_key", "settlement", "unknown", "bad_currency"]
+)
 def test_funding_bad_input(stack: Stack, case: str) -> None:
     account = stack.new_account()
     body = {"amount": "1.00", "currency": "CNY"}
@@ -462,11 +546,12 @@ def test_funding_bad_input(stack: Stack, case: str) -> None:
 # ---- interaction id ------------------------------------------------------------------------------
 def test_interaction_id_echoed_and_generated(stack: Stack, partner: dict[str, Any]) -> None:
     given = "test-" + uuid.uuid4().hex
-    assert stack.call("GET", "/healthz", headers={"x-fapi-interaction-id": given}) \
-        .headers["x-fapi-interaction-id"] == given
+    assert (
+        stack.call("GET", "/healthz", headers={"x-fapi-interaction-id": given}).headers["x-fapi-interaction-id"]
+        == given
+    )
     # also on errors
-    reply = stack.call("GET", "/v1/quick-payments/x", token=partner["token"],
-                       headers={"x-fapi-interaction-id": given})
+    reply = stack.call("GET", "/v1/quick-payments/x", token=partner["token"], headers={"x-fapi-interaction-id": given})
     assert reply.status == 404 and reply.headers["x-fapi-interaction-id"] == given
     generated = {stack.call("GET", "/healthz").headers["x-fapi-interaction-id"] for _ in range(3)}
     assert len(generated) == 3
@@ -482,11 +567,15 @@ def test_interaction_id_echoed_and_generated(stack: Stack, partner: dict[str, An
 def victim(stack: Stack, partner: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     customer = stack.new_customer(partner, shard=0, funding="100.00")
     foreign = stack.new_customer(other, shard=0, funding="1.00")
-    return {**customer, "foreign_agreement": foreign["agreement_id"],
-            "creditor_same": stack.new_account(shard=0), "creditor_cross": stack.new_account(shard=1),
-            "usd_cross": stack.new_account(shard=1, currency="USD"),
-            "usd_same": stack.new_account(shard=0, currency="USD"),
-            "other_settlement": other["settlement_account"]}
+    return {
+        **customer,
+        "foreign_agreement": foreign["agreement_id"],
+        "creditor_same": stack.new_account(shard=0),
+        "creditor_cross": stack.new_account(shard=1),
+        "usd_cross": stack.new_account(shard=1, currency="USD"),
+        "usd_same": stack.new_account(shard=0, currency="USD"),
+        "other_settlement": other["settlement_account"],
+    }
 
 
 def _token(stack: Stack, partner: dict[str, Any], kind: str) -> str | None:
@@ -556,11 +645,17 @@ BAD_PAYMENTS: list[tuple[str, int, str, str | None]] = [
 
 
 @pytest.mark.parametrize("case, status, code, path", BAD_PAYMENTS, ids=[c[0] for c in BAD_PAYMENTS])
-def test_bad_payment_input(stack: Stack, partner: dict[str, Any], victim: dict[str, Any],
-                           case: str, status: int, code: str, path: str | None) -> None:
+def test_bad_payment_input(
+    stack: Stack, partner: dict[str, Any], victim: dict[str, Any], case: str, status: int, code: str, path: str | None
+) -> None:
     key = "bad-" + uuid.uuid4().hex
-    body: dict[str, Any] = {"agreement_id": victim["agreement_id"], "amount": "1.00", "currency": "CNY",
-                            "creditor_account": victim["creditor_same"], "reference": "bad input"}
+    body: dict[str, Any] = {
+        "agreement_id": victim["agreement_id"],
+        "amount": "1.00",
+        "currency": "CNY",
+        "creditor_account": victim["creditor_same"],
+        "reference": "bad input",
+    }
     headers = {"x-idempotency-key": key}
     raw: bytes | None = None
     token: str | None = partner["token"]
@@ -641,25 +736,37 @@ def test_bad_payment_input(stack: Stack, partner: dict[str, Any], victim: dict[s
     elif case == "key_too_long":
         headers = {"x-idempotency-key": "k" * 65}
     before_balance = stack.balance(victim["account"])
-    before_tx = stack.call("GET", f"/v1/accounts/{victim['account']}/transactions?limit=200",
-                           token=partner["token"]).body["transactions"]
-    reply = http("POST", stack.url("/v1/quick-payments"), None if raw is not None else body, raw=raw,
-                 token=token, headers=headers)
+    before_tx = stack.call(
+        "GET", f"/v1/accounts/{victim['account']}/transactions?limit=200", token=partner["token"]
+    ).body["transactions"]
+    reply = http(
+        "POST",
+        stack.url("/v1/quick-payments"),
+        None if raw is not None else body,
+        raw=raw,
+        token=token,
+        headers=headers,
+    )
     assert reply.status < 500
     assert_error(reply, status, code, path=path)
     if status == 401:
         assert "www-authenticate" in reply.headers
     # nothing written: balance and journal unchanged, and the key left no payment behind
     assert stack.balance(victim["account"]) == before_balance
-    after_tx = stack.call("GET", f"/v1/accounts/{victim['account']}/transactions?limit=200",
-                          token=partner["token"]).body["transactions"]
+    after_tx = stack.call(
+        "GET", f"/v1/accounts/{victim['account']}/transactions?limit=200", token=partner["token"]
+    ).body["transactions"]
     assert after_tx == before_tx
     pid = payment_id_for(partner["partner_id"], key, shard_of(victim["agreement_id"], 2))
     assert stack.call("GET", f"/v1/quick-payments/{pid}", token=partner["token"]).status == 404
     # and the same key still works for a good request afterwards (the failure reserved nothing)
     if status != 401 and case not in ("key_missing", "key_too_long"):
-        good = {"agreement_id": victim["agreement_id"], "amount": "0.01", "currency": "CNY",
-                "creditor_account": victim["creditor_same"], "reference": "after bad input"}
-        ok = stack.call("POST", "/v1/quick-payments", good, token=partner["token"],
-                        headers={"x-idempotency-key": key})
+        good = {
+            "agreement_id": victim["agreement_id"],
+            "amount": "0.01",
+            "currency": "CNY",
+            "creditor_account": victim["creditor_same"],
+            "reference": "after bad input",
+        }
+        ok = stack.call("POST", "/v1/quick-payments", good, token=partner["token"], headers={"x-idempotency-key": key})
         assert ok.status == 201 and ok.body["status"] == COMPLETED, ok.body

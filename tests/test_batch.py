@@ -4,6 +4,7 @@ once per accepted item, retries of the whole batch with the same keys replay; th
 envelope's own limits (items, body bytes) are 400/413; and a shard worker SIGKILLed
 mid-batch leaves items that a whole-batch retry completes exactly once, with
 `quickpay check` passing afterwards."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,21 +15,20 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from collections import defaultdict
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from conftest import ROOT, Reply, Stack, start_stack, stop_stack
 
 from gateway.app import BATCH_BODY_MAX_BYTES
 from gateway.schemas import BATCH_ITEMS_MAX
 from kernel.ids import shard_of_payment
 from kernel.money import parse_amount
-
-from conftest import ROOT, Reply, Stack, start_stack, stop_stack
 
 BATCH = "/v1/quick-payments/batch"
 IN_PROCESS = "AcceptedSettlementInProcess"
@@ -39,8 +39,15 @@ def minor(text: str) -> int:
 
 
 def item(agreement: str, creditor: str, amount: str, key: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"agreement_id": agreement, "amount": amount, "currency": "CNY", "creditor_account": creditor,
-            "reference": "batch", "idempotency_key": key or uuid.uuid4().hex, **extra}
+    return {
+        "agreement_id": agreement,
+        "amount": amount,
+        "currency": "CNY",
+        "creditor_account": creditor,
+        "reference": "batch",
+        "idempotency_key": key or uuid.uuid4().hex,
+        **extra,
+    }
 
 
 def post_batch(stack: Stack, token: str, items: list[Any], timeout: float = 60.0) -> Reply:
@@ -74,9 +81,11 @@ async def ledger_rows(stack: Stack, payment_ids: list[str]) -> dict[str, Any]:
     for shard, pids in by_shard.items():
         conn = await asyncpg.connect(stack.dsn(shard))
         try:
-            found = await conn.fetch("SELECT id, count(*) OVER (PARTITION BY id) AS n, status, amount_minor,"
-                                     " debit_account FROM transfers WHERE kind = 'payment' AND id = ANY($1::text[])",
-                                     pids)
+            found = await conn.fetch(
+                "SELECT id, count(*) OVER (PARTITION BY id) AS n, status, amount_minor,"
+                " debit_account FROM transfers WHERE kind = 'payment' AND id = ANY($1::text[])",
+                pids,
+            )
         finally:
             await conn.close()
         for row in found:
@@ -88,7 +97,9 @@ async def ledger_rows(stack: Stack, payment_ids: list[str]) -> dict[str, Any]:
 def assert_documented(body: Any) -> None:
     """The body matches the document's QuickPaymentBatchResult (every item's shape)."""
     import jsonschema
+
     from gateway.openapi import openapi_document
+
     document = openapi_document()
     schema = {"$ref": "#/components/schemas/QuickPaymentBatchResult", "components": document["components"]}
     jsonschema.Draft202012Validator(schema).validate(body)
@@ -96,6 +107,7 @@ def assert_documented(body: Any) -> None:
 
 def test_document_describes_the_batch_operation() -> None:
     from gateway.openapi import openapi_document
+
     document = openapi_document()
     op = document["paths"][BATCH]["post"]
     assert set(op["responses"]) == {"200", "400", "401", "403", "413", "429", "500", "503"}
@@ -105,6 +117,7 @@ def test_document_describes_the_batch_operation() -> None:
     assert "idempotency_key" in item_schema["required"]
     # a wrong item shape must fail the documented result schema
     import jsonschema
+
     with pytest.raises(jsonschema.ValidationError):
         assert_documented({"results": [{"status": 201, "error": {"code": "x", "message": "y", "errors": []}}]})
 
@@ -112,13 +125,16 @@ def test_document_describes_the_batch_operation() -> None:
 # ---- the shared stack ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def customers(stack: Stack, partner: dict[str, Any]) -> dict[str, Any]:
-    return {"a": stack.new_customer(partner, shard=0, funding="1000.00"),
-            "b": stack.new_customer(partner, shard=1, funding="1000.00"),
-            "creditor0": stack.new_account(shard=0)}
+    return {
+        "a": stack.new_customer(partner, shard=0, funding="1000.00"),
+        "b": stack.new_customer(partner, shard=1, funding="1000.00"),
+        "creditor0": stack.new_account(shard=0),
+    }
 
 
 def test_mixed_batch_answers_each_item_in_order_and_moves_money_once(
-        stack: Stack, partner: dict[str, Any], customers: dict[str, Any]) -> None:
+    stack: Stack, partner: dict[str, Any], customers: dict[str, Any]
+) -> None:
     token = partner["token"]
     a, b, settlement = customers["a"], customers["b"], partner["settlement_account"]
     creditor0 = customers["creditor0"]
@@ -130,19 +146,20 @@ def test_mixed_batch_answers_each_item_in_order_and_moves_money_once(
     creditor_before = minor(stack.balance(creditor0))
     dup_key = "dup-" + uuid.uuid4().hex
     items: list[Any] = [
-        item(a["agreement_id"], settlement, "2.00", key=dup_key),                     # 0: 201
-        item(b["agreement_id"], creditor0, "3.00"),                                    # 1: 201, cross-shard
-        item(a["agreement_id"], settlement, "1.234"),                                  # 2: 400 bad amount
-        item(a["agreement_id"], settlement, "1.00", reference="nul\x00ref"),           # 3: 400 NUL
-        item("agr_" + "0" * 20, settlement, "1.00"),                                   # 4: 404 agreement
-        item(a["agreement_id"], settlement, "1.00", key=earlier_key),                  # 5: 201 replayed
-        item(a["agreement_id"], settlement, "2.00", key=dup_key),                      # 6: dup, same body
-        {k: v for k, v in item(a["agreement_id"], settlement, "1.00").items()
-         if k != "idempotency_key"},                                                   # 7: 400 no key
-        item(a["agreement_id"], settlement, "1.00", key="ключ"),                       # 8: 400 key not ASCII
-        item(b["agreement_id"], "acc_" + "f" * 32, "1.00"),                            # 9: 422 creditor
-        item(b["agreement_id"], settlement, "4.00", surprise=1),                       # 10: 400 unknown field
-        item(b["agreement_id"], settlement, "5.00"),                                   # 11: 201
+        item(a["agreement_id"], settlement, "2.00", key=dup_key),  # 0: 201
+        item(b["agreement_id"], creditor0, "3.00"),  # 1: 201, cross-shard
+        item(a["agreement_id"], settlement, "1.234"),  # 2: 400 bad amount
+        item(a["agreement_id"], settlement, "1.00", reference="nul\x00ref"),  # 3: 400 NUL
+        item("agr_" + "0" * 20, settlement, "1.00"),  # 4: 404 agreement
+        item(a["agreement_id"], settlement, "1.00", key=earlier_key),  # 5: 201 replayed
+        item(a["agreement_id"], settlement, "2.00", key=dup_key),  # 6: dup, same body
+        {
+            k: v for k, v in item(a["agreement_id"], settlement, "1.00").items() if k != "idempotency_key"
+        },  # 7: 400 no key
+        item(a["agreement_id"], settlement, "1.00", key="ключ"),  # 8: 400 key not ASCII
+        item(b["agreement_id"], "acc_" + "f" * 32, "1.00"),  # 9: 422 creditor
+        item(b["agreement_id"], settlement, "4.00", surprise=1),  # 10: 400 unknown field
+        item(b["agreement_id"], settlement, "5.00"),  # 11: 201
     ]
     reply = post_batch(stack, token, items)
     assert reply.status == 200, reply.body
@@ -159,8 +176,7 @@ def test_mixed_batch_answers_each_item_in_order_and_moves_money_once(
         else:
             assert set(r) == {"status", "error"}, r
             assert_error_shape(r["error"])
-    assert [r["replayed"] for r in results if r["status"] == 201 and r is not results[6]] == \
-        [False, False, True, False]
+    assert [r["replayed"] for r in results if r["status"] == 201 and r is not results[6]] == [False, False, True, False]
     assert results[5]["payment"]["payment_id"] == earlier.body["payment_id"]
     # Error paths name the item.
     assert results[2]["error"]["errors"][0]["path"] == "$.payments[2].amount", results[2]
@@ -213,21 +229,23 @@ def test_mixed_batch_answers_each_item_in_order_and_moves_money_once(
     assert set(rows) == set(ids)
 
 
-def test_full_batch_over_64_kib_is_accepted(stack: Stack, partner: dict[str, Any],
-                                            customers: dict[str, Any]) -> None:
+def test_full_batch_over_64_kib_is_accepted(stack: Stack, partner: dict[str, Any], customers: dict[str, Any]) -> None:
     token = partner["token"]
     a, b = customers["a"], customers["b"]
     before = {c["account"]: minor(stack.balance(c["account"])) for c in (a, b)}
-    items = [item((a if i % 2 else b)["agreement_id"], partner["settlement_account"], "0.01",
-                  reference="r" * 100) for i in range(BATCH_ITEMS_MAX)]
+    items = [
+        item((a if i % 2 else b)["agreement_id"], partner["settlement_account"], "0.01", reference="r" * 100)
+        for i in range(BATCH_ITEMS_MAX)
+    ]
     size = len(json.dumps({"payments": items}))
     assert 64 * 1024 < size < BATCH_BODY_MAX_BYTES, size
     reply = post_batch(stack, token, items, timeout=120)
     assert reply.status == 200, reply.body
     results = reply.body["results"]
     assert len(results) == BATCH_ITEMS_MAX
-    assert all(r["status"] == 201 and r["replayed"] is False for r in results), \
-        [r for r in results if r["status"] != 201][:3]
+    assert all(r["status"] == 201 and r["replayed"] is False for r in results), [
+        r for r in results if r["status"] != 201
+    ][:3]
     assert len({r["payment"]["payment_id"] for r in results}) == BATCH_ITEMS_MAX
     half = BATCH_ITEMS_MAX // 2
     assert minor(stack.balance(a["account"])) == before[a["account"]] - half
@@ -254,8 +272,13 @@ def test_envelope_errors(stack: Stack, partner: dict[str, Any], customers: dict[
     big = json.dumps({"payments": [valid], "pad": "x" * BATCH_BODY_MAX_BYTES}).encode()
     assert_envelope_error(stack.call("POST", BATCH, raw=big, token=token), 413, "QP.Body.TooLarge")
     # the single endpoint keeps its 64 KiB bound
-    reply = stack.call("POST", "/v1/quick-payments", raw=b" " * (64 * 1024 + 1), token=token,
-                       headers={"x-idempotency-key": uuid.uuid4().hex})
+    reply = stack.call(
+        "POST",
+        "/v1/quick-payments",
+        raw=b" " * (64 * 1024 + 1),
+        token=token,
+        headers={"x-idempotency-key": uuid.uuid4().hex},
+    )
     assert_envelope_error(reply, 413, "QP.Body.TooLarge")
     assert minor(stack.balance(a["account"])) == before
 
@@ -266,10 +289,13 @@ async def test_body_over_the_bound_without_content_length_is_413(stack: Stack, p
         for _ in range(BATCH_BODY_MAX_BYTES // 65536 + 1):
             yield b" " * 65536
         yield b"]}"
+
     async with aiohttp.ClientSession() as session:
-        async with session.post(stack.url(BATCH), data=chunks(),
-                                headers={"authorization": f"Bearer {partner['token']}",
-                                         "content-type": "application/json"}) as r:
+        async with session.post(
+            stack.url(BATCH),
+            data=chunks(),
+            headers={"authorization": f"Bearer {partner['token']}", "content-type": "application/json"},
+        ) as r:
             assert r.status == 413, await r.text()
             body = await r.json()
     assert body["code"] == "QP.Body.TooLarge"
@@ -286,10 +312,15 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def run_check(stack: Stack) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def wait_drained(stack: Stack, timeout_s: float = 60.0) -> None:
@@ -308,25 +339,30 @@ async def wait_drained(stack: Stack, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(0.2)
 
 
-async def send_batch(session: aiohttp.ClientSession, stack: Stack, token: str,
-                     items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+async def send_batch(
+    session: aiohttp.ClientSession, stack: Stack, token: str, items: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
     """The batch's results, or None when the request itself failed."""
     try:
-        async with session.post(stack.url(BATCH), json={"payments": items},
-                                timeout=aiohttp.ClientTimeout(total=60),
-                                headers={"authorization": f"Bearer {token}"}) as r:
+        async with session.post(
+            stack.url(BATCH),
+            json={"payments": items},
+            timeout=aiohttp.ClientTimeout(total=60),
+            headers={"authorization": f"Bearer {token}"},
+        ) as r:
             if r.status != 200:
                 return None
             return list((await r.json())["results"])
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
 
 
-FINAL = {201, 400, 404, 422}   # answers that do not change on a retry
+FINAL = {201, 400, 404, 422}  # answers that do not change on a retry
 
 
 async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactly_once(own: Stack) -> None:
     import random
+
     rng = random.Random(20_261_123)
     partner = own.new_partner("Batch kill")
     token = partner["token"]
@@ -340,8 +376,13 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
             source = rng.randrange(2)
             debtor = rng.choice(debtors[source])
             kind = rng.random()
-            creditor = (partner["settlement_account"] if kind < 0.4 else
-                        rng.choice(creditors[source]) if kind < 0.6 else rng.choice(creditors[1 - source]))
+            creditor = (
+                partner["settlement_account"]
+                if kind < 0.4
+                else rng.choice(creditors[source])
+                if kind < 0.6
+                else rng.choice(creditors[1 - source])
+            )
             it = item(debtor["agreement_id"], creditor, f"0.{rng.randint(1, 99):02d}", key=f"kill-{b}-{i}")
             debtor_of[it["idempotency_key"]] = debtor["account"]
             items.append(it)
@@ -353,11 +394,12 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
     completed = 0
 
     async with aiohttp.ClientSession() as session:
+
         async def sender() -> None:
             nonlocal completed
             # Two batches in flight at a time, so that the kill lands inside one.
             for start in range(0, len(batches), 2):
-                pair = batches[start:start + 2]
+                pair = batches[start : start + 2]
                 replies = await asyncio.gather(*(send_batch(session, own, token, b) for b in pair))
                 for items, results in zip(pair, replies):
                     for position, it in enumerate(items):
@@ -380,8 +422,9 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
             await asyncio.sleep(0.2)
         # Retry every batch that has an item without a final answer: the whole batch, same keys.
         for _ in range(40):
-            pending = [b for b in batches
-                       if any((answers[it["idempotency_key"]] or {}).get("status") not in FINAL for it in b)]
+            pending = [
+                b for b in batches if any((answers[it["idempotency_key"]] or {}).get("status") not in FINAL for it in b)
+            ]
             if not pending:
                 break
             replies = await asyncio.gather(*(send_batch(session, own, token, b) for b in pending))
@@ -394,8 +437,9 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
     assert not unfinished, f"{len(unfinished)} items never got a 201: {list(unfinished.items())[:3]}"
     disturbed = [a for a in first_round.values() if a is None or a["status"] != 201]
     assert disturbed, "the kill did not disturb any batch; the test proves nothing"
-    assert all(a is None or a["status"] in (409, 503) for a in disturbed), \
-        {a["status"] for a in disturbed if a is not None}
+    assert all(a is None or a["status"] in (409, 503) for a in disturbed), {
+        a["status"] for a in disturbed if a is not None
+    }
     print(f"\nbatch kill test: {len(disturbed)} of {len(answers)} items needed a retry")
 
     ids = {key: a["payment"]["payment_id"] for key, a in answers.items() if a is not None}
@@ -433,19 +477,30 @@ def test_batch_path_is_not_a_payment_id(stack: Stack, partner: dict[str, Any]) -
 def test_a_lowered_batch_bound_is_enforced_and_documented(tmp_path: Path) -> None:
     """`quickpay up --batch-items-max 3`: four items are a 400 and /openapi.json says 3."""
     from conftest import start_stack, stop_stack
+
     small = start_stack(tmp_path / "small", shards=1, workers=1, extra=("--batch-items-max", "3"))
     try:
         document = small.call("GET", "/openapi.json")
-        assert document.body["components"]["schemas"]["QuickPaymentBatchRequest"]["properties"][
-            "payments"]["maxItems"] == 3
+        assert (
+            document.body["components"]["schemas"]["QuickPaymentBatchRequest"]["properties"]["payments"]["maxItems"]
+            == 3
+        )
         demo = small.demo
         token = small.partner_token()
         agreement = demo["agreements"][0]["agreement_id"]
 
         def items(n: int) -> list[dict[str, Any]]:
-            return [{"idempotency_key": f"small-{uuid.uuid4().hex}", "agreement_id": agreement, "amount": "0.01",
-                     "currency": "CNY", "creditor_account": demo["settlement_account"], "reference": "small"}
-                    for _ in range(n)]
+            return [
+                {
+                    "idempotency_key": f"small-{uuid.uuid4().hex}",
+                    "agreement_id": agreement,
+                    "amount": "0.01",
+                    "currency": "CNY",
+                    "creditor_account": demo["settlement_account"],
+                    "reference": "small",
+                }
+                for _ in range(n)
+            ]
 
         ok = small.call("POST", BATCH, {"payments": items(3)}, token=token)
         assert ok.status == 200 and [r["status"] for r in ok.body["results"]] == [201] * 3, ok.body

@@ -1,5 +1,6 @@
 """`quickpay bench`: a short smoke run of the harness, and its exactly-once / conservation checks
 against a real ledger (a private stack, since the tests tamper with its databases)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,12 +11,19 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from loadtest.bench import (check_conservation, expected_payment_ids, parse_pgbench_tps, projection,
-                            run_bench, summarise_raw_profile, verify_exactly_once)
-from quickpay.cli import build_parser
-from kernel.ids import payment_id_for, shard_of
 from conftest import free_port, start_stack, stop_stack
+
+from kernel.ids import payment_id_for, shard_of
+from loadtest.bench import (
+    check_conservation,
+    expected_payment_ids,
+    parse_pgbench_tps,
+    projection,
+    run_bench,
+    summarise_raw_profile,
+    verify_exactly_once,
+)
+from quickpay.cli import build_parser
 
 
 # ---- pure helpers ------------------------------------------------------------------------
@@ -53,15 +61,43 @@ def test_summarise_raw_profile(tmp_path: Path) -> None:
 # ---- smoke run -----------------------------------------------------------------------------
 def test_bench_smoke_run(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    args = build_parser().parse_args([
-        "bench", "--quick", "--customers", "2000", "--partners", "1", "--step-s", "2",
-        "--start-rate", "100", "--max-rate", "200", "--no-baselines", "--verify-payments", "30",
-        "--batch-items", "20", "--port", str(free_port()), "--out", str(out)])
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--quick",
+            "--customers",
+            "2000",
+            "--partners",
+            "1",
+            "--step-s",
+            "2",
+            "--start-rate",
+            "100",
+            "--max-rate",
+            "200",
+            "--no-baselines",
+            "--verify-payments",
+            "30",
+            "--batch-items",
+            "20",
+            "--port",
+            str(free_port()),
+            "--out",
+            str(out),
+        ]
+    )
     code = run_bench(args)
     report = json.loads((out / "bench-report.json").read_text())
     assert code == 0, report.get("problems")
-    numbers = ("max_sustained_tps", "sut_cpu_us_per_payment", "generator_cpu_share", "p50_ms", "p99_ms",
-               "p999_ms", "error_rate")
+    numbers = (
+        "max_sustained_tps",
+        "sut_cpu_us_per_payment",
+        "generator_cpu_share",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "error_rate",
+    )
     for name in numbers:
         # a 2-core machine under a test suite may miss even 100/s; then these are None
         assert report[name] is None or isinstance(report[name], (int, float)), name
@@ -89,8 +125,15 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     hello = report["hello"]
     assert hello["steps"] and hello["response_bytes"] > 0 and hello["request_body_bytes_mean"] > 0
     assert all(step["sut_cpu_s"] >= 0 for step in hello["steps"])
-    for name in ("hello_max_sustained_tps", "hello_cpu_us_per_request", "ratio_vs_hello", "cpu_hello_units",
-                 "batch_payments_per_s", "batch_ratio_vs_hello", "batch_p99_ms"):
+    for name in (
+        "hello_max_sustained_tps",
+        "hello_cpu_us_per_request",
+        "ratio_vs_hello",
+        "cpu_hello_units",
+        "batch_payments_per_s",
+        "batch_ratio_vs_hello",
+        "batch_p99_ms",
+    ):
         assert name in report and (report[name] is None or isinstance(report[name], (int, float))), name
     if report["hello_max_sustained_tps"] and report["max_sustained_tps"]:
         assert report["ratio_vs_hello"] == round(report["max_sustained_tps"] / report["hello_max_sustained_tps"], 2)
@@ -134,7 +177,8 @@ async def _copy_row_to_other_shard(dsns: list[str], payment_id: str, source: int
         columns = list(row)
         await dst.execute(
             f"INSERT INTO transfers ({', '.join(columns)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(columns)))})",
-            *row.values())
+            *row.values(),
+        )
     finally:
         await src.close()
         await dst.close()
@@ -191,6 +235,5 @@ def test_checks_detect_missing_doubled_and_tampered(private_stack: Any) -> None:
         assert not ok
         assert any(account in p for p in report["problems"])
     finally:
-        asyncio.run(_execute(dsns[0], "UPDATE accounts SET balance_minor = balance_minor - 1 WHERE id = $1",
-                             account))
+        asyncio.run(_execute(dsns[0], "UPDATE accounts SET balance_minor = balance_minor - 1 WHERE id = $1", account))
     assert check_conservation(dsns)[0]

@@ -10,6 +10,7 @@
 - the list queries (reconciliation page, an account's transactions, fraud decisions, alerts,
   the event feed by type) read a bounded number of rows through an index, whatever the
   table holds (EXPLAIN ANALYZE on a database filled with rejected rows)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,26 +20,33 @@ import os
 import signal
 import threading
 import time
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
-
 from conftest import Stack, plan_nodes, start_stack, stop_stack
+
 from ledger import pg
 
 PENDING_EXPIRY_S = 30
 PER_ACCOUNT = 3
-IN_TOTAL = 8            # two shards: 4 per shard (ledger.state.pending_share)
+IN_TOTAL = 8  # two shards: 4 per shard (ledger.state.pending_share)
 
 
 @pytest.fixture(scope="module")
 def own(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    s = start_stack(tmp_path_factory.mktemp("bounded"), extra=(
-        "--pending-expiry-s", str(PENDING_EXPIRY_S), "--pending-per-account-max", str(PER_ACCOUNT),
-        "--pending-per-partner-max", str(IN_TOTAL)))
+    s = start_stack(
+        tmp_path_factory.mktemp("bounded"),
+        extra=(
+            "--pending-expiry-s",
+            str(PENDING_EXPIRY_S),
+            "--pending-per-account-max",
+            str(PER_ACCOUNT),
+            "--pending-per-partner-max",
+            str(IN_TOTAL),
+        ),
+    )
     try:
         yield s
     finally:
@@ -46,9 +54,12 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _ask(own: Stack, partner: dict[str, Any], account: str) -> Any:
-    return own.call("POST", "/v1/agreements", {"debtor_account": account, "currency": "CNY",
-                                               "per_payment_limit": "10.00", "daily_limit": "100.00"},
-                    token=partner["token"])
+    return own.call(
+        "POST",
+        "/v1/agreements",
+        {"debtor_account": account, "currency": "CNY", "per_payment_limit": "10.00", "daily_limit": "100.00"},
+        token=partner["token"],
+    )
 
 
 def _assert_too_many(reply: Any, path: str) -> None:
@@ -115,7 +126,7 @@ def test_pending_caps_per_account_and_in_total_and_balance_reads_stay_answered(o
         time.sleep(0.2)
     own.wait_ready(60)
     reply = _ask(own, hostile, account)
-    while reply.status == 503 and time.monotonic() < deadline:     # the gateway reconnecting
+    while reply.status == 503 and time.monotonic() < deadline:  # the gateway reconnecting
         time.sleep(0.2)
         reply = _ask(own, hostile, account)
     # (the agreements above must not have expired meanwhile, or this would prove nothing)
@@ -130,8 +141,10 @@ def test_a_pending_agreement_expires_cannot_be_authorised_and_stops_counting(own
     hostile = _created[-1]["partner"]
     account = _created[-1]["account"]
     first = _created[0]
-    due_ms = max(int(datetime.datetime.fromisoformat(a["authorise_by"].replace("Z", "+00:00")).timestamp() * 1000)
-                 for a in _created[:-1])
+    due_ms = max(
+        int(datetime.datetime.fromisoformat(a["authorise_by"].replace("Z", "+00:00")).timestamp() * 1000)
+        for a in _created[:-1]
+    )
     created_ms = int(datetime.datetime.fromisoformat(first["created_at"].replace("Z", "+00:00")).timestamp() * 1000)
     deadline_ms = int(datetime.datetime.fromisoformat(first["authorise_by"].replace("Z", "+00:00")).timestamp() * 1000)
     assert deadline_ms - created_ms == PENDING_EXPIRY_S * 1000
@@ -193,21 +206,26 @@ def _scans(nodes: list[dict[str, Any]], relation: str) -> list[dict[str, Any]]:
 
 def _read(node: dict[str, Any]) -> int:
     """Rows a scan node looked at: returned, plus removed by its filter or recheck."""
-    return int(node["Actual Rows"]) * int(node.get("Actual Loops", 1)) + int(node.get("Rows Removed by Filter", 0)) \
+    return (
+        int(node["Actual Rows"]) * int(node.get("Actual Loops", 1))
+        + int(node.get("Rows Removed by Filter", 0))
         + int(node.get("Rows Removed by Index Recheck", 0))
+    )
 
 
 def test_list_queries_read_a_bounded_number_of_rows_through_an_index(own: Stack) -> None:
     from test_review_fixes import extra_database
+
     asyncio.run(_bounded_plans(extra_database(own, "qp_bounded_plans")))
 
 
 async def _bounded_plans(dsn: str) -> None:
-    from ledger.worker import DECISIONS_SCAN_MAX, _read_decisions_async
     from ledger import notify_store as store
+    from ledger.worker import DECISIONS_SCAN_MAX, _read_decisions_async
+
     day_ms = 86_400_000
     now_ms = int(time.time() * 1000)
-    day_start = now_ms - now_ms % day_ms - day_ms          # yesterday, a whole day
+    day_start = now_ms - now_ms % day_ms - day_ms  # yesterday, a whole day
     rows = 200_000
     conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_custom_plan"})
     try:
@@ -225,16 +243,24 @@ async def _bounded_plans(dsn: str) -> None:
             "       WHEN i % 5 = 0 AND i % 3 <> 0 THEN 'Rejected' ELSE 'AcceptedSettlementCompleted' END,"
             "  $1::bigint + i * ($2::bigint / $3::bigint),"
             "  CASE WHEN i % 5 = 0 THEN 'ptn_recon' ELSE 'ptn_other' END, 'agr_' || (i % 5000), '{}'::text[],"
-            "  CASE WHEN i % 1000 = 7 THEN '{\"decision\": \"block\", \"score\": 90, \"reasons\": [{\"rule_id\": \"r1\"}]}'::jsonb END"
-            " FROM generate_series(1, $3::int) AS i", day_start, day_ms, rows)
+            '  CASE WHEN i % 1000 = 7 THEN \'{"decision": "block", "score": 90, "reasons": [{"rule_id": "r1"}]}\'::jsonb END'
+            " FROM generate_series(1, $3::int) AS i",
+            day_start,
+            day_ms,
+            rows,
+        )
         await conn.execute(
             "INSERT INTO alerts (id, rule, account, at_ms, details)"
             " SELECT 'alr_' || i, 'r1', 'acc_' || (i % 500), $1::bigint - i, '{}'::jsonb"
-            " FROM generate_series(1, 20000) AS i", now_ms)
+            " FROM generate_series(1, 20000) AS i",
+            now_ms,
+        )
         await conn.execute(
             "INSERT INTO events (id, partner_id, type, created_at_ms, body)"
             " SELECT 'evt_' || i, 'ptn_feed', CASE WHEN i % 2000 = 0 THEN 'agreement.expired'"
-            "  ELSE 'payment.completed' END, $1::bigint, '{}' FROM generate_series(1, 50000) AS i", now_ms)
+            "  ELSE 'payment.completed' END, $1::bigint, '{}' FROM generate_series(1, 50000) AS i",
+            now_ms,
+        )
         for table in ("transfers", "alerts", "events"):
             await conn.execute(f"ANALYZE {table}")
         db = _Analysing(conn)
@@ -245,8 +271,14 @@ async def _bounded_plans(dsn: str) -> None:
         pages = 0
         total = 0
         while True:
-            page = await pg.partner_day_transfers(db, "ptn_recon", day_start, day_start + day_ms, after,  # type: ignore[arg-type]
-                                                  page_max)
+            page = await pg.partner_day_transfers(
+                db,
+                "ptn_recon",
+                day_start,
+                day_start + day_ms,
+                after,  # type: ignore[arg-type]
+                page_max,
+            )
             sql, nodes = db.last()
             (scan,) = _scans(nodes, "transfers")
             assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan["Node Type"]
@@ -258,7 +290,8 @@ async def _bounded_plans(dsn: str) -> None:
                 break
             after = (page[-1][0][0], page[-1][0][1])
         expected = await conn.fetchval(
-            "SELECT count(*) FROM transfers WHERE partner_id = 'ptn_recon' AND status <> 'Rejected'")
+            "SELECT count(*) FROM transfers WHERE partner_id = 'ptn_recon' AND status <> 'Rejected'"
+        )
         assert total == expected and pages == expected // page_max + 1
         assert all(wire["status"] != "Rejected" for _, wire in page)
 
@@ -280,6 +313,7 @@ async def _bounded_plans(dsn: str) -> None:
 
                     async def __aexit__(self, *exc: Any) -> None:
                         return None
+
                 return _Ctx()
 
         worker = SimpleNamespace(read_pool=_Pool(), state=SimpleNamespace(next_seq=rows + 1))
@@ -314,13 +348,18 @@ async def _bounded_plans(dsn: str) -> None:
         await conn.close()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("pending_expiry_s", 0, "--pending-expiry-s"), ("pending_expiry_s", 30 * 86_400 + 1, "--pending-expiry-s"),
-    ("pending_per_account_max", 0, "--pending-per-account-max"),
-    ("pending_per_partner_max", 10_000_001, "--pending-per-partner-max"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("pending_expiry_s", 0, "--pending-expiry-s"),
+        ("pending_expiry_s", 30 * 86_400 + 1, "--pending-expiry-s"),
+        ("pending_per_account_max", 0, "--pending-per-account-max"),
+        ("pending_per_partner_max", 10_000_001, "--pending-per-partner-max"),
+    ],
+)
 def test_pending_settings_out_of_range_are_refused_at_start(field: str, value: int, message: str) -> None:
     from ledger.worker import WorkerConfig
+
     config = WorkerConfig(shard=0, shard_count=1, dsn="unused", listen="unix:/nonexistent", peers={}, **{field: value})
     with pytest.raises(SystemExit, match=message):
         config.validate()

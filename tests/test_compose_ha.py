@@ -6,6 +6,7 @@ the gateway is published, on loopback; each member's Patroni configuration (writ
 scripts/compose-ha/patroni_member.py) carries quickpay.ha.dcs_settings() for its shard's size
 and otherwise the settings `quickpay up --ha` gives its members; and the smoke script's pieces
 (what it takes from scripts/compose-smoke, the secrets it makes) are where it expects them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,19 +21,26 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from test_compose import _env
 
 from quickpay.cli import build_parser
 from quickpay.embedded_pg import shard_database
 from quickpay.ha import NAMESPACE, REPLICATION_USER, REST_USER, SCOPE_PREFIX, HaCluster, Member, dcs_settings
-from test_compose import _env
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_HA = ROOT / "docker-compose.ha.yml"
 COMPOSE = ROOT / "docker-compose.yml"
 HA_DIR = ROOT / "scripts" / "compose-ha"
 SMOKE = ROOT / "scripts" / "compose-ha-smoke"
-SECRETS = {"POSTGRES_PASSWORD", "QUICKPAY_TOKEN_KEY", "QUICKPAY_ADMIN_TOKEN", "QUICKPAY_CLUSTER_SECRET",
-           "QUICKPAY_REPLICATION_PASSWORD", "QUICKPAY_PATRONI_PASSWORD", "QUICKPAY_ETCD_PASSWORD"}
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "QUICKPAY_TOKEN_KEY",
+    "QUICKPAY_ADMIN_TOKEN",
+    "QUICKPAY_CLUSTER_SECRET",
+    "QUICKPAY_REPLICATION_PASSWORD",
+    "QUICKPAY_PATRONI_PASSWORD",
+    "QUICKPAY_ETCD_PASSWORD",
+}
 REFERENCE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?P<op>:?[-?+]?)(?P<rest>[^}]*)\}")
 REQUIRED = re.compile(r"\$\{(?P<name>[A-Z0-9_]+):\?[^}]+\}")
 
@@ -46,8 +54,9 @@ def _services(path: Path = COMPOSE_HA) -> dict[str, dict[str, Any]]:
 
 
 def _quickpay_services(path: Path = COMPOSE_HA) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in _services(path).items() if s.get("build", {}).get("dockerfile") is None
-            and "build" in s}
+    return {
+        name: s for name, s in _services(path).items() if s.get("build", {}).get("dockerfile") is None and "build" in s
+    }
 
 
 def _members() -> dict[str, dict[str, Any]]:
@@ -63,7 +72,7 @@ def _dsn_args(command: list[str]) -> list[str]:
     if "--dsn" not in command:
         return []
     values = []
-    for token in command[command.index("--dsn") + 1:]:
+    for token in command[command.index("--dsn") + 1 :]:
         if token.startswith("--"):
             break
         values.append(token)
@@ -102,7 +111,7 @@ def test_same_quickpay_services_and_commands_as_docker_compose_yml() -> None:
 @pytest.mark.parametrize("name", sorted(_quickpay_services()))
 def test_service_command_parses(name: str) -> None:
     command = _quickpay_services()[name]["command"]
-    args = build_parser().parse_args(command)      # exits (SystemExit) on anything argparse refuses
+    args = build_parser().parse_args(command)  # exits (SystemExit) on anything argparse refuses
     assert args.command == command[0] and callable(args.func)
 
 
@@ -150,8 +159,9 @@ def test_every_secret_is_a_required_reference_to_env() -> None:
     seen = set()
     for match in REFERENCE.finditer(text):
         if match["name"] in SECRETS:
-            assert match["op"] == ":?" and "quickpay secrets" in match["rest"], \
+            assert match["op"] == ":?" and "quickpay secrets" in match["rest"], (
                 f"{match[0]!r}: a secret must be ${{{match['name']}:?run quickpay secrets ...}}"
+            )
             seen.add(match["name"])
     assert seen == SECRETS, f"secrets never used: {SECRETS - seen}"
 
@@ -231,8 +241,10 @@ def test_member_configuration_carries_dcs_settings(name: str) -> None:
     auth = config["postgresql"]["authentication"]
     assert auth["superuser"] == {"username": "postgres", "password": "secret-of-POSTGRES_PASSWORD"}
     assert auth["replication"] == {"username": REPLICATION_USER, "password": "secret-of-QUICKPAY_REPLICATION_PASSWORD"}
-    assert config["restapi"]["authentication"] == {"username": REST_USER,
-                                                   "password": "secret-of-QUICKPAY_PATRONI_PASSWORD"}
+    assert config["restapi"]["authentication"] == {
+        "username": REST_USER,
+        "password": "secret-of-QUICKPAY_PATRONI_PASSWORD",
+    }
     # every connection authenticates with a password; nothing is trusted
     assert all(line.split()[-1] == "scram-sha-256" for line in config["postgresql"]["pg_hba"])
     assert "post-bootstrap" in config["bootstrap"]["post_bootstrap"]
@@ -262,8 +274,10 @@ def test_member_configuration_follows_the_local_ha_stack(tmp_path: Path) -> None
         assert compose["postgresql"][key] == local["postgresql"][key], key
     assert compose["postgresql"]["parameters"].keys() == local["postgresql"]["parameters"].keys()
     for role in ("superuser", "replication", "rewind"):
-        assert compose["postgresql"]["authentication"][role]["username"] == \
-            local["postgresql"]["authentication"][role]["username"], role
+        assert (
+            compose["postgresql"]["authentication"][role]["username"]
+            == local["postgresql"]["authentication"][role]["username"]
+        ), role
 
 
 def test_member_configuration_refuses_a_missing_secret() -> None:
@@ -279,8 +293,11 @@ def test_member_configuration_refuses_a_missing_secret() -> None:
 # ---- images and scripts --------------------------------------------------------------------------
 def _instructions(path: Path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
 @pytest.mark.parametrize("service", ["etcd", "pg0a"])
@@ -304,8 +321,9 @@ def test_scripts_parse_and_are_executable() -> None:
         assert os.access(script, os.X_OK), f"{script} is not executable"
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script}: {result.stderr}"
-    helper = subprocess.run([sys.executable, str(HA_DIR / "ha_smoke.py"), "--help"], capture_output=True,
-                            text=True, timeout=60)
+    helper = subprocess.run(
+        [sys.executable, str(HA_DIR / "ha_smoke.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert helper.returncode == 0 and "outage" in helper.stdout, helper.stderr
 
 
@@ -318,8 +336,11 @@ def test_what_the_smoke_takes_from_compose_smoke_is_there() -> None:
 
 
 def test_roles_summarises_patronis_cluster_view() -> None:
-    view = ('{"members": [{"name": "pg0b", "role": "sync_standby", "state": "streaming", "timeline": 2, "lag": 0},'
-            ' {"name": "pg0a", "role": "leader", "state": "running", "timeline": 2}]}')
-    result = subprocess.run([sys.executable, str(HA_DIR / "ha_smoke.py"), "roles"], input=view,
-                            capture_output=True, text=True, timeout=60)
+    view = (
+        '{"members": [{"name": "pg0b", "role": "sync_standby", "state": "streaming", "timeline": 2, "lag": 0},'
+        ' {"name": "pg0a", "role": "leader", "state": "running", "timeline": 2}]}'
+    )
+    result = subprocess.run(
+        [sys.executable, str(HA_DIR / "ha_smoke.py"), "roles"], input=view, capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.splitlines() == ["pg0a leader running 2 0", "pg0b sync_standby streaming 2 0"]

@@ -5,6 +5,7 @@ The stack runs two gateway processes behind one port (SO_REUSEPORT). Every partn
 here goes over a fresh connection (urllib), and the answer's generated x-fapi-interaction-id
 starts with a prefix unique to the process that answered, so the tests check that *both*
 workers refused (or accepted), not just whichever one the admin call happened to reach."""
+
 from __future__ import annotations
 
 import base64
@@ -15,15 +16,15 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import ROOT, Reply, Stack, http, start_stack, stop_stack
+
 from gateway.auth import TokenService, client_secret_valid, hash_secret, token_cut_off
 from ledger.model import Code
 from ledger.state import ShardState, WriteSet
 from ledger.storable import NotStorable, check_command
 
 WORKERS = 2
-ROUNDS = 24          # fresh connections per check: P(all on one of two workers) = 2**-23
+ROUNDS = 24  # fresh connections per check: P(all on one of two workers) = 2**-23
 APPLIES_WITHIN_S = 1.0
 
 
@@ -50,8 +51,12 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def token_for(stack: Stack, client_id: str, secret: str) -> Reply:
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    return http("POST", stack.url("/oauth2/token"), raw=b"grant_type=client_credentials",
-                headers={"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"})
+    return http(
+        "POST",
+        stack.url("/oauth2/token"),
+        raw=b"grant_type=client_credentials",
+        headers={"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"},
+    )
 
 
 def new_token(stack: Stack, client_id: str, secret: str) -> str:
@@ -72,7 +77,7 @@ def answers(stack: Stack, partner: dict[str, Any], token: str) -> dict[str, set[
         reply = stack.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=token)
         seen.setdefault(worker_of(reply), set()).add(reply.status)
         if reply.status >= 400:
-            assert set(reply.body) == {"code", "message", "errors"}, reply.body   # the one error shape
+            assert set(reply.body) == {"code", "message", "errors"}, reply.body  # the one error shape
     return seen
 
 
@@ -89,16 +94,26 @@ def admin_action(stack: Stack, partner_id: str, action: str, body: Any = None) -
 
 # ---- pure parts ----------------------------------------------------------------------------
 def partner_record(secret: str = "s1") -> dict[str, Any]:
-    return {"id": "ptn_x", "name": "X", "secret_sha256": hash_secret(secret), "settlement_account": "set_ptn_x",
-            "created_at_ms": 0, "rate_limit_rps": None, "rate_limit_burst": None, "previous_secret_sha256": None,
-            "previous_secret_until_ms": None, "disabled_at_ms": None, "tokens_valid_after_ms": None}
+    return {
+        "id": "ptn_x",
+        "name": "X",
+        "secret_sha256": hash_secret(secret),
+        "settlement_account": "set_ptn_x",
+        "created_at_ms": 0,
+        "rate_limit_rps": None,
+        "rate_limit_burst": None,
+        "previous_secret_sha256": None,
+        "previous_secret_until_ms": None,
+        "disabled_at_ms": None,
+        "tokens_valid_after_ms": None,
+    }
 
 
 def test_token_carries_its_issue_time_in_ms() -> None:
     tokens = TokenService(b"k" * 32)
     token = tokens.issue("ptn_x", 1_000, 1_000_250)
     assert tokens.verify_claims(token, 1_001) == ("ptn_x", 1_000_250)
-    assert tokens.verify_claims(token, 1_001) == ("ptn_x", 1_000_250)      # from the verified cache
+    assert tokens.verify_claims(token, 1_001) == ("ptn_x", 1_000_250)  # from the verified cache
     assert tokens.verify(token, 1_001) == "ptn_x"
 
 
@@ -106,32 +121,33 @@ def test_cut_off_marker_decides_disabled_and_revoked() -> None:
     assert token_cut_off(None, 5) is None
     assert token_cut_off([None, None], 5) is None
     assert token_cut_off([1, None], 5) == "disabled"
-    assert token_cut_off([None, 10], 10) == "revoked"          # at or before T
-    assert token_cut_off([None, 10], 11) is None               # issued after T
+    assert token_cut_off([None, 10], 10) == "revoked"  # at or before T
+    assert token_cut_off([None, 10], 11) is None  # issued after T
 
 
 def test_secret_overlap_with_injected_time() -> None:
     state, ws = ShardState(0, 1), WriteSet()
     state.partners_cache["ptn_x"] = partner_record("old")
     state.begin(ws)
-    code, status = state.partner_action("ptn_x", "rotate_secret", "ops", 1_000, ws,
-                                        secret_sha256=hash_secret("new"), overlap_ms=5_000)
+    code, status = state.partner_action(
+        "ptn_x", "rotate_secret", "ops", 1_000, ws, secret_sha256=hash_secret("new"), overlap_ms=5_000
+    )
     state.commit()
     assert code == Code.OK and status is not None and status["previous_secret_until_ms"] == 6_000
     record = state.partners_cache["ptn_x"]
     assert client_secret_valid(record, "new", 1_000) and client_secret_valid(record, "old", 5_999)
-    assert not client_secret_valid(record, "old", 6_000)                  # the window expired
+    assert not client_secret_valid(record, "old", 6_000)  # the window expired
     assert client_secret_valid(record, "new", 10**12)
     assert not client_secret_valid(record, "other", 2_000)
     state.begin(ws)
     assert state.partner_action("ptn_x", "retire_secret", "ops", 2_000, ws)[0] == Code.OK
     state.commit()
-    assert not client_secret_valid(record, "old", 2_001)                   # retired explicitly
+    assert not client_secret_valid(record, "old", 2_001)  # retired explicitly
     assert client_secret_valid(record, "new", 2_001)
     state.begin(ws)
     assert state.partner_action("ptn_x", "retire_secret", "ops", 2_000, ws)[0] == Code.SAME
     state.commit()
-    assert [e[1] for e in ws.partner_events] == ["rotate_secret", "retire_secret"]   # SAME records nothing
+    assert [e[1] for e in ws.partner_events] == ["rotate_secret", "retire_secret"]  # SAME records nothing
 
 
 def test_partner_action_is_atomic_and_checked() -> None:
@@ -174,7 +190,7 @@ def test_disable_refuses_tokens_on_every_worker_and_enable_lets_it_back(cut: Sta
     assert_every_worker(seen, 403)
     refused = cut.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=token)
     assert refused.body["code"] == "QP.Partner.Disabled"
-    assert time.monotonic() - disabled_at < APPLIES_WITHIN_S + 10      # sanity: the check ran promptly
+    assert time.monotonic() - disabled_at < APPLIES_WITHIN_S + 10  # sanity: the check ran promptly
     # No new token, with the right secret.
     fresh = token_for(cut, partner["client_id"], partner["client_secret"])
     assert fresh.status == 401 and fresh.body["code"] == "invalid_client", fresh.body
@@ -186,14 +202,14 @@ def test_disable_refuses_tokens_on_every_worker_and_enable_lets_it_back(cut: Sta
     reply = admin_action(cut, partner["partner_id"], "enable", {"actor": "bob"})
     assert reply.body["disabled"] is False and reply.body["changed"] is True
     time.sleep(APPLIES_WITHIN_S)
-    assert_every_worker(answers(cut, partner, token), 200)         # its old token works again
+    assert_every_worker(answers(cut, partner, token), 200)  # its old token works again
     assert_every_worker(answers(cut, partner, new_token(cut, partner["client_id"], partner["client_secret"])), 200)
 
 
 def test_a_payment_accepted_before_the_disable_settles(cut: Stack) -> None:
     partner = cut.new_partner("In Flight")
     customer = cut.new_customer(partner, shard=0)
-    creditor = cut.new_account(shard=1)                 # cross-shard: settles through the relay
+    creditor = cut.new_account(shard=1)  # cross-shard: settles through the relay
     paid = cut.pay(partner, customer["agreement_id"], creditor, "12.34")
     assert paid.status == 201, paid.body
     admin_action(cut, partner["partner_id"], "disable")
@@ -211,7 +227,7 @@ def test_rotation_overlap_then_retire(cut: Stack) -> None:
     new = reply.body["client_secret"]
     assert new != old and reply.body["previous_secret_valid_until"] is not None
     assert reply.headers.get("cache-control") == "no-store"
-    for _ in range(4):                                   # both secrets, whichever worker answers
+    for _ in range(4):  # both secrets, whichever worker answers
         assert token_for(cut, partner["client_id"], old).status == 200
         assert token_for(cut, partner["client_id"], new).status == 200
     shown = cut.admin("GET", f"/admin/v1/partners/{partner['partner_id']}").body
@@ -224,8 +240,9 @@ def test_rotation_overlap_then_retire(cut: Stack) -> None:
         assert token_for(cut, partner["client_id"], new).status == 200
     assert admin_action(cut, partner["partner_id"], "retire-secret").body["changed"] is False
     # Tokens issued under the old secret stay valid: rotating is not revoking.
-    assert cut.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance",
-                    token=partner["token"]).status == 200
+    assert (
+        cut.call("GET", f"/v1/accounts/{partner['settlement_account']}/balance", token=partner["token"]).status == 200
+    )
 
 
 def test_rotation_overlap_expires(cut: Stack) -> None:
@@ -266,7 +283,7 @@ def test_every_action_is_audited_and_in_the_partner_feed(cut: Stack) -> None:
     partner = cut.new_partner("Audited")
     pid = partner["partner_id"]
     admin_action(cut, pid, "disable", {"actor": "erin", "reason": "chargebacks"})
-    admin_action(cut, pid, "disable", {"actor": "erin"})            # no change: not audited
+    admin_action(cut, pid, "disable", {"actor": "erin"})  # no change: not audited
     admin_action(cut, pid, "enable", {"actor": "frank"})
     secret = admin_action(cut, pid, "rotate-secret", {"overlap_s": 60, "actor": "grace"}).body["client_secret"]
     admin_action(cut, pid, "retire-secret", {"actor": "grace"})
@@ -274,16 +291,25 @@ def test_every_action_is_audited_and_in_the_partner_feed(cut: Stack) -> None:
     audit = cut.admin("GET", f"/admin/v1/partners/{pid}/audit").body
     entries = audit["entries"]
     assert [(e["action"], e["actor"]) for e in entries] == [
-        ("disable", "erin"), ("enable", "frank"), ("rotate_secret", "grace"), ("retire_secret", "grace"),
-        ("revoke_tokens", "heidi")]
+        ("disable", "erin"),
+        ("enable", "frank"),
+        ("rotate_secret", "grace"),
+        ("retire_secret", "grace"),
+        ("revoke_tokens", "heidi"),
+    ]
     assert entries[0]["details"] == {"reason": "chargebacks"} and all(e["at"].endswith("Z") for e in entries)
     assert "previous_secret_valid_until_ms" in entries[2]["details"]
     assert cut.admin("GET", "/admin/v1/partners/nobody_here/audit").status == 404
-    assert cut.call("GET", f"/admin/v1/partners/{pid}/audit").status == 401       # admin only
+    assert cut.call("GET", f"/admin/v1/partners/{pid}/audit").status == 401  # admin only
 
     token = new_token(cut, partner["client_id"], secret)
-    wanted = ["partner.disabled", "partner.enabled", "partner.secret_rotated", "partner.secret_retired",
-              "partner.tokens_revoked"]
+    wanted = [
+        "partner.disabled",
+        "partner.enabled",
+        "partner.secret_rotated",
+        "partner.secret_retired",
+        "partner.tokens_revoked",
+    ]
     deadline = time.monotonic() + 30
     types: list[str] = []
     while time.monotonic() < deadline:
@@ -301,8 +327,11 @@ def test_every_action_is_audited_and_in_the_partner_feed(cut: Stack) -> None:
     assert [e["type"] for e in only] == ["partner.tokens_revoked"]
     # Another partner's feed shows none of it.
     other = cut.new_partner("Unrelated")
-    assert [e for e in cut.call("GET", "/v1/events", token=other["token"]).body["events"]
-            if e["type"].startswith("partner.")] == []
+    assert [
+        e
+        for e in cut.call("GET", "/v1/events", token=other["token"]).body["events"]
+        if e["type"].startswith("partner.")
+    ] == []
 
 
 def test_unknown_partner_and_bad_bodies(cut: Stack) -> None:
@@ -320,9 +349,25 @@ def test_cli_cuts_a_partner_off(cut: Stack) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "quickpay.cli", "partners", *args, pid, "--url", cut.base_url,
-                               "--state-dir", str(cut.state_dir)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quickpay.cli",
+                "partners",
+                *args,
+                pid,
+                "--url",
+                cut.base_url,
+                "--state-dir",
+                str(cut.state_dir),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     result = cli("disable", "--actor", "ivan", "--reason", "test")
     assert result.returncode == 0, result.stderr
@@ -338,9 +383,25 @@ def test_cli_cuts_a_partner_off(cut: Stack) -> None:
     assert shown.returncode == 0 and '"disabled": false' in shown.stdout
     audit = cli("audit")
     assert audit.returncode == 0 and '"actor": "ivan"' in audit.stdout
-    missing = subprocess.run([sys.executable, "-m", "quickpay.cli", "partners", "disable", "ptn_nobody", "--url",
-                              cut.base_url, "--state-dir", str(cut.state_dir)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quickpay.cli",
+            "partners",
+            "disable",
+            "ptn_nobody",
+            "--url",
+            cut.base_url,
+            "--state-dir",
+            str(cut.state_dir),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1 and "QP.Partner.NotFound" in missing.stderr
 
 
@@ -349,6 +410,7 @@ def test_the_sdk_renews_a_revoked_token_and_reports_a_disable(cut: Stack) -> Non
     once); a disabled partner gets ForbiddenError with the code."""
     from quickpay_sdk import Client
     from quickpay_sdk.errors import ForbiddenError
+
     partner = cut.new_partner("SDK User")
     with Client(cut.base_url, partner["client_id"], partner["client_secret"]) as qp:
         assert qp.get_balance(partner["settlement_account"])["balance"] == "0.00"

@@ -6,6 +6,7 @@ work and `quickpay check --dsn …` audits those databases; after `up` is stoppe
 again on the same state directory, balances and payments are still there and the demo
 partner is reused, not created again.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, start_stack, stop_stack
+
 from quickpay.embedded_pg import EmbeddedPostgres
 
 
@@ -32,8 +33,9 @@ def external_pg(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         server.stop()
 
 
-def test_up_with_dsns_uses_those_servers(external_pg: EmbeddedPostgres, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_with_dsns_uses_those_servers(
+    external_pg: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dsns = [external_pg.dsn("ledger_a"), external_pg.dsn("ledger_b")]
     monkeypatch.setenv("QUICKPAY_DSNS", ",".join(dsns))
     stack = start_stack(tmp_path)
@@ -48,8 +50,14 @@ def test_up_with_dsns_uses_those_servers(external_pg: EmbeddedPostgres, tmp_path
     finally:
         stop_stack(stack)
     env = {k: v for k, v in os.environ.items() if k != "QUICKPAY_DSNS"}
-    check = subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--dsn", dsns[0], "--dsn", dsns[1],
-                            "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    check = subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--dsn", dsns[0], "--dsn", dsns[1], "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     report = json.loads(check.stdout)
     assert report["ok"] and sum(s["transfers"] for s in report["shards"]) > 0

@@ -4,18 +4,18 @@ restarts it from PostgreSQL, nothing half-applied survives, and the stack keeps 
 The invariant is broken on purpose by delivering a cross-shard credit leg for an account
 that does not exist (the gateway never sends one: it checks creditors first).
 """
+
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT, Stack, start_stack, stop_stack
+
 from ledger.client import ShardClient, ShardError, ShardUnavailable
 
 
@@ -53,6 +53,11 @@ def test_broken_invariant_stops_the_worker_and_it_comes_back(own: Stack) -> None
     own.wait_ready()
     paid = own.pay(partner, customer["agreement_id"], partner["settlement_account"], "1.00")
     assert paid.status == 201 and paid.body["status"] == "AcceptedSettlementCompleted"
-    check = subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(own.state_dir)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(own.state_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0, check.stdout + check.stderr

@@ -9,6 +9,7 @@ Latencies are measured open loop from each payment's scheduled send time (coordi
 omission corrected). This VM is shared: a p99 below FLOOR_MS counts as FLOOR_MS, so that
 the 2x bound is not a bound on scheduler noise (said in the assertion message).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,14 +22,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Stack, start_stack, stop_stack
 
 PAY_RATE_PER_S = 25
 PHASE_S = 10.0
 HAMMER_TASKS = 12
 FLOOR_MS = 25.0
-A_LIMIT_RPS = 200          # partner A's configured limit: "its maximum"
+A_LIMIT_RPS = 200  # partner A's configured limit: "its maximum"
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +45,34 @@ def p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def pay_steadily(stack: Stack, partner: dict[str, Any], customer: dict[str, str], creditor: str,
-                       duration_s: float) -> tuple[list[float], list[Any]]:
+async def pay_steadily(
+    stack: Stack, partner: dict[str, Any], customer: dict[str, str], creditor: str, duration_s: float
+) -> tuple[list[float], list[Any]]:
     """Open loop at PAY_RATE_PER_S; returns (latencies ms from the scheduled time, failures)."""
     latencies: list[float] = []
     failures: list[Any] = []
     headers = {"authorization": f"Bearer {partner['token']}"}
-    body = {"agreement_id": customer["agreement_id"], "amount": "0.01", "currency": "CNY",
-            "creditor_account": creditor, "reference": "steady"}
+    body = {
+        "agreement_id": customer["agreement_id"],
+        "amount": "0.01",
+        "currency": "CNY",
+        "creditor_account": creditor,
+        "reference": "steady",
+    }
     async with aiohttp.ClientSession(headers=headers) as session:
+
         async def one(scheduled: float) -> None:
             try:
-                async with session.post(stack.url("/v1/quick-payments"), json=body,
-                                        headers={"x-idempotency-key": uuid.uuid4().hex},
-                                        timeout=aiohttp.ClientTimeout(total=30)) as reply:
+                async with session.post(
+                    stack.url("/v1/quick-payments"),
+                    json=body,
+                    headers={"x-idempotency-key": uuid.uuid4().hex},
+                    timeout=aiohttp.ClientTimeout(total=30),
+                ) as reply:
                     await reply.read()
                     if reply.status != 201:
                         failures.append(reply.status)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 failures.append(repr(exc))
             latencies.append((time.monotonic() - scheduled) * 1000)
 
@@ -76,15 +86,26 @@ async def pay_steadily(stack: Stack, partner: dict[str, Any], customer: dict[str
     return latencies, failures
 
 
-async def hammer(base_url: str, token: str, account: str, creditor: str, agreement_id: str,
-                 until: float) -> dict[str, int]:
+async def hammer(
+    base_url: str, token: str, account: str, creditor: str, agreement_id: str, until: float
+) -> dict[str, int]:
     """Closed loops over every expensive endpoint, as fast as the answers come."""
     statuses: dict[str, int] = {}
     headers = {"authorization": f"Bearer {token}"}
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    batch = {"payments": [{"agreement_id": agreement_id, "amount": "0.01", "currency": "CNY",
-                           "creditor_account": creditor, "reference": "hammer",
-                           "idempotency_key": f"k{i}"} for i in range(100)]}
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    batch = {
+        "payments": [
+            {
+                "agreement_id": agreement_id,
+                "amount": "0.01",
+                "currency": "CNY",
+                "creditor_account": creditor,
+                "reference": "hammer",
+                "idempotency_key": f"k{i}",
+            }
+            for i in range(100)
+        ]
+    }
     targets: list[tuple[str, str, Any]] = [
         ("GET", f"/v1/accounts/{account}/balance", None),
         ("GET", "/v1/agreements?limit=200", None),
@@ -105,20 +126,22 @@ async def hammer(base_url: str, token: str, account: str, creditor: str, agreeme
                 if body is batch:
                     body = {"payments": [{**item, "idempotency_key": uuid.uuid4().hex} for item in batch["payments"]]}
                 try:
-                    async with session.request(method, base_url + path, json=body, headers=extra,
-                                               timeout=aiohttp.ClientTimeout(total=30)) as reply:
+                    async with session.request(
+                        method, base_url + path, json=body, headers=extra, timeout=aiohttp.ClientTimeout(total=30)
+                    ) as reply:
                         await reply.read()
                         key = f"{method} {path.split('?')[0][:40]} {reply.status}"
                         statuses[key] = statuses.get(key, 0) + 1
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     statuses[repr(exc)[:60]] = statuses.get(repr(exc)[:60], 0) + 1
 
     await asyncio.gather(*(loop(i) for i in range(HAMMER_TASKS)))
     return statuses
 
 
-def hammer_process(out: Any, base_url: str, token: str, account: str, creditor: str, agreement_id: str,
-                   duration_s: float) -> None:
+def hammer_process(
+    out: Any, base_url: str, token: str, account: str, creditor: str, agreement_id: str, duration_s: float
+) -> None:
     """The greedy partner runs in its own process, as it would on its own machine: its client
     work must not delay the payer's sends in the test's event loop (that would measure the
     test, not the service). Low priority, too: its client's CPU is its own machine's, not the
@@ -143,14 +166,21 @@ def test_a_partner_at_its_limit_on_expensive_endpoints_does_not_slow_another(own
     customer = own.new_customer(payer, shard=0, funding="1000.00")
     creditor = own.new_account(shard=0)
     greedy = own.new_partner("Greedy")
-    limited = own.admin("PUT", f"/admin/v1/partners/{greedy['client_id']}/rate-limit",
-                        {"requests_per_s": A_LIMIT_RPS, "burst": A_LIMIT_RPS})
+    limited = own.admin(
+        "PUT",
+        f"/admin/v1/partners/{greedy['client_id']}/rate-limit",
+        {"requests_per_s": A_LIMIT_RPS, "burst": A_LIMIT_RPS},
+    )
     assert limited.status == 200, limited.body
     # A's own customer, on the payer's shard, and its account with as many pending agreements as A may hold.
     greedy_customer = own.new_customer(greedy, shard=0, funding="1000.00")
     for _ in range(50):
-        made = own.call("POST", "/v1/agreements", {"debtor_account": greedy_customer["account"], "currency": "CNY",
-                                                   "per_payment_limit": "1.00"}, token=greedy["token"])
+        made = own.call(
+            "POST",
+            "/v1/agreements",
+            {"debtor_account": greedy_customer["account"], "currency": "CNY", "per_payment_limit": "1.00"},
+            token=greedy["token"],
+        )
         if made.status != 201:
             assert 400 <= made.status < 500, made.body
             break
@@ -160,12 +190,21 @@ def test_a_partner_at_its_limit_on_expensive_endpoints_does_not_slow_another(own
 
     spawn = multiprocessing.get_context("spawn")
     out = spawn.Queue()
-    greedy_proc = spawn.Process(target=hammer_process, args=(
-        out, own.base_url, greedy["token"], greedy_customer["account"], creditor, greedy_customer["agreement_id"],
-        PHASE_S + 2.0))
+    greedy_proc = spawn.Process(
+        target=hammer_process,
+        args=(
+            out,
+            own.base_url,
+            greedy["token"],
+            greedy_customer["account"],
+            creditor,
+            greedy_customer["agreement_id"],
+            PHASE_S + 2.0,
+        ),
+    )
     greedy_proc.start()
     try:
-        time.sleep(1.0)         # the hammer is up to speed before the payer starts
+        time.sleep(1.0)  # the hammer is up to speed before the payer starts
 
         async def together() -> tuple[tuple[list[float], list[Any]], list[int]]:
             payments = asyncio.create_task(pay_steadily(own, payer, customer, creditor, PHASE_S))
@@ -187,8 +226,11 @@ def test_a_partner_at_its_limit_on_expensive_endpoints_does_not_slow_another(own
     answered = {key.rsplit(" ", 1)[0] for key in statuses if not key.endswith(" 429")}
     assert len(answered) >= 7, f"some endpoint never answered the hammer: {statuses}"
     p99_alone, p99_loaded = p99(alone), p99(loaded)
-    print(f"fairness: payer p99 alone {p99_alone:.1f} ms, under the hammer {p99_loaded:.1f} ms; "
-          f"hammer answers {sum(statuses.values())}")
+    print(
+        f"fairness: payer p99 alone {p99_alone:.1f} ms, under the hammer {p99_loaded:.1f} ms; "
+        f"hammer answers {sum(statuses.values())}"
+    )
     assert max(p99_loaded, FLOOR_MS) <= 2 * max(p99_alone, FLOOR_MS), (
         f"payer p99 {p99_loaded:.1f} ms under the hammer vs {p99_alone:.1f} ms alone "
-        f"(p99s under {FLOOR_MS} ms count as {FLOOR_MS}); hammer answers: {statuses}")
+        f"(p99s under {FLOOR_MS} ms count as {FLOOR_MS}); hammer answers: {statuses}"
+    )

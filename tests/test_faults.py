@@ -12,6 +12,7 @@ the accepted payments, and `quickpay check` passes. A last test makes a shard wo
 crash-loop (its database refuses connections) and sees the backoff grow and the loop
 reported in `quickpay up`'s output and in /readyz, then heal.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,23 +26,24 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-
 from conftest import ROOT, Stack, free_port, http, start_stack, stop_stack
 from faultproxy import FaultProxy
-from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+
 from kernel.ids import shard_of_payment
 from kernel.money import parse_amount
+from quickpay.embedded_pg import EmbeddedPostgres, shard_database
 
 SHARDS = 2
-PAYMENTS = 360              # per fault
-RATE_PER_S = 90             # ~4 s of traffic
+PAYMENTS = 360  # per fault
+RATE_PER_S = 90  # ~4 s of traffic
 RETRY_ROUNDS = 60
 IN_PROCESS = "AcceptedSettlementInProcess"
 
@@ -58,9 +60,14 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Any:
     listen = [f"tcp:127.0.0.1:{free_port()}" for _ in range(SHARDS)]
     gateway_proxies = [FaultProxy(address).start() for address in listen]
     relay_proxies = [FaultProxy(address).start() for address in listen]
-    extra = ("--shard-listen", ",".join(listen),
-             "--gateway-shard-addrs", ",".join(p.address for p in gateway_proxies),
-             "--relay-shard-addrs", ",".join(p.address for p in relay_proxies))
+    extra = (
+        "--shard-listen",
+        ",".join(listen),
+        "--gateway-shard-addrs",
+        ",".join(p.address for p in gateway_proxies),
+        "--relay-shard-addrs",
+        ",".join(p.address for p in relay_proxies),
+    )
     stack = start_stack(tmp_path_factory.mktemp("faults"), shards=SHARDS, flags=("--no-rules",), extra=extra)
     try:
         yield {"stack": stack, "gateway_proxies": gateway_proxies, "relay_proxies": relay_proxies}
@@ -74,8 +81,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def world(faulty: dict[str, Any]) -> dict[str, Any]:
     stack: Stack = faulty["stack"]
     partner = stack.new_partner("Faults")
-    debtors = {s: [stack.new_customer(partner, shard=s, funding="2000.00") for _ in range(5)]
-               for s in range(SHARDS)}
+    debtors = {s: [stack.new_customer(partner, shard=s, funding="2000.00") for _ in range(5)] for s in range(SHARDS)}
     creditors = {s: [stack.new_account(shard=s) for _ in range(3)] for s in range(SHARDS)}
     return {"partner": partner, "debtors": debtors, "creditors": creditors}
 
@@ -103,8 +109,14 @@ def wait_child_replaced(stack: Stack, name: str, old_pid: int, timeout_s: float 
 
 def run_check(stack: Stack) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def wait_drained(stack: Stack, timeout_s: float = 90.0) -> None:
@@ -118,8 +130,7 @@ async def wait_drained(stack: Stack, timeout_s: float = 90.0) -> None:
                 remaining = -1
                 break
             try:
-                remaining += int(await conn.fetchval("SELECT count(*) FROM transfers WHERE status = $1",
-                                                     IN_PROCESS))
+                remaining += int(await conn.fetchval("SELECT count(*) FROM transfers WHERE status = $1", IN_PROCESS))
             finally:
                 await conn.close()
         if remaining == 0:
@@ -145,23 +156,32 @@ def make_plan(world: dict[str, Any], label: str, seed: int) -> list[tuple[str, d
             creditor = rng.choice(world["creditors"][source])
         else:
             creditor = rng.choice(world["creditors"][(source + 1) % SHARDS])
-        body = {"agreement_id": debtor["agreement_id"], "amount": f"0.{rng.randint(1, 99):02d}",
-                "currency": "CNY", "creditor_account": creditor, "reference": f"fault {label}"}
+        body = {
+            "agreement_id": debtor["agreement_id"],
+            "amount": f"0.{rng.randint(1, 99):02d}",
+            "currency": "CNY",
+            "creditor_account": creditor,
+            "reference": f"fault {label}",
+        }
         plan.append((f"{label}-{i}-{uuid.uuid4().hex[:8]}", body, debtor["account"], creditor))
     return plan
 
 
-async def post(session: aiohttp.ClientSession, stack: Stack, token: str, body: dict[str, Any],
-               key: str) -> tuple[int, Any]:
+async def post(
+    session: aiohttp.ClientSession, stack: Stack, token: str, body: dict[str, Any], key: str
+) -> tuple[int, Any]:
     try:
-        async with session.post(stack.url("/v1/quick-payments"), json=body,
-                                timeout=aiohttp.ClientTimeout(total=30),
-                                headers={"authorization": f"Bearer {token}", "x-idempotency-key": key}) as r:
+        async with session.post(
+            stack.url("/v1/quick-payments"),
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=30),
+            headers={"authorization": f"Bearer {token}", "x-idempotency-key": key},
+        ) as r:
             try:
                 return r.status, await r.json(content_type=None)
             except ValueError:
                 return r.status, await r.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return 0, repr(exc)
 
 
@@ -171,9 +191,14 @@ def tracked_balances(stack: Stack, world: dict[str, Any]) -> dict[str, int]:
     return {a: minor(stack.balance(a)) for a in accounts}
 
 
-async def run_with_fault(stack: Stack, world: dict[str, Any], label: str, seed: int,
-                         fault: Callable[[], Awaitable[None]], fault_at_s: float = 1.5,
-                         ) -> dict[str, list[tuple[int, Any]]]:
+async def run_with_fault(
+    stack: Stack,
+    world: dict[str, Any],
+    label: str,
+    seed: int,
+    fault: Callable[[], Awaitable[None]],
+    fault_at_s: float = 1.5,
+) -> dict[str, list[tuple[int, Any]]]:
     """Stream the plan, inject `fault` at `fault_at_s`, then retry everything without a
     201 with the same key and body until it has one, and check the ledger. Returns the
     first-round answers."""
@@ -182,6 +207,7 @@ async def run_with_fault(stack: Stack, world: dict[str, Any], label: str, seed: 
     before = tracked_balances(stack, world)
     results: dict[str, tuple[int, Any]] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+
         async def send(index: int, key: str, body: dict[str, Any]) -> None:
             await asyncio.sleep(index / RATE_PER_S)
             results[key] = await post(session, stack, token, body, key)
@@ -209,15 +235,21 @@ async def run_with_fault(stack: Stack, world: dict[str, Any], label: str, seed: 
     ids = {key: answer["payment_id"] for key, (_, answer) in results.items()}
     assert len(set(ids.values())) == len(plan)
     for key, (status, answer) in first_round.items():
-        if status == 201:     # a retry answers the decision first given, never another one
+        if status == 201:  # a retry answers the decision first given, never another one
             assert answer["payment_id"] == ids[key]
             assert (answer["status"] == "Rejected") == (results[key][1]["status"] == "Rejected")
     await check_ledger(stack, world, plan, ids, results, before)
     return {"first_round": list(first_round.values())}
 
 
-async def check_ledger(stack: Stack, world: dict[str, Any], plan: list[tuple[str, dict[str, Any], str, str]],
-                       ids: dict[str, str], results: dict[str, tuple[int, Any]], before: dict[str, int]) -> None:
+async def check_ledger(
+    stack: Stack,
+    world: dict[str, Any],
+    plan: list[tuple[str, dict[str, Any], str, str]],
+    ids: dict[str, str],
+    results: dict[str, tuple[int, Any]],
+    before: dict[str, int],
+) -> None:
     by_shard: dict[int, list[str]] = defaultdict(list)
     for pid in ids.values():
         shard = shard_of_payment(pid, SHARDS)
@@ -228,9 +260,12 @@ async def check_ledger(stack: Stack, world: dict[str, Any], plan: list[tuple[str
     for shard, pids in by_shard.items():
         conn = await asyncpg.connect(stack.dsn(shard))
         try:
-            found = await conn.fetch("SELECT id, count(*) OVER (PARTITION BY id) AS n, status, amount_minor,"
-                                     " debit_account, credit_account FROM transfers"
-                                     " WHERE id = ANY($1::text[]) AND kind = 'payment'", pids)
+            found = await conn.fetch(
+                "SELECT id, count(*) OVER (PARTITION BY id) AS n, status, amount_minor,"
+                " debit_account, credit_account FROM transfers"
+                " WHERE id = ANY($1::text[]) AND kind = 'payment'",
+                pids,
+            )
         finally:
             await conn.close()
         for row in found:
@@ -316,8 +351,9 @@ async def test_postgres_postmaster_sigkill(faulty: dict[str, Any], world: dict[s
             if reply is not None and reply.status == 200 and time.monotonic() - killed_at > 0.5:
                 recovered.append(time.monotonic() - killed_at)
                 return
-            assert time.monotonic() < deadline, "not ready within 60 s of the postmaster's death\n" \
-                + stack.log()[-3000:]
+            assert time.monotonic() < deadline, (
+                "not ready within 60 s of the postmaster's death\n" + stack.log()[-3000:]
+            )
 
     out = await run_with_fault(stack, world, "postgres", 4, fault)
     assert wait_child_replaced(stack, "postgres", old) != old
@@ -336,17 +372,16 @@ def _readyz(stack: Stack) -> Any:
         return None
 
 
-async def test_gateway_shard_connections_dropped_and_stalled(faulty: dict[str, Any],
-                                                             world: dict[str, Any]) -> None:
+async def test_gateway_shard_connections_dropped_and_stalled(faulty: dict[str, Any], world: dict[str, Any]) -> None:
     stack: Stack = faulty["stack"]
     proxies: list[FaultProxy] = faulty["gateway_proxies"]
     dropped: list[int] = []
 
     async def fault() -> None:
-        dropped.extend(p.drop(refuse_s=1.0) for p in proxies)    # RST every gateway↔shard connection
+        dropped.extend(p.drop(refuse_s=1.0) for p in proxies)  # RST every gateway↔shard connection
         await asyncio.sleep(1.5)
         for p in proxies:
-            p.stall(2.0)                                          # then hold their bytes for 2 s
+            p.stall(2.0)  # then hold their bytes for 2 s
 
     out = await run_with_fault(stack, world, "gwproxy", 5, fault)
     assert sum(dropped) >= 1 and sum(p.refused for p in proxies) >= 1
@@ -375,8 +410,7 @@ async def test_relay_connections_dropped_and_stalled(faulty: dict[str, Any], wor
     assert "relay to shard" in stack.log()[before_log:], "the relay never saw a failure"
 
 
-def test_idle_worker_exits_when_its_database_connection_dies(faulty: dict[str, Any],
-                                                             world: dict[str, Any]) -> None:
+def test_idle_worker_exits_when_its_database_connection_dies(faulty: dict[str, Any], world: dict[str, Any]) -> None:
     """Without traffic: PostgreSQL ends every connection to shard 0's database (as a
     restart or an operator would). The worker must not linger, alive and answering
     pings but unable to write (or holding no advisory lock): it exits, is restarted,
@@ -388,9 +422,13 @@ def test_idle_worker_exits_when_its_database_connection_dies(faulty: dict[str, A
     async def terminate() -> int:
         conn = await asyncpg.connect(admin_dsn)
         try:
-            return int(await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()", shard_database(0)))
+            return int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    shard_database(0),
+                )
+            )
         finally:
             await conn.close()
 
@@ -410,7 +448,7 @@ def test_stale_lock_file_of_an_unrelated_process_is_removed(tmp_path: Any) -> No
     pg = EmbeddedPostgres(tmp_path)
     pg.data_dir.mkdir(parents=True)
     lock = pg.data_dir / "postmaster.pid"
-    lock.write_text(f"{os.getpid()}\n{pg.data_dir}\n")        # this pytest process: not postgres
+    lock.write_text(f"{os.getpid()}\n{pg.data_dir}\n")  # this pytest process: not postgres
     pg.before_foreground_start()
     assert not lock.exists()
     sleeper = subprocess.Popen(["sleep", "30"])
@@ -421,10 +459,10 @@ def test_stale_lock_file_of_an_unrelated_process_is_removed(tmp_path: Any) -> No
     finally:
         sleeper.kill()
         sleeper.wait()
-    lock.write_text(f"{sleeper.pid}\n")                      # gone
+    lock.write_text(f"{sleeper.pid}\n")  # gone
     pg.before_foreground_start()
     assert not lock.exists()
-    fake = tmp_path / "postgres"                 # a process whose name is postgres
+    fake = tmp_path / "postgres"  # a process whose name is postgres
     fake.symlink_to("/bin/sleep")
     postgres = subprocess.Popen([str(fake), "30"])
     try:
@@ -454,6 +492,7 @@ def test_crash_loop_backs_off_and_is_reported(faulty: dict[str, Any], world: dic
                 await conn.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
             finally:
                 await conn.close()
+
         asyncio.run(run())
 
     log_start = len(stack.log())
@@ -483,8 +522,10 @@ def test_crash_loop_backs_off_and_is_reported(faulty: dict[str, Any], world: dic
         # ... and in `quickpay up`'s output, with a growing backoff.
         log = stack.log()[log_start:]
         assert "shard-1 is crash-looping" in log
-        delays = [float(d) for d in re.findall(r"quickpay: shard-1 (?:exited|is crash-looping)[^\n]*restarting in ([\d.]+)s",
-                                               log)]
+        delays = [
+            float(d)
+            for d in re.findall(r"quickpay: shard-1 (?:exited|is crash-looping)[^\n]*restarting in ([\d.]+)s", log)
+        ]
         assert len(delays) >= 4, log[-3000:]
         assert all(b >= a for a, b in zip(delays, delays[1:])) and delays[-1] > delays[0], delays
     finally:
@@ -492,8 +533,9 @@ def test_crash_loop_backs_off_and_is_reported(faulty: dict[str, Any], world: dic
     # Healed: the next restart succeeds and the stack is ready again.
     stack.wait_ready(60)
     assert supervisor_status(stack)["shard-1"]["state"] == "running"
-    reply = stack.pay(world["partner"], world["debtors"][1][0]["agreement_id"],
-                      world["partner"]["settlement_account"], "0.01")
+    reply = stack.pay(
+        world["partner"], world["debtors"][1][0]["agreement_id"], world["partner"]["settlement_account"], "0.01"
+    )
     assert reply.status == 201, reply.body
 
 
@@ -512,7 +554,7 @@ async def test_relay_survives_a_failed_outbox_reread() -> None:
     class Peer:
         async def call(self, op: str, args: Any) -> Any:
             assert op == "credit"
-            await asyncio.sleep(0)          # a real call yields to the loop
+            await asyncio.sleep(0)  # a real call yields to the loop
             return {"applied": len(args), "replayed": 0}
 
     legs = [CreditLeg(f"pay_{i}", 0, "acc_c", 100 + i, "CNY", 1) for i in range(3)]
@@ -522,16 +564,22 @@ async def test_relay_survives_a_failed_outbox_reread() -> None:
         if len(reads) == 1:
             raise ConnectionError("connection was closed in the middle of operation")
         await asyncio.sleep(0)
-        return [(leg, 1) for leg in legs if leg.transfer_id not in delivered]   # the outbox
+        return [(leg, 1) for leg in legs if leg.transfer_id not in delivered]  # the outbox
 
     async def on_delivered(ids: list[str], held_ids: list[str]) -> None:
         delivered.extend(ids)
 
-    relay = Relay(0, {1: Peer()}, on_delivered, reload_outbox,  # type: ignore[dict-item]
-                  queue_max=1, retry_backoff_max_s=0.05)
+    relay = Relay(
+        0,
+        {1: Peer()},
+        on_delivered,
+        reload_outbox,  # type: ignore[dict-item]
+        queue_max=1,
+        retry_backoff_max_s=0.05,
+    )
     relay.start()
     try:
-        relay.enqueue([(leg, 1) for leg in legs])        # one fits; the others overflow to the outbox
+        relay.enqueue([(leg, 1) for leg in legs])  # one fits; the others overflow to the outbox
         for _ in range(200):
             if set(delivered) == {leg.transfer_id for leg in legs}:
                 break

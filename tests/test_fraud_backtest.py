@@ -10,7 +10,7 @@ from fraud import NamedLists, PaymentFacts, backtest, parse_rules
 
 ACTIVE = parse_rules('rule big { action review score 10 description "big" when amount > 1000 }')
 CANDIDATE = parse_rules(
-    'list blocked = []\n'
+    "list blocked = []\n"
     'rule big { action review score 10 description "big" when amount > 500 }\n'
     'rule velocity { action block description "v" when count(by debtor, 1m) > 3 }\n'
     'rule listed { action block description "l" when debtor in list blocked }\n'
@@ -21,7 +21,9 @@ CANDIDATE = parse_rules(
 def payments() -> list[PaymentFacts]:
     amounts = [100, 700, 1_500, 5, 700, 100]
     return [
-        PaymentFacts(f"tr_{i}", "p", "a", "acc_1", f"acc_c{i}", amount, "CNY", None, None, 1_700_000_000_000 + i * 1_000)
+        PaymentFacts(
+            f"tr_{i}", "p", "a", "acc_1", f"acc_c{i}", amount, "CNY", None, None, 1_700_000_000_000 + i * 1_000
+        )
         for i, amount in enumerate(amounts)
     ]
 

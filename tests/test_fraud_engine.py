@@ -125,20 +125,27 @@ def test_shadow_rules_are_recorded_but_never_enforced() -> None:
 
 
 def test_decision_round_trips_through_json() -> None:
-    text = "list l = []\n" + rule("r", "review", 'amount > 1 and count(by debtor, 1m) >= 1 and ip != null and debtor not in list l', score=7)
+    text = "list l = []\n" + rule(
+        "r", "review", "amount > 1 and count(by debtor, 1m) >= 1 and ip != null and debtor not in list l", score=7
+    )
     engine = FraudFilter(parse_rules(text))
     decision = engine.evaluate(payment(amount_minor=5))
     data = json.loads(json.dumps(decision.to_dict()))
     assert data["decision"] == "review" and data["score"] == 7
     assert data["reasons"][0] == {
-        "rule_id": "r", "action": "review", "score": 7, "shadow": False,
+        "rule_id": "r",
+        "action": "review",
+        "score": 7,
+        "shadow": False,
         "values": {"amount": 5, "count(by debtor, 1m)": 1, "ip": "10.0.0.1", "debtor": "acc_debtor"},
     }
     assert Decision.from_dict(data) == decision
 
 
 def test_window_boundary_excludes_an_event_exactly_window_old() -> None:
-    engine = FraudFilter(parse_rules(rule("v", "review", "count(by debtor, 10s) >= 2 and sum(amount, by debtor, 10s) >= 0")))
+    engine = FraudFilter(
+        parse_rules(rule("v", "review", "count(by debtor, 10s) >= 2 and sum(amount, by debtor, 10s) >= 0"))
+    )
     engine.record(payment(at_ms=T0_MS, amount_minor=7))
     # at_ms > t - W*1000 is inside: 1 ms before the edge the old event still counts.
     inside = engine.evaluate(payment(at_ms=T0_MS + 9_999, amount_minor=3))
@@ -180,8 +187,10 @@ def test_first_to_creditor_and_hour() -> None:
 
 
 def test_missing_device_is_not_in_lists_and_not_tracked() -> None:
-    text = 'list devices = ["dev_bad"]\n' + rule("dev", "block", "device_id in list devices") + rule(
-        "dev_velocity", "review", "count(by device_id, 1h) > 1"
+    text = (
+        'list devices = ["dev_bad"]\n'
+        + rule("dev", "block", "device_id in list devices")
+        + rule("dev_velocity", "review", "count(by device_id, 1h) > 1")
     )
     engine = FraudFilter(parse_rules(text))
     for index in range(3):
@@ -218,7 +227,9 @@ def test_caller_supplied_lists_are_used_and_seeded_only_when_missing() -> None:
 
 
 def test_activate_swaps_whole_set_and_keeps_shared_windows() -> None:
-    old = parse_rules(rule("old_velocity", "review", "count(by debtor, 1h) > 2") + rule("old_amount", "block", "amount > 5"))
+    old = parse_rules(
+        rule("old_velocity", "review", "count(by debtor, 1h) > 2") + rule("old_amount", "block", "amount > 5")
+    )
     new = parse_rules(
         rule("new_velocity", "block", "count(by debtor, 1h) > 2")  # same window as before
         + rule("new_device", "review", "count(by device_id, 1h) > 1")  # a window the old set lacked
@@ -259,7 +270,11 @@ def test_max_keys_per_window_evicts_least_recently_updated_key() -> None:
 
 
 def test_max_events_per_key_drops_oldest_events() -> None:
-    text = rule("v", "review", "count(by debtor, 1h) >= 0 and sum(amount, by debtor, 1h) >= 0 and distinct(creditor, by debtor, 1h) >= 0")
+    text = rule(
+        "v",
+        "review",
+        "count(by debtor, 1h) >= 0 and sum(amount, by debtor, 1h) >= 0 and distinct(creditor, by debtor, 1h) >= 0",
+    )
     engine = FraudFilter(parse_rules(text), max_events_per_key=5)
     for index in range(10):
         engine.record(payment(at_ms=T0_MS + index, amount_minor=index, creditor_account=f"c{index}"))
@@ -327,11 +342,16 @@ def test_aggregates_match_a_brute_force_model(events: list[tuple[str, str, str |
     at_ms = T0_MS
     for debtor, creditor, device, gap_ms, amount, accepted in events:
         at_ms += gap_ms
-        facts = payment(debtor_account=debtor, creditor_account=creditor, device_id=device, at_ms=at_ms, amount_minor=amount)
+        facts = payment(
+            debtor_account=debtor, creditor_account=creditor, device_id=device, at_ms=at_ms, amount_minor=amount
+        )
         in_5s = [p for p in recorded if p.debtor_account == debtor and p.at_ms > at_ms - 5_000]
         pair_3s = [
-            p for p in recorded
-            if device is not None and (p.creditor_account, p.device_id) == (creditor, device) and p.at_ms > at_ms - 3_000
+            p
+            for p in recorded
+            if device is not None
+            and (p.creditor_account, p.device_id) == (creditor, device)
+            and p.at_ms > at_ms - 3_000
         ]
         expected = {
             "count(by debtor, 5s)": len(in_5s) + 1,
@@ -351,7 +371,9 @@ def test_generated_aggregator_matches_reference_loop() -> None:
     from fraud.microbench import generated_rules_text, make_payments
 
     seed = random.randrange(1_000_000)
-    engine = FraudFilter(parse_rules(generated_rules_text(50, seed=seed)), max_keys_per_window=500, max_events_per_key=20)
+    engine = FraudFilter(
+        parse_rules(generated_rules_text(50, seed=seed)), max_keys_per_window=500, max_events_per_key=20
+    )
     active = engine._active
     for facts in make_payments(3_000, seed=seed):
         generated = active.aggregate(facts, engine._pairs)
@@ -372,7 +394,10 @@ def test_aggregates_over_one_key_share_one_store() -> None:
     engine = FraudFilter(ruleset)
     engine.record(payment())
     windows = engine.stats()["windows"]
-    assert [(w["key"], w["windows_s"], w["keys"]) for w in windows] == [(["debtor"], [600, 3600], 1), (["device_id"], [3600], 1)]
+    assert [(w["key"], w["windows_s"], w["keys"]) for w in windows] == [
+        (["debtor"], [600, 3600], 1),
+        (["device_id"], [3600], 1),
+    ]
 
 
 def test_late_events_are_recorded_at_the_newest_time_of_their_key() -> None:
@@ -426,11 +451,12 @@ def test_a_window_sum_past_int64_is_recorded_exactly_and_storably() -> None:
     the decision could not be stored, and the payment was answered 400 (blaming the request)
     instead of its business answer. The explanation keeps the sum exact, as a string."""
     from ledger.storable import check_value
+
     int64_max = 2**63 - 1
     engine = FraudFilter(parse_rules(rule("big", "review", "sum(amount, by debtor, 1h) > 0")))
     engine.record(payment(transfer_id="tr_0", amount_minor=int64_max))
     decision = engine.evaluate(payment(amount_minor=int64_max))
     data = decision.to_dict()
     assert data["reasons"][0]["values"]["sum(amount, by debtor, 1h)"] == str(2 * int64_max)
-    check_value(data, "transfers.fraud")            # raised NotStorable before
+    check_value(data, "transfers.fraud")  # raised NotStorable before
     assert json.loads(json.dumps(data)) == data

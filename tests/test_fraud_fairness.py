@@ -9,6 +9,7 @@ velocity attack spread over several partners on one customer is still reviewed, 
 the rule that fired. Also: each rule's scope (payment / partner / cross-partner) and the lint
 that lists rules by which one partner's traffic could block another's customers.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -19,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fraud import FraudFilter, PaymentFacts, RuleRegistry, default_rules_path, load_rules_file, parse_rules
+from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
 from ledger.agreements import PeriodicLimit
 from ledger.fraud_port import facts_of_payment, make_facts, replay_journal
 from ledger.model import Account, Agreement, Code, FundingCommand, PaymentCommand, RefundCommand, Status, Transfer
 from ledger.state import ShardState, WriteSet
-from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT, settlement_account_for
 
 T0_MS = 1_700_000_000_000
 
@@ -38,12 +39,16 @@ def rule(rule_id: str, action: str, condition: str, score: int = 0, shadow: bool
     return f'rule {rule_id} {{ action {action} score {score}{flag} description "{rule_id}" when {condition} }}\n'
 
 
-PROBE = parse_rules(rule(
-    "probe", "review",
-    "count(by debtor, 10s) >= 0 and sum(amount, by debtor, 10s) >= 0"
-    " and count(by (debtor, partner), 5s) >= 0 and sum(amount, by (partner, debtor), 5s) >= 0"
-    " and distinct(creditor, by debtor, 10s) >= 0",
-    shadow=True))
+PROBE = parse_rules(
+    rule(
+        "probe",
+        "review",
+        "count(by debtor, 10s) >= 0 and sum(amount, by debtor, 10s) >= 0"
+        " and count(by (debtor, partner), 5s) >= 0 and sum(amount, by (partner, debtor), 5s) >= 0"
+        " and distinct(creditor, by debtor, 10s) >= 0",
+        shadow=True,
+    )
+)
 
 
 def probe_values(engine: FraudFilter, probe: PaymentFacts) -> dict[str, Any]:
@@ -92,12 +97,19 @@ def test_refund_finds_an_event_recorded_late_and_one_after_trimming() -> None:
 events_strategy = st.lists(
     st.one_of(
         # a payment: (debtor, partner, creditor, ms since the previous event, amount)
-        st.tuples(st.just("pay"), st.sampled_from(["d1", "d2"]), st.sampled_from(["pA", "pB", "pC"]),
-                  st.sampled_from(["c1", "c2", "c3"]), st.integers(0, 3_000), st.integers(1, 1_000)),
+        st.tuples(
+            st.just("pay"),
+            st.sampled_from(["d1", "d2"]),
+            st.sampled_from(["pA", "pB", "pC"]),
+            st.sampled_from(["c1", "c2", "c3"]),
+            st.integers(0, 3_000),
+            st.integers(1, 1_000),
+        ),
         # a refund: (which earlier payment, share of what is left in %: 100 = the rest)
         st.tuples(st.just("refund"), st.integers(0, 10**6), st.sampled_from([1, 30, 50, 100, 100, 150])),
     ),
-    min_size=1, max_size=60,
+    min_size=1,
+    max_size=60,
 )
 
 
@@ -119,12 +131,24 @@ def test_windows_with_refunds_match_a_brute_force_model(events: list[tuple[Any, 
             continue
         _, debtor, partner, creditor, gap_ms, amount = event
         at_ms += gap_ms
-        current = facts(f"p{index}", debtor_account=debtor, partner_id=partner, creditor_account=creditor,
-                        amount_minor=amount, at_ms=at_ms)
+        current = facts(
+            f"p{index}",
+            debtor_account=debtor,
+            partner_id=partner,
+            creditor_account=creditor,
+            amount_minor=amount,
+            at_ms=at_ms,
+        )
 
         def live(window_ms: int, same_partner: bool) -> list[PaymentFacts]:
-            return [p for p in recorded if p.debtor_account == debtor and p.at_ms > at_ms - window_ms
-                    and left[p.transfer_id] > 0 and (not same_partner or p.partner_id == partner)]
+            return [
+                p
+                for p in recorded
+                if p.debtor_account == debtor
+                and p.at_ms > at_ms - window_ms
+                and left[p.transfer_id] > 0
+                and (not same_partner or p.partner_id == partner)
+            ]
 
         seen = [p for p in recorded if p.debtor_account == debtor and p.at_ms > at_ms - 10_000]
         expected = {
@@ -158,10 +182,24 @@ def ledger_state(ruleset: Any, **engine_limits: int) -> ShardState:
     for debtor in DEBTORS:
         state.load_account(Account(debtor, "customer", "CNY", 0, False))
         for partner in PARTNERS:
-            state.load_agreement(Agreement(f"agr_{partner}_{debtor}", partner, debtor, "CNY", 10**9,
-                                           [PeriodicLimit("Day", "Calendar", 10**15)], "Authorised", 0))
-        run(state, lambda ws, d=debtor: state.execute_funding(
-            FundingCommand(f"fund_{d}", d, 10**12, "CNY", "f", f"h-{d}", T0_MS), ws))
+            state.load_agreement(
+                Agreement(
+                    f"agr_{partner}_{debtor}",
+                    partner,
+                    debtor,
+                    "CNY",
+                    10**9,
+                    [PeriodicLimit("Day", "Calendar", 10**15)],
+                    "Authorised",
+                    0,
+                )
+            )
+        run(
+            state,
+            lambda ws, d=debtor: state.execute_funding(
+                FundingCommand(f"fund_{d}", d, 10**12, "CNY", "f", f"h-{d}", T0_MS), ws
+            ),
+        )
     return state
 
 
@@ -174,10 +212,22 @@ def run(state: ShardState, decide: Any) -> tuple[str, Transfer | None]:
     return code, transfer
 
 
-def pay(state: ShardState, pid: str, partner: str, debtor: str, amount: int, at_ms: int,
-        device: str | None = None) -> Transfer:
-    command = PaymentCommand(pid, partner, f"agr_{partner}_{debtor}", amount, "CNY", settlement_account_for(partner),
-                             0, "r", f"h-{pid}", at_ms, device_id=device)
+def pay(
+    state: ShardState, pid: str, partner: str, debtor: str, amount: int, at_ms: int, device: str | None = None
+) -> Transfer:
+    command = PaymentCommand(
+        pid,
+        partner,
+        f"agr_{partner}_{debtor}",
+        amount,
+        "CNY",
+        settlement_account_for(partner),
+        0,
+        "r",
+        f"h-{pid}",
+        at_ms,
+        device_id=device,
+    )
     code, transfer = run(state, lambda ws: state.execute_payment(command, ws))
     assert code == Code.OK and transfer is not None, code
     return transfer
@@ -194,14 +244,26 @@ def journal_rows(state: ShardState, after_ms: int | None = None) -> list[dict[st
     """What FraudAdapter._rebuild_windows selects from the transfers table, in seq order."""
     rows = []
     for t in sorted(state.transfers.values(), key=lambda t: t.seq):
-        chosen = ((t.kind == "payment" and t.status != Status.REJECTED)
-                  or (t.kind == "refund" and t.status != Status.REJECTED))
+        chosen = (t.kind == "payment" and t.status != Status.REJECTED) or (
+            t.kind == "refund" and t.status != Status.REJECTED
+        )
         if chosen and (after_ms is None or t.created_at_ms > after_ms):
-            rows.append({"id": t.id, "kind": t.kind, "partner_id": t.partner_id, "agreement_id": t.agreement_id,
-                         "debit_account": t.debit_account, "creditor_account": t.creditor_account,
-                         "amount_minor": t.amount_minor, "currency": t.currency, "device_id": t.device_id,
-                         "ip": t.ip, "created_at_ms": t.created_at_ms,
-                         "refund_of": (t.details or {}).get("payment_id") if t.kind == "refund" else None})
+            rows.append(
+                {
+                    "id": t.id,
+                    "kind": t.kind,
+                    "partner_id": t.partner_id,
+                    "agreement_id": t.agreement_id,
+                    "debit_account": t.debit_account,
+                    "creditor_account": t.creditor_account,
+                    "amount_minor": t.amount_minor,
+                    "currency": t.currency,
+                    "device_id": t.device_id,
+                    "ip": t.ip,
+                    "created_at_ms": t.created_at_ms,
+                    "refund_of": (t.details or {}).get("payment_id") if t.kind == "refund" else None,
+                }
+            )
     return rows
 
 
@@ -209,9 +271,18 @@ def window_state(engine: FraudFilter) -> dict[str, Any]:
     """Everything the windows hold, in order (LRU order of keys included)."""
     return {
         "stores": {
-            store_key: [(key, s.times_ms, s.ids, s.cumulative_minor, s.dropped_cumulative_minor,
-                         {tracker: list(seen.items()) for tracker, seen in s.distinct.items()}, s.newest_ms)
-                        for key, s in store.states.items()]
+            store_key: [
+                (
+                    key,
+                    s.times_ms,
+                    s.ids,
+                    s.cumulative_minor,
+                    s.dropped_cumulative_minor,
+                    {tracker: list(seen.items()) for tracker, seen in s.distinct.items()},
+                    s.newest_ms,
+                )
+                for key, s in store.states.items()
+            ]
             for store_key, store in engine._stores.items()
         },
         "evicted": {store_key: store.evicted_keys for store_key, store in engine._stores.items()},
@@ -222,21 +293,33 @@ def window_state(engine: FraudFilter) -> dict[str, Any]:
 commands_strategy = st.lists(
     st.one_of(
         # a payment: (partner, debtor, device, ms since the previous command, may go 2 s back, amount)
-        st.tuples(st.just("pay"), st.sampled_from(PARTNERS), st.sampled_from(DEBTORS),
-                  st.none() | st.sampled_from(["dev_1", "dev_2"]), st.integers(-2_000, 4_000), st.integers(1, 5_000)),
+        st.tuples(
+            st.just("pay"),
+            st.sampled_from(PARTNERS),
+            st.sampled_from(DEBTORS),
+            st.none() | st.sampled_from(["dev_1", "dev_2"]),
+            st.integers(-2_000, 4_000),
+            st.integers(1, 5_000),
+        ),
         # a refund of an earlier payment: (which, None = the rest, or a share of what is left in %)
         st.tuples(st.just("refund"), st.integers(0, 10**6), st.none() | st.integers(1, 99)),
     ),
-    min_size=1, max_size=50,
+    min_size=1,
+    max_size=50,
 )
 
 REBUILD_RULES = parse_rules(
-    rule("probe", "review",
-         "count(by (debtor, partner), 10s) >= 0 and sum(amount, by (debtor, partner), 10s) >= 0"
-         " and count(by debtor, 20s) >= 0 and sum(amount, by debtor, 5s) >= 0"
-         " and distinct(creditor, by debtor, 20s) >= 0 and distinct(debtor, by device_id, 20s) >= 0"
-         " and first_to_creditor == first_to_creditor", shadow=True)
-    + rule("fast", "block", "count(by (debtor, partner), 10s) > 4", score=100))
+    rule(
+        "probe",
+        "review",
+        "count(by (debtor, partner), 10s) >= 0 and sum(amount, by (debtor, partner), 10s) >= 0"
+        " and count(by debtor, 20s) >= 0 and sum(amount, by debtor, 5s) >= 0"
+        " and distinct(creditor, by debtor, 20s) >= 0 and distinct(debtor, by device_id, 20s) >= 0"
+        " and first_to_creditor == first_to_creditor",
+        shadow=True,
+    )
+    + rule("fast", "block", "count(by (debtor, partner), 10s) > 4", score=100)
+)
 
 
 def drive(state: ShardState, commands: list[tuple[Any, ...]]) -> int:
@@ -290,8 +373,14 @@ def test_rebuild_over_the_longest_window_decides_as_the_live_path(commands: list
         for partner in PARTNERS:
             for debtor in DEBTORS:
                 for device in (None, "dev_1", "dev_2"):
-                    probe = facts("probe", partner_id=partner, debtor_account=debtor, device_id=device,
-                                  creditor_account=settlement_account_for(partner), at_ms=at_ms)
+                    probe = facts(
+                        "probe",
+                        partner_id=partner,
+                        debtor_account=debtor,
+                        device_id=device,
+                        creditor_account=settlement_account_for(partner),
+                        at_ms=at_ms,
+                    )
                     assert rebuilt.evaluate(probe) == live.fraud.evaluate(probe)
 
 
@@ -361,8 +450,18 @@ def test_a_partners_device_claims_do_not_escalate_another_partners_customer() ->
     # Partner A reports 6 customers on one device (device_id is the partner's word).
     for i in range(6):
         state.load_account(Account(f"acc_m{i}", "customer", "CNY", 10**9, False))
-        state.load_agreement(Agreement(f"agr_ptn_a_acc_m{i}", "ptn_a", f"acc_m{i}", "CNY", 10**9,
-                                       [PeriodicLimit("Day", "Calendar", 10**15)], "Authorised", 0))
+        state.load_agreement(
+            Agreement(
+                f"agr_ptn_a_acc_m{i}",
+                "ptn_a",
+                f"acc_m{i}",
+                "CNY",
+                10**9,
+                [PeriodicLimit("Day", "Calendar", 10**15)],
+                "Authorised",
+                0,
+            )
+        )
         pay(state, f"m{i}", "ptn_a", f"acc_m{i}", 100, T0_MS + i, device="dev_shared")
     # Partner B's customer on that device: reviewed across partners, with score 0: even with
     # the payment's own review-level amount (score 40) it stays a review, never a block.
@@ -383,11 +482,18 @@ def test_rule_scopes_and_cross_partner_escalations() -> None:
         + rule("wide_score", "score", "distinct(creditor, by debtor, 1h) > 5", score=5)
         + rule("mixed", "review", "count(by (debtor, partner), 1m) > 1 and count(by ip, 1m) > 1", score=1)
         + rule("wide_review", "review", "count(by debtor, 10m) > 30")
-        + rule("wide_shadow", "block", "count(by debtor, 10m) > 5", score=100, shadow=True))
+        + rule("wide_shadow", "block", "count(by debtor, 10m) > 5", score=100, shadow=True)
+    )
     assert {r["rule_id"]: r["scope"] for r in ruleset.describe()} == {
-        "own": "partner", "own_too": "partner", "plain": "payment", "wide_block": "cross_partner",
-        "wide_score": "cross_partner", "mixed": "cross_partner", "wide_review": "cross_partner",
-        "wide_shadow": "cross_partner"}
+        "own": "partner",
+        "own_too": "partner",
+        "plain": "payment",
+        "wide_block": "cross_partner",
+        "wide_score": "cross_partner",
+        "mixed": "cross_partner",
+        "wide_review": "cross_partner",
+        "wide_shadow": "cross_partner",
+    }
     assert ruleset.cross_partner_escalations == ("wide_block", "wide_score", "mixed")
     # (partner, debtor) and (debtor, partner) are one window.
     assert ruleset.windows()[0] == (("debtor", "partner"), 600)

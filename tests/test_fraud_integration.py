@@ -6,6 +6,7 @@ window survives a SIGKILLed shard worker (rebuilt from the journal); the post-ev
 monitor raises a mule alert once, resumes from its stored position without gaps or
 duplicates; and `quickpay fraud backtest` reports per-rule hits for recorded payments.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +23,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-
 from conftest import ROOT, Stack, start_stack, stop_stack
 
 RULES_V1 = """
@@ -62,7 +62,9 @@ def fraud_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
         stop_stack(s)
 
 
-def _partner_customer(stack: Stack, shard: int | None = None, funding: str = "5000.00") -> tuple[dict[str, Any], dict[str, str]]:
+def _partner_customer(
+    stack: Stack, shard: int | None = None, funding: str = "5000.00"
+) -> tuple[dict[str, Any], dict[str, str]]:
     partner = stack.new_partner("Fraud Test Partner")
     return partner, stack.new_customer(partner, shard=shard, funding=funding)
 
@@ -117,8 +119,9 @@ def test_hot_reload_is_atomic_per_payment(fraud_stack: Stack) -> None:
         markers = {h["rule_id"] for h in body["fraud"]["reasons"]} & {"marker_v1", "marker_v2"}
         assert len(markers) == 1, f"payment judged by a mix of versions: {body['fraud']}"
         versions.append(markers.pop())
-    after = fraud_stack.pay(partner, customers[0]["agreement_id"], partner["settlement_account"], "0.01",
-                            key=uuid.uuid4().hex)
+    after = fraud_stack.pay(
+        partner, customers[0]["agreement_id"], partner["settlement_account"], "0.01", key=uuid.uuid4().hex
+    )
     assert {h["rule_id"] for h in after.body["fraud"]["reasons"]} >= {"marker_v2"}
     shown = fraud_stack.admin("GET", "/admin/v1/fraud/rules").body["shards"]
     assert all(s["active_version"] == shown[0]["active_version"] for s in shown)
@@ -131,8 +134,11 @@ def test_hot_reload_is_atomic_per_payment(fraud_stack: Stack) -> None:
 
 
 def test_bad_rule_set_is_refused_with_position(fraud_stack: Stack) -> None:
-    reply = fraud_stack.admin("POST", "/admin/v1/fraud/rules",
-                              {"text": "rule x {\n  action block\n  when amount >> 3\n}\n", "filename": "x.rules"})
+    reply = fraud_stack.admin(
+        "POST",
+        "/admin/v1/fraud/rules",
+        {"text": "rule x {\n  action block\n  when amount >> 3\n}\n", "filename": "x.rules"},
+    )
     assert reply.status == 422
     assert reply.body["message"].startswith("x.rules:3:")
 
@@ -183,8 +189,13 @@ def test_backtest_cli_reports_rule_hits(fraud_stack: Stack, tmp_path: Path) -> N
     candidate = tmp_path / "candidate.rules"
     candidate.write_text('rule any_payment {\n  action review\n  description "all"\n  when amount > 0\n}\n')
     dsns = [arg for i in range(fraud_stack.shards) for arg in ("--dsn", fraud_stack.dsn(i))]
-    result = subprocess.run([sys.executable, "-m", "quickpay.cli", "fraud", "backtest", "--rules", str(candidate),
-                             "--json", *dsns], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "fraud", "backtest", "--rules", str(candidate), "--json", *dsns],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["payments"] >= 2
@@ -201,7 +212,9 @@ def test_monitor_alerts_once_and_resumes(fraud_stack: Stack) -> None:
     async def alerts_for(account: str) -> list[Any]:
         conn = await asyncpg.connect(dsns[0])
         try:
-            return list(await conn.fetch("SELECT id, rule, details FROM alerts WHERE account = $1 ORDER BY at_ms", account))
+            return list(
+                await conn.fetch("SELECT id, rule, details FROM alerts WHERE account = $1 ORDER BY at_ms", account)
+            )
         finally:
             await conn.close()
 
@@ -264,8 +277,13 @@ def test_monitor_sees_a_refund_forwarded_at_once(fraud_stack: Stack) -> None:
     customer = fraud_stack.new_customer(partner, shard=0, funding="100.00", per_payment="100.00")
     paid = fraud_stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "90.00").body
     for amount in ("40.00", "50.00"):
-        refund = fraud_stack.call("POST", f"/v1/quick-payments/{paid['payment_id']}/refunds", {"amount": amount},
-                                  token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex})
+        refund = fraud_stack.call(
+            "POST",
+            f"/v1/quick-payments/{paid['payment_id']}/refunds",
+            {"amount": amount},
+            token=partner["token"],
+            headers={"x-idempotency-key": uuid.uuid4().hex},
+        )
         assert refund.status == 201 and refund.body["status"] == "Succeeded", refund.body
     asyncio.run(monitor_pass(dsns))
     assert asyncio.run(alerts_for(customer["account"])) == []
@@ -290,11 +308,12 @@ def test_monitor_starts_again_after_losing_its_database(fraud_stack: Stack) -> N
         mule = fraud_stack.new_account()
         try:
             await asyncio.sleep(1.0)
-            conn = await asyncpg.connect(dsns[0])   # one server holds every shard's database here
+            conn = await asyncpg.connect(dsns[0])  # one server holds every shard's database here
             try:
                 assert await conn.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-                    APPLICATION_NAME) == len(dsns)
+                    APPLICATION_NAME,
+                ) == len(dsns)
             finally:
                 await conn.close()
             for payer in payers:

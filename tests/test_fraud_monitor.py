@@ -45,7 +45,10 @@ def run(engine: MonitorEngine, events: list[TransferEvent]) -> list[Alert]:
 
 def test_fan_in_alerts_once_per_episode() -> None:
     alerts = [a for a in run(MonitorEngine(**CONFIG), fan_in_events()) if a.rule == "fan_in"]
-    assert [(a.account, a.details["triggering_transfer_id"]) for a in alerts] == [("acc_mule", "tr_3"), ("acc_mule", "tr_10")]
+    assert [(a.account, a.details["triggering_transfer_id"]) for a in alerts] == [
+        ("acc_mule", "tr_3"),
+        ("acc_mule", "tr_10"),
+    ]
     assert alerts[0].details["distinct_debtors"] == 3
     assert alerts[0].alert_id == alert_id_for("fan_in", "acc_mule", "tr_3")
     assert alerts[0].at_ms == T0_MS + 2_000
@@ -141,15 +144,17 @@ def test_refunds_are_their_own_kind() -> None:
 
     def refund(settlement: str, customer: str, amount_minor: int, at_ms: int) -> TransferEvent:
         feed.seq += 1
-        return TransferEvent(0, feed.seq, f"ref_{feed.seq}", settlement, customer, amount_minor, at_ms,
-                             kind="refund")
+        return TransferEvent(0, feed.seq, f"ref_{feed.seq}", settlement, customer, amount_minor, at_ms, kind="refund")
 
     # Refunds from three partners within the window: as payments they would be a fan-in.
     alerts = [a for i in range(3) for a in engine.process(refund(f"set_p{i}", "acc_c", 100, T0_MS + i))]
     assert alerts == []
     as_payments = MonitorEngine(**CONFIG)
-    assert [a.rule for i in range(3) for a in as_payments.process(
-        TransferEvent(0, i, f"tr_{i}", f"set_p{i}", "acc_c", 100, T0_MS + i))] == ["fan_in"]
+    assert [
+        a.rule
+        for i in range(3)
+        for a in as_payments.process(TransferEvent(0, i, f"tr_{i}", f"set_p{i}", "acc_c", 100, T0_MS + i))
+    ] == ["fan_in"]
     # The customer forwards what the refunds returned: pass-through.
     (alert,) = engine.process(feed.event("acc_c", "acc_out", 290, T0_MS + 10_000))
     assert alert.rule == "pass_through" and alert.account == "acc_c"

@@ -63,12 +63,19 @@ def test_every_construct_parses_into_the_expected_rules() -> None:
         "distinct(creditor, by debtor, 1h)",
         "count(by (debtor, ip), 1d)",
     ]
-    assert ruleset.windows() == ((("debtor",), 30), (("device_id",), 600), (("debtor",), 3600), (("debtor", "ip"), 86400))
+    assert ruleset.windows() == (
+        (("debtor",), 30),
+        (("device_id",), 600),
+        (("debtor",), 3600),
+        (("debtor", "ip"), 86400),
+    )
     assert ruleset.uses_first_to_creditor
     assert ruleset.max_window_s == 86_400
 
 
-@pytest.mark.parametrize(("literal", "window_s"), [("45s", 45), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1_0m", 600)])
+@pytest.mark.parametrize(
+    ("literal", "window_s"), [("45s", 45), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1_0m", 600)]
+)
 def test_duration_literals_convert_to_seconds(literal: str, window_s: int) -> None:
     text = f'rule r {{ action review description "d" when count(by debtor, {literal}) > 1 }}'
     assert parse_rules(text).aggregates[0].window_s == window_s
@@ -83,17 +90,27 @@ BAD_FILES = [
     ('rule r { action review description "d" when debtor in list nope }', 1, 60, "list 'nope' is not declared"),
     ('rule r { action review description "d" when amount in list x }\nlist x = []', 1, 52, "'in list' needs a string"),
     ('rule r { description "d" when amount > 1 }', 1, 42, "has no action"),
-    ('rule r { action review when amount > 1 }', 1, 40, "has no description"),
+    ("rule r { action review when amount > 1 }", 1, 40, "has no description"),
     ('rule r { action review description "d" }', 1, 40, "has no 'when' condition"),
     ('rule r { action deny description "d" when amount > 1 }', 1, 17, "unknown action 'deny'"),
     ('rule r { action review description "d" when amount }', 1, 45, "condition must be true/false"),
     ('rule r { action review description "d" when amount > 1 and amount }', 1, 60, "'and' needs true/false"),
-    ('rule r { action review description "d" when amount > 1 }\nrule r { action review description "d" when amount > 1 }', 2, 1, "duplicate rule id 'r'"),
+    (
+        'rule r { action review description "d" when amount > 1 }\nrule r { action review description "d" when amount > 1 }',
+        2,
+        1,
+        "duplicate rule id 'r'",
+    ),
     ('rule r { action review description "unterminated }', 1, 36, "unterminated string"),
     ('rule r { action review description "d" when count(by debtor, 10x) > 1 }', 1, 62, "malformed number or duration"),
     ('rule r { action review description "d" when count(by debtor, 31d) > 1 }', 1, 62, "window must be between"),
     ('rule r { action review description "d" when sum(creditor, by debtor, 1h) > 1 }', 1, 49, "sum() only sums amount"),
-    ('rule r { action review description "d" when count(by amount, 1h) > 1 }', 1, 54, "cannot key a window by 'amount'"),
+    (
+        'rule r { action review description "d" when count(by amount, 1h) > 1 }',
+        1,
+        54,
+        "cannot key a window by 'amount'",
+    ),
     ('rule r { action review description "d" when distinct(debtor, by debtor, 1h) > 1 }', 1, 62, "always 1"),
     ('rule r { action review description "d" when amount > 10m }', 1, 54, "duration is only allowed"),
     ('rule r { action review description "d" when amount > 1 ; }', 1, 56, "unexpected character ';'"),
@@ -131,8 +148,15 @@ def test_rule_error_survives_pickling_with_its_position() -> None:
 def test_default_rules_file_loads_and_covers_the_required_rules() -> None:
     ruleset = load_rules_file(default_rules_path())
     ids = set(ruleset.rule_ids)
-    assert {"amount_review", "amount_hard_block", "debtor_velocity_count_block", "debtor_velocity_sum_review",
-            "blocked_debtor", "blocked_device", "blocked_ip"} <= ids
+    assert {
+        "amount_review",
+        "amount_hard_block",
+        "debtor_velocity_count_block",
+        "debtor_velocity_sum_review",
+        "blocked_debtor",
+        "blocked_device",
+        "blocked_ip",
+    } <= ids
     assert ruleset.lists["blocked_accounts"] == ("acc_blocked_demo",)
     assert ruleset.filename == str(default_rules_path())
 
@@ -148,7 +172,9 @@ def test_load_rules_file_reports_the_path(tmp_path: object) -> None:
 
 
 def test_generated_source_contains_no_rule_text_beyond_literals() -> None:
-    ruleset = parse_rules('list l = []\nrule r { action review description "__import__(\'os\')" when debtor == "x\\"); import os #" }')
+    ruleset = parse_rules(
+        'list l = []\nrule r { action review description "__import__(\'os\')" when debtor == "x\\"); import os #" }'
+    )
     source = ruleset.match_all.source  # type: ignore[attr-defined]
     assert "__import__" not in source  # descriptions are never emitted
     assert "import os" in source and repr('x"); import os #') in source  # only inside a repr'd literal
@@ -183,7 +209,9 @@ rule r6 { action review description "d" when partner not in list l and agreement
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(facts=facts_strategy, first=st.booleans(), count=st.integers(0, 5), total=st.integers(-5, 5), listed=st.booleans())
+@given(
+    facts=facts_strategy, first=st.booleans(), count=st.integers(0, 5), total=st.integers(-5, 5), listed=st.booleans()
+)
 def test_generated_matcher_agrees_with_reference_closures(
     facts: PaymentFacts, first: bool, count: int, total: int, listed: bool
 ) -> None:

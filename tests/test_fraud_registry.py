@@ -121,7 +121,9 @@ def test_audit_and_versions_describe_history() -> None:
         {"action": "rollback", "version": H1, "author": "carol", "at_ms": 6_000},
     ]
     versions = registry.versions()
-    assert [(v["version"], v["author"], v["created_at_ms"], v["active"], v["last_activated_at_ms"]) for v in versions] == [
+    assert [
+        (v["version"], v["author"], v["created_at_ms"], v["active"], v["last_activated_at_ms"]) for v in versions
+    ] == [
         (H1, "alice", 1_000, True, 6_000),
         (H2, "bob", 2_000, False, 5_000),
         (H3, "carol", 3_000, False, None),
@@ -175,13 +177,19 @@ def test_a_stored_version_that_no_longer_builds_is_reported_not_raised() -> None
 
 
 def test_format_1_is_migrated_and_drifted_duplicates_collapse() -> None:
-    old = {"format": 1,
-           "versions": [{"version": 1, "text": V1, "author": "a", "created_at_ms": 1},
-                        {"version": 2, "text": V2, "author": "b", "created_at_ms": 2},
-                        {"version": 3, "text": V2, "author": "b", "created_at_ms": 3}],  # a retried propose
-           "activation_stack": [1, 3],
-           "audit": [{"action": "propose", "version": 1, "author": "a", "at_ms": 1},
-                     {"action": "activate", "version": 3, "author": "b", "at_ms": 3}]}
+    old = {
+        "format": 1,
+        "versions": [
+            {"version": 1, "text": V1, "author": "a", "created_at_ms": 1},
+            {"version": 2, "text": V2, "author": "b", "created_at_ms": 2},
+            {"version": 3, "text": V2, "author": "b", "created_at_ms": 3},
+        ],  # a retried propose
+        "activation_stack": [1, 3],
+        "audit": [
+            {"action": "propose", "version": 1, "author": "a", "at_ms": 1},
+            {"action": "activate", "version": 3, "author": "b", "at_ms": 3},
+        ],
+    }
     registry = RuleRegistry.from_dict(old)
     assert [v["version"] for v in registry.versions()] == [H1, H2]
     assert registry.active_version == H2 and registry.previous_version == H1
@@ -196,6 +204,7 @@ def test_from_dict_rejects_unknown_format() -> None:
 
 def test_registry_is_bounded_by_dropping_versions_outside_the_history(monkeypatch: pytest.MonkeyPatch) -> None:
     import fraud.registry as registry_module
+
     monkeypatch.setattr(registry_module, "VERSIONS_MAX", 3)
     registry = make_registry()
     registry.activate(H2, "alice", 4_000)

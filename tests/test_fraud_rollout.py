@@ -9,6 +9,7 @@ Two layers:
   converges, a restarted worker does not undo an operator's change on its shard, and a
   stored rule set that no longer builds does not crash-loop the worker.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +25,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from conftest import ROOT, Stack, free_port, start_stack, stop_stack
 
 import fraud
-from conftest import ROOT, Stack, free_port, start_stack, stop_stack
 from fraud.registry import version_of
 from gateway.errors import ApiError
 from gateway.fraud_rollout import FraudRollout
@@ -217,9 +218,9 @@ def test_a_half_done_rollback_is_finished_by_the_next_rollback() -> None:
     shards, rollout = cluster()
     run(rollout.propose(V1, "alice", "v1.rules", True))
     run(rollout.propose(V2, "bob", "v2.rules", True))
-    shards[0].faults.append(("rollback", "before"))   # shard 0 never rolls back...
-    shards[0].faults.append(("activate", "before"))   # ...and the others' undo is lost on shard 0 only
-    shards[1].faults.append(("activate", "before"))   # and on shard 1: it stays rolled back
+    shards[0].faults.append(("rollback", "before"))  # shard 0 never rolls back...
+    shards[0].faults.append(("activate", "before"))  # ...and the others' undo is lost on shard 0 only
+    shards[1].faults.append(("activate", "before"))  # and on shard 1: it stays rolled back
     error = api_error(rollout.rollback("carol"))
     assert error.status == 503 and "may disagree" in error.message
     assert [s.active for s in shards] == [H2, H1, H2]
@@ -232,9 +233,14 @@ def test_a_stack_without_rules_answers_409_disabled() -> None:
     shards, rollout = cluster(2)
     for shard in shards:
         shard.adapter.filter = None  # as with --no-rules
-    for call in (rollout.propose(V1, "a", "v1.rules", True), rollout.activate(H1[:8], "a"),
-                 rollout.rollback("a"), rollout.read_rules(), rollout.read_lists(),
-                 rollout.change_list("list_add", "blocked_accounts", ["acc_x"])):
+    for call in (
+        rollout.propose(V1, "a", "v1.rules", True),
+        rollout.activate(H1[:8], "a"),
+        rollout.rollback("a"),
+        rollout.read_rules(),
+        rollout.read_lists(),
+        rollout.change_list("list_add", "blocked_accounts", ["acc_x"]),
+    ):
         error = api_error(call)
         assert (error.status, error.code) == (409, "QP.Fraud.Disabled")
 
@@ -320,8 +326,9 @@ def _markers(stack: Stack, partner: dict[str, Any], customers: list[dict[str, st
     """Which version judged a payment, on each shard."""
     found = []
     for customer in customers:
-        reply = stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "0.01",
-                          key=uuid.uuid4().hex)
+        reply = stack.pay(
+            partner, customer["agreement_id"], partner["settlement_account"], "0.01", key=uuid.uuid4().hex
+        )
         assert reply.status == 201, reply.body
         names = {h["rule_id"] for h in reply.body["fraud"]["reasons"]} & {"marker_v1", "marker_v2", "marker_v3"}
         assert len(names) == 1, reply.body["fraud"]
@@ -415,9 +422,23 @@ def test_live_restarted_worker_keeps_the_operators_version(rules_stack: Stack) -
 
 
 def _cli(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", "fraud", *argv, "--url", stack.base_url,
-                           "--state-dir", str(stack.state_dir)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quickpay.cli",
+            "fraud",
+            *argv,
+            "--url",
+            stack.base_url,
+            "--state-dir",
+            str(stack.state_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_live_cli_propose_activate_rollback_with_hash_versions(rules_stack: Stack, tmp_path: Any) -> None:
@@ -445,16 +466,19 @@ def test_live_cli_propose_activate_rollback_with_hash_versions(rules_stack: Stac
     assert unknown.returncode == 1 and json.loads(unknown.stderr)["code"] == "QP.Rules.NotFound"
 
 
-@pytest.mark.parametrize("path", [
-    "/admin/v1/fraud/rules/1/activate",
-    "/admin/v1/fraud/rules/%00/activate",
-    "/admin/v1/fraud/rules/%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2/activate",
-    "/admin/v1/fraud/rules/" + "a" * 65 + "/activate",
-    "/admin/v1/fraud/rules/ffffffffffffffff/activate",
-    "/admin/v1/fraud/rules/rollback?author=",
-    "/admin/v1/fraud/rules/rollback?author=%00",
-    "/admin/v1/fraud/rules/rollback?author=" + "a" * 101,
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/v1/fraud/rules/1/activate",
+        "/admin/v1/fraud/rules/%00/activate",
+        "/admin/v1/fraud/rules/%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2%C2%B2/activate",
+        "/admin/v1/fraud/rules/" + "a" * 65 + "/activate",
+        "/admin/v1/fraud/rules/ffffffffffffffff/activate",
+        "/admin/v1/fraud/rules/rollback?author=",
+        "/admin/v1/fraud/rules/rollback?author=%00",
+        "/admin/v1/fraud/rules/rollback?author=" + "a" * 101,
+    ],
+)
 def test_live_bad_rule_admin_requests_fail_alone_with_the_error_shape(rules_stack: Stack, path: str) -> None:
     before = _rules(rules_stack)["active_version"]
     reply = rules_stack.admin("POST", path)
@@ -468,13 +492,29 @@ def test_up_refuses_a_rules_file_that_does_not_build(tmp_path: Any) -> None:
     bad = tmp_path / "bad.rules"
     bad.write_text("rule x {\n  action block\n  when amount >> 3\n}\n")
     try:
-        result = subprocess.run([sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(tmp_path / "s"),
-                                 "--port", str(free_port()), "--rules", str(bad)], cwd=ROOT, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quickpay.cli",
+                "up",
+                "--state-dir",
+                str(tmp_path / "s"),
+                "--port",
+                str(free_port()),
+                "--rules",
+                str(bad),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError("quickpay up started with a rule file that does not build") from exc
     finally:
         from quickpay.embedded_pg import EmbeddedPostgres
+
         try:
             EmbeddedPostgres(tmp_path / "s").stop()
         except Exception:
@@ -496,8 +536,9 @@ def _inject_broken_active(dsn: str) -> str:
                 version: Any = max(v["version"] for v in registry["versions"]) + 1
             else:
                 version = hashlib.sha256(broken.encode()).hexdigest()
-            registry["versions"].append({"version": version, "text": broken, "author": "future",
-                                         "created_at_ms": int(time.time() * 1000)})
+            registry["versions"].append(
+                {"version": version, "text": broken, "author": "future", "created_at_ms": int(time.time() * 1000)}
+            )
             registry["activation_stack"].append(version)
             await conn.execute("UPDATE meta SET value = $1 WHERE key = 'fraud_registry'", json.dumps(registry))
             return str(version)

@@ -4,6 +4,7 @@ partner in the one error shape with x-fapi-interaction-id, never as a bare text 
 Regression: a shard's OVERLOADED answer and its other errors (ShardError) were not caught
 by the middleware, so aiohttp answered a plain-text 500.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
 from conftest import Stack
+
 from gateway.app import api_middleware
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
@@ -26,6 +27,7 @@ def _app() -> web.Application:
     def raising(exc: BaseException) -> Any:
         async def handler(request: web.Request) -> web.Response:
             raise exc
+
         return handler
 
     app.router.add_get("/overloaded", raising(ShardError({"code": "OVERLOADED", "message": "queue is full"})))
@@ -45,15 +47,18 @@ async def _get(path: str, headers: dict[str, str] | None = None) -> tuple[int, d
         return response.status, dict(response.headers), body
 
 
-@pytest.mark.parametrize("path, status, code", [
-    ("/overloaded", 503, "QP.Service.Unavailable"),
-    ("/unavailable", 503, "QP.Service.Unavailable"),
-    ("/in-flight", 503, "QP.Service.Unavailable"),
-    ("/bad", 400, "QP.Request.Invalid"),
-    ("/internal", 500, "QP.Internal"),
-    ("/bug", 500, "QP.Internal"),
-    ("/ok", 500, "QP.Internal"),
-])
+@pytest.mark.parametrize(
+    "path, status, code",
+    [
+        ("/overloaded", 503, "QP.Service.Unavailable"),
+        ("/unavailable", 503, "QP.Service.Unavailable"),
+        ("/in-flight", 503, "QP.Service.Unavailable"),
+        ("/bad", 400, "QP.Request.Invalid"),
+        ("/internal", 500, "QP.Internal"),
+        ("/bug", 500, "QP.Internal"),
+        ("/ok", 500, "QP.Internal"),
+    ],
+)
 def test_errors_use_the_one_shape(path: str, status: int, code: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="quickpay.gateway"):
         got_status, headers, body = asyncio.run(_get(path, {"x-fapi-interaction-id": "test-1"}))
@@ -105,6 +110,7 @@ PARSER_CASES = {
 
 def _raw_exchange(stack: Stack, data: bytes) -> tuple[int, dict[str, str], bytes]:
     import socket
+
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(data)
         answer = b""

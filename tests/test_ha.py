@@ -6,6 +6,7 @@ itself validates it. Slow tests (marked `slow`, run in CI): a real HA stack of t
 three members each, under a stream of payments, through `quickpay ha drill`:
 SIGKILL of a primary's postmaster, and SIGSTOP of a primary's Patroni (a partition).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import ROOT, STACK_FLAGS, Stack, start_stack, stop_stack
+
 from ledger.writable import NoWritableHost, connect_writable, split_hosts
 from quickpay.ha import HaCluster, dcs_settings
 
@@ -30,8 +31,10 @@ RESTORED_WITHIN_S = 15.0
 
 # ---- fast -----------------------------------------------------------------------------
 def test_split_hosts_makes_one_dsn_per_host_and_keeps_the_rest() -> None:
-    dsn = ("postgresql://postgres@127.0.0.1:5001,127.0.0.1:5002/quickpay_shard_0"
-           "?target_session_attrs=read-write&passfile=%2Ftmp%2Fp")
+    dsn = (
+        "postgresql://postgres@127.0.0.1:5001,127.0.0.1:5002/quickpay_shard_0"
+        "?target_session_attrs=read-write&passfile=%2Ftmp%2Fp"
+    )
     assert split_hosts(dsn) == [
         "postgresql://postgres@127.0.0.1:5001/quickpay_shard_0?passfile=%2Ftmp%2Fp",
         "postgresql://postgres@127.0.0.1:5002/quickpay_shard_0?passfile=%2Ftmp%2Fp",
@@ -45,7 +48,9 @@ def test_quickpay_dsns_keeps_multi_host_dsns_whole(monkeypatch: pytest.MonkeyPat
     """QUICKPAY_DSNS separates shards with commas; a multi-host DSN has commas of its own.
     (Split on every comma before: a multi-host DSN became two broken ones.)"""
     import argparse
+
     from quickpay.cli import _dsns_from
+
     a = "postgresql://postgres@pg0a:5432,pg0b:5432/quickpay_shard_0?target_session_attrs=read-write"
     b = "postgres://postgres@pg1a:5432,pg1b:5432/quickpay_shard_1"
     monkeypatch.setenv("QUICKPAY_DSNS", f"{a}, {b}")
@@ -78,15 +83,19 @@ def test_patroni_accepts_the_member_configuration(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     # The validator checks that data_dir's parent exists and the binaries are there.
     (tmp_path / "state" / "ha" / cluster.members[0].name).mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-m", "patroni", "--validate-config", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "patroni", "--validate-config", str(path)], capture_output=True, text=True, timeout=60
+    )
     # What the validator says about a loopback-only single machine, and only that: connect
     # addresses on 127.0.0.1 (right here, wrong across machines) and etcd not running now.
     expected = ("connect_address 127.0.0.1:", "must not contain", "etcd3.hosts.0 127.0.0.1:")
-    problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if line.strip() and not any(e in line for e in expected)]
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and not any(e in line for e in expected)
+    ]
     assert problems == [], result.stdout + result.stderr
-    assert "connect_address" in result.stdout + result.stderr   # the validator did run
+    assert "connect_address" in result.stdout + result.stderr  # the validator did run
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +103,29 @@ def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Two plain PostgreSQL servers; the first cannot commit (it waits for a synchronous
     standby that does not exist), like a primary cut off from its cluster."""
     from quickpay.embedded_pg import EmbeddedPostgres
+
     servers = [EmbeddedPostgres(tmp_path_factory.mktemp(f"pg{i}")) for i in range(2)]
     for pg in servers:
         pg.start()
     from quickpay.embedded_pg import BIN_PATH
+
     # One password file for both (the multi-host DSN names one): the second takes the first's.
-    subprocess.run([str(BIN_PATH / "psql"), servers[1].tcp_dsn(), "-qc",
-                    f"ALTER ROLE postgres PASSWORD '{servers[0].password}'"], check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN_PATH / "psql"), servers[1].tcp_dsn(), "-qc", f"ALTER ROLE postgres PASSWORD '{servers[0].password}'"],
+        check=True,
+        capture_output=True,
+    )
     servers[1].passfile.write_text(servers[0].passfile.read_text())
-    subprocess.run([str(BIN_PATH / "psql"), servers[0].tcp_dsn(), "-qc",
-                    "ALTER SYSTEM SET synchronous_standby_names = 'nobody'"], check=True, capture_output=True)
-    subprocess.run([str(BIN_PATH / "psql"), servers[0].tcp_dsn(), "-qc", "SELECT pg_reload_conf()"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN_PATH / "psql"), servers[0].tcp_dsn(), "-qc", "ALTER SYSTEM SET synchronous_standby_names = 'nobody'"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [str(BIN_PATH / "psql"), servers[0].tcp_dsn(), "-qc", "SELECT pg_reload_conf()"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield servers
     finally:
@@ -115,9 +135,12 @@ def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def _multi_host(servers: list[Any]) -> str:
     from urllib.parse import quote
+
     hosts = ",".join(f"127.0.0.1:{pg.port}" for pg in servers)
-    return (f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
-            f"&passfile={quote(str(servers[0].passfile))}")
+    return (
+        f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+        f"&passfile={quote(str(servers[0].passfile))}"
+    )
 
 
 def test_the_writer_chooses_the_server_that_commits(two_servers: list[Any]) -> None:
@@ -146,7 +169,8 @@ def test_no_server_that_commits_is_an_error_the_worker_waits_on(two_servers: lis
 
 
 def test_up_waits_on_a_leader_that_cannot_commit_without_hanging_or_crashing(
-        two_servers: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    two_servers: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`up --ha` asks each shard's leader for a commit until one succeeds. A leader with no
     synchronous standby yet (standbys still copying) holds the commit: that is "not yet",
     answered in seconds. (Before: psql with a statement_timeout, which PostgreSQL does not
@@ -162,7 +186,7 @@ def test_up_waits_on_a_leader_that_cannot_commit_without_hanging_or_crashing(
 # ---- slow: a real HA stack -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    flags = tuple(f for f in STACK_FLAGS if f != "--no-monitor")   # the monitor runs too
+    flags = tuple(f for f in STACK_FLAGS if f != "--no-monitor")  # the monitor runs too
     s = start_stack(tmp_path_factory.mktemp("ha"), shards=2, flags=flags, extra=("--ha",))
     try:
         yield s
@@ -178,8 +202,14 @@ def _stop_leftover_servers(state_dir: Path) -> None:
 
 
 def _quickpay(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.slow
@@ -205,11 +235,21 @@ def test_ha_status_shows_a_leader_and_a_synchronous_standby_per_shard(ha_stack: 
 
 
 def _drill(stack: Stack, fault: str, shard: int) -> dict[str, Any]:
-    result = _quickpay("ha", "drill", "--fault", fault, "--shard", str(shard), "--state-dir",
-                       str(stack.state_dir), "--json", timeout_s=600)
+    result = _quickpay(
+        "ha",
+        "drill",
+        "--fault",
+        fault,
+        "--shard",
+        str(shard),
+        "--state-dir",
+        str(stack.state_dir),
+        "--json",
+        timeout_s=600,
+    )
     print(result.stdout[-6000:], result.stderr[-3000:])
     assert "\n[\n" in result.stdout, result.stdout + result.stderr
-    reports = json.loads(result.stdout[result.stdout.index("\n[\n") + 1:])
+    reports = json.loads(result.stdout[result.stdout.index("\n[\n") + 1 :])
     assert len(reports) == 1
     report: dict[str, Any] = reports[0]
     assert result.returncode == 0, report["problems"]
@@ -233,7 +273,7 @@ def test_sigkill_of_a_primary_postmaster_fails_over_under_payments(ha_stack: Sta
     _common(report)
     assert report["restored_after_fault_s"] < RESTORED_WITHIN_S, report
     assert report["readyz_200_again_after_fault_s"] < RESTORED_WITHIN_S, report
-    assert report["retries"] > 0   # the stream did see the fault, and converged by retrying
+    assert report["retries"] > 0  # the stream did see the fault, and converged by retrying
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ not ready, nothing internal; GET /admin/v1/health (admin token) gives the reason
 details; a background service that crash-loops (the notifier, SIGKILLed as it comes back)
 makes readiness *degraded* with a reason, and its restarts are counted in /metrics, while
 payments go on (degraded is still a 200: the payment API stays in the load balancer)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import Stack, start_stack, stop_stack
 
-from conftest import Stack, http, start_stack, stop_stack
 from gateway import health
 from quickpay.supervisor import CRASH_LOOP_AFTER
 
@@ -61,11 +62,11 @@ def test_a_crash_looping_notifier_makes_readiness_degraded_and_is_counted(own: S
             break
         assert time.monotonic() < deadline, (ready.status, ready.body, children(own)["notifier"])
         time.sleep(0.1)
-    assert ready.status == 200                                  # still serving payments
+    assert ready.status == 200  # still serving payments
     details = own.admin("GET", "/admin/v1/health")
     assert details.body["status"] == health.DEGRADED
     assert any(r.startswith("notifier is crash-looping") for r in details.body["reasons"]), details.body
-    deadline = time.monotonic() + 20      # the last death's restart comes after its backoff
+    deadline = time.monotonic() + 20  # the last death's restart comes after its backoff
     while True:
         text = own.admin("GET", "/metrics").raw.decode()
         restarts = re.search(r'quickpay_service_restarts_total\{service="notifier"\} ([0-9.]+)', text)
@@ -78,10 +79,19 @@ def test_a_crash_looping_notifier_makes_readiness_degraded_and_is_counted(own: S
     # Payments go on meanwhile.
     partner = own.new_partner("Degraded but paying")
     customer = own.new_customer(partner, funding="10.00")
-    paid = own.call("POST", "/v1/quick-payments", {
-        "agreement_id": customer["agreement_id"], "amount": "1.00", "currency": "CNY",
-        "creditor_account": partner["settlement_account"], "reference": "while degraded"},
-        token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex})
+    paid = own.call(
+        "POST",
+        "/v1/quick-payments",
+        {
+            "agreement_id": customer["agreement_id"],
+            "amount": "1.00",
+            "currency": "CNY",
+            "creditor_account": partner["settlement_account"],
+            "reference": "while degraded",
+        },
+        token=partner["token"],
+        headers={"x-idempotency-key": uuid.uuid4().hex},
+    )
     assert paid.status == 201, paid.body
 
 

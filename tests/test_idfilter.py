@@ -5,6 +5,7 @@ Live worker: new payments skip PostgreSQL, retries of evicted keys are still loo
 replayed (across a restart, which rebuilds the filter from the journal), and
 QUICKPAY_ID_FILTER=off restores the lookup of every uncached id.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT, Stack, start_stack, stop_stack
+
 from ledger.client import ShardClient
 from ledger.idfilter import IdFilter
 
@@ -41,8 +42,7 @@ def test_false_positive_rate_is_near_the_one_asked() -> None:
     assert false_positives < 3 * 1_000  # expected about 1,000 (1%)
 
 
-@pytest.mark.parametrize("kwargs", [{"false_positive_rate": 0.0}, {"false_positive_rate": 0.5},
-                                    {"capacity_min": 0}])
+@pytest.mark.parametrize("kwargs", [{"false_positive_rate": 0.0}, {"false_positive_rate": 0.5}, {"capacity_min": 0}])
 def test_bad_parameters_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         IdFilter(**kwargs)
@@ -73,8 +73,13 @@ class _Worker:
         if os.path.exists(socket_path[5:]):
             os.unlink(socket_path[5:])
         with open(log_path, "ab") as log_file:
-            self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, dsn, socket_path], cwd=ROOT,
-                                         stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_SCRIPT, dsn, socket_path],
+                cwd=ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         self.log_path = log_path
         deadline = time.monotonic() + 60
         while not os.path.exists(socket_path[5:]):
@@ -89,37 +94,69 @@ class _Worker:
 
 def _database(stack: Stack, name: str) -> str:
     from quickpay.embedded_pg import EmbeddedPostgres
+
     embedded = EmbeddedPostgres(stack.state_dir)
     embedded.create_databases([name])
     return embedded.dsn(name)
 
 
 async def _setup(client: ShardClient) -> None:
-    await client.call("open_accounts", [{"id": "acc_f_debtor", "currency": "CNY"},
-                                        {"id": "set_ptn_f", "kind": "settlement", "currency": "CNY",
-                                         "partner_id": "ptn_f"}])
-    funded = await client.call("fund", {"transfer_id": "fund_f", "account_id": "acc_f_debtor",
-                                        "amount_minor": 1_000_000, "currency": "CNY", "reference": "r",
-                                        "body_hash": "h"})
+    await client.call(
+        "open_accounts",
+        [
+            {"id": "acc_f_debtor", "currency": "CNY"},
+            {"id": "set_ptn_f", "kind": "settlement", "currency": "CNY", "partner_id": "ptn_f"},
+        ],
+    )
+    funded = await client.call(
+        "fund",
+        {
+            "transfer_id": "fund_f",
+            "account_id": "acc_f_debtor",
+            "amount_minor": 1_000_000,
+            "currency": "CNY",
+            "reference": "r",
+            "body_hash": "h",
+        },
+    )
     assert funded["code"] == "OK"
-    made = await client.call("create_agreement", {
-        "id": "agr_f", "partner_id": "ptn_f", "debtor_account": "acc_f_debtor", "currency": "CNY",
-        "per_payment_limit_minor": 10_000, "periodic_limits": [["Day", "Calendar", 1_000_000]]})
+    made = await client.call(
+        "create_agreement",
+        {
+            "id": "agr_f",
+            "partner_id": "ptn_f",
+            "debtor_account": "acc_f_debtor",
+            "currency": "CNY",
+            "per_payment_limit_minor": 10_000,
+            "periodic_limits": [["Day", "Calendar", 1_000_000]],
+        },
+    )
     assert made["code"] == "OK"
     authorised = await client.call("agreement_action", {"id": "agr_f", "action": "authorise", "actor": "customer"})
     assert authorised["code"] == "OK"
 
 
 def _pay(client: ShardClient, payment_id: str) -> Any:
-    return client.call("pay", {
-        "payment_id": payment_id, "partner_id": "ptn_f", "agreement_id": "agr_f", "amount_minor": 100,
-        "currency": "CNY", "creditor_account": "set_ptn_f", "creditor_shard": 0, "reference": "r",
-        "body_hash": "same-body"})
+    return client.call(
+        "pay",
+        {
+            "payment_id": payment_id,
+            "partner_id": "ptn_f",
+            "agreement_id": "agr_f",
+            "amount_minor": 100,
+            "currency": "CNY",
+            "creditor_account": "set_ptn_f",
+            "creditor_shard": 0,
+            "reference": "r",
+            "body_hash": "same-body",
+        },
+    )
 
 
 @pytest.mark.parametrize("filter_on", [True, False])
 def test_new_ids_skip_postgres_and_retries_of_old_keys_replay_across_a_restart(
-        own: Stack, tmp_path: Path, filter_on: bool) -> None:
+    own: Stack, tmp_path: Path, filter_on: bool
+) -> None:
     dsn = _database(own, f"qp_idfilter_{'on' if filter_on else 'off'}")
     socket_path = f"unix:{tmp_path / 'w.sock'}"
     env = {k: v for k, v in os.environ.items() if k != "QUICKPAY_ID_FILTER"}
@@ -153,7 +190,7 @@ def test_new_ids_skip_postgres_and_retries_of_old_keys_replay_across_a_restart(
             assert [a["code"] for a in retries] == ["REPLAY"] * len(originals) + ["OK"]
             assert [a["transfer"] for a in retries[:-1]] == list(originals.values())
             balance = await client.call("balance", {"id": "acc_f_debtor"})
-            assert balance["balance_minor"] == 1_000_000 - 7 * 100   # seven distinct payments, once each
+            assert balance["balance_minor"] == 1_000_000 - 7 * 100  # seven distinct payments, once each
             return dict((await client.call("ping"))["prefetch"])
         finally:
             await client.close()

@@ -9,6 +9,7 @@ layer (an upward import), and no chain of imports may come back to where it star
 circle). The kernel imports no other package of ours and no I/O library; the decision code
 does no I/O; the gateway has no database driver.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,17 +26,46 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ledger",),
     ("notify",),
     ("gateway",),
-    ("quickpay",),              # process orchestration: state directory, supervisor, PostgreSQL, HA
-    ("loadtest",),              # bench, soak, Locust: drive a stack that quickpay/ starts
-    ("quickpay.cli",),          # the command line, on top of everything
+    ("quickpay",),  # process orchestration: state directory, supervisor, PostgreSQL, HA
+    ("loadtest",),  # bench, soak, Locust: drive a stack that quickpay/ starts
+    ("quickpay.cli",),  # the command line, on top of everything
 )
 STANDALONE = ("quickpay_sdk", "kernel")
 
 # What the kernel may import: the standard library's pure parts and msgspec (structs, no I/O).
-KERNEL_ALLOWED = {"__future__", "collections", "contextvars", "dataclasses", "datetime", "enum", "hashlib",
-                  "math", "msgspec", "re", "secrets", "typing", "zlib"}
-IO_LIBRARIES = {"asyncpg", "aiohttp", "socket", "asyncio", "locust", "subprocess", "os", "pathlib", "httpx",
-                "urllib", "psycopg", "io", "tempfile", "shutil", "signal", "logging"}
+KERNEL_ALLOWED = {
+    "__future__",
+    "collections",
+    "contextvars",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "hashlib",
+    "math",
+    "msgspec",
+    "re",
+    "secrets",
+    "typing",
+    "zlib",
+}
+IO_LIBRARIES = {
+    "asyncpg",
+    "aiohttp",
+    "socket",
+    "asyncio",
+    "locust",
+    "subprocess",
+    "os",
+    "pathlib",
+    "httpx",
+    "urllib",
+    "psycopg",
+    "io",
+    "tempfile",
+    "shutil",
+    "signal",
+    "logging",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -60,7 +90,7 @@ def _imports(name: str, path: Path, known: dict[str, Path], *, module_level_only
             base = node.module or ""
             if node.level:
                 parts = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-                parts = parts[:len(parts) - (node.level - 1)]
+                parts = parts[: len(parts) - (node.level - 1)]
                 base = ".".join(parts + ([base] if base else []))
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
@@ -102,7 +132,7 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
             if _package(module) in STANDALONE and _package(target) != _package(module):
                 found.append(f"{module} -> {target} (a standalone package imports nothing of ours)")
             elif _package(target) == "quickpay_sdk":
-                continue                     # anyone may use the SDK (the notifier signs with it)
+                continue  # anyone may use the SDK (the notifier signs with it)
             elif layer_of(target) > layer_of(module):
                 found.append(f"{module} -> {target} (upward: layer {layer_of(module)} -> {layer_of(target)})")
     return found
@@ -118,7 +148,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         path.pop()
@@ -132,8 +162,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def _graph(*, module_level_only: bool) -> dict[str, set[str]]:
     modules = _modules()
-    return {name: _imports(name, path, modules, module_level_only=module_level_only)
-            for name, path in modules.items()}
+    return {name: _imports(name, path, modules, module_level_only=module_level_only) for name, path in modules.items()}
 
 
 def test_every_module_has_a_layer() -> None:
@@ -156,7 +185,8 @@ def test_the_checks_catch_what_they_forbid() -> None:
     """The checker itself, on made-up graphs: an upward import, a standalone package reaching
     out, and a circle are each reported; a downward import is not."""
     assert layer_violations({"ledger.worker": {"gateway.app"}}) == [
-        "ledger.worker -> gateway.app (upward: layer 2 -> 4)"]
+        "ledger.worker -> gateway.app (upward: layer 2 -> 4)"
+    ]
     assert layer_violations({"kernel.ids": {"fraud.engine"}})
     assert layer_violations({"quickpay.ha": {"quickpay.cli"}})
     assert layer_violations({"gateway.app": {"ledger.client", "kernel.ids"}, "quickpay.cli": {"loadtest.soak"}}) == []
@@ -171,9 +201,17 @@ def test_the_kernel_is_pure() -> None:
 
 
 def test_decision_code_does_no_io_and_the_gateway_has_no_database_driver() -> None:
-    pure = [ROOT / "ledger" / "state.py", ROOT / "ledger" / "model.py", ROOT / "ledger" / "idfilter.py",
-            ROOT / "loadtest" / "targets.py", ROOT / "ledger" / "agreements.py", ROOT / "gateway" / "ratelimit.py",
-            ROOT / "notify" / "events.py", ROOT / "notify" / "delivery.py", *(ROOT / "kernel").rglob("*.py")]
+    pure = [
+        ROOT / "ledger" / "state.py",
+        ROOT / "ledger" / "model.py",
+        ROOT / "ledger" / "idfilter.py",
+        ROOT / "loadtest" / "targets.py",
+        ROOT / "ledger" / "agreements.py",
+        ROOT / "gateway" / "ratelimit.py",
+        ROOT / "notify" / "events.py",
+        ROOT / "notify" / "delivery.py",
+        *(ROOT / "kernel").rglob("*.py"),
+    ]
     for path in pure:
         assert not _external_imports(path) & IO_LIBRARIES, path
     for path in (ROOT / "gateway").rglob("*.py"):

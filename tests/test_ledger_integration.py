@@ -5,6 +5,7 @@ and after SIGKILL of a shard worker mid-stream the supervisor restarts it, retri
 requests (same key, same body) converge, every payment answered 201 is in the ledger
 exactly once, every debtor's balance equals funding minus its accepted payments, and the
 audit passes once the relays have drained."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,11 +23,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-
 from conftest import ROOT, Stack, start_stack, stop_stack
-from ledger.client import ShardClient
+
 from kernel.ids import shard_of_payment
 from kernel.money import parse_amount
+from ledger.client import ShardClient
 
 IN_PROCESS = "AcceptedSettlementInProcess"
 
@@ -55,10 +56,15 @@ def world(own: Stack) -> dict[str, Any]:
 
 
 def run_check(stack: Stack) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def in_process_count(stack: Stack) -> int:
@@ -90,22 +96,32 @@ async def ping(stack: Stack, shard: int) -> dict[str, Any]:
         await client.close()
 
 
-async def post(session: aiohttp.ClientSession, stack: Stack, token: str, body: dict[str, Any],
-               key: str) -> tuple[int, Any]:
+async def post(
+    session: aiohttp.ClientSession, stack: Stack, token: str, body: dict[str, Any], key: str
+) -> tuple[int, Any]:
     try:
-        async with session.post(stack.url("/v1/quick-payments"), json=body, timeout=aiohttp.ClientTimeout(total=20),
-                                headers={"authorization": f"Bearer {token}", "x-idempotency-key": key}) as r:
+        async with session.post(
+            stack.url("/v1/quick-payments"),
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=20),
+            headers={"authorization": f"Bearer {token}", "x-idempotency-key": key},
+        ) as r:
             try:
                 return r.status, await r.json(content_type=None)
             except ValueError:
                 return r.status, await r.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return 0, repr(exc)
 
 
 def payment_body(agreement: str, creditor: str, amount: str) -> dict[str, Any]:
-    return {"agreement_id": agreement, "amount": amount, "currency": "CNY", "creditor_account": creditor,
-            "reference": "integration"}
+    return {
+        "agreement_id": agreement,
+        "amount": amount,
+        "currency": "CNY",
+        "creditor_account": creditor,
+        "reference": "integration",
+    }
 
 
 async def test_group_commit(own: Stack, world: dict[str, Any]) -> None:
@@ -113,12 +129,16 @@ async def test_group_commit(own: Stack, world: dict[str, Any]) -> None:
     debtors = world["debtors"][0]
     before = await ping(own, 0)
     rng = random.Random(1)
-    bodies = [payment_body(debtors[i % len(debtors)]["agreement_id"],
-                           rng.choice([partner["settlement_account"], *world["creditors"][0]]), "0.01")
-              for i in range(500)]
+    bodies = [
+        payment_body(
+            debtors[i % len(debtors)]["agreement_id"],
+            rng.choice([partner["settlement_account"], *world["creditors"][0]]),
+            "0.01",
+        )
+        for i in range(500)
+    ]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=250)) as session:
-        answers = await asyncio.gather(*(post(session, own, partner["token"], b, uuid.uuid4().hex)
-                                         for b in bodies))
+        answers = await asyncio.gather(*(post(session, own, partner["token"], b, uuid.uuid4().hex) for b in bodies))
     statuses = [status for status, _ in answers]
     assert statuses.count(201) == 500, {s: statuses.count(s) for s in set(statuses)}
     assert all(a["status"] == "AcceptedSettlementCompleted" for _, a in answers)
@@ -138,8 +158,15 @@ async def test_cross_shard_delivery_and_check(own: Stack, world: dict[str, Any])
             for i, debtor in enumerate(world["debtors"][source]):
                 creditor = world["creditors"][1 - source][i % 3]
                 expected[creditor] += 123
-                calls.append(post(session, own, partner["token"],
-                                  payment_body(debtor["agreement_id"], creditor, "1.23"), uuid.uuid4().hex))
+                calls.append(
+                    post(
+                        session,
+                        own,
+                        partner["token"],
+                        payment_body(debtor["agreement_id"], creditor, "1.23"),
+                        uuid.uuid4().hex,
+                    )
+                )
         before = {c: own.balance(c) for c in expected}
         answers = await asyncio.gather(*calls)
     assert all(status == 201 and a["status"] == IN_PROCESS for status, a in answers), answers
@@ -156,15 +183,34 @@ async def test_cross_shard_delivery_and_check(own: Stack, world: dict[str, Any])
 def test_second_writer_is_fenced(own: Stack, tmp_path: Any) -> None:
     listen = f"unix:{tmp_path}/intruder.sock"
     from quickpay.embedded_pg import EmbeddedPostgres
+
     pg = EmbeddedPostgres(own.state_dir)
     assert (pg.socket_dir / f".s.PGSQL.{pg.port}").exists(), "the stack's PostgreSQL socket is gone"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_") or k == "QUICKPAY_CLUSTER_SECRET"}
     result = subprocess.run(
-        [sys.executable, "-m", "quickpay.cli", "shard-worker", "--shard", "0", "--shards", "2",
-         "--dsn", own.dsn(0), "--listen", listen, "--no-rules",
-         "--shard-addrs", f"{listen},{own.shard_socket(1)}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "quickpay.cli",
+            "shard-worker",
+            "--shard",
+            "0",
+            "--shards",
+            "2",
+            "--dsn",
+            own.dsn(0),
+            "--listen",
+            listen,
+            "--no-rules",
+            "--shard-addrs",
+            f"{listen},{own.shard_socket(1)}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "already has a writer" in result.stdout + result.stderr, result.stderr[-3000:]
     # the real writer is unharmed
@@ -173,6 +219,7 @@ def test_second_writer_is_fenced(own: Stack, tmp_path: Any) -> None:
 
 def _gateway_pids(stack: Stack) -> set[int]:
     import psutil
+
     pids = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = proc.info.get("cmdline") or []
@@ -186,9 +233,10 @@ def test_killed_gateway_worker_is_replaced(own: Stack, world: dict[str, Any]) ->
     assert len(before) == 2
     victim = min(before)
     import psutil
+
     process = psutil.Process(victim)
     os.kill(victim, signal.SIGKILL)
-    process.wait(10)        # its listening socket is gone once it is dead
+    process.wait(10)  # its listening socket is gone once it is dead
     # the surviving worker keeps serving (SO_REUSEPORT) while the supervisor restarts the other
     partner = world["partner"]
     debtor = world["debtors"][1][0]
@@ -210,7 +258,7 @@ async def test_shard_worker_killed_mid_stream(own: Stack, world: dict[str, Any])
     token = partner["token"]
     rng = random.Random(20_260_101)
     # 1,500 payments: same-shard and cross-shard in both directions, small random amounts
-    plan: list[tuple[str, dict[str, Any], str]] = []      # (key, body, debtor account)
+    plan: list[tuple[str, dict[str, Any], str]] = []  # (key, body, debtor account)
     for i in range(1_500):
         source = rng.randrange(2)
         debtor = rng.choice(world["debtors"][source])
@@ -222,18 +270,23 @@ async def test_shard_worker_killed_mid_stream(own: Stack, world: dict[str, Any])
         else:
             creditor = rng.choice(world["creditors"][1 - source])
         amount = f"0.{rng.randint(1, 99):02d}"
-        plan.append((f"kill-{i}-{uuid.uuid4().hex[:8]}", payment_body(debtor["agreement_id"], creditor, amount),
-                     debtor["account"]))
-    balances_before = {d["account"]: minor(own.balance(d["account"]))
-                       for s in (0, 1) for d in world["debtors"][s]}
+        plan.append(
+            (
+                f"kill-{i}-{uuid.uuid4().hex[:8]}",
+                payment_body(debtor["agreement_id"], creditor, amount),
+                debtor["account"],
+            )
+        )
+    balances_before = {d["account"]: minor(own.balance(d["account"])) for s in (0, 1) for d in world["debtors"][s]}
     old_pids = own.shard_worker_pids(0)
     assert len(old_pids) == 1, old_pids
     results: dict[str, tuple[int, Any]] = {}
     killed_at: list[float] = []
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+
         async def send(index: int, key: str, body: dict[str, Any]) -> None:
-            await asyncio.sleep(index / 300)              # ~300 per second: about 5 s in all
+            await asyncio.sleep(index / 300)  # ~300 per second: about 5 s in all
             results[key] = await post(session, own, token, body, key)
 
         async def killer() -> None:
@@ -281,8 +334,11 @@ async def test_shard_worker_killed_mid_stream(own: Stack, world: dict[str, Any])
     for shard, pids in by_shard.items():
         conn = await asyncpg.connect(own.dsn(shard))
         try:
-            rows = await conn.fetch("SELECT id, count(*) OVER (PARTITION BY id) AS n, status, amount_minor,"
-                                    " debit_account FROM transfers WHERE id = ANY($1::text[])", pids)
+            rows = await conn.fetch(
+                "SELECT id, count(*) OVER (PARTITION BY id) AS n, status, amount_minor,"
+                " debit_account FROM transfers WHERE id = ANY($1::text[])",
+                pids,
+            )
         finally:
             await conn.close()
         for row in rows:

@@ -106,8 +106,14 @@ async def load(spec: LoadSpec) -> LoadResult:
 
 def spec_for(port: int, **overrides) -> LoadSpec:
     values = dict(
-        host="127.0.0.1", port=port, rate_per_s=400, duration_s=1.0, processes=1,
-        connections_max=32, timeout_s=2.0, requests=[RequestTemplate(path="/ping")],
+        host="127.0.0.1",
+        port=port,
+        rate_per_s=400,
+        duration_s=1.0,
+        processes=1,
+        connections_max=32,
+        timeout_s=2.0,
+        requests=[RequestTemplate(path="/ping")],
     )
     values.update(overrides)
     return LoadSpec(**values)
@@ -176,7 +182,9 @@ async def test_counts_errors_keys_and_merges_two_processes(server):
 async def test_retries_reuse_a_key_with_the_same_body(server):
     fake, port = server
     template = RequestTemplate(
-        method="POST", path="/pay", body=b'{"ref":"' + IDEMPOTENCY_KEY.encode() + b'"}',
+        method="POST",
+        path="/pay",
+        body=b'{"ref":"' + IDEMPOTENCY_KEY.encode() + b'"}',
         idempotency_key_header="x-idempotency-key",
     )
     result = await load(spec_for(port, rate_per_s=300, duration_s=1.0, requests=[template], retry_fraction=0.1))
@@ -213,9 +221,18 @@ async def test_chunked_responses_are_parsed(server):
 async def test_cli_prints_json(server):
     _, port = server
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest.generator", "--url", f"http://127.0.0.1:{port}/ping",
-        "--rate", "200", "--duration", "0.5", cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "loadtest.generator",
+        "--url",
+        f"http://127.0.0.1:{port}/ping",
+        "--rate",
+        "200",
+        "--duration",
+        "0.5",
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, stderr.decode()

@@ -41,7 +41,10 @@ class FakeQuickpay:
     async def token(self, request: web.Request) -> web.Response:
         form = urllib.parse.parse_qs((await request.read()).decode())
         client_id = form.get("client_id", [""])[0]
-        if form.get("grant_type") != ["client_credentials"] or self.clients.get(client_id) != form.get("client_secret", [""])[0]:
+        if (
+            form.get("grant_type") != ["client_credentials"]
+            or self.clients.get(client_id) != form.get("client_secret", [""])[0]
+        ):
             self.counts["bad"] += 1
             return web.json_response({"error": "invalid_client"}, status=401)
         self.counts["token"] += 1
@@ -65,8 +68,7 @@ class FakeQuickpay:
         assert set(payment) == {"agreement_id", "amount", "currency", "creditor_account", "reference"}
         rejected = payment["agreement_id"] in self.blocked
         self.counts["rejected" if rejected else "payment"] += 1
-        answer = {"payment_id": uuid.uuid4().hex,
-                  "status": "Rejected" if rejected else "AcceptedSettlementCompleted"}
+        answer = {"payment_id": uuid.uuid4().hex, "status": "Rejected" if rejected else "AcceptedSettlementCompleted"}
         self.by_key[key] = (body, answer)
         self.payments[answer["payment_id"]] = answer
         return web.json_response(answer, status=201)
@@ -87,8 +89,12 @@ class FakeQuickpay:
 
 def write_population(folder: Path) -> dict:
     partners = [
-        {"partner_id": f"p{i}", "client_id": f"client{i}", "client_secret": f"secret{i}",
-         "settlement_account": f"settle{i}"}
+        {
+            "partner_id": f"p{i}",
+            "client_id": f"client{i}",
+            "client_secret": f"secret{i}",
+            "settlement_account": f"settle{i}",
+        }
         for i in range(2)
     ]
     with (folder / "agreements.csv").open("w", newline="") as file:
@@ -97,7 +103,10 @@ def write_population(folder: Path) -> dict:
         for i in range(200):
             writer.writerow([i % 2, f"agr{i:04d}", f"acct{i:04d}"])
     population = {
-        "base_url": "unused", "admin_token": "unused", "currency": "CNY", "partners": partners,
+        "base_url": "unused",
+        "admin_token": "unused",
+        "currency": "CNY",
+        "partners": partners,
         "agreements_csv": "agreements.csv",
         "blocked_agreements": [
             {"partner_index": 0, "agreement_id": "blocked0", "debtor_account": "acct-b0"},
@@ -128,10 +137,30 @@ async def quickpay(tmp_path):
 async def run_locust(port: int, folder: Path, seconds: int, extra_env: dict, *args: str) -> tuple[int, str]:
     env = dict(os.environ, QUICKPAY_POPULATION=str(folder / "population.json"), **extra_env)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "4", "-r", "4",
-        "-t", f"{seconds}s", "--host", f"http://127.0.0.1:{port}", "--csv", str(folder / "out" / "locust"),
-        "--only-summary", "--loglevel", "WARNING", *args,
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        f"{seconds}s",
+        "--host",
+        f"http://127.0.0.1:{port}",
+        "--csv",
+        str(folder / "out" / "locust"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), seconds + 30)

@@ -14,12 +14,33 @@ from loadtest.plots import (
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 STEPS = [
-    {"offered_per_s": 1000.0, "achieved_per_s": 999.0, "p50_ms": 0.5, "p99_ms": 2.0,
-     "p999_ms": 4.0, "per_second": [1000, 999, 998], "passed": True},
-    {"offered_per_s": 2000.0, "achieved_per_s": 1990.0, "p50_ms": 0.7, "p99_ms": 5.0,
-     "p999_ms": 9.0, "per_second": [2000, 1990, 1980], "passed": True},
-    {"offered_per_s": 4000.0, "achieved_per_s": 2500.0, "p50_ms": 90.0, "p99_ms": 800.0,
-     "p999_ms": 0.0, "per_second": [2500, 2400, 2600, 300], "passed": False},
+    {
+        "offered_per_s": 1000.0,
+        "achieved_per_s": 999.0,
+        "p50_ms": 0.5,
+        "p99_ms": 2.0,
+        "p999_ms": 4.0,
+        "per_second": [1000, 999, 998],
+        "passed": True,
+    },
+    {
+        "offered_per_s": 2000.0,
+        "achieved_per_s": 1990.0,
+        "p50_ms": 0.7,
+        "p99_ms": 5.0,
+        "p999_ms": 9.0,
+        "per_second": [2000, 1990, 1980],
+        "passed": True,
+    },
+    {
+        "offered_per_s": 4000.0,
+        "achieved_per_s": 2500.0,
+        "p50_ms": 90.0,
+        "p99_ms": 800.0,
+        "p999_ms": 0.0,
+        "per_second": [2500, 2400, 2600, 300],
+        "passed": False,
+    },
 ]
 
 

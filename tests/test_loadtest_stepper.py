@@ -76,8 +76,14 @@ def test_gates_and_reports():
     assert len(check_gates(100, FakeResult(1000, 1, 25.1, 94.0))) == 3
     step = StepResult(100, FakeResult(1000, 0, 1.0, 100.0), True, [])
     assert step.to_dict() == {
-        "sent": 1000, "errors": 0, "p99_ms": 1.0, "achieved_per_s": 100.0,
-        "offered_per_s": 100, "passed": True, "failed_gates": [], "refinement": False,
+        "sent": 1000,
+        "errors": 0,
+        "p99_ms": 1.0,
+        "achieved_per_s": 100.0,
+        "offered_per_s": 100,
+        "passed": True,
+        "failed_gates": [],
+        "refinement": False,
     }
 
 

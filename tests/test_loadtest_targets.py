@@ -1,4 +1,5 @@
 """The target profiles' pure logic (loadtest.targets): schedule, hold window, gates, summary."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,10 @@ from loadtest.targets import PROFILES, Schedule, evaluate, hold_counts, items_ok
 
 def test_profiles_are_the_seeds_figures() -> None:
     assert {name: (p.kind, p.target_payments_per_s) for name, p in PROFILES.items()} == {
-        "core-14k": ("single", 14_000.0), "quickpay-30k": ("batch", 30_000.0), "quickpay-50k": ("batch", 50_000.0)}
+        "core-14k": ("single", 14_000.0),
+        "quickpay-30k": ("batch", 30_000.0),
+        "quickpay-50k": ("batch", 50_000.0),
+    }
 
 
 def test_fifty_thousand_per_second_is_fifty_batch_requests() -> None:
@@ -44,18 +48,30 @@ def test_scaled_profile_for_tests() -> None:
     assert s.target_requests_per_s == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("kwargs", [{"ramp_s": -1}, {"hold_s": 0}, {"scale": 0}, {"scale": 11},
-                                    {"batch_items": 0}, {"batch_items": 1001}, {"user_requests_per_s": 0.0001 - 1},
-                                    {"user_requests_per_s": 0.001, "scale": 10}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ramp_s": -1},
+        {"hold_s": 0},
+        {"scale": 0},
+        {"scale": 11},
+        {"batch_items": 0},
+        {"batch_items": 1001},
+        {"user_requests_per_s": 0.0001 - 1},
+        {"user_requests_per_s": 0.001, "scale": 10},
+    ],
+)
 def test_bounds_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Schedule(PROFILES["core-14k"], **kwargs)  # type: ignore[arg-type]
 
 
 def test_items_ok_counts_item_statuses_not_payment_statuses() -> None:
-    body = (b'{"results":[{"status":201,"payment":{"payment_id":"p","status":"AcceptedSettlementCompleted"},'
-            b'"replayed":false},{"status":422,"error":{"code":"x","message":"m","errors":[]}},'
-            b'{"status":201,"payment":{"status":"Rejected"},"replayed":true}]}')
+    body = (
+        b'{"results":[{"status":201,"payment":{"payment_id":"p","status":"AcceptedSettlementCompleted"},'
+        b'"replayed":false},{"status":422,"error":{"code":"x","message":"m","errors":[]}},'
+        b'{"status":201,"payment":{"status":"Rejected"},"replayed":true}]}'
+    )
     assert items_ok_in(body) == (2, 3)
     assert items_ok_in(b"") == (0, 0)
 
@@ -69,8 +85,9 @@ def test_hold_counts_whole_seconds_inside_the_hold() -> None:
 
 def test_evaluate_and_summary(tmp_path: Path) -> None:
     s = Schedule(PROFILES["quickpay-50k"], ramp_s=20, hold_s=30)
-    met = evaluate(s, hold_elapsed_s=30, payments_ok=1_470_000, payments_failed=0, p99_ms=80.0, cpu_count=2,
-                   worker_processes=4)
+    met = evaluate(
+        s, hold_elapsed_s=30, payments_ok=1_470_000, payments_failed=0, p99_ms=80.0, cpu_count=2, worker_processes=4
+    )
     assert met["met"] and met["achieved_payments_per_s"] == 49_000.0
     slow = evaluate(s, hold_elapsed_s=30, payments_ok=1_470_000, payments_failed=0, p99_ms=180.0)
     assert not slow["met"] and not slow["gates"]["p99"]["ok"] and slow["gates"]["rate"]["ok"]

@@ -1,7 +1,9 @@
 """LocalShardClient keeps ShardClient's contract without a socket (ledger/local_client.py)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,7 @@ async def test_answers_and_error_answers() -> None:
 
 async def test_in_flight_bound_and_deadline() -> None:
     import asyncio
+
     worker = FakeWorker()
     worker.mode = "hold"
     client = LocalShardClient(worker, 0, call_timeout_s=0.3, in_flight_max=2)
@@ -48,18 +51,19 @@ async def test_in_flight_bound_and_deadline() -> None:
     with pytest.raises(ShardOverloaded):
         await client.call("pay", 3)
     with pytest.raises(ShardUnavailable):
-        await first          # no answer within the deadline
+        await first  # no answer within the deadline
     with pytest.raises(ShardUnavailable):
         await second
     # a late answer after the deadline is dropped, not an error
     worker.held[0][2](True, "late")
     worker.mode = "answer"
-    assert await client.call("ping") == {"op": "ping", "args": None}   # the bound frees up
+    assert await client.call("ping") == {"op": "ping", "args": None}  # the bound frees up
     await client.close()
 
 
 async def test_close_fails_pending_calls() -> None:
     import asyncio
+
     worker = FakeWorker()
     worker.mode = "hold"
     client = LocalShardClient(worker, 1)

@@ -4,6 +4,7 @@ and on the other node's shard (over the shard protocol), replays, cross-shard cr
 batch endpoint; a SIGKILL of a node under a stream of payments heals like a shard worker's:
 retries with the same key converge to one payment each, balances match, `quickpay check` passes.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ import uuid
 from typing import Any
 
 import pytest
-
 from conftest import Stack, start_stack, stop_stack
 from test_faults import child_pid, disturbed, run_check, run_with_fault, wait_child_replaced
 
@@ -22,8 +22,9 @@ SHARDS = 2
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    stack = start_stack(tmp_path_factory.mktemp("nodes"), shards=SHARDS,
-                        flags=("--no-rules", "--no-monitor", "--topology", "node"))
+    stack = start_stack(
+        tmp_path_factory.mktemp("nodes"), shards=SHARDS, flags=("--no-rules", "--no-monitor", "--topology", "node")
+    )
     try:
         yield stack
     finally:
@@ -33,14 +34,14 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="module")
 def world(nodes: Stack) -> dict[str, Any]:
     partner = nodes.new_partner("Nodes")
-    debtors = {s: [nodes.new_customer(partner, shard=s, funding="2000.00") for _ in range(5)]
-               for s in range(SHARDS)}
+    debtors = {s: [nodes.new_customer(partner, shard=s, funding="2000.00") for _ in range(5)] for s in range(SHARDS)}
     creditors = {s: [nodes.new_account(shard=s) for _ in range(3)] for s in range(SHARDS)}
     return {"partner": partner, "debtors": debtors, "creditors": creditors}
 
 
 def test_one_process_per_shard_and_no_gateway_workers(nodes: Stack) -> None:
     import json
+
     names = {c["name"] for c in json.loads((nodes.state_dir / "supervisor.json").read_text())["children"]}
     assert {"node-0", "node-1"} <= names
     assert not any(name.startswith(("gateway-", "shard-")) for name in names), names
@@ -50,7 +51,7 @@ def test_one_process_per_shard_and_no_gateway_workers(nodes: Stack) -> None:
 def test_payments_replays_and_cross_shard_credits(nodes: Stack, world: dict[str, Any]) -> None:
     partner = world["partner"]
     settlement = partner["settlement_account"]
-    for shard in range(SHARDS):   # whichever node takes the connection, both shards answer
+    for shard in range(SHARDS):  # whichever node takes the connection, both shards answer
         debtor = world["debtors"][shard][0]
         key = uuid.uuid4().hex
         first = nodes.pay(partner, debtor["agreement_id"], settlement, "1.25", key=key)
@@ -73,9 +74,17 @@ def test_payments_replays_and_cross_shard_credits(nodes: Stack, world: dict[str,
 
 def test_batch_spans_both_shards(nodes: Stack, world: dict[str, Any]) -> None:
     partner = world["partner"]
-    items = [{"idempotency_key": f"nb-{uuid.uuid4().hex}", "agreement_id": world["debtors"][s][2]["agreement_id"],
-              "amount": "0.50", "currency": "CNY", "creditor_account": partner["settlement_account"],
-              "reference": "node batch"} for s in (0, 1, 0, 1)]
+    items = [
+        {
+            "idempotency_key": f"nb-{uuid.uuid4().hex}",
+            "agreement_id": world["debtors"][s][2]["agreement_id"],
+            "amount": "0.50",
+            "currency": "CNY",
+            "creditor_account": partner["settlement_account"],
+            "reference": "node batch",
+        }
+        for s in (0, 1, 0, 1)
+    ]
     reply = nodes.call("POST", "/v1/quick-payments/batch", {"payments": items}, token=partner["token"])
     assert reply.status == 200, reply.body
     assert [r["status"] for r in reply.body["results"]] == [201] * 4

@@ -1,5 +1,6 @@
 """The shard protocol encodes each call on its own: one unencodable or oversized call
 fails alone, the others that left in the same flush are answered (issue 7 §1)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ import pytest
 import ledger.protocol as protocol
 from ledger.client import ShardClient, ShardError
 from ledger.handshake import CLIENT_PROOF_BYTES, ServerHandshake
-from ledger.protocol import FrameDecoder, FrameError, encode_frames, join_frames, encode_message
+from ledger.protocol import FrameDecoder, FrameError, encode_frames, encode_message, join_frames
 
 
 def test_joined_frame_decodes_like_one_array() -> None:
@@ -77,8 +78,12 @@ def test_client_fails_only_the_unencodable_call(tmp_path: Path) -> None:
         client = ShardClient("unix:" + path, call_timeout_s=30.0, secret=secret)
         try:
             await client.connect()
-            calls = [client.call("good", 1), client.call("bad", {"before_seq": 2**70}),
-                     client.call("good", 2), client.call("bad", "\udc80")]
+            calls = [
+                client.call("good", 1),
+                client.call("bad", {"before_seq": 2**70}),
+                client.call("good", 2),
+                client.call("bad", "\udc80"),
+            ]
             results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
             assert results[0] == 1 and results[2] == 2
             for failed in (results[1], results[3]):

@@ -5,6 +5,7 @@ the rows' sums, and `settlement_net` equals how the partner's settlement account
 the day across both shards; the file is final only once the day is closed (the CLI with an
 injected clock), the API gives a provisional one before, marked in the file and a header,
 with the SHA-256 of the body."""
+
 from __future__ import annotations
 
 import csv
@@ -17,45 +18,77 @@ import uuid
 from typing import Any
 
 import pytest
-
 from conftest import Stack, http
-from ledger import recon
-from kernel.money import parse_amount
 from test_api import assert_error
+
+from kernel.money import parse_amount
+from ledger import recon
 
 
 def test_day_bounds_and_closing() -> None:
     day = datetime.date(2028, 2, 29)
     start, end = recon.day_bounds(day)
-    assert datetime.datetime.fromtimestamp(start / 1000, datetime.timezone.utc).isoformat() == "2028-02-29T00:00:00+00:00"
+    assert datetime.datetime.fromtimestamp(start / 1000, datetime.UTC).isoformat() == "2028-02-29T00:00:00+00:00"
     assert end - start == recon.DAY_MS
     assert not recon.is_closed(day, end) and not recon.is_closed(day, end + recon.CLOSE_GRACE_MS - 1)
     assert recon.is_closed(day, end + recon.CLOSE_GRACE_MS)
 
 
 def _wire(**extra: Any) -> dict[str, Any]:
-    return {"id": "pay_1", "kind": "payment", "status": "AcceptedSettlementCompleted", "currency": "CNY",
-            "amount_minor": 1000, "created_at_ms": 1_800_000_000_000, "agreement_id": "agr_1",
-            "debit_account": "acc_d", "credit_account": "set_ptn_a", "creditor_account": "set_ptn_a",
-            "reference": "r", "details": None, **extra}
+    return {
+        "id": "pay_1",
+        "kind": "payment",
+        "status": "AcceptedSettlementCompleted",
+        "currency": "CNY",
+        "amount_minor": 1000,
+        "created_at_ms": 1_800_000_000_000,
+        "agreement_id": "agr_1",
+        "debit_account": "acc_d",
+        "credit_account": "set_ptn_a",
+        "creditor_account": "set_ptn_a",
+        "reference": "r",
+        "details": None,
+        **extra,
+    }
 
 
 def test_the_summary_adds_up_and_nets_the_settlement_account() -> None:
     report = recon.Reconciliation("ptn_a", datetime.date(2027, 1, 15), provisional=False, generated_at_ms=0)
-    report.add([_wire(), _wire(id="pay_2", amount_minor=250),
-                _wire(id="pay_3", creditor_account="acc_c", credit_account="sys_clearing",
-                      status="AcceptedSettlementInProcess"),
-                _wire(id="pay_4", status="Rejected"),
-                _wire(id="ref_1", kind="refund", status="Succeeded", amount_minor=100, debit_account="set_ptn_a",
-                      credit_account="acc_d", creditor_account="acc_d", details={"payment_id": "pay_1"}),
-                _wire(id="fund_1", kind="funding")])
+    report.add(
+        [
+            _wire(),
+            _wire(id="pay_2", amount_minor=250),
+            _wire(
+                id="pay_3",
+                creditor_account="acc_c",
+                credit_account="sys_clearing",
+                status="AcceptedSettlementInProcess",
+            ),
+            _wire(id="pay_4", status="Rejected"),
+            _wire(
+                id="ref_1",
+                kind="refund",
+                status="Succeeded",
+                amount_minor=100,
+                debit_account="set_ptn_a",
+                credit_account="acc_d",
+                creditor_account="acc_d",
+                details={"payment_id": "pay_1"},
+            ),
+            _wire(id="fund_1", kind="funding"),
+        ]
+    )
     text = report.text()
     assert not text.startswith("#")
     lines = list(csv.reader(io.StringIO(text)))
     assert lines[0] == list(recon.COLUMNS)
     rows = [line for line in lines[1:] if line and line[0] != "summary"]
-    assert [(r[0], r[1]) for r in rows] == [("payment", "pay_1"), ("payment", "pay_2"), ("payment_to_customer", "pay_3"),
-                                            ("refund", "ref_1")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("payment", "pay_1"),
+        ("payment", "pay_2"),
+        ("payment_to_customer", "pay_3"),
+        ("refund", "ref_1"),
+    ]
     refund = rows[3]
     assert (refund[7], refund[8], refund[10]) == ("acc_d", "set_ptn_a", "pay_1")
     summary = {(line[1], line[2]): line[3:] for line in lines if line and line[0] == "summary" and line[1] != "kind"}
@@ -74,16 +107,32 @@ def _settlement_minor(stack: Stack, partner: dict[str, Any]) -> int:
 
 
 def _recon_cli(stack: Stack, partner_id: str, day: datetime.date, now_ms: int) -> tuple[int, str, str]:
-    done = subprocess.run([sys.executable, "-m", "quickpay.cli", "recon", "--state-dir", str(stack.state_dir),
-                           "--partner", partner_id, "--date", day.isoformat(), "--now-ms", str(now_ms)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quickpay.cli",
+            "recon",
+            "--state-dir",
+            str(stack.state_dir),
+            "--partner",
+            partner_id,
+            "--date",
+            day.isoformat(),
+            "--now-ms",
+            str(now_ms),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
 def test_a_days_file_matches_the_settlement_accounts_movement(stack: Stack) -> None:
     partner = stack.new_partner("Reconciled")
-    today = datetime.datetime.now(datetime.timezone.utc).date()
-    if datetime.datetime.now(datetime.timezone.utc).hour == 23 and datetime.datetime.now().minute >= 58:
+    today = datetime.datetime.now(datetime.UTC).date()
+    if datetime.datetime.now(datetime.UTC).hour == 23 and datetime.datetime.now().minute >= 58:
         pytest.skip("too close to midnight UTC for a one-day test")
     before = _settlement_minor(stack, partner)
     paid = []
@@ -96,8 +145,13 @@ def test_a_days_file_matches_the_settlement_accounts_movement(stack: Stack) -> N
     to_customer = stack.pay(partner, customer["agreement_id"], stack.new_account(shard=1), "7.00").body
     rejected = stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "999.00").body
     assert rejected["status"] == "Rejected"
-    refund = stack.call("POST", f"/v1/quick-payments/{paid[1]['payment_id']}/refunds", {"amount": "0.50"},
-                        token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex}).body
+    refund = stack.call(
+        "POST",
+        f"/v1/quick-payments/{paid[1]['payment_id']}/refunds",
+        {"amount": "0.50"},
+        token=partner["token"],
+        headers={"x-idempotency-key": uuid.uuid4().hex},
+    ).body
     assert refund["status"] == "Succeeded"
     moved = _settlement_minor(stack, partner) - before
 
@@ -120,24 +174,31 @@ def test_a_days_file_matches_the_settlement_accounts_movement(stack: Stack) -> N
     assert code != 0 and "not closed" in err
 
     # The API: today is not closed (404 with the reason), provisional is the same rows, marked.
-    assert_error(stack.call("GET", f"/v1/reconciliation-files/{today.isoformat()}", token=partner["token"]),
-                 404, "QP.Reconciliation.NotReady")
-    reply = http("GET", stack.url(f"/v1/reconciliation-files/{today.isoformat()}?provisional=true"),
-                 token=partner["token"])
+    assert_error(
+        stack.call("GET", f"/v1/reconciliation-files/{today.isoformat()}", token=partner["token"]),
+        404,
+        "QP.Reconciliation.NotReady",
+    )
+    reply = http(
+        "GET", stack.url(f"/v1/reconciliation-files/{today.isoformat()}?provisional=true"), token=partner["token"]
+    )
     assert reply.status == 200 and reply.headers["quickpay-reconciliation"] == "provisional"
     text_api = reply.raw.decode()
     assert text_api.startswith("# PROVISIONAL")
     assert hashlib.sha256(text_api.encode()).hexdigest() == reply.headers["quickpay-content-sha256"]
-    assert text_api.split("\n", 1)[1] == text           # the same file, under its provisional line
+    assert text_api.split("\n", 1)[1] == text  # the same file, under its provisional line
     other = stack.new_partner("Someone else")
-    other_file = http("GET", stack.url(f"/v1/reconciliation-files/{today.isoformat()}?provisional=true"),
-                      token=other["token"])
+    other_file = http(
+        "GET", stack.url(f"/v1/reconciliation-files/{today.isoformat()}?provisional=true"), token=other["token"]
+    )
     assert other_file.status == 200 and partner["partner_id"] not in other_file.raw.decode()
     assert paid[0]["payment_id"] not in other_file.raw.decode()
-    for path, status, code_ in ((f"/v1/reconciliation-files/{today.isoformat()}x", 400, "QP.Path.Invalid"),
-                                ("/v1/reconciliation-files/2026-02-30", 404, "QP.Reconciliation.NoSuchDay"),
-                                (f"/v1/reconciliation-files/{today.isoformat()}?provisional=yes", 400, "QP.Query.Invalid"),
-                                ("/v1/reconciliation-files/2999-01-01?provisional=true", 404, "QP.Reconciliation.NotReady")):
+    for path, status, code_ in (
+        (f"/v1/reconciliation-files/{today.isoformat()}x", 400, "QP.Path.Invalid"),
+        ("/v1/reconciliation-files/2026-02-30", 404, "QP.Reconciliation.NoSuchDay"),
+        (f"/v1/reconciliation-files/{today.isoformat()}?provisional=yes", 400, "QP.Query.Invalid"),
+        ("/v1/reconciliation-files/2999-01-01?provisional=true", 404, "QP.Reconciliation.NotReady"),
+    ):
         assert_error(stack.call("GET", path, token=partner["token"]), status, code_)
 
 
@@ -151,15 +212,19 @@ def test_a_provisional_file_is_made_once_per_window_and_shared(stack: Stack) -> 
     from urllib.parse import urlsplit
 
     from gateway.app import RECON_PROVISIONAL_REUSE_S
+
     partner = stack.new_partner("Recon reuse")
     customer = stack.new_customer(partner, funding="100.00")
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
     where = urlsplit(stack.base_url)
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)   # one connection: one process
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)  # one connection: one process
 
     def fetch() -> tuple[str, bytes]:
-        conn.request("GET", f"/v1/reconciliation-files/{today}?provisional=true",
-                     headers={"Authorization": f"Bearer {partner['token']}"})
+        conn.request(
+            "GET",
+            f"/v1/reconciliation-files/{today}?provisional=true",
+            headers={"Authorization": f"Bearer {partner['token']}"},
+        )
         reply = conn.getresponse()
         body = reply.read()
         assert reply.status == 200, body
@@ -167,13 +232,22 @@ def test_a_provisional_file_is_made_once_per_window_and_shared(stack: Stack) -> 
 
     try:
         first_sha, first = fetch()
-        paid = stack.call("POST", "/v1/quick-payments", {
-            "agreement_id": customer["agreement_id"], "amount": "1.00", "currency": "CNY",
-            "creditor_account": partner["settlement_account"], "reference": "reuse"},
-            token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex})
+        paid = stack.call(
+            "POST",
+            "/v1/quick-payments",
+            {
+                "agreement_id": customer["agreement_id"],
+                "amount": "1.00",
+                "currency": "CNY",
+                "creditor_account": partner["settlement_account"],
+                "reference": "reuse",
+            },
+            token=partner["token"],
+            headers={"x-idempotency-key": uuid.uuid4().hex},
+        )
         assert paid.status == 201, paid.body
         again_sha, again = fetch()
-        assert (again_sha, again) == (first_sha, first)        # reused: the same file, byte for byte
+        assert (again_sha, again) == (first_sha, first)  # reused: the same file, byte for byte
         assert paid.body["payment_id"].encode() not in again
         time.sleep(RECON_PROVISIONAL_REUSE_S + 0.2)
         later_sha, later = fetch()

@@ -12,6 +12,7 @@ with no debit leg (the audit would flag it), so it runs after the test that runs
 `quickpay check`; the overflow test leaves shard 1's funding stripe near -INT64_MAX, so
 the pagination test works on shard 0.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,20 +28,18 @@ from typing import Any
 
 import asyncpg
 import pytest
+from conftest import ROOT, Stack, plan_nodes, start_stack, stop_stack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, Stack, plan_nodes, start_stack, stop_stack
+from kernel.ids import FUNDING_ACCOUNT, payment_id_for, shard_of_payment
+from kernel.money import INT64_MAX, format_amount
 from ledger import pg
 from ledger.client import ShardClient
 from ledger.fraud_port import FraudAdapter
 from ledger.state import ShardState
-from kernel.ids import FUNDING_ACCOUNT, payment_id_for, shard_of_payment
-from kernel.money import INT64_MAX, format_amount
 
 IN_PROCESS = "AcceptedSettlementInProcess"
-
-
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +54,7 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def extra_database(stack: Stack, name: str) -> str:
     """A fresh database in the stack's embedded PostgreSQL, outside the stack's topology."""
     from quickpay.embedded_pg import EmbeddedPostgres
+
     embedded = EmbeddedPostgres(stack.state_dir)
     embedded.create_databases([name])
     return embedded.dsn(name)
@@ -62,8 +62,14 @@ def extra_database(stack: Stack, name: str) -> str:
 
 def run_check(stack: Stack) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKPAY_")}
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "check", "--state-dir", str(stack.state_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -92,8 +98,12 @@ def test_retries_of_old_keys_in_a_batch_of_new_payments_replay(own: Stack, tmp_p
     socket_path = f"unix:{tmp_path / 'cache.sock'}"
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, dsn, socket_path], cwd=ROOT,
-                                stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_SCRIPT, dsn, socket_path],
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while not os.path.exists(socket_path[5:]):
@@ -111,29 +121,60 @@ async def _cache_scenario(address: str) -> None:
     client = ShardClient(address, call_timeout_s=30.0)
     partner, debtor, settlement, agreement = "ptn_cache", "acc_cache_debtor", "set_ptn_cache", "agr_cache"
     try:
-        await client.call("open_accounts", [
-            {"id": debtor, "currency": "CNY"},
-            {"id": settlement, "kind": "settlement", "currency": "CNY", "partner_id": partner}])
-        funded = await client.call("fund", {"transfer_id": "fund_cache", "account_id": debtor,
-                                            "amount_minor": 1_000_000, "currency": "CNY",
-                                            "reference": "r", "body_hash": "h"})
+        await client.call(
+            "open_accounts",
+            [
+                {"id": debtor, "currency": "CNY"},
+                {"id": settlement, "kind": "settlement", "currency": "CNY", "partner_id": partner},
+            ],
+        )
+        funded = await client.call(
+            "fund",
+            {
+                "transfer_id": "fund_cache",
+                "account_id": debtor,
+                "amount_minor": 1_000_000,
+                "currency": "CNY",
+                "reference": "r",
+                "body_hash": "h",
+            },
+        )
         assert funded["code"] == "OK"
-        made = await client.call("create_agreement", {
-            "id": agreement, "partner_id": partner, "debtor_account": debtor, "currency": "CNY",
-            "per_payment_limit_minor": 10_000, "periodic_limits": [["Day", "Calendar", 1_000_000]]})
+        made = await client.call(
+            "create_agreement",
+            {
+                "id": agreement,
+                "partner_id": partner,
+                "debtor_account": debtor,
+                "currency": "CNY",
+                "per_payment_limit_minor": 10_000,
+                "periodic_limits": [["Day", "Calendar", 1_000_000]],
+            },
+        )
         assert made["code"] == "OK"
-        authorised = await client.call("agreement_action", {"id": agreement, "action": "authorise",
-                                                            "actor": "customer"})
+        authorised = await client.call(
+            "agreement_action", {"id": agreement, "action": "authorise", "actor": "customer"}
+        )
         assert authorised["code"] == "OK"
 
         def pay(payment_id: str) -> Any:
-            return client.call("pay", {
-                "payment_id": payment_id, "partner_id": partner, "agreement_id": agreement,
-                "amount_minor": 100, "currency": "CNY", "creditor_account": settlement,
-                "creditor_shard": 0, "reference": "r", "body_hash": "same-body"})
+            return client.call(
+                "pay",
+                {
+                    "payment_id": payment_id,
+                    "partner_id": partner,
+                    "agreement_id": agreement,
+                    "amount_minor": 100,
+                    "currency": "CNY",
+                    "creditor_account": settlement,
+                    "creditor_shard": 0,
+                    "reference": "r",
+                    "body_hash": "same-body",
+                },
+            )
 
         originals = {}
-        for payment_id in ("p_stored", "p_cached"):      # p_cached is the most recent: still cached
+        for payment_id in ("p_stored", "p_cached"):  # p_cached is the most recent: still cached
             answer = await pay(payment_id)
             assert answer["code"] == "OK"
             originals[payment_id] = answer["transfer"]
@@ -146,7 +187,7 @@ async def _cache_scenario(address: str) -> None:
         assert [a["code"] for a in batch] == ["OK", "OK", "REPLAY", "REPLAY"]
         assert batch[2]["transfer"] == originals["p_stored"]
         balance = await client.call("balance", {"id": debtor})
-        assert balance["balance_minor"] == 1_000_000 - 6 * 100     # six distinct payments
+        assert balance["balance_minor"] == 1_000_000 - 6 * 100  # six distinct payments
         assert (await client.call("ping"))["shard"] == 0
     finally:
         await client.close()
@@ -159,17 +200,25 @@ def test_prefetch_skips_malformed_commands_and_touches_cached_ids() -> None:
     from ledger.worker import ShardWorker, WorkerConfig
 
     async def scenario() -> None:
-        worker = ShardWorker(WorkerConfig(shard=0, shard_count=1, dsn="unused", listen="unix:/nonexistent",
-                                          peers={}, transfer_cache_max=2))
+        worker = ShardWorker(
+            WorkerConfig(
+                shard=0, shard_count=1, dsn="unused", listen="unix:/nonexistent", peers={}, transfer_cache_max=2
+            )
+        )
         for transfer_id in ("t_a", "t_b"):
-            worker.state.remember(Transfer(transfer_id, 1, "payment", "a", "b", 1, "CNY", "s", 0,
-                                           committed=True))
+            worker.state.remember(Transfer(transfer_id, 1, "payment", "a", "b", 1, "CNY", "s", 0, committed=True))
         reply = lambda ok, result: None  # noqa: E731
-        await worker._prefetch([
-            ("pay", "not a dict", reply), ("pay", {"payment_id": ["unhashable"]}, reply),
-            ("credit", [7, None, []], reply), ("credit", 5, reply), ("fund", {}, reply),
-            ("pay", {"payment_id": "t_a"}, reply)])
-        assert list(worker.state.transfers) == ["t_b", "t_a"]     # t_a touched; no DB needed
+        await worker._prefetch(
+            [
+                ("pay", "not a dict", reply),
+                ("pay", {"payment_id": ["unhashable"]}, reply),
+                ("credit", [7, None, []], reply),
+                ("credit", 5, reply),
+                ("fund", {}, reply),
+                ("pay", {"payment_id": "t_a"}, reply),
+            ]
+        )
+        assert list(worker.state.transfers) == ["t_b", "t_a"]  # t_a touched; no DB needed
 
     asyncio.run(scenario())
 
@@ -226,18 +275,23 @@ async def _plans(dsn: str) -> None:
             "  CASE WHEN i % 10 = 3 THEN 'Rejected' ELSE 'AcceptedSettlementCompleted' END,"
             "  $1::bigint + i * ($2::bigint / 200000) - CASE WHEN i % 20 = 0 THEN 5000 ELSE 0 END,"
             "  'ptn_x', 'agr_' || (i % 5000), '{}'::text[]"
-            " FROM generate_series(1, 200000) AS i", now_ms - 180 * day_ms, 180 * day_ms)
+            " FROM generate_series(1, 200000) AS i",
+            now_ms - 180 * day_ms,
+            180 * day_ms,
+        )
         # 5,000 agreements with a Calendar Day limit, so the start-up spend query runs too.
         await conn.execute("TRUNCATE agreements, accounts CASCADE")
         await conn.execute(
             "INSERT INTO accounts (id, kind, currency, balance_minor, allow_negative, created_at_ms)"
-            " SELECT 'acc_' || i, 'customer', 'CNY', 0, false, 0 FROM generate_series(0, 4999) AS i")
+            " SELECT 'acc_' || i, 'customer', 'CNY', 0, false, 0 FROM generate_series(0, 4999) AS i"
+        )
         await conn.execute(
             "INSERT INTO agreements (id, partner_id, debtor_account, currency, per_payment_limit_minor,"
             " periodic_limits, status, created_at_ms, status_updated_at_ms)"
             " SELECT 'agr_' || i, 'ptn_x', 'acc_' || i, 'CNY', 1000,"
-            " '[{\"period\": \"Day\", \"alignment\": \"Calendar\", \"amount_minor\": 100000}]', 'Authorised', 0, 0"
-            " FROM generate_series(0, 4999) AS i")
+            ' \'[{"period": "Day", "alignment": "Calendar", "amount_minor": 100000}]\', \'Authorised\', 0, 0'
+            " FROM generate_series(0, 4999) AS i"
+        )
         await conn.execute("ANALYZE transfers")
         await conn.execute("ANALYZE agreements")
         explaining = _ExplainingConnection(conn)
@@ -245,8 +299,7 @@ async def _plans(dsn: str) -> None:
         await pg.load_state(explaining, state, now_ms)  # type: ignore[arg-type]
         adapter = FraudAdapter(SimpleNamespace(write_conn=explaining, config=SimpleNamespace(shard=0)))  # type: ignore[arg-type]
         # The longest window the rebuild replays (REBUILD_WINDOW_MS caps rule windows at 7 days).
-        adapter.filter = SimpleNamespace(ruleset=SimpleNamespace(max_window_s=7 * 86_400),
-                                         record=lambda facts: None)
+        adapter.filter = SimpleNamespace(ruleset=SimpleNamespace(max_window_s=7 * 86_400), record=lambda facts: None)
         await adapter._rebuild_windows(now_ms)
     finally:
         await conn.close()
@@ -258,7 +311,7 @@ async def _plans(dsn: str) -> None:
     assert all(a.periodic_limits[0].window_start_ms == day_start for a in state.agreements.values())
     assert sum(a.periodic_limits[0].spent_minor for a in state.agreements.values()) > 0
     window_queries = [(sql, plan) for sql, plan in explaining.plans if "created_at_ms" in sql]
-    assert len(window_queries) == 2, [sql for sql, _ in explaining.plans]   # daily spend, fraud windows
+    assert len(window_queries) == 2, [sql for sql, _ in explaining.plans]  # daily spend, fraud windows
     for sql, plan in explaining.plans:
         on_transfers = [n for n in _nodes(plan) if n.get("Relation Name") == "transfers"]
         scans = {n["Node Type"] for n in on_transfers}
@@ -270,14 +323,16 @@ async def _plans(dsn: str) -> None:
 def test_cross_shard_credit_beyond_int64_is_held_and_the_creditor_shard_survives(own: Stack) -> None:
     partner = own.new_partner("Overflow Partner")
     creditor = own.new_account(shard=1)
-    funding_rows = asyncio.run(_fetch(own.dsn(1), "SELECT balance_minor FROM accounts WHERE id = $1",
-                                      FUNDING_ACCOUNT))
+    funding_rows = asyncio.run(_fetch(own.dsn(1), "SELECT balance_minor FROM accounts WHERE id = $1", FUNDING_ACCOUNT))
     used = -funding_rows[0]["balance_minor"]
     # Fund the creditor as close to INT64_MAX as shard 1's funding stripe allows.
     near_top = INT64_MAX - used - 1
-    reply = own.admin("POST", f"/admin/v1/accounts/{creditor}/fundings",
-                      {"amount": format_amount(near_top, "CNY"), "currency": "CNY", "reference": "near the top"},
-                      headers={"x-idempotency-key": "fund-" + uuid.uuid4().hex})
+    reply = own.admin(
+        "POST",
+        f"/admin/v1/accounts/{creditor}/fundings",
+        {"amount": format_amount(near_top, "CNY"), "currency": "CNY", "reference": "near the top"},
+        headers={"x-idempotency-key": "fund-" + uuid.uuid4().hex},
+    )
     assert reply.status == 201 and reply.body["status"] == "AcceptedSettlementCompleted", reply.body
     before_balance = own.balance(creditor)
     # A payment from shard 0 that takes the creditor 100 minor units beyond INT64_MAX.
@@ -293,8 +348,13 @@ def test_cross_shard_credit_beyond_int64_is_held_and_the_creditor_shard_survives
     held: list[asyncpg.Record] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not held:
-        held = asyncio.run(_fetch(own.dsn(1), "SELECT status, reasons, amount_minor FROM transfers"
-                                              " WHERE id = $1 AND kind = 'credit_leg'", payment_id))
+        held = asyncio.run(
+            _fetch(
+                own.dsn(1),
+                "SELECT status, reasons, amount_minor FROM transfers WHERE id = $1 AND kind = 'credit_leg'",
+                payment_id,
+            )
+        )
         time.sleep(0.2)
     assert held, "the credit leg was never recorded on the creditor shard:\n" + own.log()[-3000:]
     assert held[0]["status"] == "Rejected" and list(held[0]["reasons"]) == ["BALANCE_OVERFLOW"]
@@ -336,10 +396,11 @@ def test_audit_counts_a_held_leg_as_in_flight_and_stays_exact(own: Stack) -> Non
 
 
 async def _held_audit(dsns: list[str]) -> None:
-    from ledger.audit import audit
     from ledger.agreements import PeriodicLimit
+    from ledger.audit import audit
     from ledger.model import Account, Agreement, Code, FundingCommand, PaymentCommand
     from ledger.state import WriteSet
+
     now_ms = int(time.time() * 1000)
     states = [ShardState(s, 2) for s in (0, 1)]
     conns = [await asyncpg.connect(dsn) for dsn in dsns]
@@ -355,8 +416,19 @@ async def _held_audit(dsns: list[str]) -> None:
 
         ws = WriteSet()
         states[0].open_account(Account("acc_debtor", "customer", "CNY", 0, False), ws)
-        states[0].create_agreement(Agreement("agr_held", "ptn_held", "acc_debtor", "CNY", 1_000,
-                                             [PeriodicLimit("Day", "Calendar", 1_000)], "", now_ms), ws)
+        states[0].create_agreement(
+            Agreement(
+                "agr_held",
+                "ptn_held",
+                "acc_debtor",
+                "CNY",
+                1_000,
+                [PeriodicLimit("Day", "Calendar", 1_000)],
+                "",
+                now_ms,
+            ),
+            ws,
+        )
         states[0].transition_agreement("agr_held", None, "authorise", "customer", now_ms, ws)
         states[0].execute_funding(FundingCommand("fund_debtor", "acc_debtor", 1_000, "CNY", "r", "h", now_ms), ws)
         await write(0, ws)
@@ -365,22 +437,24 @@ async def _held_audit(dsns: list[str]) -> None:
         states[1].execute_funding(FundingCommand("fund_top", "acc_top", INT64_MAX - 10, "CNY", "r", "h", now_ms), ws)
         await write(1, ws)
         ws = WriteSet()
-        code, _ = states[0].execute_payment(PaymentCommand(
-            "pay_held_0", "ptn_held", "agr_held", 100, "CNY", "acc_top", 1, "r", "h", now_ms), ws)
+        code, _ = states[0].execute_payment(
+            PaymentCommand("pay_held_0", "ptn_held", "agr_held", 100, "CNY", "acc_top", 1, "r", "h", now_ms), ws
+        )
         assert code == Code.OK
         await write(0, ws)
         (leg,) = ws.outbox
         ws = WriteSet()
         assert states[1].execute_credit(leg, ws) == Code.HELD
-        await write(1, ws)        # the batch write accepts it (it used to fail: bigint out of range)
+        await write(1, ws)  # the batch write accepts it (it used to fail: bigint out of range)
 
         report = await audit(dsns, attempts=1)
         assert report.ok, report.problems
         assert (report.held_count, report.held_minor, report.in_flight_minor) == (1, 100, 100)
         assert report.held[0]["transfer_id"] == "pay_held_0" and report.held[0]["reasons"] == ["BALANCE_OVERFLOW"]
         # Pretending the held leg was applied, without moving its money, breaks conservation.
-        await conns[1].execute("UPDATE transfers SET status = 'AcceptedSettlementCompleted', reasons = '{}'"
-                               " WHERE id = 'pay_held_0'")
+        await conns[1].execute(
+            "UPDATE transfers SET status = 'AcceptedSettlementCompleted', reasons = '{}' WHERE id = 'pay_held_0'"
+        )
         report = await audit(dsns, attempts=1)
         assert not report.ok and report.held_count == 0
     finally:
@@ -403,8 +477,7 @@ def test_pages_include_a_late_arriving_credit_leg_exactly_once(own: Stack) -> No
     async def deliver() -> Any:
         client = ShardClient(own.shard_socket(0), call_timeout_s=10.0)
         try:
-            return await client.call("credit", [[late_id, 1, account, 500, "CNY",
-                                                  int(time.time() * 1000) - 3_600_000]])
+            return await client.call("credit", [[late_id, 1, account, 500, "CNY", int(time.time() * 1000) - 3_600_000]])
         finally:
             await client.close()
 
@@ -436,9 +509,11 @@ def _shard_answer(journal: list[dict[str, Any]], before_seq: int | None, limit: 
     return sorted((r for r in journal if r["seq"] < bound), key=lambda r: -r["seq"])[:limit]
 
 
-def _page_through(journals: dict[int, list[dict[str, Any]]], limit: int,
-                  between_pages: Any = None) -> list[tuple[int, int]]:
+def _page_through(
+    journals: dict[int, list[dict[str, Any]]], limit: int, between_pages: Any = None
+) -> list[tuple[int, int]]:
     from gateway.paging import merge_page
+
     seen: list[tuple[int, int]] = []
     cursor: dict[int, int] = {}
     for page_number in range(10_000):
@@ -459,12 +534,12 @@ def _page_through(journals: dict[int, list[dict[str, Any]]], limit: int,
 def test_merged_pages_emit_every_row_once_whatever_the_times(shards: int, data: Any, limit: int) -> None:
     journals: dict[int, list[dict[str, Any]]] = {}
     for s in range(shards):
-        times = data.draw(st.lists(st.integers(0, 50), max_size=15))   # any order: late legs included
+        times = data.draw(st.lists(st.integers(0, 50), max_size=15))  # any order: late legs included
         journals[s] = [{"seq": i + 1, "created_at_ms": t} for i, t in enumerate(times)]
     seen = _page_through(journals, limit)
     assert sorted(seen) == sorted((s, r["seq"]) for s, j in journals.items() for r in j)
     assert len(seen) == len(set(seen))
-    for s in journals:       # within a shard, journal order (newest first)
+    for s in journals:  # within a shard, journal order (newest first)
         seqs = [seq for shard, seq in seen if shard == s]
         assert seqs == sorted(seqs, reverse=True)
 
@@ -497,8 +572,15 @@ def test_documented_fraud_hit_covers_every_rule_action() -> None:
         for action in RULE_ACTIONS
     )
     facts = PaymentFacts(
-        transfer_id="tr_1", partner_id="partner_1", agreement_id="agr_1", debtor_account="acc_d",
-        creditor_account="acc_c", amount_minor=100, currency="CNY", device_id=None, ip=None,
+        transfer_id="tr_1",
+        partner_id="partner_1",
+        agreement_id="agr_1",
+        debtor_account="acc_d",
+        creditor_account="acc_c",
+        amount_minor=100,
+        currency="CNY",
+        device_id=None,
+        ip=None,
         at_ms=1_700_000_000_000,
     )
     decision = FraudFilter(parse_rules(text)).evaluate(facts).to_dict()

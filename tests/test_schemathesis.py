@@ -13,6 +13,7 @@ bounded examples: a few minutes on a loaded 2-core machine.
 Also here: the amount pattern in the document is exactly the language that
 `kernel.money.parse_amount` accepts, for every currency.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,17 +25,17 @@ import sys
 import urllib.parse
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import Reply, Stack, http, start_stack, stop_stack
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.openapi import IDEMPOTENCY_KEY_PATTERN, amount_pattern, openapi_document
 from kernel.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, parse_amount
-
-from conftest import Reply, Stack, http, start_stack, stop_stack
 
 # Fixed, so that a run is reproducible; override to explore (e.g. QUICKPAY_SCHEMATHESIS_SEED=7
 # QUICKPAY_SCHEMATHESIS_EXAMPLES=200) when the API or the document changes.
@@ -44,7 +45,7 @@ STATEFUL_MAX_STEPS = 10
 # 80 since the cut-off routes: seven more operations start scenarios of their own, and at 60
 # none reached the agreement -> authorise -> pay chain with this seed.
 STATEFUL_MAX_EXAMPLES = 80
-RUN_TIMEOUT_S = 900        # a hard stop; the run itself takes 1-3 minutes here
+RUN_TIMEOUT_S = 900  # a hard stop; the run itself takes 1-3 minutes here
 
 
 # ---- the document's patterns are the server's grammar ------------------------------------
@@ -63,11 +64,43 @@ def _ecma_fullmatch(pattern: str, text: str) -> bool:
     return re.search(pattern[:-1] + r"\Z", text) is not None
 
 
-_EDGES = [str(INT64_MAX), str(INT64_MAX + 1), "92233720368547758.07", "92233720368547758.08",
-          "92233720368547758.1", "92233720368547758.0", "92233720368547758", "92233720368547757.99",
-          "922337203685477580.7", "0", "0.0", "0.00", "0.01", "0.10", "0.1", "00.1", "01", "1.", ".1",
-          "1.000", "1.5", "1.05", "10", "99999999999999999999", "100000000000000000000", "1e3", "-1",
-          "+1", " 1", "1 ", "1\n", "١", "²", "9223372036854775806", "9223372036854775808"]
+_EDGES = [
+    str(INT64_MAX),
+    str(INT64_MAX + 1),
+    "92233720368547758.07",
+    "92233720368547758.08",
+    "92233720368547758.1",
+    "92233720368547758.0",
+    "92233720368547758",
+    "92233720368547757.99",
+    "922337203685477580.7",
+    "0",
+    "0.0",
+    "0.00",
+    "0.01",
+    "0.10",
+    "0.1",
+    "00.1",
+    "01",
+    "1.",
+    ".1",
+    "1.000",
+    "1.5",
+    "1.05",
+    "10",
+    "99999999999999999999",
+    "100000000000000000000",
+    "1e3",
+    "-1",
+    "+1",
+    " 1",
+    "1 ",
+    "1\n",
+    "١",
+    "²",
+    "9223372036854775806",
+    "9223372036854775808",
+]
 
 
 @pytest.mark.parametrize("currency", sorted(CURRENCY_EXPONENTS))
@@ -78,25 +111,42 @@ def test_amount_pattern_edges(currency: str, text: str) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(sorted(CURRENCY_EXPONENTS)),
-       st.one_of(st.from_regex(r"\A[0-9]{1,21}(\.[0-9]{0,19})?\Z"),
-                 st.integers(1, INT64_MAX + 10**6).map(str),
-                 st.integers(INT64_MAX - 10**4, INT64_MAX + 10**4).map(lambda n: f"{n // 100}.{n % 100:02d}"),
-                 st.text("0123456789.", max_size=24)))
+@given(
+    st.sampled_from(sorted(CURRENCY_EXPONENTS)),
+    st.one_of(
+        st.from_regex(r"\A[0-9]{1,21}(\.[0-9]{0,19})?\Z"),
+        st.integers(1, INT64_MAX + 10**6).map(str),
+        st.integers(INT64_MAX - 10**4, INT64_MAX + 10**4).map(lambda n: f"{n // 100}.{n % 100:02d}"),
+        st.text("0123456789.", max_size=24),
+    ),
+)
 @example("JPY", "9223372036854775807")
 def test_amount_pattern_is_parse_amount(currency: str, text: str) -> None:
     pattern = amount_pattern(CURRENCY_EXPONENTS[currency])
     assert _ecma_fullmatch(pattern, text) == _accepts(text, currency), (currency, text)
 
 
-@pytest.mark.parametrize("key,valid", [("a", True), ("A" * 64, True), ("A" * 65, False), ("", False),
-                                       ("key with spaces", True), (" lead", False), ("trail ", False),
-                                       ("tab\tkey", False), ("ключ", False), ("~!@#$%^&*()", True)])
+@pytest.mark.parametrize(
+    "key,valid",
+    [
+        ("a", True),
+        ("A" * 64, True),
+        ("A" * 65, False),
+        ("", False),
+        ("key with spaces", True),
+        (" lead", False),
+        ("trail ", False),
+        ("tab\tkey", False),
+        ("ключ", False),
+        ("~!@#$%^&*()", True),
+    ],
+)
 def test_idempotency_key_pattern(key: str, valid: bool) -> None:
     from gateway.app import Gateway
 
     class _Request:
         headers = {"x-idempotency-key": key}
+
     try:
         Gateway.idempotency_key(_Request())  # type: ignore[arg-type]
         server_accepts = True
@@ -111,12 +161,24 @@ def test_idempotency_key_pattern(key: str, valid: bool) -> None:
 def test_document_declares_every_status_and_link() -> None:
     document = openapi_document()
     ops = {op["operationId"]: op for item in document["paths"].values() for op in item.values()}
-    assert set(ops["createQuickPayment"]["responses"]) == {"201", "400", "401", "403", "404", "409", "413", "422",
-                                                            "429", "500", "503"}
+    assert set(ops["createQuickPayment"]["responses"]) == {
+        "201",
+        "400",
+        "401",
+        "403",
+        "404",
+        "409",
+        "413",
+        "422",
+        "429",
+        "500",
+        "503",
+    }
     links = ops["createAgreement"]["responses"]["201"]["links"]
     assert links["GetAgreement"]["operationId"] == "getAgreement"
-    assert ops["createQuickPayment"]["responses"]["201"]["links"]["GetQuickPayment"]["parameters"] == \
-        {"payment_id": "$response.body#/payment_id"}
+    assert ops["createQuickPayment"]["responses"]["201"]["links"]["GetQuickPayment"]["parameters"] == {
+        "payment_id": "$response.body#/payment_id"
+    }
     for op in ops.values():  # every link names an operation that exists
         for response in op["responses"].values():
             for link in response.get("links", {}).values():
@@ -147,8 +209,9 @@ def test_undeclared_methods_answer_405_with_allow(stack: Stack, method: str) -> 
         assert {m.upper() for m in item} <= allowed, (path, reply.headers)
 
 
-@pytest.mark.parametrize("field,value", [("name", "nul\x00name"), ("name", "esc\x1b"), ("name", "line\n"),
-                                         ("name", "c1\x85")])
+@pytest.mark.parametrize(
+    "field,value", [("name", "nul\x00name"), ("name", "esc\x1b"), ("name", "line\n"), ("name", "c1\x85")]
+)
 def test_partner_name_with_control_characters_is_400(stack: Stack, field: str, value: str) -> None:
     pids = [stack.shard_worker_pids(s) for s in range(stack.shards)]
     _error(stack.admin("POST", "/admin/v1/partners", {field: value}), 400)
@@ -157,24 +220,41 @@ def test_partner_name_with_control_characters_is_400(stack: Stack, field: str, v
 
 def test_payment_text_with_nul_or_trailing_newline_is_400(stack: Stack, partner: dict[str, Any]) -> None:
     customer = stack.new_customer(partner, funding="10.00")
-    body = {"agreement_id": customer["agreement_id"], "amount": "1.00", "currency": "CNY",
-            "creditor_account": partner["settlement_account"], "reference": "ok"}
-    for change in ({"reference": "a\x00b"}, {"risk": {"device_id": "d\x00"}},
-                   {"agreement_id": customer["agreement_id"] + "\n"},
-                   {"creditor_account": partner["settlement_account"] + "\n"}):
-        reply = stack.call("POST", "/v1/quick-payments", {**body, **change}, token=partner["token"],
-                           headers={"x-idempotency-key": uuid.uuid4().hex})
+    body = {
+        "agreement_id": customer["agreement_id"],
+        "amount": "1.00",
+        "currency": "CNY",
+        "creditor_account": partner["settlement_account"],
+        "reference": "ok",
+    }
+    for change in (
+        {"reference": "a\x00b"},
+        {"risk": {"device_id": "d\x00"}},
+        {"agreement_id": customer["agreement_id"] + "\n"},
+        {"creditor_account": partner["settlement_account"] + "\n"},
+    ):
+        reply = stack.call(
+            "POST",
+            "/v1/quick-payments",
+            {**body, **change},
+            token=partner["token"],
+            headers={"x-idempotency-key": uuid.uuid4().hex},
+        )
         _error(reply, 400)
-    reply = stack.call("POST", "/v1/quick-payments", body, token=partner["token"],
-                       headers={"x-idempotency-key": uuid.uuid4().hex})
+    reply = stack.call(
+        "POST", "/v1/quick-payments", body, token=partner["token"], headers={"x-idempotency-key": uuid.uuid4().hex}
+    )
     assert reply.status == 201, reply.body
 
 
 def test_agreement_debtor_with_trailing_newline_is_400(stack: Stack, partner: dict[str, Any]) -> None:
     account = stack.new_account()
-    reply = stack.call("POST", "/v1/agreements", {"debtor_account": account + "\n", "currency": "CNY",
-                                                  "per_payment_limit": "1.00", "daily_limit": "2.00"},
-                       token=partner["token"])
+    reply = stack.call(
+        "POST",
+        "/v1/agreements",
+        {"debtor_account": account + "\n", "currency": "CNY", "per_payment_limit": "1.00", "daily_limit": "2.00"},
+        token=partner["token"],
+    )
     _error(reply, 400)
 
 
@@ -200,11 +280,19 @@ def test_activate_version_that_is_not_hex_is_404(stack: Stack, version: str) -> 
 def test_token_json_fields_must_be_strings(stack: Stack, partner: dict[str, Any]) -> None:
     basic = base64.b64encode(f"{partner['client_id']}:{partner['client_secret']}".encode()).decode()
     for field in ("client_id", "client_secret"):
-        reply = http("POST", stack.url("/oauth2/token"),
-                     {"grant_type": "client_credentials", field: 12}, headers={"authorization": f"Basic {basic}"})
+        reply = http(
+            "POST",
+            stack.url("/oauth2/token"),
+            {"grant_type": "client_credentials", field: 12},
+            headers={"authorization": f"Basic {basic}"},
+        )
         _error(reply, 400)
-    reply = http("POST", stack.url("/oauth2/token"), {"grant_type": "client_credentials"},
-                 headers={"authorization": f"Basic {basic}"})
+    reply = http(
+        "POST",
+        stack.url("/oauth2/token"),
+        {"grant_type": "client_credentials"},
+        headers={"authorization": f"Basic {basic}"},
+    )
     assert reply.status == 200, reply.body
 
 
@@ -225,8 +313,7 @@ def _toml_string(value: str) -> str:
 
 
 def write_config(path: Path, stack: Stack, partner: dict[str, Any], data: dict[str, list[str]]) -> None:
-    dictionaries = "".join(f"[dictionaries.{name}]\nvalues = {json.dumps(values)}\n\n"
-                           for name, values in data.items())
+    dictionaries = "".join(f"[dictionaries.{name}]\nvalues = {json.dumps(values)}\n\n" for name, values in data.items())
     path.write_text(f"""
 seed = {SEED}
 workers = 1
@@ -308,27 +395,45 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
     other = stack.new_customer(partner, funding="")
     paid = stack.pay(partner, customer["agreement_id"], other["account"], "1.00")
     assert paid.status == 201 and paid.body["status"].startswith("Accepted"), paid.body
-    data = {"agreements": [customer["agreement_id"], other["agreement_id"]],
-            "creditors": [partner["settlement_account"], other["account"], customer["account"]],
-            "accounts": [customer["account"], other["account"], partner["settlement_account"]],
-            "payments": [paid.body["payment_id"]]}
+    data = {
+        "agreements": [customer["agreement_id"], other["agreement_id"]],
+        "creditors": [partner["settlement_account"], other["account"], customer["account"]],
+        "accounts": [customer["account"], other["account"], partner["settlement_account"]],
+        "payments": [paid.body["payment_id"]],
+    }
 
     config = tmp_path / "schemathesis.toml"
     # Set QUICKPAY_SCHEMATHESIS_REPORTS to keep the NDJSON report of every request and response.
     report_dir = Path(os.environ.get("QUICKPAY_SCHEMATHESIS_REPORTS") or tmp_path / "report")
     write_config(config, stack, partner, data)
-    argv = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color",
-            "run", stack.url("/openapi.json"), "--checks", "all",
-            "--phases", "examples,coverage,fuzzing,stateful",
-            "--report", "ndjson", "--report-dir", str(report_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        stack.url("/openapi.json"),
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--report",
+        "ndjson",
+        "--report-dir",
+        str(report_dir),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                         text=True, timeout=RUN_TIMEOUT_S)
+    run = subprocess.run(
+        argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
     output = run.stdout + run.stderr
     print(output[-6000:])
-    assert run.returncode == 0, f"schemathesis failed (exit {run.returncode}):\n{output[-20000:]}\n" \
-                                f"stack log:\n{stack.log()[-4000:]}"
-    summary = output[output.rfind("SUMMARY"):]
+    assert run.returncode == 0, (
+        f"schemathesis failed (exit {run.returncode}):\n{output[-20000:]}\nstack log:\n{stack.log()[-4000:]}"
+    )
+    summary = output[output.rfind("SUMMARY") :]
     # Every operation ran, and every phase, the stateful one included, ran and passed.
     # (Schemathesis leaves out GET /openapi.json, the document itself.)
     operations = sum(len(item) for item in openapi_document()["paths"].values()) - 1
@@ -342,10 +447,25 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
     # the chain was one step shorter and also reached the payment read; four steps deep it
     # rarely does, so that read is left to the examples phase and tests/test_api.py.)
     transitions = _stateful_transitions(report_dir)
-    assert transitions[("POST /v1/agreements -> [201] AuthoriseAgreement -> "
-                        "POST /admin/v1/agreements/{agreement_id}/{action}", 200)] >= 1, transitions
-    assert transitions[("POST /admin/v1/agreements/{agreement_id}/{action} -> [200] CreateQuickPayment -> "
-                        "POST /v1/quick-payments", 201)] >= 1, transitions
+    assert (
+        transitions[
+            (
+                "POST /v1/agreements -> [201] AuthoriseAgreement -> POST /admin/v1/agreements/{agreement_id}/{action}",
+                200,
+            )
+        ]
+        >= 1
+    ), transitions
+    assert (
+        transitions[
+            (
+                "POST /admin/v1/agreements/{agreement_id}/{action} -> [200] CreateQuickPayment -> "
+                "POST /v1/quick-payments",
+                201,
+            )
+        ]
+        >= 1
+    ), transitions
     # The stack is still whole: no process was restarted because of any input.
     assert "exited with" not in stack.log(), stack.log()[-4000:]
 
@@ -372,6 +492,7 @@ def test_one_list_value_too_many_is_a_400_not_a_413(stack: Stack) -> None:
     # Schemathesis sent maxItems + 1 values of the longest allowed length: with a cap of
     # 10,000 that body was over 64 KiB and got a 413, which its negative checks refuse.
     from gateway.schemas import LIST_CHANGE_VALUES_MAX
+
     values = [f"{i:03d}" + "x" * 125 for i in range(LIST_CHANGE_VALUES_MAX + 1)]
     _error(stack.admin("POST", "/admin/v1/fraud/lists/blocked_accounts", {"remove": values}), 400)
 

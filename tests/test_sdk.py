@@ -7,6 +7,7 @@ retries, the retry policy (503, 429 + Retry-After, 409 InFlight, connection erro
 give-up), token caching and renewal, iterators following next_cursor, the events and
 reconciliation contract. And webhook signatures (valid, tampered, stale, rotated, malformed).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -20,12 +21,22 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import ROOT, Stack
 
 from quickpay_sdk import (
-    APIConnectionError, AsyncClient, AuthenticationError, Client, ConflictError, NotFoundError, QuickpayError,
-    RateLimitError, ServerError, UnprocessableError, WebhookVerificationError, sign_webhook, verify_webhook,
+    APIConnectionError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ConflictError,
+    NotFoundError,
+    QuickpayError,
+    RateLimitError,
+    ServerError,
+    UnprocessableError,
+    WebhookVerificationError,
+    sign_webhook,
+    verify_webhook,
 )
 from quickpay_sdk.webhooks import compute_signature
 
@@ -61,12 +72,16 @@ def test_sync_client_against_the_stack(stack: Stack) -> None:
         authorise(stack, agreement_id)
         assert qp.get_agreement(agreement_id)["status"] == "Authorised"
 
-        payment = qp.create_payment(agreement_id, "60.00", "CNY", settlement, "sdk payment",
-                                    risk={"device_id": "device-1"})
+        payment = qp.create_payment(
+            agreement_id, "60.00", "CNY", settlement, "sdk payment", risk={"device_id": "device-1"}
+        )
         assert payment["status"] == "AcceptedSettlementCompleted"
         fetched = qp.get_payment(payment["payment_id"])
-        assert (fetched["amount"], fetched["agreement_id"], fetched["risk"]["device_id"]) == \
-            ("60.00", agreement_id, "device-1")
+        assert (fetched["amount"], fetched["agreement_id"], fetched["risk"]["device_id"]) == (
+            "60.00",
+            agreement_id,
+            "device-1",
+        )
 
         # The caller's own key: the same call again is the same payment (exactly once).
         key = f"sdk-{uuid.uuid4().hex}"
@@ -75,8 +90,15 @@ def test_sync_client_against_the_stack(stack: Stack) -> None:
         assert first["payment_id"] == again["payment_id"]
 
         items: list[dict[str, Any]] = [
-            {"agreement_id": agreement_id, "amount": "1.50", "currency": "CNY", "creditor_account": settlement,
-             "reference": f"batch {i}"} for i in range(2)]
+            {
+                "agreement_id": agreement_id,
+                "amount": "1.50",
+                "currency": "CNY",
+                "creditor_account": settlement,
+                "reference": f"batch {i}",
+            }
+            for i in range(2)
+        ]
         results = qp.create_payment_batch(items)
         assert [r["status"] for r in results] == [201, 201]
         assert len({r["payment"]["payment_id"] for r in results}) == 2
@@ -136,8 +158,9 @@ async def test_async_client_against_the_stack(stack: Stack) -> None:
     settlement = partner["settlement_account"]
     customer = stack.new_customer(partner, shard=1, funding="500.00")  # already authorised
     async with AsyncClient(stack.base_url, partner["client_id"], partner["client_secret"]) as qp:
-        agreement = await qp.create_agreement(customer["account"], "CNY", "50.00",
-                                              periodic_limits=[{"period": "Month", "amount": "400.00"}])
+        agreement = await qp.create_agreement(
+            customer["account"], "CNY", "50.00", periodic_limits=[{"period": "Month", "amount": "400.00"}]
+        )
         assert agreement["status"] == "AwaitingAuthorisation"
         assert agreement["periodic_limits"][0]["period"] == "Month"
         authorise(stack, agreement["agreement_id"])
@@ -147,11 +170,24 @@ async def test_async_client_against_the_stack(stack: Stack) -> None:
         assert payment["status"] == "AcceptedSettlementCompleted"
         assert (await qp.get_payment(payment["payment_id"]))["amount"] == "40.00"
 
-        results = await qp.create_payment_batch([
-            {"agreement_id": customer["agreement_id"], "amount": "2.00", "currency": "CNY",
-             "creditor_account": settlement, "reference": "async batch"},
-            {"agreement_id": customer["agreement_id"], "amount": "999.00", "currency": "CNY",
-             "creditor_account": settlement, "reference": "over the per-payment limit"}])
+        results = await qp.create_payment_batch(
+            [
+                {
+                    "agreement_id": customer["agreement_id"],
+                    "amount": "2.00",
+                    "currency": "CNY",
+                    "creditor_account": settlement,
+                    "reference": "async batch",
+                },
+                {
+                    "agreement_id": customer["agreement_id"],
+                    "amount": "999.00",
+                    "currency": "CNY",
+                    "creditor_account": settlement,
+                    "reference": "over the per-payment limit",
+                },
+            ]
+        )
         assert results[0]["status"] == 201 and results[0]["payment"]["status"] == "AcceptedSettlementCompleted"
         assert results[1]["payment"]["status"] == "Rejected"
         assert results[1]["payment"]["reasons"] == ["AGREEMENT_PER_PAYMENT_LIMIT"]
@@ -191,9 +227,11 @@ Step = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 
 def api_error(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, json={"code": code, "message": f"{code} happened",
-                                        "errors": [{"code": code, "message": "m", "path": "$.x"}]},
-                          headers={"x-fapi-interaction-id": f"iid-{status}", **(headers or {})})
+    return httpx.Response(
+        status,
+        json={"code": code, "message": f"{code} happened", "errors": [{"code": code, "message": "m", "path": "$.x"}]},
+        headers={"x-fapi-interaction-id": f"iid-{status}", **(headers or {})},
+    )
 
 
 class FakeApi:
@@ -209,8 +247,14 @@ class FakeApi:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/oauth2/token":
             self.token_requests.append(request)
-            return httpx.Response(200, json={"access_token": f"tok-{len(self.token_requests)}",
-                                             "token_type": "Bearer", "expires_in": self.expires_in})
+            return httpx.Response(
+                200,
+                json={
+                    "access_token": f"tok-{len(self.token_requests)}",
+                    "token_type": "Bearer",
+                    "expires_in": self.expires_in,
+                },
+            )
         self.requests.append(request)
         assert self.steps, f"unexpected request {request.method} {request.url}"
         step = self.steps.pop(0)
@@ -233,8 +277,15 @@ class FakeClock:
 
 
 def client(api: FakeApi, sleeps: list[float], clock: FakeClock | None = None, **options: Any) -> Client:
-    return Client(BASE, "ptn_test", "s3cret", transport=httpx.MockTransport(api), sleep=sleeps.append,
-                  clock=clock or FakeClock(), **options)
+    return Client(
+        BASE,
+        "ptn_test",
+        "s3cret",
+        transport=httpx.MockTransport(api),
+        sleep=sleeps.append,
+        clock=clock or FakeClock(),
+        **options,
+    )
 
 
 def pay(qp: Client, **kwargs: Any) -> dict[str, Any]:
@@ -242,21 +293,30 @@ def pay(qp: Client, **kwargs: Any) -> dict[str, Any]:
 
 
 def test_idempotency_key_is_reused_across_retries_and_fresh_per_call() -> None:
-    api = FakeApi(api_error(503, "QP.Service.Unavailable"), api_error(503, "QP.Service.Unavailable"),
-                  httpx.Response(201, json=PAYMENT), httpx.Response(201, json=PAYMENT))
+    api = FakeApi(
+        api_error(503, "QP.Service.Unavailable"),
+        api_error(503, "QP.Service.Unavailable"),
+        httpx.Response(201, json=PAYMENT),
+        httpx.Response(201, json=PAYMENT),
+    )
     sleeps: list[float] = []
     with client(api, sleeps) as qp:
         assert pay(qp) == PAYMENT
         assert pay(qp) == PAYMENT
     keys = api.keys()
-    assert keys[0] is not None and keys[0] == keys[1] == keys[2]   # one call, three attempts
-    assert keys[3] is not None and keys[3] != keys[0]              # the next call
+    assert keys[0] is not None and keys[0] == keys[1] == keys[2]  # one call, three attempts
+    assert keys[3] is not None and keys[3] != keys[0]  # the next call
     assert uuid.UUID(keys[0]).version == 4
     assert len(sleeps) == 2
     # The request body is the same on every attempt too.
     assert api.requests[0].content == api.requests[2].content
-    assert json.loads(api.requests[0].content) == {"agreement_id": "agr_1", "amount": "1.00", "currency": "CNY",
-                                                   "creditor_account": "set_1", "reference": "ref"}
+    assert json.loads(api.requests[0].content) == {
+        "agreement_id": "agr_1",
+        "amount": "1.00",
+        "currency": "CNY",
+        "creditor_account": "set_1",
+        "reference": "ref",
+    }
 
 
 def test_a_given_idempotency_key_is_sent_as_is() -> None:
@@ -274,7 +334,7 @@ def test_503_then_201_retries_once_with_jittered_backoff() -> None:
     with client(api, sleeps, backoff_base_s=0.5) as qp:
         assert pay(qp)["payment_id"] == PAYMENT["payment_id"]
     assert len(api.requests) == 2
-    assert len(sleeps) == 1 and 0.0 <= sleeps[0] <= 0.5   # full jitter on the first attempt: [0, base]
+    assert len(sleeps) == 1 and 0.0 <= sleeps[0] <= 0.5  # full jitter on the first attempt: [0, base]
 
 
 def test_429_with_retry_after_sleeps_what_the_server_says() -> None:
@@ -297,8 +357,11 @@ def test_retry_after_beyond_the_backoff_bound_raises_at_once() -> None:
 
 
 def test_409_in_flight_is_retried_but_other_conflicts_are_not() -> None:
-    api = FakeApi(api_error(409, "QP.Idempotency.InFlight"), httpx.Response(201, json=PAYMENT),
-                  api_error(409, "QP.Agreement.InvalidTransition"))
+    api = FakeApi(
+        api_error(409, "QP.Idempotency.InFlight"),
+        httpx.Response(201, json=PAYMENT),
+        api_error(409, "QP.Agreement.InvalidTransition"),
+    )
     sleeps: list[float] = []
     with client(api, sleeps) as qp:
         assert pay(qp) == PAYMENT
@@ -316,8 +379,12 @@ def test_422_is_not_retried_and_is_typed() -> None:
         with pytest.raises(UnprocessableError) as refused:
             pay(qp, idempotency_key="k-1")
     error = refused.value
-    assert (error.status, error.code, error.interaction_id, error.idempotency_key) == \
-        (422, "QP.Idempotency.Mismatch", "iid-422", "k-1")
+    assert (error.status, error.code, error.interaction_id, error.idempotency_key) == (
+        422,
+        "QP.Idempotency.Mismatch",
+        "iid-422",
+        "k-1",
+    )
     assert error.errors == [{"code": "QP.Idempotency.Mismatch", "message": "m", "path": "$.x"}]
     assert error.body["code"] == "QP.Idempotency.Mismatch"
     assert len(api.requests) == 1 and sleeps == []
@@ -331,7 +398,7 @@ def test_max_retries_exhausted_raises_server_error() -> None:
             pay(qp)
     assert failed.value.status == 503 and failed.value.retry_after_s == 1.0
     assert len(api.requests) == 3 and sleeps == [1.0, 1.0]
-    assert failed.value.idempotency_key == api.keys()[0]   # retry later by hand, still exactly once
+    assert failed.value.idempotency_key == api.keys()[0]  # retry later by hand, still exactly once
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -341,12 +408,17 @@ def test_backoff_grows_and_is_capped() -> None:
         with pytest.raises(ServerError):
             qp.get_payment("pay_1")
     assert len(sleeps) == 5
-    assert all(0.0 <= s <= min(3.0, 2.0 ** i) for i, s in enumerate(sleeps))
+    assert all(0.0 <= s <= min(3.0, 2.0**i) for i, s in enumerate(sleeps))
 
 
 def test_connection_errors_are_retried_for_payments_but_not_for_agreements() -> None:
-    api = FakeApi(httpx.ReadTimeout("slow"), httpx.Response(201, json=PAYMENT),
-                  httpx.ReadTimeout("slow"), httpx.ConnectError("refused"), httpx.Response(201, json={"a": 1}))
+    api = FakeApi(
+        httpx.ReadTimeout("slow"),
+        httpx.Response(201, json=PAYMENT),
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectError("refused"),
+        httpx.Response(201, json={"a": 1}),
+    )
     sleeps: list[float] = []
     with client(api, sleeps) as qp:
         assert pay(qp) == PAYMENT
@@ -361,13 +433,17 @@ def test_connection_errors_are_retried_for_payments_but_not_for_agreements() -> 
 
 
 def test_token_is_renewed_once_on_401_invalid_token() -> None:
-    api = FakeApi(api_error(401, "QP.Auth.InvalidToken"), httpx.Response(200, json={"balance": "1.00"}),
-                  api_error(401, "QP.Auth.InvalidToken"), api_error(401, "QP.Auth.InvalidToken"))
+    api = FakeApi(
+        api_error(401, "QP.Auth.InvalidToken"),
+        httpx.Response(200, json={"balance": "1.00"}),
+        api_error(401, "QP.Auth.InvalidToken"),
+        api_error(401, "QP.Auth.InvalidToken"),
+    )
     sleeps: list[float] = []
     with client(api, sleeps) as qp:
         assert qp.get_balance("acc_1") == {"balance": "1.00"}
         assert [r.headers["authorization"] for r in api.requests] == ["Bearer tok-1", "Bearer tok-2"]
-        with pytest.raises(AuthenticationError) as refused:   # renewed once, refused again: give up
+        with pytest.raises(AuthenticationError) as refused:  # renewed once, refused again: give up
             qp.get_balance("acc_1")
     assert refused.value.code == "QP.Auth.InvalidToken"
     assert len(api.token_requests) == 3 and sleeps == []
@@ -381,7 +457,7 @@ def test_token_is_reused_until_shortly_before_it_expires() -> None:
         clock.now += 50
         qp.get_payment("pay_1")
         assert len(api.token_requests) == 1
-        clock.now += 45   # 95 s of a 100 s token: inside the renewal margin (10% of its life)
+        clock.now += 45  # 95 s of a 100 s token: inside the renewal margin (10% of its life)
         qp.get_payment("pay_1")
         assert len(api.token_requests) == 2
         qp.get_payment("pay_1")
@@ -390,7 +466,7 @@ def test_token_is_reused_until_shortly_before_it_expires() -> None:
     token_request = api.token_requests[0]
     assert token_request.method == "POST" and token_request.content == b"grant_type=client_credentials"
     assert token_request.headers["content-type"] == "application/x-www-form-urlencoded"
-    assert token_request.headers["authorization"] == "Basic cHRuX3Rlc3Q6czNjcmV0"   # ptn_test:s3cret
+    assert token_request.headers["authorization"] == "Basic cHRuX3Rlc3Q6czNjcmV0"  # ptn_test:s3cret
 
 
 def test_token_endpoint_is_retried_on_503() -> None:
@@ -412,9 +488,11 @@ def test_token_endpoint_is_retried_on_503() -> None:
 
 
 def test_events_iterator_follows_next_cursor_through_short_pages() -> None:
-    api = FakeApi(httpx.Response(200, json={"events": [{"id": "e1"}, {"id": "e2"}], "next_cursor": "c1"}),
-                  httpx.Response(200, json={"events": [], "next_cursor": "c2"}),
-                  httpx.Response(200, json={"events": [{"id": "e3"}], "next_cursor": None}))
+    api = FakeApi(
+        httpx.Response(200, json={"events": [{"id": "e1"}, {"id": "e2"}], "next_cursor": "c1"}),
+        httpx.Response(200, json={"events": [], "next_cursor": "c2"}),
+        httpx.Response(200, json={"events": [{"id": "e3"}], "next_cursor": None}),
+    )
     with client(api, []) as qp:
         events = list(qp.list_events(after="c0", type="payment.completed", page_size=2))
     assert [e["id"] for e in events] == ["e1", "e2", "e3"]
@@ -424,8 +502,10 @@ def test_events_iterator_follows_next_cursor_through_short_pages() -> None:
 
 
 def test_transactions_iterator_follows_next_cursor() -> None:
-    api = FakeApi(httpx.Response(200, json={"transactions": [{"transfer_id": "t1"}], "next_cursor": "x1"}),
-                  httpx.Response(200, json={"transactions": [{"transfer_id": "t2"}], "next_cursor": None}))
+    api = FakeApi(
+        httpx.Response(200, json={"transactions": [{"transfer_id": "t1"}], "next_cursor": "x1"}),
+        httpx.Response(200, json={"transactions": [{"transfer_id": "t2"}], "next_cursor": None}),
+    )
     with client(api, []) as qp:
         assert [t["transfer_id"] for t in qp.list_transactions("acc_1", page_size=1)] == ["t1", "t2"]
     assert [dict(r.url.params) for r in api.requests] == [{"limit": "1"}, {"limit": "1", "cursor": "x1"}]
@@ -443,8 +523,9 @@ def test_a_cursor_that_does_not_move_stops_the_iterator() -> None:
 
 def test_download_reconciliation_returns_the_text() -> None:
     csv_text = "payment_id,amount,currency\npay_1,1.00,CNY\n"
-    api = FakeApi(httpx.Response(200, text=csv_text, headers={"content-type": "text/csv"}),
-                  httpx.Response(200, text="final\n"))
+    api = FakeApi(
+        httpx.Response(200, text=csv_text, headers={"content-type": "text/csv"}), httpx.Response(200, text="final\n")
+    )
     with client(api, []) as qp:
         assert qp.download_reconciliation(datetime.date(2026, 1, 31), provisional=True) == csv_text
         assert qp.download_reconciliation("2026-01-30") == "final\n"
@@ -463,8 +544,9 @@ def test_batch_items_get_keys_that_survive_a_retry() -> None:
     results = {"results": [{"status": 201, "payment": PAYMENT, "replayed": False}]}
     api = FakeApi(api_error(503, "QP.Service.Unavailable"), httpx.Response(200, json=results))
     sleeps: list[float] = []
-    items: list[dict[str, Any]] = [{"agreement_id": "agr_1", "amount": "1.00", "currency": "CNY",
-                                    "creditor_account": "set_1", "reference": "b"}]
+    items: list[dict[str, Any]] = [
+        {"agreement_id": "agr_1", "amount": "1.00", "currency": "CNY", "creditor_account": "set_1", "reference": "b"}
+    ]
     with client(api, sleeps) as qp:
         assert qp.create_payment_batch(items) == results["results"]
     sent = [json.loads(r.content)["payments"][0]["idempotency_key"] for r in api.requests]
@@ -494,18 +576,22 @@ def test_ids_are_one_path_segment() -> None:
 
 
 async def test_async_client_retries_with_the_same_key_and_pages() -> None:
-    api = FakeApi(api_error(503, "QP.Service.Unavailable"), httpx.Response(201, json=PAYMENT),
-                  api_error(429, "QP.RateLimited", {"Retry-After": "2"}),
-                  httpx.Response(200, json={"events": [{"id": "e1"}], "next_cursor": "c1"}),
-                  httpx.Response(200, json={"events": [{"id": "e2"}], "next_cursor": None}),
-                  api_error(422, "QP.Refund.ExceedsPayment"))
+    api = FakeApi(
+        api_error(503, "QP.Service.Unavailable"),
+        httpx.Response(201, json=PAYMENT),
+        api_error(429, "QP.RateLimited", {"Retry-After": "2"}),
+        httpx.Response(200, json={"events": [{"id": "e1"}], "next_cursor": "c1"}),
+        httpx.Response(200, json={"events": [{"id": "e2"}], "next_cursor": None}),
+        api_error(422, "QP.Refund.ExceedsPayment"),
+    )
     sleeps: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    async with AsyncClient(BASE, "ptn_test", "s3cret", transport=httpx.MockTransport(api), sleep=fake_sleep,
-                           clock=FakeClock()) as qp:
+    async with AsyncClient(
+        BASE, "ptn_test", "s3cret", transport=httpx.MockTransport(api), sleep=fake_sleep, clock=FakeClock()
+    ) as qp:
         assert await qp.create_payment("agr_1", "1.00", "CNY", "set_1", "ref") == PAYMENT
         assert [e["id"] async for e in qp.list_events()] == ["e1", "e2"]
         with pytest.raises(UnprocessableError):
@@ -529,12 +615,16 @@ def test_webhook_valid_signature_is_accepted() -> None:
     assert verify_webhook(BODY, header, ["whsec_a"], now_s=NOW - 299) == EVENT
 
 
-@pytest.mark.parametrize("body, secrets, now", [
-    (BODY.replace(b"pay_1", b"pay_2"), ["whsec_a"], NOW),   # tampered body
-    (BODY, ["whsec_b"], NOW),                               # wrong secret
-    (BODY, ["whsec_a"], NOW + 301),                         # expired
-    (BODY, ["whsec_a"], NOW - 301),                         # from the future
-], ids=["tampered", "wrong-secret", "expired", "future"])
+@pytest.mark.parametrize(
+    "body, secrets, now",
+    [
+        (BODY.replace(b"pay_1", b"pay_2"), ["whsec_a"], NOW),  # tampered body
+        (BODY, ["whsec_b"], NOW),  # wrong secret
+        (BODY, ["whsec_a"], NOW + 301),  # expired
+        (BODY, ["whsec_a"], NOW - 301),  # from the future
+    ],
+    ids=["tampered", "wrong-secret", "expired", "future"],
+)
 def test_webhook_refusals(body: bytes, secrets: list[str], now: int) -> None:
     header = sign_webhook(BODY, "whsec_a", NOW)
     with pytest.raises(WebhookVerificationError):
@@ -553,12 +643,25 @@ def test_webhook_secret_rotation() -> None:
         verify_webhook(BODY, both, ["whsec_other"], now_s=NOW)
 
 
-@pytest.mark.parametrize("header", [
-    "", "garbage", "t=,v1=abc", f"v1={'0' * 64}", f"t={NOW}", f"t={NOW},t={NOW},v1={'0' * 64}",
-    f"t=-{NOW},v1={'0' * 64}", f"t=１２３,v1={'0' * 64}", f"t={NOW},v1=xyz", f"t={NOW},v1={'é' * 64}",
-    f"t={NOW},v1", "t=" + "9" * 40 + ",v1=" + "0" * 64, f"t={NOW}," + ",".join(["v1=" + "0" * 64] * 20),
-    "x" * 5000,
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "garbage",
+        "t=,v1=abc",
+        f"v1={'0' * 64}",
+        f"t={NOW}",
+        f"t={NOW},t={NOW},v1={'0' * 64}",
+        f"t=-{NOW},v1={'0' * 64}",
+        f"t=１２３,v1={'0' * 64}",
+        f"t={NOW},v1=xyz",
+        f"t={NOW},v1={'é' * 64}",
+        f"t={NOW},v1",
+        "t=" + "9" * 40 + ",v1=" + "0" * 64,
+        f"t={NOW}," + ",".join(["v1=" + "0" * 64] * 20),
+        "x" * 5000,
+    ],
+)
 def test_webhook_malformed_headers_are_refused(header: str) -> None:
     with pytest.raises(WebhookVerificationError):
         verify_webhook(BODY, header, ["whsec_a"], now_s=NOW)
@@ -582,10 +685,11 @@ def test_webhook_other_refusals() -> None:
 
 def test_webhooks_module_imports_without_httpx() -> None:
     """The server imports sign_webhook: quickpay_sdk.webhooks must not pull in the HTTP client."""
-    code = ("import sys; import quickpay_sdk.webhooks as w; import quickpay_sdk; "
-            "assert 'httpx' not in sys.modules, 'httpx imported'; print(w.sign_webhook(b'{}', 's', 1))")
+    code = (
+        "import sys; import quickpay_sdk.webhooks as w; import quickpay_sdk; "
+        "assert 'httpx' not in sys.modules, 'httpx imported'; print(w.sign_webhook(b'{}', 's', 1))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"t=1,v1={compute_signature(b'{}', 's', 1)}"

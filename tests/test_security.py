@@ -10,6 +10,7 @@ by accident; the shard protocol (TCP or unix) runs no operation for a peer that 
 proven it holds the cluster secret, and the client refuses a server that cannot prove it;
 no secret appears on a process command line; secret comparisons are constant-time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,18 +24,18 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import ROOT, Stack, free_port, start_stack, stop_stack
+
 from ledger import handshake
 from ledger.client import ShardAuthenticationError, ShardClient, ShardUnavailable
 from ledger.protocol import encode_frame
 from quickpay import secret_policy
-from quickpay.config import (StateDir, ensure_private_dir, private_socket_dir, read_private_file,
-                             write_private_file)
+from quickpay.config import StateDir, ensure_private_dir, private_socket_dir, read_private_file, write_private_file
 from quickpay.embedded_pg import EmbeddedPostgres, shard_database
 
 # The values docker-compose.yml shipped before this change: anyone who read the file
@@ -49,17 +50,20 @@ def _mode(path: Path | str) -> int:
 
 
 # ---- the secret policy ------------------------------------------------------------------
-@pytest.mark.parametrize("value, why", [
-    (OLD_COMPOSE_TOKEN_KEY, "characters long"),
-    (OLD_COMPOSE_TOKEN_KEY + "00112233", "placeholder word 'change'"),
-    ("example-" + secrets.token_hex(32), "placeholder word 'example'"),
-    ("MySecret" + secrets.token_hex(32), "placeholder word 'secret'"),
-    ("a" * 64, "distinct characters"),
-    ("0123456789abcdef" * 4, "repeats a shorter pattern"),
-    ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!#", "neighbouring characters"),
-    ("iemuaayqaiqaqeaammaeaqmayqaeuuqaqqmaeaqyeimeqaqiqyueaqqueiaquaqa", "distinct characters"),
-    ("qqaqqqqqqaaqaaqaqaaqqaqqqaqqqaaaqaqqaqaaaaaqaaqqaqqaqaqqcegikmos", "entropy"),
-])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        (OLD_COMPOSE_TOKEN_KEY, "characters long"),
+        (OLD_COMPOSE_TOKEN_KEY + "00112233", "placeholder word 'change'"),
+        ("example-" + secrets.token_hex(32), "placeholder word 'example'"),
+        ("MySecret" + secrets.token_hex(32), "placeholder word 'secret'"),
+        ("a" * 64, "distinct characters"),
+        ("0123456789abcdef" * 4, "repeats a shorter pattern"),
+        ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!#", "neighbouring characters"),
+        ("iemuaayqaiqaqeaammaeaqmayqaeuuqaqqmaeaqyeimeqaqiqyueaqqueiaquaqa", "distinct characters"),
+        ("qqaqqqqqqaaqaaqaqaaqqaqqqaqqqaaaqaqqaqaaaaaqaaqqaqqaqaqqcegikmos", "entropy"),
+    ],
+)
 def test_weak_keys_are_refused_with_the_reason(value: str, why: str) -> None:
     problem = secret_policy.secret_problem(value, secret_policy.KEY)
     assert problem is not None and why in problem, (value, problem)
@@ -110,7 +114,7 @@ def write_modes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[s
             seen.append((self._handle.name, stat.S_IMODE(os.fstat(self._handle.fileno()).st_mode)))
             return int(self._handle.write(data))
 
-        def __enter__(self) -> "CheckedFile":
+        def __enter__(self) -> CheckedFile:
             return self
 
         def __exit__(self, *exc: Any) -> None:
@@ -130,14 +134,13 @@ def write_modes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[s
     return seen
 
 
-def test_state_secrets_are_private_before_their_first_byte(tmp_path: Path, umask_zero: None,
-                                                           write_modes: list[tuple[str, int]],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_secrets_are_private_before_their_first_byte(
+    tmp_path: Path, umask_zero: None, write_modes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for env in ("QUICKPAY_TOKEN_KEY", "QUICKPAY_ADMIN_TOKEN", "QUICKPAY_CLUSTER_SECRET"):
         monkeypatch.delenv(env, raising=False)
     state = StateDir(tmp_path / "state").ensure()
-    values = [state.token_key.decode(), state.admin_token, state.cluster_secret,
-              EmbeddedPostgres(state.path).password]
+    values = [state.token_key.decode(), state.admin_token, state.cluster_secret, EmbeddedPostgres(state.path).password]
     writes = [(name, mode) for name, mode in write_modes if "/state/" in name]
     assert len(writes) >= 4, write_modes
     assert all(mode == 0o600 for _, mode in writes), writes
@@ -185,7 +188,7 @@ def test_private_dir_checks_what_it_finds(tmp_path: Path) -> None:
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
-    assert _mode(ensure_private_dir(loose)) == 0o700          # ours and safe: tightened
+    assert _mode(ensure_private_dir(loose)) == 0o700  # ours and safe: tightened
     for bad_mode in (0o777, 0o770, 0o1777):
         writable = tmp_path / f"writable-{bad_mode:o}"
         writable.mkdir()
@@ -211,15 +214,15 @@ def test_socket_dir_for_a_long_state_path_is_a_fresh_recorded_tempdir(tmp_path: 
         assert not str(first).startswith(str(state)) and len(str(first / "shard-63.sock")) <= 107
         assert _mode(first) == 0o700 and os.lstat(first).st_uid == os.geteuid()
         assert read_private_file(state / "run.path").strip() == str(first)
-        assert private_socket_dir(state, "run", "shard-63.sock") == first          # recorded, reused
+        assert private_socket_dir(state, "run", "shard-63.sock") == first  # recorded, reused
         assert private_socket_dir(state, "run", "shard-63.sock", create=False) == first
-        os.chmod(first, 0o777)              # someone loosened it: refuse, do not use it
+        os.chmod(first, 0o777)  # someone loosened it: refuse, do not use it
         with pytest.raises(SystemExit, match="other users can write"):
             private_socket_dir(state, "run", "shard-63.sock")
     finally:
         os.chmod(first, 0o700)
         first.rmdir()
-    again = private_socket_dir(state, "run", "shard-63.sock")    # vanished (reboot): a new one
+    again = private_socket_dir(state, "run", "shard-63.sock")  # vanished (reboot): a new one
     try:
         assert again != first and read_private_file(state / "run.path").strip() == str(again)
     finally:
@@ -227,10 +230,17 @@ def test_socket_dir_for_a_long_state_path_is_a_fresh_recorded_tempdir(tmp_path: 
 
 
 # ---- quickpay secrets ---------------------------------------------------------------------
-def _quickpay(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
-              timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "quickpay.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env if env is not None else dict(os.environ))
+def _quickpay(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else dict(os.environ),
+    )
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -238,16 +248,24 @@ def _read_env(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def test_secrets_command_writes_a_private_env_and_never_overwrites_by_accident(tmp_path: Path,
-                                                                               umask_zero: None) -> None:
+def test_secrets_command_writes_a_private_env_and_never_overwrites_by_accident(
+    tmp_path: Path, umask_zero: None
+) -> None:
     from quickpay.cli import main
+
     out = tmp_path / ".env"
     assert main(["secrets", "--out", str(out)]) == 0
     assert _mode(out) == 0o600
     first = _read_env(out)
-    assert set(first) == {"QUICKPAY_TOKEN_KEY", "QUICKPAY_ADMIN_TOKEN", "QUICKPAY_CLUSTER_SECRET",
-                          "POSTGRES_PASSWORD", "QUICKPAY_REPLICATION_PASSWORD", "QUICKPAY_PATRONI_PASSWORD",
-                          "QUICKPAY_ETCD_PASSWORD"}
+    assert set(first) == {
+        "QUICKPAY_TOKEN_KEY",
+        "QUICKPAY_ADMIN_TOKEN",
+        "QUICKPAY_CLUSTER_SECRET",
+        "POSTGRES_PASSWORD",
+        "QUICKPAY_REPLICATION_PASSWORD",
+        "QUICKPAY_PATRONI_PASSWORD",
+        "QUICKPAY_ETCD_PASSWORD",
+    }
     assert len(set(first.values())) == 7
     for value in first.values():
         assert secret_policy.secret_problem(value, secret_policy.KEY) is None
@@ -283,43 +301,82 @@ def _assert_refused(result: subprocess.CompletedProcess[str], name: str) -> None
 
 def test_gateway_refuses_the_old_compose_placeholders() -> None:
     good = secret_policy.generate
-    result = _quickpay("gateway-worker", "--port", str(free_port()), "--shard-addrs", "tcp:127.0.0.1:1",
-                       env=_clean_env(QUICKPAY_TOKEN_KEY=OLD_COMPOSE_TOKEN_KEY, QUICKPAY_ADMIN_TOKEN=good(),
-                                      QUICKPAY_CLUSTER_SECRET=good()))
+    result = _quickpay(
+        "gateway-worker",
+        "--port",
+        str(free_port()),
+        "--shard-addrs",
+        "tcp:127.0.0.1:1",
+        env=_clean_env(
+            QUICKPAY_TOKEN_KEY=OLD_COMPOSE_TOKEN_KEY, QUICKPAY_ADMIN_TOKEN=good(), QUICKPAY_CLUSTER_SECRET=good()
+        ),
+    )
     _assert_refused(result, "QUICKPAY_TOKEN_KEY")
-    result = _quickpay("gateway-worker", "--port", str(free_port()), "--shard-addrs", "tcp:127.0.0.1:1",
-                       env=_clean_env(QUICKPAY_TOKEN_KEY=good(), QUICKPAY_ADMIN_TOKEN=OLD_COMPOSE_ADMIN_TOKEN,
-                                      QUICKPAY_CLUSTER_SECRET=good()))
+    result = _quickpay(
+        "gateway-worker",
+        "--port",
+        str(free_port()),
+        "--shard-addrs",
+        "tcp:127.0.0.1:1",
+        env=_clean_env(
+            QUICKPAY_TOKEN_KEY=good(), QUICKPAY_ADMIN_TOKEN=OLD_COMPOSE_ADMIN_TOKEN, QUICKPAY_CLUSTER_SECRET=good()
+        ),
+    )
     _assert_refused(result, "QUICKPAY_ADMIN_TOKEN")
-    result = _quickpay("gateway-worker", "--port", str(free_port()), "--shard-addrs", "tcp:127.0.0.1:1",
-                       env=_clean_env(QUICKPAY_TOKEN_KEY=good(), QUICKPAY_ADMIN_TOKEN=good(),
-                                      QUICKPAY_CLUSTER_SECRET="x" * 64))
+    result = _quickpay(
+        "gateway-worker",
+        "--port",
+        str(free_port()),
+        "--shard-addrs",
+        "tcp:127.0.0.1:1",
+        env=_clean_env(QUICKPAY_TOKEN_KEY=good(), QUICKPAY_ADMIN_TOKEN=good(), QUICKPAY_CLUSTER_SECRET="x" * 64),
+    )
     _assert_refused(result, "QUICKPAY_CLUSTER_SECRET")
 
 
 def test_shard_worker_refuses_a_missing_or_weak_cluster_secret_or_db_password() -> None:
-    args = ("shard-worker", "--shard", "0", "--shards", "1", "--listen", "tcp:127.0.0.1:1",
-            "--shard-addrs", "tcp:127.0.0.1:1")
+    args = (
+        "shard-worker",
+        "--shard",
+        "0",
+        "--shards",
+        "1",
+        "--listen",
+        "tcp:127.0.0.1:1",
+        "--shard-addrs",
+        "tcp:127.0.0.1:1",
+    )
     dsn = "postgresql://postgres@127.0.0.1:1/quickpay_shard_0"
     _assert_refused(_quickpay(*args, "--dsn", dsn, env=_clean_env()), "QUICKPAY_CLUSTER_SECRET")
-    _assert_refused(_quickpay(*args, "--dsn", dsn, env=_clean_env(QUICKPAY_CLUSTER_SECRET="change-me")),
-                    "QUICKPAY_CLUSTER_SECRET")
-    _assert_refused(_quickpay(*args, env=_clean_env(QUICKPAY_CLUSTER_SECRET=secret_policy.generate(),
-                                                    QUICKPAY_DSNS=OLD_COMPOSE_DSN)),
-                    "database password")
+    _assert_refused(
+        _quickpay(*args, "--dsn", dsn, env=_clean_env(QUICKPAY_CLUSTER_SECRET="change-me")), "QUICKPAY_CLUSTER_SECRET"
+    )
+    _assert_refused(
+        _quickpay(
+            *args, env=_clean_env(QUICKPAY_CLUSTER_SECRET=secret_policy.generate(), QUICKPAY_DSNS=OLD_COMPOSE_DSN)
+        ),
+        "database password",
+    )
 
 
 def test_monitor_refuses_a_placeholder_db_password_or_cluster_secret() -> None:
     _assert_refused(_quickpay("monitor", env=_clean_env(QUICKPAY_DSNS=OLD_COMPOSE_DSN)), "database password")
     good_dsn = f"postgresql://postgres:{secret_policy.generate()}@127.0.0.1:1/quickpay_shard_0"
-    _assert_refused(_quickpay("monitor", "--dsn", good_dsn,
-                              env=_clean_env(QUICKPAY_CLUSTER_SECRET="placeholder" * 6)),
-                    "QUICKPAY_CLUSTER_SECRET")
+    _assert_refused(
+        _quickpay("monitor", "--dsn", good_dsn, env=_clean_env(QUICKPAY_CLUSTER_SECRET="placeholder" * 6)),
+        "QUICKPAY_CLUSTER_SECRET",
+    )
 
 
 def test_up_refuses_weak_secrets_before_starting_anything(tmp_path: Path) -> None:
-    result = _quickpay("up", "--state-dir", str(tmp_path / "state"), "--port", str(free_port()),
-                       env=_clean_env(QUICKPAY_TOKEN_KEY=OLD_COMPOSE_TOKEN_KEY))
+    result = _quickpay(
+        "up",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--port",
+        str(free_port()),
+        env=_clean_env(QUICKPAY_TOKEN_KEY=OLD_COMPOSE_TOKEN_KEY),
+    )
     _assert_refused(result, "QUICKPAY_TOKEN_KEY")
     assert not (tmp_path / "state" / "pg").exists()
 
@@ -339,6 +396,7 @@ class FakeWorker:
 
 async def _serve(worker: FakeWorker, unix_path: str | None = None) -> tuple[asyncio.AbstractServer, str]:
     from ledger.worker import _ServerProtocol
+
     loop = asyncio.get_running_loop()
     if unix_path is not None:
         server = await loop.create_unix_server(lambda: _ServerProtocol(worker), unix_path)  # type: ignore[arg-type]
@@ -358,8 +416,22 @@ async def _read_until_closed(reader: asyncio.StreamReader, timeout: float = 10.0
 
 
 def _fund_frame() -> bytes:
-    return encode_frame([(1, "fund", {"transfer_id": "pay_x_0", "account_id": "acc_x", "amount_minor": 10 ** 9,
-                                      "currency": "CNY", "reference": "free money", "body_hash": "x"})])
+    return encode_frame(
+        [
+            (
+                1,
+                "fund",
+                {
+                    "transfer_id": "pay_x_0",
+                    "account_id": "acc_x",
+                    "amount_minor": 10**9,
+                    "currency": "CNY",
+                    "reference": "free money",
+                    "body_hash": "x",
+                },
+            )
+        ]
+    )
 
 
 def test_a_raw_frame_before_the_handshake_is_cut_off_and_runs_nothing() -> None:
@@ -372,15 +444,17 @@ def test_a_raw_frame_before_the_handshake_is_cut_off_and_runs_nothing() -> None:
             writer.write(_fund_frame())
             received = await _read_until_closed(reader)
             writer.close()
-            assert received == received[:handshake.SERVER_HELLO_BYTES]   # the hello, then the door shuts
+            assert received == received[: handshake.SERVER_HELLO_BYTES]  # the hello, then the door shuts
             assert worker.ran == []
         finally:
             server.close()
+
     asyncio.run(main())
 
 
 def test_a_silent_peer_is_disconnected_after_the_handshake_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     import ledger.worker
+
     monkeypatch.setattr(ledger.worker, "HANDSHAKE_TIMEOUT_S", 0.3)
 
     async def main() -> None:
@@ -388,12 +462,13 @@ def test_a_silent_peer_is_disconnected_after_the_handshake_timeout(monkeypatch: 
         server, address = await _serve(worker)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", int(address.rsplit(":", 1)[1]))
-            writer.write(handshake.MAGIC)          # starts, never finishes
+            writer.write(handshake.MAGIC)  # starts, never finishes
             received = await _read_until_closed(reader, timeout=30)
             assert len(received) == handshake.SERVER_HELLO_BYTES
             writer.close()
         finally:
             server.close()
+
     asyncio.run(main())
 
 
@@ -418,6 +493,7 @@ def test_wrong_secret_is_refused_and_right_one_works_over_tcp_and_unix(tmp_path:
         finally:
             tcp.close()
             unix.close()
+
     asyncio.run(main())
 
 
@@ -445,6 +521,7 @@ def test_a_client_proof_cannot_be_replayed_on_another_connection() -> None:
             assert worker.ran == []
         finally:
             server.close()
+
     asyncio.run(main())
 
 
@@ -455,7 +532,7 @@ def test_the_client_refuses_a_server_that_cannot_prove_the_secret() -> None:
     async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(handshake.MAGIC + os.urandom(handshake.NONCE_BYTES))
         await reader.readexactly(handshake.CLIENT_PROOF_BYTES)
-        writer.write(os.urandom(handshake.SERVER_PROOF_BYTES))     # a guess
+        writer.write(os.urandom(handshake.SERVER_PROOF_BYTES))  # a guess
         received_after_proof.append(await _read_until_closed(reader))
         writer.close()
 
@@ -474,6 +551,7 @@ def test_the_client_refuses_a_server_that_cannot_prove_the_secret() -> None:
         finally:
             await client.close()
             server.close()
+
     asyncio.run(main())
 
 
@@ -485,22 +563,24 @@ def test_a_client_without_a_cluster_secret_says_so(monkeypatch: pytest.MonkeyPat
         with pytest.raises(ShardUnavailable, match="QUICKPAY_CLUSTER_SECRET"):
             await client.call("ping")
         await client.close()
+
     asyncio.run(main())
 
 
 # ---- constant-time comparisons ----------------------------------------------------------
 def test_token_cache_holds_no_tokens_and_admin_check_takes_any_input() -> None:
     from gateway.auth import TokenService, admin_token_matches, hash_secret, secret_matches
+
     service = TokenService(secret_policy.generate().encode())
     token = service.issue("ptn_x", 1_000)
     assert service.verify(token, 1_001) == "ptn_x"
-    assert service.verify(token, 1_002) == "ptn_x"            # from the cache
+    assert service.verify(token, 1_002) == "ptn_x"  # from the cache
     assert all(isinstance(k, bytes) and token.encode() not in k for k in service._verified)
     assert service.verify(token[:-2] + "xx", 1_001) is None
     admin = secret_policy.generate()
     assert admin_token_matches(admin, admin)
     assert not admin_token_matches(admin[:-1], admin) and not admin_token_matches("", admin)
-    assert not admin_token_matches("\udcff\ud800", admin)     # undecodable header bytes: no exception
+    assert not admin_token_matches("\udcff\ud800", admin)  # undecodable header bytes: no exception
     assert secret_matches("s", hash_secret("s")) and not secret_matches("t", hash_secret("s"))
 
 
@@ -517,10 +597,29 @@ def tcp_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     address = f"tcp:127.0.0.1:{port}"
     log = open(base / "worker.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quickpay.cli", "shard-worker", "--shard", "0", "--shards", "1",
-         "--dsn", pg.dsn(shard_database(0)), "--listen", address, "--shard-addrs", address, "--no-rules"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=_clean_env(QUICKPAY_CLUSTER_SECRET=secret))
+        [
+            sys.executable,
+            "-m",
+            "quickpay.cli",
+            "shard-worker",
+            "--shard",
+            "0",
+            "--shards",
+            "1",
+            "--dsn",
+            pg.dsn(shard_database(0)),
+            "--listen",
+            address,
+            "--shard-addrs",
+            address,
+            "--no-rules",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=_clean_env(QUICKPAY_CLUSTER_SECRET=secret),
+    )
 
     async def ping() -> Any:
         client = ShardClient(address, secret=secret, call_timeout_s=5)
@@ -528,6 +627,7 @@ def tcp_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             return await client.call("ping")
         finally:
             await client.close()
+
     deadline = time.monotonic() + 90
     try:
         while True:
@@ -538,8 +638,7 @@ def tcp_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError((base / "worker.log").read_text()[-4000:])
                 time.sleep(0.2)
-        yield {"address": address, "port": port, "secret": secret, "pg": pg, "proc": proc,
-               "log": base / "worker.log"}
+        yield {"address": address, "port": port, "secret": secret, "pg": pg, "proc": proc, "log": base / "worker.log"}
     finally:
         proc.terminate()
         try:
@@ -552,6 +651,7 @@ def tcp_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
 async def _transfer_rows(pg: EmbeddedPostgres, transfer_id: str) -> int:
     import asyncpg
+
     conn = await asyncpg.connect(pg.dsn(shard_database(0)))
     try:
         return int(await conn.fetchval("SELECT count(*) FROM transfers WHERE id = $1", transfer_id))
@@ -561,15 +661,29 @@ async def _transfer_rows(pg: EmbeddedPostgres, transfer_id: str) -> int:
 
 def test_unauthenticated_tcp_peer_cannot_fund(tcp_shard: dict[str, Any]) -> None:
     from kernel.ids import new_account_id, payment_id_for
+
     account = new_account_id()
     transfer_id = payment_id_for("attacker", account, 0)
 
     async def main() -> None:
         owner = ShardClient(tcp_shard["address"], secret=tcp_shard["secret"], call_timeout_s=10)
         await owner.call("open_accounts", [{"id": account, "currency": "CNY"}])
-        frame = encode_frame([(1, "fund", {"transfer_id": transfer_id, "account_id": account,
-                                           "amount_minor": 10 ** 12, "currency": "CNY",
-                                           "reference": "free money", "body_hash": "x"})])
+        frame = encode_frame(
+            [
+                (
+                    1,
+                    "fund",
+                    {
+                        "transfer_id": transfer_id,
+                        "account_id": account,
+                        "amount_minor": 10**12,
+                        "currency": "CNY",
+                        "reference": "free money",
+                        "body_hash": "x",
+                    },
+                )
+            ]
+        )
         # 1. a raw peer that skips the handshake
         reader, writer = await asyncio.open_connection("127.0.0.1", tcp_shard["port"])
         writer.write(frame)
@@ -579,22 +693,39 @@ def test_unauthenticated_tcp_peer_cannot_fund(tcp_shard: dict[str, Any]) -> None
         # 2. a peer that knows the protocol but not the secret
         intruder = ShardClient(tcp_shard["address"], secret=secret_policy.generate(), call_timeout_s=10)
         with pytest.raises(ShardAuthenticationError):
-            await intruder.call("fund", {"transfer_id": transfer_id, "account_id": account,
-                                         "amount_minor": 10 ** 12, "currency": "CNY",
-                                         "reference": "free money", "body_hash": "x"})
+            await intruder.call(
+                "fund",
+                {
+                    "transfer_id": transfer_id,
+                    "account_id": account,
+                    "amount_minor": 10**12,
+                    "currency": "CNY",
+                    "reference": "free money",
+                    "body_hash": "x",
+                },
+            )
         await intruder.close()
-        await asyncio.sleep(0.5)   # anything that had been queued would have committed by now
+        await asyncio.sleep(0.5)  # anything that had been queued would have committed by now
         balance = await owner.call("balance", {"id": account})
         assert balance["balance_minor"] == 0
         assert await _transfer_rows(tcp_shard["pg"], transfer_id) == 0
         # 3. the right secret works
-        funded = await owner.call("fund", {"transfer_id": transfer_id, "account_id": account,
-                                           "amount_minor": 500, "currency": "CNY",
-                                           "reference": "real funding", "body_hash": "y"})
+        funded = await owner.call(
+            "fund",
+            {
+                "transfer_id": transfer_id,
+                "account_id": account,
+                "amount_minor": 500,
+                "currency": "CNY",
+                "reference": "real funding",
+                "body_hash": "y",
+            },
+        )
         assert funded is not None
         assert (await owner.call("balance", {"id": account}))["balance_minor"] == 500
         assert await _transfer_rows(tcp_shard["pg"], transfer_id) == 1
         await owner.close()
+
     asyncio.run(main())
     assert tcp_shard["proc"].poll() is None, "the worker must survive intruders"
     assert "closing unauthenticated shard-protocol connection" in tcp_shard["log"].read_text()
@@ -606,12 +737,14 @@ def _connect_error(**kwargs: Any) -> str | None:
 
     async def main() -> str | None:
         try:
-            conn = await asyncpg.connect(user="postgres", database="postgres", passfile="/nonexistent",
-                                         timeout=10, **kwargs)
+            conn = await asyncpg.connect(
+                user="postgres", database="postgres", passfile="/nonexistent", timeout=10, **kwargs
+            )
         except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
             return type(exc).__name__
         await conn.close()
         return None
+
     return asyncio.run(main())
 
 
@@ -674,6 +807,7 @@ def test_stack_files_are_private_and_nothing_is_world_writable(own: Stack) -> No
 
 def test_no_secret_on_any_command_line(own: Stack) -> None:
     import psutil
+
     state = own.state_dir
     values = [read_private_file(state / n).strip() for n in ("token.key", "admin.token", "cluster.secret")]
     values.append(EmbeddedPostgres(state).password)
@@ -699,11 +833,11 @@ def test_stack_shard_socket_needs_the_cluster_secret(own: Stack) -> None:
         member = ShardClient(address, secret=secret, call_timeout_s=5)
         assert (await member.call("ping"))["shard"] == 0
         await member.close()
+
     asyncio.run(main())
     # and the stack's own gateway and relay got it too: a payment goes through
     demo = own.demo
-    paid = own.pay({"token": own.partner_token()}, demo["example"]["agreement_id"], demo["settlement_account"],
-                   "1.00")
+    paid = own.pay({"token": own.partner_token()}, demo["example"]["agreement_id"], demo["settlement_account"], "1.00")
     assert paid.status == 201, paid.body
     check = _quickpay("check", "--state-dir", str(own.state_dir))
     assert check.returncode == 0, check.stdout + check.stderr
@@ -712,13 +846,24 @@ def test_stack_shard_socket_needs_the_cluster_secret(own: Stack) -> None:
 def test_a_trust_cluster_of_an_older_version_gets_a_password(tmp_path: Path) -> None:
     """State directories made before passwords are upgraded at the next start."""
     from quickpay.embedded_pg import BIN_PATH
+
     pg = EmbeddedPostgres(tmp_path / "state")
     pg.state_dir.mkdir(parents=True)
     pg.data_dir.mkdir()
     pg._chown(pg.data_dir)
     pg._prepare_permissions()
-    pg._run([str(BIN_PATH / "initdb"), "-D", str(pg.data_dir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"])
+    pg._run(
+        [
+            str(BIN_PATH / "initdb"),
+            "-D",
+            str(pg.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-instructions",
+        ]
+    )
     assert not pg.passfile.exists()
     pg.start()
     try:
@@ -732,8 +877,10 @@ def test_admin_token_check_answers_401_for_undecodable_header_bytes(own: Stack) 
     """aiohttp hands undecodable header bytes over as surrogates; the admin check once
     encoded them as UTF-8 and failed with a 500."""
     with socket.create_connection(("127.0.0.1", own.port), timeout=10) as conn:
-        conn.sendall(b"GET /admin/v1/fraud/rules HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     b"Authorization: Bearer \xff\xfe" + own.admin_token.encode() + b"\r\n\r\n")
+        conn.sendall(
+            b"GET /admin/v1/fraud/rules HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer \xff\xfe" + own.admin_token.encode() + b"\r\n\r\n"
+        )
         response = b""
         while chunk := conn.recv(65536):
             response += chunk
@@ -756,4 +903,5 @@ def test_postgres_under_a_long_state_path_gets_a_private_tempdir_socket(tmp_path
     finally:
         pg.stop()
         import shutil
+
         shutil.rmtree(socket_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ Asserts what happened, never how fast: no 5xx, the audit passed, every partner g
 every hostile request was refused in the error shape (or read back as documented), no
 well-behaved partner got an unexpected answer, and the RSS of every process is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from loadtest.soak import GOOD_MIX, HOSTILE_CLASSES, parse_duration
 
-SOAK_TIMEOUT_S = 600   # a bound on the run (start, seed, 60 s of traffic, audit), not a speed
+SOAK_TIMEOUT_S = 600  # a bound on the run (start, seed, 60 s of traffic, audit), not a speed
 
 
 def test_durations() -> None:
@@ -33,8 +34,14 @@ def test_durations() -> None:
 def test_soak_60s(tmp_path: Path) -> None:
     out = tmp_path / "soak"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "quickpay.cli", "soak", "--duration", "60s", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=SOAK_TIMEOUT_S)
+    done = subprocess.run(
+        [sys.executable, "-m", "quickpay.cli", "soak", "--duration", "60s", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SOAK_TIMEOUT_S,
+    )
     summary = done.stdout + done.stderr[-4000:]
     report = json.loads((out / "soak-report.json").read_text())
     assert (out / "soak-summary.txt").read_text().strip().endswith(("PASSED", "FAILED"))
@@ -51,8 +58,20 @@ def test_soak_60s(tmp_path: Path) -> None:
     assert all(p["p50_ms"] is not None and p["p99_ms"] is not None for p in partners)
     # Every kind of well-behaved traffic ran, and the webhooks were delivered to the local receiver.
     seen = set(report["latency_by_operation"])
-    assert {"pay", "batch", "refund", "agreement_create", "agreement_authorise", "agreement_revoke", "balance",
-            "transactions", "agreements_list", "events", "recon", "webhooks_list"} <= seen, seen
+    assert {
+        "pay",
+        "batch",
+        "refund",
+        "agreement_create",
+        "agreement_authorise",
+        "agreement_revoke",
+        "balance",
+        "transactions",
+        "agreements_list",
+        "events",
+        "recon",
+        "webhooks_list",
+    } <= seen, seen
     assert len(GOOD_MIX) == 11
     assert report["traffic"]["webhook_endpoints"] > 0 and report["traffic"]["webhook_deliveries"] > 0
     assert report["traffic"]["payments_ok"] > 0 and report["traffic"]["refunds_ok"] > 0

@@ -2,6 +2,7 @@
 reported as crash-looping (stderr and the status file), and `stop` stops the
 `stop_last` child (PostgreSQL) only after every other child has exited, with its own
 stop signal."""
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,7 @@ def test_crash_loop_backs_off_and_is_reported(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, out.getvalue()
             supervisor.poll_once()
             time.sleep(0.02)
-        status = {c["name"]: c for c in read_status(status_path)["children"]}   # type: ignore[index]
+        status = {c["name"]: c for c in read_status(status_path)["children"]}  # type: ignore[index]
         assert status["flaky"]["crash_looping"] and status["flaky"]["last_exit"] == 3
         assert status["flaky"]["state"] in ("restarting", "running")
         assert status["steady"]["state"] == "running" and not status["steady"]["crash_looping"]
@@ -69,9 +70,14 @@ while True:
 
 def test_stop_last_child_stops_after_the_others(tmp_path: Path) -> None:
     import signal
+
     events = tmp_path / "events"
-    db = Child("postgres", [sys.executable, "-c", DATABASE, str(events), str(tmp_path / "db.up")],
-               stop_signal=signal.SIGINT, stop_last=True)
+    db = Child(
+        "postgres",
+        [sys.executable, "-c", DATABASE, str(events), str(tmp_path / "db.up")],
+        stop_signal=signal.SIGINT,
+        stop_last=True,
+    )
     app = Child("app", [sys.executable, "-c", STOPS_SLOWLY, str(events), str(tmp_path / "app.up")])
     supervisor = Supervisor([db, app])
     supervisor.start()
@@ -83,4 +89,4 @@ def test_stop_last_child_stops_after_the_others(tmp_path: Path) -> None:
     lines = events.read_text().split("\n")
     assert lines[0].startswith("app ") and lines[1].startswith("db SIGINT "), lines
     assert float(lines[1].split()[2]) >= float(lines[0].split()[1])
-    assert json.dumps(db.status(time.monotonic()))   # serialisable
+    assert json.dumps(db.status(time.monotonic()))  # serialisable

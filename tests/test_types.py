@@ -1,5 +1,6 @@
 """The code type-checks (mypy, configured in pyproject.toml), so a forgotten `await` or a
 wrong argument type fails the suite like any other defect."""
+
 from __future__ import annotations
 
 import subprocess

@@ -24,6 +24,7 @@ stack -> common):
   report      targets, ratios, projection, summaries
   main        `run_bench`: the phases in order and the report files
 """
+
 from __future__ import annotations
 
 from loadtest.bench.baselines import parse_pgbench_tps, run_pgbench
@@ -35,7 +36,20 @@ from loadtest.bench.report import projection, summary_markdown
 from loadtest.bench.stack import StackProcess, SutCpu
 
 __all__ = [
-    "run_bench", "resolve_settings", "validate_settings", "verify_exactly_once", "check_conservation",
-    "check_load_ids", "expected_payment_ids", "Population", "SutCpu", "StackProcess", "build_templates",
-    "parse_pgbench_tps", "run_pgbench", "projection", "summary_markdown", "summarise_raw_profile",
+    "Population",
+    "StackProcess",
+    "SutCpu",
+    "build_templates",
+    "check_conservation",
+    "check_load_ids",
+    "expected_payment_ids",
+    "parse_pgbench_tps",
+    "projection",
+    "resolve_settings",
+    "run_bench",
+    "run_pgbench",
+    "summarise_raw_profile",
+    "summary_markdown",
+    "validate_settings",
+    "verify_exactly_once",
 ]

@@ -1,4 +1,5 @@
 """After each phase: exactly once (every sent id looked up by its payment id) and conservation."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,10 +9,12 @@ from typing import Any
 
 from loadtest.bench.population import Population
 
+
 # ---- checks --------------------------------------------------------------------------------
 async def _payment_rows(dsns: list[str], ids: list[str], chunk: int = 20_000) -> list[dict[str, int]]:
     """Per shard: payment id -> number of (non-rejected) payment rows with that id."""
     import asyncpg
+
     found: list[dict[str, int]] = []
     for dsn in dsns:
         conn = await asyncpg.connect(dsn)
@@ -19,8 +22,10 @@ async def _payment_rows(dsns: list[str], ids: list[str], chunk: int = 20_000) ->
             counts: dict[str, int] = {}
             for start in range(0, len(ids), chunk):
                 for row in await conn.fetch(
-                        "SELECT id, count(*) AS n FROM transfers WHERE id = ANY($1::text[]) AND kind = 'payment'"
-                        " AND status <> 'Rejected' GROUP BY id", ids[start:start + chunk]):
+                    "SELECT id, count(*) AS n FROM transfers WHERE id = ANY($1::text[]) AND kind = 'payment'"
+                    " AND status <> 'Rejected' GROUP BY id",
+                    ids[start : start + chunk],
+                ):
                     counts[row["id"]] = int(row["n"])
             found.append(counts)
         finally:
@@ -72,8 +77,15 @@ def check_load_ids(sent_ids: list[str], acknowledged: int, dsns: list[str]) -> d
         problems.append(f"only {present} load payments are in the ledger but {acknowledged} were acknowledged")
     if present > len(sent_ids):
         problems.append(f"{present} load payments in the ledger but only {len(sent_ids)} were sent")
-    return {"ok": not problems, "problems": problems, "sent": len(sent_ids), "acknowledged": acknowledged,
-            "in_ledger": present, "doubled": doubled, "rows": sum(totals.values())}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "sent": len(sent_ids),
+        "acknowledged": acknowledged,
+        "in_ledger": present,
+        "doubled": doubled,
+        "rows": sum(totals.values()),
+    }
 
 
 def count_committed(ids: list[str], dsns: list[str]) -> int:
@@ -83,12 +95,14 @@ def count_committed(ids: list[str], dsns: list[str]) -> int:
 
 async def _count_payment_rows(dsns: list[str]) -> int:
     import asyncpg
+
     total = 0
     for dsn in dsns:
         conn = await asyncpg.connect(dsn)
         try:
-            total += int(await conn.fetchval("SELECT count(*) FROM transfers WHERE kind = 'payment'"
-                                             " AND status <> 'Rejected'"))
+            total += int(
+                await conn.fetchval("SELECT count(*) FROM transfers WHERE kind = 'payment' AND status <> 'Rejected'")
+            )
         finally:
             await conn.close()
     return total
@@ -100,16 +114,17 @@ def count_payment_rows(dsns: list[str]) -> int:
 
 def check_conservation(dsns: list[str]) -> tuple[bool, dict[str, Any]]:
     from ledger.audit import audit
+
     # Conservation only: the row scan of `quickpay check` (every row through its decoder) would
     # add minutes over a benchmark's millions of rows and measures nothing the bench reports.
     report = asyncio.run(audit(dsns, rows=False))
     return bool(report.ok), report.to_dict()
 
 
-async def _verification_burst(base_url: str, population: Population, count: int,
-                              replays: int = 20) -> dict[str, Any]:
+async def _verification_burst(base_url: str, population: Population, count: int, replays: int = 20) -> dict[str, Any]:
     """`count` payments with known keys; returns the acknowledged ids and replay results."""
     import aiohttp
+
     rng = random.Random(5)
     run = uuid.uuid4().hex[:8]
     acknowledged: list[str] = []
@@ -124,8 +139,13 @@ async def _verification_burst(base_url: str, population: Population, count: int,
             partner_index, agreement_id, _ = population.agreements[rng.randrange(len(population.agreements))]
             partner = population.partners[partner_index]
             key = f"verify-{run}-{i}"
-            body = {"agreement_id": agreement_id, "amount": "1.00", "currency": "CNY",
-                    "creditor_account": partner["settlement_account"], "reference": f"verify {i}"}
+            body = {
+                "agreement_id": agreement_id,
+                "amount": "1.00",
+                "currency": "CNY",
+                "creditor_account": partner["settlement_account"],
+                "reference": f"verify {i}",
+            }
             headers = {"authorization": f"Bearer {population.tokens[partner_index]}", "x-idempotency-key": key}
             async with semaphore:
                 async with session.post(f"{base_url}/v1/quick-payments", json=body, headers=headers) as resp:
@@ -142,7 +162,9 @@ async def _verification_burst(base_url: str, population: Population, count: int,
                 data = await resp.json(content_type=None)
                 if resp.status != 201 or data.get("payment_id") != meta["payment_id"]:
                     replay_mismatch += 1
-    return {"acknowledged": acknowledged, "failures": failures, "replays": min(replays, len(sent)),
-            "replay_mismatch": replay_mismatch}
-
-
+    return {
+        "acknowledged": acknowledged,
+        "failures": failures,
+        "replays": min(replays, len(sent)),
+        "replay_mismatch": replay_mismatch,
+    }

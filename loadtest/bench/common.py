@@ -1,4 +1,5 @@
 """Shared bits of the bench: constants, logging, ports, machine description."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,6 @@ STOP_TIMEOUT_S = 30.0
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
 
 
 def _free_port(preferred: int | None = None) -> int:
@@ -47,17 +47,23 @@ def machine_info() -> dict[str, Any]:
     memory_mb = None
     try:
         import psutil
+
         memory_mb = round(psutil.virtual_memory().total / 2**20)
     except Exception:
         pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu_model,
-            "cpu_count": os.cpu_count(), "memory_mb": memory_mb, "hostname": platform.node()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "memory_mb": memory_mb,
+        "hostname": platform.node(),
+    }
 
 
-
-
-def merge_steps(steps: list[Any], extras: list[dict[str, Any]], best: float
-                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def merge_steps(
+    steps: list[Any], extras: list[dict[str, Any]], best: float
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Each step's dict (stepper.StepResult.to_dict) with what the phase measured around it,
     and the best passing step's (None when no step passed)."""
     step_dicts = []

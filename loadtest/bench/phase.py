@@ -1,4 +1,5 @@
 """One load phase: start a stack, seed, search the max sustained rate, verify."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,13 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench.baselines import run_pgbench
-from loadtest.bench.checks import (_verification_burst, check_conservation, check_load_ids, count_committed,
-                                   count_payment_rows, verify_exactly_once)
+from loadtest.bench.checks import (
+    _verification_burst,
+    check_conservation,
+    check_load_ids,
+    count_committed,
+    count_payment_rows,
+    verify_exactly_once,
+)
 from loadtest.bench.common import answered_in_step, log, merge_steps
-from loadtest.bench.population import (build_batch_templates, build_templates, expected_batch_payment_ids,
-                                       expected_payment_ids, seed)
+from loadtest.bench.population import (
+    build_batch_templates,
+    build_templates,
+    expected_batch_payment_ids,
+    expected_payment_ids,
+    seed,
+)
 from loadtest.bench.profiling import finish_profilers, start_profilers
 from loadtest.bench.stack import StackProcess, SutCpu
+
 
 # ---- one load phase ------------------------------------------------------------------------
 @dataclass
@@ -79,19 +92,39 @@ def _warmup(step_s: float) -> float:
 def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path | None) -> dict[str, Any]:
     from loadtest.generator import LoadSpec, run_load
     from loadtest.stepper import find_max_sustained
+
     phase_out = out / cfg.name
     phase_out.mkdir(parents=True, exist_ok=True)
-    stack = StackProcess(cfg.state_dir, cfg.port, cfg.shards, cfg.workers, out / f"up-{cfg.name}.log",
-                         no_rules=args.no_rules, rules=rules, ledger_mode=cfg.ledger_mode, dsns=cfg.dsns,
-                         topology=str(cfg.topology or getattr(args, "topology", "gateway")),
-                         batch_wait_ms=getattr(args, "batch_wait_ms", None),
-                         notifier=bool(getattr(args, "with_notifier", False)), ha=cfg.ha)
-    result: dict[str, Any] = {"phase": cfg.name, "shards": cfg.shards, "gateway_workers": cfg.workers,
-                              "customers": cfg.customers, "partners": cfg.partners,
-                              "ledger_mode": cfg.ledger_mode or "batched", "up_command": " ".join(stack.argv),
-                              "topology": cfg.topology or getattr(args, "topology", "gateway"), "ha": cfg.ha}
-    log(f"{cfg.name}: starting the stack ({cfg.shards} shards, {cfg.workers} gateway workers"
-        f"{', ledger-mode ' + cfg.ledger_mode if cfg.ledger_mode else ''})")
+    stack = StackProcess(
+        cfg.state_dir,
+        cfg.port,
+        cfg.shards,
+        cfg.workers,
+        out / f"up-{cfg.name}.log",
+        no_rules=args.no_rules,
+        rules=rules,
+        ledger_mode=cfg.ledger_mode,
+        dsns=cfg.dsns,
+        topology=str(cfg.topology or getattr(args, "topology", "gateway")),
+        batch_wait_ms=getattr(args, "batch_wait_ms", None),
+        notifier=bool(getattr(args, "with_notifier", False)),
+        ha=cfg.ha,
+    )
+    result: dict[str, Any] = {
+        "phase": cfg.name,
+        "shards": cfg.shards,
+        "gateway_workers": cfg.workers,
+        "customers": cfg.customers,
+        "partners": cfg.partners,
+        "ledger_mode": cfg.ledger_mode or "batched",
+        "up_command": " ".join(stack.argv),
+        "topology": cfg.topology or getattr(args, "topology", "gateway"),
+        "ha": cfg.ha,
+    }
+    log(
+        f"{cfg.name}: starting the stack ({cfg.shards} shards, {cfg.workers} gateway workers"
+        f"{', ledger-mode ' + cfg.ledger_mode if cfg.ledger_mode else ''})"
+    )
     started = time.monotonic()
     with stack:
         log(f"{cfg.name}: stack ready in {time.monotonic() - started:.1f}s")
@@ -108,22 +141,41 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
         warm_rate = min(cfg.start_rate, 500.0)
         warm_s = max(1.0, min(len(templates) / warm_rate, 8.0, 2 * cfg.step_s))
         warm_id = uuid.uuid4().hex[:8]
-        warm_spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=warm_rate, duration_s=warm_s,
-                             requests=templates, connections_max=args.connections, timeout_s=2.0, run_id=warm_id)
+        warm_spec = LoadSpec(
+            host="127.0.0.1",
+            port=cfg.port,
+            rate_per_s=warm_rate,
+            duration_s=warm_s,
+            requests=templates,
+            connections_max=args.connections,
+            timeout_s=2.0,
+            run_id=warm_id,
+        )
         rows_before = count_payment_rows(dsns)
         warm = run_load(warm_spec)
         sent_ids.extend(expected_payment_ids(warm_id, max(1, int(warm_rate * warm_s)), 1, routes, cfg.shards))
         acknowledged += warm.ok
-        log(f"{cfg.name}: warm-up {warm.sent} requests at {warm_rate:.0f}/s: {warm.status_counts},"
-            f" p99 {warm.p99_ms:.1f} ms (not measured)")
+        log(
+            f"{cfg.name}: warm-up {warm.sent} requests at {warm_rate:.0f}/s: {warm.status_counts},"
+            f" p99 {warm.p99_ms:.1f} ms (not measured)"
+        )
 
         def run_at_rate(rate: float) -> Any:
             nonlocal acknowledged
             run_id = uuid.uuid4().hex[:8]
-            spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=rate, duration_s=cfg.step_s,
-                            requests=templates, processes=args.generator_processes,
-                            connections_max=args.connections, timeout_s=2.0, warmup_s=_warmup(cfg.step_s),
-                            run_id=run_id, poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000)
+            spec = LoadSpec(
+                host="127.0.0.1",
+                port=cfg.port,
+                rate_per_s=rate,
+                duration_s=cfg.step_s,
+                requests=templates,
+                processes=args.generator_processes,
+                connections_max=args.connections,
+                timeout_s=2.0,
+                warmup_s=_warmup(cfg.step_s),
+                run_id=run_id,
+                poll_interval_s=getattr(args, "generator_poll_ms", 0.0) / 1000,
+            )
             machine_before = SutCpu.machine()
             before = cpu.sample()
             load = run_load(spec)
@@ -135,38 +187,63 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             sent_ids.extend(expected_payment_ids(run_id, total, spec.processes, routes, cfg.shards))
             acknowledged += load.ok
             ok_all = answered_in_step(load, total)  # SUT CPU covers the whole step
-            extras.append({"sut_cpu_s": sut_cpu_s, "run_id": run_id, "requests_total": total,
-                           "sut_cpu_us_per_payment_by_process": {
-                               group: seconds / ok_all * 1e6 if ok_all else None
-                               for group, seconds in sorted(by_group.items())},
-                           "sut_cpu_us_per_payment": sut_cpu_s / ok_all * 1e6 if ok_all else None,
-                           "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
-                           # the whole machine, kernel work no process is charged for included
-                           "machine_cores_busy": machine_cores,
-                           "generator_cpu_share": load.generator_cpu_s / (load.generator_cpu_s + sut_cpu_s)
-                           if sut_cpu_s + load.generator_cpu_s > 0 else None})
+            extras.append(
+                {
+                    "sut_cpu_s": sut_cpu_s,
+                    "run_id": run_id,
+                    "requests_total": total,
+                    "sut_cpu_us_per_payment_by_process": {
+                        group: seconds / ok_all * 1e6 if ok_all else None for group, seconds in sorted(by_group.items())
+                    },
+                    "sut_cpu_us_per_payment": sut_cpu_s / ok_all * 1e6 if ok_all else None,
+                    "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
+                    # the whole machine, kernel work no process is charged for included
+                    "machine_cores_busy": machine_cores,
+                    "generator_cpu_share": load.generator_cpu_s / (load.generator_cpu_s + sut_cpu_s)
+                    if sut_cpu_s + load.generator_cpu_s > 0
+                    else None,
+                }
+            )
             return load
 
         def on_step(step: Any) -> None:
             r, extra = step.result, extras[-1]
             us = extra["sut_cpu_us_per_payment"]
-            log(f"{cfg.name}: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
+            log(
+                f"{cfg.name}: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
                 f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}/{r.sent} "
                 f"({r.error_ratio:.3%})  SUT CPU {extra['sut_cores']:.2f} cores"
                 f" = {us if us is not None else float('nan'):.0f} us/payment, machine"
                 f" {extra['machine_cores_busy']:.2f} cores busy  "
-                f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}")
+                f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}"
+            )
 
         best, steps = find_max_sustained(
-            run_at_rate, cfg.start_rate, step_factor=cfg.step_factor, rate_max=cfg.max_rate,
-            steps_max=cfg.steps_max, p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max,
-            confirm_miss=not getattr(args, "quick", False), on_step=on_step)
+            run_at_rate,
+            cfg.start_rate,
+            step_factor=cfg.step_factor,
+            rate_max=cfg.max_rate,
+            steps_max=cfg.steps_max,
+            p99_ms_max=args.p99_ms,
+            error_rate_max=args.error_rate_max,
+            confirm_miss=not getattr(args, "quick", False),
+            on_step=on_step,
+        )
         if best == 0.0 and cfg.start_rate / 4 >= 10:
-            log(f"{cfg.name}: even {cfg.start_rate:.0f}/s missed the gates; searching once more from "
-                f"{cfg.start_rate / 4:.0f}/s")
+            log(
+                f"{cfg.name}: even {cfg.start_rate:.0f}/s missed the gates; searching once more from "
+                f"{cfg.start_rate / 4:.0f}/s"
+            )
             best, more = find_max_sustained(
-                run_at_rate, cfg.start_rate / 4, step_factor=2.0, rate_max=cfg.start_rate,
-                steps_max=2, p99_ms_max=args.p99_ms, error_rate_max=args.error_rate_max, on_step=on_step)
+                run_at_rate,
+                cfg.start_rate / 4,
+                step_factor=2.0,
+                rate_max=cfg.start_rate,
+                steps_max=2,
+                p99_ms_max=args.p99_ms,
+                error_rate_max=args.error_rate_max,
+                on_step=on_step,
+            )
             steps = steps + more
         step_dicts, best_step = merge_steps(steps, extras, best)
         result["steps"] = step_dicts
@@ -183,8 +260,10 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                 # Even the lowest rate missed: at this size one batch's own serial work is
                 # beyond the p99 gate. Search once more with half the items per request.
                 half = cfg.batch_items // 2
-                log(f"{cfg.name}: batches of {cfg.batch_items} missed the gates at the lowest rate; "
-                    f"searching again with {half} payments per request")
+                log(
+                    f"{cfg.name}: batches of {cfg.batch_items} missed the gates at the lowest rate; "
+                    f"searching again with {half} payments per request"
+                )
                 retry = run_batch_search(cfg, args, stack, population, cpu, sent_ids, half)
                 acknowledged += retry["items_acknowledged"]
                 retry["first_attempt"] = {k: v for k, v in batch.items() if k != "first_attempt"}
@@ -197,8 +276,12 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             log(f"{cfg.name}: profiling at {rate:.0f}/s for {seconds}s with py-spy")
             procs = start_profilers(stack, out, seconds)
             load = run_at_rate(rate)
-            result["profile"] = {"rate_per_s": rate, "seconds": seconds, "p99_ms": load.p99_ms,
-                                 "files": finish_profilers(procs, out, seconds + 30)}
+            result["profile"] = {
+                "rate_per_s": rate,
+                "seconds": seconds,
+                "p99_ms": load.p99_ms,
+                "files": finish_profilers(procs, out, seconds + 30),
+            }
 
         if cfg.verify:
             burst: dict[str, Any] = {"acknowledged": [], "failures": [], "replays": 0, "replay_mismatch": 0}
@@ -212,33 +295,43 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             expected_delta = load_check["rows"] + len(burst["acknowledged"])
             count_ok = rows_delta == expected_delta
             if not count_ok:
-                problems.append(f"payment rows grew by {rows_delta} but the load and the burst account for"
-                                f" {expected_delta}")
+                problems.append(
+                    f"payment rows grew by {rows_delta} but the load and the burst account for {expected_delta}"
+                )
             if burst["failures"]:
                 problems.append(f"{len(burst['failures'])} verification payments failed: {burst['failures'][:3]}")
             if burst["replay_mismatch"]:
                 problems.append(f"{burst['replay_mismatch']} idempotent replays did not return the same payment")
             problems += load_check["problems"]
-            exactly_once_ok = ok_burst and load_check["ok"] and count_ok and not burst["failures"] \
-                and not burst["replay_mismatch"]
+            exactly_once_ok = (
+                ok_burst and load_check["ok"] and count_ok and not burst["failures"] and not burst["replay_mismatch"]
+            )
             conservation_ok, audit_report = check_conservation(dsns)
             result["exactly_once_ok"] = exactly_once_ok
             result["exactly_once"] = {
-                "ok": exactly_once_ok, "problems": problems, "verification_payments": len(burst["acknowledged"]),
-                "replays": burst["replays"], "load": {k: v for k, v in load_check.items() if k != "problems"},
-                "payment_rows_before": rows_before, "payment_rows_after": rows_after}
+                "ok": exactly_once_ok,
+                "problems": problems,
+                "verification_payments": len(burst["acknowledged"]),
+                "replays": burst["replays"],
+                "load": {k: v for k, v in load_check.items() if k != "problems"},
+                "payment_rows_before": rows_before,
+                "payment_rows_after": rows_after,
+            }
             result["conservation_ok"] = conservation_ok
             result["audit"] = {k: audit_report[k] for k in ("ok", "problems", "in_flight_count", "total_minor")}
-            log(f"{cfg.name}: exactly-once {'OK' if exactly_once_ok else 'FAILED'} "
+            log(
+                f"{cfg.name}: exactly-once {'OK' if exactly_once_ok else 'FAILED'} "
                 f"({load_check['in_ledger']} of {load_check['sent']} load requests in the ledger, "
                 f"{acknowledged} acknowledged; {len(burst['acknowledged'])} verification payments); "
-                f"conservation {'OK' if conservation_ok else 'FAILED'}")
+                f"conservation {'OK' if conservation_ok else 'FAILED'}"
+            )
             for problem in problems[:10] + audit_report["problems"][:10]:
                 log(f"{cfg.name}:   {problem}")
 
         if cfg.pgbench and not cfg.dsns:
-            log(f"pgbench: TPC-B scale {cfg.pgbench_scale}, {cfg.pgbench_s:.0f}s on the same PostgreSQL "
-                "(quickpay idle)")
+            log(
+                f"pgbench: TPC-B scale {cfg.pgbench_scale}, {cfg.pgbench_s:.0f}s on the same PostgreSQL (quickpay idle)"
+            )
             try:
                 result["pgbench"] = run_pgbench(stack.state_dir, cfg.pgbench_s, cfg.pgbench_scale, out)
                 log(f"pgbench: tps = {result['pgbench']['tps']:.0f}")
@@ -251,8 +344,15 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     return result
 
 
-def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackProcess, population: Any,
-                     cpu: SutCpu, sent_ids: list[str], items: int) -> dict[str, Any]:
+def run_batch_search(
+    cfg: PhaseConfig,
+    args: argparse.Namespace,
+    stack: StackProcess,
+    population: Any,
+    cpu: SutCpu,
+    sent_ids: list[str],
+    items: int,
+) -> dict[str, Any]:
     """Stepped batch rates (batches/s) of `cfg.batch_items` payments each, open loop, same
     generator; gates: batch p99 <= cfg.batch_p99_ms, errors < --error-rate-max, achieved >= 95%.
     An item is an error when its payment is not in the ledger after the step (the generator
@@ -263,6 +363,7 @@ def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackPro
 
     from loadtest.generator import LoadSpec, run_load
     from loadtest.stepper import find_max_sustained
+
     templates, routes = build_batch_templates(population, items)
     dsns = stack.dsns()
     extras: list[dict[str, Any]] = []
@@ -271,9 +372,18 @@ def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackPro
     def run_at_rate(rate: float) -> Any:
         nonlocal acknowledged_items
         run_id = uuid.uuid4().hex[:8]
-        spec = LoadSpec(host="127.0.0.1", port=cfg.port, rate_per_s=rate, duration_s=cfg.batch_step_s,
-                        requests=templates, processes=1, connections_max=args.connections, timeout_s=10.0,
-                        warmup_s=_warmup(cfg.batch_step_s), run_id=run_id)
+        spec = LoadSpec(
+            host="127.0.0.1",
+            port=cfg.port,
+            rate_per_s=rate,
+            duration_s=cfg.batch_step_s,
+            requests=templates,
+            processes=1,
+            connections_max=args.connections,
+            timeout_s=10.0,
+            warmup_s=_warmup(cfg.batch_step_s),
+            run_id=run_id,
+        )
         before = cpu.sample()
         load = run_load(spec)
         after = cpu.sample()
@@ -286,41 +396,61 @@ def run_batch_search(cfg: PhaseConfig, args: argparse.Namespace, stack: StackPro
         ok_all = answered_in_step(load, total)
         acknowledged_items += load.ok * items
         item_error_ratio = 1.0 - committed / len(ids) if ids else 0.0
-        extras.append({
-            "items_per_batch": items, "items_sent": len(ids), "items_committed": committed,
-            "item_error_ratio": item_error_ratio, "payments_per_s": load.achieved_per_s * items,
-            "sut_cpu_s": sut_cpu_s, "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
-            "sut_cpu_us_per_payment": sut_cpu_s / committed * 1e6 if committed else None,
-            "sut_cpu_us_per_payment_by_process": {
-                group: seconds / committed * 1e6 if committed else None
-                for group, seconds in sorted(by_group.items())},
-            "requests_ok_all": ok_all})
+        extras.append(
+            {
+                "items_per_batch": items,
+                "items_sent": len(ids),
+                "items_committed": committed,
+                "item_error_ratio": item_error_ratio,
+                "payments_per_s": load.achieved_per_s * items,
+                "sut_cpu_s": sut_cpu_s,
+                "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
+                "sut_cpu_us_per_payment": sut_cpu_s / committed * 1e6 if committed else None,
+                "sut_cpu_us_per_payment_by_process": {
+                    group: seconds / committed * 1e6 if committed else None
+                    for group, seconds in sorted(by_group.items())
+                },
+                "requests_ok_all": ok_all,
+            }
+        )
         item_errors = math.ceil(item_error_ratio * load.sent)
         return dataclasses.replace(load, errors=max(load.errors, item_errors))
 
     def on_step(step: Any) -> None:
         r, extra = step.result, extras[-1]
         us = extra["sut_cpu_us_per_payment"]
-        log(f"{cfg.name} batch x{items}: offered {step.offered_per_s:6.1f}/s = {step.offered_per_s * items:7.0f}"
+        log(
+            f"{cfg.name} batch x{items}: offered {step.offered_per_s:6.1f}/s = {step.offered_per_s * items:7.0f}"
             f" payments/s  achieved {extra['payments_per_s']:7.0f} payments/s  p50 {r.p50_ms:7.2f} ms  p99"
             f" {r.p99_ms:8.2f} ms  items committed {extra['items_committed']}/{extra['items_sent']}  SUT CPU"
             f" {extra['sut_cores']:.2f} cores = {us if us is not None else float('nan'):.0f} us/payment  "
-            f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}")
+            f"{'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}"
+        )
 
     best, steps = find_max_sustained(
-        run_at_rate, cfg.batch_start_rate, step_factor=cfg.batch_step_factor, rate_max=cfg.max_rate / items * 4,
-        steps_max=cfg.batch_steps_max, p99_ms_max=cfg.batch_p99_ms, error_rate_max=args.error_rate_max,
-        confirm_miss=not getattr(args, "quick", False), on_step=on_step)
+        run_at_rate,
+        cfg.batch_start_rate,
+        step_factor=cfg.batch_step_factor,
+        rate_max=cfg.max_rate / items * 4,
+        steps_max=cfg.batch_steps_max,
+        p99_ms_max=cfg.batch_p99_ms,
+        error_rate_max=args.error_rate_max,
+        confirm_miss=not getattr(args, "quick", False),
+        on_step=on_step,
+    )
     step_dicts, best_step = merge_steps(steps, extras, best)
     return {
-        "items_per_batch": items, "steps": step_dicts, "max_sustained_batches_per_s": best,
+        "items_per_batch": items,
+        "steps": step_dicts,
+        "max_sustained_batches_per_s": best,
         "batch_payments_per_s": best_step["payments_per_s"] if best_step else 0.0,
         "batch_p50_ms": best_step["p50_ms"] if best_step else None,
         "batch_p99_ms": best_step["p99_ms"] if best_step else None,
         "batch_sut_cpu_us_per_payment": best_step["sut_cpu_us_per_payment"] if best_step else None,
-        "batch_sut_cpu_us_per_payment_by_process":
-            best_step["sut_cpu_us_per_payment_by_process"] if best_step else None,
-        "p99_ms_gate": cfg.batch_p99_ms, "items_acknowledged": acknowledged_items,
-        "search_capped": bool(steps) and all(s.passed for s in steps)}
-
-
+        "batch_sut_cpu_us_per_payment_by_process": best_step["sut_cpu_us_per_payment_by_process"]
+        if best_step
+        else None,
+        "p99_ms_gate": cfg.batch_p99_ms,
+        "items_acknowledged": acknowledged_items,
+        "search_capped": bool(steps) and all(s.passed for s in steps),
+    }

@@ -1,4 +1,5 @@
 """Seeding a population through the API and building request templates (Zipf debtors)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ from typing import Any
 from loadtest.bench.common import FUNDING, TEMPLATES_MAX, ZIPF_EXPONENT, log
 from loadtest.bench.stack import StackProcess
 
+
 # ---- population and request templates --------------------------------------------------
 @dataclass
 class Population:
@@ -32,12 +34,13 @@ def bench_rules(out: Path) -> Path:
     second over a few thousand hot debtors would otherwise be (correctly) blocked.
     """
     from fraud import __file__ as fraud_init
+
     text = (Path(fraud_init).parent / "default.rules").read_text()
     # Per-partner ((debtor, partner)) and cross-partner (debtor) windows alike; four rules.
-    text, counts = re.subn(r"(count\(by (?:debtor|\(debtor, partner\)), 10m\) > )[0-9_]+",
-                           r"\g<1>1_000_000_000", text)
-    text, sums = re.subn(r"(sum\(amount, by (?:debtor|\(debtor, partner\)), 1h\) > )[0-9_]+",
-                         r"\g<1>1_000_000_000_000_000", text)
+    text, counts = re.subn(r"(count\(by (?:debtor|\(debtor, partner\)), 10m\) > )[0-9_]+", r"\g<1>1_000_000_000", text)
+    text, sums = re.subn(
+        r"(sum\(amount, by (?:debtor|\(debtor, partner\)), 1h\) > )[0-9_]+", r"\g<1>1_000_000_000_000_000", text
+    )
     assert counts >= 2 and sums >= 2, f"default.rules changed shape: {counts} count and {sums} sum windows matched"
     path = out / "bench.rules"
     path.write_text(text)
@@ -53,9 +56,17 @@ def seed_at(base_url: str, state_dir: Path, customers: int, partners: int, out: 
     seed), then a token per partner; for `quickpay bench` and `quickpay soak`."""
     from quickpay.httpclient import Api
     from quickpay.seed import seed_population
+
     started = time.monotonic()
-    ns = argparse.Namespace(url=base_url, state_dir=str(state_dir), partners=partners,
-                            customers=customers, funding=FUNDING, blocked_share=0.0, out=str(out))
+    ns = argparse.Namespace(
+        url=base_url,
+        state_dir=str(state_dir),
+        partners=partners,
+        customers=customers,
+        funding=FUNDING,
+        blocked_share=0.0,
+        out=str(out),
+    )
     population = seed_population(ns)
     rows: list[tuple[int, str, str]] = []
     with open(out / "agreements.csv", newline="") as handle:
@@ -68,14 +79,16 @@ def seed_at(base_url: str, state_dir: Path, customers: int, partners: int, out: 
     return Population(population["partners"], rows, tokens)
 
 
-def build_templates(population: Population, count: int = TEMPLATES_MAX, seed_value: int = 11,
-                    exponent: float = ZIPF_EXPONENT) -> tuple[list[Any], list[tuple[str, str]]]:
+def build_templates(
+    population: Population, count: int = TEMPLATES_MAX, seed_value: int = 11, exponent: float = ZIPF_EXPONENT
+) -> tuple[list[Any], list[tuple[str, str]]]:
     """Request templates with Zipf-skewed debtors; also (partner_id, agreement_id) per template."""
     from loadtest.generator import IDEMPOTENCY_KEY, RequestTemplate
+
     rng = random.Random(seed_value)
     rows = list(population.agreements)
     rng.shuffle(rows)  # the hot debtors are random accounts, not the first seeded
-    cumulative = list(itertools.accumulate(1.0 / (rank ** exponent) for rank in range(1, len(rows) + 1)))
+    cumulative = list(itertools.accumulate(1.0 / (rank**exponent) for rank in range(1, len(rows) + 1)))
     total = cumulative[-1]
     templates: list[Any] = []
     routes: list[tuple[str, str]] = []
@@ -83,23 +96,39 @@ def build_templates(population: Population, count: int = TEMPLATES_MAX, seed_val
         index = min(bisect.bisect_left(cumulative, rng.random() * total), len(rows) - 1)
         partner_index, agreement_id, _debtor = rows[index]
         partner = population.partners[partner_index]
-        body = json.dumps({"agreement_id": agreement_id, "amount": "1.00", "currency": "CNY",
-                           "creditor_account": partner["settlement_account"],
-                           "reference": "bench " + IDEMPOTENCY_KEY}, separators=(",", ":")).encode()
-        templates.append(RequestTemplate(
-            method="POST", path="/v1/quick-payments",
-            headers=(("Authorization", f"Bearer {population.tokens[partner_index]}"),
-                     ("Content-Type", "application/json")),
-            body=body, idempotency_key_header="x-idempotency-key"))
+        body = json.dumps(
+            {
+                "agreement_id": agreement_id,
+                "amount": "1.00",
+                "currency": "CNY",
+                "creditor_account": partner["settlement_account"],
+                "reference": "bench " + IDEMPOTENCY_KEY,
+            },
+            separators=(",", ":"),
+        ).encode()
+        templates.append(
+            RequestTemplate(
+                method="POST",
+                path="/v1/quick-payments",
+                headers=(
+                    ("Authorization", f"Bearer {population.tokens[partner_index]}"),
+                    ("Content-Type", "application/json"),
+                ),
+                body=body,
+                idempotency_key_header="x-idempotency-key",
+            )
+        )
         routes.append((partner["partner_id"], agreement_id))
     return templates, routes
 
 
-def expected_payment_ids(run_id: str, total: int, processes: int, routes: list[tuple[str, str]],
-                         shard_count: int) -> list[str]:
+def expected_payment_ids(
+    run_id: str, total: int, processes: int, routes: list[tuple[str, str]], shard_count: int
+) -> list[str]:
     """Every payment id a `run_load` with this run id sends (no retries): the generator's keys
     are run id + worker index (3 digits) + sequence (11 digits), template = sequence mod n."""
     from kernel.ids import payment_id_for, shard_of
+
     ids = []
     n = len(routes)
     shards = [shard_of(agreement, shard_count) for _, agreement in routes]
@@ -112,8 +141,6 @@ def expected_payment_ids(run_id: str, total: int, processes: int, routes: list[t
     return ids
 
 
-
-
 # Batch items: key = the generator's request key + "i" + item index (4 digits), so every item
 # of every request has its own idempotency key (27 characters) and its payment id is known.
 BATCH_TEMPLATES_MAX = 16
@@ -123,13 +150,18 @@ def batch_item_key(request_key: str, item: int) -> str:
     return f"{request_key}i{item:04d}"
 
 
-def build_batch_templates(population: Population, items: int, count: int = BATCH_TEMPLATES_MAX,
-                          seed_value: int = 13, exponent: float = ZIPF_EXPONENT
-                          ) -> tuple[list[Any], list[tuple[str, list[str]]]]:
+def build_batch_templates(
+    population: Population,
+    items: int,
+    count: int = BATCH_TEMPLATES_MAX,
+    seed_value: int = 13,
+    exponent: float = ZIPF_EXPONENT,
+) -> tuple[list[Any], list[tuple[str, list[str]]]]:
     """Batch request templates: each for one partner (a batch is one partner's), `items`
     payments with Zipf-skewed debtors among that partner's agreements. Also, per template,
     (partner_id, [agreement_id per item])."""
     from loadtest.generator import IDEMPOTENCY_KEY, RequestTemplate
+
     if not 1 <= items <= 10_000:
         raise ValueError("items per batch must be between 1 and 10000")
     rng = random.Random(seed_value)
@@ -143,28 +175,43 @@ def build_batch_templates(population: Population, items: int, count: int = BATCH
         partner_index = partner_indexes[t % len(partner_indexes)]
         rows = list(by_partner[partner_index])
         rng.shuffle(rows)
-        cumulative = list(itertools.accumulate(1.0 / (rank ** exponent) for rank in range(1, len(rows) + 1)))
+        cumulative = list(itertools.accumulate(1.0 / (rank**exponent) for rank in range(1, len(rows) + 1)))
         total = cumulative[-1]
         partner = population.partners[partner_index]
-        chosen = [rows[min(bisect.bisect_left(cumulative, rng.random() * total), len(rows) - 1)]
-                  for _ in range(items)]
-        payments = [{"idempotency_key": batch_item_key(IDEMPOTENCY_KEY, j), "agreement_id": agreement_id,
-                     "amount": "1.00", "currency": "CNY", "creditor_account": partner["settlement_account"],
-                     "reference": "bench batch"} for j, agreement_id in enumerate(chosen)]
+        chosen = [rows[min(bisect.bisect_left(cumulative, rng.random() * total), len(rows) - 1)] for _ in range(items)]
+        payments = [
+            {
+                "idempotency_key": batch_item_key(IDEMPOTENCY_KEY, j),
+                "agreement_id": agreement_id,
+                "amount": "1.00",
+                "currency": "CNY",
+                "creditor_account": partner["settlement_account"],
+                "reference": "bench batch",
+            }
+            for j, agreement_id in enumerate(chosen)
+        ]
         body = json.dumps({"payments": payments}, separators=(",", ":")).encode()
-        templates.append(RequestTemplate(
-            method="POST", path="/v1/quick-payments/batch",
-            headers=(("Authorization", f"Bearer {population.tokens[partner_index]}"),
-                     ("Content-Type", "application/json")),
-            body=body))
+        templates.append(
+            RequestTemplate(
+                method="POST",
+                path="/v1/quick-payments/batch",
+                headers=(
+                    ("Authorization", f"Bearer {population.tokens[partner_index]}"),
+                    ("Content-Type", "application/json"),
+                ),
+                body=body,
+            )
+        )
         routes.append((partner["partner_id"], chosen))
     return templates, routes
 
 
-def expected_batch_payment_ids(run_id: str, total: int, processes: int, routes: list[tuple[str, list[str]]],
-                               shard_count: int) -> list[str]:
+def expected_batch_payment_ids(
+    run_id: str, total: int, processes: int, routes: list[tuple[str, list[str]]], shard_count: int
+) -> list[str]:
     """Every item's payment id of a batch `run_load` with this run id (cf. expected_payment_ids)."""
     from kernel.ids import payment_id_for, shard_of
+
     ids: list[str] = []
     n = len(routes)
     shards = [[shard_of(agreement, shard_count) for agreement in agreements] for _, agreements in routes]
@@ -175,6 +222,5 @@ def expected_batch_payment_ids(run_id: str, total: int, processes: int, routes: 
             t = sequence % n
             partner_id = routes[t][0]
             key = f"{prefix}{sequence:011d}"
-            ids.extend(payment_id_for(partner_id, batch_item_key(key, j), shard)
-                       for j, shard in enumerate(shards[t]))
+            ids.extend(payment_id_for(partner_id, batch_item_key(key, j), shard) for j, shard in enumerate(shards[t]))
     return ids

@@ -1,4 +1,5 @@
 """py-spy profiles of the shard and gateway workers (`--profile`)."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from loadtest.bench.common import log
 from loadtest.bench.stack import StackProcess
+
 
 # ---- profiling ---------------------------------------------------------------------------
 def _py_spy() -> str | None:
@@ -58,10 +60,24 @@ def start_profilers(stack: StackProcess, out: Path, seconds: int) -> list[tuple[
             log(f"profile: no {name} process found")
             continue
         for fmt, suffix in (("flamegraph", "svg"), ("raw", "raw.txt")):
-            command = [spy, "record", "--nonblocking", "-d", str(seconds), "-r", "100", "-f", fmt,
-                       "-o", str(out / f"profile-{name}.{suffix}"), "--pid", str(pid)]
-            procs.append((f"{name}:{fmt}", subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                                            stderr=subprocess.PIPE)))
+            command = [
+                spy,
+                "record",
+                "--nonblocking",
+                "-d",
+                str(seconds),
+                "-r",
+                "100",
+                "-f",
+                fmt,
+                "-o",
+                str(out / f"profile-{name}.{suffix}"),
+                "--pid",
+                str(pid),
+            ]
+            procs.append(
+                (f"{name}:{fmt}", subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            )
     return procs
 
 
@@ -81,5 +97,3 @@ def finish_profilers(procs: list[tuple[str, subprocess.Popen[bytes]]], out: Path
         files.append(summary.name)
     files += sorted(p.name for p in out.glob("profile-*.svg"))
     return files
-
-

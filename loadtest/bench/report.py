@@ -1,23 +1,33 @@
 """The report: targets, ratios, projection, markdown and console summaries."""
+
 from __future__ import annotations
 
 from typing import Any
 
 # Targets are ratios measured in the same run (issue 8): absolute figures do not travel
 # between machines, so they are reported but not judged.
-TARGETS = {"ratio_vs_hello": 0.75, "cpu_hello_units": 2.0, "batch_ratio_vs_hello": 3.0, "ratio_vs_pgbench": 3.0,
-           "ratio_vs_naive": 3.0, "cores_for_50000_tps": 8.0, "p99_ms": 25.0, "batch_p99_ms": 100.0}
+TARGETS = {
+    "ratio_vs_hello": 0.75,
+    "cpu_hello_units": 2.0,
+    "batch_ratio_vs_hello": 3.0,
+    "ratio_vs_pgbench": 3.0,
+    "ratio_vs_naive": 3.0,
+    "cores_for_50000_tps": 8.0,
+    "p99_ms": 25.0,
+    "batch_p99_ms": 100.0,
+}
 
 
 # ---- report --------------------------------------------------------------------------------
 def projection(cpu_us_per_payment: float | None) -> dict[str, Any]:
     if not cpu_us_per_payment:
-        return {"cores_for_14000_tps": None, "cores_for_50000_tps": None,
-                "assumption": "no measurement"}
-    return {"cores_for_14000_tps": round(14000 * cpu_us_per_payment / 1e6, 2),
-            "cores_for_50000_tps": round(50000 * cpu_us_per_payment / 1e6, 2),
-            "assumption": "linear scaling: cores = target TPS x SUT CPU per payment; ignores contention, "
-                          "network hops between machines and PostgreSQL I/O limits"}
+        return {"cores_for_14000_tps": None, "cores_for_50000_tps": None, "assumption": "no measurement"}
+    return {
+        "cores_for_14000_tps": round(14000 * cpu_us_per_payment / 1e6, 2),
+        "cores_for_50000_tps": round(50000 * cpu_us_per_payment / 1e6, 2),
+        "assumption": "linear scaling: cores = target TPS x SUT CPU per payment; ignores contention, "
+        "network hops between machines and PostgreSQL I/O limits",
+    }
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -47,16 +57,20 @@ def summary_markdown(report: dict[str, Any]) -> str:
     hello_tps, hello_us = r.get("hello_max_sustained_tps"), r.get("hello_cpu_us_per_request")
     c50 = (r.get("projection") or {}).get("cores_for_50000_tps")
     lines = [
-        "# quickpay bench", "",
-        f"- date: {r['date']}", f"- command: `{r['command_line']}`",
+        "# quickpay bench",
+        "",
+        f"- date: {r['date']}",
+        f"- command: `{r['command_line']}`",
         f"- machine: {r['machine'].get('cpu_model')} x {r['cpu_count']} CPUs, {r['machine'].get('memory_mb')} MB,"
         f" {r['machine'].get('platform')}",
         f"- stack: {r['shards']} shards, {r['gateway_workers']} gateway workers, {r['customers']} customers,"
         f" {r['partners']} partners, fraud rules: {r['rules']}",
         f"- mode: {'quick' if r['quick'] else 'full'}; steps of {r['step_s']:g}s; gates p99 <= {r['p99_ms_gate']:g} ms,"
         f" errors < {r['error_rate_gate']:.2%}; latency from the intended send time (open loop)",
-        "- the generator shares the machine with the system under test", "",
-        "| figure | measured | target | verdict |", "|---|---|---|---|",
+        "- the generator shares the machine with the system under test",
+        "",
+        "| figure | measured | target | verdict |",
+        "|---|---|---|---|",
         f"| hello: H = max sustained requests/s (trivial aiohttp+uvloop handler) | {_fmt(hello_tps)} | | |",
         f"| hello: h = its CPU per request (us) | {_fmt(hello_us)} | | |",
         f"| max sustained TPS, single payments (p99 <= {r['p99_ms_gate']:g} ms) | {_fmt(tps)} | | |",
@@ -88,15 +102,21 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"| conservation of money | {_fmt(r.get('conservation_ok'))} | yes | {_verdict(r.get('conservation_ok'))} |",
         "",
         f"Projection (assumes linear scaling): {_fmt(r['projection'].get('cores_for_14000_tps'), '.1f')} cores for"
-        f" 14,000 TPS, {_fmt(r['projection'].get('cores_for_50000_tps'), '.1f')} cores for 50,000 TPS.", "",
-        "Where the SUT CPU goes at the max sustained step (us per payment): " + ", ".join(
-            f"{group} {_fmt(us, '.0f')}" for group, us in (r.get("sut_cpu_us_per_payment_by_process") or {}).items()),
+        f" 14,000 TPS, {_fmt(r['projection'].get('cores_for_50000_tps'), '.1f')} cores for 50,000 TPS.",
+        "",
+        "Where the SUT CPU goes at the max sustained step (us per payment): "
+        + ", ".join(
+            f"{group} {_fmt(us, '.0f')}" for group, us in (r.get("sut_cpu_us_per_payment_by_process") or {}).items()
+        ),
         "",
         "Capacity per core at that step (payments/s of one core of each component; cores for 14k / 50k): "
-        + "; ".join(f"{group} {c['payments_per_s']:,} ({c['cores_for_14000_tps']:.1f} / {c['cores_for_50000_tps']:.1f})"
-                    for group, c in (r.get("capacity_per_core") or {}).items()),
+        + "; ".join(
+            f"{group} {c['payments_per_s']:,} ({c['cores_for_14000_tps']:.1f} / {c['cores_for_50000_tps']:.1f})"
+            for group, c in (r.get("capacity_per_core") or {}).items()
+        ),
         "",
-        "## Steps (main phase)", "",
+        "## Steps (main phase)",
+        "",
         "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | machine cores busy |"
         " SUT us/payment | gen CPU share | gates |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -107,77 +127,110 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f" {s['p999_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cores'), '.2f')} |"
             f" {_fmt(s.get('machine_cores_busy'), '.2f')} |"
             f" {_fmt(s.get('sut_cpu_us_per_payment'))} | {_fmt(s.get('generator_cpu_share'), '.1%')} |"
-            f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+            f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |"
+        )
     batch = r.get("batch")
     if batch and batch.get("steps"):
-        lines += ["", f"## Batch endpoint ({batch['items_per_batch']} payments per request, same stack)", "",
-                  "| payments/request | batches/s offered | payments/s achieved | p50 ms | p99 ms | items committed |"
-                  " SUT us/payment | gates |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Batch endpoint ({batch['items_per_batch']} payments per request, same stack)",
+            "",
+            "| payments/request | batches/s offered | payments/s achieved | p50 ms | p99 ms | items committed |"
+            " SUT us/payment | gates |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         first = batch.get("first_attempt")
         steps = ([*first["steps"]] if first else []) + list(batch["steps"])
         if first:
-            lines[-3] = (f"First with {first['items_per_batch']} payments per request (missed at the lowest rate),"
-                         f" then with {batch['items_per_batch']}:")
+            lines[-3] = (
+                f"First with {first['items_per_batch']} payments per request (missed at the lowest rate),"
+                f" then with {batch['items_per_batch']}:"
+            )
             lines.insert(len(lines) - 2, "")
         for s in steps:
-            lines.append(f"| {s['items_per_batch']} | {s['offered_per_s']:.1f} | {s['payments_per_s']:.0f} |"
-                         f" {s['p50_ms']:.2f} |"
-                         f" {s['p99_ms']:.2f} | {s['items_committed']}/{s['items_sent']} |"
-                         f" {_fmt(s.get('sut_cpu_us_per_payment'))} |"
-                         f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+            lines.append(
+                f"| {s['items_per_batch']} | {s['offered_per_s']:.1f} | {s['payments_per_s']:.0f} |"
+                f" {s['p50_ms']:.2f} |"
+                f" {s['p99_ms']:.2f} | {s['items_committed']}/{s['items_sent']} |"
+                f" {_fmt(s.get('sut_cpu_us_per_payment'))} |"
+                f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |"
+            )
     hello = r.get("hello")
     if hello and hello.get("steps"):
-        lines += ["", f"## hello calibration (`{hello.get('command')}`: {hello.get('response_bytes')}-byte answers"
-                      f" to the main phase's requests)", "",
-                  "| offered/s | achieved/s | p50 ms | p99 ms | errors | server us/request | gates |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## hello calibration (`{hello.get('command')}`: {hello.get('response_bytes')}-byte answers"
+            f" to the main phase's requests)",
+            "",
+            "| offered/s | achieved/s | p50 ms | p99 ms | errors | server us/request | gates |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s in hello["steps"]:
-            lines.append(f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} |"
-                         f" {s['p99_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
-                         f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+            lines.append(
+                f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} |"
+                f" {s['p99_ms']:.2f} | {s['errors']}/{s['sent']} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
+                f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |"
+            )
         if hello.get("search_capped"):
             lines.append("\nEvery hello step passed: H is a lower bound.")
     naive = r.get("naive")
     if naive:
-        lines += ["", f"## Naive ledger baseline ({naive['customers']} customers, fresh state, "
-                      f"`--ledger-mode naive`)", "",
-                  "| offered/s | achieved/s | p50 ms | p99 ms | errors | gates |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Naive ledger baseline ({naive['customers']} customers, fresh state, `--ledger-mode naive`)",
+            "",
+            "| offered/s | achieved/s | p50 ms | p99 ms | errors | gates |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in naive.get("steps", []):
-            lines.append(f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} |"
-                         f" {s['p99_ms']:.2f} | {s['errors']}/{s['sent']} |"
-                         f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |")
+            lines.append(
+                f"| {s['offered_per_s']:.0f} | {s['achieved_per_s']:.0f} | {s['p50_ms']:.2f} |"
+                f" {s['p99_ms']:.2f} | {s['errors']}/{s['sent']} |"
+                f" {'pass' if s['passed'] else '; '.join(s['failed_gates'])} |"
+            )
         if naive.get("error"):
             lines.append(f"\nNaive phase failed: {naive['error']}")
     if r.get("pgbench"):
         lines += ["", f"## pgbench: {r['pgbench'].get('command', '')}: tps = {_fmt(r['pgbench'].get('tps'))}"]
     if r.get("sweep"):
-        lines += ["", "## Scaling sweep", "",
-                  "| topology | shards | gateway workers | max TPS | p99 ms | SUT cores | SUT us/payment | TPS per SUT core |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Scaling sweep",
+            "",
+            "| topology | shards | gateway workers | max TPS | p99 ms | SUT cores | SUT us/payment | TPS per SUT core |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for s in r["sweep"]:
-            lines.append(f"| {s.get('topology', 'gateway')} | {s['shards']} | {s.get('gateway_workers')} |"
-                         f" {_fmt(s.get('max_sustained_tps'))} | {_fmt(s.get('p99_ms'), '.1f')} |"
-                         f" {_fmt(s.get('sut_cores'), '.2f')} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
-                         f" {_fmt(s.get('efficiency_tps_per_core'))} |"
-                         + (f" error: {s['error'][:100]}" if s.get("error") else ""))
+            lines.append(
+                f"| {s.get('topology', 'gateway')} | {s['shards']} | {s.get('gateway_workers')} |"
+                f" {_fmt(s.get('max_sustained_tps'))} | {_fmt(s.get('p99_ms'), '.1f')} |"
+                f" {_fmt(s.get('sut_cores'), '.2f')} | {_fmt(s.get('sut_cpu_us_per_payment'))} |"
+                f" {_fmt(s.get('efficiency_tps_per_core'))} |"
+                + (f" error: {s['error'][:100]}" if s.get("error") else "")
+            )
     ha = r.get("ha")
     if ha:
         single, batch = ha["single_payment"], ha["batch"]
         first = batch.get("first_step") or {}
-        lines += ["", f"## Synchronous replication (`up --ha`, {ha['members_per_shard']} members per shard, strict)"
-                  " vs one server per shard, same session", "",
-                  "| path | HA | one server | ratio |", "|---|---|---|---|",
-                  f"| single payments: max sustained TPS | {_fmt(single['ha_tps'])} | {_fmt(single['single_server_tps'])}"
-                  f" | {_fmt(single['tps_ratio'], '.2f')} |",
-                  f"| single payments: SUT CPU µs/payment at the max step | {_fmt(single['ha_cpu_us_per_payment'])} |"
-                  f" {_fmt(single['single_server_cpu_us_per_payment'])} | {_fmt(single['cpu_ratio'], '.2f')} |",
-                  f"| batch: max sustained payments/s | {_fmt(batch['ha_payments_per_s'])} |"
-                  f" {_fmt(batch['single_server_payments_per_s'])} | {_fmt(batch['ratio'], '.2f')} |",
-                  f"| batch at {_fmt(first.get('payments_per_s'))} payments/s ({first.get('items_per_batch')} per request):"
-                  f" p50 ms | {_fmt(first.get('ha_p50_ms'), '.1f')} | {_fmt(first.get('single_server_p50_ms'), '.1f')} |"
-                  f" {_fmt(first.get('p50_ratio'), '.2f')} |",
-                  f"| batch at that rate: SUT CPU µs/payment | {_fmt(first.get('ha_cpu_us_per_payment'))} |"
-                  f" {_fmt(first.get('single_server_cpu_us_per_payment'))} | {_fmt(first.get('cpu_ratio'), '.2f')} |"]
+        lines += [
+            "",
+            f"## Synchronous replication (`up --ha`, {ha['members_per_shard']} members per shard, strict)"
+            " vs one server per shard, same session",
+            "",
+            "| path | HA | one server | ratio |",
+            "|---|---|---|---|",
+            f"| single payments: max sustained TPS | {_fmt(single['ha_tps'])} | {_fmt(single['single_server_tps'])}"
+            f" | {_fmt(single['tps_ratio'], '.2f')} |",
+            f"| single payments: SUT CPU µs/payment at the max step | {_fmt(single['ha_cpu_us_per_payment'])} |"
+            f" {_fmt(single['single_server_cpu_us_per_payment'])} | {_fmt(single['cpu_ratio'], '.2f')} |",
+            f"| batch: max sustained payments/s | {_fmt(batch['ha_payments_per_s'])} |"
+            f" {_fmt(batch['single_server_payments_per_s'])} | {_fmt(batch['ratio'], '.2f')} |",
+            f"| batch at {_fmt(first.get('payments_per_s'))} payments/s ({first.get('items_per_batch')} per request):"
+            f" p50 ms | {_fmt(first.get('ha_p50_ms'), '.1f')} | {_fmt(first.get('single_server_p50_ms'), '.1f')} |"
+            f" {_fmt(first.get('p50_ratio'), '.2f')} |",
+            f"| batch at that rate: SUT CPU µs/payment | {_fmt(first.get('ha_cpu_us_per_payment'))} |"
+            f" {_fmt(first.get('single_server_cpu_us_per_payment'))} | {_fmt(first.get('cpu_ratio'), '.2f')} |",
+        ]
     notes = r.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -185,5 +238,3 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
-
-

@@ -1,4 +1,5 @@
 """`quickpay up` as a subprocess, and the CPU of the system under test (psutil)."""
+
 from __future__ import annotations
 
 import os
@@ -11,22 +12,49 @@ from typing import Any
 
 from loadtest.bench.common import READY_TIMEOUT_S, STOP_TIMEOUT_S
 
+
 # ---- the stack -------------------------------------------------------------------------
 class StackProcess:
     """`quickpay up` as a subprocess; stopped with SIGTERM (then SIGKILL) on exit, always."""
 
-    def __init__(self, state_dir: Path, port: int, shards: int, workers: int, log_path: Path, *,
-                 no_rules: bool = False, rules: Path | None = None, ledger_mode: str | None = None,
-                 dsns: list[str] | None = None, topology: str = "gateway",
-                 batch_wait_ms: float | None = None, notifier: bool = False, ha: bool = False,
-                 monitor: bool = False, extra_argv: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int,
+        shards: int,
+        workers: int,
+        log_path: Path,
+        *,
+        no_rules: bool = False,
+        rules: Path | None = None,
+        ledger_mode: str | None = None,
+        dsns: list[str] | None = None,
+        topology: str = "gateway",
+        batch_wait_ms: float | None = None,
+        notifier: bool = False,
+        ha: bool = False,
+        monitor: bool = False,
+        extra_argv: tuple[str, ...] = (),
+    ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.shards = shards
         self.workers = workers
         self.log_path = log_path
-        self.argv = [sys.executable, "-m", "quickpay.cli", "up", "--state-dir", str(self.state_dir),
-                     "--port", str(port), "--shards", str(shards), "--workers", str(workers)]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "quickpay.cli",
+            "up",
+            "--state-dir",
+            str(self.state_dir),
+            "--port",
+            str(port),
+            "--shards",
+            str(shards),
+            "--workers",
+            str(workers),
+        ]
         if not monitor:
             self.argv.append("--no-monitor")
         if not notifier:
@@ -46,7 +74,7 @@ class StackProcess:
         self.ha = ha
         if ha:
             self.argv.append("--ha")
-        self.argv += list(extra_argv)       # e.g. `quickpay soak`: --webhooks-allow-private
+        self.argv += list(extra_argv)  # e.g. `quickpay soak`: --webhooks-allow-private
         self.external_dsns = list(dsns or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{port}"
@@ -54,15 +82,22 @@ class StackProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self) -> "StackProcess":
+    def start(self) -> StackProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("QUICKPAY_TOKEN_KEY", None)
         env.pop("QUICKPAY_ADMIN_TOKEN", None)
         root = Path(__file__).resolve().parents[2]
         with open(self.log_path, "wb") as handle:
-            self.proc = subprocess.Popen(self.argv, cwd=root, stdin=subprocess.DEVNULL, stdout=handle,
-                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=root,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while "quickpay ready" not in self.log_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -82,13 +117,16 @@ class StackProcess:
             return list(self.external_dsns)
         if self.ha:
             from quickpay.ha import HaCluster
+
             return HaCluster.attach(self.state_dir).dsns()
         from quickpay.embedded_pg import EmbeddedPostgres, shard_database
+
         pg = EmbeddedPostgres(self.state_dir)
         return [pg.dsn(shard_database(i)) for i in range(self.shards)]
 
     def child_pid(self, marker: str, shard: int | None = None) -> int | None:
         import psutil
+
         try:
             children = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
@@ -120,11 +158,12 @@ class StackProcess:
             # `up` stops PostgreSQL on a clean exit; make sure after a kill too.
             try:
                 from quickpay.embedded_pg import EmbeddedPostgres
+
                 EmbeddedPostgres(self.state_dir).stop()
             except Exception:
                 pass
 
-    def __enter__(self) -> "StackProcess":
+    def __enter__(self) -> StackProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -145,8 +184,10 @@ class SutCpu:
         if self.state_dir is None:
             return []
         pids = []
-        for pid_file in [self.state_dir / "pg" / "postmaster.pid",
-                         *sorted((self.state_dir / "ha").glob("*/data/postmaster.pid"))]:
+        for pid_file in [
+            self.state_dir / "pg" / "postmaster.pid",
+            *sorted((self.state_dir / "ha").glob("*/data/postmaster.pid")),
+        ]:
             try:
                 pids.append(int(pid_file.read_text().splitlines()[0]))
             except (OSError, ValueError, IndexError):
@@ -155,6 +196,7 @@ class SutCpu:
 
     def processes(self) -> dict[int, Any]:
         import psutil
+
         found: dict[int, Any] = {}
         roots = [self.up_pid, *self._postmaster_pids()]
         for root in roots:
@@ -169,6 +211,7 @@ class SutCpu:
 
     def sample(self) -> dict[int, float]:
         import psutil
+
         times: dict[int, float] = {}
         self.groups: dict[int, str] = getattr(self, "groups", {})
         for pid, proc in self.processes().items():
@@ -194,6 +237,7 @@ class SutCpu:
         """(busy CPU seconds of the whole machine, monotonic time): everything, kernel
         softirq work that no process is charged for included (idle and iowait excluded)."""
         import psutil
+
         t = psutil.cpu_times()
         return float(sum(t) - t.idle - getattr(t, "iowait", 0.0)), time.monotonic()
 
@@ -217,11 +261,9 @@ def process_group(cmdline: list[str]) -> str:
     if "notifier" in cmdline and "quickpay.cli" in cmdline:
         return "notifier"
     if cmdline and (cmdline[0].startswith("postgres") or cmdline[0].endswith("/postgres")):
-        return "postgres"       # with --ha: every member's, standbys included
+        return "postgres"  # with --ha: every member's, standbys included
     if any("patroni" in part for part in cmdline[:3]):
         return "patroni"
     if cmdline and cmdline[0].endswith("/etcd"):
         return "etcd"
     return "other"
-
-

@@ -16,6 +16,7 @@
         with its key. It is acknowledged now, as one payment (whether or not the first attempt
         reached the journal), and joins the payments whose balances `compose_smoke.py pay` checks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,25 +26,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))          # scripts/: compose_smoke
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))   # the repository: quickpay
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/: compose_smoke
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the repository: quickpay
 
-from compose_smoke import AMOUNT, COMPLETED, IN_PROCESS, _settled, fail, log  # noqa: E402
-from quickpay.httpclient import Api, ApiCallError  # noqa: E402
+from compose_smoke import AMOUNT, COMPLETED, IN_PROCESS, _settled, fail, log
 
-OUTAGE_TIMEOUT_S = 20.0      # the gateway answers 503 after its 10 s shard call timeout
+from quickpay.httpclient import Api, ApiCallError
+
+OUTAGE_TIMEOUT_S = 20.0  # the gateway answers 503 after its 10 s shard call timeout
 
 
 def roles(cluster: dict[str, Any]) -> str:
-    return "\n".join(f"{m['name']} {m['role']} {m['state']} {m.get('timeline', '-')} {m.get('lag', 0)}"
-                     for m in sorted(cluster.get("members", []), key=lambda m: str(m["name"])))
+    return "\n".join(
+        f"{m['name']} {m['role']} {m['state']} {m.get('timeline', '-')} {m.get('lag', 0)}"
+        for m in sorted(cluster.get("members", []), key=lambda m: str(m["name"]))
+    )
 
 
 def _payment(state: dict[str, Any], shard: int, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A same-shard payment from the shard's debtor: (request body, the entry `pay` checks)."""
     debtor, creditor = state["accounts"][str(shard)]
-    body = {"agreement_id": state["agreements"][str(shard)], "amount": str(AMOUNT), "currency": "CNY",
-            "creditor_account": creditor, "reference": f"ha smoke {key}"}
+    body = {
+        "agreement_id": state["agreements"][str(shard)],
+        "amount": str(AMOUNT),
+        "currency": "CNY",
+        "creditor_account": creditor,
+        "reference": f"ha smoke {key}",
+    }
     return body, {"debtor": debtor, "creditor": creditor, "amount": str(AMOUNT)}
 
 
@@ -55,13 +64,14 @@ def token(url: str, state_file: Path) -> None:
 
 def outage(url: str, state_file: Path) -> None:
     state = json.loads(state_file.read_text())
-    once = Api(url, timeout_s=OUTAGE_TIMEOUT_S)      # no retries: this is about the first answer
+    once = Api(url, timeout_s=OUTAGE_TIMEOUT_S)  # no retries: this is about the first answer
     token = state["token"]
 
     body, entry = _payment(state, 1, "ha-outage-s1")
     started = time.monotonic()
-    payment = once.request("POST", "/v1/quick-payments", body, token=token,
-                           headers={"x-idempotency-key": "ha-outage-s1"})
+    payment = once.request(
+        "POST", "/v1/quick-payments", body, token=token, headers={"x-idempotency-key": "ha-outage-s1"}
+    )
     if payment["status"] != COMPLETED:
         fail(f"shard 1 did not complete a payment while shard 0 was degraded: {payment}")
     state["payments"].append({**entry, "payment_id": payment["payment_id"]})
@@ -70,13 +80,14 @@ def outage(url: str, state_file: Path) -> None:
     body, entry = _payment(state, 0, "ha-outage-s0")
     started = time.monotonic()
     try:
-        answer = once.request("POST", "/v1/quick-payments", body, token=token,
-                              headers={"x-idempotency-key": "ha-outage-s0"})
+        answer = once.request(
+            "POST", "/v1/quick-payments", body, token=token, headers={"x-idempotency-key": "ha-outage-s0"}
+        )
     except ApiCallError as exc:
         outcome = f"HTTP {exc.status} {exc.body.get('code') if isinstance(exc.body, dict) else exc.body}"
         if exc.status != 503:
             fail(f"shard 0 answered a payment during the outage with {outcome} (expected 503)")
-    except OSError as exc:                          # no answer within OUTAGE_TIMEOUT_S: not acknowledged either
+    except OSError as exc:  # no answer within OUTAGE_TIMEOUT_S: not acknowledged either
         outcome = f"no answer ({type(exc).__name__})"
     else:
         fail(f"shard 0 acknowledged a payment with no synchronous standby left: {answer}")
@@ -91,13 +102,23 @@ def retry(url: str, state_file: Path) -> None:
     # 503 means "outcome unknown, retry with the same key": what a partner does after the outage.
     api = Api(url, timeout_s=30, unavailable_retries=20)
     token = api.token(state["client_id"], state["client_secret"])
-    payment = api.request("POST", "/v1/quick-payments", outage_payment["body"], token=token,
-                          headers={"x-idempotency-key": outage_payment["key"]})
+    payment = api.request(
+        "POST",
+        "/v1/quick-payments",
+        outage_payment["body"],
+        token=token,
+        headers={"x-idempotency-key": outage_payment["key"]},
+    )
     if payment["status"] not in (COMPLETED, IN_PROCESS):
         fail(f"the outage payment's retry was not accepted: {payment}")
     payment = _settled(api, token, payment["payment_id"])
-    again = api.request("POST", "/v1/quick-payments", outage_payment["body"], token=token,
-                        headers={"x-idempotency-key": outage_payment["key"]})
+    again = api.request(
+        "POST",
+        "/v1/quick-payments",
+        outage_payment["body"],
+        token=token,
+        headers={"x-idempotency-key": outage_payment["key"]},
+    )
     if again["payment_id"] != payment["payment_id"]:
         fail(f"a second retry of the outage payment made a new payment: {again} vs {payment}")
     state["payments"].append({**outage_payment["entry"], "payment_id": payment["payment_id"]})

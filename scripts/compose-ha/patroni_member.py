@@ -22,27 +22,33 @@ Environment (docker-compose.ha.yml sets it):
     QUICKPAY_PATRONI_PASSWORD       Patroni's REST API (write endpoints)
     QUICKPAY_ETCD_PASSWORD          etcd's root user
 """
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from quickpay.embedded_pg import BIN_PATH, shard_database
 from quickpay.ha import MEMBERS_MAX, MEMBERS_MIN, NAMESPACE, REPLICATION_USER, REST_USER, SCOPE_PREFIX, dcs_settings
 
-__all__ = ["member_config", "SECRET_VARIABLES", "CONFIG_PATH", "main"]
+__all__ = ["CONFIG_PATH", "SECRET_VARIABLES", "main", "member_config"]
 
 CONFIG_PATH = Path("/tmp/patroni.yml")
-DATA_DIR = "/var/lib/postgresql/data"     # inside the member's volume (/var/lib/postgresql)
-SOCKET_DIR = "/tmp"                       # the container's own tmpfs: no other process sees it
+DATA_DIR = "/var/lib/postgresql/data"  # inside the member's volume (/var/lib/postgresql)
+SOCKET_DIR = "/tmp"  # the container's own tmpfs: no other process sees it
 PG_PORT = 5432
 REST_PORT = 8008
 # Written into the configuration file only; Patroni is started without them in its environment.
-SECRET_VARIABLES = ("POSTGRES_PASSWORD", "QUICKPAY_REPLICATION_PASSWORD", "QUICKPAY_PATRONI_PASSWORD",
-                    "QUICKPAY_ETCD_PASSWORD")
+SECRET_VARIABLES = (
+    "POSTGRES_PASSWORD",
+    "QUICKPAY_REPLICATION_PASSWORD",
+    "QUICKPAY_PATRONI_PASSWORD",
+    "QUICKPAY_ETCD_PASSWORD",
+)
 # Every peer on the (internal) compose network authenticates with a password.
 PG_HBA = [
     "local all all scram-sha-256",
@@ -95,7 +101,10 @@ def member_config(env: Mapping[str, str]) -> dict[str, Any]:
             "use_unix_socket": True,
             "authentication": {
                 "superuser": superuser,
-                "replication": {"username": REPLICATION_USER, "password": _require(env, "QUICKPAY_REPLICATION_PASSWORD")},
+                "replication": {
+                    "username": REPLICATION_USER,
+                    "password": _require(env, "QUICKPAY_REPLICATION_PASSWORD"),
+                },
                 "rewind": dict(superuser),
             },
             "parameters": {"unix_socket_directories": SOCKET_DIR, "unix_socket_permissions": "0700"},
@@ -110,8 +119,10 @@ def member_config(env: Mapping[str, str]) -> dict[str, Any]:
 def post_bootstrap(dsn: str) -> int:
     """Create the shard's database (Patroni passes a DSN and PGPASSFILE)."""
     name = shard_database(int(_require(os.environ, "QUICKPAY_SHARD")))
-    result = subprocess.run([str(BIN_PATH / "psql"), dsn, "-v", "ON_ERROR_STOP=1", "-qc", f'CREATE DATABASE "{name}"'],
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [str(BIN_PATH / "psql"), dsn, "-v", "ON_ERROR_STOP=1", "-qc", f'CREATE DATABASE "{name}"'],
+        stdin=subprocess.DEVNULL,
+    )
     return result.returncode
 
 
@@ -121,11 +132,13 @@ def main(argv: list[str]) -> int:
     if argv:
         raise SystemExit(f"patroni_member: unknown arguments {argv}")
     import yaml
+
     from quickpay.config import write_private_file
+
     write_private_file(CONFIG_PATH, yaml.safe_dump(member_config(os.environ), sort_keys=False), replace=True)
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
     os.execve(sys.executable, [sys.executable, "-m", "patroni", str(CONFIG_PATH)], env)
-    return 0   # not reached
+    return 0  # not reached
 
 
 if __name__ == "__main__":
