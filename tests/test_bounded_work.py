@@ -279,7 +279,7 @@ async def _bounded_plans(dsn: str) -> None:
                 after,  # type: ignore[arg-type]
                 page_max,
             )
-            sql, nodes = db.last()
+            _sql, nodes = db.last()
             (scan,) = _scans(nodes, "transfers")
             assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan["Node Type"]
             assert scan["Index Name"] == "transfers_partner_recon"
@@ -297,7 +297,7 @@ async def _bounded_plans(dsn: str) -> None:
 
         # An account with 50,000 rejected rows: a transactions page reads its page, not them.
         listed = await pg.list_account_transfers(db, "acc_hot", 2**62, 50)  # type: ignore[arg-type]
-        sql, nodes = db.last()
+        _sql, nodes = db.last()
         scans = _scans(nodes, "transfers")
         assert {n.get("Index Name") for n in scans} == {"transfers_debit_moved", "transfers_credit_moved"}, scans
         assert all(_read(n) <= 50 for n in scans), [_read(n) for n in scans]
@@ -318,7 +318,7 @@ async def _bounded_plans(dsn: str) -> None:
 
         worker = SimpleNamespace(read_pool=_Pool(), state=SimpleNamespace(next_seq=rows + 1))
         assert await _read_decisions_async(worker, "block", "no_such_rule", 50) == []  # type: ignore[arg-type]
-        sql, nodes = db.last()
+        _sql, nodes = db.last()
         (scan,) = _scans(nodes, "transfers")
         assert scan.get("Index Name") == "transfers_flagged", scan["Node Type"]
         assert _read(scan) <= min(DECISIONS_SCAN_MAX, rows // 1000), _read(scan)
@@ -326,21 +326,21 @@ async def _bounded_plans(dsn: str) -> None:
         assert len(blocked) == 50 and blocked[0]["seq"] > blocked[-1]["seq"]
         assert all(t["fraud"]["decision"] == "block" for t in blocked)
         newest = await _read_decisions_async(worker, None, None, 50)  # type: ignore[arg-type]
-        sql, nodes = db.last()
+        _sql, nodes = db.last()
         (scan,) = _scans(nodes, "transfers")
         assert scan["Node Type"] in ("Index Scan", "Index Only Scan") and _read(scan) <= 50, (scan, _read(scan))
         assert [t["seq"] for t in newest] == list(range(rows, rows - 50, -1))
 
         # Alerts, newest first: an index, not a sort of all 20,000.
         found = await db.fetch("SELECT id, rule, account, at_ms, details FROM alerts ORDER BY at_ms DESC LIMIT $1", 100)
-        sql, nodes = db.last()
+        _sql, nodes = db.last()
         (scan,) = _scans(nodes, "alerts")
         assert scan.get("Index Name") == "alerts_at" and _read(scan) <= 100, (scan["Node Type"], _read(scan))
         assert len(found) == 100
 
         # The event feed by type: the rare type's events only.
         events = await store.list_events(db, "ptn_feed", 0, "agreement.expired", 50, now_ms - 1)  # type: ignore[arg-type]
-        sql, nodes = db.last()
+        _sql, nodes = db.last()
         (scan,) = _scans(nodes, "events")
         assert scan.get("Index Name") == "events_partner_type_seq" and _read(scan) <= 50, (scan, _read(scan))
         assert len(events) == 25

@@ -16,6 +16,7 @@ reported in `quickpay up`'s output and in /readyz, then heal.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -527,7 +528,7 @@ def test_crash_loop_backs_off_and_is_reported(faulty: dict[str, Any], world: dic
             for d in re.findall(r"quickpay: shard-1 (?:exited|is crash-looping)[^\n]*restarting in ([\d.]+)s", log)
         ]
         assert len(delays) >= 4, log[-3000:]
-        assert all(b >= a for a, b in zip(delays, delays[1:])) and delays[-1] > delays[0], delays
+        assert all(b >= a for a, b in itertools.pairwise(delays)) and delays[-1] > delays[0], delays
     finally:
         allow_connections(True)
     # Healed: the next restart succeeds and the stack is ready again.

@@ -306,7 +306,7 @@ async def test_shard_worker_killed_mid_stream(own: Stack, world: dict[str, Any])
             assert time.monotonic() < deadline, "shard 0 was not restarted\n" + own.log()[-4000:]
             await asyncio.sleep(0.2)
         # retry every request that did not get a 201, with the same key and body (bounded)
-        for attempt in range(40):
+        for _attempt in range(40):
             pending = [(key, body) for key, body, _ in plan if results[key][0] != 201]
             if not pending:
                 break

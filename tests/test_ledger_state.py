@@ -390,7 +390,7 @@ def test_int64_edges_of_funding_and_payments() -> None:
     # A same-shard creditor at the top refuses a payment with BALANCE_OVERFLOW.
     state.accounts[SETTLEMENT].balance_minor = big  # only the creditor's edge matters here
     state.load_agreement(mandate("agr_big", PARTNER, "acc_0", "CNY", big, big, "active", 0))
-    (code, t), ws = commit(state, lambda ws: state.execute_payment(pay("p_top", 1, agreement="agr_big"), ws))
+    (_code, t), ws = commit(state, lambda ws: state.execute_payment(pay("p_top", 1, agreement="agr_big"), ws))
     assert t.status == Status.REJECTED and t.reasons == (Code.BALANCE_OVERFLOW,) and ws.deltas == {}
 
 
@@ -496,7 +496,7 @@ def test_prefetched_ids_survive_a_batch_larger_than_the_cache() -> None:
     state = _cache_state(cache_max=2)
     stored = []
     for i in range(5):
-        (code, transfer), _ = commit(state, lambda ws, i=i: state.execute_payment(pay(f"p{i}", 10 + i), ws))
+        (_code, transfer), _ = commit(state, lambda ws, i=i: state.execute_payment(pay(f"p{i}", 10 + i), ws))
         stored.append(transfer)
     state.transfers.clear()  # all of them only in "PostgreSQL" now
     for transfer in stored:  # what the prefetch does with the rows it read
@@ -621,7 +621,7 @@ def run_workload(seed: int, steps: int = 400) -> None:
             assert st_.total_balance_minor() == 0
             assert all(a.balance_minor >= 0 for a in st_.accounts.values() if not a.allow_negative)
     # deliver everything still in flight, then money is conserved across shards
-    for leg, src, target in in_flight:
+    for leg, _src, target in in_flight:
         assert states[target].execute_credit(leg, WriteSet()) == Code.OK
     customer_total = sum(
         a.balance_minor for s in states for a in s.accounts.values() if a.kind in ("customer", "settlement")

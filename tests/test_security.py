@@ -636,7 +636,7 @@ def tcp_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
                 break
             except ShardUnavailable:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((base / "worker.log").read_text()[-4000:])
+                    raise AssertionError((base / "worker.log").read_text()[-4000:]) from None
                 time.sleep(0.2)
         yield {"address": address, "port": port, "secret": secret, "pg": pg, "proc": proc, "log": base / "worker.log"}
     finally:
