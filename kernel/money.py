@@ -46,7 +46,8 @@ def parse_amount(text: object, currency: str) -> int:
             "QP.Amount.TooManyDecimals",
             f"{currency} allows at most {exponent} decimal places",
         )
-    minor = int(whole) * 10**exponent + int(fraction.ljust(exponent, "0") or "0")
+    scale: int = 10**exponent  # int ** int is typed Any (a negative exponent would give a float)
+    minor = int(whole) * scale + int(fraction.ljust(exponent, "0") or "0")
     if minor <= 0:
         raise AmountError("QP.Amount.NotPositive", "amount must be greater than zero")
     if minor > INT64_MAX:
