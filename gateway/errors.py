@@ -1,4 +1,4 @@
-"""The one error shape: {"code", "message", "errors": [{"code", "message", "path"}]}."""
+"""The one error shape as an aiohttp response (the shape and its exception: kernel/errors.py)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from kernel.errors import ApiError, field_error
+
 __all__ = ["ApiError", "error_response", "field_error"]
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        errors: list[dict[str, str]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.errors = errors or []
-        self.headers = headers or {}
-
-
-def field_error(status: int, code: str, message: str, path: str) -> ApiError:
-    return ApiError(status, code, message, [{"code": code, "message": message, "path": path}])
 
 
 def error_response(error: ApiError) -> web.Response:
