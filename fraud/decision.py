@@ -36,6 +36,7 @@ class RuleHit:
     values: dict[str, HitValue] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        # Field by field, like fraud/monitor.py's Alert: not dataclasses.asdict, which deep-copies.
         return {
             "rule_id": self.rule_id,
             "action": self.action,

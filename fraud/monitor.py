@@ -66,6 +66,7 @@ class Alert:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        # Field by field, like fraud/decision.py's RuleHit: not dataclasses.asdict, which deep-copies.
         return {
             "alert_id": self.alert_id,
             "rule": self.rule,

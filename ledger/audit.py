@@ -60,6 +60,8 @@ class AuditReport:
     unreadable_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        # The report's JSON, field by field (the same shape as ledger/model.py's to_wire: a
+        # literal dict per type is the fastest and the clearest; dataclasses.asdict deep-copies).
         return {
             "ok": self.ok,
             "problems": self.problems,

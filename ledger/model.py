@@ -148,6 +148,7 @@ class Transfer:
     committed: bool = False
 
     def to_wire(self) -> dict[str, Any]:
+        # A literal dict, field by field: on the hot path, and faster than dataclasses.asdict.
         return {
             "id": self.id,
             "seq": self.seq,

@@ -234,45 +234,31 @@ async def due_deliveries(
     return [dict(r) for r in rows]
 
 
+# The outcome of one delivery attempt, written only while the delivery is still pending
+# (a delivery is finished once). SET clauses are constants of this module, never input.
+_SETTLE = " WHERE endpoint_id = $1 AND event_seq = $2 AND status = 'pending'"
+_DELIVERED = "UPDATE webhook_deliveries SET status = 'delivered', attempts = $3, finished_at_ms = $4, last_error = NULL"
+_RETRY = "UPDATE webhook_deliveries SET attempts = $3, next_attempt_at_ms = $4, last_error = $5"
+_FAILED = "UPDATE webhook_deliveries SET status = 'failed', attempts = $3, finished_at_ms = $4, last_error = $5"
+ERROR_TEXT_MAX = 500
+
+
 async def mark_delivered(
     conn: asyncpg.Connection, endpoint_id: str, event_seq: int, attempts: int, now_ms: int
 ) -> None:
-    await conn.execute(
-        "UPDATE webhook_deliveries SET status = 'delivered', attempts = $3, finished_at_ms = $4,"
-        " last_error = NULL WHERE endpoint_id = $1 AND event_seq = $2 AND status = 'pending'",
-        endpoint_id,
-        event_seq,
-        attempts,
-        now_ms,
-    )
+    await conn.execute(_DELIVERED + _SETTLE, endpoint_id, event_seq, attempts, now_ms)
 
 
 async def mark_retry(
     conn: asyncpg.Connection, endpoint_id: str, event_seq: int, attempts: int, next_at_ms: int, error: str
 ) -> None:
-    await conn.execute(
-        "UPDATE webhook_deliveries SET attempts = $3, next_attempt_at_ms = $4, last_error = $5"
-        " WHERE endpoint_id = $1 AND event_seq = $2 AND status = 'pending'",
-        endpoint_id,
-        event_seq,
-        attempts,
-        next_at_ms,
-        error[:500],
-    )
+    await conn.execute(_RETRY + _SETTLE, endpoint_id, event_seq, attempts, next_at_ms, error[:ERROR_TEXT_MAX])
 
 
 async def mark_failed(
     conn: asyncpg.Connection, endpoint_id: str, event_seq: int, attempts: int, now_ms: int, error: str
 ) -> None:
-    await conn.execute(
-        "UPDATE webhook_deliveries SET status = 'failed', attempts = $3, finished_at_ms = $4,"
-        " last_error = $5 WHERE endpoint_id = $1 AND event_seq = $2 AND status = 'pending'",
-        endpoint_id,
-        event_seq,
-        attempts,
-        now_ms,
-        error[:500],
-    )
+    await conn.execute(_FAILED + _SETTLE, endpoint_id, event_seq, attempts, now_ms, error[:ERROR_TEXT_MAX])
 
 
 async def delivery_stats(conn: asyncpg.Connection) -> dict[str, Any]:

@@ -69,6 +69,8 @@ class Client(_Base):
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        # Client and AsyncClient spell out the same keyword arguments on purpose (not **kwargs):
+        # partners read the signature in their editor; only sleep's and transport's types differ.
         super().__init__(
             base_url,
             client_id,
@@ -220,6 +222,7 @@ class AsyncClient(_Base):
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        # The same keyword arguments as Client's, spelled out for the same reason.
         super().__init__(
             base_url,
             client_id,
