@@ -299,7 +299,9 @@ def decode_body(body: bytes, schema: type) -> object:
             code, path = "QP.Field.Missing", f"{at}.{message.split('`')[1]}"
         else:
             code, path = "QP.Field.Invalid", at
-        raise ApiError(400, code, "the request body is not valid", [{"code": code, "message": message, "path": path}])
+        raise ApiError(
+            400, code, "the request body is not valid", [{"code": code, "message": message, "path": path}]
+        ) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         # UnicodeDecodeError: the body is not UTF-8 (msgspec raises it, not DecodeError).
         raise ApiError(

@@ -53,7 +53,7 @@ HASH_MAX = 128
 # single-line value.
 UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ID = re.compile(r"[A-Za-z0-9_\-]{1,%d}" % ID_MAX)
+_ID = re.compile(rf"[A-Za-z0-9_\-]{{1,{ID_MAX}}}")
 
 
 class BadCommand(ValueError):

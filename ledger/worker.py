@@ -12,6 +12,7 @@ restart reloads the truth from PostgreSQL (fail-stop, like TigerBeetle).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -423,8 +424,8 @@ class ShardWorker:
         kind, where = parse_address(cfg.listen)
         if kind == "unix":
             path = str(where)
-            if os.path.exists(path):
-                os.unlink(path)  # we hold the advisory lock, so no live worker owns it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # we hold the advisory lock, so no live worker owns a stale socket
             self.server = await loop.create_unix_server(lambda: _ServerProtocol(self), path)
             os.chmod(path, 0o600)  # only this user may connect (the directory is 0700 too)
         else:

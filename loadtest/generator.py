@@ -461,7 +461,7 @@ class _Driver:
         self.t0 = 0.0
         self.window_start = 0.0
         self.window_end = 0.0
-        seconds = int(math.ceil(plan.start_offset_s + plan.duration_s + plan.timeout_s)) + 2
+        seconds = math.ceil(plan.start_offset_s + plan.duration_s + plan.timeout_s) + 2
         self.per_second = [0] * seconds
         self.in_flight = 0
         self.drained = asyncio.Event()

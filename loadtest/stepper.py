@@ -11,6 +11,7 @@ bad rate refines the answer.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -84,7 +85,7 @@ def _rates(
 ) -> list[float]:
     if steps is not None:
         rates = [float(rate) for rate in steps]
-        if any(b <= a for a, b in zip(rates, rates[1:])) or not rates or rates[0] <= 0:
+        if any(b <= a for a, b in itertools.pairwise(rates)) or not rates or rates[0] <= 0:
             raise ValueError("steps must be positive and strictly increasing")
         return rates[:steps_max]
     if start_rate <= 0:

@@ -565,7 +565,7 @@ class HaCluster:
                 break  # it answers (authentication already on, say)
             except OSError as exc:
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"etcd did not answer on port {self.etcd_client_port}: {exc}")
+                    raise SystemExit(f"etcd did not answer on port {self.etcd_client_port}: {exc}") from exc
                 time.sleep(0.2)
         try:
             self._etcd("auth/authenticate", {"name": "root", "password": self.etcd_password})

@@ -22,6 +22,7 @@ the new timeline).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -139,7 +140,7 @@ class _ReadinessWatch(threading.Thread):
         total = 0.0
         back: float | None = None
         samples = [s for s in self.samples if s[0] >= since]
-        for (t0, ok0), (t1, ok1) in zip(samples, samples[1:]):
+        for (t0, ok0), (t1, ok1) in itertools.pairwise(samples):
             if not ok0:
                 total += t1 - t0
                 if ok1:
@@ -358,7 +359,7 @@ def run_drill(state_dir: Path, fault: str, shard: int, *, out: Any = sys.stdout)
     readiness.stop()
     with stream.lock:
         times = sorted([fault_at] + [acked for _, acked in stream.acks if acked >= fault_at])
-        gaps = [(b - a, b) for a, b in zip(times, times[1:])]
+        gaps = [(b - a, b) for a, b in itertools.pairwise(times)]
         longest, resumed_at = max(gaps, default=(0.0, fault_at))
         report["acknowledged"] = len(stream.acknowledged)
         report["accepted"] = stream.accepted

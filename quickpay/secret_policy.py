@@ -19,6 +19,7 @@ a full set to a .env file.
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 from collections import Counter
@@ -109,7 +110,7 @@ def secret_problem(value: str | None, kind: SecretKind) -> str | None:
         return f"it uses only {distinct} distinct characters"
     if _smallest_period(value) <= len(value) // 2:
         return "it repeats a shorter pattern"
-    neighbours = sum(1 for a, b in zip(value, value[1:]) if abs(ord(a) - ord(b)) <= 1)
+    neighbours = sum(1 for a, b in itertools.pairwise(value) if abs(ord(a) - ord(b)) <= 1)
     if neighbours * 3 > (len(value) - 1) * 2:
         return "it is mostly a run of neighbouring characters"
     bits = estimated_bits(value)

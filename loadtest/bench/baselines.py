@@ -54,7 +54,7 @@ def run_pgbench(state_dir: Path, seconds: float, scale: int, out: Path) -> dict[
     init_s = time.monotonic() - started
     if init.returncode != 0:
         raise RuntimeError(f"pgbench -i failed: {init.stderr[-2000:]}")
-    command = [pgbench, *conn, "-c", "8", "-j", "2", "-T", str(max(1, int(round(seconds)))), "-n", "pgbench"]
+    command = [pgbench, *conn, "-c", "8", "-j", "2", "-T", str(max(1, round(seconds))), "-n", "pgbench"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, env=env)
     (out / "pgbench.txt").write_text(result.stdout + result.stderr)
     tps = parse_pgbench_tps(result.stdout)
@@ -67,8 +67,7 @@ def run_pgbench(state_dir: Path, seconds: float, scale: int, out: Path) -> dict[
         "clients": 8,
         "threads": 2,
         "init_s": round(init_s, 1),
-        "command": "pgbench -c 8 -j 2 -T %d -n (TPC-B, scale %d, same embedded PostgreSQL, fsync on)"
-        % (max(1, int(round(seconds))), scale),
+        "command": f"pgbench -c 8 -j 2 -T {max(1, round(seconds))} -n (TPC-B, scale {scale}, same embedded PostgreSQL, fsync on)",
     }
 
 

@@ -157,7 +157,7 @@ async def _verification_burst(base_url: str, population: Population, count: int,
                         failures.append(f"{resp.status}: {str(data)[:200]}")
 
         await asyncio.gather(*(pay(i) for i in range(count)))
-        for body, key, meta in sent[:replays]:
+        for body, _key, meta in sent[:replays]:
             async with session.post(f"{base_url}/v1/quick-payments", json=body, headers=meta["headers"]) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status != 201 or data.get("payment_id") != meta["payment_id"]:
