@@ -1,0 +1,7 @@
+"""`python -m loadtest.generator`."""
+
+import sys
+
+from loadtest.generator.cli import main
+
+sys.exit(main())
