@@ -32,6 +32,7 @@ import aiohttp
 import asyncpg
 
 from kernel.ids import shard_of_payment
+from kernel.limits import FEED_RETENTION_MS
 from ledger import notify_store as store
 from ledger import pg
 from ledger.rows import QUARANTINE, RowError, decode_agreement, decode_agreement_event
@@ -55,7 +56,6 @@ CONNECT_TIMEOUT_S = 3.0
 DUE_READ_MAX = 256
 POLL_INTERVAL_S = 0.2
 PRUNE_INTERVAL_MS = 3_600_000
-FEED_RETENTION_MS = 30 * 86_400_000
 RESPONSE_READ_MAX_BYTES = 64 * 1024
 APPLICATION_NAME = "quickpay-notifier"  # in pg_stat_activity
 
