@@ -131,7 +131,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
     """
     spec.validate()
     run_id = spec.run_id or os.urandom(_RUN_ID_LENGTH // 2).hex()
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])  # the directory holding loadtest/
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     command = [sys.executable, "-c", "from loadtest.generator.worker import _worker_stdio; _worker_stdio()"]
