@@ -24,7 +24,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["add_partners_arguments", "run_partners_command"]
+__all__ = ["add_partners_arguments", "cmd_partners", "run_partners_command"]
 
 # command -> the admin route's last segment (None: a GET of the partner itself)
 _ACTIONS = {
@@ -107,3 +107,7 @@ def run_partners_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def cmd_partners(args: argparse.Namespace) -> int:
+    return int(run_partners_command(args))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["add_fraud_arguments", "load_recorded_payments", "run_fraud_command"]
+__all__ = ["add_fraud_arguments", "cmd_fraud", "load_recorded_payments", "run_fraud_command"]
 
 _VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # fullmatch: "$" would let a trailing newline through
 
@@ -212,3 +212,7 @@ def run_fraud_command(args: argparse.Namespace) -> int:
     if args.fraud_command == "backtest":
         return _backtest(args)
     return _admin(args)
+
+
+def cmd_fraud(args: argparse.Namespace) -> int:
+    return int(run_fraud_command(args))
