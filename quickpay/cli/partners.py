@@ -18,13 +18,13 @@ answer as JSON; an error's body goes to stderr and the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["add_partners_arguments", "run_partners_command"]
+from quickpay.cli.admin_api import admin_token, call_admin
+
+__all__ = ["add_partners_arguments", "cmd_partners", "run_partners_command"]
 
 # command -> the admin route's last segment (None: a GET of the partner itself)
 _ACTIONS = {
@@ -64,42 +64,29 @@ def add_partners_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_partners_command(args: argparse.Namespace) -> int:
-    import urllib.error
-
-    from quickpay.config import StateDir
-    from quickpay.httpclient import Api, ApiCallError
+    from quickpay.httpclient import Api
 
     # Disable, enable and retire are idempotent; a rotation or a revocation repeated after an
     # unknown outcome would rotate (or revoke) twice, so nothing is retried.
     api = Api(args.url, timeout_s=30.0)
-    token_file = StateDir(args.state_dir).path / "admin.token"
-    token = os.environ.get("QUICKPAY_ADMIN_TOKEN") or (token_file.read_text().strip() if token_file.exists() else None)
-    if not token:
-        raise SystemExit(
-            f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
-            "give the stack's --state-dir"
-        )
+    token = admin_token(args.state_dir)
     path = f"/admin/v1/partners/{quote(args.partner_id, safe='')}"
-    try:
+
+    def request() -> Any:
         if args.partners_command == "show":
-            result = api.request("GET", path, token=token)
-        elif args.partners_command == "audit":
-            result = api.request("GET", path + "/audit?limit=200", token=token)
-        else:
-            body: dict[str, Any] = {"actor": args.actor}
-            if args.reason:
-                body["reason"] = args.reason
-            if args.partners_command == "rotate-secret":
-                body["overlap_s"] = args.overlap_s
-            result = api.request("POST", f"{path}/{_ACTIONS[args.partners_command]}", body, token=token)
-    except ApiCallError as exc:
-        print(json.dumps(exc.body, indent=2), file=sys.stderr)
-        return 1
-    except urllib.error.URLError as exc:
-        raise SystemExit(
-            f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up` or give --url"
-        ) from None
-    print(json.dumps(result, indent=2))
+            return api.request("GET", path, token=token)
+        if args.partners_command == "audit":
+            return api.request("GET", path + "/audit?limit=200", token=token)
+        body: dict[str, Any] = {"actor": args.actor}
+        if args.reason:
+            body["reason"] = args.reason
+        if args.partners_command == "rotate-secret":
+            body["overlap_s"] = args.overlap_s
+        return api.request("POST", f"{path}/{_ACTIONS[args.partners_command]}", body, token=token)
+
+    status, result = call_admin(args.url, request)
+    if status:
+        return status
     if args.partners_command == "rotate-secret" and isinstance(result, dict):
         print(
             "the new client secret is shown only here; the old one is valid until "
@@ -107,3 +94,7 @@ def run_partners_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def cmd_partners(args: argparse.Namespace) -> int:
+    return int(run_partners_command(args))

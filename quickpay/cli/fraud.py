@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["add_fraud_arguments", "load_recorded_payments", "run_fraud_command"]
+from quickpay.cli.admin_api import admin_token, call_admin
+
+__all__ = ["add_fraud_arguments", "cmd_fraud", "load_recorded_payments", "run_fraud_command"]
 
 _VERSION_RE = re.compile(r"[0-9a-f]{8,64}")  # fullmatch: "$" would let a trailing newline through
 
@@ -141,32 +142,24 @@ def _format_backtest(report: dict[str, Any], count: int) -> str:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    import urllib.error
-
-    from quickpay.config import StateDir
-    from quickpay.httpclient import Api, ApiCallError
+    from quickpay.httpclient import Api
 
     # Propose and activate are idempotent (content-hash versions), so an answer of
     # "unavailable, nothing changed" is retried; a rollback is "one step back" and is not.
     api = Api(args.url, timeout_s=60.0, unavailable_retries=2 if args.fraud_command in ("propose", "activate") else 0)
-    token_file = StateDir(args.state_dir).path / "admin.token"
-    token = os.environ.get("QUICKPAY_ADMIN_TOKEN") or (token_file.read_text().strip() if token_file.exists() else None)
-    if not token:
-        raise SystemExit(
-            f"no admin token: {token_file} does not exist and QUICKPAY_ADMIN_TOKEN is not set; "
-            "give the stack's --state-dir"
-        )
+    token = admin_token(args.state_dir)
     if args.fraud_command == "activate" and not _VERSION_RE.fullmatch(args.version.lower()):
         raise SystemExit(
             f"quickpay fraud activate: {args.version!r} is not a rule-set version; give the sha256 id "
             "that `quickpay fraud show` prints, or 8 or more of its first hex digits"
         )
-    try:
+
+    def request() -> Any:
         if args.fraud_command == "show":
-            result = api.request("GET", "/admin/v1/fraud/rules", token=token)
-        elif args.fraud_command == "propose":
+            return api.request("GET", "/admin/v1/fraud/rules", token=token)
+        if args.fraud_command == "propose":
             text = Path(args.file).read_text()
-            result = api.request(
+            return api.request(
                 "POST",
                 "/admin/v1/fraud/rules",
                 {
@@ -177,24 +170,19 @@ def _admin(args: argparse.Namespace) -> int:
                 },
                 token=token,
             )
-        elif args.fraud_command == "activate":
-            result = api.request(
+        if args.fraud_command == "activate":
+            return api.request(
                 "POST",
                 f"/admin/v1/fraud/rules/{args.version.lower()}/activate?author={quote(args.author)}",
                 token=token,
             )
-        elif args.fraud_command == "rollback":
-            result = api.request("POST", f"/admin/v1/fraud/rules/rollback?author={quote(args.author)}", token=token)
-        else:
-            result = api.request("GET", "/admin/v1/fraud/alerts", token=token)
-    except ApiCallError as exc:
-        print(json.dumps(exc.body, indent=2), file=sys.stderr)
-        return 1
-    except urllib.error.URLError as exc:
-        raise SystemExit(
-            f"no quickpay stack answered at {args.url} ({exc.reason}); start it with `quickpay up` or give --url"
-        ) from None
-    print(json.dumps(result, indent=2))
+        if args.fraud_command == "rollback":
+            return api.request("POST", f"/admin/v1/fraud/rules/rollback?author={quote(args.author)}", token=token)
+        return api.request("GET", "/admin/v1/fraud/alerts", token=token)
+
+    status, result = call_admin(args.url, request)
+    if status:
+        return status
     if args.fraud_command != "alerts" and isinstance(result, dict) and "active_version" in result:
         # One line a person can read under the JSON (stderr, so stdout stays JSON).
         state = "consistent" if result.get("consistent") else "SHARDS DISAGREE"
@@ -212,3 +200,7 @@ def run_fraud_command(args: argparse.Namespace) -> int:
     if args.fraud_command == "backtest":
         return _backtest(args)
     return _admin(args)
+
+
+def cmd_fraud(args: argparse.Namespace) -> int:
+    return int(run_fraud_command(args))
