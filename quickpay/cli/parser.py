@@ -168,6 +168,18 @@ def _add_pending_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_serving_arguments(p: argparse.ArgumentParser) -> None:
+    """What a process serving the HTTP API takes (gateway-worker and node alike)."""
+    p.add_argument(
+        "--batch-items-max",
+        type=int,
+        default=BATCH_ITEMS_MAX_DEFAULT,
+        help="payments per batch request (at most the default)",
+    )
+    _add_rate_limit_arguments(p, process=True)
+    p.add_argument("--webhooks-allow-private", action="store_true", help="accept private webhook addresses")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quickpay", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,28 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int, default=8080)
     gw.add_argument("--shard-addrs", help=f"every shard's address, comma-separated (or {ENV_SHARD_ADDRS})")
     gw.add_argument("--state-dir", help="read token key and admin token from here instead of the environment")
-    gw.add_argument(
-        "--batch-items-max",
-        type=int,
-        default=BATCH_ITEMS_MAX_DEFAULT,
-        help="payments per batch request (at most the default)",
-    )
-    _add_rate_limit_arguments(gw, process=True)
-    gw.add_argument("--webhooks-allow-private", action="store_true", help="accept private webhook addresses")
+    _add_serving_arguments(gw)
     gw.set_defaults(func=cmd_gateway_worker)
 
     node = sub.add_parser("node", help="run one node: HTTP API plus one shard in one process (up --topology node)")
     _add_worker_arguments(node)
     node.add_argument("--host", default="127.0.0.1")
     node.add_argument("--port", type=int, default=8080)
-    node.add_argument(
-        "--batch-items-max",
-        type=int,
-        default=BATCH_ITEMS_MAX_DEFAULT,
-        help="payments per batch request (at most the default)",
-    )
-    _add_rate_limit_arguments(node, process=True)
-    node.add_argument("--webhooks-allow-private", action="store_true", help="accept private webhook addresses")
+    _add_serving_arguments(node)
     node.set_defaults(func=cmd_node)
 
     notifier = sub.add_parser("notifier", help="run the event producer and webhook deliverer over all shards")
