@@ -1,5 +1,5 @@
 """What the commands share: the environment variables they read, the limits their flags
-check, and how DSNs and address lists are given."""
+check (the shared ones come from kernel.limits), and how DSNs and address lists are given."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import argparse
 import logging
 import os
 
+from kernel.limits import BATCH_ITEMS_MAX
+
 ENV_DSNS = "QUICKPAY_DSNS"
 ENV_SHARD_ADDRS = "QUICKPAY_SHARD_ADDRS"
 ENV_SUPERVISOR_STATUS = "QUICKPAY_SUPERVISOR_STATUS"
 ENV_CLUSTER_SECRET = "QUICKPAY_CLUSTER_SECRET"
-# gateway.schemas.BATCH_ITEMS_MAX, the most the document allows (not imported here: the
-# parser is built without the gateway's modules; tests/test_cli.py checks they agree).
-BATCH_ITEMS_MAX_DEFAULT = 1000
-RATE_LIMIT_RPS_DEFAULT = 10_000.0
-RATE_LIMIT_BURST_DEFAULT = 20_000.0
-RATE_LIMIT_MAX = 10_000_000
+# The most the document allows (kernel.limits, which the gateway enforces): a stack may lower it.
+BATCH_ITEMS_MAX_DEFAULT = BATCH_ITEMS_MAX
 RATE_LIMIT_WORKERS_MAX = 1024
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from kernel.limits import RATE_LIMIT_BURST_DEFAULT, RATE_LIMIT_RPS_DEFAULT
 from quickpay.cli.bench import cmd_bench, cmd_seed, cmd_soak
 from quickpay.cli.check import cmd_check, cmd_recon
 from quickpay.cli.common import (
     BATCH_ITEMS_MAX_DEFAULT,
     ENV_DSNS,
     ENV_SHARD_ADDRS,
-    RATE_LIMIT_BURST_DEFAULT,
-    RATE_LIMIT_RPS_DEFAULT,
 )
 from quickpay.cli.fraud import add_fraud_arguments, cmd_fraud
 from quickpay.cli.ha import cmd_ha, cmd_ha_drill

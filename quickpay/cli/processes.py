@@ -7,15 +7,13 @@ import argparse
 import os
 from typing import Any
 
+from kernel.limits import RATE_LIMIT_BURST_DEFAULT, RATE_LIMIT_MAX, RATE_LIMIT_RPS_DEFAULT
 from quickpay.cli.common import (
     BATCH_ITEMS_MAX_DEFAULT,
     ENV_CLUSTER_SECRET,
     ENV_DSNS,
     ENV_SHARD_ADDRS,
     ENV_SUPERVISOR_STATUS,
-    RATE_LIMIT_BURST_DEFAULT,
-    RATE_LIMIT_MAX,
-    RATE_LIMIT_RPS_DEFAULT,
     RATE_LIMIT_WORKERS_MAX,
     _setup_logging,
     _split,

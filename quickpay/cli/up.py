@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kernel.limits import RATE_LIMIT_MAX
 from quickpay.cli.common import (
     BATCH_ITEMS_MAX_DEFAULT,
     ENV_CLUSTER_SECRET,
     ENV_SUPERVISOR_STATUS,
-    RATE_LIMIT_MAX,
     _dsns_from,
     _split,
 )
