@@ -188,7 +188,8 @@ def _decide_settings(worker: WorkerBase, args: dict[str, str], ws: WriteSet, now
 def _decide_fraud(worker: WorkerBase, args: dict[str, Any], ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
     # Rule-set changes go through the batcher so that a switch happens between two
     # payments, never inside a batch's decision of one payment.
-    return worker.fraud_admin.decide(args, ws, now_ms, worker.state.undo)
+    decided: tuple[bool, Any] = worker.fraud_admin.decide(args, ws, now_ms, worker.state.undo)
+    return decided
 
 
 _DECIDERS: dict[str, Callable[[WorkerBase, Any, WriteSet, int], tuple[bool, Any]]] = {

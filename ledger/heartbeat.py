@@ -128,7 +128,7 @@ def _timing_summary(timings: Any) -> dict[str, Any]:
         return {"count": 0}
 
     def pct(index: int, q: float) -> float:
-        values = sorted(row[index] for row in rows)
+        values: list[float] = sorted(row[index] for row in rows)
         return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 3)
 
     summary: dict[str, Any] = {
