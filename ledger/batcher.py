@@ -1,0 +1,144 @@
+"""The batcher: it collects queued commands, prefetches what they name, and decides them in memory.
+
+BatcherMixin, a part of ShardWorker: takes up to batch_size_max commands, looks up the
+stored transfers they name that memory does not hold (the prefetch), decides each one
+atomically (the deciders, ledger/deciders.py) and hands the batch's WriteSet to the writer
+(ledger/writer.py). Split out of ledger/worker.py (issue 18, a pure move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from . import pg
+from .deciders import _CLIENT_VALUE_ERRORS, _DECIDERS
+from .model import LedgerInvariantError
+from .state import WriteSet
+from .storable import check_command
+from .worker_base import Reply, WorkerBase
+
+__all__ = ["UNREADABLE_IDS_MAX", "BatcherMixin"]
+
+log = logging.getLogger("quickpay.shard")
+
+
+class BatcherMixin(WorkerBase):
+    # ---- batcher: prefetch, then decide without I/O ---------------------------
+    async def _batcher(self) -> None:
+        cfg = self.config
+        while True:
+            if not self.queue:
+                self.work_ready.clear()
+                await self.work_ready.wait()
+                if cfg.batch_wait_ms:
+                    await asyncio.sleep(cfg.batch_wait_ms / 1000)
+            await self.pipeline_slots.acquire()
+            count = min(len(self.queue), cfg.batch_size_max)
+            items = [self.queue.popleft() for _ in range(count)]
+            started = time.monotonic()
+            await self._prefetch(items)
+            ws = WriteSet()
+            replies: list[tuple[Reply, Any]] = []
+            now_ms = self.clock_ms()
+            for op, args, reply in items:
+                if self.unreadable_ids and any(i in self.unreadable_ids for i in _referenced_ids(op, args)):
+                    replies.append(
+                        (
+                            reply,
+                            (
+                                False,
+                                {
+                                    "code": "STORED_ROW_UNREADABLE",
+                                    "message": "a stored transfer this names cannot be read (quarantined)",
+                                },
+                            ),
+                        )
+                    )
+                    continue
+                replies.append((reply, self._decide_one(op, args, ws, now_ms)))
+            # Only now, with every command of the batch decided: evicting while deciding
+            # could drop an id the prefetch vouched for and decide its retry as new.
+            self.state.evict()
+            if self.id_filter is not None:
+                for transfer in ws.transfers:
+                    self.id_filter.add(transfer.id)
+            await self.write_queue.put((ws, replies, started, time.monotonic()))
+
+    def _decide_one(self, op: str, args: Any, ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
+        """Decide one command atomically: it keeps every change it made to memory and to
+        `ws`, or none. A decider that raises, answers an error (ok False), or produces a
+        row or an answer that does not round-trip (ledger/storable.py) is rolled back
+        whole, and its caller is told that nothing was stored, which is then the truth."""
+        state = self.state
+        mark = state.begin(ws)
+        try:
+            ok, result = _DECIDERS[op](self, args, ws, now_ms)
+            if ok:
+                check_command(ws, mark, result, now_ms, state.undo)
+        except LedgerInvariantError:
+            # Fail-stop (ARCHITECTURE.md): a broken invariant is a defect, not an input to
+            # refuse; the process ends and the supervisor restarts it from PostgreSQL.
+            state.rollback(ws)
+            raise
+        except Exception as exc:
+            state.rollback(ws)
+            self.decide_failures += 1
+            if isinstance(exc, _CLIENT_VALUE_ERRORS):
+                log.warning("shard %s refused %s: %r (rolled back)", self.config.shard, op, exc)
+                return False, {"code": "BAD_REQUEST", "message": f"the ledger cannot store this {op}: {exc}"}
+            log.exception("shard %s: deciding %s failed (rolled back)", self.config.shard, op)
+            return False, {"code": "INTERNAL", "message": f"deciding {op} failed; nothing was stored"}
+        if not ok:
+            state.rollback(ws)
+            return ok, result
+        for effect, effect_args in state.commit():
+            try:
+                effect(*effect_args)
+            except Exception:  # a derived, rebuilt-at-start view (fraud windows): log, go on
+                self.effect_failures += 1
+                log.exception("shard %s: an effect of %s failed after it was decided", self.config.shard, op)
+        return ok, result
+
+    async def _prefetch(self, items: list[tuple[str, Any, Reply]]) -> None:
+        ids: list[str] = []
+        for op, args, _ in items:
+            ids.extend(_referenced_ids(op, args))
+        # Cached ids become most recently used, so they are the last to go when the
+        # cache is trimmed after this batch (state.evict); nothing is evicted before.
+        missing = self.state.touch(ids)
+        id_filter = self.id_filter
+        if id_filter is not None and missing:
+            maybe = [transfer_id for transfer_id in missing if transfer_id in id_filter]
+            self.prefetch_skipped += len(missing) - len(maybe)
+            missing = maybe
+        if missing:
+            self.prefetch_lookups += len(missing)
+            assert self.prefetch_conn is not None
+            transfers = self.state.transfers
+            if len(self.unreadable_ids) >= UNREADABLE_IDS_MAX:
+                self.unreadable_ids.clear()  # found again by the next prefetch that needs one
+            for transfer in await pg.prefetch_transfers(self.prefetch_conn, missing, self.unreadable_ids):
+                if transfer.id not in transfers:
+                    self.state.remember(transfer)
+
+
+UNREADABLE_IDS_MAX = 10_000
+
+
+def _referenced_ids(op: str, args: Any) -> list[str]:
+    """The stored transfer ids a write command may name (the prefetch looks them up)."""
+    try:
+        if op == "pay" or op == "fund":
+            transfer_id = args.get("payment_id") or args.get("transfer_id")
+            return [transfer_id] if isinstance(transfer_id, str) else []
+        if op == "credit":
+            return [leg[0] for leg in args if isinstance(leg[0], str)]
+        if op == "refund":
+            # The refund's own id (a retry?) and the payment it returns money from.
+            return [i for i in (args.get("refund_id"), args.get("payment_id")) if isinstance(i, str)]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass  # malformed: its decider answers BAD_REQUEST
+    return []

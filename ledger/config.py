@@ -1,0 +1,63 @@
+"""The shard worker's configuration (WorkerConfig) and the bounds its validate() holds it to.
+
+Split out of ledger/worker.py (issue 18, a pure move); ledger.worker re-exports WorkerConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .agreements import PENDING_EXPIRY_S
+from .state import PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS
+
+__all__ = ["PENDING_EXPIRY_S_MAX", "PENDING_MAX_LIMIT", "WorkerConfig"]
+
+# Bounds of the pending-agreement settings: a wait of at most 30 days, caps of at most 10 million.
+PENDING_EXPIRY_S_MAX = 30 * 86_400
+PENDING_MAX_LIMIT = 10_000_000
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    shard: int
+    shard_count: int
+    dsn: str
+    listen: str
+    peers: dict[int, str]
+    batch_size_max: int = 4_000
+    batch_wait_ms: float = 3.0
+    queue_max: int = 100_000
+    transfer_cache_max: int = 1_000_000
+    rules_path: str | None = None
+    no_rules: bool = False
+    ledger_mode: str = "batched"  # "naive": one transaction per payment (benchmark baseline)
+    # Authenticates every shard-protocol connection, both ways; default QUICKPAY_CLUSTER_SECRET.
+    cluster_secret: bytes | None = None
+    refund_window_days: int = REFUND_WINDOW_DAYS
+    # Agreements awaiting the customer: how long they wait, how many a partner may have.
+    pending_expiry_s: int = PENDING_EXPIRY_S
+    pending_per_account_max: int = PENDING_PER_ACCOUNT_MAX
+    pending_per_partner_max: int = PENDING_PER_PARTNER_MAX
+
+    def validate(self) -> None:
+        problems = []
+        if not 1 <= self.batch_size_max <= 50_000:
+            problems.append("--batch-size-max must be between 1 and 50000")
+        if not 0 <= self.batch_wait_ms <= 100:
+            problems.append("--batch-wait-ms must be between 0 and 100")
+        if not 100 <= self.queue_max <= 10_000_000:
+            problems.append("--queue-max must be between 100 and 10000000")
+        if self.ledger_mode not in ("batched", "naive"):
+            problems.append("--ledger-mode must be batched or naive")
+        if not 1 <= self.refund_window_days <= 3650:
+            problems.append("--refund-window-days must be between 1 and 3650")
+        if not 1 <= self.pending_expiry_s <= PENDING_EXPIRY_S_MAX:
+            problems.append(f"--pending-expiry-s must be between 1 and {PENDING_EXPIRY_S_MAX}")
+        if not 1 <= self.pending_per_account_max <= PENDING_MAX_LIMIT:
+            problems.append(f"--pending-per-account-max must be between 1 and {PENDING_MAX_LIMIT}")
+        if not 1 <= self.pending_per_partner_max <= PENDING_MAX_LIMIT:
+            problems.append(f"--pending-per-partner-max must be between 1 and {PENDING_MAX_LIMIT}")
+        if not 0 <= self.shard < self.shard_count:
+            problems.append("--shard must be in [0, --shards)")
+        if problems:
+            raise SystemExit("bad shard worker configuration: " + "; ".join(problems))

@@ -1,0 +1,274 @@
+"""Intake: how a request reaches the shard, and the checks a write command passes first.
+
+DispatchMixin, a part of ShardWorker, routes each request: a write command is checked
+(the per-command intake checks below, plain functions taking the worker) and queued for
+the batcher (ledger/batcher.py); a read is answered at once or by a task (ledger/reads.py).
+Split out of ledger/worker.py (issue 18, a pure move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kernel.ids import is_striped
+
+from . import validate as v
+from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS
+from .deciders import _WRITE_OPS
+from .reads import _READ_OPS
+from .state import PARTNER_ACTIONS, SECRET_OVERLAP_MAX_MS
+from .worker_base import Reply, WorkerBase
+
+__all__ = ["CREDIT_LEGS_MAX", "OPEN_ACCOUNTS_MAX", "RATE_LIMIT_MAX", "REFUND_REASONS", "DispatchMixin"]
+
+log = logging.getLogger("quickpay.shard")
+
+
+class DispatchMixin(WorkerBase):
+    # ---- intake --------------------------------------------------------------
+    def enqueue(self, op: str, args: Any, reply: Reply, *, internal: bool = False) -> None:
+        if not internal and len(self.queue) >= self.config.queue_max:
+            reply(False, {"code": "OVERLOADED", "message": f"shard {self.config.shard} queue is full"})
+            return
+        self.queue.append((op, args, reply))
+        self.work_ready.set()
+
+    def dispatch(self, op: str, args: Any, reply: Reply) -> None:
+        if op in _WRITE_OPS:
+            try:
+                _CHECKS[op](self, args)
+            except v.BadCommand as exc:  # refused alone, before it can reach a batch
+                reply(False, {"code": "BAD_REQUEST", "message": str(exc)})
+                return
+            if op == "pay" and self.naive_pool is not None:
+                from .naive import naive_pay
+
+                asyncio.get_running_loop().create_task(
+                    self._finish(naive_pay(self.naive_pool, self.config.shard, args, self.clock_ms()), reply)
+                )
+                return
+            self.enqueue(op, args, reply)
+            return
+        handler = _READ_OPS.get(op)
+        if handler is None:
+            reply(False, {"code": "UNKNOWN_OP", "message": f"unknown op {op!r}"})
+            return
+        try:
+            result = handler(self, args)
+        except Exception as exc:  # a bad read request must not kill the worker
+            log.exception("read op %s failed", op)
+            reply(False, {"code": "INTERNAL", "message": str(exc)})
+            return
+        if asyncio.iscoroutine(result):
+            asyncio.get_running_loop().create_task(self._finish(result, reply))
+        else:
+            reply(True, result)
+
+    async def _finish(self, coro: Any, reply: Reply) -> None:
+        try:
+            reply(True, await coro)
+        except Exception as exc:
+            log.exception("async read failed")
+            reply(False, {"code": "INTERNAL", "message": str(exc)})
+
+
+# ---- intake checks: what a shard can store (ledger/validate.py) ------------------
+# Run by dispatch() before a write command is queued, so a value PostgreSQL would
+# refuse (a NUL, a surrogate, an int beyond int64, an unknown currency) never reaches
+# the prefetch, the decision or the batch write: it is answered BAD_REQUEST alone.
+def _check_pay(worker: WorkerBase, args: Any) -> None:
+    v.fields(
+        args,
+        "payment_id",
+        "partner_id",
+        "agreement_id",
+        "amount_minor",
+        "currency",
+        "creditor_account",
+        "creditor_shard",
+        "reference",
+        "body_hash",
+    )
+    for key in ("payment_id", "partner_id", "agreement_id", "creditor_account"):
+        v.ident(args, key)
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    if v.int64(args, "creditor_shard", 0, worker.config.shard_count - 1) != worker.config.shard and is_striped(
+        args["creditor_account"]
+    ):
+        # A striped account is credited on the debtor's shard; a leg to another shard's
+        # clearing stripe would write a transfer from clearing to clearing there.
+        raise v.BadCommand("a striped account is never credited across shards")
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+    v.text(args, "device_id", v.DEVICE_ID_MAX, optional=True)
+    v.text(args, "ip", v.IP_MAX, optional=True)
+
+
+def _check_fund(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "transfer_id", "account_id", "amount_minor", "currency", "reference", "body_hash")
+    v.ident(args, "transfer_id")
+    v.ident(args, "account_id")
+    v.amount(args, "amount_minor")
+    v.currency(args)
+    v.text(args, "reference", v.REFERENCE_MAX)
+    v.text(args, "body_hash", v.HASH_MAX)
+
+
+CREDIT_LEGS_MAX = 100_000
+_LEG_FIELDS = ("transfer_id", "source_shard", "creditor", "amount_minor", "currency", "at_ms")
+
+
+def _check_credit(worker: WorkerBase, args: Any) -> None:
+    # All legs are checked before any is applied: a malformed call is refused whole.
+    if type(args) is not list or len(args) > CREDIT_LEGS_MAX:
+        raise v.BadCommand(f"credit takes a list of at most {CREDIT_LEGS_MAX} legs")
+    for leg in args:
+        if type(leg) is not list or len(leg) != 6:
+            raise v.BadCommand("a credit leg is [" + ", ".join(_LEG_FIELDS) + "]")
+        named = dict(zip(_LEG_FIELDS, leg))
+        v.ident(named, "transfer_id")
+        v.int64(named, "source_shard", 0, worker.config.shard_count - 1)
+        if is_striped(v.ident(named, "creditor")):  # type: ignore[arg-type]
+            raise v.BadCommand("a credit leg never credits a striped account")
+        v.amount(named, "amount_minor")
+        v.currency(named)
+        v.timestamp_ms(named, "at_ms")
+
+
+def _check_delivered(worker: WorkerBase, args: Any) -> None:
+    if type(args) is not list:
+        raise v.BadCommand("delivered takes a list of transfer ids")
+    for transfer_id in args:
+        v.ident({"transfer_id": transfer_id}, "transfer_id")
+
+
+OPEN_ACCOUNTS_MAX = 10_000
+
+
+def _check_open_accounts(worker: WorkerBase, args: Any) -> None:
+    if type(args) is not list or len(args) > OPEN_ACCOUNTS_MAX:
+        raise v.BadCommand(f"open_accounts takes a list of at most {OPEN_ACCOUNTS_MAX} accounts")
+    for a in args:
+        v.fields(a, "id", "currency")
+        v.ident(a, "id")
+        v.currency(a)
+        v.ident(a, "partner_id", optional=True)
+        if a.get("kind", "customer") not in ("customer", "settlement"):
+            raise v.BadCommand("only customer and settlement accounts can be opened")
+
+
+def _check_create_partner(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "id", "name", "secret_sha256", "settlement_account")
+    v.ident(args, "id")
+    v.text(args, "name", v.NAME_MAX)
+    v.text(args, "secret_sha256", v.HASH_MAX)
+    v.ident(args, "settlement_account")
+
+
+def _check_create_agreement(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "id", "partner_id", "debtor_account", "currency", "per_payment_limit_minor", "periodic_limits")
+    for key in ("id", "partner_id", "debtor_account"):
+        v.ident(args, key)
+    v.currency(args)
+    v.amount(args, "per_payment_limit_minor")
+    limits = args["periodic_limits"]
+    if type(limits) is not list or len(limits) > PERIODIC_LIMITS_MAX:
+        raise v.BadCommand(f"periodic_limits is a list of at most {PERIODIC_LIMITS_MAX} [period, alignment, amount]")
+    seen = set()
+    for limit in limits:
+        if type(limit) is not list or len(limit) != 3 or limit[0] not in PERIODS or limit[1] not in ALIGNMENTS:
+            raise v.BadCommand("a periodic limit is [Day|Week|Month|Year, Calendar|Consent, amount_minor]")
+        v.amount({"amount_minor": limit[2]}, "amount_minor")
+        if (limit[0], limit[1]) in seen:
+            raise v.BadCommand("one periodic limit per period and alignment")
+        seen.add((limit[0], limit[1]))
+    window = [args.get(key) for key in ("valid_from_ms", "valid_to_ms")]
+    for key in ("valid_from_ms", "valid_to_ms"):
+        v.timestamp_ms(args, key, optional=True)
+    if window[0] is not None and window[1] is not None and window[0] > window[1]:
+        raise v.BadCommand("valid_from_ms is after valid_to_ms")
+
+
+def _check_agreement_action(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "id", "action", "actor")
+    v.ident(args, "id")
+    v.ident(args, "partner_id", optional=True)
+    if args["actor"] not in ACTORS or type(args["action"]) is not str:
+        raise v.BadCommand(f"actor is one of {', '.join(ACTORS)}; action is text")
+
+
+RATE_LIMIT_MAX = 10_000_000
+
+
+def _check_partner_rate_limit(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "id", "requests_per_s", "burst")
+    v.ident(args, "id")
+    v.int64(args, "requests_per_s", 1, RATE_LIMIT_MAX)
+    v.int64(args, "burst", 1, RATE_LIMIT_MAX)
+
+
+def _check_partner_action(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "id", "action", "actor")
+    v.ident(args, "id")
+    if args["action"] not in PARTNER_ACTIONS:
+        raise v.BadCommand(f"action is one of {', '.join(PARTNER_ACTIONS)}")
+    v.text(args, "actor", v.NAME_MAX)
+    v.text(args, "reason", v.REFERENCE_MAX, optional=True)
+    if args["action"] == "rotate_secret":
+        v.fields(args, "secret_sha256", "overlap_ms")
+        v.text(args, "secret_sha256", v.HASH_MAX)
+        v.int64(args, "overlap_ms", 0, SECRET_OVERLAP_MAX_MS)
+
+
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+
+
+def _check_refund(worker: WorkerBase, args: Any) -> None:
+    v.fields(args, "refund_id", "partner_id", "payment_id", "body_hash")
+    for key in ("refund_id", "partner_id", "payment_id"):
+        v.ident(args, key)
+    if args.get("amount_minor") is not None:
+        v.amount(args, "amount_minor")
+    if args.get("reason") is not None and args["reason"] not in REFUND_REASONS:
+        raise v.BadCommand(f"reason is one of {', '.join(REFUND_REASONS)}")
+    v.text(args, "reference", v.REFERENCE_MAX, optional=True)
+    v.text(args, "body_hash", v.HASH_MAX)
+
+
+def _check_settings(worker: WorkerBase, args: Any) -> None:
+    if type(args) is not dict or not all(
+        v.is_safe_text(key, 200) and v.is_storable_text(value) for key, value in args.items()
+    ):
+        raise v.BadCommand("settings take a map of text keys to text values without NUL")
+
+
+def _check_fraud(worker: WorkerBase, args: Any) -> None:
+    # The fraud adapter checks what a change means; here, only that its text can be stored.
+    if type(args) is not dict:
+        raise v.BadCommand("fraud takes a map")
+    for key, value in args.items():
+        for item in value if type(value) is list else (value,):
+            if type(item) is str and not v.is_storable_text(item):
+                raise v.BadCommand(f"{key} holds a NUL or a lone surrogate")
+
+
+_CHECKS: dict[str, Callable[[WorkerBase, Any], None]] = {
+    "pay": _check_pay,
+    "fund": _check_fund,
+    "credit": _check_credit,
+    "delivered": _check_delivered,
+    "delivered_held": _check_delivered,
+    "open_accounts": _check_open_accounts,
+    "create_partner": _check_create_partner,
+    "create_agreement": _check_create_agreement,
+    "settings": _check_settings,
+    "fraud": _check_fraud,
+    "agreement_action": _check_agreement_action,
+    "refund": _check_refund,
+    "partner_rate_limit": _check_partner_rate_limit,
+    "partner_action": _check_partner_action,
+}
