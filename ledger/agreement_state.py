@@ -14,6 +14,8 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from kernel.limits import PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX
+
 from . import agreements as mandates
 from .model import Account, Agreement, Code
 from .undo import UndoLog
@@ -33,11 +35,8 @@ VISIBLE_STATUSES = frozenset({mandates.AgreementStatus.AUTHORISED, mandates.Agre
 # Agreements one list call looks at on one shard: a page filtered by status may come back
 # short (with a cursor to go on) rather than scan a partner's whole book in one call.
 AGREEMENT_SCAN_MAX = 1_000
-# Agreements a partner may have AwaitingAuthorisation (and not expired) at once: over one
-# customer account, and in total (quickpay up --pending-per-account-max / --pending-per-partner-max).
-# The total is shared out over the shards (pending_share), so all shards together never exceed it.
-PENDING_PER_ACCOUNT_MAX = 10
-PENDING_PER_PARTNER_MAX = 10_000
+# The pending caps (PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX: kernel.limits): the total
+# is shared out over the shards (pending_share), so all shards together never exceed it.
 # Stands for "no end" (valid_to NULL) in the sorted end lists below: above any time in ms.
 _NO_END = 2**63
 

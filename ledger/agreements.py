@@ -22,6 +22,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from kernel.limits import MS_PER_DAY, PENDING_EXPIRY_S
+
 __all__ = [
     "ALIGNMENTS",
     "CUSTOMER_ACTIONS",
@@ -44,11 +46,6 @@ __all__ = [
     "spend",
 ]
 
-MS_PER_DAY = 86_400_000
-# How long an agreement may wait for the customer (AwaitingAuthorisation) before it reads
-# Expired (quickpay up --pending-expiry-s). Stored per agreement as authorise_by_ms at its
-# creation, so a later change of the setting does not move existing deadlines.
-PENDING_EXPIRY_S = 86_400
 _MS_PER_WEEK = 7 * MS_PER_DAY
 # 1970-01-01 was a Thursday: days since the epoch plus 3, modulo 7, is 0 on Mondays.
 _EPOCH_WEEKDAY = 3

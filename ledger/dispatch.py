@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.ids import is_striped
+from kernel.limits import RATE_LIMIT_MAX
 
 from . import validate as v
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS
@@ -199,9 +200,6 @@ def _check_agreement_action(worker: WorkerBase, args: Any) -> None:
     v.ident(args, "partner_id", optional=True)
     if args["actor"] not in ACTORS or type(args["action"]) is not str:
         raise v.BadCommand(f"actor is one of {', '.join(ACTORS)}; action is text")
-
-
-RATE_LIMIT_MAX = 10_000_000
 
 
 def _check_partner_rate_limit(worker: WorkerBase, args: Any) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.limits import SECRET_OVERLAP_MAX_MS
+
 from .model import Code
 from .undo import UndoLog
 from .writeset import WriteSet
@@ -32,7 +34,6 @@ PARTNER_CUTOFF_FIELDS = (
     "disabled_at_ms",
     "tokens_valid_after_ms",
 )
-SECRET_OVERLAP_MAX_MS = 30 * 86_400_000
 
 
 class PartnerStateMixin:

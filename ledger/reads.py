@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kernel.limits import FEED_RETENTION_MS
+
 from . import pg
 from . import validate as v
 from .agreements import AgreementStatus
@@ -243,7 +245,6 @@ def _read_decisions(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return _read_decisions_async(worker, args.get("decision"), args.get("rule_id"), limit)
 
 
-FEED_RETENTION_MS = 30 * 86_400_000
 RECON_PAGE_MAX = 5_000
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from kernel.limits import MS_PER_DAY, REFUND_WINDOW_DAYS
+
 from . import agreements as mandates
 from .agreement_state import (
     AGREEMENT_SCAN_MAX,
@@ -55,10 +57,6 @@ __all__ = [
     "partner_status",
     "pending_share",
 ]
-
-MS_PER_DAY = 86_400_000
-# How long after a payment it may be refunded (quickpay up --refund-window-days).
-REFUND_WINDOW_DAYS = 365
 
 
 class ShardState(BalanceStateMixin, AgreementStateMixin, PartnerStateMixin):

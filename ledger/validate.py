@@ -15,6 +15,7 @@ import re
 import unicodedata
 from typing import Any
 
+from kernel.limits import ID_MAX, REFERENCE_MAX
 from kernel.money import CURRENCY_EXPONENTS, INT64_MAX
 from kernel.timestamps import TIME_MAX_MS, TIME_MIN_MS
 
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 INT64_MIN = -(2**63)
-ID_MAX = 64
-REFERENCE_MAX = 140
 NAME_MAX = 100
 DEVICE_ID_MAX = 128
 IP_MAX = 64

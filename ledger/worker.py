@@ -17,7 +17,7 @@ each a WorkerBase (ledger/worker_base.py: the state they share, set up by its __
   the per-command deciders in ledger/deciders.py;
 - ledger/writer.py: the group-commit writer;
 - ledger/heartbeat.py: waiting for PostgreSQL, the fail-stop watchers, and `ping`;
-- ledger/reads.py: the read ops; ledger/config.py: WorkerConfig.
+- ledger/reads.py: the read ops; kernel/config.py: WorkerConfig.
 
 The names other packages and the tests import from here are re-exported below.
 """
@@ -35,12 +35,12 @@ from typing import Any
 
 import asyncpg
 
+from kernel.config import WorkerConfig
 from kernel.ids import settlement_account_for
 
 from . import pg
 from .batcher import BatcherMixin
 from .client import ShardClient
-from .config import WorkerConfig
 from .deciders import _DECIDERS as _DECIDERS
 from .dispatch import _CHECKS as _CHECKS
 from .dispatch import DispatchMixin

@@ -19,8 +19,9 @@ from typing import Any
 
 import asyncpg
 
+from kernel.config import WorkerConfig
+
 from .client import ShardClient
-from .config import WorkerConfig
 from .handshake import cluster_secret
 from .idfilter import IdFilter
 from .relay import Relay

@@ -1,20 +1,24 @@
-"""The shard worker's configuration (WorkerConfig) and the bounds its validate() holds it to.
+"""The processes' configuration types: plain values, validated without I/O.
 
-Split out of ledger/worker.py (issue 18, a pure move); ledger.worker re-exports WorkerConfig.
+`WorkerConfig` is a shard worker's (ledger/worker.py), `GatewayConfig` a gateway process's
+(gateway/app.py). The CLI builds them from flags and the environment; tests build them
+directly. Their bounds come from kernel.limits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .agreements import PENDING_EXPIRY_S
-from .state import PENDING_PER_ACCOUNT_MAX, PENDING_PER_PARTNER_MAX, REFUND_WINDOW_DAYS
+from kernel.limits import (
+    PENDING_EXPIRY_S,
+    PENDING_EXPIRY_S_MAX,
+    PENDING_MAX_LIMIT,
+    PENDING_PER_ACCOUNT_MAX,
+    PENDING_PER_PARTNER_MAX,
+    REFUND_WINDOW_DAYS,
+)
 
-__all__ = ["PENDING_EXPIRY_S_MAX", "PENDING_MAX_LIMIT", "WorkerConfig"]
-
-# Bounds of the pending-agreement settings: a wait of at most 30 days, caps of at most 10 million.
-PENDING_EXPIRY_S_MAX = 30 * 86_400
-PENDING_MAX_LIMIT = 10_000_000
+__all__ = ["WorkerConfig"]
 
 
 @dataclass(slots=True)
