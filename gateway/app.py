@@ -17,9 +17,8 @@ import re
 import secrets
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -36,7 +35,7 @@ from kernel.ids import (
     shard_of_payment,
     shard_of_refund,
 )
-from kernel.money import CURRENCY_EXPONENTS, INT64_MAX, AmountError, format_amount, parse_amount
+from kernel.money import AmountError, format_amount, parse_amount
 from kernel.resources import _iso, agreement_resource, payment_resource, refund_resource, transfer_resource
 from kernel.timestamps import OutOfRange, utc_ms
 from ledger import recon
@@ -45,14 +44,38 @@ from notify.events import EVENT_TYPES
 from notify.ssrf import UrlRefused, resolve_checked
 
 from . import health, metrics
-from .auth import TokenService, admin_token_matches, client_secret_valid, hash_secret, new_secret, token_cut_off
+from .auth import client_secret_valid, hash_secret, new_secret
+from .config import GatewayConfig
 from .errors import ApiError, error_response, field_error
 from .fraud_rollout import VERSION_RE, FraudRollout
 from .openapi import openapi_document
 from .paging import merge_page
-from .ratelimit import RateLimit, RateLimiter, Verdict
+from .ratelimit import RateLimit
+from .requests import (
+    _ACCOUNT_ID,
+    _AGREEMENT_ID,
+    _ASCII_DIGITS,
+    _AUTHOR,
+    _DAY,
+    _PARTNER_ID,
+    _WEBHOOK_ID,
+    BATCH_BODY_MAX_BYTES,
+    BODY_MAX_BYTES,
+    INTERACTION_ID_MAX,
+    RULE_IDENTIFIER,
+    _decode_agreement_cursor,
+    _decode_cursor,
+    _encode_agreement_cursor,
+    _encode_cursor,
+    _page_limit,
+    ascii_int,
+    body_hash,
+    is_printable_ascii,
+    read_batch_body,
+    read_body,
+)
+from .responses import _PAYMENT_ERRORS, _REPLAYED, _internal, _json, _raise_for, _shard_error, _unavailable, rendered
 from .schemas import (
-    BATCH_ITEMS_MAX,
     AccountRequest,
     AgreementRequest,
     FundingRequest,
@@ -70,101 +93,38 @@ from .schemas import (
     WebhookEndpointRequest,
     decode_body,
 )
-from .shards import ShardRouter
+from .state import (
+    CUTOFF_APPLIES_WITHIN_S,
+    CUTOFF_FIRST_READ_S,
+    GATEWAY_KEY,
+    RATE_LIMIT_OVERRIDE_TTL_S,
+    RATE_VERDICT,
+    RECON_PROVISIONAL_REUSE_S,
+    RECON_ROWS_PER_TOKEN,
+    Gateway,
+    ReconFile,
+)
 
-__all__ = ["BATCH_BODY_MAX_BYTES", "BODY_MAX_BYTES", "GatewayConfig", "create_app"]
-
-BODY_MAX_BYTES = 64 * 1024
-# POST /v1/quick-payments/batch reads its body up to this bound instead (1,000 items of
-# about 200 bytes each are ~200 KB; the largest legal items do not all fit, see README).
-BATCH_BODY_MAX_BYTES = 1024 * 1024
-IDEMPOTENCY_KEY_MAX = 64
-INTERACTION_ID_MAX = 128
-TOKEN_MAX = 4096
-QUERY_TEXT_MAX = 200
+__all__ = [
+    "BATCH_BODY_MAX_BYTES",
+    "BODY_MAX_BYTES",
+    "RECON_PROVISIONAL_REUSE_S",
+    "_PAYMENT_ERRORS",
+    "Gateway",
+    "GatewayConfig",
+    "api_middleware",
+    "ascii_int",
+    "create_app",
+]
 
 log = logging.getLogger("quickpay.gateway")
-# A partner's rate-limit override is re-read this often (per gateway process, in the background).
-RATE_LIMIT_OVERRIDE_TTL_S = 5.0
-RATE_OVERRIDES_MAX = 100_000
-# Partners' cut-off markers (disabled, tokens issued before T refused) are re-read from every
-# shard this often, in the background: a disable or a revocation holds on every gateway
-# process within CUTOFF_APPLIES_WITHIN_S (the poll, plus one answer's time). Never on a request's path.
-CUTOFF_REFRESH_S = 0.5
-CUTOFF_APPLIES_WITHIN_S = 1.0
-# How long the gateway's start waits for the first markers before it serves anyway (it says
-# "not ready" on /readyz until it has them).
-CUTOFF_FIRST_READ_S = 3.0
-RATE_VERDICT: web.RequestKey[Verdict] = web.RequestKey("rate_verdict", Verdict)
 
-# Printable ASCII (space to tilde): what an idempotency key, an interaction id or a
-# bearer token may hold.
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 # Control characters and lone surrogates have no business in a path or a query string:
 # refused before any handler sees them (a NUL would reach PostgreSQL, a surrogate
 # cannot be encoded for the shard protocol).
 _UNSAFE_URL_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# Ids in paths: the shapes kernel.ids makes (prefix, ASCII id characters, bounded).
-_ACCOUNT_ID = re.compile(r"(acc|set|sys)_[A-Za-z0-9_\-]{1,60}")
-_AGREEMENT_ID = re.compile(r"agr_[A-Za-z0-9_\-]{1,60}")
-_PARTNER_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
-_WEBHOOK_ID = re.compile(r"whe_[0-9a-f]{20}")
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# Reconciliation files: the rows a token pays for (measured: a file costs ~50 µs a row end to
-# end, a payment ~5.5 ms, so ~100 rows cost what a payment costs), how long a provisional
-# file is reused, and the cache's bounds.
-RECON_ROWS_PER_TOKEN = 100
-RECON_PROVISIONAL_REUSE_S = 5.0
-RECON_FILES_MAX = 256
-RECON_FILE_CACHE_MAX_BYTES = 4 * 1024 * 1024
-
-
-class ReconFile(NamedTuple):
-    body: bytes
-    sha256: str
-    closed: bool
-    rows: int
-    made_s: float  # monotonic
-
-
-class GatewayConfig(msgspec.Struct):
-    shard_addresses: list[str]
-    token_key: bytes
-    admin_token: str
-    call_timeout_s: float = 10.0
-    # The supervisor's status file (quickpay.supervisor): /readyz is 503 while a needed child
-    # (PostgreSQL, a shard worker) is down, "degraded" while a background one crash-loops
-    # (gateway/health.py); /admin/v1/health names them.
-    supervisor_status: str | None = None
-    # Items per POST /v1/quick-payments/batch (more is a 400); the document states the
-    # default, BATCH_ITEMS_MAX. The body stays bounded by BATCH_BODY_MAX_BYTES either way.
-    batch_items_max: int = BATCH_ITEMS_MAX
-    # The node topology (quickpay.node): clients of the shards this process owns, by shard
-    # number, called in-process instead of over the shard protocol.
-    local_clients: dict[int, Any] | None = None
-    # Per-partner rate limit (the default; PUT /admin/v1/partners/{id}/rate-limit overrides it)
-    # and this process's part of it (part I of W for W gateway processes): gateway/ratelimit.py.
-    rate_limit_rps: float = 10_000.0
-    rate_limit_burst: float = 20_000.0
-    rate_limit_worker: int = 0
-    rate_limit_workers: int = 1
-    # Webhook endpoints on loopback/private/link-local addresses (notify/ssrf.py): refused unless set.
-    webhooks_allow_private: bool = False
-
-
-_JSON_HEADERS = {"Content-Type": "application/json"}
-_encode = msgspec.json.Encoder().encode
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=_encode(body), headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
-    )
 
 
 _random = uuid.uuid4().hex
@@ -178,50 +138,11 @@ def _new_interaction_id() -> str:
     return f"{_interaction_prefix}{next(_interaction_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
-def _now_s() -> int:
-    return int(time.time())
-
-
-def is_printable_ascii(text: str, max_chars: int) -> bool:
-    return len(text) <= max_chars and _PRINTABLE_ASCII.fullmatch(text) is not None
-
-
 def _check_url(request: web.Request) -> None:
     if _UNSAFE_URL_TEXT.search(request.path) is not None:
         raise field_error(400, "QP.Path.Invalid", "the path holds control characters", "path")
     if _UNSAFE_URL_TEXT.search(request.query_string) is not None:
         raise field_error(400, "QP.Query.Invalid", "the query string holds control characters", "query")
-
-
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, "QP.Service.Unavailable", message, headers={"Retry-After": "1"})
-
-
-def _internal(exc: BaseException, interaction_id: str) -> ApiError:
-    """A 500 in the one error shape; the log line with the traceback carries the same id."""
-    error_id = uuid.uuid4().hex
-    log.error(
-        "internal error %s (interaction %s): %r",
-        error_id,
-        interaction_id,
-        exc,
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
-    return ApiError(500, "QP.Internal", f"internal error {error_id}; the operator can look it up by this id")
-
-
-def _shard_error(exc: ShardError, interaction_id: str) -> ApiError:
-    code = exc.code
-    if code == "OVERLOADED":
-        return _unavailable(f"the ledger is overloaded ({exc.message}); retry with the same x-idempotency-key")
-    if code == "BAD_REQUEST":
-        return ApiError(
-            400,
-            "QP.Request.Invalid",
-            "the ledger refused the request as malformed",
-            [{"code": "QP.Request.Invalid", "message": exc.message[:200], "path": "$"}],
-        )
-    return _internal(exc, interaction_id)
 
 
 # A request refused for its partner's rate is answered after min(Retry-After, this) seconds:
@@ -287,315 +208,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
-# ---- helpers ----------------------------------------------------------------------
-def rendered(table: str, rows: list[dict[str, Any]], render: Callable[[dict[str, Any]], Any]) -> list[Any]:
-    """A list's resources; a row the shapes cannot render (a stored value past what they can
-    show) is quarantined: logged with its key, counted, left out, and the list still answers."""
-    out = []
-    for row in rows:
-        try:
-            out.append(render(row))
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
-            metrics.QUARANTINED.labels("gateway", table).inc()
-            key = str(row.get("id")) if isinstance(row, dict) else "?"
-            log.error(
-                "quarantined %s row %s (reader gateway): %r",
-                table,
-                key,
-                exc,
-                extra={
-                    "fields": {
-                        "event": "row_quarantined",
-                        "reader": "gateway",
-                        "table": table,
-                        "key": key,
-                        "problem": repr(exc)[:300],
-                    }
-                },
-            )
-    return out
-
-
-class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
-        self.router = ShardRouter(
-            config.shard_addresses, call_timeout_s=config.call_timeout_s, local_clients=config.local_clients
-        )
-        self.tokens = TokenService(config.token_key)
-        self.limiter = RateLimiter(
-            RateLimit(config.rate_limit_rps, config.rate_limit_burst),
-            worker=config.rate_limit_worker,
-            workers=config.rate_limit_workers,
-        )
-        # partner -> (its override or None, monotonic time it was read); re-read in the
-        # background once older than RATE_LIMIT_OVERRIDE_TTL_S, never on a request's path.
-        self.rate_overrides: OrderedDict[str, tuple[RateLimit | None, float]] = OrderedDict()
-        self._override_reads: set[str] = set()
-        self._background: set[asyncio.Task[None]] = set()
-        # Reconciliation files made lately, per (partner, day): a closed day's file never
-        # changes; a provisional one is reused for RECON_PROVISIONAL_REUSE_S. One making per
-        # key at a time (others wait for it). Bounded: RECON_FILES_MAX files, none above
-        # RECON_FILE_CACHE_MAX_BYTES.
-        self.recon_files: OrderedDict[tuple[str, str], ReconFile] = OrderedDict()
-        self.recon_running: dict[tuple[str, str], asyncio.Future[ReconFile]] = {}
-        # Cut-off markers, partner id -> [disabled_at_ms, tokens_valid_after_ms], per shard (the
-        # partner's own shard holds its record) and merged; the version each shard last gave.
-        self.cutoffs: dict[str, list[int | None]] = {}
-        self._cutoffs_by_shard: dict[int, dict[str, list[int | None]]] = {}
-        self._cutoff_versions: dict[int, Any] = {}
-        self.cutoffs_loaded: set[int] = set()
-
-    async def _refresh_shard_cutoffs(self, shard: int) -> bool:
-        answer = await self.router.clients[shard].call("partner_cutoffs", {"since": self._cutoff_versions.get(shard)})
-        if "cutoffs" in answer:
-            self._cutoffs_by_shard[shard] = {k: list(v) for k, v in answer["cutoffs"].items()}
-        self._cutoff_versions[shard] = answer["version"]
-        self.cutoffs_loaded.add(shard)
-        return "cutoffs" in answer
-
-    async def refresh_cutoffs(self) -> None:
-        """Read every shard's markers once (only what changed since the last read)."""
-        results = await asyncio.gather(
-            *(self._refresh_shard_cutoffs(s) for s in range(self.router.count)), return_exceptions=True
-        )
-        for shard, result in enumerate(results):
-            if isinstance(result, BaseException):
-                # Keep what we had (markers only ever come from a shard that answered).
-                log.warning("could not read the partner cut-off markers of shard %s: %r", shard, result)
-        if any(result is True for result in results):
-            merged: dict[str, list[int | None]] = {}
-            for markers in self._cutoffs_by_shard.values():
-                merged.update(markers)
-            self.cutoffs = merged
-
-    async def run_cutoff_refresh(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await asyncio.wait_for(self.refresh_cutoffs(), CUTOFF_APPLIES_WITHIN_S)
-            except TimeoutError:
-                log.warning("reading the partner cut-off markers took more than %s s", CUTOFF_APPLIES_WITHIN_S)
-            await asyncio.sleep(max(0.0, CUTOFF_REFRESH_S - (time.monotonic() - started)))
-
-    def apply_cutoff(self, partner_id: str, status: dict[str, Any]) -> None:
-        """This process applies an admin action's outcome at once (the others within the poll)."""
-        marker = [status.get("disabled_at_ms"), status.get("tokens_valid_after_ms")]
-        if marker == [None, None]:
-            self.cutoffs.pop(partner_id, None)
-        else:
-            self.cutoffs[partner_id] = marker
-
-    def rate_override(self, partner_id: str, now_s: float) -> RateLimit | None:
-        cached = self.rate_overrides.get(partner_id)
-        if (cached is None or now_s - cached[1] > RATE_LIMIT_OVERRIDE_TTL_S) and partner_id not in self._override_reads:
-            self._override_reads.add(partner_id)
-            task = asyncio.get_running_loop().create_task(self._read_override(partner_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return cached[0] if cached is not None else None
-
-    async def _read_override(self, partner_id: str) -> None:
-        try:
-            row = await self.router.client_for(partner_id).call("partner", {"id": partner_id})
-            override = None
-            if row is not None and row.get("rate_limit_rps") is not None:
-                override = RateLimit(float(row["rate_limit_rps"]), float(row["rate_limit_burst"]))
-            self.rate_overrides[partner_id] = (override, time.monotonic())
-            self.rate_overrides.move_to_end(partner_id)
-            while len(self.rate_overrides) > RATE_OVERRIDES_MAX:
-                self.rate_overrides.popitem(last=False)
-        except Exception as exc:  # the shard is down: keep what we had, try again later
-            log.warning("could not read the rate limit of %s: %r", partner_id, exc)
-        finally:
-            self._override_reads.discard(partner_id)
-
-    def remember_recon(self, key: tuple[str, str], made: ReconFile) -> None:
-        if len(made.body) > RECON_FILE_CACHE_MAX_BYTES:
-            return
-        self.recon_files[key] = made
-        self.recon_files.move_to_end(key)
-        while len(self.recon_files) > RECON_FILES_MAX:
-            self.recon_files.popitem(last=False)
-
-    def partner_of(self, request: web.Request, cost_tokens: int = 1) -> str:
-        """The partner the bearer token names, after it paid `cost_tokens` of its rate limit
-        (a request pays 1; a batch pays 1 here and 1 per further item in `take_items`)."""
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401,
-                "QP.Auth.Missing",
-                "a bearer access token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="quickpay"'},
-            )
-        token = token.strip()
-        claims = self.tokens.verify_claims(token, _now_s()) if is_printable_ascii(token, TOKEN_MAX) else None
-        if claims is None:
-            raise ApiError(
-                401,
-                "QP.Auth.InvalidToken",
-                "the access token is invalid or expired",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        partner_id, issued_at_ms = claims
-        refused = token_cut_off(self.cutoffs.get(partner_id), issued_at_ms)
-        if refused == "disabled":
-            raise ApiError(403, "QP.Partner.Disabled", "this partner is disabled; its tokens are refused")
-        if refused == "revoked":
-            raise ApiError(
-                401,
-                "QP.Auth.InvalidToken",
-                "the access token was revoked; get a new one",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        now_s = time.monotonic()
-        verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s), cost_tokens)
-        request[RATE_VERDICT] = verdict
-        if not verdict.allowed:
-            metrics.RATE_LIMITED.inc()
-            raise ApiError(
-                429,
-                "QP.RateLimit.Exceeded",
-                f"over this partner's rate limit; retry after {verdict.retry_after_s} s",
-                headers={"Retry-After": str(verdict.retry_after_s)},
-            )
-        return partner_id
-
-    def take_items(self, request: web.Request, partner_id: str, wanted: int) -> int:
-        """Tokens for `wanted` more items of a batch, as many as the partner has: the count granted."""
-        if wanted <= 0:
-            return 0
-        now_s = time.monotonic()
-        verdict = self.limiter.check(partner_id, now_s, self.rate_override(partner_id, now_s), wanted, partial=True)
-        request[RATE_VERDICT] = verdict
-        if verdict.granted < wanted:
-            metrics.RATE_LIMITED.inc(wanted - verdict.granted)
-        return verdict.granted
-
-    def require_admin(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not admin_token_matches(token.strip(), self.config.admin_token):
-            raise ApiError(
-                401,
-                "QP.Auth.Admin",
-                "an admin bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="quickpay-admin"'},
-            )
-
-    @staticmethod
-    def idempotency_key(request: web.Request) -> str:
-        key = request.headers.get("x-idempotency-key")
-        if key is None:
-            raise field_error(
-                400, "QP.Header.Missing", "the x-idempotency-key header is required", "header.x-idempotency-key"
-            )
-        if not is_printable_ascii(key, IDEMPOTENCY_KEY_MAX):
-            raise field_error(
-                400,
-                "QP.Header.Invalid",
-                f"x-idempotency-key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
-                "header.x-idempotency-key",
-            )
-        return key
-
-    @staticmethod
-    def amount(text: str, currency: str, path: str) -> int:
-        try:
-            return parse_amount(text, currency)
-        except AmountError as error:
-            raise field_error(400, error.code, error.message, path) from None
-
-    @staticmethod
-    def currency(code: str, path: str = "$.currency") -> str:
-        if code not in CURRENCY_EXPONENTS:
-            raise field_error(400, "QP.Currency.Unsupported", f"currency {code} is not supported", path)
-        return code
-
-
-def body_hash(*parts: object) -> str:
-    return hashlib.blake2b(msgspec.msgpack.encode(parts), digest_size=16).hexdigest()
-
-
-_PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
-    "AGREEMENT_NOT_FOUND": (404, "QP.Agreement.NotFound", "no such agreement", "$.agreement_id"),
-    "AGREEMENT_NOT_AUTHORISED": (
-        422,
-        "QP.Agreement.NotAuthorised",
-        "the customer has not authorised this agreement",
-        "$.agreement_id",
-    ),
-    "AGREEMENT_NOT_YET_VALID": (
-        422,
-        "QP.Agreement.NotYetValid",
-        "the agreement is not valid yet (valid_from)",
-        "$.agreement_id",
-    ),
-    "AGREEMENT_EXPIRED": (422, "QP.Agreement.Expired", "the agreement has expired (valid_to)", "$.agreement_id"),
-    "AGREEMENT_SUSPENDED": (
-        422,
-        "QP.Agreement.Suspended",
-        "the customer has suspended this agreement",
-        "$.agreement_id",
-    ),
-    "AGREEMENT_REVOKED": (422, "QP.Agreement.Revoked", "the agreement has been revoked", "$.agreement_id"),
-    "CURRENCY_MISMATCH": (
-        422,
-        "QP.Currency.Mismatch",
-        "the currency differs from the agreement's or the creditor's",
-        "$.currency",
-    ),
-    "CREDITOR_NOT_FOUND": (422, "QP.Creditor.NotFound", "no such creditor account", "$.creditor_account"),
-    "PARTNER_NOT_FOUND": (404, "QP.Partner.NotFound", "no such partner", "path.partner_id"),
-    "SAME_ACCOUNT": (422, "QP.Creditor.SameAsDebtor", "the creditor is the debtor's own account", "$.creditor_account"),
-    "EXISTS_WITH_DIFFERENT_BODY": (
-        422,
-        "QP.Idempotency.Mismatch",
-        "this x-idempotency-key was used with a different request body",
-        "header.x-idempotency-key",
-    ),
-    "IN_FLIGHT": (
-        409,
-        "QP.Idempotency.InFlight",
-        "a request with this x-idempotency-key is still in progress; retry shortly",
-        "header.x-idempotency-key",
-    ),
-    "ACCOUNT_NOT_FOUND": (404, "QP.Account.NotFound", "no such account", "$.account_id"),
-    "PAYMENT_NOT_FOUND": (404, "QP.Payment.NotFound", "no such payment", "path.payment_id"),
-    "PAYMENT_IN_FLIGHT": (
-        409,
-        "QP.Refund.PaymentInFlight",
-        "the payment is still being committed; retry the refund shortly",
-        "path.payment_id",
-    ),
-    "NOT_REFUNDABLE": (
-        422,
-        "QP.Refund.NotRefundable",
-        "only accepted payments to your own settlement account can be refunded, within the refund window",
-        "path.payment_id",
-    ),
-    "EXCEEDS_PAYMENT": (422, "QP.Refund.ExceedsPayment", "the refund exceeds what remains of the payment", "$.amount"),
-    # Agreement creation (POST /v1/agreements): the pending caps (ledger/state.py create_agreement).
-    "TOO_MANY_PENDING_FOR_ACCOUNT": (
-        409,
-        "QP.Agreement.TooManyPending",
-        "you have as many agreements awaiting this customer's authorisation as "
-        "allowed; wait until one is authorised, rejected or expired, or revoke one",
-        "$.debtor_account",
-    ),
-    "TOO_MANY_PENDING": (
-        409,
-        "QP.Agreement.TooManyPending",
-        "you have as many agreements awaiting customers' authorisation as allowed; wait until "
-        "some are authorised, rejected or expired, or revoke some",
-        "$",
-    ),
-}
-
-
-_REPLAYED = {"x-idempotent-replayed": "true"}
 _KEY_HEADER_PATH = "header.x-idempotency-key"
 
 
@@ -622,94 +234,10 @@ def _item_path(index: int, path: str) -> str:
     return path
 
 
-def _raise_for(code: str) -> None:
-    status, api_code, message, path = _PAYMENT_ERRORS[code]
-    raise field_error(status, api_code, message, path)
-
-
-PAGE_LIMIT_MAX = 200
-# Fraud rule ids and list names are identifiers of the rule language (fraud/parser.py).
-# The audit trail's author in a query: the body's `author` rule (gateway/schemas.py).
-_AUTHOR = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,100}")
-RULE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-
-def ascii_int(text: str) -> int | None:
-    """A non-negative int of 1-18 ASCII digits (so it always fits int64), else None.
-
-    str.isdigit() and int() accept Unicode digits ("²", "٣", fullwidth "１"), int()
-    accepts "1_0", " 1" and signs: partner input gets none of that."""
-    return int(text) if _ASCII_DIGITS.fullmatch(text) is not None else None
-
-
-def _page_limit(request: web.Request) -> int:
-    limit = ascii_int(request.query.get("limit", "50"))
-    if limit is None:
-        raise field_error(400, "QP.Query.Invalid", "limit must be an integer", "query.limit")
-    if not 1 <= limit <= PAGE_LIMIT_MAX:
-        raise field_error(400, "QP.Query.Invalid", f"limit must be between 1 and {PAGE_LIMIT_MAX}", "query.limit")
-    return limit
-
-
-CURSOR_MAX_CHARS = 4096
 CUSTOMER_ACTIONS = ("authorise", "reject", "suspend", "resume", "revoke")
 AGREEMENT_STATUSES = ("AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked", "Expired")
 
 
-def _encode_agreement_cursor(key: tuple[int, str]) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([key[0], key[1]])).decode().rstrip("=")
-
-
-def _decode_agreement_cursor(text: str | None) -> tuple[int, str] | None:
-    """An agreements page's cursor: the (created_at_ms, agreement id) the next page starts below."""
-    if not text:
-        return None
-    try:
-        if len(text) > CURSOR_MAX_CHARS or not text.isascii():
-            raise ValueError("cursor too long or not ASCII")
-        raw = msgspec.json.decode(base64.urlsafe_b64decode(text.encode() + b"=="))
-        if (
-            type(raw) is not list
-            or len(raw) != 2
-            or type(raw[0]) is not int
-            or not 0 <= raw[0] <= INT64_MAX
-            or type(raw[1]) is not str
-            or _AGREEMENT_ID.fullmatch(raw[1]) is None
-        ):
-            raise ValueError("bad cursor")
-    except Exception:
-        raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor") from None
-    return raw[0], raw[1]
-
-
-def _decode_cursor(text: str | None, shards: list[int]) -> dict[int, int]:
-    if not text:
-        return {}
-    cursor: dict[int, int] = {}
-    try:
-        if len(text) > CURSOR_MAX_CHARS or not text.isascii():
-            raise ValueError("cursor too long or not ASCII")
-        raw = msgspec.json.decode(base64.urlsafe_b64decode(text.encode() + b"=="))
-        for k, v in raw.items():
-            # Positions are journal seqs: ASCII shard numbers, positive int64 values
-            # (a bigger one cannot be encoded for the shard or bound in PostgreSQL).
-            shard = ascii_int(k)
-            if shard is None or type(v) is not int or not 0 < v <= INT64_MAX:
-                raise ValueError("bad cursor entry")
-            cursor[shard] = v
-    except Exception:
-        raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor") from None
-    if any(s not in shards for s in cursor):
-        raise field_error(400, "QP.Cursor.Invalid", "the cursor is not valid", "query.cursor")
-    return cursor
-
-
-def _encode_cursor(cursor: dict[int, int]) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode({str(k): v for k, v in cursor.items()})).decode().rstrip("=")
-
-
-# ---- routes ---------------------------------------------------------------------------
-GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 CUTOFF_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("cutoff_refresh", asyncio.Task)
 
 
@@ -719,16 +247,6 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[GATEWAY_KEY] = gw
     router = gw.router
     routes = web.RouteTableDef()
-
-    async def read_body(request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > BODY_MAX_BYTES:
-            raise ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {BODY_MAX_BYTES} bytes")
-        body = await request.read()
-        if body and request.content_type != "application/json":
-            raise field_error(
-                415, "QP.Body.UnsupportedMediaType", "the request body must be application/json", "header.content-type"
-            )
-        return body
 
     # -- health and docs --
     @routes.get("/healthz")
@@ -1328,24 +846,6 @@ def create_app(config: GatewayConfig) -> web.Application:
         body: QuickPaymentRequest = decode_body(await read_body(request), QuickPaymentRequest)  # type: ignore[assignment]
         resource, replayed = await place_payment(partner_id, key, body)
         return _json(201, resource, _REPLAYED if replayed else None)
-
-    async def read_batch_body(request: web.Request) -> bytes:
-        """The batch body, read up to its own bound (BATCH_BODY_MAX_BYTES, not the app's
-        64 KiB client_max_size, which request.read() would apply)."""
-        limit = BATCH_BODY_MAX_BYTES
-        too_large = ApiError(413, "QP.Body.TooLarge", f"the request body exceeds {limit} bytes")
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        if body and request.content_type != "application/json":
-            raise field_error(
-                415, "QP.Body.UnsupportedMediaType", "the request body must be application/json", "header.content-type"
-            )
-        return bytes(body)
 
     async def batch_item(partner_id: str, index: int, raw: msgspec.Raw, interaction_id: str) -> dict[str, Any]:
         """One item's result; never raises (one bad item fails alone)."""
