@@ -43,7 +43,7 @@ __all__ = [
 # decoder itself refuses invalid UTF-8 and lone surrogates.
 _ID_CHARS = r"[A-Za-z0-9_\-]"
 # Patterns end in \Z, not $: msgspec matches with re.search, where "$" also matches
-# before a final newline ("agr_x\n" would pass `^...$`). gateway/openapi.py writes them
+# before a final newline ("agr_x\n" would pass `^...$`). gateway/openapi/ writes them
 # as "$" for JSON Schema (ECMA-262), where "$" is the very end.
 _END = r"\Z"
 # One-line text: no C0/C1 control characters or DEL (PostgreSQL refuses NUL in text,

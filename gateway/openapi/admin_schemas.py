@@ -1,0 +1,151 @@
+"""The schemas of what the admin API answers: health with its reasons, rate limits, partners
+(credentials, cut-off state, audit), accounts, and the fraud filter's rule sets, lists,
+alerts and decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .operations import _object, _ref
+from .patterns import ACCOUNT_ID, AMOUNT_OUT, CURRENCY, DATE_TIME, RULE_SUMMARY, VERSION_OR_NULL
+
+
+def admin_schemas() -> dict[str, Any]:
+    """The admin answers' components."""
+    return {
+        # GET /admin/v1/health: the same state with its reasons and the details.
+        "AdminHealth": _object(
+            ["status", "reasons", "shards", "services"],
+            {
+                "status": {"enum": ["ready", "degraded", "not ready"]},
+                "reasons": {"type": "array", "items": {"type": "string"}},
+                "shards": {
+                    "type": "array",
+                    "items": _object(
+                        ["shard", "ready"],
+                        {
+                            "shard": {"type": "integer", "minimum": 0},
+                            "ready": {"type": "boolean"},
+                            "error": {"type": "string"},
+                            # what the shard's fraud filter enforces (null with --no-rules), see RuleSetState
+                            "fraud": {"type": ["object", "null"]},
+                            # the relay's in-process supervision: restarts, crash loop, last error
+                            "relay": {"type": ["object", "null"]},
+                        },
+                    ),
+                },
+                # Under `quickpay up`: the supervisor's children (state, pid, restarts, crash loop).
+                "children": {"type": "array", "items": {"type": "object"}},
+                "ha_members": {"type": "array", "items": {"type": "object"}},
+                "supervisor": {"type": "object"},
+                # notifier, monitor (the supervisor's view) and relay-<shard> (the shard's).
+                "services": {"type": "object"},
+            },
+        ),
+        "RateLimitSetting": _object(
+            ["partner_id", "requests_per_s", "burst", "applies_within_s"],
+            {
+                "partner_id": {"type": "string"},
+                "requests_per_s": {"type": "integer"},
+                "burst": {"type": "integer"},
+                "applies_within_s": {"type": "number"},
+            },
+        ),
+        "PartnerCredentials": _object(
+            ["partner_id", "client_id", "client_secret", "settlement_account", "currency"],
+            {
+                "partner_id": {"type": "string"},
+                "client_id": {"type": "string"},
+                "client_secret": {"type": "string"},
+                "settlement_account": {"type": "string"},
+                "currency": CURRENCY,
+            },
+        ),
+        "PartnerCutoff": _object(
+            [
+                "partner_id",
+                "disabled",
+                "disabled_at",
+                "tokens_valid_after",
+                "previous_secret_valid_until",
+                "applies_within_s",
+            ],
+            {
+                "partner_id": {"type": "string"},
+                "disabled": {"type": "boolean"},
+                "disabled_at": {"type": ["string", "null"], "format": "date-time"},
+                "tokens_valid_after": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "tokens issued at or before this instant are refused",
+                },
+                "previous_secret_valid_until": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "the previous client secret's overlap end",
+                },
+                "applies_within_s": {"type": "number", "description": "every gateway process applies it within"},
+                "action": {"enum": ["disable", "enable", "rotate_secret", "retire_secret", "revoke_tokens"]},
+                "changed": {"type": "boolean", "description": "false: already so, nothing recorded"},
+                "client_secret": {"type": "string", "description": "rotate-secret only: shown once"},
+                "name": {"type": "string"},
+                "settlement_account": {"type": "string"},
+                "created_at": DATE_TIME,
+            },
+        ),
+        "PartnerAudit": _object(
+            ["partner_id", "entries", "next_cursor"],
+            {
+                "partner_id": {"type": "string"},
+                "entries": {
+                    "type": "array",
+                    "items": _object(
+                        ["seq", "action", "actor", "at", "details"],
+                        {
+                            "seq": {"type": "integer"},
+                            "action": {"type": "string"},
+                            "actor": {"type": "string"},
+                            "at": DATE_TIME,
+                            "details": {"type": "object"},
+                        },
+                    ),
+                },
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        ),
+        "Account": _object(
+            ["account_id", "currency", "balance"],
+            {"account_id": ACCOUNT_ID, "currency": CURRENCY, "balance": AMOUNT_OUT},
+        ),
+        # Rule-set versions are content hashes (sha256 of the canonical text); see
+        # gateway/fraud_rollout.py. Per-shard entries stay open: they carry diagnostics.
+        "RuleSets": _object(
+            ["active_version", "enforced_version", "consistent", "degraded_shards", "shards"],
+            {**RULE_SUMMARY, "shards": {"type": "array", "items": _ref("RuleSetState")}},
+        ),
+        "RuleSetState": {
+            "type": "object",
+            "properties": {
+                "active_version": VERSION_OR_NULL,
+                "enforced_version": VERSION_OR_NULL,
+                "previous_version": VERSION_OR_NULL,
+                "degraded": {"type": "boolean"},
+                "versions": {"type": "array", "items": {"type": "object"}},
+                "audit": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "RuleChange": _object(
+            ["version", "active_version", "enforced_version", "consistent", "degraded_shards", "shards"],
+            {
+                "version": {"type": "string", "pattern": r"^[0-9a-f]{64}$"},
+                **RULE_SUMMARY,
+                "shards": {"type": "array", "items": _ref("RuleSetState")},
+            },
+        ),
+        "Lists": _object(
+            ["lists"],
+            {"lists": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}},
+        ),
+        "Alerts": _object(["alerts"], {"alerts": {"type": "array", "items": {"type": "object"}}}),
+        "Decisions": _object(["payments"], {"payments": {"type": "array", "items": _ref("Payment")}}),
+    }
