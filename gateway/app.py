@@ -20,13 +20,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from kernel.config import GatewayConfig
 from kernel.context import INTERACTION_ID
+from kernel.limits import BATCH_BODY_MAX_BYTES, BODY_MAX_BYTES, INTERACTION_ID_MAX
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
 from . import metrics
-from .config import GatewayConfig
 from .errors import ApiError, error_response, field_error
-from .requests import BATCH_BODY_MAX_BYTES, BODY_MAX_BYTES, INTERACTION_ID_MAX, ascii_int, is_printable_ascii
+from .requests import ascii_int, is_printable_ascii
 from .responses import _PAYMENT_ERRORS, _internal, _shard_error, _unavailable
 from .routes import accounts, admin, agreements, batch, events, fraud, ops, payments, recon, refunds, token
 from .state import CUTOFF_FIRST_READ_S, GATEWAY_KEY, RATE_VERDICT, RECON_PROVISIONAL_REUSE_S, Gateway

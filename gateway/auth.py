@@ -16,6 +16,8 @@ from typing import Any
 
 import jwt
 
+from kernel.limits import TOKEN_TTL_S
+
 __all__ = [
     "TOKEN_TTL_S",
     "TokenService",
@@ -27,7 +29,6 @@ __all__ = [
     "token_cut_off",
 ]
 
-TOKEN_TTL_S = 3600
 _ISSUER = "quickpay"
 _VERIFIED_CACHE_MAX = 10_000
 

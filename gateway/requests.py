@@ -10,17 +10,16 @@ import re
 import msgspec
 from aiohttp import web
 
+from kernel.limits import (
+    BATCH_BODY_MAX_BYTES,
+    BODY_MAX_BYTES,
+    CURSOR_MAX_CHARS,
+    PAGE_LIMIT_MAX,
+)
 from kernel.money import INT64_MAX
 
 from .errors import ApiError, field_error
 
-BODY_MAX_BYTES = 64 * 1024
-# POST /v1/quick-payments/batch reads its body up to this bound instead (1,000 items of
-# about 200 bytes each are ~200 KB; the largest legal items do not all fit, see README).
-BATCH_BODY_MAX_BYTES = 1024 * 1024
-IDEMPOTENCY_KEY_MAX = 64
-INTERACTION_ID_MAX = 128
-TOKEN_MAX = 4096
 QUERY_TEXT_MAX = 200
 
 # Printable ASCII (space to tilde): what an idempotency key, an interaction id or a
@@ -73,7 +72,6 @@ async def read_batch_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-PAGE_LIMIT_MAX = 200
 # Fraud rule ids and list names are identifiers of the rule language (fraud/parser.py).
 # The audit trail's author in a query: the body's `author` rule (gateway/schemas.py).
 _AUTHOR = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,100}")
@@ -95,9 +93,6 @@ def _page_limit(request: web.Request) -> int:
     if not 1 <= limit <= PAGE_LIMIT_MAX:
         raise field_error(400, "QP.Query.Invalid", f"limit must be between 1 and {PAGE_LIMIT_MAX}", "query.limit")
     return limit
-
-
-CURSOR_MAX_CHARS = 4096
 
 
 def _encode_agreement_cursor(key: tuple[int, str]) -> str:

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from kernel.limits import BATCH_ITEMS_MAX, LIST_CHANGE_VALUES_MAX
+
 from .errors import ApiError
 
 __all__ = [
@@ -143,10 +145,6 @@ class QuickPaymentBatchItem(QuickPaymentRequest, kw_only=True, forbid_unknown_fi
     idempotency_key: IdempotencyKey
 
 
-# Items per batch request (the gateway's batch_items_max may lower it).
-BATCH_ITEMS_MAX = 1_000
-
-
 class QuickPaymentBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The envelope only: each item is decoded and validated on its own (as a
     QuickPaymentBatchItem), so that one bad item fails alone."""
@@ -266,9 +264,6 @@ class RulesRequest(msgspec.Struct, forbid_unknown_fields=True):
         self.filename = _nfc(self.filename, 200, "filename")
 
 
-# Values per list change. Small enough that one value too many still fits in a 64 KiB
-# body (so it is a 400 that says why, not a 413); bigger changes are several calls.
-LIST_CHANGE_VALUES_MAX = 100
 ListValue = Annotated[str, _text(128, "a list value")]
 
 

@@ -13,14 +13,15 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from kernel.config import GatewayConfig
+from kernel.limits import IDEMPOTENCY_KEY_MAX, TOKEN_MAX
 from kernel.money import CURRENCY_EXPONENTS, AmountError, parse_amount
 
 from . import metrics
 from .auth import TokenService, admin_token_matches, token_cut_off
-from .config import GatewayConfig
 from .errors import ApiError, field_error
 from .ratelimit import RateLimit, RateLimiter, Verdict
-from .requests import IDEMPOTENCY_KEY_MAX, TOKEN_MAX, is_printable_ascii
+from .requests import is_printable_ascii
 from .shards import ShardRouter
 
 log = logging.getLogger("quickpay.gateway")

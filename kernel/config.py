@@ -8,17 +8,23 @@ directly. Their bounds come from kernel.limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from kernel.limits import (
+    BATCH_ITEMS_MAX,
     PENDING_EXPIRY_S,
     PENDING_EXPIRY_S_MAX,
     PENDING_MAX_LIMIT,
     PENDING_PER_ACCOUNT_MAX,
     PENDING_PER_PARTNER_MAX,
+    RATE_LIMIT_BURST_DEFAULT,
+    RATE_LIMIT_RPS_DEFAULT,
     REFUND_WINDOW_DAYS,
 )
 
-__all__ = ["WorkerConfig"]
+__all__ = ["GatewayConfig", "WorkerConfig"]
 
 
 @dataclass(slots=True)
@@ -65,3 +71,28 @@ class WorkerConfig:
             problems.append("--shard must be in [0, --shards)")
         if problems:
             raise SystemExit("bad shard worker configuration: " + "; ".join(problems))
+
+
+class GatewayConfig(msgspec.Struct):
+    shard_addresses: list[str]
+    token_key: bytes
+    admin_token: str
+    call_timeout_s: float = 10.0
+    # The supervisor's status file (quickpay.supervisor): /readyz is 503 while a needed child
+    # (PostgreSQL, a shard worker) is down, "degraded" while a background one crash-loops
+    # (gateway/health.py); /admin/v1/health names them.
+    supervisor_status: str | None = None
+    # Items per POST /v1/quick-payments/batch (more is a 400); the document states the
+    # default, BATCH_ITEMS_MAX. The body stays bounded by BATCH_BODY_MAX_BYTES either way.
+    batch_items_max: int = BATCH_ITEMS_MAX
+    # The node topology (quickpay.node): clients of the shards this process owns, by shard
+    # number, called in-process instead of over the shard protocol.
+    local_clients: dict[int, Any] | None = None
+    # Per-partner rate limit (the default; PUT /admin/v1/partners/{id}/rate-limit overrides it)
+    # and this process's part of it (part I of W for W gateway processes): gateway/ratelimit.py.
+    rate_limit_rps: float = RATE_LIMIT_RPS_DEFAULT
+    rate_limit_burst: float = RATE_LIMIT_BURST_DEFAULT
+    rate_limit_worker: int = 0
+    rate_limit_workers: int = 1
+    # Webhook endpoints on loopback/private/link-local addresses (notify/ssrf.py): refused unless set.
+    webhooks_allow_private: bool = False

@@ -8,10 +8,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from kernel.limits import INTERACTION_ID_MAX
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
 from ..errors import ApiError, field_error
-from ..requests import INTERACTION_ID_MAX, read_batch_body
+from ..requests import read_batch_body
 from ..responses import _internal, _json, _shard_error, _unavailable
 from ..schemas import QuickPaymentBatchItem, QuickPaymentBatchRequest, decode_body
 from ..state import RATE_VERDICT, Gateway
