@@ -88,6 +88,8 @@ def rendered(table: str, rows: list[dict[str, Any]], render: Callable[[dict[str,
     return out
 
 
+# One row per ledger code, spelled out (rows look alike by shape; each is the answer the
+# partner gets for that code, and tests/test_ledger_state.py checks every code has one).
 _PAYMENT_ERRORS: dict[str, tuple[int, str, str, str]] = {
     "AGREEMENT_NOT_FOUND": (404, "QP.Agreement.NotFound", "no such agreement", "$.agreement_id"),
     "AGREEMENT_NOT_AUTHORISED": (

@@ -44,22 +44,7 @@ class WriteSet:
     settings: dict[str, str] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not (
-            self.accounts
-            or self.partners
-            or self.agreements
-            or self.transfers
-            or self.deltas
-            or self.outbox
-            or self.delivered
-            or self.delivered_held
-            or self.settings
-            or self.agreement_updates
-            or self.refunded
-            or self.partner_limits
-            or self.partner_updates
-            or self.partner_events
-        )
+        return not (self.transfers or self.deltas or self.outbox or self.needs_transaction())
 
     def needs_transaction(self) -> bool:
         """Anything beyond transfers, deltas and outbox rows (the one-statement fast path)."""
