@@ -210,7 +210,6 @@ def test_decision_code_does_no_io_and_the_gateway_has_no_database_driver() -> No
         ROOT / "ledger" / "transfer_cache.py",
         ROOT / "ledger" / "writeset.py",
         ROOT / "ledger" / "undo.py",
-        ROOT / "ledger" / "recon.py",
         ROOT / "ledger" / "model.py",
         ROOT / "ledger" / "idfilter.py",
         ROOT / "loadtest" / "targets.py",
