@@ -42,6 +42,10 @@ class ShardRouter:
     async def broadcast(self, op: str, args: Any = None) -> list[Any]:
         return list(await asyncio.gather(*(c.call(op, args) for c in self.clients)))
 
+    def known_account(self, account_id: str) -> dict[str, Any] | None:
+        """The cached facts of an account, without asking its shard (None: not cached)."""
+        return self._accounts.get(account_id)
+
     async def lookup_account(self, account_id: str) -> dict[str, Any] | None:
         cached = self._accounts.get(account_id)
         if cached is not None:

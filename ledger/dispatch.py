@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.ids import is_striped
-from kernel.limits import RATE_LIMIT_MAX
+from kernel.limits import BATCH_ITEMS_MAX, RATE_LIMIT_MAX
 
 from . import validate as v
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS
@@ -27,6 +27,9 @@ __all__ = ["CREDIT_LEGS_MAX", "OPEN_ACCOUNTS_MAX", "RATE_LIMIT_MAX", "REFUND_REA
 
 log = logging.getLogger("quickpay.shard")
 
+# Payments per pay_many call: the gateway sends at most one batch request's items to a shard.
+PAY_MANY_ITEMS_MAX = BATCH_ITEMS_MAX
+
 
 class DispatchMixin(WorkerBase):
     # ---- intake --------------------------------------------------------------
@@ -38,6 +41,9 @@ class DispatchMixin(WorkerBase):
         self.work_ready.set()
 
     def dispatch(self, op: str, args: Any, reply: Reply) -> None:
+        if op == "pay_many":
+            self._dispatch_pay_many(args, reply)
+            return
         if op in _WRITE_OPS:
             try:
                 _CHECKS[op](self, args)
@@ -67,6 +73,34 @@ class DispatchMixin(WorkerBase):
             asyncio.get_running_loop().create_task(self._finish(result, reply))
         else:
             reply(True, result)
+
+    def _dispatch_pay_many(self, items: Any, reply: Reply) -> None:
+        """Many payments in one call (the gateway's batch endpoint sends one per shard): each
+        item goes the way a lone "pay" goes (its checks, the queue, the batcher's decision, the
+        group commit) and fails alone; the one answer, `[[ok, result], ...]` in item order,
+        leaves once every item has its own (so after the commits holding them). It saves the
+        per-item call: the client's future and deadline, a frame each way, the reply's encode."""
+        if type(items) is not list or not 1 <= len(items) <= PAY_MANY_ITEMS_MAX:
+            reply(
+                False, {"code": "BAD_REQUEST", "message": f"pay_many takes a list of 1-{PAY_MANY_ITEMS_MAX} payments"}
+            )
+            return
+        results: list[Any] = [None] * len(items)
+        remaining = [len(items)]
+
+        def item_reply(index: int) -> Reply:
+            def answer(ok: bool, result: Any) -> None:
+                if results[index] is not None:
+                    return  # answered once already
+                results[index] = [ok, result]
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    reply(True, results)
+
+            return answer
+
+        for index, item in enumerate(items):
+            self.dispatch("pay", item, item_reply(index))
 
     async def _finish(self, coro: Any, reply: Reply) -> None:
         try:

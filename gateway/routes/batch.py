@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
+from kernel.ids import is_striped
 from kernel.limits import INTERACTION_ID_MAX
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
@@ -16,7 +16,7 @@ from ..requests import read_batch_body
 from ..responses import _internal, _json, _shard_error, _unavailable
 from ..schemas import QuickPaymentBatchItem, QuickPaymentBatchRequest, decode_body
 from ..state import RATE_VERDICT, Gateway
-from .payments import place_payment
+from .payments import payment_outcome, prepare_payment
 
 _KEY_HEADER_PATH = "header.x-idempotency-key"
 
@@ -44,32 +44,74 @@ def _item_path(index: int, path: str) -> str:
     return path
 
 
+def _item_error(index: int, error: ApiError) -> dict[str, Any]:
+    return {
+        "status": error.status,
+        "error": {
+            "code": error.code,
+            "message": error.message,
+            "errors": [{**e, "path": _item_path(index, e["path"])} for e in error.errors],
+        },
+    }
+
+
+def _call_error(exc: BaseException, interaction_id: str) -> ApiError:
+    """What a failed shard call (or creditor lookup) means for each item it carried."""
+    if isinstance(exc, (ShardUnavailable, ShardOverloaded)):
+        return _unavailable(f"the ledger did not answer ({exc}); retry with the same idempotency_key")
+    if isinstance(exc, ShardError):
+        return _shard_error(exc, interaction_id)
+    return _internal(exc, interaction_id)  # a bug: these items' 500, logged; the others stand
+
+
 def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
     """POST /v1/quick-payments/batch."""
     config = gw.config
+    router = gw.router
 
-    async def batch_item(partner_id: str, index: int, raw: msgspec.Raw, interaction_id: str) -> dict[str, Any]:
-        """One item's result; never raises (one bad item fails alone)."""
-        try:
-            item: QuickPaymentBatchItem = decode_body(raw, QuickPaymentBatchItem)  # type: ignore[assignment]
-            resource, replayed = await place_payment(gw, partner_id, item.idempotency_key, item)
-            return {"status": 201, "payment": resource, "replayed": replayed}
-        except ApiError as exc:
-            error = exc
-        except (ShardUnavailable, ShardOverloaded) as exc:
-            error = _unavailable(f"the ledger did not answer ({exc}); retry with the same idempotency_key")
-        except ShardError as exc:
-            error = _shard_error(exc, interaction_id)
-        except Exception as exc:  # a bug: this item's 500, logged; the others stand
-            error = _internal(exc, interaction_id)
-        return {
-            "status": error.status,
-            "error": {
-                "code": error.code,
-                "message": error.message,
-                "errors": [{**e, "path": _item_path(index, e["path"])} for e in error.errors],
-            },
+    async def lookup_creditors(items: list[Any]) -> dict[str, Any]:
+        """The creditors on another shard than their debtor, not yet cached, looked up
+        together (each once), so that placing the items waits for none of them. A failed
+        lookup's exception is kept as its answer: the items paying that creditor fail with
+        it (alone), without asking again one after the other."""
+        needed = {
+            item.creditor_account
+            for item in items
+            if item is not None
+            and not is_striped(item.creditor_account)
+            and router.known_account(item.creditor_account) is None
+            and router.shard_of(item.creditor_account) != router.shard_of(item.agreement_id)
         }
+        if not needed:
+            return {}
+        names = list(needed)
+        answers = await asyncio.gather(*(router.lookup_account(c) for c in names), return_exceptions=True)
+        return dict(zip(names, answers))
+
+    async def send(
+        shard: int, indexes: list[int], commands: list[dict[str, Any]], results: list[Any], interaction_id: str
+    ) -> None:
+        """One pay_many call to a shard for its items; each item's result in its place."""
+        try:
+            answers = await router.call(shard, "pay_many", commands)
+            if type(answers) is not list or len(answers) != len(commands):
+                raise ShardError({"code": "INTERNAL", "message": f"pay_many answered {type(answers).__name__}"})
+        except Exception as exc:
+            failed = _call_error(exc, interaction_id)
+            for index in indexes:
+                results[index] = _item_error(index, failed)
+            return
+        for index, pair in zip(indexes, answers):
+            try:
+                ok, answer = pair
+                if not ok:
+                    raise ShardError(answer)
+                resource, replayed = payment_outcome(answer)
+                results[index] = {"status": 201, "payment": resource, "replayed": replayed}
+            except ApiError as exc:
+                results[index] = _item_error(index, exc)
+            except Exception as exc:
+                results[index] = _item_error(index, _call_error(exc, interaction_id))
 
     @routes.post("/v1/quick-payments/batch")
     async def create_payment_batch(request: web.Request) -> web.Response:
@@ -96,13 +138,44 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         # are refused one by one (429 item errors, in order), the others proceed.
         granted = 1 + gw.take_items(request, partner_id, len(items) - 1)
         retry_after_s = request[RATE_VERDICT].retry_after_s if granted < len(items) else 0
-        # All items are sent in the same event-loop tick where they need no creditor lookup,
-        # so the shard clients put them in one frame per shard and the shards decide and
-        # commit them in their group commits. Each answer comes after its commit: the 200
-        # leaves only when every item is durable or has failed on its own.
-        results = await asyncio.gather(
-            *(batch_item(partner_id, index, raw, interaction_id) for index, raw in enumerate(items[:granted]))
-        )
+        results: list[Any] = [None] * granted
+        # Decode every item, then validate each and group the commands by shard: one
+        # pay_many call per shard carries them all, decided and committed in the shard's
+        # group commits. Each item still fails alone (its own result), and the 200 leaves
+        # only when every item is durable or has failed.
+        decoded: list[QuickPaymentBatchItem | None] = []
+        for index in range(granted):
+            try:
+                decoded.append(decode_body(items[index], QuickPaymentBatchItem))  # type: ignore[arg-type]
+            except ApiError as exc:
+                decoded.append(None)
+                results[index] = _item_error(index, exc)
+            except Exception as exc:  # a bug: this item's 500, logged; the others stand
+                decoded.append(None)
+                results[index] = _item_error(index, _internal(exc, interaction_id))
+        creditors = await lookup_creditors(decoded)
+        by_shard: dict[int, tuple[list[int], list[dict[str, Any]]]] = {}
+        for index, item in enumerate(decoded):
+            if item is None:
+                continue
+            try:
+                shard, command = await prepare_payment(gw, partner_id, item.idempotency_key, item, creditors)
+            except ApiError as exc:
+                results[index] = _item_error(index, exc)
+                continue
+            except Exception as exc:
+                results[index] = _item_error(index, _call_error(exc, interaction_id))
+                continue
+            indexes, commands = by_shard.setdefault(shard, ([], []))
+            indexes.append(index)
+            commands.append(command)
+        if by_shard:
+            await asyncio.gather(
+                *(
+                    send(shard, indexes, commands, results, interaction_id)
+                    for shard, (indexes, commands) in by_shard.items()
+                )
+            )
         if granted == len(items):
             return _json(200, {"results": results})
         results += [_rate_limited_item(index, retry_after_s) for index in range(granted, len(items))]

@@ -29,13 +29,15 @@ async def own_transfer(
     return dict(found)
 
 
-async def place_payment(
-    gw: Gateway, partner_id: str, key: str, body: QuickPaymentRequest
-) -> tuple[dict[str, Any], bool]:
-    """Validate one payment, send it to its debtor's shard and wait for the answer (sent
-    only after the shard's batch holding it committed). Returns (resource, replayed);
-    a refusal raises ApiError, a shard that does not answer ShardUnavailable/Overloaded.
-    Shared by the single and the batch endpoint."""
+_NOT_LOOKED_UP = object()
+
+
+async def prepare_payment(
+    gw: Gateway, partner_id: str, key: str, body: QuickPaymentRequest, creditors: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Validate one payment and build its shard command: (debtor's shard, "pay" arguments).
+    A refusal raises ApiError. A creditor on another shard is looked up unless `creditors`
+    (the batch endpoint's lookups, made together beforehand) already holds its answer."""
     router = gw.router
     currency = gw.currency(body.currency)
     amount_minor = gw.amount(body.amount, currency, "$.amount")
@@ -48,7 +50,11 @@ async def place_payment(
     else:
         creditor_shard = router.shard_of(creditor)
         if creditor_shard != shard:
-            found = await router.lookup_account(creditor)
+            found: Any = _NOT_LOOKED_UP if creditors is None else creditors.get(creditor, _NOT_LOOKED_UP)
+            if found is _NOT_LOOKED_UP:
+                found = await router.lookup_account(creditor)
+            elif isinstance(found, BaseException):
+                raise found  # the batch's lookup of this creditor failed
             if found is None or found["kind"] != "customer":
                 _raise_for("CREDITOR_NOT_FOUND")
             elif found["currency"] != currency:
@@ -56,23 +62,23 @@ async def place_payment(
     risk = body.risk or None
     device_id = risk.device_id if risk else None
     ip = risk.ip if risk else None
-    result = await router.call(
-        shard,
-        "pay",
-        {
-            "payment_id": payment_id_for(partner_id, key, shard),
-            "partner_id": partner_id,
-            "agreement_id": body.agreement_id,
-            "amount_minor": amount_minor,
-            "currency": currency,
-            "creditor_account": creditor,
-            "creditor_shard": creditor_shard,
-            "reference": body.reference,
-            "device_id": device_id,
-            "ip": ip,
-            "body_hash": body_hash(body.agreement_id, amount_minor, currency, creditor, body.reference, device_id, ip),
-        },
-    )
+    return shard, {
+        "payment_id": payment_id_for(partner_id, key, shard),
+        "partner_id": partner_id,
+        "agreement_id": body.agreement_id,
+        "amount_minor": amount_minor,
+        "currency": currency,
+        "creditor_account": creditor,
+        "creditor_shard": creditor_shard,
+        "reference": body.reference,
+        "device_id": device_id,
+        "ip": ip,
+        "body_hash": body_hash(body.agreement_id, amount_minor, currency, creditor, body.reference, device_id, ip),
+    }
+
+
+def payment_outcome(result: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A shard's answer to "pay" as (resource, replayed); a refusal raises ApiError."""
     code = result["code"]
     if code == "OK":
         return payment_resource(result["transfer"]), False
@@ -80,6 +86,16 @@ async def place_payment(
         return payment_resource(result["transfer"]), True
     _raise_for(code)
     raise AssertionError("unreachable")
+
+
+async def place_payment(
+    gw: Gateway, partner_id: str, key: str, body: QuickPaymentRequest
+) -> tuple[dict[str, Any], bool]:
+    """Validate one payment, send it to its debtor's shard and wait for the answer (sent
+    only after the shard's batch holding it committed). Returns (resource, replayed);
+    a refusal raises ApiError, a shard that does not answer ShardUnavailable/Overloaded."""
+    shard, args = await prepare_payment(gw, partner_id, key, body)
+    return payment_outcome(await gw.router.call(shard, "pay", args))
 
 
 def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
