@@ -90,15 +90,37 @@ class Api:
         return str(answer["access_token"])
 
 
-def wait_ready(base_url: str, timeout_s: float = 60.0) -> None:
+READY_CONSECUTIVE_MIN = 3
+READY_CONSECUTIVE_PER_WORKER = 12
+
+
+def ready_consecutive(workers: int) -> int:
+    """How many 200s in a row, each on a new connection, count as "every gateway worker is
+    ready". The workers share the port (SO_REUSEPORT) and the kernel spreads connections
+    by their source port, so one probe reaches one worker at random: one 200 shows that
+    one worker is ready, and another may still be reading its partner cut-off markers
+    (gateway/health.py). With w workers, k probes all reach the same one with chance
+    w * (1/w)^k: for 12 per worker that is about 1e-7 at w = 2 and far lower above."""
+    return max(READY_CONSECUTIVE_MIN, READY_CONSECUTIVE_PER_WORKER * max(1, workers))
+
+
+def wait_ready(base_url: str, timeout_s: float = 60.0, consecutive: int = 1) -> None:
+    """Until /readyz answers 200 `consecutive` times in a row, each on a new connection
+    (urllib does not reuse them); any other answer starts the count again."""
     deadline = time.monotonic() + timeout_s
     last: object = None
+    in_a_row = 0
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(base_url.rstrip("/") + "/readyz", timeout=2) as response:
                 if response.status == 200:
-                    return
+                    in_a_row += 1
+                    if in_a_row >= consecutive:
+                        return
+                    time.sleep(0.01)
+                    continue
         except Exception as exc:  # not up yet
             last = exc
+        in_a_row = 0
         time.sleep(0.1)
     raise SystemExit(f"the stack at {base_url} did not become ready within {timeout_s}s: {last}")

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kernel.ids import shard_of
-from quickpay.httpclient import Api, ApiCallError, wait_ready
+from quickpay.httpclient import Api, ApiCallError, ready_consecutive, wait_ready
 
 SHARDS = 2
 CURRENCY = "CNY"
@@ -166,7 +166,7 @@ def main() -> int:
     pay_parser = sub.add_parser("pay")
     pay_parser.add_argument("--round", type=int, required=True)
     args = parser.parse_args()
-    wait_ready(args.url, timeout_s=120)
+    wait_ready(args.url, timeout_s=120, consecutive=ready_consecutive(2))
     # 503 means "outcome unknown, retry with the same key": safe for every request made here.
     api = Api(args.url, timeout_s=30, unavailable_retries=20)
     try:

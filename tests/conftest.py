@@ -250,13 +250,21 @@ class Stack:
         return found
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Every gateway process ready: 200s in a row on new connections (ready_consecutive)."""
+        from quickpay.httpclient import ready_consecutive
+
         deadline = time.monotonic() + timeout_s
+        in_a_row, needed = 0, ready_consecutive(2)
         while time.monotonic() < deadline:
             try:
                 if http("GET", self.url("/readyz"), timeout=2).status == 200:
-                    return
+                    in_a_row += 1
+                    if in_a_row >= needed:
+                        return
+                    continue
             except OSError:
                 pass
+            in_a_row = 0
             time.sleep(0.1)
         raise AssertionError(f"stack not ready again within {timeout_s}s\n{self.log()[-4000:]}")
 

@@ -85,7 +85,7 @@ def _wait_postgres(supervisor: Any, pg: Any, child: Any) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from quickpay.config import StateDir
     from quickpay.embedded_pg import shard_database
-    from quickpay.httpclient import Api, wait_ready
+    from quickpay.httpclient import Api, ready_consecutive, wait_ready
     from quickpay.supervisor import Child, Supervisor
 
     _validate_common(args)
@@ -248,7 +248,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             _wait_postgres(supervisor, pg, pg_child)
             pg.create_databases([shard_database(i) for i in range(args.shards)])
         supervisor.start(children)
-        wait_ready(base_url, timeout_s=120)
+        # Every gateway process ready, not only the first to answer (ready_consecutive).
+        wait_ready(base_url, timeout_s=120, consecutive=ready_consecutive(args.shards if node else args.workers))
         print(
             f"quickpay is up at {base_url}: {args.shards} shards, "
             + (f"{args.shards} nodes (HTTP + shard each)" if node else f"{args.workers} gateway workers")
