@@ -41,7 +41,10 @@ RATE_VERDICT: web.RequestKey[Verdict] = web.RequestKey("rate_verdict", Verdict)
 # Reconciliation files: the rows a token pays for (measured: a file costs ~50 µs a row end to
 # end, a payment ~5.5 ms, so ~100 rows cost what a payment costs), how long a provisional
 # file is reused, and the cache's bounds.
-RECON_ROWS_PER_TOKEN = 100
+# A reconciliation file's rows cost about 45 µs each end to end (shard read, encode, gateway
+# CSV: a 7,200-row provisional file took 335 ms on the 2-core VM, tests/test_fairness.py),
+# about a payment's cost per 13 rows: one token per 10 rows, as debt after the file is made.
+RECON_ROWS_PER_TOKEN = 10
 RECON_PROVISIONAL_REUSE_S = 5.0
 RECON_FILES_MAX = 256
 RECON_FILE_CACHE_MAX_BYTES = 4 * 1024 * 1024

@@ -29,6 +29,7 @@ __all__ = [
     "RATE_LIMIT_BURST_DEFAULT",
     "RATE_LIMIT_MAX",
     "RATE_LIMIT_RPS_DEFAULT",
+    "RECON_PAGE_ROWS_MAX",
     "REFERENCE_MAX",
     "REFUND_WINDOW_DAYS",
     "SECRET_OVERLAP_MAX_MS",
@@ -80,3 +81,10 @@ PENDING_MAX_LIMIT: Final = 10_000_000
 RATE_LIMIT_RPS_DEFAULT: Final = 10_000.0  # a new partner's requests per second
 RATE_LIMIT_BURST_DEFAULT: Final = 20_000.0  # and its bucket
 RATE_LIMIT_MAX: Final = 10_000_000  # the most either may be set to
+
+# Rows of one reconciliation-file page, read from one shard in one command. Small, because
+# a page is decoded and encoded in one go on the shard's event loop and then on the
+# gateway's: at 5,000 rows a page held both for tens of milliseconds, and a partner pulling
+# its provisional file stalled everyone's payments on that shard (tests/test_fairness.py
+# saw 200-320 ms). The file's size is bounded by RECON_ROWS_MAX (ledger/recon.py).
+RECON_PAGE_ROWS_MAX: Final = 500

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kernel.limits import FEED_RETENTION_MS
+from kernel.limits import FEED_RETENTION_MS, RECON_PAGE_ROWS_MAX
 
 from . import pg
 from . import validate as v
@@ -245,7 +245,7 @@ def _read_decisions(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return _read_decisions_async(worker, args.get("decision"), args.get("rule_id"), limit)
 
 
-RECON_PAGE_MAX = 5_000
+RECON_PAGE_MAX = RECON_PAGE_ROWS_MAX
 
 
 async def _read_recon_async(worker: WorkerBase, args: dict[str, Any]) -> Any:

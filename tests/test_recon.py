@@ -14,6 +14,7 @@ import hashlib
 import io
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from conftest import Stack, http
 from test_api import assert_error
 
+from gateway.app import RECON_PROVISIONAL_REUSE_S
 from kernel.money import parse_amount
 from ledger import recon
 
@@ -255,3 +257,54 @@ def test_a_provisional_file_is_made_once_per_window_and_shared(stack: Stack) -> 
         assert hashlib.sha256(later).hexdigest() == later_sha
     finally:
         conn.close()
+
+
+def test_a_file_longer_than_a_page_lists_each_row_once(stack: Stack) -> None:
+    """The gateway reads a shard's rows in pages of RECON_PAGE_ROWS_MAX (kept small so a file
+    does not hold a shard's event loop, tests/test_fairness.py): a file of more rows than a
+    page, and of exactly a page, has every payment once, none twice."""
+    from kernel.limits import RECON_PAGE_ROWS_MAX
+
+    if datetime.datetime.now(datetime.UTC).hour == 23 and datetime.datetime.now().minute >= 58:
+        pytest.skip("too close to midnight UTC for a one-day test")
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    partner = stack.new_partner("Paged")
+    customer = stack.new_customer(partner, shard=0, funding="1000.00")
+
+    def pay(count: int) -> list[str]:
+        items = [
+            {
+                "agreement_id": customer["agreement_id"],
+                "amount": "0.01",
+                "currency": "CNY",
+                "creditor_account": partner["settlement_account"],
+                "reference": "paged",
+                "idempotency_key": uuid.uuid4().hex,
+            }
+            for _ in range(count)
+        ]
+        reply = stack.call(
+            "POST",
+            "/v1/quick-payments/batch",
+            {"payments": items},
+            token=partner["token"],
+            headers={"x-idempotency-key": uuid.uuid4().hex},
+        )
+        assert reply.status == 200, reply.body
+        results = reply.body["results"]
+        assert all(r["status"] == 201 for r in results), [r for r in results if r["status"] != 201][:3]
+        return [r["payment"]["payment_id"] for r in results]
+
+    def listed() -> list[str]:
+        reply = http("GET", stack.url(f"/v1/reconciliation-files/{today}?provisional=true"), token=partner["token"])
+        assert reply.status == 200, reply.raw[:300]
+        lines = list(csv.reader(io.StringIO(reply.raw.decode())))
+        return [line[1] for line in lines[2:] if line and line[0] not in ("summary",) and not line[0].startswith("#")]
+
+    paid = pay(RECON_PAGE_ROWS_MAX)
+    assert sorted(listed()) == sorted(paid)  # exactly one page: the next, empty, ends it
+    time.sleep(RECON_PROVISIONAL_REUSE_S + 0.2)  # a new file, not the one just made
+    paid += pay(RECON_PAGE_ROWS_MAX // 2 + 1)
+    ids = listed()
+    assert len(ids) == len(set(ids)) == len(paid)
+    assert sorted(ids) == sorted(paid)

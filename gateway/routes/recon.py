@@ -9,6 +9,7 @@ import time
 
 from aiohttp import web
 
+from kernel.limits import RECON_PAGE_ROWS_MAX
 from ledger import recon
 
 from ..errors import ApiError, field_error
@@ -77,14 +78,22 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             after = None
             while True:
                 page = await router.call(
-                    shard, "recon", {"partner_id": partner_id, "from_ms": from_ms, "to_ms": to_ms, "after": after}
+                    shard,
+                    "recon",
+                    {
+                        "partner_id": partner_id,
+                        "from_ms": from_ms,
+                        "to_ms": to_ms,
+                        "after": after,
+                        "limit": RECON_PAGE_ROWS_MAX,
+                    },
                 )
                 rows += len(page)
                 try:
                     report.add(wire for _, wire in page)
                 except ValueError as exc:
                     raise ApiError(422, "QP.Reconciliation.TooLarge", str(exc)) from None
-                if len(page) < 5_000:
+                if len(page) < RECON_PAGE_ROWS_MAX:
                     break
                 after = page[-1][0]
         body = report.text().encode()
