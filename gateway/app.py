@@ -26,6 +26,7 @@ from kernel.limits import BATCH_BODY_MAX_BYTES, BODY_MAX_BYTES, INTERACTION_ID_M
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
 from . import metrics
+from . import web as web_pages
 from .errors import ApiError, error_response, field_error
 from .requests import ascii_int, is_printable_ascii
 from .responses import _PAYMENT_ERRORS, _internal, _shard_error, _unavailable
@@ -157,6 +158,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     accounts.add_routes(routes, gw)
     admin.add_routes(routes, gw)
     fraud.add_routes(routes, gw)
+    web_pages.add_routes(routes, gw)  # the customer's consent page and portal (gateway/web/)
 
     app.add_routes(routes)
 
