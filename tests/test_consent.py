@@ -318,3 +318,60 @@ def test_link_expires(short_link_stack: Stack) -> None:
     assert stack.admin("GET", f"/admin/v1/agreements/{agreement['agreement_id']}").body["status"] == (
         "AwaitingAuthorisation"
     )
+
+
+def test_sdk_creates_with_redirect_and_verifies_the_callback(stack: Stack, browser: httpx.Client) -> None:
+    from quickpay_sdk import Client, ConsentCallbackError, new_state, verify_callback
+
+    partner = new_partner(stack)
+    account, _ = new_customer(stack)
+    state = new_state()
+    with Client(stack.base_url, partner["client_id"], partner["client_secret"]) as qp:
+        agreement = qp.create_agreement_with_redirect(
+            account, "CNY", "50.00", redirect_uri=REDIRECT, state=state, daily_limit="200.00"
+        )
+    path, csrf = sign_in(stack, browser, agreement["authorisation_url"], account)
+    location = browser.post(path + "/decision", data={"csrf": csrf, "decision": "authorise"}).headers["location"]
+    callback = verify_callback(location, expected_state=state, expected_agreement_id=agreement["agreement_id"])
+    assert callback.authorised and callback.agreement_id == agreement["agreement_id"]
+    tampered = location.replace("state=", "state=x")
+    with pytest.raises(ConsentCallbackError):
+        verify_callback(tampered, expected_state=state)
+    with pytest.raises(ConsentCallbackError):
+        verify_callback(location + "&state=" + state, expected_state=state)  # two states
+    with pytest.raises(ConsentCallbackError):
+        verify_callback(location, expected_state=new_state())
+
+
+def test_cli_registers_redirect_uris_and_tails_the_sms_outbox(stack: Stack) -> None:
+    import json
+    import subprocess
+    import sys
+
+    partner = stack.new_partner("CLI Partner")
+    common = ["--url", stack.base_url, "--state-dir", str(stack.state_dir)]
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "quickpay.cli", *argv], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    done = cli("partners", "redirect-uris", partner["partner_id"], REDIRECT, "http://localhost:9000/cb", *common)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["redirect_uris"] == sorted([REDIRECT, "http://localhost:9000/cb"])
+    shown = cli("partners", "redirect-uris", partner["partner_id"], *common)
+    assert json.loads(shown.stdout)["redirect_uris"] == sorted([REDIRECT, "http://localhost:9000/cb"])
+    refused = cli("partners", "redirect-uris", partner["partner_id"], "http://partner.example/cb", *common)
+    assert refused.returncode == 1 and "QP.RedirectUri.Invalid" in refused.stderr
+
+    account, phone = new_customer(stack)
+    agreement = consent_link(
+        stack, {**partner, "token": stack.partner_token(partner["client_id"], partner["client_secret"])}, account
+    )
+    with httpx.Client(base_url=stack.base_url, follow_redirects=False) as browser:
+        path = urllib.parse.urlsplit(agreement["authorisation_url"]).path
+        assert browser.post(path + "/code", data={"csrf": csrf_of(browser.get(path))}).status_code == 200
+    tail = cli("sms", "tail", "--phone", phone, *common)
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.strip().splitlines()
+    assert len(lines) == 1 and phone in lines[0] and last_code(stack, account) in lines[0]

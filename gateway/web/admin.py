@@ -12,7 +12,7 @@ from kernel.limits import REDIRECT_URIS_MAX
 from kernel.resources import _iso
 
 from ..errors import ApiError, field_error
-from ..requests import _ACCOUNT_ID, _ASCII_DIGITS, _PARTNER_ID, read_body
+from ..requests import _ACCOUNT_ID, _ASCII_DIGITS, _PARTNER_ID, _page_limit, read_body
 from ..responses import _json
 from ..schemas import PhoneRequest, RedirectUrisRequest, decode_body
 from ..state import Gateway
@@ -20,9 +20,6 @@ from .consent import check_redirect_uri
 from .customer import Customers
 
 __all__ = ["add_routes"]
-
-SMS_PAGE_DEFAULT = 50
-SMS_PAGE_MAX = 200
 
 
 def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> None:
@@ -74,13 +71,12 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         """The simulated SMS provider's outbox, oldest first after `after` (a seq)."""
         gw.require_admin(request)
         args: dict[str, Any] = {}
-        for name in ("after", "limit"):
-            text = request.query.get(name)
-            if text is not None:
-                if _ASCII_DIGITS.fullmatch(text) is None or len(text) > 18:
-                    raise field_error(400, "QP.Query.Invalid", f"{name} is a whole number", f"query.{name}")
-                args[name] = int(text)
-        args["limit"] = max(1, min(args.get("limit", SMS_PAGE_DEFAULT), SMS_PAGE_MAX))
+        after = request.query.get("after")
+        if after is not None:
+            if _ASCII_DIGITS.fullmatch(after) is None:
+                raise field_error(400, "QP.Query.Invalid", "after is the next_cursor of an earlier page", "query.after")
+            args["after"] = int(after)
+        args["limit"] = _page_limit(request)
         for name in ("phone", "account_id"):
             text = request.query.get(name)
             if text is not None:
