@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..state import Gateway
-from . import admin, consent
+from . import admin, consent, portal
 from .customer import Customers
 from .html import SECURITY_HEADERS, STATIC_DIR
 
@@ -27,4 +27,5 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         return response
 
     consent.add_routes(routes, gw, customers)
+    portal.add_routes(routes, gw, customers)
     admin.add_routes(routes, gw, customers)

@@ -29,7 +29,7 @@ from ..errors import field_error
 from ..shards import ShardRouter
 from ..state import Gateway
 from .customer import Control, Customers, mask_account, mask_phone
-from .html import check_csrf, csrf_token, page, read_form, set_cookie, sha256_hex
+from .html import SECURITY_HEADERS, check_csrf, csrf_token, page, read_form, set_cookie, sha256_hex
 from .words import describe
 
 __all__ = ["add_routes", "check_redirect_uri", "link_ttl_s", "new_authorisation_url"]
@@ -277,5 +277,6 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             query["state"] = consumed["state"]
         location = URL(consumed["redirect_uri"]).update_query(query)
         response = web.Response(status=303, headers={"Location": str(location)})
+        response.headers.update(SECURITY_HEADERS)
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
