@@ -375,3 +375,17 @@ def test_cli_registers_redirect_uris_and_tails_the_sms_outbox(stack: Stack) -> N
     assert tail.returncode == 0, tail.stderr
     lines = tail.stdout.strip().splitlines()
     assert len(lines) == 1 and phone in lines[0] and last_code(stack, account) in lines[0]
+
+
+def test_link_of_an_agreement_decided_in_the_back_office(stack: Stack, browser: httpx.Client) -> None:
+    """The admin call stays (the bank's back office); a link to an agreement it decided sends no code."""
+    partner = new_partner(stack)
+    account, _ = new_customer(stack)
+    agreement = consent_link(stack, partner, account)
+    path = urllib.parse.urlsplit(agreement["authorisation_url"]).path
+    csrf = csrf_of(browser.get(path))
+    stack.agreement_action(agreement["agreement_id"], "authorise")
+    page = browser.get(path)
+    assert page.status_code == 409 and "QP.Consent.NotAwaiting" in page.text
+    assert browser.post(path + "/code", data={"csrf": csrf}).status_code == 409
+    assert stack.admin("GET", f"/admin/v1/sms?account_id={account}").body["messages"] == []

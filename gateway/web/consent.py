@@ -100,6 +100,16 @@ def _message(request: web.Request, status: int, code: str, en: str, zh: str) -> 
     return page(request, "message.html", status, code=code, text_en=en, text_zh=zh)
 
 
+def _not_awaiting(request: web.Request) -> web.Response:
+    return _message(
+        request,
+        409,
+        "QP.Consent.NotAwaiting",
+        "This agreement no longer waits for your decision.",
+        "此协议已不再等待您的确认。",
+    )
+
+
 def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> None:
     router = gw.router
     control = customers.control
@@ -144,13 +154,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
     ) -> web.Response:
         shown = await terms(link)
         if shown is None:
-            return _message(
-                request,
-                409,
-                "QP.Consent.NotAwaiting",
-                "This agreement no longer waits for your decision.",
-                "此协议已不再等待您的确认。",
-            )
+            return _not_awaiting(request)
         return page(
             request,
             "consent.html",
@@ -195,6 +199,8 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         if isinstance(prelude, web.Response):
             return prelude
         token_sha256, link, _ = prelude
+        if await terms(link) is None:  # no code for an agreement that no longer waits
+            return _not_awaiting(request)
         phone = await customers.phone_of(link["account_id"])
         if phone is None:
             return _message(
@@ -263,13 +269,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             },
         )
         if result["code"] not in ("OK", "SAME"):
-            return _message(
-                request,
-                409,
-                "QP.Consent.NotAwaiting",
-                "This agreement no longer waits for your decision.",
-                "此协议已不再等待您的确认。",
-            )
+            return _not_awaiting(request)
         await customers.end_session(request.cookies.get(SESSION_COOKIE))
         # Only what we stored: the registered URI, the agreement, the partner's own state, the outcome.
         query = {"agreement_id": link["agreement_id"], "outcome": outcome}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ def set_cookie(request: web.Request, response: web.StreamResponse, name: str, va
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,  # http://127.0.0.1 for local use; any real deployment is https
+        # http://127.0.0.1 for local use; behind a TLS-terminating proxy QUICKPAY_PUBLIC_URL says https.
+        secure=request.secure or os.environ.get("QUICKPAY_PUBLIC_URL", "").startswith("https://"),
     )
 
 
