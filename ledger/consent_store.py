@@ -111,7 +111,8 @@ async def _link_consume(conn: asyncpg.Connection, args: dict[str, Any], now_ms: 
 
 async def _otp_issue(conn: asyncpg.Connection, args: dict[str, Any], now_ms: int) -> dict[str, Any]:
     """A new code for (account, scope), unless the account had `sends_max` codes within
-    `window_ms` (RATE_LIMITED). Earlier open codes of the same scope stop working."""
+    `window_ms` (RATE_LIMITED). Earlier open codes of the same scope stop working (a new code
+    also starts a new count of tries: that is what the rate limit bounds)."""
     account_id, scope = args["account_id"], args["scope"]
     async with conn.transaction():
         # One account's codes are issued one at a time, so the rate limit holds under concurrency.
@@ -124,10 +125,12 @@ async def _otp_issue(conn: asyncpg.Connection, args: dict[str, Any], now_ms: int
         )
         if sent >= int(args["sends_max"]):
             return {"code": "RATE_LIMITED"}
+        # Superseded codes are closed as if used: only the newest code of a scope works.
         await conn.execute(
-            "UPDATE otp_codes SET tries_left = 0 WHERE account_id = $1 AND scope = $2 AND used_at_ms IS NULL",
+            "UPDATE otp_codes SET used_at_ms = $3 WHERE account_id = $1 AND scope = $2 AND used_at_ms IS NULL",
             account_id,
             scope,
+            now_ms,
         )
         await conn.execute(
             "INSERT INTO otp_codes (account_id, scope, code_hmac, created_at_ms, expires_at_ms, tries_left)"

@@ -120,6 +120,14 @@ def test_whole_journey_authorise_then_pay(stack: Stack, browser: httpx.Client) -
     paid = stack.pay(partner, agreement["agreement_id"], partner["settlement_account"], "10.00")
     assert paid.status == 201, paid.body
     assert paid.body["status"] in ("AcceptedSettlementCompleted", "AcceptedSettlementInProcess"), paid.body
+    # The same event the admin call produces, in the partner's feed.
+    deadline = time.monotonic() + 30
+    while True:
+        events = stack.call("GET", "/v1/events?type=agreement.authorised", token=partner["token"]).body["events"]
+        if any(e["data"]["object"]["agreement_id"] == agreement["agreement_id"] for e in events):
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.2)
 
 
 def test_decline_rejects_and_redirects(stack: Stack, browser: httpx.Client) -> None:
