@@ -397,3 +397,26 @@ def test_link_of_an_agreement_decided_in_the_back_office(stack: Stack, browser: 
     assert page.status_code == 409 and "QP.Consent.NotAwaiting" in page.text
     assert browser.post(path + "/code", data={"csrf": csrf}).status_code == 409
     assert stack.admin("GET", f"/admin/v1/sms?account_id={account}").body["messages"] == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"csrf=\xff\xfe"),
+        ("application/x-www-form-urlencoded; charset=bogus", b"csrf=a"),
+        ("multipart/form-data; boundary=xx", b"garbage"),
+        ("multipart/form-data", b"garbage"),
+        ("application/json", b'{"csrf": "x"}'),
+        ("application/x-www-form-urlencoded", b"csrf=" + b"a" * 70_000),
+    ],
+)
+def test_unreadable_forms_are_4xx_never_5xx(stack: Stack, content_type: str, body: bytes) -> None:
+    """Broken bodies on every form endpoint: a prompt 4xx (400/403/413), never a 500."""
+    partner = new_partner(stack)
+    account, _ = new_customer(stack)
+    path = urllib.parse.urlsplit(consent_link(stack, partner, account)["authorisation_url"]).path
+    with httpx.Client(base_url=stack.base_url, follow_redirects=False, timeout=30) as client:
+        client.get(path)
+        for target in (path + "/code", path + "/verify", path + "/decision", "/portal/login", "/portal/verify"):
+            answer = client.post(target, content=body, headers={"content-type": content_type})
+            assert answer.status_code in (400, 403, 413), (target, answer.status_code, answer.text[:300])

@@ -20,6 +20,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from ..errors import field_error
+
 __all__ = [
     "CSRF_COOKIE",
     "FORM_FIELD_MAX_CHARS",
@@ -104,8 +106,12 @@ def page(
 
 
 async def read_form(request: web.Request, *names: str) -> dict[str, str]:
-    """The named fields of a form POST (missing ones are ""), each bounded."""
-    form = await request.post()
+    """The named fields of a form POST (missing ones are ""), each bounded; a body that cannot
+    be read as a form (bytes that are not UTF-8, an unknown charset, broken multipart) is 400."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError):  # UnicodeDecodeError is a ValueError
+        raise field_error(400, "QP.Form.Invalid", "the request body is not a readable form", "body") from None
     values = {}
     for name in names:
         value = form.get(name, "")
