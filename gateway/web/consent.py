@@ -161,13 +161,11 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             status,
             csrf=csrf_token(request),
             step=step,
+            base="/consent/" + request.match_info["token"],
             terms=shown,
             error=extra.pop("error", None),
             **extra,
         )
-
-    def base_path(request: web.Request) -> str:
-        return "/consent/" + request.match_info["token"]
 
     async def post_prelude(
         request: web.Request, *fields: str
@@ -191,7 +189,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         opened = await open_link(request)
         if isinstance(opened, web.Response):
             return opened
-        return await render(request, opened[1], "start", base=base_path(request))
+        return await render(request, opened[1], "start")
 
     @routes.post("/consent/{token}/code")
     async def send_code(request: web.Request) -> web.StreamResponse:
@@ -214,8 +212,8 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             link["account_id"], phone, "consent:" + token_sha256, "confirm a payment agreement", "确认免密支付协议"
         )
         if not sent:
-            return await render(request, link, "start", 429, base=base_path(request), error="rate")
-        return await render(request, link, "code", base=base_path(request))
+            return await render(request, link, "start", 429, error="rate")
+        return await render(request, link, "code")
 
     @routes.post("/consent/{token}/verify")
     async def verify_code(request: web.Request) -> web.StreamResponse:
@@ -224,17 +222,15 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             return prelude
         token_sha256, link, form = prelude
         if _CODE.fullmatch(form["code"]) is None:
-            return await render(request, link, "code", 400, base=base_path(request), error="format")
+            return await render(request, link, "code", 400, error="format")
         checked = await customers.check_code(link["account_id"], "consent:" + token_sha256, form["code"])
         if checked["code"] == "WRONG":
-            return await render(
-                request, link, "code", 400, base=base_path(request), error="wrong", tries_left=checked["tries_left"]
-            )
+            return await render(request, link, "code", 400, error="wrong", tries_left=checked["tries_left"])
         if checked["code"] != "OK":
             status = 403 if checked["code"] == "LOCKED" else 400
-            return await render(request, link, "start", status, base=base_path(request), error=checked["code"].lower())
+            return await render(request, link, "start", status, error=checked["code"].lower())
         session = await customers.open_session(link["account_id"], "consent:" + token_sha256, link_ttl_s())
-        response = await render(request, link, "decide", base=base_path(request))
+        response = await render(request, link, "decide")
         set_cookie(request, response, SESSION_COOKIE, session, link_ttl_s())
         return response
 
@@ -254,7 +250,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
                 "请先输入发送到您手机的验证码。",
             )
         if form["decision"] not in ("authorise", "decline"):
-            return await render(request, link, "decide", 400, base=base_path(request), error="decision")
+            return await render(request, link, "decide", 400, error="decision")
         outcome = "authorised" if form["decision"] == "authorise" else "declined"
         consumed = await control("link_consume", token_sha256=token_sha256, outcome=outcome)
         if consumed is None:  # used or expired since the prelude read it
