@@ -208,6 +208,13 @@ class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
     state: ConsentState | None = None
 
 
+class AuthorisationLinkRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Another consent-page link for an agreement still AwaitingAuthorisation."""
+
+    redirect_uri: RedirectUri
+    state: ConsentState | None = None
+
+
 class WebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
     url: Annotated[
         str,

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 __all__ = [
+    "LINKS_PER_AGREEMENT_MAX",
     "REDIRECT_URIS_PER_PARTNER_MAX",
     "RETENTION_MS",
     "SMS_PAGE_MAX",
@@ -29,6 +30,8 @@ __all__ = [
 # Rows (links, codes, sessions, SMS) are kept a day: longer than any link, code or session lives.
 RETENTION_MS = 24 * 3600 * 1000
 REDIRECT_URIS_PER_PARTNER_MAX = 10
+# Links one agreement may have (a partner asks again when the customer let one expire).
+LINKS_PER_AGREEMENT_MAX = 5
 SMS_PAGE_MAX = 200
 
 
@@ -66,9 +69,14 @@ async def _phone_set(conn: asyncpg.Connection, args: dict[str, Any], now_ms: int
     )
 
 
-async def _link_create(conn: asyncpg.Connection, args: dict[str, Any], now_ms: int) -> None:
+async def _link_create(conn: asyncpg.Connection, args: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """OK, or TOO_MANY when the agreement has LINKS_PER_AGREEMENT_MAX links already."""
     async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "links:" + args["agreement_id"])
         await conn.execute("DELETE FROM consent_links WHERE created_at_ms < $1", now_ms - RETENTION_MS)
+        links = await conn.fetchval("SELECT count(*) FROM consent_links WHERE agreement_id = $1", args["agreement_id"])
+        if links >= LINKS_PER_AGREEMENT_MAX:
+            return {"code": "TOO_MANY"}
         await conn.execute(
             "INSERT INTO consent_links (token_sha256, agreement_id, partner_id, account_id, redirect_uri, state,"
             " created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -81,6 +89,7 @@ async def _link_create(conn: asyncpg.Connection, args: dict[str, Any], now_ms: i
             now_ms,
             now_ms + int(args["ttl_ms"]),
         )
+    return {"code": "OK", "expires_at_ms": now_ms + int(args["ttl_ms"])}
 
 
 _LINK_COLUMNS = "agreement_id, partner_id, account_id, redirect_uri, state, expires_at_ms, used_at_ms, outcome"

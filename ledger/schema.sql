@@ -252,6 +252,7 @@ CREATE TABLE IF NOT EXISTS consent_links (
     outcome        text
 );
 CREATE INDEX IF NOT EXISTS consent_links_created ON consent_links (created_at_ms);
+CREATE INDEX IF NOT EXISTS consent_links_agreement ON consent_links (agreement_id);
 -- One-time codes, stored as an HMAC keyed by the gateways' token key; scope says what the
 -- code opens (one consent link, or the portal).
 CREATE TABLE IF NOT EXISTS otp_codes (

@@ -326,6 +326,17 @@ def test_link_expires(short_link_stack: Stack) -> None:
     assert stack.admin("GET", f"/admin/v1/agreements/{agreement['agreement_id']}").body["status"] == (
         "AwaitingAuthorisation"
     )
+    # The partner asks for another link for the agreement still waiting: it works (until it expires too).
+    again = stack.call(
+        "POST",
+        f"/v1/agreements/{agreement['agreement_id']}/authorisation-url",
+        {"redirect_uri": REDIRECT, "state": "second"},
+        token=partner["token"],
+    )
+    assert again.status == 201, again.body
+    assert again.body["authorisation_url"] != agreement["authorisation_url"]
+    with httpx.Client(base_url=stack.base_url, follow_redirects=False) as browser:
+        assert browser.get(urllib.parse.urlsplit(again.body["authorisation_url"]).path).status_code == 200
 
 
 def test_sdk_creates_with_redirect_and_verifies_the_callback(stack: Stack, browser: httpx.Client) -> None:
@@ -420,3 +431,36 @@ def test_unreadable_forms_are_4xx_never_5xx(stack: Stack, content_type: str, bod
         for target in (path + "/code", path + "/verify", path + "/decision", "/portal/login", "/portal/verify"):
             answer = client.post(target, content=body, headers={"content-type": content_type})
             assert answer.status_code in (400, 403, 413), (target, answer.status_code, answer.text[:300])
+
+
+def test_another_link_for_a_waiting_agreement_only(stack: Stack, browser: httpx.Client) -> None:
+    partner, other = new_partner(stack), new_partner(stack, name="Other Partner")
+    account, _ = new_customer(stack)
+    agreement = consent_link(stack, partner, account)
+    url = f"/v1/agreements/{agreement['agreement_id']}/authorisation-url"
+    # Another partner cannot ask for a link to this agreement, and an unregistered URI is refused.
+    assert stack.call("POST", url, {"redirect_uri": REDIRECT}, token=other["token"]).status == 404
+    unregistered = stack.call("POST", url, {"redirect_uri": "https://evil.example/"}, token=partner["token"])
+    assert unregistered.status == 422 and unregistered.body["code"] == "QP.Agreement.RedirectUriNotRegistered"
+    # Five links per agreement at most (the creation's included).
+    answers = [stack.call("POST", url, {"redirect_uri": REDIRECT}, token=partner["token"]) for _ in range(5)]
+    assert [a.status for a in answers] == [201, 201, 201, 201, 409]
+    assert answers[-1].body["code"] == "QP.Agreement.TooManyLinks"
+    # A link without state redirects without one; once decided, no more links.
+    path, csrf = sign_in(stack, browser, answers[0].body["authorisation_url"], account)
+    done = browser.post(path + "/decision", data={"csrf": csrf, "decision": "authorise"})
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(done.headers["location"]).query)
+    assert query == {"agreement_id": [agreement["agreement_id"]], "outcome": ["authorised"]}
+    # The other links of the agreement now show it is decided.
+    assert browser.get(urllib.parse.urlsplit(answers[1].body["authorisation_url"]).path).status_code == 409
+    fresh = new_partner(stack)
+    account2, _ = new_customer(stack)
+    decided = consent_link(stack, fresh, account2)
+    stack.agreement_action(decided["agreement_id"], "reject")
+    late = stack.call(
+        "POST",
+        f"/v1/agreements/{decided['agreement_id']}/authorisation-url",
+        {"redirect_uri": REDIRECT},
+        token=fresh["token"],
+    )
+    assert late.status == 409 and late.body["code"] == "QP.Agreement.InvalidTransition"

@@ -1,5 +1,5 @@
-"""The admin API of customer consent (gateway/web/admin.py): redirect URIs, phones, the SMS
-outbox. The customer's HTML pages (/consent/..., /portal/...) are not API and are not listed."""
+"""Customer consent's API: another authorisation link for a waiting agreement, and the admin
+routes (gateway/web/admin.py): redirect URIs, phones, the SMS outbox. The customer's HTML pages (/consent/..., /portal/...) are not API and are not listed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from kernel.limits import REDIRECT_URIS_MAX
 
 from .operations import LIMIT, _object, _op, _path_param
-from .patterns import ACCOUNT_ID_PATTERN
+from .patterns import ACCOUNT_ID_PATTERN, AGREEMENT_ID_PATTERN
 
 __all__ = ["consent_paths", "consent_schemas"]
 
@@ -23,6 +23,10 @@ def consent_schemas() -> dict[str, Any]:
                 "partner_id": {"type": "string"},
                 "redirect_uris": {"type": "array", "maxItems": REDIRECT_URIS_MAX, "items": {"type": "string"}},
             },
+        ),
+        "AuthorisationLink": _object(
+            ["agreement_id", "authorisation_url"],
+            {"agreement_id": {"type": "string"}, "authorisation_url": {"type": "string"}},
         ),
         "AccountPhone": _object(
             ["account_id", "phone"], {"account_id": {"type": "string"}, "phone": {"type": ["string", "null"]}}
@@ -52,6 +56,17 @@ def consent_schemas() -> dict[str, Any]:
 def consent_paths() -> dict[str, Any]:
     # One entry per operation, spelled out (see admin_paths.py).
     return {
+        "/v1/agreements/{agreement_id}/authorisation-url": {
+            "post": _op(
+                "newAuthorisationUrl",
+                "Another single-use link to the customer's consent page for an agreement still "
+                "AwaitingAuthorisation (at most 5 per agreement)",
+                body="AuthorisationLinkRequest",
+                ok=(201, "Created", "AuthorisationLink"),
+                errors=(404, 409, 422),
+                params=[_path_param("agreement_id", AGREEMENT_ID_PATTERN)],
+            )
+        },
         "/admin/v1/partners/{partner_id}/redirect-uris": {
             "put": _op(
                 "setPartnerRedirectUris",

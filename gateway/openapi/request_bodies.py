@@ -33,6 +33,7 @@ def request_body_schemas() -> dict[str, Any]:
         schemas.PartnerSecretRotationRequest,
         schemas.RedirectUrisRequest,
         schemas.PhoneRequest,
+        schemas.AuthorisationLinkRequest,
     ]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)

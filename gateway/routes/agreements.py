@@ -24,9 +24,9 @@ from ..requests import (
     read_body,
 )
 from ..responses import _json, _raise_for, rendered
-from ..schemas import AgreementRequest, decode_body
+from ..schemas import AgreementRequest, AuthorisationLinkRequest, decode_body
 from ..state import Gateway
-from ..web.consent import new_authorisation_url
+from ..web.consent import check_registered, new_authorisation_url
 
 CUSTOMER_ACTIONS = ("authorise", "reject", "suspend", "resume", "revoke")
 AGREEMENT_STATUSES = ("AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked", "Expired")
@@ -76,17 +76,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             raise field_error(422, "QP.Agreement.InvalidValidity", "valid_to is in the past", "$.valid_to")
         if is_striped(body.debtor_account):
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
-        if body.state is not None and body.redirect_uri is None:
-            raise field_error(422, "QP.Agreement.StateWithoutRedirect", "state needs a redirect_uri", "$.state")
-        if body.redirect_uri is not None:
-            registered = await router.clients[0].call("consent", {"action": "redirect_uris", "partner_id": partner_id})
-            if body.redirect_uri not in registered:
-                raise field_error(
-                    422,
-                    "QP.Agreement.RedirectUriNotRegistered",
-                    "redirect_uri is not one of the partner's registered redirect URIs (exact match)",
-                    "$.redirect_uri",
-                )
+        await check_registered(router, partner_id, body.redirect_uri, body.state)
         agreement_id = new_agreement_id(body.debtor_account, router.count)
         result = await router.client_for(body.debtor_account).call(
             "create_agreement",
@@ -149,6 +139,23 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
                 409, "QP.Agreement.InvalidTransition", f"cannot {action} an agreement that is {status}", "$.status"
             )
         raise ApiError(403, "QP.Agreement.Forbidden", f"{actor} may not {action} an agreement")
+
+    @routes.post("/v1/agreements/{agreement_id}/authorisation-url")
+    async def new_agreement_link(request: web.Request) -> web.Response:
+        """Another link to the consent page for an agreement still waiting (the last one expired)."""
+        partner_id = gw.partner_of(request)
+        body: AuthorisationLinkRequest = decode_body(await read_body(request), AuthorisationLinkRequest)  # type: ignore[assignment]
+        agreement_id = request.match_info["agreement_id"]
+        found = await agreement_shard(agreement_id).call("agreement", {"id": agreement_id, "partner_id": partner_id})
+        if found is None:
+            raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
+        if found["status"] != "AwaitingAuthorisation":
+            raise field_error(
+                409, "QP.Agreement.InvalidTransition", f"the agreement is {found['status']}, not awaiting", "$.status"
+            )
+        await check_registered(router, partner_id, body.redirect_uri, body.state)
+        url = await new_authorisation_url(request, router, found, body.redirect_uri, body.state)
+        return _json(201, {"agreement_id": agreement_id, "authorisation_url": url})
 
     @routes.delete("/v1/agreements/{agreement_id}")
     async def revoke_agreement(request: web.Request) -> web.Response:

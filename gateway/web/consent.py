@@ -25,14 +25,14 @@ from yarl import URL
 
 from kernel.limits import CONSENT_LINK_TTL_S, CONSENT_LINK_TTL_S_MAX
 
-from ..errors import field_error
+from ..errors import ApiError, field_error
 from ..shards import ShardRouter
 from ..state import Gateway
 from .customer import Control, Customers, mask_account, mask_phone
 from .html import SECURITY_HEADERS, check_csrf, csrf_token, page, read_form, set_cookie, sha256_hex
 from .words import describe
 
-__all__ = ["add_routes", "check_redirect_uri", "link_ttl_s", "new_authorisation_url"]
+__all__ = ["add_routes", "check_redirect_uri", "check_registered", "link_ttl_s", "new_authorisation_url"]
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 _CODE = re.compile(r"[0-9]{6}")
@@ -77,12 +77,29 @@ def check_redirect_uri(uri: str, path: str) -> None:
         )
 
 
+async def check_registered(router: ShardRouter, partner_id: str, redirect_uri: str | None, state: str | None) -> None:
+    """422 unless redirect_uri is one of the partner's registered URIs, exactly (and state comes with one)."""
+    if state is not None and redirect_uri is None:
+        raise field_error(422, "QP.Agreement.StateWithoutRedirect", "state needs a redirect_uri", "$.state")
+    if redirect_uri is None:
+        return
+    registered = await Control(router)("redirect_uris", partner_id=partner_id)
+    if redirect_uri not in registered:
+        raise field_error(
+            422,
+            "QP.Agreement.RedirectUriNotRegistered",
+            "redirect_uri is not one of the partner's registered redirect URIs (exact match)",
+            "$.redirect_uri",
+        )
+
+
 async def new_authorisation_url(
     request: web.Request, router: ShardRouter, agreement: dict[str, Any], redirect_uri: str, state: str | None
 ) -> str:
-    """A new single-use link to the consent page for the agreement (its token stored hashed)."""
+    """A new single-use link to the consent page for the agreement (its token stored hashed);
+    409 QP.Agreement.TooManyLinks past LINKS_PER_AGREEMENT_MAX."""
     token = secrets.token_urlsafe(32)
-    await Control(router)(
+    created = await Control(router)(
         "link_create",
         token_sha256=sha256_hex(token),
         agreement_id=agreement["id"],
@@ -92,6 +109,8 @@ async def new_authorisation_url(
         state=state,
         ttl_ms=link_ttl_s() * 1000,
     )
+    if created["code"] != "OK":
+        raise ApiError(409, "QP.Agreement.TooManyLinks", "this agreement has had as many authorisation links as it may")
     base = os.environ.get("QUICKPAY_PUBLIC_URL") or str(request.url.origin())
     return base.rstrip("/") + "/consent/" + token
 
