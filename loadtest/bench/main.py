@@ -14,6 +14,7 @@ from typing import Any
 
 from loadtest.bench.baselines import rate_limiter_cost_us, run_hello_phase
 from loadtest.bench.common import _free_port, log, machine_info
+from loadtest.bench.crosscheck import wrk_against_servers, wrk_ratios
 from loadtest.bench.phase import PhaseConfig, run_phase
 from loadtest.bench.population import bench_rules
 from loadtest.bench.report import TARGETS, _fmt, _ratio, projection, summary_markdown
@@ -33,6 +34,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         "naive_customers": 5_000 if quick else 20_000,
         "pgbench_s": 5.0 if quick else 30.0,
         "batch_start_rate": 2.0,
+        "wrk_s": 5.0 if quick else 10.0,
     }
     resolved = argparse.Namespace(**vars(args))
     for name, value in defaults.items():
@@ -61,6 +63,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         "batch_items": 1000,
         "batch_p99_ms": 100.0,
         "topology": "gateway",
+        "wrk": False,
+        "wrk_connections": 32,
+        "wrk_batch_items": 100,
     }
     for name, value in fallbacks.items():
         if not hasattr(resolved, name):
@@ -88,6 +93,14 @@ def validate_settings(args: argparse.Namespace) -> None:
         problems.append("--generator-processes must be between 1 and 16")
     if not 0 <= args.generator_poll_ms <= 5:
         problems.append("--generator-poll-ms must be between 0 and 5")
+    if args.wrk and not 1 <= args.wrk_connections <= 1000:
+        raise SystemExit("--wrk-connections must be 1-1000")
+    if args.wrk and not 0 <= args.wrk_batch_items <= 1000:
+        raise SystemExit("--wrk-batch-items must be 0-1000")
+    if args.wrk and not 1 <= args.wrk_s <= 120:
+        raise SystemExit("--wrk-s must be 1-120")
+    if args.wrk and args.no_hello:
+        raise SystemExit("--wrk compares against the hello servers: drop --no-hello")
     if not 0 <= args.batch_items <= 1000:
         problems.append("--batch-items must be between 0 (no batch phase) and 1000 (the endpoint's maximum)")
     if not 0 < args.batch_start_rate <= 1000:
@@ -165,6 +178,10 @@ def run_bench(args: argparse.Namespace) -> int:
             batch_p99_ms=args.batch_p99_ms,
             hello=not args.no_hello,
             ha=bool(getattr(args, "ha", False)),
+            wrk=bool(args.wrk),
+            wrk_s=args.wrk_s,
+            wrk_connections=args.wrk_connections,
+            wrk_batch_items=args.wrk_batch_items,
         )
         if main_cfg.ha and args.dsn:
             raise SystemExit("quickpay bench: --ha runs its own PostgreSQL clusters; no --dsn")
@@ -289,7 +306,31 @@ def run_bench(args: argparse.Namespace) -> int:
                 log(f"hello phase failed: {exc}")
                 report["hello"] = {"error": str(exc)[-1500:]}
                 report["problems"].append(f"hello phase failed: {str(exc)[:300]}")
+        report["generator_ceiling"] = None
+        if templates is not None and isinstance(report["hello"], dict) and "error" not in report["hello"]:
+            # Our generator against the null protocol: the most it can offer on this machine,
+            # so that H (and every rate here) is known to be the server's, not the generator's.
+            try:
+                report["generator_ceiling"] = run_hello_phase(
+                    args,
+                    out,
+                    templates,
+                    start_rate=max(hello_start, float(report["hello"].get("hello_max_sustained_tps") or 0.0)),
+                    step_factor=2.0 if args.quick else 1.5,
+                    steps_max=4 if args.quick else 8,
+                    step_s=args.step_s,
+                    server="null",
+                )
+            except Exception as exc:
+                log(f"generator ceiling (null server) failed: {exc}")
+                report["generator_ceiling"] = {"error": str(exc)[-1500:]}
+                report["problems"].append(f"generator ceiling phase failed: {str(exc)[:300]}")
         hello_report = report["hello"] or {}
+        ceiling = report["generator_ceiling"] or {}
+        report["generator_ceiling_per_s"] = ceiling.get("hello_max_sustained_tps")
+        report["hello_vs_generator_ceiling"] = _ratio(
+            hello_report.get("hello_max_sustained_tps"), report["generator_ceiling_per_s"]
+        )
         report["hello_max_sustained_tps"] = hello_report.get("hello_max_sustained_tps")
         report["hello_cpu_us_per_request"] = hello_report.get("hello_cpu_us_per_request")
         report["ratio_vs_hello"] = _ratio(report["max_sustained_tps"], report["hello_max_sustained_tps"])
@@ -301,6 +342,18 @@ def run_bench(args: argparse.Namespace) -> int:
         report["rate_limiter_share_of_payment"] = _ratio(
             report["rate_limiter_us_per_request"], report["sut_cpu_us_per_payment"]
         )
+        if args.wrk:
+            stack_wrk = main.get("wrk") or {}
+            servers = (
+                wrk_against_servers(templates, out, seconds=args.wrk_s, connections=args.wrk_connections)
+                if templates is not None
+                else {"error": "no templates"}
+            )
+            report["wrk"] = {
+                "stack": stack_wrk,
+                "servers": servers,
+                "ratios": wrk_ratios(stack_wrk, servers, report),
+            }
         if args.sweep:
             report["sweep"] = run_sweep(args, out, base_state, rules, report["max_sustained_tps"])
         if not report["exactly_once_ok"] or not report["conservation_ok"]:
@@ -379,6 +432,18 @@ def _console_summary(r: dict[str, Any], out: Path) -> str:
             f" batch_ratio_vs_hello {_fmt(r.get('batch_ratio_vs_hello'), '.2f')}",
             f"naive ledger: {_fmt(r.get('naive_max_sustained_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_naive'), '.2f')}x);"
             f" pgbench: {_fmt(r.get('pgbench_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_pgbench'), '.2f')}x)",
+            f"generator ceiling (null server): {_fmt(r.get('generator_ceiling_per_s'))} requests/s;"
+            f" H is {_fmt(r.get('hello_vs_generator_ceiling'), '.2f')} of it",
+            *(
+                [
+                    f"wrk: single ÷ app {_fmt(r['wrk']['ratios'].get('single_vs_app'), '.2f')}, batch ÷ app"
+                    f" {_fmt(r['wrk']['ratios'].get('batch_vs_app'), '.2f')}, single ÷ low-level"
+                    f" {_fmt(r['wrk']['ratios'].get('single_vs_low_level'), '.2f')}, batch ÷ low-level"
+                    f" {_fmt(r['wrk']['ratios'].get('batch_vs_low_level'), '.2f')}"
+                ]
+                if r.get("wrk")
+                else []
+            ),
             f"exactly-once: {_fmt(r.get('exactly_once_ok'))}; conservation: {_fmt(r.get('conservation_ok'))}",
             *(
                 [

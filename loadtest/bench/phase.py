@@ -20,6 +20,7 @@ from loadtest.bench.checks import (
     verify_exactly_once,
 )
 from loadtest.bench.common import answered_in_step, log, merge_steps
+from loadtest.bench.crosscheck import wrk_against_stack
 from loadtest.bench.population import (
     build_batch_templates,
     build_templates,
@@ -64,6 +65,11 @@ class PhaseConfig:
     hello: bool = False  # keep the templates for the hello phase
     topology: str | None = None  # None: --topology
     ha: bool = False  # `up --ha`: each shard a Patroni cluster with a synchronous standby
+    # `--wrk`: after the checks, wrk (closed loop) on the same stack (loadtest/bench/crosscheck.py).
+    wrk: bool = False
+    wrk_s: float = 10.0
+    wrk_connections: int = 32
+    wrk_batch_items: int = 100
 
 
 def settle_database(dsns: list[str]) -> None:
@@ -327,6 +333,31 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             )
             for problem in problems[:10] + audit_report["problems"][:10]:
                 log(f"{cfg.name}:   {problem}")
+
+        if cfg.wrk:
+            # After the exactly-once checks (wrk's payments are not in the generator's list of
+            # sent keys); conservation is audited again once wrk is done.
+            batch_templates = build_batch_templates(population, cfg.wrk_batch_items)[0] if cfg.wrk_batch_items else []
+            try:
+                result["wrk"] = wrk_against_stack(
+                    cfg.port,
+                    templates,
+                    batch_templates,
+                    cfg.wrk_batch_items,
+                    out,
+                    seconds=cfg.wrk_s,
+                    connections=cfg.wrk_connections,
+                    cpu=cpu,
+                )
+            except Exception as exc:
+                log(f"{cfg.name}: wrk failed: {exc}")
+                result["wrk"] = {"error": str(exc)[-1500:]}
+            time.sleep(0.5)
+            wrk_conserved, wrk_audit = check_conservation(dsns)
+            result["wrk"]["conservation_ok"] = wrk_conserved
+            if not wrk_conserved:
+                result["conservation_ok"] = False
+                log(f"{cfg.name}: conservation FAILED after wrk: {wrk_audit['problems'][:5]}")
 
         if cfg.pgbench and not cfg.dsns:
             log(
