@@ -315,9 +315,10 @@ def run_bench(args: argparse.Namespace) -> int:
                     args,
                     out,
                     templates,
-                    start_rate=max(hello_start, float(report["hello"].get("hello_max_sustained_tps") or 0.0)),
+                    # From half of H: the ceiling is above H unless the generator limits H.
+                    start_rate=max(args.start_rate, float(report["hello"].get("hello_max_sustained_tps") or 0.0) / 2),
                     step_factor=2.0 if args.quick else 1.5,
-                    steps_max=4 if args.quick else 8,
+                    steps_max=6 if args.quick else 10,
                     step_s=args.step_s,
                     server="null",
                 )

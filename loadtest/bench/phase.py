@@ -260,7 +260,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             log(f"{cfg.name}: no step met the gates")
 
         if cfg.batch_items > 0:
-            batch = run_batch_search(cfg, args, stack, population, cpu, sent_ids, cfg.batch_items)
+            batch = run_batch_search(cfg, args, stack, population, cpu, sent_ids, cfg.batch_items, out)
             acknowledged += batch["items_acknowledged"]
             if batch["max_sustained_batches_per_s"] == 0.0 and cfg.batch_items >= 2:
                 # Even the lowest rate missed: at this size one batch's own serial work is
@@ -270,7 +270,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                     f"{cfg.name}: batches of {cfg.batch_items} missed the gates at the lowest rate; "
                     f"searching again with {half} payments per request"
                 )
-                retry = run_batch_search(cfg, args, stack, population, cpu, sent_ids, half)
+                retry = run_batch_search(cfg, args, stack, population, cpu, sent_ids, half, out)
                 acknowledged += retry["items_acknowledged"]
                 retry["first_attempt"] = {k: v for k, v in batch.items() if k != "first_attempt"}
                 batch = retry
@@ -383,6 +383,7 @@ def run_batch_search(
     cpu: SutCpu,
     sent_ids: list[str],
     items: int,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """Stepped batch rates (batches/s) of `cfg.batch_items` payments each, open loop, same
     generator; gates: batch p99 <= cfg.batch_p99_ms, errors < --error-rate-max, achieved >= 95%.
@@ -470,7 +471,24 @@ def run_batch_search(
         on_step=on_step,
     )
     step_dicts, best_step = merge_steps(steps, extras, best)
+    profile = None
+    if cfg.profile and out is not None:
+        # The batch path's own profile (`--profile`), at its max sustained rate, or at the
+        # first rate when none passed (a profile of the work is what is wanted, gates or not).
+        rate = best or cfg.batch_start_rate
+        seconds = int(min(10, max(3, cfg.batch_step_s)))
+        log(f"{cfg.name} batch x{items}: profiling at {rate:.1f} batches/s for {seconds}s with py-spy")
+        procs = start_profilers(stack, out, seconds, prefix=f"batch{items}-")
+        load = run_at_rate(rate)
+        profile = {
+            "batches_per_s": rate,
+            "items_per_batch": items,
+            "seconds": seconds,
+            "p99_ms": load.p99_ms,
+            "files": finish_profilers(procs, out, seconds + 30),
+        }
     return {
+        "profile": profile,
         "items_per_batch": items,
         "steps": step_dicts,
         "max_sustained_batches_per_s": best,
