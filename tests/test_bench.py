@@ -160,6 +160,12 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     ceiling = report["generator_ceiling"]
     assert ceiling["server"] == "null" and ceiling["steps"], ceiling
     assert isinstance(report["generator_ceiling_per_s"], (int, float)) and report["generator_ceiling_per_s"] > 0
+    # Where each search ended and why (the failing step's gates), and which rates came
+    # within 2x of the generator's ceiling.
+    assert report["knees"]["main"]["best_rate_per_s"] == report["max_sustained_offered_per_s"]
+    rated = {k for k in ("max_sustained_tps", "hello_max_sustained_tps") if report[k] is not None}
+    assert set(report["generator_bound"]) >= rated  # a search with no passing step has no rate to judge
+    assert all(isinstance(v, bool) for v in report["generator_bound"].values())
     # wrk against the stack (single and batch) and the three servers, and the ratios of both.
     wrk = report["wrk"]
     assert wrk["stack"]["single"]["requests"] > 0 and wrk["stack"]["single"]["errors"] == 0, wrk["stack"]

@@ -139,7 +139,7 @@ def run_hello_phase(
 
     from loadtest.generator import LoadSpec, run_load
     from loadtest.hello import response_body
-    from loadtest.stepper import find_max_sustained
+    from loadtest.stepper import find_max_sustained, knee
 
     body_bytes = len(response_body())
     result: dict[str, Any] = {
@@ -211,6 +211,7 @@ def run_hello_phase(
             {
                 "steps": step_dicts,
                 "max_sustained_offered_per_s": best,
+                "knee": knee(best, steps),
                 "hello_max_sustained_tps": best_step["achieved_per_s"] if best_step else None,
                 "hello_cpu_us_per_request": best_step["sut_cpu_us_per_payment"] if best_step else None,
                 "p99_ms": best_step["p99_ms"] if best_step else None,

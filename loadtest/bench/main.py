@@ -333,6 +333,17 @@ def run_bench(args: argparse.Namespace) -> int:
             hello_report.get("hello_max_sustained_tps"), report["generator_ceiling_per_s"]
         )
         report["hello_max_sustained_tps"] = hello_report.get("hello_max_sustained_tps")
+        report["generator_bound"] = generator_bound(report)
+        report["knees"] = {
+            name: part.get("knee")
+            for name, part in (
+                ("main", main),
+                ("batch", batch),
+                ("hello", hello_report),
+                ("generator_ceiling", ceiling),
+            )
+            if isinstance(part, dict) and part.get("knee")
+        }
         report["hello_cpu_us_per_request"] = hello_report.get("hello_cpu_us_per_request")
         report["ratio_vs_hello"] = _ratio(report["max_sustained_tps"], report["hello_max_sustained_tps"])
         report["cpu_hello_units"] = _ratio(report["sut_cpu_us_per_payment"], report["hello_cpu_us_per_request"])
@@ -416,6 +427,24 @@ def run_bench(args: argparse.Namespace) -> int:
             log(f"plots failed: {exc}")
     print(_console_summary(report, out))
     return code
+
+
+GENERATOR_BOUND_SHARE = 0.5
+
+
+def generator_bound(report: dict[str, Any]) -> dict[str, bool] | None:
+    """Which request rates came within 2x of the generator's own ceiling (issue 19): those
+    may be the generator's limit rather than the server's, and are marked so."""
+    ceiling = report.get("generator_ceiling_per_s")
+    if not ceiling:
+        return None
+    batch = report.get("batch") or {}
+    rates = {
+        "max_sustained_tps": report.get("max_sustained_tps"),
+        "hello_max_sustained_tps": report.get("hello_max_sustained_tps"),
+        "batch_requests_per_s": batch.get("max_sustained_batches_per_s"),
+    }
+    return {name: rate >= ceiling * GENERATOR_BOUND_SHARE for name, rate in rates.items() if rate is not None}
 
 
 def _console_summary(r: dict[str, Any], out: Path) -> str:

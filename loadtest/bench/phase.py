@@ -97,7 +97,7 @@ def _warmup(step_s: float) -> float:
 
 def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path | None) -> dict[str, Any]:
     from loadtest.generator import LoadSpec, run_load
-    from loadtest.stepper import find_max_sustained
+    from loadtest.stepper import find_max_sustained, knee
 
     phase_out = out / cfg.name
     phase_out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +255,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
         result["steps"] = step_dicts
         result["max_sustained_offered_per_s"] = best
         result["best_step"] = best_step
+        result["knee"] = knee(best, steps)
         result["max_sustained_tps"] = best_step["achieved_per_s"] if best_step else 0.0
         if best_step is None:
             log(f"{cfg.name}: no step met the gates")
@@ -394,7 +395,7 @@ def run_batch_search(
     import math
 
     from loadtest.generator import LoadSpec, run_load
-    from loadtest.stepper import find_max_sustained
+    from loadtest.stepper import find_max_sustained, knee
 
     templates, routes = build_batch_templates(population, items)
     dsns = stack.dsns()
@@ -489,6 +490,7 @@ def run_batch_search(
         }
     return {
         "profile": profile,
+        "knee": knee(best, steps),
         "items_per_batch": items,
         "steps": step_dicts,
         "max_sustained_batches_per_s": best,

@@ -131,6 +131,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"| generator share of CPU | {_fmt(r.get('generator_cpu_share'), '.1%')} | | |",
         f"| generator ceiling: our generator against the null server (requests/s) / H as its share |"
         f" {_fmt(r.get('generator_ceiling_per_s'))} / {_fmt(r.get('hello_vs_generator_ceiling'), '.2f')} | | |",
+        "| generator-bound (within 2x of that ceiling) | "
+        + (", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in (r.get("generator_bound") or {}).items()) or "n/a")
+        + " | | |",
+        *(
+            f"| knee of {name}: best / first failing rate, why, resolution | {_fmt(k.get('best_rate_per_s'))} /"
+            f" {_fmt(k.get('first_failed_rate_per_s'))}, {'; '.join(k.get('first_failed_gates') or []) or 'none failed'},"
+            f" {_fmt(k.get('resolution'), '.0%')} | <= 10% | |"
+            for name, k in (r.get("knees") or {}).items()
+        ),
         f"| rate limiter per request, in process (us) / share of SUT CPU per payment |"
         f" {_fmt(r.get('rate_limiter_us_per_request'), '.2f')} / {_fmt(r.get('rate_limiter_share_of_payment'), '.2%')} | | |",
         f"| naive ledger max TPS | {_fmt(r.get('naive_max_sustained_tps'))} | | |",
