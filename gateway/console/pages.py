@@ -32,6 +32,7 @@ def _head(title: str) -> str:
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
         '<link rel="stylesheet" href="/console/static/vendor/uPlot.min.css">'
         '<link rel="stylesheet" href="/console/static/console.css">'
         "</head>"

@@ -1,0 +1,170 @@
+"""The operator console in a real browser (headless Chromium, tests/browser_support.py),
+against a private `quickpay up` stack: log in through the form, the page renders (charts,
+every shard listed), the live payments/s figure changes while a bounded, rate-limited load
+of payments runs and falls back once it stops, a hostile partner name is shown as text,
+the CSP is enforced without violations, the console's responses carry the CSP and frame
+headers, and logout ends the session. Screenshots go to test-artefacts/console-*.png."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from browser_support import Browser, chromium_session, wait_for
+from conftest import Stack, start_stack, stop_stack
+
+LOAD_PAYMENTS = 400  # bounded load: this many payments...
+LOAD_RATE_PER_S = 50.0  # ...at about this rate (8 s), from one thread
+PAGE_WAIT_S = 30.0
+HOSTILE_NAME = "<img src=x onerror=\"document.title='pwned'\"> Console & Co"
+
+
+@pytest.fixture(scope="module")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("console-browser"))
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)
+
+
+def headers_of(stack: Stack, path: str) -> dict[str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+def run_load(stack: Stack, partner: dict[str, Any], agreement_id: str, creditor: str, results: list[int]) -> None:
+    interval_s = 1.0 / LOAD_RATE_PER_S
+    started = time.monotonic()
+    for i in range(LOAD_PAYMENTS):
+        reply = stack.pay(partner, agreement_id, creditor, "0.01", key=f"console-load-{uuid.uuid4().hex}")
+        results.append(reply.status)
+        pause = started + (i + 1) * interval_s - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+
+
+def payments_per_s(browser: Browser) -> float | None:
+    from selenium.webdriver.common.by import By
+
+    text = browser.driver.find_element(By.ID, "payments-per-s").text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def test_console_in_a_real_browser(console_stack: Stack) -> None:
+    from selenium.webdriver.common.by import By
+
+    stack = console_stack
+    # The console's responses carry the CSP and frame headers (the browser enforces them below).
+    for path in ("/console", "/console/login", "/console/static/console.js", "/console/static/vendor/uPlot.min.css"):
+        headers = headers_of(stack, path)
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert "default-src 'self'" in headers["content-security-policy"], path
+        assert "unsafe-inline" not in headers["content-security-policy"], path
+        assert headers["x-frame-options"] == "DENY", path
+
+    hostile = stack.new_partner(HOSTILE_NAME)
+    partner = stack.new_partner("Console Load Partner")
+    customer = stack.new_customer(partner, funding="1000.00")
+    creditor = stack.new_account()
+
+    with chromium_session("console") as browser:
+        driver = browser.driver
+        driver.get(stack.url("/console"))
+        wait_for(lambda: driver.current_url.endswith("/console/login"), PAGE_WAIT_S, "the redirect to the login form")
+        browser.screenshot("login")
+
+        # a wrong token is refused and the form is shown again
+        driver.find_element(By.ID, "token").send_keys("not-the-admin-token")
+        driver.find_element(By.ID, "login").click()
+        wait_for(lambda: driver.find_elements(By.ID, "login-error"), PAGE_WAIT_S, "the login error")
+        assert "qp_console" not in {c["name"] for c in driver.get_cookies()}
+        refused = browser.console_errors()  # drains the log: the 401 of that POST is expected
+        assert all("401" in e["message"] for e in refused), refused
+
+        driver.find_element(By.ID, "token").send_keys(stack.admin_token)
+        driver.find_element(By.ID, "login").click()
+        wait_for(lambda: driver.current_url.endswith("/console"), PAGE_WAIT_S, "the console after login")
+        session = next(c for c in driver.get_cookies() if c["name"] == "qp_console")
+        assert session["httpOnly"] is True and session["sameSite"] == "Strict"
+        assert driver.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+
+        # renders: both charts drawn, every shard listed, the health status shown
+        wait_for(
+            lambda: len(driver.find_elements(By.CSS_SELECTOR, "#shards tbody tr")) == stack.shards,
+            PAGE_WAIT_S,
+            "every shard in the table",
+        )
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".uplot canvas")) >= 2, PAGE_WAIT_S, "two charts")
+        shard_cells = [
+            r.find_element(By.TAG_NAME, "td").text for r in driver.find_elements(By.CSS_SELECTOR, "#shards tbody tr")
+        ]
+        assert shard_cells == [str(i) for i in range(stack.shards)]
+        assert driver.find_element(By.ID, "status").text in ("ready", "degraded")
+
+        # watch two partners: the hostile name is text, not markup
+        watch = driver.find_element(By.ID, "watch")
+        watch.clear()
+        watch.send_keys(f"{hostile['partner_id']},{partner['partner_id']}")
+        driver.find_element(By.CSS_SELECTOR, "#watch-form button").click()
+        wait_for(
+            lambda: any(HOSTILE_NAME == c.text for c in driver.find_elements(By.CSS_SELECTOR, "#partners td")),
+            PAGE_WAIT_S,
+            "the hostile partner name shown as text",
+        )
+        assert driver.find_elements(By.CSS_SELECTOR, "#partners img") == []
+        assert driver.title != "pwned"
+
+        # the live figure: idle first, then it moves while the load runs
+        wait_for(lambda: payments_per_s(browser) is not None, PAGE_WAIT_S, "a first payments/s reading")
+        idle = payments_per_s(browser)
+        assert idle is not None and idle < 5.0, idle
+        results: list[int] = []
+        load = threading.Thread(
+            target=run_load, args=(stack, partner, customer["agreement_id"], creditor, results), daemon=True
+        )
+        load.start()
+        try:
+            seen = wait_for(
+                lambda: (v := payments_per_s(browser)) is not None and v >= 10.0 and v,
+                PAGE_WAIT_S,
+                "the payments/s figure to rise under load",
+            )
+            browser.screenshot("under-load")
+            assert load.is_alive(), "the figure must move while the load still runs"
+        finally:
+            load.join(LOAD_PAYMENTS / LOAD_RATE_PER_S * 4 + 30)
+        assert not load.is_alive()
+        assert results.count(201) == LOAD_PAYMENTS, {s: results.count(s) for s in set(results)}
+        assert seen <= LOAD_RATE_PER_S * 3, seen  # a rate, not a count
+        # and it falls back once the load has stopped
+        wait_for(lambda: (v := payments_per_s(browser)) is not None and v < 5.0, PAGE_WAIT_S, "the figure to fall back")
+        rate_points = driver.execute_script(
+            "return document.querySelectorAll('#chart-rate .u-legend .u-series').length"
+        )
+        assert rate_points >= stack.shards + 1  # the time axis and one series per shard
+        browser.screenshot("after-load")
+
+        # the page ran under its CSP without a single violation or script error
+        errors = browser.console_errors()
+        assert errors == [], errors
+
+        driver.find_element(By.ID, "logout").click()
+        wait_for(lambda: driver.current_url.endswith("/console/login"), PAGE_WAIT_S, "the login form after logout")
+        assert "qp_console" not in {c["name"] for c in driver.get_cookies()}
+        driver.get(stack.url("/console"))
+        wait_for(lambda: driver.current_url.endswith("/console/login"), PAGE_WAIT_S, "no console without a session")
