@@ -16,7 +16,7 @@ import pytest
 from conftest import Stack
 
 from gateway.console.session import CSRF_TTL_S, SESSION_TTL_S, SessionKeys
-from gateway.console.snapshot import PARTNERS_WATCHED_MAX, parse_metrics
+from gateway.console.snapshot import PARTNERS_WATCHED_MAX, parse_metrics, rule_hits
 
 # ---- pure: sessions and CSRF tokens (time injected) -------------------------------------------
 
@@ -102,6 +102,22 @@ def test_parse_metrics_picks_the_console_figures() -> None:
     assert parsed["webhooks"] == {"backlog": 4}
     errors = {(e["route"], e["status"]): e["count"] for e in parsed["errors"]}
     assert errors == {("/v1/quick-payments", "422"): 3, ("unmatched", "404"): 7}
+
+
+def test_rule_hits_count_shadow_rules_apart() -> None:
+    def payment(*hits: tuple[str, bool]) -> dict[str, Any]:
+        reasons = [
+            {"rule_id": r, "action": "review", "score": 10, "shadow": shadow, "values": {}} for r, shadow in hits
+        ]
+        return {"fraud": {"decision": "review", "score": 10, "reasons": reasons}}
+
+    counted = rule_hits(
+        [payment(("velocity", False), ("new_rule", True)), payment(("velocity", False)), {"fraud": None}]
+    )
+    assert counted == [
+        {"rule_id": "velocity", "action": "review", "shadow": False, "hits": 2},
+        {"rule_id": "new_rule", "action": "review", "shadow": True, "hits": 1},
+    ]
 
 
 # ---- against the shared stack -------------------------------------------------------------

@@ -20,13 +20,15 @@ from conftest import Stack, start_stack, stop_stack
 
 LOAD_PAYMENTS = 400  # bounded load: this many payments...
 LOAD_RATE_PER_S = 50.0  # ...at about this rate (8 s), from one thread
+LOAD_CUSTOMERS = 25  # 16 payments each
 PAGE_WAIT_S = 30.0
 HOSTILE_NAME = "<img src=x onerror=\"document.title='pwned'\"> Console & Co"
 
 
 @pytest.fixture(scope="module")
 def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("console-browser"))
+    # With the fraud filter (the default rules), so the console has decisions to explain.
+    stack = start_stack(tmp_path_factory.mktemp("console-browser"), flags=("--no-monitor",))
     try:
         yield stack
     finally:
@@ -44,12 +46,15 @@ def headers_of(stack: Stack, path: str) -> dict[str, str]:
         conn.close()
 
 
-def run_load(stack: Stack, partner: dict[str, Any], agreement_id: str, creditor: str, results: list[int]) -> None:
+def run_load(
+    stack: Stack, partner: dict[str, Any], customers: list[dict[str, str]], creditor: str, results: list[str]
+) -> None:
     interval_s = 1.0 / LOAD_RATE_PER_S
     started = time.monotonic()
     for i in range(LOAD_PAYMENTS):
+        agreement_id = customers[i % len(customers)]["agreement_id"]
         reply = stack.pay(partner, agreement_id, creditor, "0.01", key=f"console-load-{uuid.uuid4().hex}")
-        results.append(reply.status)
+        results.append(f"{reply.status} {reply.body.get('status') if isinstance(reply.body, dict) else ''}")
         pause = started + (i + 1) * interval_s - time.monotonic()
         if pause > 0:
             time.sleep(pause)
@@ -77,10 +82,18 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
         assert "unsafe-inline" not in headers["content-security-policy"], path
         assert headers["x-frame-options"] == "DENY", path
 
+    # One payment the default rules block (its creditor on the block list), for the decisions table.
+    blocked_creditor = stack.new_account()
+    listed = stack.admin("POST", "/admin/v1/fraud/lists/blocked_accounts", {"add": [blocked_creditor]})
+    assert listed.status == 200, listed.body
     hostile = stack.new_partner(HOSTILE_NAME)
     partner = stack.new_partner("Console Load Partner")
-    customer = stack.new_customer(partner, funding="1000.00")
+    # Enough customers that none reaches the default rules' velocity limit (20 in 10 minutes).
+    customers = [stack.new_customer(partner, funding="100.00") for _ in range(LOAD_CUSTOMERS)]
+    customer = customers[0]
     creditor = stack.new_account()
+    blocked = stack.pay(partner, customer["agreement_id"], blocked_creditor, "1.00")
+    assert blocked.status == 201 and blocked.body["status"] == "Rejected", blocked.body
 
     with chromium_session("console") as browser:
         driver = browser.driver
@@ -116,6 +129,22 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
         assert shard_cells == [str(i) for i in range(stack.shards)]
         assert driver.find_element(By.ID, "status").text in ("ready", "degraded")
 
+        # the fraud decision and the rule that fired, with the value it saw; the rule-set version
+        wait_for(
+            lambda: any(
+                "blocked_creditor (block, +100)" in c.text and blocked_creditor in c.text
+                for c in driver.find_elements(By.CSS_SELECTOR, "#decisions td")
+            ),
+            PAGE_WAIT_S,
+            "the blocked payment's decision explained",
+        )
+        hits = {
+            r.find_element(By.TAG_NAME, "td").text for r in driver.find_elements(By.CSS_SELECTOR, "#rule-hits tbody tr")
+        }
+        assert "blocked_creditor" in hits
+        versions = driver.find_elements(By.CSS_SELECTOR, "#versions tr")
+        assert len(versions) >= 2 and "yes" in versions[1].text  # a header and the active version
+
         # watch two partners: the hostile name is text, not markup
         watch = driver.find_element(By.ID, "watch")
         watch.clear()
@@ -133,10 +162,8 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
         wait_for(lambda: payments_per_s(browser) is not None, PAGE_WAIT_S, "a first payments/s reading")
         idle = payments_per_s(browser)
         assert idle is not None and idle < 5.0, idle
-        results: list[int] = []
-        load = threading.Thread(
-            target=run_load, args=(stack, partner, customer["agreement_id"], creditor, results), daemon=True
-        )
+        results: list[str] = []
+        load = threading.Thread(target=run_load, args=(stack, partner, customers, creditor, results), daemon=True)
         load.start()
         try:
             seen = wait_for(
@@ -149,7 +176,8 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
         finally:
             load.join(LOAD_PAYMENTS / LOAD_RATE_PER_S * 4 + 30)
         assert not load.is_alive()
-        assert results.count(201) == LOAD_PAYMENTS, {s: results.count(s) for s in set(results)}
+        accepted = sum(1 for r in results if r.startswith("201 Accepted"))  # InProcess: a cross-shard credit
+        assert accepted == LOAD_PAYMENTS, {s: results.count(s) for s in set(results)}
         assert seen <= LOAD_RATE_PER_S * 3, seen  # a rate, not a count
         # and it falls back once the load has stopped
         wait_for(lambda: (v := payments_per_s(browser)) is not None and v < 5.0, PAGE_WAIT_S, "the figure to fall back")

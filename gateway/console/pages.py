@@ -83,8 +83,11 @@ def console_page(logout_csrf: str) -> str:
         + "<th>status</th><th>count</th></tr></thead><tbody></tbody></table></section>"
         + '<section><h2>Webhooks</h2><dl id="webhooks"></dl></section>'
         + '<section><h2>Fraud rule sets</h2><div id="rules"></div></section>'
-        + '<section><h2>Fraud decisions (review and block)</h2><table id="decisions"><thead><tr><th>at</th>'
+        + '<section class="wide"><h2>Fraud decisions (review and block)</h2><table id="decisions"><thead><tr><th>at</th>'
         + "<th>payment</th><th>amount</th><th>decision</th><th>rules fired and why</th></tr></thead>"
+        + "<tbody></tbody></table></section>"
+        + "<section><h2>Rules fired in the latest decisions (shadow rules: what they would do)</h2>"
+        + '<table id="rule-hits"><thead><tr><th>rule</th><th>action</th><th>mode</th><th>hits</th></tr></thead>'
         + "<tbody></tbody></table></section>"
         + '<section><h2>Fraud alerts (post-event monitor)</h2><table id="alerts"><thead><tr><th>at</th>'
         + "<th>rule</th><th>details</th></tr></thead><tbody></tbody></table></section>"

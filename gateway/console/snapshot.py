@@ -24,6 +24,7 @@ __all__ = [
     "SNAPSHOT_REUSE_S",
     "SnapshotSource",
     "parse_metrics",
+    "rule_hits",
 ]
 
 UPSTREAM_TIMEOUT_S = 3.0  # each GET of a snapshot
@@ -32,6 +33,7 @@ SNAPSHOT_REUSE_S = 0.5  # pages refresh every 2 s; two pages within this share a
 PARTNERS_WATCHED_MAX = 20  # partner ids one page may ask about
 DECISIONS_SHOWN_MAX = 20  # per kind (review, block)
 ALERTS_SHOWN_MAX = 20
+HITS_DECISIONS_MAX = 200  # the latest decisions the rule-hit counts are made from
 PAYMENT_ROUTES = ("/v1/quick-payments", "/v1/quick-payments/batch")
 
 
@@ -111,6 +113,22 @@ def parse_metrics(text: str) -> dict[str, Any]:
     }
 
 
+def rule_hits(payments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How often each rule fired in these payments' fraud decisions, shadow rules apart (a
+    shadow rule's hits are what it would do if enforced): the rule-set's shadow results."""
+    counts: dict[tuple[str, str, bool], int] = {}
+    for payment in payments:
+        fraud = payment.get("fraud") or {}
+        for hit in fraud.get("reasons") or []:
+            if isinstance(hit, dict) and "rule_id" in hit:
+                key = (str(hit["rule_id"]), str(hit.get("action", "")), bool(hit.get("shadow")))
+                counts[key] = counts.get(key, 0) + 1
+    return [
+        {"rule_id": rule, "action": action, "shadow": shadow, "hits": n}
+        for (rule, action, shadow), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    ]
+
+
 class SnapshotSource:
     """Takes snapshots over loopback with the admin token; shares one taken within
     SNAPSHOT_REUSE_S (per set of watched partners)."""
@@ -148,12 +166,13 @@ class SnapshotSource:
                     problems.append({"source": path, "status": None, "body": str(exc) or type(exc).__name__})
                     return None
 
-            metrics_text, health, rules, review, block, alerts, *found = await asyncio.gather(
+            metrics_text, health, rules, review, block, latest, alerts, *found = await asyncio.gather(
                 get("/metrics", text=True),
                 get("/admin/v1/health"),
                 get("/admin/v1/fraud/rules"),
                 get(f"/admin/v1/fraud/decisions?decision=review&limit={DECISIONS_SHOWN_MAX}"),
                 get(f"/admin/v1/fraud/decisions?decision=block&limit={DECISIONS_SHOWN_MAX}"),
+                get(f"/admin/v1/fraud/decisions?limit={HITS_DECISIONS_MAX}"),
                 get("/admin/v1/fraud/alerts"),
                 *(get(f"/admin/v1/partners/{quote(p, safe='')}") for p in partners),
             )
@@ -177,6 +196,7 @@ class SnapshotSource:
                 "enabled": not fraud_disabled,
                 "rules": rules,
                 "decisions": decisions[:DECISIONS_SHOWN_MAX],
+                "rule_hits": rule_hits((latest or {}).get("payments", [])),
                 "alerts": (alerts or {}).get("alerts", [])[:ALERTS_SHOWN_MAX],
             },
             "partners": [

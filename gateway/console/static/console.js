@@ -44,7 +44,8 @@
   }
 
   function makeCharts(names) {
-    const width = Math.max(320, Math.min(900, document.body.clientWidth - 60));
+    const box = document.getElementById("chart-rate");
+    const width = Math.max(300, Math.min(1200, box.clientWidth - 10));
     const series = (suffixes) => {
       const out = [{}];
       names.forEach((name, i) => {
@@ -164,18 +165,37 @@
     } else if (r === null) {
       rules.appendChild(el("p", "rule sets not read"));
     } else {
-      const list = el("ul");
-      const summary = Object.entries(r).filter(([k]) => k !== "shards");
-      for (const [k, v] of summary) list.appendChild(el("li", k + ": " + (typeof v === "object" ? JSON.stringify(v) : v)));
-      rules.appendChild(list);
+      rules.appendChild(el("p", "active " + String(r.active_version || "differs between shards").slice(0, 12) +
+        ", enforced " + String(r.enforced_version || "differs between shards").slice(0, 12) +
+        (r.consistent ? ", every shard agrees" : ", SHARDS DISAGREE") +
+        ((r.degraded_shards || []).length ? "; degraded shards: " + r.degraded_shards.join(", ") : "")));
+      const table = el("table");
+      table.id = "versions";
+      const head = el("tr");
+      for (const h of ["version", "author", "created", "rules", "active", "enforced"]) head.appendChild(el("th", h));
+      table.appendChild(head);
+      const first = (r.shards || [])[0] || {};
+      for (const v of (first.versions || []).slice(-10).reverse()) {
+        const tr = el("tr");
+        for (const cell of [String(v.version).slice(0, 12), v.author, new Date(v.created_at_ms).toISOString(),
+          v.rule_count, v.active ? "yes" : "", v.enforced ? "yes" : ""]) tr.appendChild(el("td", cell));
+        table.appendChild(tr);
+      }
+      rules.appendChild(table);
     }
 
     fill("decisions", ((snap.fraud && snap.fraud.decisions) || []).map((d) => {
       const fraud = d.fraud || {};
-      const fired = (fraud.rules || fraud.fired || []).map((x) => (typeof x === "object" ? JSON.stringify(x) : String(x)));
-      return [d.created_at, d.payment_id, d.amount + " " + d.currency, fraud.decision || d.status,
-        fired.join("; ") || JSON.stringify(fraud)];
+      const fired = (fraud.reasons || []).map((hit) => {
+        const values = Object.entries(hit.values || {}).map(([k, v]) => k + " = " + JSON.stringify(v)).join(", ");
+        return hit.rule_id + " (" + hit.action + (hit.shadow ? ", shadow" : ", +" + hit.score) + ")" +
+          (values ? ": " + values : "");
+      });
+      return [d.created_at, d.payment_id, d.amount + " " + d.currency,
+        (fraud.decision || d.status) + " (score " + fraud.score + ")", fired.join("; ")];
     }));
+    fill("rule-hits", ((snap.fraud && snap.fraud.rule_hits) || []).map((h) => [h.rule_id, h.action,
+      h.shadow ? "shadow (not enforced)" : "enforced", h.hits]));
     fill("alerts", ((snap.fraud && snap.fraud.alerts) || []).map((a) => [a.at, a.rule_id || a.rule || "",
       JSON.stringify(Object.fromEntries(Object.entries(a).filter(([k]) => !["at", "at_ms"].includes(k))))]));
 
