@@ -300,3 +300,21 @@ def test_static_files_are_the_vendored_ones_only(stack: Stack) -> None:
     assert request(stack, "GET", "/console/static/console.js").status == 200
     for path in ("/console/static/../routes.py", "/console/static/session.py", "/console/static/vendor/none.js"):
         assert request(stack, "GET", path).status == 404, path
+
+
+def test_every_static_file_is_package_data() -> None:
+    """An installed (non-editable) package must serve the page's files: each one the routes
+    serve matches a package-data glob of gateway.console in pyproject.toml, and exists."""
+    import fnmatch
+    import tomllib
+
+    from conftest import ROOT
+
+    from gateway.console.routes import STATIC_DIR, STATIC_FILES
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "gateway.console"
+    ]
+    for name in STATIC_FILES:
+        assert (STATIC_DIR / name).is_file(), name
+        assert any(fnmatch.fnmatch(f"static/{name}", pattern) for pattern in globs), name
