@@ -120,6 +120,32 @@ def test_rule_hits_count_shadow_rules_apart() -> None:
     ]
 
 
+def test_snapshots_are_shared_for_a_moment_per_set_of_partners() -> None:
+    import asyncio
+
+    from gateway.console.snapshot import SNAPSHOT_REUSE_S, SnapshotSource
+
+    class Counting(SnapshotSource):
+        taken: list[tuple[str, ...]] = []
+
+        async def _take(self, base_url: str, partners: tuple[str, ...]) -> dict[str, Any]:
+            self.taken.append(partners)
+            return {"n": len(self.taken)}
+
+    async def scenario() -> list[int]:
+        source = Counting("admin-token")
+        at = 100.0
+        seen = [
+            (await source.snapshot("http://x", (), at))["n"],
+            (await source.snapshot("http://x", (), at + SNAPSHOT_REUSE_S / 2))["n"],  # shared
+            (await source.snapshot("http://x", ("ptn_a",), at + SNAPSHOT_REUSE_S / 2))["n"],  # other partners
+            (await source.snapshot("http://x", ("ptn_a",), at + SNAPSHOT_REUSE_S * 2))["n"],  # too old
+        ]
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 1, 2, 3]
+
+
 # ---- against the shared stack -------------------------------------------------------------
 
 

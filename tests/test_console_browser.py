@@ -18,9 +18,9 @@ import pytest
 from browser_support import Browser, chromium_session, wait_for
 from conftest import Stack, start_stack, stop_stack
 
-LOAD_PAYMENTS = 400  # bounded load: this many payments...
-LOAD_RATE_PER_S = 50.0  # ...at about this rate (8 s), from one thread
-LOAD_CUSTOMERS = 25  # 16 payments each
+LOAD_PAYMENTS = 600  # bounded load: this many payments...
+LOAD_RATE_PER_S = 50.0  # ...at about this rate (12 s: several 2 s refreshes), from one thread
+LOAD_CUSTOMERS = 40  # 15 payments each, below the default rules' velocity limit
 PAGE_WAIT_S = 30.0
 HOSTILE_NAME = "<img src=x onerror=\"document.title='pwned'\"> Console & Co"
 
@@ -89,7 +89,7 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
     hostile = stack.new_partner(HOSTILE_NAME)
     partner = stack.new_partner("Console Load Partner")
     # Enough customers that none reaches the default rules' velocity limit (20 in 10 minutes).
-    customers = [stack.new_customer(partner, funding="100.00") for _ in range(LOAD_CUSTOMERS)]
+    customers = [stack.new_customer(partner, funding="10.00") for _ in range(LOAD_CUSTOMERS)]
     customer = customers[0]
     creditor = stack.new_account()
     blocked = stack.pay(partner, customer["agreement_id"], blocked_creditor, "1.00")

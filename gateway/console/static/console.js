@@ -90,8 +90,8 @@
       const key = String(s.shard);
       for (const k of ["rate", "p50", "p99"]) if (!history[k][key]) history[k][key] = [];
       let rate = null;
-      if (previous && seconds > 0) {
-        const before = (previous.metrics.shards || []).find((p) => String(p.shard) === key);
+      if (previous && previous.metrics && seconds > 0) {
+        const before = ((previous.metrics && previous.metrics.shards) || []).find((p) => String(p.shard) === key);
         if (before && before.committed_transfers !== undefined && s.committed_transfers !== undefined) {
           rate = Math.max(0, (s.committed_transfers - before.committed_transfers) / seconds);
         }
