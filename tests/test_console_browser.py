@@ -15,8 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser_support import Browser, chromium_session, wait_for
+from browser_support import INSTALL_TIMEOUT_S, Browser, chromium_session, wait_for
 from conftest import Stack, start_stack, stop_stack
+
+# On a fresh machine the first browser test installs Chromium (scripts/install-browser-deps)
+# inside its own run: room for that on top of the suite's 300 s per test.
+pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
 
 LOAD_PAYMENTS = 600  # bounded load: this many payments...
 LOAD_RATE_PER_S = 50.0  # ...at about this rate (12 s: several 2 s refreshes), from one thread
@@ -196,3 +200,34 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
         assert "qp_console" not in {c["name"] for c in driver.get_cookies()}
         driver.get(stack.url("/console"))
         wait_for(lambda: driver.current_url.endswith("/console/login"), PAGE_WAIT_S, "no console without a session")
+
+
+def test_ensure_browser_installs_as_root_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The fixture's set-up on a machine without Chromium: as root it runs
+    scripts/install-browser-deps (faked here: it "installs" into tmp_path); as anyone else the
+    test is skipped with the command to run."""
+    import subprocess
+
+    import browser_support
+
+    chromium, driver = tmp_path / "chromium", tmp_path / "chromedriver"
+    monkeypatch.setattr(browser_support, "CHROMIUM", chromium)
+    monkeypatch.setattr(browser_support, "CHROMEDRIVER", driver)
+    calls: list[list[str]] = []
+
+    def fake_install(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        chromium.write_text("")
+        driver.write_text("")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(browser_support.subprocess, "run", fake_install)
+    monkeypatch.setattr(browser_support.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="install-browser-deps"):
+        browser_support.ensure_browser()
+    assert calls == []
+    monkeypatch.setattr(browser_support.os, "geteuid", lambda: 0)
+    browser_support.ensure_browser()
+    assert calls == [[str(browser_support.ROOT / "scripts" / "install-browser-deps")]]
+    browser_support.ensure_browser()  # present now: nothing run again
+    assert len(calls) == 1
