@@ -64,6 +64,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         "batch_p99_ms": 100.0,
         "topology": "gateway",
         "wrk": False,
+        "history_transfers": 0,
+        "history_accounts": None,
         "wrk_connections": 32,
         "wrk_batch_items": 100,
     }
@@ -93,6 +95,18 @@ def validate_settings(args: argparse.Namespace) -> None:
         problems.append("--generator-processes must be between 1 and 16")
     if not 0 <= args.generator_poll_ms <= 5:
         problems.append("--generator-poll-ms must be between 0 and 5")
+    if args.history_transfers:
+        from loadtest.bench.history import HISTORY_TRANSFERS_MAX
+
+        if not 1 <= args.history_transfers <= HISTORY_TRANSFERS_MAX:
+            raise SystemExit(f"--history-transfers must be 1-{HISTORY_TRANSFERS_MAX}")
+        if args.history_accounts is None:
+            args.history_accounts = max(2, args.history_transfers // 10)
+        per_shard_a = args.history_accounts // args.shards
+        if per_shard_a < 2 or (args.history_transfers // args.shards) % per_shard_a:
+            raise SystemExit(
+                "--history-transfers / --shards must be a multiple of --history-accounts / --shards (each ring balances)"
+            )
     if args.wrk and not 1 <= args.wrk_connections <= 1000:
         raise SystemExit("--wrk-connections must be 1-1000")
     if args.wrk and not 0 <= args.wrk_batch_items <= 1000:
@@ -366,6 +380,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 "servers": servers,
                 "ratios": wrk_ratios(stack_wrk, servers, report),
             }
+        if args.history_transfers:
+            report["history"] = _history_phase(main_cfg, main, args, out, base_state, rules)
         if args.sweep:
             report["sweep"] = run_sweep(args, out, base_state, rules, report["max_sustained_tps"])
         if not report["exactly_once_ok"] or not report["conservation_ok"]:
@@ -430,6 +446,59 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 GENERATOR_BOUND_SHARE = 0.5
+
+
+def _history_phase(
+    main_cfg: PhaseConfig,
+    main: dict[str, Any],
+    args: argparse.Namespace,
+    out: Path,
+    base_state: Path,
+    rules: Path | None,
+) -> dict[str, Any]:
+    """The main phase again, on a fresh state that first gets the bulk-loaded history, and
+    its figures as ratios to the fresh ledger's of this run (issue 19: within 10%)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        main_cfg,
+        name="history",
+        state_dir=base_state / "history",
+        port=_free_port(),
+        profile=False,
+        pgbench=False,
+        hello=False,
+        wrk=False,
+        history_transfers=args.history_transfers,
+        history_accounts=args.history_accounts,
+    )
+    if cfg.state_dir.exists() and not args.state_dir:
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    try:
+        phase = run_phase(cfg, args, out, rules)
+    except Exception as exc:
+        log(f"history phase failed: {exc}")
+        return {"error": str(exc)[-1500:]}
+    phase.pop("_templates", None)
+    batch, fresh_batch = phase.get("batch") or {}, main.get("batch") or {}
+    found = dict(phase.get("history") or {})
+    found.update(
+        {
+            "max_sustained_tps": phase.get("max_sustained_tps"),
+            "batch_payments_per_s": batch.get("batch_payments_per_s"),
+            "tps_vs_fresh": _ratio(phase.get("max_sustained_tps"), main.get("max_sustained_tps")),
+            "batch_vs_fresh": _ratio(batch.get("batch_payments_per_s"), fresh_batch.get("batch_payments_per_s")),
+            "exactly_once_ok": phase.get("exactly_once_ok"),
+            "conservation_ok": phase.get("conservation_ok"),
+            "steps": phase.get("steps"),
+            "batch_steps": batch.get("steps"),
+        }
+    )
+    log(
+        f"history: restart to ready {found.get('restart_to_ready_s')}s; TPS {found['max_sustained_tps']} "
+        f"({found['tps_vs_fresh']} of fresh); batch {found['batch_payments_per_s']} ({found['batch_vs_fresh']} of fresh)"
+    )
+    return found
 
 
 def generator_bound(report: dict[str, Any]) -> dict[str, bool] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class PhaseConfig:
     wrk_s: float = 10.0
     wrk_connections: int = 32
     wrk_batch_items: int = 100
+    # `--history-transfers`: this phase's ledger first gets that many payments over
+    # history_accounts accounts, bulk-loaded (loadtest/bench/history.py), then restarts.
+    history_transfers: int = 0
+    history_accounts: int = 0
 
 
 def settle_database(dsns: list[str]) -> None:
@@ -135,10 +140,14 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     with stack:
         log(f"{cfg.name}: stack ready in {time.monotonic() - started:.1f}s")
         population = seed(stack, cfg.customers, cfg.partners, phase_out)
+        if cfg.history_transfers:
+            result["history"] = _load_history_and_restart(cfg, stack)
         settle_database(stack.dsns())
         templates, routes = build_templates(population)
         dsns = stack.dsns()
         cpu = SutCpu(stack.pid, None if cfg.dsns else stack.state_dir)
+        if cfg.history_transfers:
+            result["history"]["rss_mb"] = process_rss_mb(cpu)
         sent_ids: list[str] = []
         acknowledged = 0
         extras: list[dict[str, Any]] = []
@@ -374,6 +383,49 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     if cfg.hello:
         result["_templates"] = templates  # for the hello phase; not part of the report
     return result
+
+
+_ID_FILTER_LINE = re.compile(r"shard (\d+): transfer id filter of (\d+) ids built in ([0-9.]+)s \((.*)\)")
+
+
+def _load_history_and_restart(cfg: PhaseConfig, stack: StackProcess) -> dict[str, Any]:
+    """Bulk-load the history while the stack idles, then restart it and time how long it
+    takes to be ready again (every shard reloads balances, agreements, spend and its id
+    filter from PostgreSQL), and what the id filter grew to (from the shards' log lines)."""
+    from loadtest.bench.history import load_history
+
+    log(f"{cfg.name}: bulk-loading {cfg.history_transfers:,} history payments over {cfg.history_accounts:,} accounts")
+    loaded = load_history(stack.dsns(), cfg.history_transfers, cfg.history_accounts)
+    log(f"{cfg.name}: history loaded in {loaded['load_s']}s ({loaded['rows_per_s']} rows/s); restarting the stack")
+    stack.stop()
+    started = time.monotonic()
+    stack.start()
+    loaded["restart_to_ready_s"] = round(time.monotonic() - started, 1)
+    loaded["id_filters"] = [
+        {"shard": int(m[0]), "ids": int(m[1]), "built_s": float(m[2]), "stats": m[3]}
+        for m in _ID_FILTER_LINE.findall(stack.log_text())
+    ]
+    log(f"{cfg.name}: ready again in {loaded['restart_to_ready_s']}s; id filters {loaded['id_filters']}")
+    return loaded
+
+
+def process_rss_mb(cpu: SutCpu) -> dict[str, Any]:
+    """RSS of every process of the stack and its PostgreSQL (MB), by process group and each."""
+    import psutil
+
+    from loadtest.bench.stack import process_group
+
+    each: list[dict[str, Any]] = []
+    groups: dict[str, float] = {}
+    for pid, proc in cpu.processes().items():
+        try:
+            rss_mb = proc.memory_info().rss / 1e6
+            group = process_group(proc.cmdline())
+        except psutil.Error:
+            continue
+        groups[group] = round(groups.get(group, 0.0) + rss_mb, 1)
+        each.append({"pid": pid, "group": group, "rss_mb": round(rss_mb, 1)})
+    return {"by_group": groups, "processes": sorted(each, key=lambda e: -e["rss_mb"])}
 
 
 def run_batch_search(

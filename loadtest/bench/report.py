@@ -48,6 +48,39 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "**miss**")
 
 
+def history_lines(history: dict[str, Any] | None) -> list[str]:
+    """The history phase's section (`--history-transfers`), or nothing."""
+    if not history:
+        return []
+    if history.get("error"):
+        return ["## Scale with history", "", f"history phase failed: {history['error']}", ""]
+    rss = (history.get("rss_mb") or {}).get("by_group") or {}
+    filters = history.get("id_filters") or []
+    return [
+        "## Scale with history (same run, a second main phase)",
+        "",
+        f"{_fmt(history.get('transfers'))} payments over {_fmt(history.get('accounts'))} accounts bulk-loaded in"
+        f" {_fmt(history.get('load_s'), '.1f')} s ({_fmt(history.get('rows_per_s'))} rows/s; {history.get('method')}).",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        f"| restart to ready (s) | {_fmt(history.get('restart_to_ready_s'), '.1f')} | <= 30 |",
+        f"| single payments TPS / fresh ledger's | {_fmt(history.get('max_sustained_tps'))} /"
+        f" {_fmt(history.get('tps_vs_fresh'), '.2f')} | >= 0.9 |",
+        f"| batch payments/s / fresh ledger's | {_fmt(history.get('batch_payments_per_s'))} /"
+        f" {_fmt(history.get('batch_vs_fresh'), '.2f')} | >= 0.9 |",
+        "| RSS by process group (MB; PostgreSQL's shared buffers count in each backend) | "
+        + ", ".join(f"{group} {mb:.0f}" for group, mb in sorted(rss.items()))
+        + " | stated |",
+        "| id filter per shard: ids, build s, layers | "
+        + "; ".join(f"shard {f['shard']}: {f['ids']:,} ids, {f['built_s']:.2f} s ({f['stats']})" for f in filters)
+        + " | bounded, stated |",
+        f"| exactly-once / conservation | {_fmt(history.get('exactly_once_ok'))} / {_fmt(history.get('conservation_ok'))}"
+        " | yes / yes |",
+        "",
+    ]
+
+
 def wrk_lines(wrk: dict[str, Any] | None) -> list[str]:
     """The wrk cross-check's section (`--wrk`), or nothing."""
     if not wrk:
@@ -166,6 +199,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         ),
         "",
         *wrk_lines(r.get("wrk")),
+        *history_lines(r.get("history")),
         "## Steps (main phase)",
         "",
         "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | machine cores busy |"
