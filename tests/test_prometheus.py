@@ -67,16 +67,31 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 # ---- the rules and the configuration, without a server --------------------------------------
-def test_rules_pass_promtool_check_and_their_unit_tests() -> None:
+def test_rules_pass_promtool_check_and_their_unit_tests(tmp_path: Path) -> None:
     _require_prometheus()
     checked = _promtool("check", "rules", str(RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout
     tested = _promtool("test", "rules", str(RULES_TEST))
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    # The compose stacks' configuration names the same rules, at the image's path.
+
+    # The compose stacks' configuration (deploy/prometheus/prometheus.yml), with the image's
+    # paths moved here: the same rules, the token and the exporters' targets from files.
     compose = COMPOSE_CONFIG.read_text()
-    assert "/etc/quickpay-prometheus/rules.yml" in compose and "credentials_file" in compose
+    for path in ("/etc/quickpay-prometheus/rules.yml", "/tmp/quickpay-prometheus/admin.token"):
+        assert path in compose
+    here = tmp_path / "image"
+    (here / "etc").mkdir(parents=True)
+    (here / "tmp").mkdir()
+    shutil.copy(RULES, here / "etc" / "rules.yml")
+    (here / "tmp" / "admin.token").write_text("token")
+    (here / "tmp" / "postgres-targets.json").write_text(json.dumps([{"targets": ["pg0-exporter:9187"]}]))
+    moved = compose.replace("/etc/quickpay-prometheus/", f"{here}/etc/").replace(
+        "/tmp/quickpay-prometheus/", f"{here}/tmp/"
+    )
+    (here / "prometheus.yml").write_text(moved)
+    checked = _promtool("check", "config", str(here / "prometheus.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_config_names_the_token_file_and_refuses_bad_arguments(tmp_path: Path) -> None:
@@ -325,3 +340,19 @@ def test_prometheus_scrapes_the_stack_and_evaluates_the_rules(
     # after tests that make failed webhooks or quarantined rows on purpose.)
     firing = {a["labels"]["alertname"] for a in prom.api("alerts")["alerts"] if a["state"] == "firing"}
     assert not firing & {"QuickpayGatewayDown", "QuickpayShardNotReady", "QuickpayPostgresDown"}, firing
+
+
+def test_a_dead_gateway_workers_series_is_dropped_at_scrape_time(tmp_path: Path) -> None:
+    """The per-worker series come from each worker's live-gauge file; a file whose process
+    has exited is removed before the scrape is rendered, the live ones (this process) kept."""
+    from gateway import metrics
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
+    for pid in (dead.pid, os.getpid()):
+        (tmp_path / f"gauge_liveall_{pid}.db").write_bytes(b"")
+    (tmp_path / "counter_123.db").write_bytes(b"")  # counters of dead workers still count
+    (tmp_path / "gauge_liveall_notapid.db").write_bytes(b"")
+    metrics._forget_dead_workers(str(tmp_path))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["counter_123.db", f"gauge_liveall_{os.getpid()}.db", "gauge_liveall_notapid.db"])
