@@ -356,3 +356,52 @@ def test_a_dead_gateway_workers_series_is_dropped_at_scrape_time(tmp_path: Path)
     metrics._forget_dead_workers(str(tmp_path))
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["counter_123.db", f"gauge_liveall_{os.getpid()}.db", "gauge_liveall_notapid.db"])
+
+
+# ---- the compose stacks' Prometheus ---------------------------------------------------------------
+@pytest.mark.parametrize("compose_file", ["docker-compose.yml", "docker-compose.ha.yml"])
+def test_compose_prometheus_is_opt_in_hardened_and_scrapes_every_database_server(compose_file: str) -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / compose_file).read_text())
+    services = compose["services"]
+    ours = {name: s for name, s in services.items() if "prometheus" in s.get("profiles", [])}
+    exporters = {name for name, s in ours.items() if s["command"] == ["postgres-exporter"]}
+    assert set(ours) == {"prometheus", *exporters}
+    assert ours["prometheus"]["command"] == ["server"]
+    quickpay_base = services["gateway"]["build"]["args"]["BASE_IMAGE"]
+    for name, service in ours.items():
+        assert service["image"] == "${QUICKPAY_PROMETHEUS_IMAGE:-quickpay-prometheus:latest}", name
+        assert service["build"]["context"] == "deploy/prometheus", name
+        assert service["build"]["args"]["BASE_IMAGE"] == quickpay_base, name  # built the way the others are
+        assert service["restart"] == "always" and service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"] and "ALL" in service["cap_drop"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+    # One exporter per PostgreSQL server of the file, each on its server's shard database
+    # with the password from .env, and Prometheus told to scrape exactly those.
+    servers = {name for name, s in services.items() if name.startswith("pg") and name not in ours}
+    assert {ours[e]["depends_on"][0] for e in exporters} == servers
+    for exporter in exporters:
+        (server,) = ours[exporter]["depends_on"]
+        dsn = ours[exporter]["environment"]["DATA_SOURCE_NAME"]
+        assert dsn.startswith("postgresql://postgres:${POSTGRES_PASSWORD:?"), dsn
+        assert f"@{server}:5432/quickpay_shard_{server[2]}?" in dsn, dsn
+    env = ours["prometheus"]["environment"]
+    assert env["QUICKPAY_ADMIN_TOKEN"].startswith("${QUICKPAY_ADMIN_TOKEN:?")
+    assert sorted(env["POSTGRES_EXPORTER_TARGETS"].split(",")) == sorted(f"{e}:9187" for e in exporters)
+    assert set(ours["prometheus"]["depends_on"]) == {"gateway", *exporters}
+    assert ours["prometheus"]["ports"] == ["127.0.0.1:${QUICKPAY_PROMETHEUS_PORT:-9090}:9090"]
+
+
+def test_compose_prometheus_image_installs_debians_packages_and_runs_as_prometheus() -> None:
+    dockerfile = (ROOT / "deploy" / "prometheus" / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0] == "ARG BASE_IMAGE=python:3.11-slim" and lines[1] == "FROM ${BASE_IMAGE}"
+    assert [line for line in lines if line.startswith("FROM")] == ["FROM ${BASE_IMAGE}"]  # nothing pulled
+    assert "apt-get install" in dockerfile and "prometheus prometheus-postgres-exporter" in dockerfile
+    assert "USER prometheus" in lines
+    for copied in ("prometheus.yml", "rules.yml", "entrypoint.sh"):
+        assert (ROOT / "deploy" / "prometheus" / copied).is_file()
+    entrypoint = ROOT / "deploy" / "prometheus" / "entrypoint.sh"
+    assert os.access(entrypoint, os.X_OK)
+    assert subprocess.run(["sh", "-n", str(entrypoint)], capture_output=True).returncode == 0

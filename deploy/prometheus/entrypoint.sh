@@ -3,7 +3,7 @@
 #   server              Prometheus on :9090 with /etc/quickpay-prometheus/prometheus.yml. The
 #                       gateway's admin token comes in QUICKPAY_ADMIN_TOKEN and is written to
 #                       a private file on the tmpfs (mode 0600), which the configuration names;
-#                       the PostgreSQL exporters, from QUICKPAY_PROMETHEUS_POSTGRES_TARGETS.
+#                       the PostgreSQL exporters, from POSTGRES_EXPORTER_TARGETS.
 #   postgres-exporter   prometheus-postgres-exporter on :9187 (DATA_SOURCE_NAME required).
 set -eu
 role=${1:-server}
@@ -18,9 +18,9 @@ case "$role" in
         mkdir -p /tmp/quickpay-prometheus
         printf '%s' "$QUICKPAY_ADMIN_TOKEN" > /tmp/quickpay-prometheus/admin.token
         unset QUICKPAY_ADMIN_TOKEN
-        # QUICKPAY_PROMETHEUS_POSTGRES_TARGETS: host:port,host:port (the exporters to scrape)
+        # POSTGRES_EXPORTER_TARGETS: host:port,host:port (the exporters to scrape)
         targets=""
-        for target in $(printf '%s' "${QUICKPAY_PROMETHEUS_POSTGRES_TARGETS:-}" | tr ',' ' '); do
+        for target in $(printf '%s' "${POSTGRES_EXPORTER_TARGETS:-}" | tr ',' ' '); do
             case "$target" in
                 *[!A-Za-z0-9.:-]*|"") echo "quickpay-prometheus: bad target $target" >&2; exit 2 ;;
             esac
