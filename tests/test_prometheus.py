@@ -332,7 +332,7 @@ def test_prometheus_scrapes_the_stack_and_evaluates_the_rules(
     assert _wait_for("the worker count rule", lambda: prom.value("quickpay:gateway_workers:count"), logs) == 2.0
     rate = _wait_for(
         "the payments rate rule",
-        lambda: prom.value('quickpay:payments_accepted:rate1m{route="/v1/quick-payments"}'),
+        lambda: prom.value('quickpay:payment_requests:rate1m{route="/v1/quick-payments"}'),
         logs,
     )
     assert rate > 0
