@@ -34,7 +34,7 @@ from quickpay import prometheus
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 RULES_TEST = ROOT / "deploy" / "prometheus" / "rules.test.yml"
 COMPOSE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-INSTALL_TIMEOUT_S = 600.0
+INSTALL_TIMEOUT_S = 240.0  # apt-get update and install; within pytest-timeout's 300 s a test
 PROMTOOL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 60.0  # Prometheus ready (/-/ready), and the exporter serving
 SCRAPE_WAIT_S = 45.0  # a condition on scraped data: many 1 s scrape and rule intervals
@@ -262,16 +262,18 @@ def test_prometheus_scrapes_the_stack_and_evaluates_the_rules(
 
     pay(PAYMENTS)
 
-    # Both targets are scraped, and up.
+    # Both targets are scraped, and up (a scrape may fail while the machine is loaded: the
+    # wait is for both up at once; the failure message shows the last errors).
+    seen: list[Any] = []
+
     def targets_up() -> dict[str, str] | None:
         active = prom.api("targets", state="active")["activeTargets"]
+        seen[:] = [(t["labels"]["job"], t["health"], t.get("lastError")) for t in active]
         health = {t["labels"]["job"]: t["health"] for t in active}
-        errors = [t.get("lastError") for t in active if t.get("lastError")]
-        assert not errors, errors
         wanted = {prometheus.GATEWAY_JOB, prometheus.POSTGRES_JOB}
         return health if set(health) == wanted and set(health.values()) == {"up"} else None
 
-    _wait_for("both targets up", targets_up, logs)
+    _wait_for("both targets up", targets_up, lambda: f"targets: {seen}\n{logs()}")
 
     payments = (
         'sum(quickpay_http_requests_total{job="quickpay-gateway",route="/v1/quick-payments",'
@@ -405,3 +407,6 @@ def test_compose_prometheus_image_installs_debians_packages_and_runs_as_promethe
     entrypoint = ROOT / "deploy" / "prometheus" / "entrypoint.sh"
     assert os.access(entrypoint, os.X_OK)
     assert subprocess.run(["sh", "-n", str(entrypoint)], capture_output=True).returncode == 0
+    install = ROOT / "scripts" / "install-prometheus"
+    assert os.access(install, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(install)], capture_output=True).returncode == 0
