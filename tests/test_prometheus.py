@@ -121,6 +121,8 @@ def test_config_names_the_token_file_and_refuses_bad_arguments(tmp_path: Path) -
     assert missing.returncode != 0 and "quickpay up --state-dir" in missing.stderr
     bad = _cli("config", "--token-file", str(token), "--scrape-interval-s", "0")
     assert bad.returncode != 0 and "scrape interval" in bad.stderr
+    no_stack = _cli("postgres-exporter", "--state-dir", str(tmp_path / "nowhere"))
+    assert no_stack.returncode != 0 and "no embedded PostgreSQL" in no_stack.stderr
 
 
 # ---- a real server against the shared stack ----------------------------------------------------
