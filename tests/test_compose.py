@@ -328,9 +328,17 @@ def test_package_data_ships_every_data_file() -> None:
         for path in (ROOT / package).rglob("*"):
             if not path.is_file() or path.suffix in (".py", ".pyc", ".md") or "__pycache__" in path.parts:
                 continue
-            relative = path.relative_to(ROOT / package)
-            if not any(relative.match(pattern) for pattern in package_data.get(package, [])):
-                missing.append(f"{package}/{relative}")
+            # A key names a package or a sub-package ("gateway.console"); its globs are
+            # relative to that package's directory, as setuptools reads them.
+            shipped = any(
+                path.is_relative_to(ROOT / key.replace(".", "/"))
+                and path.relative_to(ROOT / key.replace(".", "/")).match(pattern)
+                for key, patterns in package_data.items()
+                if key == package or key.startswith(package + ".")
+                for pattern in patterns
+            )
+            if not shipped:
+                missing.append(f"{package}/{path.relative_to(ROOT / package)}")
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
 
 
