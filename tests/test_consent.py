@@ -94,6 +94,10 @@ def sign_in(stack: Stack, browser: httpx.Client, url: str, account: str) -> tupl
     verified = browser.post(path + "/verify", data={"csrf": csrf_of(sent), "code": last_code(stack, account)})
     assert verified.status_code == 200, verified.text
     assert 'value="authorise"' in verified.text
+    # The decision page's form may end at the partner's registered origin (browsers apply
+    # form-action to the 303 after the POST too: tests/test_consent_browser.py); no other page's.
+    assert "form-action 'self' https://partner.example;" in verified.headers["content-security-policy"]
+    assert "form-action 'self';" in sent.headers["content-security-policy"]
     return path, csrf_of(verified)
 
 

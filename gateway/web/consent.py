@@ -179,6 +179,8 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             "consent.html",
             status,
             csrf=csrf_token(request),
+            # The decision's 303 goes to the partner's registered URI: its origin only, on that page only.
+            redirect_origin=str(URL(link["redirect_uri"]).origin()) if step == "decide" else None,
             step=step,
             base="/consent/" + request.match_info["token"],
             terms=shown,

@@ -93,13 +93,25 @@ def set_cookie(request: web.Request, response: web.StreamResponse, name: str, va
 
 
 def page(
-    request: web.Request, template: str, status: int = 200, *, csrf: str | None = None, **context: Any
+    request: web.Request,
+    template: str,
+    status: int = 200,
+    *,
+    csrf: str | None = None,
+    redirect_origin: str | None = None,
+    **context: Any,
 ) -> web.Response:
     """A rendered page with the security headers; `csrf` is the token its forms carry (and the
-    cookie that must match it)."""
+    cookie that must match it). `redirect_origin`: the one other origin a form of this page may
+    end at, through our 303 (browsers apply `form-action` to the redirects after a submission
+    too, so the consent decision's redirect to the partner needs its registered origin there)."""
     body = _ENV.get_template(template).render(csrf=csrf or "", **context)
     response = web.Response(status=status, text=body, content_type="text/html", charset="utf-8")
     response.headers.update(SECURITY_HEADERS)
+    if redirect_origin is not None:
+        response.headers["Content-Security-Policy"] = SECURITY_HEADERS["Content-Security-Policy"].replace(
+            "form-action 'self'", f"form-action 'self' {redirect_origin}"
+        )
     if csrf is not None:
         set_cookie(request, response, CSRF_COOKIE, csrf, 3600)
     return response
