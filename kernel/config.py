@@ -48,9 +48,14 @@ class WorkerConfig:
     pending_expiry_s: int = PENDING_EXPIRY_S
     pending_per_account_max: int = PENDING_PER_ACCOUNT_MAX
     pending_per_partner_max: int = PENDING_PER_PARTNER_MAX
+    # Tests only: the transfer id filter's build (ledger/worker.py) starts this much later,
+    # so that payments are surely decided while it is being built.
+    id_filter_build_delay_s: float = 0.0
 
     def validate(self) -> None:
         problems = []
+        if not 0 <= self.id_filter_build_delay_s <= 60:
+            problems.append("id_filter_build_delay_s must be between 0 and 60")
         if not 1 <= self.batch_size_max <= 50_000:
             problems.append("--batch-size-max must be between 1 and 50000")
         if not 0 <= self.batch_wait_ms <= 100:

@@ -20,7 +20,7 @@ from .state import WriteSet
 from .storable import check_command
 from .worker_base import Reply, WorkerBase
 
-__all__ = ["UNREADABLE_IDS_MAX", "BatcherMixin"]
+__all__ = ["ID_FILTER_PENDING_MAX", "UNREADABLE_IDS_MAX", "BatcherMixin"]
 
 log = logging.getLogger("quickpay.shard")
 
@@ -65,6 +65,12 @@ class BatcherMixin(WorkerBase):
             if self.id_filter is not None:
                 for transfer in ws.transfers:
                     self.id_filter.add(transfer.id)
+            elif self.id_filter_pending is not None:  # the filter is being built: it gets these
+                self.id_filter_pending.extend(transfer.id for transfer in ws.transfers)
+                if len(self.id_filter_pending) > ID_FILTER_PENDING_MAX:
+                    # Bounded: a build that takes this long is abandoned (the shard serves
+                    # without a filter, correct and slower), and never installed short of ids.
+                    self.id_filter_pending = None
             await self.write_queue.put((ws, replies, started, time.monotonic()))
 
     def _decide_one(self, op: str, args: Any, ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
@@ -126,6 +132,8 @@ class BatcherMixin(WorkerBase):
 
 
 UNREADABLE_IDS_MAX = 10_000
+# Ids decided while the id filter is being built, at most (ledger/worker.py _build_id_filter).
+ID_FILTER_PENDING_MAX = 2_000_000
 
 
 def _referenced_ids(op: str, args: Any) -> list[str]:

@@ -229,7 +229,11 @@ class ShardWorker(DispatchMixin, BatcherMixin, WriterMixin, HeartbeatMixin):
             )
         else:
             if os.environ.get("QUICKPAY_ID_FILTER", "on") != "off":
-                await self._load_id_filter()
+                # Built while the shard serves: without it every id is looked up in
+                # PostgreSQL (the prefetch), which is correct, only slower; a restart
+                # does not wait for a scan of the whole journal (10M ids: tens of seconds).
+                self.id_filter_pending = []
+                self.tasks.append(asyncio.get_running_loop().create_task(self._build_id_filter()))
             await self._start_fraud()
         for shard, address in cfg.peers.items():
             if shard != cfg.shard:
@@ -266,20 +270,46 @@ class ShardWorker(DispatchMixin, BatcherMixin, WriterMixin, HeartbeatMixin):
             self.state.next_seq,
         )
 
-    async def _load_id_filter(self) -> None:
-        assert self.write_conn is not None
+    async def _build_id_filter(self) -> None:
+        """The transfer id filter, from every id in the journal, then installed. Ids the
+        batcher decides meanwhile go to `id_filter_pending` (ledger/batcher.py) and are
+        added before the filter is installed, in the same step: the event loop runs one
+        thing at a time, so no id decided before the install is missing from the filter.
+        The scan's snapshot holds every id committed before it began; none was decided
+        before it began (the task starts before the shard listens)."""
+        assert self.read_pool is not None
         started = time.monotonic()
         ids = IdFilter(expected_ids=self.state.next_seq)
-        async with self.write_conn.transaction():
-            async for row in self.write_conn.cursor("SELECT id FROM transfers", prefetch=ID_FILTER_FETCH_ROWS):
-                ids.add(row[0])
+        try:
+            async with self.read_pool.acquire() as conn, conn.transaction(readonly=True):
+                # The cursor's snapshot is taken here (DECLARE); what commits later is not in
+                # the scan, and reaches the filter through id_filter_pending.
+                cursor = await conn.cursor("SELECT id FROM transfers")
+                if self.config.id_filter_build_delay_s:  # tests: decisions land after the snapshot
+                    await asyncio.sleep(self.config.id_filter_build_delay_s)
+                while rows := await cursor.fetch(ID_FILTER_FETCH_ROWS):
+                    for row in rows:
+                        ids.add(row[0])
+        except Exception:
+            # Without a filter the shard is only slower (every id looked up): go on without.
+            self.id_filter_pending = None
+            log.exception("shard %s: building the transfer id filter failed; serving without it", self.config.shard)
+            return
+        if self.id_filter_pending is None:  # abandoned: more ids were decided than it may hold
+            log.warning("shard %s: the transfer id filter was abandoned; serving without it", self.config.shard)
+            return
+        pending = self.id_filter_pending
+        for transfer_id in pending:
+            ids.add(transfer_id)
+        self.id_filter_pending = None
         self.id_filter = ids
         log.info(
-            "shard %s: transfer id filter of %d ids built in %.2fs (%s)",
+            "shard %s: transfer id filter of %d ids built in %.2fs (%s; %d decided while it was built)",
             self.config.shard,
             len(ids),
             time.monotonic() - started,
             ids.stats(),
+            len(pending),
         )
 
     async def _start_fraud(self) -> None:

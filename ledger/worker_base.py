@@ -87,6 +87,8 @@ class WorkerBase:
         self.last_commit_ok_s = time.monotonic()
         # Ids that are certainly new skip the prefetch (ledger/idfilter.py); None: off.
         self.id_filter: IdFilter | None = None
+        # While the filter is being built (ledger/worker.py): the ids decided meanwhile.
+        self.id_filter_pending: list[str] | None = None
         self.prefetch_lookups = 0  # ids looked up in PostgreSQL
         self.prefetch_skipped = 0  # ids the filter proved new
         self.decide_failures = 0  # commands rolled back because deciding or checking them raised

@@ -63,18 +63,42 @@ import asyncio, logging, sys
 from ledger.worker import WorkerConfig, run_worker
 logging.basicConfig(level=logging.INFO)
 asyncio.run(run_worker(WorkerConfig(shard=0, shard_count=1, dsn=sys.argv[1], listen=sys.argv[2],
-                                    peers={}, transfer_cache_max=2, batch_wait_ms=20, no_rules=True)))
+                                    peers={}, transfer_cache_max=2, batch_wait_ms=20, no_rules=True,
+                                    id_filter_build_delay_s=float(sys.argv[3]))))
 """
 
 
+async def _filter_installed(client: ShardClient, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The shard builds its id filter while it serves: wait until ping shows it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        prefetch = dict((await client.call("ping"))["prefetch"])
+        if prefetch["id_filter"] is not None or time.monotonic() > deadline:
+            return prefetch
+        await asyncio.sleep(0.05)
+
+
+def _accepts(path: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 class _Worker:
-    def __init__(self, dsn: str, socket_path: str, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, dsn: str, socket_path: str, log_path: Path, env: dict[str, str], filter_delay_s: float = 0.0
+    ) -> None:
         self.socket_path = socket_path
         if os.path.exists(socket_path[5:]):
             os.unlink(socket_path[5:])
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_SCRIPT, dsn, socket_path],
+                [sys.executable, "-c", _WORKER_SCRIPT, dsn, socket_path, str(filter_delay_s)],
                 cwd=ROOT,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -82,7 +106,7 @@ class _Worker:
             )
         self.log_path = log_path
         deadline = time.monotonic() + 60
-        while not os.path.exists(socket_path[5:]):
+        while not _accepts(socket_path[5:]):  # listening, not only bound (the file exists first)
             assert self.proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
 
@@ -166,6 +190,8 @@ def test_new_ids_skip_postgres_and_retries_of_old_keys_replay_across_a_restart(
     async def first_life() -> dict[str, Any]:
         client = ShardClient(socket_path, call_timeout_s=30.0)
         try:
+            if filter_on:
+                assert (await _filter_installed(client))["id_filter"] is not None
             await _setup(client)
             originals = {}
             for n in range(6):  # one at a time: six batches, and the cache holds 2
@@ -186,6 +212,8 @@ def test_new_ids_skip_postgres_and_retries_of_old_keys_replay_across_a_restart(
     async def second_life(originals: dict[str, Any]) -> dict[str, Any]:
         client = ShardClient(socket_path, call_timeout_s=30.0)
         try:
+            if filter_on:
+                assert (await _filter_installed(client))["id_filter"] is not None
             retries = await asyncio.gather(*(_pay(client, key) for key in originals), _pay(client, "p_new"))
             assert [a["code"] for a in retries] == ["REPLAY"] * len(originals) + ["OK"]
             assert [a["transfer"] for a in retries[:-1]] == list(originals.values())
@@ -217,3 +245,49 @@ def test_new_ids_skip_postgres_and_retries_of_old_keys_replay_across_a_restart(
         assert first["prefetch"]["id_filter"] is None and first["prefetch"]["proved_new"] == 0
         assert first["prefetch"]["looked_up"] == 7
         assert second["looked_up"] == 7 and second["proved_new"] == 0
+
+
+def test_ids_decided_while_the_filter_is_built_are_in_it(own: Stack, tmp_path: Path) -> None:
+    """The shard serves before its id filter is built (a restart does not wait for a scan of
+    the whole journal). Payments decided meanwhile must be in the filter once it is
+    installed: were one missing, its retry (evicted from the 2-entry cache) would be proved
+    "new" and debited twice."""
+    dsn = _database(own, "qp_idfilter_build")
+    socket_path = f"unix:{tmp_path / 'w.sock'}"
+    env = {k: v for k, v in os.environ.items() if k != "QUICKPAY_ID_FILTER"}
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        client = ShardClient(socket_path, call_timeout_s=30.0)
+        try:
+            assert (await client.call("ping"))["prefetch"]["id_filter"] is None  # still being built
+            await _setup(client)
+            originals = {}
+            for n in range(6):
+                answer = await _pay(client, f"b_{n}")
+                assert answer["code"] == "OK"
+                originals[f"b_{n}"] = answer["transfer"]
+            building = dict((await client.call("ping"))["prefetch"])
+            installed = await _filter_installed(client)
+            retries = await asyncio.gather(*(_pay(client, key) for key in originals))
+            assert [a["code"] for a in retries] == ["REPLAY"] * 6
+            assert [a["transfer"] for a in retries] == list(originals.values())
+            balance = await client.call("balance", {"id": "acc_f_debtor"})
+            assert balance["balance_minor"] == 1_000_000 - 6 * 100  # each payment once
+            return building, dict((await client.call("ping"))["prefetch"]) | {"installed": installed}
+        finally:
+            await client.close()
+
+    worker = _Worker(dsn, socket_path, tmp_path / "worker.log", env, filter_delay_s=3.0)
+    try:
+        building, after = asyncio.run(run())
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
+    # While it was built, every id was looked up (none proved new). Once installed it holds
+    # the fund and the six payments, all decided after the scan's snapshot (so only the
+    # pending list brought them), and no retry was proved new: each was looked up, or found
+    # in the 2-entry cache.
+    assert building["id_filter"] is None and building["proved_new"] == 0 and building["looked_up"] == 7
+    assert after["installed"]["id_filter"]["ids"] == 7, after
+    assert after["proved_new"] == 0 and 7 + 4 <= after["looked_up"] <= 7 + 6, after
+    assert "7 decided while it was built" in (tmp_path / "worker.log").read_text()

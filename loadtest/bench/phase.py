@@ -385,6 +385,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     return result
 
 
+ID_FILTER_WAIT_S = 600.0
 _ID_FILTER_LINE = re.compile(r"shard (\d+): transfer id filter of (\d+) ids built in ([0-9.]+)s \((.*)\)")
 
 
@@ -401,6 +402,11 @@ def _load_history_and_restart(cfg: PhaseConfig, stack: StackProcess) -> dict[str
     started = time.monotonic()
     stack.start()
     loaded["restart_to_ready_s"] = round(time.monotonic() - started, 1)
+    # Each shard builds its id filter while it serves (ledger/worker.py): wait for them all.
+    deadline = time.monotonic() + ID_FILTER_WAIT_S
+    while len(_ID_FILTER_LINE.findall(stack.log_text())) < cfg.shards and time.monotonic() < deadline:
+        time.sleep(0.2)
+    loaded["id_filters_built_after_restart_s"] = round(time.monotonic() - started, 1)
     loaded["id_filters"] = [
         {"shard": int(m[0]), "ids": int(m[1]), "built_s": float(m[2]), "stats": m[3]}
         for m in _ID_FILTER_LINE.findall(stack.log_text())
