@@ -26,6 +26,7 @@ from kernel.limits import BATCH_BODY_MAX_BYTES, BODY_MAX_BYTES, INTERACTION_ID_M
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
 from . import console, metrics
+from . import web as web_pages
 from .errors import ApiError, error_response, field_error
 from .requests import ascii_int, is_printable_ascii
 from .responses import _PAYMENT_ERRORS, _internal, _shard_error, _unavailable
@@ -158,6 +159,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     admin.add_routes(routes, gw)
     fraud.add_routes(routes, gw)
     console.add_routes(routes, gw)  # the operator console (gateway/console/)
+    web_pages.add_routes(routes, gw)  # the customer's consent page and portal (gateway/web/)
 
     app.add_routes(routes)
 

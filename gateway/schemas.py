@@ -8,7 +8,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from kernel.limits import BATCH_ITEMS_MAX, LIST_CHANGE_VALUES_MAX
+from kernel.limits import (
+    BATCH_ITEMS_MAX,
+    CONSENT_STATE_MAX_CHARS,
+    LIST_CHANGE_VALUES_MAX,
+    REDIRECT_URI_MAX_CHARS,
+    REDIRECT_URIS_MAX,
+)
 
 from .errors import ApiError
 
@@ -96,6 +102,27 @@ AmountText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
 CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 Reference = Annotated[str, _text(140, "free text the partner keeps with the payment")]
 ShortText = Annotated[str, _text(100, "a name")]
+RedirectUri = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=8,
+        max_length=REDIRECT_URI_MAX_CHARS,
+        pattern=r"^https?://[\x21-\x7e]+\Z",
+        description="an absolute https URI (http only to 127.0.0.1, localhost or [::1]), no fragment",
+    ),
+]
+ConsentState = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=CONSENT_STATE_MAX_CHARS,
+        pattern=r"^[\x20-\x7e]+\Z",
+        description="opaque to quickpay, handed back on the redirect: printable ASCII",
+    ),
+]
+Phone = Annotated[
+    str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}\Z", description="E.164: + and 7-15 digits, e.g. +8613800138000")
+]
 
 
 class Risk(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,6 +202,17 @@ class AgreementRequest(msgspec.Struct, forbid_unknown_fields=True):
     periodic_limits: Annotated[list[PeriodicLimitRequest], msgspec.Meta(max_length=8)] = []
     valid_from: Timestamp | None = None
     valid_to: Timestamp | None = None
+    # The customer-consent redirect (gateway/web/consent.py): one of the partner's registered
+    # redirect URIs, exactly; `state` comes back unchanged on the redirect.
+    redirect_uri: RedirectUri | None = None
+    state: ConsentState | None = None
+
+
+class AuthorisationLinkRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Another consent-page link for an agreement still AwaitingAuthorisation."""
+
+    redirect_uri: RedirectUri
+    state: ConsentState | None = None
 
 
 class WebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -242,6 +280,16 @@ class PartnerSecretRotationRequest(PartnerActionRequest, kw_only=True, forbid_un
 
 class AccountRequest(msgspec.Struct, forbid_unknown_fields=True):
     currency: CurrencyCode = "CNY"
+    # Where the bank sends the customer's one-time codes (consent page, portal).
+    phone: Phone | None = None
+
+
+class PhoneRequest(msgspec.Struct, forbid_unknown_fields=True):
+    phone: Phone | None
+
+
+class RedirectUrisRequest(msgspec.Struct, forbid_unknown_fields=True):
+    redirect_uris: Annotated[list[RedirectUri], msgspec.Meta(max_length=REDIRECT_URIS_MAX)]
 
 
 class FundingRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -88,3 +88,14 @@ RATE_LIMIT_MAX: Final = 10_000_000  # the most either may be set to
 # its provisional file stalled everyone's payments on that shard (tests/test_fairness.py
 # saw 200-320 ms). The file's size is bounded by RECON_ROWS_MAX (ledger/recon.py).
 RECON_PAGE_ROWS_MAX: Final = 500
+
+# ---- customer consent (gateway/web/) --------------------------------------------------------
+# Exact redirect URIs a partner may register, and each one's length (https, or http to
+# 127.0.0.1/localhost/[::1] for local use and tests).
+REDIRECT_URIS_MAX: Final = 10
+REDIRECT_URI_MAX_CHARS: Final = 512
+# The partner's opaque `state`, handed back unchanged on the redirect (printable ASCII).
+CONSENT_STATE_MAX_CHARS: Final = 256
+# How long an authorisation link works (single use); QUICKPAY_CONSENT_LINK_TTL_S overrides it.
+CONSENT_LINK_TTL_S: Final = 15 * 60
+CONSENT_LINK_TTL_S_MAX: Final = 86_400

@@ -301,6 +301,20 @@ def _read_notify(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return _read_notify_async(worker, args)
 
 
+async def _read_consent_async(worker: WorkerBase, args: dict[str, Any]) -> Any:
+    """Customer consent and portal state (ledger/consent_store.py) in this shard's database:
+    the gateway's web pages ask shard 0, the control database."""
+    from .consent_store import consent_op
+
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        return await consent_op(conn, args, worker.clock_ms())
+
+
+def _read_consent(worker: WorkerBase, args: dict[str, Any]) -> Any:
+    return _read_consent_async(worker, args)
+
+
 def _read_fraud(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return worker.fraud_admin.read(args)
 
@@ -320,5 +334,6 @@ _READ_OPS: dict[str, Callable[[WorkerBase, Any], Any]] = {
     "alerts": _read_alerts,
     "decisions": _read_decisions,
     "notify": _read_notify,
+    "consent": _read_consent,
     "recon": _read_recon,
 }

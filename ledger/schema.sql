@@ -223,3 +223,65 @@ CREATE TABLE IF NOT EXISTS quarantined_rows (
     first_seen_ms bigint NOT NULL,
     PRIMARY KEY (reader, source_table, shard, row_key)
 );
+-- Customer consent and portal (gateway/web/, ledger/consent_store.py), in shard 0's database
+-- (the control database, like webhooks): none of it is on the payment path.
+-- The exact redirect URIs a partner registered (PUT /admin/v1/partners/{id}/redirect-uris).
+CREATE TABLE IF NOT EXISTS partner_redirect_uris (
+    partner_id    text NOT NULL,
+    uri           text NOT NULL,
+    created_at_ms bigint NOT NULL,
+    PRIMARY KEY (partner_id, uri)
+);
+-- The phone the bank sends a customer's one-time codes to (optional, one per account).
+CREATE TABLE IF NOT EXISTS account_phones (
+    account_id    text PRIMARY KEY,
+    phone         text NOT NULL,
+    updated_at_ms bigint NOT NULL
+);
+-- Authorisation links: the token is never stored, only its SHA-256; single use.
+CREATE TABLE IF NOT EXISTS consent_links (
+    token_sha256   text PRIMARY KEY,
+    agreement_id   text NOT NULL,
+    partner_id     text NOT NULL,
+    account_id     text NOT NULL,
+    redirect_uri   text NOT NULL,
+    state          text,
+    created_at_ms  bigint NOT NULL,
+    expires_at_ms  bigint NOT NULL,
+    used_at_ms     bigint,
+    outcome        text
+);
+CREATE INDEX IF NOT EXISTS consent_links_created ON consent_links (created_at_ms);
+CREATE INDEX IF NOT EXISTS consent_links_agreement ON consent_links (agreement_id);
+-- One-time codes, stored as an HMAC keyed by the gateways' token key; scope says what the
+-- code opens (one consent link, or the portal).
+CREATE TABLE IF NOT EXISTS otp_codes (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id    text NOT NULL,
+    scope         text NOT NULL,
+    code_hmac     text NOT NULL,
+    created_at_ms bigint NOT NULL,
+    expires_at_ms bigint NOT NULL,
+    tries_left    int NOT NULL CHECK (tries_left >= 0),
+    used_at_ms    bigint
+);
+CREATE INDEX IF NOT EXISTS otp_codes_account ON otp_codes (account_id, created_at_ms);
+CREATE INDEX IF NOT EXISTS otp_codes_created ON otp_codes (created_at_ms);
+-- A customer's signed-in session (after a correct code), by the SHA-256 of its cookie.
+CREATE TABLE IF NOT EXISTS customer_sessions (
+    session_sha256 text PRIMARY KEY,
+    account_id     text NOT NULL,
+    scope          text NOT NULL,
+    created_at_ms  bigint NOT NULL,
+    expires_at_ms  bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS customer_sessions_created ON customer_sessions (created_at_ms);
+-- The simulated SMS provider's outbox (gateway/web/sms.py): what a real provider would send.
+CREATE TABLE IF NOT EXISTS sms_outbox (
+    seq           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    phone         text NOT NULL,
+    account_id    text NOT NULL,
+    body          text NOT NULL,
+    created_at_ms bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sms_outbox_created ON sms_outbox (created_at_ms);

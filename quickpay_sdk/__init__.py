@@ -9,7 +9,8 @@ and renew OAuth2 client-credentials tokens, give every money-moving call an idem
 key (reused on each retry, so a retry never moves money twice), retry 429, 503, 409
 `QP.Idempotency.InFlight` and lost connections with capped exponential backoff and full
 jitter (honouring Retry-After), and raise typed `QuickpayError`s. `verify_webhook` checks
-a webhook delivery's `Quickpay-Signature`.
+a webhook delivery's `Quickpay-Signature`. `create_agreement_with_redirect`, `new_state` and
+`verify_callback` (module `consent`) are the customer-consent redirect's partner side.
 
 Layout: `client` (the two runners and the public methods), `_operations` (what each call
 sends), `_core` (token cache, retries, backoff: the logic, free of I/O), `errors`,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .consent import ConsentCallback, ConsentCallbackError, new_state, verify_callback
 from .errors import (
     APIConnectionError,
     AuthenticationError,
@@ -42,6 +44,8 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "ConflictError",
+    "ConsentCallback",
+    "ConsentCallbackError",
     "ForbiddenError",
     "InvalidRequestError",
     "NotFoundError",
@@ -51,7 +55,9 @@ __all__ = [
     "UnprocessableError",
     "WebhookVerificationError",
     "compute_signature",
+    "new_state",
     "sign_webhook",
+    "verify_callback",
     "verify_webhook",
 ]
 

@@ -143,6 +143,8 @@ def create_agreement(
     periodic_limits: Sequence[Mapping[str, Any]] | None = None,
     valid_from: datetime.datetime | str | None = None,
     valid_to: datetime.datetime | str | None = None,
+    redirect_uri: str | None = None,
+    state: str | None = None,
 ) -> Call[dict[str, Any]]:
     body = {
         "debtor_account": debtor_account,
@@ -152,6 +154,9 @@ def create_agreement(
         "periodic_limits": [dict(p) for p in periodic_limits] if periodic_limits is not None else None,
         "valid_from": _timestamp(valid_from, "valid_from"),
         "valid_to": _timestamp(valid_to, "valid_to"),
+        # The consent redirect (quickpay_sdk.consent): the answer then has authorisation_url.
+        "redirect_uri": redirect_uri,
+        "state": state,
     }
     # The server gives this POST no idempotency key: a retry after an unknown outcome could
     # create a second agreement, so it is not retried on 503 or a lost answer.

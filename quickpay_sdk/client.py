@@ -166,6 +166,35 @@ class Client(_Base):
             )
         )
 
+    def create_agreement_with_redirect(
+        self,
+        debtor_account: str,
+        currency: str,
+        per_payment_limit: str,
+        *,
+        redirect_uri: str,
+        state: str,
+        daily_limit: str | None = None,
+        periodic_limits: Sequence[Mapping[str, Any]] | None = None,
+        valid_from: datetime.datetime | str | None = None,
+        valid_to: datetime.datetime | str | None = None,
+    ) -> JSON:
+        """An agreement the customer authorises on the bank's consent page: send them to its
+        `authorisation_url`, then check the callback with `quickpay_sdk.verify_callback`."""
+        return self._call(
+            ops.create_agreement(
+                debtor_account,
+                currency,
+                per_payment_limit,
+                daily_limit,
+                periodic_limits,
+                valid_from,
+                valid_to,
+                redirect_uri=redirect_uri,
+                state=state,
+            )
+        )
+
     def get_agreement(self, agreement_id: str) -> JSON:
         return self._call(ops.get_agreement(agreement_id))
 
@@ -316,6 +345,34 @@ class AsyncClient(_Base):
         return await self._call(
             ops.create_agreement(
                 debtor_account, currency, per_payment_limit, daily_limit, periodic_limits, valid_from, valid_to
+            )
+        )
+
+    async def create_agreement_with_redirect(
+        self,
+        debtor_account: str,
+        currency: str,
+        per_payment_limit: str,
+        *,
+        redirect_uri: str,
+        state: str,
+        daily_limit: str | None = None,
+        periodic_limits: Sequence[Mapping[str, Any]] | None = None,
+        valid_from: datetime.datetime | str | None = None,
+        valid_to: datetime.datetime | str | None = None,
+    ) -> JSON:
+        """Client.create_agreement_with_redirect, for asyncio."""
+        return await self._call(
+            ops.create_agreement(
+                debtor_account,
+                currency,
+                per_payment_limit,
+                daily_limit,
+                periodic_limits,
+                valid_from,
+                valid_to,
+                redirect_uri=redirect_uri,
+                state=state,
             )
         )
 

@@ -86,11 +86,12 @@ def test_openapi_validates_and_lists_every_route(stack: Stack) -> None:
     from gateway.app import GatewayConfig, create_app
 
     app = create_app(GatewayConfig(shard_addresses=["unix:/nonexistent"], token_key=b"k" * 32, admin_token="x"))
-    # The operator console's pages (/console, gateway/console/) are HTML for a browser, not API.
+    # HTML pages for a browser are not API: the operator console (/console, gateway/console/) and
+    # the customer's consent page and portal (gateway/web/; the document lists their API routes).
     registered = {
         (r.resource.canonical, r.method.lower())
         for r in app.router.routes()
-        if r.method != "HEAD" and not r.resource.canonical.startswith("/console")
+        if r.method != "HEAD" and not r.resource.canonical.startswith(("/console", "/consent/", "/portal"))
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert registered == documented

@@ -115,7 +115,7 @@ def admin_schemas() -> dict[str, Any]:
         ),
         "Account": _object(
             ["account_id", "currency", "balance"],
-            {"account_id": ACCOUNT_ID, "currency": CURRENCY, "balance": AMOUNT_OUT},
+            {"account_id": ACCOUNT_ID, "currency": CURRENCY, "balance": AMOUNT_OUT, "phone": {"type": "string"}},
         ),
         # Rule-set versions are content hashes (sha256 of the canonical text); see
         # gateway/fraud_rollout.py. Per-shard entries stay open: they carry diagnostics.

@@ -7,6 +7,7 @@ from typing import Any
 
 from .admin_paths import admin_paths, fraud_paths, partner_creation_paths
 from .admin_schemas import admin_schemas
+from .consent_paths import consent_paths, consent_schemas
 from .paths import agreement_paths, event_paths, ops_paths, payment_paths
 from .patterns import IDEMPOTENCY_KEY_PATTERN
 from .request_bodies import request_body_schemas
@@ -20,6 +21,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
     components = request_body_schemas()
     components.update(resource_schemas(batch_items_max))
     components.update(admin_schemas())
+    components.update(consent_schemas())
     # In the order the paths were always listed.
     paths: dict[str, Any] = {
         **ops_paths(),
@@ -29,6 +31,7 @@ def openapi_document(batch_items_max: int | None = None) -> dict[str, Any]:
         **event_paths(),
         **admin_paths(),
         **fraud_paths(),
+        **consent_paths(),
     }
     return {
         "openapi": "3.1.0",

@@ -31,6 +31,9 @@ def request_body_schemas() -> dict[str, Any]:
         schemas.RotateSecretRequest,
         schemas.PartnerActionRequest,
         schemas.PartnerSecretRotationRequest,
+        schemas.RedirectUrisRequest,
+        schemas.PhoneRequest,
+        schemas.AuthorisationLinkRequest,
     ]
     _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     components = _ecma(components)

@@ -207,6 +207,11 @@ def resource_schemas(batch_items_max: int | None = None) -> dict[str, Any]:
                     "description": "still AwaitingAuthorisation after this, "
                     "the agreement reads Expired and can no longer be authorised",
                 },
+                "authorisation_url": {
+                    "type": "string",
+                    "description": "only in the answer to a creation with redirect_uri: the bank's consent "
+                    "page to send the customer to (single use, expires)",
+                },
                 "status_history": {
                     "type": "array",
                     "description": "the last 50 transitions, oldest first",

@@ -219,7 +219,15 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         currency = gw.currency(body.currency)
         account_id = new_account_id()
         await router.client_for(account_id).call("open_accounts", [{"id": account_id, "currency": currency}])
-        return _json(201, {"account_id": account_id, "currency": currency, "balance": format_amount(0, currency)})
+        opened = {"account_id": account_id, "currency": currency, "balance": format_amount(0, currency)}
+        if body.phone is not None:
+            # Kept in the control database with the consent state (gateway/web/customer.py), not in
+            # the shard's accounts table: only the customer's pages read it, never a payment.
+            await router.clients[0].call(
+                "consent", {"action": "phone_set", "account_id": account_id, "phone": body.phone}
+            )
+            opened["phone"] = body.phone
+        return _json(201, opened)
 
     @routes.post("/admin/v1/accounts/{account_id}/fundings")
     async def fund(request: web.Request) -> web.Response:

@@ -24,8 +24,9 @@ from ..requests import (
     read_body,
 )
 from ..responses import _json, _raise_for, rendered
-from ..schemas import AgreementRequest, decode_body
+from ..schemas import AgreementRequest, AuthorisationLinkRequest, decode_body
 from ..state import Gateway
+from ..web.consent import check_registered, new_authorisation_url
 
 CUSTOMER_ACTIONS = ("authorise", "reject", "suspend", "resume", "revoke")
 AGREEMENT_STATUSES = ("AwaitingAuthorisation", "Authorised", "Rejected", "Suspended", "Revoked", "Expired")
@@ -75,6 +76,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             raise field_error(422, "QP.Agreement.InvalidValidity", "valid_to is in the past", "$.valid_to")
         if is_striped(body.debtor_account):
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
+        await check_registered(router, partner_id, body.redirect_uri, body.state)
         agreement_id = new_agreement_id(body.debtor_account, router.count)
         result = await router.client_for(body.debtor_account).call(
             "create_agreement",
@@ -95,7 +97,14 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             raise field_error(422, "QP.Currency.Mismatch", "the account holds another currency", "$.currency")
         if result["code"] in ("TOO_MANY_PENDING_FOR_ACCOUNT", "TOO_MANY_PENDING"):
             _raise_for(result["code"])
-        return _json(201, agreement_resource(result["agreement"]))
+        resource = agreement_resource(result["agreement"])
+        if body.redirect_uri is not None:
+            # The customer's consent page (gateway/web/consent.py); the admin authorise call stays
+            # as the bank's back-office path.
+            resource["authorisation_url"] = await new_authorisation_url(
+                request, router, result["agreement"], body.redirect_uri, body.state
+            )
+        return _json(201, resource)
 
     def agreement_shard(agreement_id: str) -> Any:
         if _AGREEMENT_ID.fullmatch(agreement_id) is None:
@@ -130,6 +139,23 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
                 409, "QP.Agreement.InvalidTransition", f"cannot {action} an agreement that is {status}", "$.status"
             )
         raise ApiError(403, "QP.Agreement.Forbidden", f"{actor} may not {action} an agreement")
+
+    @routes.post("/v1/agreements/{agreement_id}/authorisation-url")
+    async def new_agreement_link(request: web.Request) -> web.Response:
+        """Another link to the consent page for an agreement still waiting (the last one expired)."""
+        partner_id = gw.partner_of(request)
+        body: AuthorisationLinkRequest = decode_body(await read_body(request), AuthorisationLinkRequest)  # type: ignore[assignment]
+        agreement_id = request.match_info["agreement_id"]
+        found = await agreement_shard(agreement_id).call("agreement", {"id": agreement_id, "partner_id": partner_id})
+        if found is None:
+            raise ApiError(404, "QP.Agreement.NotFound", "no such agreement")
+        if found["status"] != "AwaitingAuthorisation":
+            raise field_error(
+                409, "QP.Agreement.InvalidTransition", f"the agreement is {found['status']}, not awaiting", "$.status"
+            )
+        await check_registered(router, partner_id, body.redirect_uri, body.state)
+        url = await new_authorisation_url(request, router, found, body.redirect_uri, body.state)
+        return _json(201, {"agreement_id": agreement_id, "authorisation_url": url})
 
     @routes.delete("/v1/agreements/{agreement_id}")
     async def revoke_agreement(request: web.Request) -> web.Response:
@@ -184,8 +210,9 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         partner_id = gw.partner_of(request)
         return await list_agreements(request, list(range(router.count)), {"partner_id": partner_id})
 
-    # The customer's side, through the bank's channel (the admin API stands in for the
-    # bank's app or SMS confirmation in this prototype).
+    # The customer's side, through the bank's back office (the admin API). Customers decide
+    # on the bank's own pages (gateway/web/: the consent page, the portal), which change an
+    # agreement through the same shard command; this path stays for the bank's staff.
     @routes.get("/admin/v1/agreements/{agreement_id}")
     async def admin_get_agreement(request: web.Request) -> web.Response:
         gw.require_admin(request)

@@ -8,6 +8,8 @@
     quickpay partners retire-secret ID   the old secret stops being valid now
     quickpay partners revoke-tokens ID   every token issued until now is refused
     quickpay partners audit ID           who did what, when
+    quickpay partners redirect-uris ID [URI ...]   show, or replace, the exact redirect URIs
+                                         the consent page may send its customers back to
 
 Every gateway process applies a change within 1 s. Each change is recorded with --actor (and
 --reason) in the partner's audit trail and shows in its event feed. As `quickpay fraud`, it
@@ -46,6 +48,7 @@ def add_partners_arguments(p: argparse.ArgumentParser) -> None:
         ("retire-secret", "end the old secret's overlap now"),
         ("revoke-tokens", "refuse every token issued to the partner until now"),
         ("audit", "the partner's audit trail of these actions"),
+        ("redirect-uris", "show the partner's consent redirect URIs, or replace them with the URIs given"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("partner_id")
@@ -54,6 +57,8 @@ def add_partners_arguments(p: argparse.ArgumentParser) -> None:
         if name in _ACTIONS:
             cmd.add_argument("--actor", default="cli", help="who does it (recorded in the audit trail)")
             cmd.add_argument("--reason", help="why (recorded in the audit trail)")
+        if name == "redirect-uris":
+            cmd.add_argument("uris", nargs="*", metavar="URI", help="https (http only to 127.0.0.1/localhost)")
         if name == "rotate-secret":
             cmd.add_argument(
                 "--overlap-s",
@@ -77,6 +82,10 @@ def run_partners_command(args: argparse.Namespace) -> int:
             return api.request("GET", path, token=token)
         if args.partners_command == "audit":
             return api.request("GET", path + "/audit?limit=200", token=token)
+        if args.partners_command == "redirect-uris":
+            if not args.uris:
+                return api.request("GET", path + "/redirect-uris", token=token)
+            return api.request("PUT", path + "/redirect-uris", {"redirect_uris": args.uris}, token=token)
         body: dict[str, Any] = {"actor": args.actor}
         if args.reason:
             body["reason"] = args.reason
