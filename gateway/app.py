@@ -25,7 +25,7 @@ from kernel.context import INTERACTION_ID
 from kernel.limits import BATCH_BODY_MAX_BYTES, BODY_MAX_BYTES, INTERACTION_ID_MAX
 from ledger.client import ShardError, ShardOverloaded, ShardUnavailable
 
-from . import metrics
+from . import console, metrics
 from . import web as web_pages
 from .errors import ApiError, error_response, field_error
 from .requests import ascii_int, is_printable_ascii
@@ -159,6 +159,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     admin.add_routes(routes, gw)
     fraud.add_routes(routes, gw)
     web_pages.add_routes(routes, gw)  # the customer's consent page and portal (gateway/web/)
+    console.add_routes(routes, gw)  # the operator console (gateway/console/)
 
     app.add_routes(routes)
 

@@ -13,19 +13,36 @@ worker's load and reads from its ping, the notifier's and the monitor's from the
 database; ledger/rows.py), and the restarts of every supervised service
 (`quickpay_service_restarts_total{service}`, `quickpay_service_crash_looping{service}`:
 the supervisor's status file and each shard's relay; gateway/health.py).
+
+Because the workers share one port, a scrape cannot pick a worker; the summed counters say
+what all of them did, and `quickpay_gateway_worker_start_time_seconds{pid}` (one series per
+live worker, written by each at start; multiprocess mode "liveall") says which workers the
+sums cover. Files of workers that died are dropped at scrape time (`_forget_dead_workers`),
+so a restarted worker shows as a new pid and the dead one disappears.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-__all__ = ["CONTENT_TYPE", "LATENCY", "QUARANTINED", "RATE_LIMITED", "REQUESTS", "record", "render"]
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY",
+    "QUARANTINED",
+    "RATE_LIMITED",
+    "REQUESTS",
+    "WORKER_START",
+    "record",
+    "render",
+    "worker_started",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUESTS = Counter("quickpay_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
@@ -40,6 +57,13 @@ RATE_LIMITED = Counter("quickpay_rate_limit_refusals_total", "Requests refused w
 # render) are counted here, the others' are added at scrape time (_Snapshot.quarantined).
 QUARANTINED = Counter(
     "quickpay_quarantined_rows", "Stored rows a reader could not read and skipped", ["reader", "table"]
+)
+# One series per live gateway worker (label pid in multiprocess mode): which workers a
+# scrape's sums cover. Set once, at start (worker_started).
+WORKER_START = Gauge(
+    "quickpay_gateway_worker_start_time_seconds",
+    "When each live gateway worker started (Unix time; label pid under quickpay up)",
+    multiprocess_mode="liveall",
 )
 # The label children of each (route, method, status), looked up once: .labels() costs as much
 # as the increment (measured in BENCHMARKS.md). Routes are the app's (plus "unmatched"),
@@ -58,6 +82,39 @@ def record(route: str, method: str, status: int, seconds: float) -> None:
         children = _CHILDREN[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route))
     children[0].inc()
     children[1].observe(seconds)
+
+
+def worker_started(now_s: float) -> None:
+    """Name this gateway worker in the scrape (its start time, Unix seconds)."""
+    WORKER_START.set(now_s)
+
+
+# Files of the live-gauge kind, one per process: gauge_liveall_<pid>.db.
+_LIVE_FILE_PREFIX = "gauge_liveall_"
+_LIVE_FILES_MAX = 1_024  # workers' files looked at per scrape (a few per stack; bounded anyway)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Drop the live-gauge files of gateway workers that have exited (their series would
+    otherwise name a dead worker until the stack restarts). The workers share one host
+    under `quickpay up`, so a pid is checked where it ran."""
+    for path in sorted(Path(directory).glob(_LIVE_FILE_PREFIX + "*.db"))[:_LIVE_FILES_MAX]:
+        try:
+            pid = int(path.name[len(_LIVE_FILE_PREFIX) : -len(".db")])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            mark_process_dead(pid, directory)
 
 
 class _Snapshot:
@@ -193,10 +250,12 @@ def render(
 ) -> bytes:
     registry = CollectorRegistry()
     inner = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        _forget_dead_workers(directory)
         MultiProcessCollector(inner)  # every gateway process's counters and histograms
     else:
-        for metric in (REQUESTS, LATENCY, RATE_LIMITED, QUARANTINED):
+        for metric in (REQUESTS, LATENCY, RATE_LIMITED, QUARANTINED, WORKER_START):
             inner.register(metric)
     snapshot = _Snapshot(pings, deliveries)
     registry.register(_Merged(inner, snapshot.quarantined()))

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 
 import uvloop
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
+from . import metrics
 from .app import GatewayConfig, create_app
 from .app import _new_interaction_id as new_interaction_id
 from .errors import ApiError, error_response
@@ -91,6 +93,7 @@ async def serve_app(app: web.Application, host: str, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)
     await site.start()
+    metrics.worker_started(time.time())  # this worker's series in /metrics (gateway/metrics.py)
     gc.freeze()  # start-up objects (routes, schemas, OpenAPI) need no collector visits
     log.info("gateway worker listening on http://%s:%s", host, port)
     stop = asyncio.Event()

@@ -85,6 +85,28 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-p99-ms", type=float, default=100.0, help="batch phase p99 gate (default 100 ms)")
     p.add_argument("--no-rules", action="store_true", help="run the stack without the fraud filter")
     p.add_argument(
+        "--history-transfers",
+        type=int,
+        default=0,
+        help="also run the main phase on a ledger holding this many bulk-loaded payments "
+        "(e.g. 10000000): restart to ready, RSS, the id filter, TPS against the fresh ledger",
+    )
+    p.add_argument(
+        "--history-accounts",
+        type=int,
+        default=None,
+        help="the history's own accounts (default: a tenth of --history-transfers)",
+    )
+    p.add_argument(
+        "--wrk",
+        action="store_true",
+        help="also measure with wrk (closed loop, an independent generator): the stack's single and batch "
+        "payments, the hello Application, aiohttp's low-level server and the null protocol, same run",
+    )
+    p.add_argument("--wrk-s", type=float, default=None, help="seconds per wrk run (default 10, quick 5)")
+    p.add_argument("--wrk-connections", type=int, default=32, help="wrk connections (batches: an eighth)")
+    p.add_argument("--wrk-batch-items", type=int, default=100, help="payments per wrk batch (0: no batch run)")
+    p.add_argument(
         "--ha",
         action="store_true",
         help="main phase on `up --ha` (Patroni, synchronous standbys), then the same phase on one "

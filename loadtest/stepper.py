@@ -16,7 +16,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["StepResult", "check_gates", "find_max_sustained"]
+__all__ = ["REFINEMENTS_MAX", "RESOLUTION_DEFAULT", "StepResult", "check_gates", "find_max_sustained", "knee"]
+
+# The knee is found to within this share of the best passing rate (issue 19: <= 10%),
+# with at most REFINEMENTS_MAX extra steps (x2 steps need 3: 2 -> 1.41 -> 1.19 -> 1.09).
+RESOLUTION_DEFAULT = 0.10
+REFINEMENTS_MAX = 4
 
 
 class _Measured(Protocol):
@@ -114,11 +119,16 @@ def find_max_sustained(
     refine: bool = True,
     confirm_miss: bool = False,
     on_step: Callable[[StepResult], None] | None = None,
+    resolution: float = RESOLUTION_DEFAULT,
+    refinements_max: int = REFINEMENTS_MAX,
 ) -> tuple[float, list[StepResult]]:
     """Step the offered rate up until a gate fails; return (best passing rate, all steps).
 
     Rates are ``steps`` if given, else ``start_rate * step_factor**k`` up to ``rate_max``;
-    at most ``steps_max`` steps (plus one refinement). The best rate is 0.0 when even the
+    at most ``steps_max`` steps, then refinements: the geometric middle of the best passing
+    rate and the first failing one is measured, and the search goes on in the half that
+    holds the knee, until the failing rate is within ``resolution`` (10%) of the passing one
+    or ``refinements_max`` refinements were made. The best rate is 0.0 when even the
     first step fails. ``on_step`` is called after every step (for progress output).
     With ``confirm_miss`` a step that misses a gate is run once more at the same rate
     before the search ends: on a shared 2-core machine one stall can push a short step's
@@ -153,12 +163,36 @@ def find_max_sustained(
             first_bad = rate
             break
         best_rate = rate
-    if refine and first_bad is not None and best_rate > 0:
+    refinements = 0
+    while (
+        refine
+        and first_bad is not None
+        and best_rate > 0
+        and refinements < refinements_max
+        and first_bad > best_rate * (1 + resolution)
+    ):
         # Geometric midpoint: rates are stepped by a factor, so the middle is multiplicative.
         middle = math.sqrt(best_rate * first_bad)
-        if best_rate < middle < first_bad:
-            step = measure(middle, refinement=True)
-            results.append(step)
-            if step.passed:
-                best_rate = middle
+        if not best_rate < middle < first_bad:
+            break
+        step = measure(middle, refinement=True)
+        results.append(step)
+        refinements += 1
+        if step.passed:
+            best_rate = middle
+        else:
+            first_bad = middle
     return best_rate, results
+
+
+def knee(best_rate: float, steps: Sequence[StepResult]) -> dict[str, Any]:
+    """Where the search ended: the best passing rate, the lowest failing rate above it and
+    why it failed (its gates), and the resolution reached (failing ÷ passing - 1)."""
+    failing = sorted((s for s in steps if not s.passed and s.offered_per_s > best_rate), key=lambda s: s.offered_per_s)
+    first = failing[0] if failing else None
+    return {
+        "best_rate_per_s": best_rate,
+        "first_failed_rate_per_s": first.offered_per_s if first else None,
+        "first_failed_gates": list(first.failed_gates) if first else [],
+        "resolution": round(first.offered_per_s / best_rate - 1, 3) if first and best_rate else None,
+    }

@@ -86,11 +86,12 @@ def test_openapi_validates_and_lists_every_route(stack: Stack) -> None:
     from gateway.app import GatewayConfig, create_app
 
     app = create_app(GatewayConfig(shard_addresses=["unix:/nonexistent"], token_key=b"k" * 32, admin_token="x"))
-    # The customer's HTML pages (gateway/web/) are not API: the document lists their admin API only.
+    # HTML pages for a browser are not API: the customer's consent page and portal
+    # (gateway/web/) and the operator console (gateway/console/); the document lists their admin API only.
     registered = {
         (r.resource.canonical, r.method.lower())
         for r in app.router.routes()
-        if r.method != "HEAD" and not r.resource.canonical.startswith(("/consent/", "/portal"))
+        if r.method != "HEAD" and not r.resource.canonical.startswith(("/consent/", "/portal", "/console"))
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert registered == documented

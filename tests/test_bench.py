@@ -80,6 +80,13 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
             "30",
             "--batch-items",
             "20",
+            "--wrk",
+            "--wrk-s",
+            "1",
+            "--wrk-connections",
+            "4",
+            "--wrk-batch-items",
+            "10",
             "--port",
             str(free_port()),
             "--out",
@@ -149,7 +156,30 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert batch["items_acknowledged"] > 0
     # the batch items are part of the exactly-once check: acknowledged items are in the ledger
     assert load["acknowledged"] >= batch["items_acknowledged"]
+    # The generator's own ceiling (our generator against the null server), same run.
+    ceiling = report["generator_ceiling"]
+    assert ceiling["server"] == "null" and ceiling["steps"], ceiling
+    assert isinstance(report["generator_ceiling_per_s"], (int, float)) and report["generator_ceiling_per_s"] > 0
+    # Where each search ended and why (the failing step's gates), and which rates came
+    # within 2x of the generator's ceiling.
+    assert report["knees"]["main"]["best_rate_per_s"] == report["max_sustained_offered_per_s"]
+    rated = {k for k in ("max_sustained_tps", "hello_max_sustained_tps") if report[k] is not None}
+    assert set(report["generator_bound"]) >= rated  # a search with no passing step has no rate to judge
+    assert all(isinstance(v, bool) for v in report["generator_bound"].values())
+    # wrk against the stack (single and batch) and the three servers, and the ratios of both.
+    wrk = report["wrk"]
+    assert wrk["stack"]["single"]["requests"] > 0 and wrk["stack"]["single"]["errors"] == 0, wrk["stack"]
+    assert wrk["stack"]["batch"]["payments_per_request"] == 10 and wrk["stack"]["batch"]["requests"] > 0
+    assert wrk["stack"]["conservation_ok"] is True
+    for server in ("app", "low-level", "null"):
+        assert wrk["servers"][server]["requests"] > 0 and wrk["servers"][server]["errors"] == 0, wrk["servers"]
+    ratios = wrk["ratios"]
+    assert ratios["single_vs_app"] == round(
+        wrk["stack"]["single"]["requests_per_s"] / wrk["servers"]["app"]["requests_per_s"], 2
+    )
+    assert ratios["batch_vs_low_level"] is not None and "single" in ratios["agreement"]
     summary = (out / "bench-summary.md").read_text()
+    assert "## Cross-check with wrk" in summary and "generator ceiling" in summary
     assert "ratio_vs_hello" in summary and "cpu_hello_units" in summary and ">= 0.75" in summary
     assert "## Batch endpoint" in summary and "## hello calibration" in summary
     assert (out / "hello_latency.png").exists() and (out / "batch_latency.png").exists()

@@ -36,8 +36,10 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _quickpay_services() -> dict[str, dict[str, Any]]:
+    """The services of the quickpay image (built from the repository's Dockerfile); the
+    Prometheus profile's image is deploy/prometheus's (tests/test_prometheus.py)."""
     services = _compose()["services"]
-    return {name: svc for name, svc in services.items() if "build" in svc}
+    return {name: svc for name, svc in services.items() if "build" in svc and svc["build"]["context"] == "."}
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -235,14 +237,17 @@ def test_no_literal_secret_anywhere_in_the_file() -> None:
 
 def test_only_the_gateway_is_published_and_only_on_loopback() -> None:
     published = {name: service["ports"] for name, service in _compose()["services"].items() if service.get("ports")}
-    assert set(published) == {"gateway"}, published
-    for port in published["gateway"]:
-        assert str(port).startswith("127.0.0.1:"), f"gateway port {port!r} is reachable from other hosts"
+    # Prometheus's UI too, in the opt-in `prometheus` profile (tests/test_prometheus.py).
+    assert set(published) == {"gateway", "prometheus"}, published
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} port {port!r} is reachable from other hosts"
     networks = _compose()["networks"]
     assert networks["backend"].get("internal") is True
     for name, service in _compose()["services"].items():
-        # The notifier calls partners' webhook endpoints: it needs a route out, but publishes nothing.
-        expected = ["backend", "frontend"] if name in ("gateway", "notifier") else ["backend"]
+        # The notifier calls partners' webhook endpoints: it needs a route out, but publishes
+        # nothing; Prometheus is on frontend only to publish its UI (not on an internal network).
+        expected = ["backend", "frontend"] if name in ("gateway", "notifier", "prometheus") else ["backend"]
         assert sorted(service["networks"]) == expected, name
 
 
@@ -323,9 +328,17 @@ def test_package_data_ships_every_data_file() -> None:
         for path in (ROOT / package).rglob("*"):
             if not path.is_file() or path.suffix in (".py", ".pyc", ".md") or "__pycache__" in path.parts:
                 continue
-            relative = path.relative_to(ROOT / package)
-            if not any(relative.match(pattern) for pattern in package_data.get(package, [])):
-                missing.append(f"{package}/{relative}")
+            # A key names a package or a sub-package ("gateway.console"); its globs are
+            # relative to that package's directory, as setuptools reads them.
+            shipped = any(
+                path.is_relative_to(ROOT / key.replace(".", "/"))
+                and path.relative_to(ROOT / key.replace(".", "/")).match(pattern)
+                for key, patterns in package_data.items()
+                if key == package or key.startswith(package + ".")
+                for pattern in patterns
+            )
+            if not shipped:
+                missing.append(f"{package}/{path.relative_to(ROOT / package)}")
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
 
 

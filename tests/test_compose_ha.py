@@ -55,7 +55,9 @@ def _services(path: Path = COMPOSE_HA) -> dict[str, dict[str, Any]]:
 
 def _quickpay_services(path: Path = COMPOSE_HA) -> dict[str, dict[str, Any]]:
     return {
-        name: s for name, s in _services(path).items() if s.get("build", {}).get("dockerfile") is None and "build" in s
+        name: s
+        for name, s in _services(path).items()
+        if "build" in s and s["build"].get("dockerfile") is None and s["build"]["context"] == "."
     }
 
 
@@ -187,11 +189,12 @@ def test_the_smoke_makes_every_secret_the_file_needs() -> None:
 def test_only_the_gateway_is_published_and_only_on_loopback() -> None:
     services = _services()
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert set(published) == {"gateway"}, published
-    assert all(str(p).startswith("127.0.0.1:") for p in published["gateway"])
+    # Prometheus's UI too, in the opt-in `prometheus` profile (tests/test_prometheus.py).
+    assert set(published) == {"gateway", "prometheus"}, published
+    assert all(str(p).startswith("127.0.0.1:") for ports in published.values() for p in ports)
     assert _load(COMPOSE_HA)["networks"]["backend"].get("internal") is True
     for name, service in services.items():
-        expected = ["backend", "frontend"] if name in ("gateway", "notifier") else ["backend"]
+        expected = ["backend", "frontend"] if name in ("gateway", "notifier", "prometheus") else ["backend"]
         assert sorted(service["networks"]) == expected, name
     assert "etcd" in services and len(_members()) >= 4
 

@@ -1,4 +1,5 @@
-"""The rate search stops at the first step that misses a gate and refines once.
+"""The rate search stops at the first step that misses a gate and refines until the knee is
+known to within 10% (at most REFINEMENTS_MAX extra steps).
 
 Uses a fake ``run_at_rate`` that models a server with a fixed capacity, so no I/O.
 """
@@ -10,7 +11,7 @@ import math
 
 import pytest
 
-from loadtest.stepper import StepResult, check_gates, find_max_sustained
+from loadtest.stepper import RESOLUTION_DEFAULT, StepResult, check_gates, find_max_sustained, knee
 
 
 @dataclasses.dataclass
@@ -38,19 +39,33 @@ def server_with_capacity(capacity: float, error_from: float = math.inf):
 def test_steps_up_until_a_gate_fails_then_refines_between():
     run, calls = server_with_capacity(6000)
     best, steps = find_max_sustained(run, 1000, step_factor=2)
-    middle = math.sqrt(4000 * 8000)
-    assert calls == [1000, 2000, 4000, 8000, middle]
-    assert best == middle
-    assert [step.passed for step in steps] == [True, True, True, False, True]
-    assert steps[-1].refinement
+    m1 = math.sqrt(4000 * 8000)  # 5657: passes
+    m2 = math.sqrt(m1 * 8000)  # 6727: fails
+    m3 = math.sqrt(m1 * m2)  # 6169: fails, and 6169 / 5657 < 1.10
+    assert calls == [1000, 2000, 4000, 8000, m1, m2, m3]
+    assert best == m1
+    assert [step.passed for step in steps] == [True, True, True, False, True, False, False]
+    assert all(step.refinement for step in steps[4:])
     assert any("p99" in gate for gate in steps[3].failed_gates)
     assert any("achieved" in gate for gate in steps[3].failed_gates)
+    found = knee(best, steps)
+    assert found["first_failed_rate_per_s"] == m3 and found["resolution"] <= RESOLUTION_DEFAULT
+    assert any("p99" in gate for gate in found["first_failed_gates"])
+    assert 5000 < best <= 6000  # the capacity, to within the resolution
 
 
 def test_failed_refinement_keeps_the_last_good_rate():
     run, _ = server_with_capacity(5000)
     best, steps = find_max_sustained(run, 1000, step_factor=2)
-    assert best == 4000 and not steps[-1].passed and steps[-1].refinement
+    assert 4000 <= best <= 5000 and best * (1 + RESOLUTION_DEFAULT) >= knee(best, steps)["first_failed_rate_per_s"]
+    assert not steps[-1].passed and steps[-1].refinement
+
+
+def test_refinements_are_bounded():
+    run, calls = server_with_capacity(6000)
+    best, steps = find_max_sustained(run, 1000, step_factor=2, resolution=0.0001, refinements_max=2)
+    assert len(calls) == 4 + 2 and sum(step.refinement for step in steps) == 2
+    assert knee(best, steps)["resolution"] > 0.0001  # it stopped at the bound, not the resolution
 
 
 def test_error_gate_and_explicit_steps():

@@ -4,6 +4,7 @@ calibration server (loadtest.hello) with the same generator and gates."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,35 +92,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -
     raise RuntimeError(f"the hello server did not listen on port {port} within {timeout_s:.0f}s")
 
 
-def run_hello_phase(
-    args: argparse.Namespace,
-    out: Path,
-    templates: list[Any],
-    *,
-    start_rate: float,
-    step_factor: float,
-    steps_max: int,
-    step_s: float,
-) -> dict[str, Any]:
-    """The same generator, request bytes and gates as the main phase, against `loadtest.hello`
-    (one aiohttp+uvloop process, no auth, no I/O). H = its max sustained rate; h = its CPU
-    per request at that step."""
-    import psutil
-
-    from loadtest.generator import LoadSpec, run_load
-    from loadtest.hello import response_body
-    from loadtest.stepper import find_max_sustained
-
+@contextlib.contextmanager
+def hello_server(out: Path, server: str = "app") -> Iterator[tuple[int, subprocess.Popen[bytes], list[str]]]:
+    """`loadtest.hello --server SERVER` on a free loopback port, until the block ends:
+    (port, process, argv)."""
     port = _free_port()
-    body_bytes = len(response_body())
-    argv = [sys.executable, "-m", "loadtest.hello", "--port", str(port)]
-    log_path = out / "hello.log"
-    result: dict[str, Any] = {
-        "command": " ".join(argv[1:]),
-        "response_bytes": body_bytes,
-        "request_body_bytes_mean": round(sum(len(t.body) for t in templates) / max(1, len(templates))),
-    }
-    with open(log_path, "wb") as handle:
+    argv = [sys.executable, "-m", "loadtest.hello", "--port", str(port), "--server", server]
+    with open(out / f"hello-{server}.log", "wb") as handle:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -129,11 +109,52 @@ def run_hello_phase(
         )
     try:
         _wait_for_port(port, proc, HELLO_READY_TIMEOUT_S)
-        server = psutil.Process(proc.pid)
+        yield port, proc, argv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def run_hello_phase(
+    args: argparse.Namespace,
+    out: Path,
+    templates: list[Any],
+    *,
+    start_rate: float,
+    step_factor: float,
+    steps_max: int,
+    step_s: float,
+    server: str = "app",
+) -> dict[str, Any]:
+    """The same generator, request bytes and gates as the main phase, against `loadtest.hello`
+    (one aiohttp+uvloop process, no auth, no I/O). H = its max sustained rate; h = its CPU
+    per request at that step. With server="null" (loadtest.hello's null protocol, almost
+    free per request) the max sustained rate is the generator's own ceiling."""
+    import psutil
+
+    from loadtest.generator import LoadSpec, run_load
+    from loadtest.hello import response_body
+    from loadtest.stepper import find_max_sustained, knee
+
+    body_bytes = len(response_body())
+    result: dict[str, Any] = {
+        "server": server,
+        "response_bytes": body_bytes,
+        "request_body_bytes_mean": round(sum(len(t.body) for t in templates) / max(1, len(templates))),
+    }
+    name = "hello" if server == "app" else f"hello-{server}"
+    with hello_server(out, server) as (port, proc, argv):
+        result["command"] = " ".join(argv[1:])
+        server_proc = psutil.Process(proc.pid)
         extras: list[dict[str, Any]] = []
 
         def cpu_s() -> float:
-            t = server.cpu_times()
+            t = server_proc.cpu_times()
             return float(t.user + t.system)
 
         def run_at_rate(rate: float) -> Any:
@@ -168,7 +189,7 @@ def run_hello_phase(
             r, extra = step.result, extras[-1]
             us = extra["sut_cpu_us_per_payment"]
             log(
-                f"hello: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
+                f"{name}: offered {step.offered_per_s:8.0f}/s  achieved {r.achieved_per_s:8.0f}/s  "
                 f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}/{r.sent}  "
                 f"server CPU {extra['sut_cores']:.2f} cores = {us if us is not None else float('nan'):.0f}"
                 f" us/request  {'PASS' if step.passed else 'MISS: ' + '; '.join(step.failed_gates)}"
@@ -190,6 +211,7 @@ def run_hello_phase(
             {
                 "steps": step_dicts,
                 "max_sustained_offered_per_s": best,
+                "knee": knee(best, steps),
                 "hello_max_sustained_tps": best_step["achieved_per_s"] if best_step else None,
                 "hello_cpu_us_per_request": best_step["sut_cpu_us_per_payment"] if best_step else None,
                 "p99_ms": best_step["p99_ms"] if best_step else None,
@@ -197,15 +219,7 @@ def run_hello_phase(
             }
         )
         if result["search_capped"]:
-            log("hello: every step passed: H is a lower bound (raise --max-rate or --steps-max)")
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            log(f"{name}: every step passed: its figure is a lower bound (raise --max-rate or --steps-max)")
     return result
 
 

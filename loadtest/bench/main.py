@@ -14,6 +14,7 @@ from typing import Any
 
 from loadtest.bench.baselines import rate_limiter_cost_us, run_hello_phase
 from loadtest.bench.common import _free_port, log, machine_info
+from loadtest.bench.crosscheck import wrk_against_servers, wrk_ratios
 from loadtest.bench.phase import PhaseConfig, run_phase
 from loadtest.bench.population import bench_rules
 from loadtest.bench.report import TARGETS, _fmt, _ratio, projection, summary_markdown
@@ -33,6 +34,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         "naive_customers": 5_000 if quick else 20_000,
         "pgbench_s": 5.0 if quick else 30.0,
         "batch_start_rate": 2.0,
+        "wrk_s": 5.0 if quick else 10.0,
     }
     resolved = argparse.Namespace(**vars(args))
     for name, value in defaults.items():
@@ -61,6 +63,11 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         "batch_items": 1000,
         "batch_p99_ms": 100.0,
         "topology": "gateway",
+        "wrk": False,
+        "history_transfers": 0,
+        "history_accounts": None,
+        "wrk_connections": 32,
+        "wrk_batch_items": 100,
     }
     for name, value in fallbacks.items():
         if not hasattr(resolved, name):
@@ -88,6 +95,26 @@ def validate_settings(args: argparse.Namespace) -> None:
         problems.append("--generator-processes must be between 1 and 16")
     if not 0 <= args.generator_poll_ms <= 5:
         problems.append("--generator-poll-ms must be between 0 and 5")
+    if args.history_transfers:
+        from loadtest.bench.history import HISTORY_TRANSFERS_MAX
+
+        if not 1 <= args.history_transfers <= HISTORY_TRANSFERS_MAX:
+            raise SystemExit(f"--history-transfers must be 1-{HISTORY_TRANSFERS_MAX}")
+        if args.history_accounts is None:
+            args.history_accounts = max(2, args.history_transfers // 10)
+        per_shard_a = args.history_accounts // args.shards
+        if per_shard_a < 2 or (args.history_transfers // args.shards) % per_shard_a:
+            raise SystemExit(
+                "--history-transfers / --shards must be a multiple of --history-accounts / --shards (each ring balances)"
+            )
+    if args.wrk and not 1 <= args.wrk_connections <= 1000:
+        raise SystemExit("--wrk-connections must be 1-1000")
+    if args.wrk and not 0 <= args.wrk_batch_items <= 1000:
+        raise SystemExit("--wrk-batch-items must be 0-1000")
+    if args.wrk and not 1 <= args.wrk_s <= 120:
+        raise SystemExit("--wrk-s must be 1-120")
+    if args.wrk and args.no_hello:
+        raise SystemExit("--wrk compares against the hello servers: drop --no-hello")
     if not 0 <= args.batch_items <= 1000:
         problems.append("--batch-items must be between 0 (no batch phase) and 1000 (the endpoint's maximum)")
     if not 0 < args.batch_start_rate <= 1000:
@@ -165,6 +192,10 @@ def run_bench(args: argparse.Namespace) -> int:
             batch_p99_ms=args.batch_p99_ms,
             hello=not args.no_hello,
             ha=bool(getattr(args, "ha", False)),
+            wrk=bool(args.wrk),
+            wrk_s=args.wrk_s,
+            wrk_connections=args.wrk_connections,
+            wrk_batch_items=args.wrk_batch_items,
         )
         if main_cfg.ha and args.dsn:
             raise SystemExit("quickpay bench: --ha runs its own PostgreSQL clusters; no --dsn")
@@ -289,8 +320,44 @@ def run_bench(args: argparse.Namespace) -> int:
                 log(f"hello phase failed: {exc}")
                 report["hello"] = {"error": str(exc)[-1500:]}
                 report["problems"].append(f"hello phase failed: {str(exc)[:300]}")
+        report["generator_ceiling"] = None
+        if templates is not None and isinstance(report["hello"], dict) and "error" not in report["hello"]:
+            # Our generator against the null protocol: the most it can offer on this machine,
+            # so that H (and every rate here) is known to be the server's, not the generator's.
+            try:
+                report["generator_ceiling"] = run_hello_phase(
+                    args,
+                    out,
+                    templates,
+                    # From half of H: the ceiling is above H unless the generator limits H.
+                    start_rate=max(args.start_rate, float(report["hello"].get("hello_max_sustained_tps") or 0.0) / 2),
+                    step_factor=2.0 if args.quick else 1.5,
+                    steps_max=6 if args.quick else 10,
+                    step_s=args.step_s,
+                    server="null",
+                )
+            except Exception as exc:
+                log(f"generator ceiling (null server) failed: {exc}")
+                report["generator_ceiling"] = {"error": str(exc)[-1500:]}
+                report["problems"].append(f"generator ceiling phase failed: {str(exc)[:300]}")
         hello_report = report["hello"] or {}
+        ceiling = report["generator_ceiling"] or {}
+        report["generator_ceiling_per_s"] = ceiling.get("hello_max_sustained_tps")
+        report["hello_vs_generator_ceiling"] = _ratio(
+            hello_report.get("hello_max_sustained_tps"), report["generator_ceiling_per_s"]
+        )
         report["hello_max_sustained_tps"] = hello_report.get("hello_max_sustained_tps")
+        report["generator_bound"] = generator_bound(report)
+        report["knees"] = {
+            name: part.get("knee")
+            for name, part in (
+                ("main", main),
+                ("batch", batch),
+                ("hello", hello_report),
+                ("generator_ceiling", ceiling),
+            )
+            if isinstance(part, dict) and part.get("knee")
+        }
         report["hello_cpu_us_per_request"] = hello_report.get("hello_cpu_us_per_request")
         report["ratio_vs_hello"] = _ratio(report["max_sustained_tps"], report["hello_max_sustained_tps"])
         report["cpu_hello_units"] = _ratio(report["sut_cpu_us_per_payment"], report["hello_cpu_us_per_request"])
@@ -301,6 +368,20 @@ def run_bench(args: argparse.Namespace) -> int:
         report["rate_limiter_share_of_payment"] = _ratio(
             report["rate_limiter_us_per_request"], report["sut_cpu_us_per_payment"]
         )
+        if args.wrk:
+            stack_wrk = main.get("wrk") or {}
+            servers = (
+                wrk_against_servers(templates, out, seconds=args.wrk_s, connections=args.wrk_connections)
+                if templates is not None
+                else {"error": "no templates"}
+            )
+            report["wrk"] = {
+                "stack": stack_wrk,
+                "servers": servers,
+                "ratios": wrk_ratios(stack_wrk, servers, report),
+            }
+        if args.history_transfers:
+            report["history"] = _history_phase(main_cfg, main, args, out, base_state, rules)
         if args.sweep:
             report["sweep"] = run_sweep(args, out, base_state, rules, report["max_sustained_tps"])
         if not report["exactly_once_ok"] or not report["conservation_ok"]:
@@ -364,6 +445,77 @@ def run_bench(args: argparse.Namespace) -> int:
     return code
 
 
+GENERATOR_BOUND_SHARE = 0.5
+
+
+def _history_phase(
+    main_cfg: PhaseConfig,
+    main: dict[str, Any],
+    args: argparse.Namespace,
+    out: Path,
+    base_state: Path,
+    rules: Path | None,
+) -> dict[str, Any]:
+    """The main phase again, on a fresh state that first gets the bulk-loaded history, and
+    its figures as ratios to the fresh ledger's of this run (issue 19: within 10%)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        main_cfg,
+        name="history",
+        state_dir=base_state / "history",
+        port=_free_port(),
+        profile=False,
+        pgbench=False,
+        hello=False,
+        wrk=False,
+        history_transfers=args.history_transfers,
+        history_accounts=args.history_accounts,
+    )
+    if cfg.state_dir.exists() and not args.state_dir:
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    try:
+        phase = run_phase(cfg, args, out, rules)
+    except Exception as exc:
+        log(f"history phase failed: {exc}")
+        return {"error": str(exc)[-1500:]}
+    phase.pop("_templates", None)
+    batch, fresh_batch = phase.get("batch") or {}, main.get("batch") or {}
+    found = dict(phase.get("history") or {})
+    found.update(
+        {
+            "max_sustained_tps": phase.get("max_sustained_tps"),
+            "batch_payments_per_s": batch.get("batch_payments_per_s"),
+            "tps_vs_fresh": _ratio(phase.get("max_sustained_tps"), main.get("max_sustained_tps")),
+            "batch_vs_fresh": _ratio(batch.get("batch_payments_per_s"), fresh_batch.get("batch_payments_per_s")),
+            "exactly_once_ok": phase.get("exactly_once_ok"),
+            "conservation_ok": phase.get("conservation_ok"),
+            "steps": phase.get("steps"),
+            "batch_steps": batch.get("steps"),
+        }
+    )
+    log(
+        f"history: restart to ready {found.get('restart_to_ready_s')}s; TPS {found['max_sustained_tps']} "
+        f"({found['tps_vs_fresh']} of fresh); batch {found['batch_payments_per_s']} ({found['batch_vs_fresh']} of fresh)"
+    )
+    return found
+
+
+def generator_bound(report: dict[str, Any]) -> dict[str, bool] | None:
+    """Which request rates came within 2x of the generator's own ceiling (issue 19): those
+    may be the generator's limit rather than the server's, and are marked so."""
+    ceiling = report.get("generator_ceiling_per_s")
+    if not ceiling:
+        return None
+    batch = report.get("batch") or {}
+    rates = {
+        "max_sustained_tps": report.get("max_sustained_tps"),
+        "hello_max_sustained_tps": report.get("hello_max_sustained_tps"),
+        "batch_requests_per_s": batch.get("max_sustained_batches_per_s"),
+    }
+    return {name: rate >= ceiling * GENERATOR_BOUND_SHARE for name, rate in rates.items() if rate is not None}
+
+
 def _console_summary(r: dict[str, Any], out: Path) -> str:
     return "\n".join(
         [
@@ -379,6 +531,18 @@ def _console_summary(r: dict[str, Any], out: Path) -> str:
             f" batch_ratio_vs_hello {_fmt(r.get('batch_ratio_vs_hello'), '.2f')}",
             f"naive ledger: {_fmt(r.get('naive_max_sustained_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_naive'), '.2f')}x);"
             f" pgbench: {_fmt(r.get('pgbench_tps'))} TPS (ratio {_fmt(r.get('ratio_vs_pgbench'), '.2f')}x)",
+            f"generator ceiling (null server): {_fmt(r.get('generator_ceiling_per_s'))} requests/s;"
+            f" H is {_fmt(r.get('hello_vs_generator_ceiling'), '.2f')} of it",
+            *(
+                [
+                    f"wrk: single ÷ app {_fmt(r['wrk']['ratios'].get('single_vs_app'), '.2f')}, batch ÷ app"
+                    f" {_fmt(r['wrk']['ratios'].get('batch_vs_app'), '.2f')}, single ÷ low-level"
+                    f" {_fmt(r['wrk']['ratios'].get('single_vs_low_level'), '.2f')}, batch ÷ low-level"
+                    f" {_fmt(r['wrk']['ratios'].get('batch_vs_low_level'), '.2f')}"
+                ]
+                if r.get("wrk")
+                else []
+            ),
             f"exactly-once: {_fmt(r.get('exactly_once_ok'))}; conservation: {_fmt(r.get('conservation_ok'))}",
             *(
                 [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from loadtest.bench.checks import (
     verify_exactly_once,
 )
 from loadtest.bench.common import answered_in_step, log, merge_steps
+from loadtest.bench.crosscheck import wrk_against_stack
 from loadtest.bench.population import (
     build_batch_templates,
     build_templates,
@@ -64,6 +66,15 @@ class PhaseConfig:
     hello: bool = False  # keep the templates for the hello phase
     topology: str | None = None  # None: --topology
     ha: bool = False  # `up --ha`: each shard a Patroni cluster with a synchronous standby
+    # `--wrk`: after the checks, wrk (closed loop) on the same stack (loadtest/bench/crosscheck.py).
+    wrk: bool = False
+    wrk_s: float = 10.0
+    wrk_connections: int = 32
+    wrk_batch_items: int = 100
+    # `--history-transfers`: this phase's ledger first gets that many payments over
+    # history_accounts accounts, bulk-loaded (loadtest/bench/history.py), then restarts.
+    history_transfers: int = 0
+    history_accounts: int = 0
 
 
 def settle_database(dsns: list[str]) -> None:
@@ -91,7 +102,7 @@ def _warmup(step_s: float) -> float:
 
 def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path | None) -> dict[str, Any]:
     from loadtest.generator import LoadSpec, run_load
-    from loadtest.stepper import find_max_sustained
+    from loadtest.stepper import find_max_sustained, knee
 
     phase_out = out / cfg.name
     phase_out.mkdir(parents=True, exist_ok=True)
@@ -129,10 +140,14 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     with stack:
         log(f"{cfg.name}: stack ready in {time.monotonic() - started:.1f}s")
         population = seed(stack, cfg.customers, cfg.partners, phase_out)
+        if cfg.history_transfers:
+            result["history"] = _load_history_and_restart(cfg, stack)
         settle_database(stack.dsns())
         templates, routes = build_templates(population)
         dsns = stack.dsns()
         cpu = SutCpu(stack.pid, None if cfg.dsns else stack.state_dir)
+        if cfg.history_transfers:
+            result["history"]["rss_mb"] = process_rss_mb(cpu)
         sent_ids: list[str] = []
         acknowledged = 0
         extras: list[dict[str, Any]] = []
@@ -249,12 +264,13 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
         result["steps"] = step_dicts
         result["max_sustained_offered_per_s"] = best
         result["best_step"] = best_step
+        result["knee"] = knee(best, steps)
         result["max_sustained_tps"] = best_step["achieved_per_s"] if best_step else 0.0
         if best_step is None:
             log(f"{cfg.name}: no step met the gates")
 
         if cfg.batch_items > 0:
-            batch = run_batch_search(cfg, args, stack, population, cpu, sent_ids, cfg.batch_items)
+            batch = run_batch_search(cfg, args, stack, population, cpu, sent_ids, cfg.batch_items, out)
             acknowledged += batch["items_acknowledged"]
             if batch["max_sustained_batches_per_s"] == 0.0 and cfg.batch_items >= 2:
                 # Even the lowest rate missed: at this size one batch's own serial work is
@@ -264,7 +280,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                     f"{cfg.name}: batches of {cfg.batch_items} missed the gates at the lowest rate; "
                     f"searching again with {half} payments per request"
                 )
-                retry = run_batch_search(cfg, args, stack, population, cpu, sent_ids, half)
+                retry = run_batch_search(cfg, args, stack, population, cpu, sent_ids, half, out)
                 acknowledged += retry["items_acknowledged"]
                 retry["first_attempt"] = {k: v for k, v in batch.items() if k != "first_attempt"}
                 batch = retry
@@ -328,6 +344,31 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             for problem in problems[:10] + audit_report["problems"][:10]:
                 log(f"{cfg.name}:   {problem}")
 
+        if cfg.wrk:
+            # After the exactly-once checks (wrk's payments are not in the generator's list of
+            # sent keys); conservation is audited again once wrk is done.
+            batch_templates = build_batch_templates(population, cfg.wrk_batch_items)[0] if cfg.wrk_batch_items else []
+            try:
+                result["wrk"] = wrk_against_stack(
+                    cfg.port,
+                    templates,
+                    batch_templates,
+                    cfg.wrk_batch_items,
+                    out,
+                    seconds=cfg.wrk_s,
+                    connections=cfg.wrk_connections,
+                    cpu=cpu,
+                )
+            except Exception as exc:
+                log(f"{cfg.name}: wrk failed: {exc}")
+                result["wrk"] = {"error": str(exc)[-1500:]}
+            time.sleep(0.5)
+            wrk_conserved, wrk_audit = check_conservation(dsns)
+            result["wrk"]["conservation_ok"] = wrk_conserved
+            if not wrk_conserved:
+                result["conservation_ok"] = False
+                log(f"{cfg.name}: conservation FAILED after wrk: {wrk_audit['problems'][:5]}")
+
         if cfg.pgbench and not cfg.dsns:
             log(
                 f"pgbench: TPC-B scale {cfg.pgbench_scale}, {cfg.pgbench_s:.0f}s on the same PostgreSQL (quickpay idle)"
@@ -344,6 +385,49 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
     return result
 
 
+_ID_FILTER_LINE = re.compile(r"shard (\d+): transfer id filter of (\d+) ids built in ([0-9.]+)s \((.*)\)")
+
+
+def _load_history_and_restart(cfg: PhaseConfig, stack: StackProcess) -> dict[str, Any]:
+    """Bulk-load the history while the stack idles, then restart it and time how long it
+    takes to be ready again (every shard reloads balances, agreements, spend and its id
+    filter from PostgreSQL), and what the id filter grew to (from the shards' log lines)."""
+    from loadtest.bench.history import load_history
+
+    log(f"{cfg.name}: bulk-loading {cfg.history_transfers:,} history payments over {cfg.history_accounts:,} accounts")
+    loaded = load_history(stack.dsns(), cfg.history_transfers, cfg.history_accounts)
+    log(f"{cfg.name}: history loaded in {loaded['load_s']}s ({loaded['rows_per_s']} rows/s); restarting the stack")
+    stack.stop()
+    started = time.monotonic()
+    stack.start()
+    loaded["restart_to_ready_s"] = round(time.monotonic() - started, 1)
+    loaded["id_filters"] = [
+        {"shard": int(m[0]), "ids": int(m[1]), "built_s": float(m[2]), "stats": m[3]}
+        for m in _ID_FILTER_LINE.findall(stack.log_text())
+    ]
+    log(f"{cfg.name}: ready again in {loaded['restart_to_ready_s']}s; id filters {loaded['id_filters']}")
+    return loaded
+
+
+def process_rss_mb(cpu: SutCpu) -> dict[str, Any]:
+    """RSS of every process of the stack and its PostgreSQL (MB), by process group and each."""
+    import psutil
+
+    from loadtest.bench.stack import process_group
+
+    each: list[dict[str, Any]] = []
+    groups: dict[str, float] = {}
+    for pid, proc in cpu.processes().items():
+        try:
+            rss_mb = proc.memory_info().rss / 1e6
+            group = process_group(proc.cmdline())
+        except psutil.Error:
+            continue
+        groups[group] = round(groups.get(group, 0.0) + rss_mb, 1)
+        each.append({"pid": pid, "group": group, "rss_mb": round(rss_mb, 1)})
+    return {"by_group": groups, "processes": sorted(each, key=lambda e: -e["rss_mb"])}
+
+
 def run_batch_search(
     cfg: PhaseConfig,
     args: argparse.Namespace,
@@ -352,6 +436,7 @@ def run_batch_search(
     cpu: SutCpu,
     sent_ids: list[str],
     items: int,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """Stepped batch rates (batches/s) of `cfg.batch_items` payments each, open loop, same
     generator; gates: batch p99 <= cfg.batch_p99_ms, errors < --error-rate-max, achieved >= 95%.
@@ -362,7 +447,7 @@ def run_batch_search(
     import math
 
     from loadtest.generator import LoadSpec, run_load
-    from loadtest.stepper import find_max_sustained
+    from loadtest.stepper import find_max_sustained, knee
 
     templates, routes = build_batch_templates(population, items)
     dsns = stack.dsns()
@@ -439,7 +524,25 @@ def run_batch_search(
         on_step=on_step,
     )
     step_dicts, best_step = merge_steps(steps, extras, best)
+    profile = None
+    if cfg.profile and out is not None:
+        # The batch path's own profile (`--profile`), at its max sustained rate, or at the
+        # first rate when none passed (a profile of the work is what is wanted, gates or not).
+        rate = best or cfg.batch_start_rate
+        seconds = int(min(10, max(3, cfg.batch_step_s)))
+        log(f"{cfg.name} batch x{items}: profiling at {rate:.1f} batches/s for {seconds}s with py-spy")
+        procs = start_profilers(stack, out, seconds, prefix=f"batch{items}-")
+        load = run_at_rate(rate)
+        profile = {
+            "batches_per_s": rate,
+            "items_per_batch": items,
+            "seconds": seconds,
+            "p99_ms": load.p99_ms,
+            "files": finish_profilers(procs, out, seconds + 30),
+        }
     return {
+        "profile": profile,
+        "knee": knee(best, steps),
         "items_per_batch": items,
         "steps": step_dicts,
         "max_sustained_batches_per_s": best,

@@ -48,12 +48,18 @@ def summarise_raw_profile(raw_path: Path, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_profilers(stack: StackProcess, out: Path, seconds: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
+def start_profilers(
+    stack: StackProcess, out: Path, seconds: int, prefix: str = ""
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """py-spy on shard 0 and a gateway worker for `seconds`: profile-{prefix}{name}.svg/.raw.txt."""
     spy = _py_spy()
     if spy is None:
         log("py-spy is not available; skipping the profile")
         return []
-    targets = {"shard0": stack.child_pid("shard-worker", shard=0), "gateway0": stack.child_pid("gateway-worker")}
+    targets = {
+        f"{prefix}shard0": stack.child_pid("shard-worker", shard=0),
+        f"{prefix}gateway0": stack.child_pid("gateway-worker"),
+    }
     procs = []
     for name, pid in targets.items():
         if pid is None:

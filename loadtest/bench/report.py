@@ -48,6 +48,78 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "**miss**")
 
 
+def history_lines(history: dict[str, Any] | None) -> list[str]:
+    """The history phase's section (`--history-transfers`), or nothing."""
+    if not history:
+        return []
+    if history.get("error"):
+        return ["## Scale with history", "", f"history phase failed: {history['error']}", ""]
+    rss = (history.get("rss_mb") or {}).get("by_group") or {}
+    filters = history.get("id_filters") or []
+    return [
+        "## Scale with history (same run, a second main phase)",
+        "",
+        f"{_fmt(history.get('transfers'))} payments over {_fmt(history.get('accounts'))} accounts bulk-loaded in"
+        f" {_fmt(history.get('load_s'), '.1f')} s ({_fmt(history.get('rows_per_s'))} rows/s; {history.get('method')}).",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        f"| restart to ready (s) | {_fmt(history.get('restart_to_ready_s'), '.1f')} | <= 30 |",
+        f"| single payments TPS / fresh ledger's | {_fmt(history.get('max_sustained_tps'))} /"
+        f" {_fmt(history.get('tps_vs_fresh'), '.2f')} | >= 0.9 |",
+        f"| batch payments/s / fresh ledger's | {_fmt(history.get('batch_payments_per_s'))} /"
+        f" {_fmt(history.get('batch_vs_fresh'), '.2f')} | >= 0.9 |",
+        "| RSS by process group (MB; PostgreSQL's shared buffers count in each backend) | "
+        + ", ".join(f"{group} {mb:.0f}" for group, mb in sorted(rss.items()))
+        + " | stated |",
+        "| id filter per shard: ids, build s, layers | "
+        + "; ".join(f"shard {f['shard']}: {f['ids']:,} ids, {f['built_s']:.2f} s ({f['stats']})" for f in filters)
+        + " | bounded, stated |",
+        f"| exactly-once / conservation | {_fmt(history.get('exactly_once_ok'))} / {_fmt(history.get('conservation_ok'))}"
+        " | yes / yes |",
+        "",
+    ]
+
+
+def wrk_lines(wrk: dict[str, Any] | None) -> list[str]:
+    """The wrk cross-check's section (`--wrk`), or nothing."""
+    if not wrk:
+        return []
+    ratios = wrk.get("ratios") or {}
+    agree = ratios.get("agreement") or {}
+    lines = [
+        "## Cross-check with wrk (closed loop, same run)",
+        "",
+        "| target | requests/s | payments/s | p50 ms | p99 ms | errors | SUT us/payment | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(f"stack {k}", v) for k, v in (wrk.get("stack") or {}).items() if isinstance(v, dict) and "requests" in v]
+    rows += [
+        (f"hello {k}", v) for k, v in (wrk.get("servers") or {}).items() if isinstance(v, dict) and "requests" in v
+    ]
+    for name, v in rows:
+        lines.append(
+            f"| {name} | {_fmt(v.get('requests_per_s'))} | {_fmt(v.get('payments_per_s'))} | {_fmt(v.get('p50_ms'), '.1f')} |"
+            f" {_fmt(v.get('p99_ms'), '.1f')} | {v.get('errors')} | {_fmt(v.get('sut_cpu_us_per_payment'))} |"
+            f" `{v.get('command')}` |"
+        )
+    lines += [
+        "",
+        f"wrk ratios: single ÷ app {_fmt(ratios.get('single_vs_app'), '.2f')}, single ÷ low-level"
+        f" {_fmt(ratios.get('single_vs_low_level'), '.2f')}, batch ÷ app {_fmt(ratios.get('batch_vs_app'), '.2f')},"
+        f" batch ÷ low-level {_fmt(ratios.get('batch_vs_low_level'), '.2f')}; app ÷ low-level"
+        f" {_fmt(ratios.get('app_vs_low_level'), '.2f')}; wrk's own ceiling (null server)"
+        f" {_fmt(ratios.get('wrk_ceiling_requests_per_s'))} requests/s. Distance from the bench's own ratios:"
+        f" single {_fmt(agree.get('single'), '.0%')}, batch {_fmt(agree.get('batch'), '.0%')}"
+        f" (agree when <= {_fmt(agree.get('max'), '.0%')}; {agree.get('note', '')}).",
+        "",
+    ]
+    for part in ("stack", "servers"):
+        if isinstance(wrk.get(part), dict) and wrk[part].get("error"):
+            lines += [f"wrk {part}: {wrk[part]['error']}", ""]
+    return lines
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     r = report
     t = TARGETS
@@ -90,6 +162,17 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"| batch_ratio_vs_hello = batch payments/s / H | {_fmt(rb, '.2f')} | >= {t['batch_ratio_vs_hello']:g} |"
         f" {_verdict(None if rb is None else rb >= t['batch_ratio_vs_hello'])} |",
         f"| generator share of CPU | {_fmt(r.get('generator_cpu_share'), '.1%')} | | |",
+        f"| generator ceiling: our generator against the null server (requests/s) / H as its share |"
+        f" {_fmt(r.get('generator_ceiling_per_s'))} / {_fmt(r.get('hello_vs_generator_ceiling'), '.2f')} | | |",
+        "| generator-bound (within 2x of that ceiling) | "
+        + (", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in (r.get("generator_bound") or {}).items()) or "n/a")
+        + " | | |",
+        *(
+            f"| knee of {name}: best / first failing rate, why, resolution | {_fmt(k.get('best_rate_per_s'))} /"
+            f" {_fmt(k.get('first_failed_rate_per_s'))}, {'; '.join(k.get('first_failed_gates') or []) or 'none failed'},"
+            f" {_fmt(k.get('resolution'), '.0%')} | <= 10% | |"
+            for name, k in (r.get("knees") or {}).items()
+        ),
         f"| rate limiter per request, in process (us) / share of SUT CPU per payment |"
         f" {_fmt(r.get('rate_limiter_us_per_request'), '.2f')} / {_fmt(r.get('rate_limiter_share_of_payment'), '.2%')} | | |",
         f"| naive ledger max TPS | {_fmt(r.get('naive_max_sustained_tps'))} | | |",
@@ -115,6 +198,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
             for group, c in (r.get("capacity_per_core") or {}).items()
         ),
         "",
+        *wrk_lines(r.get("wrk")),
+        *history_lines(r.get("history")),
         "## Steps (main phase)",
         "",
         "| offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | SUT cores | machine cores busy |"

@@ -17,6 +17,7 @@ from quickpay.cli.fraud import add_fraud_arguments, cmd_fraud
 from quickpay.cli.ha import cmd_ha, cmd_ha_drill
 from quickpay.cli.partners import add_partners_arguments, cmd_partners
 from quickpay.cli.processes import cmd_gateway_worker, cmd_monitor, cmd_node, cmd_notifier, cmd_shard_worker
+from quickpay.cli.prometheus import add_prometheus_parser
 from quickpay.cli.secrets import cmd_secrets
 from quickpay.cli.sms import add_sms_arguments, cmd_sms
 from quickpay.cli.up import cmd_up
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--out", default=".env", help="where to write (default .env)")
     sec.add_argument("--force", action="store_true", help="replace an existing file")
     sec.set_defaults(func=cmd_secrets)
+
+    add_prometheus_parser(sub)
 
     check = sub.add_parser("check", help="audit conservation of money across all shards")
     check.add_argument("--state-dir", default="./.quickpay")
