@@ -32,12 +32,27 @@ from .customer import Control, Customers, mask_account, mask_phone
 from .html import SECURITY_HEADERS, check_csrf, csrf_token, page, read_form, set_cookie, sha256_hex
 from .words import describe
 
-__all__ = ["add_routes", "check_redirect_uri", "link_ttl_s", "new_authorisation_url"]
+__all__ = ["add_routes", "check_redirect_uri", "decision_csp", "link_ttl_s", "new_authorisation_url"]
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 _CODE = re.compile(r"[0-9]{6}")
 SESSION_COOKIE = "qp_consent"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")  # a CSP host-source, nothing else
+
+
+def decision_csp(redirect_uri: str) -> str:
+    """The decision page's CSP: the pages' own, with the registered redirect URI's origin added
+    to form-action. Chromium checks form-action against where a form's answer redirects too
+    (CSP 3), so under form-action 'self' alone the decision's 303 to the partner is blocked
+    and the customer never gets back (tests/test_consent_browser.py saw it). Only this page,
+    only the origin the bank registered for this link; an origin CSP cannot name (an IPv6
+    literal) adds nothing."""
+    policy = SECURITY_HEADERS["Content-Security-Policy"]
+    origin = str(URL(redirect_uri).origin())
+    if _CSP_ORIGIN.fullmatch(origin) is None:
+        return policy
+    return policy.replace("form-action 'self'", f"form-action 'self' {origin}")
 
 
 def link_ttl_s() -> int:
@@ -155,7 +170,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         shown = await terms(link)
         if shown is None:
             return _not_awaiting(request)
-        return page(
+        response = page(
             request,
             "consent.html",
             status,
@@ -166,6 +181,9 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             error=extra.pop("error", None),
             **extra,
         )
+        if step == "decide":
+            response.headers["Content-Security-Policy"] = decision_csp(link["redirect_uri"])
+        return response
 
     async def post_prelude(
         request: web.Request, *fields: str
