@@ -16,9 +16,9 @@ The journey found that Chromium applies the pages' `form-action 'self'` to the d
 303 to the partner too, so no customer ever got back; the decision page now also allows the
 registered redirect URI's origin (gateway/web/consent.py decision_csp, tested last here).
 
-The page tests at the HTTP
-level are tests/test_consent.py and tests/test_portal.py. Screenshots: test-artefacts/consent-*.png
-and portal-*.png."""
+The page tests at the HTTP level are tests/test_consent.py and tests/test_portal.py.
+Screenshots: test-artefacts/consent-*.png and portal-*.png (docs/consent.png is a crop of
+consent-decide.png, docs/portal.png of portal-agreements.png)."""
 
 from __future__ import annotations
 
