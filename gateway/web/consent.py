@@ -40,6 +40,24 @@ SESSION_COOKIE = "qp_consent"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def decision_origin(redirect_uri: str) -> str | None:
+    """The one other origin the decision page's forms may end at (a CSP host-source for
+    `form-action`: browsers check the 303 to the partner against it), or None when a CSP
+    cannot name it (an IPv6 literal: then that browser stays on the bank's page)."""
+    url = URL(redirect_uri)
+    if not url.host or ":" in url.host:
+        return None
+    return str(url.origin())
+
+
+def decision_csp(redirect_uri: str) -> str:
+    """The decision page's Content-Security-Policy: the pages' own, with the registered
+    redirect URI's origin (nothing of its path or query) added to `form-action`."""
+    base = SECURITY_HEADERS["Content-Security-Policy"]
+    origin = decision_origin(redirect_uri)
+    return base if origin is None else base.replace("form-action 'self'", f"form-action 'self' {origin}")
+
+
 def link_ttl_s() -> int:
     """How long a new link works: CONSENT_LINK_TTL_S unless QUICKPAY_CONSENT_LINK_TTL_S says otherwise."""
     text = os.environ.get("QUICKPAY_CONSENT_LINK_TTL_S")
@@ -180,7 +198,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
             status,
             csrf=csrf_token(request),
             # The decision's 303 goes to the partner's registered URI: its origin only, on that page only.
-            redirect_origin=str(URL(link["redirect_uri"]).origin()) if step == "decide" else None,
+            redirect_origin=decision_origin(link["redirect_uri"]) if step == "decide" else None,
             step=step,
             base="/consent/" + request.match_info["token"],
             terms=shown,
