@@ -65,8 +65,20 @@ class IdFilter:
         self._count += 1
 
     def update(self, transfer_ids: Iterable[str]) -> None:
-        for transfer_id in transfer_ids:
-            self.add(transfer_id)
+        """Add many: in bulk into the top layer (rbloom's update, in Rust), growing as `add`
+        does when the layer is full."""
+        ids = transfer_ids if isinstance(transfer_ids, list) else list(transfer_ids)
+        at = 0
+        while at < len(ids):
+            room = self._capacities[-1] - self._layer_count
+            if room <= 0:
+                self._grow(2 * self._capacities[-1])
+                continue
+            chunk = ids[at : at + room]
+            self._layers[-1].update(chunk)
+            self._layer_count += len(chunk)
+            self._count += len(chunk)
+            at += len(chunk)
 
     def __contains__(self, transfer_id: str) -> bool:
         for layer in self._layers:

@@ -62,7 +62,7 @@ __all__ = ["ShardWorker", "WorkerConfig", "run_worker"]
 log = logging.getLogger("quickpay.shard")
 
 # Rows per round trip when the transfer id filter is built at start-up.
-ID_FILTER_FETCH_ROWS = 50_000
+ID_FILTER_FETCH_ROWS = 5_000
 # How often long-lived objects are moved out of the garbage collector's sight.
 GC_FREEZE_INTERVAL_S = 5.0
 # asyncpg prepares every statement, and PostgreSQL may cache a generic plan made
@@ -287,9 +287,11 @@ class ShardWorker(DispatchMixin, BatcherMixin, WriterMixin, HeartbeatMixin):
                 cursor = await conn.cursor("SELECT id FROM transfers")
                 if self.config.id_filter_build_delay_s:  # tests: decisions land after the snapshot
                     await asyncio.sleep(self.config.id_filter_build_delay_s)
+                # Small fetches, each added in bulk: the shard is serving meanwhile, and no
+                # chunk may hold its event loop for long (50,000 rows held it ~50 ms).
                 while rows := await cursor.fetch(ID_FILTER_FETCH_ROWS):
-                    for row in rows:
-                        ids.add(row[0])
+                    ids.update([row[0] for row in rows])
+                    await asyncio.sleep(0)
         except Exception:
             # Without a filter the shard is only slower (every id looked up): go on without.
             self.id_filter_pending = None

@@ -33,6 +33,15 @@ def test_no_false_negatives_and_growth_beyond_capacity() -> None:
     stats = ids.stats()
     assert stats["layers"] >= 4  # 1,000 + 2,000 + 4,000 + 8,000 + ... holds 20,000
     assert stats["false_positive_rate_max"] < 2 * 0.001
+    # add and update mixed: the bulk update fills the top layer to its capacity, then grows
+    more = IdFilter(capacity_min=1_000)
+    singles = [f"pay_{uuid.uuid4().hex}_1" for _ in range(700)]
+    for i in singles:
+        more.add(i)
+    bulk = [f"pay_{uuid.uuid4().hex}_1" for _ in range(5_000)]
+    more.update(iter(bulk))
+    assert all(i in more for i in singles + bulk) and len(more) == 5_700
+    assert more.stats()["layers"] == 3  # 1,000 + 2,000 + 4,000 hold the 5,700: no fourth layer
 
 
 def test_false_positive_rate_is_near_the_one_asked() -> None:
