@@ -108,7 +108,7 @@ RedirectUri = Annotated[
         min_length=8,
         max_length=REDIRECT_URI_MAX_CHARS,
         pattern=r"^https?://[\x21-\x7e]+\Z",
-        description="an absolute https URI (http only to 127.0.0.1, localhost or [::1]), no fragment",
+        description="an absolute https URI (http only to 127.0.0.1 or localhost), no IPv6 literal, no fragment",
     ),
 ]
 ConsentState = Annotated[

@@ -91,7 +91,7 @@ RECON_PAGE_ROWS_MAX: Final = 500
 
 # ---- customer consent (gateway/web/) --------------------------------------------------------
 # Exact redirect URIs a partner may register, and each one's length (https, or http to
-# 127.0.0.1/localhost/[::1] for local use and tests).
+# 127.0.0.1/localhost for local use and tests; no IPv6 literal: a CSP cannot name one).
 REDIRECT_URIS_MAX: Final = 10
 REDIRECT_URI_MAX_CHARS: Final = 512
 # The partner's opaque `state`, handed back unchanged on the redirect (printable ASCII).

@@ -232,7 +232,15 @@ def test_unregistered_or_bad_redirect_uri_is_refused(stack: Stack) -> None:
     assert status == 400, body
     # Registration: https only (http to loopback for local use), no fragment, no credentials, bounded.
     url = f"/admin/v1/partners/{partner['partner_id']}/redirect-uris"
-    for bad in ("http://partner.example/cb", "https://partner.example/cb#frag", "https://u:p@partner.example/cb"):
+    for bad in (
+        "http://partner.example/cb",
+        "https://partner.example/cb#frag",
+        "https://u:p@partner.example/cb",
+        # An IPv6 literal: the decision page's CSP could not name its origin, and Chromium
+        # would block the 303 to it (tests/test_consent_browser.py saw that form-action rule).
+        "http://[::1]:9999/cb",
+        "https://[2001:db8::1]/cb",
+    ):
         reply = stack.admin("PUT", url, {"redirect_uris": [bad]})
         assert reply.status == 422, (bad, reply.body)
         assert reply.body["code"] == "QP.RedirectUri.Invalid"

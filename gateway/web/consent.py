@@ -37,7 +37,7 @@ __all__ = ["add_routes", "check_redirect_uri", "check_registered", "link_ttl_s",
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 _CODE = re.compile(r"[0-9]{6}")
 SESSION_COOKIE = "qp_consent"
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
 def decision_origin(redirect_uri: str) -> str | None:
@@ -70,7 +70,10 @@ def link_ttl_s() -> int:
 
 def check_redirect_uri(uri: str, path: str) -> None:
     """An exact redirect URI a partner may register: https, or http to a loopback host (local
-    use and tests); a host, no credentials, no fragment. Else 422."""
+    use and tests); a host named by name or IPv4, no credentials, no fragment. Else 422.
+    Not an IPv6 literal: the decision page must name the URI's origin in its CSP
+    `form-action` (browsers check the 303 after the POST against it), and a CSP host-source
+    cannot hold one, so a browser would stay on the bank's page (decision_origin)."""
     try:
         url = URL(uri)
     except ValueError:
@@ -79,6 +82,7 @@ def check_redirect_uri(uri: str, path: str) -> None:
         url is not None
         and url.is_absolute()
         and bool(url.host)
+        and ":" not in (url.host or "")
         and url.user is None
         and url.password is None
         and not url.fragment
@@ -89,8 +93,8 @@ def check_redirect_uri(uri: str, path: str) -> None:
         raise field_error(
             422,
             "QP.RedirectUri.Invalid",
-            "a redirect URI is absolute https (http only to 127.0.0.1, localhost or [::1]),"
-            " with a host and no credentials or fragment",
+            "a redirect URI is absolute https (http only to 127.0.0.1 or localhost), with a host"
+            " named by name or IPv4 (no IPv6 literal: a CSP cannot name one), no credentials or fragment",
             path,
         )
 
