@@ -291,14 +291,18 @@ def test_snapshot_needs_a_session_and_reads_the_real_stack(stack: Stack) -> None
 def test_snapshot_counts_payments_from_the_metrics(stack: Stack) -> None:
     import json
 
-    _, cookies = login(stack)
+    logged_in, cookies = login(stack)
+    assert cookies, (logged_in.status, logged_in.body[:500])
     partner = stack.new_partner("Console Counting Partner")
     customer = stack.new_customer(partner)
     creditor = stack.new_account()
 
     def answered() -> int:
         answer = request(stack, "GET", "/console/api/snapshot", cookies=cookies)
-        return int(json.loads(answer.body)["metrics"]["payments_answered_2xx"])
+        assert answer.status == 200, (answer.status, answer.body[:500])
+        snap = json.loads(answer.body)
+        assert snap["metrics"] is not None, snap["problems"]
+        return int(snap["metrics"]["payments_answered_2xx"])
 
     import time
 
