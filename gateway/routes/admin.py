@@ -146,7 +146,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         partner's count is the sum of every shard's."""
         gw.require_admin(request)
         after = request.query.get("cursor", "")
-        if after and _PARTNER_ID.fullmatch(after) is None:
+        if "cursor" in request.query and _PARTNER_ID.fullmatch(after) is None:  # empty too, as documented
             raise field_error(400, "QP.Query.Invalid", "cursor is the next_cursor of an earlier page", "query.cursor")
         limit = _page_limit(request)
         answers = await router.broadcast("partners_page", {"after": after or None, "limit": limit})
