@@ -7,10 +7,11 @@ awaits. `ping` is ledger/heartbeat.py's. Split out of ledger/worker.py (issue 18
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any
 
-from kernel.limits import FEED_RETENTION_MS, RECON_PAGE_ROWS_MAX
+from kernel.limits import FEED_RETENTION_MS, ID_MAX, RECON_PAGE_ROWS_MAX
 
 from . import pg
 from . import validate as v
@@ -25,6 +26,7 @@ __all__ = [
     "DECISIONS_JOURNAL_SCAN_MAX",
     "DECISIONS_SCAN_MAX",
     "FEED_RETENTION_MS",
+    "PARTNERS_PAGE_MAX",
     "PARTNER_AUDIT_MAX",
     "RECON_PAGE_MAX",
     "TRANSACTIONS_PAGE_MAX",
@@ -315,6 +317,33 @@ def _read_consent(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return _read_consent_async(worker, args)
 
 
+PARTNERS_PAGE_MAX = 200  # partners per partners_page answer (the admin list's PAGE_LIMIT_MAX)
+
+
+def _read_partners_page(worker: WorkerBase, args: dict[str, Any]) -> Any:
+    """One page of the admin partner list, this shard's part, from memory: the partners it holds
+    (partners_cache, by id after `after`) and, for the partners with agreements pending here (the
+    pending index, AgreementState.pending_ends_by_partner), how many are AwaitingAuthorisation and
+    unexpired now. Both are the `limit` smallest ids after `after` (heapq: O(n log limit) over
+    this shard's partners, no scan of agreements), so every partner on the merged page has its
+    count from every shard: a smaller pending id than it is on the page too."""
+    after = v.text(args, "after", ID_MAX, optional=True) or ""
+    limit = v.int64(args, "limit", 1, PARTNERS_PAGE_MAX)
+    state = worker.state
+    owned = heapq.nsmallest(limit, (p for p in state.partners_cache if p > after))
+    pending_ids = heapq.nsmallest(limit, (p for p in state.pending_ends_by_partner if p > after))
+    now_ms = worker.clock_ms()
+    return {
+        "partners": [_partner_row(state.partners_cache[p]) for p in owned],
+        "pending": {p: n for p in pending_ids if (n := state.pending_count(p, None, now_ms))},
+    }
+
+
+def _partner_row(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "name", "created_at_ms", "disabled_at_ms", "rate_limit_rps", "rate_limit_burst")
+    return {key: row.get(key) for key in keys}
+
+
 def _read_fraud(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return worker.fraud_admin.read(args)
 
@@ -330,6 +359,7 @@ _READ_OPS: dict[str, Callable[[WorkerBase, Any], Any]] = {
     "partner": _read_partner,
     "partner_cutoffs": _read_partner_cutoffs,
     "partner_audit": _read_partner_audit,
+    "partners_page": _read_partners_page,
     "fraud_read": _read_fraud,
     "alerts": _read_alerts,
     "decisions": _read_decisions,

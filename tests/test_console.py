@@ -286,6 +286,10 @@ def test_snapshot_needs_a_session_and_reads_the_real_stack(stack: Stack) -> None
     assert found["name"].startswith("<img") and found["disabled"] is False
     assert found["rate_limit"]["requests_per_s"] > 0
     assert missing == {"partner_id": "nosuchpartner", "missing": True}
+    listed = {p["partner_id"]: p for p in snap["partner_list"]}
+    assert listed[partner["partner_id"]]["name"] == found["name"]
+    assert listed[partner["partner_id"]]["pending_agreements"] == 0
+    assert listed[partner["partner_id"]]["disabled"] is False
 
 
 def test_snapshot_counts_payments_from_the_metrics(stack: Stack) -> None:

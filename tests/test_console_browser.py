@@ -91,6 +91,7 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
     listed = stack.admin("POST", "/admin/v1/fraud/lists/blocked_accounts", {"add": [blocked_creditor]})
     assert listed.status == 200, listed.body
     hostile = stack.new_partner(HOSTILE_NAME)
+    stack.new_customer(hostile, funding="", authorise=False)  # one agreement pending for the list
     partner = stack.new_partner("Console Load Partner")
     # Enough customers that none reaches the default rules' velocity limit (20 in 10 minutes).
     customers = [stack.new_customer(partner, funding="10.00") for _ in range(LOAD_CUSTOMERS)]
@@ -160,6 +161,22 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
             "the hostile partner name shown as text",
         )
         assert driver.find_elements(By.CSS_SELECTOR, "#partners img") == []
+
+        # every partner is listed (without watching): state, rate limit and pending agreements
+        def listed_row(partner_id: str) -> list[str]:
+            for row in driver.find_elements(By.CSS_SELECTOR, "#partner-list tbody tr"):
+                cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+                if cells and cells[0] == partner_id:
+                    return cells
+            return []
+
+        wait_for(lambda: listed_row(hostile["partner_id"]), PAGE_WAIT_S, "the hostile partner in the partner list")
+        name, enabled, rate_limit, pending = listed_row(hostile["partner_id"])[1:5]
+        assert (name, enabled, pending) == (HOSTILE_NAME, "enabled", "1")
+        assert rate_limit.endswith("(default)") and "/s, burst " in rate_limit
+        assert listed_row(partner["partner_id"])[4] == "0"  # its agreements are all authorised
+        assert driver.find_elements(By.CSS_SELECTOR, "#partner-list img") == []
+        assert driver.find_element(By.ID, "partner-list-more").text.endswith("partners.")
         assert driver.title != "pwned"
 
         # the live figure: idle first, then it moves while the load runs

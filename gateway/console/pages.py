@@ -91,7 +91,10 @@ def console_page(logout_csrf: str) -> str:
         + "<tbody></tbody></table></section>"
         + '<section><h2>Fraud alerts (post-event monitor)</h2><table id="alerts"><thead><tr><th>at</th>'
         + "<th>rule</th><th>details</th></tr></thead><tbody></tbody></table></section>"
-        + '<section><h2>Partners</h2><form id="watch-form"><label for="watch">Watch partner ids'
+        + '<section class="wide"><h2>All partners</h2><p id="partner-list-more"></p>'
+        + '<table id="partner-list"><thead><tr><th>partner</th><th>name</th><th>enabled</th><th>rate limit</th>'
+        + "<th>pending agreements</th><th>created</th></tr></thead><tbody></tbody></table></section>"
+        + '<section><h2>Watched partners</h2><form id="watch-form"><label for="watch">Watch partner ids'
         + " (comma-separated, up to 20)</label>"
         + '<input id="watch" name="watch" maxlength="2000"><button type="submit">Watch</button></form>'
         + '<table id="partners"><thead><tr><th>partner</th><th>name</th><th>enabled</th><th>rate limit</th>'

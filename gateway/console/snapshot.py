@@ -2,8 +2,8 @@
 
 One snapshot is a handful of GETs, over loopback to this gateway's own listening address
 with the admin token, of the endpoints an operator's scripts read too: /metrics,
-/admin/v1/health, /admin/v1/fraud/rules, /admin/v1/fraud/decisions, /admin/v1/fraud/alerts
-and /admin/v1/partners/{id}. Nothing here keeps figures of its own (no second source of
+/admin/v1/health, /admin/v1/fraud/rules, /admin/v1/fraud/decisions, /admin/v1/fraud/alerts,
+/admin/v1/partners (the list) and /admin/v1/partners/{id} (the watched ones). Nothing here keeps figures of its own (no second source of
 truth), and nothing runs per payment: a snapshot is taken only when a logged-in page asks,
 at most once per SNAPSHOT_REUSE_S per gateway process (several open pages share it). Rates
 (payments/s) are the browser's work, from successive counter readings.
@@ -20,6 +20,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
+    "PARTNERS_LISTED_MAX",
     "PARTNERS_WATCHED_MAX",
     "SNAPSHOT_REUSE_S",
     "SnapshotSource",
@@ -31,6 +32,7 @@ UPSTREAM_TIMEOUT_S = 3.0  # each GET of a snapshot
 UPSTREAM_BODY_MAX_BYTES = 4 * 1024 * 1024  # the largest answer we read (/metrics is ~100 kB)
 SNAPSHOT_REUSE_S = 0.5  # pages refresh every 2 s; two pages within this share a snapshot
 PARTNERS_WATCHED_MAX = 20  # partner ids one page may ask about
+PARTNERS_LISTED_MAX = 200  # the first page of /admin/v1/partners (its PAGE_LIMIT_MAX) the table shows
 DECISIONS_SHOWN_MAX = 20  # per kind (review, block)
 ALERTS_SHOWN_MAX = 20
 HITS_DECISIONS_MAX = 200  # the latest decisions the rule-hit counts are made from
@@ -166,7 +168,7 @@ class SnapshotSource:
                     problems.append({"source": path, "status": None, "body": str(exc) or type(exc).__name__})
                     return None
 
-            metrics_text, health, rules, review, block, latest, alerts, *found = await asyncio.gather(
+            metrics_text, health, rules, review, block, latest, alerts, listed, *found = await asyncio.gather(
                 get("/metrics", text=True),
                 get("/admin/v1/health"),
                 get("/admin/v1/fraud/rules"),
@@ -174,6 +176,7 @@ class SnapshotSource:
                 get(f"/admin/v1/fraud/decisions?decision=block&limit={DECISIONS_SHOWN_MAX}"),
                 get(f"/admin/v1/fraud/decisions?limit={HITS_DECISIONS_MAX}"),
                 get("/admin/v1/fraud/alerts"),
+                get(f"/admin/v1/partners?limit={PARTNERS_LISTED_MAX}"),
                 *(get(f"/admin/v1/partners/{quote(p, safe='')}") for p in partners),
             )
         metrics = parse_metrics(metrics_text) if metrics_text is not None else None
@@ -203,6 +206,9 @@ class SnapshotSource:
                 p if p is not None else {"partner_id": partner_id, "missing": True}
                 for partner_id, p in zip(partners, found, strict=True)
             ],
+            # Every partner (the first PARTNERS_LISTED_MAX by id; more_partners says there are more).
+            "partner_list": (listed or {}).get("partners", []),
+            "more_partners": bool((listed or {}).get("next_cursor")),
             "problems": problems,
         }
 

@@ -15,6 +15,23 @@ def partner_creation_paths() -> dict[str, Any]:
     # hide what the document says about each operation.
     return {
         "/admin/v1/partners": {
+            "get": _op(
+                "listPartners",
+                "Every partner by id, a page at a time: enabled or disabled, rate limit, pending agreements",
+                security="admin",
+                ok=(200, "OK", "PartnerList"),
+                errors=(),
+                params=[
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]{1,64}$"},
+                        "description": "next_cursor of an earlier page",
+                    },
+                    LIMIT,
+                ],
+            ),
             "post": _op(
                 "createPartner",
                 "Create a partner; returns its client credentials once",
@@ -27,7 +44,7 @@ def partner_creation_paths() -> dict[str, Any]:
                         "getAccountBalanceAdmin", parameters={"account_id": "$response.body#/settlement_account"}
                     )
                 },
-            )
+            ),
         },
     }
 

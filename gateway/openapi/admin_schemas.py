@@ -93,6 +93,38 @@ def admin_schemas() -> dict[str, Any]:
                 "created_at": DATE_TIME,
             },
         ),
+        # GET /admin/v1/partners: every partner, by id (the console's partners table).
+        "PartnerList": _object(
+            ["partners", "next_cursor"],
+            {
+                "partners": {
+                    "type": "array",
+                    "items": _object(
+                        ["partner_id", "name", "created_at", "disabled", "rate_limit", "pending_agreements"],
+                        {
+                            "partner_id": {"type": "string"},
+                            "name": {"type": "string"},
+                            "created_at": DATE_TIME,
+                            "disabled": {"type": "boolean"},
+                            "rate_limit": _object(
+                                ["requests_per_s", "burst", "override"],
+                                {
+                                    "requests_per_s": {"type": "integer", "minimum": 1},
+                                    "burst": {"type": "integer", "minimum": 1},
+                                    "override": {"type": "boolean", "description": "false: the gateways' default"},
+                                },
+                            ),
+                            "pending_agreements": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "agreements AwaitingAuthorisation and not expired, over every shard",
+                            },
+                        },
+                    ),
+                },
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        ),
         "PartnerAudit": _object(
             ["partner_id", "entries", "next_cursor"],
             {

@@ -139,6 +139,40 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             result["client_secret"] = secret
         return _json(200, result, headers={"Cache-Control": "no-store"} if secret is not None else None)
 
+    @routes.get("/admin/v1/partners")
+    async def list_partners(request: web.Request) -> web.Response:
+        """Every partner, by id, a page at a time: one partners_page read per shard (ledger/reads.py,
+        from memory), merged here; pending agreements live on the debtors' shards, so each
+        partner's count is the sum of every shard's."""
+        gw.require_admin(request)
+        after = request.query.get("cursor", "")
+        if "cursor" in request.query and _PARTNER_ID.fullmatch(after) is None:  # empty too, as documented
+            raise field_error(400, "QP.Query.Invalid", "cursor is the next_cursor of an earlier page", "query.cursor")
+        limit = _page_limit(request)
+        answers = await router.broadcast("partners_page", {"after": after or None, "limit": limit})
+        rows = sorted((row for answer in answers for row in answer["partners"]), key=lambda row: row["id"])[:limit]
+        pending: dict[str, int] = {}
+        for answer in answers:
+            for partner_id, count in answer["pending"].items():
+                pending[partner_id] = pending.get(partner_id, 0) + count
+        default = (gw.config.rate_limit_rps, gw.config.rate_limit_burst)
+        partners = [
+            {
+                "partner_id": row["id"],
+                "name": row["name"],
+                "created_at": _iso(row["created_at_ms"]),
+                "disabled": row["disabled_at_ms"] is not None,
+                "rate_limit": {
+                    "requests_per_s": int(row["rate_limit_rps"] or default[0]),
+                    "burst": int(row["rate_limit_burst"] or default[1]),
+                    "override": row["rate_limit_rps"] is not None,
+                },
+                "pending_agreements": pending.get(row["id"], 0),
+            }
+            for row in rows
+        ]
+        return _json(200, {"partners": partners, "next_cursor": rows[-1]["id"] if len(rows) == limit else None})
+
     @routes.get("/admin/v1/partners/{partner_id}")
     async def get_partner(request: web.Request) -> web.Response:
         gw.require_admin(request)

@@ -199,6 +199,14 @@
     fill("alerts", ((snap.fraud && snap.fraud.alerts) || []).map((a) => [a.at, a.rule_id || a.rule || "",
       JSON.stringify(Object.fromEntries(Object.entries(a).filter(([k]) => !["at", "at_ms"].includes(k))))]));
 
+    const rateLimit = (l) => l ? l.requests_per_s + "/s, burst " + l.burst +
+      (l.override ? " (override)" : " (default)") : "";
+    fill("partner-list", (snap.partner_list || []).map((p) => [p.partner_id, p.name,
+      p.disabled ? "disabled" : "enabled", rateLimit(p.rate_limit), p.pending_agreements, p.created_at || ""]));
+    document.getElementById("partner-list-more").textContent = snap.more_partners
+      ? "The first " + (snap.partner_list || []).length + " partners by id; GET /admin/v1/partners pages on."
+      : (snap.partner_list || []).length + " partners.";
+
     fill("partners", (snap.partners || []).map((p) => p.missing
       ? [p.partner_id, "(no such partner, or not read)", "", "", "", ""]
       : [p.partner_id, p.name, p.disabled ? "disabled" : "enabled",
