@@ -94,7 +94,7 @@ class DispatchMixin(WorkerBase):
             return
         results: list[Any] = [None] * len(items)
         pending: list[tuple[int, dict[str, Any]]] = []
-        proven: set[tuple[str, Any]] = set()  # (check, value) pairs that passed in this call
+        proven: set[tuple[Any, ...]] = set()  # (check, value) pairs that passed in this call
         for index, item in enumerate(items):
             if _pay_item_ok(self, item, proven):
                 pending.append((index, item))
@@ -177,7 +177,7 @@ _PAY_FIELDS = frozenset(
 _ident_match = v._ID.fullmatch
 
 
-def _pay_item_ok(worker: WorkerBase, item: Any, proven: set[tuple[str, Any]]) -> bool:
+def _pay_item_ok(worker: WorkerBase, item: Any, proven: set[tuple[Any, ...]]) -> bool:
     """True if _check_pay would pass `item`, checking what `proven` (the values that passed
     earlier in the same call) does not already vouch for. False: let _check_pay say why."""
     if type(item) is not dict or not _PAY_FIELDS <= item.keys():
@@ -219,7 +219,12 @@ def _pay_item_ok(worker: WorkerBase, item: Any, proven: set[tuple[str, Any]]) ->
     return True
 
 
-_PAY_TEXTS = (("reference", v.REFERENCE_MAX), ("body_hash", v.HASH_MAX), ("device_id", v.DEVICE_ID_MAX), ("ip", v.IP_MAX))
+_PAY_TEXTS = (
+    ("reference", v.REFERENCE_MAX),
+    ("body_hash", v.HASH_MAX),
+    ("device_id", v.DEVICE_ID_MAX),
+    ("ip", v.IP_MAX),
+)
 _PAY_OPTIONAL = frozenset(("device_id", "ip"))
 
 

@@ -51,7 +51,14 @@ def _worker(with_fraud: bool) -> Any:
         state.load_account(Account(f"acc_{i}", "customer", "CNY", 10**15, False))
         state.load_agreement(
             Agreement(
-                f"agr_{i}", PARTNER, f"acc_{i}", "CNY", 10**9, [PeriodicLimit("Day", "Calendar", 10**14)], "Authorised", 0
+                f"agr_{i}",
+                PARTNER,
+                f"acc_{i}",
+                "CNY",
+                10**9,
+                [PeriodicLimit("Day", "Calendar", 10**14)],
+                "Authorised",
+                0,
             )
         )
     return worker

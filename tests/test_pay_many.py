@@ -113,7 +113,7 @@ HOSTILE: list[Any] = [
 
 def test_the_one_pass_check_refuses_exactly_what_check_pay_refuses() -> None:
     worker = _worker(with_fraud=False)
-    proven: set[tuple[str, Any]] = set()
+    proven: set[tuple[Any, ...]] = set()
     assert _pay_item_ok(worker, item(0), proven) and proven  # the shared values now proven
     for bad in [*HOSTILE, item(2, device_id="d", ip="1.2.3.4")]:
         for seen in (set(), proven):
@@ -132,7 +132,7 @@ async def test_a_bad_item_fails_alone_with_its_own_error() -> None:
     commit_all = await decide_queued(worker)
     for batch in commit_all:
         commit(batch)
-    (ok, results), = answers
+    ((ok, results),) = answers
     assert ok and len(results) == len(items)
     for bad, (item_ok, answer) in zip(HOSTILE, results[1 : 1 + len(HOSTILE)]):
         with pytest.raises(BadCommand) as refused:
@@ -193,7 +193,7 @@ async def test_a_full_queue_answers_every_item_overloaded_once() -> None:
     worker = _worker(with_fraud=False)
     worker.config.queue_max = 100
     assert call(worker, [item(k) for k in range(60)]) == []
-    (ok, results), = call(worker, [item(k) for k in range(60, 120)])
+    ((ok, results),) = call(worker, [item(k) for k in range(60, 120)])
     assert ok and {r["code"] for _, r in results} == {"OVERLOADED"} and worker.queued_weight == 60
     lone: list[Any] = []
     worker.queued_weight = 100
