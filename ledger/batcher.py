@@ -15,6 +15,7 @@ from typing import Any
 
 from . import pg
 from .deciders import _CLIENT_VALUE_ERRORS, _DECIDERS
+from .dispatch import queue_weight
 from .model import LedgerInvariantError
 from .state import WriteSet
 from .storable import check_command
@@ -36,27 +37,25 @@ class BatcherMixin(WorkerBase):
                 if cfg.batch_wait_ms:
                     await asyncio.sleep(cfg.batch_wait_ms / 1000)
             await self.pipeline_slots.acquire()
-            count = min(len(self.queue), cfg.batch_size_max)
-            items = [self.queue.popleft() for _ in range(count)]
+            items = self._take_batch(cfg.batch_size_max)
             started = time.monotonic()
             await self._prefetch(items)
             ws = WriteSet()
             replies: list[tuple[Reply, Any]] = []
             now_ms = self.clock_ms()
+            unreadable = self.unreadable_ids
             for op, args, reply in items:
-                if self.unreadable_ids and any(i in self.unreadable_ids for i in _referenced_ids(op, args)):
-                    replies.append(
-                        (
-                            reply,
-                            (
-                                False,
-                                {
-                                    "code": "STORED_ROW_UNREADABLE",
-                                    "message": "a stored transfer this names cannot be read (quarantined)",
-                                },
-                            ),
-                        )
-                    )
+                if op == "pay_many":  # one column of payments: each decided as a lone pay, one answer
+                    results = args.results
+                    for index, item in args.pending:
+                        if unreadable and item["payment_id"] in unreadable:
+                            results[index] = [False, _UNREADABLE]
+                        else:
+                            results[index] = list(self._decide_one("pay", item, ws, now_ms))
+                    replies.append((reply, (True, results)))
+                    continue
+                if unreadable and any(i in unreadable for i in _referenced_ids(op, args)):
+                    replies.append((reply, (False, _UNREADABLE)))
                     continue
                 replies.append((reply, self._decide_one(op, args, ws, now_ms)))
             # Only now, with every command of the batch decided: evicting while deciding
@@ -72,6 +71,22 @@ class BatcherMixin(WorkerBase):
                     # without a filter, correct and slower), and never installed short of ids.
                     self.id_filter_pending = None
             await self.write_queue.put((ws, replies, started, time.monotonic()))
+
+    def _take_batch(self, commands_max: int) -> list[tuple[str, Any, Reply]]:
+        """The next batch: queue entries while they hold at most `commands_max` commands
+        (a pay_many entry counts one per item), and always the first, so a batch holds at
+        most max(batch_size_max, PAY_MANY_ITEMS_MAX) commands."""
+        queue = self.queue
+        items = [queue.popleft()]
+        taken = queue_weight(*items[0][:2])
+        while queue:
+            weight = queue_weight(*queue[0][:2])
+            if taken + weight > commands_max:
+                break
+            items.append(queue.popleft())
+            taken += weight
+        self.queued_weight -= taken
+        return items
 
     def _decide_one(self, op: str, args: Any, ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
         """Decide one command atomically: it keeps every change it made to memory and to
@@ -132,6 +147,7 @@ class BatcherMixin(WorkerBase):
 
 
 UNREADABLE_IDS_MAX = 10_000
+_UNREADABLE = {"code": "STORED_ROW_UNREADABLE", "message": "a stored transfer this names cannot be read (quarantined)"}
 # Ids decided while the id filter is being built, at most (ledger/worker.py _build_id_filter).
 ID_FILTER_PENDING_MAX = 2_000_000
 
@@ -139,6 +155,8 @@ ID_FILTER_PENDING_MAX = 2_000_000
 def _referenced_ids(op: str, args: Any) -> list[str]:
     """The stored transfer ids a write command may name (the prefetch looks them up)."""
     try:
+        if op == "pay_many":
+            return [item["payment_id"] for _, item in args.pending]
         if op == "pay" or op == "fund":
             transfer_id = args.get("payment_id") or args.get("transfer_id")
             return [transfer_id] if isinstance(transfer_id, str) else []

@@ -15,6 +15,7 @@ from typing import Any
 
 from kernel.ids import is_striped
 from kernel.limits import BATCH_ITEMS_MAX, RATE_LIMIT_MAX
+from kernel.money import CURRENCY_EXPONENTS
 
 from . import validate as v
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS
@@ -34,10 +35,11 @@ PAY_MANY_ITEMS_MAX = BATCH_ITEMS_MAX
 class DispatchMixin(WorkerBase):
     # ---- intake --------------------------------------------------------------
     def enqueue(self, op: str, args: Any, reply: Reply, *, internal: bool = False) -> None:
-        if not internal and len(self.queue) >= self.config.queue_max:
+        if not internal and self.queued_weight >= self.config.queue_max:
             reply(False, {"code": "OVERLOADED", "message": f"shard {self.config.shard} queue is full"})
             return
         self.queue.append((op, args, reply))
+        self.queued_weight += 1
         self.work_ready.set()
 
     def dispatch(self, op: str, args: Any, reply: Reply) -> None:
@@ -75,16 +77,49 @@ class DispatchMixin(WorkerBase):
             reply(True, result)
 
     def _dispatch_pay_many(self, items: Any, reply: Reply) -> None:
-        """Many payments in one call (the gateway's batch endpoint sends one per shard): each
-        item goes the way a lone "pay" goes (its checks, the queue, the batcher's decision, the
-        group commit) and fails alone; the one answer, `[[ok, result], ...]` in item order,
-        leaves once every item has its own (so after the commits holding them). It saves the
-        per-item call: the client's future and deadline, a frame each way, the reply's encode."""
+        """Many payments in one call (the gateway's batch endpoint sends one per shard), taken
+        as one column: every item is checked in one pass here (what _check_pay checks, with the
+        values the items share, such as the partner, creditor and currency, checked once); the
+        items that pass go to the batcher as ONE queue entry, which decides each of them
+        atomically as a lone "pay" is decided (ledger/batcher.py) and answers once, after the
+        group commit holding them. An item refused here fails alone with its own error; the
+        answer is `[[ok, result], ...]` in item order."""
         if type(items) is not list or not 1 <= len(items) <= PAY_MANY_ITEMS_MAX:
             reply(
                 False, {"code": "BAD_REQUEST", "message": f"pay_many takes a list of 1-{PAY_MANY_ITEMS_MAX} payments"}
             )
             return
+        if self.naive_pool is not None:  # the naive baseline: each item its own "pay"
+            self._dispatch_pay_items(items, reply)
+            return
+        results: list[Any] = [None] * len(items)
+        pending: list[tuple[int, dict[str, Any]]] = []
+        proven: set[tuple[Any, ...]] = set()  # (check, value) pairs that passed in this call
+        for index, item in enumerate(items):
+            if _pay_item_ok(self, item, proven):
+                pending.append((index, item))
+                continue
+            try:
+                _check_pay(self, item)  # the exact refusal (it raises for what the fast pass refused)
+            except v.BadCommand as exc:
+                results[index] = [False, {"code": "BAD_REQUEST", "message": str(exc)}]
+                continue
+            pending.append((index, item))  # pragma: no cover (the fast pass refuses no more than _check_pay)
+        if not pending:
+            reply(True, results)
+            return
+        if self.queued_weight + len(pending) > self.config.queue_max:
+            overloaded = {"code": "OVERLOADED", "message": f"shard {self.config.shard} queue is full"}
+            for index, _ in pending:
+                results[index] = [False, overloaded]
+            reply(True, results)
+            return
+        self.queue.append(("pay_many", PayMany(results, pending), reply))
+        self.queued_weight += len(pending)
+        self.work_ready.set()
+
+    def _dispatch_pay_items(self, items: list[Any], reply: Reply) -> None:
+        """pay_many as one "pay" per item (the naive baseline's path)."""
         results: list[Any] = [None] * len(items)
         remaining = [len(items)]
 
@@ -108,6 +143,89 @@ class DispatchMixin(WorkerBase):
         except Exception as exc:
             log.exception("async read failed")
             reply(False, {"code": "INTERNAL", "message": str(exc)})
+
+
+class PayMany:
+    """A pay_many command as queued: its answer so far (the items refused at intake hold
+    theirs) and the items still to decide, with their places in the answer."""
+
+    __slots__ = ("pending", "results")
+
+    def __init__(self, results: list[Any], pending: list[tuple[int, dict[str, Any]]]) -> None:
+        self.results = results
+        self.pending = pending
+
+
+def queue_weight(op: str, args: Any) -> int:
+    """Commands a queue entry counts for (against queue_max and batch_size_max)."""
+    return len(args.pending) if op == "pay_many" else 1
+
+
+_PAY_FIELDS = frozenset(
+    (
+        "payment_id",
+        "partner_id",
+        "agreement_id",
+        "amount_minor",
+        "currency",
+        "creditor_account",
+        "creditor_shard",
+        "reference",
+        "body_hash",
+    )
+)
+_ident_match = v._ID.fullmatch
+
+
+def _pay_item_ok(worker: WorkerBase, item: Any, proven: set[tuple[Any, ...]]) -> bool:
+    """True if _check_pay would pass `item`, checking what `proven` (the values that passed
+    earlier in the same call) does not already vouch for. False: let _check_pay say why."""
+    if type(item) is not dict or not _PAY_FIELDS <= item.keys():
+        return False
+    payment_id = item["payment_id"]
+    if type(payment_id) is not str or _ident_match(payment_id) is None:
+        return False
+    amount_minor = item["amount_minor"]
+    if type(amount_minor) is not int or not 1 <= amount_minor <= v.INT64_MAX:
+        return False
+    for key in ("partner_id", "agreement_id", "creditor_account"):
+        value = item[key]
+        if type(value) is not str:
+            return False
+        if ("id", value) not in proven:
+            if _ident_match(value) is None:
+                return False
+            proven.add(("id", value))
+    currency, creditor_shard = item["currency"], item["creditor_shard"]
+    if type(currency) is not str or type(creditor_shard) is not int:
+        return False
+    shared = ("shard", currency, creditor_shard, item["creditor_account"])
+    if shared not in proven:
+        if currency not in CURRENCY_EXPONENTS or not 0 <= creditor_shard < worker.config.shard_count:
+            return False
+        if creditor_shard != worker.config.shard and is_striped(item["creditor_account"]):
+            return False
+        proven.add(shared)
+    for key, max_chars in _PAY_TEXTS:
+        value = item.get(key)
+        if value is None and key in _PAY_OPTIONAL:
+            continue
+        if type(value) is not str:
+            return False
+        if (key, value) not in proven:
+            if not v.is_safe_text(value, max_chars):
+                return False
+            proven.add((key, value))
+    return True
+
+
+_PAY_TEXTS = (
+    ("reference", v.REFERENCE_MAX),
+    ("body_hash", v.HASH_MAX),
+    ("device_id", v.DEVICE_ID_MAX),
+    ("ip", v.IP_MAX),
+)
+_PAY_OPTIONAL = frozenset(("device_id", "ip"))
 
 
 # ---- intake checks: what a shard can store (ledger/validate.py) ------------------

@@ -61,6 +61,8 @@ class WorkerBase:
         # saw version n of a previous run reads the markers again after a restart.
         self.cutoff_epoch = os.urandom(8).hex()
         self.queue: deque[tuple[str, Any, Reply]] = deque()
+        # Commands in `queue`, a pay_many entry counting one per item (ledger/dispatch.py).
+        self.queued_weight = 0
         self.work_ready = asyncio.Event()
         self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], float, float]] = asyncio.Queue()
         # The group-commit cycle of the last BATCH_TIMINGS_MAX batches, for `ping`:
