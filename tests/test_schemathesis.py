@@ -419,6 +419,14 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
         "all",
         "--phases",
         "examples,coverage,fuzzing,stateful",
+        # The admin partner list hands Schemathesis' resource pool every partner id, this run's
+        # own partner's included, and the fuzzed cut-off operations (disable, revoke-tokens,
+        # rotate-secret) then cut off the partner whose token the rest of the run uses: every
+        # partner operation answers 401 from then on. The list is fuzzed and checked against the
+        # document in tests/test_admin_partners.py (and by a run with it included, which found
+        # the empty-cursor case); here it stays out.
+        "--exclude-operation-id",
+        "listPartners",
         "--report",
         "ndjson",
         "--report-dir",
@@ -437,7 +445,8 @@ def test_schemathesis_finds_no_failure(fuzz_stack: Stack, tmp_path: Path) -> Non
     # Every operation ran, and every phase, the stateful one included, ran and passed.
     # (Schemathesis leaves out GET /openapi.json, the document itself.)
     operations = sum(len(item) for item in openapi_document()["paths"].values()) - 1
-    assert f"Selected: {operations}/{operations}" in summary and f"Tested: {operations}\n" in summary, summary
+    selected = operations - 1  # listPartners left out (see argv)
+    assert f"Selected: {selected}/{operations}" in summary and f"Tested: {selected}\n" in summary, summary
     assert "❌" not in summary, summary
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert re.search(rf"✅ {phase}\b", summary), (phase, summary)
