@@ -60,8 +60,9 @@ class WorkerConfig:
             problems.append("--batch-size-max must be between 1 and 50000")
         if not 0 <= self.batch_wait_ms <= 100:
             problems.append("--batch-wait-ms must be between 0 and 100")
-        if not 100 <= self.queue_max <= 10_000_000:
-            problems.append("--queue-max must be between 100 and 10000000")
+        # At least the largest batch call (one pay_many): a smaller bound refuses it on every try.
+        if not BATCH_ITEMS_MAX <= self.queue_max <= 10_000_000:
+            problems.append(f"--queue-max must be between {BATCH_ITEMS_MAX} and 10000000")
         if self.ledger_mode not in ("batched", "naive"):
             problems.append("--ledger-mode must be batched or naive")
         if not 1 <= self.refund_window_days <= 3650:

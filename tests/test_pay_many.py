@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kernel.config import WorkerConfig
 from kernel.limits import BATCH_ITEMS_MAX
 from ledger import deciders
 from ledger.dispatch import PAY_MANY_ITEMS_MAX, _check_pay, _pay_item_ok
@@ -208,3 +209,13 @@ def test_a_malformed_call_is_refused_whole() -> None:
         answers = call(worker, bad)
         assert answers and answers[0][0] is False and answers[0][1]["code"] == "BAD_REQUEST", bad
         assert not worker.queue
+
+
+def test_the_queue_bound_admits_the_largest_batch_call() -> None:
+    """Regression: --queue-max accepted values below PAY_MANY_ITEMS_MAX, and a pay_many with
+    more items than the whole queue bound was answered OVERLOADED on every try, forever."""
+    config = WorkerConfig(shard=0, shard_count=1, dsn="", listen="", peers={}, queue_max=PAY_MANY_ITEMS_MAX - 1)
+    with pytest.raises(SystemExit, match="--queue-max"):
+        config.validate()
+    config.queue_max = PAY_MANY_ITEMS_MAX
+    config.validate()

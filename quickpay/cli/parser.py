@@ -137,7 +137,12 @@ def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size-max", type=int, default=4000)
     p.add_argument("--batch-wait-ms", type=float, default=3.0)
     p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
-    p.add_argument("--queue-max", type=int, default=100_000, help="bound of the intake queue")
+    p.add_argument(
+        "--queue-max",
+        type=int,
+        default=100_000,
+        help="bound of the intake queue, in payments (at least 1000, the largest batch call)",
+    )
     p.add_argument("--refund-window-days", type=int, default=365, help="how long a payment stays refundable")
     _add_pending_arguments(p)
 
