@@ -37,7 +37,7 @@ class BatcherMixin(WorkerBase):
                 if cfg.batch_wait_ms:
                     await asyncio.sleep(cfg.batch_wait_ms / 1000)
             await self.pipeline_slots.acquire()
-            items = self._take_batch(cfg.batch_size_max)
+            items, commands = self._take_batch(cfg.batch_size_max)
             started = time.monotonic()
             await self._prefetch(items)
             ws = WriteSet()
@@ -70,12 +70,12 @@ class BatcherMixin(WorkerBase):
                     # Bounded: a build that takes this long is abandoned (the shard serves
                     # without a filter, correct and slower), and never installed short of ids.
                     self.id_filter_pending = None
-            await self.write_queue.put((ws, replies, started, time.monotonic()))
+            await self.write_queue.put((ws, replies, commands, started, time.monotonic()))
 
-    def _take_batch(self, commands_max: int) -> list[tuple[str, Any, Reply]]:
-        """The next batch: queue entries while they hold at most `commands_max` commands
-        (a pay_many entry counts one per item), and always the first, so a batch holds at
-        most max(batch_size_max, PAY_MANY_ITEMS_MAX) commands."""
+    def _take_batch(self, commands_max: int) -> tuple[list[tuple[str, Any, Reply]], int]:
+        """The next batch and the commands it holds: queue entries while they hold at most
+        `commands_max` commands (a pay_many entry counts one per item), and always the first,
+        so a batch holds at most max(batch_size_max, PAY_MANY_ITEMS_MAX) commands."""
         queue = self.queue
         items = [queue.popleft()]
         taken = queue_weight(*items[0][:2])
@@ -86,7 +86,7 @@ class BatcherMixin(WorkerBase):
             items.append(queue.popleft())
             taken += weight
         self.queued_weight -= taken
-        return items
+        return items, taken
 
     def _decide_one(self, op: str, args: Any, ws: WriteSet, now_ms: int) -> tuple[bool, Any]:
         """Decide one command atomically: it keeps every change it made to memory and to

@@ -64,7 +64,8 @@ class WorkerBase:
         # Commands in `queue`, a pay_many entry counting one per item (ledger/dispatch.py).
         self.queued_weight = 0
         self.work_ready = asyncio.Event()
-        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], float, float]] = asyncio.Queue()
+        # (write set, answers, commands decided (a pay_many counts one per item), started, decided)
+        self.write_queue: asyncio.Queue[tuple[WriteSet, list[tuple[Reply, Any]], int, float, float]] = asyncio.Queue()
         # The group-commit cycle of the last BATCH_TIMINGS_MAX batches, for `ping`:
         # (commands, prefetch+decide s, wait for the writer s, write s, whole cycle s).
         self.batch_timings: deque[tuple[int, float, float, float, float]] = deque(maxlen=BATCH_TIMINGS_MAX)

@@ -25,7 +25,7 @@ class WriterMixin(WorkerBase):
     async def _writer(self) -> None:
         assert self.write_conn is not None
         while True:
-            ws, replies, started, decided = await self.write_queue.get()
+            ws, replies, commands, started, decided = await self.write_queue.get()
             writing = time.monotonic()
             if not ws.is_empty():
                 try:
@@ -46,7 +46,7 @@ class WriterMixin(WorkerBase):
             for reply, (ok, result) in replies:
                 reply(ok, result)
             self.batch_timings.append(
-                (len(replies), decided - started, writing - decided, written - writing, time.monotonic() - started)
+                (commands, decided - started, writing - decided, written - writing, time.monotonic() - started)
             )
             if ws.outbox and self.relay is not None:
                 self.relay.enqueue([(leg, ws.targets[leg.transfer_id]) for leg in ws.outbox])

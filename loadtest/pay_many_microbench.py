@@ -67,7 +67,7 @@ def _worker(with_fraud: bool) -> Any:
 async def _writer(worker: Any) -> None:
     """ledger/writer.py without the PostgreSQL write."""
     while True:
-        ws, replies, _started, _decided = await worker.write_queue.get()
+        ws, replies, _commands, _started, _decided = await worker.write_queue.get()
         for transfer in ws.transfers:
             transfer.committed = True
         accounts = worker.state.accounts

@@ -57,7 +57,7 @@ async def decide_queued(worker: Any) -> list[Any]:
 
 
 def commit(batch: Any) -> None:
-    ws, replies, _, _ = batch
+    ws, replies, *_ = batch
     for transfer in ws.transfers:
         transfer.committed = True
     for reply, (ok, result) in replies:
@@ -219,3 +219,32 @@ def test_the_queue_bound_admits_the_largest_batch_call() -> None:
         config.validate()
     config.queue_max = PAY_MANY_ITEMS_MAX
     config.validate()
+
+
+async def test_the_batch_timings_count_every_payment_of_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: ping's batch figures (commands_mean, commands_max) counted a pay_many of
+    1,000 payments as one command, so a shard fed by the batch endpoint showed batches of ~1."""
+    from ledger import pg
+    from ledger.heartbeat import _read_ping
+
+    async def no_write(conn: Any, ws: Any) -> None:
+        return None
+
+    monkeypatch.setattr(pg, "write_batch", no_write)
+    worker = _worker(with_fraud=False)
+    worker.write_conn = object()
+    answers = call(worker, [item(k) for k in range(5)])
+    worker.dispatch("pay", item(5), lambda ok, result: answers.append((ok, result)))
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(worker._batcher()), loop.create_task(worker._writer())]
+    try:
+        for _ in range(200):
+            if len(answers) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        for task in tasks:
+            task.cancel()
+    assert len(answers) == 2
+    batches = _read_ping(worker, None)["batches"]
+    assert batches["count"] == 1 and batches["commands_max"] == 6
