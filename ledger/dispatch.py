@@ -161,19 +161,19 @@ def queue_weight(op: str, args: Any) -> int:
     return len(args.pending) if op == "pay_many" else 1
 
 
-_PAY_FIELDS = frozenset(
-    (
-        "payment_id",
-        "partner_id",
-        "agreement_id",
-        "amount_minor",
-        "currency",
-        "creditor_account",
-        "creditor_shard",
-        "reference",
-        "body_hash",
-    )
+# The fields a "pay" must carry: _check_pay and the fast pass of pay_many both check these.
+_PAY_REQUIRED = (
+    "payment_id",
+    "partner_id",
+    "agreement_id",
+    "amount_minor",
+    "currency",
+    "creditor_account",
+    "creditor_shard",
+    "reference",
+    "body_hash",
 )
+_PAY_FIELDS = frozenset(_PAY_REQUIRED)
 _ident_match = v._ID.fullmatch
 
 
@@ -233,18 +233,7 @@ _PAY_OPTIONAL = frozenset(("device_id", "ip"))
 # refuse (a NUL, a surrogate, an int beyond int64, an unknown currency) never reaches
 # the prefetch, the decision or the batch write: it is answered BAD_REQUEST alone.
 def _check_pay(worker: WorkerBase, args: Any) -> None:
-    v.fields(
-        args,
-        "payment_id",
-        "partner_id",
-        "agreement_id",
-        "amount_minor",
-        "currency",
-        "creditor_account",
-        "creditor_shard",
-        "reference",
-        "body_hash",
-    )
+    v.fields(args, *_PAY_REQUIRED)
     for key in ("payment_id", "partner_id", "agreement_id", "creditor_account"):
         v.ident(args, key)
     v.amount(args, "amount_minor")
