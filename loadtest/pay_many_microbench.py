@@ -23,6 +23,8 @@ AGREEMENTS, ITEMS = 2_000, 1_000
 
 
 def _worker(with_fraud: bool) -> Any:
+    """A shard worker in memory: 2,000 authorised agreements of partner PARTNER, each over its
+    own funded account, the clock at NOW_MS, and (with_fraud) fraud/default.rules wired in."""
     from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
     from ledger.agreements import PeriodicLimit
     from ledger.idfilter import IdFilter
@@ -78,24 +80,23 @@ async def _writer(worker: Any) -> None:
             reply(ok, result)
 
 
+def pay_command(k: int) -> dict[str, Any]:
+    """The k-th payment of these microbenchmarks: agreement k % AGREEMENTS to the settlement."""
+    return {
+        "payment_id": f"p_{k}",
+        "partner_id": PARTNER,
+        "agreement_id": f"agr_{k % AGREEMENTS}",
+        "amount_minor": 100 + k % 7,
+        "currency": "CNY",
+        "creditor_account": SETTLEMENT,
+        "creditor_shard": 0,
+        "reference": f"order {k}",
+        "body_hash": "0" * 64,
+    }
+
+
 def _commands(first: int, count: int) -> list[list[dict[str, Any]]]:
-    return [
-        [
-            {
-                "payment_id": f"p_{k}",
-                "partner_id": PARTNER,
-                "agreement_id": f"agr_{k % AGREEMENTS}",
-                "amount_minor": 100 + k % 7,
-                "currency": "CNY",
-                "creditor_account": SETTLEMENT,
-                "creditor_shard": 0,
-                "reference": f"order {k}",
-                "body_hash": "0" * 64,
-            }
-            for k in range(first + c * ITEMS, first + (c + 1) * ITEMS)
-        ]
-        for c in range(count)
-    ]
+    return [[pay_command(k) for k in range(first + c * ITEMS, first + (c + 1) * ITEMS)] for c in range(count)]
 
 
 async def _round(commands_n: int, with_fraud: bool) -> float:
