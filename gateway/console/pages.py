@@ -91,6 +91,10 @@ def console_page(logout_csrf: str) -> str:
         + "<tbody></tbody></table></section>"
         + '<section><h2>Fraud alerts (post-event monitor)</h2><table id="alerts"><thead><tr><th>at</th>'
         + "<th>rule</th><th>details</th></tr></thead><tbody></tbody></table></section>"
+        + '<section class="wide"><h2>Reconciliation: the daily files of every partner (UTC days)</h2>'
+        + '<table id="recon"><thead><tr><th>day</th><th>files</th><th>rows</th><th>payments</th>'
+        + "<th>payments to customers</th><th>refunds</th><th>settlement net</th><th>as of</th></tr></thead>"
+        + "<tbody></tbody></table></section>"
         + '<section class="wide"><h2>All partners</h2><p id="partner-list-more"></p>'
         + '<table id="partner-list"><thead><tr><th>partner</th><th>name</th><th>enabled</th><th>rate limit</th>'
         + "<th>pending agreements</th><th>created</th></tr></thead><tbody></tbody></table></section>"

@@ -190,6 +190,18 @@ def admin_paths() -> dict[str, Any]:
                 params=[_path_param("account_id", ACCOUNT_ID_PATTERN)],
             )
         },
+        "/admin/v1/reconciliation": {
+            "get": _op(
+                "getReconciliationStatus",
+                "The last 3 UTC days: closed (files final) or open, and what every partner's file of the "
+                "day holds together (rows, count and total per kind and currency, settlement net); a "
+                "closed day is counted once, the open day at most once a minute",
+                security="admin",
+                errors=(),
+                shards=False,
+                ok=(200, "OK", "ReconciliationStatus"),
+            )
+        },
         "/admin/v1/health": {
             "get": _op(
                 "getHealth",

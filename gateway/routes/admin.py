@@ -1,5 +1,5 @@
-"""The admin API: partners (creation, rate limits, cut-offs, audit) and customer accounts
-(opening, funding, balances)."""
+"""The admin API: partners (creation, rate limits, cut-offs, audit), customer accounts
+(opening, funding, balances), the reconciliation status of the last days."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from kernel.resources import _iso, transfer_resource
 from ..auth import hash_secret, new_secret
 from ..errors import ApiError, field_error
 from ..ratelimit import RateLimit
+from ..recon_status import ReconStatus
 from ..requests import _ACCOUNT_ID, _ASCII_DIGITS, _PARTNER_ID, _page_limit, body_hash, read_body
 from ..responses import _json, _raise_for
 from ..schemas import (
@@ -31,8 +32,20 @@ from .accounts import balance_of
 
 
 def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
-    """/admin/v1/partners and /admin/v1/accounts."""
+    """/admin/v1/partners, /admin/v1/accounts and /admin/v1/reconciliation."""
     router = gw.router
+
+    async def read_recon_day(from_ms: int, to_ms: int) -> list[list[dict[str, Any]]]:
+        return await router.broadcast("recon_summary", {"from_ms": from_ms, "to_ms": to_ms})
+
+    recon_status = ReconStatus(read_recon_day)
+
+    @routes.get("/admin/v1/reconciliation")
+    async def reconciliation_status(request: web.Request) -> web.Response:
+        """The last days: closed or open, and what their files hold over every partner
+        (gateway/recon_status.py: read once per closed day, seldom for the open one)."""
+        gw.require_admin(request)
+        return _json(200, await recon_status.status())
 
     # -- admin --
     @routes.post("/admin/v1/partners")

@@ -199,6 +199,21 @@
     fill("alerts", ((snap.fraud && snap.fraud.alerts) || []).map((a) => [a.at, a.rule_id || a.rule || "",
       JSON.stringify(Object.fromEntries(Object.entries(a).filter(([k]) => !["at", "at_ms"].includes(k))))]));
 
+    // Reconciliation: per day, closed (files final) or open, and the files' totals over every partner.
+    const recon = snap.reconciliation || { days: [] };
+    const kindCell = (summary, kind) => {
+      if (!summary) return "";
+      const parts = summary.totals.filter((t) => t.kind === kind).map((t) => t.count + " (" + t.total + " " + t.currency + ")");
+      return parts.length ? parts.join(", ") : "0";
+    };
+    fill("recon", recon.days.map((d) => {
+      const s = d.summary;
+      const files = d.closed ? "final (closed)" : "provisional (closes " + d.closes_at + ")";
+      const rows = s ? s.rows : d.summary_state === "error" ? "not read: " + d.error : d.summary_state;
+      return [d.day, files, rows, kindCell(s, "payment"), kindCell(s, "payment_to_customer"), kindCell(s, "refund"),
+        s ? (s.settlement_net.map((n) => n.net + " " + n.currency).join(", ") || "0") : "", d.summary_as_of || ""];
+    }));
+
     const rateLimit = (l) => l ? l.requests_per_s + "/s, burst " + l.burst +
       (l.override ? " (override)" : " (default)") : "";
     fill("partner-list", (snap.partner_list || []).map((p) => [p.partner_id, p.name,
