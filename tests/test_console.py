@@ -294,6 +294,9 @@ def test_snapshot_needs_a_session_and_reads_the_real_stack(stack: Stack) -> None
     days = snap["reconciliation"]["days"]
     assert [d["closed"] for d in days] == [False, True, True], days
     assert all(d["summary_state"] in ("read", "reading") for d in days), days
+    # the shards' database members (GET /admin/v1/ha): no --ha here, so one server each
+    assert snap["ha"]["mode"] == "single"
+    assert [[m["role"] for m in s["members"]] for s in snap["ha"]["shards"]] == [["single"]] * stack.shards
 
 
 def test_snapshot_counts_payments_from_the_metrics(stack: Stack) -> None:

@@ -51,6 +51,65 @@ def admin_schemas() -> dict[str, Any]:
                 "services": {"type": "object"},
             },
         ),
+        # GET /admin/v1/ha (gateway/patroni.py): the console's HA members table.
+        "HaMembers": _object(
+            ["generated_at", "mode", "error", "shards"],
+            {
+                "generated_at": DATE_TIME,
+                "mode": {
+                    "enum": ["single", "patroni", "unknown"],
+                    "description": "unknown: the HA layout is unreadable",
+                },
+                "error": {"type": ["string", "null"]},
+                "shards": {
+                    "type": "array",
+                    "items": _object(
+                        ["shard", "mode", "view_from", "leader", "members"],
+                        {
+                            "shard": {"type": "integer", "minimum": 0},
+                            "mode": {"enum": ["single", "patroni"]},
+                            "view_from": {"type": ["string", "null"], "description": "the member whose view this is"},
+                            "leader": {"type": ["string", "null"]},
+                            "members": {
+                                "type": "array",
+                                "items": _object(
+                                    [
+                                        "name",
+                                        "role",
+                                        "state",
+                                        "lag_bytes",
+                                        "lag_unknown",
+                                        "timeline",
+                                        "rest_port",
+                                        "api",
+                                    ],
+                                    {
+                                        "name": {"type": ["string", "null"]},
+                                        "role": {
+                                            "type": "string",
+                                            "description": "leader, sync_standby, replica... (Patroni's); "
+                                            "unknown (no member lists it); single (no Patroni)",
+                                        },
+                                        "state": {
+                                            "type": ["string", "null"],
+                                            "description": "running, streaming... or unreachable",
+                                        },
+                                        "lag_bytes": {"type": ["integer", "null"], "minimum": 0},
+                                        "lag_unknown": {"type": "boolean"},
+                                        "timeline": {"type": ["integer", "null"]},
+                                        "rest_port": {"type": ["integer", "null"]},
+                                        "api": {
+                                            "type": ["string", "null"],
+                                            "description": "answered, or unreachable: why",
+                                        },
+                                    },
+                                ),
+                            },
+                        },
+                    ),
+                },
+            },
+        ),
         # GET /admin/v1/reconciliation (gateway/recon_status.py): the console's reconciliation table.
         "ReconciliationStatus": _object(
             ["generated_at", "close_grace_s", "days"],

@@ -1,0 +1,302 @@
+"""GET /admin/v1/ha, the shards' PostgreSQL members as Patroni sees them (gateway/patroni.py):
+a /cluster answer parsed (roles, states, lag in bytes or "unknown", timelines), garbled ones
+refused; a shard's view taken from its leader's answer, members no one lists "unreachable";
+the HA layout file read or refused; against stand-in Patroni REST APIs on loopback (one
+answering, one garbled, one that never answers, one port closed) the whole read is over
+within PATRONI_TIMEOUT_S plus a little and says "unreachable" for each bad one, never an
+error; one read is shared for HA_VIEW_REUSE_S; and on the shared stack (no --ha) the route
+needs the admin token and shows every shard as a single server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from conftest import Stack
+
+from gateway.patroni import (
+    HA_VIEW_REUSE_S,
+    PATRONI_TIMEOUT_S,
+    HaView,
+    LayoutError,
+    layout_path,
+    parse_cluster,
+    read_layout,
+    read_view,
+    shard_view,
+)
+
+# Shard 0's GET /cluster under `quickpay up --ha` (three members, strict synchronous mode), in
+# the shape of Patroni 4.1.5's patroni/utils.py cluster_as_json and api.py do_GET_cluster.
+CLUSTER_ANSWER: dict[str, Any] = {
+    "members": [
+        {
+            "name": "shard0-a",
+            "role": "leader",
+            "state": "running",
+            "api_url": "http://127.0.0.1:40001/patroni",
+            "host": "127.0.0.1",
+            "port": 40000,
+            "timeline": 1,
+        },
+        {
+            "name": "shard0-b",
+            "role": "sync_standby",
+            "state": "streaming",
+            "api_url": "http://127.0.0.1:40003/patroni",
+            "host": "127.0.0.1",
+            "port": 40002,
+            "timeline": 1,
+            "receive_lsn": "0/5000148",
+            "receive_lag": 0,
+            "replay_lsn": "0/5000148",
+            "replay_lag": 0,
+            "lsn": "0/5000148",
+            "lag": 0,
+        },
+        {
+            "name": "shard0-c",
+            "role": "replica",
+            "state": "streaming",
+            "api_url": "http://127.0.0.1:40005/patroni",
+            "host": "127.0.0.1",
+            "port": 40004,
+            "timeline": 1,
+            "receive_lsn": "0/5000000",
+            "receive_lag": 328,
+            "replay_lsn": "0/5000000",
+            "replay_lag": 328,
+            "lsn": "0/5000000",
+            "lag": 328,
+        },
+    ],
+    "scope": "quickpay-shard-0",
+}
+MEMBERS = [("shard0-a", 40001), ("shard0-b", 40003), ("shard0-c", 40005)]
+
+
+# ---- pure ------------------------------------------------------------------------------------
+def test_a_cluster_answer_gives_roles_states_lag_and_timelines() -> None:
+    parsed = parse_cluster(CLUSTER_ANSWER)
+    assert parsed == {
+        "shard0-a": {"role": "leader", "state": "running", "lag_bytes": None, "lag_unknown": False, "timeline": 1},
+        "shard0-b": {"role": "sync_standby", "state": "streaming", "lag_bytes": 0, "lag_unknown": False, "timeline": 1},
+        "shard0-c": {"role": "replica", "state": "streaming", "lag_bytes": 328, "lag_unknown": False, "timeline": 1},
+    }
+    # A standby that has no position yet: Patroni says "unknown" (its lsn and lag).
+    starting = copy.deepcopy(CLUSTER_ANSWER)
+    starting["members"][2].update(lag="unknown", lsn="unknown", state="starting")
+    del starting["members"][2]["timeline"]
+    assert parse_cluster(starting)["shard0-c"] == {
+        "role": "replica",
+        "state": "starting",
+        "lag_bytes": None,
+        "lag_unknown": True,
+        "timeline": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        [],
+        "members",
+        {},
+        {"members": {}},
+        {"members": [{"role": "leader"}]},
+        {"members": [{"name": "", "role": "leader"}]},
+        {"members": [{"name": "a"}]},
+        {"members": [{"name": "a", "role": "leader"}, {"name": "a", "role": "replica"}]},
+        {"members": [{"name": f"m{i}", "role": "replica"} for i in range(17)]},
+    ],
+)
+def test_a_garbled_cluster_answer_is_refused(body: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_cluster(body)
+
+
+def test_the_view_is_the_leaders_and_unlisted_members_are_unreachable() -> None:
+    leader_view = parse_cluster(CLUSTER_ANSWER)
+    # a standby that lost the DCS and thinks it leads nothing, listing only itself
+    stale = parse_cluster({"members": [{"name": "shard0-c", "role": "replica", "state": "running", "lag": 99}]})
+    view = shard_view(0, MEMBERS, {"shard0-c": stale, "shard0-a": leader_view, "shard0-b": "connection refused"})
+    assert view["view_from"] == "shard0-a" and view["leader"] == "shard0-a" and view["mode"] == "patroni"
+    by_name = {m["name"]: m for m in view["members"]}
+    assert by_name["shard0-c"]["lag_bytes"] == 328  # the leader's figure, not the stale one
+    assert by_name["shard0-b"]["role"] == "sync_standby"  # listed by the leader...
+    assert by_name["shard0-b"]["api"] == "unreachable: connection refused"  # ...though its own API is down
+    assert by_name["shard0-a"]["api"] == "answered" and by_name["shard0-a"]["rest_port"] == 40001
+
+    # only a member that lists itself alone answers: its view, the others unknown and unreachable
+    alone = shard_view(0, MEMBERS, {"shard0-c": stale, "shard0-a": "timeout", "shard0-b": "timeout"})
+    assert alone["view_from"] == "shard0-c" and alone["leader"] is None
+    assert [(m["role"], m["state"]) for m in alone["members"]] == [
+        ("unknown", "unreachable"),
+        ("unknown", "unreachable"),
+        ("replica", "running"),
+    ]
+    nobody = shard_view(1, MEMBERS, {name: "timeout" for name, _ in MEMBERS})
+    assert nobody["view_from"] is None and {m["state"] for m in nobody["members"]} == {"unreachable"}
+
+
+def test_the_layout_is_read_next_to_the_supervisor_status(tmp_path: Path) -> None:
+    assert layout_path(None) is None
+    path = layout_path(str(tmp_path / "supervisor.json"))
+    assert path == tmp_path / "ha" / "layout.json"
+    assert read_layout(path) is None  # no --ha
+    path.parent.mkdir()
+    members = [{"shard": s, "name": f"shard{s}-{x}", "pg_port": 1, "rest_port": 2 + s} for s in (0, 1) for x in "ab"]
+    path.write_text(json.dumps({"shards": 2, "members_per_shard": 2, "members": members}))
+    assert read_layout(path) == {0: [("shard0-a", 2), ("shard0-b", 2)], 1: [("shard1-a", 3), ("shard1-b", 3)]}
+    for garbled in ("{", "[]", '{"members": [{"shard": 0, "name": "x", "rest_port": 70000}]}', '{"members": 3}'):
+        path.write_text(garbled)
+        with pytest.raises(LayoutError):
+            read_layout(path)
+
+
+# ---- stand-in Patroni REST APIs on loopback ---------------------------------------------------
+async def _stand_ins(hits: list[str]) -> tuple[list[Any], dict[str, int]]:
+    """A Patroni that answers CLUSTER_ANSWER, one that answers garbage, one that accepts and
+    never answers, and a closed port."""
+
+    async def good(request: web.Request) -> web.Response:
+        hits.append("good")
+        return web.json_response(CLUSTER_ANSWER)
+
+    async def garbled(request: web.Request) -> web.Response:
+        hits.append("garbled")
+        return web.Response(text="<html>not patroni</html>", content_type="application/json")
+
+    runners: list[Any] = []
+    ports: dict[str, int] = {}
+    for name, handler in (("good", good), ("garbled", garbled)):
+        app = web.Application()
+        app.router.add_get("/cluster", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        ports[name] = runner.addresses[0][1]
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append("silent")
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    runners.append(server)
+    ports["silent"] = server.sockets[0].getsockname()[1]
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        ports["closed"] = s.getsockname()[1]
+    return runners, ports
+
+
+async def _close(runners: list[Any]) -> None:
+    for runner in runners:
+        if isinstance(runner, asyncio.Server):
+            runner.close()
+        else:
+            await runner.cleanup()
+
+
+def _write_layout(path: Path, ports: dict[str, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    members = [
+        {"shard": 0, "name": "shard0-a", "pg_port": 1, "rest_port": ports["good"]},
+        {"shard": 0, "name": "shard0-b", "pg_port": 1, "rest_port": ports["silent"]},
+        {"shard": 0, "name": "shard0-c", "pg_port": 1, "rest_port": ports["garbled"]},
+        {"shard": 1, "name": "shard1-a", "pg_port": 1, "rest_port": ports["silent"]},
+        {"shard": 1, "name": "shard1-b", "pg_port": 1, "rest_port": ports["closed"]},
+        {"shard": 1, "name": "shard1-c", "pg_port": 1, "rest_port": ports["garbled"]},
+    ]
+    path.write_text(json.dumps({"shards": 2, "members_per_shard": 3, "members": members}))
+
+
+def test_unreachable_and_garbled_members_are_said_fast(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, Any]:
+        hits: list[str] = []
+        runners, ports = await _stand_ins(hits)
+        try:
+            layout = tmp_path / "ha" / "layout.json"
+            _write_layout(layout, ports)
+            started = time.monotonic()
+            view = await read_view(layout, 2)
+            took = time.monotonic() - started
+            assert took < PATRONI_TIMEOUT_S + 0.5, took  # every member at once, none waited past the bound
+            assert sorted(hits) == ["garbled", "garbled", "good", "silent", "silent"]
+            return view
+        finally:
+            await _close(runners)
+
+    view = asyncio.run(scenario())
+    assert view["mode"] == "patroni" and view["error"] is None
+    zero, one = view["shards"]
+    assert zero["view_from"] == "shard0-a" and zero["leader"] == "shard0-a"
+    assert [(m["name"], m["role"], m["lag_bytes"]) for m in zero["members"]] == [
+        ("shard0-a", "leader", None),
+        ("shard0-b", "sync_standby", 0),
+        ("shard0-c", "replica", 328),
+    ]
+    apis = [m["api"] for m in zero["members"]]
+    assert apis[0] == "answered"
+    assert apis[1] == f"unreachable: no answer within {PATRONI_TIMEOUT_S} s", apis
+    assert apis[2].startswith("unreachable: not a /cluster answer"), apis
+    # no member of shard 1 answers a /cluster document: all of them unreachable, no leader
+    assert one["leader"] is None and one["view_from"] is None
+    assert [(m["role"], m["state"]) for m in one["members"]] == [("unknown", "unreachable")] * 3
+    assert all(m["api"].startswith("unreachable: ") for m in one["members"])
+
+
+def test_one_read_is_shared_for_a_moment(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        hits: list[str] = []
+        runners, ports = await _stand_ins(hits)
+        try:
+            layout = tmp_path / "ha" / "layout.json"
+            layout.parent.mkdir(parents=True)
+            member = {"shard": 0, "name": "shard0-a", "pg_port": 1, "rest_port": ports["good"]}
+            layout.write_text(json.dumps({"members": [member]}))
+            clock = {"s": 10.0}
+            source = HaView(layout, 1, monotonic_s=lambda: clock["s"])
+            views = await asyncio.gather(*(source.view() for _ in range(5)))
+            assert all(v is views[0] for v in views)
+            clock["s"] += HA_VIEW_REUSE_S / 2
+            await source.view()
+            assert hits == ["good"]
+            clock["s"] += HA_VIEW_REUSE_S
+            await source.view()
+            return hits
+        finally:
+            await _close(runners)
+
+    assert asyncio.run(scenario()) == ["good", "good"]
+
+
+def test_a_garbled_layout_is_said_not_raised(tmp_path: Path) -> None:
+    layout = tmp_path / "ha" / "layout.json"
+    layout.parent.mkdir(parents=True)
+    layout.write_text("{garbled")
+    view = asyncio.run(read_view(layout, 2))
+    assert view["mode"] == "unknown" and "not an HA layout" in view["error"] and view["shards"] == []
+
+
+# ---- on the shared stack (no --ha) ----------------------------------------------------------
+def test_ha_members_need_the_admin_token_and_show_single_servers(stack: Stack) -> None:
+    assert stack.call("GET", "/admin/v1/ha").status == 401
+    partner = stack.new_partner("HA Auth Partner")
+    assert stack.call("GET", "/admin/v1/ha", token=partner["token"]).status == 401
+    reply = stack.admin("GET", "/admin/v1/ha")
+    assert reply.status == 200, reply.body
+    assert reply.body["mode"] == "single" and reply.body["error"] is None
+    assert [s["shard"] for s in reply.body["shards"]] == list(range(stack.shards))
+    assert all([m["role"] for m in s["members"]] == ["single"] for s in reply.body["shards"]), reply.body
