@@ -32,68 +32,75 @@ from gateway.patroni import (
     shard_view,
 )
 
-# Shard 0's GET /cluster under `quickpay up --ha` (three members, strict synchronous mode), in
-# the shape of Patroni 4.1.5's patroni/utils.py cluster_as_json and api.py do_GET_cluster.
+# Shard 0's GET /cluster, recorded from the real Patroni (4.1.5) of `quickpay up --ha` (two shards,
+# three members each, strict synchronous mode) by tests/test_ha.py's slow status test, which
+# writes it to test-artefacts/patroni-cluster-shard0.json; ports as they were in that run.
 CLUSTER_ANSWER: dict[str, Any] = {
     "members": [
         {
             "name": "shard0-a",
-            "role": "leader",
-            "state": "running",
-            "api_url": "http://127.0.0.1:40001/patroni",
+            "role": "replica",
+            "state": "streaming",
+            "api_url": "http://127.0.0.1:52003/patroni",
             "host": "127.0.0.1",
-            "port": 40000,
+            "port": 51991,
             "timeline": 1,
+            "receive_lag": 3344,
+            "receive_lsn": "0/54AC360",
+            "replay_lag": 3344,
+            "replay_lsn": "0/54AC360",
+            "lag": 3344,
+            "lsn": "0/54AC360",
         },
         {
             "name": "shard0-b",
             "role": "sync_standby",
             "state": "streaming",
-            "api_url": "http://127.0.0.1:40003/patroni",
+            "api_url": "http://127.0.0.1:55435/patroni",
             "host": "127.0.0.1",
-            "port": 40002,
+            "port": 42979,
             "timeline": 1,
-            "receive_lsn": "0/5000148",
-            "receive_lag": 0,
-            "replay_lsn": "0/5000148",
-            "replay_lag": 0,
-            "lsn": "0/5000148",
-            "lag": 0,
+            "receive_lag": 3344,
+            "receive_lsn": "0/54AC360",
+            "replay_lag": 3344,
+            "replay_lsn": "0/54AC360",
+            "lag": 3344,
+            "lsn": "0/54AC360",
         },
         {
             "name": "shard0-c",
-            "role": "replica",
-            "state": "streaming",
-            "api_url": "http://127.0.0.1:40005/patroni",
+            "role": "leader",
+            "state": "running",
+            "api_url": "http://127.0.0.1:55769/patroni",
             "host": "127.0.0.1",
-            "port": 40004,
+            "port": 37741,
             "timeline": 1,
-            "receive_lsn": "0/5000000",
-            "receive_lag": 328,
-            "replay_lsn": "0/5000000",
-            "replay_lag": 328,
-            "lsn": "0/5000000",
-            "lag": 328,
         },
     ],
     "scope": "quickpay-shard-0",
 }
-MEMBERS = [("shard0-a", 40001), ("shard0-b", 40003), ("shard0-c", 40005)]
+MEMBERS = [("shard0-a", 52003), ("shard0-b", 55435), ("shard0-c", 55769)]
 
 
 # ---- pure ------------------------------------------------------------------------------------
 def test_a_cluster_answer_gives_roles_states_lag_and_timelines() -> None:
     parsed = parse_cluster(CLUSTER_ANSWER)
     assert parsed == {
-        "shard0-a": {"role": "leader", "state": "running", "lag_bytes": None, "lag_unknown": False, "timeline": 1},
-        "shard0-b": {"role": "sync_standby", "state": "streaming", "lag_bytes": 0, "lag_unknown": False, "timeline": 1},
-        "shard0-c": {"role": "replica", "state": "streaming", "lag_bytes": 328, "lag_unknown": False, "timeline": 1},
+        "shard0-a": {"role": "replica", "state": "streaming", "lag_bytes": 3344, "lag_unknown": False, "timeline": 1},
+        "shard0-b": {
+            "role": "sync_standby",
+            "state": "streaming",
+            "lag_bytes": 3344,
+            "lag_unknown": False,
+            "timeline": 1,
+        },
+        "shard0-c": {"role": "leader", "state": "running", "lag_bytes": None, "lag_unknown": False, "timeline": 1},
     }
     # A standby that has no position yet: Patroni says "unknown" (its lsn and lag).
     starting = copy.deepcopy(CLUSTER_ANSWER)
-    starting["members"][2].update(lag="unknown", lsn="unknown", state="starting")
-    del starting["members"][2]["timeline"]
-    assert parse_cluster(starting)["shard0-c"] == {
+    starting["members"][0].update(lag="unknown", lsn="unknown", state="starting")
+    del starting["members"][0]["timeline"]
+    assert parse_cluster(starting)["shard0-a"] == {
         "role": "replica",
         "state": "starting",
         "lag_bytes": None,
@@ -124,23 +131,23 @@ def test_a_garbled_cluster_answer_is_refused(body: Any) -> None:
 
 def test_the_view_is_the_leaders_and_unlisted_members_are_unreachable() -> None:
     leader_view = parse_cluster(CLUSTER_ANSWER)
-    # a standby that lost the DCS and thinks it leads nothing, listing only itself
-    stale = parse_cluster({"members": [{"name": "shard0-c", "role": "replica", "state": "running", "lag": 99}]})
-    view = shard_view(0, MEMBERS, {"shard0-c": stale, "shard0-a": leader_view, "shard0-b": "connection refused"})
-    assert view["view_from"] == "shard0-a" and view["leader"] == "shard0-a" and view["mode"] == "patroni"
+    # a standby cut off from the DCS, listing only itself, with an old figure
+    stale = parse_cluster({"members": [{"name": "shard0-a", "role": "replica", "state": "running", "lag": 99}]})
+    view = shard_view(0, MEMBERS, {"shard0-a": stale, "shard0-c": leader_view, "shard0-b": "connection refused"})
+    assert view["view_from"] == "shard0-c" and view["leader"] == "shard0-c" and view["mode"] == "patroni"
     by_name = {m["name"]: m for m in view["members"]}
-    assert by_name["shard0-c"]["lag_bytes"] == 328  # the leader's figure, not the stale one
+    assert by_name["shard0-a"]["lag_bytes"] == 3344  # the leader's figure, not the stale one
     assert by_name["shard0-b"]["role"] == "sync_standby"  # listed by the leader...
     assert by_name["shard0-b"]["api"] == "unreachable: connection refused"  # ...though its own API is down
-    assert by_name["shard0-a"]["api"] == "answered" and by_name["shard0-a"]["rest_port"] == 40001
+    assert by_name["shard0-c"]["api"] == "answered" and by_name["shard0-c"]["rest_port"] == 55769
 
     # only a member that lists itself alone answers: its view, the others unknown and unreachable
-    alone = shard_view(0, MEMBERS, {"shard0-c": stale, "shard0-a": "timeout", "shard0-b": "timeout"})
-    assert alone["view_from"] == "shard0-c" and alone["leader"] is None
+    alone = shard_view(0, MEMBERS, {"shard0-a": stale, "shard0-b": "timeout", "shard0-c": "timeout"})
+    assert alone["view_from"] == "shard0-a" and alone["leader"] is None
     assert [(m["role"], m["state"]) for m in alone["members"]] == [
-        ("unknown", "unreachable"),
-        ("unknown", "unreachable"),
         ("replica", "running"),
+        ("unknown", "unreachable"),
+        ("unknown", "unreachable"),
     ]
     nobody = shard_view(1, MEMBERS, {name: "timeout" for name, _ in MEMBERS})
     assert nobody["view_from"] is None and {m["state"] for m in nobody["members"]} == {"unreachable"}
@@ -241,11 +248,12 @@ def test_unreachable_and_garbled_members_are_said_fast(tmp_path: Path) -> None:
     view = asyncio.run(scenario())
     assert view["mode"] == "patroni" and view["error"] is None
     zero, one = view["shards"]
-    assert zero["view_from"] == "shard0-a" and zero["leader"] == "shard0-a"
+    # shard0-a answered (a replica: no leader answered, so its view), listing every member
+    assert zero["view_from"] == "shard0-a" and zero["leader"] == "shard0-c"
     assert [(m["name"], m["role"], m["lag_bytes"]) for m in zero["members"]] == [
-        ("shard0-a", "leader", None),
-        ("shard0-b", "sync_standby", 0),
-        ("shard0-c", "replica", 328),
+        ("shard0-a", "replica", 3344),
+        ("shard0-b", "sync_standby", 3344),
+        ("shard0-c", "leader", None),
     ]
     apis = [m["api"] for m in zero["members"]]
     assert apis[0] == "answered"
