@@ -236,7 +236,8 @@
       const files = d.closed ? "final (closed)" : "provisional (closes " + d.closes_at + ")";
       const rows = s ? s.rows : d.summary_state === "error" ? "not read: " + d.error : d.summary_state;
       return [d.day, files, rows, kindCell(s, "payment"), kindCell(s, "payment_to_customer"), kindCell(s, "refund"),
-        s ? (s.settlement_net.map((n) => n.net + " " + n.currency).join(", ") || "0") : "", d.summary_as_of || ""];
+        s ? (s.settlement_net.map((n) => n.net + " " + n.currency).join(", ") || "0") : "",
+        d.closed && s ? "the whole day" : d.summary_as_of || ""];
     }));
 
     const rateLimit = (l) => l ? l.requests_per_s + "/s, burst " + l.burst +
