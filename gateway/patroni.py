@@ -6,8 +6,10 @@ endpoints take its REST user).
 
 Where the members are: `quickpay up --ha` records every member's REST port once, in
 STATE/ha/layout.json (quickpay/ha/layout.py), next to the supervisor's status file the
-gateway is given (STATE/supervisor.json, GatewayConfig.supervisor_status). No layout file:
-the shards are single servers (role "single"). Off the payment path: only the admin route
+gateway is given (STATE/supervisor.json, GatewayConfig.supervisor_status). No layout file and
+the embedded PostgreSQL among the supervisor's children: the shards are single servers (role
+"single"); databases `quickpay up` does not run (--dsn), or a gateway without a supervisor
+(docker-compose), are "external" or "unknown", said, not guessed. Off the payment path: only the admin route
 reads it, every member of every shard at once, each GET bounded by PATRONI_TIMEOUT_S and
 PATRONI_BODY_MAX_BYTES, and one read is shared by every caller for HA_VIEW_REUSE_S. A member
 that does not answer, or answers something that is not a /cluster document, is
@@ -26,6 +28,8 @@ from typing import Any
 import aiohttp
 
 from kernel.resources import _iso
+
+from .health import read_status
 
 __all__ = [
     "HA_VIEW_REUSE_S",
@@ -177,14 +181,37 @@ async def _get_cluster(http: aiohttp.ClientSession, port: int) -> dict[str, dict
         return f"not a /cluster answer ({str(exc)[:120] or type(exc).__name__})"
 
 
-async def read_view(layout_file: Path | None, shards: int) -> dict[str, Any]:
+NOT_SUPERVISED = "this gateway was not started by `quickpay up` (no supervisor status): no HA layout to read"
+EXTERNAL = "the shards' databases are not run by `quickpay up` (--dsn): their roles are their own tooling's to tell"
+
+
+def _without_layout(supervisor_status: str, shards: int) -> dict[str, Any]:
+    """No HA layout: single servers if `quickpay up` runs the embedded PostgreSQL (its child
+    `postgres`), else databases it does not run (--dsn), whose roles it cannot tell."""
+    status = read_status(supervisor_status)
+    if status is None:
+        return {
+            "mode": "unknown",
+            "error": f"the supervisor's status file {supervisor_status} cannot be read",
+            "shards": [],
+        }
+    children = status.get("children")
+    names = {c.get("name") for c in children if isinstance(c, dict)} if isinstance(children, list) else set()
+    if "postgres" in names:
+        return {"mode": "single", "error": None, "shards": [single_view(s) for s in range(shards)]}
+    return {"mode": "external", "error": EXTERNAL, "shards": []}
+
+
+async def read_view(supervisor_status: str | None, shards: int) -> dict[str, Any]:
     """Every shard's members now (one bounded GET /cluster per member, all at once)."""
+    if not supervisor_status:
+        return {"mode": "unknown", "error": NOT_SUPERVISED, "shards": []}
     try:
-        layout = read_layout(layout_file)
+        layout = read_layout(layout_path(supervisor_status))
     except LayoutError as exc:
         return {"mode": "unknown", "error": str(exc), "shards": []}
     if layout is None:
-        return {"mode": "single", "error": None, "shards": [single_view(s) for s in range(shards)]}
+        return _without_layout(supervisor_status, shards)
     timeout = aiohttp.ClientTimeout(total=PATRONI_TIMEOUT_S)
     members = [(s, name, port) for s in range(shards) for name, port in layout.get(s, [])]
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -202,8 +229,10 @@ async def read_view(layout_file: Path | None, shards: int) -> dict[str, Any]:
 class HaView:
     """The members' view, read at most once per HA_VIEW_REUSE_S and shared by concurrent callers."""
 
-    def __init__(self, layout_file: Path | None, shards: int, *, monotonic_s: Callable[[], float] = time.monotonic):
-        self._layout_file = layout_file
+    def __init__(
+        self, supervisor_status: str | None, shards: int, *, monotonic_s: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._supervisor_status = supervisor_status
         self._shards = shards
         self._monotonic_s = monotonic_s
         self._last: tuple[float, dict[str, Any]] | None = None
@@ -216,7 +245,7 @@ class HaView:
                 return self._last[1]
             view = {
                 "generated_at": _iso(time.time_ns() // 1_000_000),
-                **await read_view(self._layout_file, self._shards),
+                **await read_view(self._supervisor_status, self._shards),
             }
             self._last = (now, view)
             return view

@@ -5,7 +5,9 @@ the HA layout file read or refused; against stand-in Patroni REST APIs on loopba
 answering, one garbled, one that never answers, one port closed) the whole read is over
 within PATRONI_TIMEOUT_S plus a little and says "unreachable" for each bad one, never an
 error; one read is shared for HA_VIEW_REUSE_S; and on the shared stack (no --ha) the route
-needs the admin token and shows every shard as a single server."""
+needs the admin token and shows every shard as a single server; without a layout, the
+supervisor's children tell single servers from databases it does not run (--dsn), and a gateway
+without a supervisor says it cannot tell."""
 
 from __future__ import annotations
 
@@ -234,10 +236,9 @@ def test_unreachable_and_garbled_members_are_said_fast(tmp_path: Path) -> None:
         hits: list[str] = []
         runners, ports = await _stand_ins(hits)
         try:
-            layout = tmp_path / "ha" / "layout.json"
-            _write_layout(layout, ports)
+            _write_layout(tmp_path / "ha" / "layout.json", ports)
             started = time.monotonic()
-            view = await read_view(layout, 2)
+            view = await read_view(str(tmp_path / "supervisor.json"), 2)
             took = time.monotonic() - started
             assert took < PATRONI_TIMEOUT_S + 0.5, took  # every member at once, none waited past the bound
             assert sorted(hits) == ["garbled", "garbled", "good", "silent", "silent"]
@@ -275,7 +276,7 @@ def test_one_read_is_shared_for_a_moment(tmp_path: Path) -> None:
             member = {"shard": 0, "name": "shard0-a", "pg_port": 1, "rest_port": ports["good"]}
             layout.write_text(json.dumps({"members": [member]}))
             clock = {"s": 10.0}
-            source = HaView(layout, 1, monotonic_s=lambda: clock["s"])
+            source = HaView(str(tmp_path / "supervisor.json"), 1, monotonic_s=lambda: clock["s"])
             views = await asyncio.gather(*(source.view() for _ in range(5)))
             assert all(v is views[0] for v in views)
             clock["s"] += HA_VIEW_REUSE_S / 2
@@ -290,11 +291,32 @@ def test_one_read_is_shared_for_a_moment(tmp_path: Path) -> None:
     assert asyncio.run(scenario()) == ["good", "good"]
 
 
+def test_without_a_layout_the_supervisors_children_tell_single_from_external(tmp_path: Path) -> None:
+    status = tmp_path / "supervisor.json"
+
+    def view_with(children: list[dict[str, Any]] | None) -> dict[str, Any]:
+        if children is None:
+            status.unlink(missing_ok=True)
+        else:
+            status.write_text(json.dumps({"supervisor_pid": 1, "children": children}))
+        return asyncio.run(read_view(str(status), 2))
+
+    single = view_with([{"name": "postgres", "state": "running"}, {"name": "shard-0"}])
+    assert single["mode"] == "single" and [s["members"][0]["role"] for s in single["shards"]] == ["single"] * 2
+    external = view_with([{"name": "shard-0"}, {"name": "shard-1"}])  # `up --dsn`: no embedded PostgreSQL
+    assert external["mode"] == "external" and external["shards"] == [] and "--dsn" in external["error"]
+    unreadable = view_with(None)
+    assert unreadable["mode"] == "unknown" and "cannot be read" in unreadable["error"]
+    # a gateway without a supervisor (docker-compose): nothing to read, said so
+    alone = asyncio.run(read_view(None, 2))
+    assert alone["mode"] == "unknown" and "quickpay up" in alone["error"] and alone["shards"] == []
+
+
 def test_a_garbled_layout_is_said_not_raised(tmp_path: Path) -> None:
     layout = tmp_path / "ha" / "layout.json"
     layout.parent.mkdir(parents=True)
     layout.write_text("{garbled")
-    view = asyncio.run(read_view(layout, 2))
+    view = asyncio.run(read_view(str(tmp_path / "supervisor.json"), 2))
     assert view["mode"] == "unknown" and "not an HA layout" in view["error"] and view["shards"] == []
 
 

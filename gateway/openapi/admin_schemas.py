@@ -57,8 +57,8 @@ def admin_schemas() -> dict[str, Any]:
             {
                 "generated_at": DATE_TIME,
                 "mode": {
-                    "enum": ["single", "patroni", "unknown"],
-                    "description": "unknown: the HA layout is unreadable",
+                    "enum": ["single", "patroni", "external", "unknown"],
+                    "description": "external: databases quickpay up does not run (--dsn); unknown: see error",
                 },
                 "error": {"type": ["string", "null"]},
                 "shards": {

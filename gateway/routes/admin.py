@@ -15,7 +15,7 @@ from kernel.resources import _iso, transfer_resource
 
 from ..auth import hash_secret, new_secret
 from ..errors import ApiError, field_error
-from ..patroni import HaView, layout_path
+from ..patroni import HaView
 from ..ratelimit import RateLimit
 from ..recon_status import ReconStatus
 from ..requests import _ACCOUNT_ID, _ASCII_DIGITS, _PARTNER_ID, _page_limit, body_hash, read_body
@@ -42,7 +42,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
 
     recon_status = ReconStatus(read_recon_day)
 
-    ha_view = HaView(layout_path(gw.config.supervisor_status), router.count)
+    ha_view = HaView(gw.config.supervisor_status, router.count)
 
     @routes.get("/admin/v1/ha")
     async def ha_members(request: web.Request) -> web.Response:

@@ -156,7 +156,7 @@
     document.getElementById("ha-mode").textContent = ha.mode === "single"
       ? "Each shard's database is one server (no --ha): role single."
       : ha.mode === "patroni" ? "Patroni's view (GET /cluster), read at most once a second."
-        : "Not read: " + (ha.error || ha.mode);
+        : "Roles not shown: " + (ha.error || ha.mode);
     const rows = [];
     for (const s of ha.shards || []) {
       for (const m of s.members) {
