@@ -330,3 +330,37 @@ def test_ha_members_need_the_admin_token_and_show_single_servers(stack: Stack) -
     assert reply.body["mode"] == "single" and reply.body["error"] is None
     assert [s["shard"] for s in reply.body["shards"]] == list(range(stack.shards))
     assert all([m["role"] for m in s["members"]] == ["single"] for s in reply.body["shards"]), reply.body
+
+
+def test_every_kind_of_answer_matches_the_document(tmp_path: Path) -> None:
+    """Schemathesis sees only the shared stack's "single"; the other modes and the unreachable
+    members are checked against the documented HaMembers schema here."""
+    import jsonschema
+
+    from gateway.openapi import openapi_document
+
+    schema = {"$ref": "#/components/schemas/HaMembers", "components": openapi_document()["components"]}
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+    async def views() -> list[dict[str, Any]]:
+        hits: list[str] = []
+        runners, ports = await _stand_ins(hits)
+        try:
+            _write_layout(tmp_path / "ha" / "layout.json", ports)
+            patroni = await HaView(str(tmp_path / "supervisor.json"), 2).view()
+            (tmp_path / "ha" / "layout.json").write_text("{")
+            garbled = await HaView(str(tmp_path / "supervisor.json"), 2).view()
+            (tmp_path / "ha" / "layout.json").unlink()
+            (tmp_path / "supervisor.json").write_text(json.dumps({"children": [{"name": "postgres"}]}))
+            single = await HaView(str(tmp_path / "supervisor.json"), 2).view()
+            (tmp_path / "supervisor.json").write_text(json.dumps({"children": []}))
+            external = await HaView(str(tmp_path / "supervisor.json"), 2).view()
+            alone = await HaView(None, 2).view()
+            return [patroni, garbled, single, external, alone]
+        finally:
+            await _close(runners)
+
+    seen = asyncio.run(views())
+    assert [v["mode"] for v in seen] == ["patroni", "unknown", "single", "external", "unknown"]
+    for view in seen:
+        validator.validate(view)

@@ -303,3 +303,33 @@ def test_reconciliation_status_counts_todays_payments_and_refunds(stack: Stack) 
     assert totals[("payment", "CNY")]["count"] >= 1 and totals[("payment", "CNY")]["total_minor"] >= 1200
     assert totals[("refund", "CNY")]["count"] >= 1 and totals[("refund", "CNY")]["total_minor"] >= 200
     assert today["summary"]["rows"] >= 2
+
+
+def test_every_state_of_a_day_matches_the_document() -> None:
+    """Read, reading and error days against the documented ReconciliationStatus schema (the
+    shared stack shows Schemathesis only what it has at that moment)."""
+    import jsonschema
+
+    from gateway.openapi import openapi_document
+
+    schema = {"$ref": "#/components/schemas/ReconciliationStatus", "components": openapi_document()["components"]}
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+    async def scenario() -> list[dict[str, Any]]:
+        shards, clock = FakeShards(), {"ms": NOW_MS, "s": 0.0}
+        status = ReconStatus(shards.read, clock_ms=lambda: clock["ms"], monotonic_s=lambda: clock["s"])
+        shards.gate = asyncio.Event()
+        reading = await status.status()
+        shards.gate.set()
+        await asyncio.sleep(0)
+        read = await status.status()
+        shards.fail, shards.gate = True, None
+        clock["s"] += RECON_STATUS_OPEN_REUSE_S
+        failed = await status.status()
+        return [reading, read, failed]
+
+    answers = asyncio.run(scenario())
+    assert [answers[0]["days"][0]["summary_state"], answers[1]["days"][0]["summary_state"]] == ["reading", "read"]
+    assert answers[2]["days"][0]["summary_state"] == "error"
+    for answer in answers:
+        validator.validate(answer)
