@@ -29,6 +29,7 @@ __all__ = [
     "PARTNERS_PAGE_MAX",
     "PARTNER_AUDIT_MAX",
     "RECON_PAGE_MAX",
+    "RECON_SUMMARY_STATEMENT_TIMEOUT_MS",
     "TRANSACTIONS_PAGE_MAX",
 ]
 
@@ -270,6 +271,43 @@ def _read_recon(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return _read_recon_async(worker, args)
 
 
+# The operator's reconciliation status (GET /admin/v1/reconciliation): one day's rows of every
+# partner's file, counted and summed in PostgreSQL. O(the day's rows) on this shard, so the
+# gateway asks it once per closed day and seldom for the open one (gateway/recon_status.py),
+# and PostgreSQL stops it after RECON_SUMMARY_STATEMENT_TIMEOUT_MS.
+RECON_SUMMARY_STATEMENT_TIMEOUT_MS = 5_000
+# The same rows as pg.partner_day_transfers (any partner) and the same kinds as
+# ledger.recon.row_kind: a payment to the partner's own settlement account, a payment to a
+# customer, a refund.
+_RECON_SUMMARY_SQL = (
+    "SELECT CASE WHEN kind = 'refund' THEN 'refund'"
+    " WHEN creditor_account = 'set_' || partner_id THEN 'payment' ELSE 'payment_to_customer' END AS file_kind,"
+    " currency, count(*) AS rows, sum(amount_minor) AS total_minor"
+    " FROM transfers WHERE partner_id IS NOT NULL AND kind IN ('payment', 'refund') AND status <> 'Rejected'"
+    " AND created_at_ms >= $1 AND created_at_ms < $2 GROUP BY 1, 2 ORDER BY 1, 2"
+)
+
+
+async def _read_recon_summary_async(worker: WorkerBase, from_ms: int, to_ms: int) -> Any:
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = {RECON_SUMMARY_STATEMENT_TIMEOUT_MS}")
+        rows = await conn.fetch(_RECON_SUMMARY_SQL, from_ms, to_ms)
+    # sum() of bigint is numeric in PostgreSQL: a Python int here, whatever its size.
+    return [
+        {"kind": r["file_kind"], "currency": r["currency"], "rows": r["rows"], "total_minor": int(r["total_minor"])}
+        for r in rows
+    ]
+
+
+def _read_recon_summary(worker: WorkerBase, args: dict[str, Any]) -> Any:
+    from .recon import DAY_MS
+
+    from_ms = v.int64(args, "from_ms", 0, 2**62)
+    to_ms = v.int64(args, "to_ms", from_ms, from_ms + DAY_MS)  # one day at most
+    return _read_recon_summary_async(worker, from_ms, to_ms)
+
+
 async def _read_notify_async(worker: WorkerBase, args: dict[str, Any]) -> Any:
     """Webhook endpoints and the event feed (ledger/notify_store.py), in this shard's database:
     the gateway asks shard 0, the control database the notifier writes."""
@@ -366,4 +404,5 @@ _READ_OPS: dict[str, Callable[[WorkerBase, Any], Any]] = {
     "notify": _read_notify,
     "consent": _read_consent,
     "recon": _read_recon,
+    "recon_summary": _read_recon_summary,
 }

@@ -290,6 +290,13 @@ def test_snapshot_needs_a_session_and_reads_the_real_stack(stack: Stack) -> None
     assert listed[partner["partner_id"]]["name"] == found["name"]
     assert listed[partner["partner_id"]]["pending_agreements"] == 0
     assert listed[partner["partner_id"]]["disabled"] is False
+    # the reconciliation status: today open, the two days before closed (GET /admin/v1/reconciliation)
+    days = snap["reconciliation"]["days"]
+    assert [d["closed"] for d in days] == [False, True, True], days
+    assert all(d["summary_state"] in ("read", "reading") for d in days), days
+    # the shards' database members (GET /admin/v1/ha): no --ha here, so one server each
+    assert snap["ha"]["mode"] == "single"
+    assert [[m["role"] for m in s["members"]] for s in snap["ha"]["shards"]] == [["single"]] * stack.shards
 
 
 def test_snapshot_counts_payments_from_the_metrics(stack: Stack) -> None:

@@ -3,10 +3,14 @@ against a private `quickpay up` stack: log in through the form, the page renders
 every shard listed), the live payments/s figure changes while a bounded, rate-limited load
 of payments runs and falls back once it stops, a hostile partner name is shown as text,
 the CSP is enforced without violations, the console's responses carry the CSP and frame
-headers, and logout ends the session. Screenshots go to test-artefacts/console-*.png."""
+headers, the reconciliation table (three days, today's payment and refund counted) and the
+database members table (role single without --ha) render with their values, and logout ends
+the session. Screenshots go to test-artefacts/console-*.png; console-full-page.png is
+README's docs/console.png."""
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import threading
 import time
@@ -26,6 +30,7 @@ LOAD_PAYMENTS = 600  # bounded load: this many payments...
 LOAD_RATE_PER_S = 50.0  # ...at about this rate (12 s: several 2 s refreshes), from one thread
 LOAD_CUSTOMERS = 40  # 15 payments each, below the default rules' velocity limit
 PAGE_WAIT_S = 30.0
+FULL_PAGE_HEIGHT_MAX = 6000  # pixels: the full-page screenshot's window
 HOSTILE_NAME = "<img src=x onerror=\"document.title='pwned'\"> Console & Co"
 
 
@@ -99,6 +104,18 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
     creditor = stack.new_account()
     blocked = stack.pay(partner, customer["agreement_id"], blocked_creditor, "1.00")
     assert blocked.status == 201 and blocked.body["status"] == "Rejected", blocked.body
+    # Today's reconciliation rows before the page opens (its first count of the open day has them):
+    # a payment to the partner's settlement account and a refund of part of it.
+    settled = stack.pay(partner, customer["agreement_id"], partner["settlement_account"], "2.00")
+    assert settled.body["status"] == "AcceptedSettlementCompleted", settled.body
+    refund = stack.call(
+        "POST",
+        f"/v1/quick-payments/{settled.body['payment_id']}/refunds",
+        {"amount": "0.50"},
+        token=partner["token"],
+        headers={"x-idempotency-key": uuid.uuid4().hex},
+    )
+    assert refund.body["status"] == "Succeeded", refund.body
 
     with chromium_session("console") as browser:
         driver = browser.driver
@@ -179,6 +196,30 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
         assert driver.find_element(By.ID, "partner-list-more").text.endswith("partners.")
         assert driver.title != "pwned"
 
+        # the reconciliation status: today open (its files provisional), the two days before closed
+        def cells(table: str) -> list[list[str]]:
+            rows = driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
+            return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+
+        wait_for(
+            lambda: len(recon := cells("recon")) == 3 and all(r[2].isdigit() for r in recon),
+            PAGE_WAIT_S,
+            "three days counted in the reconciliation table",
+        )
+        today, yesterday, before = cells("recon")
+        days = [datetime.date.fromisoformat(r[0]) for r in (today, yesterday, before)]
+        assert days == [days[0] - datetime.timedelta(days=n) for n in range(3)], days
+        assert today[1].startswith("provisional (closes ") and yesterday[1] == before[1] == "final (closed)"
+        # this stack's journal began today: the closed days hold nothing; today the payment and refund above
+        assert yesterday[2] == before[2] == "0" and yesterday[3] == "0" and yesterday[7] == "the whole day"
+        assert today[2:7] == ["2", "1 (2.00 CNY)", "0", "1 (0.50 CNY)", "1.50 CNY"], today
+        assert today[7].startswith(days[0].isoformat() + "T")  # as of
+
+        # the shards' database members: one server each (no --ha), said in the shard table too
+        assert cells("ha") == [[str(i), "(one server)", "single", "", "", "", ""] for i in range(stack.shards)]
+        assert [r[8] for r in cells("shards")] == ["single"] * stack.shards
+        assert driver.find_element(By.ID, "ha-mode").text.startswith("Each shard's database is one server")
+
         # the live figure: idle first, then it moves while the load runs
         wait_for(lambda: payments_per_s(browser) is not None, PAGE_WAIT_S, "a first payments/s reading")
         idle = payments_per_s(browser)
@@ -193,6 +234,11 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
                 "the payments/s figure to rise under load",
             )
             browser.screenshot("under-load")
+            # The whole page (every panel) for README's docs/console.png: the window as tall as the page.
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1400, min(int(height) + 160, FULL_PAGE_HEIGHT_MAX))
+            browser.screenshot("full-page")
+            driver.set_window_size(1400, 1800)
             assert load.is_alive(), "the figure must move while the load still runs"
         finally:
             load.join(LOAD_PAYMENTS / LOAD_RATE_PER_S * 4 + 30)

@@ -233,6 +233,23 @@ def test_ha_status_shows_a_leader_and_a_synchronous_standby_per_shard(ha_stack: 
     text = _quickpay("ha", "status", "--state-dir", str(ha_stack.state_dir))
     assert "leader" in text.stdout and "sync_standby" in text.stdout
 
+    # The admin API (the console's table) says the same: Patroni's roles, states and lag per member.
+    reply = ha_stack.admin("GET", "/admin/v1/ha")
+    assert reply.status == 200 and reply.body["mode"] == "patroni", reply.body
+    for shard, seen in zip(status["shards"], reply.body["shards"], strict=True):
+        assert seen["leader"] == shard["leader"], (seen, shard)
+        roles = {m["name"]: m["role"] for m in seen["members"]}
+        assert roles == {m["member"]: m["role"] for m in shard["members"]}, (seen, shard)
+        assert all(m["api"] == "answered" and m["state"] in ("running", "streaming") for m in seen["members"]), seen
+        assert all(m["lag_bytes"] is not None for m in seen["members"] if m["role"] != "leader"), seen
+    # Kept for tests/test_admin_ha.py's recorded answer (test-artefacts/ is git-ignored).
+    cluster = HaCluster.attach(ha_stack.state_dir)
+    code, body = cluster.rest(cluster.shard_members(0)[0], "/cluster")
+    assert code == 200, body
+    artefacts = ROOT / "test-artefacts"
+    artefacts.mkdir(exist_ok=True)
+    (artefacts / "patroni-cluster-shard0.json").write_text(json.dumps(body, indent=2))
+
 
 def _drill(stack: Stack, fault: str, shard: int) -> dict[str, Any]:
     result = _quickpay(

@@ -75,7 +75,11 @@ def console_page(logout_csrf: str) -> str:
         + '<div id="chart-latency" class="chart"></div></section>'
         + '<section><h2>Shards</h2><table id="shards"><thead><tr><th>shard</th><th>ready</th><th>queue</th>'
         + "<th>cycle p50 ms</th><th>cycle p99 ms</th><th>commit p99 ms</th><th>relay backlog</th>"
-        + "<th>relay lag s</th><th>fraud rules enforced</th><th>error</th></tr></thead><tbody></tbody></table></section>"
+        + "<th>relay lag s</th><th>database</th><th>fraud rules enforced</th><th>error</th></tr></thead>"
+        + "<tbody></tbody></table></section>"
+        + '<section><h2>Database members (Patroni under --ha)</h2><p id="ha-mode"></p><table id="ha">'
+        + "<thead><tr><th>shard</th><th>member</th><th>role</th><th>state</th><th>lag bytes</th>"
+        + "<th>timeline</th><th>its REST API</th></tr></thead><tbody></tbody></table></section>"
         + '<section><h2>Processes and HA members</h2><table id="children"><thead><tr><th>name</th><th>state</th>'
         + "<th>pid</th><th>restarts</th><th>crash-looping</th><th>last exit</th></tr></thead><tbody></tbody></table>"
         + "</section>"
@@ -91,6 +95,10 @@ def console_page(logout_csrf: str) -> str:
         + "<tbody></tbody></table></section>"
         + '<section><h2>Fraud alerts (post-event monitor)</h2><table id="alerts"><thead><tr><th>at</th>'
         + "<th>rule</th><th>details</th></tr></thead><tbody></tbody></table></section>"
+        + '<section class="wide"><h2>Reconciliation: the daily files of every partner (UTC days)</h2>'
+        + '<table id="recon"><thead><tr><th>day</th><th>files</th><th>rows</th><th>payments</th>'
+        + "<th>payments to customers</th><th>refunds</th><th>settlement net</th><th>as of</th></tr></thead>"
+        + "<tbody></tbody></table></section>"
         + '<section class="wide"><h2>All partners</h2><p id="partner-list-more"></p>'
         + '<table id="partner-list"><thead><tr><th>partner</th><th>name</th><th>enabled</th><th>rate limit</th>'
         + "<th>pending agreements</th><th>created</th></tr></thead><tbody></tbody></table></section>"

@@ -3,7 +3,10 @@
 One snapshot is a handful of GETs, over loopback to this gateway's own listening address
 with the admin token, of the endpoints an operator's scripts read too: /metrics,
 /admin/v1/health, /admin/v1/fraud/rules, /admin/v1/fraud/decisions, /admin/v1/fraud/alerts,
-/admin/v1/partners (the list) and /admin/v1/partners/{id} (the watched ones). Nothing here keeps figures of its own (no second source of
+/admin/v1/partners (the list), /admin/v1/partners/{id} (the watched ones) and
+/admin/v1/reconciliation (the last days' status; that route reads each day's rows seldom, never
+per refresh: gateway/recon_status.py) and /admin/v1/ha (the shards' PostgreSQL members as
+Patroni sees them, gateway/patroni.py). Nothing here keeps figures of its own (no second source of
 truth), and nothing runs per payment: a snapshot is taken only when a logged-in page asks,
 at most once per SNAPSHOT_REUSE_S per gateway process (several open pages share it). Rates
 (payments/s) are the browser's work, from successive counter readings.
@@ -168,7 +171,19 @@ class SnapshotSource:
                     problems.append({"source": path, "status": None, "body": str(exc) or type(exc).__name__})
                     return None
 
-            metrics_text, health, rules, review, block, latest, alerts, listed, *found = await asyncio.gather(
+            (
+                metrics_text,
+                health,
+                rules,
+                review,
+                block,
+                latest,
+                alerts,
+                listed,
+                reconciliation,
+                ha,
+                *found,
+            ) = await asyncio.gather(
                 get("/metrics", text=True),
                 get("/admin/v1/health"),
                 get("/admin/v1/fraud/rules"),
@@ -177,6 +192,8 @@ class SnapshotSource:
                 get(f"/admin/v1/fraud/decisions?limit={HITS_DECISIONS_MAX}"),
                 get("/admin/v1/fraud/alerts"),
                 get(f"/admin/v1/partners?limit={PARTNERS_LISTED_MAX}"),
+                get("/admin/v1/reconciliation"),
+                get("/admin/v1/ha"),
                 *(get(f"/admin/v1/partners/{quote(p, safe='')}") for p in partners),
             )
         metrics = parse_metrics(metrics_text) if metrics_text is not None else None
@@ -209,6 +226,8 @@ class SnapshotSource:
             # Every partner (the first PARTNERS_LISTED_MAX by id; more_partners says there are more).
             "partner_list": (listed or {}).get("partners", []),
             "more_partners": bool((listed or {}).get("next_cursor")),
+            "reconciliation": reconciliation,
+            "ha": ha,
             "problems": problems,
         }
 

@@ -190,6 +190,30 @@ def admin_paths() -> dict[str, Any]:
                 params=[_path_param("account_id", ACCOUNT_ID_PATTERN)],
             )
         },
+        "/admin/v1/ha": {
+            "get": _op(
+                "getHaMembers",
+                "Every shard's PostgreSQL members as Patroni sees them (role, state, replication lag in "
+                "bytes, timeline) under `quickpay up --ha`; role single for a shard of one server. A "
+                "member that does not answer within 0.5 s is unreachable; read at most once a second",
+                security="admin",
+                errors=(),
+                shards=False,
+                ok=(200, "OK", "HaMembers"),
+            )
+        },
+        "/admin/v1/reconciliation": {
+            "get": _op(
+                "getReconciliationStatus",
+                "The last 3 UTC days: closed (files final) or open, and what every partner's file of the "
+                "day holds together (rows, count and total per kind and currency, settlement net); a "
+                "closed day is counted once, the open day at most once a minute",
+                security="admin",
+                errors=(),
+                shards=False,
+                ok=(200, "OK", "ReconciliationStatus"),
+            )
+        },
         "/admin/v1/health": {
             "get": _op(
                 "getHealth",

@@ -7,7 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from .operations import _object, _ref
-from .patterns import ACCOUNT_ID, AMOUNT_OUT, CURRENCY, DATE_TIME, RULE_SUMMARY, VERSION_OR_NULL
+from .patterns import (
+    ACCOUNT_ID,
+    AMOUNT_OUT,
+    CURRENCY,
+    DATE_TIME,
+    DATE_TIME_OR_NULL,
+    RULE_SUMMARY,
+    SIGNED_AMOUNT_OUT,
+    VERSION_OR_NULL,
+)
 
 
 def admin_schemas() -> dict[str, Any]:
@@ -40,6 +49,122 @@ def admin_schemas() -> dict[str, Any]:
                 "supervisor": {"type": "object"},
                 # notifier, monitor (the supervisor's view) and relay-<shard> (the shard's).
                 "services": {"type": "object"},
+            },
+        ),
+        # GET /admin/v1/ha (gateway/patroni.py): the console's HA members table.
+        "HaMembers": _object(
+            ["generated_at", "mode", "error", "shards"],
+            {
+                "generated_at": DATE_TIME,
+                "mode": {
+                    "enum": ["single", "patroni", "external", "unknown"],
+                    "description": "external: databases quickpay up does not run (--dsn); unknown: see error",
+                },
+                "error": {"type": ["string", "null"]},
+                "shards": {
+                    "type": "array",
+                    "items": _object(
+                        ["shard", "mode", "view_from", "leader", "members"],
+                        {
+                            "shard": {"type": "integer", "minimum": 0},
+                            "mode": {"enum": ["single", "patroni"]},
+                            "view_from": {"type": ["string", "null"], "description": "the member whose view this is"},
+                            "leader": {"type": ["string", "null"]},
+                            "members": {
+                                "type": "array",
+                                "items": _object(
+                                    [
+                                        "name",
+                                        "role",
+                                        "state",
+                                        "lag_bytes",
+                                        "lag_unknown",
+                                        "timeline",
+                                        "rest_port",
+                                        "api",
+                                    ],
+                                    {
+                                        "name": {"type": ["string", "null"]},
+                                        "role": {
+                                            "type": "string",
+                                            "description": "leader, sync_standby, replica... (Patroni's); "
+                                            "unknown (no member lists it); single (no Patroni)",
+                                        },
+                                        "state": {
+                                            "type": ["string", "null"],
+                                            "description": "running, streaming... or unreachable",
+                                        },
+                                        "lag_bytes": {"type": ["integer", "null"], "minimum": 0},
+                                        "lag_unknown": {"type": "boolean"},
+                                        "timeline": {"type": ["integer", "null"]},
+                                        "rest_port": {"type": ["integer", "null"]},
+                                        "api": {
+                                            "type": ["string", "null"],
+                                            "description": "answered, or unreachable: why",
+                                        },
+                                    },
+                                ),
+                            },
+                        },
+                    ),
+                },
+            },
+        ),
+        # GET /admin/v1/reconciliation (gateway/recon_status.py): the console's reconciliation table.
+        "ReconciliationStatus": _object(
+            ["generated_at", "close_grace_s", "days"],
+            {
+                "generated_at": DATE_TIME,
+                "close_grace_s": {"type": "integer", "minimum": 0, "description": "a day closes this long after"},
+                "days": {
+                    "type": "array",
+                    "items": _object(
+                        ["day", "closed", "closes_at", "summary_state", "summary", "summary_as_of", "error"],
+                        {
+                            "day": {"type": "string", "format": "date"},
+                            "closed": {"type": "boolean", "description": "true: the day's files are final"},
+                            "closes_at": DATE_TIME,
+                            "summary_state": {"enum": ["read", "reading", "error"]},
+                            "summary": {
+                                "oneOf": [
+                                    {"type": "null"},
+                                    _object(
+                                        ["rows", "totals", "settlement_net"],
+                                        {
+                                            "rows": {"type": "integer", "minimum": 0},
+                                            "totals": {
+                                                "type": "array",
+                                                "items": _object(
+                                                    ["kind", "currency", "count", "total", "total_minor"],
+                                                    {
+                                                        "kind": {"enum": ["payment", "payment_to_customer", "refund"]},
+                                                        "currency": CURRENCY,
+                                                        "count": {"type": "integer", "minimum": 1},
+                                                        "total": AMOUNT_OUT,
+                                                        "total_minor": {"type": "integer", "minimum": 1},
+                                                    },
+                                                ),
+                                            },
+                                            "settlement_net": {
+                                                "type": "array",
+                                                "items": _object(
+                                                    ["currency", "net", "net_minor"],
+                                                    {
+                                                        "currency": CURRENCY,
+                                                        "net": SIGNED_AMOUNT_OUT,
+                                                        "net_minor": {"type": "integer"},
+                                                    },
+                                                ),
+                                            },
+                                        },
+                                    ),
+                                ]
+                            },
+                            "summary_as_of": DATE_TIME_OR_NULL,
+                            "error": {"type": ["string", "null"]},
+                        },
+                    ),
+                },
             },
         ),
         "RateLimitSetting": _object(

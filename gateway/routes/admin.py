@@ -1,5 +1,6 @@
-"""The admin API: partners (creation, rate limits, cut-offs, audit) and customer accounts
-(opening, funding, balances)."""
+"""The admin API: partners (creation, rate limits, cut-offs, audit), customer accounts
+(opening, funding, balances), the reconciliation status of the last days, and the shards'
+PostgreSQL members as Patroni sees them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from kernel.resources import _iso, transfer_resource
 
 from ..auth import hash_secret, new_secret
 from ..errors import ApiError, field_error
+from ..patroni import HaView
 from ..ratelimit import RateLimit
+from ..recon_status import ReconStatus
 from ..requests import _ACCOUNT_ID, _ASCII_DIGITS, _PARTNER_ID, _page_limit, body_hash, read_body
 from ..responses import _json, _raise_for
 from ..schemas import (
@@ -31,8 +34,29 @@ from .accounts import balance_of
 
 
 def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
-    """/admin/v1/partners and /admin/v1/accounts."""
+    """/admin/v1/partners, /admin/v1/accounts, /admin/v1/reconciliation and /admin/v1/ha."""
     router = gw.router
+
+    async def read_recon_day(from_ms: int, to_ms: int) -> list[list[dict[str, Any]]]:
+        return await router.broadcast("recon_summary", {"from_ms": from_ms, "to_ms": to_ms})
+
+    recon_status = ReconStatus(read_recon_day)
+
+    ha_view = HaView(gw.config.supervisor_status, router.count)
+
+    @routes.get("/admin/v1/ha")
+    async def ha_members(request: web.Request) -> web.Response:
+        """Every shard's PostgreSQL members with role, state, lag and timeline (gateway/patroni.py:
+        Patroni's GET /cluster under `up --ha`, bounded and shared; "single" otherwise)."""
+        gw.require_admin(request)
+        return _json(200, await ha_view.view())
+
+    @routes.get("/admin/v1/reconciliation")
+    async def reconciliation_status(request: web.Request) -> web.Response:
+        """The last days: closed or open, and what their files hold over every partner
+        (gateway/recon_status.py: read once per closed day, seldom for the open one)."""
+        gw.require_admin(request)
+        return _json(200, await recon_status.status())
 
     # -- admin --
     @routes.post("/admin/v1/partners")

@@ -126,6 +126,17 @@
 
     const byShard = {};
     for (const s of health.shards || []) byShard[String(s.shard)] = s;
+    // The shards' PostgreSQL members (GET /admin/v1/ha): Patroni's roles and lag, or "single".
+    const ha = snap.ha || { mode: "not read", shards: [] };
+    const haByShard = {};
+    for (const s of ha.shards || []) haByShard[String(s.shard)] = s;
+    const database = (key) => {
+      const s = haByShard[key];
+      if (!s) return "not read";
+      if (s.mode === "single") return "single";
+      const standbys = s.members.filter((m) => m.role !== "leader").map((m) => m.role + " " + m.name);
+      return "leader " + (s.leader || "NONE") + (standbys.length ? "; " + standbys.join(", ") : "");
+    };
     const shardRows = [];
     const indices = new Set([...metrics.shards.map((s) => String(s.shard)), ...Object.keys(byShard)]);
     for (const key of indices) {
@@ -135,12 +146,26 @@
       shardRows.push([
         key,
         h.ready === undefined ? (m.up ? "yes" : "no") : h.ready ? "yes" : "no",
-        m.queue, m.cycle_p50_ms, m.cycle_p99_ms, m.commit_p99_ms, m.relay_backlog, m.relay_lag_s,
+        m.queue, m.cycle_p50_ms, m.cycle_p99_ms, m.commit_p99_ms, m.relay_backlog, m.relay_lag_s, database(key),
         fraud.enforced_version ? String(fraud.enforced_version).slice(0, 12) : "none",
         h.error || "",
       ]);
     }
     fill("shards", shardRows);
+
+    document.getElementById("ha-mode").textContent = ha.mode === "single"
+      ? "Each shard's database is one server (no --ha): role single."
+      : ha.mode === "patroni" ? "Patroni's view (GET /cluster), read at most once a second."
+        : "Roles not shown: " + (ha.error || ha.mode);
+    const rows = [];
+    for (const s of ha.shards || []) {
+      for (const m of s.members) {
+        const lag = m.lag_bytes !== null ? m.lag_bytes : m.lag_unknown ? "unknown" : "";
+        rows.push([s.shard, m.name || "(one server)", m.role, m.state || "", lag,
+          m.timeline === null ? "" : m.timeline, m.api || ""]);
+      }
+    }
+    fill("ha", rows);
 
     fill("children", (health.children || []).map((c) => [
       c.name, c.state, c.pid, c.restarts, c.crash_looping ? "yes" : "no",
@@ -198,6 +223,22 @@
       h.shadow ? "shadow (not enforced)" : "enforced", h.hits]));
     fill("alerts", ((snap.fraud && snap.fraud.alerts) || []).map((a) => [a.at, a.rule_id || a.rule || "",
       JSON.stringify(Object.fromEntries(Object.entries(a).filter(([k]) => !["at", "at_ms"].includes(k))))]));
+
+    // Reconciliation: per day, closed (files final) or open, and the files' totals over every partner.
+    const recon = snap.reconciliation || { days: [] };
+    const kindCell = (summary, kind) => {
+      if (!summary) return "";
+      const parts = summary.totals.filter((t) => t.kind === kind).map((t) => t.count + " (" + t.total + " " + t.currency + ")");
+      return parts.length ? parts.join(", ") : "0";
+    };
+    fill("recon", recon.days.map((d) => {
+      const s = d.summary;
+      const files = d.closed ? "final (closed)" : "provisional (closes " + d.closes_at + ")";
+      const rows = s ? s.rows : d.summary_state === "error" ? "not read: " + d.error : d.summary_state;
+      return [d.day, files, rows, kindCell(s, "payment"), kindCell(s, "payment_to_customer"), kindCell(s, "refund"),
+        s ? (s.settlement_net.map((n) => n.net + " " + n.currency).join(", ") || "0") : "",
+        d.closed && s ? "the whole day" : d.summary_as_of || ""];
+    }));
 
     const rateLimit = (l) => l ? l.requests_per_s + "/s, burst " + l.burst +
       (l.override ? " (override)" : " (default)") : "";
