@@ -9,7 +9,8 @@ STATE/ha/layout.json (quickpay/ha/layout.py), next to the supervisor's status fi
 gateway is given (STATE/supervisor.json, GatewayConfig.supervisor_status). No layout file and
 the embedded PostgreSQL among the supervisor's children: the shards are single servers (role
 "single"); databases `quickpay up` does not run (--dsn), or a gateway without a supervisor
-(docker-compose), are "external" or "unknown", said, not guessed. Off the payment path: only the admin route
+(docker-compose), are "external" or "unknown", said, not guessed, unless the operator names the
+members (QUICKPAY_PATRONI_MEMBERS, `parse_members`: docker-compose.ha.yml's gateway does). Off the payment path: only the admin route
 reads it, every member of every shard at once, each GET bounded by PATRONI_TIMEOUT_S and
 PATRONI_BODY_MAX_BYTES, and one read is shared by every caller for HA_VIEW_REUSE_S. A member
 that does not answer, or answers something that is not a /cluster document, is
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "HaView",
     "layout_path",
     "parse_cluster",
+    "parse_members",
     "read_layout",
     "shard_view",
     "single_view",
@@ -50,7 +53,8 @@ LAYOUT_MAX_BYTES = 1024 * 1024
 HA_VIEW_REUSE_S = 1.0  # the console refreshes every 2 s; callers within this share one read
 ROLES = ("leader", "standby_leader", "sync_standby", "quorum_standby", "replica")
 
-Member = tuple[str, int]  # (name, REST port)
+Member = tuple[str, str, int]  # (name, REST host, REST port)
+LOOPBACK = "127.0.0.1"  # where `quickpay up --ha` runs every member
 
 
 class LayoutError(ValueError):
@@ -80,7 +84,7 @@ def read_layout(path: Path | None) -> dict[int, list[Member]] | None:
             shard, name, port = member["shard"], member["name"], member["rest_port"]
             if type(shard) is not int or not isinstance(name, str) or type(port) is not int or not 0 < port < 65536:
                 raise ValueError(member)
-            shards.setdefault(shard, []).append((name, port))
+            shards.setdefault(shard, []).append((name, LOOPBACK, port))
     except (ValueError, TypeError, KeyError) as exc:
         raise LayoutError(f"{path} is not an HA layout ({type(exc).__name__})") from None
     return shards
@@ -126,10 +130,10 @@ def shard_view(shard: int, members: list[Member], answers: dict[str, dict[str, A
     answered = {name: a for name, a in answers.items() if isinstance(a, dict)}
     source = next((n for n, a in answered.items() if a.get(n, {}).get("role") == "leader"), None)
     if source is None:
-        source = next((name for name, _ in members if name in answered), None)
+        source = next((name for name, _, _ in members if name in answered), None)
     view = answered.get(source, {}) if source is not None else {}
     rows = []
-    for name, port in members:
+    for name, host, port in members:
         seen = view.get(name)
         answer = answers.get(name)
         rows.append(
@@ -140,6 +144,7 @@ def shard_view(shard: int, members: list[Member], answers: dict[str, dict[str, A
                 "lag_bytes": seen["lag_bytes"] if seen else None,
                 "lag_unknown": seen["lag_unknown"] if seen else False,
                 "timeline": seen["timeline"] if seen else None,
+                "rest_host": host,
                 "rest_port": port,
                 # its own REST API: "answered", or why not (its row may still come from another member's view)
                 "api": "answered" if isinstance(answer, dict) else f"unreachable: {answer or 'not asked'}",
@@ -158,15 +163,16 @@ def single_view(shard: int) -> dict[str, Any]:
         "lag_bytes": None,
         "lag_unknown": False,
         "timeline": None,
+        "rest_host": None,
         "rest_port": None,
         "api": None,
     }
     return {"shard": shard, "mode": "single", "view_from": None, "leader": None, "members": [member]}
 
 
-async def _get_cluster(http: aiohttp.ClientSession, port: int) -> dict[str, dict[str, Any]] | str:
+async def _get_cluster(http: aiohttp.ClientSession, host: str, port: int) -> dict[str, dict[str, Any]] | str:
     try:
-        async with http.get(f"http://127.0.0.1:{port}/cluster", allow_redirects=False) as response:
+        async with http.get(f"http://{host}:{port}/cluster", allow_redirects=False) as response:
             body = await response.content.read(PATRONI_BODY_MAX_BYTES + 1)
             if response.status != 200:
                 return f"answered {response.status}"
@@ -202,22 +208,60 @@ def _without_layout(supervisor_status: str, shards: int) -> dict[str, Any]:
     return {"mode": "external", "error": EXTERNAL, "shards": []}
 
 
-async def read_view(supervisor_status: str | None, shards: int) -> dict[str, Any]:
-    """Every shard's members now (one bounded GET /cluster per member, all at once)."""
-    if not supervisor_status:
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
+
+
+def parse_members(text: str, shards: int) -> dict[int, list[Member]]:
+    """Members named by the operator (QUICKPAY_PATRONI_MEMBERS, for a gateway that `quickpay up`
+    does not run, such as docker-compose.ha.yml's): comma-separated `SHARD:NAME@HOST:PORT`, e.g.
+    `0:pg0a@pg0a:8008,0:pg0b@pg0b:8008`. ValueError names the first entry that is not one."""
+    found: dict[int, list[Member]] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        shard_text, _, rest = entry.partition(":")
+        name, _, address = rest.partition("@")
+        host, _, port_text = address.rpartition(":")
+        if not (
+            shard_text.isdigit()
+            and int(shard_text) < shards
+            and _MEMBER_NAME.fullmatch(name)
+            and _HOST.fullmatch(host)
+            and port_text.isdigit()
+            and 0 < int(port_text) < 65536
+        ):
+            raise ValueError(
+                f"QUICKPAY_PATRONI_MEMBERS: {entry[:80]!r} is not SHARD:NAME@HOST:PORT with SHARD < {shards}"
+            )
+        members = found.setdefault(int(shard_text), [])
+        if any(m[0] == name for m in members) or len(members) >= PATRONI_MEMBERS_MAX:
+            raise ValueError(f"QUICKPAY_PATRONI_MEMBERS: shard {shard_text} lists {name!r} twice, or too many members")
+        members.append((name, host, int(port_text)))
+    return found
+
+
+async def read_view(
+    supervisor_status: str | None, shards: int, members_named: dict[int, list[Member]] | None = None
+) -> dict[str, Any]:
+    """Every shard's members now (one bounded GET /cluster per member, all at once): the members
+    the operator named, else those of the HA layout `quickpay up --ha` wrote."""
+    if members_named is not None:
+        layout: dict[int, list[Member]] | None = members_named
+    elif not supervisor_status:
         return {"mode": "unknown", "error": NOT_SUPERVISED, "shards": []}
-    try:
-        layout = read_layout(layout_path(supervisor_status))
-    except LayoutError as exc:
-        return {"mode": "unknown", "error": str(exc), "shards": []}
-    if layout is None:
-        return _without_layout(supervisor_status, shards)
+    else:
+        try:
+            layout = read_layout(layout_path(supervisor_status))
+        except LayoutError as exc:
+            return {"mode": "unknown", "error": str(exc), "shards": []}
+        if layout is None:
+            return _without_layout(supervisor_status, shards)
+    assert layout is not None
     timeout = aiohttp.ClientTimeout(total=PATRONI_TIMEOUT_S)
-    members = [(s, name, port) for s in range(shards) for name, port in layout.get(s, [])]
+    members = [(s, name, host, port) for s in range(shards) for name, host, port in layout.get(s, [])]
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        got = await asyncio.gather(*(_get_cluster(http, port) for _, _, port in members))
+        got = await asyncio.gather(*(_get_cluster(http, host, port) for _, _, host, port in members))
     answers: dict[int, dict[str, dict[str, Any] | str]] = {}
-    for (s, name, _), answer in zip(members, got, strict=True):
+    for (s, name, _, _), answer in zip(members, got, strict=True):
         answers.setdefault(s, {})[name] = answer
     return {
         "mode": "patroni",
@@ -230,9 +274,15 @@ class HaView:
     """The members' view, read at most once per HA_VIEW_REUSE_S and shared by concurrent callers."""
 
     def __init__(
-        self, supervisor_status: str | None, shards: int, *, monotonic_s: Callable[[], float] = time.monotonic
+        self,
+        supervisor_status: str | None,
+        shards: int,
+        *,
+        members_named: dict[int, list[Member]] | None = None,
+        monotonic_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._supervisor_status = supervisor_status
+        self._members_named = members_named
         self._shards = shards
         self._monotonic_s = monotonic_s
         self._last: tuple[float, dict[str, Any]] | None = None
@@ -245,7 +295,7 @@ class HaView:
                 return self._last[1]
             view = {
                 "generated_at": _iso(time.time_ns() // 1_000_000),
-                **await read_view(self._supervisor_status, self._shards),
+                **await read_view(self._supervisor_status, self._shards, self._members_named),
             }
             self._last = (now, view)
             return view

@@ -88,6 +88,10 @@ class GatewayConfig(msgspec.Struct):
     # (PostgreSQL, a shard worker) is down, "degraded" while a background one crash-loops
     # (gateway/health.py); /admin/v1/health names them.
     supervisor_status: str | None = None
+    # Each shard's Patroni members (name, REST host, REST port) for GET /admin/v1/ha, when
+    # `quickpay up` does not run them (QUICKPAY_PATRONI_MEMBERS, gateway/patroni.py
+    # parse_members); None: the HA layout next to supervisor_status, if any.
+    patroni_members: dict[int, list[tuple[str, str, int]]] | None = None
     # Items per POST /v1/quick-payments/batch (more is a 400); the document states the
     # default, BATCH_ITEMS_MAX. The body stays bounded by BATCH_BODY_MAX_BYTES either way.
     batch_items_max: int = BATCH_ITEMS_MAX

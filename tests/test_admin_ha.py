@@ -29,6 +29,7 @@ from gateway.patroni import (
     LayoutError,
     layout_path,
     parse_cluster,
+    parse_members,
     read_layout,
     read_view,
     shard_view,
@@ -81,7 +82,7 @@ CLUSTER_ANSWER: dict[str, Any] = {
     ],
     "scope": "quickpay-shard-0",
 }
-MEMBERS = [("shard0-a", 52003), ("shard0-b", 55435), ("shard0-c", 55769)]
+MEMBERS = [("shard0-a", "127.0.0.1", 52003), ("shard0-b", "127.0.0.1", 55435), ("shard0-c", "127.0.0.1", 55769)]
 
 
 # ---- pure ------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def test_the_view_is_the_leaders_and_unlisted_members_are_unreachable() -> None:
         ("unknown", "unreachable"),
         ("unknown", "unreachable"),
     ]
-    nobody = shard_view(1, MEMBERS, {name: "timeout" for name, _ in MEMBERS})
+    nobody = shard_view(1, MEMBERS, {name: "timeout" for name, _, _ in MEMBERS})
     assert nobody["view_from"] is None and {m["state"] for m in nobody["members"]} == {"unreachable"}
 
 
@@ -163,7 +164,11 @@ def test_the_layout_is_read_next_to_the_supervisor_status(tmp_path: Path) -> Non
     path.parent.mkdir()
     members = [{"shard": s, "name": f"shard{s}-{x}", "pg_port": 1, "rest_port": 2 + s} for s in (0, 1) for x in "ab"]
     path.write_text(json.dumps({"shards": 2, "members_per_shard": 2, "members": members}))
-    assert read_layout(path) == {0: [("shard0-a", 2), ("shard0-b", 2)], 1: [("shard1-a", 3), ("shard1-b", 3)]}
+    local = "127.0.0.1"
+    assert read_layout(path) == {
+        0: [("shard0-a", local, 2), ("shard0-b", local, 2)],
+        1: [("shard1-a", local, 3), ("shard1-b", local, 3)],
+    }
     for garbled in ("{", "[]", '{"members": [{"shard": 0, "name": "x", "rest_port": 70000}]}', '{"members": 3}'):
         path.write_text(garbled)
         with pytest.raises(LayoutError):
@@ -266,6 +271,50 @@ def test_unreachable_and_garbled_members_are_said_fast(tmp_path: Path) -> None:
     assert all(m["api"].startswith("unreachable: ") for m in one["members"])
 
 
+def test_members_named_by_the_operator_are_parsed_strictly() -> None:
+    """QUICKPAY_PATRONI_MEMBERS: the compose HA gateway's members, each SHARD:NAME@HOST:PORT."""
+    assert parse_members("0:pg0a@pg0a:8008, 0:pg0b@pg0b:8008,1:pg1a@10.0.0.7:8008", 2) == {
+        0: [("pg0a", "pg0a", 8008), ("pg0b", "pg0b", 8008)],
+        1: [("pg1a", "10.0.0.7", 8008)],
+    }
+    for bad in (
+        "",
+        "0:pg0a@pg0a",  # no port
+        "2:pg2a@pg2a:8008",  # no shard 2 of 2
+        "0:pg0a@pg0a:0",
+        "0:pg0a@pg0a:65536",
+        "x:pg0a@pg0a:8008",
+        "0:@pg0a:8008",
+        "0:pg 0a@pg0a:8008",
+        "0:pg0a@http://evil/:8008",
+        "0:pg0a@pg0a:8008,0:pg0a@pg0b:8008",  # a member twice
+    ):
+        with pytest.raises(ValueError, match="QUICKPAY_PATRONI_MEMBERS"):
+            parse_members(bad, 2)
+
+
+def test_named_members_are_read_without_a_supervisor() -> None:
+    """Regression: a gateway that `quickpay up` does not run (docker-compose.ha.yml's) answered
+    mode "unknown" with no members, even with Patroni one hostname away."""
+
+    async def scenario() -> dict[str, Any]:
+        hits: list[str] = []
+        runners, ports = await _stand_ins(hits)
+        try:
+            named = {0: [("shard0-c", "localhost", ports["good"]), ("shard0-a", "127.0.0.1", ports["closed"])]}
+            return await HaView(None, 1, members_named=named).view()
+        finally:
+            await _close(runners)
+
+    view = asyncio.run(scenario())
+    assert view["mode"] == "patroni" and view["error"] is None
+    (zero,) = view["shards"]
+    assert zero["view_from"] == "shard0-c" and zero["leader"] == "shard0-c"
+    by_name = {m["name"]: m for m in zero["members"]}
+    assert by_name["shard0-c"]["rest_host"] == "localhost" and by_name["shard0-c"]["api"] == "answered"
+    assert by_name["shard0-a"]["role"] == "replica" and by_name["shard0-a"]["api"].startswith("unreachable: ")
+
+
 def test_one_read_is_shared_for_a_moment(tmp_path: Path) -> None:
     async def scenario() -> list[str]:
         hits: list[str] = []
@@ -364,3 +413,15 @@ def test_every_kind_of_answer_matches_the_document(tmp_path: Path) -> None:
     assert [v["mode"] for v in seen] == ["patroni", "unknown", "single", "external", "unknown"]
     for view in seen:
         validator.validate(view)
+
+
+def test_the_gateway_command_refuses_a_bad_member_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quickpay.cli.processes import _patroni_members
+
+    monkeypatch.delenv("QUICKPAY_PATRONI_MEMBERS", raising=False)
+    assert _patroni_members("gateway-worker", 2) is None
+    monkeypatch.setenv("QUICKPAY_PATRONI_MEMBERS", "1:pg1a@pg1a:8008")
+    assert _patroni_members("gateway-worker", 2) == {1: [("pg1a", "pg1a", 8008)]}
+    monkeypatch.setenv("QUICKPAY_PATRONI_MEMBERS", "1:pg1a@pg1a")
+    with pytest.raises(SystemExit, match="gateway-worker: QUICKPAY_PATRONI_MEMBERS"):
+        _patroni_members("gateway-worker", 2)

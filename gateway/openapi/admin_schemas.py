@@ -80,6 +80,7 @@ def admin_schemas() -> dict[str, Any]:
                                         "lag_bytes",
                                         "lag_unknown",
                                         "timeline",
+                                        "rest_host",
                                         "rest_port",
                                         "api",
                                     ],
@@ -97,6 +98,7 @@ def admin_schemas() -> dict[str, Any]:
                                         "lag_bytes": {"type": ["integer", "null"], "minimum": 0},
                                         "lag_unknown": {"type": "boolean"},
                                         "timeline": {"type": ["integer", "null"]},
+                                        "rest_host": {"type": ["string", "null"]},
                                         "rest_port": {"type": ["integer", "null"]},
                                         "api": {
                                             "type": ["string", "null"],

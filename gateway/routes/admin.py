@@ -42,7 +42,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
 
     recon_status = ReconStatus(read_recon_day)
 
-    ha_view = HaView(gw.config.supervisor_status, router.count)
+    ha_view = HaView(gw.config.supervisor_status, router.count, members_named=gw.config.patroni_members)
 
     @routes.get("/admin/v1/ha")
     async def ha_members(request: web.Request) -> web.Response:

@@ -120,6 +120,7 @@ def _gateway_config(args: argparse.Namespace, command: str) -> Any:
         )
     return GatewayConfig(
         shard_addresses=addresses,
+        patroni_members=_patroni_members(command, len(addresses)),
         token_key=key.encode(),
         admin_token=admin,
         supervisor_status=os.environ.get(ENV_SUPERVISOR_STATUS) or None,
@@ -130,6 +131,19 @@ def _gateway_config(args: argparse.Namespace, command: str) -> Any:
         rate_limit_workers=workers,
         webhooks_allow_private=bool(getattr(args, "webhooks_allow_private", False)),
     )
+
+
+def _patroni_members(command: str, shards: int) -> Any:
+    """QUICKPAY_PATRONI_MEMBERS (docker-compose.ha.yml's gateway): where the Patroni REST APIs are."""
+    text = os.environ.get("QUICKPAY_PATRONI_MEMBERS")
+    if not text:
+        return None
+    from gateway.patroni import parse_members
+
+    try:
+        return parse_members(text, shards)
+    except ValueError as exc:
+        raise SystemExit(f"{command}: {exc}") from None
 
 
 def cmd_gateway_worker(args: argparse.Namespace) -> int:
