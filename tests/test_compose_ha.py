@@ -149,6 +149,19 @@ def test_every_shard_has_members_and_a_dsn_naming_each_of_them() -> None:
         assert password and password["name"] == "POSTGRES_PASSWORD", name
 
 
+def test_the_gateway_names_every_member_for_the_operators_view() -> None:
+    """GET /admin/v1/ha (the console's members table) asks each member's REST API that
+    QUICKPAY_PATRONI_MEMBERS names: every member of every shard, at Patroni's REST port."""
+    from gateway.patroni import parse_members
+
+    (gateway,) = [s for s in _quickpay_services().values() if s["command"][0] == "gateway-worker"]
+    shards = len(_env(gateway)["QUICKPAY_SHARD_ADDRS"].split(","))
+    named = parse_members(_env(gateway)["QUICKPAY_PATRONI_MEMBERS"], shards)
+    rest_port = _patroni_member().REST_PORT
+    for shard in range(shards):
+        assert named[shard] == [(m, m, rest_port) for m in _members_of(shard)], shard
+
+
 def test_monitor_and_notifier_get_every_shard() -> None:
     shards = {_env(s)["QUICKPAY_SHARD"] for s in _members().values()}
     for name in ("monitor", "notifier"):

@@ -15,6 +15,11 @@
         Once shard 0 has its standby again: the shard 0 payment sent during the outage, again
         with its key. It is acknowledged now, as one payment (whether or not the first attempt
         reached the journal), and joins the payments whose balances `compose_smoke.py pay` checks.
+    ha_smoke.py --url URL --state FILE members [--leader SHARD:MEMBER ...]
+        The operator's view (GET /admin/v1/ha, the console's database members table) from the
+        gateway, which QUICKPAY_PATRONI_MEMBERS points at every member's REST API: every shard
+        has a leader and every member answered, with the roles Patroni gives (--leader: shard 0's
+        leader is the member the drill promoted).
 """
 
 from __future__ import annotations
@@ -126,11 +131,32 @@ def retry(url: str, state_file: Path) -> None:
     log(f"retry: the outage payment is {payment['payment_id']} {payment['status']}, once")
 
 
+def members(url: str, state_file: Path, leaders: list[str]) -> None:
+    state = json.loads(state_file.read_text())
+    view = Api(url, timeout_s=30).request("GET", "/admin/v1/ha", token=state["admin_token"])
+    if view.get("mode") != "patroni":
+        fail(f"/admin/v1/ha: mode {view.get('mode')!r} ({view.get('error')}), not patroni")
+    by_shard = {s["shard"]: s for s in view["shards"]}
+    for shard in (0, 1):
+        found = by_shard.get(shard) or fail(f"/admin/v1/ha lists no shard {shard}: {view}")
+        rows = [(m["name"], m["role"], m["state"], m["lag_bytes"], m["api"]) for m in found["members"]]
+        log(f"/admin/v1/ha shard {shard}: leader {found['leader']}, {rows}")
+        if not found["leader"] or any(m["api"] != "answered" for m in found["members"]):
+            fail(f"/admin/v1/ha shard {shard}: no leader, or a member did not answer: {rows}")
+        if sorted(m["role"] for m in found["members"]) != ["leader", "sync_standby"]:
+            fail(f"/admin/v1/ha shard {shard}: not one leader and one synchronous standby: {rows}")
+    for expected in leaders:
+        shard, _, member = expected.partition(":")
+        if by_shard[int(shard)]["leader"] != member:
+            fail(f"/admin/v1/ha: shard {shard}'s leader is {by_shard[int(shard)]['leader']}, not {member}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url")
     parser.add_argument("--state", type=Path)
-    parser.add_argument("step", choices=["roles", "token", "outage", "retry"])
+    parser.add_argument("step", choices=["roles", "token", "outage", "retry", "members"])
+    parser.add_argument("--leader", action="append", default=[], help="members: SHARD:MEMBER expected to lead")
     args = parser.parse_args()
     if args.step == "roles":
         print(roles(json.load(sys.stdin)))
@@ -138,6 +164,9 @@ def main() -> int:
     if not args.url or not args.state:
         parser.error(f"{args.step} needs --url and --state")
     try:
+        if args.step == "members":
+            members(args.url, args.state, args.leader)
+            return 0
         {"token": token, "outage": outage, "retry": retry}[args.step](args.url, args.state)
     except ApiCallError as exc:
         fail(f"HTTP {exc.status}: {exc.body}")
