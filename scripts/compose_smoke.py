@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ SETTLE_TIMEOUT_S = 90.0
 # for a loaded machine.
 PROMETHEUS_WAIT_S = 90.0
 PROMETHEUS_START_S = 60.0  # /-/ready after compose up
+UI_PAGE_BYTES_MAX = 65_536  # read of the UI's first page
 
 
 def log(message: str) -> None:
@@ -197,6 +199,12 @@ def prometheus(prom_url: str, state_file: Path) -> None:
     if count != 1.0:
         fail(f"quickpay:gateway_workers:count is {count}, the stack runs one gateway worker")
     wait("no health alert firing", lambda: sorted(checks.none_firing(prom, checks.HEALTH_ALERTS)))
+    # The UI README points to: Debian's build redirects / to its classic pages.
+    with urllib.request.urlopen(prom_url + "/", timeout=checks.API_TIMEOUT_S) as reply:
+        page = reply.read(UI_PAGE_BYTES_MAX).decode(errors="replace")
+        if reply.status != 200 or "<title>Prometheus" not in page:
+            fail(f"Prometheus' UI at {prom_url}/ answered {reply.status} {reply.url}: {page[:200]!r}")
+        log(f"prometheus: the UI answers at {reply.url}")
 
 
 def main() -> int:
