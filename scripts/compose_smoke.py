@@ -4,12 +4,18 @@ stdlib-only `quickpay.httpclient` and `kernel.ids`), so it runs on the host with
 
     compose_smoke.py --url URL --state FILE setup      (QUICKPAY_ADMIN_TOKEN in the environment)
     compose_smoke.py --url URL --state FILE pay --round N
+    compose_smoke.py --url URL --state FILE prometheus --prometheus-url URL
 
 `setup` creates a partner, two customer accounts on each shard, funds them, and gives the
 partner an agreement on one account of each shard. `pay` makes, from each shard's debtor, a
 same-shard and a cross-shard payment, waits until the cross-shard ones are Completed, replays
 one of them with its key (same payment, no second debit), and checks every balance against the
-payments made so far. Exits non-zero (with the reason) on any surprise.
+payments made so far. `prometheus` asks the `prometheus` profile's server, through its HTTP
+API, what it scraped and evaluated (tests/prometheus_checks.py, the checks tests/test_prometheus.py
+makes against `quickpay up`): every target up (the gateway and one PostgreSQL exporter per
+shard), both shards up with journal rows committed, the payments counted, one gateway worker,
+PostgreSQL's statistics, every rule loaded and healthy, a recording rule's sample, and no
+health alert firing. Exits non-zero (with the reason) on any surprise.
 """
 
 from __future__ import annotations
@@ -19,14 +25,20 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# prometheus_checks: the checks tests/test_prometheus.py makes too
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import prometheus_checks as checks
 
 from kernel.ids import shard_of
 from quickpay.httpclient import Api, ApiCallError, ready_consecutive, wait_ready
+from quickpay.prometheus import GATEWAY_JOB, POSTGRES_JOB
 
 SHARDS = 2
 CURRENCY = "CNY"
@@ -35,6 +47,12 @@ AMOUNT = Decimal("12.34")
 COMPLETED = "AcceptedSettlementCompleted"
 IN_PROCESS = "AcceptedSettlementInProcess"
 SETTLE_TIMEOUT_S = 90.0
+# deploy/prometheus/prometheus.yml scrapes and evaluates every 15 s: a condition that needs a
+# scrape and then an evaluation holds within 30 s of the stack showing it; twice that, and more
+# for a loaded machine.
+PROMETHEUS_WAIT_S = 90.0
+PROMETHEUS_START_S = 60.0  # /-/ready after compose up
+UI_PAGE_BYTES_MAX = 65_536  # read of the UI's first page
 
 
 def log(message: str) -> None:
@@ -157,6 +175,38 @@ def pay(api: Api, state_file: Path, round_no: int) -> None:
     log(f"round {round_no}: {len(made)} payments, every balance as expected")
 
 
+def prometheus(prom_url: str, state_file: Path) -> None:
+    state = json.loads(state_file.read_text())
+    payments = len(state["payments"])
+    prom = checks.PrometheusApi(prom_url)
+    started = time.monotonic()
+
+    def wait(what: str, check: Any) -> Any:
+        seen = checks.wait_for(what, check, PROMETHEUS_WAIT_S)
+        log(f"prometheus: {what} ({time.monotonic() - started:.1f} s): {seen}")
+        return seen
+
+    checks.wait_for("Prometheus ready", prom.ready, PROMETHEUS_START_S)
+    wait("every target up", lambda: checks.targets_up(prom, {GATEWAY_JOB: 1, POSTGRES_JOB: SHARDS}))
+    # Each shard's debtor paid twice in the last round (same-shard, cross-shard debit), after
+    # shard 1's worker was killed and restarted (its count is since its start).
+    wait("every shard up, with journal rows", lambda: checks.shards_up(prom, SHARDS, committed_min=2))
+    wait("the payments counted", lambda: checks.payments_counted(prom, payments))
+    wait("one gateway worker", lambda: len(checks.gateway_workers(prom, 1)))
+    wait("PostgreSQL's statistics per server", lambda: checks.postgres_up(prom, SHARDS))
+    wait("every rule healthy", lambda: sorted(checks.rules_healthy(prom)))
+    count = wait("a recording rule's sample", lambda: checks.recorded(prom, "quickpay:gateway_workers:count"))
+    if count != 1.0:
+        fail(f"quickpay:gateway_workers:count is {count}, the stack runs one gateway worker")
+    wait("no health alert firing", lambda: sorted(checks.none_firing(prom, checks.HEALTH_ALERTS)))
+    # The UI README points to: Debian's build redirects / to its classic pages.
+    with urllib.request.urlopen(prom_url + "/", timeout=checks.API_TIMEOUT_S) as reply:
+        page = reply.read(UI_PAGE_BYTES_MAX).decode(errors="replace")
+        if reply.status != 200 or "<title>Prometheus" not in page:
+            fail(f"Prometheus' UI at {prom_url}/ answered {reply.status} {reply.url}: {page[:200]!r}")
+        log(f"prometheus: the UI answers at {reply.url}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
@@ -165,6 +215,8 @@ def main() -> int:
     sub.add_parser("setup")
     pay_parser = sub.add_parser("pay")
     pay_parser.add_argument("--round", type=int, required=True)
+    prom_parser = sub.add_parser("prometheus")
+    prom_parser.add_argument("--prometheus-url", required=True)
     args = parser.parse_args()
     wait_ready(args.url, timeout_s=120, consecutive=ready_consecutive(2))
     # 503 means "outcome unknown, retry with the same key": safe for every request made here.
@@ -172,10 +224,14 @@ def main() -> int:
     try:
         if args.step == "setup":
             setup(api, args.state)
-        else:
+        elif args.step == "pay":
             pay(api, args.state, args.round)
+        else:
+            prometheus(args.prometheus_url, args.state)
     except ApiCallError as exc:
         fail(f"HTTP {exc.status}: {exc.body}")
+    except checks.CheckFailed as exc:
+        fail(f"prometheus: {exc}")
     return 0
 
 

@@ -8,26 +8,30 @@ gateway workers and both shard workers) and the stack's PostgreSQL (Debian's
 prometheus-postgres-exporter, started by `quickpay prometheus postgres-exporter`). Through
 its HTTP API: both targets up, the payments counter > 0 and growing with more payments,
 both shards up, one series per gateway worker, PostgreSQL's statistics present, every rule
-loaded and evaluated without error, and no alert firing.
+loaded and evaluated without error, and no alert firing. Those checks are
+tests/prometheus_checks.py, the same ones scripts/compose-smoke makes against the compose
+stack's `prometheus` profile; each is also shown here to fail on an answer that is wrong.
 
 Prometheus is installed with scripts/install-prometheus when missing and this runs as root
 (as in CI); otherwise the tests that need it are skipped with the command to run."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import prometheus_checks as checks
 import pytest
-from conftest import ROOT, Stack, free_port, http
+from conftest import ROOT, Stack, free_port
 
 from quickpay import prometheus
 
@@ -39,6 +43,7 @@ PROMTOOL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 60.0  # Prometheus ready (/-/ready), and the exporter serving
 SCRAPE_WAIT_S = 45.0  # a condition on scraped data: many 1 s scrape and rule intervals
 PAYMENTS = 3
+T = TypeVar("T")
 
 
 def _require_prometheus() -> None:
@@ -126,40 +131,6 @@ def test_config_names_the_token_file_and_refuses_bad_arguments(tmp_path: Path) -
 
 
 # ---- a real server against the shared stack ----------------------------------------------------
-class Prometheus:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def api(self, path: str, **params: str) -> Any:
-        query = ("?" + urllib.parse.urlencode(params)) if params else ""
-        reply = http("GET", f"{self.url}/api/v1/{path}{query}", timeout=10)
-        assert reply.status == 200 and reply.body["status"] == "success", reply.body
-        return reply.body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
-    def value(self, expr: str) -> float | None:
-        """The single sample's value, or None when the query has no result yet."""
-        result = self.query(expr)
-        assert len(result) <= 1, result
-        return float(result[0]["value"][1]) if result else None
-
-
-def _wait_for(what: str, check: Callable[[], Any], log: Callable[[], str], timeout_s: float = SCRAPE_WAIT_S) -> Any:
-    """check()'s first truthy result, polled until timeout_s (then fail, with the logs)."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout_s} s (last: {last!r})\n{log()[-4000:]}")
-
-
 def _start(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log_file:
         return subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
@@ -176,7 +147,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def prometheus_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[Prometheus, Callable[[], str]]]:
+def prometheus_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[checks.PrometheusApi, Callable[[], str]]]:
     """Debian's Prometheus and PostgreSQL exporter, scraping the shared stack every second."""
     _require_prometheus()
     exporter_port, server_port = free_port(), free_port()
@@ -233,25 +204,22 @@ def prometheus_server(stack: Stack, tmp_path: Path) -> Iterator[tuple[Prometheus
                 server_log,
             )
         )
-        url = f"http://127.0.0.1:{server_port}"
+        prom = checks.PrometheusApi(f"http://127.0.0.1:{server_port}")
 
         def ready() -> bool:
             for proc in procs:
                 assert proc.poll() is None, f"{proc.args[:4]} exited with {proc.returncode}\n{logs()[-4000:]}"
-            try:
-                return http("GET", url + "/-/ready", timeout=2).status == 200
-            except OSError:
-                return False
+            return prom.ready()
 
-        _wait_for("Prometheus ready", ready, logs, START_TIMEOUT_S)
-        yield Prometheus(url), logs
+        checks.wait_for("Prometheus ready", ready, START_TIMEOUT_S, logs)
+        yield prom, logs
     finally:
         for proc in reversed(procs):
             _stop(proc)
 
 
 def test_prometheus_scrapes_the_stack_and_evaluates_the_rules(
-    stack: Stack, partner: dict[str, Any], prometheus_server: tuple[Prometheus, Callable[[], str]]
+    stack: Stack, partner: dict[str, Any], prometheus_server: tuple[checks.PrometheusApi, Callable[[], str]]
 ) -> None:
     prom, logs = prometheus_server
     customer = stack.new_customer(partner, shard=0)
@@ -262,88 +230,41 @@ def test_prometheus_scrapes_the_stack_and_evaluates_the_rules(
             reply = stack.pay(partner, customer["agreement_id"], creditor, "1.25")
             assert reply.status == 201, reply.body
 
+    def wait(what: str, check: Callable[[], T]) -> T:
+        return checks.wait_for(what, check, SCRAPE_WAIT_S, logs)
+
     pay(PAYMENTS)
 
     # Both targets are scraped, and up (a scrape may fail while the machine is loaded: the
     # wait is for both up at once; the failure message shows the last errors).
-    seen: list[Any] = []
-
-    def targets_up() -> dict[str, str] | None:
-        active = prom.api("targets", state="active")["activeTargets"]
-        seen[:] = [(t["labels"]["job"], t["health"], t.get("lastError")) for t in active]
-        health = {t["labels"]["job"]: t["health"] for t in active}
-        wanted = {prometheus.GATEWAY_JOB, prometheus.POSTGRES_JOB}
-        return health if set(health) == wanted and set(health.values()) == {"up"} else None
-
-    _wait_for("both targets up", targets_up, lambda: f"targets: {seen}\n{logs()}")
-
-    payments = (
-        'sum(quickpay_http_requests_total{job="quickpay-gateway",route="/v1/quick-payments",'
-        'method="POST",status="201"})'
-    )
-    first = _wait_for(
-        "the payments counter", lambda: (v := prom.value(payments)) is not None and v >= PAYMENTS and v, logs
-    )
-    assert first >= PAYMENTS
+    jobs = {prometheus.GATEWAY_JOB: 1, prometheus.POSTGRES_JOB: 1}
+    wait("both targets up", lambda: checks.targets_up(prom, jobs))
+    first = wait("the payments counter", lambda: checks.payments_counted(prom, PAYMENTS))
 
     # What only the shard workers know, asked at scrape time: both up, transfers committed.
-    shards = {r["metric"]["shard"]: float(r["value"][1]) for r in prom.query("quickpay_shard_up")}
-    assert shards == {str(s): 1.0 for s in range(stack.shards)}
-    committed = prom.value("sum(quickpay_shard_committed_transfers_total)")
-    assert committed is not None and committed >= PAYMENTS
-
+    committed = wait("every shard up", lambda: checks.shards_up(prom, stack.shards))
+    assert sum(committed.values()) >= PAYMENTS
     # One series per gateway worker (the shared stack runs two), each a distinct live process
     # that started within the hour.
-    workers = prom.query("quickpay_gateway_worker_start_time_seconds")
-    pids = {r["metric"].get("pid") for r in workers}
-    assert len(workers) == 2 and len(pids) == 2 and None not in pids, workers
-    for r in workers:
-        assert time.time() - 3600 < float(r["value"][1]) <= time.time()
-
+    wait("one series per gateway worker", lambda: checks.gateway_workers(prom, 2))
     # PostgreSQL's statistics, from the exporter: reachable, and the shard databases committing.
-    assert prom.value('pg_up{job="quickpay-postgres"}') == 1.0
-    xacts = prom.value('sum(pg_stat_database_xact_commit{datname=~"quickpay_shard_.*"})')
-    assert xacts is not None and xacts > 0
+    wait("PostgreSQL's statistics", lambda: checks.postgres_up(prom, 1))
 
     # More payments: the counter grows by at least as many.
     pay(PAYMENTS)
-    _wait_for(
-        "the payments counter to grow",
-        lambda: (v := prom.value(payments)) is not None and v >= first + PAYMENTS,
-        logs,
-    )
+    wait("the payments counter to grow", lambda: checks.payments_counted(prom, int(first) + PAYMENTS))
 
     # Every rule loaded, evaluated and healthy; the recording rules produce series.
-    def rules_evaluated() -> dict[str, list[dict[str, Any]]] | None:
-        groups = {g["name"]: g["rules"] for g in prom.api("rules")["groups"]}
-        if set(groups) != {"quickpay-recording", "quickpay-alerts"}:
-            return None
-        every = [r for rules in groups.values() for r in rules]
-        bad = [(r["name"], r.get("lastError")) for r in every if r["health"] == "err"]
-        assert not bad, bad
-        return groups if all(r["health"] == "ok" for r in every) else None
-
-    groups = _wait_for("every rule evaluated", rules_evaluated, logs)
-    alerts = {r["name"] for r in groups["quickpay-alerts"]}
-    for name in (
-        "QuickpayShardNotReady",
-        "QuickpayPaymentP99OverBudget",
-        "QuickpayWebhookBacklog",
-        "QuickpayNotifierRestarting",
-        "QuickpayQuarantinedRows",
-    ):
-        assert name in alerts
-    assert _wait_for("the worker count rule", lambda: prom.value("quickpay:gateway_workers:count"), logs) == 2.0
-    rate = _wait_for(
-        "the payments rate rule",
-        lambda: prom.value('quickpay:payment_requests:rate1m{route="/v1/quick-payments"}'),
-        logs,
+    wait("every rule evaluated", lambda: checks.rules_healthy(prom))
+    assert wait("the worker count rule", lambda: checks.recorded(prom, "quickpay:gateway_workers:count")) == 2.0
+    rate = wait(
+        "the payments rate rule above 0",
+        lambda: (v := checks.recorded(prom, 'quickpay:payment_requests:rate1m{route="/v1/quick-payments"}')) > 0 and v,
     )
     assert rate > 0
     # A healthy stack: no target or shard down. (Other alerts may fire on the shared stack
     # after tests that make failed webhooks or quarantined rows on purpose.)
-    firing = {a["labels"]["alertname"] for a in prom.api("alerts")["alerts"] if a["state"] == "firing"}
-    assert not firing & {"QuickpayGatewayDown", "QuickpayShardNotReady", "QuickpayPostgresDown"}, firing
+    checks.none_firing(prom, checks.HEALTH_ALERTS)
 
 
 def test_a_dead_gateway_workers_series_is_dropped_at_scrape_time(tmp_path: Path) -> None:
@@ -412,3 +333,210 @@ def test_compose_prometheus_image_installs_debians_packages_and_runs_as_promethe
     install = ROOT / "scripts" / "install-prometheus"
     assert os.access(install, os.X_OK)
     assert subprocess.run(["bash", "-n", str(install)], capture_output=True).returncode == 0
+
+
+# ---- the shared checks fail on wrong answers (a fake Prometheus API on loopback) -----------------
+class _FakePrometheus:
+    """Answers GET /api/v1/{path}[?query=EXPR] from `answers` (keyed "path" or "query?EXPR"),
+    as a Prometheus server would; anything not in the table is a 400 "bad_data"."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Any] = {}
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                params = urllib.parse.parse_qs(url.query)
+                key = url.path.removeprefix("/api/v1/")
+                if "query" in params:
+                    key += "?" + params["query"][0]
+                data = fake.answers.get(key)
+                status, body = (
+                    (200, {"status": "success", "data": data})
+                    if data is not None
+                    else (400, {"status": "error", "errorType": "bad_data"})
+                )
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.api = checks.PrometheusApi(f"http://127.0.0.1:{self.server.server_address[1]}")
+
+    def vector(self, expr: str, *samples: tuple[dict[str, str], float]) -> None:
+        self.answers["query?" + expr] = {
+            "resultType": "vector",
+            "result": [{"metric": labels, "value": [1700000000.0, str(value)]} for labels, value in samples],
+        }
+
+
+@pytest.fixture
+def fake_prometheus() -> Iterator[_FakePrometheus]:
+    fake = _FakePrometheus()
+    try:
+        yield fake
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+def test_the_target_and_series_checks_wait_until_every_one_is_up(fake_prometheus: _FakePrometheus) -> None:
+    fake, prom = fake_prometheus, fake_prometheus.api
+    gw, pg = prometheus.GATEWAY_JOB, prometheus.POSTGRES_JOB
+    targets = [("gateway:8080", gw, "up"), ("pg0-exporter:9187", pg, "up"), ("pg1-exporter:9187", pg, "down")]
+
+    def set_targets() -> None:
+        fake.answers["targets"] = {
+            "activeTargets": [
+                {"labels": {"job": j, "instance": i}, "health": h, "lastError": "" if h == "up" else "refused"}
+                for i, j, h in targets
+            ]
+        }
+
+    set_targets()
+    fake.vector("up", *(({"job": j, "instance": i}, 1.0 if h == "up" else 0.0) for i, j, h in targets))
+    with pytest.raises(checks.Waiting, match="not every target is up"):
+        checks.targets_up(prom, {gw: 1, pg: 2})
+    targets[2] = ("pg1-exporter:9187", pg, "up")
+    set_targets()
+    with pytest.raises(checks.Waiting, match="up: "):  # the query still says 0 for one
+        checks.targets_up(prom, {gw: 1, pg: 2})
+    with pytest.raises(checks.Waiting, match="targets per job"):
+        checks.targets_up(prom, {gw: 1, pg: 1})
+    fake.vector("up", *(({"job": j, "instance": i}, 1.0) for i, j, _ in targets))
+    assert checks.targets_up(prom, {gw: 1, pg: 2}) == {(j, i): 1.0 for i, j, _ in targets}
+
+    up, committed = f'quickpay_shard_up{{job="{gw}"}}', f'quickpay_shard_committed_transfers_total{{job="{gw}"}}'
+    fake.vector(up, ({"shard": "0"}, 1.0), ({"shard": "1"}, 0.0))
+    fake.vector(committed, ({"shard": "0"}, 7.0), ({"shard": "1"}, 0.0))
+    with pytest.raises(checks.Waiting, match="quickpay_shard_up"):
+        checks.shards_up(prom, 2)
+    fake.vector(up, ({"shard": "0"}, 1.0))
+    with pytest.raises(checks.Waiting, match="quickpay_shard_up"):
+        checks.shards_up(prom, 2)
+    fake.vector(up, ({"shard": "0"}, 1.0), ({"shard": "1"}, 1.0))
+    with pytest.raises(checks.Waiting, match="committed"):
+        checks.shards_up(prom, 2)
+    fake.vector(committed, ({"shard": "0"}, 7.0), ({"shard": "1"}, 3.0))
+    assert checks.shards_up(prom, 2) == {"0": 7.0, "1": 3.0}
+    with pytest.raises(checks.Waiting, match=">= 4"):
+        checks.shards_up(prom, 2, committed_min=4)
+
+    pg_up = f'pg_up{{job="{pg}"}}'
+    commits = f'sum by (instance) (pg_stat_database_xact_commit{{job="{pg}",datname=~"quickpay_shard_.*"}})'
+    fake.vector(pg_up, ({"instance": "pg0"}, 1.0), ({"instance": "pg1"}, 0.0))
+    fake.vector(commits, ({"instance": "pg0"}, 12.0), ({"instance": "pg1"}, 5.0))
+    with pytest.raises(checks.Waiting, match="pg_up"):
+        checks.postgres_up(prom, 2)
+    fake.vector(pg_up, ({"instance": "pg0"}, 1.0), ({"instance": "pg1"}, 1.0))
+    assert checks.postgres_up(prom, 2) == {"pg0": 12.0, "pg1": 5.0}
+    fake.vector(commits, ({"instance": "pg0"}, 12.0))
+    with pytest.raises(checks.Waiting, match="xact_commit"):
+        checks.postgres_up(prom, 2)
+
+    workers = f'quickpay_gateway_worker_start_time_seconds{{job="{gw}"}}'
+    fake.vector(workers, ({"pid": "10"}, 1000.0), ({"pid": "11"}, 1001.0))
+    assert len(checks.gateway_workers(prom, 2, now_s=1100.0)) == 2
+    with pytest.raises(checks.Waiting, match="2 gateway worker series, expected 1"):
+        checks.gateway_workers(prom, 1, now_s=1100.0)
+    with pytest.raises(checks.CheckFailed, match=r"started at 1001\.0, now is 1000\.5"):
+        checks.gateway_workers(prom, 2, now_s=1000.5)
+    fake.vector(workers, ({"pid": "10"}, 1000.0), ({"pid": "10"}, 1001.0))
+    with pytest.raises(checks.CheckFailed, match="distinct pids"):
+        checks.gateway_workers(prom, 2, now_s=1100.0)
+
+    # An expression Prometheus refuses is a failure at once, never a wait.
+    with pytest.raises(checks.CheckFailed, match="HTTP 400"):
+        checks.recorded(prom, "quickpay:gateway_workers:count")
+    fake.vector("quickpay:gateway_workers:count")
+    with pytest.raises(checks.Waiting, match="no sample yet"):
+        checks.recorded(prom, "quickpay:gateway_workers:count")
+    fake.vector("quickpay:gateway_workers:count", ({}, 0.0))
+    assert checks.recorded(prom, "quickpay:gateway_workers:count") == 0.0
+
+
+def test_the_rule_and_alert_checks_fail_on_errors_and_missing_alerts(fake_prometheus: _FakePrometheus) -> None:
+    fake, prom = fake_prometheus, fake_prometheus.api
+
+    def set_rules(health: str = "ok", alerts: tuple[str, ...] = checks.ISSUE_ALERTS) -> None:
+        fake.answers["rules"] = {
+            "groups": [
+                {
+                    "name": checks.RECORDING_GROUP,
+                    "rules": [{"name": "quickpay:x", "type": "recording", "health": health, "lastError": "boom"}],
+                },
+                {
+                    "name": checks.ALERT_GROUP,
+                    "rules": [{"name": a, "type": "alerting", "health": "ok"} for a in alerts],
+                },
+            ]
+        }
+
+    set_rules("unknown")
+    with pytest.raises(checks.Waiting, match="not evaluated yet"):
+        checks.rules_healthy(prom)
+    set_rules("err")
+    with pytest.raises(checks.CheckFailed, match=r"rules in error: \[\('quickpay:x', 'boom'\)\]"):
+        checks.rules_healthy(prom)
+    set_rules(alerts=checks.ISSUE_ALERTS[1:])
+    with pytest.raises(checks.CheckFailed, match="QuickpayShardNotReady"):
+        checks.rules_healthy(prom)
+    set_rules()
+    assert set(checks.rules_healthy(prom)) == {checks.RECORDING_GROUP, checks.ALERT_GROUP}
+    fake.answers["rules"] = {"groups": []}
+    with pytest.raises(checks.Waiting, match="rule groups"):
+        checks.rules_healthy(prom)
+
+    def set_alerts(*firing: str) -> None:
+        fake.answers["alerts"] = {
+            "alerts": [{"labels": {"alertname": a}, "state": "firing"} for a in firing]
+            + [{"labels": {"alertname": "QuickpayGatewayDown"}, "state": "pending"}]
+        }
+
+    set_alerts("QuickpayWebhookBacklog")
+    assert checks.none_firing(prom) == {"QuickpayWebhookBacklog"}
+    set_alerts("QuickpayWebhookBacklog", "QuickpayShardNotReady")
+    with pytest.raises(checks.Waiting, match="QuickpayShardNotReady"):
+        checks.none_firing(prom)
+
+
+def test_wait_for_polls_until_the_check_holds_or_its_time_is_up() -> None:
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    seen: list[float] = []
+
+    def check() -> float:
+        seen.append(now[0])
+        if now[0] < 2.0:
+            raise checks.Waiting(f"at {now[0]}")
+        return 0.0  # a value, even a zero one, is a result
+
+    assert checks.wait_for("x", check, 10.0, clock=lambda: now[0], sleep=sleep, poll_s=0.5) == 0.0
+    assert seen == [0.0, 0.5, 1.0, 1.5, 2.0]
+    now[0] = 0.0
+    with pytest.raises(checks.CheckFailed, match=r"never: not within 3.0 s \(last: at 3.0\)\nthe logs"):
+        checks.wait_for(
+            "never",
+            lambda: (_ for _ in ()).throw(checks.Waiting(f"at {now[0]}")),
+            3.0,
+            lambda: "the logs",
+            clock=lambda: now[0],
+            sleep=sleep,
+        )
+    now[0] = 0.0
+    with pytest.raises(checks.CheckFailed, match="last: None"):
+        checks.wait_for("none", lambda: None, 1.0, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(checks.CheckFailed, match="broken"):  # a failure is not waited on
+        checks.wait_for("f", lambda: (_ for _ in ()).throw(checks.CheckFailed("broken")), 1e9, sleep=sleep)
