@@ -175,7 +175,7 @@ def pay(api: Api, state_file: Path, round_no: int) -> None:
     log(f"round {round_no}: {len(made)} payments, every balance as expected")
 
 
-def prometheus(prom_url: str, state_file: Path) -> None:
+def prometheus(prom_url: str, state_file: Path, postgres_servers: int = SHARDS) -> None:
     state = json.loads(state_file.read_text())
     payments = len(state["payments"])
     prom = checks.PrometheusApi(prom_url)
@@ -187,13 +187,13 @@ def prometheus(prom_url: str, state_file: Path) -> None:
         return seen
 
     checks.wait_for("Prometheus ready", prom.ready, PROMETHEUS_START_S)
-    wait("every target up", lambda: checks.targets_up(prom, {GATEWAY_JOB: 1, POSTGRES_JOB: SHARDS}))
+    wait("every target up", lambda: checks.targets_up(prom, {GATEWAY_JOB: 1, POSTGRES_JOB: postgres_servers}))
     # Each shard's debtor paid twice in the last round (same-shard, cross-shard debit), after
     # shard 1's worker was killed and restarted (its count is since its start).
     wait("every shard up, with journal rows", lambda: checks.shards_up(prom, SHARDS, committed_min=2))
     wait("the payments counted", lambda: checks.payments_counted(prom, payments))
     wait("one gateway worker", lambda: len(checks.gateway_workers(prom, 1)))
-    wait("PostgreSQL's statistics per server", lambda: checks.postgres_up(prom, SHARDS))
+    wait("PostgreSQL's statistics per server", lambda: checks.postgres_up(prom, postgres_servers))
     wait("every rule healthy", lambda: sorted(checks.rules_healthy(prom)))
     count = wait("a recording rule's sample", lambda: checks.recorded(prom, "quickpay:gateway_workers:count"))
     if count != 1.0:
@@ -217,6 +217,12 @@ def main() -> int:
     pay_parser.add_argument("--round", type=int, required=True)
     prom_parser = sub.add_parser("prometheus")
     prom_parser.add_argument("--prometheus-url", required=True)
+    prom_parser.add_argument(
+        "--postgres-servers",
+        type=int,
+        default=SHARDS,
+        help="PostgreSQL exporters (docker-compose.ha.yml: one per member)",
+    )
     args = parser.parse_args()
     wait_ready(args.url, timeout_s=120, consecutive=ready_consecutive(2))
     # 503 means "outcome unknown, retry with the same key": safe for every request made here.
@@ -227,7 +233,7 @@ def main() -> int:
         elif args.step == "pay":
             pay(api, args.state, args.round)
         else:
-            prometheus(args.prometheus_url, args.state)
+            prometheus(args.prometheus_url, args.state, args.postgres_servers)
     except ApiCallError as exc:
         fail(f"HTTP {exc.status}: {exc.body}")
     except checks.CheckFailed as exc:
