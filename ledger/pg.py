@@ -1,7 +1,10 @@
 """PostgreSQL adapter for one shard: schema, start-up load, prefetch, batch write, reads.
 
-Only this module and the audit speak SQL. The batch write is one transaction:
-COPY of new rows, then one set-based UPDATE of aggregated balance deltas.
+Only this module and the audit speak SQL. The batch write is one transaction. A small
+group commit of payments is one statement (its transfers as one JSON document). A large one
+(COPY_ROWS_MIN rows or more), or one that also writes accounts, agreements, partners or
+settings, is a binary COPY of the new rows, then one set-based UPDATE of aggregated balance
+deltas.
 """
 
 from __future__ import annotations
@@ -382,10 +385,18 @@ async def _write_fast(conn: asyncpg.Connection, ws: WriteSet) -> None:
     invariant(updated == len(ws.deltas), f"balance update touched {updated} of {len(ws.deltas)} accounts")
 
 
+# From this many transfers on, a group commit's rows go by binary COPY inside a transaction
+# (BEGIN, COPY, UPDATE, COMMIT: four round trips) rather than as one JSON statement. Measured
+# with loadtest/pg_write_microbench.py (BENCHMARKS.md, lever 3): at 500-1,000 rows COPY costs
+# up to 2 µs less per row (shard + PostgreSQL), at 300 the two are even, and below 100 the three
+# extra round trips cost more than PostgreSQL saves by not parsing JSON (at 1 row, twice as much).
+COPY_ROWS_MIN = 256
+
+
 async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
     """Write one decided batch in one transaction (the group commit)."""
     ws.check_balanced()
-    if not ws.needs_transaction():
+    if not ws.needs_transaction() and len(ws.transfers) < COPY_ROWS_MIN:
         await _write_fast(conn, ws)
         return
     async with conn.transaction():
