@@ -3,7 +3,9 @@ payments goes as one JSON statement, a batch of pg.COPY_ROWS_MIN rows or more by
 a transaction. Against a real PostgreSQL (a private embedded one), every row written either way
 comes back field for field, through every reader of the journal (prefetch, the one-payment read,
 an account's list, a reconciliation page, the notifier's read by seq), the balances move by the
-batch's deltas, and the outbox rows of cross-shard legs are written with their debit legs."""
+batch's deltas, and the outbox rows of cross-shard legs are written with their debit legs.
+A batch whose balance update fails after its rows went in leaves nothing, on either path (the
+one-statement path used to check the count after its commit)."""
 
 from __future__ import annotations
 
