@@ -13,7 +13,8 @@ a batch of one partner's payments is) and measures, per method and batch size:
 - the backend: utime+stime of the connection's backend (/proc/<pg_backend_pid()>/stat), µs per
   row; and the cluster's other processes (WAL writer, checkpointer, autovacuum...) apart.
 
-Methods (every one writes the same rows and the same balance deltas in one transaction):
+Methods (each writes the same kind of rows in one transaction; all but the `_nobal` ones also
+the balance deltas):
 - `current`: ledger.pg.write_batch as this checkout has it;
 - `json`: the transfers as one JSON document expanded by json_populate_recordset, deltas as two
   arrays, one statement (the write of commit 62dd2bc);
