@@ -360,7 +360,12 @@ async def send_batch(
 FINAL = {201, 400, 404, 422}  # answers that do not change on a retry
 
 
-async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactly_once(own: Stack) -> None:
+# A request's share of shard 0 is about half its items: at 100 the kill lands in one-statement
+# JSON writes, at 600 in writes of pg.COPY_ROWS_MIN rows or more (binary COPY in a transaction).
+@pytest.mark.parametrize(("items_per_batch", "batch_count", "kill_after"), [(100, 24, 4), (600, 8, 2)])
+async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactly_once(
+    own: Stack, items_per_batch: int, batch_count: int, kill_after: int
+) -> None:
     import random
 
     rng = random.Random(20_261_123)
@@ -370,9 +375,9 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
     creditors = {s: [own.new_account(shard=s) for _ in range(2)] for s in (0, 1)}
     batches: list[list[dict[str, Any]]] = []
     debtor_of: dict[str, str] = {}
-    for b in range(24):
+    for b in range(batch_count):
         items = []
-        for i in range(100):
+        for i in range(items_per_batch):
             source = rng.randrange(2)
             debtor = rng.choice(debtors[source])
             kind = rng.random()
@@ -383,7 +388,9 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
                 if kind < 0.6
                 else rng.choice(creditors[1 - source])
             )
-            it = item(debtor["agreement_id"], creditor, f"0.{rng.randint(1, 99):02d}", key=f"kill-{b}-{i}")
+            it = item(
+                debtor["agreement_id"], creditor, f"0.{rng.randint(1, 99):02d}", key=f"kill-{items_per_batch}-{b}-{i}"
+            )
             debtor_of[it["idempotency_key"]] = debtor["account"]
             items.append(it)
         batches.append(items)
@@ -407,7 +414,7 @@ async def test_shard_worker_sigkilled_mid_batch_then_whole_batch_retry_is_exactl
                 completed += len(pair)
 
         async def killer() -> None:
-            while completed < 4:
+            while completed < kill_after:
                 await asyncio.sleep(0.005)
             os.kill(old_pids[0], signal.SIGKILL)
 
