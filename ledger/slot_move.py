@@ -432,9 +432,15 @@ def creditor_shard(node: ShardNode, creditor_account: str) -> int:
 
 
 def locate(node: ShardNode, entity_id: str) -> bool | int | None:
-    """Where `node` knows an agreement or transfer id to be: True (held here), its slot (a
-    redirect: ask the map's owner of that slot), or None (unknown here)."""
-    if entity_id in node.state.agreements or entity_id in node.state.transfers:
+    """Where `node` knows an agreement, payment, refund or funding id to be: True (held here),
+    its slot (a redirect: ask the map's owner of that slot), or None (unknown here).
+
+    A credit leg carries its payment's id but is never what the id names. Before slots it
+    could not be on the payment's home shard (the leg is on the creditor's, another shard);
+    after a move it can (a moved debtor pays a creditor on the old home), so a read by id
+    must skip it, or it answers with the leg (the model test found this)."""
+    transfer = node.state.transfers.get(entity_id)
+    if entity_id in node.state.agreements or (transfer is not None and transfer.kind != Kind.CREDIT_LEG):
         return True
     return node.redirects.get(entity_id)
 

@@ -24,7 +24,7 @@ import copy
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -358,6 +358,16 @@ class SlotMoveMachine(RuleBasedStateMachine):
         self.sent_payments: list[tuple[str, PaymentCommand]] = []  # (key, command) of every attempt
         self.refundable: list[str] = []
         self.fanouts = 0
+        # A warm start: payments of every kind, two cross-shard legs in flight (one each way
+        # across the moving slot), so that short runs already move a slot with legs pending.
+        for debtor, creditor, amount_minor in (
+            (CUSTOMERS[0], CUSTOMERS[3], 400),  # moving slot -> shard 1: a leg in shard 0's outbox
+            (CUSTOMERS[3], CUSTOMERS[1], 300),  # shard 1 -> moving slot: a leg in shard 1's outbox
+            (CUSTOMERS[2], CUSTOMERS[0], 200),  # shard 0, into the moving slot
+            (CUSTOMERS[1], SETTLEMENT, 500),
+        ):
+            self.pay(debtor, creditor, amount_minor)
+        assert len(self.acked) == 4 and all(node.outbox for node in self.nodes)
 
     # -- the gateway: resolve, route, follow one redirect ---------------------------------------
     def tick(self) -> int:
@@ -526,16 +536,20 @@ class SlotMoveMachine(RuleBasedStateMachine):
             decide(node, lambda s, ws: s.mark_delivered(transfer_id, ws, held=held))
 
     # -- the move and the crashes --------------------------------------------------------------
-    @rule(coordinator_crashes=st.booleans())
-    def move_step(self, coordinator_crashes: bool) -> None:
-        record = self.record
-        if record.phase == Phase.DONE:
-            if self.moves_started < 2:
-                # Move it back: from the first move's map, redirects and joined legs.
-                self.record = start_move(record.slot_map, MOVING_SLOT, record.source)
-                self.moves_started += 1
-            return
-        advance(record, self.nodes[record.source], self.nodes[record.target], record_step=not coordinator_crashes)
+    @rule(steps=st.integers(1, 3), coordinator_crash_at=st.integers(0, 4))
+    def move_steps(self, steps: int, coordinator_crash_at: int) -> None:
+        """Up to three of the move's steps; the coordinator may crash after one step's effect
+        and before its record (then that step runs again)."""
+        for index in range(steps):
+            record = self.record
+            if record.phase == Phase.DONE:
+                if self.moves_started < 2:
+                    # Move it back: from the first move's map, redirects and joined legs.
+                    self.record = start_move(record.slot_map, MOVING_SLOT, record.source)
+                    self.moves_started += 1
+                return
+            source, target = self.nodes[record.source], self.nodes[record.target]
+            advance(record, source, target, record_step=index != coordinator_crash_at)
 
     @rule(shard=st.integers(0, SHARDS - 1))
     def crash(self, shard: int) -> None:
@@ -631,6 +645,11 @@ class SlotMoveMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if not hasattr(self, "nodes"):
             return
+        # What the run reached before the end (hypothesis --hypothesis-show-statistics).
+        event(f"moves started {self.moves_started}, phase reached {self.record.phase}")
+        event(f"joined legs {sum(len(n.joined_legs) for n in self.nodes)}")
+        event(f"commands acknowledged {min(len(self.acked), 20) // 5 * 5}+")
+        event(f"fan-outs {min(self.fanouts, 1)}+")
         # Finish the move, then deliver every leg: nothing may stay in flight.
         while self.record.phase != Phase.DONE:
             advance(self.record, self.nodes[self.record.source], self.nodes[self.record.target])
@@ -648,7 +667,7 @@ class SlotMoveMachine(RuleBasedStateMachine):
 
 
 SlotMoveMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_slot_move_model = SlotMoveMachine.TestCase
 
