@@ -67,8 +67,8 @@ from .state import ShardState
 
 __all__ = [
     "MOVE_TAIL_ROUNDS_MAX",
-    "Moved",
     "MoveRecord",
+    "Moved",
     "NotYet",
     "Phase",
     "Role",
@@ -481,7 +481,9 @@ def advance(record: MoveRecord, source: ShardNode, target: ShardNode, *, record_
         if staged is None:  # never copied (a target restored from an older backup): copy whole
             target.staged[slot] = export_slot(source.state, slot, source.outbox, source.joined_legs)
         else:
-            target.staged[slot] = staged.merged(export_tail(source.state, slot, staged, source.outbox, source.joined_legs))
+            target.staged[slot] = staged.merged(
+                export_tail(source.state, slot, staged, source.outbox, source.joined_legs)
+            )
     elif phase == Phase.FENCE:
         # Between two batches: what the source decided before is in the next tail.
         source.roles[slot] = (Role.FENCED, target.shard, version)
@@ -560,5 +562,3 @@ def settle_local_legs(node: ShardNode) -> list[str]:
             payment.status = Status.COMPLETED
         del node.outbox[transfer_id]
     return applied_now
-
-
