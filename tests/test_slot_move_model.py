@@ -5,14 +5,14 @@ import into an empty state, gives equal rows and indexes; fraud windows and firs
 pairs move with their debtor; a drop leaves the other slots as they were.
 
 The model test (a Hypothesis state machine over two shards and a coordinator): random
-interleavings of payments (same slot, other slot, cross-shard, to the settlement account),
-retries with the same idempotency key, refunds, agreement changes (suspend, resume, revoke),
+interleavings of payments (same slot, other slot, cross-shard, to the settlement account;
+some committed with their answer lost), retries with the same idempotency key, refunds, agreement changes (suspend, resume, revoke),
 credit legs sent and acknowledged by the relays, the move's steps, crashes of the source and
 the target (memory rebuilt from their rows, unacknowledged sends forgotten) and of the
 coordinator after a step's effect and before its record. After every step: the books sum to
 zero over the live rows (the slot's rows live on its owner under the coordinator's map, or in
-the target's staged copy during the cut-over), every acknowledged payment and refund is one
-live row (no more, no fewer), every customer's balance is what its live rows say, no credit
+the target's staged copy during the cut-over), every committed payment (acknowledged or its
+answer lost) and every refund is one live row (no more, no fewer), every customer's balance is what its live rows say, no credit
 leg is applied twice, the clearing stripes hold exactly the legs in flight, and every id
 resolves from its home shard to its one live holder. A retry answers the original result.
 At the end the move is finished and every leg delivered: nothing is left in flight.
@@ -356,6 +356,7 @@ class SlotMoveMachine(RuleBasedStateMachine):
         self.keys = 0
         # acknowledged commands: id -> (kind, the original answer)
         self.acked: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        self.unanswered: dict[str, tuple[str, tuple[Any, ...]]] = {}  # committed, the answer lost
         self.sent_payments: list[tuple[str, PaymentCommand]] = []  # (key, command) of every attempt
         self.refundable: list[str] = []
         self.fanouts = 0
@@ -427,7 +428,7 @@ class SlotMoveMachine(RuleBasedStateMachine):
         return slot
 
     # -- commands ------------------------------------------------------------------------------
-    def place(self, key: str, debtor: str, creditor: str, amount_minor: int) -> None:
+    def place(self, key: str, debtor: str, creditor: str, amount_minor: int, *, answer_lost: bool = False) -> None:
         agreement = AGREEMENTS[debtor]
         # The id names the agreement's home shard (version 1), never its current owner, so a
         # retry after any move computes the same id.
@@ -442,39 +443,49 @@ class SlotMoveMachine(RuleBasedStateMachine):
         command.creditor_shard = creditor_shard(node, creditor)
         command.at_ms = self.tick()
         (code, transfer), _ = decide(node, lambda s, ws: s.execute_payment(command, ws))
-        self.answered(payment_id, code, transfer)
+        self.answered(payment_id, code, transfer, answer_lost)
 
-    def answered(self, payment_id: str, code: str, transfer: Transfer | None) -> None:
+    def answered(self, payment_id: str, code: str, transfer: Transfer | None, answer_lost: bool) -> None:
+        """Record the answer; answer_lost: committed, but the partner never heard (a crash
+        or a timeout between the commit and the reply): only a retry can tell it."""
         if code == Code.OK:
             assert transfer is not None
-            assert payment_id not in self.acked, f"{payment_id} decided twice"
-            self.acked[payment_id] = ("payment", (transfer.amount_minor, transfer.reasons, transfer.credit_account))
+            assert payment_id not in self.acked and payment_id not in self.unanswered, f"{payment_id} decided twice"
+            answer = ("payment", (transfer.amount_minor, transfer.reasons, transfer.credit_account))
+            if answer_lost:
+                self.unanswered[payment_id] = answer
+                return
+            self.acked[payment_id] = answer
             if transfer.status != Status.REJECTED and transfer.creditor_account == SETTLEMENT:
                 self.refundable.append(payment_id)
         elif code == Code.REPLAY:
             assert transfer is not None
-            assert self.acked[payment_id] == (
+            original = self.acked.get(payment_id) or self.unanswered[payment_id]
+            assert original == (
                 "payment",
                 (transfer.amount_minor, transfer.reasons, transfer.credit_account),
             ), "a retry answered something else than the original"
+            if not answer_lost and payment_id in self.unanswered:
+                self.acked[payment_id] = self.unanswered.pop(payment_id)
 
     @rule(
         debtor=st.sampled_from(CUSTOMERS),
         creditor=st.sampled_from((*CUSTOMERS, SETTLEMENT)),
         amount_minor=st.integers(1, 3_000),
+        answer_lost=st.sampled_from((False, False, False, True)),
     )
-    def pay(self, debtor: str, creditor: str, amount_minor: int) -> None:
+    def pay(self, debtor: str, creditor: str, amount_minor: int, answer_lost: bool = False) -> None:
         if creditor == debtor:
             return
         self.keys += 1
-        self.place(f"k{self.keys}", debtor, creditor, amount_minor)
+        self.place(f"k{self.keys}", debtor, creditor, amount_minor, answer_lost=answer_lost)
 
     @precondition(lambda self: self.sent_payments)
-    @rule(pick=st.integers(0, 10_000))
-    def retry(self, pick: int) -> None:
+    @rule(pick=st.integers(0, 10_000), answer_lost=st.booleans())
+    def retry(self, pick: int, answer_lost: bool) -> None:
         key, command = self.sent_payments[pick % len(self.sent_payments)]
         debtor = next(d for d, a in AGREEMENTS.items() if a == command.agreement_id)
-        self.place(key, debtor, command.creditor_account, command.amount_minor)
+        self.place(key, debtor, command.creditor_account, command.amount_minor, answer_lost=answer_lost)
 
     @precondition(lambda self: self.refundable)
     @rule(pick=st.integers(0, 10_000), amount_minor=st.integers(1, 2_000))
@@ -599,7 +610,7 @@ class SlotMoveMachine(RuleBasedStateMachine):
             by_kind.setdefault(row.kind, []).append(row.id)
         for kind, ids in by_kind.items():
             assert len(ids) == len(set(ids)), f"a {kind} row lives twice"
-        acked_payments = {i for i, (kind, _) in self.acked.items() if kind == "payment"}
+        acked_payments = {i for i, (kind, _) in self.acked.items() if kind == "payment"} | set(self.unanswered)
         acked_refunds = {i for i, (kind, _) in self.acked.items() if kind == "refund"}
         assert set(by_kind.get(Kind.PAYMENT, [])) == acked_payments
         assert set(by_kind.get(Kind.REFUND, [])) == acked_refunds
