@@ -343,6 +343,45 @@ def test_a_fenced_source_answers_moved_and_the_importing_target_not_yet() -> Non
     assert locate(source, AGREEMENTS[CUSTOMERS[0]]) == MOVING_SLOT and locate(target, AGREEMENTS[CUSTOMERS[0]])
 
 
+def moved_pair() -> tuple[ShardNode, ShardNode]:
+    """Shards 0 and 1 after MOVING_SLOT went from 0 to 1."""
+    source = ShardNode(seed_state(0), SlotMap.initial(SHARDS))
+    target = ShardNode(seed_state(1), SlotMap.initial(SHARDS))
+    record = start_move(SlotMap.initial(SHARDS), MOVING_SLOT, 1)
+    while record.phase != Phase.DONE:
+        advance(record, source, target)
+    return source, target
+
+
+def test_a_read_by_id_on_the_home_shard_skips_the_credit_leg_of_a_moved_debtors_payment() -> None:
+    # A moved debtor pays a creditor on its old home shard: the payment (named by that home)
+    # is on the new owner, its credit leg, under the same id, on the home. Found by the model.
+    source, target = moved_pair()
+    agreement = AGREEMENTS[CUSTOMERS[0]]
+    payment_id = payment_id_for(PARTNER, "k", shard_of(agreement, SHARDS))
+    assert shard_of_payment(payment_id, SHARDS) == source.shard
+    to = creditor_shard(target, CUSTOMERS[2])
+    command = PaymentCommand(payment_id, PARTNER, agreement, 100, CURRENCY, CUSTOMERS[2], to, "r", "h", DAY0_MS)
+    (code, _), _ = decide(target, lambda s, ws: s.execute_payment(command, ws))
+    assert code == Code.OK and to == source.shard and set(target.outbox) == {payment_id}
+    code, _ = decide(source, lambda s, ws: s.execute_credit(target.outbox[payment_id], ws))
+    assert code == Code.OK and source.state.transfers[payment_id].kind == Kind.CREDIT_LEG
+    assert locate(source, payment_id) is None  # not "held here": that row is the leg
+    assert locate(target, payment_id) is True
+
+
+def test_a_fenced_slots_creditor_is_remote_for_the_source() -> None:
+    source = ShardNode(seed_state(0), SlotMap.initial(SHARDS))
+    target = ShardNode(seed_state(1), SlotMap.initial(SHARDS))
+    record = start_move(SlotMap.initial(SHARDS), MOVING_SLOT, 1)
+    assert creditor_shard(source, CUSTOMERS[0]) == 0 and creditor_shard(source, SETTLEMENT) == 0
+    while record.phase != Phase.FINAL:
+        advance(record, source, target)
+    # fenced: a payment from another slot of shard 0 to this creditor must go to the target,
+    # or it would credit the copy RELEASE drops
+    assert creditor_shard(source, CUSTOMERS[0]) == 1 and creditor_shard(source, CUSTOMERS[2]) == 0
+
+
 # ---- the model test ---------------------------------------------------------------------------
 class SlotMoveMachine(RuleBasedStateMachine):
     @initialize()
