@@ -81,6 +81,7 @@ def test_wire_round_trip_and_rejects() -> None:
 
 
 def test_payment_ids_still_carry_their_original_shard() -> None:
-    # Old ids keep resolving by the shard they name (the id filter / redirect handles moves).
+    # An id keeps naming the shard it was made for (its home); after its slot moves, the home
+    # answers with a redirect to the slot (ledger/slot_move.py locate; ARCHITECTURE.md).
     pid = payment_id_for("ptn_x", secrets.token_hex(4), 3)
     assert shard_of_payment(pid, 4) == 3
