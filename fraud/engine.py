@@ -10,9 +10,10 @@ call every method from the worker that owns the engine.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
+from types import MappingProxyType
 from typing import Any
 
 from fraud.aggregator import generate_aggregator
@@ -84,6 +85,29 @@ class FraudFilter:
         self._pairs: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._stores: dict[tuple[str, ...], WindowStore] = {}
         self._active, self._stores = self._build(ruleset)
+
+    # -- state by key, for moving a slot's share of it (ledger/slot_move.py) ----------
+
+    def window_stores(self) -> Mapping[tuple[str, ...], WindowStore]:
+        """The active rule set's window stores by key (a read-only view of the mapping)."""
+        return MappingProxyType(self._stores)
+
+    def first_payment_pairs(self) -> list[tuple[str, str]]:
+        """The (debtor, creditor) pairs with an accepted payment, least recently paid first."""
+        return list(self._pairs)
+
+    def forget_first_payment_pair(self, pair: tuple[str, str]) -> None:
+        self._pairs.pop(pair, None)
+
+    def add_first_payment_pair(self, pair: tuple[str, str]) -> None:
+        """Note a pair as paid (most recently), within max_first_payment_pairs."""
+        pairs = self._pairs
+        if pair in pairs:
+            pairs.move_to_end(pair)
+            return
+        pairs[pair] = None
+        if len(pairs) > self.max_first_payment_pairs:
+            pairs.popitem(last=False)
 
     # -- rule-set lifecycle ----------------------------------------------------------
 

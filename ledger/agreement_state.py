@@ -100,9 +100,7 @@ class AgreementStateMixin:
     undo: UndoLog
 
     def load_agreement(self, agreement: Agreement) -> None:
-        previous = self.agreements.get(agreement.id)
-        if previous is not None:
-            self._unindex(previous)
+        self.unload_agreement(agreement.id)  # a reload replaces the old row in every index
         self.agreements[agreement.id] = agreement
         self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
@@ -115,6 +113,28 @@ class AgreementStateMixin:
                 keys.append(key)  # the usual case: created in time order
             else:
                 bisect.insort(keys, key)
+
+    def unload_agreement(self, agreement_id: str) -> Agreement | None:
+        """load_agreement's inverse: the agreement out of the state and out of every index (its
+        slot moving away: ledger/slot_move.py). Returns it, or None if it is not here."""
+        agreement = self.agreements.pop(agreement_id, None)
+        if agreement is None:
+            return None
+        self._unindex(agreement)
+        key = (agreement.created_at_ms, agreement.id)
+        for index, owner in (
+            (self.agreements_by_partner, agreement.partner_id),
+            (self.agreements_by_debtor, agreement.debtor_account),
+        ):
+            keys = index.get(owner)
+            if keys is None:
+                continue
+            at = bisect.bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                del keys[at]
+            if not keys:
+                del index[owner]
+        return agreement
 
     # ---- the agreement index (see __init__) -------------------------------------------
     def _index(self, agreement: Agreement) -> None:

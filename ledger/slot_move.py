@@ -35,11 +35,11 @@ Durable, and what a crash loses (the model test crashes each party at every step
   unacknowledged legs are sent again from the outbox (the creditor dedupes). A crashed
   target still has its staged image; a crashed source still refuses a fenced slot.
 
-Where ShardState has no accessor, the code here reads and writes its attributes
-(`accounts`, `agreements`, `agreements_by_partner`, `agreements_by_debtor`, `visibility`,
-`transfers`, `next_seq`) and its index helper `_unindex`, and the fraud filter's `_stores`
-and `_pairs` (fraud.FraudFilter): an accessor on each is the wiring's first step (not done:
-ledger/state.py and fraud/ are other sessions' files).
+An agreement leaves through `ShardState.unload_agreement` (load_agreement's inverse, every
+index included) and the fraud windows and first-payment pairs through `FraudFilter`'s
+`window_stores`, `first_payment_pairs`, `add_first_payment_pair` and
+`forget_first_payment_pair`. Accounts, transfers and `next_seq` are still read and written as
+ShardState's attributes (`accounts`, `visibility`, `transfers`).
 
 Two things the wiring must change elsewhere (found while building this, not done here):
 - a payment and its credit leg share one transfer id on two shards; a move can bring both to
@@ -199,7 +199,7 @@ def export_slot(
             image.outbox[transfer_id] = copy.deepcopy(leg)
     engine = _fraud_filter(state)
     if engine is not None:
-        for store_key, store in engine._stores.items():
+        for store_key, store in engine.window_stores().items():
             position = _debtor_position(store_key)
             if position is None:
                 continue
@@ -210,7 +210,7 @@ def export_slot(
             }
             if held:
                 image.windows[store_key] = held
-        image.first_payment_pairs = [pair for pair in engine._pairs if slot_of(pair[0]) == slot]
+        image.first_payment_pairs = [pair for pair in engine.first_payment_pairs() if slot_of(pair[0]) == slot]
     return image
 
 
@@ -241,18 +241,7 @@ def drop_slot(state: ShardState, slot: int, outbox: dict[str, CreditLeg] | None 
     for agreement_id, agreement in list(state.agreements.items()):
         if agreement_slot(agreement) != slot:
             continue
-        state._unindex(agreement)
-        del state.agreements[agreement_id]
-        key = (agreement.created_at_ms, agreement_id)
-        for index, owner in (
-            (state.agreements_by_partner, agreement.partner_id),
-            (state.agreements_by_debtor, agreement.debtor_account),
-        ):
-            keys = index.get(owner)
-            if keys is not None and key in keys:
-                keys.remove(key)
-                if not keys:
-                    del index[owner]
+        state.unload_agreement(agreement_id)
         dropped.append(agreement_id)
     for account_id in [a for a in state.accounts if account_slot(a) == slot]:
         del state.accounts[account_id]
@@ -267,14 +256,14 @@ def drop_slot(state: ShardState, slot: int, outbox: dict[str, CreditLeg] | None 
     dropped.extend(transfer_ids)
     engine = _fraud_filter(state)
     if engine is not None:
-        for store_key, store in engine._stores.items():
+        for store_key, store in engine.window_stores().items():
             position = _debtor_position(store_key)
             if position is None:
                 continue
             for key_value in [k for k in store.states if slot_of(_window_debtor(store_key, position, k)) == slot]:
                 del store.states[key_value]
-        for pair in [pair for pair in engine._pairs if slot_of(pair[0]) == slot]:
-            del engine._pairs[pair]
+        for pair in [pair for pair in engine.first_payment_pairs() if slot_of(pair[0]) == slot]:
+            engine.forget_first_payment_pair(pair)
     return dropped
 
 
@@ -319,7 +308,7 @@ def import_slot(
     engine = _fraud_filter(state)
     if engine is not None:
         for store_key, key_states in image.windows.items():
-            store = engine._stores.get(store_key)
+            store = engine.window_stores().get(store_key)
             if store is None:
                 continue  # the target's rule set reads no window over this key
             for key_value, key_state in key_states.items():
@@ -329,9 +318,7 @@ def import_slot(
                     store.states.popitem(last=False)
                     store.evicted_keys += 1
         for pair in image.first_payment_pairs:
-            engine._pairs[pair] = None
-            if len(engine._pairs) > engine.max_first_payment_pairs:
-                engine._pairs.popitem(last=False)
+            engine.add_first_payment_pair(pair)
     return image.transfer_ids()
 
 

@@ -460,3 +460,19 @@ def test_a_window_sum_past_int64_is_recorded_exactly_and_storably() -> None:
     assert data["reasons"][0]["values"]["sum(amount, by debtor, 1h)"] == str(2 * int64_max)
     check_value(data, "transfers.fraud")  # raised NotStorable before
     assert json.loads(json.dumps(data)) == data
+
+
+def test_first_payment_pairs_move_through_the_accessors_within_their_bound() -> None:
+    """What ledger/slot_move.py uses to take a slot's fraud state out and put it back."""
+    engine = FraudFilter(load_rules_file(default_rules_path()), max_first_payment_pairs=2)
+    assert engine.window_stores()  # the default rules read windows
+    with pytest.raises(TypeError):
+        engine.window_stores()[("x",)] = None  # type: ignore[index]
+    engine.add_first_payment_pair(("acc_1", "c"))
+    engine.add_first_payment_pair(("acc_2", "c"))
+    engine.add_first_payment_pair(("acc_1", "c"))  # paid again: most recent
+    engine.add_first_payment_pair(("acc_3", "c"))  # over the bound: the least recent goes
+    assert engine.first_payment_pairs() == [("acc_1", "c"), ("acc_3", "c")]
+    engine.forget_first_payment_pair(("acc_1", "c"))
+    engine.forget_first_payment_pair(("acc_9", "c"))  # not held: nothing happens
+    assert engine.first_payment_pairs() == [("acc_3", "c")]

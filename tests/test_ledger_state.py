@@ -828,3 +828,19 @@ def test_the_total_pending_cap_is_shared_out_over_the_shards_without_exceeding_i
     assert all(pending_share(total, n) * n <= total for total in range(1, 200) for n in range(1, total + 1))
     assert pending_share(1, 4) == 1  # below the shard count: one per shard
     assert ShardState(1, 2).pending_per_partner_max == PENDING_PER_PARTNER_MAX // 2
+
+
+def test_reloading_an_agreement_replaces_it_in_every_index() -> None:
+    """Regression: load_agreement of an id already loaded took the old row out of the
+    visibility index but put a second key into agreements_by_partner/_by_debtor, so the
+    agreement was listed twice; unload_agreement is its inverse."""
+    state = make_state(customers=1, balance=0)
+    again = mandate("agr_0", PARTNER, "acc_0", "CNY", 5_000, 8_000, "active", 0)
+    state.load_agreement(again)
+    assert state.agreements_by_partner[PARTNER] == [(0, "agr_0")]
+    assert state.agreements_by_debtor["acc_0"] == [(0, "agr_0")]
+    assert state.agreements["agr_0"] is again
+    assert state.unload_agreement("agr_0") is again
+    assert "agr_0" not in state.agreements
+    assert PARTNER not in state.agreements_by_partner and "acc_0" not in state.agreements_by_debtor
+    assert not state.visible_ends and state.unload_agreement("agr_0") is None
