@@ -104,10 +104,7 @@ class AgreementStateMixin:
         self.agreements[agreement.id] = agreement
         self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
-        for index, owner in (
-            (self.agreements_by_partner, agreement.partner_id),
-            (self.agreements_by_debtor, agreement.debtor_account),
-        ):
+        for index, owner in self._lists_of(agreement):
             keys = index.setdefault(owner, [])
             if not keys or keys[-1] < key:
                 keys.append(key)  # the usual case: created in time order
@@ -122,10 +119,7 @@ class AgreementStateMixin:
             return None
         self._unindex(agreement)
         key = (agreement.created_at_ms, agreement.id)
-        for index, owner in (
-            (self.agreements_by_partner, agreement.partner_id),
-            (self.agreements_by_debtor, agreement.debtor_account),
-        ):
+        for index, owner in self._lists_of(agreement):
             keys = index.get(owner)
             if keys is None:
                 continue
@@ -137,6 +131,13 @@ class AgreementStateMixin:
         return agreement
 
     # ---- the agreement index (see __init__) -------------------------------------------
+    def _lists_of(self, agreement: Agreement) -> tuple[tuple[dict[str, list[tuple[int, str]]], str], ...]:
+        """The per-partner and per-debtor lists of (created_at_ms, id) keys holding `agreement`."""
+        return (
+            (self.agreements_by_partner, agreement.partner_id),
+            (self.agreements_by_debtor, agreement.debtor_account),
+        )
+
     def _index(self, agreement: Agreement) -> None:
         pair = (agreement.debtor_account, agreement.partner_id)
         status = agreement.status
@@ -184,10 +185,7 @@ class AgreementStateMixin:
         undo.on_undo(lambda: self._unindex(agreement))
         self._index(agreement)
         key = (agreement.created_at_ms, agreement.id)
-        for index, owner in (
-            (self.agreements_by_partner, agreement.partner_id),
-            (self.agreements_by_debtor, agreement.debtor_account),
-        ):
+        for index, owner in self._lists_of(agreement):
             keys = index.get(owner)
             if keys is None:
                 undo.setitem(index, owner, [key])

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -166,6 +167,16 @@ def _window_debtor(store_key: tuple[str, ...], position: int, key_value: Any) ->
     return key_value if len(store_key) == 1 else key_value[position]
 
 
+def _slot_windows(engine: Any, slot: int) -> Iterator[tuple[tuple[str, ...], Any, list[Any]]]:
+    """(store key, store, the key values keyed by a debtor of `slot`) of every window store
+    keyed by the debtor; stores keyed by ip or device alone span slots and are left out."""
+    for store_key, store in engine.window_stores().items():
+        position = _debtor_position(store_key)
+        if position is not None:
+            held = [k for k in store.states if slot_of(_window_debtor(store_key, position, k)) == slot]
+            yield store_key, store, held
+
+
 def export_slot(
     state: ShardState,
     slot: int,
@@ -199,17 +210,9 @@ def export_slot(
             image.outbox[transfer_id] = copy.deepcopy(leg)
     engine = _fraud_filter(state)
     if engine is not None:
-        for store_key, store in engine.window_stores().items():
-            position = _debtor_position(store_key)
-            if position is None:
-                continue
-            held = {
-                key_value: copy.deepcopy(key_state)
-                for key_value, key_state in store.states.items()
-                if slot_of(_window_debtor(store_key, position, key_value)) == slot
-            }
+        for store_key, store, held in _slot_windows(engine, slot):
             if held:
-                image.windows[store_key] = held
+                image.windows[store_key] = {key_value: copy.deepcopy(store.states[key_value]) for key_value in held}
         image.first_payment_pairs = [pair for pair in engine.first_payment_pairs() if slot_of(pair[0]) == slot]
     return image
 
@@ -256,11 +259,8 @@ def drop_slot(state: ShardState, slot: int, outbox: dict[str, CreditLeg] | None 
     dropped.extend(transfer_ids)
     engine = _fraud_filter(state)
     if engine is not None:
-        for store_key, store in engine.window_stores().items():
-            position = _debtor_position(store_key)
-            if position is None:
-                continue
-            for key_value in [k for k in store.states if slot_of(_window_debtor(store_key, position, k)) == slot]:
+        for _, store, held in _slot_windows(engine, slot):
+            for key_value in held:
                 del store.states[key_value]
         for pair in [pair for pair in engine.first_payment_pairs() if slot_of(pair[0]) == slot]:
             engine.forget_first_payment_pair(pair)
