@@ -277,6 +277,11 @@ def test_security_headers_and_escaped_partner_name(stack: Stack, browser: httpx.
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     css = browser.get("/consent/static/consent.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    # The page names its icon, so a browser does not fetch /favicon.ico (the API's JSON 404).
+    assert '<link rel="icon" href="/consent/static/favicon.svg"' in page.text
+    icon = browser.get("/consent/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.content.startswith(b"<svg") and "img-src 'self'" in icon.headers["content-security-policy"]
 
 
 def test_csrf_missing_or_wrong_is_refused(stack: Stack, browser: httpx.Client) -> None:
