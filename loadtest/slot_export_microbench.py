@@ -50,7 +50,7 @@ async def _measure(dsn: str, transfers: int, accounts: int, slots: int) -> dict[
             rows.append((len(export.image.accounts), len(export.image.transfers)))
         ids = list((await slot_pg.export_slot(conn, chosen[0], now_ms=now_ms)).image.accounts)
         plans = {}
-        for name, sql, args in [
+        statements: list[tuple[str, str, list[Any]]] = [
             (
                 "accounts",
                 "SELECT id FROM accounts WHERE kind = 'customer' AND quickpay_slot_of(id) = $1",
@@ -70,7 +70,8 @@ async def _measure(dsn: str, transfers: int, accounts: int, slots: int) -> dict[
                 "SELECT id FROM accounts WHERE kind = 'customer' AND quickpay_slot_of(id) = $1",
                 [chosen[0]],
             ),
-        ]:
+        ]
+        for name, sql, args in statements:
             off = name.endswith("without_index")
             if off:
                 await conn.execute("SET enable_indexscan = off; SET enable_bitmapscan = off")
