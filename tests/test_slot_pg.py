@@ -30,8 +30,18 @@ from kernel.ids import CLEARING_ACCOUNT, shard_of
 from kernel.slots import SLOT_COUNT, slot_of
 from ledger import pg, slot_move, slot_pg
 from ledger.agreements import PeriodicLimit
-from ledger.model import Account, Agreement, Code, CreditLeg, FundingCommand, Kind, PaymentCommand, RefundCommand
-from ledger.model import Status, Transfer
+from ledger.model import (
+    Account,
+    Agreement,
+    Code,
+    CreditLeg,
+    FundingCommand,
+    Kind,
+    PaymentCommand,
+    RefundCommand,
+    Status,
+    Transfer,
+)
 from ledger.rows import decode_transfer
 from ledger.state import MS_PER_DAY, ShardState, WriteSet
 
@@ -374,9 +384,11 @@ async def books(conns: list[asyncpg.Connection]) -> dict[str, int]:
     return balances
 
 
-async def move(s0: Shard, s1: Shard, *, twice: bool = False) -> dict[str, Any]:
-    """SNAPSHOT, TAIL, INSTALL, RELEASE of SLOT from shard 0 to shard 1 (each run twice if
-    `twice`, checking the second run changes nothing)."""
+async def move(source: Shard, target: Shard, *, twice: bool = False, late: bool = True) -> dict[str, Any]:
+    """SNAPSHOT, TAIL, INSTALL, RELEASE of SLOT from `source` to `target` (each run twice if
+    `twice`, checking the second run changes nothing); `late`: a payment of the slot decided
+    on the source between the snapshot and the tail."""
+    source_conn, target_conn = source.conn, target.conn
 
     async def step(run: Callable[[], Awaitable[Any]], conn: asyncpg.Connection) -> Any:
         result = await run()
@@ -387,17 +399,21 @@ async def move(s0: Shard, s1: Shard, *, twice: bool = False) -> dict[str, Any]:
             return result, again
         return result, None
 
-    snapshot = await slot_pg.export_slot(s0.conn, SLOT, now_ms=NOW_MS)
-    await step(lambda: slot_pg.stage_slot(s1.conn, snapshot, now_ms=NOW_MS), s1.conn)
-    point = await slot_pg.staged_point(s1.conn, SLOT)
+    snapshot = await slot_pg.export_slot(source_conn, SLOT, now_ms=NOW_MS)
+    await step(lambda: slot_pg.stage_slot(target_conn, snapshot, now_ms=NOW_MS), target_conn)
+    point = await slot_pg.staged_point(target_conn, SLOT)
     assert point is not None
-    late = await s0.pay("p9", M1, SETTLEMENT, 33)  # decided after the snapshot: in the tail
-    tail = await slot_pg.export_tail(s0.conn, SLOT, point, now_ms=NOW_MS)
-    assert late.id in tail.image.transfers
-    await step(lambda: slot_pg.stage_slot(s1.conn, tail, now_ms=NOW_MS), s1.conn)
-    installed, install_again = await step(lambda: slot_pg.install_slot(s1.conn, SLOT, now_ms=NOW_MS), s1.conn)
-    moved = await slot_pg.installed_ids(s1.conn, SLOT)
-    released, release_again = await step(lambda: slot_pg.release_slot(s0.conn, SLOT, moved, now_ms=NOW_MS), s0.conn)
+    if late:
+        paid = await source.pay("p9", M1, SETTLEMENT, 33)  # decided after the snapshot: in the tail
+    tail = await slot_pg.export_tail(source_conn, SLOT, point, now_ms=NOW_MS)
+    if late:
+        assert paid.id in tail.image.transfers
+    await step(lambda: slot_pg.stage_slot(target_conn, tail, now_ms=NOW_MS), target_conn)
+    installed, install_again = await step(lambda: slot_pg.install_slot(target_conn, SLOT, now_ms=NOW_MS), target_conn)
+    moved = await slot_pg.installed_ids(target_conn, SLOT)
+    released, release_again = await step(
+        lambda: slot_pg.release_slot(source_conn, SLOT, moved, now_ms=NOW_MS), source_conn
+    )
     return {
         "image": snapshot.image.merged(tail.image),
         "installed": installed,
@@ -422,7 +438,9 @@ async def test_a_move_keeps_the_books_and_every_moved_id_resolves(dsns: list[str
             k: v for k, v in before.items() if k not in (B, M1)
         }
         image: slot_move.SlotImage = done["image"]
-        target_ids = {r["id"] for r in await s1.conn.fetch("SELECT id FROM transfers UNION SELECT id FROM slot_joined_legs")}
+        target_ids = {
+            r["id"] for r in await s1.conn.fetch("SELECT id FROM transfers UNION SELECT id FROM slot_joined_legs")
+        }
         target_agreements = {r["id"] for r in await s1.conn.fetch("SELECT id FROM agreements")}
         source_accounts = {r["id"] for r in await s0.conn.fetch("SELECT id FROM accounts")}
         assert not set(image.accounts) & source_accounts
@@ -438,9 +456,9 @@ async def test_a_move_keeps_the_books_and_every_moved_id_resolves(dsns: list[str
         assert ranges["last_seq"] - ranges["first_seq"] + 1 == len(image.transfers) + len(installed.settled_legs)
         assert installed.next_seq == ranges["last_seq"] + 1
         # The moved agreements' transitions came along.
-        assert await s1.conn.fetchval(
-            "SELECT count(*) FROM agreement_events WHERE agreement_id = $1", AGREEMENTS[M2]
-        ) == 4
+        assert (
+            await s1.conn.fetchval("SELECT count(*) FROM agreement_events WHERE agreement_id = $1", AGREEMENTS[M2]) == 4
+        )
         assert not await s0.conn.fetchval("SELECT count(*) FROM outbox")
         assert not await s1.conn.fetchval("SELECT count(*) FROM slot_staged_transfers")
     finally:
@@ -489,12 +507,34 @@ async def test_an_unreadable_row_is_reported_not_moved_and_never_deleted(dsns: l
         assert broken not in export.image.transfers
         await slot_pg.stage_slot(s1.conn, export, now_ms=NOW_MS)
         assert await slot_pg.install_slot(s1.conn, SLOT, now_ms=NOW_MS) is not None
-        released = await slot_pg.release_slot(
-            s0.conn, SLOT, await slot_pg.installed_ids(s1.conn, SLOT), now_ms=NOW_MS
-        )
+        released = await slot_pg.release_slot(s0.conn, SLOT, await slot_pg.installed_ids(s1.conn, SLOT), now_ms=NOW_MS)
         assert released.transfers == len(export.image.transfers)
         assert await s0.conn.fetchval("SELECT count(*) FROM transfers WHERE id = $1", broken) == 1
         assert await slot_pg.redirect_of(s0.conn, broken) is None
+    finally:
+        await s0.conn.close()
+        await s1.conn.close()
+
+
+async def test_a_slot_moved_there_and_back_keeps_the_books_and_its_ids(dsns: list[str]) -> None:
+    s0, s1, paid = await build_world(dsns)
+    try:
+        before = await books([s0.conn, s1.conn])
+        there = await move(s0, s1)
+        back = await move(s1, s0, late=False)  # s1's memory never loaded the slot: no new payment there
+        after = await books([s0.conn, s1.conn])
+        assert after[B] == before[B] + 150 and after[M1] == before[M1] - 33 + 40
+        image: slot_move.SlotImage = back["image"]
+        assert set(there["image"].transfers) <= set(image.transfers)  # all of it came back
+        assert set(back["installed"].settled_legs) == set()  # settled on the first install, not again
+        for entity_id in [*image.transfers, *image.agreements]:
+            assert await slot_pg.redirect_of(s0.conn, entity_id) is None, entity_id  # live here again
+            assert await slot_pg.redirect_of(s1.conn, entity_id) == SLOT, entity_id
+        # The payment that joined its leg on shard 1 went home; its leg is a plain row there again.
+        leg = paid["cross_undelivered"].id
+        assert await s1.conn.fetchval("SELECT kind FROM transfers WHERE id = $1", leg) == Kind.CREDIT_LEG
+        assert await s0.conn.fetchval("SELECT kind FROM transfers WHERE id = $1", leg) == Kind.PAYMENT
+        assert not await s1.conn.fetchval("SELECT count(*) FROM slot_joined_legs WHERE id = $1", leg)
     finally:
         await s0.conn.close()
         await s1.conn.close()
