@@ -324,13 +324,19 @@ async def staged_point(conn: asyncpg.Connection, slot: int) -> SnapshotPoint | N
 
 async def stage_slot(conn: asyncpg.Connection, export: SlotExport, *, now_ms: int) -> None:
     """Write `export` into the target's staging tables in one transaction. A snapshot replaces
-    the slot's staged copy; a tail replaces its accounts, agreements, events and outbox legs and
-    the journal rows it carries. Staging the same export twice leaves one copy."""
+    the slot's staged copy; a tail (only onto a copy staged from the same source: ValueError
+    otherwise) replaces its accounts, agreements, events and outbox legs and the journal rows it
+    carries. Staging the same export twice leaves one copy."""
     image = export.image
     slot = image.slot
     transfers = list(image.transfers.values())
     async with conn.transaction():
         if export.is_tail:
+            # A tail completes a staged copy from the same source; alone it would stage a slot
+            # without the rows it did not carry.
+            header = await conn.fetchrow("SELECT source_shard FROM slot_staged WHERE slot = $1 FOR UPDATE", slot)
+            if header is None or header["source_shard"] != image.source_shard:
+                raise ValueError(f"slot {slot}: a tail from shard {image.source_shard} needs its snapshot staged first")
             for table in ("slot_staged_accounts", "slot_staged_agreements", "slot_staged_agreement_events"):
                 await conn.execute(f"DELETE FROM {table} WHERE slot = $1", slot)
             await conn.execute("DELETE FROM slot_staged_outbox WHERE slot = $1", slot)

@@ -320,6 +320,20 @@ async def test_a_tail_brings_the_staged_copy_up_to_date(dsns: list[str]) -> None
         await s1.conn.close()
 
 
+async def test_a_tail_is_staged_only_onto_its_snapshot(dsns: list[str]) -> None:
+    s0, s1, _ = await build_world(dsns)
+    try:
+        await pg.ensure_schema(s1.conn, 1, SHARDS)
+        tail = await slot_pg.export_tail(s0.conn, SLOT, slot_pg.SnapshotPoint(0), now_ms=NOW_MS)
+        with pytest.raises(ValueError, match="needs its snapshot staged first"):
+            await slot_pg.stage_slot(s1.conn, tail, now_ms=NOW_MS)
+        assert await slot_pg.staged_point(s1.conn, SLOT) is None
+        assert not await s1.conn.fetchval("SELECT count(*) FROM slot_staged_transfers")
+    finally:
+        await s0.conn.close()
+        await s1.conn.close()
+
+
 # ---- the whole move --------------------------------------------------------------------------
 _TABLES = (
     "accounts",
