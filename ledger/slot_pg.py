@@ -214,8 +214,9 @@ def _decoded(export: SlotExport, decode: Callable[[Any], Any], row: Any) -> Any:
 
 async def _read_slot_rows(conn: asyncpg.Connection, slot: int, export: SlotExport, now_ms: int) -> list[str]:
     """Accounts, agreements (with spend), their events, joined legs and outbox legs of `slot`
-    into `export`; returns the slot's account ids (every one, read or not: their journal rows
-    are found by them)."""
+    into `export`; returns the ids of the slot's accounts that were read (their journal rows
+    are found by them). An account that cannot be read stays on the source with everything of
+    it (its agreements, its journal rows), so the copy never holds rows without their account."""
     image = export.image
     rows = await conn.fetch(
         f"SELECT {', '.join(_ACCOUNT_COLUMNS)} FROM accounts WHERE kind = 'customer' AND {SLOT_SQL_FUNCTION}(id) = $1",
@@ -239,7 +240,7 @@ async def _read_slot_rows(conn: asyncpg.Connection, slot: int, export: SlotExpor
         f"SELECT * FROM agreements WHERE {SLOT_SQL_FUNCTION}(debtor_account) = $1 ORDER BY created_at_ms, id", slot
     ):
         agreement: Agreement | None = _decoded(export, lambda row: decode_agreement(row, now_ms), r)
-        if agreement is not None:
+        if agreement is not None and agreement.debtor_account in image.accounts:
             spend.agreements[agreement.id] = agreement
     await load_spend(conn, spend, now_ms)
     image.agreements = dict(spend.agreements)
@@ -249,7 +250,7 @@ async def _read_slot_rows(conn: asyncpg.Connection, slot: int, export: SlotExpor
         list(image.agreements),
     )
     export.agreement_events = [e for e in (_decoded(export, decode_agreement_event, r) for r in events) if e]
-    account_ids = [r["id"] for r in rows]
+    account_ids = list(image.accounts)
     for r in await conn.fetch(
         f"SELECT {_COLUMNS} FROM slot_joined_legs WHERE credit_account = ANY($1::text[])", account_ids
     ):

@@ -511,20 +511,33 @@ async def test_an_install_failing_midway_leaves_the_target_as_it_was(dsns: list[
         await s1.conn.close()
 
 
-async def test_an_unreadable_row_is_reported_not_moved_and_never_deleted(dsns: list[str]) -> None:
+@pytest.mark.parametrize("broken", ["transfer", "account"])
+async def test_an_unreadable_row_is_reported_not_moved_and_never_deleted(dsns: list[str], broken: str) -> None:
     s0, s1, paid = await build_world(dsns)
     try:
-        broken = paid["same_shard_other_slot"].id
-        await s0.conn.execute("UPDATE transfers SET created_at_ms = -5 WHERE id = $1", broken)
+        if broken == "transfer":
+            key, table, staying = paid["same_shard_other_slot"].id, "transfers", [paid["same_shard_other_slot"].id]
+        else:  # M2 and everything of it stays: its agreement, its payments, the leg it received
+            key, table = M2, "accounts"
+            staying = [paid["cross_undelivered"].id, paid["b_to_m2_delivered"].id, AGREEMENTS[M2], f"fnd_{M2}"]
+        await s0.conn.execute(f"UPDATE {table} SET created_at_ms = -5 WHERE id = $1", key)
         export = await slot_pg.export_slot(s0.conn, SLOT, now_ms=NOW_MS)
-        assert [(e.table, e.key) for e in export.quarantined] == [("transfers", broken)]
-        assert broken not in export.image.transfers
+        assert [(e.table, e.key) for e in export.quarantined] == [(table, key)]
+        assert not set(staying) & {*export.image.transfers, *export.image.agreements, *export.image.accounts}
         await slot_pg.stage_slot(s1.conn, export, now_ms=NOW_MS)
         assert await slot_pg.install_slot(s1.conn, SLOT, now_ms=NOW_MS) is not None
         released = await slot_pg.release_slot(s0.conn, SLOT, await slot_pg.installed_ids(s1.conn, SLOT), now_ms=NOW_MS)
         assert released.transfers == len(export.image.transfers)
-        assert await s0.conn.fetchval("SELECT count(*) FROM transfers WHERE id = $1", broken) == 1
-        assert await slot_pg.redirect_of(s0.conn, broken) is None
+        assert (released.accounts_left, released.agreements_left) == ((0, 0) if broken == "transfer" else (1, 1))
+        for entity_id in staying:
+            assert await slot_pg.redirect_of(s0.conn, entity_id) is None
+        assert await s0.conn.fetchval(
+            "SELECT count(*) FROM (SELECT id FROM transfers UNION ALL SELECT id FROM agreements) r"
+            " WHERE id = ANY($1::text[])",
+            staying,
+        ) == len(staying)
+        await s0.conn.execute(f"UPDATE {table} SET created_at_ms = 0 WHERE id = $1", key)  # repaired, to count
+        await books([s0.conn, s1.conn])
     finally:
         await s0.conn.close()
         await s1.conn.close()
