@@ -46,8 +46,9 @@ rebuilds them from its journal (`ledger.fraud_port.replay_journal`), which now h
 slot's payments.
 
 A row that cannot be read is quarantined (`ledger.rows.QUARANTINE`, reader `slot_export`) and
-listed in `SlotExport.quarantined`: it is not copied, and a coordinator should not fence the
-slot while an export lists any (an operator repairs the row first).
+listed in `SlotExport.quarantined`: it is not copied (an unreadable account keeps its
+agreements and journal rows with it), the release leaves it where it is, and a coordinator
+should not fence the slot while an export lists any (an operator repairs the row first).
 """
 
 from __future__ import annotations
@@ -212,7 +213,9 @@ def _decoded(export: SlotExport, decode: Callable[[Any], Any], row: Any) -> Any:
         return None
 
 
-async def _read_slot_rows(conn: asyncpg.Connection, slot: int, export: SlotExport, now_ms: int) -> list[str]:
+async def _read_slot_rows(
+    conn: asyncpg.Connection, slot: int, export: SlotExport, now_ms: int, shard_count: int
+) -> list[str]:
     """Accounts, agreements (with spend), their events, joined legs and outbox legs of `slot`
     into `export`; returns the ids of the slot's accounts that were read (their journal rows
     are found by them). An account that cannot be read stays on the source with everything of
@@ -234,7 +237,7 @@ async def _read_slot_rows(conn: asyncpg.Connection, slot: int, export: SlotExpor
                 r["created_at_ms"],
                 r["balance_minor"],
             )
-    shard, shard_count = await _topology(conn)
+    shard = image.source_shard
     spend = ShardState(shard, shard_count)  # a scratch state: load_spend places and sums the windows
     for r in await conn.fetch(
         f"SELECT * FROM agreements WHERE {SLOT_SQL_FUNCTION}(debtor_account) = $1 ORDER BY created_at_ms, id", slot
@@ -283,10 +286,10 @@ async def export_slot(conn: asyncpg.Connection, slot: int, *, now_ms: int) -> Sl
     """Every row of `slot` in the source database `conn`, in one snapshot (see the module's
     docstring); `now_ms` places the agreements' limit windows, as the start-up load does."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        shard, _ = await _topology(conn)
+        shard, shard_count = await _topology(conn)
         through_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers"))
         export = SlotExport(SlotImage(slot, shard), through_seq)
-        account_ids = await _read_slot_rows(conn, slot, export, now_ms)
+        account_ids = await _read_slot_rows(conn, slot, export, now_ms, shard_count)
         _add_transfers(export, await conn.fetch(_SNAPSHOT_TRANSFERS, account_ids))
     return export
 
@@ -295,10 +298,10 @@ async def export_tail(conn: asyncpg.Connection, slot: int, since: SnapshotPoint,
     """What changed in `slot` after the snapshot point `since` (`staged_point` on the target):
     accounts, agreements and outbox legs whole, the journal rows new or changed since."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        shard, _ = await _topology(conn)
+        shard, shard_count = await _topology(conn)
         through_seq = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM transfers"))
         export = SlotExport(SlotImage(slot, shard), through_seq, is_tail=True)
-        account_ids = await _read_slot_rows(conn, slot, export, now_ms)
+        account_ids = await _read_slot_rows(conn, slot, export, now_ms, shard_count)
         new_rows = await conn.fetch(_TAIL_TRANSFERS, account_ids, since.through_seq)
         _add_transfers(export, new_rows)
         changed = set(since.in_process_ids)
