@@ -290,14 +290,21 @@ CREATE INDEX IF NOT EXISTS sms_outbox_created ON sms_outbox (created_at_ms);
 -- (SLOT_COUNT; tests/test_slot_pg.py checks both on many ids). Declared IMMUTABLE so that it
 -- can index: convert_to is only STABLE, but converting to UTF8 in a UTF8 database (initdb's and
 -- every quickpay database's encoding) returns the text's own bytes, whatever the session.
-CREATE OR REPLACE FUNCTION quickpay_slot_of(id text) RETURNS int
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    AS $$ SELECT (crc32(convert_to(id, 'UTF8')) % 5040)::int $$;
--- A slot's customer accounts and the agreements of its debtors, one index range each (both
--- tables are rarely inserted; transfers, the hot insert, get no such index: a slot's journal is
--- found through the columns that name its accounts).
-CREATE INDEX IF NOT EXISTS accounts_slot ON accounts (quickpay_slot_of(id)) WHERE kind = 'customer';
-CREATE INDEX IF NOT EXISTS agreements_debtor_slot ON agreements (quickpay_slot_of(debtor_account));
+-- With it, a slot's customer accounts and the agreements of its debtors are one index range
+-- each (both tables are rarely inserted; transfers, the hot insert, get no such index: a slot's
+-- journal is found through the columns that name its accounts). crc32(bytea) is PostgreSQL
+-- 18's: on an older server (--dsn) none of this is made, and only the slot move needs it.
+DO $$
+BEGIN
+    IF to_regprocedure('crc32(bytea)') IS NOT NULL THEN
+        CREATE OR REPLACE FUNCTION quickpay_slot_of(id text) RETURNS int
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $f$ SELECT (crc32(convert_to(id, 'UTF8')) % 5040)::int $f$;
+        CREATE INDEX IF NOT EXISTS accounts_slot ON accounts (quickpay_slot_of(id)) WHERE kind = 'customer';
+        CREATE INDEX IF NOT EXISTS agreements_debtor_slot ON agreements (quickpay_slot_of(debtor_account));
+    END IF;
+END
+$$;
 -- The target's staged copy of a slot (logged tables: a crashed target keeps it). One header
 -- per slot: where the copy came from and the snapshot point (the source journal's highest seq
 -- the copy has seen, and the staged payments still in process, whose status may yet change).
