@@ -285,3 +285,75 @@ CREATE TABLE IF NOT EXISTS sms_outbox (
     created_at_ms bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sms_outbox_created ON sms_outbox (created_at_ms);
+-- ---- slot move staging (issue 21; ledger/slot_pg.py) --------------------------------------
+-- A slot of an id, as kernel.slots.slot_of computes it: crc32 of its UTF-8 bytes mod 5,040
+-- (SLOT_COUNT; tests/test_slot_pg.py checks both on many ids). Declared IMMUTABLE so that it
+-- can index: convert_to is only STABLE, but converting to UTF8 in a UTF8 database (initdb's and
+-- every quickpay database's encoding) returns the text's own bytes, whatever the session.
+-- With it, a slot's customer accounts and the agreements of its debtors are one index range
+-- each (both tables are rarely inserted; transfers, the hot insert, get no such index: a slot's
+-- journal is found through the columns that name its accounts). crc32(bytea) is PostgreSQL
+-- 18's: on an older server (--dsn) none of this is made, and only the slot move needs it.
+DO $$
+BEGIN
+    IF to_regprocedure('crc32(bytea)') IS NOT NULL THEN
+        CREATE OR REPLACE FUNCTION quickpay_slot_of(id text) RETURNS int
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $f$ SELECT (crc32(convert_to(id, 'UTF8')) % 5040)::int $f$;
+        CREATE INDEX IF NOT EXISTS accounts_slot ON accounts (quickpay_slot_of(id)) WHERE kind = 'customer';
+        CREATE INDEX IF NOT EXISTS agreements_debtor_slot ON agreements (quickpay_slot_of(debtor_account));
+    END IF;
+END
+$$;
+-- The target's staged copy of a slot (logged tables: a crashed target keeps it). One header
+-- per slot: where the copy came from and the snapshot point (the source journal's highest seq
+-- the copy has seen, and the staged payments still in process, whose status may yet change).
+CREATE TABLE IF NOT EXISTS slot_staged (
+    slot          int PRIMARY KEY,
+    source_shard  int NOT NULL,
+    through_seq   bigint NOT NULL,
+    staged_at_ms  bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slot_staged_accounts (
+    slot int NOT NULL, LIKE accounts, PRIMARY KEY (slot, id)
+);
+CREATE TABLE IF NOT EXISTS slot_staged_agreements (
+    slot int NOT NULL, LIKE agreements, PRIMARY KEY (slot, id)
+);
+CREATE TABLE IF NOT EXISTS slot_staged_agreement_events (
+    slot int NOT NULL, source_seq bigint NOT NULL, agreement_id text NOT NULL, from_status text,
+    to_status text NOT NULL, actor text NOT NULL, at_ms bigint NOT NULL, PRIMARY KEY (slot, source_seq)
+);
+-- seq here is the source's; the install gives each row a new one.
+CREATE TABLE IF NOT EXISTS slot_staged_transfers (
+    slot int NOT NULL, LIKE transfers, PRIMARY KEY (slot, id)
+);
+CREATE TABLE IF NOT EXISTS slot_staged_outbox (
+    slot int NOT NULL, LIKE outbox, PRIMARY KEY (slot, transfer_id)
+);
+-- The credit-leg half of a cross-shard payment whose payment row is on this shard too (a move
+-- joined them: transfers' primary key holds the payment). Same columns as transfers.
+CREATE TABLE IF NOT EXISTS slot_joined_legs (
+    LIKE transfers, PRIMARY KEY (id)
+);
+-- What each install put into the journal: the seq ranges its copied rows got here (transfers
+-- and joined legs; agreement_events), so per-shard readers by seq (the notifier's positions,
+-- the transaction pages' cursors) can tell a copy from a new decision.
+CREATE TABLE IF NOT EXISTS slot_installs (
+    seq                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    slot               int NOT NULL,
+    source_shard       int NOT NULL,
+    first_seq          bigint NOT NULL,
+    last_seq           bigint NOT NULL,   -- first_seq - 1: no rows
+    events_first_seq   bigint,
+    events_last_seq    bigint,
+    installed_at_ms    bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS slot_installs_slot ON slot_installs (slot, seq);
+-- The source's redirects: an agreement or transfer id it gave away -> its slot (the slot map
+-- names the slot's owner, so one hop after any number of moves).
+CREATE TABLE IF NOT EXISTS slot_redirects (
+    id            text PRIMARY KEY,
+    slot          int NOT NULL,
+    at_ms         bigint NOT NULL
+);
