@@ -137,6 +137,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 CUTOFF_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("cutoff_refresh", asyncio.Task)
+SLOT_MAP_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("slot_map_fetch", asyncio.Task)
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -171,9 +172,16 @@ def create_app(config: GatewayConfig) -> web.Application:
             log.warning("serving before the partner cut-off markers were read (/readyz says not ready)")
         app[CUTOFF_TASK_KEY] = asyncio.get_running_loop().create_task(gw.run_cutoff_refresh())
 
+    async def start_slot_map_fetch(app: web.Application) -> None:
+        # The first fetch before serving (bounded); if shard 0 is not up, a task keeps trying.
+        task = asyncio.get_running_loop().create_task(router.fetch_slot_map_until_held())
+        app[SLOT_MAP_TASK_KEY] = task
+        await asyncio.wait([task], timeout=CUTOFF_FIRST_READ_S)
+
     async def stop_cutoff_refresh(app: web.Application) -> None:
-        task = app.get(CUTOFF_TASK_KEY)
-        if task is not None:
+        for task in (app.get(CUTOFF_TASK_KEY), app.get(SLOT_MAP_TASK_KEY)):
+            if task is None:
+                continue
             task.cancel()
             try:
                 await task
@@ -183,6 +191,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def close_router(app: web.Application) -> None:
         await router.close()
 
+    app.on_startup.append(start_slot_map_fetch)
     app.on_startup.append(start_cutoff_refresh)
     app.on_cleanup.append(stop_cutoff_refresh)
     app.on_cleanup.append(close_router)

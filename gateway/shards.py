@@ -1,17 +1,34 @@
-"""The gateway's view of the shards: routing, clients, and the creditor cache."""
+"""The gateway's view of the shards: routing, clients, the slot map it holds, and the
+creditor cache.
+
+Routing (issue 21): an ACCOUNT id goes to the shard the held slot map names for its slot
+(`shard_of_account`); agreements, partners and payments keep their home shard, the one
+their id names (`shard_of`: crc32 mod the ledger's shard count; a payment id carries its
+shard). Until the first fetch the router holds version 1 (`SlotMap.initial`), which is
+what shard 0 writes for a new ledger, so both route every id exactly as kernel.ids.shard_of.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import zlib
 from collections import OrderedDict
 from typing import Any
 
 from kernel.ids import is_striped, shard_of
+from kernel.slots import SLOT_COUNT, SlotMap, SlotMapError
 from ledger.client import ShardClient
+
+log = logging.getLogger("quickpay.gateway")
 
 __all__ = ["ShardRouter"]
 
 _ACCOUNT_CACHE_MAX = 200_000
+# The slot map fetch at start-up: each try's bound, and the wait before the next try while
+# shard 0 is not up (the router holds version 1 meanwhile).
+SLOT_MAP_FETCH_TIMEOUT_S = 3.0
+SLOT_MAP_RETRY_S = 1.0
 
 
 class ShardRouter:
@@ -29,18 +46,59 @@ class ShardRouter:
         # Account existence and currency never change once opened, so a positive
         # answer can be cached for good; misses are not cached.
         self._accounts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.slot_map = SlotMap.initial(self.count)
+        self._slot_owner = self.slot_map.assignment  # slot -> shard, read on every account route
+        self.slot_map_fetched = False  # True once shard 0 gave its map (else version 1, assumed)
 
     def shard_of(self, entity_id: str) -> int:
+        """The home shard of an agreement or partner id (never moves)."""
         return shard_of(entity_id, self.count)
 
     def client_for(self, entity_id: str) -> Any:
         return self.clients[shard_of(entity_id, self.count)]
+
+    def shard_of_account(self, account_id: str) -> int:
+        """The shard that owns a (customer) account under the held slot map."""
+        return self._slot_owner[zlib.crc32(account_id.encode()) % SLOT_COUNT]
+
+    def client_for_account(self, account_id: str) -> Any:
+        return self.clients[self._slot_owner[zlib.crc32(account_id.encode()) % SLOT_COUNT]]
+
+    def hold(self, slot_map: SlotMap) -> bool:
+        """Hold `slot_map` if it is newer than the one held; True if it was taken."""
+        if any(owner >= self.count for owner in slot_map.assignment):
+            raise SlotMapError(f"slot map version {slot_map.version} names a shard beyond {self.count}")
+        self.slot_map_fetched = True
+        if slot_map.version <= self.slot_map.version:
+            return False  # the same, or older than what this process already holds
+        self.slot_map = slot_map
+        self._slot_owner = slot_map.assignment
+        return True
+
+    async def fetch_slot_map(self) -> dict[str, Any]:
+        """Ask shard 0 (the control database) for the current map and hold it; the answer
+        (the shard's held version and slots, the control map and the moves in progress)."""
+        answer: dict[str, Any] = await self.clients[0].call("slot_map", {"control": True})
+        self.hold(SlotMap.from_wire(answer["control"]["map"]))
+        return answer
 
     async def call(self, shard: int, op: str, args: Any = None) -> Any:
         return await self.clients[shard].call(op, args)
 
     async def broadcast(self, op: str, args: Any = None) -> list[Any]:
         return list(await asyncio.gather(*(c.call(op, args) for c in self.clients)))
+
+    async def fetch_slot_map_until_held(self) -> None:
+        """Fetch the map from shard 0, trying again until it answers (start-up: shard 0 may
+        start after this gateway worker)."""
+        while not self.slot_map_fetched:
+            try:
+                await asyncio.wait_for(self.fetch_slot_map(), SLOT_MAP_FETCH_TIMEOUT_S)
+            except Exception as exc:  # shard 0 not up yet, or its answer unreadable: try again
+                log.warning(
+                    "could not fetch the slot map from shard 0 (holding version %s): %r", self.slot_map.version, exc
+                )
+                await asyncio.sleep(SLOT_MAP_RETRY_S)
 
     def known_account(self, account_id: str) -> dict[str, Any] | None:
         """The cached facts of an account, without asking its shard (None: not cached)."""
@@ -50,7 +108,7 @@ class ShardRouter:
         cached = self._accounts.get(account_id)
         if cached is not None:
             return cached
-        shard = 0 if is_striped(account_id) else self.shard_of(account_id)
+        shard = 0 if is_striped(account_id) else self.shard_of_account(account_id)
         found: dict[str, Any] | None = await self.clients[shard].call("lookup_account", {"id": account_id})
         if found is not None:
             self._accounts[account_id] = found

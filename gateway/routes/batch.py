@@ -80,7 +80,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             if item is not None
             and not is_striped(item.creditor_account)
             and router.known_account(item.creditor_account) is None
-            and router.shard_of(item.creditor_account) != router.shard_of(item.agreement_id)
+            and router.shard_of_account(item.creditor_account) != router.shard_of(item.agreement_id)
         }
         if not needed:
             return {}
