@@ -30,7 +30,7 @@ from . import web as web_pages
 from .errors import ApiError, error_response, field_error
 from .requests import ascii_int, is_printable_ascii
 from .responses import _PAYMENT_ERRORS, _internal, _shard_error, _unavailable
-from .routes import accounts, admin, agreements, batch, events, fraud, ops, payments, recon, refunds, token
+from .routes import accounts, admin, agreements, batch, events, fraud, ops, payments, recon, refunds, shards, token
 from .state import CUTOFF_FIRST_READ_S, GATEWAY_KEY, RATE_VERDICT, RECON_PROVISIONAL_REUSE_S, Gateway
 
 __all__ = [
@@ -158,6 +158,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     batch.add_routes(routes, gw)
     accounts.add_routes(routes, gw)
     admin.add_routes(routes, gw)
+    shards.add_routes(routes, gw)  # /admin/v1/shards: the slot map
     fraud.add_routes(routes, gw)
     console.add_routes(routes, gw)  # the operator console (gateway/console/)
     web_pages.add_routes(routes, gw)  # the customer's consent page and portal (gateway/web/)

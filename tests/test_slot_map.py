@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Stack
+from conftest import Stack, http
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from test_api import assert_error
 
 from gateway.shards import ShardRouter
 from kernel.ids import new_account_id, new_agreement_id, shard_of
@@ -25,6 +30,7 @@ from ledger import pg
 from ledger.client import ShardClient
 from ledger.slot_map_store import ensure_slot_map, moves_in_progress, read_control_map
 from quickpay.cli.parser import build_parser
+from quickpay.cli.shards import render_status
 from quickpay.cli.up import _validate_common
 from quickpay.embedded_pg import EmbeddedPostgres
 
@@ -170,3 +176,77 @@ async def test_every_shard_holds_version_1_and_shard_0_serves_the_control_map(st
     finally:
         for client in clients:
             await client.close()
+
+
+# ---- shown: the admin API, the CLI, the metrics ------------------------------------------
+def test_admin_shards_shows_the_map_the_held_versions_and_no_moves(stack: Stack, partner: dict[str, Any]) -> None:
+    assert_error(http("GET", stack.url("/admin/v1/shards")), 401, "QP.Auth.Admin")
+    assert_error(http("GET", stack.url("/admin/v1/shards"), token=partner["token"]), 401, "QP.Auth.Admin")
+    reply = stack.admin("GET", "/admin/v1/shards")
+    assert reply.status == 200, reply.body
+    view = reply.body
+    assert (view["version"], view["slot_count"], view["gateway_held_version"]) == (1, SLOT_COUNT, 1)
+    assert view["shards"] == [
+        {"shard": s, "slots": SLOT_COUNT // stack.shards, "held_version": 1, "error": None} for s in range(stack.shards)
+    ]
+    assert view["moves"] == []
+    assert view["written_at"].endswith("Z")
+
+
+def test_cli_shards_status_as_a_table_and_as_json(stack: Stack) -> None:
+    common = ["--url", stack.base_url, "--state-dir", str(stack.state_dir)]
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "quickpay.cli", *argv], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    as_json = cli("shards", "status", "--json", *common)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == stack.admin("GET", "/admin/v1/shards").body
+    table = cli("shards", "status", *common)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("slot map version 1 (written ") and f"{SLOT_COUNT} slots" in lines[0]
+    assert [line.split() for line in lines[3 : 3 + stack.shards]] == [
+        [str(s), str(SLOT_COUNT // stack.shards), "1"] for s in range(stack.shards)
+    ]
+    assert lines[-1] == "moves in progress: none"
+    refused = cli("shards", "status", "--url", stack.base_url, "--state-dir", str(stack.state_dir / "nowhere"))
+    assert refused.returncode != 0 and "no admin token" in refused.stderr
+
+
+def test_a_move_record_in_progress_is_shown() -> None:
+    view = {
+        "version": 2,
+        "written_at": "2030-03-17T17:46:40.000Z",
+        "slot_count": SLOT_COUNT,
+        "gateway_held_version": 2,
+        "shards": [
+            {"shard": 0, "slots": 2519, "held_version": 2, "error": None},
+            {"shard": 1, "slots": 2521, "held_version": None, "error": "ShardUnavailable"},
+        ],
+        "moves": [
+            {
+                "slot": 7,
+                "source_shard": 0,
+                "target_shard": 1,
+                "from_version": 2,
+                "to_version": 3,
+                "phase": "tail",
+                "started_at": "2030-03-17T17:46:41.000Z",
+                "updated_at": "2030-03-17T17:46:42.000Z",
+            }
+        ],
+    }
+    shown = render_status(view)
+    assert "? (ShardUnavailable)" in shown
+    assert "slot 7: shard 0 -> 1, version 2 -> 3, tail" in shown
+
+
+def test_metrics_show_each_shards_held_map_version(stack: Stack) -> None:
+    reply = http("GET", stack.url("/metrics"), token=stack.admin_token)
+    assert reply.status == 200
+    families = {f.name: f.samples for f in text_string_to_metric_families(reply.raw.decode())}
+    versions = {s.labels["shard"]: s.value for s in families["quickpay_shard_slot_map_version"]}
+    assert versions == {str(s): 1.0 for s in range(stack.shards)}
