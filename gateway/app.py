@@ -31,6 +31,7 @@ from .errors import ApiError, error_response, field_error
 from .requests import ascii_int, is_printable_ascii
 from .responses import _PAYMENT_ERRORS, _internal, _shard_error, _unavailable
 from .routes import accounts, admin, agreements, batch, events, fraud, ops, payments, recon, refunds, shards, token
+from .shards import SlotMoved
 from .state import CUTOFF_FIRST_READ_S, GATEWAY_KEY, RATE_VERDICT, RECON_PROVISIONAL_REUSE_S, Gateway
 
 __all__ = [
@@ -120,6 +121,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = error_response(
             _unavailable(f"the ledger did not answer ({exc}); retry with the same x-idempotency-key")
         )
+    except SlotMoved as exc:
+        response = error_response(_unavailable(f"the account's slot is moving ({exc}); retry with the same key"))
     except ShardError as exc:
         response = error_response(_shard_error(exc, interaction_id))
     except Exception as exc:  # a bug: never a bare text 500 without the interaction id

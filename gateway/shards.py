@@ -11,6 +11,7 @@ what shard 0 writes for a new ledger, so both route every id exactly as kernel.i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections import OrderedDict
@@ -18,17 +19,22 @@ from typing import Any
 
 from kernel.ids import is_striped, shard_of
 from kernel.slots import SLOT_COUNT, SlotMap, SlotMapError
-from ledger.client import ShardClient
+from ledger.client import ShardClient, ShardError
 
 log = logging.getLogger("quickpay.gateway")
 
-__all__ = ["ShardRouter"]
+__all__ = ["ShardRouter", "SlotMoved"]
 
 _ACCOUNT_CACHE_MAX = 200_000
 # The slot map fetch at start-up: each try's bound, and the wait before the next try while
 # shard 0 is not up (the router holds version 1 meanwhile).
 SLOT_MAP_FETCH_TIMEOUT_S = 3.0
 SLOT_MAP_RETRY_S = 1.0
+
+
+class SlotMoved(Exception):
+    """A write refused as MOVED twice: the slot is moving (or this gateway's map lags); a
+    retryable 503, never the partner's error."""
 
 
 class ShardRouter:
@@ -49,6 +55,7 @@ class ShardRouter:
         self.slot_map = SlotMap.initial(self.count)
         self._slot_owner = self.slot_map.assignment  # slot -> shard, read on every account route
         self.slot_map_fetched = False  # True once shard 0 gave its map (else version 1, assumed)
+        self._refetch: asyncio.Future[dict[str, Any]] | None = None  # the map fetch a MOVED started
 
     def shard_of(self, entity_id: str) -> int:
         """The home shard of an agreement or partner id (never moves)."""
@@ -83,7 +90,35 @@ class ShardRouter:
         return answer
 
     async def call(self, shard: int, op: str, args: Any = None) -> Any:
-        return await self.clients[shard].call(op, args)
+        """Call `op` on `shard`. A write the shard refuses as MOVED (its slot is elsewhere under
+        the shard's map, ledger/dispatch.py) is retried once at the shard it names, after this
+        process refetched the map; MOVED again raises SlotMoved (a retryable 503)."""
+        try:
+            return await self.clients[shard].call(op, args)
+        except ShardError as exc:
+            if exc.code != "MOVED":
+                raise
+            target = await self.follow_moved(exc.args[0])
+        try:
+            return await self.clients[target].call(op, args)
+        except ShardError as again:
+            if again.code == "MOVED":
+                raise SlotMoved(again.message) from None
+            raise
+
+    async def follow_moved(self, moved: dict[str, Any]) -> int:
+        """The shard a MOVED answer names, once this process holds a map at least as new as
+        the one it was given under (refetched from shard 0; one fetch at a time)."""
+        target = moved.get("shard")
+        if type(target) is not int or not 0 <= target < self.count:
+            raise SlotMoved(f"a shard answered MOVED naming no shard of this ledger: {moved!r}")
+        version = moved.get("version")
+        if type(version) is int and version > self.slot_map.version:
+            if self._refetch is None or self._refetch.done():
+                self._refetch = asyncio.ensure_future(self.fetch_slot_map())
+            with contextlib.suppress(Exception):  # the retry below still goes where the shard said
+                await asyncio.wait_for(asyncio.shield(self._refetch), SLOT_MAP_FETCH_TIMEOUT_S)
+        return target
 
     async def broadcast(self, op: str, args: Any = None) -> list[Any]:
         return list(await asyncio.gather(*(c.call(op, args) for c in self.clients)))

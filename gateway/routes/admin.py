@@ -276,7 +276,9 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         body: AccountRequest = decode_body(raw or b"{}", AccountRequest)  # type: ignore[assignment]
         currency = gw.currency(body.currency)
         account_id = new_account_id()
-        await router.client_for_account(account_id).call("open_accounts", [{"id": account_id, "currency": currency}])
+        await router.call(
+            router.shard_of_account(account_id), "open_accounts", [{"id": account_id, "currency": currency}]
+        )
         opened = {"account_id": account_id, "currency": currency, "balance": format_amount(0, currency)}
         if body.phone is not None:
             # Kept in the control database with the consent state (gateway/web/customer.py), not in

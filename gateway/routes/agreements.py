@@ -78,7 +78,8 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         await check_registered(router, partner_id, body.redirect_uri, body.state)
         agreement_id = new_agreement_id(body.debtor_account, router.count)
-        result = await router.client_for_account(body.debtor_account).call(
+        result = await router.call(
+            router.shard_of_account(body.debtor_account),
             "create_agreement",
             {
                 "id": agreement_id,
