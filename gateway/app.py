@@ -168,19 +168,23 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     app.add_routes(routes)
 
+    async def start_slot_map_fetch(app: web.Application) -> None:
+        # The slot map from shard 0; a task that keeps trying while shard 0 is not up.
+        app[SLOT_MAP_TASK_KEY] = asyncio.get_running_loop().create_task(router.fetch_slot_map_until_held())
+
     async def start_cutoff_refresh(app: web.Application) -> None:
         # The first read before serving (bounded: shards that are not up yet are read by the loop).
+        started = time.monotonic()
         try:
             await asyncio.wait_for(gw.refresh_cutoffs(), CUTOFF_FIRST_READ_S)
         except TimeoutError:
             log.warning("serving before the partner cut-off markers were read (/readyz says not ready)")
         app[CUTOFF_TASK_KEY] = asyncio.get_running_loop().create_task(gw.run_cutoff_refresh())
-
-    async def start_slot_map_fetch(app: web.Application) -> None:
-        # The first fetch before serving (bounded); if shard 0 is not up, a task keeps trying.
-        task = asyncio.get_running_loop().create_task(router.fetch_slot_map_until_held())
-        app[SLOT_MAP_TASK_KEY] = task
-        await asyncio.wait([task], timeout=CUTOFF_FIRST_READ_S)
+        # The slot map's fetch ran meanwhile; serve with it if it comes within the same bound
+        # (else with version 1, which the fetch replaces when shard 0 answers).
+        await asyncio.wait(
+            [app[SLOT_MAP_TASK_KEY]], timeout=max(0.0, CUTOFF_FIRST_READ_S - (time.monotonic() - started))
+        )
 
     async def stop_cutoff_refresh(app: web.Application) -> None:
         for task in (app.get(CUTOFF_TASK_KEY), app.get(SLOT_MAP_TASK_KEY)):
