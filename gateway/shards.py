@@ -23,7 +23,7 @@ from ledger.client import ShardClient, ShardError
 
 log = logging.getLogger("quickpay.gateway")
 
-__all__ = ["ShardRouter", "SlotMoved"]
+__all__ = ["ShardRouter", "SlotMoved", "retargeted"]
 
 _ACCOUNT_CACHE_MAX = 200_000
 # The slot map fetch at start-up: each try's bound, and the wait before the next try while
@@ -35,6 +35,20 @@ SLOT_MAP_RETRY_S = 1.0
 class SlotMoved(Exception):
     """A write refused as MOVED twice: the slot is moving (or this gateway's map lags); a
     retryable 503, never the partner's error."""
+
+
+def retargeted(op: str, args: Any, shard: int, moved: dict[str, Any]) -> Any:
+    """A command prepared for one shard, as sent to `shard` after `moved` (a MOVED answer). A
+    payment carries the slot the answer named, so a shard that does not hold the agreement
+    still guards it by its map (ledger/dispatch.py); a payment to a striped account (a
+    settlement) credits the deciding shard's own stripe, so its creditor_shard is the new one's
+    (a shard refuses a striped credit across shards)."""
+    if op != "pay" or type(args) is not dict:
+        return args
+    retried = {**args, "slot": moved.get("slot")}
+    if is_striped(str(args.get("creditor_account"))):
+        retried["creditor_shard"] = shard
+    return retried
 
 
 class ShardRouter:
@@ -98,9 +112,10 @@ class ShardRouter:
         except ShardError as exc:
             if exc.code != "MOVED":
                 raise
-            target = await self.follow_moved(exc.args[0])
+            moved = exc.args[0]
+            target = await self.follow_moved(moved)
         try:
-            return await self.clients[target].call(op, args)
+            return await self.clients[target].call(op, retargeted(op, args, target, moved))
         except ShardError as again:
             if again.code == "MOVED":
                 raise SlotMoved(again.message) from None

@@ -110,10 +110,12 @@ class DispatchMixin(WorkerBase):
             if _pay_item_ok(self, item, proven):
                 if owner_of is not None:  # the slot guard, per item (see _guard_pay)
                     agreement = agreements.get(item["agreement_id"])
-                    if (
-                        agreement is not None
-                        and owner_of[zlib.crc32(agreement.debtor_account.encode()) % SLOT_COUNT] != shard
-                    ):
+                    if agreement is None:
+                        moved = _moved_slot(self, item.get("slot"))
+                        if moved is not None:
+                            results[index] = [False, moved]
+                            continue
+                    elif owner_of[zlib.crc32(agreement.debtor_account.encode()) % SLOT_COUNT] != shard:
                         results[index] = [False, _moved(self, agreement.debtor_account)]
                         continue
                 pending.append((index, item))
@@ -254,10 +256,15 @@ _PAY_OPTIONAL = frozenset(("device_id", "ip"))
 # command that passed its intake check and returns None (ours) or the MOVED answer. With the
 # map of version 1 nothing is ever refused: every shard owns the slots of its own ids.
 def _moved(worker: WorkerBase, account_id: str) -> dict[str, Any] | None:
-    held = worker.held_slot_map
-    if held is None or is_striped(account_id):
+    if is_striped(account_id):
         return None  # striped accounts are on every shard and never move
-    slot = zlib.crc32(account_id.encode()) % SLOT_COUNT
+    return _moved_slot(worker, zlib.crc32(account_id.encode()) % SLOT_COUNT)
+
+
+def _moved_slot(worker: WorkerBase, slot: Any) -> dict[str, Any] | None:
+    held = worker.held_slot_map
+    if held is None or type(slot) is not int or not 0 <= slot < SLOT_COUNT:
+        return None
     owner = held.assignment[slot]
     if owner == worker.config.shard:
         return None
@@ -271,10 +278,13 @@ def _moved(worker: WorkerBase, account_id: str) -> dict[str, Any] | None:
 
 
 def _guard_pay(worker: WorkerBase, args: Any) -> dict[str, Any] | None:
-    """A payment by its debtor's slot, when this shard holds the agreement (an agreement it
-    does not hold is answered by the decider as today)."""
+    """A payment by its debtor's slot when this shard holds the agreement; else by the `slot`
+    a gateway's retry after MOVED carries (gateway/shards.py `retargeted`), if any. Without
+    either the decider answers as before (an unknown agreement)."""
     agreement = worker.state.agreements.get(args["agreement_id"])
-    return None if agreement is None else _moved(worker, agreement.debtor_account)
+    if agreement is None:
+        return _moved_slot(worker, args.get("slot"))
+    return _moved(worker, agreement.debtor_account)
 
 
 def _guard_open_accounts(worker: WorkerBase, args: Any) -> dict[str, Any] | None:

@@ -69,6 +69,13 @@ async def test_a_slot_the_held_map_puts_elsewhere_is_refused_per_item_before_que
     assert len(worker.queue) == 1  # none of them was queued
     worker.dispatch("fund", _fund("acc_4"), reply)  # another slot: queued as before
     assert len(worker.queue) == 2 and len(got) == 4
+    # An agreement this shard does not hold: guarded by the slot a gateway's retry carries.
+    unknown = {**pay_command(0), "agreement_id": "agr_elsewhere", "slot": moved_slot}
+    worker.dispatch("pay", unknown, reply)
+    worker.dispatch("pay_many", [unknown, {**unknown, "slot": slot_of("acc_4")}], reply)
+    assert got[4] == (False, expected)
+    _op, queued, _reply = worker.queue[-1]
+    assert queued.results[0] == [False, expected] and [index for index, _ in queued.pending] == [1]
 
 
 def _fund(account_id: str) -> dict[str, Any]:
@@ -102,17 +109,20 @@ def _account_on_shard_1(avoid_slot: int | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def moved_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str, str]]:
+def moved_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str, dict[str, Any]]]:
     """Shard 0 holds version 2 (slot X on shard 0), shard 1 version 3 (X and Y on shard 0); the
-    control map in shard 0's database stays version 1, so the gateway routes X and Y to shard 1."""
+    control map in shard 0's database stays version 1, so the gateway routes X and Y to shard 1.
+    Y is the slot of a customer (on shard 1, with an authorised agreement) made before."""
     own = start_stack(tmp_path_factory.mktemp("slotguard"), demo=False)
     try:
-        account_x = _account_on_shard_1()
-        account_y = _account_on_shard_1(avoid_slot=slot_of(account_x))
+        partner = own.new_partner("Slot Guard Partner")
+        customer = own.new_customer(partner, shard=1, funding="100.00")
+        account_y = customer["account"]
+        account_x = _account_on_shard_1(avoid_slot=slot_of(account_y))
         v2 = SlotMap.initial(2).moved(slot_of(account_x), 0)
         v3 = v2.moved(slot_of(account_y), 0)
         asyncio.run(_restart_on_maps(own, {0: v2, 1: v3}))
-        yield own, account_x, account_y
+        yield own, account_x, {**customer, "partner": partner}
     finally:
         stop_stack(own)
 
@@ -144,7 +154,8 @@ async def _restart_on_maps(own: Stack, maps: dict[int, SlotMap]) -> None:
 
 
 async def test_the_gateway_follows_moved_once_then_answers_a_retryable_503(moved_stack: tuple[Stack, str, str]) -> None:
-    own, account_x, account_y = moved_stack
+    own, account_x, customer = moved_stack
+    account_y = customer["account"]
     shard_0 = ShardClient(own.shard_socket(0), call_timeout_s=10.0)
     shard_1 = ShardClient(own.shard_socket(1), call_timeout_s=10.0)
     try:
@@ -187,3 +198,46 @@ async def test_the_gateway_follows_moved_once_then_answers_a_retryable_503(moved
     finally:
         await shard_0.close()
         await shard_1.close()
+
+
+def test_a_payment_whose_debtor_slot_moved_is_a_retryable_503_alone_and_nothing_moves(
+    moved_stack: tuple[Stack, str, dict[str, Any]],
+) -> None:
+    own, _account_x, customer = moved_stack
+    partner = customer["partner"]
+    partner["token"] = own.partner_token(partner["client_id"], partner["client_secret"])
+    # The single endpoint: shard 1 holds the agreement but its map puts the debtor's slot on
+    # shard 0; shard 0's map puts it back on shard 1: one retry, then 503.
+    single = own.pay(partner, customer["agreement_id"], partner["settlement_account"], "1.00")
+    assert single.status == 503, single.body
+    assert single.body["code"] == "QP.Service.Unavailable" and single.headers.get("retry-after") == "1"
+    # The batch endpoint: the moved item fails alone (retried once at the shard named), the
+    # other item (a debtor on shard 0, whose slot stays there) is paid.
+    other = own.new_customer(partner, shard=0, funding="100.00")
+    items = [
+        {
+            "idempotency_key": uuid.uuid4().hex,
+            "agreement_id": agreement_id,
+            "amount": "1.00",
+            "currency": "CNY",
+            "creditor_account": partner["settlement_account"],
+            "reference": "slot guard",
+        }
+        for agreement_id in (customer["agreement_id"], other["agreement_id"])
+    ]
+    batch = own.call("POST", "/v1/quick-payments/batch", {"payments": items}, token=partner["token"])
+    assert batch.status == 200, batch.body
+    moved, paid = batch.body["results"]
+    assert moved["status"] == 503 and moved["error"]["code"] == "QP.Service.Unavailable", moved
+    assert paid["status"] == 201, paid
+    assert own.balance(other["account"]) == "99.00"
+    # Nothing was taken from the moved debtor (read on the shard that holds its row).
+    assert asyncio.run(_balance_on(own, 1, customer["account"])) == 10_000
+
+
+async def _balance_on(own: Stack, shard: int, account_id: str) -> int:
+    client = ShardClient(own.shard_socket(shard), call_timeout_s=10.0)
+    try:
+        return int((await client.call("balance", {"id": account_id}))["balance_minor"])
+    finally:
+        await client.close()

@@ -15,6 +15,7 @@ from ..errors import ApiError, field_error
 from ..requests import read_batch_body
 from ..responses import _internal, _json, _shard_error, _unavailable
 from ..schemas import QuickPaymentBatchItem, QuickPaymentBatchRequest, decode_body
+from ..shards import retargeted
 from ..state import RATE_VERDICT, Gateway
 from .payments import payment_outcome, prepare_payment
 
@@ -117,7 +118,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
                     target = await router.follow_moved(answer)
                     again_indexes, again_commands = moved.setdefault(target, ([], []))
                     again_indexes.append(index)
-                    again_commands.append(command)
+                    again_commands.append(retargeted("pay", command, target, answer))
                     continue
                 if not ok:
                     raise ShardError(answer)
