@@ -30,7 +30,8 @@ from . import web as web_pages
 from .errors import ApiError, error_response, field_error
 from .requests import ascii_int, is_printable_ascii
 from .responses import _PAYMENT_ERRORS, _internal, _shard_error, _unavailable
-from .routes import accounts, admin, agreements, batch, events, fraud, ops, payments, recon, refunds, token
+from .routes import accounts, admin, agreements, batch, events, fraud, ops, payments, recon, refunds, shards, token
+from .shards import SlotMoved
 from .state import CUTOFF_FIRST_READ_S, GATEWAY_KEY, RATE_VERDICT, RECON_PROVISIONAL_REUSE_S, Gateway
 
 __all__ = [
@@ -120,6 +121,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = error_response(
             _unavailable(f"the ledger did not answer ({exc}); retry with the same x-idempotency-key")
         )
+    except SlotMoved as exc:
+        response = error_response(_unavailable(f"the account's slot is moving ({exc}); retry with the same key"))
     except ShardError as exc:
         response = error_response(_shard_error(exc, interaction_id))
     except Exception as exc:  # a bug: never a bare text 500 without the interaction id
@@ -137,6 +140,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 CUTOFF_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("cutoff_refresh", asyncio.Task)
+SLOT_MAP_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("slot_map_fetch", asyncio.Task)
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -157,23 +161,35 @@ def create_app(config: GatewayConfig) -> web.Application:
     batch.add_routes(routes, gw)
     accounts.add_routes(routes, gw)
     admin.add_routes(routes, gw)
+    shards.add_routes(routes, gw)  # /admin/v1/shards: the slot map
     fraud.add_routes(routes, gw)
     console.add_routes(routes, gw)  # the operator console (gateway/console/)
     web_pages.add_routes(routes, gw)  # the customer's consent page and portal (gateway/web/)
 
     app.add_routes(routes)
 
+    async def start_slot_map_fetch(app: web.Application) -> None:
+        # The slot map from shard 0; a task that keeps trying while shard 0 is not up.
+        app[SLOT_MAP_TASK_KEY] = asyncio.get_running_loop().create_task(router.fetch_slot_map_until_held())
+
     async def start_cutoff_refresh(app: web.Application) -> None:
         # The first read before serving (bounded: shards that are not up yet are read by the loop).
+        started = time.monotonic()
         try:
             await asyncio.wait_for(gw.refresh_cutoffs(), CUTOFF_FIRST_READ_S)
         except TimeoutError:
             log.warning("serving before the partner cut-off markers were read (/readyz says not ready)")
         app[CUTOFF_TASK_KEY] = asyncio.get_running_loop().create_task(gw.run_cutoff_refresh())
+        # The slot map's fetch ran meanwhile; serve with it if it comes within the same bound
+        # (else with version 1, which the fetch replaces when shard 0 answers).
+        await asyncio.wait(
+            [app[SLOT_MAP_TASK_KEY]], timeout=max(0.0, CUTOFF_FIRST_READ_S - (time.monotonic() - started))
+        )
 
     async def stop_cutoff_refresh(app: web.Application) -> None:
-        task = app.get(CUTOFF_TASK_KEY)
-        if task is not None:
+        for task in (app.get(CUTOFF_TASK_KEY), app.get(SLOT_MAP_TASK_KEY)):
+            if task is None:
+                continue
             task.cancel()
             try:
                 await task
@@ -183,6 +199,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     async def close_router(app: web.Application) -> None:
         await router.close()
 
+    app.on_startup.append(start_slot_map_fetch)
     app.on_startup.append(start_cutoff_refresh)
     app.on_cleanup.append(stop_cutoff_refresh)
     app.on_cleanup.append(close_router)

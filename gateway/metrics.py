@@ -170,11 +170,16 @@ class _Snapshot:
         lag = GaugeMetricFamily(
             "quickpay_relay_lag_seconds", "Age of the oldest credit leg not yet acknowledged", labels=["shard"]
         )
+        slot_map = GaugeMetricFamily(
+            "quickpay_shard_slot_map_version", "The slot map version the shard worker acts on", labels=["shard"]
+        )
         for shard, ping in self.pings:
             label = str(shard)
             up.add_metric([label], 0 if ping is None else 1)
             if ping is None:
                 continue
+            if ping.get("slot_map_version") is not None:
+                slot_map.add_metric([label], ping["slot_map_version"])
             queue.add_metric([label], ping.get("queue", 0))
             backlog.add_metric([label], ping.get("relay_pending", 0))
             lag.add_metric([label], ping.get("relay_lag_ms", 0) / 1000)
@@ -187,7 +192,7 @@ class _Snapshot:
                     q = "0.5" if quantile == "p50" else "0.99"
                     commit.add_metric([label, q], batches["write_ms"][quantile] / 1000)
                     cycle.add_metric([label, q], batches["cycle_ms"][quantile] / 1000)
-        yield from (up, queue, batch, commit, cycle, committed, backlog, lag)
+        yield from (up, queue, batch, commit, cycle, committed, backlog, lag, slot_map)
         if self.deliveries is not None:
             yield GaugeMetricFamily(
                 "quickpay_webhook_backlog",

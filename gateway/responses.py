@@ -50,6 +50,8 @@ def _shard_error(exc: ShardError, interaction_id: str) -> ApiError:
     code = exc.code
     if code == "OVERLOADED":
         return _unavailable(f"the ledger is overloaded ({exc.message}); retry with the same x-idempotency-key")
+    if code == "MOVED":  # the slot moved twice in a row, or is moving (gateway/shards.py)
+        return _unavailable(f"the account's slot is moving ({exc.message}); retry with the same x-idempotency-key")
     if code == "BAD_REQUEST":
         return ApiError(
             400,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 from kernel.ids import is_striped
 from kernel.limits import BATCH_ITEMS_MAX, RATE_LIMIT_MAX
 from kernel.money import CURRENCY_EXPONENTS
+from kernel.slots import SLOT_COUNT
 
 from . import validate as v
 from .agreements import ACTORS, ALIGNMENTS, PERIODIC_LIMITS_MAX, PERIODS
@@ -51,6 +53,11 @@ class DispatchMixin(WorkerBase):
                 _CHECKS[op](self, args)
             except v.BadCommand as exc:  # refused alone, before it can reach a batch
                 reply(False, {"code": "BAD_REQUEST", "message": str(exc)})
+                return
+            guard = _GUARDS.get(op)
+            moved = guard(self, args) if guard is not None and self.held_slot_map is not None else None
+            if moved is not None:  # not ours under the held map: refused before it is queued
+                reply(False, moved)
                 return
             if op == "pay" and self.naive_pool is not None:
                 from .naive import naive_pay
@@ -95,8 +102,22 @@ class DispatchMixin(WorkerBase):
         results: list[Any] = [None] * len(items)
         pending: list[tuple[int, dict[str, Any]]] = []
         proven: set[tuple[Any, ...]] = set()  # (check, value) pairs that passed in this call
+        held = self.held_slot_map
+        owner_of = held.assignment if held is not None else None
+        agreements = self.state.agreements
+        shard = self.config.shard
         for index, item in enumerate(items):
             if _pay_item_ok(self, item, proven):
+                if owner_of is not None:  # the slot guard, per item (see _guard_pay)
+                    agreement = agreements.get(item["agreement_id"])
+                    if agreement is None:
+                        moved = _moved_slot(self, item.get("slot"))
+                        if moved is not None:
+                            results[index] = [False, moved]
+                            continue
+                    elif owner_of[zlib.crc32(agreement.debtor_account.encode()) % SLOT_COUNT] != shard:
+                        results[index] = [False, _moved(self, agreement.debtor_account)]
+                        continue
                 pending.append((index, item))
                 continue
             try:
@@ -226,6 +247,60 @@ _PAY_TEXTS = (
     ("ip", v.IP_MAX),
 )
 _PAY_OPTIONAL = frozenset(("device_id", "ip"))
+
+
+# ---- the slot guard (issue 21) ---------------------------------------------------
+# A write command for an account whose slot this shard does not own under its held slot map
+# is refused at intake, before it is queued, with MOVED naming the owner and the map version:
+# the gateway refetches the map and retries once there (gateway/shards.py). Each guard takes a
+# command that passed its intake check and returns None (ours) or the MOVED answer. With the
+# map of version 1 nothing is ever refused: every shard owns the slots of its own ids.
+def _moved(worker: WorkerBase, account_id: str) -> dict[str, Any] | None:
+    if is_striped(account_id):
+        return None  # striped accounts are on every shard and never move
+    return _moved_slot(worker, zlib.crc32(account_id.encode()) % SLOT_COUNT)
+
+
+def _moved_slot(worker: WorkerBase, slot: Any) -> dict[str, Any] | None:
+    held = worker.held_slot_map
+    if held is None or type(slot) is not int or not 0 <= slot < SLOT_COUNT:
+        return None
+    owner = held.assignment[slot]
+    if owner == worker.config.shard:
+        return None
+    return {
+        "code": "MOVED",
+        "message": f"slot {slot} is on shard {owner} under slot map version {held.version}",
+        "slot": slot,
+        "shard": owner,
+        "version": held.version,
+    }
+
+
+def _guard_pay(worker: WorkerBase, args: Any) -> dict[str, Any] | None:
+    """A payment by its debtor's slot when this shard holds the agreement; else by the `slot`
+    a gateway's retry after MOVED carries (gateway/shards.py `retargeted`), if any. Without
+    either the decider answers as before (an unknown agreement)."""
+    agreement = worker.state.agreements.get(args["agreement_id"])
+    if agreement is None:
+        return _moved_slot(worker, args.get("slot"))
+    return _moved(worker, agreement.debtor_account)
+
+
+def _guard_open_accounts(worker: WorkerBase, args: Any) -> dict[str, Any] | None:
+    for account in args:  # refused whole: the gateway opens one account per call
+        moved = _moved(worker, account["id"])
+        if moved is not None:
+            return moved
+    return None
+
+
+_GUARDS: dict[str, Callable[[WorkerBase, Any], dict[str, Any] | None]] = {
+    "pay": _guard_pay,
+    "fund": lambda worker, args: _moved(worker, args["account_id"]),
+    "create_agreement": lambda worker, args: _moved(worker, args["debtor_account"]),
+    "open_accounts": _guard_open_accounts,
+}
 
 
 # ---- intake checks: what a shard can store (ledger/validate.py) ------------------

@@ -150,6 +150,8 @@ def _read_ping(worker: WorkerBase, args: Any) -> Any:
     return {
         "shard": worker.config.shard,
         "shard_count": worker.config.shard_count,
+        # The slot map version this shard acts on (None before start-up loaded it).
+        "slot_map_version": worker.held_slot_map.version if worker.held_slot_map is not None else None,
         "queue": len(worker.queue),
         "relay_pending": worker.relay.pending if worker.relay else 0,
         "relay_lag_ms": _relay_lag_ms(worker),

@@ -355,6 +355,35 @@ def _read_consent(worker: WorkerBase, args: dict[str, Any]) -> Any:
     return _read_consent_async(worker, args)
 
 
+def _read_slot_map(worker: WorkerBase, args: Any) -> Any:
+    """The slot map this shard acts on (its version and how many slots it owns), from memory;
+    with {"control": true}, on shard 0 only, the authoritative map and the moves in progress
+    from the control database (ledger/slot_map_store.py) as well."""
+    held = worker.held_slot_map
+    if held is None:
+        raise ValueError("the slot map is not loaded yet")
+    answer: dict[str, Any] = {
+        "shard": worker.config.shard,
+        "version": held.version,
+        "slots": held.assignment.count(worker.config.shard),
+    }
+    if type(args) is dict and args.get("control") is True:
+        if worker.config.shard != 0:
+            raise ValueError("the control slot map is on shard 0")
+        return _read_control_slot_map(worker, answer)
+    return answer
+
+
+async def _read_control_slot_map(worker: WorkerBase, answer: dict[str, Any]) -> Any:
+    from .slot_map_store import moves_in_progress, read_control_map
+
+    assert worker.read_pool is not None
+    async with worker.read_pool.acquire() as conn:
+        control, written_at_ms = await read_control_map(conn)
+        moves = await moves_in_progress(conn)
+    return {**answer, "control": {"map": control.to_wire(), "written_at_ms": written_at_ms, "moves": moves}}
+
+
 PARTNERS_PAGE_MAX = 200  # partners per partners_page answer (the admin list's PAGE_LIMIT_MAX)
 
 
@@ -403,6 +432,7 @@ _READ_OPS: dict[str, Callable[[WorkerBase, Any], Any]] = {
     "decisions": _read_decisions,
     "notify": _read_notify,
     "consent": _read_consent,
+    "slot_map": _read_slot_map,
     "recon": _read_recon,
     "recon_summary": _read_recon_summary,
 }

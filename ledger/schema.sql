@@ -357,3 +357,32 @@ CREATE TABLE IF NOT EXISTS slot_redirects (
     slot          int NOT NULL,
     at_ms         bigint NOT NULL
 );
+-- ---- The slot map (issue 21; ledger/slot_map_store.py) ----------------------------------
+-- In shard 0's database (the control database): every version of the authoritative map,
+-- in kernel.slots.SlotMap's wire form, and the slot moves' coordinator records.
+CREATE TABLE IF NOT EXISTS slot_maps (
+    version       bigint PRIMARY KEY CHECK (version >= 1),
+    map           jsonb NOT NULL,
+    written_at_ms bigint NOT NULL
+);
+-- One row per move (ledger.slot_move.MoveRecord: slot, source, target, to_version, phase);
+-- no process writes one yet.
+CREATE TABLE IF NOT EXISTS slot_moves (
+    slot          integer NOT NULL CHECK (slot >= 0),
+    source_shard  integer NOT NULL,
+    target_shard  integer NOT NULL,
+    from_version  bigint NOT NULL,
+    to_version    bigint NOT NULL,
+    phase         text NOT NULL,
+    started_at_ms bigint NOT NULL,
+    updated_at_ms bigint NOT NULL,
+    PRIMARY KEY (slot, to_version)
+);
+-- In every shard's database: the map this shard acts on (one row), adopted in the same
+-- transaction as a move's install or release.
+CREATE TABLE IF NOT EXISTS slot_map_held (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version       bigint NOT NULL CHECK (version >= 1),
+    map           jsonb NOT NULL,
+    adopted_at_ms bigint NOT NULL
+);

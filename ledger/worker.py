@@ -38,7 +38,7 @@ import asyncpg
 from kernel.config import WorkerConfig
 from kernel.ids import settlement_account_for
 
-from . import pg
+from . import pg, slot_map_store
 from .batcher import BatcherMixin
 from .client import ShardClient
 from .deciders import _DECIDERS as _DECIDERS
@@ -209,6 +209,9 @@ class ShardWorker(DispatchMixin, BatcherMixin, WriterMixin, HeartbeatMixin):
             await self.write_conn.close()
             raise SystemExit(f"shard {cfg.shard} already has a writer (advisory lock held); refusing to start")
         await pg.ensure_schema(self.write_conn, cfg.shard, cfg.shard_count)
+        self.held_slot_map = await slot_map_store.ensure_slot_map(
+            self.write_conn, cfg.shard, cfg.shard_count, self.clock_ms()
+        )
         self.read_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings=_SERVER_SETTINGS)
         # The batcher's own connection: a pool's acquire/reset would cost two more
         # round trips on every batch.

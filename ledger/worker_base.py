@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from kernel.config import WorkerConfig
+from kernel.slots import SlotMap
 
 from .client import ShardClient
 from .handshake import cluster_secret
@@ -43,6 +44,9 @@ Reply = Callable[[bool, Any], None]
 
 
 class WorkerBase:
+    # The slot map this shard acts on (ledger/slot_map_store.py), loaded at start-up.
+    held_slot_map: SlotMap | None = None
+
     def __init__(self, config: WorkerConfig, *, clock_ms: Callable[[], int] = _now_ms) -> None:
         config.validate()
         self.config = config

@@ -26,6 +26,7 @@ def _worker(with_fraud: bool) -> Any:
     """A shard worker in memory: 2,000 authorised agreements of partner PARTNER, each over its
     own funded account, the clock at NOW_MS, and (with_fraud) fraud/default.rules wired in."""
     from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
+    from kernel.slots import SlotMap
     from ledger.agreements import PeriodicLimit
     from ledger.idfilter import IdFilter
     from ledger.model import Account, Agreement
@@ -38,6 +39,7 @@ def _worker(with_fraud: bool) -> Any:
         clock_ms=lambda: NOW_MS,
     )
     worker.id_filter = IdFilter()  # every id is new: the prefetch needs no PostgreSQL
+    worker.held_slot_map = SlotMap.initial(1)  # as start-up loads it: the intake's slot guard runs
     state = worker.state
     if with_fraud:
         import fraud

@@ -202,6 +202,17 @@ def admin_paths() -> dict[str, Any]:
                 ok=(200, "OK", "HaMembers"),
             )
         },
+        "/admin/v1/shards": {
+            "get": _op(
+                "getShards",
+                "The slot map (issue 21) as the control database holds it: its version, slots per shard, "
+                "the version each shard worker and this gateway worker act on (null with an error for a "
+                "shard that does not answer within 2 s), and the slot moves in progress",
+                security="admin",
+                errors=(),
+                ok=(200, "OK", "ShardsStatus"),
+            )
+        },
         "/admin/v1/reconciliation": {
             "get": _op(
                 "getReconciliationStatus",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.slot_move import Phase
+
 from .operations import _object, _ref
 from .patterns import (
     ACCOUNT_ID,
@@ -49,6 +51,53 @@ def admin_schemas() -> dict[str, Any]:
                 "supervisor": {"type": "object"},
                 # notifier, monitor (the supervisor's view) and relay-<shard> (the shard's).
                 "services": {"type": "object"},
+            },
+        ),
+        # GET /admin/v1/shards (gateway/routes/shards.py): the slot map and the moves.
+        "ShardsStatus": _object(
+            ["version", "written_at", "slot_count", "gateway_held_version", "shards", "moves"],
+            {
+                "version": {"type": "integer", "minimum": 1, "description": "the control map's version"},
+                "written_at": DATE_TIME,
+                "slot_count": {"type": "integer", "minimum": 1},
+                "gateway_held_version": {"type": "integer", "minimum": 1},
+                "shards": {
+                    "type": "array",
+                    "items": _object(
+                        ["shard", "slots", "held_version", "error"],
+                        {
+                            "shard": {"type": "integer", "minimum": 0},
+                            "slots": {"type": "integer", "minimum": 0},
+                            "held_version": {"type": ["integer", "null"], "minimum": 1},
+                            "error": {"type": ["string", "null"]},
+                        },
+                    ),
+                },
+                "moves": {
+                    "type": "array",
+                    "items": _object(
+                        [
+                            "slot",
+                            "source_shard",
+                            "target_shard",
+                            "from_version",
+                            "to_version",
+                            "phase",
+                            "started_at",
+                            "updated_at",
+                        ],
+                        {
+                            "slot": {"type": "integer", "minimum": 0},
+                            "source_shard": {"type": "integer", "minimum": 0},
+                            "target_shard": {"type": "integer", "minimum": 0},
+                            "from_version": {"type": "integer", "minimum": 1},
+                            "to_version": {"type": "integer", "minimum": 1},
+                            "phase": {"enum": [phase.value for phase in Phase if phase != Phase.DONE]},
+                            "started_at": DATE_TIME,
+                            "updated_at": DATE_TIME,
+                        },
+                    ),
+                },
             },
         ),
         # GET /admin/v1/ha (gateway/patroni.py): the console's HA members table.

@@ -28,7 +28,7 @@ async def account_shards(router: ShardRouter, account_id: str, partner_id: str |
         if partner_id is not None and account_id != settlement_account_for(partner_id):
             raise ApiError(404, "QP.Account.NotFound", "no such account")
         return list(range(router.count)), None
-    return [router.shard_of(account_id)], partner_id
+    return [router.shard_of_account(account_id)], partner_id
 
 
 async def balance_of(router: ShardRouter, account_id: str, partner_id: str | None) -> web.Response:

@@ -276,7 +276,9 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         body: AccountRequest = decode_body(raw or b"{}", AccountRequest)  # type: ignore[assignment]
         currency = gw.currency(body.currency)
         account_id = new_account_id()
-        await router.client_for(account_id).call("open_accounts", [{"id": account_id, "currency": currency}])
+        await router.call(
+            router.shard_of_account(account_id), "open_accounts", [{"id": account_id, "currency": currency}]
+        )
         opened = {"account_id": account_id, "currency": currency, "balance": format_amount(0, currency)}
         if body.phone is not None:
             # Kept in the control database with the consent state (gateway/web/customer.py), not in
@@ -297,7 +299,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         amount_minor = gw.amount(body.amount, currency, "$.amount")
         if is_striped(account_id) or _ACCOUNT_ID.fullmatch(account_id) is None:
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
-        shard = router.shard_of(account_id)
+        shard = router.shard_of_account(account_id)
         result = await router.call(
             shard,
             "fund",

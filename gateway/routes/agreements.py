@@ -78,7 +78,8 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             raise field_error(422, "QP.Account.NotFound", "no such customer account", "$.debtor_account")
         await check_registered(router, partner_id, body.redirect_uri, body.state)
         agreement_id = new_agreement_id(body.debtor_account, router.count)
-        result = await router.client_for(body.debtor_account).call(
+        result = await router.call(
+            router.shard_of_account(body.debtor_account),
             "create_agreement",
             {
                 "id": agreement_id,
@@ -232,7 +233,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         account_id = request.match_info["account_id"]
         if _ACCOUNT_ID.fullmatch(account_id) is None or is_striped(account_id):
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
-        shard = router.shard_of(account_id)
+        shard = router.shard_of_account(account_id)
         if await router.call(shard, "lookup_account", {"id": account_id}) is None:
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
         return await list_agreements(request, [shard], {"debtor_account": account_id})

@@ -15,6 +15,7 @@ from ..errors import ApiError, field_error
 from ..requests import read_batch_body
 from ..responses import _internal, _json, _shard_error, _unavailable
 from ..schemas import QuickPaymentBatchItem, QuickPaymentBatchRequest, decode_body
+from ..shards import retargeted
 from ..state import RATE_VERDICT, Gateway
 from .payments import payment_outcome, prepare_payment
 
@@ -80,7 +81,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             if item is not None
             and not is_striped(item.creditor_account)
             and router.known_account(item.creditor_account) is None
-            and router.shard_of(item.creditor_account) != router.shard_of(item.agreement_id)
+            and router.shard_of_account(item.creditor_account) != router.shard_of(item.agreement_id)
         }
         if not needed:
             return {}
@@ -89,11 +90,19 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
         return dict(zip(names, answers))
 
     async def send(
-        shard: int, indexes: list[int], commands: list[dict[str, Any]], results: list[Any], interaction_id: str
+        shard: int,
+        indexes: list[int],
+        commands: list[dict[str, Any]],
+        results: list[Any],
+        interaction_id: str,
+        *,
+        follow: bool = True,
     ) -> None:
-        """One pay_many call to a shard for its items; each item's result in its place."""
+        """One pay_many call to a shard for its items; each item's result in its place. Items
+        the shard refuses as MOVED (ledger/dispatch.py, the slot guard) are sent once more, to
+        the shard named (follow); MOVED again is the item's retryable 503."""
         try:
-            answers = await router.call(shard, "pay_many", commands)
+            answers = await router.clients[shard].call("pay_many", commands)
             if type(answers) is not list or len(answers) != len(commands):
                 raise ShardError({"code": "INTERNAL", "message": f"pay_many answered {type(answers).__name__}"})
         except Exception as exc:
@@ -101,9 +110,16 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
             for index in indexes:
                 results[index] = _item_error(index, failed)
             return
-        for index, pair in zip(indexes, answers):
+        moved: dict[int, tuple[list[int], list[dict[str, Any]]]] = {}
+        for index, command, pair in zip(indexes, commands, answers):
             try:
                 ok, answer = pair
+                if not ok and follow and type(answer) is dict and answer.get("code") == "MOVED":
+                    target = await router.follow_moved(answer)
+                    again_indexes, again_commands = moved.setdefault(target, ([], []))
+                    again_indexes.append(index)
+                    again_commands.append(retargeted("pay", command, target, answer))
+                    continue
                 if not ok:
                     raise ShardError(answer)
                 resource, replayed = payment_outcome(answer)
@@ -112,6 +128,13 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway) -> None:
                 results[index] = _item_error(index, exc)
             except Exception as exc:
                 results[index] = _item_error(index, _call_error(exc, interaction_id))
+        if moved:
+            await asyncio.gather(
+                *(
+                    send(target, again_indexes, again_commands, results, interaction_id, follow=False)
+                    for target, (again_indexes, again_commands) in moved.items()
+                )
+            )
 
     @routes.post("/v1/quick-payments/batch")
     async def create_payment_batch(request: web.Request) -> web.Response:

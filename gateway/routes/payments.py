@@ -48,7 +48,7 @@ async def prepare_payment(
         if not creditor.startswith("set_"):
             _raise_for("CREDITOR_NOT_FOUND")
     else:
-        creditor_shard = router.shard_of(creditor)
+        creditor_shard = router.shard_of_account(creditor)
         if creditor_shard != shard:
             found: Any = _NOT_LOOKED_UP if creditors is None else creditors.get(creditor, _NOT_LOOKED_UP)
             if found is _NOT_LOOKED_UP:

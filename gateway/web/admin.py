@@ -61,7 +61,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         account_id = request.match_info["account_id"]
         if _ACCOUNT_ID.fullmatch(account_id) is None or is_striped(account_id):
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
-        if await router.client_for(account_id).call("lookup_account", {"id": account_id}) is None:
+        if await router.client_for_account(account_id).call("lookup_account", {"id": account_id}) is None:
             raise ApiError(404, "QP.Account.NotFound", "no such customer account")
         await control("phone_set", account_id=account_id, phone=body.phone)
         return _json(200, {"account_id": account_id, "phone": body.phone})

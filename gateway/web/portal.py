@@ -85,7 +85,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         # The same answer whether or not the account exists or has a phone: the page tells no
         # one which accounts there are.
         phone = None
-        if await router.client_for(account_id).call("lookup_account", {"id": account_id}) is not None:
+        if await router.client_for_account(account_id).call("lookup_account", {"id": account_id}) is not None:
             phone = await customers.phone_of(account_id)
         if phone is not None:
             await customers.send_code(account_id, phone, SCOPE, "sign in to your bank's portal", "登录银行门户")
@@ -122,7 +122,7 @@ def add_routes(routes: web.RouteTableDef, gw: Gateway, customers: Customers) -> 
         account_id = await signed_in(request)
         if account_id is None:
             return _see_other("/portal")
-        shard = router.shard_of(account_id)
+        shard = router.shard_of_account(account_id)
         listed, payments, phone = await asyncio.gather(
             router.call(
                 shard,

@@ -27,9 +27,9 @@ def admin_token(state_dir: str) -> str:
     return token
 
 
-def call_admin(url: str, request: Callable[[], Any]) -> tuple[int, Any]:
-    """Run `request` (calls of the admin API at `url`) and print its answer as JSON: (0, the
-    answer). An error answer's body goes to stderr as JSON: (1, None). No stack answering at
+def call_admin(url: str, request: Callable[[], Any], *, show: Callable[[Any], str] | None = None) -> tuple[int, Any]:
+    """Run `request` (calls of the admin API at `url`) and print its answer as JSON (or as
+    `show` renders it): (0, the answer). An error answer's body goes to stderr as JSON: (1, None). No stack answering at
     `url`: SystemExit."""
     import urllib.error
 
@@ -44,5 +44,5 @@ def call_admin(url: str, request: Callable[[], Any]) -> tuple[int, Any]:
         raise SystemExit(
             f"no quickpay stack answered at {url} ({exc.reason}); start it with `quickpay up` or give --url"
         ) from None
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if show is None else show(result))
     return 0, result

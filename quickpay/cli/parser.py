@@ -19,6 +19,7 @@ from quickpay.cli.partners import add_partners_arguments, cmd_partners
 from quickpay.cli.processes import cmd_gateway_worker, cmd_monitor, cmd_node, cmd_notifier, cmd_shard_worker
 from quickpay.cli.prometheus import add_prometheus_parser
 from quickpay.cli.secrets import cmd_secrets
+from quickpay.cli.shards import add_shards_arguments, cmd_shards
 from quickpay.cli.sms import add_sms_arguments, cmd_sms
 from quickpay.cli.up import cmd_up
 
@@ -318,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_partners_arguments(partners)
     partners.set_defaults(func=cmd_partners)
+
+    shards = sub.add_parser("shards", help="the slot map: status (slots per shard, held versions, moves)")
+    add_shards_arguments(shards)
+    shards.set_defaults(func=cmd_shards)
 
     sms = sub.add_parser("sms", help="the simulated SMS outbox (the consent page's and portal's codes): tail")
     add_sms_arguments(sms)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kernel.limits import RATE_LIMIT_MAX
+from kernel.slots import compatible_shard_count
+from ledger.slot_map_store import incompatible_shard_count_message
 from quickpay.cli.common import (
     BATCH_ITEMS_MAX_DEFAULT,
     ENV_CLUSTER_SECRET,
@@ -323,6 +325,8 @@ def _validate_common(args: argparse.Namespace) -> None:
     problems = []
     if not 1 <= args.shards <= 64:
         problems.append("--shards must be between 1 and 64")
+    elif not compatible_shard_count(args.shards):
+        problems.append(incompatible_shard_count_message(args.shards))
     if not 1 <= args.workers <= 64:
         problems.append("--workers must be between 1 and 64")
     if not 0 < args.port < 65536:
