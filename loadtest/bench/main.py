@@ -650,6 +650,7 @@ def _first_step_pair(ha: dict[str, Any], single: dict[str, Any]) -> dict[str, An
         "ha_cpu_us_per_payment": a.get("sut_cpu_us_per_payment"),
         "single_server_cpu_us_per_payment": b.get("sut_cpu_us_per_payment"),
         "ha_cpu_us_by_role": a.get("sut_cpu_us_per_payment_by_role"),
+        "single_server_cpu_us_by_role": b.get("sut_cpu_us_per_payment_by_role"),
         "cpu_ratio": _ratio(a.get("sut_cpu_us_per_payment"), b.get("sut_cpu_us_per_payment")),
     }
 
