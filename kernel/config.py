@@ -19,6 +19,8 @@ from kernel.limits import (
     PENDING_MAX_LIMIT,
     PENDING_PER_ACCOUNT_MAX,
     PENDING_PER_PARTNER_MAX,
+    PIPELINE_DEPTH_DEFAULT,
+    PIPELINE_DEPTH_MAX,
     RATE_LIMIT_BURST_DEFAULT,
     RATE_LIMIT_RPS_DEFAULT,
     REFUND_WINDOW_DAYS,
@@ -36,6 +38,8 @@ class WorkerConfig:
     peers: dict[int, str]
     batch_size_max: int = 4_000
     batch_wait_ms: float = 3.0
+    # Batches decided and not yet committed, at most (ledger/worker_base.py pipeline_slots).
+    pipeline_depth: int = PIPELINE_DEPTH_DEFAULT
     queue_max: int = 100_000
     transfer_cache_max: int = 1_000_000
     rules_path: str | None = None
@@ -60,6 +64,8 @@ class WorkerConfig:
             problems.append("--batch-size-max must be between 1 and 50000")
         if not 0 <= self.batch_wait_ms <= 100:
             problems.append("--batch-wait-ms must be between 0 and 100")
+        if not 1 <= self.pipeline_depth <= PIPELINE_DEPTH_MAX:
+            problems.append(f"--pipeline-depth must be between 1 and {PIPELINE_DEPTH_MAX}")
         # At least the largest batch call (one pay_many): a smaller bound refuses it on every try.
         if not BATCH_ITEMS_MAX <= self.queue_max <= 10_000_000:
             problems.append(f"--queue-max must be between {BATCH_ITEMS_MAX} and 10000000")

@@ -26,6 +26,9 @@ __all__ = [
     "PENDING_MAX_LIMIT",
     "PENDING_PER_ACCOUNT_MAX",
     "PENDING_PER_PARTNER_MAX",
+    "PIPELINE_DEPTH_DEFAULT",
+    "PIPELINE_DEPTH_HA_DEFAULT",
+    "PIPELINE_DEPTH_MAX",
     "RATE_LIMIT_BURST_DEFAULT",
     "RATE_LIMIT_MAX",
     "RATE_LIMIT_RPS_DEFAULT",
@@ -77,6 +80,13 @@ PENDING_PER_PARTNER_MAX: Final = 10_000
 # Bounds of those settings: a wait of at most 30 days, caps of at most 10 million.
 PENDING_EXPIRY_S_MAX: Final = 30 * 86_400
 PENDING_MAX_LIMIT: Final = 10_000_000
+# A shard worker's group-commit batches decided but not yet committed (quickpay up
+# --pipeline-depth): one committing while the next is decided, and at most this many.
+PIPELINE_DEPTH_DEFAULT: Final = 2
+# The same under `quickpay up --ha`, where each commit also waits for the synchronous
+# standby (BENCHMARKS.md, "What synchronous replication costs": the depths measured).
+PIPELINE_DEPTH_HA_DEFAULT: Final = 2
+PIPELINE_DEPTH_MAX: Final = 16
 # ---- rate limits ------------------------------------------------------------------------------
 RATE_LIMIT_RPS_DEFAULT: Final = 10_000.0  # a new partner's requests per second
 RATE_LIMIT_BURST_DEFAULT: Final = 20_000.0  # and its bucket

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from kernel.config import WorkerConfig
+from kernel.limits import PIPELINE_DEPTH_DEFAULT
 from kernel.slots import SlotMap
 
 from .client import ShardClient
@@ -32,8 +33,9 @@ __all__ = ["BATCH_TIMINGS_MAX", "PIPELINE_DEPTH", "Reply", "WorkerBase"]
 
 # Batches whose timings `ping` summarises (a window, not a history).
 BATCH_TIMINGS_MAX = 2_048
-# One batch committing while the next is prefetched and decided.
-PIPELINE_DEPTH = 2
+# One batch committing while the next is prefetched and decided: the default of
+# WorkerConfig.pipeline_depth (quickpay up --pipeline-depth).
+PIPELINE_DEPTH = PIPELINE_DEPTH_DEFAULT
 
 
 def _now_ms() -> int:
@@ -73,10 +75,12 @@ class WorkerBase:
         # The group-commit cycle of the last BATCH_TIMINGS_MAX batches, for `ping`:
         # (commands, prefetch+decide s, wait for the writer s, write s, whole cycle s).
         self.batch_timings: deque[tuple[int, float, float, float, float]] = deque(maxlen=BATCH_TIMINGS_MAX)
-        # Batches decided but not yet committed. The batcher takes a slot BEFORE it
-        # drains the intake queue, so while the pipeline is full requests pile up
-        # and the next batch is bigger: that is what makes the commit a group commit.
-        self.pipeline_slots = asyncio.Semaphore(PIPELINE_DEPTH)
+        # Batches decided but not yet committed (config.pipeline_depth). The batcher takes a
+        # slot BEFORE it drains the intake queue, so while the pipeline is full requests pile
+        # up and the next batch is bigger: that is what makes the commit a group commit. The
+        # one writer commits them one at a time in the order decided (ledger/writer.py), so a
+        # deeper pipeline means more batches decided ahead, never two commits at once.
+        self.pipeline_slots = asyncio.Semaphore(config.pipeline_depth)
         self.write_conn: asyncpg.Connection | None = None
         self.read_pool: asyncpg.Pool | None = None
         self.relay: Relay | None = None

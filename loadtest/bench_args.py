@@ -41,6 +41,19 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="the stack's topology (quickpay up --topology); node: HTTP and shard in one process",
     )
     p.add_argument("--batch-wait-ms", type=float, default=None, help="passed to quickpay up (default: up's own, 1 ms)")
+    p.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=None,
+        help="passed to quickpay up, every phase (default: up's own: 2, or its --ha default)",
+    )
+    p.add_argument(
+        "--ha-pipeline-depth",
+        type=int,
+        default=None,
+        help="passed to quickpay up --ha in the --ha phase only (the one-server comparison keeps "
+        "--pipeline-depth or up's default)",
+    )
     p.add_argument("--customers", type=int, default=None, help="default 1,000,000 (quick: 20,000)")
     p.add_argument("--partners", type=int, default=None, help="default 10 (quick: 2)")
     p.add_argument("--step-s", type=float, default=None, help="seconds per offered-rate step (default 10, quick 5)")

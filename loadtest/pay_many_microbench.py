@@ -22,9 +22,10 @@ PARTNER, SETTLEMENT, NOW_MS = "ptn", "set_ptn", 1_780_000_000_000
 AGREEMENTS, ITEMS = 2_000, 1_000
 
 
-def _worker(with_fraud: bool) -> Any:
+def _worker(with_fraud: bool, **config: Any) -> Any:
     """A shard worker in memory: 2,000 authorised agreements of partner PARTNER, each over its
-    own funded account, the clock at NOW_MS, and (with_fraud) fraud/default.rules wired in."""
+    own funded account, the clock at NOW_MS, and (with_fraud) fraud/default.rules wired in;
+    `config`: more WorkerConfig fields (tests: pipeline_depth)."""
     from kernel.ids import CLEARING_ACCOUNT, FUNDING_ACCOUNT
     from kernel.slots import SlotMap
     from ledger.agreements import PeriodicLimit
@@ -34,7 +35,13 @@ def _worker(with_fraud: bool) -> Any:
 
     worker = ShardWorker(
         WorkerConfig(
-            shard=0, shard_count=1, dsn="unused", listen="unix:/nonexistent", peers={}, cluster_secret=b"b" * 32
+            shard=0,
+            shard_count=1,
+            dsn="unused",
+            listen="unix:/nonexistent",
+            peers={},
+            cluster_secret=b"b" * 32,
+            **config,
         ),
         clock_ms=lambda: NOW_MS,
     )

@@ -301,6 +301,10 @@ def start_stack(
     ]
     if demo:
         argv.append("--demo")
+    # Every test stack's shard workers at another group-commit pipeline depth, e.g. the
+    # fault tests at 4: QUICKPAY_TEST_PIPELINE_DEPTH=4 pytest tests/test_faults.py
+    if os.environ.get("QUICKPAY_TEST_PIPELINE_DEPTH"):
+        argv += ["--pipeline-depth", os.environ["QUICKPAY_TEST_PIPELINE_DEPTH"]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("QUICKPAY_TOKEN_KEY", None)
     env.pop("QUICKPAY_ADMIN_TOKEN", None)

@@ -606,6 +606,7 @@ def _single_server_comparison(
             "single_server_cpu_us_per_payment": best_single.get("sut_cpu_us_per_payment"),
             "cpu_ratio": _ratio(best_ha.get("sut_cpu_us_per_payment"), best_single.get("sut_cpu_us_per_payment")),
             "ha_cpu_us_by_process": best_ha.get("sut_cpu_us_per_payment_by_process"),
+            "ha_cpu_us_by_role": best_ha.get("sut_cpu_us_per_payment_by_role"),
         },
         "batch": {
             # Same first step on both (same items per request and offered rate): comparable
@@ -616,6 +617,13 @@ def _single_server_comparison(
             "ratio": _ratio(batch_ha.get("batch_payments_per_s"), batch_single.get("batch_payments_per_s")),
             "ha_p99_ms": batch_ha.get("batch_p99_ms"),
             "single_server_p99_ms": batch_single.get("batch_p99_ms"),
+            # At the HA max step: the leader's PostgreSQL and Patroni apart from the standbys'.
+            "ha_cpu_us_per_payment": batch_ha.get("batch_sut_cpu_us_per_payment"),
+            "ha_cpu_us_by_role": batch_ha.get("batch_sut_cpu_us_per_payment_by_role"),
+            "single_server_cpu_us_per_payment": batch_single.get("batch_sut_cpu_us_per_payment"),
+            "single_server_cpu_us_by_role": batch_single.get("batch_sut_cpu_us_per_payment_by_role"),
+            "ha_pipeline_depth": main.get("pipeline_depth"),
+            "single_server_pipeline_depth": single.get("pipeline_depth"),
         },
         "single_server_exactly_once_ok": single.get("exactly_once_ok"),
         "single_server_conservation_ok": single.get("conservation_ok"),
@@ -641,6 +649,8 @@ def _first_step_pair(ha: dict[str, Any], single: dict[str, Any]) -> dict[str, An
         "p50_ratio": _ratio(a.get("p50_ms"), b.get("p50_ms")),
         "ha_cpu_us_per_payment": a.get("sut_cpu_us_per_payment"),
         "single_server_cpu_us_per_payment": b.get("sut_cpu_us_per_payment"),
+        "ha_cpu_us_by_role": a.get("sut_cpu_us_per_payment_by_role"),
+        "single_server_cpu_us_by_role": b.get("sut_cpu_us_per_payment_by_role"),
         "cpu_ratio": _ratio(a.get("sut_cpu_us_per_payment"), b.get("sut_cpu_us_per_payment")),
     }
 

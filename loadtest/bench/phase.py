@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernel.limits import PIPELINE_DEPTH_DEFAULT, PIPELINE_DEPTH_HA_DEFAULT
 from loadtest.bench.baselines import run_pgbench
 from loadtest.bench.checks import (
     _verification_burst,
@@ -100,6 +101,19 @@ def _warmup(step_s: float) -> float:
     return min(1.0, step_s * 0.2)
 
 
+def phase_pipeline_depth(args: argparse.Namespace, ha: bool) -> int | None:
+    """The --pipeline-depth this phase passes to `quickpay up` (None: up's own default)."""
+    if ha and getattr(args, "ha_pipeline_depth", None) is not None:
+        return int(args.ha_pipeline_depth)
+    depth = getattr(args, "pipeline_depth", None)
+    return None if depth is None else int(depth)
+
+
+def per_payment(cpu_s: dict[str, float], payments: float) -> dict[str, float | None]:
+    """CPU seconds per key as µs per payment (None when no payment counted)."""
+    return {key: seconds / payments * 1e6 if payments else None for key, seconds in sorted(cpu_s.items())}
+
+
 def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path | None) -> dict[str, Any]:
     from loadtest.generator import LoadSpec, run_load
     from loadtest.stepper import find_max_sustained, knee
@@ -118,6 +132,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
         dsns=cfg.dsns,
         topology=str(cfg.topology or getattr(args, "topology", "gateway")),
         batch_wait_ms=getattr(args, "batch_wait_ms", None),
+        pipeline_depth=phase_pipeline_depth(args, cfg.ha),
         notifier=bool(getattr(args, "with_notifier", False)),
         ha=cfg.ha,
     )
@@ -131,6 +146,8 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
         "up_command": " ".join(stack.argv),
         "topology": cfg.topology or getattr(args, "topology", "gateway"),
         "ha": cfg.ha,
+        "pipeline_depth": phase_pipeline_depth(args, cfg.ha)
+        or (PIPELINE_DEPTH_HA_DEFAULT if cfg.ha else PIPELINE_DEPTH_DEFAULT),
     }
     log(
         f"{cfg.name}: starting the stack ({cfg.shards} shards, {cfg.workers} gateway workers"
@@ -198,6 +215,7 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
             machine_cores = SutCpu.machine_cores(machine_before, SutCpu.machine())
             sut_cpu_s = SutCpu.delta(before, after)
             by_group = cpu.delta_by_group(before, after)
+            by_role = cpu.delta_by_role(before, after)
             total = max(1, int(spec.rate_per_s * spec.duration_s))
             sent_ids.extend(expected_payment_ids(run_id, total, spec.processes, routes, cfg.shards))
             acknowledged += load.ok
@@ -210,6 +228,8 @@ def run_phase(cfg: PhaseConfig, args: argparse.Namespace, out: Path, rules: Path
                     "sut_cpu_us_per_payment_by_process": {
                         group: seconds / ok_all * 1e6 if ok_all else None for group, seconds in sorted(by_group.items())
                     },
+                    # with `up --ha`: the leader's PostgreSQL and Patroni apart from the standbys'
+                    "sut_cpu_us_per_payment_by_role": per_payment(by_role, ok_all),
                     "sut_cpu_us_per_payment": sut_cpu_s / ok_all * 1e6 if ok_all else None,
                     "sut_cores": sut_cpu_s / max(load.wall_s, 1e-9),
                     # the whole machine, kernel work no process is charged for included
@@ -480,6 +500,7 @@ def run_batch_search(
         after = cpu.sample()
         sut_cpu_s = SutCpu.delta(before, after)
         by_group = cpu.delta_by_group(before, after)
+        by_role = cpu.delta_by_role(before, after)
         total = max(1, int(rate * cfg.batch_step_s))
         ids = expected_batch_payment_ids(run_id, total, 1, routes, cfg.shards)
         sent_ids.extend(ids)
@@ -501,6 +522,7 @@ def run_batch_search(
                     group: seconds / committed * 1e6 if committed else None
                     for group, seconds in sorted(by_group.items())
                 },
+                "sut_cpu_us_per_payment_by_role": per_payment(by_role, committed),
                 "requests_ok_all": ok_all,
             }
         )
@@ -559,6 +581,7 @@ def run_batch_search(
         "batch_sut_cpu_us_per_payment_by_process": best_step["sut_cpu_us_per_payment_by_process"]
         if best_step
         else None,
+        "batch_sut_cpu_us_per_payment_by_role": best_step.get("sut_cpu_us_per_payment_by_role") if best_step else None,
         "p99_ms_gate": cfg.batch_p99_ms,
         "items_acknowledged": acknowledged_items,
         "search_capped": bool(steps) and all(s.passed for s in steps),

@@ -315,6 +315,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f" {_fmt(first.get('p50_ratio'), '.2f')} |",
             f"| batch at that rate: SUT CPU µs/payment | {_fmt(first.get('ha_cpu_us_per_payment'))} |"
             f" {_fmt(first.get('single_server_cpu_us_per_payment'))} | {_fmt(first.get('cpu_ratio'), '.2f')} |",
+            f"| pipeline depth (shard worker) | {batch.get('ha_pipeline_depth', '')} |"
+            f" {batch.get('single_server_pipeline_depth', '')} | |",
+            "",
+            "Where the HA stack's CPU goes, µs per payment by role (the leader's PostgreSQL and"
+            " Patroni apart from the standbys', which are added up):",
+            "",
+            f"- single payments at the max step: {roles_text(single.get('ha_cpu_us_by_role'))}",
+            f"- batch at the max step: {roles_text(batch.get('ha_cpu_us_by_role'))}",
+            f"- batch at the first step: {roles_text(first.get('ha_cpu_us_by_role'))}",
         ]
     notes = r.get("notes", [])
     if notes:
@@ -323,3 +332,24 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+# The roles of cpu_by_role (loadtest/bench/stack.py), in the order a reader wants them.
+ROLE_NAMES = {
+    "postgres_leader": "leader PostgreSQL",
+    "postgres_standby": "standby PostgreSQLs",
+    "postgres": "PostgreSQL",
+    "patroni_leader": "leader Patroni",
+    "patroni_standby": "standby Patronis",
+    "etcd": "etcd",
+    "shard": "shard",
+    "gateway": "gateway",
+}
+
+
+def roles_text(by_role: dict[str, float | None] | None) -> str:
+    """'leader PostgreSQL 120, standby PostgreSQLs 60, ...' (µs per payment), known roles first."""
+    if not by_role:
+        return "n/a"
+    keys = [k for k in ROLE_NAMES if k in by_role] + sorted(k for k in by_role if k not in ROLE_NAMES)
+    return ", ".join(f"{ROLE_NAMES.get(k, k)} {_fmt(by_role[k])}" for k in keys)

@@ -31,6 +31,7 @@ class StackProcess:
         dsns: list[str] | None = None,
         topology: str = "gateway",
         batch_wait_ms: float | None = None,
+        pipeline_depth: int | None = None,
         notifier: bool = False,
         ha: bool = False,
         monitor: bool = False,
@@ -69,6 +70,8 @@ class StackProcess:
             self.argv += ["--topology", topology]
         if batch_wait_ms is not None:
             self.argv += ["--batch-wait-ms", str(batch_wait_ms)]
+        if pipeline_depth is not None:
+            self.argv += ["--pipeline-depth", str(pipeline_depth)]
         for dsn in dsns or []:
             self.argv += ["--dsn", dsn]
         self.ha = ha
@@ -178,51 +181,73 @@ class SutCpu:
         self.up_pid = up_pid
         self.state_dir = Path(state_dir) if state_dir is not None else None
 
-    def _postmaster_pids(self) -> list[int]:
-        """The embedded server's postmaster, or with `up --ha` every member's: Patroni starts
-        them detached (re-parented to init), so they are not in the `up` tree."""
+    def _postmasters(self) -> list[tuple[int, str | None]]:
+        """The embedded server's postmaster, or with `up --ha` every member's, each with its
+        member's name (None: the one embedded server). Patroni starts them detached
+        (re-parented to init), so they are not in the `up` tree."""
         if self.state_dir is None:
             return []
-        pids = []
-        for pid_file in [
-            self.state_dir / "pg" / "postmaster.pid",
-            *sorted((self.state_dir / "ha").glob("*/data/postmaster.pid")),
-        ]:
+        found: list[tuple[int, str | None]] = []
+        pid_files: list[tuple[Path, str | None]] = [(self.state_dir / "pg" / "postmaster.pid", None)]
+        for pid_file in sorted((self.state_dir / "ha").glob("*/data/postmaster.pid")):
+            pid_files.append((pid_file, pid_file.parent.parent.name))  # STATE/ha/<member>/data
+        for pid_file, member in pid_files:
             try:
-                pids.append(int(pid_file.read_text().splitlines()[0]))
+                found.append((int(pid_file.read_text().splitlines()[0]), member))
             except (OSError, ValueError, IndexError):
                 continue
-        return pids
+        return found
 
     def processes(self) -> dict[int, Any]:
         import psutil
 
         found: dict[int, Any] = {}
-        roots = [self.up_pid, *self._postmaster_pids()]
-        for root in roots:
+        # pid -> the HA member whose PostgreSQL it is part of (its postmaster's tree).
+        self.member_of: dict[int, str] = {}
+        for root, member in [(self.up_pid, None), *self._postmasters()]:
             try:
                 proc = psutil.Process(root)
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
+                tree = [proc, *proc.children(recursive=True)]
             except psutil.Error:
                 continue
+            for each in tree:
+                found[each.pid] = each
+                if member is not None:
+                    self.member_of[each.pid] = member
         return found
 
     def sample(self) -> dict[int, float]:
+        """CPU seconds per process now; also notes each process's group and, with `up --ha`,
+        each member's role now (self.roles, from its PostgreSQL's process titles)."""
         import psutil
 
         times: dict[int, float] = {}
         self.groups: dict[int, str] = getattr(self, "groups", {})
+        titles: dict[str, list[str]] = {}
         for pid, proc in self.processes().items():
             try:
                 t = proc.cpu_times()
                 times[pid] = t.user + t.system
-                if pid not in self.groups:
-                    self.groups[pid] = process_group(proc.cmdline())
+                cmdline = proc.cmdline()
             except psutil.Error:
                 continue
+            if pid not in self.groups:
+                self.groups[pid] = process_group(cmdline)
+            member = self.member_of.get(pid)
+            if member is None and self.groups[pid] == "patroni":
+                member = patroni_member(cmdline)
+                if member is not None:
+                    self.member_of[pid] = member
+            elif member is not None:
+                titles.setdefault(member, []).append(" ".join(cmdline))
+        self.roles: dict[str, str] = {member: member_role(each) for member, each in titles.items()}
         return times
+
+    def delta_by_role(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+        """CPU seconds per role (cpu_by_role), the members' roles as `after` was sampled."""
+        return cpu_by_role(
+            before, after, getattr(self, "groups", {}), getattr(self, "member_of", {}), getattr(self, "roles", {})
+        )
 
     def delta_by_group(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
         """CPU seconds per process group: gateway, shard, postgres, other."""
@@ -267,3 +292,42 @@ def process_group(cmdline: list[str]) -> str:
     if cmdline and cmdline[0].endswith("/etcd"):
         return "etcd"
     return "other"
+
+
+def member_role(titles: list[str]) -> str:
+    """An HA member's role from its PostgreSQL processes' titles: a standby replays WAL (its
+    startup process says "recovering") and has a walreceiver; the leader has neither."""
+    if any("recovering" in title or "walreceiver" in title for title in titles):
+        return "standby"
+    return "leader"
+
+
+def patroni_member(cmdline: list[str]) -> str | None:
+    """The member a Patroni process runs (`python -m patroni STATE/ha/<member>/patroni.yml`)."""
+    if cmdline and cmdline[-1].endswith("patroni.yml"):
+        return Path(cmdline[-1]).parent.name
+    return None
+
+
+def cpu_by_role(
+    before: dict[int, float],
+    after: dict[int, float],
+    groups: dict[int, str],
+    member_of: dict[int, str],
+    roles: dict[str, str],
+) -> dict[str, float]:
+    """CPU seconds between two samples per role: the process groups (gateway, shard, etcd, ...),
+    with an HA member's PostgreSQL and Patroni split by its role: postgres_leader,
+    postgres_standby, patroni_leader, patroni_standby (standbys added up). The one embedded
+    server stays "postgres". A process started in between counts from zero."""
+    out: dict[str, float] = {}
+    for pid, value in after.items():
+        group = groups.get(pid, "other")
+        member = member_of.get(pid)
+        key = (
+            f"{group}_{roles.get(member, 'unknown')}"
+            if member is not None and group in ("postgres", "patroni")
+            else group
+        )
+        out[key] = out.get(key, 0.0) + max(0.0, value - before.get(pid, 0.0))
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from kernel.limits import RATE_LIMIT_BURST_DEFAULT, RATE_LIMIT_RPS_DEFAULT
+from kernel.limits import PIPELINE_DEPTH_DEFAULT, PIPELINE_DEPTH_MAX, RATE_LIMIT_BURST_DEFAULT, RATE_LIMIT_RPS_DEFAULT
 from quickpay.cli.bench import cmd_bench, cmd_seed, cmd_soak
 from quickpay.cli.check import cmd_check, cmd_recon
 from quickpay.cli.common import (
@@ -55,6 +55,13 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
         default=3.0,
         help="wait this long after the first request of an idle batch, to fill it (default 3; "
         "measured at 2,000/s vs 1 ms: -17..20%% CPU per payment, p99 within noise)",
+    )
+    p.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=None,
+        help=f"group-commit batches each shard worker has decided and not yet committed, at most, "
+        f"1-{PIPELINE_DEPTH_MAX} (default {PIPELINE_DEPTH_DEFAULT}; see BENCHMARKS.md for --ha)",
     )
     p.add_argument(
         "--ledger-mode",
@@ -137,6 +144,7 @@ def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rules", action="store_true")
     p.add_argument("--batch-size-max", type=int, default=4000)
     p.add_argument("--batch-wait-ms", type=float, default=3.0)
+    p.add_argument("--pipeline-depth", type=int, default=PIPELINE_DEPTH_DEFAULT)
     p.add_argument("--ledger-mode", choices=["batched", "naive"], default="batched")
     p.add_argument(
         "--queue-max",

@@ -45,6 +45,7 @@ def _worker_config(args: argparse.Namespace, command: str) -> Any:
         peers=dict(enumerate(addresses)),
         batch_size_max=args.batch_size_max,
         batch_wait_ms=args.batch_wait_ms,
+        pipeline_depth=args.pipeline_depth,
         rules_path=args.rules,
         no_rules=args.no_rules,
         ledger_mode=args.ledger_mode,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kernel.limits import RATE_LIMIT_MAX
+from kernel.limits import PIPELINE_DEPTH_DEFAULT, PIPELINE_DEPTH_HA_DEFAULT, PIPELINE_DEPTH_MAX, RATE_LIMIT_MAX
 from kernel.slots import compatible_shard_count
 from ledger.slot_map_store import incompatible_shard_count_message
 from quickpay.cli.common import (
@@ -22,6 +22,13 @@ from quickpay.cli.common import (
 from quickpay.cli.secrets import _require_secrets
 
 PG_READY_TIMEOUT_S = 120.0
+
+
+def pipeline_depth(args: argparse.Namespace) -> int:
+    """The shard workers' --pipeline-depth: the flag, else the default for this topology."""
+    if getattr(args, "pipeline_depth", None) is not None:
+        return int(args.pipeline_depth)
+    return PIPELINE_DEPTH_HA_DEFAULT if getattr(args, "ha", False) else PIPELINE_DEPTH_DEFAULT
 
 
 def _embedded(state_path: Path, shards: int) -> tuple[Any, list[str]]:
@@ -157,6 +164,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             str(args.batch_size_max),
             "--batch-wait-ms",
             str(args.batch_wait_ms),
+            "--pipeline-depth",
+            str(pipeline_depth(args)),
             "--refund-window-days",
             str(args.refund_window_days),
             "--pending-expiry-s",
@@ -331,6 +340,8 @@ def _validate_common(args: argparse.Namespace) -> None:
         problems.append("--workers must be between 1 and 64")
     if not 0 < args.port < 65536:
         problems.append("--port must be a TCP port")
+    if not 1 <= pipeline_depth(args) <= PIPELINE_DEPTH_MAX:
+        problems.append(f"--pipeline-depth must be between 1 and {PIPELINE_DEPTH_MAX}")
     if not 1 <= args.batch_items_max <= BATCH_ITEMS_MAX_DEFAULT:
         problems.append(f"--batch-items-max must be between 1 and {BATCH_ITEMS_MAX_DEFAULT}")
     if not 0 < args.rate_limit_rps <= RATE_LIMIT_MAX or not 1 <= args.rate_limit_burst <= RATE_LIMIT_MAX:
