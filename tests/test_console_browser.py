@@ -198,8 +198,14 @@ def test_console_in_a_real_browser(console_stack: Stack) -> None:
 
         # the reconciliation status: today open (its files provisional), the two days before closed
         def cells(table: str) -> list[list[str]]:
-            rows = driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
-            return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+            # One script reads the whole table: the page redraws every 2 s, and reading it
+            # element by element could meet a row the redraw replaced (StaleElementReference).
+            rows: list[list[str]] = driver.execute_script(
+                "return Array.from(document.querySelectorAll(arguments[0]),"
+                " r => Array.from(r.querySelectorAll('td'), c => c.innerText.trim()))",
+                f"#{table} tbody tr",
+            )
+            return rows
 
         wait_for(
             lambda: len(recon := cells("recon")) == 3 and all(r[2].isdigit() for r in recon),
