@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -114,23 +114,28 @@ def row_to_transfer(row: Any) -> Transfer:
     return decode_transfer(row)
 
 
+ACCOUNT_LOAD_COLUMNS: Final = "id, kind, currency, balance_minor, allow_negative, partner_id, created_at_ms"
+
+
+def account_from_row(r: Any) -> Account:
+    """An accounts row (ACCOUNT_LOAD_COLUMNS) as the in-memory Account, its balance as loaded
+    also its last stored balance (what the writer compares against)."""
+    return Account(
+        r["id"],
+        r["kind"],
+        r["currency"],
+        r["balance_minor"],
+        r["allow_negative"],
+        r["partner_id"],
+        r["created_at_ms"],
+        r["balance_minor"],
+    )
+
+
 async def load_state(conn: asyncpg.Connection, state: ShardState, now_ms: int) -> None:
     """Load balances, agreements and today's agreement spend into memory."""
-    for r in await conn.fetch(
-        "SELECT id, kind, currency, balance_minor, allow_negative, partner_id, created_at_ms FROM accounts"
-    ):
-        state.load_account(
-            Account(
-                r["id"],
-                r["kind"],
-                r["currency"],
-                r["balance_minor"],
-                r["allow_negative"],
-                r["partner_id"],
-                r["created_at_ms"],
-                r["balance_minor"],
-            )
-        )
+    for r in await conn.fetch(f"SELECT {ACCOUNT_LOAD_COLUMNS} FROM accounts"):
+        state.load_account(account_from_row(r))
     # Partner records (few: one per wallet app), so the token endpoint and the cut-off
     # decisions (ShardState.partner_action) read them from memory.
     for r in await conn.fetch("SELECT * FROM partners"):
@@ -315,7 +320,7 @@ async def list_account_transfers(
     return found
 
 
-def _transfer_record(t: Transfer) -> tuple[Any, ...]:
+def transfer_record(t: Transfer) -> tuple[Any, ...]:
     return (
         t.id,
         t.seq,
@@ -445,7 +450,7 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
         if ws.agreements:
             # Rows as they are after the batch (a transition later in the same batch included).
             await conn.copy_records_to_table(
-                "agreements", columns=_AGREEMENT_COLUMNS, records=[_agreement_record(g) for g in ws.agreements]
+                "agreements", columns=AGREEMENT_COLUMNS, records=[agreement_record(g) for g in ws.agreements]
             )
             new_agreements = {g.id for g in ws.agreements}
         updates = [g for g in ws.agreement_updates.values() if g.id not in new_agreements]
@@ -465,7 +470,7 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
             )
         if ws.transfers:
             await conn.copy_records_to_table(
-                "transfers", columns=TRANSFER_COLUMNS, records=[_transfer_record(t) for t in ws.transfers]
+                "transfers", columns=TRANSFER_COLUMNS, records=[transfer_record(t) for t in ws.transfers]
             )
         if ws.deltas:
             ids = list(ws.deltas)
@@ -530,7 +535,7 @@ async def write_batch(conn: asyncpg.Connection, ws: WriteSet) -> None:
             )
 
 
-_AGREEMENT_COLUMNS = (
+AGREEMENT_COLUMNS = (
     "id",
     "partner_id",
     "debtor_account",
@@ -546,7 +551,7 @@ _AGREEMENT_COLUMNS = (
 )
 
 
-def _agreement_record(g: Agreement) -> tuple[Any, ...]:
+def agreement_record(g: Agreement) -> tuple[Any, ...]:
     return (
         g.id,
         g.partner_id,

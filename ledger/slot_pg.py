@@ -62,8 +62,16 @@ import asyncpg
 from kernel.ids import CLEARING_ACCOUNT
 from kernel.slots import SLOT_COUNT
 
-from .model import Account, Agreement, CreditLeg, Kind, Status, Transfer, invariant
-from .pg import _AGREEMENT_COLUMNS, SELECT_TRANSFER, TRANSFER_COLUMNS, _agreement_record, _transfer_record, load_spend
+from .model import Agreement, CreditLeg, Kind, Status, Transfer, invariant
+from .pg import (
+    AGREEMENT_COLUMNS,
+    SELECT_TRANSFER,
+    TRANSFER_COLUMNS,
+    account_from_row,
+    agreement_record,
+    load_spend,
+    transfer_record,
+)
 from .rows import QUARANTINE, RowError, decode_account, decode_agreement, decode_agreement_event, decode_outbox
 from .rows import decode_transfer as _decode_transfer
 from .slot_move import SlotImage
@@ -227,16 +235,7 @@ async def _read_slot_rows(
     )
     for r in rows:
         if _decoded(export, decode_account, r) is not None:
-            image.accounts[r["id"]] = Account(
-                r["id"],
-                r["kind"],
-                r["currency"],
-                r["balance_minor"],
-                r["allow_negative"],
-                r["partner_id"],
-                r["created_at_ms"],
-                r["balance_minor"],
-            )
+            image.accounts[r["id"]] = account_from_row(r)
     shard = image.source_shard
     spend = ShardState(shard, shard_count)  # a scratch state: load_spend places and sums the windows
     for r in await conn.fetch(
@@ -371,8 +370,8 @@ async def stage_slot(conn: asyncpg.Connection, export: SlotExport, *, now_ms: in
         )
         await conn.copy_records_to_table(
             "slot_staged_agreements",
-            columns=("slot", *_AGREEMENT_COLUMNS),
-            records=[(slot, *_agreement_record(g)) for g in image.agreements.values()],
+            columns=("slot", *AGREEMENT_COLUMNS),
+            records=[(slot, *agreement_record(g)) for g in image.agreements.values()],
         )
         await conn.copy_records_to_table(
             "slot_staged_agreement_events",
@@ -382,7 +381,7 @@ async def stage_slot(conn: asyncpg.Connection, export: SlotExport, *, now_ms: in
         await conn.copy_records_to_table(
             "slot_staged_transfers",
             columns=("slot", *TRANSFER_COLUMNS),
-            records=[(slot, *_transfer_record(t)) for t in transfers],
+            records=[(slot, *transfer_record(t)) for t in transfers],
         )
         await conn.copy_records_to_table(
             "slot_staged_outbox",
@@ -445,8 +444,8 @@ async def install_slot(
         )
         _check_fault(fault_at, "accounts")
         agreements = await conn.fetchval(
-            f"WITH i AS (INSERT INTO agreements ({', '.join(_AGREEMENT_COLUMNS)})"
-            f" SELECT {', '.join(_AGREEMENT_COLUMNS)} FROM slot_staged_agreements WHERE slot = $1 RETURNING 1)"
+            f"WITH i AS (INSERT INTO agreements ({', '.join(AGREEMENT_COLUMNS)})"
+            f" SELECT {', '.join(AGREEMENT_COLUMNS)} FROM slot_staged_agreements WHERE slot = $1 RETURNING 1)"
             " SELECT count(*) FROM i",
             slot,
         )
@@ -545,7 +544,7 @@ async def _settle_local_legs(
         creditor, amount_minor = leg["creditor_account"], leg["amount_minor"]
         made_on = source_shard if leg["staged"] else shard
         rows.append(
-            _transfer_record(
+            transfer_record(
                 Transfer(
                     id=leg["transfer_id"],
                     seq=next_seq,

@@ -8,7 +8,7 @@ notifier's event bodies, a restart's load), fails that command alone, and its ch
 rolled back; the partner is told nothing was stored, which is the truth.
 
 Each row goes through the same functions the system uses: the batch write's encodings
-(`pg._transfer_record`, the fast path's msgspec JSON of the Transfer, `pg._agreement_record`)
+(`pg.transfer_record`, the fast path's msgspec JSON of the Transfer, `pg.agreement_record`)
 and the readers' decoders (`pg.row_to_transfer`, `pg.row_to_agreement`), plus what the
 column types take (bigint, text without NUL, jsonb) and what the renderers take (times in
 `kernel.timestamps`' range, amounts within int64). The reply goes through the shard
@@ -146,13 +146,13 @@ def check_transfer(transfer: Transfer) -> None:
 
 
 def check_agreement(agreement: Agreement, at_ms: int) -> None:
-    record = pg._agreement_record(agreement)
-    for column, value in zip(pg._AGREEMENT_COLUMNS, record):
+    record = pg.agreement_record(agreement)
+    for column, value in zip(pg.AGREEMENT_COLUMNS, record):
         check_value(value, f"agreements.{column}")
     check_value([limit.to_wire() for limit in agreement.periodic_limits], "agreements.periodic_limits")
     for column in ("created_at_ms", "valid_from_ms", "valid_to_ms", "status_updated_at_ms"):
         _time(getattr(agreement, column), f"agreements.{column}")
-    back = pg.row_to_agreement(dict(zip(pg._AGREEMENT_COLUMNS, record)))
+    back = pg.row_to_agreement(dict(zip(pg.AGREEMENT_COLUMNS, record)))
     stored = [(limit.period, limit.alignment, limit.amount_minor) for limit in agreement.periodic_limits]
     if [(limit.period, limit.alignment, limit.amount_minor) for limit in back.periodic_limits] != stored or (
         back.id,

@@ -185,7 +185,7 @@ def _methods() -> dict[str, Callable[[Any, Any], Awaitable[None]]]:
     async def copy_write(conn: Any, ws: Any, balances: bool = True) -> None:
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "transfers", columns=pg.TRANSFER_COLUMNS, records=[pg._transfer_record(t) for t in ws.transfers]
+                "transfers", columns=pg.TRANSFER_COLUMNS, records=[pg.transfer_record(t) for t in ws.transfers]
             )
             if balances:
                 await conn.fetchval(_UPDATE_SQL, list(ws.deltas), list(ws.deltas.values()))
@@ -199,7 +199,7 @@ def _methods() -> dict[str, Callable[[Any, Any], Awaitable[None]]]:
         await copy_write(conn, ws, balances=False)
 
     async def unnest_write(conn: Any, ws: Any) -> None:
-        records = [pg._transfer_record(t) for t in ws.transfers]
+        records = [pg.transfer_record(t) for t in ws.transfers]
         columns = [list(column) for column in zip(*records)]
         columns[13] = ["{" + ",".join(r) + "}" for r in columns[13]]  # reasons as array literals
         await conn.fetchrow(sql["unnest"], *columns, list(ws.deltas), list(ws.deltas.values()))
