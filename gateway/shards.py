@@ -6,6 +6,8 @@ Routing (issue 21): an ACCOUNT id goes to the shard the held slot map names for 
 their id names (`shard_of`: crc32 mod the ledger's shard count; a payment id carries its
 shard). Until the first fetch the router holds version 1 (`SlotMap.initial`), which is
 what shard 0 writes for a new ledger, so both route every id exactly as kernel.ids.shard_of.
+A ledger whose shard count does not divide SLOT_COUNT has no slot map (ledger/slot_map_store.py):
+its router holds none (`slot_map` is None) and routes accounts by `shard_of` too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import OrderedDict
 from typing import Any
 
 from kernel.ids import is_striped, shard_of
-from kernel.slots import SLOT_COUNT, SlotMap, SlotMapError
+from kernel.slots import SLOT_COUNT, SlotMap, SlotMapError, compatible_shard_count
 from ledger.client import ShardClient, ShardError
 
 log = logging.getLogger("quickpay.gateway")
@@ -66,9 +68,11 @@ class ShardRouter:
         # Account existence and currency never change once opened, so a positive
         # answer can be cached for good; misses are not cached.
         self._accounts: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.slot_map = SlotMap.initial(self.count)
-        self._slot_owner = self.slot_map.assignment  # slot -> shard, read on every account route
-        self.slot_map_fetched = False  # True once shard 0 gave its map (else version 1, assumed)
+        # None: a ledger without a slot map (its shard count does not divide SLOT_COUNT).
+        self.slot_map: SlotMap | None = SlotMap.initial(self.count) if compatible_shard_count(self.count) else None
+        # slot -> shard, read on every account route; None: route accounts by shard_of.
+        self._slot_owner: tuple[int, ...] | None = self.slot_map.assignment if self.slot_map is not None else None
+        self.slot_map_fetched = self.slot_map is None  # True once shard 0 gave its map (else version 1, assumed)
         self._refetch: asyncio.Future[dict[str, Any]] | None = None  # the map fetch a MOVED started
 
     def shard_of(self, entity_id: str) -> int:
@@ -80,13 +84,18 @@ class ShardRouter:
 
     def shard_of_account(self, account_id: str) -> int:
         """The shard that owns a (customer) account under the held slot map."""
-        return self._slot_owner[zlib.crc32(account_id.encode()) % SLOT_COUNT]
+        owner = self._slot_owner
+        if owner is None:
+            return shard_of(account_id, self.count)
+        return owner[zlib.crc32(account_id.encode()) % SLOT_COUNT]
 
     def client_for_account(self, account_id: str) -> Any:
-        return self.clients[self._slot_owner[zlib.crc32(account_id.encode()) % SLOT_COUNT]]
+        return self.clients[self.shard_of_account(account_id)]
 
     def hold(self, slot_map: SlotMap) -> bool:
         """Hold `slot_map` if it is newer than the one held; True if it was taken."""
+        if self.slot_map is None:
+            raise SlotMapError(f"a {self.count}-shard ledger has no slot map (its shard count does not divide it)")
         if any(owner >= self.count for owner in slot_map.assignment):
             raise SlotMapError(f"slot map version {slot_map.version} names a shard beyond {self.count}")
         self.slot_map_fetched = True
@@ -100,7 +109,8 @@ class ShardRouter:
         """Ask shard 0 (the control database) for the current map and hold it; the answer
         (the shard's held version and slots, the control map and the moves in progress)."""
         answer: dict[str, Any] = await self.clients[0].call("slot_map", {"control": True})
-        self.hold(SlotMap.from_wire(answer["control"]["map"]))
+        if self.slot_map is not None:
+            self.hold(SlotMap.from_wire(answer["control"]["map"]))
         return answer
 
     async def call(self, shard: int, op: str, args: Any = None) -> Any:
@@ -128,7 +138,7 @@ class ShardRouter:
         if type(target) is not int or not 0 <= target < self.count:
             raise SlotMoved(f"a shard answered MOVED naming no shard of this ledger: {moved!r}")
         version = moved.get("version")
-        if type(version) is int and version > self.slot_map.version:
+        if type(version) is int and self.slot_map is not None and version > self.slot_map.version:
             if self._refetch is None or self._refetch.done():
                 self._refetch = asyncio.ensure_future(self.fetch_slot_map())
             with contextlib.suppress(Exception):  # the retry below still goes where the shard said
@@ -145,9 +155,8 @@ class ShardRouter:
             try:
                 await asyncio.wait_for(self.fetch_slot_map(), SLOT_MAP_FETCH_TIMEOUT_S)
             except Exception as exc:  # shard 0 not up yet, or its answer unreadable: try again
-                log.warning(
-                    "could not fetch the slot map from shard 0 (holding version %s): %r", self.slot_map.version, exc
-                )
+                held = self.slot_map.version if self.slot_map is not None else None
+                log.warning("could not fetch the slot map from shard 0 (holding version %s): %r", held, exc)
                 await asyncio.sleep(SLOT_MAP_RETRY_S)
 
     def known_account(self, account_id: str) -> dict[str, Any] | None:

@@ -360,16 +360,20 @@ def _read_slot_map(worker: WorkerBase, args: Any) -> Any:
     with {"control": true}, on shard 0 only, the authoritative map and the moves in progress
     from the control database (ledger/slot_map_store.py) as well."""
     held = worker.held_slot_map
+    control = type(args) is dict and args.get("control") is True
+    if control and worker.config.shard != 0:
+        raise ValueError("the control slot map is on shard 0")
     if held is None:
-        raise ValueError("the slot map is not loaded yet")
-    answer: dict[str, Any] = {
+        # A ledger without a slot map (its shard count does not divide SLOT_COUNT): it routes
+        # by hash, so there is no version, no slot and no move to show.
+        answer: dict[str, Any] = {"shard": worker.config.shard, "version": None, "slots": None}
+        return {**answer, "control": None} if control else answer
+    answer = {
         "shard": worker.config.shard,
         "version": held.version,
         "slots": held.assignment.count(worker.config.shard),
     }
-    if type(args) is dict and args.get("control") is True:
-        if worker.config.shard != 0:
-            raise ValueError("the control slot map is on shard 0")
+    if control:
         return _read_control_slot_map(worker, answer)
     return answer
 

@@ -12,7 +12,10 @@ Patroni's alone.
 Version 1 (`SlotMap.initial(n)`) is deterministic, so every shard writes its own held copy
 at its first start under this code without asking shard 0 (no start-up order between
 shards), and shard 0 writes it into the control table the same way. A ledger made before
-the slot map existed gets version 1 on its next start. Later versions are written by a
+the slot map existed gets version 1 on its next start. A ledger whose shard count does not divide 5,040 (11, 13, 17, ... shards: `up` has always
+allowed 1-64) has no slot map at all: it routes every id by `kernel.ids.shard_of`, its shards
+guard nothing, and its slots cannot move (`ensure_slot_map` answers None and writes nothing).
+Later versions are written by a
 move (not built): the coordinator's SWITCH into `slot_maps`, a shard's INSTALL or RELEASE
 into its `slot_map_held`.
 """
@@ -29,8 +32,8 @@ from kernel.slots import SLOT_COUNT, SlotMap, SlotMapError, compatible_shard_cou
 __all__ = [
     "MOVES_SHOWN_MAX",
     "ensure_slot_map",
-    "incompatible_shard_count_message",
     "moves_in_progress",
+    "no_slots_notice",
     "read_control_map",
 ]
 
@@ -38,21 +41,25 @@ __all__ = [
 MOVES_SHOWN_MAX = 100
 
 
-def incompatible_shard_count_message(shard_count: int) -> str:
+def no_slots_notice(shard_count: int) -> str:
+    """What `up` says when it starts a ledger without a slot map."""
     compatible = [n for n in range(1, 65) if compatible_shard_count(n)]
     return (
-        f"--shards {shard_count} does not divide the {SLOT_COUNT} slots of the slot map, so the ledger's "
-        "routing could not be kept when slots start to move; use one of " + ", ".join(map(str, compatible))
+        f"{shard_count} shards do not divide the {SLOT_COUNT} slots of the slot map: this ledger routes every id "
+        "by hash and has no slot map, so its slots cannot move (elastic shards need one of "
+        + ", ".join(map(str, compatible))
+        + " shards)"
     )
 
 
-async def ensure_slot_map(conn: asyncpg.Connection, shard: int, shard_count: int, now_ms: int) -> SlotMap:
+async def ensure_slot_map(conn: asyncpg.Connection, shard: int, shard_count: int, now_ms: int) -> SlotMap | None:
     """The map this shard acts on, from its own rows; version 1 written first where there is
     none (idempotent). Shard 0 also writes version 1 into the control table where it is empty.
-    Refuses (SystemExit) a shard count the map cannot serve, and a stored map that names a
-    shard beyond the ledger's or cannot be read."""
+    None, and nothing written, for a shard count the map cannot serve (the ledger routes by
+    hash, see the module's docstring). Refuses (SystemExit) a stored map that names a shard
+    beyond the ledger's or cannot be read."""
     if not compatible_shard_count(shard_count):
-        raise SystemExit(incompatible_shard_count_message(shard_count))
+        return None
     initial = json.dumps(SlotMap.initial(shard_count).to_wire())
     async with conn.transaction():
         if shard == 0:

@@ -46,7 +46,8 @@ Reply = Callable[[bool, Any], None]
 
 
 class WorkerBase:
-    # The slot map this shard acts on (ledger/slot_map_store.py), loaded at start-up.
+    # The slot map this shard acts on (ledger/slot_map_store.py), loaded at start-up; None for a
+    # ledger without one (a shard count that does not divide SLOT_COUNT): no slot guard then.
     held_slot_map: SlotMap | None = None
 
     def __init__(self, config: WorkerConfig, *, clock_ms: Callable[[], int] = _now_ms) -> None:

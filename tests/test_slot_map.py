@@ -55,7 +55,7 @@ _ROUTERS = {n: _router(n) for n in range(1, 11)}
 )
 def test_version_1_routes_every_id_as_shard_of(shard_count: int, entity_id: str) -> None:
     router = _ROUTERS[shard_count]
-    assert router.slot_map.version == 1
+    assert router.slot_map is not None and router.slot_map.version == 1
     expected = shard_of(entity_id, shard_count)
     assert router.shard_of_account(entity_id) == expected
     assert router.shard_of(entity_id) == expected
@@ -76,7 +76,7 @@ def test_the_router_routes_accounts_by_the_map_it_holds_and_only_newer_maps() ->
     slot = slot_of(account)
     moved = SlotMap.initial(2).moved(slot, 1 - router.shard_of_account(account))
     assert router.hold(moved) is True
-    assert router.slot_map.version == 2 and router.slot_map_fetched
+    assert router.slot_map is not None and router.slot_map.version == 2 and router.slot_map_fetched
     assert router.shard_of_account(account) == moved.shard_for_slot(slot) != shard_of(account, 2)
     # Agreements, partners and payments keep their home shard.
     assert router.shard_of(account) == shard_of(account, 2)
@@ -86,11 +86,15 @@ def test_the_router_routes_accounts_by_the_map_it_holds_and_only_newer_maps() ->
         router.hold(SlotMap.initial(2).moved(slot, 5).moved((slot + 1) % SLOT_COUNT, 5))
 
 
-def test_quickpay_up_refuses_a_shard_count_the_slot_map_cannot_serve() -> None:
+def test_quickpay_up_takes_every_shard_count_from_1_to_64() -> None:
+    """A count that does not divide 5,040 makes a ledger without a slot map
+    (tests/test_no_slot_map.py), not a refusal: `up` allowed 1-64 before the map existed."""
     parser = build_parser()
-    _validate_common(parser.parse_args(["up", "--shards", "10"]))  # divides 5,040
-    with pytest.raises(SystemExit, match=r"--shards 11 does not divide the 5040 slots.*use one of 1, 2, 3"):
-        _validate_common(parser.parse_args(["up", "--shards", "11"]))
+    for shards in (1, 10, 11, 13, 64):
+        _validate_common(parser.parse_args(["up", "--shards", str(shards)]))
+    for shards in (0, 65):
+        with pytest.raises(SystemExit, match="--shards must be between 1 and 64"):
+            _validate_common(parser.parse_args(["up", "--shards", str(shards)]))
 
 
 # ---- the stored map, in a database of the shared stack's PostgreSQL --------------------
@@ -136,8 +140,9 @@ async def test_version_1_is_written_once_and_an_old_ledger_gets_it(stack: Stack)
 async def test_a_map_the_ledger_cannot_serve_is_refused(stack: Stack) -> None:
     async with scratch_database(stack) as conn:
         await pg.ensure_schema(conn, 1, 2)
-        with pytest.raises(SystemExit, match="--shards 11 does not divide"):
-            await ensure_slot_map(conn, 1, 11, NOW_MS)
+        # A shard count that does not divide SLOT_COUNT: no map, and nothing written.
+        assert await ensure_slot_map(conn, 1, 11, NOW_MS) is None
+        assert await conn.fetchval("SELECT count(*) FROM slot_map_held") == 0
         assert await ensure_slot_map(conn, 1, 2, NOW_MS) == SlotMap.initial(2)
         with pytest.raises(LookupError, match="shard 0's"):  # only shard 0's database is the control one
             await read_control_map(conn)

@@ -57,17 +57,22 @@ def admin_schemas() -> dict[str, Any]:
         "ShardsStatus": _object(
             ["version", "written_at", "slot_count", "gateway_held_version", "shards", "moves"],
             {
-                "version": {"type": "integer", "minimum": 1, "description": "the control map's version"},
-                "written_at": DATE_TIME,
+                "version": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "description": "the control map's version; null: a ledger without a slot map (its shard count"
+                    " does not divide slot_count), which routes every id by hash and cannot move slots",
+                },
+                "written_at": DATE_TIME_OR_NULL,
                 "slot_count": {"type": "integer", "minimum": 1},
-                "gateway_held_version": {"type": "integer", "minimum": 1},
+                "gateway_held_version": {"type": ["integer", "null"], "minimum": 1},
                 "shards": {
                     "type": "array",
                     "items": _object(
                         ["shard", "slots", "held_version", "error"],
                         {
                             "shard": {"type": "integer", "minimum": 0},
-                            "slots": {"type": "integer", "minimum": 0},
+                            "slots": {"type": ["integer", "null"], "minimum": 0},
                             "held_version": {"type": ["integer", "null"], "minimum": 1},
                             "error": {"type": ["string", "null"]},
                         },

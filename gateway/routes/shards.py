@@ -1,6 +1,7 @@
 """GET /admin/v1/shards (issue 21): the slot map as the control database holds it (version,
 slots per shard), the version each shard worker acts on and this gateway worker's, and the
-moves in progress. Off the payment path: one read of shard 0's control map, one in-memory
+moves in progress; for a ledger without a slot map (a shard count that does not divide
+SLOT_COUNT) the versions and slot counts are null and there are no moves. Off the payment path: one read of shard 0's control map, one in-memory
 read per shard."""
 
 from __future__ import annotations
@@ -33,28 +34,37 @@ async def shards_view(gw: Gateway) -> dict[str, Any]:
     if isinstance(shard_0, BaseException):
         raise shard_0
     control = shard_0["control"]
+    held: list[Any] = [shard_0, *others]
+    if control is None:
+        # A ledger without a slot map (its shard count does not divide SLOT_COUNT): every id
+        # routes by hash, so there are no versions, slots per shard or moves to show.
+        return {
+            "version": None,
+            "written_at": None,
+            "slot_count": SLOT_COUNT,
+            "gateway_held_version": None,
+            "shards": [_shard(shard, None, held[shard]) for shard in range(router.count)],
+            "moves": [],
+        }
     slot_map = SlotMap.from_wire(control["map"])
     router.hold(slot_map)  # a newer map than this worker holds is taken here too
-    held: list[Any] = [shard_0, *others]
-    shards = []
-    for shard in range(router.count):
-        answer = held[shard]
-        failed = isinstance(answer, BaseException)
-        shards.append(
-            {
-                "shard": shard,
-                "slots": slot_map.assignment.count(shard),
-                "held_version": None if failed else answer["version"],
-                "error": (str(answer) or type(answer).__name__) if failed else None,
-            }
-        )
     return {
         "version": slot_map.version,
         "written_at": _iso(control["written_at_ms"]),
         "slot_count": SLOT_COUNT,
-        "gateway_held_version": router.slot_map.version,
-        "shards": shards,
+        "gateway_held_version": router.slot_map.version if router.slot_map is not None else None,
+        "shards": [_shard(shard, slot_map, held[shard]) for shard in range(router.count)],
         "moves": [_move(row) for row in control["moves"]],
+    }
+
+
+def _shard(shard: int, slot_map: SlotMap | None, answer: Any) -> dict[str, Any]:
+    failed = isinstance(answer, BaseException)
+    return {
+        "shard": shard,
+        "slots": slot_map.assignment.count(shard) if slot_map is not None else None,
+        "held_version": None if failed else answer["version"],
+        "error": (str(answer) or type(answer).__name__) if failed else None,
     }
 
 

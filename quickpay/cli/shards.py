@@ -27,6 +27,15 @@ def add_shards_arguments(p: argparse.ArgumentParser) -> None:
 
 def render_status(view: dict[str, Any]) -> str:
     """GET /admin/v1/shards as a table for people."""
+    if view["version"] is None:
+        return (
+            f"no slot map: {len(view['shards'])} shards do not divide the {view['slot_count']} slots, so this ledger "
+            "routes every id by hash and its slots cannot move\n\n"
+            + "\n".join(
+                f"shard {row['shard']}: " + ("up" if row["error"] is None else f"? ({row['error']})")
+                for row in view["shards"]
+            )
+        )
     lines = [
         f"slot map version {view['version']} (written {view['written_at']}), {view['slot_count']} slots; "
         f"this gateway worker holds version {view['gateway_held_version']}",

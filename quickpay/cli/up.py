@@ -11,7 +11,7 @@ from typing import Any
 
 from kernel.limits import PIPELINE_DEPTH_DEFAULT, PIPELINE_DEPTH_HA_DEFAULT, PIPELINE_DEPTH_MAX, RATE_LIMIT_MAX
 from kernel.slots import compatible_shard_count
-from ledger.slot_map_store import incompatible_shard_count_message
+from ledger.slot_map_store import no_slots_notice
 from quickpay.cli.common import (
     BATCH_ITEMS_MAX_DEFAULT,
     ENV_CLUSTER_SECRET,
@@ -273,6 +273,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"admin token: {state.path / 'admin.token'}", flush=True)
+        if not compatible_shard_count(args.shards):
+            print(f"note: {no_slots_notice(args.shards)}", flush=True)
         if args.demo:
             from quickpay.demo import curl_example, seed_demo
 
@@ -334,8 +336,6 @@ def _validate_common(args: argparse.Namespace) -> None:
     problems = []
     if not 1 <= args.shards <= 64:
         problems.append("--shards must be between 1 and 64")
-    elif not compatible_shard_count(args.shards):
-        problems.append(incompatible_shard_count_message(args.shards))
     if not 1 <= args.workers <= 64:
         problems.append("--workers must be between 1 and 64")
     if not 0 < args.port < 65536:
