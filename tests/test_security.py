@@ -63,6 +63,18 @@ def _mode(path: Path | str) -> int:
         ("iemuaayqaiqaqeaammaeaqmayqaeuuqaqqmaeaqyeimeqaqiqyueaqqueiaquaqa", "distinct characters"),
         ("qqaqqqqqqaaqaaqaqaaqqaqqqaqqqaaaqaqqaqaaaaaqaaqqaqqaqaqqcegikmos", "entropy"),
     ],
+    # Fixed ids: two of the values are random, and pytest-xdist's workers must collect the same ids.
+    ids=[
+        "old-compose-key",
+        "old-compose-key-longer",
+        "example-word",
+        "secret-word",
+        "one-character",
+        "repeated-pattern",
+        "neighbouring",
+        "few-distinct",
+        "low-entropy",
+    ],
 )
 def test_weak_keys_are_refused_with_the_reason(value: str, why: str) -> None:
     problem = secret_policy.secret_problem(value, secret_policy.KEY)
